@@ -1,0 +1,35 @@
+"""The HTTP API: one FastAPI app, served by Mangum on Lambda and by uvicorn locally."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI
+
+from airies import __version__
+from airies.api.errors import install_error_handlers
+from airies.api.middleware import RequestGuardMiddleware
+from airies.api.routers import accounts, agents, billing, conversations, health, knowledge, llm, voices
+from airies.config import Settings, get_settings
+from airies.db.engine import Database, get_database
+
+
+def create_app(settings: Settings | None = None, database: Database | None = None, logger: object = None) -> FastAPI:
+    settings = settings or get_settings()
+    database = database or get_database(settings)
+    app = FastAPI(
+        title="Airies API",
+        version=__version__,
+        docs_url=f"{settings.api_base_path}/docs",
+        openapi_url=f"{settings.api_base_path}/openapi.json",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.database = database
+    app.state.logger = logger
+    install_error_handlers(app)
+
+    api = APIRouter(prefix=settings.api_base_path)
+    for module in (health, accounts, agents, llm, voices, conversations, knowledge, billing):
+        api.include_router(module.router)
+    app.include_router(api)
+    app.add_middleware(RequestGuardMiddleware, max_bytes=settings.max_request_bytes, logger=logger)
+    return app

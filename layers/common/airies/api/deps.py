@@ -1,0 +1,49 @@
+"""FastAPI dependencies: the per-request unit of work and the authenticated account."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from airies.config import Settings
+from airies.db.engine import Database
+from airies.db.models import Account
+from airies.services.accounts import AccountService
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_db(request: Request) -> Database:
+    return request.app.state.database
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.database.session() as session:
+        yield session
+
+
+@dataclass(frozen=True)
+class Caller:
+    account: Account
+    session: Session
+
+    @property
+    def account_id(self) -> str:
+        return self.account.id
+
+
+def current_caller(request: Request, session: Session = Depends(get_session)) -> Caller:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    raw_key = token.strip() if scheme.lower() == "bearer" else None
+    account = AccountService(session).authenticate(raw_key)
+    request.state.account_id = account.id
+    logger = getattr(request.app.state, "logger", None)
+    if logger is not None:
+        logger.append_keys(account_id=account.id)
+    return Caller(account=account, session=session)

@@ -1,0 +1,54 @@
+"""Every error leaves the API as ``{"error": {"code", "message", "details"}}`` with the right status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from airies.errors import AiriesError, RateLimitedError
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+def _clean(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    cleaned = []
+    for err in errors:
+        loc = [str(part) for part in err.get("loc", ()) if part != "body"]
+        cleaned.append({"field": ".".join(loc) or "body", "code": err.get("type"), "message": err.get("msg")})
+    return cleaned
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AiriesError)
+    async def _airies_error(_request: Request, exc: AiriesError) -> JSONResponse:
+        headers = {}
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(exc, RateLimitedError) and retry_after:
+            headers["Retry-After"] = str(int(retry_after + 0.999))
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        if any(err.get("type") == "json_invalid" for err in errors):
+            return JSONResponse(error_body("malformed_json", "request body is not valid JSON", _clean(errors)), 400)
+        return JSONResponse(error_body("invalid_request", "request failed validation", _clean(errors)), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "payload_too_large"}
+        code = codes.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger = getattr(request.app.state, "logger", None)
+        if logger is not None:
+            logger.exception("unhandled error")
+        return JSONResponse(error_body("internal_error", "internal server error"), 500)

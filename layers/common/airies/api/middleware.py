@@ -1,0 +1,90 @@
+"""Pure ASGI middleware (cheaper than BaseHTTPMiddleware): body-size cap and request ids."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+Scope = dict[str, Any]
+
+
+def _json_error(status: int, code: str, message: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    body = json.dumps({"error": {"code": code, "message": message, "details": None}}).encode()
+    start = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    }
+    return start, {"type": "http.response.body", "body": body}
+
+
+class RequestGuardMiddleware:
+    """Rejects bodies over ``max_bytes`` with 413 (declared or streamed) and tags every request with an id."""
+
+    def __init__(self, app: Any, *, max_bytes: int, logger: Any = None) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.logger = logger
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        request_id = (headers.get(b"x-request-id") or b"").decode()[:100] or self._aws_request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        if self.logger is not None:
+            self.logger.remove_keys(["account_id"])
+            self.logger.append_keys(request_id=request_id)
+        limit = self._limit_for(scope)
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            start, body = _json_error(413, "payload_too_large", f"request body exceeds {limit} bytes")
+            await send(start)
+            await send(body)
+            return
+
+        received = 0
+        too_large = False
+
+        async def guarded_receive() -> dict[str, Any]:
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    too_large = True
+                    raise _BodyTooLarge
+            return message
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*list(message["headers"]), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, send_with_id)
+        except _BodyTooLarge:
+            if too_large:
+                start, body = _json_error(413, "payload_too_large", f"request body exceeds {limit} bytes")
+                await send(start)
+                await send(body)
+
+    def _limit_for(self, scope: Scope) -> int:
+        # Uploads of audio and documents have their own, larger caps enforced by their routes.
+        path: str = scope.get("path", "")
+        if path.endswith(("/audio", "/documents", "/transcriptions", "/voices/clone")):
+            return max(self.max_bytes, 26_214_400)
+        return self.max_bytes
+
+    @staticmethod
+    def _aws_request_id(scope: Scope) -> str:
+        event = scope.get("aws.event") or {}
+        ctx = event.get("requestContext") or {}
+        return ctx.get("requestId") or uuid.uuid4().hex
+
+
+class _BodyTooLarge(Exception):
+    pass

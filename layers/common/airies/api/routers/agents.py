@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Body, Depends, Query, Response
+
+from airies.api.deps import Caller, current_caller
+from airies.db.models import Agent, AgentVersion
+from airies.errors import NotAvailableError
+from airies.schemas.agents import (
+    AgentCreate,
+    AgentOut,
+    AgentTemplate,
+    AgentTestRequest,
+    AgentUpdate,
+    AgentVersionOut,
+    ValidationResult,
+)
+from airies.schemas.common import Page, StrictModel
+from airies.services.agents import AgentService, AgentValidator
+
+router = APIRouter(prefix="/agents", tags=["agents"])
+
+
+def agent_out(agent: Agent) -> AgentOut:
+    return AgentOut(
+        id=agent.id,
+        name=agent.name,
+        description=agent.description,
+        agent_type=agent.agent_type,
+        status=agent.status,  # type: ignore[arg-type]
+        current_version=agent.current_version,
+        has_undeployed_changes=agent.has_undeployed_changes,
+        config=agent.draft_config,
+        created_at=agent.created_at,
+        updated_at=agent.updated_at,
+    )
+
+
+def version_out(version: AgentVersion) -> AgentVersionOut:
+    return AgentVersionOut(
+        agent_id=version.agent_id, version=version.version, config=version.config, created_at=version.created_at
+    )
+
+
+class CloneRequest(StrictModel):
+    name: str | None = None
+
+
+# Static paths first, so they never match as an agent id.
+@router.get("/templates")
+def templates(_caller: Caller = Depends(current_caller)) -> dict[str, list[AgentTemplate]]:
+    return {"data": [AgentTemplate(**template) for template in AgentService.templates()]}
+
+
+@router.post("/validate")
+def validate(config: dict[str, Any] = Body(...), caller: Caller = Depends(current_caller)) -> ValidationResult:
+    problems = AgentValidator(caller.session).problems(caller.account_id, config)
+    return ValidationResult(valid=not problems, problems=problems)
+
+
+@router.post("", status_code=201)
+def create_agent(body: AgentCreate, caller: Caller = Depends(current_caller)) -> AgentOut:
+    return agent_out(AgentService(caller.session).create(caller.account_id, body))
+
+
+@router.get("")
+def list_agents(
+    caller: Caller = Depends(current_caller),
+    limit: int = Query(20, ge=1, le=100),
+    cursor: str | None = Query(None, max_length=40),
+    status: Literal["draft", "deployed"] | None = None,
+    agent_type: Literal["inbound", "outbound", "web"] | None = None,
+    q: str | None = Query(None, max_length=200),
+) -> Page[AgentOut]:
+    rows, next_cursor = AgentService(caller.session).list(
+        caller.account_id, limit=limit, cursor=cursor, status=status, agent_type=agent_type, search=q
+    )
+    return Page(data=[agent_out(agent) for agent in rows], next_cursor=next_cursor, has_more=next_cursor is not None)
+
+
+@router.get("/{agent_id}")
+def get_agent(agent_id: str, caller: Caller = Depends(current_caller)) -> AgentOut:
+    return agent_out(AgentService(caller.session).get(caller.account_id, agent_id))
+
+
+@router.put("/{agent_id}")
+def update_agent(agent_id: str, body: AgentUpdate, caller: Caller = Depends(current_caller)) -> AgentOut:
+    patch = body.model_dump(exclude_unset=True)
+    return agent_out(AgentService(caller.session).update(caller.account_id, agent_id, patch))
+
+
+@router.delete("/{agent_id}", status_code=204)
+def delete_agent(agent_id: str, caller: Caller = Depends(current_caller)) -> Response:
+    AgentService(caller.session).delete(caller.account_id, agent_id)
+    return Response(status_code=204)
+
+
+@router.post("/{agent_id}/deploy", status_code=201)
+def deploy_agent(agent_id: str, caller: Caller = Depends(current_caller)) -> AgentVersionOut:
+    return version_out(AgentService(caller.session).deploy(caller.account_id, agent_id))
+
+
+@router.get("/{agent_id}/versions")
+def list_versions(agent_id: str, caller: Caller = Depends(current_caller)) -> dict[str, list[AgentVersionOut]]:
+    return {"data": [version_out(v) for v in AgentService(caller.session).versions(caller.account_id, agent_id)]}
+
+
+@router.post("/{agent_id}/clone", status_code=201)
+def clone_agent(agent_id: str, body: CloneRequest | None = None, caller: Caller = Depends(current_caller)) -> AgentOut:
+    name = body.name if body else None
+    return agent_out(AgentService(caller.session).clone(caller.account_id, agent_id, name=name))
+
+
+@router.post("/{agent_id}/test")
+def test_agent(agent_id: str, body: AgentTestRequest, caller: Caller = Depends(current_caller)) -> dict[str, Any]:
+    AgentService(caller.session).get(caller.account_id, agent_id)
+    raise NotAvailableError("agent testing needs the LLM capability, which is not available yet")
+
+
+@router.get("/{agent_id}/analytics")
+def agent_analytics(
+    agent_id: str,
+    caller: Caller = Depends(current_caller),
+    period: Literal["24h", "7d", "30d", "90d"] = "7d",
+) -> dict[str, Any]:
+    AgentService(caller.session).get(caller.account_id, agent_id)
+    raise NotAvailableError("agent analytics need the conversations capability, which is not available yet")

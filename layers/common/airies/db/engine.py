@@ -1,0 +1,87 @@
+"""Engine and sessions, tuned for Lambda: one small pool per container, pre-ping, short recycle.
+
+A container serves one request at a time, so a pool of one connection (plus a little overflow
+for the local multi-threaded server) is right; ``pool_pre_ping`` survives RDS Proxy and idle
+disconnects after a container thaws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from airies.config import Settings, get_settings
+
+
+def create_db_engine(url: str, *, pool_size: int = 1, max_overflow: int = 2, echo: bool = False) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            echo=echo,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_pre_ping=False,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            if ":memory:" not in url:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return create_engine(
+        url,
+        echo=echo,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=True,
+        pool_recycle=300,
+    )
+
+
+class Database:
+    """The engine plus a session factory; one per container."""
+
+    def __init__(self, url: str, *, pool_size: int = 1, max_overflow: int = 2) -> None:
+        self.url = url
+        self.engine = create_db_engine(url, pool_size=pool_size, max_overflow=max_overflow)
+        self.session_factory = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A unit of work: commits on success, rolls back on any error."""
+        session = self.session_factory()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def dispose(self) -> None:
+        """Drop pooled connections (SnapStart restore hook, tests)."""
+        self.engine.dispose()
+
+
+@lru_cache(maxsize=1)
+def get_database(settings: Settings | None = None) -> Database:
+    settings = settings or get_settings()
+    return Database(
+        settings.resolved_database_url(),
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+    )

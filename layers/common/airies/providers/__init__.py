@@ -1,0 +1,1 @@
+"""Vendor adapters. One small interface per kind (``<kind>/base.py``), one module per vendor."""

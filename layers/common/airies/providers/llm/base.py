@@ -1,0 +1,85 @@
+"""The LLM interface: OpenAI-format messages in, a stream of typed events out.
+
+Every provider (OpenAI-compatible SDK, offline responder) implements ``LLMProvider``;
+the router and ``LLMService`` only ever see this interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class LLMRequest:
+    model: str
+    messages: list[dict[str, Any]]  # OpenAI chat format: {"role", "content", ...}
+    temperature: float = 0.7
+    max_tokens: int = 300
+    tools: list[dict[str, Any]] | None = None  # OpenAI "tools" format
+    tool_choice: str | dict[str, Any] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str  # a fragment of the JSON arguments
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    estimated: bool = False  # True when counted with tiktoken because the provider sent none
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    usage: Usage
+    finish_reason: str | None
+    provider: str
+    model: str
+    ttft_ms: float | None = None
+    total_ms: float | None = None
+    cost_usd: float = 0.0
+    tool_calls: tuple[ToolCall, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)  # e.g. {"is_language_model": False}
+
+
+LLMEvent = TextDelta | ToolCallDelta | StreamEnd
+
+
+@dataclass(frozen=True)
+class LLMResponse:
+    text: str
+    tool_calls: tuple[ToolCall, ...]
+    end: StreamEnd
+
+
+class LLMProvider(Protocol):
+    name: str
+
+    def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+        """Yield TextDelta / ToolCallDelta events, then exactly one StreamEnd."""
+        ...
+
+    async def list_models(self) -> list[str]: ...
+
+    async def validate_api_key(self) -> bool: ...

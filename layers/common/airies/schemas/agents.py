@@ -1,0 +1,200 @@
+"""The agent config: everything a voice agent needs, validated by pydantic.
+
+Structural limits live here (types, ranges, lengths); checks that need data
+(known providers, models, voices, owned knowledge bases, context size) live in
+``airies.services.agents.AgentValidator``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from airies.schemas.common import StrictModel
+
+
+class AgentType(StrEnum):
+    inbound = "inbound"
+    outbound = "outbound"
+    web = "web"
+
+
+class FirstMessageMode(StrEnum):
+    assistant_speaks_first = "assistant_speaks_first"
+    assistant_waits_for_user = "assistant_waits_for_user"
+    assistant_generates_first = "assistant_generates_first"
+
+
+class LLMFallback(StrictModel):
+    provider: str = Field(min_length=1, max_length=40)
+    model: str = Field(min_length=1, max_length=200)
+
+
+class LLMConfig(StrictModel):
+    provider: str = Field("openai", min_length=1, max_length=40)
+    model: str = Field("gpt-4o-mini", min_length=1, max_length=200)
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(300, ge=1, le=16384)
+    fallbacks: list[LLMFallback] = Field(default_factory=list, max_length=5)
+
+
+class VoiceConfig(StrictModel):
+    provider: str = Field("elevenlabs", min_length=1, max_length=40)
+    voice_id: str = Field("21m00Tcm4TlvDq8ikWAM", min_length=1, max_length=200)
+    model: str | None = Field(None, max_length=100)
+    speed: float = Field(1.0, ge=0.5, le=2.0)
+    stability: float = Field(0.5, ge=0.0, le=1.0)
+    similarity_boost: float = Field(0.75, ge=0.0, le=1.0)
+    style: float = Field(0.0, ge=0.0, le=1.0)
+    fallback_voices: list[VoiceFallback] = Field(default_factory=list, max_length=3)
+
+
+class VoiceFallback(StrictModel):
+    provider: str = Field(min_length=1, max_length=40)
+    voice_id: str = Field(min_length=1, max_length=200)
+
+
+class TranscriberConfig(StrictModel):
+    provider: str = Field("deepgram", min_length=1, max_length=40)
+    model: str = Field("nova-3", min_length=1, max_length=100)
+    language: str = Field("en", min_length=2, max_length=16, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+    keywords: list[str] = Field(default_factory=list, max_length=100)
+
+
+class InterruptionConfig(StrictModel):
+    enabled: bool = True
+    # Words the caller must say before the agent yields (0 = any detected speech).
+    min_words: int = Field(0, ge=0, le=10)
+    voice_seconds: float = Field(0.2, ge=0.0, le=2.0)
+    backoff_seconds: float = Field(1.0, ge=0.0, le=10.0)
+    acknowledgement_phrases: list[str] = Field(
+        default_factory=lambda: ["okay", "right", "uh-huh", "yeah", "mm-hmm"], max_length=50
+    )
+    interruption_phrases: list[str] = Field(default_factory=lambda: ["stop", "wait", "hold on"], max_length=50)
+
+
+class EndpointingConfig(StrictModel):
+    # Trailing silence that ends the caller's utterance (Vapi's default wait is 0.4 s).
+    silence_ms: int = Field(500, ge=100, le=5000)
+
+
+class AgentConfig(StrictModel):
+    name: str = Field(min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=2000)
+    agent_type: AgentType = AgentType.inbound
+    system_prompt: str = Field("You are a helpful voice assistant.", min_length=1, max_length=200_000)
+    first_message: str | None = Field(None, max_length=2000)
+    first_message_mode: FirstMessageMode = FirstMessageMode.assistant_speaks_first
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    voice: VoiceConfig = Field(default_factory=VoiceConfig)
+    transcriber: TranscriberConfig = Field(default_factory=TranscriberConfig)
+    knowledge_base_ids: list[str] = Field(default_factory=list, max_length=10)
+    end_call_phrases: list[str] = Field(default_factory=lambda: ["goodbye", "bye bye"], max_length=50)
+    end_call_message: str | None = Field("Thank you for calling. Goodbye!", max_length=1000)
+    max_duration_seconds: int = Field(600, ge=10, le=43200)
+    silence_timeout_seconds: int = Field(30, ge=5, le=3600)
+    silence_reminder_message: str | None = Field("Are you still there?", max_length=500)
+    interruption: InterruptionConfig = Field(default_factory=InterruptionConfig)
+    endpointing: EndpointingConfig = Field(default_factory=EndpointingConfig)
+    recording_enabled: bool = False
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_small(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(value) > 50:
+            raise ValueError("metadata may hold at most 50 keys")
+        import json
+
+        if len(json.dumps(value, default=str)) > 16_384:
+            raise ValueError("metadata may be at most 16 KiB as JSON")
+        return value
+
+    @field_validator("end_call_phrases", "knowledge_base_ids")
+    @classmethod
+    def _no_blank_items(cls, value: list[str]) -> list[str]:
+        cleaned = [item.strip() for item in value]
+        if any(not item for item in cleaned):
+            raise ValueError("items must not be blank")
+        return cleaned
+
+
+class AgentCreate(AgentConfig):
+    pass
+
+
+class AgentUpdate(StrictModel):
+    """Partial update: only the fields sent change; nested objects merge field by field."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=2000)
+    agent_type: AgentType | None = None
+    system_prompt: str | None = Field(None, min_length=1, max_length=200_000)
+    first_message: str | None = Field(None, max_length=2000)
+    first_message_mode: FirstMessageMode | None = None
+    llm: dict[str, Any] | None = None
+    voice: dict[str, Any] | None = None
+    transcriber: dict[str, Any] | None = None
+    knowledge_base_ids: list[str] | None = None
+    end_call_phrases: list[str] | None = None
+    end_call_message: str | None = None
+    max_duration_seconds: int | None = None
+    silence_timeout_seconds: int | None = None
+    silence_reminder_message: str | None = None
+    interruption: dict[str, Any] | None = None
+    endpointing: dict[str, Any] | None = None
+    recording_enabled: bool | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class AgentOut(BaseModel):
+    id: str
+    name: str
+    description: str | None
+    agent_type: str
+    status: Literal["draft", "deployed"]
+    current_version: int | None
+    has_undeployed_changes: bool
+    config: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class AgentVersionOut(BaseModel):
+    agent_id: str
+    version: int
+    config: dict[str, Any]
+    created_at: datetime
+
+
+class AgentTemplate(BaseModel):
+    id: str
+    name: str
+    description: str
+    config: dict[str, Any]
+
+
+class ValidationResult(BaseModel):
+    valid: bool
+    problems: list[dict[str, Any]]
+
+
+class AgentTestTurn(StrictModel):
+    user: str = Field(min_length=1, max_length=4000)
+    expect_contains: list[str] = Field(default_factory=list)
+    expect_not_contains: list[str] = Field(default_factory=list)
+    expect_regex: str | None = None
+    expect_tool_called: str | None = None
+    expect_end_call: bool | None = None
+
+
+class AgentTestRequest(StrictModel):
+    message: str | None = Field(None, min_length=1, max_length=4000)
+    turns: list[AgentTestTurn] = Field(default_factory=list, max_length=50)
+    use_draft: bool = True
+
+
+VoiceConfig.model_rebuild()

@@ -1,0 +1,306 @@
+"""Agent management: drafts, validation, immutable published versions, clone, templates."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from airies.db.ids import new_id
+from airies.db.models import Agent, AgentVersion, utcnow
+from airies.errors import BadRequestError, NotFoundError, ValidationFailedError
+from airies.schemas.agents import AgentConfig
+from airies.services import catalog
+from airies.services.agent_templates import TEMPLATES
+
+# (session, account_id, ids) -> the subset of ids that exist and belong to the account
+KnowledgeBaseOwnership = Callable[[Session, str, list[str]], set[str]]
+# (session, account_id, provider) -> voice ids the account may use beyond the built-in ones
+AccountVoices = Callable[[Session, str, str], set[str]]
+
+
+def owned_knowledge_base_ids(session: Session, account_id: str, ids: list[str]) -> set[str]:
+    from airies.db.models import knowledge
+
+    model = getattr(knowledge, "KnowledgeBase", None)
+    if model is None or not ids:
+        return set()
+    rows = session.scalars(select(model.id).where(model.account_id == account_id, model.id.in_(ids)))
+    return set(rows)
+
+
+def account_voice_ids(session: Session, account_id: str, provider: str) -> set[str]:
+    from airies.db.models import voice
+
+    model = getattr(voice, "Voice", None)
+    if model is None:
+        return set()
+    rows = session.scalars(select(model.voice_id).where(model.account_id == account_id, model.provider == provider))
+    return set(rows)
+
+
+def estimate_tokens(text: str) -> int:
+    # ~4 characters per token for English; used only to compare with a context window.
+    return math.ceil(len(text) / 4)
+
+
+def _problem(field: str, code: str, message: str) -> dict[str, str]:
+    return {"field": field, "code": code, "message": message}
+
+
+def pydantic_problems(exc: ValidationError) -> list[dict[str, str]]:
+    return [
+        _problem(".".join(str(part) for part in err["loc"]) or "body", err["type"], err["msg"]) for err in exc.errors()
+    ]
+
+
+class AgentValidator:
+    """Checks that need data: providers, models, voices, knowledge bases, context size."""
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        knowledge_bases: KnowledgeBaseOwnership = owned_knowledge_base_ids,
+        account_voices: AccountVoices = account_voice_ids,
+    ) -> None:
+        self.session = session
+        self.knowledge_bases = knowledge_bases
+        self.account_voices = account_voices
+
+    def problems(self, account_id: str, raw: dict[str, Any]) -> list[dict[str, str]]:
+        try:
+            config = AgentConfig.model_validate(raw)
+        except ValidationError as exc:
+            return pydantic_problems(exc)
+        return self.semantic_problems(account_id, config)
+
+    def semantic_problems(self, account_id: str, config: AgentConfig) -> list[dict[str, str]]:
+        problems: list[dict[str, str]] = []
+        llm_choices = [("llm", config.llm.provider, config.llm.model)] + [
+            (f"llm.fallbacks.{i}", fb.provider, fb.model) for i, fb in enumerate(config.llm.fallbacks)
+        ]
+        for field, provider, model in llm_choices:
+            if provider not in catalog.llm_providers():
+                problems.append(_problem(f"{field}.provider", "unknown_provider", f"unknown LLM provider '{provider}'"))
+                continue
+            entry = catalog.llm_model(provider, model)
+            if entry is None:
+                problems.append(
+                    _problem(f"{field}.model", "unknown_model", f"model '{model}' is not offered by '{provider}'")
+                )
+            elif field == "llm":
+                prompt_tokens = estimate_tokens(config.system_prompt) + config.llm.max_tokens
+                if prompt_tokens > entry.context_window:
+                    problems.append(
+                        _problem(
+                            "system_prompt",
+                            "prompt_too_long",
+                            f"system prompt (~{prompt_tokens} tokens with max_tokens) exceeds the "
+                            f"{entry.context_window}-token context of {model}",
+                        )
+                    )
+
+        tts = catalog.tts_providers()
+        voice_providers = [("voice", config.voice.provider, config.voice.voice_id)] + [
+            (f"voice.fallback_voices.{i}", fb.provider, fb.voice_id)
+            for i, fb in enumerate(config.voice.fallback_voices)
+        ]
+        for field, provider, voice_id in voice_providers:
+            if provider not in tts:
+                problems.append(_problem(f"{field}.provider", "unknown_provider", f"unknown TTS provider '{provider}'"))
+                continue
+            known = catalog.builtin_voice_ids(provider) | self.account_voices(self.session, account_id, provider)
+            if voice_id not in known:
+                problems.append(
+                    _problem(
+                        f"{field}.voice_id", "unknown_voice", f"voice '{voice_id}' is not available on '{provider}'"
+                    )
+                )
+        if config.voice.model and config.voice.model not in tts.get(config.voice.provider, {}).get("models", []):
+            problems.append(_problem("voice.model", "unknown_model", f"unknown TTS model '{config.voice.model}'"))
+
+        stt = catalog.stt_providers()
+        if config.transcriber.provider not in stt:
+            problems.append(
+                _problem(
+                    "transcriber.provider", "unknown_provider", f"unknown STT provider '{config.transcriber.provider}'"
+                )
+            )
+        elif config.transcriber.model not in stt[config.transcriber.provider]["models"]:
+            problems.append(
+                _problem(
+                    "transcriber.model",
+                    "unknown_model",
+                    f"model '{config.transcriber.model}' is not offered by '{config.transcriber.provider}'",
+                )
+            )
+
+        if config.knowledge_base_ids:
+            owned = self.knowledge_bases(self.session, account_id, config.knowledge_base_ids)
+            for i, kb_id in enumerate(config.knowledge_base_ids):
+                if kb_id not in owned:
+                    problems.append(
+                        _problem(
+                            f"knowledge_base_ids.{i}", "unknown_knowledge_base", f"knowledge base '{kb_id}' not found"
+                        )
+                    )
+        if config.first_message_mode == "assistant_speaks_first" and not config.first_message:
+            problems.append(
+                _problem("first_message", "missing", "first_message is required when the assistant speaks first")
+            )
+        return problems
+
+
+def _deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "metadata":
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class AgentService:
+    def __init__(self, session: Session, validator: AgentValidator | None = None) -> None:
+        self.session = session
+        self.validator = validator or AgentValidator(session)
+
+    # -- reads -------------------------------------------------------------------------------
+    def get(self, account_id: str, agent_id: str) -> Agent:
+        agent = self.session.scalar(select(Agent).where(Agent.id == agent_id, Agent.account_id == account_id))
+        if agent is None:
+            raise NotFoundError("agent", agent_id)
+        return agent
+
+    def list(
+        self,
+        account_id: str,
+        *,
+        limit: int = 20,
+        cursor: str | None = None,
+        status: str | None = None,
+        agent_type: str | None = None,
+        search: str | None = None,
+    ) -> tuple[list[Agent], str | None]:
+        query = select(Agent).where(Agent.account_id == account_id)
+        if cursor:
+            query = query.where(Agent.id < cursor)
+        if status:
+            query = query.where(Agent.status == status)
+        if agent_type:
+            query = query.where(Agent.agent_type == agent_type)
+        if search:
+            pattern = f"%{search.lower()}%"
+            query = query.where(or_(func.lower(Agent.name).like(pattern), func.lower(Agent.description).like(pattern)))
+        rows = list(self.session.scalars(query.order_by(Agent.id.desc()).limit(limit + 1)))
+        next_cursor = rows[limit - 1].id if len(rows) > limit else None
+        return rows[:limit], next_cursor
+
+    def versions(self, account_id: str, agent_id: str) -> list[AgentVersion]:
+        self.get(account_id, agent_id)
+        return list(
+            self.session.scalars(
+                select(AgentVersion)
+                .where(AgentVersion.agent_id == agent_id, AgentVersion.account_id == account_id)
+                .order_by(AgentVersion.version.desc())
+            )
+        )
+
+    def published_version(self, account_id: str, agent_id: str, version: int | None = None) -> AgentVersion:
+        agent = self.get(account_id, agent_id)
+        wanted = version or agent.current_version
+        if wanted is None:
+            raise BadRequestError("agent has no published version: deploy it first", code="agent_not_deployed")
+        record = self.session.scalar(
+            select(AgentVersion).where(AgentVersion.agent_id == agent_id, AgentVersion.version == wanted)
+        )
+        if record is None:
+            raise NotFoundError("agent_version", str(wanted))
+        return record
+
+    # -- writes ------------------------------------------------------------------------------
+    def _checked(self, account_id: str, config: AgentConfig) -> dict[str, Any]:
+        problems = self.validator.semantic_problems(account_id, config)
+        if problems:
+            raise ValidationFailedError("agent config is invalid", details=problems)
+        return config.model_dump(mode="json")
+
+    def create(self, account_id: str, config: AgentConfig) -> Agent:
+        data = self._checked(account_id, config)
+        agent = Agent(
+            id=new_id("agt"),
+            account_id=account_id,
+            name=config.name,
+            description=config.description,
+            agent_type=config.agent_type.value,
+            status="draft",
+            draft_config=data,
+            current_version=None,
+            has_undeployed_changes=True,
+        )
+        self.session.add(agent)
+        self.session.flush()
+        return agent
+
+    def update(self, account_id: str, agent_id: str, patch: dict[str, Any]) -> Agent:
+        agent = self.get(account_id, agent_id)
+        merged = _deep_merge(agent.draft_config, patch)
+        try:
+            config = AgentConfig.model_validate(merged)
+        except ValidationError as exc:
+            raise ValidationFailedError("agent config is invalid", details=pydantic_problems(exc)) from exc
+        data = self._checked(account_id, config)
+        if data != agent.draft_config:
+            agent.draft_config = data
+            agent.name = config.name
+            agent.description = config.description
+            agent.agent_type = config.agent_type.value
+            agent.has_undeployed_changes = True
+            agent.updated_at = utcnow()
+        return agent
+
+    def delete(self, account_id: str, agent_id: str) -> None:
+        agent = self.get(account_id, agent_id)
+        self.session.delete(agent)
+
+    def deploy(self, account_id: str, agent_id: str) -> AgentVersion:
+        # Row lock on PostgreSQL so two concurrent deploys cannot claim the same version number.
+        agent = self.session.scalar(
+            select(Agent).where(Agent.id == agent_id, Agent.account_id == account_id).with_for_update()
+        )
+        if agent is None:
+            raise NotFoundError("agent", agent_id)
+        config = AgentConfig.model_validate(agent.draft_config)
+        data = self._checked(account_id, config)
+        next_version = (agent.current_version or 0) + 1
+        version = AgentVersion(
+            id=new_id("agv"),
+            agent_id=agent.id,
+            account_id=account_id,
+            version=next_version,
+            config=data,
+        )
+        self.session.add(version)
+        agent.current_version = next_version
+        agent.status = "deployed"
+        agent.has_undeployed_changes = False
+        agent.updated_at = utcnow()
+        self.session.flush()
+        return version
+
+    def clone(self, account_id: str, agent_id: str, *, name: str | None = None) -> Agent:
+        source = self.get(account_id, agent_id)
+        config = copy.deepcopy(source.draft_config)
+        config["name"] = (name or f"{source.name} (copy)")[:200]
+        return self.create(account_id, AgentConfig.model_validate(config))
+
+    @staticmethod
+    def templates() -> Iterable[dict[str, Any]]:
+        return TEMPLATES

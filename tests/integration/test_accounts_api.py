@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from tests.conftest import signup
+
+
+def test_signup_returns_key_once_and_it_authenticates(client):
+    response = client.post("/api/v1/accounts", json={"name": "Acme", "email": "Ops@Acme.example"})
+    assert response.status_code == 201
+    body = response.json()
+    key = body["api_key"]
+    assert key.startswith("ak_live_") and len(key) > 40
+    assert body["account"]["email"] == "ops@acme.example"
+    me = client.get("/api/v1/accounts/me", headers={"Authorization": f"Bearer {key}"})
+    assert me.status_code == 200 and me.json()["id"] == body["account"]["id"]
+    listed = client.get("/api/v1/api-keys", headers={"Authorization": f"Bearer {key}"}).json()["data"]
+    assert len(listed) == 1
+    assert key not in str(listed) and listed[0]["masked_key"].endswith(key[-4:])
+
+
+def test_duplicate_email_is_conflict(client):
+    client.post("/api/v1/accounts", json={"name": "A", "email": "same@example.com"})
+    response = client.post("/api/v1/accounts", json={"name": "B", "email": "SAME@example.com"})
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "email_taken"
+
+
+def test_missing_bad_and_revoked_keys_are_401(client):
+    assert client.get("/api/v1/agents").status_code == 401
+    assert client.get("/api/v1/agents", headers={"Authorization": "Bearer nope"}).status_code == 401
+    headers = signup(client)
+    created = client.post("/api/v1/api-keys", json={"name": "ci"}, headers=headers)
+    assert created.status_code == 201
+    second = {"Authorization": f"Bearer {created.json()['api_key']}"}
+    assert client.get("/api/v1/agents", headers=second).status_code == 200
+    assert client.delete(f"/api/v1/api-keys/{created.json()['id']}", headers=headers).status_code == 204
+    response = client.get("/api/v1/agents", headers=second)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthorized"
+
+
+def test_foreign_key_id_is_404(client):
+    a = signup(client)
+    b = signup(client)
+    key_id = client.get("/api/v1/api-keys", headers=a).json()["data"][0]["id"]
+    assert client.delete(f"/api/v1/api-keys/{key_id}", headers=b).status_code == 404
+    assert client.get("/api/v1/agents", headers=a).status_code == 200
+
+
+def test_signup_disabled(client, app):
+    app.state.settings.allow_public_signup = False
+    response = client.post("/api/v1/accounts", json={"name": "A", "email": "x@example.com"})
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "signup_disabled"
+
+
+def test_bad_signup_bodies(client):
+    assert (
+        client.post("/api/v1/accounts", content=b"{not json", headers={"content-type": "application/json"}).status_code
+        == 400
+    )
+    assert client.post("/api/v1/accounts", json={"name": "A", "email": "not-an-email"}).status_code == 422
+    assert client.post("/api/v1/accounts", json={"name": "A", "email": "a@b.co", "admin": True}).status_code == 422
+    huge = {"name": "A" * 2_000_000, "email": "a@b.co"}
+    response = client.post("/api/v1/accounts", json=huge)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_health_needs_no_key(client):
+    response = client.get("/api/v1/health")
+    assert response.status_code == 200
+    assert response.json()["database"] in {"sqlite", "postgresql"}

@@ -68,10 +68,12 @@ class AgentValidator:
         *,
         knowledge_bases: KnowledgeBaseOwnership = owned_knowledge_base_ids,
         account_voices: AccountVoices = account_voice_ids,
+        llm_model: Callable[[str, str], catalog.LLMModel | None] = catalog.llm_model,
     ) -> None:
         self.session = session
         self.knowledge_bases = knowledge_bases
         self.account_voices = account_voices
+        self.llm_model = llm_model
 
     def problems(self, account_id: str, raw: dict[str, Any]) -> list[dict[str, str]]:
         try:
@@ -86,10 +88,10 @@ class AgentValidator:
             (f"llm.fallbacks.{i}", fb.provider, fb.model) for i, fb in enumerate(config.llm.fallbacks)
         ]
         for field, provider, model in llm_choices:
-            if provider not in catalog.llm_providers():
+            if provider not in catalog.llm_providers() and self.llm_model(provider, model) is None:
                 problems.append(_problem(f"{field}.provider", "unknown_provider", f"unknown LLM provider '{provider}'"))
                 continue
-            entry = catalog.llm_model(provider, model)
+            entry = self.llm_model(provider, model)
             if entry is None:
                 problems.append(
                     _problem(f"{field}.model", "unknown_model", f"model '{model}' is not offered by '{provider}'")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -77,11 +76,13 @@ class Database:
         self.engine.dispose()
 
 
-@lru_cache(maxsize=1)
+_databases: dict[str, Database] = {}
+
+
 def get_database(settings: Settings | None = None) -> Database:
+    """The container-wide Database for the configured URL (created once, then reused)."""
     settings = settings or get_settings()
-    return Database(
-        settings.resolved_database_url(),
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
-    )
+    url = settings.resolved_database_url()
+    if url not in _databases:
+        _databases[url] = Database(url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
+    return _databases[url]

@@ -11,11 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
+
 from airies.config import Settings
 from airies.db.engine import Database
 from airies.db.migrate import upgrade_head
 from airies.db.models import Base
-from sqlalchemy import create_engine, text
 
 PG_ADMIN_URL = os.environ.get("AIRIES_TEST_PG_URL", "postgresql+pg8000://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgresql"]

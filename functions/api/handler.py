@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from airies.api.app import create_app
 from aws_lambda_powertools import Logger
 from mangum import Mangum
+
+from airies.api.app import create_app
 
 logger = Logger()
 app = create_app(logger=logger)

@@ -52,6 +52,110 @@ class Settings(BaseSettings):
     # Secrets for provider keys: an SSM parameter path / Secrets Manager name on AWS
     provider_keys_secret_name: str | None = None
 
+    # LLM providers (issue 3). Keys are read as AIRIES_OPENAI_API_KEY etc. locally; on AWS, when unset,
+    # from the platform secret (airies.services.secrets.get_platform_secret("openai_api_key")).
+    openai_api_key: str | None = None
+    openai_base_url: str = "https://api.openai.com/v1"
+    groq_api_key: str | None = None
+    groq_base_url: str = "https://api.groq.com/openai/v1"
+    deepinfra_api_key: str | None = None
+    deepinfra_base_url: str = "https://api.deepinfra.com/v1/openai"
+    # Any OpenAI-compatible endpoint (Ollama, vLLM): base URL + comma-separated models + their routing class.
+    llm_custom_base_url: str | None = None
+    llm_custom_api_key: str | None = None
+    llm_custom_models: str = ""
+    llm_custom_model_class: str = "fast"
+    llm_custom_name: str = "custom"
+    llm_custom_stream_usage: bool = True  # false for servers that reject stream_options (usage is then estimated)
+    # Router: timeouts in seconds, circuit breaker, cross-container health flush.
+    llm_connect_timeout_s: float = 2.0
+    llm_first_token_timeout_s: float = 8.0
+    llm_stream_idle_timeout_s: float = 15.0
+    llm_breaker_failures: int = 3
+    llm_breaker_cooldown_s: float = 30.0
+    llm_max_retry_after_wait_s: float = 2.0
+    llm_health_flush_interval_s: float = 30.0
+    # Account provider keys: envelope encryption with this KMS key on AWS; a local key file otherwise.
+    provider_keys_kms_key_id: str | None = None
+
+    # Voice (issue 4). Keys left empty select the offline engines (PocketSphinx STT, eSpeak NG TTS);
+    # *_base_url point the official SDKs at another endpoint (the wire-level test doubles).
+    deepgram_api_key: str | None = None
+    deepgram_base_url: str | None = None
+    elevenlabs_api_key: str | None = None
+    elevenlabs_base_url: str | None = None
+    whisper_api_key: str | None = None  # falls back to the platform OpenAI key
+    whisper_base_url: str | None = None
+    azure_speech_key: str | None = None
+    azure_speech_region: str = "eastus"
+    azure_speech_base_url: str | None = None  # default https://{region}.tts.speech.microsoft.com
+    voice_offline_fallback: bool = True  # use the offline engine when the configured provider has no key
+    voice_cache_ttl_seconds: int = 600
+    voice_provider_timeout_seconds: float = 20.0
+    max_transcription_seconds: int = 300
+    max_tts_chars: int = 5000
+    espeak_binary: str = "espeak-ng"
+    # The offline fallback voice: eSpeak's Klatt variant decodes far better with PocketSphinx (README, Voice).
+    espeak_default_voice: str = "en-us+klatt2"
+
+    # Conversations and real-time voice (issue 5)
+    ws_state_table: str = "airies-local-ws-state"  # DynamoDB: connections, live sessions, buffered audio (TTL)
+    ws_management_url: str | None = None  # post_to_connection endpoint; on AWS built from the request context
+    ws_token_secret: str | None = None  # HMAC key of conversation tokens; locally derived from data_dir
+    ws_token_ttl_seconds: int = 300
+    ws_state_ttl_seconds: int = 7200  # API Gateway's 2-hour connection maximum
+    ws_out_chunk_ms: int = 250  # server audio frames: barge-in stops within one of these
+    ws_control_frames_per_second: int = 10
+    ws_max_utterance_seconds: int = 30
+    conversation_recordings_prefix: str = "recordings"
+
+    # Usage, credits and billing (issue 7). Without a queue URL usage is tracked in-process (direct publisher).
+    usage_queue_url: str | None = None
+    # Stripe: keys locally from AIRIES_STRIPE_SECRET_KEY / AIRIES_STRIPE_WEBHOOK_SECRET, on AWS through
+    # get_platform_secret("stripe_secret_key" / "stripe_webhook_secret"). Without a key Stripe routes answer 501.
+    stripe_secret_key: str | None = None
+    stripe_webhook_secret: str | None = None
+    stripe_api_base: str | None = None  # a local emulator (localstripe / test double), e.g. http://127.0.0.1:8420
+    stripe_webhook_tolerance_s: int = 300
+    stripe_max_network_retries: int = 2  # the SDK's own retries (it reuses the idempotency key)
+    stripe_plan_pro: str = "airies_pro_monthly"  # Stripe plan/price id per subscription tier
+    stripe_plan_enterprise: str = "airies_enterprise_monthly"
+    stripe_plan_pay_as_you_go: str | None = None
+    billing_event_bus: str | None = None  # EventBridge bus for invoice notifications; unset: not sent
+
+    # Knowledge bases (issue 6). Defaults run offline: hashing embedder + embedded vector store, files under
+    # data_dir when no documents bucket is set (moto/AWS set AIRIES_KB_DOCUMENTS_BUCKET).
+    kb_documents_bucket: str | None = None
+    kb_ingestion_queue_url: str | None = None  # S3 ObjectCreated notifications land here (template)
+    kb_scrape_queue_url: str | None = None  # unset: scrape jobs run inline in the API process
+    kb_ingestion_state_machine_arn: str | None = None  # unset: large documents are processed inline too
+    kb_embedding_provider: str = "hashing"  # hashing (offline, lexical) | openai | minilm
+    kb_embedding_model: str | None = None  # default per provider
+    kb_embedding_dimensions: int | None = None  # default per model
+    kb_embeddings_base_url: str | None = None  # default: openai_base_url
+    kb_embeddings_max_retries: int = 3
+    kb_vector_store: str = "embedded"  # embedded | pgvector | pinecone
+    kb_pgvector_database_url: str | None = None  # default: the platform database
+    pinecone_api_key: str | None = None
+    pinecone_index_host: str | None = None  # the serverless index's host
+    kb_chunk_tokens: int = 300
+    kb_chunk_overlap_tokens: int = 40
+    kb_max_document_bytes: int = 50 * 1024 * 1024
+    kb_inline_upload_max_bytes: int = 4_000_000  # inline uploads through the API (Lambda payloads stop at 6 MB)
+    kb_max_decompressed_bytes: int = 100 * 1024 * 1024  # DOCX is a zip: cap what it may expand to
+    kb_max_pages: int = 2000
+    kb_large_document_bytes: int = 2_000_000  # larger uploads go through the Step Functions state machine
+    kb_embed_batch_chunks: int = 256  # chunks per embed+upsert step (one Map iteration)
+    kb_stream_batch_chunks: int = 128  # inline path: chunks per embed+upsert while extraction goes on
+    kb_presign_expires_s: int = 900
+    kb_processing_lease_s: int = 900  # a "processing" document older than this may be reclaimed
+    kb_scrape_max_pages: int = 50
+    kb_scrape_max_depth: int = 3
+    kb_scrape_timeout_s: float = 10.0
+    kb_scrape_allowed_private_hosts: str = ""  # comma list; any other private/loopback address is refused (SSRF)
+    kb_scrape_user_agent: str = "AiriesBot/1.0 (+https://airies.ai/bot)"
+    kb_agent_min_score: float = 0.1  # retrieve_for_agent drops chunks below this cosine similarity
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

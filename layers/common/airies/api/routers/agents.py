@@ -2,11 +2,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Query, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
 from airies.api.deps import Caller, current_caller
 from airies.db.models import Agent, AgentVersion
-from airies.errors import NotAvailableError
 from airies.schemas.agents import (
     AgentCreate,
     AgentOut,
@@ -113,9 +112,13 @@ def clone_agent(agent_id: str, body: CloneRequest | None = None, caller: Caller 
 
 
 @router.post("/{agent_id}/test")
-def test_agent(agent_id: str, body: AgentTestRequest, caller: Caller = Depends(current_caller)) -> dict[str, Any]:
-    AgentService(caller.session).get(caller.account_id, agent_id)
-    raise NotAvailableError("agent testing needs the LLM capability, which is not available yet")
+def test_agent(
+    agent_id: str, body: AgentTestRequest, request: Request, caller: Caller = Depends(current_caller)
+) -> dict[str, Any]:
+    from airies.services.agent_testing import run_agent_test
+
+    state = request.app.state
+    return run_agent_test(caller.session, state.settings, state.database, caller.account_id, agent_id, body)
 
 
 @router.get("/{agent_id}/analytics")
@@ -124,5 +127,7 @@ def agent_analytics(
     caller: Caller = Depends(current_caller),
     period: Literal["24h", "7d", "30d", "90d"] = "7d",
 ) -> dict[str, Any]:
+    from airies.services.conversations import get_agent_analytics
+
     AgentService(caller.session).get(caller.account_id, agent_id)
-    raise NotAvailableError("agent analytics need the conversations capability, which is not available yet")
+    return get_agent_analytics(caller.session, caller.account_id, agent_id, period)

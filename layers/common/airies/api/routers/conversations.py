@@ -1,7 +1,254 @@
-"""Routes of the conversations capability (filled in by its issue)."""
+"""Conversations REST API: start (token + WebSocket URL), list/read/update/delete, text and audio turns over HTTP,
+transcripts (JSON or plain text), cost and analytics."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import base64
+from typing import Any, Literal
 
-router = APIRouter(tags=["conversations"])
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import PlainTextResponse
+
+from airies.api.deps import Caller, current_caller
+from airies.db.models.conversations import Conversation, ConversationTurn
+from airies.errors import UnsupportedMediaTypeError
+from airies.schemas import ws_protocol as wp
+from airies.schemas.common import Page
+from airies.schemas.conversations import (
+    ConversationCreate,
+    ConversationDetail,
+    ConversationOut,
+    ConversationStarted,
+    ConversationUpdate,
+    MessageIn,
+    TurnOut,
+)
+from airies.services.conversations import (
+    ConversationService,
+    billing_credit_gate,
+    billing_start_check,
+    billing_usage_sink,
+)
+
+router = APIRouter(prefix="/conversations", tags=["conversations"])
+
+
+def service(request: Request, caller: Caller) -> ConversationService:
+    settings = request.app.state.settings
+    engines = getattr(request.app.state, "conversation_engines", None)  # tests and the local stack may inject
+    recorder = getattr(request.app.state, "conversation_recorder", None)
+    return ConversationService(
+        caller.session,
+        settings,
+        engines=engines,
+        usage_sink=billing_usage_sink(settings, caller.session),
+        credit_gate=billing_credit_gate(settings, caller.session),
+        recorder=recorder,
+        start_check=lambda session, account_id: billing_start_check(settings, session, account_id),
+        database=request.app.state.database,
+    )
+
+
+def conversation_out(c: Conversation) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "agent_id": c.agent_id,
+        "agent_version": c.agent_version,
+        "status": c.status,
+        "channel": c.channel,
+        "caller": c.caller,
+        "metadata": c.metadata_,
+        "started_at": c.started_at,
+        "ended_at": c.ended_at,
+        "end_reason": c.end_reason,
+        "duration_seconds": c.duration_seconds,
+        "turn_count": c.turn_count,
+        "interruption_count": c.interruption_count,
+        "usage": c.usage,
+        "cost_usd": float(c.cost_usd or 0),
+        "recording_enabled": c.recording_enabled,
+        "created_at": c.created_at,
+    }
+
+
+def turn_out(t: ConversationTurn) -> TurnOut:
+    return TurnOut(
+        id=t.id,
+        seq=t.seq,
+        input_mode=t.input_mode,
+        user_text=t.user_text,
+        agent_text=t.agent_text,
+        interrupted=t.interrupted,
+        status=t.status,
+        latency=t.latency,
+        usage=t.usage,
+        cost=t.cost,
+        cost_usd=float(t.cost_usd or 0),
+        recording=t.recording,
+        started_at=t.started_at,
+        ended_at=t.ended_at,
+    )
+
+
+@router.post("", status_code=201)
+def start_conversation(
+    body: ConversationCreate, request: Request, caller: Caller = Depends(current_caller)
+) -> ConversationStarted:
+    svc = service(request, caller)
+    conversation, token, expires = svc.start_conversation(caller.account_id, body)
+    # Commit before answering: the client connects to the WebSocket the moment it has the token, and $connect
+    # must find the conversation (the request's unit of work would only commit as the response goes out).
+    caller.session.commit()
+    return ConversationStarted(
+        **conversation_out(conversation),
+        ws_url=svc.ws_url(conversation.id, token),
+        token=token,
+        token_expires_at=expires,
+        protocol_version=wp.PROTOCOL_VERSION,
+    )
+
+
+@router.get("")
+def list_conversations(
+    request: Request,
+    caller: Caller = Depends(current_caller),
+    limit: int = Query(20, ge=1, le=100),
+    cursor: str | None = Query(None, max_length=40),
+    agent_id: str | None = Query(None, max_length=40),
+    status: Literal["created", "active", "ended"] | None = None,
+) -> Page[ConversationOut]:
+    rows, next_cursor = service(request, caller).list(
+        caller.account_id, limit=limit, cursor=cursor, agent_id=agent_id, status=status
+    )
+    return Page(
+        data=[ConversationOut(**conversation_out(c)) for c in rows],
+        next_cursor=next_cursor,
+        has_more=next_cursor is not None,
+    )
+
+
+# Static paths before /{conversation_id}.
+@router.get("/analytics")
+def analytics(
+    request: Request,
+    caller: Caller = Depends(current_caller),
+    period: Literal["24h", "7d", "30d", "90d"] = "7d",
+    agent_id: str | None = Query(None, max_length=40),
+) -> dict[str, Any]:
+    return service(request, caller).get_conversation_analytics(caller.account_id, period, agent_id)
+
+
+@router.get("/{conversation_id}")
+def get_conversation(
+    conversation_id: str, request: Request, caller: Caller = Depends(current_caller)
+) -> ConversationDetail:
+    svc = service(request, caller)
+    conversation = svc.get(caller.account_id, conversation_id)
+    turns = svc.get_conversation_history(caller.account_id, conversation_id)
+    return ConversationDetail(**conversation_out(conversation), turns=[turn_out(t) for t in turns])
+
+
+@router.put("/{conversation_id}")
+def update_conversation(
+    conversation_id: str, body: ConversationUpdate, request: Request, caller: Caller = Depends(current_caller)
+) -> ConversationOut:
+    return ConversationOut(
+        **conversation_out(service(request, caller).update(caller.account_id, conversation_id, body))
+    )
+
+
+@router.delete("/{conversation_id}", status_code=204)
+def delete_conversation(conversation_id: str, request: Request, caller: Caller = Depends(current_caller)) -> Response:
+    service(request, caller).delete(caller.account_id, conversation_id)
+    return Response(status_code=204)
+
+
+def _turn_response(turn: ConversationTurn, result: Any, frames: list[dict[str, Any]]) -> dict[str, Any]:
+    pcm = b"".join(base64.b64decode(f["data"]) for f in frames if f.get("type") == "audio")
+    return {
+        "turn": turn_out(turn).model_dump(mode="json"),
+        "transcript": result.user_text,
+        "reply": result.agent_text,
+        "end_call": result.end_call,
+        "audio": (
+            {"encoding": "pcm_s16le", "sample_rate": wp.SAMPLE_RATE, "data": base64.b64encode(pcm).decode()}
+            if pcm
+            else None
+        ),
+    }
+
+
+@router.post("/{conversation_id}/message")
+async def post_message(
+    conversation_id: str, body: MessageIn, request: Request, caller: Caller = Depends(current_caller)
+) -> dict[str, Any]:
+    turn, result, frames = await service(request, caller).process_message(
+        caller.account_id, conversation_id, body.text, with_audio=body.with_audio
+    )
+    return _turn_response(turn, result, frames)
+
+
+@router.post("/{conversation_id}/audio")
+async def post_audio(
+    conversation_id: str, request: Request, caller: Caller = Depends(current_caller)
+) -> dict[str, Any]:
+    """Body: a WAV file (any rate, mono, PCM16 or μ-law) or raw PCM16 16 kHz mono (``audio/l16``, ``application/octet-stream``)."""
+    content_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    raw = await request.body()
+    if content_type in ("audio/wav", "audio/x-wav", "audio/wave"):
+        from airies.audio.codecs import read_wav, resample_pcm16
+
+        try:
+            pcm, rate = read_wav(raw)
+        except ValueError as exc:
+            from airies.errors import BadRequestError
+
+            raise BadRequestError(f"unreadable WAV: {exc}", code="bad_audio") from exc
+        if rate != wp.SAMPLE_RATE:
+            pcm = resample_pcm16(pcm, rate, wp.SAMPLE_RATE)
+    elif content_type in ("audio/l16", "audio/pcm", "application/octet-stream"):
+        pcm = raw
+    else:
+        raise UnsupportedMediaTypeError("send audio/wav or raw PCM16 16 kHz mono (audio/l16)")
+    turn, result, frames = await service(request, caller).handle_audio_input(caller.account_id, conversation_id, pcm)
+    return _turn_response(turn, result, frames)
+
+
+@router.get("/{conversation_id}/transcript", response_model=None)
+def transcript(
+    conversation_id: str,
+    request: Request,
+    caller: Caller = Depends(current_caller),
+    format: Literal["json", "text"] | None = None,
+) -> Any:
+    svc = service(request, caller)
+    wants_text = format == "text" or (format is None and "text/plain" in request.headers.get("accept", ""))
+    if wants_text:
+        return PlainTextResponse(svc.transcript_text(caller.account_id, conversation_id))
+    conversation = svc.get(caller.account_id, conversation_id)
+    turns = svc.get_conversation_history(caller.account_id, conversation_id)
+    messages: list[dict[str, Any]] = []
+    for t in turns:
+        if t.user_text:
+            messages.append({"role": "user", "text": t.user_text, "turn_id": t.id, "at": t.started_at.isoformat()})
+        if t.agent_text:
+            messages.append(
+                {
+                    "role": "agent",
+                    "text": t.agent_text,
+                    "turn_id": t.id,
+                    "interrupted": t.interrupted,
+                    "at": t.ended_at.isoformat(),
+                }
+            )
+    return {
+        "conversation_id": conversation.id,
+        "status": conversation.status,
+        "end_reason": conversation.end_reason,
+        "messages": messages,
+    }
+
+
+@router.get("/{conversation_id}/cost")
+def cost(conversation_id: str, request: Request, caller: Caller = Depends(current_caller)) -> dict[str, Any]:
+    return service(request, caller).calculate_conversation_cost(caller.account_id, conversation_id)

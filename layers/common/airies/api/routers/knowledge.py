@@ -1,7 +1,389 @@
-"""Routes of the knowledge capability (filled in by its issue)."""
+"""Knowledge-base routes: thin; every decision is in ``airies.services.knowledge``."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import base64
+import binascii
+from typing import Any
 
-router = APIRouter(tags=["knowledge"])
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from airies.api.deps import Caller, current_caller
+from airies.db.models.knowledge import KnowledgeBase, KnowledgeDocument, KnowledgeScrapeJob
+from airies.errors import BadRequestError, PayloadTooLargeError, ValidationFailedError
+from airies.schemas.common import Page
+from airies.schemas.knowledge import (
+    ChunkOut,
+    DocumentCreate,
+    DocumentCreated,
+    DocumentOut,
+    KnowledgeBaseCreate,
+    KnowledgeBaseOut,
+    KnowledgeBaseUpdate,
+    PresignedUploadOut,
+    QueryIn,
+    QueryResultOut,
+    ReembedIn,
+    ScrapeJobCreate,
+    ScrapeJobOut,
+)
+from airies.services.knowledge import KnowledgeService, build_knowledge_service
+
+router = APIRouter(prefix="/knowledge-bases", tags=["knowledge"])
+
+
+def service(request: Request, caller: Caller = Depends(current_caller)) -> KnowledgeService:
+    state = request.app.state
+    base = getattr(state, "knowledge_service", None)
+    if base is None:  # one per app: embedders and store clients are reused across requests
+        base = state.knowledge_service = build_knowledge_service(state.settings, state.database)
+    return base.bind(caller.session)
+
+
+def kb_out(kb: KnowledgeBase) -> KnowledgeBaseOut:
+    return KnowledgeBaseOut(
+        id=kb.id,
+        name=kb.name,
+        description=kb.description,
+        embedding_provider=kb.embedding_provider,
+        embedding_model=kb.embedding_model,
+        embedding_dimensions=kb.embedding_dimensions,
+        lexical_only=kb.embedding_provider == "hashing",
+        vector_store=kb.vector_store,
+        chunk_size=kb.chunk_size,
+        chunk_overlap=kb.chunk_overlap,
+        status=kb.status,
+        document_count=kb.document_count,
+        chunk_count=kb.chunk_count,
+        token_count=kb.token_count,
+        embeddings_updated_at=kb.embeddings_updated_at,
+        created_at=kb.created_at,
+        updated_at=kb.updated_at,
+    )
+
+
+def doc_out(doc: KnowledgeDocument) -> DocumentOut:
+    return DocumentOut(
+        id=doc.id,
+        knowledge_base_id=doc.knowledge_base_id,
+        name=doc.name,
+        source_type=doc.source_type,
+        source_url=doc.source_url,
+        content_type=doc.content_type,
+        size_bytes=doc.size_bytes,
+        status=doc.status,
+        error_code=doc.error_code,
+        error=doc.error,
+        page_count=doc.page_count,
+        chunk_count=doc.chunk_count,
+        token_count=doc.token_count,
+        created_at=doc.created_at,
+        updated_at=doc.updated_at,
+        processed_at=doc.processed_at,
+    )
+
+
+def job_out(job: KnowledgeScrapeJob) -> ScrapeJobOut:
+    return ScrapeJobOut(
+        id=job.id,
+        knowledge_base_id=job.knowledge_base_id,
+        start_urls=list(job.start_urls),
+        max_depth=job.max_depth,
+        max_pages=job.max_pages,
+        status=job.status,
+        pages_crawled=job.pages_crawled,
+        pages_failed=job.pages_failed,
+        pages_skipped=job.pages_skipped,
+        error=job.error,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        created_at=job.created_at,
+    )
+
+
+@router.post("", status_code=201)
+def create_knowledge_base(
+    body: KnowledgeBaseCreate, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
+) -> KnowledgeBaseOut:
+    fields = body.model_dump(exclude={"name"})
+    return kb_out(svc.create_knowledge_base(caller.account_id, body.name, **fields))
+
+
+@router.get("")
+def list_knowledge_bases(
+    caller: Caller = Depends(current_caller),
+    svc: KnowledgeService = Depends(service),
+    limit: int = Query(20, ge=1, le=100),
+    cursor: str | None = Query(None, max_length=40),
+) -> Page[KnowledgeBaseOut]:
+    rows, next_cursor = svc.list_knowledge_bases(caller.account_id, limit=limit, cursor=cursor)
+    return Page(data=[kb_out(kb) for kb in rows], next_cursor=next_cursor, has_more=next_cursor is not None)
+
+
+@router.get("/{kb_id}")
+def get_knowledge_base(
+    kb_id: str, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
+) -> KnowledgeBaseOut:
+    return kb_out(svc.get_knowledge_base(caller.account_id, kb_id))
+
+
+@router.put("/{kb_id}")
+def update_knowledge_base(
+    kb_id: str,
+    body: KnowledgeBaseUpdate,
+    caller: Caller = Depends(current_caller),
+    svc: KnowledgeService = Depends(service),
+) -> KnowledgeBaseOut:
+    return kb_out(svc.update_knowledge_base(caller.account_id, kb_id, body.model_dump(exclude_unset=True)))
+
+
+@router.delete("/{kb_id}", status_code=204)
+def delete_knowledge_base(
+    kb_id: str, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
+) -> Response:
+    svc.delete_knowledge_base(caller.account_id, kb_id)
+    return Response(status_code=204)
+
+
+async def _document_request(request: Request, *, require_filename: bool = True) -> tuple[DocumentCreate, bytes | None]:
+    """JSON (``DocumentCreate``) or multipart/form-data with a ``file`` part (small files inline)."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form()
+        upload: Any = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise BadRequestError("multipart uploads need a 'file' part")
+        data = await upload.read()
+        spec = DocumentCreate(
+            filename=str(form.get("filename") or upload.filename or "document"),
+            content_type=str(form.get("content_type") or upload.content_type or "") or None,
+        )
+        return spec, data
+    try:
+        raw = await request.body()
+        if not require_filename:  # PUT keeps the document's name
+            import json
+
+            body = json.loads(raw or b"{}")
+            if isinstance(body, dict):
+                body.setdefault("filename", "unchanged")
+            raw = json.dumps(body).encode()
+        spec = DocumentCreate.model_validate_json(raw)
+    except ValueError as exc:
+        errors = getattr(exc, "errors", lambda: [])()
+        raise ValidationFailedError(
+            "invalid document request",
+            details=[
+                {
+                    "field": ".".join(map(str, e.get("loc", ()))),
+                    "code": e.get("type", "invalid"),
+                    "message": e.get("msg", ""),
+                }
+                for e in errors
+            ],
+        ) from exc
+    if spec.content_base64 is not None and spec.text is not None:
+        raise BadRequestError("send content_base64 or text, not both")
+    if spec.content_base64 is not None:
+        try:
+            return spec, base64.b64decode(spec.content_base64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise BadRequestError("content_base64 is not valid base64") from exc
+    if spec.text is not None:
+        return spec, spec.text.encode()
+    return spec, None
+
+
+@router.post("/{kb_id}/documents", status_code=201)
+async def create_document(request: Request, kb_id: str) -> DocumentCreated:
+    spec, data = await _document_request(request)
+    # The sync work below runs in a worker thread, like FastAPI's own sync routes.
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(_create_document_sync, request, kb_id, spec, data)
+
+
+def _authenticate(request: Request, session: Any) -> Caller:
+    # The async document routes read the body themselves, then authenticate in the worker thread.
+    from airies.services.accounts import AccountService
+
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    account = AccountService(session).authenticate(token.strip() if scheme.lower() == "bearer" else None)
+    return Caller(account=account, session=session)
+
+
+def _create_document_sync(request: Request, kb_id: str, spec: DocumentCreate, data: bytes | None) -> DocumentCreated:
+    state = request.app.state
+    with state.database.session() as session:
+        caller = _authenticate(request, session)
+        account = caller.account
+        svc = service(request, caller)
+        settings = state.settings
+        if data is None:
+            doc, presigned = svc.upload_document(
+                account.id, kb_id, filename=spec.filename, content_type=spec.content_type, size_bytes=spec.size_bytes
+            )
+            upload = PresignedUploadOut(
+                url=presigned.url,
+                fields=presigned.fields,
+                expires_in=presigned.expires_in,
+                max_bytes=settings.kb_max_document_bytes,
+            )
+            return DocumentCreated(document=doc_out(doc), upload=upload)
+        if len(data) > settings.kb_inline_upload_max_bytes:
+            raise PayloadTooLargeError(
+                f"inline uploads are limited to {settings.kb_inline_upload_max_bytes} bytes; "
+                "create the document without content to get a presigned S3 upload"
+            )
+        doc = svc.add_document_content(
+            account.id, kb_id, filename=spec.filename, content_type=spec.content_type, data=data
+        )
+        return DocumentCreated(document=doc_out(doc))
+
+
+@router.put("/{kb_id}/documents/{doc_id}")
+async def update_document(request: Request, kb_id: str, doc_id: str) -> DocumentOut:
+    """Replace a document's content (JSON ``text``/``content_base64`` or multipart ``file``); re-ingested now."""
+    spec, data = await _document_request(request, require_filename=False)
+    if data is None:
+        raise BadRequestError("send the new content as text, content_base64 or a multipart file")
+    from starlette.concurrency import run_in_threadpool
+
+    def run() -> DocumentOut:
+        state = request.app.state
+        if len(data) > state.settings.kb_inline_upload_max_bytes:
+            raise PayloadTooLargeError(
+                f"inline uploads are limited to {state.settings.kb_inline_upload_max_bytes} bytes"
+            )
+        with state.database.session() as session:
+            caller = _authenticate(request, session)
+            svc = service(request, caller)
+            return doc_out(
+                svc.update_document(caller.account_id, kb_id, doc_id, data=data, content_type=spec.content_type)
+            )
+
+    return await run_in_threadpool(run)
+
+
+@router.get("/{kb_id}/documents")
+def list_documents(
+    kb_id: str,
+    caller: Caller = Depends(current_caller),
+    svc: KnowledgeService = Depends(service),
+    limit: int = Query(50, ge=1, le=200),
+    cursor: str | None = Query(None, max_length=40),
+    status: str | None = Query(None, pattern="^(pending_upload|uploaded|processing|ready|failed)$"),
+) -> Page[DocumentOut]:
+    rows, next_cursor = svc.list_documents(caller.account_id, kb_id, limit=limit, cursor=cursor, status=status)
+    return Page(data=[doc_out(d) for d in rows], next_cursor=next_cursor, has_more=next_cursor is not None)
+
+
+@router.get("/{kb_id}/documents/{doc_id}")
+def get_document(
+    kb_id: str, doc_id: str, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
+) -> DocumentOut:
+    return doc_out(svc.get_document(caller.account_id, kb_id, doc_id))
+
+
+@router.delete("/{kb_id}/documents/{doc_id}", status_code=204)
+def delete_document(
+    kb_id: str, doc_id: str, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
+) -> Response:
+    svc.delete_document(caller.account_id, kb_id, doc_id)
+    return Response(status_code=204)
+
+
+@router.get("/{kb_id}/documents/{doc_id}/chunks")
+def get_document_chunks(
+    kb_id: str,
+    doc_id: str,
+    caller: Caller = Depends(current_caller),
+    svc: KnowledgeService = Depends(service),
+    limit: int = Query(100, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+) -> dict[str, list[ChunkOut]]:
+    chunks = svc.get_document_chunks(caller.account_id, kb_id, doc_id, limit=limit, offset=offset)
+    return {
+        "data": [
+            ChunkOut(
+                id=c.id,
+                document_id=c.document_id,
+                chunk_index=c.chunk_index,
+                text=c.text,
+                token_count=c.token_count,
+                page=c.page,
+            )
+            for c in chunks
+        ]
+    }
+
+
+@router.post("/{kb_id}/query")
+def query_knowledge_base(
+    kb_id: str, body: QueryIn, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
+) -> dict[str, list[QueryResultOut]]:
+    results = svc.query_knowledge_base(caller.account_id, kb_id, body.query, top_k=body.top_k, threshold=body.threshold)
+    return {
+        "data": [
+            QueryResultOut(
+                chunk_id=r.chunk_id,
+                text=r.text,
+                score=r.score,
+                document_id=r.document_id,
+                document_name=r.document_name,
+                knowledge_base_id=r.knowledge_base_id,
+                chunk_index=r.chunk_index,
+                page=r.page,
+                source_url=r.source_url,
+            )
+            for r in results
+        ]
+    }
+
+
+@router.post("/{kb_id}/scrape-jobs", status_code=202)
+def create_scrape_job(
+    kb_id: str,
+    body: ScrapeJobCreate,
+    caller: Caller = Depends(current_caller),
+    svc: KnowledgeService = Depends(service),
+) -> ScrapeJobOut:
+    job = svc.create_web_scrape_job(
+        caller.account_id, kb_id, body.start_urls, max_depth=body.max_depth, max_pages=body.max_pages
+    )
+    if not svc.enqueue_scrape_job(job):
+        # No queue (plain local run): crawl now, in this request.
+        svc._pipeline().run_scrape_job(job.id)
+    return job_out(svc.get_scrape_job(caller.account_id, kb_id, job.id))
+
+
+@router.get("/{kb_id}/scrape-jobs")
+def list_scrape_jobs(
+    kb_id: str, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
+) -> dict[str, list[ScrapeJobOut]]:
+    return {"data": [job_out(j) for j in svc.list_scrape_jobs(caller.account_id, kb_id)]}
+
+
+@router.get("/{kb_id}/scrape-jobs/{job_id}")
+def get_scrape_job(
+    kb_id: str, job_id: str, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
+) -> ScrapeJobOut:
+    return job_out(svc.get_scrape_job(caller.account_id, kb_id, job_id))
+
+
+@router.post("/{kb_id}/reembed")
+def reembed(
+    kb_id: str,
+    body: ReembedIn | None = None,
+    caller: Caller = Depends(current_caller),
+    svc: KnowledgeService = Depends(service),
+) -> KnowledgeBaseOut:
+    body = body or ReembedIn()
+    kb = svc.update_embeddings(
+        caller.account_id,
+        kb_id,
+        embedding_provider=body.embedding_provider,
+        embedding_model=body.embedding_model,
+        embedding_dimensions=body.embedding_dimensions,
+    )
+    return kb_out(kb)

@@ -1,7 +1,87 @@
-"""Routes of the llm capability (filled in by its issue)."""
+"""Routes of the llm capability: provider status, LLM models, an account's own provider keys."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import Field
+
+from airies.api.deps import Caller, current_caller
+from airies.schemas.common import StrictModel
+from airies.services.llm import build_llm_service
+from airies.services.llm_router import run_async
+from airies.services.provider_keys import PROVIDER_KINDS, STATUS_REPORTERS, ProviderKeyService
 
 router = APIRouter(tags=["llm"])
+
+
+class ProviderKeyIn(StrictModel):
+    api_key: str = Field(min_length=1, max_length=4096)
+
+
+@router.get("/providers")
+def list_providers(request: Request, caller: Caller = Depends(current_caller)) -> dict[str, Any]:
+    settings, database = request.app.state.settings, request.app.state.database
+    account_keys = {row["provider"] for row in ProviderKeyService(caller.session, settings).list(caller.account_id)}
+    rows: list[dict[str, Any]] = []
+    llm = build_llm_service(settings, database, caller.account_id)
+    if llm.router.tracker.due():  # a fresh container: show the shared figures, not an empty local view
+        llm.router.tracker.sync()
+    rows.extend(llm.get_provider_status())
+    reported = {row["provider"] for row in rows}
+    for vendor in ("openai", "groq", "deepinfra"):
+        if vendor not in reported:
+            rows.append({"provider": vendor, "kind": "llm", "configured": False, "status": "not_configured"})
+    for kind, reporter in STATUS_REPORTERS.items():
+        if kind == "llm":
+            continue
+        rows.extend(reporter(settings))
+    reported = {row["provider"] for row in rows}
+    for provider, kind in sorted(PROVIDER_KINDS.items()):
+        if provider not in reported:
+            # The capability owning this vendor has not registered a status reporter: say so, invent nothing.
+            rows.append({"provider": provider, "kind": kind, "configured": None, "status": "unknown"})
+    for row in rows:
+        row["account_key"] = row["provider"] in account_keys
+    return {"data": rows}
+
+
+@router.get("/llm/models")
+def list_models(
+    request: Request,
+    caller: Caller = Depends(current_caller),
+    provider: str | None = Query(None, max_length=40),
+    model_class: str | None = Query(None, max_length=40),
+) -> dict[str, Any]:
+    llm = build_llm_service(request.app.state.settings, request.app.state.database, caller.account_id)
+    models = llm.get_available_models()
+    if provider:
+        models = [m for m in models if m["provider"] == provider]
+    if model_class:
+        models = [m for m in models if m["model_class"] == model_class]
+    by_provider: dict[str, list[str]] = {}
+    for model in models:
+        by_provider.setdefault(model["provider"], []).append(model["model"])
+    return {"data": models, "providers": by_provider, "offline": llm.offline}
+
+
+@router.get("/provider-keys")
+def list_provider_keys(request: Request, caller: Caller = Depends(current_caller)) -> dict[str, Any]:
+    return {"data": ProviderKeyService(caller.session, request.app.state.settings).list(caller.account_id)}
+
+
+@router.put("/provider-keys/{provider}")
+def put_provider_key(
+    provider: str, body: ProviderKeyIn, request: Request, caller: Caller = Depends(current_caller)
+) -> dict[str, Any]:
+    service = ProviderKeyService(caller.session, request.app.state.settings)
+    service.kind_of(provider)  # 404 before any outbound call
+    run_async(service.validate, provider, body.api_key)
+    return service.store(caller.account_id, provider, body.api_key)
+
+
+@router.delete("/provider-keys/{provider}", status_code=204)
+def delete_provider_key(provider: str, request: Request, caller: Caller = Depends(current_caller)) -> Response:
+    ProviderKeyService(caller.session, request.app.state.settings).delete(caller.account_id, provider)
+    return Response(status_code=204)

@@ -1,7 +1,185 @@
-"""Routes of the voices capability (filled in by its issue)."""
+"""Routes of the voices capability: voice lists, cloning, previews and transcriptions. Decisions live in
+``airies.services.voice``; these handlers only parse uploads and shape responses."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
+
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
+from pydantic import Field
+
+from airies.api.deps import Caller, current_caller
+from airies.db.models.voice import Voice
+from airies.errors import BadRequestError, UnsupportedMediaTypeError
+from airies.providers.stt.base import Transcript
+from airies.providers.tts.base import VoiceInfo
+from airies.schemas.common import StrictModel
+from airies.services.voice import MAX_CLONE_SAMPLE_BYTES, VoiceService, build_voice_service
 
 router = APIRouter(tags=["voices"])
+
+MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+PREVIEW_MAX_CHARS = 500
+
+
+def voice_service(request: Request, caller: Caller = Depends(current_caller)) -> VoiceService:
+    return build_voice_service(request.app.state.settings, account_id=caller.account_id, session=caller.session)
+
+
+def voice_info_out(voice: VoiceInfo) -> dict[str, Any]:
+    return {
+        "voice_id": voice.voice_id,
+        "name": voice.name,
+        "provider": voice.provider,
+        "language": voice.language,
+        "custom": voice.custom,
+        "preview_url": voice.preview_url,
+    }
+
+
+def voice_row_out(row: Voice) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "voice_id": row.voice_id,
+        "provider": row.provider,
+        "name": row.name,
+        "description": row.description,
+        "language": row.language,
+        "kind": row.kind,
+        "sample_count": row.sample_count,
+        "labels": row.labels,
+        "created_at": row.created_at,
+    }
+
+
+def transcript_out(transcript: Transcript) -> dict[str, Any]:
+    return {
+        "text": transcript.text,
+        "words": [
+            {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3), "confidence": w.confidence}
+            for w in transcript.words
+        ],
+        "confidence": transcript.confidence,
+        "language": transcript.language,
+        "duration_seconds": round(transcript.duration_seconds, 3),
+        "provider": transcript.provider,
+        "model": transcript.model,
+        "metadata": transcript.metadata,
+    }
+
+
+@router.get("/voices")
+async def list_voices(
+    provider: str | None = Query(None, max_length=40), service: VoiceService = Depends(voice_service)
+) -> dict[str, Any]:
+    providers = await service.get_available_voices(provider)
+    data = []
+    for entry in providers.values():
+        row = {k: v for k, v in entry.items() if k != "voices"}
+        row["voices"] = [voice_info_out(v) for v in entry["voices"]]
+        data.append(row)
+    return {"data": data}
+
+
+@router.get("/voices/mine")
+def list_my_voices(service: VoiceService = Depends(voice_service)) -> dict[str, Any]:
+    return {"data": [voice_row_out(row) for row in service.list_account_voices()]}
+
+
+@router.post("/voices/clone", status_code=201)
+async def clone_voice(
+    name: str = Form(..., min_length=1, max_length=200),
+    files: list[UploadFile] = File(..., description="1-25 audio samples of the voice (wav, mp3, ...)"),
+    description: str | None = Form(None, max_length=1000),
+    provider: str = Form("elevenlabs", max_length=40),
+    service: VoiceService = Depends(voice_service),
+) -> dict[str, Any]:
+    samples = []
+    for upload in files:
+        data = await upload.read(MAX_CLONE_SAMPLE_BYTES + 1)
+        samples.append((upload.filename or f"sample{len(samples) + 1}", data))
+    row = await service.clone_voice(name, samples, provider=provider, description=description)
+    return voice_row_out(row)
+
+
+@router.delete("/voices/{voice_id}", status_code=204)
+async def delete_voice(voice_id: str, service: VoiceService = Depends(voice_service)) -> Response:
+    await service.delete_voice(voice_id)
+    return Response(status_code=204)
+
+
+class PreviewRequest(StrictModel):
+    text: str = Field(min_length=1, max_length=PREVIEW_MAX_CHARS)
+    provider: str = Field("espeak", min_length=1, max_length=40)
+    voice_id: str = Field(min_length=1, max_length=200)
+    model: str | None = Field(None, max_length=100)
+    speed: float = Field(1.0, ge=0.5, le=2.0)
+    stability: float = Field(0.5, ge=0.0, le=1.0)
+    similarity_boost: float = Field(0.75, ge=0.0, le=1.0)
+    style: float = Field(0.0, ge=0.0, le=1.0)
+    format: str = Field("wav", pattern="^(wav|mp3)$")
+
+
+@router.post("/voices/preview")
+async def preview_voice(body: PreviewRequest, service: VoiceService = Depends(voice_service)) -> Response:
+    """Speak ``text`` with a voice so it can be heard before an agent uses it (no fallback: exactly this voice)."""
+    await service.check_voice(body.provider, body.voice_id)
+    voice = body.model_dump(exclude={"text", "format"})
+    output_format = "mp3_44100_128" if body.format == "mp3" else "pcm_16000"
+    audio = await service.synthesize_all(body.text, voice=voice, output_format=output_format, strict=True)
+    from airies.audio.codecs import write_wav  # numpy: lazily, off the API cold start
+
+    if body.format == "wav":
+        audio, media_type = write_wav(audio, 16000), "audio/wav"
+    else:
+        media_type = "audio/mpeg"
+    return Response(
+        content=audio, media_type=media_type, headers={"X-Voice-Provider": service.last_tts_provider or body.provider}
+    )
+
+
+async def _uploaded_audio(request: Request) -> tuple[bytes, dict[str, str]]:
+    """Audio bytes and form fields of a multipart upload (field ``file``) or of a raw ``audio/wav`` body."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_part_size=MAX_UPLOAD_BYTES)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise BadRequestError("send the audio as a multipart file field named 'file'", code="missing_file")
+        fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        fields["expected_phrases"] = "\n".join(v for k, v in form.multi_items() if k == "expected_phrases")
+        return await upload.read(), fields
+    if content_type.split(";")[0].strip() in ("audio/wav", "audio/x-wav", "audio/wave", "application/octet-stream"):
+        return await request.body(), dict(request.query_params)
+    raise UnsupportedMediaTypeError(
+        f"unsupported content type '{content_type or 'none'}': send multipart/form-data or audio/wav"
+    )
+
+
+@router.post("/transcriptions")
+async def transcribe(request: Request, service: VoiceService = Depends(voice_service)) -> dict[str, Any]:
+    """Audio (WAV: 16-bit PCM or μ-law) in, transcript with word timings out."""
+    from airies.audio.codecs import AudioFormatError, read_wav, sniff_format  # numpy: lazily
+
+    data, fields = await _uploaded_audio(request)
+    if not data:
+        raise BadRequestError("audio is empty", code="empty_audio")
+    kind = sniff_format(data)
+    if kind != "wav":
+        raise UnsupportedMediaTypeError(
+            f"audio must be a WAV file (16-bit PCM or μ-law); got {kind}",
+            details={"detected_format": kind},
+        )
+    try:
+        pcm16, sample_rate = read_wav(data)
+    except AudioFormatError as exc:
+        raise BadRequestError(str(exc), code="invalid_audio") from exc
+    transcriber = {
+        "provider": fields.get("provider") or None,
+        "model": fields.get("model") or None,
+        "language": fields.get("language") or "en",
+        "keywords": [k.strip() for k in (fields.get("keywords") or "").split(",") if k.strip()],
+    }
+    phrases = [p.strip() for p in (fields.get("expected_phrases") or "").splitlines() if p.strip()]
+    transcript = await service.speech_to_text(pcm16, sample_rate, transcriber=transcriber, expected_phrases=phrases)
+    return transcript_out(transcript)

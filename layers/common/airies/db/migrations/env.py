@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+from alembic import context
+from sqlalchemy import Connection
+
 from airies.config import get_settings
 from airies.db.engine import create_db_engine
 from airies.db.models import Base
-from alembic import context
-from sqlalchemy import Connection
 
 target_metadata = Base.metadata
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Protocol
 
 
@@ -19,7 +20,14 @@ class LLMRequest:
     max_tokens: int = 300
     tools: list[dict[str, Any]] | None = None  # OpenAI "tools" format
     tool_choice: str | dict[str, Any] | None = None
+    # Free-form context for the router and the offline responder; never sent to a provider. Keys read here:
+    #   first_message: str, knowledge_passages: list[str], end_call_phrases: list[str], end_call_message: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Routing: the preferred provider (None = weighted choice within the model class), explicit fallbacks
+    # tried before class peers, and the class itself when ``model`` is not in the catalog ("fast", "smart").
+    provider: str | None = None
+    fallbacks: tuple[tuple[str, str], ...] = ()
+    model_class: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,9 +66,10 @@ class StreamEnd:
     model: str
     ttft_ms: float | None = None
     total_ms: float | None = None
-    cost_usd: float = 0.0
+    cost_usd: float = 0.0  # float for display; ``cost`` is the exact figure billing should use
     tool_calls: tuple[ToolCall, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)  # e.g. {"is_language_model": False}
+    cost: Decimal = Decimal(0)
 
 
 LLMEvent = TextDelta | ToolCallDelta | StreamEnd

@@ -1,1 +1,1 @@
-
+"""Vector stores behind one interface (``base.VectorStore``): embedded (default), pgvector, Pinecone."""

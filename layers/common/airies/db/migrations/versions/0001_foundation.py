@@ -7,9 +7,10 @@ Revises:
 from __future__ import annotations
 
 import sqlalchemy as sa
-from airies.db.models.base import UTCDateTime
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
+
+from airies.db.models.base import UTCDateTime
 
 revision = "0001_foundation"
 down_revision = None

@@ -1,0 +1,143 @@
+# Airies: the two commands a fresh machine needs are `make run` and `make test`.
+# Sections: variables | environments | run | test & lint | bench | build (SAM) | clean.
+# Capabilities add their own targets in their own section at the end (small edits).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Variables
+# ---------------------------------------------------------------------------------------------------------------------
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.airies-installed
+# cfn-lint 1.53.3 is the last release that runs the SAM transform; its aws-sam-translator pins a pydantic that
+# conflicts with ours, so it lives in its own virtual environment.
+TOOLS_VENV ?= .venv-tools
+CFN_LINT_VERSION := 1.53.3
+CFN_LINT := $(TOOLS_VENV)/bin/cfn-lint
+TOOLS_STAMP := $(TOOLS_VENV)/.cfn-lint-$(CFN_LINT_VERSION)
+# aws-sam-cli (+318 MB) only for `make build`.
+SAM_VENV ?= .venv-sam
+SAM := $(SAM_VENV)/bin/sam
+# sam build needs python3.12 for the layer; pyenv provides it on these machines.
+SAM_ENV := SAM_CLI_TELEMETRY=0 $(if $(shell command -v pyenv),PYENV_VERSION=$(shell pyenv versions --bare | grep -E '^3\.11' | tail -1):$(shell pyenv versions --bare | grep -E '^3\.12' | tail -1))
+PIP_QUIET := --quiet --disable-pip-version-check
+LINT_PATHS := layers functions tests benchmarks
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: help install tools run serve test lint format typecheck-template pytest bench build build-check clean distclean
+
+help:
+	@echo "make run     create .venv, install, migrate, serve the platform at http://127.0.0.1:$(PORT) (prints a dev API key)"
+	@echo "make test    install, then ruff + cfn-lint + every test (SQLite and PostgreSQL)"
+	@echo "make bench   benchmarks (cold init per function, warm API latency) -> benchmarks/results/"
+	@echo "make lint    ruff check + ruff format --check + cfn-lint"
+	@echo "make format  ruff format + ruff check --fix"
+	@echo "make build   sam build (arm64 layer, precompiled); checks the 250 MB unzipped limit"
+	@echo "make clean   remove caches and build output (keeps virtual environments and .data)"
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Environments
+# ---------------------------------------------------------------------------------------------------------------------
+$(PY):
+	@test -n "$(PYTHON)" || { echo "python3.11 is required (pyenv install 3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_QUIET) --upgrade pip
+
+# Reinstall only when the dependency pins change.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install $(PIP_QUIET) -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+$(TOOLS_STAMP):
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install $(PIP_QUIET) 'cfn-lint==$(CFN_LINT_VERSION)'
+	@touch $@
+
+tools: $(TOOLS_STAMP)
+
+# eSpeak NG is the offline TTS engine of the voice capability.
+espeak:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+		echo "eSpeak NG (offline text-to-speech) is missing: installing it with apt-get"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq espeak-ng; }
+
+.PHONY: espeak
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Run (the local stack: uvicorn + moto server + SQLite under .data unless DATABASE_URL is set)
+# ---------------------------------------------------------------------------------------------------------------------
+run: install espeak
+	$(PY) -m airies.db.migrate
+	PORT=$(PORT) $(PY) -m airies.local.server
+
+serve: run
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Test & lint (CI runs `make test` through .ci/run)
+# ---------------------------------------------------------------------------------------------------------------------
+test: install tools lint pytest
+
+lint: install tools
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(CFN_LINT) template.yaml
+
+format: install
+	$(VENV)/bin/ruff format $(LINT_PATHS)
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
+
+# pytest exits 5 when it collected nothing: that fails here like any other non-zero exit.
+pytest: install
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Benchmarks (not tests: figures, not pass/fail; needs PostgreSQL for the warm API benchmark)
+# ---------------------------------------------------------------------------------------------------------------------
+bench: install
+	$(PY) -m benchmarks $(BENCH_ARGS)
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Build (SAM): optional locally, nothing here deploys. `sam deploy --guided` needs AWS credentials.
+# ---------------------------------------------------------------------------------------------------------------------
+$(SAM):
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install $(PIP_QUIET) 'aws-sam-cli==1.170.0'
+
+build: $(SAM)
+	$(SAM_ENV) $(SAM) validate --template template.yaml --region us-east-1
+	$(SAM_ENV) $(SAM) build --template template.yaml
+	@size=$$(du -sm .aws-sam/build/CommonLayer | cut -f1); \
+		echo "CommonLayer: $$size MB unzipped"; \
+		test "$$size" -lt 240 || { echo "CommonLayer is too close to Lambda's 250 MB unzipped limit"; exit 1; }
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Clean
+# ---------------------------------------------------------------------------------------------------------------------
+clean:
+	rm -rf .aws-sam .pytest_cache .ruff_cache .hypothesis build benchmarks/results
+	find . -path ./$(VENV) -prune -o -path ./$(TOOLS_VENV) -prune -o -path ./$(SAM_VENV) -prune -o \
+		-type d -name __pycache__ -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) $(TOOLS_VENV) $(SAM_VENV)
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Capability targets (add yours below, one small section each)
+# ---------------------------------------------------------------------------------------------------------------------
+
+# Knowledge bases (issue 6): PostgreSQL 16 + pgvector for the pgvector tests and benchmark, from the PyPI package
+# pgserver in its own venv under /tmp (as root it adds a system user and opens the parent folders of its data dir
+# and interpreter, so both stay out of the work tree). The server keeps running; tests/doubles/pgvector_server.py.
+KB_PGSERVER_VENV ?= /tmp/airies-pgvenv
+.PHONY: kb-pgvector
+kb-pgvector: install
+	test -x $(KB_PGSERVER_VENV)/bin/python || $(PYTHON) -m venv $(KB_PGSERVER_VENV)
+	$(KB_PGSERVER_VENV)/bin/pip install $(PIP_QUIET) 'pgserver==0.1.4'
+	$(PY) -c "from tests.doubles.pgvector_server import pgvector_url; print('pgvector at', pgvector_url())"

@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): figures with their baselines measured in the same run. ``python -m benchmarks``."""

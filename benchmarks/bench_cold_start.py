@@ -1,0 +1,113 @@
+"""Cold init of every function in template.yaml, beside ``import boto3`` measured in the same run.
+
+Each sample is a fresh interpreter that times, with ``perf_counter``, the import + module-level init of the
+function's handler file (exactly what Lambda's init phase runs before the first invoke; interpreter start-up is
+not included, on either side). Environment: the function's template env resolved for local use
+(infra/env/local.json) with a PostgreSQL DATABASE_URL (the engine does not connect at init, but the pg8000
+dialect loads as in production). The Secrets Manager fetch that production does at init is not included.
+
+Targets: ApiFunction <= 3x ``import boto3``, every other function <= 2x.
+Bytecode caches are warm (one discarded warm-up run): see the README for what that means on Lambda.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from benchmarks import harness, importtime
+
+DEFAULT_RUNS = 7
+API_FUNCTIONS = {"ApiFunction": 3.0}  # function -> allowed ratio; all others 2.0
+DEFAULT_RATIO = 2.0
+BENCH_DATABASE_URL = os.environ.get(
+    "AIRIES_BENCH_DATABASE_URL", "postgresql+pg8000://postgres@127.0.0.1:5432/airies_bench_cold"
+)
+
+
+def _function_env(spec: Any, ctx: Any) -> dict[str, str]:
+    from airies.local.template import function_environment
+
+    env = dict(os.environ)
+    for key, value in function_environment(spec, ctx).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    env["DATABASE_URL"] = BENCH_DATABASE_URL
+    env.pop("AWS_ENDPOINT_URL", None)
+    env.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    env.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    return env
+
+
+def _handler_snippet(spec: Any) -> str:
+    body = "\n".join(
+        [
+            "import importlib.util",
+            f"_spec = importlib.util.spec_from_file_location('_cold_handler', {str(spec.module_path)!r})",
+            "_mod = importlib.util.module_from_spec(_spec)",
+            "_spec.loader.exec_module(_mod)",
+        ]
+    )
+    return harness.timed_snippet([*(str(p) for p in spec.layer_dirs), str(spec.code_uri)], body)
+
+
+def run(args: Any) -> dict[str, Any]:
+    from airies.local.template import function_specs, local_context
+
+    runs = getattr(args, "runs", None) or DEFAULT_RUNS
+    ctx = local_context()
+    specs = function_specs(ctx.template)
+    baseline_code = harness.timed_snippet([], "import boto3")
+    jobs: dict[str, tuple[str, dict[str, str] | None]] = {"import boto3": (baseline_code, None)}
+    for logical_id, spec in specs.items():
+        jobs[logical_id] = (_handler_snippet(spec), _function_env(spec, ctx))
+
+    for code, env in jobs.values():  # warm-up: writes bytecode caches, discarded
+        harness.fresh_process_ms(code, env=env)
+    samples: dict[str, list[float]] = {name: [] for name in jobs}
+    for _ in range(runs):  # interleaved, so drift on a shared machine hits every series alike
+        for name, (code, env) in jobs.items():
+            samples[name].append(harness.fresh_process_ms(code, env=env))
+
+    baseline = harness.median(samples["import boto3"])
+    print(f"  {'':<28}{'median ms':>10}{'min ms':>9}{'x boto3':>9}")
+    print(f"  {'import boto3 (baseline)':<28}{baseline:>10.1f}{min(samples['import boto3']):>9.1f}{1.0:>9.2f}")
+    functions: dict[str, Any] = {}
+    targets = []
+    for logical_id in specs:
+        med = harness.median(samples[logical_id])
+        ratio = med / baseline
+        limit = API_FUNCTIONS.get(logical_id, DEFAULT_RATIO)
+        functions[logical_id] = {
+            "median_ms": round(med, 1),
+            "min_ms": round(min(samples[logical_id]), 1),
+            "samples_ms": [round(v, 1) for v in samples[logical_id]],
+            "ratio_to_boto3": round(ratio, 2),
+            "target_ratio": limit,
+        }
+        print(f"  {logical_id:<28}{med:>10.1f}{min(samples[logical_id]):>9.1f}{ratio:>9.2f}")
+        targets.append(harness.target(f"{logical_id} cold init / import boto3", ratio, limit, "x"))
+    for logical_id, spec in specs.items():  # name the causes of every miss (python -X importtime, one process)
+        if functions[logical_id]["ratio_to_boto3"] <= functions[logical_id]["target_ratio"]:
+            continue
+        local = {p.stem for p in spec.code_uri.glob("*.py")}
+        roots = importtime.profile(jobs[logical_id][0], jobs[logical_id][1])
+        why = importtime.third_party_entries(roots, local)[:6]
+        own = importtime.first_party_costs(roots)[:4]
+        functions[logical_id]["heaviest_imports"] = why
+        functions[logical_id]["heaviest_own_modules"] = own
+        print(f"  {logical_id} misses its target; heaviest imports by our code:")
+        for entry in why:
+            print(f"      {entry['ms']:>6.1f} ms  {entry['importer']} -> {entry['module']}")
+    return {
+        "runs": runs,
+        "baseline": {
+            "name": "import boto3",
+            "median_ms": round(baseline, 1),
+            "samples_ms": [round(v, 1) for v in samples["import boto3"]],
+        },
+        "functions": functions,
+        "targets": targets,
+    }

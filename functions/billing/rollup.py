@@ -1,0 +1,31 @@
+"""UsageRollupFunction: the daily usage roll-up (EventBridge Scheduler, once a day).
+
+Recomputes ``usage_daily`` for yesterday and today (UTC) from the events: idempotent, so a retried or
+repeated run converges to the same rows; late SQS deliveries of yesterday's usage are picked up.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from airies.config import get_settings
+from airies.db.engine import get_database
+from airies.services.usage import build_usage_service
+
+logger = Logger()
+settings = get_settings()
+usage = build_usage_service(settings, get_database(settings))
+
+
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    days = event.get("days")
+    if not days:
+        today = datetime.now(UTC).date()
+        days = [(today - timedelta(days=1)).isoformat(), today.isoformat()]
+    rows = {day: usage.rollup_day(day) for day in days}
+    logger.info("usage rolled up", extra={"rows": rows})
+    return {"rows": rows}

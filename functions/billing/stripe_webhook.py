@@ -1,0 +1,45 @@
+"""StripeWebhookFunction: ``POST /api/v1/billing/webhooks/stripe`` on the HTTP API (payload v2).
+
+A separate small function (no FastAPI import: a smaller cold start). The raw body is verified with
+``stripe.Webhook.construct_event``; bad or stale signatures get 400, every event id is processed once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from airies.config import get_settings
+from airies.db.engine import get_database
+from airies.errors import AiriesError
+from airies.services.payments import WebhookRejected, build_payment_service
+
+logger = Logger()
+settings = get_settings()
+database = get_database(settings)
+
+
+def _response(status: int, body: dict[str, Any]) -> dict[str, Any]:
+    return {"statusCode": status, "headers": {"content-type": "application/json"}, "body": json.dumps(body)}
+
+
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    raw = event.get("body") or ""
+    payload = base64.b64decode(raw) if event.get("isBase64Encoded") else raw.encode("utf-8")
+    headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
+    try:
+        with database.session() as session:
+            result = build_payment_service(settings, session).handle_webhook(payload, headers.get("stripe-signature"))
+    except WebhookRejected as exc:
+        logger.warning("rejected Stripe webhook", extra={"reason": str(exc)})
+        return _response(
+            400, {"error": {"code": "invalid_signature", "message": "invalid Stripe signature", "details": str(exc)}}
+        )
+    except AiriesError as exc:
+        return _response(exc.status_code, exc.to_dict())
+    logger.info("stripe event", extra=result)
+    return _response(200, result)

@@ -1,0 +1,35 @@
+"""UsageFunction: the usage SQS consumer. Each message is one ``UsageEvent`` (JSON).
+
+Powertools batch processing reports partial failures, so only the failed messages are redelivered
+(and, after maxReceiveCount, land in the dead-letter queue). Redelivery is harmless: events are
+idempotent by key, so a message processed twice is counted once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from airies.config import get_settings
+from airies.db.engine import get_database
+from airies.schemas.usage import UsageEvent
+from airies.services.usage import build_usage_service
+
+logger = Logger()
+settings = get_settings()
+usage = build_usage_service(settings, get_database(settings))
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
+def record_handler(record: SQSRecord) -> dict[str, Any]:
+    event = UsageEvent.model_validate_json(record.body)
+    result = usage.track_usage([event])  # its own transaction: one bad message never rolls back the others
+    return {"accepted": result.accepted, "duplicates": result.duplicates}
+
+
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

@@ -1,0 +1,59 @@
+"""IngestionTaskFunction: the Lambda tasks of the ingestion state machine (large documents).
+
+Input ``{"task": "prepare"|"embed"|"finalise"|"fail", "document_id": ..., ...}``; each task is one stage of
+``KnowledgeService`` so the state machine and the inline path run the same code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from airies.config import get_settings
+from airies.db.engine import get_database
+from airies.services.knowledge import KnowledgeService, build_knowledge_service
+
+logger = Logger()
+_service: KnowledgeService | None = None
+
+
+def service() -> KnowledgeService:
+    global _service
+    if _service is None:
+        settings = get_settings()
+        _service = build_knowledge_service(settings, get_database(settings))
+    return _service
+
+
+def _error_reason(error: Any) -> str:
+    if isinstance(error, dict):
+        cause = error.get("Cause") or ""
+        try:
+            import json
+
+            cause = json.loads(cause).get("errorMessage", cause)
+        except (ValueError, AttributeError):
+            pass
+        return f"{error.get('Error', 'error')}: {cause}"[:2000]
+    return str(error)[:2000]
+
+
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    task = event.get("task")
+    document_id = str(event.get("document_id") or "")
+    logger.append_keys(document_id=document_id, task=task)
+    svc = service()
+    if task == "prepare":
+        return svc.prepare_document(document_id, etag=event.get("etag")).to_dict()
+    if task == "embed":
+        count = svc.embed_chunk_range(document_id, int(event["start"]), int(event["end"]))
+        return {"document_id": document_id, "embedded": count}
+    if task == "finalise":
+        svc.finalise_document(document_id, etag=event.get("etag"))
+        return {"document_id": document_id, "status": "ready"}
+    if task == "fail":
+        svc.fail_document(document_id, "processing_failed", _error_reason(event.get("error")))
+        return {"document_id": document_id, "status": "failed"}
+    raise ValueError(f"unknown task {task!r}")

@@ -1,0 +1,26 @@
+"""SessionSweeperFunction (every minute): silence reminders and timeouts, max duration, abandoned and stale sessions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from airies.config import get_settings
+from airies.db.engine import get_database
+from airies.services.sessions import build_session_store
+from airies.services.websocket import WebSocketService
+
+logger = Logger()
+_service: WebSocketService | None = None
+
+
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    global _service
+    if _service is None:
+        settings = get_settings()
+        _service = WebSocketService(settings, get_database(settings), build_session_store(settings))
+    done = _service.sweep()
+    logger.info("sweep done", extra={"actions": done})
+    return {"actions": done}

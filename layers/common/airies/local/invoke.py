@@ -1,0 +1,416 @@
+"""``sam local invoke`` without Docker: run a function of template.yaml in this Python process.
+
+    python -m airies.local.invoke ApiFunction --event infra/events/ApiFunction.health.json [--env-file infra/env/local.json]
+
+It reads template.yaml, takes the function's CodeUri + Handler, applies Globals and the function's env (intrinsics
+resolved to local values, then the env file), puts the layer directories and CodeUri on ``sys.path``, loads the handler
+file under a unique module name (every capability has a ``handler.py``), builds a Lambda context and prints the result.
+
+Sample events may carry a sidecar ``<event>.meta.json`` that says what they need (see :class:`EventMeta` and the
+README, "Local invoke"): a migrated database, moto with the template's resources, setup callables that create
+data and fill ``{{placeholders}}`` in the event, and the expected result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import itertools
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airies.config import PROJECT_ROOT
+from airies.local.template import (
+    DEFAULT_ENV_FILE,
+    DEFAULT_TEMPLATE,
+    FunctionSpec,
+    LocalContext,
+    create_local_resources,
+    function_environment,
+    function_specs,
+    load_env_file,
+    load_template,
+)
+
+EVENTS_DIR = PROJECT_ROOT / "infra" / "events"
+_counter = itertools.count(1)
+
+
+class LambdaContext:
+    """The attributes Powertools and our handlers read from the Lambda context object."""
+
+    def __init__(self, spec: FunctionSpec, region: str = "us-east-1") -> None:
+        self.function_name = f"airies-local-{spec.logical_id}"
+        self.function_version = "$LATEST"
+        self.invoked_function_arn = f"arn:aws:lambda:{region}:123456789012:function:{self.function_name}"
+        self.memory_limit_in_mb = spec.memory_size
+        self.aws_request_id = str(uuid.uuid4())
+        self.log_group_name = f"/aws/lambda/{self.function_name}"
+        self.log_stream_name = time.strftime("%Y/%m/%d/[$LATEST]") + uuid.uuid4().hex
+        self.identity = None
+        self.client_context = None
+        self._deadline = time.monotonic() + spec.timeout
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Environment and module loading
+# --------------------------------------------------------------------------------------------------------------------
+
+# Per-container caches in the package: a local "cold start" clears them so each invoke sees its own env.
+CONTAINER_CACHES: list[Callable[[], None]] = []
+
+
+def _clear_container_caches() -> None:
+    from airies.config import get_settings
+    from airies.db import engine
+
+    get_settings.cache_clear()
+    cached = getattr(engine, "_databases", None)  # url -> Database, one per container
+    if isinstance(cached, dict):
+        for database in cached.values():
+            database.dispose()
+        cached.clear()
+    elif hasattr(engine.get_database, "cache_clear"):
+        engine.get_database.cache_clear()
+    for clear in CONTAINER_CACHES:
+        clear()
+
+
+@contextlib.contextmanager
+def patched_environ(values: dict[str, str | None]) -> Iterator[None]:
+    saved = dict(os.environ)
+    try:
+        for key, value in values.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _purge_modules_under(code_dir: str) -> None:
+    for mod_name, module in list(sys.modules.items()):
+        mod_file = getattr(module, "__file__", None) or ""
+        if mod_file.startswith(code_dir + os.sep) and not mod_name.startswith("_airies_fn_"):
+            del sys.modules[mod_name]
+
+
+def load_handler(spec: FunctionSpec) -> tuple[Callable[[Any, Any], Any], Any]:
+    """Import the handler file as a fresh module (module-level init runs: a cold start). Returns (handler, module)."""
+    path = spec.module_path
+    if not path.exists():
+        raise FileNotFoundError(f"{spec.logical_id}: handler file {path} does not exist")
+    extra_paths = [str(p) for p in (*spec.layer_dirs, spec.code_uri)]
+    code_dir = str(spec.code_uri)
+    # A cold start: sibling modules of this CodeUri imported earlier (by another load, a test, the local server)
+    # must not be reused with their old module-level state (clients, settings, endpoints).
+    _purge_modules_under(code_dir)
+    for entry in reversed(extra_paths):
+        if entry in sys.path:
+            sys.path.remove(entry)
+        sys.path.insert(0, entry)
+    try:
+        name = f"_airies_fn_{spec.logical_id}_{next(_counter)}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        module_spec.loader.exec_module(module)
+    finally:
+        # Sibling modules of this CodeUri must not shadow another function's siblings of the same name.
+        _purge_modules_under(code_dir)
+        if code_dir in sys.path:
+            sys.path.remove(code_dir)
+    handler = getattr(module, spec.function_name, None)
+    if not callable(handler):
+        raise AttributeError(f"{spec.logical_id}: {path} has no callable {spec.function_name!r}")
+    return handler, module
+
+
+def resolve_function(
+    logical_id: str, template_path: Path | str = DEFAULT_TEMPLATE, env_file: Path | str | None = DEFAULT_ENV_FILE
+) -> tuple[FunctionSpec, LocalContext]:
+    template = load_template(template_path)
+    specs = function_specs(template, root=Path(template_path).resolve().parent)
+    if logical_id not in specs:
+        raise KeyError(f"{logical_id} is not an AWS::Serverless::Function in {template_path}; have: {sorted(specs)}")
+    ctx = LocalContext(
+        template=template,
+        env_file=load_env_file(env_file),
+        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        endpoint_url=os.environ.get("AWS_ENDPOINT_URL"),
+        root=Path(template_path).resolve().parent,
+    )
+    return specs[logical_id], ctx
+
+
+def invoke_function(
+    logical_id: str,
+    event: dict[str, Any],
+    env: dict[str, str | None] | None = None,
+    *,
+    template_path: Path | str = DEFAULT_TEMPLATE,
+    env_file: Path | str | None = DEFAULT_ENV_FILE,
+) -> Any:
+    """Cold-start the function in-process with its template env (+ env file, + ``env``) and invoke it once.
+
+    The process environment is restored afterwards; module-level state of the handler is discarded.
+    """
+    spec, ctx = resolve_function(logical_id, template_path, env_file)
+    values = function_environment(spec, ctx)
+    values.update(env or {})
+    with patched_environ(values):
+        _clear_container_caches()
+        try:
+            handler, module = load_handler(spec)
+            result = handler(event, LambdaContext(spec, ctx.region))
+            app = getattr(module, "app", None)  # release pooled DB connections of this "container"
+            database = getattr(getattr(app, "state", None), "database", None)
+            if database is not None:
+                database.dispose()
+            return result
+        finally:
+            _clear_container_caches()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Sample events and their sidecars
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EventMeta:
+    """``<event>.meta.json``: what a sample event needs. Every key is optional.
+
+    - ``needs``: ``"database"`` (a migrated database; DATABASE_URL is set), ``"aws"`` (moto with every resource of
+      template.yaml that has a local creator).
+    - ``setup``: ``["module:callable", ...]``; each is called with a :class:`SampleContext` and returns a dict of
+      placeholder values substituted for ``{{name}}`` in the event's strings (e.g. ``{{api_key}}``).
+    - ``env``: extra environment variables for this event.
+    - ``expect``: a subset the result must match, e.g. ``{"statusCode": 200}``. Without it an HTTP result
+      (one with ``statusCode``) must be < 500 and any other result must simply not raise.
+    """
+
+    needs: list[str] = field(default_factory=list)
+    setup: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    expect: dict[str, Any] | None = None
+
+    @classmethod
+    def for_event(cls, event_path: Path) -> EventMeta:
+        sidecar = event_path.with_name(event_path.name.removesuffix(".json") + ".meta.json")
+        if not sidecar.exists():
+            return cls()
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+        unknown = set(data) - {"needs", "setup", "env", "expect", "description"}
+        if unknown:
+            raise ValueError(f"{sidecar}: unknown keys {sorted(unknown)}")
+        return cls(
+            needs=list(data.get("needs", [])),
+            setup=list(data.get("setup", [])),
+            env=dict(data.get("env", {})),
+            expect=data.get("expect"),
+        )
+
+
+@dataclass
+class SampleContext:
+    logical_id: str
+    database_url: str | None
+    env: dict[str, str | None]
+
+
+def sample_events(logical_id: str, events_dir: Path = EVENTS_DIR) -> list[Path]:
+    return sorted(
+        path
+        for path in events_dir.glob(f"{logical_id}*.json")
+        if not path.name.endswith(".meta.json")
+        if path.name == f"{logical_id}.json" or path.name[len(logical_id)] in "._-"
+    )
+
+
+def _substitute(value: Any, placeholders: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        for key, replacement in placeholders.items():
+            value = value.replace("{{" + key + "}}", replacement)
+        return value
+    if isinstance(value, list):
+        return [_substitute(item, placeholders) for item in value]
+    if isinstance(value, dict):
+        return {key: _substitute(item, placeholders) for key, item in value.items()}
+    return value
+
+
+def _call(dotted: str) -> Callable[[SampleContext], dict[str, str]]:
+    module_name, _, attr = dotted.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def check_result(result: Any, meta: EventMeta) -> None:
+    """Raise AssertionError when the result does not meet the sidecar's expectation (or the default one)."""
+    if meta.expect is not None:
+        mismatched = {
+            key: (value, result.get(key) if isinstance(result, dict) else None)
+            for key, value in meta.expect.items()
+            if not isinstance(result, dict) or result.get(key) != value
+        }
+        if mismatched:
+            raise AssertionError(f"result does not match expect (want, got): {mismatched}; result: {result!r:.2000}")
+    elif isinstance(result, dict) and "statusCode" in result and int(result["statusCode"]) >= 500:
+        raise AssertionError(f"HTTP {result['statusCode']}: {result.get('body')!r:.2000}")
+
+
+def run_sample_event(
+    logical_id: str,
+    event_path: Path,
+    *,
+    database_url: str | None = None,
+    env_file: Path | str | None = DEFAULT_ENV_FILE,
+    template_path: Path | str = DEFAULT_TEMPLATE,
+    check: bool = True,
+) -> Any:
+    """Prepare what the event's sidecar asks for, invoke, check the expectation (unless ``check=False``).
+
+    ``database_url``: the database for ``needs: database`` (migrated here); defaults to the local settings' URL.
+    ``needs: aws`` runs the invoke inside ``moto.mock_aws`` unless AWS_ENDPOINT_URL points at a running moto server.
+    """
+    meta = EventMeta.for_event(event_path)
+    event = json.loads(event_path.read_text(encoding="utf-8"))
+    env: dict[str, str | None] = dict(meta.env)
+    with contextlib.ExitStack() as stack:
+        if "database" in meta.needs:
+            from airies.db.migrate import upgrade_head
+
+            if database_url is None:
+                spec, ctx = resolve_function(logical_id, template_path, env_file)
+                with patched_environ(function_environment(spec, ctx)):
+                    _clear_container_caches()
+                    from airies.config import get_settings
+
+                    database_url = get_settings().resolved_database_url()
+                    _clear_container_caches()
+            upgrade_head(database_url)
+            env["DATABASE_URL"] = database_url
+        if "aws" in meta.needs:
+            from airies.local.server import load_extensions
+
+            load_extensions()  # resource types registered by capabilities (@local_resource)
+            if not os.environ.get("AWS_ENDPOINT_URL"):
+                from moto import mock_aws
+
+                stack.enter_context(patched_environ(_FAKE_AWS))
+                stack.enter_context(mock_aws())
+            _, ctx = resolve_function(logical_id, template_path, env_file)
+            create_local_resources(ctx)
+        placeholders: dict[str, str] = {}
+        sample = SampleContext(logical_id=logical_id, database_url=database_url, env=env)
+        if meta.setup:  # setup sees the environment the handler will see
+            spec, ctx = resolve_function(logical_id, template_path, env_file)
+            with patched_environ({**function_environment(spec, ctx), **env}):
+                _clear_container_caches()
+                try:
+                    for dotted in meta.setup:
+                        placeholders.update(_call(dotted)(sample))
+                finally:
+                    _clear_container_caches()
+        event = _substitute(event, placeholders)
+        result = invoke_function(logical_id, event, env, template_path=template_path, env_file=env_file)
+    if check:
+        check_result(result, meta)
+    return result
+
+
+_FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+}
+
+
+# Setup callables for sidecars ----------------------------------------------------------------------------------------
+
+
+def setup_unique(_sample: SampleContext) -> dict[str, str]:
+    """``{{unique}}``: a random token, for values that must not collide across runs (emails)."""
+    return {"unique": uuid.uuid4().hex[:12]}
+
+
+def setup_account(sample: SampleContext) -> dict[str, str]:
+    """A fresh account with an API key: ``{{api_key}}``, ``{{account_id}}``."""
+    from airies.db.engine import Database
+    from airies.services.accounts import AccountService
+
+    assert sample.database_url, "setup_account needs 'database' in needs"
+    database = Database(sample.database_url)
+    try:
+        with database.session() as session:
+            account, issued = AccountService(session).signup(
+                name="Sample events", email=f"sample-{uuid.uuid4().hex[:10]}@example.com"
+            )
+            return {"api_key": issued.raw_key, "account_id": account.id}
+    finally:
+        database.dispose()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m airies.local.invoke", description=__doc__.split("\n\n")[0])
+    parser.add_argument("function", help="logical id of an AWS::Serverless::Function in template.yaml")
+    parser.add_argument("--event", "-e", type=Path, help="event JSON file (default: the function's first sample)")
+    parser.add_argument(
+        "--env-file", "-n", type=Path, default=DEFAULT_ENV_FILE, help="env file (SAM --env-vars format)"
+    )
+    parser.add_argument("--template", "-t", type=Path, default=DEFAULT_TEMPLATE)
+    parser.add_argument("--no-meta", action="store_true", help="ignore the event's .meta.json sidecar")
+    args = parser.parse_args(argv)
+
+    event_path: Path | None = args.event
+    if event_path is None:
+        samples = sample_events(args.function)
+        if not samples:
+            parser.error(f"no sample event for {args.function} under {EVENTS_DIR}")
+        event_path = samples[0]
+    if args.no_meta:
+        result = invoke_function(
+            args.function,
+            json.loads(event_path.read_text(encoding="utf-8")),
+            template_path=args.template,
+            env_file=args.env_file,
+        )
+    else:
+        result = run_sample_event(
+            args.function, event_path, env_file=args.env_file, template_path=args.template, check=False
+        )
+    json.dump(result, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+    if not args.no_meta:
+        try:
+            check_result(result, EventMeta.for_event(event_path))
+        except AssertionError as exc:
+            print(f"expectation of {event_path.name} not met: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,257 @@
+"""The local stack (``make run``): the same FastAPI app as ApiFunction under uvicorn, AWS through moto, no Docker.
+
+    python -m airies.local.server          # http://127.0.0.1:8000 (PORT overrides)
+
+Steps: environment of ApiFunction from template.yaml + infra/env/local.json (the shell's variables win) ->
+moto server on a free port (AWS_ENDPOINT_URL + fake credentials for this process) -> every template resource with a
+local creator (buckets, queues, tables, state machines: ``airies.local.template.local_resource``) -> migrate to head
+-> dev account (key from AIRIES_DEV_API_KEY, else generated once and kept in .data/dev_api_key) -> extensions ->
+uvicorn on 127.0.0.1.
+
+Extension points for other capabilities (keep them small, in your own modules under airies/local/: every module
+there other than invoke/server/template is imported at start-up, so its registrations run):
+- ``@local_resource("AWS::...")`` in airies/local/template.py: create a new resource type under moto.
+- ``@on_startup`` here: start background workers (event-source pollers, schedulers) once the stack is up;
+  they get the :class:`LocalStack` and must stop when ``stack.stopping`` is set.
+- WebSocket: the conversations capability provides ``airies/local/websocket.py`` with ``mount(app, stack)``;
+  :func:`mount_extensions` calls it to serve the voice WebSocket at ``/ws`` (same handlers as the WebSocket API).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airies.local.template import (
+    DEFAULT_ENV_FILE,
+    DEFAULT_TEMPLATE,
+    LocalContext,
+    create_local_resources,
+    function_environment,
+    function_specs,
+    load_env_file,
+    load_template,
+)
+
+API_FUNCTION = "ApiFunction"
+WEBSOCKET_EXTENSION = "airies.local.ws_gateway"  # module with mount(app, stack); added by the conversations issue
+
+
+@dataclass
+class LocalStack:
+    """What extensions need to know about the running local stack."""
+
+    settings: Any
+    database: Any
+    context: LocalContext  # template + local names of resources
+    aws_endpoint_url: str
+    api_key: str
+    port: int
+    stopping: threading.Event = field(default_factory=threading.Event)
+    moto_server: Any = None
+
+
+StartupHook = Callable[[LocalStack], None]
+STARTUP_HOOKS: list[StartupHook] = []
+
+
+CORE_MODULES = {"invoke", "server", "template"}
+
+
+def load_extensions() -> list[str]:
+    """Import every other module of ``airies.local`` so its ``@on_startup`` / ``@local_resource`` registrations run."""
+    import pkgutil
+
+    import airies.local as package
+
+    loaded = []
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda item: item.name):
+        if info.name in CORE_MODULES or info.name.startswith("_"):
+            continue
+        importlib.import_module(f"{package.__name__}.{info.name}")  # errors surface: never silently skipped
+        loaded.append(info.name)
+    return loaded
+
+
+def on_startup(hook: StartupHook) -> StartupHook:
+    """Register a function run once the stack is up (before uvicorn starts serving)."""
+    STARTUP_HOOKS.append(hook)
+    return hook
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def apply_environment(env: dict[str, str | None]) -> None:
+    """Template + env-file values for keys the shell did not set (DATABASE_URL, PORT etc. from the shell win)."""
+    for key, value in env.items():
+        if key in os.environ:
+            continue
+        if value is not None:
+            os.environ[key] = value
+
+
+def start_moto() -> tuple[Any, str]:
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request access log drowns ours
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        os.environ[key] = value
+    os.environ.pop("AWS_SESSION_TOKEN", None)
+    os.environ.pop("AWS_PROFILE", None)
+    os.environ.setdefault("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1"))
+    return server, endpoint
+
+
+def dev_api_key(data_dir: Path) -> str:
+    """AIRIES_DEV_API_KEY, else the key kept in <data_dir>/dev_api_key (generated on first run, mode 0600)."""
+    configured = os.environ.get("AIRIES_DEV_API_KEY")
+    if configured:
+        return configured
+    path = data_dir / "dev_api_key"
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    from airies.services.accounts import generate_key
+
+    key = generate_key()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(key + "\n")
+    return key
+
+
+def mount_extensions(app: Any, stack: LocalStack) -> list[str]:
+    """Mount optional local-only endpoints (the voice WebSocket at /ws once its module exists)."""
+    mounted = []
+    if importlib.util.find_spec(WEBSOCKET_EXTENSION) is not None:
+        module = importlib.import_module(WEBSOCKET_EXTENSION)  # import errors surface: never silently skipped
+        module.mount(app, stack)
+        mounted.append("/ws")
+    return mounted
+
+
+def build_stack(
+    *,
+    port: int,
+    template_path: Path | str = DEFAULT_TEMPLATE,
+    env_file: Path | str = DEFAULT_ENV_FILE,
+) -> tuple[Any, LocalStack]:
+    """Everything but serving: returns (ASGI app, stack)."""
+    load_extensions()
+    template = load_template(template_path)
+    env_data = load_env_file(env_file)
+    spec = function_specs(template, root=Path(template_path).resolve().parent)[API_FUNCTION]
+
+    os.environ.setdefault("AIRIES_DB_POOL_SIZE", "5")  # uvicorn serves sync routes from a thread pool
+    os.environ.setdefault("AIRIES_DB_MAX_OVERFLOW", "10")
+    os.environ.setdefault("AIRIES_PUBLIC_API_URL", f"http://127.0.0.1:{port}")
+    os.environ.setdefault("AIRIES_PUBLIC_WS_URL", f"ws://127.0.0.1:{port}/ws")
+    moto_server, endpoint = start_moto()
+    context = LocalContext(
+        template=template,
+        env_file=env_data,
+        region=os.environ["AWS_DEFAULT_REGION"],
+        endpoint_url=endpoint,
+        root=Path(template_path).resolve().parent,
+    )
+    apply_environment(function_environment(spec, context))
+    created = create_local_resources(context)
+
+    from airies.config import Settings
+
+    settings = Settings()
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    from airies.db.engine import get_database
+    from airies.db.migrate import upgrade_head
+
+    url = settings.resolved_database_url()
+    upgrade_head(url)
+    database = get_database(settings)
+
+    from airies.services.accounts import AccountService
+
+    key = dev_api_key(data_dir)
+    with database.session() as session:
+        account = AccountService(session).ensure_dev_account(key)
+        account_id = account.id
+
+    from aws_lambda_powertools import Logger
+
+    from airies.api.app import create_app
+
+    app = create_app(settings, database, logger=Logger(service=settings.service_name))
+    stack = LocalStack(
+        settings=settings,
+        database=database,
+        context=context,
+        aws_endpoint_url=endpoint,
+        api_key=key,
+        port=port,
+        moto_server=moto_server,
+    )
+    mounted = mount_extensions(app, stack)
+    for hook in STARTUP_HOOKS:
+        hook(stack)
+
+    safe_url = database.engine.url.render_as_string(hide_password=True)
+    print(
+        "\n".join(
+            [
+                "",
+                "Airies local stack",
+                f"  API         http://127.0.0.1:{port}{settings.api_base_path}   (docs: {settings.api_base_path}/docs)",
+                f"  WebSocket   {f'ws://127.0.0.1:{port}/ws' if mounted else 'not mounted yet (conversations)'}",
+                f"  database    {safe_url}",
+                f"  AWS (moto)  {endpoint}   resources: {', '.join(created) or 'none'}",
+                f"  dev account {account_id}",
+                f"  dev API key {key}",
+                "",
+                f'  curl -H "Authorization: Bearer {key}" http://127.0.0.1:{port}{settings.api_base_path}/agents',
+                "",
+            ]
+        ),
+        flush=True,
+    )
+    return app, stack
+
+
+def main() -> int:
+    port = int(os.environ.get("PORT", "8000"))
+    app, stack = build_stack(port=port)
+    import uvicorn
+
+    try:
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level=os.environ.get("AIRIES_UVICORN_LOG_LEVEL", "info"))
+    finally:
+        stack.stopping.set()
+        if stack.moto_server is not None:
+            stack.moto_server.stop()
+        stack.database.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the canonical module, not __main__: extensions register into airies.local.server's STARTUP_HOOKS.
+    from airies.local import server as _server
+
+    sys.exit(_server.main())

@@ -1,0 +1,205 @@
+"""The offline responder: what answers when no LLM provider is configured at all (the embedded default).
+
+It is NOT a language model and says so: every ``StreamEnd.metadata`` has ``{"is_language_model": False,
+"offline_reason": ...}``. It answers deterministically, in this order:
+
+1. ``end_call``: the last message is a user turn containing one of ``metadata["end_call_phrases"]``
+   (default ``["goodbye", "bye bye"]``, whole words, case-insensitive) -> ``metadata["end_call_message"]``
+   (default ``"Goodbye!"``); if the request offers a tool named ``end_call`` it also emits that tool call
+   (arguments ``{}``), as a language model would. ``StreamEnd.metadata["end_call"] = True``.
+2. ``first_message``: no user turn yet -> ``metadata["first_message"]`` (when given and non-empty).
+3. ``knowledge_passage``: ``metadata["knowledge_passages"]`` (``list[str]`` or ``list[{"text": ...}]``, filled by
+   the conversation capability from the agent's knowledge bases) -> the passage sharing the most content words with the last user
+   turn (score = shared distinct words / sqrt(words in passage); ties -> the earlier passage; stop words ignored).
+   Needs at least one shared word. ``StreamEnd.metadata["passage_index"]`` says which passage.
+4. ``no_model``: otherwise ``NO_MODEL_REPLY``.
+
+It streams word by word (``"Hello "``, ``"there."``) like a provider, with estimated usage and zero cost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airies.providers.llm.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCall, ToolCallDelta
+from airies.providers.llm.openai_compat import estimate_usage
+
+OFFLINE_PROVIDER = "offline"
+OFFLINE_MODEL = "offline-responder"
+NO_MODEL_REPLY = "No language model is configured for this agent, so I can only give prepared answers."
+DEFAULT_END_CALL_PHRASES = ("goodbye", "bye bye")
+DEFAULT_GOODBYE = "Goodbye!"
+
+_WORD = re.compile(r"[a-z0-9']+")
+STOP_WORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "can",
+        "could",
+        "do",
+        "does",
+        "did",
+        "for",
+        "from",
+        "had",
+        "has",
+        "have",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "me",
+        "my",
+        "no",
+        "not",
+        "of",
+        "on",
+        "or",
+        "our",
+        "please",
+        "so",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "to",
+        "us",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+    ]
+)
+
+
+def content_words(text: str) -> set[str]:
+    return {word for word in _WORD.findall(text.lower()) if word not in STOP_WORDS}
+
+
+def best_passage(query: str, passages: list[str]) -> int | None:
+    wanted = content_words(query)
+    best_index, best_score = None, 0.0
+    for index, passage in enumerate(passages):
+        words = content_words(passage)
+        if not words:
+            continue
+        score = len(wanted & words) / math.sqrt(len(words))
+        if score > best_score:
+            best_index, best_score = index, score
+    return best_index
+
+
+def passage_text(passage: Any) -> str:
+    """A passage is a string or a dict with ``text`` (or ``content``), as the knowledge capability returns it."""
+    if isinstance(passage, dict):
+        return str(passage.get("text") or passage.get("content") or "")
+    return str(passage)
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
+
+
+def _has_phrase(text: str, phrases: list[str] | tuple[str, ...]) -> bool:
+    lowered = " ".join(_WORD.findall(text.lower()))
+    for phrase in phrases:
+        needle = " ".join(_WORD.findall(phrase.lower()))
+        if needle and re.search(rf"(^|\s){re.escape(needle)}($|\s)", lowered):
+            return True
+    return False
+
+
+class OfflineResponder:
+    name = OFFLINE_PROVIDER
+    key_source = "none"
+
+    def decide(self, request: LLMRequest) -> tuple[str, str, dict[str, Any]]:
+        """(reply, reason, extra metadata) — pure, so tests and agent testing can reason about it."""
+        meta = request.metadata
+        user_turns = [m for m in request.messages if m.get("role") == "user"]
+        last = request.messages[-1] if request.messages else {}
+        if last.get("role") == "user":
+            phrases = meta.get("end_call_phrases") or DEFAULT_END_CALL_PHRASES
+            if _has_phrase(_text_of(last), phrases):
+                return str(meta.get("end_call_message") or DEFAULT_GOODBYE), "end_call", {"end_call": True}
+        if not user_turns and meta.get("first_message"):
+            return str(meta["first_message"]), "first_message", {}
+        passages = [text for text in (passage_text(p) for p in meta.get("knowledge_passages") or []) if text.strip()]
+        if user_turns and passages:
+            index = best_passage(_text_of(user_turns[-1]), passages)
+            if index is not None:
+                return passages[index].strip(), "knowledge_passage", {"passage_index": index}
+        return NO_MODEL_REPLY, "no_model", {}
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+        started = time.perf_counter()
+        reply, reason, extra = self.decide(request)
+        words = reply.split(" ")
+        ttft_ms = None
+        for position, word in enumerate(words):
+            piece = word if position == len(words) - 1 else word + " "
+            if not piece:
+                continue
+            if ttft_ms is None:
+                ttft_ms = (time.perf_counter() - started) * 1000
+            yield TextDelta(piece)
+        tool_calls: tuple[ToolCall, ...] = ()
+        tool_names = {(tool.get("function") or {}).get("name") for tool in request.tools or []}
+        if reason == "end_call" and "end_call" in tool_names:
+            call = ToolCall(id="call_offline_end_call", name="end_call", arguments=json.dumps({}))
+            yield ToolCallDelta(index=0, id=call.id, name=call.name, arguments=call.arguments)
+            tool_calls = (call,)
+        yield StreamEnd(
+            usage=estimate_usage(request, reply),
+            finish_reason="tool_calls" if tool_calls else "stop",
+            provider=OFFLINE_PROVIDER,
+            model=OFFLINE_MODEL,
+            ttft_ms=ttft_ms,
+            total_ms=(time.perf_counter() - started) * 1000,
+            tool_calls=tool_calls,
+            metadata={"is_language_model": False, "offline_reason": reason, "key_source": "none", **extra},
+        )
+
+    async def list_models(self) -> list[str]:
+        return [OFFLINE_MODEL]
+
+    async def validate_api_key(self) -> bool:
+        return True

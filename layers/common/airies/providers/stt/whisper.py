@@ -1,0 +1,78 @@
+"""OpenAI speech-to-text (Whisper and the gpt-4o transcribe models) through the openai SDK."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from airies.audio.codecs import duration_seconds, write_wav
+from airies.providers.errors import http_provider_error, transport_error
+from airies.providers.stt.base import STTOptions, Transcript, Word
+
+DEFAULT_MODEL = "whisper-1"
+WORD_TIMESTAMP_MODELS = {"whisper-1"}  # only whisper-1 returns verbose_json with word timings
+
+
+class WhisperSTT:
+    name = "whisper"
+
+    def __init__(
+        self, api_key: str, *, base_url: str | None = None, timeout: float = 20.0, max_retries: int = 1
+    ) -> None:
+        self.api_key = api_key
+        self.base_url = base_url
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self._client: Any = None
+        self._loop: Any = None
+
+    def _get_client(self) -> Any:
+        # SDK clients hold connection pools bound to one event loop: rebuild when the loop changes.
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._loop = loop
+            from openai import AsyncOpenAI
+
+            self._client = AsyncOpenAI(
+                api_key=self.api_key, base_url=self.base_url, timeout=self.timeout, max_retries=self.max_retries
+            )
+        return self._client
+
+    async def transcribe(self, pcm16: bytes, sample_rate: int, options: STTOptions) -> Transcript:
+        import openai
+
+        model = options.model or DEFAULT_MODEL
+        kwargs: dict[str, Any] = {
+            "file": ("audio.wav", write_wav(pcm16, sample_rate), "audio/wav"),
+            "model": model,
+        }
+        if options.language and options.language not in ("multi", "auto"):
+            kwargs["language"] = options.language.split("-")[0]
+        hints = [*options.keywords, *options.expected_phrases[:5]]
+        if hints:
+            kwargs["prompt"] = ", ".join(hints)[:800]  # vocabulary hint; Whisper reads ~224 tokens of it
+        verbose = model in WORD_TIMESTAMP_MODELS
+        if verbose:
+            kwargs["response_format"] = "verbose_json"
+            kwargs["timestamp_granularities"] = ["word"]
+        else:
+            kwargs["response_format"] = "json"
+        try:
+            result = await self._get_client().audio.transcriptions.create(**kwargs)
+        except openai.APIStatusError as exc:
+            raise http_provider_error(self.name, exc.status_code, exc.body, dict(exc.response.headers)) from exc
+        except openai.APIConnectionError as exc:  # includes APITimeoutError
+            raise transport_error(self.name, exc) from exc
+        words = tuple(
+            Word(word=w.word, start=float(w.start), end=float(w.end)) for w in (getattr(result, "words", None) or [])
+        )
+        language = getattr(result, "language", None)
+        return Transcript(
+            text=(result.text or "").strip(),
+            words=words,
+            confidence=None,  # the API reports none
+            language=language,
+            duration_seconds=float(getattr(result, "duration", None) or duration_seconds(pcm16, sample_rate)),
+            provider=self.name,
+            model=model,
+        )

@@ -1,0 +1,129 @@
+"""Pinecone through the official SDK: a serverless index, one namespace per knowledge base.
+
+Every vector carries ``account_id``/``knowledge_base_id``/``document_id``/``chunk_index`` metadata and every
+query filters on account and knowledge base as well as using the knowledge base's namespace, so even a
+namespace mix-up cannot leak another account's chunks. Upserts are batched under Pinecone's limits
+(1,000 vectors and 2 MB per request).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from airies.errors import ProviderError
+from airies.providers.vectors.base import StoreStats, VectorMatch, VectorRecord
+
+MAX_VECTORS_PER_UPSERT = 100  # Pinecone's recommended batch
+MAX_REQUEST_BYTES = 2_000_000
+MAX_IDS_PER_DELETE = 1000
+
+
+def upsert_batch_size(dimensions: int) -> int:
+    # A float32 widened to a Python float serialises to up to ~22 JSON bytes ("-0.0049821557477116585,"),
+    # plus ~400 bytes of id and metadata per vector; stay under 2 MB with that worst case.
+    return max(1, min(MAX_VECTORS_PER_UPSERT, MAX_REQUEST_BYTES // (dimensions * 22 + 400)))
+
+
+class PineconeVectorStore:
+    name = "pinecone"
+
+    def __init__(self, *, api_key: str, index_host: str, index: Any = None, timeout: float = 10.0) -> None:
+        if index is None:
+            from pinecone import Pinecone  # lazy: heavy import
+
+            index = Pinecone(api_key=api_key, timeout=timeout).Index(host=index_host)
+        self._index = index
+        self.stats = StoreStats()
+
+    @staticmethod
+    def _namespace(knowledge_base_id: str) -> str:
+        return knowledge_base_id
+
+    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(**kwargs)
+        except Exception as exc:  # the SDK raises its own hierarchy; surface one provider error
+            status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
+            raise ProviderError(
+                f"Pinecone {what} failed: {exc}",
+                provider="pinecone",
+                retryable=status is None or status == 429 or status >= 500,
+                upstream_status=status,
+            ) from exc
+
+    def create_collection(self, account_id: str, knowledge_base_id: str, dimensions: int) -> None:
+        # Namespaces are created implicitly by the first upsert.
+        return None
+
+    def delete_collection(self, account_id: str, knowledge_base_id: str) -> None:
+        self._call("delete", self._index.delete, delete_all=True, namespace=self._namespace(knowledge_base_id))
+        self.stats.delete_requests += 1
+
+    def upsert(self, records: list[VectorRecord]) -> None:
+        if not records:
+            return
+        namespace = self._namespace(records[0].knowledge_base_id)
+        size = upsert_batch_size(int(records[0].values.shape[0]))
+        for start in range(0, len(records), size):
+            batch = records[start : start + size]
+            vectors = [
+                {
+                    "id": r.id,
+                    "values": np.asarray(r.values, dtype=np.float32).tolist(),
+                    "metadata": {
+                        "account_id": r.account_id,
+                        "knowledge_base_id": r.knowledge_base_id,
+                        "document_id": r.document_id,
+                        "chunk_index": r.chunk_index,
+                    },
+                }
+                for r in batch
+            ]
+            self._call("upsert", self._index.upsert, vectors=vectors, namespace=namespace)
+            self.stats.upsert_requests += 1
+            self.stats.upserted += len(batch)
+
+    def query(self, account_id: str, knowledge_base_id: str, vector: np.ndarray, top_k: int) -> list[VectorMatch]:
+        self.stats.query_requests += 1
+        response = self._call(
+            "query",
+            self._index.query,
+            vector=np.asarray(vector, dtype=np.float32).tolist(),
+            top_k=top_k,
+            namespace=self._namespace(knowledge_base_id),
+            filter={"account_id": {"$eq": account_id}, "knowledge_base_id": {"$eq": knowledge_base_id}},
+            include_metadata=True,
+        )
+        matches = []
+        for match in response.matches:
+            metadata = match.metadata or {}
+            # Defence in depth: never trust a filter we cannot see being applied.
+            if metadata.get("account_id") != account_id or metadata.get("knowledge_base_id") != knowledge_base_id:
+                continue
+            matches.append(
+                VectorMatch(
+                    id=match.id,
+                    score=float(match.score),
+                    document_id=str(metadata.get("document_id", "")),
+                    chunk_index=int(metadata.get("chunk_index", 0)),
+                )
+            )
+        return matches
+
+    def delete(self, account_id: str, knowledge_base_id: str, ids: list[str]) -> None:
+        for start in range(0, len(ids), MAX_IDS_PER_DELETE):
+            self._call(
+                "delete",
+                self._index.delete,
+                ids=ids[start : start + MAX_IDS_PER_DELETE],
+                namespace=self._namespace(knowledge_base_id),
+            )
+            self.stats.delete_requests += 1
+
+    def count(self, account_id: str, knowledge_base_id: str) -> int:
+        stats = self._call("describe_index_stats", self._index.describe_index_stats)
+        namespaces = getattr(stats, "namespaces", None) or {}
+        summary = namespaces.get(self._namespace(knowledge_base_id))
+        return int(getattr(summary, "vector_count", 0) or 0) if summary is not None else 0

@@ -1,0 +1,187 @@
+"""The real-time voice protocol, version 1 (documented in the README).
+
+Every frame is one JSON object. The client names what it wants in ``action`` (API Gateway routes on
+``$request.body.action``); the server answers with frames whose ``type`` says what they carry.
+
+Audio is PCM16 little-endian, 16 kHz, mono, base64, 100–250 ms per frame (3,200–8,000 bytes, ≤ 10,668
+base64 characters), so a frame always fits API Gateway's 32 KB unit: a Lambda per 20 ms frame would be
+slow and costly.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+PROTOCOL_VERSION = 1
+SAMPLE_RATE = 16_000
+BYTES_PER_MS = SAMPLE_RATE * 2 // 1000  # 32 bytes of PCM16 per millisecond
+MAX_CHUNK_MS = 250
+MAX_CHUNK_BYTES = MAX_CHUNK_MS * BYTES_PER_MS  # 8,000
+MAX_FRAME_BYTES = 32 * 1024  # API Gateway WebSocket frame
+MAX_TEXT_CHARS = 4000
+OUT_CHUNK_BYTES = 200 * BYTES_PER_MS  # server audio frames: 200 ms, base64 ~8.5 KB
+
+
+class ProtocolError(Exception):
+    """A frame the server cannot accept; becomes an ``error`` frame, the conversation stays as it was."""
+
+    def __init__(self, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class StartFrame(_Frame):
+    """Sent once the socket is open: the server answers ``ready`` and, per the agent, its first message."""
+
+    action: Literal["start"]
+
+
+class AudioFrame(_Frame):
+    action: Literal["audio"]
+    data: str = Field(max_length=MAX_FRAME_BYTES)
+    seq: int | None = Field(None, ge=0, le=999_999_999)
+
+    def pcm(self) -> bytes:
+        try:
+            raw = base64.b64decode(self.data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ProtocolError("bad_audio", "audio data is not valid base64") from exc
+        if not raw:
+            raise ProtocolError("bad_audio", "audio chunk is empty")
+        if len(raw) % 2:
+            raise ProtocolError("bad_audio", "PCM16 audio must have an even number of bytes")
+        if len(raw) > MAX_CHUNK_BYTES:
+            raise ProtocolError(
+                "audio_too_large",
+                f"audio chunks must be at most {MAX_CHUNK_MS} ms ({MAX_CHUNK_BYTES} bytes of PCM16 16 kHz mono)",
+                {"bytes": len(raw), "max_bytes": MAX_CHUNK_BYTES},
+            )
+        return raw
+
+
+class EndOfUtteranceFrame(_Frame):
+    action: Literal["end_of_utterance"]
+    # The seq of the utterance's last audio frame: frames run concurrently, so the server waits for all of them.
+    last_seq: int | None = Field(None, ge=0, le=999_999_999)
+
+
+class TextFrame(_Frame):
+    action: Literal["text"]
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+
+
+class InterruptFrame(_Frame):
+    action: Literal["interrupt"]
+    # How much of the current turn's audio the client actually played: history keeps only what was heard.
+    played_ms: int | None = Field(None, ge=0, le=3_600_000)
+
+
+class EndFrame(_Frame):
+    action: Literal["end"]
+
+
+class PingFrame(_Frame):
+    action: Literal["ping"]
+
+
+ClientFrame = Annotated[
+    StartFrame | AudioFrame | EndOfUtteranceFrame | TextFrame | InterruptFrame | EndFrame | PingFrame,
+    Field(discriminator="action"),
+]
+_client_frame = TypeAdapter(ClientFrame)
+CLIENT_ACTIONS = ("start", "audio", "end_of_utterance", "text", "interrupt", "end", "ping")
+
+
+def parse_client_frame(body: str | bytes | None) -> ClientFrame:
+    """Parse one client frame or raise ProtocolError with a stable code."""
+    if body is None or body == "" or body == b"":
+        raise ProtocolError("malformed_json", "empty frame")
+    if len(body) > MAX_FRAME_BYTES:
+        raise ProtocolError("frame_too_large", f"frames must be at most {MAX_FRAME_BYTES} bytes")
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("malformed_json", "frame is not valid JSON") from exc
+    if not isinstance(payload, dict):
+        raise ProtocolError("malformed_json", "frame must be a JSON object")
+    action = payload.get("action")
+    if action not in CLIENT_ACTIONS:
+        raise ProtocolError("unknown_action", f"unknown action {action!r}", {"allowed": list(CLIENT_ACTIONS)})
+    try:
+        return _client_frame.validate_python(payload)
+    except ValidationError as exc:
+        problems = [
+            {"field": ".".join(str(p) for p in e["loc"][1:]) or "frame", "code": e["type"], "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        raise ProtocolError("invalid_frame", f"invalid '{action}' frame", problems) from exc
+
+
+# --- server -> client ------------------------------------------------------------------------------------------
+def frame(type_: str, **fields: Any) -> dict[str, Any]:
+    return {"type": type_, "v": PROTOCOL_VERSION, **fields}
+
+
+def ready(conversation_id: str, *, agent_id: str | None, agent_version: int, resumed: bool = False) -> dict[str, Any]:
+    return frame(
+        "ready",
+        conversation_id=conversation_id,
+        agent_id=agent_id,
+        agent_version=agent_version,
+        resumed=resumed,
+        audio={"encoding": "pcm_s16le", "sample_rate": SAMPLE_RATE, "channels": 1, "max_chunk_ms": MAX_CHUNK_MS},
+    )
+
+
+def transcript(turn_id: str, text: str, *, final: bool = True) -> dict[str, Any]:
+    return frame("transcript", turn_id=turn_id, role="user", text=text, final=final)
+
+
+def agent_text(turn_id: str, delta: str) -> dict[str, Any]:
+    return frame("agent_text", turn_id=turn_id, delta=delta)
+
+
+def audio(turn_id: str, seq: int, pcm: bytes) -> dict[str, Any]:
+    return frame(
+        "audio",
+        turn_id=turn_id,
+        seq=seq,
+        encoding="pcm_s16le",
+        sample_rate=SAMPLE_RATE,
+        data=base64.b64encode(pcm).decode("ascii"),
+    )
+
+
+def turn_end(turn_id: str, **fields: Any) -> dict[str, Any]:
+    return frame("turn_end", turn_id=turn_id, **fields)
+
+
+def interrupted(turn_id: str, heard_text: str) -> dict[str, Any]:
+    return frame("interrupted", turn_id=turn_id, heard_text=heard_text)
+
+
+def error(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return frame("error", code=code, message=message, details=details)
+
+
+def ended(reason: str, **fields: Any) -> dict[str, Any]:
+    return frame("ended", reason=reason, **fields)
+
+
+def pong() -> dict[str, Any]:
+    return frame("pong")
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":"), default=str).encode()

@@ -1,0 +1,394 @@
+"""Agent testing (``POST /api/v1/agents/{id}/test``): run an agent's config against its LLM, by text.
+
+* Text test: ``{"message": "..."}`` -> one turn.
+* Scripted test: ``{"turns": [{"user": ..., "expect_contains": [...], "expect_not_contains": [...],
+  "expect_regex": ..., "expect_tool_called": "name", "expect_end_call": true|false}, ...]}`` -> pass/fail per turn
+  and per check. Checks are case-insensitive for contains / not contains; the regex is searched with
+  ``re.IGNORECASE``. A turn with no expectations passes when it got a reply.
+* ``use_draft`` (default true) runs the draft; false runs the published version (409 if there is none).
+
+A turn is built exactly as a call turn is (``airies.services.turns``: system prompt + knowledge passages + the
+voice-call instruction, the ``end_call`` tool, history): the agent's first message opens the history when the agent
+speaks first; a user turn containing one of the agent's end-call phrases is answered with its end-call message
+without calling the LLM (as on a call); the call also ends when the model calls ``end_call`` or says an end-call
+phrase. Turns after the call ended are reported as skipped (failed). Knowledge passages come from an injectable
+retriever ``(account_id, knowledge_base_ids, query) -> list[str | {"text": ...}]``; by default the knowledge
+capability's ``build_knowledge_service(...).retrieve_for_agent`` when it is installed, else none.
+Returned per turn: reply, tool calls, end_call, TTFT and total latency, usage, exact cost, provider and model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from airies.config import Settings
+from airies.errors import ConflictError, ValidationFailedError
+from airies.providers.llm.base import LLMRequest, StreamEnd, TextDelta
+from airies.schemas.agents import AgentConfig, AgentTestRequest, AgentTestTurn, FirstMessageMode
+from airies.services.agents import AgentService
+from airies.services.llm import LLMService, build_llm_service
+
+Retriever = Callable[[str, list[str], str], "Awaitable[list[Any]] | list[Any]"]
+
+_FALLBACK_END_CALL_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "end_call",
+        "description": "Hang up the call. Use it only when the caller is done or asks to end the call.",
+        "parameters": {"type": "object", "properties": {"reason": {"type": "string"}}, "required": []},
+    },
+}
+
+
+def _normalise(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def _contains_phrase(text: str, phrases: list[str]) -> str | None:
+    hay = f" {_normalise(text)} "
+    for phrase in phrases:
+        needle = _normalise(phrase)
+        if needle and f" {needle} " in hay:
+            return phrase
+    return None
+
+
+def _call_turn_parts() -> tuple[dict[str, Any], Callable[..., list[dict[str, Any]]] | None]:
+    """The conversation capability's tool and prompt builder, so a test turn is a call turn; local fallbacks."""
+    try:
+        from airies.services.turns import END_CALL_TOOL, build_messages
+
+        return END_CALL_TOOL, build_messages
+    except Exception:  # not installed (or broken): still test, with the same shape built here
+        return _FALLBACK_END_CALL_TOOL, None
+
+
+def _messages(
+    config: AgentConfig, history: list[dict[str, Any]], user: str, passages: list[Any]
+) -> list[dict[str, Any]]:
+    _tool, builder = _call_turn_parts()
+    dict_passages = [passage_dict(p) for p in passages]
+    if builder is not None:
+        return builder(config, history, user, dict_passages)
+    system = config.system_prompt
+    if dict_passages:
+        system += "\n\nAnswer from these knowledge base passages when they are relevant.\n" + "\n\n".join(
+            f"[{i + 1}] {p.get('text', '')}" for i, p in enumerate(dict_passages)
+        )
+    return [{"role": "system", "content": system}, *history, {"role": "user", "content": user}]
+
+
+def default_retriever(settings: Settings, database: Any) -> Retriever | None:
+    """The knowledge capability's ``retrieve_for_agent`` (built lazily: most tests have no knowledge base)."""
+    try:
+        from airies.services.knowledge import build_knowledge_service
+    except Exception:  # not installed
+        return None
+
+    def retrieve(account_id: str, kb_ids: list[str], query: str) -> list[Any]:
+        return build_knowledge_service(settings, database).retrieve_for_agent(account_id, kb_ids, query)
+
+    return retrieve
+
+
+def passage_dict(passage: Any) -> dict[str, Any]:
+    """A passage as ``{"text", ...}`` whatever the retriever returned (str, dict, or a dataclass with ``text``)."""
+    if isinstance(passage, dict):
+        return passage
+    if isinstance(passage, str):
+        return {"text": passage}
+    if dataclasses.is_dataclass(passage) and not isinstance(passage, type):
+        return dataclasses.asdict(passage)
+    return {"text": str(getattr(passage, "text", passage))}
+
+
+def check_turn(turn: AgentTestTurn, reply: str, tool_names: list[str], end_call: bool) -> list[dict[str, Any]]:
+    checks: list[dict[str, Any]] = []
+    lowered = reply.lower()
+    for expected in turn.expect_contains:
+        checks.append({"check": "contains", "expected": expected, "passed": expected.lower() in lowered})
+    for unwanted in turn.expect_not_contains:
+        checks.append({"check": "not_contains", "expected": unwanted, "passed": unwanted.lower() not in lowered})
+    if turn.expect_regex is not None:
+        checks.append(
+            {
+                "check": "regex",
+                "expected": turn.expect_regex,
+                "passed": bool(re.search(turn.expect_regex, reply, re.IGNORECASE)),
+            }
+        )
+    if turn.expect_tool_called is not None:
+        checks.append(
+            {
+                "check": "tool_called",
+                "expected": turn.expect_tool_called,
+                "passed": turn.expect_tool_called in tool_names,
+            }
+        )
+    if turn.expect_end_call is not None:
+        checks.append(
+            {"check": "end_call", "expected": turn.expect_end_call, "passed": end_call == turn.expect_end_call}
+        )
+    return checks
+
+
+MAX_REGEX_LENGTH = 500
+
+
+def validate_expectations(turns: list[AgentTestTurn]) -> None:
+    """Reject a bad regex before any LLM call (422), instead of failing half-way with a 500."""
+    problems = []
+    for index, turn in enumerate(turns):
+        if turn.expect_regex is None:
+            continue
+        field = f"turns.{index}.expect_regex"
+        if len(turn.expect_regex) > MAX_REGEX_LENGTH:
+            problems.append({"field": field, "code": "too_long", "message": f"at most {MAX_REGEX_LENGTH} characters"})
+            continue
+        try:
+            re.compile(turn.expect_regex)
+        except re.error as exc:
+            problems.append({"field": field, "code": "invalid_regex", "message": str(exc)})
+    if problems:
+        raise ValidationFailedError("invalid test expectations", details=problems)
+
+
+class AgentTestService:
+    def __init__(
+        self,
+        session: Session,
+        settings: Settings,
+        *,
+        database: Any = None,
+        llm: LLMService | None = None,
+        retriever: Retriever | bool | None = True,
+    ) -> None:
+        self.session = session
+        self.settings = settings
+        self.database = database
+        self.llm = llm
+        # True = the default (knowledge capability if present); None/False = no retrieval; a callable = that.
+        self.retriever: Retriever | None = (
+            default_retriever(settings, database) if retriever is True else (retriever or None)  # type: ignore[assignment]
+        )
+
+    def load_config(self, account_id: str, agent_id: str, use_draft: bool) -> tuple[AgentConfig, str, int | None]:
+        agent = AgentService(self.session).get(account_id, agent_id)
+        if use_draft:
+            return AgentConfig.model_validate(agent.draft_config), "draft", None
+        from airies.db.models import AgentVersion
+
+        if agent.current_version is None:
+            raise ConflictError("agent has no published version: deploy it or test the draft (use_draft=true)")
+        version = self.session.scalars(
+            select(AgentVersion).where(
+                AgentVersion.account_id == account_id,
+                AgentVersion.agent_id == agent_id,
+                AgentVersion.version == agent.current_version,
+            )
+        ).one()
+        return AgentConfig.model_validate(version.config), "version", version.version
+
+    async def _retrieve(self, account_id: str, config: AgentConfig, query: str) -> list[Any]:
+        if not self.retriever or not config.knowledge_base_ids:
+            return []
+        result = self.retriever(account_id, list(config.knowledge_base_ids), query)
+        if inspect.isawaitable(result):
+            result = await result
+        return [passage_dict(passage) for passage in result or []]
+
+    async def run(self, account_id: str, agent_id: str, body: AgentTestRequest) -> dict[str, Any]:
+        turns = list(body.turns)
+        if body.message:
+            turns.insert(0, AgentTestTurn(user=body.message))
+        if not turns:
+            raise ValidationFailedError(
+                "give a message or turns",
+                details=[
+                    {"field": "message", "code": "missing", "message": "a message or at least one turn is required"}
+                ],
+            )
+        validate_expectations(turns)
+        config, source, version = self.load_config(account_id, agent_id, body.use_draft)
+        llm = self.llm or build_llm_service(self.settings, self.database, account_id, session=self.session)
+        tool, _builder = _call_turn_parts()
+
+        history: list[dict[str, Any]] = []
+        if config.first_message and config.first_message_mode == FirstMessageMode.assistant_speaks_first:
+            history.append({"role": "assistant", "content": config.first_message})
+        results: list[dict[str, Any]] = []
+        ended = False
+        totals = {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}
+        total_cost = Decimal(0)
+        ttfts: list[float] = []
+        is_language_model = True
+        for index, turn in enumerate(turns):
+            if ended:
+                results.append(
+                    {
+                        "index": index,
+                        "user": turn.user,
+                        "skipped": True,
+                        "passed": False,
+                        "reason": "the call had already ended",
+                    }
+                )
+                continue
+            outcome = await self._turn(llm, account_id, config, history, turn.user, tool)
+            ended = outcome["end_call"]
+            used_model = outcome.pop("is_language_model")
+            if used_model is not None:
+                is_language_model = is_language_model and used_model
+            checks = check_turn(turn, outcome["reply"], [c["name"] for c in outcome["tool_calls"]], outcome["end_call"])
+            usage = outcome["usage"]
+            for key in totals:
+                totals[key] += usage.get(key, 0)
+            total_cost += Decimal(outcome["cost_usd"])
+            if outcome["latency"]["ttft_ms"] is not None:
+                ttfts.append(outcome["latency"]["ttft_ms"])
+            results.append(
+                {
+                    "index": index,
+                    "user": turn.user,
+                    "skipped": False,
+                    **outcome,
+                    "checks": checks,
+                    "passed": all(c["passed"] for c in checks)
+                    and (bool(outcome["reply"]) or bool(outcome["tool_calls"])),
+                }
+            )
+            history.append({"role": "user", "content": turn.user})
+            history.append({"role": "assistant", "content": outcome["reply"]})
+        first = results[0]
+        return {
+            "agent_id": agent_id,
+            "config_source": source,
+            "version": version,
+            "mode": "scripted" if body.turns else "text",
+            "first_message": config.first_message,
+            "reply": first.get("reply"),
+            "latency": first.get("latency"),
+            "usage": first.get("usage"),
+            "cost_usd": first.get("cost_usd"),
+            "is_language_model": is_language_model,
+            "turns": results,
+            "passed": all(r["passed"] for r in results),
+            "totals": {
+                **totals,
+                "cost_usd": str(total_cost),
+                "turns": len(results),
+                "passed_turns": sum(1 for r in results if r["passed"]),
+                "avg_ttft_ms": round(sum(ttfts) / len(ttfts), 2) if ttfts else None,
+            },
+        }
+
+    async def _turn(
+        self,
+        llm: LLMService,
+        account_id: str,
+        config: AgentConfig,
+        history: list[dict[str, Any]],
+        user: str,
+        tool: dict[str, Any],
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        phrase = _contains_phrase(user, config.end_call_phrases)
+        if phrase is not None:  # as on a call: the caller said goodbye, the agent answers without the LLM
+            return {
+                "reply": config.end_call_message or "",
+                "tool_calls": [],
+                "end_call": True,
+                "end_call_reason": "caller_end_call_phrase",
+                "latency": {"ttft_ms": 0.0, "total_ms": round((time.perf_counter() - started) * 1000, 2)},
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "estimated": False},
+                "cost_usd": "0",
+                "provider": None,
+                "model": None,
+                "passages": 0,
+                "is_language_model": None,  # no model was asked
+            }
+        retrieval_error = None
+        try:
+            passages = await self._retrieve(account_id, config, user)
+        except Exception as exc:  # as on a call: answer without retrieval rather than fail the turn
+            passages, retrieval_error = [], f"{type(exc).__name__}: {exc}"[:200]
+        request = LLMRequest(
+            model=config.llm.model,
+            messages=_messages(config, history, user, passages),
+            temperature=config.llm.temperature,
+            max_tokens=config.llm.max_tokens,
+            tools=[tool],
+            provider=config.llm.provider,
+            fallbacks=tuple((fb.provider, fb.model) for fb in config.llm.fallbacks),
+            metadata={
+                "first_message": config.first_message,
+                "knowledge_passages": passages,
+                "end_call_phrases": list(config.end_call_phrases),
+                "end_call_message": config.end_call_message,
+            },
+        )
+        parts: list[str] = []
+        end: StreamEnd | None = None
+        async for event in llm.stream_response(request, account_id=account_id):
+            if isinstance(event, TextDelta):
+                parts.append(event.text)
+            elif isinstance(event, StreamEnd):
+                end = event
+        assert end is not None  # the router always finishes with a StreamEnd or raises
+        reply = "".join(parts).strip()
+        tool_calls = [{"id": c.id, "name": c.name, "arguments": _json_or_text(c.arguments)} for c in end.tool_calls]
+        end_reason = None
+        if any(c["name"] == "end_call" for c in tool_calls):
+            end_reason = "assistant_end_call_tool"
+        elif _contains_phrase(reply, config.end_call_phrases):
+            end_reason = "assistant_end_call_phrase"
+        return {
+            "reply": reply,
+            "tool_calls": tool_calls,
+            "end_call": end_reason is not None,
+            "end_call_reason": end_reason,
+            "latency": {
+                "ttft_ms": None if end.ttft_ms is None else round(end.ttft_ms, 2),
+                "total_ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+            "usage": {
+                "prompt_tokens": end.usage.prompt_tokens,
+                "completion_tokens": end.usage.completion_tokens,
+                "cached_tokens": end.usage.cached_tokens,
+                "estimated": end.usage.estimated,
+            },
+            "cost_usd": str(end.cost),
+            "provider": end.provider,
+            "model": end.model,
+            "passages": len(passages),
+            "retrieval_error": retrieval_error,
+            "failover": bool(end.metadata.get("failover")),
+            "is_language_model": bool(end.metadata.get("is_language_model", True)),
+        }
+
+
+def _json_or_text(arguments: str) -> Any:
+    try:
+        return json.loads(arguments) if arguments else {}
+    except ValueError:
+        return arguments
+
+
+def run_agent_test(
+    session: Session, settings: Settings, database: Any, account_id: str, agent_id: str, body: AgentTestRequest
+) -> dict[str, Any]:
+    """Sync entry point for the (sync) agents router."""
+    from airies.services.llm_router import run_async
+
+    service = AgentTestService(session, settings, database=database)
+    return run_async(service.run, account_id, agent_id, body)

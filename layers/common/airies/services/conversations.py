@@ -1,0 +1,792 @@
+"""Conversations: start (token + WebSocket URL), turns over HTTP or WebSocket, history, cost and analytics.
+
+The per-turn pipeline lives in ``airies.services.turns``; live state in ``airies.services.sessions``; the socket
+edge in ``airies.services.websocket``. This module owns the rows that outlive a call and the wiring to the other
+capabilities (LLM, voice, knowledge, billing), each injected so tests pass local doubles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import statistics
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from airies.config import Settings
+from airies.db.ids import new_id
+from airies.db.models import Agent
+from airies.db.models.base import utcnow
+from airies.db.models.conversations import Conversation, ConversationTurn
+from airies.errors import BadRequestError, ConflictError, NotFoundError, UnauthorizedError
+from airies.providers.stt.base import STTOptions, Transcript
+from airies.providers.tts.base import TTSOptions
+from airies.schemas import ws_protocol as wp
+from airies.schemas.agents import AgentConfig
+from airies.schemas.conversations import ConversationCreate, ConversationUpdate
+from airies.services.agents import AgentService
+from airies.services.turns import TurnEngines, TurnInput, TurnResult, TurnRunner
+
+log = logging.getLogger(__name__)
+
+PERIODS = {
+    "24h": timedelta(hours=1 * 24),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+    "90d": timedelta(days=90),
+}
+HISTORY_TURNS = 20
+# Usage sink: billing's publisher (SQS on AWS). Receives billing UsageEvent objects.
+UsageSink = Callable[[list[Any]], None]
+# Credit gate: (account_id) -> (allowed, reason, message)
+CreditGate = Callable[[str], tuple[bool, str | None, str | None]]
+
+
+# --- tokens --------------------------------------------------------------------------------------------------------
+class ConversationTokens:
+    """Short-lived HMAC tokens bound to one conversation: ``$connect`` trusts nothing else."""
+
+    def __init__(self, secret: bytes, *, ttl_seconds: int = 300, clock: Callable[[], float] = time.time) -> None:
+        self.secret = secret
+        self.ttl_seconds = ttl_seconds
+        self.clock = clock
+
+    def issue(self, conversation_id: str, account_id: str) -> tuple[str, datetime]:
+        expires = int(self.clock()) + self.ttl_seconds
+        claims = {"c": conversation_id, "a": account_id, "e": expires, "n": secrets.token_hex(4)}
+        body = base64.urlsafe_b64encode(json.dumps(claims, separators=(",", ":")).encode()).rstrip(b"=")
+        sig = base64.urlsafe_b64encode(hmac.new(self.secret, body, hashlib.sha256).digest()).rstrip(b"=")
+        return f"{body.decode()}.{sig.decode()}", datetime.fromtimestamp(expires, UTC)
+
+    def verify(self, token: str | None, conversation_id: str | None = None) -> dict[str, Any]:
+        if not token or "." not in token or len(token) > 1000:
+            raise UnauthorizedError("missing or malformed conversation token", code="invalid_token")
+        body, _, sig = token.partition(".")
+        expected = base64.urlsafe_b64encode(hmac.new(self.secret, body.encode(), hashlib.sha256).digest()).rstrip(b"=")
+        if not hmac.compare_digest(expected, sig.encode()):
+            raise UnauthorizedError("conversation token signature is invalid", code="invalid_token")
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        except ValueError as exc:
+            raise UnauthorizedError("conversation token is malformed", code="invalid_token") from exc
+        if claims.get("e", 0) < self.clock():
+            raise UnauthorizedError("conversation token has expired", code="token_expired")
+        if conversation_id and claims.get("c") != conversation_id:
+            raise UnauthorizedError("token belongs to another conversation", code="invalid_token")
+        return claims
+
+
+def token_secret(settings: Settings) -> bytes:
+    if settings.ws_token_secret:
+        return settings.ws_token_secret.encode()
+    if settings.on_aws:
+        from airies.services.secrets import get_platform_secret
+
+        value = get_platform_secret("ws_token_secret", settings)
+        if not value:
+            raise RuntimeError("ws_token_secret is missing from the platform secret")
+        return value.encode()
+    path = Path(settings.data_dir) / "ws_token_secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+# --- adapters to the other capabilities ----------------------------------------------------------------------------
+class VoiceSTT:
+    """STTProvider over the voice capability's service (provider choice, account keys, offline fallback)."""
+
+    def __init__(self, voice: Any, config: AgentConfig) -> None:
+        self.voice = voice
+        self.config = config
+        self.name = config.transcriber.provider
+
+    async def transcribe(self, pcm16: bytes, sample_rate: int, options: STTOptions) -> Transcript:
+        transcript: Transcript = await self.voice.speech_to_text(
+            pcm16, sample_rate, transcriber=self.config.transcriber, expected_phrases=options.expected_phrases
+        )
+        return transcript
+
+
+class VoiceTTS:
+    """TTSProvider over the voice capability's service (fallback voices; reports the provider actually used)."""
+
+    def __init__(self, voice: Any, config: AgentConfig) -> None:
+        self.voice = voice
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        return getattr(self.voice, "last_tts_provider", None) or self.config.voice.provider
+
+    async def synthesize(self, text: str, options: TTSOptions) -> AsyncIterator[bytes]:
+        async for chunk in self.voice.text_to_speech(
+            text, voice=self.config.voice, output_format=options.output_format
+        ):
+            yield chunk
+
+    async def list_voices(self) -> list[Any]:
+        return []
+
+
+def build_engines(
+    settings: Settings, session: Session | None, account_id: str, config: AgentConfig, database: Any = None
+) -> TurnEngines:
+    """The production engines: the LLM, voice and knowledge capabilities behind the turn pipeline's interfaces."""
+    from airies.services.llm import build_llm_service
+    from airies.services.voice import build_voice_service
+
+    llm_service = build_llm_service(settings, session=session, account_id=account_id)
+    voice = build_voice_service(settings, account_id=account_id, session=session)
+    retrieve = None
+    if config.knowledge_base_ids:
+        from airies.services.knowledge import build_knowledge_service
+
+        knowledge = build_knowledge_service(settings, database)
+
+        async def retrieve(account: str, kb_ids: list[str], query: str) -> list[dict[str, Any]]:
+            chunks = await asyncio.to_thread(knowledge.retrieve_for_agent, account, kb_ids, query)
+            return [
+                {
+                    "text": c.text,
+                    "score": c.score,
+                    "document_id": c.document_id,
+                    "document_name": c.document_name,
+                    "knowledge_base_id": c.knowledge_base_id,
+                    "chunk_id": c.chunk_id,
+                }
+                for c in chunks
+            ]
+
+    return TurnEngines(
+        llm=llm_service.stream_response,
+        stt=VoiceSTT(voice, config),
+        tts=VoiceTTS(voice, config),
+        retrieve=retrieve,
+    )
+
+
+def billing_usage_sink(settings: Settings, session: Session | None) -> UsageSink | None:
+    """Usage to the billing ledger: through SQS when the queue is configured (AWS), else tracked in this unit of work."""
+    from airies.services.usage import SqsUsagePublisher, build_usage_service
+
+    if settings.usage_queue_url:
+        publisher = SqsUsagePublisher(
+            settings.usage_queue_url, region=settings.aws_region, endpoint_url=settings.aws_endpoint_url
+        )
+        return publisher.publish
+    service = build_usage_service(settings)
+
+    def track(events: list[Any]) -> None:
+        service.track_usage(events, session=session)
+
+    return track
+
+
+def billing_credit_gate(settings: Settings, session: Session | None) -> CreditGate | None:
+    from airies.services.usage import build_usage_service
+
+    service = build_usage_service(settings)
+
+    def check(account_id: str) -> tuple[bool, str | None, str | None]:
+        result = service.check_usage_limits(account_id, starting_conversation=False, session=session)
+        return bool(result.allowed), result.reason, result.message
+
+    return check
+
+
+def billing_start_check(settings: Settings, session: Session, account_id: str) -> None:
+    """Before a conversation starts: credits, plan minutes and concurrent conversations (402/429 when refused)."""
+    from airies.services.usage import build_usage_service
+
+    # Live calls, plus ones just started whose token can still connect (older never-connected ones do not count).
+    fresh = utcnow() - timedelta(seconds=settings.ws_token_ttl_seconds)
+    active = session.scalar(
+        select(func.count())
+        .select_from(Conversation)
+        .where(
+            Conversation.account_id == account_id,
+            (Conversation.status == "active")
+            | ((Conversation.status == "created") & (Conversation.created_at >= fresh)),
+        )
+    )
+    check = build_usage_service(settings).check_usage_limits(
+        account_id, starting_conversation=True, active_conversations=int(active or 0), session=session
+    )
+    check.raise_for_status()
+
+
+def usage_events(conversation: Conversation, result: TurnResult) -> list[Any]:
+    """The billing UsageEvents of one turn; keys derive from the turn id, so a retried turn is counted once."""
+    from airies.schemas.usage import UsageComponent, UsageEvent
+
+    u = result.usage
+    cached = int(u.get("cached_tokens", 0))
+    rows = [
+        (UsageComponent.STT_SECONDS, Decimal(str(u.get("stt_seconds", 0))), u.get("stt_provider"), u.get("stt_model")),
+        (
+            UsageComponent.LLM_INPUT_TOKENS,
+            Decimal(int(u.get("prompt_tokens", 0)) - cached),
+            u.get("llm_provider"),
+            u.get("llm_model"),
+        ),
+        (UsageComponent.LLM_CACHED_TOKENS, Decimal(cached), u.get("llm_provider"), u.get("llm_model")),
+        (
+            UsageComponent.LLM_OUTPUT_TOKENS,
+            Decimal(int(u.get("completion_tokens", 0))),
+            u.get("llm_provider"),
+            u.get("llm_model"),
+        ),
+        (
+            UsageComponent.TTS_CHARACTERS,
+            Decimal(int(u.get("tts_characters", 0))),
+            u.get("tts_provider"),
+            u.get("tts_model"),
+        ),
+    ]
+    return [
+        UsageEvent(
+            idempotency_key=f"{result.turn_id}:{component.value}",
+            account_id=conversation.account_id,
+            component=component,
+            quantity=quantity,
+            provider=provider,
+            model=model,
+            agent_id=conversation.agent_id,
+            conversation_id=conversation.id,
+            turn_id=result.turn_id,
+        )
+        for component, quantity, provider, model in rows
+        if quantity > 0
+    ]
+
+
+def minutes_event(conversation: Conversation) -> Any:
+    from airies.schemas.usage import UsageComponent, UsageEvent
+
+    minutes = (Decimal(str(conversation.duration_seconds)) / 60).quantize(Decimal("0.000001"))
+    return UsageEvent(
+        idempotency_key=f"{conversation.id}:platform_minutes:final",
+        account_id=conversation.account_id,
+        component=UsageComponent.PLATFORM_MINUTES,
+        quantity=minutes,
+        agent_id=conversation.agent_id,
+        conversation_id=conversation.id,
+    )
+
+
+class ListSink:
+    """A TurnSink that collects frames (the HTTP routes: no socket, never cancelled)."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+
+    async def send(self, message: dict[str, Any]) -> bool:
+        self.frames.append(message)
+        return True
+
+    async def cancelled(self) -> tuple[bool, int | None]:
+        return False, None
+
+
+# --- the service --------------------------------------------------------------------------------------------------
+class ConversationService:
+    def __init__(
+        self,
+        session: Session,
+        settings: Settings,
+        *,
+        engines: Callable[[AgentConfig], TurnEngines] | None = None,
+        usage_sink: UsageSink | None = None,
+        credit_gate: CreditGate | None = None,
+        tokens: ConversationTokens | None = None,
+        recorder: Any = None,
+        start_check: Callable[[Session, str], None] | None = None,
+        database: Any = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.session = session
+        self.start_check = start_check
+        self.database = database
+        self.settings = settings
+        self._engines = engines
+        self.usage_sink = usage_sink
+        self.credit_gate = credit_gate
+        self.tokens = tokens or ConversationTokens(token_secret(settings), ttl_seconds=settings.ws_token_ttl_seconds)
+        self.recorder = recorder
+        self.clock = clock
+
+    def engines_for(self, account_id: str, config: AgentConfig) -> TurnEngines:
+        if self._engines is not None:
+            return self._engines(config)
+        return build_engines(self.settings, self.session, account_id, config, self.database)
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+    def start_conversation(self, account_id: str, body: ConversationCreate) -> tuple[Conversation, str, datetime]:
+        agents = AgentService(self.session)
+        agents.get(account_id, body.agent_id)  # 404 for foreign or unknown agents
+        version = agents.published_version(account_id, body.agent_id, body.agent_version)
+        config = AgentConfig.model_validate(version.config)
+        if self.start_check is not None:
+            self.start_check(self.session, account_id)
+        conversation = Conversation(
+            id=new_id("conv"),
+            account_id=account_id,
+            agent_id=body.agent_id,
+            agent_version=version.version,
+            status="created",
+            channel=body.channel,
+            caller=body.caller.model_dump(exclude_none=True),
+            metadata_=body.metadata,
+            started_at=utcnow(),
+            duration_seconds=0.0,
+            turn_count=0,
+            interruption_count=0,
+            usage={},
+            cost_usd=Decimal(0),
+            recording_enabled=config.recording_enabled,
+        )
+        self.session.add(conversation)
+        self.session.flush()
+        token, expires = self.tokens.issue(conversation.id, account_id)
+        return conversation, token, expires
+
+    def ws_url(self, conversation_id: str, token: str) -> str:
+        return f"{self.settings.public_ws_url}?conversation_id={conversation_id}&token={token}"
+
+    def get(self, account_id: str, conversation_id: str, *, for_update: bool = False) -> Conversation:
+        query = select(Conversation).where(Conversation.id == conversation_id, Conversation.account_id == account_id)
+        if for_update and self.session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update()
+        conversation = self.session.scalar(query)
+        if conversation is None:
+            raise NotFoundError("conversation", conversation_id)
+        return conversation
+
+    def config_for(self, conversation: Conversation) -> AgentConfig:
+        agent_id = conversation.agent_id
+        if agent_id is None:
+            raise ConflictError("the agent of this conversation was deleted", code="agent_deleted")
+        version = AgentService(self.session).published_version(
+            conversation.account_id, agent_id, conversation.agent_version
+        )
+        return AgentConfig.model_validate(version.config)
+
+    def list(
+        self,
+        account_id: str,
+        *,
+        limit: int = 20,
+        cursor: str | None = None,
+        agent_id: str | None = None,
+        status: str | None = None,
+    ) -> tuple[list[Conversation], str | None]:
+        query = select(Conversation).where(Conversation.account_id == account_id)
+        if cursor:
+            query = query.where(Conversation.id < cursor)
+        if agent_id:
+            query = query.where(Conversation.agent_id == agent_id)
+        if status:
+            query = query.where(Conversation.status == status)
+        rows = list(self.session.scalars(query.order_by(Conversation.id.desc()).limit(limit + 1)))
+        next_cursor = rows[limit - 1].id if len(rows) > limit else None
+        return rows[:limit], next_cursor
+
+    def update(self, account_id: str, conversation_id: str, body: ConversationUpdate) -> Conversation:
+        conversation = self.get(account_id, conversation_id)
+        if body.metadata is not None:
+            conversation.metadata_ = {**conversation.metadata_, **body.metadata}
+        if body.caller is not None:
+            conversation.caller = body.caller.model_dump(exclude_none=True)
+        if body.status == "ended":
+            self.end_conversation(account_id, conversation_id, "api_request")
+        return conversation
+
+    def delete(self, account_id: str, conversation_id: str) -> None:
+        conversation = self.get(account_id, conversation_id)
+        if conversation.status != "ended":
+            self.end_conversation(account_id, conversation_id, "deleted")
+        self.session.delete(conversation)
+
+    def mark_active(self, conversation: Conversation) -> None:
+        if conversation.status == "created":
+            conversation.status = "active"
+            conversation.started_at = utcnow()
+
+    def end_conversation(self, account_id: str, conversation_id: str, reason: str) -> Conversation:
+        """Idempotent: ending an ended conversation changes nothing and bills nothing twice."""
+        conversation = self.get(account_id, conversation_id, for_update=True)
+        if conversation.status == "ended":
+            return conversation
+        now = utcnow()
+        conversation.status = "ended"
+        conversation.ended_at = now
+        conversation.end_reason = reason[:40]
+        conversation.duration_seconds = round(max((now - conversation.started_at).total_seconds(), 0.0), 3)
+        self.session.flush()
+        if self.usage_sink is not None and conversation.duration_seconds > 0:
+            try:
+                self.usage_sink([minutes_event(conversation)])
+            except Exception:  # billing is retried by its queue; a failed publish must not keep a call open
+                log.exception("usage publish failed for %s", conversation.id)
+        return conversation
+
+    # -- turns ----------------------------------------------------------------------------------------------------
+    def history_messages(self, conversation_id: str) -> list[dict[str, str]]:
+        """LLM history from stored turns: the agent's side is what the caller actually received."""
+        turns = list(
+            self.session.scalars(
+                select(ConversationTurn)
+                .where(ConversationTurn.conversation_id == conversation_id)
+                .order_by(ConversationTurn.seq.desc())
+                .limit(HISTORY_TURNS)
+            )
+        )
+        messages: list[dict[str, str]] = []
+        for turn in reversed(turns):
+            if turn.user_text:
+                messages.append({"role": "user", "content": turn.user_text})
+            if turn.agent_text:
+                messages.append({"role": "assistant", "content": turn.agent_text})
+        return messages
+
+    def next_seq(self, conversation_id: str) -> int:
+        current = self.session.scalar(
+            select(func.max(ConversationTurn.seq)).where(ConversationTurn.conversation_id == conversation_id)
+        )
+        return int(current or 0) + 1
+
+    def record_turn(self, conversation: Conversation, result: TurnResult) -> ConversationTurn:
+        """Store one turn and roll it into the conversation totals; idempotent on the turn id."""
+        existing = self.session.get(ConversationTurn, result.turn_id)
+        if existing is not None:
+            return existing
+        seq = result.seq
+        taken = self.session.scalar(
+            select(ConversationTurn.id).where(
+                ConversationTurn.conversation_id == conversation.id, ConversationTurn.seq == seq
+            )
+        )
+        if taken is not None:
+            seq = self.next_seq(conversation.id)
+        recording: dict[str, Any] = {}
+        if self.recorder is not None and conversation.recording_enabled:
+            recording = self.recorder.store_turn(conversation, result)
+        now = utcnow()
+        turn = ConversationTurn(
+            id=result.turn_id,
+            conversation_id=conversation.id,
+            account_id=conversation.account_id,
+            seq=seq,
+            input_mode=result.mode,
+            user_text=result.user_text,
+            agent_text=result.agent_text,
+            agent_text_generated=result.agent_text_generated,
+            status=result.status,
+            interrupted=result.interrupted,
+            latency=result.latency,
+            usage={k: v for k, v in result.usage.items() if not isinstance(v, bytes)},
+            cost=result.cost,
+            cost_usd=result.cost_usd,
+            recording=recording,
+            started_at=now - timedelta(milliseconds=float(result.latency.get("total_ms") or 0)),
+            ended_at=now,
+        )
+        self.session.add(turn)
+        conversation.turn_count += 1
+        conversation.interruption_count += int(result.interrupted)
+        conversation.cost_usd = (conversation.cost_usd or Decimal(0)) + result.cost_usd
+        totals = dict(conversation.usage or {})
+        for key in ("stt_seconds", "prompt_tokens", "completion_tokens", "cached_tokens", "tts_characters"):
+            value = result.usage.get(key) or 0
+            totals[key] = (
+                round(totals.get(key, 0) + value, 3) if isinstance(value, float) else totals.get(key, 0) + value
+            )
+        conversation.usage = totals
+        self.session.flush()
+        if self.usage_sink is not None:
+            try:
+                events = usage_events(conversation, result)
+                if events:
+                    self.usage_sink(events)
+            except Exception:
+                log.exception("usage publish failed for turn %s", result.turn_id)
+        return turn
+
+    def check_credit(self, account_id: str) -> tuple[bool, str | None, str | None]:
+        if self.credit_gate is None:
+            return True, None, None
+        return self.credit_gate(account_id)
+
+    async def _http_turn(
+        self, account_id: str, conversation_id: str, *, mode: str, text: str | None, pcm: bytes | None, speak: bool
+    ) -> tuple[ConversationTurn, TurnResult, list[dict[str, Any]]]:
+        conversation = self.get(account_id, conversation_id)
+        if conversation.status == "ended":
+            raise ConflictError("this conversation has ended", code="conversation_ended")
+        allowed, reason, message = self.check_credit(account_id)
+        if not allowed:
+            from airies.errors import PaymentRequiredError
+
+            raise PaymentRequiredError(message or "insufficient credits", code=reason or "insufficient_credits")
+        config = self.config_for(conversation)
+        self.mark_active(conversation)
+        runner = TurnRunner(self.engines_for(account_id, config), out_chunk_ms=self.settings.ws_out_chunk_ms)
+        sink = ListSink()
+        result = await runner.run(
+            config,
+            self.history_messages(conversation.id),
+            TurnInput(
+                turn_id=new_id("turn"),
+                seq=self.next_seq(conversation.id),
+                mode=mode,
+                account_id=account_id,
+                conversation_id=conversation.id,
+                text=text,
+                pcm=pcm,
+                speak=speak,
+            ),
+            sink,
+        )
+        if result.status == "failed":
+            from airies.errors import ProviderError
+
+            err = result.error or {}
+            raise ProviderError(err.get("message", "turn failed"), provider=err.get("code", "pipeline"))
+        turn = self.record_turn(conversation, result)
+        if result.end_call:
+            self.end_conversation(account_id, conversation.id, result.end_call)
+        return turn, result, sink.frames
+
+    async def process_message(
+        self, account_id: str, conversation_id: str, text: str, *, with_audio: bool = False
+    ) -> tuple[ConversationTurn, TurnResult, list[dict[str, Any]]]:
+        """A text turn over HTTP: the reply text (and its audio if asked)."""
+        return await self._http_turn(account_id, conversation_id, mode="text", text=text, pcm=None, speak=with_audio)
+
+    async def handle_audio_input(
+        self, account_id: str, conversation_id: str, pcm16: bytes
+    ) -> tuple[ConversationTurn, TurnResult, list[dict[str, Any]]]:
+        """An uploaded utterance (PCM16 16 kHz mono): transcript plus the reply's text and audio."""
+        if not pcm16 or len(pcm16) % 2:
+            raise BadRequestError("audio must be non-empty PCM16 (an even number of bytes)", code="bad_audio")
+        limit = self.settings.ws_max_utterance_seconds * wp.SAMPLE_RATE * 2
+        if len(pcm16) > limit:
+            from airies.errors import PayloadTooLargeError
+
+            raise PayloadTooLargeError(f"an utterance may be at most {self.settings.ws_max_utterance_seconds} s")
+        return await self._http_turn(account_id, conversation_id, mode="audio", text=None, pcm=pcm16, speak=True)
+
+    async def generate_audio_response(self, account_id: str, config: AgentConfig, text: str) -> bytes:
+        """The agent's voice saying ``text`` (PCM16 16 kHz)."""
+        tts = self.engines_for(account_id, config).tts
+        if tts is None:
+            from airies.errors import NotAvailableError
+
+            raise NotAvailableError("no text-to-speech engine is configured")
+        options = TTSOptions(voice_id=config.voice.voice_id, model=config.voice.model, output_format="pcm_16000")
+        return b"".join([chunk async for chunk in tts.synthesize(text, options)])
+
+    def process_interruption(
+        self, account_id: str, conversation_id: str, store: Any, played_ms: int | None
+    ) -> str | None:
+        """Barge-in from outside the socket (e.g. a REST call): mark the live turn cancelled."""
+        self.get(account_id, conversation_id)
+        return store.cancel_turn(conversation_id, played_ms)
+
+    # -- reads ----------------------------------------------------------------------------------------------------
+    def get_conversation_history(self, account_id: str, conversation_id: str) -> list[ConversationTurn]:
+        self.get(account_id, conversation_id)
+        return list(
+            self.session.scalars(
+                select(ConversationTurn)
+                .where(ConversationTurn.conversation_id == conversation_id, ConversationTurn.account_id == account_id)
+                .order_by(ConversationTurn.seq)
+            )
+        )
+
+    def transcript_text(self, account_id: str, conversation_id: str) -> str:
+        conversation = self.get(account_id, conversation_id)
+        lines = [f"# Conversation {conversation.id} (agent {conversation.agent_id} v{conversation.agent_version})"]
+        for turn in self.get_conversation_history(account_id, conversation_id):
+            if turn.user_text:
+                lines.append(f"Caller: {turn.user_text}")
+            if turn.agent_text:
+                suffix = " [interrupted]" if turn.interrupted else ""
+                lines.append(f"Agent: {turn.agent_text}{suffix}")
+        if conversation.end_reason:
+            lines.append(f"[ended: {conversation.end_reason}]")
+        return "\n".join(lines) + "\n"
+
+    def calculate_conversation_cost(self, account_id: str, conversation_id: str) -> dict[str, Any]:
+        """Exact provider cost of a conversation, by component, from its stored turns."""
+        turns = self.get_conversation_history(account_id, conversation_id)
+        parts = {"stt": Decimal(0), "llm": Decimal(0), "tts": Decimal(0)}
+        usage = {
+            "stt_seconds": 0.0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "cached_tokens": 0,
+            "tts_characters": 0,
+        }
+        for turn in turns:
+            for key in parts:
+                parts[key] += Decimal(str((turn.cost or {}).get(key, "0")))
+            for key in usage:
+                usage[key] += (turn.usage or {}).get(key, 0) or 0
+        total = sum(parts.values(), Decimal(0))
+        return {
+            "conversation_id": conversation_id,
+            "currency": "USD",
+            "components": {k: format(v, "f") for k, v in parts.items()},
+            "total": format(total, "f"),
+            "usage": {**usage, "stt_seconds": round(usage["stt_seconds"], 3)},
+            "turns": len(turns),
+        }
+
+    def get_conversation_analytics(
+        self, account_id: str, period: str = "7d", agent_id: str | None = None
+    ) -> dict[str, Any]:
+        return conversation_analytics(self.session, account_id, period, agent_id=agent_id)
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return round(ordered[index], 2)
+
+
+def conversation_analytics(
+    session: Session, account_id: str, period: str = "7d", *, agent_id: str | None = None
+) -> dict[str, Any]:
+    """Real numbers from the conversation tables: volume, duration, end reasons, latency percentiles, cost."""
+    if period not in PERIODS:
+        raise BadRequestError(f"period must be one of {', '.join(PERIODS)}", code="invalid_period")
+    since = utcnow() - PERIODS[period]
+    query = select(Conversation).where(Conversation.account_id == account_id, Conversation.started_at >= since)
+    if agent_id:
+        query = query.where(Conversation.agent_id == agent_id)
+    conversations = list(session.scalars(query))
+    ids = [c.id for c in conversations]
+    turns: list[ConversationTurn] = []
+    for start in range(0, len(ids), 500):
+        turns += list(
+            session.scalars(
+                select(ConversationTurn).where(
+                    ConversationTurn.account_id == account_id,
+                    ConversationTurn.conversation_id.in_(ids[start : start + 500]),
+                )
+            )
+        )
+    ended = [c for c in conversations if c.status == "ended"]
+    durations = [c.duration_seconds for c in ended]
+    reasons: dict[str, int] = {}
+    for c in ended:
+        reasons[c.end_reason or "unknown"] = reasons.get(c.end_reason or "unknown", 0) + 1
+    latency: dict[str, dict[str, float | None]] = {}
+    for key in (
+        "endpointing_ms",
+        "stt_ms",
+        "retrieval_ms",
+        "llm_first_token_ms",
+        "tts_first_byte_ms",
+        "first_audio_ms",
+        "total_ms",
+    ):
+        values = [float(t.latency[key]) for t in turns if isinstance((t.latency or {}).get(key), (int, float))]
+        latency[key] = {
+            "p50": _pct(values, 0.5),
+            "p90": _pct(values, 0.9),
+            "p95": _pct(values, 0.95),
+            "p99": _pct(values, 0.99),
+            "mean": round(statistics.fmean(values), 2) if values else None,
+            "count": len(values),
+        }
+    cost = sum((c.cost_usd or Decimal(0) for c in conversations), Decimal(0))
+    minutes = Decimal(str(sum(durations))) / 60 if durations else Decimal(0)
+    return {
+        "period": period,
+        "since": since.isoformat(),
+        "agent_id": agent_id,
+        "conversations": {
+            "total": len(conversations),
+            "active": sum(1 for c in conversations if c.status == "active"),
+            "ended": len(ended),
+            "end_reasons": reasons,
+        },
+        "duration_seconds": {
+            "total": round(sum(durations), 3),
+            "mean": round(statistics.fmean(durations), 3) if durations else None,
+            "p95": _pct(durations, 0.95),
+        },
+        "turns": {
+            "total": len(turns),
+            "interrupted": sum(1 for t in turns if t.interrupted),
+            "failed": sum(1 for t in turns if t.status == "failed"),
+            "per_conversation": round(len(turns) / len(conversations), 3) if conversations else None,
+        },
+        "latency_ms": latency,
+        "cost_usd": {
+            "total": format(cost, "f"),
+            "per_conversation": str((cost / len(conversations)).quantize(Decimal("0.000001")))
+            if conversations
+            else None,
+            "per_minute": str((cost / minutes).quantize(Decimal("0.000001"))) if minutes > 0 else None,
+        },
+    }
+
+
+def get_agent_analytics(session: Session, account_id: str, agent_id: str, period: str = "7d") -> dict[str, Any]:
+    """Analytics of one agent (the agents router calls this); the caller has checked the agent belongs to the account."""
+    agent = session.scalar(select(Agent).where(Agent.id == agent_id, Agent.account_id == account_id))
+    if agent is None:
+        raise NotFoundError("agent", agent_id)
+    return conversation_analytics(session, account_id, period, agent_id=agent_id)
+
+
+class S3Recorder:
+    """Optional recording of both sides, one WAV per side per turn (the agent side is only what was sent)."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "recordings") -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+
+    def store_turn(self, conversation: Conversation, result: TurnResult) -> dict[str, Any]:
+        from airies.audio.codecs import write_wav
+
+        keys: dict[str, Any] = {}
+        base = f"{self.prefix}/{conversation.account_id}/{conversation.id}/{result.seq:04d}-{result.turn_id}"
+        for side, pcm in (("caller", result.user_pcm), ("agent", result.agent_pcm)):
+            if pcm:
+                key = f"{base}-{side}.wav"
+                self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=write_wav(pcm, wp.SAMPLE_RATE), ContentType="audio/wav"
+                )
+                keys[side] = {"bucket": self.bucket, "key": key, "seconds": round(len(pcm) / wp.BYTES_PER_MS / 1000, 3)}
+        return keys
+
+
+def build_recorder(settings: Settings) -> S3Recorder:
+    import boto3
+
+    client = boto3.client("s3", region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url)
+    return S3Recorder(client, settings.storage_bucket, settings.conversation_recordings_prefix)

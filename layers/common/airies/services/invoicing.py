@@ -1,0 +1,474 @@
+"""Monthly usage invoices: the steps the billing state machine runs per account.
+
+list billable accounts (paged) -> per account: aggregate the period's usage in SQL into an invoice row
+with line items -> create the Stripe invoice (draft + items) -> finalise it and record the result -> notify.
+
+Never twice: ``invoices`` is unique on (account, period), so a re-run finds the row and resumes where it
+stopped (a recorded ``stripe_invoice_id`` is never created again; a finalised invoice is never re-finalised);
+every Stripe call carries an idempotency key derived from our invoice id.
+
+What is billed: the credits of usage the balance did not cover (``credits - covered``) on tiers with
+``invoice_overage``; covered usage is listed on the invoice at zero so every number traces to its events.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, literal_column, select, text, update
+from sqlalchemy.orm import Session
+
+from airies.db.ids import new_id
+from airies.db.models import utcnow
+from airies.db.models.billing import BillingAccount, Invoice, UsageEventRecord
+from airies.errors import NotFoundError
+from airies.providers.payments.base import InvoiceLineSpec, PaymentProvider
+from airies.schemas.usage import InvoiceLineOut, InvoiceOut, micros_to_credits
+from airies.services.pricing import Pricing, get_pricing
+from airies.services.usage import UsageService, micro_to_quantity, month_period, period_bounds
+
+COMPONENT_LABELS = {
+    "stt_seconds": ("Speech-to-text", "seconds"),
+    "llm_input_tokens": ("LLM input", "tokens"),
+    "llm_cached_tokens": ("LLM cached input", "tokens"),
+    "llm_output_tokens": ("LLM output", "tokens"),
+    "tts_characters": ("Text-to-speech", "characters"),
+    "platform_minutes": ("Conversation minutes", "minutes"),
+    "storage_gb_hours": ("Storage", "GB-hours"),
+    "kb_pages": ("Knowledge base pages", "pages"),
+    "embedding_tokens": ("Embeddings", "tokens"),
+}
+
+
+_BULK_INVOICE_SQL = """
+WITH g AS (
+    SELECT account_id, component, provider, model,
+           sum(quantity_micro)::bigint AS q, sum(credits_micros)::bigint AS c, sum(covered_micros)::bigint AS cv
+    FROM usage_events
+    WHERE occurred_at >= :start AND occurred_at < :end AND tier = ANY(CAST(:tiers AS varchar[]))
+    GROUP BY account_id, component, provider, model
+), l AS (
+    SELECT g.*, c - cv AS b,
+           -- half-up cents of (c - cv) micro-credits, in integers: floor((2 n num + den) / (2 den))
+           ((2 * (c - cv) * CAST(:num AS numeric) + :den) / (2 * CAST(:den AS numeric)))::numeric AS raw_cents,
+           CASE WHEN mod(q, 1000000) = 0 THEN (q / 1000000)::text
+                ELSE rtrim((q / 1000000)::text || '.' || lpad(mod(q, 1000000)::text, 6, '0'), '0') END AS qty,
+           concat_ws('/', NULLIF(provider, ''), NULLIF(model, '')) AS who
+    FROM g
+), lc AS (
+    SELECT l.*, floor(raw_cents)::bigint AS cents FROM l
+)
+INSERT INTO invoices (id, account_id, period, period_start, period_end, status, currency, amount_cents,
+                      total_credits_micros, billable_micros, lines, created_at, updated_at)
+SELECT 'inv_' || substr(md5(account_id || ':' || :period), 1, 26), account_id, :period, :start, :end,
+       CASE WHEN sum(cents) > 0 THEN 'draft' ELSE 'no_charge' END, :currency, sum(cents), sum(c), sum(b),
+       jsonb_agg(jsonb_build_object(
+           'component', component, 'provider', provider, 'model', model, 'quantity', qty,
+           'credits', (c / 1000000)::text || '.' || lpad(mod(c, 1000000)::text, 6, '0'),
+           'covered_credits', (cv / 1000000)::text || '.' || lpad(mod(cv, 1000000)::text, 6, '0'),
+           'billable_credits', (b / 1000000)::text || '.' || lpad(mod(b, 1000000)::text, 6, '0'),
+           'amount_cents', cents,
+           'description', coalesce(CAST(:labels AS jsonb) -> component ->> 0, component)
+               || CASE WHEN who <> '' THEN ' · ' || who ELSE '' END
+               || ': ' || qty || ' ' || coalesce(CAST(:labels AS jsonb) -> component ->> 1, 'units'))
+           ORDER BY component, provider, model),
+       :now, :now
+FROM lc
+GROUP BY account_id
+ON CONFLICT (account_id, period) DO NOTHING
+"""
+
+
+def previous_period(now: datetime) -> str:
+    first = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return month_period(first - timedelta(days=1))
+
+
+class InvoicingService:
+    def __init__(
+        self,
+        session: Session,
+        *,
+        provider: PaymentProvider | None = None,
+        pricing: Pricing | None = None,
+        clock: Callable[[], datetime] | None = None,
+        notifier: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
+        self.session = session
+        self.provider = provider
+        self.pricing = pricing or get_pricing()
+        self.clock = clock or utcnow
+        self.notifier = notifier
+        self.usage = UsageService(pricing=self.pricing, clock=self.clock)
+        self.invoiceable_tiers = sorted(name for name, tier in self.pricing.tiers.items() if tier.invoice_overage)
+
+    def resolve_period(self, period: str | None) -> str:
+        if not period or period == "previous":
+            return previous_period(self.clock())
+        period_bounds(period)  # validates
+        return period
+
+    # -- step 1: who is billed ------------------------------------------------------------------------
+    def list_billable_accounts(self, period: str, *, cursor: str | None = None, limit: int = 500) -> dict[str, Any]:
+        """A page of accounts with invoiceable usage in the period (pages keep Step Functions payloads small)."""
+        start, end = period_bounds(period)
+        q = (
+            select(UsageEventRecord.account_id)
+            .where(
+                UsageEventRecord.occurred_at >= start,
+                UsageEventRecord.occurred_at < end,
+                UsageEventRecord.tier.in_(self.invoiceable_tiers),
+            )
+            .group_by(UsageEventRecord.account_id)
+            .order_by(UsageEventRecord.account_id)
+            .limit(limit + 1)
+        )
+        if cursor:
+            q = q.where(UsageEventRecord.account_id > cursor)
+        ids = list(self.session.scalars(q))
+        more = len(ids) > limit
+        ids = ids[:limit]
+        return {"period": period, "accounts": ids, "next_cursor": ids[-1] if more else None}
+
+    # -- step 2: aggregate ------------------------------------------------------------------------------
+    def _aggregate(self, period: str, account_ids: Iterable[str] | None = None) -> dict[str, list[tuple]]:
+        start, end = period_bounds(period)
+        e = UsageEventRecord
+        q = select(
+            e.account_id,
+            e.component,
+            e.provider,
+            e.model,
+            func.sum(e.quantity_micro),
+            func.sum(e.credits_micros),
+            func.sum(e.covered_micros),
+            func.count(),
+        ).where(e.occurred_at >= start, e.occurred_at < end, e.tier.in_(self.invoiceable_tiers))
+        if account_ids is not None:
+            ids = list(account_ids)
+            q = q.where(e.account_id == ids[0]) if len(ids) == 1 else q.where(e.account_id.in_(ids))
+        q = q.group_by(e.account_id, e.component, e.provider, e.model).order_by(
+            literal_column("1"), literal_column("2"), literal_column("3"), literal_column("4")
+        )
+        out: dict[str, list[tuple]] = {}
+        for row in self.session.execute(q):
+            out.setdefault(row[0], []).append(tuple(row[1:]))
+        return out
+
+    def _lines(self, groups: list[tuple]) -> tuple[list[dict[str, Any]], int, int, int]:
+        lines: list[dict[str, Any]] = []
+        total_credits = billable_total = amount_total = 0
+        for component, provider, model, qty, credits, covered, _count in groups:
+            credits, covered = int(credits or 0), int(covered or 0)
+            billable = credits - covered
+            cents = self.pricing.micros_to_cents(billable)
+            label, unit = COMPONENT_LABELS.get(component, (component, "units"))
+            who = "/".join(p for p in (provider, model) if p)
+            quantity = micro_to_quantity(int(qty or 0))
+            lines.append(
+                {
+                    "component": component,
+                    "provider": provider,
+                    "model": model,
+                    "quantity": quantity,
+                    "credits": micros_to_credits(credits),
+                    "covered_credits": micros_to_credits(covered),
+                    "billable_credits": micros_to_credits(billable),
+                    "amount_cents": cents,
+                    "description": f"{label}{' · ' + who if who else ''}: {quantity} {unit}",
+                }
+            )
+            total_credits += credits
+            billable_total += billable
+            amount_total += cents
+        return lines, total_credits, billable_total, amount_total
+
+    def _insert_invoice(self, account_id: str, period: str, groups: list[tuple]) -> None:
+        start, end = period_bounds(period)
+        lines, total_credits, billable, amount = self._lines(groups)
+        now = self.clock()
+        self.session.execute(
+            self.usage._insert(self.session, Invoice)
+            .values(
+                id=new_id("inv"),
+                account_id=account_id,
+                period=period,
+                period_start=start,
+                period_end=end,
+                status="draft" if amount > 0 else "no_charge",
+                currency=self.pricing.currency,
+                amount_cents=amount,
+                total_credits_micros=total_credits,
+                billable_micros=billable,
+                lines=lines,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["account_id", "period"])
+        )
+
+    def prepare_invoice(self, account_id: str, period: str) -> Invoice:
+        """The invoice of (account, period): created from the period's usage once, then returned as is."""
+        existing = self._find(account_id, period)
+        if existing is not None:
+            return existing
+        groups = self._aggregate(period, [account_id]).get(account_id, [])
+        self._insert_invoice(account_id, period, groups)
+        invoice = self._find(account_id, period)
+        assert invoice is not None
+        return invoice
+
+    def prepare_invoices_bulk(self, period: str) -> int:
+        """Every billable account's invoice of the period at once (backfills, large runs, the benchmark).
+
+        On PostgreSQL the aggregation, the line items and the inserts are one statement (no row leaves the
+        server); it computes exactly what ``prepare_invoice`` computes in Python (a test compares the two).
+        """
+        if self.usage._is_pg(self.session):
+            return self._prepare_bulk_sql(period)
+        aggregated = self._aggregate(period)
+        done = set(self.session.scalars(select(Invoice.account_id).where(Invoice.period == period)))
+        rows = []
+        start, end = period_bounds(period)
+        now = self.clock()
+        for account_id, groups in aggregated.items():
+            if account_id in done:
+                continue
+            lines, total_credits, billable, amount = self._lines(groups)
+            rows.append(
+                {
+                    "id": new_id("inv"),
+                    "account_id": account_id,
+                    "period": period,
+                    "period_start": start,
+                    "period_end": end,
+                    "status": "draft" if amount > 0 else "no_charge",
+                    "currency": self.pricing.currency,
+                    "amount_cents": amount,
+                    "total_credits_micros": total_credits,
+                    "billable_micros": billable,
+                    "lines": lines,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+        if rows:
+            self.session.execute(
+                self.usage._insert(self.session, Invoice).on_conflict_do_nothing(
+                    index_elements=["account_id", "period"]
+                ),
+                rows,
+            )
+        return len(rows)
+
+    def _prepare_bulk_sql(self, period: str) -> int:
+        start, end = period_bounds(period)
+        num, den = self.pricing._cents_ratio
+        now = self.clock()
+        result = self.session.execute(
+            text(_BULK_INVOICE_SQL),
+            {
+                "start": start,
+                "end": end,
+                "period": period,
+                "tiers": self.invoiceable_tiers,
+                "num": num,
+                "den": den * 1_000_000,
+                "currency": self.pricing.currency,
+                "labels": json.dumps(COMPONENT_LABELS),
+                "now": now,
+            },
+        )
+        return result.rowcount or 0
+
+    def _find(self, account_id: str, period: str) -> Invoice | None:
+        return self.session.execute(
+            select(Invoice)
+            .where(Invoice.account_id == account_id, Invoice.period == period)
+            .execution_options(populate_existing=True)
+        ).scalar_one_or_none()
+
+    def get(self, invoice_id: str, account_id: str | None = None) -> Invoice:
+        q = select(Invoice).where(Invoice.id == invoice_id)
+        if account_id is not None:
+            q = q.where(Invoice.account_id == account_id)
+        invoice = self.session.execute(q.execution_options(populate_existing=True)).scalar_one_or_none()
+        if invoice is None:
+            raise NotFoundError("invoice", invoice_id)
+        return invoice
+
+    def list_invoices(
+        self, account_id: str, *, limit: int = 24, cursor: str | None = None
+    ) -> tuple[list[Invoice], str | None]:
+        q = select(Invoice).where(Invoice.account_id == account_id)
+        if cursor:
+            q = q.where(Invoice.id < cursor)
+        items = list(self.session.scalars(q.order_by(Invoice.id.desc()).limit(limit + 1)))
+        more = len(items) > limit
+        return items[:limit], (items[limit - 1].id if more else None)
+
+    # -- step 3: Stripe ---------------------------------------------------------------------------------
+    def _provider(self) -> PaymentProvider:
+        if self.provider is None:
+            from airies.errors import NotAvailableError
+
+            raise NotAvailableError(
+                "payments are not configured: set AIRIES_STRIPE_SECRET_KEY", code="stripe_not_configured"
+            )
+        return self.provider
+
+    def create_stripe_invoice(self, invoice_id: str) -> Invoice:
+        invoice = self.get(invoice_id)
+        if invoice.status == "no_charge" or invoice.stripe_invoice_id:
+            return invoice  # nothing to bill, or already created: never create twice
+        provider = self._provider()
+        from airies.services.payments import PaymentService
+
+        payments = PaymentService(self.session, provider, usage=self.usage, pricing=self.pricing, clock=self.clock)
+        customer_id = payments.ensure_customer(invoice.account_id)
+        billing = self.session.get(BillingAccount, invoice.account_id)
+        lines = [
+            InvoiceLineSpec(
+                amount_cents=line["amount_cents"],
+                description=line["description"],
+                metadata={"component": line["component"], "billable_credits": line["billable_credits"]},
+            )
+            for line in invoice.lines
+            if line["amount_cents"] > 0
+        ]
+        info = provider.create_invoice(
+            customer_id=customer_id,
+            currency=invoice.currency,
+            lines=lines,
+            description=f"Airies usage {invoice.period}",
+            metadata={
+                "airies_invoice_id": invoice.id,
+                "airies_account_id": invoice.account_id,
+                "period": invoice.period,
+            },
+            idempotency_key=f"airies-invoice:{invoice.id}",
+            charge_automatically=bool(billing and billing.subscription_status in ("active", "trialing")),
+        )
+        invoice.stripe_invoice_id = info.id
+        invoice.updated_at = self.clock()
+        self.session.flush()
+        return invoice
+
+    def finalize_and_record(self, invoice_id: str) -> Invoice:
+        invoice = self.get(invoice_id)
+        if invoice.status != "draft" or not invoice.stripe_invoice_id:
+            return invoice
+        provider = self._provider()
+        current = provider.retrieve_invoice(invoice.stripe_invoice_id)
+        if current.status == "draft":
+            current = provider.finalize_invoice(
+                invoice.stripe_invoice_id, idempotency_key=f"airies-invoice:{invoice.id}:finalize"
+            )
+        if current.amount_due_cents != invoice.amount_cents:
+            invoice.error = f"Stripe amount_due {current.amount_due_cents} != recorded {invoice.amount_cents}"
+        invoice.status = "paid" if current.status == "paid" else "open"
+        invoice.hosted_invoice_url = current.hosted_invoice_url
+        invoice.finalized_at = invoice.finalized_at or self.clock()
+        invoice.updated_at = self.clock()
+        self.session.flush()
+        return invoice
+
+    # -- step 4: notify ---------------------------------------------------------------------------------
+    def notify(self, invoice_id: str) -> dict[str, Any]:
+        invoice = self.get(invoice_id)
+        if invoice.notified_at is not None:
+            return {"notified": True, "already": True}
+        if invoice.status == "no_charge":
+            return {"notified": False, "reason": "nothing billed"}
+        if self.notifier is None:
+            return {"notified": False, "reason": "no notification channel configured (AIRIES_BILLING_EVENT_BUS)"}
+        sent = self.notifier(
+            {
+                "invoice_id": invoice.id,
+                "account_id": invoice.account_id,
+                "period": invoice.period,
+                "status": invoice.status,
+                "amount_cents": invoice.amount_cents,
+                "currency": invoice.currency,
+                "hosted_invoice_url": invoice.hosted_invoice_url,
+            }
+        )
+        if sent:
+            invoice.notified_at = self.clock()
+            self.session.flush()
+        return {"notified": bool(sent)}
+
+    def record_failure(self, account_id: str, period: str, error: dict[str, Any] | str) -> dict[str, Any]:
+        invoice = self._find(account_id, period)
+        text = error if isinstance(error, str) else json.dumps(error, default=str)[:2000]
+        if invoice is not None:
+            self.session.execute(
+                update(Invoice).where(Invoice.id == invoice.id).values(error=text, updated_at=self.clock())
+            )
+        return {
+            "account_id": account_id,
+            "period": period,
+            "failed": True,
+            "invoice_id": invoice.id if invoice else None,
+        }
+
+
+def invoice_out(invoice: Invoice) -> InvoiceOut:
+    return InvoiceOut(
+        id=invoice.id,
+        period_start=invoice.period_start,
+        period_end=invoice.period_end,
+        status=invoice.status,
+        currency=invoice.currency,
+        amount_cents=invoice.amount_cents,
+        total_credits=micros_to_credits(invoice.total_credits_micros),
+        lines=[InvoiceLineOut(**line) for line in invoice.lines],
+        stripe_invoice_id=invoice.stripe_invoice_id,
+        hosted_invoice_url=invoice.hosted_invoice_url,
+        created_at=invoice.created_at,
+    )
+
+
+def eventbridge_notifier(bus_name: str, *, region: str | None = None, endpoint_url: str | None = None) -> Callable:
+    """Publish ``InvoiceIssued`` to an EventBridge bus (email/Slack fan-out is a rule away)."""
+    client: Any = None
+
+    def send(detail: dict[str, Any]) -> bool:
+        nonlocal client
+        if client is None:
+            import boto3
+
+            client = boto3.client("events", region_name=region, endpoint_url=endpoint_url)
+        response = client.put_events(
+            Entries=[
+                {
+                    "Source": "airies.billing",
+                    "DetailType": "InvoiceIssued",
+                    "Detail": json.dumps(detail, default=str),
+                    "EventBusName": bus_name,
+                }
+            ]
+        )
+        return response.get("FailedEntryCount", 0) == 0
+
+    return send
+
+
+def build_invoicing_service(
+    settings: Any, session: Session, *, provider: PaymentProvider | None = None
+) -> InvoicingService:
+    from airies.providers.payments import build_payment_provider
+
+    notifier = None
+    if settings.billing_event_bus:
+        notifier = eventbridge_notifier(
+            settings.billing_event_bus, region=settings.aws_region, endpoint_url=settings.aws_endpoint_url
+        )
+    return InvoicingService(
+        session,
+        provider=provider if provider is not None else build_payment_provider(settings),
+        notifier=notifier,
+    )

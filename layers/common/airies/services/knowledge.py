@@ -1,0 +1,1307 @@
+"""Knowledge bases: documents in, chunks and vectors out, retrieval fast enough for a voice turn.
+
+Pipeline of one document (the same stages inline and under Step Functions):
+``prepare_document`` (claim, download, extract, chunk, store chunk rows) -> ``embed_chunk_range`` per batch
+(embed + upsert vectors) -> ``finalise_document`` (counts, status ready, usage). Any ``DocumentRejected``
+ends the document as ``failed`` with a code and a reason; nothing else is lost.
+
+Idempotency: chunk and vector ids are ``{document_id}-{index:05d}``, a document is claimed with a conditional
+UPDATE (a second delivery while it is processing is skipped), and a document already ``ready`` from the same
+object version (S3 ETag) is skipped. A redelivered or duplicated event therefore never duplicates chunks.
+
+Tenancy: every read is filtered by account; a foreign id is a 404; every vector query is scoped by account
+and knowledge base inside the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_plus
+
+from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from airies.db.ids import new_id
+from airies.db.models.base import utcnow
+from airies.db.models.knowledge import KnowledgeBase, KnowledgeChunk, KnowledgeDocument, KnowledgeScrapeJob
+from airies.errors import BadRequestError, ConflictError, NotAvailableError, NotFoundError, PayloadTooLargeError
+from airies.services import document_processor as dp
+from airies.services.chunking import iter_chunks
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from airies.config import Settings
+    from airies.db.engine import Database
+    from airies.providers.embeddings.base import Embedder
+    from airies.providers.vectors.base import VectorStore
+    from airies.schemas.usage import UsageEvent
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODELS = {
+    "hashing": ("hashing-v1", 512),
+    "openai": ("text-embedding-3-small", 1536),
+    "minilm": ("all-MiniLM-L6-v2", 384),
+}
+VECTOR_STORES = ("embedded", "pgvector", "pinecone")
+KEY_PATTERN = re.compile(r"^accounts/(?P<account>[^/]+)/knowledge/(?P<kb>[^/]+)/(?P<doc>[^/]+)/(?P<name>.+)$")
+
+
+@dataclass(frozen=True)
+class RetrievedChunk:
+    text: str
+    score: float
+    document_id: str
+    document_name: str
+    knowledge_base_id: str
+    chunk_id: str
+    chunk_index: int
+    page: int | None = None
+    source_url: str | None = None
+
+
+@dataclass
+class PreparedDocument:
+    document_id: str
+    skipped: bool = False
+    reason: str | None = None
+    chunk_count: int = 0
+    batches: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "document_id": self.document_id,
+            "skipped": self.skipped,
+            "reason": self.reason,
+            "chunk_count": self.chunk_count,
+            "batches": self.batches,
+        }
+
+
+@dataclass
+class IngestionCounters:
+    """What the pipeline did (benchmarks and tests read it)."""
+
+    embed_requests: int = 0
+    embed_calls: int = 0
+    embedding_tokens: int = 0
+    documents_processed: int = 0
+    documents_skipped: int = 0
+    documents_failed: int = 0
+
+
+def safe_filename(name: str) -> str:
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "document"
+    return cleaned[:120]
+
+
+def chunk_id(document_id: str, index: int) -> str:
+    return f"{document_id}-{index:05d}"
+
+
+def refresh_counts(session: Session, kb: KnowledgeBase) -> None:
+    """Recount a knowledge base from its ready documents (exact after re-uploads, failures and deletes)."""
+    docs, chunks, tokens = session.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(KnowledgeDocument.chunk_count), 0),
+            func.coalesce(func.sum(KnowledgeDocument.token_count), 0),
+        ).where(KnowledgeDocument.knowledge_base_id == kb.id, KnowledgeDocument.status == "ready")
+    ).one()
+    kb.document_count, kb.chunk_count, kb.token_count = int(docs), int(chunks), int(tokens)
+
+
+class KnowledgeService:
+    def __init__(
+        self,
+        database: Database,
+        settings: Settings,
+        *,
+        storage: Any = None,
+        embedder_factory: Callable[[str, str, int], Embedder] | None = None,
+        store_factory: Callable[[str], VectorStore] | None = None,
+        usage_publisher: Any = None,
+        sqs_client: Any = None,
+        sfn_client: Any = None,
+        fetcher: Any = None,
+        session: Session | None = None,
+    ) -> None:
+        self.database = database
+        self.settings = settings
+        self._storage = storage
+        self._embedder_factory = embedder_factory
+        self._store_factory = store_factory
+        self._usage = usage_publisher
+        self._sqs = sqs_client
+        self._sfn = sfn_client
+        self._fetcher = fetcher
+        self._session = session
+        self._embedders: dict[tuple[str, str, int], Embedder] = {}
+        self._stores: dict[str, VectorStore] = {}
+        self._shared_stores: dict[str, VectorStore] = {}
+        self._local = threading.local()
+        self.counters = IngestionCounters()
+
+    def bind(self, session: Session | None) -> KnowledgeService:
+        """The same service working inside the caller's unit of work (API requests); ``None`` unbinds."""
+        bound = KnowledgeService(
+            self.database,
+            self.settings,
+            storage=self._storage,
+            embedder_factory=self._embedder_factory,
+            store_factory=self._store_factory,
+            usage_publisher=self._usage,
+            sqs_client=self._sqs,
+            sfn_client=self._sfn,
+            fetcher=self._fetcher,
+            session=session,
+        )
+        bound._embedders = self._embedders
+        bound._shared_stores = self._shared_stores
+        bound.counters = self.counters
+        return bound
+
+    def _pipeline(self) -> KnowledgeService:
+        """The ingestion stages use their own short transactions: commit the caller's first, then run unbound
+        (on SQLite a second writer would wait for the request's open transaction)."""
+        if self._session is None:
+            return self
+        self._session.commit()
+        return self.bind(None)
+
+    # -- plumbing ---------------------------------------------------------------------------------------------
+    @contextmanager
+    def _uow(self) -> Iterator[Session]:
+        """The bound session, else the one already open on this thread (re-entrant), else a new unit of work."""
+        if self._session is not None:
+            yield self._session
+            self._session.flush()
+            return
+        current = getattr(self._local, "session", None)
+        if current is not None:
+            yield current
+            return
+        with self.database.session() as session:
+            self._local.session = session
+            try:
+                yield session
+            finally:
+                self._local.session = None
+
+    @property
+    def storage(self) -> Any:
+        if self._storage is None:
+            from airies.services.storage import StorageService
+
+            self._storage = StorageService(
+                self.settings.kb_documents_bucket or self.settings.storage_bucket,
+                region=self.settings.aws_region,
+                endpoint_url=self.settings.aws_endpoint_url,
+            )
+        return self._storage
+
+    def embedder(self, provider: str, model: str, dimensions: int) -> Embedder:
+        key = (provider, model, dimensions)
+        if key not in self._embedders:
+            if self._embedder_factory is not None:
+                self._embedders[key] = self._embedder_factory(provider, model, dimensions)
+            else:
+                from airies.providers.embeddings import build_embedder
+
+                self._embedders[key] = build_embedder(provider, model, dimensions, self.settings)
+        return self._embedders[key]
+
+    def store(self, name: str) -> VectorStore:
+        # The embedded store writes through this service's unit of work, so each bound copy has its own; the
+        # others hold SDK clients and connection pools that every copy shares.
+        stores = self._stores if name == "embedded" else self._shared_stores
+        if name not in stores:
+            stores[name] = self._store_factory(name) if self._store_factory else self._build_store(name)
+        return stores[name]
+
+    def _build_store(self, name: str) -> VectorStore:
+        if name == "embedded":
+            from airies.providers.vectors.embedded import EmbeddedVectorStore
+
+            return EmbeddedVectorStore(self._uow, cache_key=self.database.url)
+        if name == "pgvector":
+            from airies.providers.vectors.pgvector import PgVectorStore
+
+            if self.settings.kb_pgvector_database_url:
+                from airies.db.engine import Database
+
+                return PgVectorStore(Database(self.settings.kb_pgvector_database_url))
+            return PgVectorStore(self.database)
+        if name == "pinecone":
+            from airies.providers.vectors.pinecone import PineconeVectorStore
+
+            if not (self.settings.pinecone_api_key and self.settings.pinecone_index_host):
+                raise NotAvailableError("Pinecone needs AIRIES_PINECONE_API_KEY and AIRIES_PINECONE_INDEX_HOST")
+            return PineconeVectorStore(
+                api_key=self.settings.pinecone_api_key, index_host=self.settings.pinecone_index_host
+            )
+        raise NotAvailableError(f"unknown vector store '{name}'")
+
+    def _publish_usage(self, events: list[UsageEvent]) -> None:
+        if not events:
+            return
+        publisher = self._usage
+        if publisher is None:
+            try:
+                from airies.services.usage import build_usage_publisher
+            except ImportError:  # billing not installed: nothing to meter into
+                return
+            publisher = self._usage = build_usage_publisher(self.settings, self.database)
+        publisher.publish(events)
+
+    # -- knowledge bases --------------------------------------------------------------------------------------
+    def create_knowledge_base(
+        self,
+        account_id: str,
+        name: str,
+        *,
+        description: str | None = None,
+        embedding_provider: str | None = None,
+        embedding_model: str | None = None,
+        embedding_dimensions: int | None = None,
+        vector_store: str | None = None,
+        chunk_size: int | None = None,
+        chunk_overlap: int | None = None,
+    ) -> KnowledgeBase:
+        provider, model, dims = self._embedding_choice(embedding_provider, embedding_model, embedding_dimensions)
+        store_name = vector_store or self.settings.kb_vector_store
+        if store_name not in VECTOR_STORES:
+            raise BadRequestError(f"vector_store must be one of {', '.join(VECTOR_STORES)}")
+        size = chunk_size or self.settings.kb_chunk_tokens
+        overlap = self.settings.kb_chunk_overlap_tokens if chunk_overlap is None else chunk_overlap
+        if not 32 <= size <= 2000 or not 0 <= overlap <= size // 2:
+            raise BadRequestError("chunk_size must be 32-2000 tokens and chunk_overlap at most half of it")
+        self.embedder(provider, model, dims)  # fail now (501) if the provider is not configured
+        kb = KnowledgeBase(
+            id=new_id("kb"),
+            account_id=account_id,
+            name=name,
+            description=description,
+            embedding_provider=provider,
+            embedding_model=model,
+            embedding_dimensions=dims,
+            vector_store=store_name,
+            chunk_size=size,
+            chunk_overlap=overlap,
+            status="active",
+            document_count=0,
+            chunk_count=0,
+            token_count=0,
+        )
+        with self._uow() as session:
+            session.add(kb)
+            session.flush()
+        self.store(store_name).create_collection(account_id, kb.id, dims)
+        return kb
+
+    def _embedding_choice(self, provider: str | None, model: str | None, dims: int | None) -> tuple[str, str, int]:
+        provider = provider or self.settings.kb_embedding_provider
+        if provider not in DEFAULT_MODELS:
+            raise BadRequestError(f"embedding_provider must be one of {', '.join(DEFAULT_MODELS)}")
+        default_model, default_dims = DEFAULT_MODELS[provider]
+        if provider == self.settings.kb_embedding_provider:
+            model = model or self.settings.kb_embedding_model
+            dims = dims or self.settings.kb_embedding_dimensions
+        if provider == "openai" and model and not dims:
+            from airies.providers.embeddings.openai import MODEL_DIMENSIONS
+
+            dims = MODEL_DIMENSIONS.get(model)
+        return provider, model or default_model, int(dims or default_dims)
+
+    def list_knowledge_bases(
+        self, account_id: str, *, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[KnowledgeBase], str | None]:
+        with self._uow() as session:
+            query = select(KnowledgeBase).where(KnowledgeBase.account_id == account_id)
+            if cursor:
+                query = query.where(KnowledgeBase.id < cursor)
+            rows = list(session.scalars(query.order_by(KnowledgeBase.id.desc()).limit(limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, (rows[-1].id if more else None)
+
+    def get_knowledge_base(self, account_id: str, kb_id: str, session: Session | None = None) -> KnowledgeBase:
+        if session is None:
+            with self._uow() as own:
+                return self.get_knowledge_base(account_id, kb_id, own)
+        kb = session.scalar(
+            select(KnowledgeBase)
+            .where(KnowledgeBase.id == kb_id, KnowledgeBase.account_id == account_id)
+            .execution_options(populate_existing=True)  # the pipeline may have changed it in another session
+        )
+        if kb is None:
+            raise NotFoundError("knowledge base", kb_id)
+        return kb
+
+    def update_knowledge_base(self, account_id: str, kb_id: str, patch: dict[str, Any]) -> KnowledgeBase:
+        allowed = {"name", "description", "chunk_size", "chunk_overlap"}
+        unknown = set(patch) - allowed
+        if unknown:
+            raise BadRequestError(
+                f"cannot update {', '.join(sorted(unknown))}; change the embedding model with POST /reembed"
+            )
+        with self._uow() as session:
+            kb = self.get_knowledge_base(account_id, kb_id, session)
+            for key, value in patch.items():
+                if value is not None or key == "description":
+                    setattr(kb, key, value)
+            if not 32 <= kb.chunk_size <= 2000 or not 0 <= kb.chunk_overlap <= kb.chunk_size // 2:
+                raise BadRequestError("chunk_size must be 32-2000 tokens and chunk_overlap at most half of it")
+            session.flush()
+            return kb
+
+    def delete_knowledge_base(self, account_id: str, kb_id: str) -> None:
+        with self._uow() as session:
+            kb = self.get_knowledge_base(account_id, kb_id, session)
+            store_name = kb.vector_store
+            session.execute(delete(KnowledgeChunk).where(KnowledgeChunk.knowledge_base_id == kb_id))
+            session.execute(delete(KnowledgeDocument).where(KnowledgeDocument.knowledge_base_id == kb_id))
+            session.execute(delete(KnowledgeScrapeJob).where(KnowledgeScrapeJob.knowledge_base_id == kb_id))
+            session.delete(kb)
+            session.flush()
+        self.store(store_name).delete_collection(account_id, kb_id)
+        self.storage.delete_prefix(account_id, f"knowledge/{kb_id}/")
+
+    # -- documents --------------------------------------------------------------------------------------------
+    def _new_document(
+        self,
+        kb: KnowledgeBase,
+        *,
+        name: str,
+        content_type: str,
+        source_type: str,
+        size_bytes: int | None,
+        source_url: str | None = None,
+        scrape_job_id: str | None = None,
+        status: str = "uploaded",
+    ) -> KnowledgeDocument:
+        doc_id = new_id("kdoc")
+        return KnowledgeDocument(
+            id=doc_id,
+            account_id=kb.account_id,
+            knowledge_base_id=kb.id,
+            name=name[:300],
+            source_type=source_type,
+            source_url=source_url,
+            content_type=content_type,
+            storage_key=f"knowledge/{kb.id}/{doc_id}/{safe_filename(name)}",
+            size_bytes=size_bytes,
+            status=status,
+            page_count=0,
+            chunk_count=0,
+            token_count=0,
+            attempts=0,
+            scrape_job_id=scrape_job_id,
+        )
+
+    def _check_upload(self, filename: str, content_type: str | None, size: int | None) -> str:
+        if not filename or not filename.strip():
+            raise BadRequestError("filename is required")
+        normalised = dp.normalise_content_type(content_type, filename)
+        try:
+            dp.check_content_type(normalised)
+        except dp.DocumentRejected as exc:
+            from airies.errors import UnsupportedMediaTypeError
+
+            raise UnsupportedMediaTypeError(exc.reason) from exc
+        if size is not None and size > self.settings.kb_max_document_bytes:
+            raise PayloadTooLargeError(
+                f"the document is {size} bytes; the limit is {self.settings.kb_max_document_bytes}"
+            )
+        return normalised
+
+    def upload_document(
+        self, account_id: str, kb_id: str, *, filename: str, content_type: str | None, size_bytes: int | None = None
+    ) -> tuple[KnowledgeDocument, Any]:
+        """A document row plus a presigned S3 POST; the object's ObjectCreated event starts ingestion."""
+        normalised = self._check_upload(filename, content_type, size_bytes)
+        with self._uow() as session:
+            kb = self.get_knowledge_base(account_id, kb_id, session)
+            doc = self._new_document(
+                kb,
+                name=filename,
+                content_type=normalised,
+                source_type="upload",
+                size_bytes=size_bytes,
+                status="pending_upload",
+            )
+            session.add(doc)
+            session.flush()
+        presigned = self.storage.presigned_post(
+            account_id,
+            doc.storage_key,
+            max_bytes=self.settings.kb_max_document_bytes,
+            content_type=normalised,
+            expires_in=self.settings.kb_presign_expires_s,
+        )
+        return doc, presigned
+
+    def add_document_content(
+        self,
+        account_id: str,
+        kb_id: str,
+        *,
+        filename: str,
+        content_type: str | None,
+        data: bytes,
+        process: bool = True,
+        source_type: str = "inline",
+        source_url: str | None = None,
+        scrape_job_id: str | None = None,
+    ) -> KnowledgeDocument:
+        """Store a small document's bytes and (by default) ingest it now, inside this request."""
+        normalised = self._check_upload(filename, content_type, len(data))
+        with self._uow() as session:
+            kb = self.get_knowledge_base(account_id, kb_id, session)
+            doc = self._new_document(
+                kb,
+                name=filename,
+                content_type=normalised,
+                source_type=source_type,
+                size_bytes=len(data),
+                source_url=source_url,
+                scrape_job_id=scrape_job_id,
+            )
+            doc.content_sha256 = hashlib.sha256(data).hexdigest()
+            session.add(doc)
+            session.flush()
+        self.storage.upload_bytes(account_id, doc.storage_key, data, content_type=normalised)
+        if process:
+            etag = hashlib.md5(data, usedforsecurity=False).hexdigest()  # what S3 reports for a single PUT
+            self._pipeline().process_document(doc.id, etag=etag, data=data)
+        return self.get_document(account_id, kb_id, doc.id)
+
+    def update_document(
+        self, account_id: str, kb_id: str, doc_id: str, *, data: bytes, content_type: str | None = None
+    ) -> KnowledgeDocument:
+        """Replace a document's content: same id and key, new chunks and vectors (the old ones it no longer has
+        are deleted); the document keeps serving its previous version until the new one is ready."""
+        with self._uow() as session:
+            doc = self.get_document(account_id, kb_id, doc_id, session)
+            if doc.storage_key is None:
+                raise BadRequestError("this document has no stored content to replace (a failed web page)")
+            normalised = self._check_upload(doc.name, content_type or doc.content_type, len(data))
+            doc.content_type = normalised
+            doc.size_bytes = len(data)
+            storage_key = doc.storage_key
+            session.flush()
+        self.storage.upload_bytes(account_id, storage_key, data, content_type=normalised)
+        etag = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        self._pipeline().process_document(doc_id, etag=etag, data=data)
+        return self.get_document(account_id, kb_id, doc_id)
+
+    def list_documents(
+        self, account_id: str, kb_id: str, *, limit: int = 50, cursor: str | None = None, status: str | None = None
+    ) -> tuple[list[KnowledgeDocument], str | None]:
+        with self._uow() as session:
+            self.get_knowledge_base(account_id, kb_id, session)
+            query = select(KnowledgeDocument).where(
+                KnowledgeDocument.account_id == account_id, KnowledgeDocument.knowledge_base_id == kb_id
+            )
+            if status:
+                query = query.where(KnowledgeDocument.status == status)
+            if cursor:
+                query = query.where(KnowledgeDocument.id < cursor)
+            rows = list(session.scalars(query.order_by(KnowledgeDocument.id.desc()).limit(limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, (rows[-1].id if more else None)
+
+    def get_document(
+        self, account_id: str, kb_id: str, doc_id: str, session: Session | None = None
+    ) -> KnowledgeDocument:
+        if session is None:
+            with self._uow() as own:
+                return self.get_document(account_id, kb_id, doc_id, own)
+        doc = session.scalar(
+            select(KnowledgeDocument)
+            .where(
+                KnowledgeDocument.id == doc_id,
+                KnowledgeDocument.account_id == account_id,
+                KnowledgeDocument.knowledge_base_id == kb_id,
+            )
+            .execution_options(populate_existing=True)
+        )
+        if doc is None:
+            raise NotFoundError("document", doc_id)
+        return doc
+
+    def get_document_chunks(
+        self, account_id: str, kb_id: str, doc_id: str, *, limit: int = 100, offset: int = 0
+    ) -> list[KnowledgeChunk]:
+        with self._uow() as session:
+            self.get_document(account_id, kb_id, doc_id, session)
+            return list(
+                session.scalars(
+                    select(KnowledgeChunk)
+                    .where(KnowledgeChunk.document_id == doc_id, KnowledgeChunk.account_id == account_id)
+                    .order_by(KnowledgeChunk.chunk_index)
+                    .offset(offset)
+                    .limit(limit)
+                )
+            )
+
+    def delete_document(self, account_id: str, kb_id: str, doc_id: str) -> None:
+        with self._uow() as session:
+            kb = self.get_knowledge_base(account_id, kb_id, session)
+            doc = self.get_document(account_id, kb_id, doc_id, session)
+            ids = list(session.scalars(select(KnowledgeChunk.id).where(KnowledgeChunk.document_id == doc_id)))
+            storage_key, store_name = doc.storage_key, kb.vector_store
+            session.execute(delete(KnowledgeChunk).where(KnowledgeChunk.document_id == doc_id))
+            session.delete(doc)
+            session.flush()
+            refresh_counts(session, kb)
+        self.store(store_name).delete(account_id, kb_id, ids)
+        if storage_key:
+            self.storage.delete(account_id, storage_key)
+
+    # -- ingestion --------------------------------------------------------------------------------------------
+    def handle_object_created(self, key: str, *, size: int | None = None, etag: str | None = None) -> str:
+        """One S3 ObjectCreated record: ingest inline, or start the state machine for a large document.
+
+        Returns what happened (``processed``, ``failed``, ``started``, ``skipped:<reason>``); raises only for
+        transient faults, so the SQS message is retried.
+        """
+        key = unquote_plus(key)  # S3 event keys arrive URL-encoded
+        match = KEY_PATTERN.match(key)
+        if match is None:
+            return "skipped:not_a_document_key"
+        doc_id = match["doc"]
+        with self.database.session() as session:
+            doc = session.get(KnowledgeDocument, doc_id)
+            if doc is None or doc.account_id != match["account"] or doc.knowledge_base_id != match["kb"]:
+                return "skipped:unknown_document"
+            if doc.status == "ready" and etag and doc.processed_etag == etag:
+                self.counters.documents_skipped += 1
+                return "skipped:already_processed"
+            if doc.status == "pending_upload":
+                doc.status = "uploaded"
+            if size is not None:
+                doc.size_bytes = size
+        if size is not None and size > self.settings.kb_max_document_bytes:
+            self.fail_document(
+                doc_id, "too_large", f"the document is {size} bytes; the limit is {self.settings.kb_max_document_bytes}"
+            )
+            return "failed"
+        arn = self.settings.kb_ingestion_state_machine_arn
+        if arn and size is not None and size > self.settings.kb_large_document_bytes:
+            return self._start_state_machine(arn, doc_id, etag)
+        status = self.process_document(doc_id, etag=etag)
+        return status
+
+    def _start_state_machine(self, arn: str, doc_id: str, etag: str | None) -> str:
+        import json
+
+        if self._sfn is None:
+            import boto3
+
+            self._sfn = boto3.client(
+                "stepfunctions", region_name=self.settings.aws_region, endpoint_url=self.settings.aws_endpoint_url
+            )
+        # The execution name is the dedup key: a duplicate event for the same object version cannot start a second run.
+        name = re.sub(r"[^A-Za-z0-9_-]", "", f"{doc_id}-{(etag or 'noetag')[:32]}")[:80]
+        try:
+            self._sfn.start_execution(
+                stateMachineArn=arn, name=name, input=json.dumps({"document_id": doc_id, "etag": etag})
+            )
+        except self._sfn.exceptions.ExecutionAlreadyExists:
+            return "skipped:execution_exists"
+        return "started"
+
+    def process_document(self, document_id: str, *, etag: str | None = None, data: bytes | None = None) -> str:
+        """The whole pipeline in this process, streamed: chunks are embedded and upserted (one worker thread)
+        while later pages are still being extracted. Returns the final status (or ``skipped:<reason>``)."""
+        begun = self._begin(document_id, etag)
+        if isinstance(begun, PreparedDocument):
+            return f"skipped:{begun.reason}"
+        doc, kb = begun
+        batch_size = max(1, self.settings.kb_stream_batch_chunks)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-embed")
+        futures: list[Future[None]] = []
+        chunks: list[Any] = []
+        try:
+            try:
+                if data is None:
+                    data = self._download(doc)
+                pages, paged, page_count = self._open_pages(doc, data)
+                batch: list[Any] = []
+                for chunk in iter_chunks(pages, kb.chunk_size, kb.chunk_overlap, paged=paged):
+                    chunks.append(chunk)
+                    batch.append(chunk)
+                    if len(batch) >= batch_size:
+                        futures.append(executor.submit(self._embed_and_upsert, kb, doc, batch))
+                        batch = []
+                if batch:
+                    futures.append(executor.submit(self._embed_and_upsert, kb, doc, batch))
+                if not chunks:
+                    raise self._no_text(doc)
+                old_ids = self._replace_chunks(doc, chunks, page_count, hashlib.sha256(data).hexdigest())
+                for future in futures:
+                    future.result()
+            except BaseException:
+                for future in futures:  # let in-flight batches finish before the document's fate is written
+                    future.cancel()
+                wait(futures)
+                raise
+        except dp.DocumentRejected as exc:
+            self._drop_new_vectors(kb, doc, chunks)
+            self.fail_document(document_id, exc.code, exc.reason)
+            return "failed"
+        except Exception as exc:
+            from airies.errors import ProviderError
+
+            if isinstance(exc, ProviderError) and not exc.retryable:
+                self._drop_new_vectors(kb, doc, chunks)
+                self.fail_document(document_id, "embedding_failed", exc.message)
+                return "failed"
+            self._release(document_id)  # transient: let the message be redelivered and claim again
+            raise
+        finally:
+            executor.shutdown(wait=True)
+        new_ids = {chunk_id(document_id, c.index) for c in chunks}
+        stale = [i for i in old_ids if i not in new_ids]
+        if stale:
+            self.store(kb.vector_store).delete(doc.account_id, doc.knowledge_base_id, stale)
+        self.finalise_document(document_id, etag=etag)
+        return "ready"
+
+    def _begin(self, document_id: str, etag: str | None) -> PreparedDocument | tuple[KnowledgeDocument, KnowledgeBase]:
+        """Skip what is done or in flight; otherwise claim the document. Returns a skip or (document, kb)."""
+        with self.database.session() as session:
+            doc = session.get(KnowledgeDocument, document_id)
+            if doc is None:
+                return PreparedDocument(document_id, skipped=True, reason="unknown_document")
+            if doc.status == "ready" and etag and doc.processed_etag == etag:
+                self.counters.documents_skipped += 1
+                return PreparedDocument(document_id, skipped=True, reason="already_processed")
+        claimed = self._claim(document_id)
+        if claimed is None:
+            self.counters.documents_skipped += 1
+            return PreparedDocument(document_id, skipped=True, reason="in_progress")
+        with self.database.session() as session:
+            kb = session.get(KnowledgeBase, claimed.knowledge_base_id)
+        if kb is None:
+            return PreparedDocument(document_id, skipped=True, reason="unknown_knowledge_base")
+        return claimed, kb
+
+    def _open_pages(self, doc: KnowledgeDocument, data: bytes) -> tuple[Iterator[str], bool, int]:
+        """(page texts, paged?, page count); PDFs are read page by page, other formats at once."""
+        if len(data) > self.settings.kb_max_document_bytes:
+            raise dp.DocumentRejected(
+                "too_large", f"the document is {len(data)} bytes; the limit is {self.settings.kb_max_document_bytes}"
+            )
+        if doc.content_type == dp.PDF:
+            if not data.strip():
+                raise dp.DocumentRejected("empty_document", "the document is empty")
+            reader = dp.open_pdf(data, max_pages=self.settings.kb_max_pages)
+            count = len(reader.pages)
+            return dp.iter_pdf_pages(reader), count > 1, count
+        extracted = dp.extract(
+            data,
+            doc.content_type,
+            max_pages=self.settings.kb_max_pages,
+            max_decompressed_bytes=self.settings.kb_max_decompressed_bytes,
+        )
+        return iter(extracted.pages), extracted.page_count > 1, extracted.page_count
+
+    @staticmethod
+    def _no_text(doc: KnowledgeDocument) -> dp.DocumentRejected:
+        if doc.content_type == dp.PDF:
+            return dp.DocumentRejected(
+                "no_text", "the PDF has no extractable text (scanned pages need OCR, which is not supported)"
+            )
+        return dp.DocumentRejected("no_text", "the document has no text")
+
+    def _embed_and_upsert(self, kb: KnowledgeBase, doc: KnowledgeDocument, chunks: Sequence[Any]) -> None:
+        from airies.providers.vectors.base import VectorRecord
+
+        vectors = self.generate_embeddings(kb, [c.text for c in chunks])
+        self.store(kb.vector_store).upsert(
+            [
+                VectorRecord(
+                    id=chunk_id(doc.id, c.index),
+                    values=vectors[i],
+                    account_id=doc.account_id,
+                    knowledge_base_id=doc.knowledge_base_id,
+                    document_id=doc.id,
+                    chunk_index=c.index,
+                )
+                for i, c in enumerate(chunks)
+            ]
+        )
+
+    def _drop_new_vectors(self, kb: KnowledgeBase, doc: KnowledgeDocument, chunks: Sequence[Any]) -> None:
+        if not chunks:
+            return
+        try:
+            self.store(kb.vector_store).delete(
+                doc.account_id, doc.knowledge_base_id, [chunk_id(doc.id, c.index) for c in chunks]
+            )
+        except Exception:  # best effort: the document is failed, its chunks are never served
+            log.exception("could not remove vectors of failed document %s", doc.id)
+
+    def _claim(self, document_id: str) -> KnowledgeDocument | None:
+        cutoff = utcnow() - timedelta(seconds=self.settings.kb_processing_lease_s)
+        with self.database.session() as session:
+            claimed = session.execute(
+                update(KnowledgeDocument)
+                .where(
+                    KnowledgeDocument.id == document_id,
+                    or_(
+                        KnowledgeDocument.status != "processing",
+                        KnowledgeDocument.processing_started_at.is_(None),
+                        KnowledgeDocument.processing_started_at < cutoff,
+                    ),
+                )
+                .values(
+                    status="processing",
+                    processing_started_at=utcnow(),
+                    attempts=KnowledgeDocument.attempts + 1,
+                    error=None,
+                    error_code=None,
+                    updated_at=utcnow(),
+                )
+            ).rowcount
+            if not claimed:
+                return None
+            return session.get(KnowledgeDocument, document_id)
+
+    def _release(self, document_id: str) -> None:
+        with self.database.session() as session:
+            session.execute(
+                update(KnowledgeDocument)
+                .where(KnowledgeDocument.id == document_id, KnowledgeDocument.status == "processing")
+                .values(status="uploaded", processing_started_at=None)
+            )
+
+    def prepare_document(
+        self, document_id: str, *, etag: str | None = None, data: bytes | None = None
+    ) -> PreparedDocument:
+        """State-machine stage 1: claim, download, extract and chunk; chunk rows are stored, vectors come in
+        ``embed_chunk_range`` (one Map iteration per batch)."""
+        begun = self._begin(document_id, etag)
+        if isinstance(begun, PreparedDocument):
+            return begun
+        doc, kb = begun
+        try:
+            if data is None:
+                data = self._download(doc)
+            pages, paged, page_count = self._open_pages(doc, data)
+            chunks = list(iter_chunks(pages, kb.chunk_size, kb.chunk_overlap, paged=paged))
+            if not chunks:
+                raise self._no_text(doc)
+        except dp.DocumentRejected as exc:
+            self.fail_document(document_id, exc.code, exc.reason)
+            return PreparedDocument(document_id, skipped=True, reason=f"failed:{exc.code}")
+        old_ids = self._replace_chunks(doc, chunks, page_count, hashlib.sha256(data).hexdigest())
+        stale = [i for i in old_ids if i not in {chunk_id(document_id, c.index) for c in chunks}]
+        if stale:
+            self.store(kb.vector_store).delete(doc.account_id, doc.knowledge_base_id, stale)
+        size = max(1, self.settings.kb_embed_batch_chunks)
+        batches = [
+            {"document_id": document_id, "start": start, "end": min(start + size, len(chunks))}
+            for start in range(0, len(chunks), size)
+        ]
+        return PreparedDocument(document_id, chunk_count=len(chunks), batches=batches)
+
+    def _download(self, doc: KnowledgeDocument) -> bytes:
+        from airies.errors import NotFoundError as Missing
+
+        try:
+            return self.storage.download(doc.account_id, doc.storage_key)
+        except Missing as exc:
+            raise dp.DocumentRejected("missing_object", "the uploaded object is gone from storage") from exc
+
+    def _replace_chunks(self, doc: KnowledgeDocument, chunks: Sequence[Any], pages: int, sha: str) -> list[str]:
+        with self.database.session() as session:
+            old_ids = list(session.scalars(select(KnowledgeChunk.id).where(KnowledgeChunk.document_id == doc.id)))
+            session.execute(delete(KnowledgeChunk).where(KnowledgeChunk.document_id == doc.id))
+            now = utcnow()
+            session.execute(
+                insert(KnowledgeChunk),
+                [
+                    {
+                        "id": chunk_id(doc.id, c.index),
+                        "account_id": doc.account_id,
+                        "knowledge_base_id": doc.knowledge_base_id,
+                        "document_id": doc.id,
+                        "chunk_index": c.index,
+                        "text": c.text,
+                        "token_count": c.token_count,
+                        "page": c.page,
+                        "created_at": now,
+                    }
+                    for c in chunks
+                ],
+            )
+            session.execute(
+                update(KnowledgeDocument)
+                .where(KnowledgeDocument.id == doc.id)
+                .values(page_count=pages, content_sha256=sha, chunk_count=len(chunks))
+            )
+        return old_ids
+
+    def generate_embeddings(self, kb: KnowledgeBase, texts: list[str]) -> np.ndarray:
+        embedder = self.embedder(kb.embedding_provider, kb.embedding_model, kb.embedding_dimensions)
+        result = embedder.embed(texts)
+        self.counters.embed_requests += result.requests
+        self.counters.embed_calls += 1
+        self.counters.embedding_tokens += result.tokens
+        return result.vectors
+
+    def store_embeddings(self, kb: KnowledgeBase, chunks: Sequence[KnowledgeChunk], vectors: np.ndarray) -> None:
+        from airies.providers.vectors.base import VectorRecord
+
+        records = [
+            VectorRecord(
+                id=c.id,
+                values=vectors[i],
+                account_id=c.account_id,
+                knowledge_base_id=c.knowledge_base_id,
+                document_id=c.document_id,
+                chunk_index=c.chunk_index,
+            )
+            for i, c in enumerate(chunks)
+        ]
+        self.store(kb.vector_store).upsert(records)
+
+    def embed_chunk_range(self, document_id: str, start: int, end: int) -> int:
+        """Embed chunks [start, end) of a document and upsert their vectors (idempotent: ids are stable)."""
+        with self.database.session() as session:
+            doc = session.get(KnowledgeDocument, document_id)
+            if doc is None:
+                return 0
+            kb = session.get(KnowledgeBase, doc.knowledge_base_id)
+            chunks = list(
+                session.scalars(
+                    select(KnowledgeChunk)
+                    .where(
+                        KnowledgeChunk.document_id == document_id,
+                        KnowledgeChunk.chunk_index >= start,
+                        KnowledgeChunk.chunk_index < end,
+                    )
+                    .order_by(KnowledgeChunk.chunk_index)
+                )
+            )
+        if not chunks or kb is None:
+            return 0
+        vectors = self.generate_embeddings(kb, [c.text for c in chunks])
+        self.store_embeddings(kb, chunks, vectors)
+        return len(chunks)
+
+    def finalise_document(self, document_id: str, *, etag: str | None = None) -> None:
+        from airies.schemas.usage import UsageComponent, UsageEvent
+
+        with self.database.session() as session:
+            doc = session.get(KnowledgeDocument, document_id)
+            if doc is None:
+                return
+            kb = session.get(KnowledgeBase, doc.knowledge_base_id)
+            tokens, chunks = session.execute(
+                select(func.coalesce(func.sum(KnowledgeChunk.token_count), 0), func.count()).where(
+                    KnowledgeChunk.document_id == document_id
+                )
+            ).one()
+            doc.status = "ready"
+            doc.chunk_count = int(chunks)
+            doc.token_count = int(tokens)
+            doc.processed_etag = etag or doc.content_sha256
+            doc.processed_at = utcnow()
+            doc.processing_started_at = None
+            session.flush()
+            if kb is not None:
+                refresh_counts(session, kb)
+            version = (doc.content_sha256 or etag or "")[:16]
+            events = [
+                UsageEvent(
+                    idempotency_key=f"{doc.id}:{version}:kb_pages",
+                    account_id=doc.account_id,
+                    component=UsageComponent.KB_PAGES,
+                    quantity=doc.page_count,
+                    metadata={"knowledge_base_id": doc.knowledge_base_id, "document_id": doc.id},
+                ),
+                UsageEvent(
+                    idempotency_key=f"{doc.id}:{version}:embedding_tokens",
+                    account_id=doc.account_id,
+                    component=UsageComponent.EMBEDDING_TOKENS,
+                    quantity=int(tokens),
+                    provider=kb.embedding_provider if kb else None,
+                    model=kb.embedding_model if kb else None,
+                    metadata={"knowledge_base_id": doc.knowledge_base_id, "document_id": doc.id},
+                ),
+            ]
+        self.counters.documents_processed += 1
+        try:
+            self._publish_usage(events)
+        except Exception:  # metering must never lose the document; keys make a later replay safe
+            log.exception("usage publish failed for document %s", document_id)
+
+    def fail_document(self, document_id: str, code: str, reason: str) -> None:
+        with self.database.session() as session:
+            session.execute(
+                update(KnowledgeDocument)
+                .where(KnowledgeDocument.id == document_id)
+                .values(status="failed", error_code=code[:60], error=reason[:2000], processing_started_at=None)
+            )
+            doc = session.get(KnowledgeDocument, document_id)
+            kb = session.get(KnowledgeBase, doc.knowledge_base_id) if doc is not None else None
+            if kb is not None:
+                refresh_counts(session, kb)
+        self.counters.documents_failed += 1
+
+    # -- retrieval --------------------------------------------------------------------------------------------
+    def query_knowledge_base(
+        self, account_id: str, kb_id: str, query: str, top_k: int = 5, threshold: float = 0.0
+    ) -> list[RetrievedChunk]:
+        return self.search_similar_content(account_id, [kb_id], query, top_k=top_k, threshold=threshold, strict=True)
+
+    def search_similar_content(
+        self,
+        account_id: str,
+        knowledge_base_ids: Sequence[str],
+        query: str,
+        *,
+        top_k: int = 5,
+        threshold: float = 0.0,
+        strict: bool = False,
+    ) -> list[RetrievedChunk]:
+        """Top chunks across knowledge bases; ``strict`` raises 404 for an unknown id, else it is skipped."""
+        if not query or not query.strip():
+            raise BadRequestError("query must not be empty")
+        top_k = max(1, min(int(top_k), 50))
+        with self._uow():  # one session for the lookups, the (embedded) vector search and the chunk rows
+            return self._search(account_id, knowledge_base_ids, query, top_k, threshold, strict)
+
+    def _search(
+        self, account_id: str, knowledge_base_ids: Sequence[str], query: str, top_k: int, threshold: float, strict: bool
+    ) -> list[RetrievedChunk]:
+        with self._uow() as session:
+            kbs = list(
+                session.scalars(
+                    select(KnowledgeBase).where(
+                        KnowledgeBase.account_id == account_id, KnowledgeBase.id.in_(list(knowledge_base_ids))
+                    )
+                )
+            )
+        if strict and len(kbs) != len(set(knowledge_base_ids)):
+            missing = set(knowledge_base_ids) - {kb.id for kb in kbs}
+            raise NotFoundError("knowledge base", sorted(missing)[0])
+        matches: list[tuple[float, str, Any]] = []
+        query_vectors: dict[tuple[str, str, int], np.ndarray] = {}
+        for kb in kbs:
+            key = (kb.embedding_provider, kb.embedding_model, kb.embedding_dimensions)
+            if key not in query_vectors:  # one embedding per model, however many knowledge bases share it
+                query_vectors[key] = self.embedder(*key).embed([query]).vectors[0]
+            for match in self.store(kb.vector_store).query(account_id, kb.id, query_vectors[key], top_k):
+                if match.score >= threshold:
+                    matches.append((match.score, kb.id, match))
+        matches.sort(key=lambda item: -item[0])
+        matches = matches[:top_k]
+        if not matches:
+            return []
+        ids = [m.id for _, _, m in matches]
+        with self._uow() as session:
+            rows = session.execute(
+                select(KnowledgeChunk, KnowledgeDocument.name, KnowledgeDocument.source_url)
+                .join(KnowledgeDocument, KnowledgeDocument.id == KnowledgeChunk.document_id)
+                .where(
+                    KnowledgeChunk.id.in_(ids),
+                    KnowledgeChunk.account_id == account_id,
+                    KnowledgeDocument.status == "ready",  # half-ingested or failed versions are never served
+                )
+            ).all()
+        by_id = {row.KnowledgeChunk.id: row for row in rows}
+        results = []
+        for score, kb_id, match in matches:
+            row = by_id.get(match.id)
+            if row is None:  # a vector whose chunk was deleted meanwhile
+                continue
+            chunk = row.KnowledgeChunk
+            results.append(
+                RetrievedChunk(
+                    text=chunk.text,
+                    score=round(float(score), 6),
+                    document_id=chunk.document_id,
+                    document_name=row.name,
+                    knowledge_base_id=kb_id,
+                    chunk_id=chunk.id,
+                    chunk_index=chunk.chunk_index,
+                    page=chunk.page,
+                    source_url=row.source_url,
+                )
+            )
+        return results
+
+    def retrieve_for_agent(
+        self, account_id: str, knowledge_base_ids: Sequence[str], query: str, top_k: int = 3
+    ) -> list[RetrievedChunk]:
+        """For a voice turn: never raises for a deleted knowledge base or an empty query, just returns less."""
+        if not knowledge_base_ids or not query or not query.strip():
+            return []
+        return self.search_similar_content(
+            account_id, knowledge_base_ids, query, top_k=top_k, threshold=self.settings.kb_agent_min_score
+        )
+
+    async def aretrieve_for_agent(
+        self, account_id: str, knowledge_base_ids: Sequence[str], query: str, top_k: int = 3
+    ) -> list[RetrievedChunk]:
+        """``retrieve_for_agent`` for the event loop of a voice turn (database and HTTP work in a thread)."""
+        import asyncio
+
+        return await asyncio.to_thread(self.retrieve_for_agent, account_id, knowledge_base_ids, query, top_k)
+
+    # -- re-embedding -----------------------------------------------------------------------------------------
+    def update_embeddings(
+        self,
+        account_id: str,
+        kb_id: str,
+        *,
+        embedding_provider: str | None = None,
+        embedding_model: str | None = None,
+        embedding_dimensions: int | None = None,
+    ) -> KnowledgeBase:
+        """Re-embed every chunk of a knowledge base (after a model change, or to repair its vectors)."""
+        with self._uow() as session:
+            kb = self.get_knowledge_base(account_id, kb_id, session)
+            if kb.status == "reembedding":
+                raise ConflictError("the knowledge base is already being re-embedded")
+            provider, model, dims = self._embedding_choice(
+                embedding_provider or kb.embedding_provider,
+                embedding_model or (kb.embedding_model if not embedding_provider else None),
+                embedding_dimensions
+                or (kb.embedding_dimensions if not (embedding_provider or embedding_model) else None),
+            )
+            self.embedder(provider, model, dims)
+            kb.status = "reembedding"
+            kb.embedding_provider, kb.embedding_model, kb.embedding_dimensions = provider, model, dims
+            session.flush()
+            store_name = kb.vector_store
+        store = self.store(store_name)
+        store.delete_collection(account_id, kb_id)
+        store.create_collection(account_id, kb_id, dims)
+        batch = max(1, self.settings.kb_embed_batch_chunks)
+        last = ""
+        while True:
+            with self._uow() as session:
+                chunks = list(
+                    session.scalars(
+                        select(KnowledgeChunk)
+                        .where(KnowledgeChunk.knowledge_base_id == kb_id, KnowledgeChunk.account_id == account_id)
+                        .where(KnowledgeChunk.id > last)
+                        .order_by(KnowledgeChunk.id)
+                        .limit(batch)
+                    )
+                )
+            if not chunks:
+                break
+            self.store_embeddings(kb, chunks, self.generate_embeddings(kb, [c.text for c in chunks]))
+            last = chunks[-1].id
+        with self._uow() as session:
+            kb = self.get_knowledge_base(account_id, kb_id, session)
+            kb.status = "active"
+            kb.embeddings_updated_at = utcnow()
+            session.flush()
+            return kb
+
+    # -- web scraping -----------------------------------------------------------------------------------------
+    def create_web_scrape_job(
+        self,
+        account_id: str,
+        kb_id: str,
+        start_urls: list[str],
+        *,
+        max_depth: int | None = None,
+        max_pages: int | None = None,
+    ) -> KnowledgeScrapeJob:
+        from airies.services.crawler import validate_start_url
+
+        if not start_urls:
+            raise BadRequestError("start_urls must not be empty")
+        for url in start_urls:
+            validate_start_url(url)
+        depth = self.settings.kb_scrape_max_depth if max_depth is None else max_depth
+        pages = self.settings.kb_scrape_max_pages if max_pages is None else max_pages
+        if not 0 <= depth <= 10 or not 1 <= pages <= 1000:
+            raise BadRequestError("max_depth must be 0-10 and max_pages 1-1000")
+        with self._uow() as session:
+            self.get_knowledge_base(account_id, kb_id, session)
+            job = KnowledgeScrapeJob(
+                id=new_id("kscr"),
+                account_id=account_id,
+                knowledge_base_id=kb_id,
+                start_urls=list(start_urls),
+                max_depth=depth,
+                max_pages=pages,
+                status="queued",
+                pages_crawled=0,
+                pages_failed=0,
+                pages_skipped=0,
+            )
+            session.add(job)
+            session.flush()
+        return job
+
+    def enqueue_scrape_job(self, job: KnowledgeScrapeJob) -> bool:
+        """Send the job to the scrape queue; False when no queue is configured (the caller runs it inline)."""
+        import json
+
+        if not self.settings.kb_scrape_queue_url:
+            return False
+        if self._sqs is None:
+            import boto3
+
+            self._sqs = boto3.client(
+                "sqs", region_name=self.settings.aws_region, endpoint_url=self.settings.aws_endpoint_url
+            )
+        self._sqs.send_message(
+            QueueUrl=self.settings.kb_scrape_queue_url,
+            MessageBody=json.dumps({"type": "scrape_job", "job_id": job.id, "account_id": job.account_id}),
+        )
+        return True
+
+    def list_scrape_jobs(self, account_id: str, kb_id: str) -> list[KnowledgeScrapeJob]:
+        with self._uow() as session:
+            self.get_knowledge_base(account_id, kb_id, session)
+            return list(
+                session.scalars(
+                    select(KnowledgeScrapeJob)
+                    .where(KnowledgeScrapeJob.account_id == account_id, KnowledgeScrapeJob.knowledge_base_id == kb_id)
+                    .order_by(KnowledgeScrapeJob.id.desc())
+                    .limit(100)
+                )
+            )
+
+    def get_scrape_job(self, account_id: str, kb_id: str, job_id: str) -> KnowledgeScrapeJob:
+        with self._uow() as session:
+            job = session.scalar(
+                select(KnowledgeScrapeJob)
+                .where(
+                    KnowledgeScrapeJob.id == job_id,
+                    KnowledgeScrapeJob.account_id == account_id,
+                    KnowledgeScrapeJob.knowledge_base_id == kb_id,
+                )
+                .execution_options(populate_existing=True)
+            )
+            if job is None:
+                raise NotFoundError("scrape job", job_id)
+            return job
+
+    def run_scrape_job(self, job_id: str) -> KnowledgeScrapeJob | None:
+        """Crawl and ingest: each fetched page becomes a document; a page that fails is counted, not fatal."""
+        from airies.services.crawler import Crawler
+
+        with self.database.session() as session:
+            job = session.get(KnowledgeScrapeJob, job_id)
+            if job is None or job.status in ("completed", "failed"):
+                return job  # redelivered message of a finished job: nothing to do
+            job.status = "running"
+            job.started_at = utcnow()
+            account_id, kb_id = job.account_id, job.knowledge_base_id
+            start_urls, depth, limit = list(job.start_urls), job.max_depth, job.max_pages
+            done_urls = set(
+                session.scalars(select(KnowledgeDocument.source_url).where(KnowledgeDocument.scrape_job_id == job_id))
+            )
+        crawler = Crawler(self.settings, fetcher=self._fetcher)
+        crawled = failed = 0
+        started = time.monotonic()
+        try:
+            for page in crawler.crawl(start_urls, max_depth=depth, max_pages=limit):
+                if page.url in done_urls:  # a retried job does not ingest the same page twice
+                    continue
+                if page.error:
+                    failed += 1
+                    self._record_failed_page(account_id, kb_id, job_id, page.url, page.error_code, page.error)
+                    continue
+                try:
+                    self.add_document_content(
+                        account_id,
+                        kb_id,
+                        filename=(page.title or page.url)[:200],
+                        content_type="text/html",
+                        data=page.body,
+                        source_type="url",
+                        source_url=page.url,
+                        scrape_job_id=job_id,
+                    )
+                    crawled += 1
+                except NotFoundError:
+                    raise
+                except Exception as exc:  # one bad page never sinks the job
+                    failed += 1
+                    log.warning("scrape page %s failed: %s", page.url, exc)
+                with self.database.session() as session:
+                    session.execute(
+                        update(KnowledgeScrapeJob)
+                        .where(KnowledgeScrapeJob.id == job_id)
+                        .values(pages_crawled=crawled, pages_failed=failed, pages_skipped=crawler.skipped)
+                    )
+        except NotFoundError:  # the knowledge base was deleted mid-crawl
+            return None
+        except Exception as exc:
+            with self.database.session() as session:
+                job = session.get(KnowledgeScrapeJob, job_id)
+                if job is not None:
+                    job.status, job.error, job.finished_at = "failed", str(exc)[:2000], utcnow()
+            raise
+        with self.database.session() as session:
+            job = session.get(KnowledgeScrapeJob, job_id)
+            if job is None:
+                return None
+            job.pages_crawled, job.pages_failed, job.pages_skipped = crawled, failed, crawler.skipped
+            if crawled == 0 and failed:
+                job.status, job.error = "failed", crawler.first_error or "no page could be fetched"
+            else:
+                job.status = "completed"
+            job.finished_at = utcnow()
+        log.info("scrape job %s: %d pages, %d failed in %.1fs", job_id, crawled, failed, time.monotonic() - started)
+        return job
+
+    def _record_failed_page(
+        self, account_id: str, kb_id: str, job_id: str, url: str, code: str | None, reason: str
+    ) -> None:
+        with self.database.session() as session:
+            kb = session.get(KnowledgeBase, kb_id)
+            if kb is None:
+                raise NotFoundError("knowledge base", kb_id)
+            doc = self._new_document(
+                kb,
+                name=url[:300],
+                content_type="text/html",
+                source_type="url",
+                size_bytes=None,
+                source_url=url,
+                scrape_job_id=job_id,
+                status="failed",
+            )
+            doc.storage_key = None
+            doc.error_code = (code or "fetch_failed")[:60]
+            doc.error = reason[:2000]
+            session.add(doc)
+
+
+def build_knowledge_service(
+    settings: Settings | None = None, database: Database | None = None, **kwargs: Any
+) -> KnowledgeService:
+    """The service wired from settings (the conversations capability and every handler use this)."""
+    from airies.config import get_settings
+    from airies.db.engine import get_database
+
+    settings = settings or get_settings()
+    return KnowledgeService(database or get_database(settings), settings, **kwargs)

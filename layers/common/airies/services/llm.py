@@ -1,0 +1,383 @@
+"""LLMService: the one entry point every capability uses to talk to a language model.
+
+``build_llm_service(settings, database, account_id=None)`` wires it: the platform's providers (OpenAI, Groq,
+DeepInfra when their keys are set; any OpenAI-compatible endpoint via ``AIRIES_LLM_CUSTOM_BASE_URL``), the account's
+own keys (they replace the platform key of that provider for that account), the router with the container-wide health
+tracker (shared through ``provider_health``), and — only when no LLM provider is configured at all — the offline
+responder (``providers/llm/offline.py``), which is not a language model and says so in ``StreamEnd.metadata``.
+
+Streaming contract: ``stream_response`` yields ``TextDelta`` / ``ToolCallDelta`` events and then exactly one
+``StreamEnd`` carrying usage (summed over failover attempts), exact ``cost`` (Decimal) and ``cost_usd`` (float),
+``ttft_ms`` (from the call to the first delta the caller saw), provider, model and metadata
+(``is_language_model``, ``key_source`` = platform | account | none, ``attempts``, ``failover``). Act on
+``StreamEnd.tool_calls`` (complete, assembled), not on the deltas.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+from airies.config import Settings
+from airies.errors import NotFoundError
+from airies.providers.llm.base import LLMEvent, LLMProvider, LLMRequest, LLMResponse, Usage
+from airies.providers.llm.offline import OFFLINE_PROVIDER, OfflineResponder
+from airies.providers.llm.openai_compat import OpenAICompatibleProvider
+from airies.services import catalog
+from airies.services.llm_router import (
+    DatabaseHealthStore,
+    HealthTracker,
+    LLMRouter,
+    RouterConfig,
+    token_cost,
+)
+from airies.services.provider_keys import (
+    PROVIDER_KINDS,
+    ProviderKeyService,
+    register_key_validator,
+    register_provider_status,
+)
+from airies.services.secrets import get_platform_secret
+
+LLM_VENDORS = ("openai", "groq", "deepinfra")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# catalog (data file + the custom endpoint's models)
+# ---------------------------------------------------------------------------------------------------------------
+def custom_models(settings: Settings) -> list[catalog.LLMModel]:
+    if not settings.llm_custom_base_url:
+        return []
+    names = [name.strip() for name in settings.llm_custom_models.split(",") if name.strip()]
+    return [
+        catalog.LLMModel(
+            provider=settings.llm_custom_name,
+            model=name,
+            model_class=settings.llm_custom_model_class,
+            context_window=0,
+            input_per_mtok=0.0,  # self-hosted: no per-token price
+            cached_input_per_mtok=0.0,
+            output_per_mtok=0.0,
+        )
+        for name in names
+    ]
+
+
+def all_models(settings: Settings) -> list[catalog.LLMModel]:
+    return [*catalog.llm_models(), *custom_models(settings)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# providers
+# ---------------------------------------------------------------------------------------------------------------
+_provider_cache: dict[tuple[Any, ...], OpenAICompatibleProvider] = {}
+_cache_lock = threading.Lock()
+
+
+def _provider(
+    settings: Settings,
+    name: str,
+    base_url: str,
+    api_key: str | None,
+    *,
+    key_source: str,
+    models: list[str],
+    stream_usage: bool = True,
+) -> OpenAICompatibleProvider:
+    # Reused per container, so HTTP connections (and their TLS handshakes) survive between requests.
+    digest = hashlib.sha256((api_key or "").encode()).hexdigest()
+    key = (
+        name,
+        base_url,
+        digest,
+        key_source,
+        stream_usage,
+        settings.llm_connect_timeout_s,
+        settings.llm_stream_idle_timeout_s,
+    )
+    with _cache_lock:
+        provider = _provider_cache.get(key)
+        if provider is None:
+            import openai  # noqa: F401  -- pay the SDK import here, not inside the first request's TTFT
+
+            provider = OpenAICompatibleProvider(
+                name,
+                base_url=base_url,
+                api_key=api_key,
+                models=models,
+                connect_timeout=settings.llm_connect_timeout_s,
+                read_timeout=settings.llm_stream_idle_timeout_s,
+                stream_usage=stream_usage,
+                key_source=key_source,
+            )
+            _provider_cache[key] = provider
+    return provider
+
+
+def vendor_base_url(settings: Settings, vendor: str) -> str:
+    return str(getattr(settings, f"{vendor}_base_url"))
+
+
+def platform_key(settings: Settings, vendor: str) -> str | None:
+    return getattr(settings, f"{vendor}_api_key", None) or get_platform_secret(f"{vendor}_api_key", settings)
+
+
+def platform_providers(settings: Settings) -> dict[str, LLMProvider]:
+    providers: dict[str, LLMProvider] = {}
+    for vendor in LLM_VENDORS:
+        key = platform_key(settings, vendor)
+        if key:
+            models = [m.model for m in catalog.llm_models() if m.provider == vendor]
+            providers[vendor] = _provider(
+                settings, vendor, vendor_base_url(settings, vendor), key, key_source="platform", models=models
+            )
+    if settings.llm_custom_base_url:
+        name = settings.llm_custom_name
+        key = settings.llm_custom_api_key or get_platform_secret("llm_custom_api_key", settings)
+        models = [m.model for m in custom_models(settings)]
+        providers[name] = _provider(
+            settings,
+            name,
+            settings.llm_custom_base_url,
+            key,
+            key_source="platform",
+            models=models,
+            stream_usage=settings.llm_custom_stream_usage,
+        )
+    return providers
+
+
+def account_providers(
+    settings: Settings, database: Any, account_id: str, *, session: Any = None
+) -> dict[str, LLMProvider]:
+    if session is not None:
+        keys = ProviderKeyService(session, settings).keys_of_kind(account_id, "llm")
+    else:
+        with database.session() as own:
+            keys = ProviderKeyService(own, settings).keys_of_kind(account_id, "llm")
+    providers: dict[str, LLMProvider] = {}
+    for vendor, key in keys.items():
+        if vendor in LLM_VENDORS:
+            models = [m.model for m in catalog.llm_models() if m.provider == vendor]
+            providers[vendor] = _provider(
+                settings, vendor, vendor_base_url(settings, vendor), key, key_source="account", models=models
+            )
+    return providers
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# container-wide health trackers (one per database)
+# ---------------------------------------------------------------------------------------------------------------
+_trackers: dict[str, HealthTracker] = {}
+
+
+def get_health_tracker(settings: Settings, database: Any | None) -> HealthTracker:
+    engine = getattr(database, "engine", None)
+    key = engine.url.render_as_string(hide_password=False) if engine is not None else "memory"
+    tracker = _trackers.get(key)
+    if tracker is None:
+        store = DatabaseHealthStore(database) if database is not None else None
+        tracker = _trackers[key] = HealthTracker(RouterConfig.from_settings(settings), store=store)
+    return tracker
+
+
+def reset_health_trackers() -> None:
+    """Forget every container-local statistic (tests; the shared table is untouched)."""
+    _trackers.clear()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the service
+# ---------------------------------------------------------------------------------------------------------------
+class LLMService:
+    def __init__(self, router: LLMRouter, *, settings: Settings, account_id: str | None = None) -> None:
+        self.router = router
+        self.settings = settings
+        self.account_id = account_id
+
+    @property
+    def offline(self) -> bool:
+        return set(self.router.providers) == {OFFLINE_PROVIDER}
+
+    async def stream_response(self, request: LLMRequest, *, account_id: str | None = None) -> AsyncIterator[LLMEvent]:
+        # account_id is accepted for symmetry with the factory; the account's keys were bound when it was built.
+        async with contextlib.aclosing(self.router.stream(request)) as events:  # close upstream at once on barge-in
+            async for event in events:
+                yield event
+
+    async def generate_response(
+        self, request: LLMRequest, *, account_id: str | None = None, stream: bool = False
+    ) -> LLMResponse:
+        """The whole reply at once. ``stream=True`` collects a stream instead of a non-streaming call."""
+        if stream:
+            from airies.services.llm_router import _collect
+
+            return await _collect(self.router.stream(request))
+        return await self.router.complete(request)
+
+    def get_available_models(self) -> list[dict[str, Any]]:
+        """Catalog models of the configured providers (with prices), per provider."""
+        out = []
+        for model in self.router.catalog.models:
+            if model.provider not in self.router.providers:
+                continue
+            provider = self.router.providers[model.provider]
+            out.append(
+                {
+                    "provider": model.provider,
+                    "model": model.model,
+                    "model_class": model.model_class,
+                    "context_window": model.context_window,
+                    "input_per_mtok": model.input_per_mtok,
+                    "cached_input_per_mtok": model.cached_input_per_mtok,
+                    "output_per_mtok": model.output_per_mtok,
+                    "key_source": getattr(provider, "key_source", "platform"),
+                    "is_language_model": model.provider != OFFLINE_PROVIDER,
+                }
+            )
+        return out
+
+    def calculate_token_cost(self, provider: str, model: str, usage: Usage) -> Decimal:
+        return calculate_token_cost(provider, model, usage, settings=self.settings)
+
+    async def validate_api_key(self, provider: str, api_key: str) -> bool:
+        if provider not in LLM_VENDORS:
+            raise NotFoundError("llm provider", provider)
+        return await validate_llm_key(provider, api_key, self.settings)
+
+    def get_provider_status(self) -> list[dict[str, Any]]:
+        health = self.router.get_provider_health()
+        rows = []
+        for name, provider in self.router.providers.items():
+            snap = health[name]
+            status = "healthy"
+            if snap["breaker"] == "open":
+                status = "unavailable"
+            elif snap["retry_after_s"] > 0:
+                status = "rate_limited"
+            elif snap["breaker"] == "half_open" or snap["error_rate"] >= 0.2:
+                status = "degraded"
+            rows.append(
+                {
+                    "provider": name,
+                    "kind": "llm",
+                    "configured": True,
+                    "status": status,
+                    "key_source": getattr(provider, "key_source", "platform"),
+                    "base_url": getattr(provider, "base_url", None),
+                    "is_language_model": name != OFFLINE_PROVIDER,
+                    "health": {k: v for k, v in snap.items() if k != "weight"},
+                    "weight": snap["weight"],
+                }
+            )
+        return rows
+
+
+def calculate_token_cost(provider: str, model: str, usage: Usage, *, settings: Settings | None = None) -> Decimal:
+    """Exact USD cost of ``usage`` at the catalog's prices (0 for unknown or self-hosted models)."""
+    models = all_models(settings) if settings is not None else list(catalog.llm_models())
+    entry = next((m for m in models if m.provider == provider and m.model == model), None)
+    return token_cost(entry, usage)
+
+
+class _EngineDatabase:
+    """The bits of ``Database`` the health store needs, from a session's engine (when only a session is given)."""
+
+    def __init__(self, engine: Any) -> None:
+        from sqlalchemy.orm import sessionmaker
+
+        self.engine = engine
+        self.url = str(engine.url)
+        self.session_factory = sessionmaker(engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def session(self) -> Any:
+        from contextlib import contextmanager
+
+        @contextmanager
+        def unit_of_work():  # type: ignore[no-untyped-def]
+            session = self.session_factory()
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+            finally:
+                session.close()
+
+        return unit_of_work()
+
+
+def build_llm_service(
+    settings: Settings,
+    database: Any = None,
+    account_id: str | None = None,
+    *,
+    session: Any = None,
+    tracker: HealthTracker | None = None,
+    rng: Any = None,
+) -> LLMService:
+    """Wire an LLMService. Pass ``database`` (a ``Database``) or, inside a unit of work, ``session``: the account's
+    keys are read through it, and the health statistics are shared through its engine."""
+    if database is None and session is not None:
+        database = _EngineDatabase(session.get_bind())
+    providers = platform_providers(settings)
+    if account_id and (database is not None or session is not None):
+        providers.update(account_providers(settings, database, account_id, session=session))
+    if not providers:
+        providers = {OFFLINE_PROVIDER: OfflineResponder()}
+    router = LLMRouter(
+        providers,
+        models=all_models(settings),
+        config=RouterConfig.from_settings(settings),
+        tracker=tracker or get_health_tracker(settings, database),
+        rng=rng,
+    )
+    return LLMService(router, settings=settings, account_id=account_id)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# registrations: LLM key validators and the LLM rows of GET /api/v1/providers
+# ---------------------------------------------------------------------------------------------------------------
+async def validate_llm_key(provider: str, api_key: str, settings: Settings) -> bool:
+    probe = OpenAICompatibleProvider(
+        provider,
+        base_url=vendor_base_url(settings, provider),
+        api_key=api_key,
+        connect_timeout=settings.llm_connect_timeout_s,
+        read_timeout=settings.llm_first_token_timeout_s,
+    )
+    return await probe.validate_api_key(api_key)
+
+
+def _llm_validator(provider: str):  # type: ignore[no-untyped-def]
+    async def validate(api_key: str, settings: Settings) -> bool:
+        return await validate_llm_key(provider, api_key, settings)
+
+    return validate
+
+
+for _vendor in LLM_VENDORS:
+    register_key_validator(_vendor, _llm_validator(_vendor), kind="llm")
+
+
+def llm_provider_status(settings: Settings, database: Any = None) -> list[dict[str, Any]]:
+    service = build_llm_service(settings, database)
+    rows = service.get_provider_status()
+    configured = {row["provider"] for row in rows}
+    for vendor in LLM_VENDORS:
+        if vendor not in configured:
+            rows.append({"provider": vendor, "kind": "llm", "configured": False, "status": "not_configured"})
+    return rows
+
+
+register_provider_status("llm", llm_provider_status)
+assert PROVIDER_KINDS["openai"] == "llm"

@@ -1,0 +1,529 @@
+"""Live session state in DynamoDB: connections, the turn in flight, barge-in flags and buffered caller audio.
+
+One table, keys ``pk``/``sk``, TTL on ``ttl``:
+
+- ``conn#<connection_id>`` / ``conn``       which conversation a WebSocket connection belongs to
+- ``conv#<conversation_id>`` / ``session``  live state: connections, state machine, VAD counters, current turn
+- ``conv#<conversation_id>`` / ``chunk#<utterance>#<seq>``  caller audio of the utterance being spoken
+- ``conv#<conversation_id>`` / ``rate#<second>``  control-frame counter (flood guard)
+
+Every transition is a conditional update, so concurrent ``$default`` invocations (API Gateway runs one
+per frame) never start two turns for one utterance, and an interrupt marks the running turn cancelled
+for the invocation that is speaking it to see before its next post.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from airies.config import Settings
+
+LISTENING, THINKING, SPEAKING, ENDED = "listening", "thinking", "speaking", "ended"
+
+
+def _num(value: Any, default: float = 0) -> float:
+    if value is None:
+        return default
+    return float(value["N"]) if isinstance(value, dict) else float(value)
+
+
+@dataclass
+class LiveSession:
+    conversation_id: str
+    account_id: str
+    agent_id: str | None
+    agent_version: int
+    config: dict[str, Any]
+    state: str
+    connections: set[str] = field(default_factory=set)
+    utt: int = 0
+    seg_start: int = 0  # first audio seq of the utterance being spoken
+    eou_seq: int = -1  # last audio seq of the utterance the current turn consumed
+    turn_id: str | None = None
+    turn_seq: int = 0
+    cancelled: str | None = None
+    played_ms: int | None = None
+    speech_ms: float = 0.0
+    silence_ms: float = 0.0
+    barge_ms: float = 0.0
+    audio_ms: float = 0.0
+    started_at: float = 0.0
+    last_activity: float = 0.0
+    reminder_sent: bool = False
+    end_reason: str | None = None
+    endpoint: str | None = None
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> LiveSession:
+        def s(name: str) -> str | None:
+            v = item.get(name)
+            return v["S"] if v and "S" in v else None
+
+        def b(name: str) -> bool:
+            v = item.get(name)
+            return bool(v and v.get("BOOL"))
+
+        return cls(
+            conversation_id=item["pk"]["S"].split("#", 1)[1],
+            account_id=s("account_id") or "",
+            agent_id=s("agent_id"),
+            agent_version=int(_num(item.get("agent_version"))),
+            config=json.loads(s("config") or "{}"),
+            state=s("state") or LISTENING,
+            connections=set(item.get("conns", {}).get("SS", [])),
+            utt=int(_num(item.get("utt"))),
+            seg_start=int(_num(item.get("seg_start"))),
+            eou_seq=int(_num(item.get("eou_seq"), -1)),
+            turn_id=s("turn_id"),
+            turn_seq=int(_num(item.get("turn_seq"))),
+            cancelled=s("cancelled"),
+            played_ms=int(_num(item["played_ms"])) if "played_ms" in item and "N" in item["played_ms"] else None,
+            speech_ms=_num(item.get("speech_ms")),
+            silence_ms=_num(item.get("silence_ms")),
+            barge_ms=_num(item.get("barge_ms")),
+            audio_ms=_num(item.get("audio_ms")),
+            started_at=_num(item.get("started_at")),
+            last_activity=_num(item.get("last_activity")),
+            reminder_sent=b("reminder_sent"),
+            end_reason=s("end_reason"),
+            endpoint=s("endpoint"),
+        )
+
+
+class SessionStore:
+    """Typed access to the state table through a low-level boto3 DynamoDB client (fast to build, no resource layer)."""
+
+    def __init__(self, client: Any, table: str, *, ttl_seconds: int = 7200, clock: Any = time.time) -> None:
+        self.client = client
+        self.table = table
+        self.ttl_seconds = ttl_seconds
+        self.clock = clock
+        self.ops = {"read": 0, "write": 0}  # counted for the cost model
+
+    # -- setup ---------------------------------------------------------------------------------------------------
+    def ensure_table(self) -> None:
+        """Create the table when missing (local stack and tests only; on AWS the template owns it)."""
+        try:
+            self.client.describe_table(TableName=self.table)
+            return
+        except self.client.exceptions.ResourceNotFoundException:
+            pass
+        self.client.create_table(
+            TableName=self.table,
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            AttributeDefinitions=[
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "sk", "AttributeType": "S"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+
+    def _ttl(self) -> dict[str, str]:
+        return {"N": str(int(self.clock()) + self.ttl_seconds)}
+
+    def _key(self, conversation_id: str, sk: str = "session") -> dict[str, Any]:
+        return {"pk": {"S": f"conv#{conversation_id}"}, "sk": {"S": sk}}
+
+    def _update(self, key: dict[str, Any], expr: str, values: dict[str, Any], **kwargs: Any) -> dict[str, Any] | None:
+        self.ops["write"] += 1
+        try:
+            out = self.client.update_item(
+                TableName=self.table, Key=key, UpdateExpression=expr, ExpressionAttributeValues=values, **kwargs
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return None
+        return out.get("Attributes", {})
+
+    # -- sessions ------------------------------------------------------------------------------------------------
+    def open_session(
+        self,
+        conversation_id: str,
+        *,
+        account_id: str,
+        agent_id: str | None,
+        agent_version: int,
+        config: dict[str, Any],
+        connection_id: str,
+        endpoint: str | None = None,
+    ) -> tuple[LiveSession, bool]:
+        """Attach a connection; creates the session on first connect. Returns (session, resumed)."""
+        now = self.clock()
+        self.ops["write"] += 1
+        self.client.put_item(
+            TableName=self.table,
+            Item={
+                "pk": {"S": f"conn#{connection_id}"},
+                "sk": {"S": "conn"},
+                "conversation_id": {"S": conversation_id},
+                "account_id": {"S": account_id},
+                "connected_at": {"N": repr(now)},
+                "ttl": self._ttl(),
+            },
+        )
+        values: dict[str, Any] = {
+            ":conn": {"SS": [connection_id]},
+            ":acc": {"S": account_id},
+            ":cfg": {"S": json.dumps(config, separators=(",", ":"))},
+            ":ver": {"N": str(agent_version)},
+            ":now": {"N": repr(now)},
+            ":listening": {"S": LISTENING},
+            ":zero": {"N": "0"},
+            ":ttl": self._ttl(),
+            ":ended": {"S": ENDED},
+        }
+        expr = (
+            "ADD conns :conn SET account_id = :acc, config = if_not_exists(config, :cfg), "
+            "agent_version = if_not_exists(agent_version, :ver), started_at = if_not_exists(started_at, :now), "
+            "last_activity = :now, #st = if_not_exists(#st, :listening), utt = if_not_exists(utt, :zero), "
+            "turn_seq = if_not_exists(turn_seq, :zero), audio_ms = if_not_exists(audio_ms, :zero), #ttl = :ttl"
+        )
+        names = {"#st": "state", "#ttl": "ttl"}
+        if endpoint:
+            expr += ", endpoint = :endpoint"
+            values[":endpoint"] = {"S": endpoint}
+        if agent_id:
+            expr += ", agent_id = :agent"
+            values[":agent"] = {"S": agent_id}
+        attrs = self._update(
+            self._key(conversation_id),
+            expr,
+            values,
+            ExpressionAttributeNames=names,
+            ConditionExpression="attribute_not_exists(#st) OR #st <> :ended",
+            ReturnValues="ALL_NEW",
+        )
+        if attrs is None:
+            self.drop_connection(connection_id)
+            raise SessionEnded(conversation_id)
+        session = LiveSession.from_item(attrs)
+        return session, len(session.connections) > 1 or session.turn_seq > 0
+
+    def get(self, conversation_id: str, *, consistent: bool = True) -> LiveSession | None:
+        self.ops["read"] += 1
+        item = self.client.get_item(TableName=self.table, Key=self._key(conversation_id), ConsistentRead=consistent)
+        return LiveSession.from_item(item["Item"]) if "Item" in item else None
+
+    def connection(self, connection_id: str) -> dict[str, str] | None:
+        self.ops["read"] += 1
+        item = self.client.get_item(
+            TableName=self.table, Key={"pk": {"S": f"conn#{connection_id}"}, "sk": {"S": "conn"}}, ConsistentRead=True
+        ).get("Item")
+        if not item:
+            return None
+        return {"conversation_id": item["conversation_id"]["S"], "account_id": item["account_id"]["S"]}
+
+    def drop_connection(self, connection_id: str, conversation_id: str | None = None) -> None:
+        """Forget one connection (disconnect or 410 Gone): the conversation and its other connections stay."""
+        self.ops["write"] += 1
+        self.client.delete_item(TableName=self.table, Key={"pk": {"S": f"conn#{connection_id}"}, "sk": {"S": "conn"}})
+        if conversation_id:
+            self._update(
+                self._key(conversation_id),
+                "DELETE conns :c",
+                {":c": {"SS": [connection_id]}},
+                ConditionExpression="attribute_exists(pk)",
+            )
+
+    def touch(self, conversation_id: str) -> None:
+        self._update(
+            self._key(conversation_id),
+            "SET last_activity = :now, reminder_sent = :f",
+            {":now": {"N": repr(self.clock())}, ":f": {"BOOL": False}},
+            ConditionExpression="attribute_exists(pk)",
+        )
+
+    def mark_reminded(self, conversation_id: str, last_activity: float) -> bool:
+        """Claim the (single) silence reminder; False if another invocation did, or the caller spoke meanwhile."""
+        attrs = self._update(
+            self._key(conversation_id),
+            "SET reminder_sent = :t, last_activity = :now",
+            {
+                ":t": {"BOOL": True},
+                ":f": {"BOOL": False},
+                ":now": {"N": repr(self.clock())},
+                ":seen": {"N": repr(last_activity)},
+                ":listening": {"S": LISTENING},
+            },
+            ExpressionAttributeNames={"#st": "state"},
+            ConditionExpression="last_activity = :seen AND #st = :listening AND "
+            "(attribute_not_exists(reminder_sent) OR reminder_sent = :f)",
+        )
+        return attrs is not None
+
+    def end(self, conversation_id: str, reason: str) -> LiveSession | None:
+        """Mark ended once; returns the session if this call ended it, None if it was already ended (or unknown)."""
+        attrs = self._update(
+            self._key(conversation_id),
+            "SET #st = :ended, end_reason = :r, cancelled = if_not_exists(turn_id, :none)",
+            {":ended": {"S": ENDED}, ":r": {"S": reason}, ":none": {"S": "-"}},
+            ExpressionAttributeNames={"#st": "state"},
+            ConditionExpression="attribute_exists(pk) AND #st <> :ended",
+            ReturnValues="ALL_NEW",
+        )
+        return LiveSession.from_item(attrs) if attrs is not None else None
+
+    # -- turns ---------------------------------------------------------------------------------------------------
+    def begin_turn(
+        self,
+        conversation_id: str,
+        turn_id: str,
+        *,
+        expected_utt: int | None = None,
+        caller_activity: bool = True,
+        end_seq: int | None = None,
+        vad: tuple[float, float] | None = None,
+    ) -> LiveSession | None:
+        """Start a turn: listening/speaking -> thinking. A running turn is cancelled (the caller spoke over it).
+
+        ``expected_utt`` makes audio-triggered starts idempotent: the client's end_of_utterance and the
+        server VAD may both fire for one utterance, only the first starts a turn.
+        """
+        values: dict[str, Any] = {
+            ":thinking": {"S": THINKING},
+            ":turn": {"S": turn_id},
+            ":one": {"N": "1"},
+            ":zero": {"N": "0"},
+            ":ended": {"S": ENDED},
+        }
+        activity = ""
+        if caller_activity:  # the silence timer restarts only when the caller did something
+            activity = ", last_activity = :now, reminder_sent = :f"
+            values.update({":now": {"N": repr(self.clock())}, ":f": {"BOOL": False}})
+        if end_seq is not None:  # the utterance is chunks [seg_start, end_seq]; the next one starts after it
+            activity += ", eou_seq = :eou, seg_start = :next"
+            values.update({":eou": {"N": str(end_seq)}, ":next": {"N": str(end_seq + 1)}})
+        condition = "attribute_exists(pk) AND #st <> :ended"
+        if vad is not None:  # (min speech, min stored trailing silence): the end-of-utterance rule, checked atomically
+            condition += " AND #st = :listening AND speech_ms >= :minsp AND silence_ms >= :minsil"
+            values.update(
+                {":listening": {"S": LISTENING}, ":minsp": {"N": repr(vad[0])}, ":minsil": {"N": repr(vad[1])}}
+            )
+        if expected_utt is not None:
+            condition += " AND utt = :utt"
+            values[":utt"] = {"N": str(expected_utt)}
+        attrs = self._update(
+            self._key(conversation_id),
+            "SET #st = :thinking, turn_id = :turn, speech_ms = :zero, silence_ms = :zero, barge_ms = :zero"
+            + activity
+            + " REMOVE played_ms ADD utt :one, turn_seq :one",
+            values,
+            ExpressionAttributeNames={"#st": "state"},
+            ConditionExpression=condition,
+            ReturnValues="ALL_OLD",
+        )
+        if attrs is None:
+            return None
+        previous = LiveSession.from_item(attrs)
+        if previous.state in (THINKING, SPEAKING) and previous.turn_id:
+            self._update(self._key(conversation_id), "SET cancelled = :old", {":old": {"S": previous.turn_id}})
+        return previous  # old values: previous.utt is the utterance this turn consumes, turn_seq+1 its seq
+
+    def set_speaking(self, conversation_id: str, turn_id: str) -> bool:
+        return (
+            self._update(
+                self._key(conversation_id),
+                "SET #st = :speaking",
+                {":speaking": {"S": SPEAKING}, ":turn": {"S": turn_id}},
+                ExpressionAttributeNames={"#st": "state"},
+                ConditionExpression="turn_id = :turn AND (attribute_not_exists(cancelled) OR cancelled <> :turn)",
+            )
+            is not None
+        )
+
+    def finish_turn(self, conversation_id: str, turn_id: str) -> None:
+        """Back to listening, unless a newer turn already took over (or the conversation ended)."""
+        self._update(
+            self._key(conversation_id),
+            "SET #st = :listening, last_activity = :now",
+            {
+                ":listening": {"S": LISTENING},
+                ":turn": {"S": turn_id},
+                ":now": {"N": repr(self.clock())},
+                ":ended": {"S": ENDED},
+            },
+            ExpressionAttributeNames={"#st": "state"},
+            ConditionExpression="turn_id = :turn AND #st <> :ended",
+        )
+
+    def cancel_turn(self, conversation_id: str, played_ms: int | None = None) -> str | None:
+        """Barge-in: mark the turn in flight cancelled. Returns its id, or None when nothing was speaking."""
+        values: dict[str, Any] = {
+            ":thinking": {"S": THINKING},
+            ":speaking": {"S": SPEAKING},
+            ":listening": {"S": LISTENING},
+        }
+        expr = "SET cancelled = turn_id, #st = :listening"
+        if played_ms is not None:
+            expr += ", played_ms = :played"
+            values[":played"] = {"N": str(played_ms)}
+        attrs = self._update(
+            self._key(conversation_id),
+            expr,
+            values,
+            ExpressionAttributeNames={"#st": "state"},
+            ConditionExpression="#st IN (:thinking, :speaking)",
+            ReturnValues="ALL_NEW",
+        )
+        return LiveSession.from_item(attrs).turn_id if attrs else None
+
+    def turn_status(self, conversation_id: str, turn_id: str) -> tuple[bool, int | None]:
+        """(cancelled, played_ms) for the running turn: checked before every post."""
+        self.ops["read"] += 1
+        item = self.client.get_item(
+            TableName=self.table,
+            Key=self._key(conversation_id),
+            ConsistentRead=True,
+            ProjectionExpression="cancelled, #st, played_ms",
+            ExpressionAttributeNames={"#st": "state"},
+        ).get("Item")
+        if not item:
+            return True, None
+        cancelled = item.get("cancelled", {}).get("S") == turn_id or item.get("state", {}).get("S") == ENDED
+        played = int(item["played_ms"]["N"]) if "played_ms" in item else None
+        return cancelled, played
+
+    # -- audio ---------------------------------------------------------------------------------------------------
+    def add_audio(
+        self,
+        conversation_id: str,
+        *,
+        chunk_ms: float,
+        speech_ms: float,
+        trailing_silence_ms: float,
+    ) -> LiveSession | None:
+        """Count a chunk into the VAD state; returns the updated session (the caller decides whether to store it)."""
+        values: dict[str, Any] = {":ms": {"N": repr(chunk_ms)}, ":ended": {"S": ENDED}}
+        if speech_ms > 0:
+            expr = (
+                "SET silence_ms = :trail, last_activity = :now, reminder_sent = :f "
+                "ADD speech_ms :sp, audio_ms :ms, barge_ms :sp"
+            )
+            values.update(
+                {
+                    ":trail": {"N": repr(trailing_silence_ms)},
+                    ":sp": {"N": repr(speech_ms)},
+                    ":now": {"N": repr(self.clock())},
+                    ":f": {"BOOL": False},
+                }
+            )
+        else:
+            expr = "ADD silence_ms :ms, audio_ms :ms"
+        attrs = self._update(
+            self._key(conversation_id),
+            expr,
+            values,
+            ExpressionAttributeNames={"#st": "state"},
+            ConditionExpression="attribute_exists(pk) AND #st <> :ended",
+            ReturnValues="ALL_NEW",
+        )
+        if attrs is None:
+            return None
+        return LiveSession.from_item(attrs)
+
+    def store_chunk(self, conversation_id: str, seq: int, pcm: bytes) -> None:
+        self.ops["write"] += 1
+        self.ops["chunk_write"] = self.ops.get("chunk_write", 0) + 1
+        self.client.put_item(
+            TableName=self.table,
+            Item={
+                "pk": {"S": f"conv#{conversation_id}"},
+                "sk": {"S": f"chunk#{seq:09d}"},
+                "data": {"B": pcm},
+                "ttl": self._ttl(),
+            },
+        )
+
+    def utterance_audio(
+        self, conversation_id: str, start_seq: int, end_seq: int | None, *, wait_s: float = 0.6
+    ) -> tuple[bytes, int]:
+        """The buffered chunks with seq in [start_seq, end_seq], in order, and the highest seq found.
+
+        API Gateway runs one invocation per frame, concurrently, so the chunk that ended an utterance can be
+        processed before an earlier one is stored: missing seqs inside the range are waited for (briefly).
+        """
+        upper = end_seq if end_seq is not None else 999_999_999
+        deadline = time.monotonic() + wait_s
+        while True:
+            chunks = self._chunks(conversation_id, start_seq, upper)
+            seqs = sorted(chunks)
+            complete = bool(seqs) and seqs == list(range(seqs[0], (end_seq if end_seq is not None else seqs[-1]) + 1))
+            if complete or time.monotonic() >= deadline:
+                return b"".join(chunks[q] for q in seqs), (seqs[-1] if seqs else start_seq - 1)
+            time.sleep(0.03)
+
+    def _chunks(self, conversation_id: str, lo: int, hi: int) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :lo AND :hi",
+            "ExpressionAttributeValues": {
+                ":pk": {"S": f"conv#{conversation_id}"},
+                ":lo": {"S": f"chunk#{max(lo, 0):09d}"},
+                ":hi": {"S": f"chunk#{hi:09d}"},
+            },
+            "ConsistentRead": True,
+        }
+        while True:
+            self.ops["read"] += 1
+            page = self.client.query(**kwargs)
+            for item in page.get("Items", []):
+                out[int(item["sk"]["S"].split("#", 1)[1])] = item["data"]["B"]
+            if "LastEvaluatedKey" not in page:
+                return out
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def set_segment_start(self, conversation_id: str, seq: int) -> None:
+        self._update(self._key(conversation_id), "SET seg_start = :s", {":s": {"N": str(seq)}})
+
+    def allow_control_frame(self, conversation_id: str, limit: int) -> bool:
+        """Flood guard for control frames: a per-second counter item that expires by itself."""
+        second = int(self.clock())
+        attrs = self._update(
+            self._key(conversation_id, f"rate#{second}"),
+            "ADD n :one SET #ttl = :ttl",
+            {":one": {"N": "1"}, ":ttl": {"N": str(second + 120)}},
+            ExpressionAttributeNames={"#ttl": "ttl"},
+            ReturnValues="UPDATED_NEW",
+        )
+        return attrs is not None and int(attrs["n"]["N"]) <= limit
+
+    def active_sessions(self) -> list[LiveSession]:
+        """Every live session (the sweeper's scan; the table holds only live state, so it stays small)."""
+        sessions: list[LiveSession] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": "sk = :s AND #st <> :ended",
+            "ExpressionAttributeValues": {":s": {"S": "session"}, ":ended": {"S": ENDED}},
+            "ExpressionAttributeNames": {"#st": "state"},
+        }
+        while True:
+            self.ops["read"] += 1
+            page = self.client.scan(**kwargs)
+            sessions += [LiveSession.from_item(item) for item in page.get("Items", [])]
+            if "LastEvaluatedKey" not in page:
+                return sessions
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+class SessionEnded(Exception):
+    def __init__(self, conversation_id: str) -> None:
+        super().__init__(f"conversation {conversation_id} has ended")
+        self.conversation_id = conversation_id
+
+
+def dynamodb_client(settings: Settings) -> Any:
+    import boto3  # lazy: boto3 costs ~100 ms to import
+
+    return boto3.client("dynamodb", region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url)
+
+
+def build_session_store(settings: Settings, client: Any = None) -> SessionStore:
+    store = SessionStore(
+        client or dynamodb_client(settings), settings.ws_state_table, ttl_seconds=settings.ws_state_ttl_seconds
+    )
+    if not settings.on_aws:
+        store.ensure_table()
+    return store

@@ -1,0 +1,687 @@
+"""One conversational turn: end of utterance -> STT -> retrieval -> LLM stream -> sentences -> TTS -> audio frames.
+
+Transport-agnostic: frames go to a ``TurnSink`` (the WebSocket poster, or a list for the HTTP routes), and the
+sink is asked before every post whether the turn was cancelled (barge-in), so a turn stops within one chunk.
+The LLM stream and speech synthesis overlap: the first sentence is spoken while the model is still writing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+from airies.providers.llm.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCallDelta
+from airies.providers.stt.base import STTOptions, STTProvider, Transcript
+from airies.providers.tts.base import TTSOptions, TTSProvider
+from airies.schemas import ws_protocol as wp
+from airies.schemas.agents import AgentConfig
+from airies.services import catalog
+
+LLMStreamer = Callable[[LLMRequest], AsyncIterator[LLMEvent]]
+# (account_id, knowledge_base_ids, query) -> passages [{"text", "score", "source", ...}]
+Retriever = Callable[[str, list[str], str], Awaitable[list[dict[str, Any]]]]
+
+END_CALL_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "end_call",
+        "description": "Hang up the call. Use it only when the caller is done or asks to end the call.",
+        "parameters": {
+            "type": "object",
+            "properties": {"reason": {"type": "string", "description": "why the call ends"}},
+            "required": [],
+        },
+    },
+}
+
+
+# --- sentence segmentation -------------------------------------------------------------------------------------
+_ABBREVIATIONS = {
+    "mr",
+    "mrs",
+    "ms",
+    "dr",
+    "prof",
+    "sr",
+    "jr",
+    "st",
+    "vs",
+    "etc",
+    "e.g",
+    "i.e",
+    "inc",
+    "ltd",
+    "co",
+    "no",
+    "approx",
+    "dept",
+    "est",
+    "min",
+    "max",
+    "ave",
+    "blvd",
+    "rd",
+    "u.s",
+    "a.m",
+    "p.m",
+}
+_BOUNDARY = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|[;:](?=\s)|\n+")
+
+
+class SentenceSegmenter:
+    """Cuts a token stream into speakable sentences as early as it safely can.
+
+    Ends a sentence at . ! ? … ; : or a newline followed by whitespace, but not after an abbreviation
+    ("Dr. Smith"), a decimal ("3.5") or an initial ("J. R."). The first segment may also end at a comma once
+    it has ``first_comma_words`` words, because the first audio is what the caller waits for; any segment
+    is cut at a comma once it exceeds ``max_chars`` so TTS never waits on a run-on sentence.
+    """
+
+    def __init__(self, *, first_comma_words: int = 6, max_chars: int = 220) -> None:
+        self.buffer = ""
+        self.first_comma_words = first_comma_words
+        self.max_chars = max_chars
+        self.emitted = 0
+
+    def push(self, text: str) -> list[str]:
+        self.buffer += text
+        out: list[str] = []
+        while True:
+            cut = self._find_cut()
+            if cut is None:
+                break
+            sentence, self.buffer = self.buffer[:cut].strip(), self.buffer[cut:].lstrip()
+            if sentence:
+                out.append(sentence)
+                self.emitted += 1
+        return out
+
+    def flush(self) -> list[str]:
+        rest, self.buffer = self.buffer.strip(), ""
+        if rest:
+            self.emitted += 1
+            return [rest]
+        return []
+
+    def _find_cut(self) -> int | None:
+        for match in _BOUNDARY.finditer(self.buffer):
+            end = match.end()
+            if match.group().startswith(".") and self._is_abbreviation(match.start()):
+                continue
+            return end
+        limit_words = self.first_comma_words if self.emitted == 0 else None
+        for match in re.finditer(r",(?=\s)", self.buffer):
+            head = self.buffer[: match.end()]
+            if (limit_words and len(head.split()) >= limit_words) or len(head) >= self.max_chars:
+                return match.end()
+        return None
+
+    def _is_abbreviation(self, dot: int) -> bool:
+        word = re.search(r"([A-Za-z.]+)$", self.buffer[:dot])
+        if not word:
+            return False
+        token = word.group(1).lower().rstrip(".")
+        if token in _ABBREVIATIONS:
+            return True
+        return len(token) == 1 and token.isalpha() and self.buffer[dot - 1].isupper()  # an initial: "J."
+
+
+def segment_text(text: str) -> list[str]:
+    seg = SentenceSegmenter(first_comma_words=0)
+    return seg.push(text) + seg.flush()
+
+
+# --- voice activity per chunk ----------------------------------------------------------------------------------
+_VAD: Any = None
+
+
+def chunk_activity(pcm16: bytes, sample_rate: int = wp.SAMPLE_RATE, *, aggressiveness: int = 2) -> tuple[float, float]:
+    """(speech_ms, trailing_silence_ms) of one chunk: the per-frame state a stateless Lambda can keep in DynamoDB."""
+    global _VAD
+    import numpy as np
+    import webrtcvad  # lazy: only the audio path needs it
+
+    if _VAD is None:
+        _VAD = webrtcvad.Vad(aggressiveness)
+    frame = sample_rate * 30 // 1000 * 2  # 30 ms frames
+    speech_ms = 0.0
+    trailing = 0.0
+    floor = 32768 * 10 ** (-55.0 / 20)  # quieter than -55 dBFS is silence whatever the VAD says
+    for offset in range(0, len(pcm16) - frame + 1, frame):
+        block = pcm16[offset : offset + frame]
+        samples = np.frombuffer(block, dtype="<i2").astype(np.float32)
+        voiced = bool(np.sqrt(np.mean(samples * samples)) >= floor) and _VAD.is_speech(block, sample_rate)
+        if voiced:
+            speech_ms += 30
+            trailing = 0.0
+        else:
+            trailing += 30
+    rest = (len(pcm16) % frame) / 2 / sample_rate * 1000
+    return speech_ms, trailing + rest
+
+
+# --- the turn --------------------------------------------------------------------------------------------------
+class TurnSink(Protocol):
+    async def send(self, message: dict[str, Any]) -> bool:
+        """Deliver one frame; False when the caller is gone."""
+        ...
+
+    async def cancelled(self) -> tuple[bool, int | None]:
+        """(cancelled, played_ms reported by the client)."""
+        ...
+
+
+@dataclass
+class TurnEngines:
+    llm: LLMStreamer
+    stt: STTProvider | None = None
+    tts: TTSProvider | None = None
+    retrieve: Retriever | None = None
+    tts_names: tuple[str, str] | None = None  # (provider, model) actually used, for pricing
+
+
+@dataclass
+class TurnInput:
+    turn_id: str
+    seq: int
+    mode: str  # audio | text | none
+    account_id: str
+    conversation_id: str
+    pcm: bytes | None = None
+    text: str | None = None
+    endpointing_ms: float = 0.0
+    eou_at: float = field(default_factory=time.perf_counter)
+    # A fixed reply (first message, reminder, end-call message, out-of-credit notice): no LLM call.
+    scripted_reply: str | None = None
+    speak: bool = True  # synthesise audio (False: a text-only HTTP turn)
+
+
+@dataclass
+class SpokenSentence:
+    text: str
+    start_ms: float
+    end_ms: float
+    complete: bool
+
+
+@dataclass
+class TurnResult:
+    turn_id: str
+    seq: int
+    mode: str
+    user_text: str | None
+    agent_text_generated: str
+    agent_text: str  # what the caller actually received
+    status: str  # completed | interrupted | failed | no_speech | gone
+    interrupted: bool
+    latency: dict[str, float | None]
+    usage: dict[str, Any]
+    cost: dict[str, str]
+    cost_usd: Decimal
+    end_call: str | None = None
+    agent_pcm: bytes = b""
+    user_pcm: bytes = b""
+    error: dict[str, Any] | None = None
+    passages: int = 0
+
+
+def normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
+
+
+def contains_phrase(text: str, phrases: list[str]) -> str | None:
+    hay = f" {normalise(text)} "
+    for phrase in phrases:
+        needle = normalise(phrase)
+        if needle and f" {needle} " in hay:
+            return phrase
+    return None
+
+
+def heard_text(sentences: list[SpokenSentence], heard_ms: float) -> str:
+    """What the caller heard: whole sentences played before ``heard_ms``, plus the words of a partly played one."""
+    words: list[str] = []
+    for sentence in sentences:
+        if sentence.end_ms <= heard_ms and sentence.complete:
+            words += sentence.text.split()
+        elif sentence.start_ms < heard_ms:
+            span = max(sentence.end_ms - sentence.start_ms, 1.0)
+            parts = sentence.text.split()
+            words += parts[: int(len(parts) * (heard_ms - sentence.start_ms) / span)]
+            break
+        else:
+            break
+    return " ".join(words)
+
+
+def price_usage(usage: dict[str, Any]) -> tuple[dict[str, str], Decimal]:
+    """Exact cost of one turn's usage at catalog prices (providers with no price: 0, flagged unpriced)."""
+    stt = Decimal(0)
+    if usage.get("stt_seconds"):
+        entry = catalog.stt_providers().get(usage.get("stt_provider") or "")
+        if entry:
+            stt = Decimal(str(entry["price_per_minute"])) * Decimal(str(usage["stt_seconds"])) / 60
+    llm = Decimal(0)
+    model = catalog.llm_model(usage.get("llm_provider") or "", usage.get("llm_model") or "")
+    if model:
+        cached = int(usage.get("cached_tokens", 0))
+        prompt = int(usage.get("prompt_tokens", 0)) - cached
+        llm = (
+            Decimal(str(model.input_per_mtok)) * prompt
+            + Decimal(str(model.cached_input_per_mtok)) * cached
+            + Decimal(str(model.output_per_mtok)) * int(usage.get("completion_tokens", 0))
+        ) / 1_000_000
+    tts = Decimal(0)
+    if usage.get("tts_characters"):
+        entry = catalog.tts_providers().get(usage.get("tts_provider") or "")
+        if entry:
+            tts = Decimal(str(entry["price_per_1k_chars"])) * int(usage["tts_characters"]) / 1000
+    q = Decimal("0.000000001")
+    parts = {"stt": stt.quantize(q), "llm": llm.quantize(q), "tts": tts.quantize(q)}
+    total = sum(parts.values(), Decimal(0))
+    return {**{k: format(v, "f") for k, v in parts.items()}, "total": format(total, "f")}, total
+
+
+def build_messages(
+    config: AgentConfig, history: list[dict[str, str]], user_text: str | None, passages: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    system = config.system_prompt
+    if passages:
+        context = "\n\n".join(f"[{i + 1}] {p.get('text', '')}" for i, p in enumerate(passages))
+        system += (
+            "\n\nAnswer from these knowledge base passages when they are relevant; say so when they do not cover "
+            f"the question.\n{context}"
+        )
+    system += "\n\nYou are speaking on a voice call: answer in short spoken sentences, no markdown or lists."
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}, *history]
+    if user_text:
+        messages.append({"role": "user", "content": user_text})
+    return messages
+
+
+class TurnRunner:
+    def __init__(
+        self, engines: TurnEngines, *, out_chunk_ms: int = 250, clock: Callable[[], float] = time.perf_counter
+    ):
+        self.engines = engines
+        self.out_chunk_bytes = max(wp.BYTES_PER_MS * 20, out_chunk_ms * wp.BYTES_PER_MS)
+        self.clock = clock
+
+    def _ms(self, start: float) -> float:
+        return round((self.clock() - start) * 1000, 2)
+
+    async def run(
+        self,
+        config: AgentConfig,
+        history: list[dict[str, str]] | Callable[[], list[dict[str, str]]],
+        inp: TurnInput,
+        sink: TurnSink,
+    ) -> TurnResult:
+        """``history`` may be a callable: it is then loaded on a thread while speech is transcribed."""
+        t0 = inp.eou_at
+        history_task = asyncio.ensure_future(asyncio.to_thread(history)) if callable(history) else None
+        latency: dict[str, float | None] = {
+            "endpointing_ms": round(inp.endpointing_ms, 2),
+            "stt_ms": None,
+            "retrieval_ms": None,
+            "llm_first_token_ms": None,
+            "tts_first_byte_ms": None,
+            "first_audio_ms": None,
+            "llm_total_ms": None,
+            "total_ms": None,
+        }
+        usage: dict[str, Any] = {
+            "stt_seconds": 0.0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "cached_tokens": 0,
+            "tts_characters": 0,
+        }
+        state = _TurnState()
+        user_text = inp.text
+
+        def result(status: str, *, error: dict[str, Any] | None = None) -> TurnResult:
+            latency["total_ms"] = self._ms(t0)
+            cost, total = price_usage(usage)
+            delivered = state.delivered_text(inp.speak)
+            return TurnResult(
+                turn_id=inp.turn_id,
+                seq=inp.seq,
+                mode=inp.mode,
+                user_text=user_text,
+                agent_text_generated=state.generated,
+                agent_text=delivered,
+                status=status,
+                interrupted=status == "interrupted",
+                latency=latency,
+                usage=usage,
+                cost=cost,
+                cost_usd=total,
+                end_call=state.end_call,
+                agent_pcm=bytes(state.agent_pcm),
+                user_pcm=inp.pcm or b"",
+                error=error,
+                passages=state.passages,
+            )
+
+        # 1. speech to text
+        if inp.mode == "audio":
+            if self.engines.stt is None:
+                return result("failed", error={"code": "stt_unavailable", "message": "no speech-to-text engine"})
+            start = self.clock()
+            options = STTOptions(
+                model=config.transcriber.model,
+                language=config.transcriber.language,
+                keywords=tuple(config.transcriber.keywords),
+                expected_phrases=tuple(config.metadata.get("expected_phrases", []) or ()),
+            )
+            try:
+                transcript: Transcript = await self.engines.stt.transcribe(inp.pcm or b"", wp.SAMPLE_RATE, options)
+            except Exception as exc:  # provider failures end the turn, never the conversation
+                return result("failed", error={"code": "stt_failed", "message": str(exc)})
+            latency["stt_ms"] = self._ms(start)
+            usage["stt_seconds"] = round(transcript.duration_seconds or len(inp.pcm or b"") / 2 / wp.SAMPLE_RATE, 3)
+            usage["stt_provider"], usage["stt_model"] = transcript.provider, transcript.model
+            user_text = transcript.text.strip()
+            if not user_text:
+                await sink.send(wp.transcript(inp.turn_id, ""))
+                return result("no_speech")
+        reply = inp.scripted_reply
+        if reply is None and user_text and (phrase := contains_phrase(user_text, config.end_call_phrases)):
+            state.end_call = "caller_end_call_phrase"
+            usage["end_call_phrase"] = phrase
+            reply = config.end_call_message or ""
+
+        segments: asyncio.Queue[str | None] = asyncio.Queue()
+        producer: asyncio.Task[None] | None = None
+        if reply is not None:
+            state.generated = reply
+            for sentence in segment_text(reply):
+                segments.put_nowait(sentence)
+            segments.put_nowait(None)
+        else:
+            passages: list[dict[str, Any]] = []
+            if config.knowledge_base_ids and self.engines.retrieve is not None and user_text:
+                start = self.clock()
+                try:
+                    passages = await self.engines.retrieve(inp.account_id, list(config.knowledge_base_ids), user_text)
+                except Exception as exc:  # retrieval is best effort: answer without it rather than go silent
+                    usage["retrieval_error"] = str(exc)[:200]
+                latency["retrieval_ms"] = self._ms(start)
+                state.passages = len(passages)
+            if history_task is not None:
+                history = await history_task
+            request = LLMRequest(
+                model=config.llm.model,
+                messages=build_messages(config, history, user_text, passages),  # type: ignore[arg-type]
+                temperature=config.llm.temperature,
+                max_tokens=config.llm.max_tokens,
+                tools=[END_CALL_TOOL],
+                provider=config.llm.provider,
+                fallbacks=tuple((fb.provider, fb.model) for fb in config.llm.fallbacks),
+                metadata={
+                    "account_id": inp.account_id,
+                    "conversation_id": inp.conversation_id,
+                    "turn_id": inp.turn_id,
+                    "knowledge_passages": passages,
+                    "first_message": config.first_message or "",
+                    "end_call_phrases": list(config.end_call_phrases),
+                    "end_call_message": config.end_call_message or "",
+                },
+            )
+            producer = asyncio.create_task(self._produce(request, segments, state, latency, usage, config))
+
+        try:
+            # The transcript goes out while the model is already working on the reply.
+            if user_text is not None and not await sink.send(wp.transcript(inp.turn_id, user_text)):
+                status = "gone"
+            else:
+                state.check = asyncio.ensure_future(sink.cancelled())
+                status = await self._speak(config, inp, sink, segments, state, latency, usage, t0)
+        finally:
+            if state.check is not None and not state.check.done():
+                state.check.cancel()
+            if producer is not None and not producer.done():
+                producer.cancel()
+                try:
+                    await producer
+                except (asyncio.CancelledError, Exception):
+                    pass
+        if producer is not None and producer.done() and not producer.cancelled() and producer.exception():
+            exc = producer.exception()
+            if status == "completed" and not state.generated:
+                return result("failed", error={"code": "llm_failed", "message": str(exc)})
+        if (
+            state.end_call is None
+            and status == "completed"
+            and state.generated
+            and contains_phrase(state.generated, config.end_call_phrases)
+        ):
+            state.end_call = "assistant_end_call_phrase"
+        return result(status)
+
+    async def _produce(
+        self,
+        request: LLMRequest,
+        segments: asyncio.Queue[str | None],
+        state: _TurnState,
+        latency: dict[str, float | None],
+        usage: dict[str, Any],
+        config: AgentConfig,
+    ) -> None:
+        start = self.clock()
+        segmenter = SentenceSegmenter()
+        try:
+            async for event in self.engines.llm(request):
+                if isinstance(event, TextDelta):
+                    if latency["llm_first_token_ms"] is None and event.text:
+                        latency["llm_first_token_ms"] = self._ms(start)
+                    state.generated += event.text
+                    for sentence in segmenter.push(event.text):
+                        segments.put_nowait(sentence)
+                elif isinstance(event, ToolCallDelta):
+                    if event.name == "end_call":
+                        state.end_call = "end_call_tool"
+                elif isinstance(event, StreamEnd):
+                    latency["llm_total_ms"] = self._ms(start)
+                    state.llm_done_at = self.clock()
+                    usage.update(
+                        prompt_tokens=event.usage.prompt_tokens,
+                        completion_tokens=event.usage.completion_tokens,
+                        cached_tokens=event.usage.cached_tokens,
+                        llm_provider=event.provider,
+                        llm_model=event.model,
+                        tokens_estimated=event.usage.estimated,
+                    )
+                    if any(call.name == "end_call" for call in event.tool_calls):
+                        state.end_call = "end_call_tool"
+            for sentence in segmenter.flush():
+                segments.put_nowait(sentence)
+            if state.end_call == "end_call_tool" and not state.generated.strip() and config.end_call_message:
+                state.generated = config.end_call_message
+                for sentence in segment_text(config.end_call_message):
+                    segments.put_nowait(sentence)
+        finally:
+            segments.put_nowait(None)
+
+    async def _speak(
+        self,
+        config: AgentConfig,
+        inp: TurnInput,
+        sink: TurnSink,
+        segments: asyncio.Queue[str | None],
+        state: _TurnState,
+        latency: dict[str, float | None],
+        usage: dict[str, Any],
+        t0: float,
+    ) -> str:
+        tts = self.engines.tts if inp.speak else None
+        options = TTSOptions(
+            voice_id=config.voice.voice_id,
+            model=config.voice.model,
+            output_format="pcm_16000",
+            speed=config.voice.speed,
+            stability=config.voice.stability,
+            similarity_boost=config.voice.similarity_boost,
+            style=config.voice.style,
+            extra={
+                "provider": config.voice.provider,
+                "fallbacks": [fb.model_dump() for fb in config.voice.fallback_voices],
+            },
+        )
+        if tts is not None:
+            usage["tts_provider"] = getattr(tts, "name", config.voice.provider)
+            usage["tts_model"] = config.voice.model
+        while True:
+            sentence = await segments.get()
+            if sentence is None:
+                return "completed"
+            if await self._was_cancelled(sink, state):
+                return await self._interrupted(inp, sink, state)
+            audio: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+            pump = None
+            start = self.clock()
+            if tts is not None:
+                usage["tts_characters"] += len(sentence)
+                # Synthesis starts before the sentence's text is posted: the text post costs a round trip.
+                pump = asyncio.create_task(self._pump(tts, sentence, options, audio))
+            try:
+                outcome = await self._speak_sentence(inp, sink, state, latency, t0, sentence, audio, pump, start, usage)
+                if outcome:
+                    return outcome
+            finally:
+                if pump is not None and not pump.done():
+                    pump.cancel()
+            if tts is not None:
+                usage["tts_provider"] = getattr(tts, "name", config.voice.provider)
+
+    @staticmethod
+    async def _pump(tts: TTSProvider, sentence: str, options: TTSOptions, out: asyncio.Queue) -> None:  # type: ignore[type-arg]
+        try:
+            async for chunk in tts.synthesize(sentence, options):
+                await out.put(chunk)
+            await out.put(None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a TTS failure loses this sentence's audio; the text was already sent
+            await out.put(exc)
+
+    async def _speak_sentence(
+        self,
+        inp: TurnInput,
+        sink: TurnSink,
+        state: _TurnState,
+        latency: dict[str, float | None],
+        t0: float,
+        sentence: str,
+        audio: asyncio.Queue,  # type: ignore[type-arg]
+        pump: asyncio.Task | None,  # type: ignore[type-arg]
+        start: float,
+        usage: dict[str, Any],
+    ) -> str | None:
+        if not await sink.send(wp.agent_text(inp.turn_id, sentence + " ")):
+            return "gone"
+        spoken = SpokenSentence(sentence, state.audio_ms, state.audio_ms, complete=False)
+        state.sentences.append(spoken)
+        if pump is None:
+            spoken.complete = True
+            return None
+        pending = bytearray()
+        while True:
+            item = await audio.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                usage.setdefault("tts_errors", []).append(str(item)[:200])
+                break
+            if latency["tts_first_byte_ms"] is None and item:
+                latency["tts_first_byte_ms"] = self._ms(start)
+            pending += item
+            # The first audio of a turn leaves at once; later audio is coalesced into fewer, larger frames
+            # (each WebSocket message costs money; a frame is also the barge-in granularity).
+            while len(pending) >= (self.out_chunk_bytes if state.audio_seq else 2):
+                size = min(self.out_chunk_bytes, len(pending) - len(pending) % 2)
+                piece, pending = bytes(pending[:size]), pending[size:]
+                outcome = await self._post_audio(inp, sink, state, spoken, piece, state.audio_seq, latency, t0)
+                if outcome:
+                    return outcome
+                state.audio_seq += 1
+        if len(pending) % 2:
+            pending = pending[:-1]
+        if pending:
+            outcome = await self._post_audio(inp, sink, state, spoken, bytes(pending), state.audio_seq, latency, t0)
+            if outcome:
+                return outcome
+            state.audio_seq += 1
+        spoken.complete = True
+        return None
+
+    async def _post_audio(
+        self,
+        inp: TurnInput,
+        sink: TurnSink,
+        state: _TurnState,
+        spoken: SpokenSentence,
+        piece: bytes,
+        seq: int,
+        latency: dict[str, float | None],
+        t0: float,
+    ) -> str | None:
+        if await self._was_cancelled(sink, state):
+            return await self._interrupted(inp, sink, state)
+        if not await sink.send(wp.audio(inp.turn_id, seq, piece)):
+            return "gone"
+        if latency["first_audio_ms"] is None:
+            latency["first_audio_ms"] = self._ms(t0)
+            latency["first_audio_before_llm_end"] = state.llm_done_at is None  # type: ignore[assignment]
+        state.agent_pcm += piece
+        state.audio_ms += len(piece) / wp.BYTES_PER_MS
+        spoken.end_ms = state.audio_ms
+        return None
+
+    @staticmethod
+    async def _was_cancelled(sink: TurnSink, state: _TurnState) -> bool:
+        """Barge-in check before a post, pipelined: the check for the next post runs while this one is sent.
+
+        A check started before an interrupt landed can miss it, the following one cannot: the turn stops
+        within one chunk, and no post waits for a DynamoDB round trip.
+        """
+        task = state.check if state.check is not None else asyncio.ensure_future(sink.cancelled())
+        cancelled, played = await task
+        state.check = None if cancelled else asyncio.ensure_future(sink.cancelled())
+        if cancelled:
+            state.played_ms = played
+        return cancelled
+
+    async def _interrupted(self, inp: TurnInput, sink: TurnSink, state: _TurnState) -> str:
+        state.was_interrupted = True
+        await sink.send(wp.interrupted(inp.turn_id, state.delivered_text(inp.speak)))
+        return "interrupted"
+
+
+@dataclass
+class _TurnState:
+    generated: str = ""
+    sentences: list[SpokenSentence] = field(default_factory=list)
+    agent_pcm: bytearray = field(default_factory=bytearray)
+    audio_ms: float = 0.0
+    played_ms: int | None = None
+    end_call: str | None = None
+    llm_done_at: float | None = None
+    was_interrupted: bool = False
+    passages: int = 0
+    check: asyncio.Future[tuple[bool, int | None]] | None = None
+    audio_seq: int = 0
+
+    def delivered_text(self, spoken: bool) -> str:
+        if not spoken:
+            return " ".join(s.text for s in self.sentences)
+        if not self.was_interrupted:
+            return " ".join(s.text for s in self.sentences if s.end_ms > s.start_ms or s.complete)
+        heard_ms = self.audio_ms if self.played_ms is None else min(self.played_ms, self.audio_ms)
+        return heard_text(self.sentences, heard_ms)

@@ -1,0 +1,818 @@
+"""Voice decisions: which STT/TTS provider serves a request, input limits, sentence splitting,
+voice fallbacks, cloned voices per account and the streaming utterance pipeline.
+
+Provider choice (``build_voice_service``):
+- a cloud provider is available when its key is configured: the account's own key (provider_keys)
+  first, then the platform key (Settings / ``get_platform_secret``);
+- the agent's configured provider (``transcriber.provider`` / ``voice.provider``) is used when available;
+- otherwise, when ``Settings.voice_offline_fallback`` is on (the default; set
+  ``AIRIES_VOICE_OFFLINE_FALLBACK=false`` in production to fail loudly instead), the offline engines
+  answer: PocketSphinx for STT and eSpeak NG for TTS. ``Transcript.provider`` and the
+  ``VoiceService.last_tts_provider`` attribute say which engine actually served a call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from airies.errors import (
+    BadRequestError,
+    NotAvailableError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ProviderError,
+    ValidationFailedError,
+)
+from airies.providers.stt.base import STTOptions, STTProvider, Transcript
+from airies.providers.tts.base import TTSOptions, TTSProvider, VoiceInfo
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from airies.config import Settings
+    from airies.db.engine import Database
+    from airies.db.models.voice import Voice
+
+OFFLINE_STT = "pocketsphinx"
+OFFLINE_TTS = "espeak"
+OUTPUT_FORMATS = (
+    "pcm_8000",
+    "pcm_16000",
+    "pcm_22050",
+    "pcm_24000",
+    "pcm_44100",
+    "pcm_48000",
+    "ulaw_8000",
+    "mp3_44100_128",
+)
+MAX_CLONE_SAMPLES = 25
+VENDORS = ("deepgram", "whisper", "elevenlabs", "azure")
+MAX_CLONE_SAMPLE_BYTES = 10 * 1024 * 1024
+
+
+def parse_output_format(output_format: str) -> tuple[str, int]:
+    """'pcm_16000' -> ('pcm', 16000); 'ulaw_8000' -> ('ulaw', 8000); 'mp3_44100_128' -> ('mp3', 44100)."""
+    if output_format not in OUTPUT_FORMATS:
+        raise ValidationFailedError(
+            f"unsupported output_format '{output_format}'",
+            details=[
+                {"field": "output_format", "code": "unsupported", "message": f"one of {', '.join(OUTPUT_FORMATS)}"}
+            ],
+        )
+    codec, rate, *_ = output_format.split("_")
+    return codec, int(rate)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+|\n{2,}")
+
+
+def split_sentences(text: str) -> list[str]:
+    return [part.strip() for part in _SENTENCE_END.split(text) if part and part.strip()]
+
+
+def split_for_tts(text: str, max_chars: int, *, first_alone: bool = True) -> list[str]:
+    """Split text into requests of at most ``max_chars``, at sentence boundaries where possible.
+
+    The first sentence goes alone so its audio starts sooner; sentences longer than ``max_chars``
+    are cut at the last comma/space before the limit.
+    """
+    pieces: list[str] = []
+    for sentence in split_sentences(text):
+        while len(sentence) > max_chars:
+            cut = max(sentence.rfind(", ", 0, max_chars), sentence.rfind(" ", 0, max_chars))
+            cut = cut if cut > max_chars // 3 else max_chars
+            pieces.append(sentence[:cut].strip())
+            sentence = sentence[cut:].strip(" ,")
+        if sentence:
+            pieces.append(sentence)
+    requests: list[str] = []
+    for piece in pieces:
+        if requests and (len(requests) > 1 or not first_alone) and len(requests[-1]) + 1 + len(piece) <= max_chars:
+            requests[-1] = f"{requests[-1]} {piece}"
+        else:
+            requests.append(piece)
+    return requests
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    """Read a field from a pydantic model, dataclass or dict (callers pass "config-like" objects)."""
+    if obj is None:
+        return default
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+class VoiceCloner(Protocol):
+    """Implemented by TTS providers that support instant voice cloning (ElevenLabs)."""
+
+    async def clone_voice(
+        self, name: str, samples: Sequence[tuple[str, bytes]], *, description: str | None = None
+    ) -> VoiceInfo: ...
+
+    async def delete_voice(self, voice_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class AudioStreamEvent:
+    """What ``process_audio_stream`` yields: speech started, or one finished utterance with its transcript."""
+
+    kind: Literal["speech_start", "utterance"]
+    at_seconds: float
+    start_seconds: float
+    transcript: Transcript | None = None
+    audio: bytes = b""
+    end_seconds: float | None = None
+
+
+@dataclass
+class _CachedVoices:
+    expires: float
+    voices: list[VoiceInfo]
+
+
+# Per container: live voice lists are slow to fetch and change rarely.
+_VOICE_CACHE: dict[tuple[str, str], _CachedVoices] = {}
+
+
+def clear_voice_cache() -> None:
+    _VOICE_CACHE.clear()
+
+
+@dataclass
+class VoiceService:
+    """All voice operations. Providers are injected (``build_voice_service`` picks them from settings)."""
+
+    stt_providers: Mapping[str, STTProvider] = field(default_factory=dict)
+    tts_providers: Mapping[str, TTSProvider] = field(default_factory=dict)
+    # Builders for the offline engines, created on first use (PocketSphinx loads a 40 MB model).
+    offline_stt_factory: Callable[[], STTProvider] | None = None
+    offline_tts_factory: Callable[[], TTSProvider] | None = None
+    offline_fallback: bool = True
+    session: Session | None = None
+    account_id: str | None = None
+    max_audio_seconds: float = 300.0
+    max_tts_chars: int = 5000
+    voice_cache_ttl: float = 600.0
+    cache_namespace: str = "platform"  # account keys see their own voice lists
+    default_offline_voice: str = "en-us+klatt2"
+    last_tts_provider: str | None = field(default=None, init=False)
+    _offline_stt: STTProvider | None = field(default=None, init=False, repr=False)
+    _offline_tts: TTSProvider | None = field(default=None, init=False, repr=False)
+
+    # ------------------------------------------------------------------ provider choice
+
+    def _offline_stt_provider(self) -> STTProvider:
+        if self._offline_stt is None:
+            if self.offline_stt_factory is None:
+                raise NotAvailableError("no offline speech-to-text engine is configured")
+            self._offline_stt = self.offline_stt_factory()
+        return self._offline_stt
+
+    def _offline_tts_provider(self) -> TTSProvider:
+        if self._offline_tts is None:
+            if self.offline_tts_factory is None:
+                raise NotAvailableError("no offline text-to-speech engine is configured")
+            self._offline_tts = self.offline_tts_factory()
+        return self._offline_tts
+
+    def stt_provider(self, requested: str | None) -> STTProvider:
+        """The requested STT provider when configured; else the offline engine (if allowed)."""
+        if requested and requested in self.stt_providers:
+            return self.stt_providers[requested]
+        if requested == OFFLINE_STT or (not requested and not self.stt_providers):
+            return self._offline_stt_provider()
+        if not requested:
+            return next(iter(self.stt_providers.values()))
+        if self.offline_fallback:
+            return self._offline_stt_provider()
+        raise NotAvailableError(f"speech-to-text provider '{requested}' is not configured (no API key)")
+
+    def tts_provider(self, requested: str | None, *, strict: bool = False) -> TTSProvider:
+        """The requested TTS provider when configured; else the offline engine (if allowed and not ``strict``)."""
+        if requested and requested in self.tts_providers:
+            return self.tts_providers[requested]
+        if requested == OFFLINE_TTS or (not requested and not self.tts_providers):
+            return self._offline_tts_provider()
+        if not requested:
+            return next(iter(self.tts_providers.values()))
+        if self.offline_fallback and not strict:
+            return self._offline_tts_provider()
+        raise NotAvailableError(f"text-to-speech provider '{requested}' is not configured (no API key)")
+
+    def available_providers(self) -> dict[str, list[str]]:
+        stt = list(self.stt_providers)
+        tts = list(self.tts_providers)
+        if self.offline_stt_factory is not None and OFFLINE_STT not in stt:
+            stt.append(OFFLINE_STT)
+        if self.offline_tts_factory is not None and OFFLINE_TTS not in tts:
+            tts.append(OFFLINE_TTS)
+        return {"stt": stt, "tts": tts}
+
+    # ------------------------------------------------------------------ speech to text
+
+    def check_audio(self, pcm16: bytes, sample_rate: int) -> float:
+        from airies.audio.codecs import SUPPORTED_RATES, duration_seconds  # numpy: lazily, off the API cold start
+
+        if not pcm16:
+            raise BadRequestError("audio is empty", code="empty_audio")
+        if len(pcm16) % 2:
+            raise BadRequestError("PCM16 audio has an odd number of bytes (truncated)", code="invalid_audio")
+        if sample_rate not in SUPPORTED_RATES:
+            raise BadRequestError(f"unsupported sample rate {sample_rate} Hz", code="invalid_audio")
+        seconds = duration_seconds(pcm16, sample_rate)
+        if seconds > self.max_audio_seconds:
+            raise PayloadTooLargeError(
+                f"audio is {seconds:.1f} s long; the limit is {self.max_audio_seconds:.0f} s",
+                details={"duration_seconds": round(seconds, 3), "max_seconds": self.max_audio_seconds},
+            )
+        return seconds
+
+    async def speech_to_text(
+        self,
+        pcm16: bytes,
+        sample_rate: int,
+        *,
+        transcriber: Any = None,
+        expected_phrases: Sequence[str] = (),
+    ) -> Transcript:
+        """Transcribe one utterance. ``transcriber`` is a TranscriberConfig, a dict with the same keys, or None."""
+        self.check_audio(pcm16, sample_rate)
+        provider = self.stt_provider(_get(transcriber, "provider"))
+        model = _get(transcriber, "model")
+        if provider.name != _get(transcriber, "provider"):
+            model = None  # a model name belongs to the provider that was asked for
+        options = STTOptions(
+            model=model,
+            language=_get(transcriber, "language", "en") or "en",
+            keywords=tuple(_get(transcriber, "keywords", ()) or ()),
+            expected_phrases=tuple(p for p in expected_phrases if p and p.strip()),
+        )
+        return await provider.transcribe(pcm16, sample_rate, options)
+
+    # ------------------------------------------------------------------ text to speech
+
+    def _tts_attempts(
+        self, voice: Any, output_format: str, strict: bool = False
+    ) -> list[tuple[TTSProvider, TTSOptions]]:
+        primary = (_get(voice, "provider"), _get(voice, "voice_id"))
+        fallbacks = [(_get(fb, "provider"), _get(fb, "voice_id")) for fb in (_get(voice, "fallback_voices") or [])]
+        if strict:
+            fallbacks = []
+        attempts: list[tuple[TTSProvider, TTSOptions]] = []
+        seen: set[tuple[str, str]] = set()
+        for index, (provider_name, voice_id) in enumerate([primary, *fallbacks]):
+            try:
+                provider = self.tts_provider(provider_name, strict=strict)
+            except NotAvailableError:
+                if index == 0 and not fallbacks:
+                    raise
+                continue
+            if provider.name != provider_name or not voice_id:
+                voice_id = self.default_offline_voice if provider.name == OFFLINE_TTS else voice_id
+            if not voice_id:
+                raise ValidationFailedError(
+                    "voice_id is required", details=[{"field": "voice.voice_id", "code": "missing", "message": ""}]
+                )
+            if (provider.name, voice_id) in seen:
+                continue
+            seen.add((provider.name, voice_id))
+            same_provider = provider.name == provider_name
+            options = TTSOptions(
+                voice_id=voice_id,
+                model=_get(voice, "model") if index == 0 and same_provider else None,
+                output_format=output_format,
+                speed=float(_get(voice, "speed", 1.0) or 1.0),
+                stability=float(_get(voice, "stability", 0.5)),
+                similarity_boost=float(_get(voice, "similarity_boost", 0.75)),
+                style=float(_get(voice, "style", 0.0)),
+            )
+            attempts.append((provider, options))
+        if not attempts:
+            raise NotAvailableError("no text-to-speech provider is configured for this voice or its fallbacks")
+        return attempts
+
+    async def text_to_speech(
+        self, text: str, *, voice: Any = None, output_format: str = "pcm_16000", strict: bool = False
+    ) -> AsyncIterator[bytes]:
+        """Stream audio chunks in ``output_format`` as the provider produces them.
+
+        Long text is split at sentence boundaries into several provider requests. If the primary voice
+        fails before any audio was produced, the voice's ``fallback_voices`` are tried in order.
+        ``strict`` (voice previews) uses exactly the given provider and voice: no fallbacks at all.
+        """
+        text = (text or "").strip()
+        if not text:
+            raise BadRequestError("text is empty", code="empty_text")
+        parse_output_format(output_format)
+        attempts = self._tts_attempts(voice, output_format, strict)
+        requests = split_for_tts(text, self.max_tts_chars)
+        produced = False
+        last_error: Exception | None = None
+        for provider, options in attempts:
+            try:
+                for piece in requests:
+                    async for chunk in provider.synthesize(piece, options):
+                        if chunk:
+                            produced = True
+                            self.last_tts_provider = provider.name
+                            yield chunk
+                return
+            except (ProviderError, NotAvailableError) as exc:
+                if produced:
+                    raise  # audio already went out: switching voices mid-utterance would be worse
+                last_error = exc
+        assert last_error is not None
+        raise last_error
+
+    async def synthesize_all(
+        self, text: str, *, voice: Any = None, output_format: str = "pcm_16000", strict: bool = False
+    ) -> bytes:
+        stream = self.text_to_speech(text, voice=voice, output_format=output_format, strict=strict)
+        return b"".join([chunk async for chunk in stream])
+
+    # ------------------------------------------------------------------ voices
+
+    async def get_available_voices(self, provider: str | None = None) -> dict[str, dict[str, Any]]:
+        """Voices per TTS provider: live lists (cached per container) plus the account's own voices."""
+        from airies.services import catalog
+
+        names = list(self.available_providers()["tts"])
+        if provider is not None:
+            if provider not in catalog.tts_providers():
+                raise NotFoundError("TTS provider", provider)
+            names = [provider]
+        result: dict[str, dict[str, Any]] = {}
+        for name in names:
+            entry: dict[str, Any] = {"provider": name, "configured": name in self.available_providers()["tts"]}
+            voices: list[VoiceInfo] = []
+            if entry["configured"]:
+                try:
+                    voices = await self._live_voices(name)
+                    entry["source"] = "live"
+                except (ProviderError, NotAvailableError) as exc:
+                    entry["source"] = "catalog"
+                    entry["error"] = exc.to_dict()["error"]
+            if not voices:
+                entry.setdefault("source", "catalog")
+                voices = [
+                    VoiceInfo(voice_id=v["voice_id"], name=v["name"], provider=name)
+                    for v in catalog.tts_providers().get(name, {}).get("voices", [])
+                ]
+            own = self._account_voices(name)
+            known = {v.voice_id for v in voices}
+            voices = voices + [v for v in own if v.voice_id not in known]
+            entry["voices"] = voices
+            result[name] = entry
+        return result
+
+    async def check_voice(self, provider: str, voice_id: str) -> None:
+        """404 unless ``voice_id`` is a voice of ``provider`` this account may use (built-in, live or its own)."""
+        from airies.services import catalog
+
+        if provider not in catalog.tts_providers():
+            raise NotFoundError("TTS provider", provider)
+        self.tts_provider(provider, strict=True)  # 501 when the provider is not configured
+        if provider == OFFLINE_TTS:
+            return  # eSpeak NG checks its own voice list (and accepts "+variant" suffixes)
+        entry = (await self.get_available_voices(provider))[provider]
+        if voice_id not in {v.voice_id for v in entry["voices"]}:
+            raise NotFoundError("voice", voice_id)
+
+    async def _live_voices(self, name: str) -> list[VoiceInfo]:
+        key = (name, self.cache_namespace)
+        cached = _VOICE_CACHE.get(key)
+        now = time.monotonic()
+        if cached and cached.expires > now:
+            return cached.voices
+        provider = self.tts_provider(name)
+        voices = await provider.list_voices()
+        # Cloned voices of other accounts may come back on a shared platform key: only show built-ins.
+        voices = [v for v in voices if not v.custom]
+        _VOICE_CACHE[key] = _CachedVoices(expires=now + self.voice_cache_ttl, voices=voices)
+        return voices
+
+    def _account_voices(self, provider: str) -> list[VoiceInfo]:
+        if self.session is None or self.account_id is None:
+            return []
+        return [
+            VoiceInfo(voice_id=row.voice_id, name=row.name, provider=row.provider, language=row.language, custom=True)
+            for row in self.list_account_voices(provider)
+        ]
+
+    def list_account_voices(self, provider: str | None = None) -> list[Voice]:
+        from sqlalchemy import select
+
+        from airies.db.models.voice import Voice
+
+        session, account_id = self._require_account()
+        query = select(Voice).where(Voice.account_id == account_id, Voice.deleted_at.is_(None))
+        if provider:
+            query = query.where(Voice.provider == provider)
+        return list(session.scalars(query.order_by(Voice.created_at, Voice.id)))
+
+    def _require_account(self) -> tuple[Session, str]:
+        if self.session is None or self.account_id is None:
+            raise NotAvailableError("voice ownership needs a database session and an account")
+        return self.session, self.account_id
+
+    async def clone_voice(
+        self,
+        name: str,
+        samples: Sequence[tuple[str, bytes]],
+        *,
+        provider: str = "elevenlabs",
+        description: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Voice:
+        """Instant voice cloning: the provider creates the voice; it is recorded as the account's own."""
+        from airies.db.ids import new_id
+        from airies.db.models.voice import Voice
+
+        session, account_id = self._require_account()
+        name = (name or "").strip()
+        if not name or len(name) > 200:
+            raise ValidationFailedError(
+                "name is required", details=[{"field": "name", "code": "invalid", "message": "1-200 characters"}]
+            )
+        if not samples:
+            raise BadRequestError("at least one audio sample is required", code="empty_audio")
+        if len(samples) > MAX_CLONE_SAMPLES:
+            raise BadRequestError(f"at most {MAX_CLONE_SAMPLES} samples", code="too_many_samples")
+        for filename, data in samples:
+            if not data:
+                raise BadRequestError(f"sample '{filename}' is empty", code="empty_audio")
+            if len(data) > MAX_CLONE_SAMPLE_BYTES:
+                raise PayloadTooLargeError(f"sample '{filename}' exceeds {MAX_CLONE_SAMPLE_BYTES} bytes")
+            _check_sample(filename, data)
+        tts = self.tts_providers.get(provider)
+        if tts is None or not callable(getattr(tts, "clone_voice", None)):
+            raise NotAvailableError(f"voice cloning is not available on '{provider}' (needs a configured API key)")
+        info = await tts.clone_voice(name, samples, description=description)  # type: ignore[attr-defined]
+        row = Voice(
+            id=new_id("voi"),
+            account_id=account_id,
+            provider=provider,
+            voice_id=info.voice_id,
+            name=name,
+            description=description,
+            language=info.language,
+            kind="cloned",
+            sample_count=len(samples),
+            sample_bytes=sum(len(d) for _, d in samples),
+            labels=dict(labels or {}),
+        )
+        session.add(row)
+        session.flush()
+        return row
+
+    def get_account_voice(self, voice_id: str) -> Voice:
+        from sqlalchemy import or_, select
+
+        from airies.db.models.voice import Voice
+
+        session, account_id = self._require_account()
+        row = session.scalars(
+            select(Voice).where(
+                Voice.account_id == account_id,
+                Voice.deleted_at.is_(None),
+                or_(Voice.id == voice_id, Voice.voice_id == voice_id),
+            )
+        ).first()
+        if row is None:
+            raise NotFoundError("voice", voice_id)
+        return row
+
+    async def delete_voice(self, voice_id: str) -> None:
+        """Delete an account's voice at the provider and here. A foreign or unknown id is a 404."""
+        row = self.get_account_voice(voice_id)
+        tts = self.tts_providers.get(row.provider)
+        deleter = getattr(tts, "delete_voice", None)
+        if deleter is not None:
+            try:
+                await deleter(row.voice_id)
+            except ProviderError as exc:
+                if exc.upstream_status != 404:  # already gone upstream: still forget it here
+                    raise
+        session, _ = self._require_account()
+        session.delete(row)
+        session.flush()
+
+    # ------------------------------------------------------------------ audio
+
+    def enhance_audio_quality(self, pcm16: bytes, sample_rate: int) -> bytes:
+        from airies.audio.codecs import AudioFormatError
+        from airies.audio.enhance import enhance_audio_quality
+
+        try:
+            return enhance_audio_quality(pcm16, sample_rate)
+        except AudioFormatError as exc:
+            raise BadRequestError(str(exc), code="invalid_audio") from exc
+
+    async def process_audio_stream(
+        self,
+        chunks: AsyncIterable[bytes],
+        sample_rate: int = 16000,
+        *,
+        transcriber: Any = None,
+        expected_phrases: Sequence[str] = (),
+        silence_ms: int = 500,
+        enhance: bool = True,
+        min_utterance_ms: int = 200,
+    ) -> AsyncIterator[AudioStreamEvent]:
+        """Caller audio in (PCM16 chunks), events out: ``speech_start``, then ``utterance`` with a transcript
+        after ``silence_ms`` of trailing silence. Utterances shorter than ``min_utterance_ms`` are dropped."""
+        from airies.audio.vad import EndOfUtteranceDetector
+
+        detector = EndOfUtteranceDetector(sample_rate=sample_rate, silence_ms=silence_ms)
+
+        async def handle(events: list[Any]) -> AsyncIterator[AudioStreamEvent]:
+            for event in events:
+                if event.kind == "speech_start":
+                    yield AudioStreamEvent("speech_start", event.at_seconds, event.start_seconds)
+                    continue
+                if event.duration_seconds * 1000 < min_utterance_ms:
+                    continue
+                audio = self.enhance_audio_quality(event.audio, sample_rate) if enhance else event.audio
+                transcript = await self.speech_to_text(
+                    audio, sample_rate, transcriber=transcriber, expected_phrases=expected_phrases
+                )
+                yield AudioStreamEvent(
+                    "utterance",
+                    event.at_seconds,
+                    event.start_seconds,
+                    transcript=transcript,
+                    audio=event.audio,
+                    end_seconds=event.end_seconds,
+                )
+
+        async for chunk in chunks:
+            async for out in handle(detector.feed(chunk)):
+                yield out
+            await asyncio.sleep(0)
+        async for out in handle(detector.flush()):
+            yield out
+
+
+def _check_sample(filename: str, data: bytes) -> None:
+    from airies.audio.codecs import AudioFormatError, read_wav, sniff_format
+
+    kind = sniff_format(data)
+    if kind == "unknown":
+        raise BadRequestError(
+            f"sample '{filename}' is not a recognised audio file (wav, mp3, ogg, flac, webm)", code="invalid_audio"
+        )
+    if kind == "wav":
+        try:
+            read_wav(data)
+        except AudioFormatError as exc:
+            raise BadRequestError(f"sample '{filename}': {exc}", code="invalid_audio") from exc
+
+
+# ---------------------------------------------------------------------- factory
+
+
+def platform_key(settings: Settings, provider: str) -> str | None:
+    """The platform's key for a provider: Settings first, then the secrets helper (when it exists)."""
+    attr = {
+        "deepgram": "deepgram_api_key",
+        "elevenlabs": "elevenlabs_api_key",
+        "whisper": "whisper_api_key",
+        "azure": "azure_speech_key",
+    }[provider]
+    value = getattr(settings, attr, None)
+    if not value and provider == "whisper":
+        value = getattr(settings, "openai_api_key", None)
+    if value:
+        return str(value.get_secret_value() if hasattr(value, "get_secret_value") else value)
+    try:
+        from airies.services.secrets import get_platform_secret
+    except ImportError:
+        return None
+    # Secret names follow the Settings fields (AIRIES_<NAME> locally; SSM/Secrets Manager entries on AWS).
+    names = {"whisper": ("whisper_api_key", "openai_api_key")}.get(provider, (attr,))
+    for name in names:
+        try:
+            secret = get_platform_secret(name, settings)
+        except Exception:  # an unreachable secret store means "not configured" here, not a failed request
+            secret = None
+        if secret:
+            return str(secret)
+    return None
+
+
+def account_key(
+    session: Session | None, account_id: str | None, provider: str, settings: Settings | None = None
+) -> str | None:
+    if session is None or account_id is None:
+        return None
+    try:
+        from airies.services.provider_keys import get_account_provider_key
+    except ImportError:
+        return None
+    names = {"whisper": ("whisper", "openai"), "azure": ("azure", "azure_speech")}.get(provider, (provider,))
+    for name in names:
+        try:
+            key = get_account_provider_key(session, account_id, name, settings)
+        except Exception:  # no stored key / unknown provider name / undecryptable
+            key = None
+        if key:
+            return str(key)
+    return None
+
+
+# Provider instances per container, keyed by their construction arguments: SDK clients, the PocketSphinx
+# decoder and its domain models are reused across invocations. Bounded: accounts' own keys add entries.
+_PROVIDERS: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+MAX_CACHED_PROVIDERS = 64
+
+
+def _cached(cls: Any, *args: Any, **kwargs: Any) -> Any:
+    key = (cls, args, tuple(sorted(kwargs.items())))
+    provider = _PROVIDERS.get(key)
+    if provider is None:
+        provider = _PROVIDERS[key] = cls(*args, **kwargs)
+        while len(_PROVIDERS) > MAX_CACHED_PROVIDERS:
+            _PROVIDERS.popitem(last=False)
+    else:
+        _PROVIDERS.move_to_end(key)
+    return provider
+
+
+def build_voice_service(
+    settings: Settings,
+    database: Database | None = None,
+    account_id: str | None = None,
+    *,
+    session: Session | None = None,
+) -> VoiceService:
+    """Pick providers from the configured keys (account keys override platform keys).
+
+    ``session`` (or ``database``, opened for the key lookup only) enables account keys and cloned voices.
+    """
+    if session is None and database is not None and account_id is not None:
+        with database.session() as lookup:
+            keys = {p: account_key(lookup, account_id, p, settings) for p in VENDORS}
+    else:
+        keys = {p: account_key(session, account_id, p, settings) for p in VENDORS}
+    uses_account_key = any(keys.values())
+    for provider in keys:
+        keys[provider] = keys[provider] or platform_key(settings, provider)
+
+    timeout = settings.voice_provider_timeout_seconds
+    stt: dict[str, STTProvider] = {}
+    tts: dict[str, TTSProvider] = {}
+    if keys["deepgram"]:
+        from airies.providers.stt.deepgram import DeepgramSTT
+
+        stt["deepgram"] = _cached(DeepgramSTT, keys["deepgram"], base_url=settings.deepgram_base_url, timeout=timeout)
+    if keys["whisper"]:
+        from airies.providers.stt.whisper import WhisperSTT
+
+        base = settings.whisper_base_url or getattr(settings, "openai_base_url", None)
+        stt["whisper"] = _cached(WhisperSTT, keys["whisper"], base_url=base, timeout=timeout)
+    if keys["elevenlabs"]:
+        from airies.providers.tts.elevenlabs import ElevenLabsTTS
+
+        tts["elevenlabs"] = _cached(
+            ElevenLabsTTS, keys["elevenlabs"], base_url=settings.elevenlabs_base_url, timeout=timeout
+        )
+    if keys["azure"]:
+        from airies.providers.tts.azure import AzureTTS
+
+        tts["azure"] = _cached(
+            AzureTTS,
+            keys["azure"],
+            region=settings.azure_speech_region,
+            base_url=settings.azure_speech_base_url,
+            timeout=timeout,
+        )
+
+    def offline_stt() -> STTProvider:
+        from airies.providers.stt.pocketsphinx import PocketSphinxSTT
+
+        return _cached(PocketSphinxSTT)
+
+    def offline_tts() -> TTSProvider:
+        from airies.providers.tts.espeak import EspeakTTS
+
+        return _cached(EspeakTTS, binary=settings.espeak_binary)
+
+    return VoiceService(
+        stt_providers=stt,
+        tts_providers=tts,
+        offline_stt_factory=offline_stt,
+        offline_tts_factory=offline_tts,
+        offline_fallback=settings.voice_offline_fallback,
+        session=session,
+        account_id=account_id,
+        max_audio_seconds=float(settings.max_transcription_seconds),
+        max_tts_chars=settings.max_tts_chars,
+        voice_cache_ttl=float(settings.voice_cache_ttl_seconds),
+        cache_namespace=f"account:{account_id}" if uses_account_key and account_id else "platform",
+        default_offline_voice=settings.espeak_default_voice,
+    )
+
+
+def replace_voice(voice: Any, **changes: Any) -> Any:
+    """Copy a voice config (pydantic model, dataclass or dict) with some fields changed."""
+    if isinstance(voice, Mapping):
+        return {**voice, **changes}
+    if hasattr(voice, "model_copy"):
+        return voice.model_copy(update=changes)
+    return replace(voice, **changes)
+
+
+def expected_phrases_for_agent(config: Any) -> tuple[str, ...]:
+    """Domain text for the offline recogniser from an agent config: what the caller is likely to say
+    (keywords, end-call and interruption phrases) and the words of the conversation (first message, prompt)."""
+    phrases: list[str] = []
+    phrases += list(_get(_get(config, "metadata"), "expected_phrases", None) or [])
+    phrases += list(_get(_get(config, "transcriber"), "keywords", None) or [])
+    phrases += list(_get(config, "end_call_phrases", None) or [])
+    interruption = _get(config, "interruption")
+    phrases += list(_get(interruption, "acknowledgement_phrases", None) or [])
+    phrases += list(_get(interruption, "interruption_phrases", None) or [])
+    for text in (_get(config, "first_message"), _get(config, "system_prompt")):
+        if text:
+            phrases += split_sentences(str(text))[:200]
+    seen: set[str] = set()
+    return tuple(p for p in phrases if p and not (p in seen or seen.add(p)))
+
+
+# ---------------------------------------------------------------------- key validators and status rows
+
+
+async def _validate_deepgram(api_key: str, settings: Settings) -> bool:
+    """A key is good when Deepgram lists the projects it can see."""
+
+    base = (settings.deepgram_base_url or "https://api.deepgram.com").rstrip("/")
+    return await _probe("deepgram", f"{base}/v1/projects", {"Authorization": f"Token {api_key}"}, settings)
+
+
+async def _validate_elevenlabs(api_key: str, settings: Settings) -> bool:
+    base = (settings.elevenlabs_base_url or "https://api.elevenlabs.io").rstrip("/")
+    return await _probe("elevenlabs", f"{base}/v1/user", {"xi-api-key": api_key}, settings)
+
+
+async def _validate_azure(api_key: str, settings: Settings) -> bool:
+    base = (
+        settings.azure_speech_base_url or f"https://{settings.azure_speech_region}.tts.speech.microsoft.com"
+    ).rstrip("/")
+    return await _probe(
+        "azure", f"{base}/cognitiveservices/voices/list", {"Ocp-Apim-Subscription-Key": api_key}, settings
+    )
+
+
+async def _probe(provider: str, url: str, headers: dict[str, str], settings: Settings) -> bool:
+    import httpx
+
+    from airies.providers.errors import http_provider_error, transport_error
+
+    try:
+        async with httpx.AsyncClient(timeout=settings.voice_provider_timeout_seconds) as client:
+            response = await client.get(url, headers=headers)
+    except httpx.HTTPError as exc:
+        raise transport_error(provider, exc) from exc
+    if response.status_code in (401, 403):
+        return False
+    if response.status_code >= 400:
+        raise http_provider_error(provider, response.status_code, response.text, dict(response.headers))
+    return True
+
+
+def voice_provider_status(settings: Settings) -> list[dict[str, Any]]:
+    rows = []
+    for provider, kind in (("deepgram", "stt"), ("whisper", "stt"), ("elevenlabs", "tts"), ("azure", "tts")):
+        configured = bool(platform_key(settings, provider))
+        rows.append(
+            {
+                "provider": provider,
+                "kind": kind,
+                "configured": configured,
+                "status": "configured" if configured else "not_configured",
+            }
+        )
+    rows.append({"provider": OFFLINE_STT, "kind": "stt", "configured": True, "status": "offline"})
+    rows.append({"provider": OFFLINE_TTS, "kind": "tts", "configured": True, "status": "offline"})
+    return rows
+
+
+def _register() -> None:
+    try:
+        from airies.services import provider_keys
+    except ImportError:  # the LLM capability's key registry is not installed
+        return
+    provider_keys.register_key_validator("deepgram", _validate_deepgram, kind="stt")
+    provider_keys.register_key_validator("elevenlabs", _validate_elevenlabs, kind="tts")
+    provider_keys.register_key_validator("azure", _validate_azure, kind="speech")
+    provider_keys.register_provider_status("voice", voice_provider_status)
+
+
+_register()

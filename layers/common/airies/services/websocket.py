@@ -1,0 +1,632 @@
+"""The WebSocket edge: API Gateway events in, ``post_to_connection`` frames out.
+
+``$connect`` checks the conversation token and opens the live session; ``$default`` (one invocation per frame,
+concurrently) buffers audio, detects the end of an utterance, runs the turn and handles barge-in; ``$disconnect``
+forgets the connection. A 410 Gone on a post drops that one connection; the conversation and its other
+connections carry on. The sweeper (scheduled) calls :meth:`WebSocketService.sweep` for timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from airies.config import Settings
+from airies.db.engine import Database
+from airies.db.ids import new_id
+from airies.db.models.base import utcnow
+from airies.db.models.conversations import Conversation
+from airies.errors import AiriesError, UnauthorizedError
+from airies.schemas import ws_protocol as wp
+from airies.schemas.agents import AgentConfig, FirstMessageMode
+from airies.services.conversations import (
+    ConversationService,
+    ConversationTokens,
+    CreditGate,
+    UsageSink,
+    billing_credit_gate,
+    billing_usage_sink,
+    build_engines,
+    token_secret,
+)
+from airies.services.sessions import ENDED, LISTENING, SPEAKING, THINKING, LiveSession, SessionEnded, SessionStore
+from airies.services.turns import TurnEngines, TurnInput, TurnResult, TurnRunner, chunk_activity
+
+log = logging.getLogger(__name__)
+# Off-critical-path work of one invocation (buffer writes, the audio read that overlaps claiming the turn).
+_background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="voice-io")
+
+MIN_SPEECH_MS = 150  # less voiced audio than this is a cough or a click, not an utterance
+OUT_OF_CREDIT_MESSAGE = "I'm sorry, this account has run out of credits, so I have to end the call now. Goodbye."
+EngineFactory = Callable[[Session, str, AgentConfig], TurnEngines]
+
+
+class Poster(Protocol):
+    def post(self, connection_id: str, data: bytes) -> bool:
+        """Deliver a frame; False when the connection is gone (410)."""
+        ...
+
+    def close(self, connection_id: str) -> None: ...
+
+
+class ApiGatewayPoster:
+    """``post_to_connection`` through the API Gateway Management API (locally: the gateway's stand-in)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.posts = 0
+
+    def post(self, connection_id: str, data: bytes) -> bool:
+        self.posts += 1
+        try:
+            self.client.post_to_connection(ConnectionId=connection_id, Data=data)
+        except self.client.exceptions.GoneException:
+            return False
+        return True
+
+    def close(self, connection_id: str) -> None:
+        try:
+            self.client.delete_connection(ConnectionId=connection_id)
+        except self.client.exceptions.GoneException:
+            pass
+
+
+_management_clients: dict[str, Any] = {}
+
+
+def management_poster(settings: Settings, endpoint: str) -> ApiGatewayPoster:
+    """One client per endpoint per container (building a boto3 client costs ~100 ms)."""
+    if endpoint not in _management_clients:
+        import boto3
+        from botocore.config import Config
+
+        _management_clients[endpoint] = boto3.client(
+            "apigatewaymanagementapi",
+            endpoint_url=endpoint,
+            region_name=settings.aws_region,
+            config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2}),
+        )
+    return ApiGatewayPoster(_management_clients[endpoint])
+
+
+def endpoint_from_event(settings: Settings, event: dict[str, Any]) -> str:
+    if settings.ws_management_url:
+        return settings.ws_management_url
+    if not settings.on_aws:  # the local gateway serves the management API next to the HTTP API
+        return f"{settings.public_api_url.rstrip('/')}/ws-management"
+    ctx = event.get("requestContext", {})
+    return f"https://{ctx.get('domainName')}/{ctx.get('stage')}"
+
+
+@dataclass
+class Frame:
+    """A parsed ``$default`` event."""
+
+    connection_id: str
+    conversation_id: str
+    account_id: str
+    endpoint: str
+    received_at: float
+
+
+class SocketSink:
+    """TurnSink that broadcasts to the conversation's connections and asks DynamoDB before every post."""
+
+    def __init__(
+        self, service: WebSocketService, poster: Poster, conversation_id: str, turn_id: str, connections: set[str]
+    ) -> None:
+        self.service = service
+        self.poster = poster
+        self.conversation_id = conversation_id
+        self.turn_id = turn_id
+        self.connections = set(connections)
+        self.speaking = False
+
+    async def send(self, message: dict[str, Any]) -> bool:
+        if message.get("type") == "audio" and not self.speaking:
+            self.speaking = True
+        delivered = await asyncio.to_thread(self._broadcast, message)
+        return delivered > 0
+
+    def _broadcast(self, message: dict[str, Any]) -> int:
+        data = wp.encode(message)
+        delivered = 0
+        for connection_id in sorted(self.connections):
+            if self.poster.post(connection_id, data):
+                delivered += 1
+            else:
+                self.connections.discard(connection_id)
+                self.service.store.drop_connection(connection_id, self.conversation_id)
+        return delivered
+
+    async def cancelled(self) -> tuple[bool, int | None]:
+        return await asyncio.to_thread(self.service.store.turn_status, self.conversation_id, self.turn_id)
+
+
+class WebSocketService:
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        store: SessionStore,
+        *,
+        poster_factory: Callable[[str], Poster] | None = None,
+        engines: EngineFactory | None = None,
+        usage_sink: Callable[[Session], UsageSink | None] | None = None,
+        credit_gate: Callable[[Session], CreditGate | None] | None = None,
+        recorder: Any = None,
+        tokens: ConversationTokens | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.store = store
+        self.poster_factory = poster_factory or (lambda endpoint: management_poster(settings, endpoint))
+        self.engines = engines or (
+            lambda session, account_id, config: build_engines(settings, session, account_id, config, database)
+        )
+        self.usage_sink = usage_sink or (lambda session: billing_usage_sink(settings, session))
+        self.credit_gate = credit_gate or (lambda session: billing_credit_gate(settings, session))
+        self.recorder = recorder
+        self.tokens = tokens or ConversationTokens(token_secret(settings), ttl_seconds=settings.ws_token_ttl_seconds)
+        self.clock = clock
+        # connection -> conversation never changes for a connection's life: warm containers skip the lookup.
+        self._connections: dict[str, dict[str, str]] = {}
+        # Per conversation, the live state this container saw last (a hint only: decisions are conditional writes).
+        self._vad_hints: dict[str, LiveSession] = {}
+        self._configs: dict[str, AgentConfig] = {}
+
+    def _remember_vad(self, conversation_id: str, session: LiveSession) -> None:
+        if len(self._vad_hints) > 10_000:
+            self._vad_hints.pop(next(iter(self._vad_hints)))
+        self._vad_hints[conversation_id] = session
+
+    def _config(self, session: LiveSession) -> AgentConfig:
+        """The conversation's agent config (a published version: immutable), parsed once per container."""
+        config = self._configs.get(session.conversation_id)
+        if config is None:
+            if len(self._configs) > 10_000:
+                self._configs.pop(next(iter(self._configs)))
+            config = self._configs[session.conversation_id] = AgentConfig.model_validate(session.config)
+        return config
+
+    def _remember(self, connection_id: str, known: dict[str, str]) -> None:
+        if len(self._connections) > 10_000:
+            self._connections.pop(next(iter(self._connections)))
+        self._connections[connection_id] = known
+
+    def conversations(self, session: Session) -> ConversationService:
+        return ConversationService(
+            session,
+            self.settings,
+            usage_sink=self.usage_sink(session),
+            credit_gate=self.credit_gate(session),
+            tokens=self.tokens,
+            recorder=self.recorder,
+        )
+
+    # -- $connect / $disconnect ------------------------------------------------------------------------------------
+    def handle_connection(self, event: dict[str, Any]) -> dict[str, Any]:
+        ctx = event.get("requestContext", {})
+        connection_id = ctx.get("connectionId", "")
+        if ctx.get("eventType") == "DISCONNECT" or ctx.get("routeKey") == "$disconnect":
+            self._connections.pop(connection_id, None)
+            known = self.store.connection(connection_id)
+            self.store.drop_connection(connection_id, known["conversation_id"] if known else None)
+            return {"statusCode": 200}
+        params = event.get("queryStringParameters") or {}
+        try:
+            claims = self.tokens.verify(params.get("token"), params.get("conversation_id"))
+        except UnauthorizedError as exc:
+            return {"statusCode": 401, "body": wp.encode(wp.error(exc.code, exc.message)).decode()}
+        conversation_id, account_id = claims["c"], claims["a"]
+        with self.database.session() as session:
+            conversation = session.scalar(
+                select(Conversation).where(Conversation.id == conversation_id, Conversation.account_id == account_id)
+            )
+            if conversation is None:
+                return {
+                    "statusCode": 403,
+                    "body": wp.encode(wp.error("invalid_token", "unknown conversation")).decode(),
+                }
+            if conversation.status == "ended":
+                return {
+                    "statusCode": 410,
+                    "body": wp.encode(wp.error("conversation_ended", "conversation has ended")).decode(),
+                }
+            service = self.conversations(session)
+            config = service.config_for(conversation)
+            try:
+                self.store.open_session(
+                    conversation_id,
+                    account_id=account_id,
+                    agent_id=conversation.agent_id,
+                    agent_version=conversation.agent_version,
+                    config=config.model_dump(mode="json"),
+                    connection_id=connection_id,
+                    endpoint=endpoint_from_event(self.settings, event),
+                )
+            except SessionEnded:
+                return {
+                    "statusCode": 410,
+                    "body": wp.encode(wp.error("conversation_ended", "conversation has ended")).decode(),
+                }
+            service.mark_active(conversation)
+        return {"statusCode": 200}
+
+    # -- $default ------------------------------------------------------------------------------------------------
+    def handle_message(self, event: dict[str, Any]) -> dict[str, Any]:
+        ctx = event.get("requestContext", {})
+        connection_id = ctx.get("connectionId", "")
+        endpoint = endpoint_from_event(self.settings, event)
+        poster = self.poster_factory(endpoint)
+        known = self._connections.get(connection_id) or self.store.connection(connection_id)
+        if known is not None:
+            self._remember(connection_id, known)
+        if known is None:
+            poster.post(
+                connection_id, wp.encode(wp.error("conversation_ended", "this connection has no live conversation"))
+            )
+            poster.close(connection_id)
+            return {"statusCode": 200}
+        frame_ctx = Frame(connection_id, known["conversation_id"], known["account_id"], endpoint, time.perf_counter())
+        body = event.get("body")
+        if event.get("isBase64Encoded") and body:
+            import base64
+
+            body = base64.b64decode(body)
+        try:
+            message = wp.parse_client_frame(body)
+            if not isinstance(message, wp.AudioFrame) and not self.store.allow_control_frame(
+                frame_ctx.conversation_id, self.settings.ws_control_frames_per_second
+            ):
+                raise wp.ProtocolError("rate_limited", "too many control frames; slow down")
+            self._dispatch(frame_ctx, poster, message)
+        except wp.ProtocolError as exc:
+            poster.post(connection_id, wp.encode(wp.error(exc.code, exc.message, exc.details)))
+        except AiriesError as exc:
+            poster.post(connection_id, wp.encode(wp.error(exc.code, exc.message, exc.details)))
+        return {"statusCode": 200}
+
+    def _dispatch(self, ctx: Frame, poster: Poster, message: Any) -> None:
+        cid = ctx.conversation_id
+        if isinstance(message, wp.AudioFrame):
+            self.handle_audio_stream(ctx, poster, message)
+            return
+        session = self.store.get(cid)
+        if session is None or session.state == ENDED:
+            raise wp.ProtocolError("conversation_ended", "this conversation has ended")
+        if isinstance(message, wp.PingFrame):
+            poster.post(ctx.connection_id, wp.encode(wp.pong()))
+            self.check_timers(session, poster)
+        elif isinstance(message, wp.StartFrame):
+            self._start(ctx, poster, session)
+        elif isinstance(message, wp.TextFrame):
+            self.run_turn(session, poster, mode="text", text=message.text, eou_at=ctx.received_at)
+        elif isinstance(message, wp.EndOfUtteranceFrame):
+            if session.speech_ms <= 0:
+                raise wp.ProtocolError("no_audio", "no speech was received since the last turn")
+            self.run_turn(
+                session,
+                poster,
+                mode="audio",
+                expected_utt=session.utt,
+                eou_at=ctx.received_at,
+                end_seq=message.last_seq,
+            )
+        elif isinstance(message, wp.InterruptFrame):
+            self.process_interruption(cid, message.played_ms)
+        elif isinstance(message, wp.EndFrame):
+            self.end(cid, "caller_ended", poster)
+
+    def _start(self, ctx: Frame, poster: Poster, session: LiveSession) -> None:
+        resumed = session.turn_seq > 0
+        poster.post(
+            ctx.connection_id,
+            wp.encode(
+                wp.ready(
+                    ctx.conversation_id, agent_id=session.agent_id, agent_version=session.agent_version, resumed=resumed
+                )
+            ),
+        )
+        if resumed or session.state != LISTENING:
+            return
+        config = AgentConfig.model_validate(session.config)
+        if config.first_message_mode == FirstMessageMode.assistant_speaks_first and config.first_message:
+            self.run_turn(session, poster, mode="none", scripted=config.first_message, expected_utt=session.utt)
+        elif config.first_message_mode == FirstMessageMode.assistant_generates_first:
+            self.run_turn(session, poster, mode="none", expected_utt=session.utt)
+
+    def handle_audio_stream(self, ctx: Frame, poster: Poster, message: wp.AudioFrame) -> None:
+        """One audio chunk: VAD, buffer, barge-in while the agent speaks, end of utterance by trailing silence."""
+        pcm = message.pcm()
+        chunk_ms = len(pcm) / wp.BYTES_PER_MS
+        speech_ms, trailing = chunk_activity(pcm)
+        seq = message.seq if message.seq is not None else int(time.time() * 1000) % 1_000_000_000
+        cid = ctx.conversation_id
+        hint = self._vad_hints.get(cid)
+        if hint is not None and speech_ms == 0 and message.seq is not None and seq > hint.eou_seq:
+            config = self._config(hint)
+            need = config.endpointing.silence_ms
+            if hint.state == LISTENING and hint.speech_ms >= MIN_SPEECH_MS and hint.silence_ms + chunk_ms >= need:
+                # What this container saw last says this silent chunk ends the utterance: claim the turn in one
+                # conditional write (the rule is checked on the stored counters) instead of counting first.
+                self._vad_hints.pop(cid, None)
+                claimed = self.run_turn(
+                    hint,
+                    poster,
+                    mode="audio",
+                    expected_utt=hint.utt,
+                    endpointing_ms=hint.silence_ms + chunk_ms,
+                    eou_at=ctx.received_at,
+                    end_seq=seq,
+                    tail=pcm,
+                    vad=(MIN_SPEECH_MS, need - chunk_ms),
+                )
+                if claimed is not None:
+                    _background.submit(self.store.store_chunk, cid, seq, pcm)
+                    return
+        session = self.store.add_audio(cid, chunk_ms=chunk_ms, speech_ms=speech_ms, trailing_silence_ms=trailing)
+        if session is None:
+            self._vad_hints.pop(cid, None)
+            raise wp.ProtocolError("conversation_ended", "this conversation has ended")
+        self._remember_vad(cid, session)
+        # Silence before the caller starts speaking is not stored: DynamoDB writes for nothing. A late chunk of
+        # an utterance whose turn already started (frames run concurrently) is stored for that turn.
+        keep = speech_ms > 0 or session.speech_ms > 0 or seq <= session.eou_seq
+        if seq <= session.eou_seq:
+            self.store.store_chunk(cid, seq, pcm)
+            return
+        elapsed_ms = (self.clock() - session.started_at) * 1000
+        if session.audio_ms > elapsed_ms * 1.5 + 5000:  # far faster than real time: a flood, not a caller
+            raise wp.ProtocolError("rate_limited", "audio is arriving faster than real time")
+        config = self._config(session)
+        ends_utterance = (
+            session.state == LISTENING
+            and session.speech_ms >= MIN_SPEECH_MS
+            and (
+                session.silence_ms >= config.endpointing.silence_ms
+                or session.speech_ms + session.silence_ms >= self.settings.ws_max_utterance_seconds * 1000
+            )
+        )
+        if ends_utterance:
+            # This chunk closes the utterance: hand it to the turn directly, store it off the critical path.
+            self._vad_hints.pop(cid, None)
+            _background.submit(self.store.store_chunk, cid, seq, pcm)
+            self.run_turn(
+                session,
+                poster,
+                mode="audio",
+                expected_utt=session.utt,
+                endpointing_ms=session.silence_ms,
+                eou_at=ctx.received_at,
+                end_seq=seq,
+                numbered=message.seq is not None,
+                tail=pcm,
+            )
+            return
+        if keep:
+            self.store.store_chunk(cid, seq, pcm)
+        if session.state in (THINKING, SPEAKING):
+            threshold = config.interruption.voice_seconds * 1000
+            if config.interruption.enabled and speech_ms > 0 and session.barge_ms >= max(threshold, 1):
+                self.process_interruption(cid, None)
+            return
+        if session.state == LISTENING and speech_ms == 0 and session.speech_ms == 0:
+            self.check_timers(session, poster)
+
+    def process_interruption(self, conversation_id: str, played_ms: int | None) -> str | None:
+        """Barge-in: mark the turn in flight cancelled; the invocation speaking it stops before its next post."""
+        return self.store.cancel_turn(conversation_id, played_ms)
+
+    # -- turns ---------------------------------------------------------------------------------------------------
+    def run_turn(
+        self,
+        session: LiveSession,
+        poster: Poster,
+        *,
+        mode: str,
+        text: str | None = None,
+        scripted: str | None = None,
+        expected_utt: int | None = None,
+        endpointing_ms: float = 0.0,
+        eou_at: float | None = None,
+        end_after: str | None = None,
+        end_seq: int | None = None,
+        numbered: bool = True,
+        tail: bytes = b"",
+        vad: tuple[float, float] | None = None,
+    ) -> TurnResult | None:
+        eou_at = eou_at if eou_at is not None else time.perf_counter()
+        cid = session.conversation_id
+        turn_id = new_id("turn")
+        fetch = None
+        if mode == "audio":  # read the buffered audio while the turn is claimed: two round trips at once
+            upper = end_seq - 1 if (end_seq is not None and tail) else end_seq
+            fetch = _background.submit(
+                self.store.utterance_audio, cid, session.seg_start, upper, wait_s=0.6 if numbered else 0.0
+            )
+        previous = self.store.begin_turn(
+            cid, turn_id, expected_utt=expected_utt, caller_activity=mode != "none", end_seq=end_seq, vad=vad
+        )
+        if previous is None:
+            return None  # another invocation already took this utterance, or the conversation ended
+        pcm = None
+        if fetch is not None:
+            pcm, last = fetch.result()
+            pcm += tail
+            if end_seq is None:
+                self.store.set_segment_start(cid, last + 1)
+        config = AgentConfig.model_validate(previous.config)
+        sink = SocketSink(self, poster, cid, turn_id, previous.connections)
+        with self.database.session() as db:
+            service = self.conversations(db)
+            conversation = service.get(previous.account_id, cid)
+            allowed, reason, _message = service.check_credit(previous.account_id)
+            if not allowed:
+                mode, scripted, end_after = "none", OUT_OF_CREDIT_MESSAGE, reason or "insufficient_credits"
+            runner = TurnRunner(
+                self.engines(db, previous.account_id, config), out_chunk_ms=self.settings.ws_out_chunk_ms
+            )
+            inp = TurnInput(
+                turn_id=turn_id,
+                seq=previous.turn_seq + 1,
+                mode=mode,
+                account_id=previous.account_id,
+                conversation_id=cid,
+                pcm=pcm,
+                text=text,
+                endpointing_ms=endpointing_ms,
+                eou_at=eou_at,
+                scripted_reply=scripted,
+            )
+            if mode == "audio" and not pcm:
+                self.store.finish_turn(cid, turn_id)
+                raise wp.ProtocolError("no_audio", "no audio was buffered for this utterance")
+            # History is read from the database on a thread while the speech is transcribed.
+            result = asyncio.run(runner.run(config, lambda: service.history_messages(cid), inp, sink))
+            if result.status not in ("no_speech",):
+                service.record_turn(conversation, result)
+        self.store.finish_turn(cid, turn_id)
+        sink_frame = wp.turn_end(
+            turn_id,
+            seq=result.seq,
+            status=result.status,
+            user_text=result.user_text,
+            agent_text=result.agent_text,
+            interrupted=result.interrupted,
+            latency=result.latency,
+            usage={k: v for k, v in result.usage.items() if k not in ("tts_errors",)},
+            cost=result.cost,
+            error=result.error,
+        )
+        if sink.connections:
+            sink._broadcast(sink_frame)
+        ending = end_after or result.end_call
+        if ending:
+            self.end(cid, ending, poster)
+        return result
+
+    # -- timers --------------------------------------------------------------------------------------------------
+    def check_timers(self, session: LiveSession, poster: Poster | None = None) -> str | None:
+        """Max duration and silence timeout (one reminder, then end). Returns what it did, if anything."""
+        if session.state == ENDED:
+            return None
+        config = AgentConfig.model_validate(session.config)
+        now = self.clock()
+        poster = poster or (self.poster_factory(session.endpoint) if session.endpoint else None)
+        if session.started_at and now - session.started_at >= config.max_duration_seconds:
+            self.end(session.conversation_id, "max_duration", poster)
+            return "max_duration"
+        if session.state != LISTENING or not session.last_activity:
+            return None
+        if now - session.last_activity < config.silence_timeout_seconds:
+            return None
+        if not session.reminder_sent and config.silence_reminder_message:
+            if self.store.mark_reminded(session.conversation_id, session.last_activity) and poster is not None:
+                fresh = self.store.get(session.conversation_id)
+                if fresh is not None:
+                    self.run_turn(
+                        fresh, poster, mode="none", scripted=config.silence_reminder_message, expected_utt=fresh.utt
+                    )
+            return "reminder"
+        self.end(session.conversation_id, "silence_timeout", poster)
+        return "silence_timeout"
+
+    def sweep(self, *, disconnect_grace_seconds: float = 30.0) -> dict[str, int]:
+        """Scheduled: timers of every live session, sessions abandoned by their caller, stale DB rows."""
+        done: dict[str, int] = {}
+        now = self.clock()
+        for session in self.store.active_sessions():
+            action = None
+            if not session.connections and now - session.last_activity >= disconnect_grace_seconds:
+                self.end(session.conversation_id, "caller_disconnected", None)
+                action = "caller_disconnected"
+            else:
+                action = self.check_timers(session)
+            if action:
+                done[action] = done.get(action, 0) + 1
+        # Conversations never connected (token expired) or whose live state expired: close the rows.
+        cutoff_created = utcnow().timestamp() - self.settings.ws_token_ttl_seconds - 60
+        cutoff_active = utcnow().timestamp() - self.settings.ws_state_ttl_seconds
+        with self.database.session() as db:
+            service = self.conversations(db)
+            stale = db.scalars(select(Conversation).where(Conversation.status.in_(("created", "active"))).limit(500))
+            for conversation in list(stale):
+                started = conversation.started_at.timestamp()
+                if (
+                    conversation.status == "created"
+                    and started < cutoff_created
+                    and conversation.channel == "websocket"
+                ):
+                    service.end_conversation(conversation.account_id, conversation.id, "never_connected")
+                    done["never_connected"] = done.get("never_connected", 0) + 1
+                elif conversation.status == "active" and started < cutoff_active:
+                    service.end_conversation(conversation.account_id, conversation.id, "stale")
+                    done["stale"] = done.get("stale", 0) + 1
+        return done
+
+    # -- end -----------------------------------------------------------------------------------------------------
+    def end(self, conversation_id: str, reason: str, poster: Poster | None) -> bool:
+        """End once: live state, the DB row (bills the minutes), an ``ended`` frame, then close the sockets."""
+        session = self.store.end(conversation_id, reason)
+        if session is None:
+            return False
+        with self.database.session() as db:
+            conversation = self.conversations(db).end_conversation(session.account_id, conversation_id, reason)
+            summary = {
+                "duration_seconds": conversation.duration_seconds,
+                "turns": conversation.turn_count,
+                "cost_usd": format(conversation.cost_usd or 0, "f"),
+            }
+        poster = poster or (self.poster_factory(session.endpoint) if session.endpoint else None)
+        if poster is not None:
+            data = wp.encode(wp.ended(reason, conversation_id=conversation_id, **summary))
+            for connection_id in sorted(session.connections):
+                self._connections.pop(connection_id, None)
+                poster.post(connection_id, data)
+                poster.close(connection_id)
+                self.store.drop_connection(connection_id)
+        return True
+
+    def broadcast_to_conversation(
+        self, conversation_id: str, message: dict[str, Any], poster: Poster | None = None
+    ) -> int:
+        """Send a frame to every connection of a conversation; a 410 drops that connection only."""
+        session = self.store.get(conversation_id)
+        if session is None:
+            return 0
+        poster = poster or (self.poster_factory(session.endpoint) if session.endpoint else None)
+        if poster is None:
+            return 0
+        sink = SocketSink(self, poster, conversation_id, "-", session.connections)
+        return sink._broadcast(message)
+
+    def send_audio_response(
+        self, conversation_id: str, turn_id: str, pcm16: bytes, poster: Poster | None = None
+    ) -> int:
+        """Post ready-made PCM16 audio as ``audio`` frames (checked for barge-in before each); frames sent."""
+        session = self.store.get(conversation_id)
+        if session is None:
+            return 0
+        poster = poster or (self.poster_factory(session.endpoint) if session.endpoint else None)
+        if poster is None:
+            return 0
+        sink = SocketSink(self, poster, conversation_id, turn_id, session.connections)
+        size = self.settings.ws_out_chunk_ms * wp.BYTES_PER_MS
+        sent = 0
+        for seq, offset in enumerate(range(0, len(pcm16), size)):
+            if self.store.turn_status(conversation_id, turn_id)[0]:
+                break
+            if not sink._broadcast(wp.audio(turn_id, seq, pcm16[offset : offset + size])):
+                break
+            sent += 1
+        return sent

@@ -1,0 +1,190 @@
+"""The monthly invoicing state machine (infra/statemachines/billing_invoices.asl.json) executed by moto.
+
+moto runs the ASL itself (``execute_state_machine``), but cannot run the project's Python inside a Lambda
+task without Docker: this test routes moto's Lambda invocations to the real BillingInvoiceFunction handler
+(functions/billing/invoices.py), loaded in this process by the local invoker, by replacing
+``LambdaSimpleBackend.invoke``. Stripe is the wire-level double of tests/doubles/stripe_server.py.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from unittest.mock import patch
+
+import boto3
+import pytest
+from moto import mock_aws
+from moto.awslambda_simple.models import LambdaSimpleBackend
+from sqlalchemy import select
+
+from airies.db.ids import new_id
+from airies.db.models import Account
+from airies.db.models.billing import Invoice
+from airies.local.invoke import (
+    LambdaContext,
+    _clear_container_caches,
+    load_handler,
+    patched_environ,
+    resolve_function,
+)
+from airies.local.template import function_environment, state_machine_definition
+from airies.schemas.usage import UsageEvent
+from airies.services.usage import UsageService
+from tests.doubles.stripe_server import StripeInvoiceDouble
+
+OCT = datetime(2026, 10, 20, 12, 0, tzinfo=UTC)
+
+
+def account(database, plan: str, email: str) -> str:
+    account_id = new_id("acc")
+    with database.session() as s:
+        s.add(Account(id=account_id, name=email, email=email, plan=plan, status="active"))
+    return account_id
+
+
+def use(svc: UsageService, account_id: str, key: str, minutes: str) -> None:
+    svc.track_usage(
+        [
+            UsageEvent(
+                idempotency_key=key,
+                account_id=account_id,
+                occurred_at=OCT,
+                component="platform_minutes",
+                quantity=Decimal(minutes),
+            )
+        ]
+    )
+
+
+class Harness:
+    """moto + the state machine + Lambda invocations routed to the in-process handler."""
+
+    def __init__(self, database, stripe: StripeInvoiceDouble) -> None:
+        self.database = database
+        self.spec, self.ctx = resolve_function("BillingInvoiceFunction")
+        self.env = {
+            **function_environment(self.spec, self.ctx),
+            "DATABASE_URL": database.url,
+            "AIRIES_STRIPE_SECRET_KEY": stripe.api_key,
+            "AIRIES_STRIPE_API_BASE": stripe.url,
+            "AIRIES_STRIPE_MAX_NETWORK_RETRIES": "0",
+            "AIRIES_BILLING_EVENT_BUS": "",
+        }
+        self.invocations: list[dict[str, Any]] = []
+
+    def routed_invoke(self, function_name, qualifier, body, headers, response_headers) -> bytes:
+        event = json.loads(body)
+        self.invocations.append(event)
+        try:
+            result = self.handler(event, LambdaContext(self.spec))
+        except Exception as exc:  # what the Lambda runtime reports for an unhandled error
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}).encode()
+        return json.dumps(result, default=str).encode()
+
+    def __enter__(self) -> Harness:
+        self._env = patched_environ(self.env)
+        self._env.__enter__()
+        _clear_container_caches()  # a cold start: settings and database come from this test's environment
+        self.handler, self.module = load_handler(self.spec)
+        self._aws = mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}})
+        self._aws.__enter__()
+        self._patch = patch.object(LambdaSimpleBackend, "invoke", self.routed_invoke)
+        self._patch.__enter__()
+        self.sfn = boto3.client("stepfunctions", region_name="us-east-1")
+        resource = self.ctx.resources["BillingInvoiceStateMachine"]
+        definition = state_machine_definition(self.ctx, resource)
+        assert "${" not in definition
+        self.arn = self.sfn.create_state_machine(
+            name="billing-invoices", definition=definition, roleArn="arn:aws:iam::123456789012:role/sfn"
+        )["stateMachineArn"]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._patch.__exit__(*exc)
+        self._aws.__exit__(*exc)
+        self.module.database.dispose()
+        self._env.__exit__(*exc)
+        _clear_container_caches()
+
+    def run(self, payload: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
+        execution = self.sfn.start_execution(
+            stateMachineArn=self.arn, name=f"run-{uuid.uuid4().hex[:12]}", input=json.dumps(payload)
+        )["executionArn"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            described = self.sfn.describe_execution(executionArn=execution)
+            if described["status"] != "RUNNING":
+                return described
+            time.sleep(0.2)
+        raise AssertionError("state machine did not finish")
+
+
+def invoices(database) -> dict[str, Invoice]:
+    with database.session() as s:
+        return {i.account_id: i for i in s.scalars(select(Invoice).where(Invoice.period == "2026-10"))}
+
+
+@pytest.fixture
+def stripe_double():
+    double = StripeInvoiceDouble().start()
+    yield double
+    double.stop()
+
+
+def test_monthly_run_bills_each_account_once_survives_failures_and_reruns(database, stripe_double):
+    svc = UsageService(database, clock=lambda: OCT)
+    billed = account(database, "pay_as_you_go", "billed@example.com")  # no credits: usage is all overage
+    covered = account(database, "pro", "covered@example.com")  # 10,000 included credits cover it
+    rejected = account(database, "pay_as_you_go", "rejected@example.com")  # Stripe refuses its customer
+    free = account(database, "free", "free@example.com")  # free tier: never invoiced
+    use(svc, billed, "b1", "30")
+    use(svc, billed, "b2", "12.5")
+    use(svc, covered, "c1", "100")
+    use(svc, rejected, "r1", "10")
+    use(svc, free, "f1", "5")
+    stripe_double.reject_emails.add("rejected@example.com")
+    stripe_double.fail_next("/v1/invoices/", status=500)  # one transient failure: retried with backoff
+
+    with Harness(database, stripe_double) as harness:
+        result = harness.run({"period": "2026-10", "page_size": 1})  # one account per page: the loop runs
+        assert result["status"] == "SUCCEEDED", result
+        rows = invoices(database)
+        assert set(rows) == {billed, covered, rejected}
+        # pay-as-you-go: 42.5 minutes * (4 credits + $0.004 * 1.3 / $0.01) = 192.1 credits = $1.921 -> 192 cents
+        assert rows[billed].status == "open" and rows[billed].amount_cents == 192
+        assert rows[billed].stripe_invoice_id and rows[billed].hosted_invoice_url
+        assert rows[covered].status == "no_charge" and rows[covered].stripe_invoice_id is None
+        assert rows[rejected].status == "draft" and "Invalid email" in (rows[rejected].error or "")
+        stripe_invoice = stripe_double.invoices[rows[billed].stripe_invoice_id]
+        assert stripe_invoice["amount_due"] == 192 and stripe_invoice["status"] == "open"
+        assert stripe_invoice["metadata"]["airies_invoice_id"] == rows[billed].id
+        # The injected 500 hit the read-back after the create; the retried step re-sent the create with the
+        # same idempotency key and got the same invoice back: one invoice exists at Stripe.
+        creates = [r for r in stripe_double.requests if r[0] == "POST" and r[1] == "/v1/invoices"]
+        assert len(creates) == 2 and len({r[3] for r in creates}) == 1
+        assert len(stripe_double.invoices) == 1
+        assert stripe_double.count("POST", r"/v1/invoices/[^/]+/finalize") == 1
+        assert any(e["action"] == "record_failure" for e in harness.invocations)
+
+        # Re-run the same period: nothing is billed twice.
+        again = harness.run({"period": "2026-10"})
+        assert again["status"] == "SUCCEEDED", again
+        assert stripe_double.count("POST", "/v1/invoices") == 2  # no new create
+        assert len(stripe_double.invoices) == 1
+        assert stripe_double.count("POST", r"/v1/invoices/[^/]+/finalize") == 1
+
+        # Once the cause is fixed, a re-run bills the account that failed, exactly once.
+        stripe_double.reject_emails.clear()
+        third = harness.run({"period": "2026-10"})
+        assert third["status"] == "SUCCEEDED", third
+        rows = invoices(database)
+        assert rows[rejected].status == "open" and rows[rejected].stripe_invoice_id
+        assert len(stripe_double.invoices) == 2
+        assert len({i["metadata"]["airies_invoice_id"] for i in stripe_double.invoices.values()}) == 2
+        assert stripe_double.count("POST", r"/v1/invoices/[^/]+/finalize") == 2

@@ -1,0 +1,163 @@
+"""Conversations REST API on both databases, with interface-level engines (the billing service is the real one)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import wave
+
+import pytest
+
+from tests.conftest import signup
+from tests.doubles.conv_engines import FakeLLM, FakeSTT, FakeTTS, fake_engines, tone
+
+AGENT = {
+    "name": "Support",
+    "system_prompt": "You help customers.",
+    "first_message": "Hi there!",
+    "voice": {"provider": "elevenlabs", "voice_id": "21m00Tcm4TlvDq8ikWAM"},
+    "transcriber": {"provider": "deepgram", "model": "nova-3"},
+}
+
+
+@pytest.fixture
+def engines(app):  # type: ignore[no-untyped-def]
+    llm = FakeLLM(reply="We ship worldwide. Anything else?")
+    stt = FakeSTT(text="do you ship abroad")
+    tts = FakeTTS()
+    app.state.conversation_engines = lambda config: fake_engines(stt=stt, llm=llm, tts=tts)
+    return llm, stt, tts
+
+
+def deployed_agent(client, auth, **overrides) -> str:  # type: ignore[no-untyped-def]
+    response = client.post("/api/v1/agents", json={**AGENT, **overrides}, headers=auth)
+    assert response.status_code == 201, response.text
+    agent_id = response.json()["id"]
+    assert client.post(f"/api/v1/agents/{agent_id}/deploy", headers=auth).status_code == 201
+    return agent_id
+
+
+def start(client, auth, agent_id: str) -> dict:  # type: ignore[no-untyped-def]
+    response = client.post(
+        "/api/v1/conversations",
+        json={"agent_id": agent_id, "caller": {"name": "Ada", "phone": "+44 20 7946 0000"}, "metadata": {"k": "v"}},
+        headers=auth,
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_start_returns_ws_url_and_token(client, auth, engines) -> None:  # type: ignore[no-untyped-def]
+    body = start(client, auth, deployed_agent(client, auth))
+    assert body["status"] == "created" and body["protocol_version"] == 1
+    assert body["ws_url"].startswith("ws://") and f"conversation_id={body['id']}" in body["ws_url"]
+    assert body["token"] in body["ws_url"] and body["caller"]["name"] == "Ada"
+
+
+def test_start_needs_a_published_version_and_an_own_agent(client, auth, engines) -> None:  # type: ignore[no-untyped-def]
+    draft = client.post("/api/v1/agents", json=AGENT, headers=auth).json()["id"]
+    response = client.post("/api/v1/conversations", json={"agent_id": draft}, headers=auth)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "agent_not_deployed"
+    other = signup(client)
+    foreign = deployed_agent(client, other)
+    assert client.post("/api/v1/conversations", json={"agent_id": foreign}, headers=auth).status_code == 404
+    bad = client.post("/api/v1/conversations", json={"agent_id": draft, "surprise": 1}, headers=auth)
+    assert bad.status_code == 422
+
+
+def test_text_turn_history_transcript_cost_and_end(client, auth, engines) -> None:  # type: ignore[no-untyped-def]
+    llm, _, _ = engines
+    conversation = start(client, auth, deployed_agent(client, auth))
+    cid = conversation["id"]
+    reply = client.post(f"/api/v1/conversations/{cid}/message", json={"text": "Do you ship abroad?"}, headers=auth)
+    assert reply.status_code == 200, reply.text
+    data = reply.json()
+    assert data["reply"] == "We ship worldwide. Anything else?" and data["audio"] is None
+    assert data["turn"]["usage"]["completion_tokens"] > 0
+    with_audio = client.post(
+        f"/api/v1/conversations/{cid}/message", json={"text": "Really?", "with_audio": True}, headers=auth
+    ).json()
+    pcm = base64.b64decode(with_audio["audio"]["data"])
+    assert len(pcm) > 16000 and with_audio["turn"]["usage"]["tts_characters"] == len("We ship worldwide.") + len(
+        "Anything else?"
+    )
+    assert llm.requests[-1].messages[-2] == {"role": "assistant", "content": "We ship worldwide. Anything else?"}
+
+    detail = client.get(f"/api/v1/conversations/{cid}", headers=auth).json()
+    assert detail["status"] == "active" and [t["seq"] for t in detail["turns"]] == [1, 2]
+    text = client.get(f"/api/v1/conversations/{cid}/transcript?format=text", headers=auth)
+    assert text.headers["content-type"].startswith("text/plain")
+    assert "Caller: Do you ship abroad?" in text.text and "Agent: We ship worldwide." in text.text
+    as_json = client.get(f"/api/v1/conversations/{cid}/transcript", headers=auth).json()
+    assert [m["role"] for m in as_json["messages"]] == ["user", "agent", "user", "agent"]
+    cost = client.get(f"/api/v1/conversations/{cid}/cost", headers=auth).json()
+    assert float(cost["total"]) > 0 and float(cost["components"]["tts"]) > 0
+    assert cost["total"] == f"{sum(float(v) for v in cost['components'].values()):.9f}"
+
+    updated = client.put(f"/api/v1/conversations/{cid}", json={"metadata": {"x": 1}, "status": "ended"}, headers=auth)
+    assert updated.status_code == 200 and updated.json()["status"] == "ended"
+    assert updated.json()["metadata"] == {"k": "v", "x": 1} and updated.json()["end_reason"] == "api_request"
+    late = client.post(f"/api/v1/conversations/{cid}/message", json={"text": "hello?"}, headers=auth)
+    assert late.status_code == 409 and late.json()["error"]["code"] == "conversation_ended"
+
+
+def test_audio_upload_wav_and_raw(client, auth, engines) -> None:  # type: ignore[no-untyped-def]
+    _, stt, _ = engines
+    cid = start(client, auth, deployed_agent(client, auth))["id"]
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(tone(500, rate=8000))
+    response = client.post(
+        f"/api/v1/conversations/{cid}/audio", content=buffer.getvalue(), headers={**auth, "content-type": "audio/wav"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["transcript"] == "do you ship abroad" and body["audio"]["sample_rate"] == 16000
+    assert abs(stt.calls[-1] - 16000) <= 64  # resampled to 16 kHz: 0.5 s = 16,000 bytes
+    raw = client.post(
+        f"/api/v1/conversations/{cid}/audio", content=tone(300), headers={**auth, "content-type": "audio/l16"}
+    )
+    assert raw.status_code == 200
+    odd = client.post(
+        f"/api/v1/conversations/{cid}/audio", content=b"\x00" * 3, headers={**auth, "content-type": "audio/l16"}
+    )
+    assert odd.status_code == 400
+    assert (
+        client.post(
+            f"/api/v1/conversations/{cid}/audio", content=b"x", headers={**auth, "content-type": "text/plain"}
+        ).status_code
+        == 415
+    )
+
+
+def test_list_filters_tenancy_delete_and_analytics(client, auth, engines) -> None:  # type: ignore[no-untyped-def]
+    agent_id = deployed_agent(client, auth)
+    ids = []
+    for i in range(3):  # the Free tier allows one live conversation at a time (billing's limit)
+        ids.append(start(client, auth, agent_id)["id"])
+        if i == 0:
+            client.post(f"/api/v1/conversations/{ids[0]}/message", json={"text": "hi"}, headers=auth)
+        if i < 2:
+            client.put(f"/api/v1/conversations/{ids[i]}", json={"status": "ended"}, headers=auth)
+    refused = client.post("/api/v1/conversations", json={"agent_id": agent_id}, headers=auth)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "concurrent_conversation_limit"
+    page = client.get("/api/v1/conversations?limit=2", headers=auth).json()
+    assert [c["id"] for c in page["data"]] == ids[::-1][:2] and page["has_more"]
+    rest = client.get(f"/api/v1/conversations?limit=2&cursor={page['next_cursor']}", headers=auth).json()
+    assert [c["id"] for c in rest["data"]] == [ids[0]]
+    ended = client.get("/api/v1/conversations?status=ended", headers=auth).json()["data"]
+    assert [c["id"] for c in ended] == ids[1::-1]
+    other = signup(client)
+    assert client.get(f"/api/v1/conversations/{ids[1]}", headers=other).status_code == 404
+    assert client.get("/api/v1/conversations", headers=other).json()["data"] == []
+    analytics = client.get("/api/v1/conversations/analytics?period=24h", headers=auth).json()
+    assert analytics["conversations"]["total"] == 3 and analytics["conversations"]["ended"] == 2
+    assert analytics["turns"]["total"] == 1 and analytics["latency_ms"]["total_ms"]["count"] == 1
+    agent_stats = client.get(f"/api/v1/agents/{agent_id}/analytics?period=7d", headers=auth)
+    assert agent_stats.status_code == 200 and agent_stats.json()["conversations"]["total"] == 3
+    assert client.get(f"/api/v1/agents/{agent_id}/analytics", headers=other).status_code == 404
+    assert client.delete(f"/api/v1/conversations/{ids[1]}", headers=auth).status_code == 204
+    assert client.get(f"/api/v1/conversations/{ids[1]}", headers=auth).status_code == 404

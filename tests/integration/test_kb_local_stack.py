@@ -1,0 +1,83 @@
+"""The local stack's knowledge workers (``airies/local/knowledge.py``): under moto with the template's resources,
+a presigned-style upload to DocumentsBucket is ingested through IngestionQueue, and a scrape-job message on
+ScrapeQueue is consumed, by the same handlers as the Lambda functions."""
+
+from __future__ import annotations
+
+import time
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from airies.config import get_settings
+from airies.db.engine import get_database
+from airies.local.template import DEFAULT_ENV_FILE, LocalContext, create_local_resources, load_env_file, load_template
+from airies.services.knowledge import build_knowledge_service
+from tests.kb_support import new_account
+
+
+class _Stack:
+    def __init__(self, ctx, settings, database):
+        import threading
+
+        self.context = ctx
+        self.settings = settings
+        self.database = database
+        self.aws_endpoint_url = None
+        self.stopping = threading.Event()
+
+
+def _wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_local_workers_ingest_uploads_and_scrape_jobs(database, monkeypatch, tmp_path):
+    with mock_aws():
+        ctx = LocalContext(template=load_template(), env_file=load_env_file(DEFAULT_ENV_FILE), region="us-east-1")
+        create_local_resources(ctx)
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        monkeypatch.setenv("DATABASE_URL", database.url)
+        monkeypatch.setenv("AIRIES_DATA_DIR", str(tmp_path))
+        monkeypatch.setenv("AIRIES_KB_DOCUMENTS_BUCKET", ctx.local_name("DocumentsBucket"))
+        monkeypatch.setenv("AIRIES_KB_SCRAPE_ALLOWED_PRIVATE_HOSTS", "127.0.0.1")
+        monkeypatch.setenv(
+            "AIRIES_KB_SCRAPE_QUEUE_URL", sqs.get_queue_url(QueueName=ctx.local_name("ScrapeQueue"))["QueueUrl"]
+        )
+        get_settings.cache_clear()
+        settings = get_settings()
+        from airies.local.knowledge import start_knowledge_workers
+
+        stack = _Stack(ctx, settings, get_database(settings))
+        try:
+            start_knowledge_workers(stack)
+            service = build_knowledge_service(settings, database)
+            account = new_account(database)
+            kb = service.create_knowledge_base(account, "Local")
+            doc, _ = service.upload_document(account, kb.id, filename="notes.txt", content_type="text/plain")
+            boto3.client("s3", region_name="us-east-1").put_object(
+                Bucket=ctx.local_name("DocumentsBucket"),
+                Key=f"accounts/{account}/{doc.storage_key}",
+                Body=b"The local worker turns uploads into chunks.",
+            )
+            assert _wait_for(lambda: service.get_document(account, kb.id, doc.id).status == "ready")
+
+            job = service.create_web_scrape_job(account, kb.id, ["http://127.0.0.1:9/"], max_depth=0, max_pages=1)
+            assert service.enqueue_scrape_job(job)
+            assert _wait_for(lambda: service.get_scrape_job(account, kb.id, job.id).status == "failed")
+            assert "could not fetch" in service.get_scrape_job(account, kb.id, job.id).error
+        finally:
+            stack.stopping.set()
+            time.sleep(0.6)  # the poller notices within one idle sleep
+            get_settings.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_settings():
+    yield
+    get_settings.cache_clear()

@@ -1,0 +1,107 @@
+"""pgvector: the migration creates the extension, table and HNSW indexes where the extension exists, and the
+pgvector store serves a knowledge base end to end. Runs on PostgreSQL 16 + pgvector from ``pgserver``
+(``make kb-pgvector``); skipped with a reason when that server is not installed, failed when
+AIRIES_REQUIRE_PGVECTOR=1 (CI sets it after installing it)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from airies.db.engine import Database
+from airies.db.migrate import upgrade_head
+from airies.errors import NotAvailableError, NotFoundError
+from airies.providers.vectors.base import VectorRecord
+from airies.providers.vectors.pgvector import PgVectorStore
+from airies.services.knowledge import build_knowledge_service
+from tests.doubles import pgvector_server
+from tests.kb_support import RecordingPublisher, kb_settings, moto_bucket, new_account
+
+
+@pytest.fixture(scope="module")
+def pgvector_database():
+    if pgvector_server.pgvector_url() is None:
+        if os.environ.get("AIRIES_REQUIRE_PGVECTOR") == "1":
+            pytest.fail("AIRIES_REQUIRE_PGVECTOR=1 but no pgvector server: run `make kb-pgvector`")
+        pytest.skip("no PostgreSQL with pgvector here: `make kb-pgvector` installs pgserver under /tmp")
+    name = f"airies_kb_{uuid.uuid4().hex[:8]}"
+    url = pgvector_server.create_database(name)
+    upgrade_head(url)
+    database = Database(url, pool_size=3)
+    yield database
+    database.dispose()
+    pgvector_server.drop_database(name)
+
+
+def test_migration_created_extension_table_and_hnsw_indexes(pgvector_database):
+    with pgvector_database.engine.connect() as conn:
+        assert conn.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar()
+        indexes = dict(
+            conn.execute(text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'kb_pgvectors'")).all()
+        )
+    assert "ix_kb_pgvectors_kb" in indexes
+    for dims in (384, 512, 1536):
+        definition = indexes[f"ix_kb_pgvectors_hnsw_{dims}"]
+        assert "hnsw" in definition and "vector_cosine_ops" in definition and f"dimensions = {dims}" in definition
+
+
+def test_store_scopes_by_account_and_knowledge_base(pgvector_database):
+    store = PgVectorStore(pgvector_database)
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal((50, 512)).astype(np.float32)
+    values /= np.linalg.norm(values, axis=1, keepdims=True)
+    store.upsert([VectorRecord(f"d1-{i:05d}", values[i], "acc_a", "kb_1", "d1", i) for i in range(50)])
+    store.upsert([VectorRecord("other-0", values[7], "acc_b", "kb_1", "dx", 0)])  # same kb id, other account
+    store.upsert([VectorRecord("d1-00007", values[7], "acc_a", "kb_1", "d1", 7)])  # re-upsert: no duplicate
+    matches = store.query("acc_a", "kb_1", values[7], 5)
+    assert matches[0].id == "d1-00007" and matches[0].score == pytest.approx(1.0, abs=1e-5)
+    assert all(m.id != "other-0" for m in store.query("acc_a", "kb_1", values[7], 60))
+    assert store.count("acc_a", "kb_1") == 50
+    store.delete("acc_a", "kb_1", ["d1-00000", "d1-00001"])
+    assert store.count("acc_a", "kb_1") == 48
+    store.delete_collection("acc_a", "kb_1")
+    assert store.count("acc_a", "kb_1") == 0 and store.count("acc_b", "kb_1") == 1
+
+
+def test_knowledge_base_on_pgvector_end_to_end(pgvector_database, tmp_path):
+    with moto_bucket():
+        service = build_knowledge_service(
+            kb_settings(tmp_path), pgvector_database, usage_publisher=RecordingPublisher()
+        )
+        alice, bob = new_account(pgvector_database), new_account(pgvector_database)
+        kb = service.create_knowledge_base(alice, "pg", vector_store="pgvector")
+        text_a = "The boiler must be serviced every autumn.\n\nThe thermostat battery lasts two years."
+        doc = service.add_document_content(
+            alice, kb.id, filename="home.txt", content_type="text/plain", data=text_a.encode()
+        )
+        assert doc.status == "ready"
+        assert "thermostat" in service.query_knowledge_base(alice, kb.id, "thermostat battery", top_k=1)[0].text
+        with pytest.raises(NotFoundError):
+            service.query_knowledge_base(bob, kb.id, "boiler")
+        service.update_embeddings(alice, kb.id, embedding_dimensions=384)
+        assert "boiler" in service.query_knowledge_base(alice, kb.id, "when to service the boiler", top_k=1)[0].text
+        service.delete_knowledge_base(alice, kb.id)
+        assert service.store("pgvector").count(alice, kb.id) == 0
+
+
+def test_pgvector_store_refuses_sqlite(tmp_path):
+    with pytest.raises(NotAvailableError):
+        PgVectorStore(Database(f"sqlite:///{tmp_path}/x.db"))
+
+
+def test_pgvector_without_the_extension_is_not_available(database):
+    """The machine's PostgreSQL 15 has no pgvector: the store says so (501), it never pretends."""
+    if database.dialect != "postgresql":
+        with pytest.raises(NotAvailableError):
+            PgVectorStore(database)
+        return
+    with database.engine.connect() as conn:
+        available = conn.execute(text("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")).first()
+    if available is not None:
+        pytest.skip("this PostgreSQL has pgvector; covered by the tests above")
+    with pytest.raises(NotAvailableError):
+        PgVectorStore(database).count("acc", "kb")

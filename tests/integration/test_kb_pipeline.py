@@ -1,0 +1,297 @@
+"""The whole ingestion path under moto: S3 ObjectCreated -> SQS -> IngestionFunction -> chunks + vectors.
+
+Runs on SQLite and PostgreSQL (the ``database`` fixture).
+"""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from sqlalchemy import func, select
+
+from airies.db.models.knowledge import KnowledgeChunk, KnowledgeDocument, KnowledgeVector
+from airies.errors import NotFoundError
+from airies.services.knowledge import build_knowledge_service
+from tests.kb_support import (
+    BUCKET,
+    FakeLambdaContext,
+    RecordingPublisher,
+    drain,
+    kb_settings,
+    load_function,
+    make_docx,
+    make_pdf,
+    moto_bucket,
+    new_account,
+    sqs_event,
+)
+
+FAQ = (
+    "Refund policy\n\nRefunds are issued to the original card within 14 days of the return being received.\n\n"
+    "Opening hours\n\nOur support line is open Monday to Friday from 8am to 6pm Central European Time.\n\n"
+    "Shipping\n\nParcels to Germany arrive within three business days; international orders take up to ten days."
+)
+
+
+@pytest.fixture
+def pipeline(database, tmp_path):
+    settings = kb_settings(tmp_path)
+    with moto_bucket() as s3:
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        dlq = sqs.create_queue(QueueName="kb-dlq")["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        queue_url = sqs.create_queue(
+            QueueName="kb-ingestion",
+            Attributes={"RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"})},
+        )["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        s3.put_bucket_notification_configuration(
+            Bucket=BUCKET,
+            NotificationConfiguration={
+                "QueueConfigurations": [{"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"]}]
+            },
+        )
+        publisher = RecordingPublisher()
+        service = build_knowledge_service(settings, database, usage_publisher=publisher)
+        handler_module = load_function("handler")
+        handler_module._service = service
+        try:
+            yield {
+                "s3": s3,
+                "sqs": sqs,
+                "queue_url": queue_url,
+                "service": service,
+                "handler": handler_module,
+                "publisher": publisher,
+                "database": database,
+            }
+        finally:
+            handler_module._service = None
+
+
+def _deliver(p, messages=None):
+    messages = drain(p["sqs"], p["queue_url"]) if messages is None else messages
+    result = p["handler"].handler(sqs_event(messages), FakeLambdaContext())
+    return messages, result
+
+
+def _counts(database, doc_id):
+    with database.session() as session:
+        chunks = session.scalar(
+            select(func.count()).select_from(KnowledgeChunk).where(KnowledgeChunk.document_id == doc_id)
+        )
+        vectors = session.scalar(
+            select(func.count()).select_from(KnowledgeVector).where(KnowledgeVector.document_id == doc_id)
+        )
+    return chunks, vectors
+
+
+def test_upload_notification_ingests_and_redelivery_never_duplicates(pipeline):
+    p = pipeline
+    service, database = p["service"], p["database"]
+    account = new_account(database)
+    kb = service.create_knowledge_base(account, "Support")
+    doc, presigned = service.upload_document(account, kb.id, filename="faq v2.pdf", content_type="application/pdf")
+    assert doc.status == "pending_upload"
+    assert presigned.fields["Content-Type"] == "application/pdf"
+
+    pdf = make_pdf(FAQ.split("\n\n"))
+    # The browser's upload lands at the presigned key: S3 notifies the queue (the key arrives URL-encoded).
+    p["s3"].put_object(
+        Bucket=BUCKET, Key=f"accounts/{account}/{doc.storage_key}", Body=pdf, ContentType="application/pdf"
+    )
+    messages, result = _deliver(p)
+    bodies = [json.loads(m["Body"]) for m in messages]
+    assert any(b.get("Event") == "s3:TestEvent" for b in bodies)  # moto, like S3, sends it first
+    assert any("%2F" in r["s3"]["object"]["key"] for b in bodies for r in b.get("Records", []))
+    assert result == {"batchItemFailures": []}
+
+    ready = service.get_document(account, kb.id, doc.id)
+    assert ready.status == "ready", ready.error
+    assert ready.page_count == 6 and ready.chunk_count >= 1 and ready.token_count > 0
+    chunks, vectors = _counts(database, doc.id)
+    assert chunks == vectors == ready.chunk_count
+
+    # Redelivery of the same messages, and a duplicate of the event: same chunks, same vectors, same usage keys.
+    _, again = _deliver(p, messages)
+    _, twice = _deliver(p, messages + messages)
+    assert again == twice == {"batchItemFailures": []}
+    assert _counts(database, doc.id) == (chunks, vectors)
+    assert service.get_knowledge_base(account, kb.id).chunk_count == ready.chunk_count
+    keys = [e.idempotency_key for e in p["publisher"].events]
+    assert len(set(keys)) == 2  # kb_pages + embedding_tokens, once per document version
+    pages = [e for e in p["publisher"].events if e.component == "kb_pages"]
+    assert pages[0].quantity == 6 and pages[0].account_id == account
+
+    hits = service.query_knowledge_base(account, kb.id, "when is the support line open?", top_k=3)
+    assert "Monday to Friday" in hits[0].text
+    assert hits[0].document_name == "faq v2.pdf" and hits[0].page is not None
+
+
+def test_new_version_of_an_object_replaces_its_chunks(pipeline):
+    p = pipeline
+    service, database = p["service"], p["database"]
+    account = new_account(database)
+    kb = service.create_knowledge_base(account, "Docs", chunk_size=40, chunk_overlap=0)
+    doc, _ = service.upload_document(account, kb.id, filename="notes.txt", content_type="text/plain")
+    key = f"accounts/{account}/{doc.storage_key}"
+    p["s3"].put_object(Bucket=BUCKET, Key=key, Body=(FAQ + "\n\n" + FAQ).encode(), ContentType="text/plain")
+    _deliver(p)
+    first = service.get_document(account, kb.id, doc.id).chunk_count
+    p["s3"].put_object(Bucket=BUCKET, Key=key, Body=b"Only one short line about parking.", ContentType="text/plain")
+    _deliver(p)
+    doc = service.get_document(account, kb.id, doc.id)
+    assert first > 1 and doc.chunk_count == 1
+    assert _counts(database, doc.id) == (1, 1)
+    assert service.get_knowledge_base(account, kb.id).chunk_count == 1
+    assert "parking" in service.query_knowledge_base(account, kb.id, "parking", top_k=5)[0].text
+
+
+def test_bad_documents_fail_with_reasons_and_the_batch_moves_on(pipeline):
+    p = pipeline
+    service, database = p["service"], p["database"]
+    account = new_account(database)
+    kb = service.create_knowledge_base(account, "Mixed")
+    uploads = {
+        "corrupt.pdf": ("application/pdf", b"%PDF-1.4\n this is not really a pdf \n%%EOF"),
+        "empty.txt": ("text/plain", b"   \n  "),
+        "bomb.docx": ("application/vnd.openxmlformats-officedocument.wordprocessingml.document", None),
+        "good.docx": (
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            make_docx(FAQ.split("\n\n")),
+        ),
+        "scan.pdf": ("application/pdf", make_pdf(["", ""])),
+    }
+    import io
+    import zipfile
+
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("word/document.xml", b"\0" * (120 * 1024 * 1024))
+    uploads["bomb.docx"] = (uploads["bomb.docx"][0], bomb.getvalue())
+    docs = {}
+    for name, (content_type, data) in uploads.items():
+        doc, _ = service.upload_document(account, kb.id, filename=name, content_type=content_type)
+        p["s3"].put_object(
+            Bucket=BUCKET, Key=f"accounts/{account}/{doc.storage_key}", Body=data, ContentType=content_type
+        )
+        docs[name] = doc.id
+    _, result = _deliver(p)
+    assert result == {"batchItemFailures": []}
+    status = {name: service.get_document(account, kb.id, doc_id) for name, doc_id in docs.items()}
+    assert status["good.docx"].status == "ready"
+    assert (status["corrupt.pdf"].status, status["corrupt.pdf"].error_code) == ("failed", "corrupt_pdf")
+    assert (status["empty.txt"].status, status["empty.txt"].error_code) == ("failed", "empty_document")
+    assert (status["bomb.docx"].status, status["bomb.docx"].error_code) == ("failed", "zip_bomb")
+    assert (status["scan.pdf"].status, status["scan.pdf"].error_code) == ("failed", "no_text")
+    assert "OCR" in status["scan.pdf"].error
+    assert service.get_knowledge_base(account, kb.id).document_count == 1
+
+
+def test_transient_failure_reports_only_that_message(pipeline, monkeypatch):
+    p = pipeline
+    service, database = p["service"], p["database"]
+    account = new_account(database)
+    kb = service.create_knowledge_base(account, "Flaky")
+    good, _ = service.upload_document(account, kb.id, filename="a.txt", content_type="text/plain")
+    flaky, _ = service.upload_document(account, kb.id, filename="b.txt", content_type="text/plain")
+    for doc in (good, flaky):
+        p["s3"].put_object(Bucket=BUCKET, Key=f"accounts/{account}/{doc.storage_key}", Body=FAQ.encode())
+    messages = [m for m in drain(p["sqs"], p["queue_url"]) if "Records" in json.loads(m["Body"])]
+
+    from airies.errors import ProviderError
+
+    embedder = service.embedder(kb.embedding_provider, kb.embedding_model, kb.embedding_dimensions)
+    real_embed = embedder.embed
+    calls = {"n": 0}
+
+    class Flaky:
+        def __getattr__(self, name):
+            return getattr(embedder, name)
+
+        def embed(self, texts):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise ProviderError("embeddings overloaded", provider="test", retryable=True, upstream_status=503)
+            return real_embed(texts)
+
+    service._embedders[(kb.embedding_provider, kb.embedding_model, kb.embedding_dimensions)] = Flaky()
+    _, result = _deliver(p, messages)
+    assert result == {"batchItemFailures": [{"itemIdentifier": messages[1]["MessageId"]}]}
+    second = service.get_document(account, kb.id, flaky.id)
+    assert second.status == "uploaded"  # released for the retry, not stuck in "processing"
+    _, retry = _deliver(p, [messages[1]])
+    assert retry == {"batchItemFailures": []}
+    assert service.get_document(account, kb.id, flaky.id).status == "ready"
+
+
+def test_delete_document_and_knowledge_base_remove_vectors_and_objects(pipeline):
+    p = pipeline
+    service, database = p["service"], p["database"]
+    account = new_account(database)
+    kb = service.create_knowledge_base(account, "Temp")
+    doc_a = service.add_document_content(
+        account, kb.id, filename="a.md", content_type="text/markdown", data=FAQ.encode()
+    )
+    doc_b = service.add_document_content(
+        account, kb.id, filename="b.txt", content_type="text/plain", data=b"Parking is free for visitors."
+    )
+    assert doc_a.status == doc_b.status == "ready"
+    objects = p["s3"].list_objects_v2(Bucket=BUCKET, Prefix=f"accounts/{account}/knowledge/{kb.id}/")["KeyCount"]
+    assert objects == 2
+
+    service.delete_document(account, kb.id, doc_a.id)
+    assert _counts(database, doc_a.id) == (0, 0)
+    assert p["s3"].list_objects_v2(Bucket=BUCKET, Prefix=f"accounts/{account}/knowledge/{kb.id}/")["KeyCount"] == 1
+    assert all(hit.document_id == doc_b.id for hit in service.query_knowledge_base(account, kb.id, "refund policy"))
+    assert service.get_knowledge_base(account, kb.id).document_count == 1
+
+    service.delete_knowledge_base(account, kb.id)
+    with database.session() as session:
+        assert (
+            session.scalar(
+                select(func.count()).select_from(KnowledgeVector).where(KnowledgeVector.knowledge_base_id == kb.id)
+            )
+            == 0
+        )
+        assert (
+            session.scalar(
+                select(func.count()).select_from(KnowledgeDocument).where(KnowledgeDocument.knowledge_base_id == kb.id)
+            )
+            == 0
+        )
+    assert p["s3"].list_objects_v2(Bucket=BUCKET, Prefix=f"accounts/{account}/")["KeyCount"] == 0
+    with pytest.raises(NotFoundError):
+        service.get_knowledge_base(account, kb.id)
+
+
+def test_tenancy_no_query_returns_another_accounts_chunks(pipeline):
+    p = pipeline
+    service, database = p["service"], p["database"]
+    alice, bob = new_account(database), new_account(database)
+    kb_a = service.create_knowledge_base(alice, "Alice")
+    kb_b = service.create_knowledge_base(bob, "Bob")
+    service.add_document_content(
+        alice, kb_a.id, filename="secret.txt", content_type="text/plain", data=b"The vault code is 4711."
+    )
+    service.add_document_content(
+        bob, kb_b.id, filename="public.txt", content_type="text/plain", data=b"The lobby opens at nine."
+    )
+    with pytest.raises(NotFoundError):
+        service.query_knowledge_base(bob, kb_a.id, "vault code")
+    with pytest.raises(NotFoundError):
+        service.get_document_chunks(bob, kb_a.id, "x")
+    # Even naming Alice's knowledge base in an agent's list returns nothing of hers.
+    hits = service.retrieve_for_agent(bob, [kb_a.id, kb_b.id], "vault code lobby")
+    assert hits and all(h.knowledge_base_id == kb_b.id for h in hits)
+    assert service.retrieve_for_agent(bob, [kb_a.id], "vault code") == []
+    # The store itself filters by account, whatever id is asked for.
+    store = service.store("embedded")
+    vector = (
+        service.embedder(kb_a.embedding_provider, kb_a.embedding_model, kb_a.embedding_dimensions)
+        .embed(["vault"])
+        .vectors[0]
+    )
+    assert store.query(bob, kb_a.id, vector, 5) == []

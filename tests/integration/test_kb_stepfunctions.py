@@ -1,0 +1,159 @@
+"""The ingestion state machine's ASL, executed by moto's Step Functions interpreter.
+
+moto runs ASL only with ``execute_state_machine``; its Lambda tasks are routed to the in-process task handler
+(functions/ingestion/tasks.py) by replacing moto's no-Docker Lambda backend ``invoke`` for the test's duration.
+The large-document path then is: S3 event -> IngestionFunction -> StartExecution -> Prepare -> Map(embed) -> Finalise.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import zipfile
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.awslambda_simple.models import LambdaSimpleBackend
+
+from airies.services.knowledge import build_knowledge_service
+from tests.kb_support import (
+    BUCKET,
+    FakeLambdaContext,
+    RecordingPublisher,
+    drain,
+    kb_settings,
+    load_function,
+    make_pdf,
+    moto_bucket,
+    new_account,
+    sqs_event,
+)
+
+ASL = Path(__file__).resolve().parents[2] / "infra" / "statemachines" / "ingestion.asl.json"
+MOTO_CONFIG = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
+
+
+@pytest.fixture
+def machine(database, tmp_path, monkeypatch):
+    tasks = load_function("tasks")
+    calls: list[dict] = []
+
+    def invoke(self, function_name, qualifier, body, headers, response_headers):
+        event = json.loads(body or "{}")
+        calls.append(event)
+        try:
+            result = tasks.handler(event, FakeLambdaContext())
+        except Exception as exc:
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}).encode()
+        return json.dumps(result).encode()
+
+    monkeypatch.setattr(LambdaSimpleBackend, "invoke", invoke)
+    with moto_bucket(MOTO_CONFIG) as s3:
+        iam = boto3.client("iam", region_name="us-east-1")
+        role = iam.create_role(RoleName="kb-role", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        zipped = io.BytesIO()
+        with zipfile.ZipFile(zipped, "w") as archive:
+            archive.writestr("tasks.py", "def handler(event, context):\n    return event\n")
+        function_arn = boto3.client("lambda", region_name="us-east-1").create_function(
+            FunctionName="kb-ingestion-tasks",
+            Runtime="python3.12",
+            Role=role,
+            Handler="tasks.handler",
+            Code={"ZipFile": zipped.getvalue()},
+        )["FunctionArn"]
+        definition = ASL.read_text().replace("${IngestionTaskFunctionArn}", function_arn)
+        sfn = boto3.client("stepfunctions", region_name="us-east-1")
+        arn = sfn.create_state_machine(name="kb-ingestion", definition=definition, roleArn=role)["stateMachineArn"]
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        queue_url = sqs.create_queue(QueueName="kb-ingestion")["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        s3.put_bucket_notification_configuration(
+            Bucket=BUCKET,
+            NotificationConfiguration={
+                "QueueConfigurations": [{"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"]}]
+            },
+        )
+        settings = kb_settings(
+            tmp_path, kb_ingestion_state_machine_arn=arn, kb_large_document_bytes=1000, kb_embed_batch_chunks=4
+        )
+        service = build_knowledge_service(settings, database, usage_publisher=RecordingPublisher(), sfn_client=sfn)
+        handler = load_function("handler")
+        handler._service = tasks._service = service
+        try:
+            yield {
+                "s3": s3,
+                "sqs": sqs,
+                "queue_url": queue_url,
+                "sfn": sfn,
+                "arn": arn,
+                "service": service,
+                "handler": handler,
+                "calls": calls,
+                "database": database,
+            }
+        finally:
+            handler._service = tasks._service = None
+
+
+def _wait(sfn, arn: str) -> dict:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        executions = sfn.list_executions(stateMachineArn=arn)["executions"]
+        if executions and all(e["status"] != "RUNNING" for e in executions):
+            return sfn.describe_execution(executionArn=executions[0]["executionArn"])
+        time.sleep(0.05)
+    raise AssertionError("the state machine did not finish in 60 s")
+
+
+def test_large_document_goes_through_the_state_machine(machine):
+    m = machine
+    service = m["service"]
+    account = new_account(m["database"])
+    kb = service.create_knowledge_base(account, "Manuals", chunk_size=60, chunk_overlap=10)
+    doc, _ = service.upload_document(account, kb.id, filename="manual.pdf", content_type="application/pdf")
+    pages = [
+        f"Section {i}. The pump model P{i} needs a filter change every {i + 2} months. "
+        f"Error code E{i}0 means the inlet valve {i} is blocked; clean it and restart the unit." * 2
+        for i in range(12)
+    ]
+    m["s3"].put_object(Bucket=BUCKET, Key=f"accounts/{account}/{doc.storage_key}", Body=make_pdf(pages))
+    messages = drain(m["sqs"], m["queue_url"])
+    result = m["handler"].handler(sqs_event(messages), FakeLambdaContext())
+    assert result == {"batchItemFailures": []}
+
+    execution = _wait(m["sfn"], m["arn"])
+    assert execution["status"] == "SUCCEEDED", execution
+    tasks = [c["task"] for c in m["calls"]]
+    ready = service.get_document(account, kb.id, doc.id)
+    assert ready.status == "ready", ready.error
+    batches = -(-ready.chunk_count // 4)
+    assert batches >= 2  # the Map really fanned out
+    assert tasks.count("prepare") == 1 and tasks.count("embed") == batches and tasks[-1] == "finalise"
+    assert ready.page_count == 12
+    hit = service.query_knowledge_base(account, kb.id, "what does error code E70 mean", top_k=3)
+    assert any("E70" in h.text for h in hit)
+
+    # A duplicated event for the same object version starts no second execution.
+    again = m["handler"].handler(sqs_event(messages), FakeLambdaContext())
+    assert again == {"batchItemFailures": []}
+    assert len(m["sfn"].list_executions(stateMachineArn=m["arn"])["executions"]) == 1
+
+
+def test_rejected_large_document_ends_failed_through_the_choice_state(machine):
+    m = machine
+    service = m["service"]
+    account = new_account(m["database"])
+    kb = service.create_knowledge_base(account, "Bad")
+    doc, _ = service.upload_document(account, kb.id, filename="broken.pdf", content_type="application/pdf")
+    m["s3"].put_object(
+        Bucket=BUCKET, Key=f"accounts/{account}/{doc.storage_key}", Body=b"%PDF-1.7\n" + b"garbage " * 500
+    )
+    m["handler"].handler(sqs_event(drain(m["sqs"], m["queue_url"])), FakeLambdaContext())
+    execution = _wait(m["sfn"], m["arn"])
+    assert execution["status"] == "SUCCEEDED"  # the run itself is fine: it recorded the failure and stopped
+    failed = service.get_document(account, kb.id, doc.id)
+    assert (failed.status, failed.error_code) == ("failed", "corrupt_pdf")
+    assert [c["task"] for c in m["calls"]] == ["prepare"]

@@ -1,0 +1,154 @@
+"""Protocol parsing, sentence segmentation, heard-text accounting, pricing and conversation tokens."""
+
+from __future__ import annotations
+
+import base64
+import json
+from decimal import Decimal
+
+import pytest
+
+from airies.errors import UnauthorizedError
+from airies.schemas import ws_protocol as wp
+from airies.services.conversations import ConversationTokens
+from airies.services.turns import (
+    SentenceSegmenter,
+    SpokenSentence,
+    chunk_activity,
+    contains_phrase,
+    heard_text,
+    price_usage,
+    segment_text,
+)
+from tests.doubles.conv_engines import silence
+
+
+def frame(**fields: object) -> str:
+    return json.dumps(fields)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ("", "malformed_json"),
+        ("{", "malformed_json"),
+        ("[1]", "malformed_json"),
+        (frame(action="fly"), "unknown_action"),
+        (frame(data="x"), "unknown_action"),
+        (frame(action="text"), "invalid_frame"),
+        (frame(action="text", text="hi", more=1), "invalid_frame"),
+        (frame(action="interrupt", played_ms=-1), "invalid_frame"),
+        ("x" * (wp.MAX_FRAME_BYTES + 1), "frame_too_large"),
+    ],
+)
+def test_bad_frames_have_stable_codes(body: str, code: str) -> None:
+    with pytest.raises(wp.ProtocolError) as err:
+        wp.parse_client_frame(body)
+    assert err.value.code == code
+
+
+def test_audio_frames_are_checked() -> None:
+    ok = wp.parse_client_frame(frame(action="audio", seq=3, data=base64.b64encode(b"\x01\x00" * 1600).decode()))
+    assert isinstance(ok, wp.AudioFrame) and len(ok.pcm()) == 3200 and ok.seq == 3
+    for data, code in [
+        ("%%%", "bad_audio"),
+        (base64.b64encode(b"\x01").decode(), "bad_audio"),
+        (base64.b64encode(b"\x00" * (wp.MAX_CHUNK_BYTES + 2)).decode(), "audio_too_large"),
+    ]:
+        with pytest.raises(wp.ProtocolError) as err:
+            wp.parse_client_frame(frame(action="audio", data=data)).pcm()  # type: ignore[union-attr]
+        assert err.value.code == code
+    # a 250 ms frame fits API Gateway's 32 KB unit with room to spare
+    assert len(wp.encode(wp.audio("turn_x", 0, b"\x00" * wp.MAX_CHUNK_BYTES))) < 32 * 1024
+
+
+def test_segmenter_cuts_early_but_not_inside_abbreviations_or_numbers() -> None:
+    seg = SentenceSegmenter()
+    out: list[str] = []
+    for token in [
+        "Dr.",
+        "Smith",
+        "sees",
+        "patients",
+        "at",
+        "9.30",
+        "a.m.",
+        "daily.",
+        "Call",
+        "us!",
+        "Is",
+        "that",
+        "ok?",
+        "Yes",
+    ]:
+        out += seg.push(token + " ")
+    out += seg.flush()
+    assert out == ["Dr. Smith sees patients at 9.30 a.m. daily.", "Call us!", "Is that ok?", "Yes"]
+    first = SentenceSegmenter(first_comma_words=6)
+    assert first.push("Well, thanks for calling the clinic today, how ") == [
+        "Well, thanks for calling the clinic today,"
+    ]
+    assert segment_text("One. Two; three: four") == ["One.", "Two;", "three:", "four"]
+    assert SentenceSegmenter().push("No boundary yet") == []
+
+
+def test_heard_text_keeps_only_what_was_played() -> None:
+    sentences = [
+        SpokenSentence("First one here.", 0, 1000, True),
+        SpokenSentence("Second has four words.", 1000, 2000, True),
+        SpokenSentence("Never played.", 2000, 2000, False),
+    ]
+    assert heard_text(sentences, 2000) == "First one here. Second has four words."
+    assert heard_text(sentences, 1500) == "First one here. Second has"
+    assert heard_text(sentences, 500) == "First"
+    assert heard_text(sentences, 0) == ""
+
+
+def test_end_call_phrases_match_whole_words() -> None:
+    assert contains_phrase("OK, bye bye!", ["goodbye", "bye bye"]) == "bye bye"
+    assert contains_phrase("Goodbye.", ["goodbye"]) == "goodbye"
+    assert contains_phrase("goodbyes are sad", ["goodbye"]) is None
+
+
+def test_turn_cost_is_exact_at_catalog_prices() -> None:
+    cost, total = price_usage(
+        {
+            "stt_seconds": 30.0,
+            "stt_provider": "deepgram",
+            "prompt_tokens": 1000,
+            "cached_tokens": 200,
+            "completion_tokens": 100,
+            "llm_provider": "openai",
+            "llm_model": "gpt-4o-mini",
+            "tts_characters": 1000,
+            "tts_provider": "elevenlabs",
+        }
+    )
+    assert Decimal(cost["stt"]) == Decimal("0.00215")  # 0.0043 $/min * 0.5 min
+    assert Decimal(cost["llm"]) == Decimal("0.000195")  # 800*0.15 + 200*0.075 + 100*0.6 per million
+    assert Decimal(cost["tts"]) == Decimal("0.15")
+    assert total == Decimal("0.152345") and cost["total"] == "0.152345000"
+    offline, zero = price_usage(
+        {"stt_seconds": 3.0, "stt_provider": "pocketsphinx", "tts_characters": 10, "tts_provider": "espeak"}
+    )
+    assert zero == 0 and offline["total"] == "0.000000000"
+
+
+def test_tokens_bind_conversation_and_expire() -> None:
+    now = [1000.0]
+    tokens = ConversationTokens(b"s" * 32, ttl_seconds=60, clock=lambda: now[0])
+    token, _ = tokens.issue("conv_a", "acc_1")
+    assert tokens.verify(token, "conv_a") == {**tokens.verify(token), "c": "conv_a", "a": "acc_1"}
+    for bad, cid in [(token, "conv_b"), (token[:-2] + "xx", "conv_a"), ("", "conv_a"), ("abc", None)]:
+        with pytest.raises(UnauthorizedError):
+            tokens.verify(bad, cid)
+    with pytest.raises(UnauthorizedError):
+        ConversationTokens(b"other" * 8, clock=lambda: now[0]).verify(token)
+    now[0] += 61
+    with pytest.raises(UnauthorizedError) as err:
+        tokens.verify(token, "conv_a")
+    assert err.value.code == "token_expired"
+
+
+def test_chunk_activity_sees_silence() -> None:
+    assert chunk_activity(silence(250)) == (0.0, 250.0)

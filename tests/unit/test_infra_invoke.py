@@ -1,0 +1,158 @@
+"""The Docker-less invoker: handler loading, isolation between functions, env, sidecars, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from airies.config import PROJECT_ROOT
+from airies.local import invoke
+from airies.local.invoke import EventMeta, check_result, invoke_function, sample_events
+
+TEMPLATE = """\
+AWSTemplateFormatVersion: "2010-09-09"
+Transform: AWS::Serverless-2016-10-31
+Parameters:
+  Stage:
+    Type: String
+    Default: dev
+Globals:
+  Function:
+    Runtime: python3.12
+    Timeout: 7
+    MemorySize: 256
+    Environment:
+      Variables:
+        SHARED: !Sub "shared-${Stage}"
+        QUEUE_URL: !Ref Jobs
+Resources:
+  Jobs:
+    Type: AWS::SQS::Queue
+  FirstFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: one/
+      Handler: handler.handler
+      Environment:
+        Variables:
+          OWN: first
+  SecondFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: two/
+      Handler: pkg.entry.main
+"""
+
+HANDLER = """\
+import os
+import helper  # a sibling module with the same name in both CodeUris
+COLD = helper.NAME
+def {name}(event, context):
+    return {{"who": COLD, "shared": os.environ.get("SHARED"), "own": os.environ.get("OWN"),
+             "queue": os.environ.get("QUEUE_URL"), "event": event, "fn": context.function_name,
+             "memory": context.memory_limit_in_mb, "remaining": context.get_remaining_time_in_millis()}}
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "template.yaml").write_text(TEMPLATE)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "handler.py").write_text(HANDLER.format(name="handler"))
+    (tmp_path / "one" / "helper.py").write_text("NAME = 'one'\n")
+    (tmp_path / "two" / "pkg").mkdir(parents=True)
+    (tmp_path / "two" / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "two" / "pkg" / "entry.py").write_text(HANDLER.format(name="main"))
+    (tmp_path / "two" / "helper.py").write_text("NAME = 'two'\n")
+    (tmp_path / "env.json").write_text(json.dumps({"SecondFunction": {"OWN": "from-env-file"}}))
+    return tmp_path
+
+
+def test_invokes_each_function_with_its_own_code_env_and_context(project: Path) -> None:
+    kwargs = {"template_path": project / "template.yaml", "env_file": project / "env.json"}
+    first = invoke_function("FirstFunction", {"n": 1}, **kwargs)
+    second = invoke_function("SecondFunction", {"n": 2}, **kwargs)
+    again = invoke_function("FirstFunction", {"n": 3}, env={"OWN": "override"}, **kwargs)
+    assert (first["who"], second["who"], again["who"]) == ("one", "two", "one")  # siblings never shadow
+    assert first["shared"] == "shared-dev"
+    assert first["own"] == "first" and second["own"] == "from-env-file" and again["own"] == "override"
+    assert first["queue"].endswith("/123456789012/airies-local-jobs")
+    assert first["event"] == {"n": 1}
+    assert first["fn"] == "airies-local-FirstFunction"
+    assert first["memory"] == 256
+    assert 0 < first["remaining"] <= 7000
+    assert "SHARED" not in os.environ  # the process env is restored
+
+
+def test_unknown_function_and_missing_handler_are_clear_errors(project: Path) -> None:
+    with pytest.raises(KeyError, match="NoSuch"):
+        invoke_function("NoSuch", {}, template_path=project / "template.yaml", env_file=None)
+    (project / "one" / "handler.py").unlink()
+    with pytest.raises(FileNotFoundError, match="FirstFunction"):
+        invoke_function("FirstFunction", {}, template_path=project / "template.yaml", env_file=None)
+
+
+def test_sample_event_discovery_skips_sidecars_and_other_prefixes(tmp_path: Path) -> None:
+    for name in ("Fn.a.json", "Fn.a.meta.json", "Fn-b.json", "Fn.json", "FnOther.json", "Other.json"):
+        (tmp_path / name).write_text("{}")
+    assert [p.name for p in sample_events("Fn", tmp_path)] == ["Fn-b.json", "Fn.a.json", "Fn.json"]
+
+
+def test_sidecar_parsing_and_expectations(tmp_path: Path) -> None:
+    event = tmp_path / "Fn.x.json"
+    event.write_text("{}")
+    assert EventMeta.for_event(event) == EventMeta()
+    (tmp_path / "Fn.x.meta.json").write_text(json.dumps({"needs": ["database"], "expect": {"statusCode": 201}}))
+    meta = EventMeta.for_event(event)
+    assert meta.needs == ["database"] and meta.expect == {"statusCode": 201}
+    check_result({"statusCode": 201}, meta)
+    with pytest.raises(AssertionError):
+        check_result({"statusCode": 200}, meta)
+    with pytest.raises(AssertionError):
+        check_result({"statusCode": 502, "body": "x"}, EventMeta())
+    check_result({"batchItemFailures": []}, EventMeta())
+    (tmp_path / "Fn.x.meta.json").write_text(json.dumps({"needz": []}))
+    with pytest.raises(ValueError, match="needz"):
+        EventMeta.for_event(event)
+
+
+def test_placeholders_are_substituted_recursively() -> None:
+    event = {"headers": {"authorization": "Bearer {{api_key}}"}, "list": ["{{x}}", 3]}
+    assert invoke._substitute(event, {"api_key": "k", "x": "y"}) == {
+        "headers": {"authorization": "Bearer k"},
+        "list": ["y", 3],
+    }
+
+
+def test_cli_prints_the_handler_result(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "airies.local.invoke", "ApiFunction",
+            "--event", str(PROJECT_ROOT / "infra" / "events" / "ApiFunction.health.json"),
+        ],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False,
+        env={**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout[result.stdout.index("{\n") :])
+    assert output["statusCode"] == 200
+    assert json.loads(output["body"])["status"] == "ok"
+
+
+def test_every_local_extension_module_is_loaded_and_registers_into_the_server() -> None:
+    from airies.local import server
+
+    expected = sorted(
+        path.stem
+        for path in (PROJECT_ROOT / "layers" / "common" / "airies" / "local").glob("*.py")
+        if path.stem not in server.CORE_MODULES and not path.stem.startswith("_")
+    )
+    assert server.load_extensions() == expected
+    hooks_before = list(server.STARTUP_HOOKS)
+    assert server.load_extensions() == expected  # idempotent: modules import once, hooks register once
+    assert len(server.STARTUP_HOOKS) == len(hooks_before)

@@ -1,0 +1,142 @@
+"""template.yaml: structure that the platform relies on, the local reader of it, and cfn-lint 1.53.3."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from airies.config import PROJECT_ROOT
+from airies.local.template import (
+    LocalContext,
+    function_environment,
+    function_specs,
+    kebab,
+    load_template,
+)
+
+TEMPLATE = PROJECT_ROOT / "template.yaml"
+CFN_LINT = PROJECT_ROOT / ".venv-tools" / "bin" / "cfn-lint"
+
+
+@pytest.fixture(scope="module")
+def template() -> dict:
+    return load_template(TEMPLATE)
+
+
+def test_short_form_tags_become_long_form(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        "A: !Ref X\nB: !GetAtt Res.Arn\nC: !Sub 'a-${X}'\nD: !Join ['-', [!Ref X, b]]\nE: !If [Cond, 1, 2]\n"
+        "F: !GetAtt [Res, Name]\nG: !Condition Cond\n"
+    )
+    data = load_template(path)
+    assert data["A"] == {"Ref": "X"}
+    assert data["B"] == {"Fn::GetAtt": ["Res", "Arn"]}
+    assert data["C"] == {"Fn::Sub": "a-${X}"}
+    assert data["D"] == {"Fn::Join": ["-", [{"Ref": "X"}, "b"]]}
+    assert data["E"] == {"Fn::If": ["Cond", 1, 2]}
+    assert data["F"] == {"Fn::GetAtt": ["Res", "Name"]}
+    assert data["G"] == {"Condition": "Cond"}
+
+
+def test_globals_match_the_design(template: dict) -> None:
+    fn = template["Globals"]["Function"]
+    assert fn["Runtime"] == "python3.12"
+    assert fn["Architectures"] == ["arm64"]
+    assert fn["Tracing"] == "Active"
+    assert fn["Layers"] == [{"Ref": "CommonLayer"}]
+    env = fn["Environment"]["Variables"]
+    for key in ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_LOG_LEVEL", "POWERTOOLS_METRICS_NAMESPACE"):
+        assert key in env
+    assert env["AIRIES_DATABASE_SECRET_ARN"] == {"Ref": "DatabaseSecretArn"}
+    params = template["Parameters"]
+    assert {"Stage", "DatabaseSecretArn", "SubnetIds", "SecurityGroupIds"} <= set(params)
+    assert params["SubnetIds"]["Type"] == "CommaDelimitedList"
+
+
+def test_every_function_exists_on_disk_and_uses_the_layer(template: dict) -> None:
+    specs = function_specs(template)
+    assert "ApiFunction" in specs
+    for logical_id, spec in specs.items():
+        assert spec.code_uri.is_dir(), f"{logical_id}: CodeUri {spec.code_uri} missing"
+        assert spec.module_path.is_file(), f"{logical_id}: handler file {spec.module_path} missing"
+        assert f"def {spec.function_name}(" in spec.module_path.read_text(), f"{logical_id}: no {spec.function_name}"
+        assert spec.layer_dirs == ((PROJECT_ROOT / "layers" / "common").resolve(),)
+        assert spec.code_uri.is_relative_to(PROJECT_ROOT / "functions"), "handlers live under functions/"
+
+
+def test_api_function_snapstart_and_default_stage(template: dict) -> None:
+    api = template["Resources"]["ApiFunction"]["Properties"]
+    assert api["SnapStart"] == {"ApplyOn": "PublishedVersions"}
+    assert api["AutoPublishAlias"]
+    http_api = template["Resources"]["HttpApi"]["Properties"]
+    # A named stage puts /<stage> in front of rawPath (payload v2) and no /api/v1 route would match.
+    assert "StageName" not in http_api or http_api["StageName"] == "$default"
+    assert "HttpApiUrl" in template["Outputs"]
+
+
+def test_layer_build_is_the_makefile(template: dict) -> None:
+    layer = template["Resources"]["CommonLayer"]
+    assert layer["Metadata"]["BuildMethod"] == "makefile"
+    makefile = (PROJECT_ROOT / layer["Properties"]["ContentUri"] / "Makefile").read_text()
+    assert "build-CommonLayer:" in makefile
+    assert "compileall" in makefile
+
+
+def test_intrinsics_resolve_to_local_values(template: dict) -> None:
+    ctx = LocalContext(template=template, env_file={"Resources": {"StorageBucket": "my-bucket"}}, region="eu-west-1")
+    assert ctx.resolve({"Ref": "StorageBucket"}) == "my-bucket"
+    assert ctx.resolve({"Fn::GetAtt": ["StorageBucket", "Arn"]}) == "arn:aws:s3:::my-bucket"
+    assert ctx.resolve({"Fn::Sub": "x-${AWS::Region}-${Stage}"}) == "x-eu-west-1-dev"
+    assert ctx.resolve({"Fn::Sub": ["${A}/${!Literal}", {"A": {"Ref": "Stage"}}]}) == "dev/${Literal}"
+    assert ctx.resolve({"Fn::Join": [",", [{"Ref": "AWS::AccountId"}, "b"]]}) == "123456789012,b"
+    assert ctx.resolve({"Ref": "SubnetIds"}) == []
+    assert kebab("StorageBucket") == "storage-bucket"
+    with pytest.raises(KeyError):
+        ctx.resolve({"Ref": "NoSuchThing"})
+
+
+def test_function_environment_applies_env_file_over_template(template: dict) -> None:
+    ctx = LocalContext(
+        template=template,
+        env_file={
+            "Parameters": {"AIRIES_STAGE": "local", "AIRIES_DATABASE_SECRET_ARN": None},
+            "ApiFunction": {"EXTRA": 1},
+            "Resources": {"StorageBucket": "b1"},
+        },
+    )
+    env = function_environment(function_specs(template)["ApiFunction"], ctx)
+    assert env["AIRIES_STAGE"] == "local"
+    assert env["AIRIES_DATABASE_SECRET_ARN"] is None  # unset: no secret lookup locally
+    assert env["AIRIES_STORAGE_BUCKET"] == "b1"
+    assert env["EXTRA"] == "1"
+    assert env["POWERTOOLS_SERVICE_NAME"] == "airies"
+
+
+def _cfn_lint(path: Path) -> subprocess.CompletedProcess[str]:
+    if not CFN_LINT.exists():
+        pytest.fail(f"{CFN_LINT} missing: run `make tools` (make test installs cfn-lint 1.53.3 there)")
+    return subprocess.run([str(CFN_LINT), str(path)], capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_cfn_lint_is_the_sam_transform_version() -> None:
+    if not CFN_LINT.exists():
+        pytest.fail(f"{CFN_LINT} missing: run `make tools`")
+    out = subprocess.run([str(CFN_LINT), "--version"], capture_output=True, text=True, check=True).stdout
+    assert "1.53.3" in out
+
+
+def test_cfn_lint_catches_a_bad_runtime_through_the_sam_transform(tmp_path: Path) -> None:
+    # Proves the linter really expands AWS::Serverless::* (1.54+ silently passes this).
+    shutil.copytree(
+        PROJECT_ROOT / "layers", tmp_path / "layers", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__")
+    )
+    shutil.copytree(PROJECT_ROOT / "functions", tmp_path / "functions", ignore=shutil.ignore_patterns("__pycache__"))
+    broken = TEMPLATE.read_text().replace("Runtime: python3.12", "Runtime: python2.1", 1)
+    (tmp_path / "template.yaml").write_text(broken)
+    result = _cfn_lint(tmp_path / "template.yaml")
+    assert result.returncode != 0, result.stdout
+    assert "python2.1" in result.stdout

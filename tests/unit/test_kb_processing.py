@@ -1,0 +1,155 @@
+"""Text extraction, chunking and the hashing embedder (no database, no network)."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import zipfile
+
+import numpy as np
+import pytest
+
+from airies.providers.embeddings.hashing import HashingEmbedder, approx_tokens
+from airies.services import document_processor as dp
+from airies.services.chunking import chunk_text
+from tests.kb_support import make_docx, make_pdf
+
+DOCX = dp.DOCX
+
+
+def test_pdf_pages_and_text():
+    data = make_pdf(["First page about pumps.", "Second page about valves."])
+    doc = dp.extract(data, dp.PDF)
+    assert doc.page_count == 2 and "pumps" in doc.pages[0] and "valves" in doc.pages[1]
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"", "empty_document"),
+        (b"hello, not a pdf", "corrupt_pdf"),
+        (b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF", "corrupt_pdf"),
+    ],
+)
+def test_bad_pdfs(data, code):
+    with pytest.raises(dp.DocumentRejected) as info:
+        dp.extract(data, dp.PDF)
+    assert info.value.code == code
+
+
+def test_pdf_without_text_and_page_limit():
+    with pytest.raises(dp.DocumentRejected) as info:
+        dp.extract(make_pdf(["", ""]), dp.PDF)
+    assert info.value.code == "no_text"
+    with pytest.raises(dp.DocumentRejected) as info:
+        dp.extract(make_pdf(["a"] * 5), dp.PDF, max_pages=4)
+    assert info.value.code == "too_many_pages"
+
+
+def test_owner_password_only_pdf_opens():
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter()
+    writer.append(PdfReader(io.BytesIO(make_pdf(["Readable with an empty user password."]))))
+    writer.encrypt(user_password="", owner_password="owner", algorithm="AES-128")
+    out = io.BytesIO()
+    writer.write(out)
+    assert "Readable" in dp.extract(out.getvalue(), dp.PDF).text
+
+
+def test_docx_paragraphs_tables_and_zip_bomb():
+    import docx
+
+    document = docx.Document()
+    document.add_paragraph("Warranty lasts two years.")
+    table = document.add_table(rows=1, cols=2)
+    table.rows[0].cells[0].text = "Model X"
+    table.rows[0].cells[1].text = "1200 W"
+    buffer = io.BytesIO()
+    document.save(buffer)
+    text = dp.extract(buffer.getvalue(), DOCX).text
+    assert "Warranty lasts two years." in text and "Model X | 1200 W" in text
+
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("word/document.xml", b"\0" * (5 * 1024 * 1024))
+    assert len(bomb.getvalue()) < 50_000
+    with pytest.raises(dp.DocumentRejected) as info:
+        dp.extract(bomb.getvalue(), DOCX, max_decompressed_bytes=1024 * 1024)
+    assert info.value.code == "zip_bomb"
+    # Lying headers: the declared size is small but the stream inflates past the cap.
+    with pytest.raises(dp.DocumentRejected) as info:
+        dp.extract(b"PK\x03\x04 broken", DOCX)
+    assert info.value.code == "corrupt_docx"
+    assert dp.extract(make_docx(["One", "Two"]), DOCX).text == "One\n\nTwo"
+
+
+def test_html_and_markdown_cleaning():
+    html = (
+        "<html><head><title>T</title><style>p{}</style></head><body><nav>Menu</nav>"
+        "<h1>Title</h1><p>First <a href='/x'>link</a> para.</p><ul><li>one</li><li>two</li></ul>"
+        "<script>alert(1)</script><table><tr><td>a</td><td>b</td></tr></table></body></html>"
+    )
+    doc = dp.extract(html.encode(), dp.HTML)
+    assert doc.title == "T" and doc.links == ["/x"]
+    assert doc.text == "Title\n\nFirst link para.\n\none\n\ntwo\n\na | b"
+    md = "# Head\n\nSome **bold** and `code` with [a link](http://x).\n\n- item one\n- item two\n\n```py\nprint(1)\n```"
+    assert (
+        dp.extract(md.encode(), dp.MARKDOWN).text
+        == "Head\n\nSome bold and code with a link.\n\nitem one\nitem two\n\nprint(1)"
+    )
+
+
+def test_content_types():
+    assert dp.normalise_content_type("application/octet-stream", "Guide.PDF") == dp.PDF
+    assert dp.normalise_content_type("text/plain; charset=utf-8") == dp.TEXT
+    assert dp.normalise_content_type(None, "notes.md") == dp.MARKDOWN
+    with pytest.raises(dp.DocumentRejected) as info:
+        dp.extract(b"GIF89a", "image/gif")
+    assert info.value.code == "unsupported_content_type"
+    with pytest.raises(dp.DocumentRejected) as info:
+        dp.extract(b"\x00\x01\x02binary", dp.TEXT)
+    assert info.value.code == "not_text"
+    assert dp.extract("Grüße".encode("cp1252"), dp.TEXT).text == "Grüße"
+
+
+def test_chunks_respect_size_overlap_and_boundaries():
+    paragraphs = [" ".join(f"Sentence {p}.{s} talks about topic {p}." for s in range(12)) for p in range(8)]
+    chunks = chunk_text("\n\n".join(paragraphs), chunk_tokens=80, overlap_tokens=20)
+    assert len(chunks) > 5
+    assert all(c.token_count <= 80 for c in chunks)
+    for chunk in chunks:
+        assert chunk.text.endswith(".")  # never cut inside a sentence
+        assert chunk.text[0].isupper()
+    for previous, current in itertools.pairwise(chunks):
+        last_sentence = previous.text.rsplit(". ", 1)[-1].split("\n\n")[-1]
+        assert last_sentence in current.text  # the overlap carries the previous chunk's tail
+    joined = " ".join(c.text for c in chunks)
+    for p in range(8):
+        assert f"Sentence {p}.11 talks" in joined  # nothing lost
+
+
+def test_small_paragraphs_are_packed_and_pages_kept():
+    chunks = chunk_text(["Page one text.", "Page two text.", "Page three text."], chunk_tokens=300)
+    assert len(chunks) == 1 and chunks[0].page == 1
+    many = chunk_text([" ".join(["word"] * 200)] * 3, chunk_tokens=100, overlap_tokens=0)
+    assert [c.page for c in many][:2] == [1, 1] and many[-1].page == 3
+    giant = chunk_text("x" * 50 + " " + "y " * 1000, chunk_tokens=50, overlap_tokens=0)
+    assert all(c.token_count <= 50 for c in giant)
+    assert chunk_text("   ", 100) == []
+
+
+def test_hashing_embedder_is_deterministic_normalised_and_lexical():
+    embedder = HashingEmbedder()
+    texts = [
+        "How do I reset my password?",
+        "Reset your password from the settings page.",
+        "The cafeteria serves lunch.",
+    ]
+    a = embedder.embed(texts).vectors
+    b = HashingEmbedder().embed(texts).vectors
+    assert np.array_equal(a, b) and a.shape == (3, 512) and a.dtype == np.float32
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-6)
+    assert a[0] @ a[1] > a[0] @ a[2] + 0.2
+    assert embedder.lexical_only and approx_tokens("one two three four") == 5
+    assert np.allclose(embedder.embed([""]).vectors, 0)

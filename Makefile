@@ -82,7 +82,7 @@ serve: run
 # ---------------------------------------------------------------------------------------------------------------------
 # Test & lint (CI runs `make test` through .ci/run)
 # ---------------------------------------------------------------------------------------------------------------------
-test: install tools lint pytest
+test: install tools espeak lint pytest
 
 lint: install tools
 	$(VENV)/bin/ruff check $(LINT_PATHS)

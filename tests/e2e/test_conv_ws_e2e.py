@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -190,7 +189,6 @@ def turn_frames(frames: list[dict[str, Any]], turn_id: str) -> list[dict[str, An
     return [f for f in frames if f.get("turn_id") == turn_id]
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="eSpeak NG is part of the offline stack")
 def test_spoken_conversation_with_offline_engines(database, settings, moto_endpoint, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from websockets.asyncio.client import connect
 

@@ -112,12 +112,6 @@ class LiveStack:
 
         self.http = httpx.Client(base_url=self.settings.public_api_url, timeout=60)
         self.auth = signup(self.http)
-        # The API commits a request's unit of work as the response goes out: a client that is faster than the
-        # commit can see its brand-new key rejected. Wait for the signup to be visible before using it.
-        for _ in range(100):
-            if self.http.get("/api/v1/agents", headers=self.auth).status_code == 200:
-                break
-            time.sleep(0.02)
 
     def stop(self) -> None:
         self.http.close()
@@ -133,27 +127,16 @@ class LiveStack:
         if code_dir in sys.path:
             sys.path.remove(code_dir)
 
-    @staticmethod
-    def settled(call: Any, *args: Any, **kwargs: Any) -> Any:
-        """The API commits its unit of work as the response is sent, so a fast client can briefly miss its
-        own previous write (reported to the foundation owner); retry 401/404 for up to 2 s."""
-        for _ in range(100):
-            response = call(*args, **kwargs)
-            if response.status_code not in (401, 404):
-                return response
-            time.sleep(0.02)
-        return response
-
     def agent(self, client: Any, auth: dict[str, str], **config: Any) -> str:
         body = {"name": "E2E agent", "system_prompt": "You are the clinic's receptionist.", **config}
-        response = self.settled(client.post, "/api/v1/agents", json=body, headers=auth)
+        response = client.post("/api/v1/agents", json=body, headers=auth)
         assert response.status_code == 201, response.text
         agent_id = response.json()["id"]
-        assert self.settled(client.post, f"/api/v1/agents/{agent_id}/deploy", headers=auth).status_code == 201
+        assert client.post(f"/api/v1/agents/{agent_id}/deploy", headers=auth).status_code == 201
         return agent_id
 
     def start(self, client: Any, auth: dict[str, str], agent_id: str) -> dict[str, Any]:
-        response = self.settled(client.post, "/api/v1/conversations", json={"agent_id": agent_id}, headers=auth)
+        response = client.post("/api/v1/conversations", json={"agent_id": agent_id}, headers=auth)
         assert response.status_code == 201, response.text
         body = response.json()
         assert body["ws_url"].startswith(self.settings.public_ws_url)
@@ -239,7 +222,7 @@ def test_spoken_conversation_with_offline_engines(database, settings, moto_endpo
         end = reply[-1]
         assert end["status"] == "completed" and end["latency"]["stt_ms"] is not None
         assert end["latency"]["endpointing_ms"] >= 500
-        detail = stack.settled(client.get, f"/api/v1/conversations/{start['id']}", headers=auth).json()
+        detail = client.get(f"/api/v1/conversations/{start['id']}", headers=auth).json()
         assert detail["turns"][-1]["user_text"] == direct.text and detail["status"] == "active"
     finally:
         stack.stop()
@@ -297,9 +280,7 @@ def test_wire_doubles_turn_and_barge_in(database, settings, moto_endpoint) -> No
             end = rest[-1]
             assert end["status"] == "interrupted" and end["usage"]["llm_provider"] == "openai"
             assert oa.requests and dg.requests and el.requests
-            history = stack.settled(client.get, f"/api/v1/conversations/{start['id']}/transcript", headers=auth).json()[
-                "messages"
-            ]
+            history = client.get(f"/api/v1/conversations/{start['id']}/transcript", headers=auth).json()["messages"]
             heard = history[-1]["text"]
             assert history[-1]["interrupted"] and "Sundays" not in heard
         finally:

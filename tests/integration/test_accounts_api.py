@@ -70,3 +70,44 @@ def test_health_needs_no_key(client):
     response = client.get("/api/v1/health")
     assert response.status_code == 200
     assert response.json()["database"] in {"sqlite", "postgresql"}
+
+
+def test_writes_are_committed_before_the_response_starts(app, database):
+    """A client acting on a response (its new key, its new agent) must find the write committed: check the
+    database from another connection at the moment the response's first byte goes out."""
+    import asyncio
+    import json
+
+    from sqlalchemy import func, select
+
+    from airies.db.models import Account
+
+    body = json.dumps({"name": "Race Co", "email": "race@example.com"}).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/v1/accounts",
+        "raw_path": b"/api/v1/accounts",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+    }
+    seen: dict[str, object] = {}
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            seen["status"] = message["status"]
+            with database.engine.connect() as conn:  # a separate connection sees only committed rows
+                seen["accounts"] = conn.execute(
+                    select(func.count()).select_from(Account).where(Account.email == "race@example.com")
+                ).scalar_one()
+
+    asyncio.run(app(scope, receive, send))
+    assert seen == {"status": 201, "accounts": 1}

@@ -27,6 +27,11 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+# scope="function": the unit of work commits when the endpoint returns, before the response is sent, so a client
+# that acts on a response (a new key, a new agent) always finds its write committed.
+SessionDep = Depends(get_session, scope="function")
+
+
 @dataclass(frozen=True)
 class Caller:
     account: Account
@@ -37,7 +42,7 @@ class Caller:
         return self.account.id
 
 
-def current_caller(request: Request, session: Session = Depends(get_session)) -> Caller:
+def current_caller(request: Request, session: Session = SessionDep) -> Caller:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     raw_key = token.strip() if scheme.lower() == "bearer" else None

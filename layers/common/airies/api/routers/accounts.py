@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from airies.api.deps import Caller, current_caller, get_session
+from airies.api.deps import Caller, SessionDep, current_caller
 from airies.db.models import Account, ApiKey
 from airies.schemas.common import StrictModel
 from airies.services.accounts import AccountService
@@ -64,7 +64,7 @@ def key_out(key: ApiKey) -> ApiKeyOut:
 
 
 @router.post("/accounts", status_code=201)
-def signup(body: SignupRequest, request: Request, session: Session = Depends(get_session)) -> dict[str, object]:
+def signup(body: SignupRequest, request: Request, session: Session = SessionDep) -> dict[str, object]:
     service = AccountService(session, allow_public_signup=request.app.state.settings.allow_public_signup)
     account, issued = service.signup(name=body.name, email=str(body.email))
     return {

@@ -191,3 +191,39 @@ def test_unknown_route_and_method_are_json(client, auth):
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     wrong = client.patch("/api/v1/agents", headers=auth)
     assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_custom_endpoint_models_validate_only_when_configured(database, tmp_path):
+    """A model of the configured OpenAI-compatible endpoint (Ollama, vLLM) is a valid agent LLM; without the
+    endpoint it is unknown."""
+    from fastapi.testclient import TestClient
+
+    from airies.api.app import create_app
+    from airies.config import Settings
+
+    config = {
+        "name": "Local",
+        "system_prompt": "Be brief.",
+        "first_message": "Hello!",
+        "llm": {"provider": "ollama", "model": "llama3.2"},
+    }
+    custom = Settings(
+        data_dir=tmp_path,
+        llm_custom_base_url="http://127.0.0.1:11434/v1",
+        llm_custom_models="llama3.2,qwen2.5",
+        llm_custom_name="ollama",
+    )
+    with TestClient(create_app(custom, database)) as client:
+        headers = signup(client)
+        assert client.post("/api/v1/agents/validate", json=config, headers=headers).json() == {
+            "valid": True,
+            "problems": [],
+        }
+        created = client.post("/api/v1/agents", json=config, headers=headers)
+        assert created.status_code == 201, created.text
+        assert created.json()["config"]["llm"]["model"] == "llama3.2"
+    with TestClient(create_app(Settings(data_dir=tmp_path), database)) as client:
+        headers = signup(client)
+        problems = client.post("/api/v1/agents/validate", json=config, headers=headers).json()["problems"]
+        assert [p["field"] for p in problems] == ["llm.provider"]
+        assert client.post("/api/v1/agents", json=config, headers=headers).status_code == 422

@@ -36,19 +36,23 @@ SessionDep = Depends(get_session, scope="function")
 class Caller:
     account: Account
     session: Session
+    settings: Settings
 
     @property
     def account_id(self) -> str:
         return self.account.id
 
 
-def current_caller(request: Request, session: Session = SessionDep) -> Caller:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    raw_key = token.strip() if scheme.lower() == "bearer" else None
-    account = AccountService(session).authenticate(raw_key)
+def authenticate(request: Request, session: Session) -> Caller:
+    """The caller behind ``Authorization: Bearer <key>``; 401 without a valid key."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    account = AccountService(session).authenticate(token.strip() if scheme.lower() == "bearer" else None)
     request.state.account_id = account.id
     logger = getattr(request.app.state, "logger", None)
     if logger is not None:
         logger.append_keys(account_id=account.id)
-    return Caller(account=account, session=session)
+    return Caller(account=account, session=session, settings=request.app.state.settings)
+
+
+def current_caller(request: Request, session: Session = SessionDep) -> Caller:
+    return authenticate(request, session)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from sqlalchemy import func, or_, select
@@ -17,6 +17,9 @@ from airies.errors import BadRequestError, NotFoundError, ValidationFailedError
 from airies.schemas.agents import AgentConfig
 from airies.services import catalog
 from airies.services.agent_templates import TEMPLATES
+
+if TYPE_CHECKING:
+    from airies.config import Settings
 
 # (session, account_id, ids) -> the subset of ids that exist and belong to the account
 KnowledgeBaseOwnership = Callable[[Session, str, list[str]], set[str]]
@@ -96,7 +99,7 @@ class AgentValidator:
                 problems.append(
                     _problem(f"{field}.model", "unknown_model", f"model '{model}' is not offered by '{provider}'")
                 )
-            elif field == "llm":
+            elif field == "llm" and entry.context_window > 0:  # 0: a custom endpoint's model, context unknown
                 prompt_tokens = estimate_tokens(config.system_prompt) + config.llm.max_tokens
                 if prompt_tokens > entry.context_window:
                     problems.append(
@@ -170,9 +173,11 @@ def _deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 
 class AgentService:
-    def __init__(self, session: Session, validator: AgentValidator | None = None) -> None:
+    def __init__(
+        self, session: Session, validator: AgentValidator | None = None, *, settings: Settings | None = None
+    ) -> None:
         self.session = session
-        self.validator = validator or AgentValidator(session)
+        self.validator = validator or AgentValidator(session, llm_model=catalog.llm_model_lookup(settings))
 
     # -- reads -------------------------------------------------------------------------------
     def get(self, account_id: str, agent_id: str) -> Agent:

@@ -49,26 +49,8 @@ LLM_VENDORS = ("openai", "groq", "deepinfra")
 # ---------------------------------------------------------------------------------------------------------------
 # catalog (data file + the custom endpoint's models)
 # ---------------------------------------------------------------------------------------------------------------
-def custom_models(settings: Settings) -> list[catalog.LLMModel]:
-    if not settings.llm_custom_base_url:
-        return []
-    names = [name.strip() for name in settings.llm_custom_models.split(",") if name.strip()]
-    return [
-        catalog.LLMModel(
-            provider=settings.llm_custom_name,
-            model=name,
-            model_class=settings.llm_custom_model_class,
-            context_window=0,
-            input_per_mtok=0.0,  # self-hosted: no per-token price
-            cached_input_per_mtok=0.0,
-            output_per_mtok=0.0,
-        )
-        for name in names
-    ]
-
-
-def all_models(settings: Settings) -> list[catalog.LLMModel]:
-    return [*catalog.llm_models(), *custom_models(settings)]
+custom_models = catalog.custom_llm_models
+all_models = catalog.all_llm_models
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from airies.api.deps import Caller, current_caller
+from airies.api.deps import Caller, authenticate, current_caller
 from airies.db.models.knowledge import KnowledgeBase, KnowledgeDocument, KnowledgeScrapeJob
 from airies.errors import BadRequestError, PayloadTooLargeError, ValidationFailedError
 from airies.schemas.common import Page
@@ -203,19 +203,10 @@ async def create_document(request: Request, kb_id: str) -> DocumentCreated:
     return await run_in_threadpool(_create_document_sync, request, kb_id, spec, data)
 
 
-def _authenticate(request: Request, session: Any) -> Caller:
-    # The async document routes read the body themselves, then authenticate in the worker thread.
-    from airies.services.accounts import AccountService
-
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    account = AccountService(session).authenticate(token.strip() if scheme.lower() == "bearer" else None)
-    return Caller(account=account, session=session)
-
-
 def _create_document_sync(request: Request, kb_id: str, spec: DocumentCreate, data: bytes | None) -> DocumentCreated:
     state = request.app.state
     with state.database.session() as session:
-        caller = _authenticate(request, session)
+        caller = authenticate(request, session)
         account = caller.account
         svc = service(request, caller)
         settings = state.settings
@@ -256,7 +247,7 @@ async def update_document(request: Request, kb_id: str, doc_id: str) -> Document
                 f"inline uploads are limited to {state.settings.kb_inline_upload_max_bytes} bytes"
             )
         with state.database.session() as session:
-            caller = _authenticate(request, session)
+            caller = authenticate(request, session)
             svc = service(request, caller)
             return doc_out(
                 svc.update_document(caller.account_id, kb_id, doc_id, data=data, content_type=spec.content_type)

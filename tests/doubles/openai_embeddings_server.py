@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from airies.providers.embeddings.hashing import HashingEmbedder, approx_tokens
+from airies.providers.embeddings.base import approx_tokens
+from airies.providers.embeddings.hashing import HashingEmbedder
 
 MODEL_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
 

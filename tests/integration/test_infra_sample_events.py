@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from airies.local.invoke import EventMeta, run_sample_event, sample_events
+from airies.local.invoke import run_sample_event, sample_events
 from airies.local.template import function_specs, load_template
 
 FUNCTIONS = sorted(function_specs(load_template()))
 EVENTS = [(fn, path) for fn in FUNCTIONS for path in sample_events(fn)]
-DB_EVENTS = [item for item in EVENTS if "database" in EventMeta.for_event(item[1]).needs]
-OTHER_EVENTS = [item for item in EVENTS if item not in DB_EVENTS]
 
 
 def _ids(items: list[tuple[str, Path]]) -> list[str]:
@@ -36,21 +34,9 @@ def test_the_template_has_functions_and_events() -> None:
     assert len(EVENTS) >= len(FUNCTIONS)
 
 
-@pytest.mark.parametrize(("function", "event_path"), DB_EVENTS, ids=_ids(DB_EVENTS))
-def test_sample_event_with_database(function: str, event_path: Path, database, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+# Every event runs once per backend: a handler that opens the database at first use needs one either way.
+@pytest.mark.parametrize(("function", "event_path"), EVENTS, ids=_ids(EVENTS))
+def test_sample_event(function: str, event_path: Path, database, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.chdir(tmp_path)  # anything a handler writes under ./.data stays out of the repo
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     run_sample_event(function, event_path, database_url=database.url)
-
-
-@pytest.mark.parametrize(
-    ("function", "event_path"),
-    OTHER_EVENTS
-    or [pytest.param(None, None, marks=pytest.mark.skip(reason="every current sample event needs the database"))],
-    ids=_ids(OTHER_EVENTS) or ["none"],
-)
-def test_sample_event(function: str, event_path: Path, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'unused.db'}")
-    run_sample_event(function, event_path)

@@ -9,7 +9,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from airies.providers.embeddings.hashing import HashingEmbedder, approx_tokens
+from airies.providers.embeddings.base import approx_tokens
+from airies.providers.embeddings.hashing import HashingEmbedder
 from airies.services import document_processor as dp
 from airies.services.chunking import chunk_text
 from tests.kb_support import make_docx, make_pdf

@@ -17,7 +17,7 @@ from collections import Counter
 
 import numpy as np
 
-from airies.providers.embeddings.base import EmbeddingResult, normalise_rows
+from airies.providers.embeddings.base import EmbeddingResult, approx_tokens, normalise_rows
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 # Very common English words carry little signal for retrieval; they are down-weighted, not dropped.
@@ -73,13 +73,6 @@ _STOPWORDS = frozenset(
         "your",
     ]
 )
-
-
-def approx_tokens(text: str) -> int:
-    """A tokenizer-free estimate close to cl100k for English (≈ 0.75 words per token); ``str.split`` keeps it
-    cheap enough to call on every sentence of a 200-page document."""
-    words = len(text.split())
-    return max(1, round(words * 1.3)) if words else 0
 
 
 class HashingEmbedder:

@@ -41,7 +41,7 @@ class MiniLMEmbedder:
     lexical_only = False
 
     def embed(self, texts: list[str]) -> EmbeddingResult:
-        from airies.providers.embeddings.hashing import approx_tokens
+        from airies.providers.embeddings.base import approx_tokens
 
         model = _load()
         matrix = np.asarray(model.encode(texts, batch_size=self.max_batch), dtype=np.float32)

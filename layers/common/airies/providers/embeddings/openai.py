@@ -56,7 +56,7 @@ class OpenAIEmbedder:
         self._client = client
 
     def _batches(self, texts: list[str]) -> list[list[str]]:
-        from airies.providers.embeddings.hashing import approx_tokens
+        from airies.providers.embeddings.base import approx_tokens
 
         batches: list[list[str]] = []
         current: list[str] = []

@@ -1,13 +1,22 @@
 """Conversation turns: platform overhead per turn and AWS cost per conversation minute.
 
-Runs the real ``functions/voice_ws/default.py`` handler (the ``$default`` Lambda) in-process against moto
-(DynamoDB + API Gateway Management API) and SQLite, with provider doubles that inject realistic latencies:
-STT 150 ms, LLM first token 250 ms (then 20 ms per token), TTS first byte 100 ms.
+Runs the real ``functions/voice_ws/default.py`` handler (the ``$default`` Lambda) against moto (DynamoDB + API
+Gateway Management API) and SQLite, with provider doubles that inject realistic latencies: STT 150 ms, LLM first
+token 250 ms (then 20 ms per token), TTS first byte 100 ms. The per-turn credit check is the real billing one.
+
+moto runs as a server in a separate process (the headline): AWS calls are HTTP round trips, as on AWS, and
+moto's own CPU work does not compete with the handler for this interpreter's GIL. The same run against moto
+in-process (``mock_aws``, every call executed inside this process) is reported next to it.
+``BENCH_CONV_AWS=server|inprocess|both`` (default both) picks the modes.
 
 * Platform overhead = (the audio frame whose trailing silence ends the utterance arrives -> first audio
   frame posted back) - (150 + 250 + 100 ms injected). Everything else on that path is ours: VAD, DynamoDB
-  state, audio assembly, history from the database, segmentation, the barge-in check before each post.
+  state, audio assembly, the credit check, segmentation, the barge-in check before each post.
   Target p95 < 25 ms, and the first audio goes out before the LLM stream has ended.
+* AWS calls on the critical path: SDK calls inside that window and outside the provider waits (a call
+  hidden behind STT/LLM/TTS latency costs nothing). Their count, the round trips they form (overlapping calls
+  count once) and the time waited on them are reported, plus a projection with assumed AWS latencies
+  (``ASSUMED_AWS_MS``: DynamoDB 5 ms, post_to_connection 10 ms) in place of the local moto round trips.
 * Cost per conversation minute: every frame of the simulated calls is counted (Lambda invocations and
   measured durations at 512 MB arm64, WebSocket messages in 32 KB units both ways, connection minutes,
   DynamoDB read/write units from item sizes, SQS usage batches, optional S3 recording PUTs) and priced at the
@@ -21,13 +30,17 @@ STT 150 ms, LLM first token 250 ms (then 20 ms per token), TTS first byte 100 ms
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 import os
+import socket
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +48,9 @@ from benchmarks import harness
 
 DEFAULT_TURNS = 40
 INJECTED_MS = 150 + 250 + 100
+# Assumed in-region latencies from a Lambda (the upper end of DynamoDB's usual 3-5 ms for a small item, and
+# ~10 ms for an API Gateway post_to_connection). Assumptions for the projection, not measurements.
+ASSUMED_AWS_MS = {"dynamodb": 5.0, "apigatewaymanagementapi": 10.0}
 PRICES = {
     "lambda_request": 0.20 / 1e6,
     "lambda_gb_s": 0.0000133334,
@@ -61,10 +77,61 @@ def run(args: Any = None) -> dict[str, Any]:
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
-    from moto import mock_aws
+    modes = os.environ.get("BENCH_CONV_AWS", "both")
+    if modes not in ("server", "inprocess", "both"):
+        raise ValueError(f"BENCH_CONV_AWS must be server, inprocess or both, not {modes!r}")
+    result: dict[str, Any] | None = None
+    if modes in ("server", "both"):
+        print("  -- moto server in a separate process (headline)")
+        with moto_server() as endpoint:
+            result = _run(turns, endpoint)
+        result["aws"] = "moto server, separate process"
+    if modes in ("inprocess", "both"):
+        from moto import mock_aws
 
-    with mock_aws():
-        return _run(turns)
+        print("  -- moto in-process (mock_aws)")
+        with mock_aws():
+            inprocess = _run(turns, None)
+        if result is None:
+            result = inprocess
+            result["aws"] = "moto in-process"
+        else:
+            result["inprocess_moto"] = {
+                k: inprocess[k] for k in ("overhead_ms", "critical_path_aws", "overhead_outside_critical_aws_ms")
+            }
+    assert result is not None
+    return result
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """``python -m moto.server`` in a child process on a free local port; yields its endpoint URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if child.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 class CountingPoster:
@@ -88,10 +155,107 @@ class CountingPoster:
         self.inner.close(connection_id)
 
 
+class ProviderWaits:
+    """Wraps the provider doubles to note when each injected wait ran: STT, LLM until its first token, TTS until
+    its first chunk. AWS calls hidden behind these waits are not on the critical path."""
+
+    def __init__(self, engines: Any) -> None:
+        self.spans: list[tuple[float, float]] = []
+        self.engines = engines
+        stt, tts, llm = engines.stt, engines.tts, engines.llm
+        waits = self
+
+        class Stt:
+            async def transcribe(self, pcm16: bytes, sample_rate: int, options: Any) -> Any:
+                start = time.perf_counter()
+                try:
+                    return await stt.transcribe(pcm16, sample_rate, options)
+                finally:
+                    waits.spans.append((start, time.perf_counter()))
+
+        class Tts:
+            name = tts.name
+
+            async def synthesize(self, text: str, options: Any) -> AsyncIterator[bytes]:
+                start, first = time.perf_counter(), True
+                async for chunk in tts.synthesize(text, options):
+                    if first:
+                        waits.spans.append((start, time.perf_counter()))
+                        first = False
+                    yield chunk
+
+            async def list_voices(self) -> list[Any]:
+                return []
+
+        async def streamer(request: Any) -> AsyncIterator[Any]:
+            start, first = time.perf_counter(), True
+            async for event in llm(request):
+                if first:
+                    waits.spans.append((start, time.perf_counter()))
+                    first = False
+                yield event
+
+        engines.stt, engines.tts, engines.llm = Stt(), Tts(), streamer
+
+
+def _union(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    merged: list[tuple[float, float]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def _minus(span: tuple[float, float], holes: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Parts of ``span`` outside the (merged, sorted) ``holes``."""
+    out, (a, b) = [], span
+    for lo, hi in holes:
+        if hi <= a or lo >= b:
+            continue
+        if lo > a:
+            out.append((a, lo))
+        a = max(a, hi)
+    if a < b:
+        out.append((a, b))
+    return out
+
+
+def critical_aws(
+    calls: list[tuple[float, float, str]], window: tuple[float, float], waits: list[tuple[float, float]]
+) -> dict[str, Any]:
+    """AWS calls that delayed the first audio: inside ``window`` and not hidden behind a provider wait.
+
+    Overlapping calls form one round trip; the projection swaps each round trip's measured time for the slowest
+    assumed AWS latency among its calls.
+    """
+    holes = _union([w for w in waits if w[1] > window[0] and w[0] < window[1]])
+    exposed: list[tuple[float, float, str]] = []
+    count = 0
+    for a, b, service in calls:
+        parts = [p for p in _minus((max(a, window[0]), min(b, window[1])), holes) if p[1] - p[0] > 1e-4]
+        count += bool(parts)  # 0.1 ms: a call merely touching a wait's edge is not on the path
+        exposed += [(lo, hi, service) for lo, hi in parts]
+    trips: list[list[tuple[float, float, str]]] = []
+    for call in sorted(exposed):
+        if trips and call[0] <= max(c[1] for c in trips[-1]):
+            trips[-1].append(call)
+        else:
+            trips.append([call])
+    waited = sum(max(c[1] for c in trip) - trip[0][0] for trip in trips) * 1000
+    assumed = sum(max(ASSUMED_AWS_MS[c[2]] for c in trip) for trip in trips)
+    return {
+        "calls": count,
+        "round_trips": len(trips),
+        "waited_ms": waited,
+        "assumed_ms": assumed,
+        "shape": " + ".join(" || ".join(sorted({c[2] for c in trip})) for trip in trips),
+    }
+
+
 def spoken(text: str) -> bytes:
     """Real speech (eSpeak NG), so the server VAD sees what it sees on a call; a pure tone is not speech."""
-    import subprocess
-
     from airies.audio.codecs import read_wav, resample_pcm16
 
     with tempfile.NamedTemporaryFile(suffix=".wav") as handle:
@@ -100,8 +264,10 @@ def spoken(text: str) -> bytes:
     return resample_pcm16(pcm, rate, 16000)
 
 
-def _run(turns: int) -> dict[str, Any]:
+def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
+    """One measured session; ``endpoint``: a moto server's URL, or None for moto in-process (``mock_aws``)."""
     import boto3
+    from botocore.config import Config
 
     from airies.config import Settings
     from airies.db.engine import Database
@@ -111,7 +277,7 @@ def _run(turns: int) -> dict[str, Any]:
     from airies.schemas.conversations import ConversationCreate
     from airies.services.accounts import AccountService
     from airies.services.agents import AgentService
-    from airies.services.conversations import ConversationService, ConversationTokens
+    from airies.services.conversations import ConversationService, ConversationTokens, billing_credit_gate
     from airies.services.sessions import SessionStore
     from airies.services.websocket import ApiGatewayPoster, WebSocketService
     from tests.doubles.conv_engines import FakeLLM, FakeSTT, FakeTTS, fake_engines, silence
@@ -126,14 +292,20 @@ def _run(turns: int) -> dict[str, Any]:
         ws_token_secret="b" * 32,
         ws_management_url="https://bench.execute-api.us-east-1.amazonaws.com/prod",
     )
-    ddb = boto3.client("dynamodb", region_name="us-east-1")
+    # As built on Lambda (sessions.dynamodb_client, websocket.management_poster), pointed at moto.
+    ddb = boto3.client("dynamodb", region_name="us-east-1", endpoint_url=endpoint)
     # The client streams in real time; the handlers see a clock that advances with the audio sent.
     sim = {"t": time.time()}
     store = SessionStore(ddb, "bench-ws-state", clock=lambda: sim["t"])
     store.ensure_table()
     poster = CountingPoster(
         ApiGatewayPoster(
-            boto3.client("apigatewaymanagementapi", endpoint_url=settings.ws_management_url, region_name="us-east-1")
+            boto3.client(
+                "apigatewaymanagementapi",
+                endpoint_url=endpoint or settings.ws_management_url,
+                region_name="us-east-1",
+                config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2}),
+            )
         )
     )
     llm = FakeLLM(reply=REPLY, first_token_s=0.250, per_token_s=0.020)
@@ -141,6 +313,13 @@ def _run(turns: int) -> dict[str, Any]:
         stt=FakeSTT(text="what time do you open", latency_s=0.150),
         llm=llm,
         tts=FakeTTS(first_byte_s=0.100, ms_per_char=65, chunk_ms=100, per_chunk_s=0.005),
+    )
+    waits = ProviderWaits(engines)
+    # moto keeps every byte posted to a connection in one growing bytes object (copied on each post): a cost
+    # API Gateway does not have. Dropping it between turns, through a client outside the measurement, keeps
+    # the post round trip flat over the run.
+    moto_reset = boto3.client(
+        "apigatewaymanagementapi", endpoint_url=endpoint or settings.ws_management_url, region_name="us-east-1"
     )
     usage_batches = {"n": 0}
     tokens = ConversationTokens(b"b" * 32)
@@ -153,7 +332,7 @@ def _run(turns: int) -> dict[str, Any]:
         usage_sink=lambda session: (
             lambda events: usage_batches.__setitem__("n", usage_batches["n"] + math.ceil(len(events) / 10))
         ),
-        credit_gate=lambda session: None,
+        credit_gate=lambda session: billing_credit_gate(settings, session),  # the real one: it is on the path
         tokens=tokens,
         clock=lambda: sim["t"],
     )
@@ -180,32 +359,21 @@ def _run(turns: int) -> dict[str, Any]:
         )
         cid = conversation.id
 
-    # Time spent inside AWS SDK calls (moto, in this process): measured so the overhead can be split into
-    # what the emulator costs and what our code costs.
-    sdk_calls: list[tuple[float, float]] = []
-    for client in (ddb, poster.inner.client):
+    # Every AWS SDK call (start, end, service), to find the ones the first audio waited for.
+    sdk_calls: list[tuple[float, float, str]] = []
+    for client, service_name in ((ddb, "dynamodb"), (poster.inner.client, "apigatewaymanagementapi")):
         original = client._make_api_call
 
-        def timed(operation: str, params: dict[str, Any], _original: Any = original) -> Any:
+        def timed(operation: str, params: dict[str, Any], _original: Any = original, _name: str = service_name) -> Any:
             start = time.perf_counter()
             try:
                 return _original(operation, params)
             finally:
-                sdk_calls.append((start, time.perf_counter()))
+                sdk_calls.append((start, time.perf_counter(), _name))
 
         client._make_api_call = timed
 
-    def sdk_ms(lo: float, hi: float) -> float:
-        spans = sorted((max(a, lo), min(b, hi)) for a, b in sdk_calls if b > lo and a < hi)
-        total, cursor = 0.0, lo
-        for a, b in spans:
-            a = max(a, cursor)
-            if b > a:
-                total += b - a
-                cursor = b
-        return total * 1000
-
-    sdk_share: list[float] = []
+    critical: list[dict[str, Any]] = []
     lam = {"invocations": 0, "seconds": 0.0}
     ws_in_units = 0
     connection_id = "benchConn0001="
@@ -247,6 +415,7 @@ def _run(turns: int) -> dict[str, Any]:
     first_before_end: list[bool] = []
     streamed_ms = 0.0
     for _ in range(turns):
+        moto_reset.delete_connection(ConnectionId=connection_id)
         poster.first_audio_at = None
         trigger = None
         for pcm in (speech, pause):
@@ -262,7 +431,9 @@ def _run(turns: int) -> dict[str, Any]:
             sent = ddb.get_item(TableName="bench-ws-state", Key={"pk": {"S": f"conv#{cid}"}, "sk": {"S": "session"}})
             raise RuntimeError(f"no turn ran; posts so far {poster.messages}; session {sent.get('Item')}")
         overheads.append((poster.first_audio_at - trigger) * 1000 - INJECTED_MS)
-        sdk_share.append(sdk_ms(trigger, poster.first_audio_at))
+        critical.append(critical_aws(sdk_calls, (trigger, poster.first_audio_at), waits.spans))
+        sdk_calls.clear()
+        waits.spans.clear()
         first_before_end.append(poster.first_audio_at < llm.finished_at[-1])
         # The agent speaks while the client keeps streaming (silent) audio: count those frames too.
         agent_ms = len(REPLY) * 65
@@ -307,15 +478,24 @@ def _run(turns: int) -> dict[str, Any]:
     total = sum(per_minute.values())
     recording = usage["s3_puts_if_recording"] * PRICES["s3_put"] / minutes
     p50, p95 = harness.percentile(overheads, 50), harness.percentile(overheads, 95)
-    own = [o - s_ for o, s_ in zip(overheads, sdk_share, strict=True)]
-    own_p95 = harness.percentile(own, 95)
-    # The SDK figure is the union of SDK calls overlapping the window; some of them overlap provider waits (the
-    # prefetched barge-in checks, the background chunk write), so "outside" is only a lower bound of our share.
-    print(
-        f"  AWS SDK (moto) calls overlapping that window: p50 {harness.percentile(sdk_share, 50):.1f} ms; "
-        f"overhead outside them (a lower bound): p50 {harness.percentile(own, 50):.1f} ms, p95 {own_p95:.1f} ms"
-    )
+    waited = [c["waited_ms"] for c in critical]
+    own = [o - c["waited_ms"] for o, c in zip(overheads, critical, strict=True)]
+    projected = [o + c["assumed_ms"] for o, c in zip(own, critical, strict=True)]
+    shapes: dict[str, int] = {}
+    for c in critical:
+        shapes[c["shape"]] = shapes.get(c["shape"], 0) + 1
+    pct = harness.percentile
     print(f"  overhead per turn: p50 {p50:.1f} ms, p95 {p95:.1f} ms, max {max(overheads):.1f} ms over {turns} turns")
+    print(
+        f"  AWS calls on the critical path: p50 {pct([c['calls'] for c in critical], 50)} calls in "
+        f"{pct([c['round_trips'] for c in critical], 50)} round trips, waited p50 {pct(waited, 50):.1f} ms, "
+        f"p95 {pct(waited, 95):.1f} ms; shapes {shapes}"
+    )
+    print(f"  overhead outside those calls: p50 {pct(own, 50):.1f} ms, p95 {pct(own, 95):.1f} ms")
+    print(
+        f"  projected with assumed AWS latencies {ASSUMED_AWS_MS}: p50 {pct(projected, 50):.1f} ms, "
+        f"p95 {pct(projected, 95):.1f} ms"
+    )
     print(f"  first audio before the LLM stream ended: {sum(first_before_end)}/{turns} turns")
     print(
         "  AWS $/conversation minute: "
@@ -332,11 +512,19 @@ def _run(turns: int) -> dict[str, Any]:
             "max": round(max(overheads), 2),
             "min": round(min(overheads), 2),
         },
-        "overhead_inside_aws_sdk_calls_ms": {
-            "p50": round(harness.percentile(sdk_share, 50), 2),
-            "p95": round(harness.percentile(sdk_share, 95), 2),
+        "critical_path_aws": {
+            "calls_p50": pct([c["calls"] for c in critical], 50),
+            "calls_max": max(c["calls"] for c in critical),
+            "round_trips_p50": pct([c["round_trips"] for c in critical], 50),
+            "waited_ms": {"p50": round(pct(waited, 50), 2), "p95": round(pct(waited, 95), 2)},
+            "shapes": shapes,
         },
-        "overhead_outside_aws_sdk_calls_ms": {"p50": round(harness.percentile(own, 50), 2), "p95": round(own_p95, 2)},
+        "overhead_outside_critical_aws_ms": {"p50": round(pct(own, 50), 2), "p95": round(pct(own, 95), 2)},
+        "projected_overhead_ms": {
+            "assumed_aws_ms": ASSUMED_AWS_MS,
+            "p50": round(pct(projected, 50), 2),
+            "p95": round(pct(projected, 95), 2),
+        },
         "first_audio_before_llm_end": f"{sum(first_before_end)}/{turns}",
         "simulated_minutes": round(minutes, 3),
         "counted": usage,

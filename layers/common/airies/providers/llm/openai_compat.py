@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import email.utils
 import time
-import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,6 +29,7 @@ from airies.providers.llm.base import (
     Usage,
 )
 from airies.providers.llm.tokens import count_message_tokens, count_text_tokens
+from airies.providers.loop_client import LoopBoundClient
 
 
 class OpenAICompatibleProvider:
@@ -53,8 +53,7 @@ class OpenAICompatibleProvider:
         self.read_timeout = read_timeout
         self.stream_usage = stream_usage
         self.key_source = key_source
-        # httpx connection pools belong to one event loop; Lambda may run each invocation in a fresh loop.
-        self._clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self._clients = LoopBoundClient(lambda: self._new_client(self.api_key))
 
     def __repr__(self) -> str:  # never print the key
         return (
@@ -63,19 +62,15 @@ class OpenAICompatibleProvider:
 
     # -- client -------------------------------------------------------------------------------------
     def client(self, api_key: str | None = None) -> Any:
-        import asyncio
+        if api_key is not None:  # a one-off client (key validation): not cached
+            return self._new_client(api_key)
+        return self._clients.get()
 
+    def _new_client(self, api_key: str) -> Any:
         import openai  # lazy: 47 MB SDK, only loaded when an LLM is actually called
 
         timeout = openai.Timeout(self.read_timeout, connect=self.connect_timeout, pool=self.connect_timeout)
-        if api_key is not None:  # a one-off client (key validation): not cached
-            return openai.AsyncOpenAI(api_key=api_key, base_url=self.base_url, timeout=timeout, max_retries=0)
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = openai.AsyncOpenAI(api_key=self.api_key, base_url=self.base_url, timeout=timeout, max_retries=0)
-            self._clients[loop] = client
-        return client
+        return openai.AsyncOpenAI(api_key=api_key, base_url=self.base_url, timeout=timeout, max_retries=0)
 
     def _params(self, request: LLMRequest) -> dict[str, Any]:
         params: dict[str, Any] = {

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from airies.audio.codecs import duration_seconds, write_wav
 from airies.errors import ProviderError
 from airies.providers.errors import http_provider_error, transport_error
+from airies.providers.loop_client import LoopBoundClient
 from airies.providers.stt.base import STTOptions, Transcript, Word
 
 DEFAULT_MODEL = "nova-3"
@@ -23,25 +23,22 @@ class DeepgramSTT:
         self.base_url = base_url
         self.timeout = timeout
         self.max_retries = max_retries
-        self._client: Any = None
-        self._loop: Any = None
+        self._clients = LoopBoundClient(self._build_client)
 
     def _get_client(self) -> Any:
-        # SDK clients hold connection pools bound to one event loop: rebuild when the loop changes.
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._loop = loop
-            from deepgram import AsyncDeepgramClient  # lazy: ~30 MB of SDK
-            from deepgram.environment import DeepgramClientEnvironment
+        return self._clients.get()
 
-            kwargs: dict[str, Any] = {"api_key": self.api_key, "timeout": self.timeout}
-            if self.base_url:
-                ws = self.base_url.replace("https://", "wss://").replace("http://", "ws://")
-                kwargs["environment"] = DeepgramClientEnvironment(
-                    base=self.base_url, production=ws, agent=ws, agent_rest=self.base_url
-                )
-            self._client = AsyncDeepgramClient(**kwargs)
-        return self._client
+    def _build_client(self) -> Any:
+        from deepgram import AsyncDeepgramClient  # lazy: ~30 MB of SDK
+        from deepgram.environment import DeepgramClientEnvironment
+
+        kwargs: dict[str, Any] = {"api_key": self.api_key, "timeout": self.timeout}
+        if self.base_url:
+            ws = self.base_url.replace("https://", "wss://").replace("http://", "ws://")
+            kwargs["environment"] = DeepgramClientEnvironment(
+                base=self.base_url, production=ws, agent=ws, agent_rest=self.base_url
+            )
+        return AsyncDeepgramClient(**kwargs)
 
     async def transcribe(self, pcm16: bytes, sample_rate: int, options: STTOptions) -> Transcript:
         import httpx

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from airies.audio.codecs import duration_seconds, write_wav
 from airies.providers.errors import http_provider_error, transport_error
+from airies.providers.loop_client import LoopBoundClient
 from airies.providers.stt.base import STTOptions, Transcript, Word
 
 DEFAULT_MODEL = "whisper-1"
@@ -23,20 +23,17 @@ class WhisperSTT:
         self.base_url = base_url
         self.timeout = timeout
         self.max_retries = max_retries
-        self._client: Any = None
-        self._loop: Any = None
+        self._clients = LoopBoundClient(self._build_client)
 
     def _get_client(self) -> Any:
-        # SDK clients hold connection pools bound to one event loop: rebuild when the loop changes.
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._loop = loop
-            from openai import AsyncOpenAI
+        return self._clients.get()
 
-            self._client = AsyncOpenAI(
-                api_key=self.api_key, base_url=self.base_url, timeout=self.timeout, max_retries=self.max_retries
-            )
-        return self._client
+    def _build_client(self) -> Any:
+        from openai import AsyncOpenAI
+
+        return AsyncOpenAI(
+            api_key=self.api_key, base_url=self.base_url, timeout=self.timeout, max_retries=self.max_retries
+        )
 
     async def transcribe(self, pcm16: bytes, sample_rate: int, options: STTOptions) -> Transcript:
         import openai

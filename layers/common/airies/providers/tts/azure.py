@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from airies.errors import NotFoundError
 from airies.providers.errors import http_provider_error, transport_error
+from airies.providers.loop_client import LoopBoundClient
 from airies.providers.tts.base import TTSOptions, VoiceInfo
 
 # Our output formats -> X-Microsoft-OutputFormat. Azure has no 44.1 kHz MP3: mp3 requests get 48 kHz.
@@ -42,21 +42,18 @@ class AzureTTS:
         self.api_key = api_key
         self.base_url = (base_url or f"https://{region}.tts.speech.microsoft.com").rstrip("/")
         self.timeout = timeout
-        self._client: Any = None
-        self._loop: Any = None
+        self._clients = LoopBoundClient(self._build_client)
 
     def _get_client(self) -> Any:
-        # SDK clients hold connection pools bound to one event loop: rebuild when the loop changes.
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._loop = loop
-            import httpx
+        return self._clients.get()
 
-            self._client = httpx.AsyncClient(
-                timeout=self.timeout,
-                headers={"Ocp-Apim-Subscription-Key": self.api_key, "User-Agent": "airies"},
-            )
-        return self._client
+    def _build_client(self) -> Any:
+        import httpx
+
+        return httpx.AsyncClient(
+            timeout=self.timeout,
+            headers={"Ocp-Apim-Subscription-Key": self.api_key, "User-Agent": "airies"},
+        )
 
     async def synthesize(self, text: str, options: TTSOptions) -> AsyncIterator[bytes]:
         import httpx

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from airies.errors import NotFoundError
 from airies.providers.errors import http_provider_error, transport_error
+from airies.providers.loop_client import LoopBoundClient
 from airies.providers.tts.base import TTSOptions, VoiceInfo
 
 DEFAULT_MODEL = "eleven_flash_v2_5"  # lowest latency model
@@ -24,21 +24,18 @@ class ElevenLabsTTS:
         self.base_url = base_url
         self.timeout = timeout
         self.max_retries = max_retries
-        self._client: Any = None
-        self._loop: Any = None
+        self._clients = LoopBoundClient(self._build_client)
 
     def _get_client(self) -> Any:
-        # SDK clients hold connection pools bound to one event loop: rebuild when the loop changes.
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._loop = loop
-            from elevenlabs.client import AsyncElevenLabs  # lazy: ~60 MB of SDK
+        return self._clients.get()
 
-            kwargs: dict[str, Any] = {"api_key": self.api_key, "timeout": self.timeout}
-            if self.base_url:
-                kwargs["base_url"] = self.base_url
-            self._client = AsyncElevenLabs(**kwargs)
-        return self._client
+    def _build_client(self) -> Any:
+        from elevenlabs.client import AsyncElevenLabs  # lazy: ~60 MB of SDK
+
+        kwargs: dict[str, Any] = {"api_key": self.api_key, "timeout": self.timeout}
+        if self.base_url:
+            kwargs["base_url"] = self.base_url
+        return AsyncElevenLabs(**kwargs)
 
     def _request_options(self) -> dict[str, Any]:
         return {"max_retries": self.max_retries, "timeout_in_seconds": max(1, round(self.timeout))}

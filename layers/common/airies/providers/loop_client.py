@@ -1,0 +1,28 @@
+"""One SDK client per running event loop.
+
+SDK clients hold httpx connection pools bound to the loop that created them, and Lambda may run each invocation in
+a fresh loop: a client is built per loop and dropped with it, so connections are reused within a loop only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+ClientT = TypeVar("ClientT")
+
+
+class LoopBoundClient(Generic[ClientT]):
+    def __init__(self, factory: Callable[[], ClientT]) -> None:
+        self._factory = factory
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ClientT] = weakref.WeakKeyDictionary()
+
+    def get(self) -> ClientT:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._factory()
+            self._clients[loop] = client
+        return client

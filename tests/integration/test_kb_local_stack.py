@@ -1,10 +1,12 @@
-"""The local stack's knowledge workers (``airies/local/knowledge.py``): under moto with the template's resources,
-a presigned-style upload to DocumentsBucket is ingested through IngestionQueue, and a scrape-job message on
-ScrapeQueue is consumed, by the same handlers as the Lambda functions."""
+"""The local stack's event sources (``airies/local/knowledge.py`` + ``event_sources.py``): under moto with the
+template's resources, a presigned-style upload to DocumentsBucket is ingested through IngestionQueue, a scrape-job
+message on ScrapeQueue is consumed, and usage published to UsageQueue reaches the ledger, all by the same handlers
+as the Lambda functions."""
 
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 
 import boto3
 import pytest
@@ -13,7 +15,9 @@ from moto import mock_aws
 from airies.config import get_settings
 from airies.db.engine import get_database
 from airies.local.template import DEFAULT_ENV_FILE, LocalContext, create_local_resources, load_env_file, load_template
+from airies.schemas.usage import UsageComponent, UsageEvent
 from airies.services.knowledge import build_knowledge_service
+from airies.services.usage import SqsUsagePublisher, build_usage_service
 from tests.kb_support import new_account
 
 
@@ -26,6 +30,13 @@ class _Stack:
         self.database = database
         self.aws_endpoint_url = None
         self.stopping = threading.Event()
+
+
+def sqs_depth(sqs, url: str) -> int:
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return sum(int(value) for value in attributes.values())
 
 
 def _wait_for(predicate, timeout=20.0):
@@ -51,11 +62,13 @@ def test_local_workers_ingest_uploads_and_scrape_jobs(database, monkeypatch, tmp
         )
         get_settings.cache_clear()
         settings = get_settings()
-        from airies.local.knowledge import start_knowledge_workers
+        from airies.local.event_sources import start_queue_workers
+        from airies.local.knowledge import notify_ingestion_queue
 
         stack = _Stack(ctx, settings, get_database(settings))
         try:
-            start_knowledge_workers(stack)
+            notify_ingestion_queue(stack)
+            start_queue_workers(stack)
             service = build_knowledge_service(settings, database)
             account = new_account(database)
             kb = service.create_knowledge_base(account, "Local")
@@ -71,6 +84,27 @@ def test_local_workers_ingest_uploads_and_scrape_jobs(database, monkeypatch, tmp
             assert service.enqueue_scrape_job(job)
             assert _wait_for(lambda: service.get_scrape_job(account, kb.id, job.id).status == "failed")
             assert "could not fetch" in service.get_scrape_job(account, kb.id, job.id).error
+
+            # Usage published to UsageQueue (twice: a redelivery) is tracked once by UsageFunction's handler.
+            usage_url = sqs.get_queue_url(QueueName=ctx.local_name("UsageQueue"))["QueueUrl"]
+            event = UsageEvent(
+                idempotency_key="turn_local:llm_output_tokens",
+                account_id=account,
+                component=UsageComponent.LLM_OUTPUT_TOKENS,
+                quantity=Decimal("42"),
+                provider="openai",
+                model="gpt-4o-mini",
+            )
+            SqsUsagePublisher(usage_url, region="us-east-1").publish([event, event])
+            usage = build_usage_service(settings, database)
+
+            def llm_events() -> list[tuple[str, str]]:
+                events, _ = usage.list_usage_events(account, component="llm_output_tokens")
+                return [(e.idempotency_key, e.quantity) for e in events]
+
+            assert _wait_for(lambda: llm_events() != [])
+            assert _wait_for(lambda: sqs_depth(sqs, usage_url) == 0)  # the duplicate was consumed as well
+            assert llm_events() == [("turn_local:llm_output_tokens", "42")]
         finally:
             stack.stopping.set()
             time.sleep(0.6)  # the poller notices within one idle sleep

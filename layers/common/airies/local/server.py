@@ -13,7 +13,7 @@ there other than invoke/server/template is imported at start-up, so its registra
 - ``@local_resource("AWS::...")`` in airies/local/template.py: create a new resource type under moto.
 - ``@on_startup`` here: start background workers (event-source pollers, schedulers) once the stack is up;
   they get the :class:`LocalStack` and must stop when ``stack.stopping`` is set.
-- WebSocket: the conversations capability provides ``airies/local/websocket.py`` with ``mount(app, stack)``;
+- WebSocket: the conversations capability provides ``airies/local/ws_gateway.py`` with ``mount(app, stack)``;
   :func:`mount_extensions` calls it to serve the voice WebSocket at ``/ws`` (same handlers as the WebSocket API).
 """
 

@@ -15,6 +15,7 @@ from airies.local.template import (
     function_specs,
     kebab,
     load_template,
+    local_context,
 )
 
 TEMPLATE = PROJECT_ROOT / "template.yaml"
@@ -140,3 +141,64 @@ def test_cfn_lint_catches_a_bad_runtime_through_the_sam_transform(tmp_path: Path
     result = _cfn_lint(tmp_path / "template.yaml")
     assert result.returncode != 0, result.stdout
     assert "python2.1" in result.stdout
+
+
+# What each function's code reads at run time, and so what its IAM policies and env must grant on AWS.
+PROVIDER_KEYS = "ProviderKeysSecretName"
+BILLING_KEYS = "BillingSecretName"
+RUNTIME_NEEDS: dict[str, dict[str, set[str]]] = {
+    # function: {"secrets": secret-name parameters, "send": queues it publishes to, "kms": {"decrypt"} if it opens
+    # accounts' own sealed keys}
+    "ApiFunction": {
+        "secrets": {PROVIDER_KEYS, BILLING_KEYS},
+        "send": {"UsageQueue", "ScrapeQueue"},
+        "kms": {"decrypt"},
+    },
+    "VoiceConnectFunction": {"secrets": {PROVIDER_KEYS}, "send": set(), "kms": set()},  # ws_token_secret
+    "VoiceMessageFunction": {"secrets": {PROVIDER_KEYS}, "send": {"UsageQueue"}, "kms": {"decrypt"}},
+    "SessionSweeperFunction": {"secrets": {PROVIDER_KEYS}, "send": {"UsageQueue"}, "kms": {"decrypt"}},
+    "IngestionFunction": {"secrets": {PROVIDER_KEYS}, "send": {"UsageQueue"}, "kms": {"decrypt"}},
+    "IngestionTaskFunction": {"secrets": {PROVIDER_KEYS}, "send": {"UsageQueue"}, "kms": {"decrypt"}},
+    "ScrapeWorkerFunction": {"secrets": {PROVIDER_KEYS}, "send": {"UsageQueue"}, "kms": {"decrypt"}},
+}
+
+
+def _policy_grants(properties: dict) -> tuple[set[str], set[str], bool]:
+    secrets: set[str] = set()
+    queues: set[str] = set()
+    kms_decrypt = False
+    for policy in properties.get("Policies") or []:
+        text = str(policy)
+        if "AWSSecretsManagerGetSecretValuePolicy" in policy:
+            secrets |= {name for name in (PROVIDER_KEYS, BILLING_KEYS) if "${" + name + "}" in text}
+        if "SQSSendMessagePolicy" in policy:
+            queues.add(policy["SQSSendMessagePolicy"]["QueueName"]["Fn::GetAtt"][0])
+        if "KMSDecryptPolicy" in policy or "kms:Decrypt" in text:
+            kms_decrypt = True
+    return secrets, queues, kms_decrypt
+
+
+@pytest.mark.parametrize("function", sorted(RUNTIME_NEEDS))
+def test_functions_may_read_what_their_code_reads(template: dict, function: str) -> None:
+    properties = template["Resources"][function]["Properties"]
+    needs = RUNTIME_NEEDS[function]
+    secrets, queues, kms_decrypt = _policy_grants(properties)
+    assert needs["secrets"] <= secrets, f"{function}: no GetSecretValue on {needs['secrets'] - secrets}"
+    assert needs["send"] <= queues, f"{function}: no SendMessage on {needs['send'] - queues}"
+    assert kms_decrypt or not needs["kms"], f"{function}: cannot decrypt accounts' sealed keys"
+    env = {
+        **template["Globals"]["Function"]["Environment"]["Variables"],
+        **(properties.get("Environment") or {}).get("Variables", {}),
+    }
+    if "UsageQueue" in needs["send"]:
+        assert env.get("AIRIES_USAGE_QUEUE_URL") == {"Ref": "UsageQueue"}, f"{function}: usage would bypass SQS"
+    secret_names = str(env["AIRIES_PROVIDER_KEYS_SECRET_NAME"])
+    for name in needs["secrets"]:
+        assert name in secret_names, f"{function}: AIRIES_PROVIDER_KEYS_SECRET_NAME does not list {name}"
+
+
+def test_offline_engines_are_off_on_aws_and_on_locally(template: dict) -> None:
+    assert template["Globals"]["Function"]["Environment"]["Variables"]["AIRIES_VOICE_OFFLINE_FALLBACK"] == "false"
+    ctx = local_context(template)
+    spec = function_specs(template)["ApiFunction"]
+    assert function_environment(spec, ctx)["AIRIES_VOICE_OFFLINE_FALLBACK"] == "true"

@@ -111,3 +111,39 @@ def test_writes_are_committed_before_the_response_starts(app, database):
 
     asyncio.run(app(scope, receive, send))
     assert seen == {"status": 201, "accounts": 1}
+
+
+def test_nul_characters_are_400_on_both_databases(client, auth):
+    """PostgreSQL cannot store U+0000 in text and SQLite can: the API refuses it everywhere, before any work."""
+    cases = [
+        client.get("/api/v1/agents/a%00b", headers=auth),
+        client.get("/api/v1/agents?q=a%00b", headers=auth),
+        client.post("/api/v1/agents", json={"name": "a\u0000b", "system_prompt": "x"}, headers=auth),
+        client.post(
+            "/api/v1/agents", json={"name": "ok", "system_prompt": "x", "metadata": {"k": "\u0000"}}, headers=auth
+        ),
+        client.post("/api/v1/accounts", json={"name": "N\u0000", "email": "nul@example.com"}),
+        client.post("/api/v1/api-keys", json={"name": "k\u0000"}, headers=auth),
+    ]
+    kb = client.post("/api/v1/knowledge-bases", json={"name": "Docs"}, headers=auth).json()["id"]
+    # this route reads its body itself (JSON or multipart), outside FastAPI's parsing
+    cases.append(
+        client.post(
+            f"/api/v1/knowledge-bases/{kb}/documents", json={"filename": "a.txt", "text": "a\u0000b"}, headers=auth
+        )
+    )
+    for response in cases:
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "invalid_characters"
+    assert client.get("/api/v1/agents", headers=auth).json()["data"] == []
+    assert client.get(f"/api/v1/knowledge-bases/{kb}/documents", headers=auth).json()["data"] == []
+    assert len(client.get("/api/v1/api-keys", headers=auth).json()["data"]) == 1
+    assert client.post("/api/v1/accounts", json={"name": "N", "email": "nul@example.com"}).status_code == 201
+
+
+def test_invalid_utf8_json_is_malformed_json(client, auth):
+    response = client.post(
+        "/api/v1/agents", content=b'{"name": "\xff\xfe"}', headers={**auth, "content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "malformed_json"

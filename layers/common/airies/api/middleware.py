@@ -1,10 +1,12 @@
-"""Pure ASGI middleware (cheaper than BaseHTTPMiddleware): body-size cap and request ids."""
+"""Pure ASGI middleware (cheaper than BaseHTTPMiddleware): body-size cap, NUL characters, request ids."""
 
 from __future__ import annotations
 
 import json
 import uuid
 from typing import Any
+
+from airies.errors import BadRequestError
 
 Scope = dict[str, Any]
 
@@ -19,8 +21,24 @@ def _json_error(status: int, code: str, message: str) -> tuple[dict[str, Any], d
     return start, {"type": "http.response.body", "body": body}
 
 
+JSON_NUL = b"\\u0000"  # the JSON escape of U+0000
+
+
+def _has_nul(scope: Scope) -> bool:
+    return (
+        "\x00" in scope.get("path", "")
+        or b"%00" in scope.get("query_string", b"")
+        or b"\x00" in scope.get("query_string", b"")
+    )
+
+
+NUL_IN_BODY = (400, "invalid_characters", "the JSON body contains a NUL character (\\u0000)")
+
+
 class RequestGuardMiddleware:
-    """Rejects bodies over ``max_bytes`` with 413 (declared or streamed) and tags every request with an id."""
+    """Rejects bodies over ``max_bytes`` with 413 (declared or streamed), NUL characters in the path, query or a JSON
+    body with 400 (PostgreSQL cannot store them in text, SQLite would: the API must answer the same on both), and
+    tags every request with an id."""
 
     def __init__(self, app: Any, *, max_bytes: int, logger: Any = None) -> None:
         self.app = app
@@ -45,17 +63,33 @@ class RequestGuardMiddleware:
             await send(body)
             return
 
+        if _has_nul(scope):
+            start, body = _json_error(400, "invalid_characters", "the path or query contains a NUL character")
+            await send(start)
+            await send(body)
+            return
+
         received = 0
         too_large = False
+        is_json = b"json" in (headers.get(b"content-type") or b"")
+        tail = b""  # the previous chunk's end, so an escape split across chunks is still seen
 
         async def guarded_receive() -> dict[str, Any]:
-            nonlocal received, too_large
+            nonlocal received, too_large, tail
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                received += len(chunk)
                 if received > limit:
                     too_large = True
                     raise _BodyTooLarge
+                if is_json:
+                    if JSON_NUL in tail + chunk:
+                        # FastAPI turns an error while reading the body into its own 400: the flag tells the
+                        # error handler (api/errors.py) which one it was.
+                        scope["state"]["nul_in_body"] = True
+                        raise NulInBodyError(NUL_IN_BODY[2], code=NUL_IN_BODY[1])
+                    tail = chunk[-(len(JSON_NUL) - 1) :]
             return message
 
         async def send_with_id(message: dict[str, Any]) -> None:
@@ -88,3 +122,7 @@ class RequestGuardMiddleware:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class NulInBodyError(BadRequestError):
+    """Where a route reads the body itself, this reaches the AiriesError handler: a 400 like any bad input."""

@@ -61,12 +61,17 @@ def test_providers_lists_all_kinds(client, auth):
     response = client.get("/api/v1/providers", headers=auth)
     assert response.status_code == 200
     rows = {row["provider"]: row for row in response.json()["data"]}
-    assert rows["openai"]["configured"] is True and rows["openai"]["status"] == "healthy"
+    # configured, but nothing measured yet: no claim of health
+    assert rows["openai"]["configured"] is True and rows["openai"]["status"] == "unknown"
     assert rows["openai"]["weight"] > 0 and "breaker" in rows["openai"]["health"]
     assert rows["groq"]["status"] == "not_configured"
     assert {"deepgram", "elevenlabs", "pinecone", "stripe"} <= set(rows)
     assert "sk-platform" not in response.text
     assert client.get("/api/v1/providers").status_code == 401
+    agent_id = create_agent(client, auth)
+    assert client.post(f"/api/v1/agents/{agent_id}/test", json={"message": "hi"}, headers=auth).status_code == 200
+    rows = {row["provider"]: row for row in client.get("/api/v1/providers", headers=auth).json()["data"]}
+    assert rows["openai"]["status"] == "healthy" and rows["openai"]["health"]["samples"] == 1
 
 
 def test_models_of_configured_providers(client, auth):
@@ -255,6 +260,21 @@ def test_scripted_test_checks_every_turn(client, auth, double):
     # history carries over: the second request contained the first exchange
     second = double.chat_requests[1].body["messages"]
     assert {"role": "assistant", "content": "We open at 9 am and close at 6 pm."} in second
+
+
+def test_catastrophic_regex_is_bounded_not_a_hang(client, auth, double):
+    agent_id = create_agent(client, auth)
+    double.default = Reply(text="a" * 5000 + "!", words_per_chunk=5000)
+    turns = [
+        {"user": "Say a lot of a", "expect_regex": r"(a+)+$"},  # exponential backtracking on this reply
+        {"user": "Again", "expect_regex": r"^a+!$"},
+    ]
+    response = client.post(f"/api/v1/agents/{agent_id}/test", json={"turns": turns}, headers=auth)
+    assert response.status_code == 200, response.text
+    first, second = response.json()["turns"]
+    assert first["passed"] is False
+    assert first["checks"][0]["passed"] is False and first["checks"][0]["error"] == "regex_timeout"
+    assert second["passed"] is True and second["checks"] == [{"check": "regex", "expected": r"^a+!$", "passed": True}]
 
 
 def test_caller_goodbye_ends_without_llm(client, auth, double):

@@ -11,7 +11,14 @@ from airies.errors import ProviderError, RateLimitedError
 from airies.providers.llm.base import LLMRequest, StreamEnd, TextDelta, ToolCallDelta
 from airies.providers.llm.openai_compat import OpenAICompatibleProvider
 from airies.services import catalog
-from airies.services.llm_router import CONTINUE_INSTRUCTION, DatabaseHealthStore, HealthTracker, LLMRouter, RouterConfig
+from airies.services.llm_router import (
+    CONTINUE_INSTRUCTION,
+    DatabaseHealthStore,
+    HealthTracker,
+    LLMRouter,
+    RouterConfig,
+    account_health_key,
+)
 from tests.doubles.openai_server import OpenAIDouble, Reply
 
 SENTENCE = "The store opens at nine in the morning and closes at six in the evening."
@@ -443,3 +450,81 @@ def test_health_flush_gives_up_quickly_when_the_table_is_locked(database):
     tracker.sync()  # and the next flush writes both
     with database.engine.connect() as conn:
         assert conn.execute(text("SELECT samples FROM provider_health WHERE provider='openai'")).scalar() == 3
+
+
+# --- an account's own key never poisons the shared health of its provider ------------------------------------
+def account_and_platform_routers(a: OpenAIDouble, b: OpenAIDouble, tracker: HealthTracker, config: RouterConfig):
+    """Two accounts served by one container: "acc_own" brought its own OpenAI key, "acc_plain" uses the platform's."""
+    models = list(catalog.llm_models())
+    groq = OpenAICompatibleProvider("groq", base_url=b.base_url, api_key="k", connect_timeout=1.0)
+    own = {
+        "openai": OpenAICompatibleProvider(
+            "openai", base_url=a.base_url, api_key="sk-own", connect_timeout=1.0, key_source="account"
+        ),
+        "groq": groq,
+    }
+    plain = {
+        "openai": OpenAICompatibleProvider("openai", base_url=a.base_url, api_key="sk-platform", connect_timeout=1.0),
+        "groq": groq,
+    }
+    rng = random.Random(7)
+    return (
+        LLMRouter(own, models=models, config=config, tracker=tracker, rng=rng, account_id="acc_own"),
+        LLMRouter(plain, models=models, config=config, tracker=tracker, rng=rng, account_id="acc_plain"),
+    )
+
+
+def test_account_key_429_does_not_make_other_accounts_skip_the_provider(database, a, b):
+    clock = FakeClock()
+    config = RouterConfig(first_token_timeout_s=3.0, stream_idle_timeout_s=3.0, flush_interval_s=0.0)
+    tracker = HealthTracker(config, store=DatabaseHealthStore(database), clock=clock)
+    own, plain = account_and_platform_routers(a, b, tracker, config)
+    a.script(Reply(status=429, retry_after=60, error_message="You exceeded your current quota"))
+    assert run(own, pinned())[1].provider == "groq"  # the account's own quota is exhausted: it fails over
+    assert own.get_provider_health()["openai"]["retry_after_s"] == 60
+
+    text, end, _ = run(plain, pinned())  # another account, same container: still served by OpenAI
+    assert end.provider == "openai" and text == "Hello from the test double."
+    assert a.chat_requests[-1].headers["authorization"] == "Bearer sk-platform"
+    assert plain.get_provider_health()["openai"]["retry_after_s"] == 0
+
+    # nor through the shared table: a fresh container routes the other account to OpenAI too
+    other_container = HealthTracker(config, store=DatabaseHealthStore(database), clock=clock)
+    other_container.sync()
+    assert other_container.available("openai") and other_container.snapshot("openai")["retry_after_s"] == 0
+    # and the account with the exhausted key keeps skipping its key inside the Retry-After window
+    calls = len(a.chat_requests)
+    assert run(own, pinned())[1].provider == "groq" and len(a.chat_requests) == calls
+
+
+def test_account_key_failures_open_only_that_accounts_breaker(database, a, b):
+    clock = FakeClock()
+    config = RouterConfig(first_token_timeout_s=3.0, stream_idle_timeout_s=3.0, breaker_failures=2)
+    tracker = HealthTracker(config, store=DatabaseHealthStore(database), clock=clock)
+    own, plain = account_and_platform_routers(a, b, tracker, config)
+    a.script(Reply(status=503), Reply(status=401, error_type="invalid_request_error"))
+    assert run(own, pinned())[1].provider == "groq"
+    assert run(own, pinned())[1].provider == "groq"
+    assert own.get_provider_health()["openai"]["breaker"] == "open"  # that account skips its broken key
+    assert plain.get_provider_health()["openai"]["breaker"] == "closed"
+    assert run(plain, pinned())[1].provider == "openai"
+    tracker.sync()
+    from sqlalchemy import select
+
+    from airies.db.models.llm import ProviderHealth
+
+    with database.session() as session:
+        row = session.get(ProviderHealth, "openai")
+        assert row is not None and row.consecutive_failures == 0 and row.breaker_open_until is None
+        assert row.error_rate == 0 and row.retry_after_until is None
+        assert all("@" not in name for name in session.scalars(select(ProviderHealth.provider)))
+
+
+def test_account_key_statistics_are_bounded_per_container():
+    tracker = HealthTracker(RouterConfig())
+    tracker.MAX_ACCOUNT_ENTRIES = 3
+    for n in range(5):
+        tracker.record_success(account_health_key("openai", f"acc_{n}"), 100.0)
+    tracker.record_success("openai", 100.0)
+    assert sorted(tracker.stats) == ["openai", *(account_health_key("openai", f"acc_{n}") for n in (2, 3, 4))]
+    assert set(tracker.take_pending()) == {"openai"}  # account-key figures are never shared

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -208,3 +210,47 @@ def test_transcriptions_reject_bad_audio(client, auth):
         client.post("/api/v1/transcriptions", data={"x": "1"}, files={"other": ("a", b"1")}, headers=auth).status_code
         == 400
     )
+
+
+def test_transcriptions_unknown_provider_is_an_error_and_a_fallback_says_so(client, auth):
+    speech = client.post(
+        "/api/v1/voices/preview",
+        json={"text": "Please book an appointment.", "provider": "espeak", "voice_id": "en-us"},
+        headers=auth,
+    ).content
+
+    def post(provider: str):  # type: ignore[no-untyped-def]
+        files = {"file": ("speech.wav", speech, "audio/wav")}
+        return client.post("/api/v1/transcriptions", files=files, data={"provider": provider}, headers=auth)
+
+    unknown = post("foo")
+    assert unknown.status_code == 404, unknown.text
+    assert unknown.json()["error"]["code"] == "not_found" and "foo" in unknown.json()["error"]["message"]
+    raw = client.post(
+        "/api/v1/transcriptions?provider=foo", content=speech, headers={**auth, "content-type": "audio/wav"}
+    )
+    assert raw.status_code == 404
+    # a known cloud provider without a key: the offline engine answers, and the response says so
+    fallback = post("deepgram")
+    assert fallback.status_code == 200, fallback.text
+    body = fallback.json()
+    assert body["provider"] == "pocketsphinx" and body["requested_provider"] == "deepgram"
+    assert body["fallback"] is True and body["model"] != "nova-3"
+    direct = post("pocketsphinx").json()
+    assert direct["provider"] == "pocketsphinx" and direct["fallback"] is False
+
+
+def test_providers_report_offline_engines_only_when_installed(client, auth, settings, monkeypatch):
+    def voice_rows():  # type: ignore[no-untyped-def]
+        rows = client.get("/api/v1/providers", headers=auth).json()["data"]
+        return {row["provider"]: row for row in rows if row["provider"] in ("pocketsphinx", "espeak")}
+
+    rows = voice_rows()
+    assert rows["pocketsphinx"]["configured"] is True and rows["pocketsphinx"]["status"] == "offline"
+    assert rows["espeak"]["configured"] is True and rows["espeak"]["status"] == "offline"
+    settings.espeak_binary = "espeak-ng-not-installed-here"
+    monkeypatch.setitem(sys.modules, "pocketsphinx", None)  # how Python marks a module unimportable
+    rows = voice_rows()
+    assert rows["espeak"]["configured"] is False and rows["espeak"]["status"] == "not_installed"
+    assert "espeak-ng-not-installed-here" in rows["espeak"]["reason"]
+    assert rows["pocketsphinx"]["configured"] is False and rows["pocketsphinx"]["status"] == "not_installed"

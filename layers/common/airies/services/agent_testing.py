@@ -4,7 +4,11 @@
 * Scripted test: ``{"turns": [{"user": ..., "expect_contains": [...], "expect_not_contains": [...],
   "expect_regex": ..., "expect_tool_called": "name", "expect_end_call": true|false}, ...]}`` -> pass/fail per turn
   and per check. Checks are case-insensitive for contains / not contains; the regex is searched with
-  ``re.IGNORECASE``. A turn with no expectations passes when it got a reply.
+  IGNORECASE. The pattern is user input run against model output, so its work is bounded: it is compiled (and
+  rejected with 422 when invalid or longer than ``MAX_REGEX_LENGTH``) before any LLM call, searched in at most
+  ``MAX_REGEX_SUBJECT_CHARS`` of the reply, and stopped after ``REGEX_TIMEOUT_S`` (the ``regex`` package's
+  ``timeout``): a catastrophic pattern such as ``(a+)+$`` fails its check with ``"error": "regex_timeout"``
+  instead of hanging the request. A turn with no expectations passes when it got a reply.
 * ``use_draft`` (default true) runs the draft; false runs the published version (409 if there is none).
 
 A turn is built exactly as a call turn is (``airies.services.turns``: system prompt + knowledge passages + the
@@ -120,13 +124,7 @@ def check_turn(turn: AgentTestTurn, reply: str, tool_names: list[str], end_call:
     for unwanted in turn.expect_not_contains:
         checks.append({"check": "not_contains", "expected": unwanted, "passed": unwanted.lower() not in lowered})
     if turn.expect_regex is not None:
-        checks.append(
-            {
-                "check": "regex",
-                "expected": turn.expect_regex,
-                "passed": bool(re.search(turn.expect_regex, reply, re.IGNORECASE)),
-            }
-        )
+        checks.append(regex_check(turn.expect_regex, reply))
     if turn.expect_tool_called is not None:
         checks.append(
             {
@@ -143,6 +141,25 @@ def check_turn(turn: AgentTestTurn, reply: str, tool_names: list[str], end_call:
 
 
 MAX_REGEX_LENGTH = 500
+MAX_REGEX_SUBJECT_CHARS = 10_000  # a spoken reply is far shorter; the cap bounds what a slow pattern scans
+REGEX_TIMEOUT_S = 0.25
+
+
+def _compile(pattern: str) -> Any:
+    import regex
+
+    return regex.compile(pattern, regex.IGNORECASE)  # VERSION0: the syntax and semantics of ``re``
+
+
+def regex_check(pattern: str, reply: str) -> dict[str, Any]:
+    """Search ``pattern`` in the reply with bounded work: a timeout fails the check, it never hangs the test."""
+    check: dict[str, Any] = {"check": "regex", "expected": pattern, "passed": False}
+    try:
+        check["passed"] = _compile(pattern).search(reply[:MAX_REGEX_SUBJECT_CHARS], timeout=REGEX_TIMEOUT_S) is not None
+    except TimeoutError:
+        check["error"] = "regex_timeout"
+        check["message"] = f"the pattern did not finish within {REGEX_TIMEOUT_S:g} s (catastrophic backtracking?)"
+    return check
 
 
 def validate_expectations(turns: list[AgentTestTurn]) -> None:
@@ -155,9 +172,11 @@ def validate_expectations(turns: list[AgentTestTurn]) -> None:
         if len(turn.expect_regex) > MAX_REGEX_LENGTH:
             problems.append({"field": field, "code": "too_long", "message": f"at most {MAX_REGEX_LENGTH} characters"})
             continue
+        import regex
+
         try:
-            re.compile(turn.expect_regex)
-        except re.error as exc:
+            _compile(turn.expect_regex)
+        except (regex.error, ValueError, OverflowError) as exc:
             problems.append({"field": field, "code": "invalid_regex", "message": str(exc)})
     if problems:
         raise ValidationFailedError("invalid test expectations", details=problems)

@@ -237,12 +237,16 @@ class LLMService:
         for name, provider in self.router.providers.items():
             snap = health[name]
             status = "healthy"
-            if snap["breaker"] == "open":
+            if name == OFFLINE_PROVIDER:
+                status = "offline"
+            elif snap["breaker"] == "open":
                 status = "unavailable"
             elif snap["retry_after_s"] > 0:
                 status = "rate_limited"
             elif snap["breaker"] == "half_open" or snap["error_rate"] >= 0.2:
                 status = "degraded"
+            elif not snap["samples"]:
+                status = "unknown"  # configured, but no call measured yet: no evidence either way
             rows.append(
                 {
                     "provider": name,
@@ -322,6 +326,7 @@ def build_llm_service(
         config=RouterConfig.from_settings(settings),
         tracker=tracker or get_health_tracker(settings, database),
         rng=rng,
+        account_id=account_id,
     )
     return LLMService(router, settings=settings, account_id=account_id)
 

@@ -29,6 +29,11 @@ Usage and cost of a failed-over reply are the sum over attempts (a partial attem
 Health sharing: each container keeps statistics in memory (no DB work per request) and at most every
 ``llm_health_flush_interval_s`` merges its new samples into the ``provider_health`` table with one small upsert per
 provider, reading back the merged figures of every container; a breaker opening is flushed at once.
+
+Account-owned keys: a call made with an account's own key says nothing about the platform's key (its quota, its
+rate limit, whether it was revoked), so its statistics are kept apart, per (provider, account), in this container's
+memory only (``account_health_key``): they drive that account's breaker, Retry-After and weights, and never reach
+the shared ``provider_health`` row that every other account routes by.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ from airies.services import catalog
 
 PRIOR_TTFT_MS = 600.0  # assumed until a provider has been measured
 EWMA_ALPHA = 0.2
+ACCOUNT_SCOPE = "@account:"  # health keys of account-owned keys: "<provider>@account:<account id>", never shared
 CONTINUE_INSTRUCTION = (
     "Your previous reply was cut off after the text above. Continue it exactly where it stopped, "
     "without repeating anything already said."
@@ -110,6 +116,16 @@ def token_cost(model: catalog.LLMModel | None, usage: Usage) -> Decimal:
     return total / MILLION
 
 
+def account_health_key(provider: str, account_id: str | None) -> str:
+    """The statistics key of ``provider`` called with an account's own key (container-local, never shared)."""
+    return f"{provider}{ACCOUNT_SCOPE}{account_id or 'unknown'}"
+
+
+def is_shared_health_key(key: str) -> bool:
+    """Platform-key statistics are shared across containers; account-key statistics are not."""
+    return ACCOUNT_SCOPE not in key
+
+
 def blended_price(model: catalog.LLMModel | None) -> float:
     if model is None:
         return 0.0
@@ -154,10 +170,17 @@ class HealthTracker:
         self._last_sync = 0.0
         self._loaded = False
         self._flush_now = False  # a breaker opened: tell the other containers without waiting for the interval
+        self._account_keys: list[str] = []  # account-scoped entries, oldest first
+
+    MAX_ACCOUNT_ENTRIES = 1024  # account-key statistics kept per container (the oldest go first)
 
     def get(self, provider: str) -> ProviderStats:
         stats = self.stats.get(provider)
         if stats is None:
+            if not is_shared_health_key(provider):
+                self._account_keys.append(provider)
+                while len(self._account_keys) > self.MAX_ACCOUNT_ENTRIES:
+                    self.stats.pop(self._account_keys.pop(0), None)
             stats = self.stats[provider] = ProviderStats()
         return stats
 
@@ -213,7 +236,7 @@ class HealthTracker:
         stats.half_open_trial = 0.0
         if was_half_open or stats.consecutive_failures >= self.config.breaker_failures:
             stats.breaker_open_until = now + self.config.breaker_cooldown_s
-            self._flush_now = True
+            self._flush_now = self._flush_now or is_shared_health_key(provider)
             return True
         return False
 
@@ -224,8 +247,11 @@ class HealthTracker:
         )
 
     def take_pending(self) -> dict[str, ProviderStats]:
-        """Copies of the changed providers' stats, and reset their pending counters (on the event loop's thread)."""
-        updates = {name: dataclasses.replace(s) for name, s in self.stats.items() if s.dirty}
+        """Copies of the changed providers' stats, and reset their pending counters (on the event loop's thread).
+        Account-key statistics stay in this container: they are never part of an update."""
+        updates = {
+            name: dataclasses.replace(s) for name, s in self.stats.items() if s.dirty and is_shared_health_key(name)
+        }
         for name in updates:
             stats = self.stats[name]
             stats.pending_success = stats.pending_failure = stats.pending_ttft_n = 0
@@ -584,12 +610,28 @@ class LLMRouter:
         config: RouterConfig | None = None,
         tracker: HealthTracker | None = None,
         rng: random.Random | None = None,
+        account_id: str | None = None,
     ) -> None:
         self.providers = providers
+        self.account_id = account_id  # scopes the statistics of the account's own keys
         self.catalog = _Catalog(list(models))
         self.config = config or RouterConfig()
         self.tracker = tracker or HealthTracker(self.config)
         self.rng = rng or random.Random()
+
+    def health_key(self, provider: str) -> str:
+        """Where ``provider``'s statistics live: the shared per-provider figures for a platform key; a per-account,
+        container-local entry for an account's own key (its 429s and errors must not make other accounts skip
+        the provider)."""
+        if getattr(self.providers.get(provider), "key_source", "platform") == "account":
+            return account_health_key(provider, self.account_id)
+        return provider
+
+    def _available(self, provider: str) -> bool:
+        return self.tracker.available(self.health_key(provider))
+
+    def _stats(self, provider: str) -> ProviderStats:
+        return self.tracker.get(self.health_key(provider))
 
     # -- routing ----------------------------------------------------------------------------------------
     def requested_class(self, request: LLMRequest) -> str | None:
@@ -616,7 +658,7 @@ class LLMRouter:
         now = self.tracker.clock()
         weights: dict[str, float] = {}
         for cand in candidates:
-            stats = self.tracker.get(cand.provider)
+            stats = self._stats(cand.provider)
             if stats.breaker_state(now) == "open" or stats.retry_after_until > now:
                 weights[cand.provider] = 0.0
                 continue
@@ -674,15 +716,15 @@ class LLMRouter:
     def handle_failover(self, failed: Candidate, error: ProviderError, remaining: list[Candidate]) -> Candidate | None:
         """Record the failure (breaker, Retry-After) and return the next candidate that may be called, if any."""
         reason = (error.details or {}).get("reason")
-        # A bad request says nothing about the provider; a rejected account key says nothing about its health.
-        account_key = getattr(self.providers.get(failed.provider), "key_source", "platform") == "account"
-        if reason != "bad_request" and not (reason == "auth" and account_key):
-            self.tracker.record_failure(failed.provider, error)
+        # A bad request says nothing about the provider. Failures seen with an account's own key (a rejected key,
+        # its exhausted quota) count for that account only: see ``health_key``.
+        if reason != "bad_request":
+            self.tracker.record_failure(self.health_key(failed.provider), error)
         if not error.retryable:
             return None
         while remaining:
             nxt = remaining.pop(0)
-            if self.tracker.available(nxt.provider):
+            if self._available(nxt.provider):
                 return nxt
         return None
 
@@ -690,7 +732,7 @@ class LLMRouter:
         weights = self.update_provider_weights()
         out = {}
         for name in self.providers:
-            snap = self.tracker.snapshot(name)
+            snap = self.tracker.snapshot(self.health_key(name))
             snap["weight"] = round(weights.get(name, 0.0), 4)
             out[name] = snap
         return out
@@ -805,7 +847,7 @@ class LLMRouter:
                 if tail:
                     spoken += tail
                     yield TextDelta(tail)
-            self.tracker.record_success(current.provider, attempt.ttft_ms)
+            self.tracker.record_success(self.health_key(current.provider), attempt.ttft_ms)
             attempt.usage = end.usage
             attempt.cost = token_cost(self.catalog.find(end.provider, end.model), end.usage)
             if self.tracker.due():
@@ -816,7 +858,7 @@ class LLMRouter:
     def _next_available(self, remaining: list[Candidate]) -> Candidate | None:
         while remaining:
             cand = remaining.pop(0)
-            if self.tracker.available(cand.provider):
+            if self._available(cand.provider):
                 return cand
         return None
 
@@ -829,7 +871,7 @@ class LLMRouter:
         now = self.tracker.clock()
         waits = []
         for cand in plan:
-            stats = self.tracker.get(cand.provider)
+            stats = self._stats(cand.provider)
             if stats.retry_after_until > now and stats.breaker_state(now) != "open":
                 waits.append((stats.retry_after_until - now, cand))
         if not waits:
@@ -838,12 +880,12 @@ class LLMRouter:
         if wait > self.config.max_retry_after_wait_s:
             return None
         await asyncio.sleep(wait)
-        self.tracker.get(cand.provider).retry_after_until = 0.0
+        self._stats(cand.provider).retry_after_until = 0.0
         return cand
 
     def _exhausted(self, last_error: ProviderError | None, plan: list[Candidate]) -> Exception:
         now = self.tracker.clock()
-        limited = [self.tracker.get(c.provider).retry_after_until - now for c in plan]
+        limited = [self._stats(c.provider).retry_after_until - now for c in plan]
         limited = [value for value in limited if value > 0]
         if limited and len(limited) == len(plan):
             return RateLimitedError("every LLM provider is rate limited", retry_after=min(limited))
@@ -931,7 +973,7 @@ class LLMRouter:
             attempt.ttft_ms = response.end.ttft_ms
             attempt.usage = response.end.usage
             attempt.cost = token_cost(self.catalog.find(response.end.provider, response.end.model), response.end.usage)
-            self.tracker.record_success(current.provider, response.end.ttft_ms)
+            self.tracker.record_success(self.health_key(current.provider), response.end.ttft_ms)
             if self.tracker.due():
                 await self.tracker.sync_async()
             end = self._final(response.end, attempts, response.end.ttft_ms, started, response.text)

@@ -4,20 +4,27 @@
   ``fn(api_key: str, settings: Settings) -> bool | Awaitable[bool]``: True = the vendor accepts the key,
   False = it rejects it (-> 422); raising ``ProviderError`` = the vendor could not be asked (-> 502). A key is never
   saved without a successful validation; a known provider with no validator registered yet -> 501.
-  LLM providers (openai, groq, deepinfra) register themselves here (a ``GET /models`` with the key).
+  LLM providers (openai, groq, deepinfra) register themselves here (a ``GET /models`` with the key); Pinecone
+  (``list_indexes``) and Stripe (balance) are registered at the end of this module.
 * ``register_provider_status(kind, fn)``: ``fn(settings) -> list[dict]`` rows for ``GET /api/v1/providers``
   (each row at least ``{"provider", "kind", "configured", "status"}``).
 * ``ProviderKeyService``: put / delete / list (masked) / get (decrypted, for internal use only).
-* ``get_account_provider_key(session, account_id, provider, settings=None) -> str | None`` for other capabilities.
+* ``get_account_provider_key(session, account_id, provider, settings=None) -> str | None`` for other capabilities;
+  ``get_account_provider_credentials`` also returns the key's options.
+* Key options (``KEY_OPTIONS``): a few vendors need more than the key, e.g. Azure Speech keys belong to a region.
+  Such options are sealed together with the key (so, like the key, they are never returned by the API) and are
+  handed to the validator as the Settings field it reads (``azure_speech_region``).
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from airies.config import Settings, get_settings
@@ -45,6 +52,23 @@ PROVIDER_KINDS: dict[str, str] = {
 KEY_VALIDATORS: dict[str, KeyValidator] = {}
 STATUS_REPORTERS: dict[str, StatusReporter] = {}
 MAX_KEY_LENGTH = 4096
+# provider -> {option: the Settings field a validator/provider reads for it}
+KEY_OPTIONS: dict[str, dict[str, str]] = {"azure": {"region": "azure_speech_region"}}
+# A key never contains whitespace, so a sealed value starting with a newline is a key with options (JSON).
+_OPTIONS_MARK = "\n"
+
+
+def _pack(api_key: str, options: dict[str, str]) -> str:
+    if not options:
+        return api_key
+    return _OPTIONS_MARK + json.dumps({"api_key": api_key, "options": options}, sort_keys=True)
+
+
+def _unpack(plaintext: str) -> tuple[str, dict[str, str]]:
+    if plaintext.startswith(_OPTIONS_MARK):
+        data = json.loads(plaintext[len(_OPTIONS_MARK) :])
+        return str(data["api_key"]), {str(k): str(v) for k, v in (data.get("options") or {}).items()}
+    return plaintext, {}
 
 
 def register_provider(provider: str, kind: str) -> None:
@@ -63,10 +87,13 @@ def register_provider_status(kind: str, fn: StatusReporter) -> None:
     STATUS_REPORTERS[kind] = fn
 
 
-async def run_validator(provider: str, api_key: str, settings: Settings) -> bool:
+async def run_validator(provider: str, api_key: str, settings: Settings, options: dict[str, str] | None = None) -> bool:
     validator = KEY_VALIDATORS.get(provider)
     if validator is None:
         raise NotAvailableError(f"keys for '{provider}' cannot be validated yet (its capability is not available)")
+    if options:
+        fields = KEY_OPTIONS.get(provider, {})
+        settings = settings.model_copy(update={fields[name]: value for name, value in options.items()})
     result = validator(api_key, settings)
     if inspect.isawaitable(result):
         result = await result
@@ -75,6 +102,16 @@ async def run_validator(provider: str, api_key: str, settings: Settings) -> bool
 
 def _context(account_id: str, provider: str) -> dict[str, str]:
     return {"account_id": account_id, "provider": provider, "purpose": "airies-provider-key"}
+
+
+def _fill(row: ProviderKey, kind: str, sealed: Sealed, api_key: str) -> None:
+    row.kind = kind
+    row.ciphertext = sealed.ciphertext
+    row.encrypted_data_key = sealed.encrypted_data_key
+    row.key_ref = sealed.key_ref
+    row.hint = api_key[-4:] if len(api_key) >= 12 else ""
+    row.last_validated_at = utcnow()
+    row.updated_at = utcnow()
 
 
 def _masked(row: ProviderKey) -> dict[str, Any]:
@@ -106,15 +143,31 @@ class ProviderKeyService:
             select(ProviderKey).where(ProviderKey.account_id == account_id, ProviderKey.provider == provider)
         ).one_or_none()
 
-    async def validate(self, provider: str, api_key: str) -> None:
+    def check_options(self, provider: str, options: dict[str, str] | None) -> dict[str, str]:
+        """The options a key of ``provider`` may carry (422 for any other), without empty values."""
+        options = {name: value for name, value in (options or {}).items() if value}
+        allowed = KEY_OPTIONS.get(provider, {})
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ValidationFailedError(
+                f"{provider} keys take no {', '.join(unknown)}",
+                details=[
+                    {"field": name, "code": "not_allowed", "message": f"only for {_providers_with(name)}"}
+                    for name in unknown
+                ],
+            )
+        return options
+
+    async def validate(self, provider: str, api_key: str, options: dict[str, str] | None = None) -> None:
         self.kind_of(provider)
+        options = self.check_options(provider, options)
         api_key = api_key.strip()
         if not api_key or len(api_key) > MAX_KEY_LENGTH or any(ch.isspace() for ch in api_key):
             raise ValidationFailedError(
                 "api_key is malformed",
                 details=[{"field": "api_key", "code": "malformed", "message": "no spaces, 1-4096 chars"}],
             )
-        if not await run_validator(provider, api_key, self.settings):
+        if not await run_validator(provider, api_key, self.settings, options):
             raise ValidationFailedError(
                 f"{provider} rejected this key",
                 details=[
@@ -122,22 +175,32 @@ class ProviderKeyService:
                 ],
             )
 
-    def store(self, account_id: str, provider: str, api_key: str) -> dict[str, Any]:
-        """Save an already validated key (encrypted), replacing any previous one."""
+    def store(
+        self, account_id: str, provider: str, api_key: str, options: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Save an already validated key (encrypted, with its options), replacing any previous one.
+
+        Two first-time PUTs for the same provider may race: the loser's INSERT hits the unique constraint inside a
+        savepoint (so the caller's transaction survives, PostgreSQL included) and is retried as an update."""
         kind = self.kind_of(provider)
+        options = self.check_options(provider, options)
         api_key = api_key.strip()
-        sealed = self.cipher.seal(api_key, _context(account_id, provider))
+        sealed = self.cipher.seal(_pack(api_key, options), _context(account_id, provider))
         row = self._row(account_id, provider)
         if row is None:
             row = ProviderKey(id=new_id("pk"), account_id=account_id, provider=provider, kind=kind)
-            self.session.add(row)
-        row.kind = kind
-        row.ciphertext = sealed.ciphertext
-        row.encrypted_data_key = sealed.encrypted_data_key
-        row.key_ref = sealed.key_ref
-        row.hint = api_key[-4:] if len(api_key) >= 12 else ""
-        row.last_validated_at = utcnow()
-        row.updated_at = utcnow()
+            _fill(row, kind, sealed, api_key)
+            try:
+                with self.session.begin_nested():
+                    self.session.add(row)
+            except IntegrityError:
+                # The savepoint's rollback expunged our pending row; the concurrent one is committed now.
+                row = self._row(account_id, provider)
+                if row is None:
+                    raise
+            else:
+                return _masked(row)
+        _fill(row, kind, sealed, api_key)
         self.session.flush()
         return _masked(row)
 
@@ -156,11 +219,15 @@ class ProviderKeyService:
         return [_masked(row) for row in rows]
 
     def get(self, account_id: str, provider: str) -> str | None:
+        credentials = self.get_with_options(account_id, provider)
+        return credentials[0] if credentials else None
+
+    def get_with_options(self, account_id: str, provider: str) -> tuple[str, dict[str, str]] | None:
         row = self._row(account_id, provider)
         if row is None:
             return None
         sealed = Sealed(ciphertext=row.ciphertext, encrypted_data_key=row.encrypted_data_key, key_ref=row.key_ref)
-        return self.cipher.open(sealed, _context(account_id, provider))
+        return _unpack(self.cipher.open(sealed, _context(account_id, provider)))
 
     def keys_of_kind(self, account_id: str, kind: str) -> dict[str, str]:
         rows = self.session.scalars(
@@ -169,7 +236,7 @@ class ProviderKeyService:
         out = {}
         for row in rows:
             sealed = Sealed(ciphertext=row.ciphertext, encrypted_data_key=row.encrypted_data_key, key_ref=row.key_ref)
-            out[row.provider] = self.cipher.open(sealed, _context(account_id, row.provider))
+            out[row.provider] = _unpack(self.cipher.open(sealed, _context(account_id, row.provider)))[0]
         return out
 
 
@@ -178,3 +245,27 @@ def get_account_provider_key(
 ) -> str | None:
     """The account's own decrypted key for ``provider``, or None. Internal use only: never return it to a client."""
     return ProviderKeyService(session, settings or get_settings()).get(account_id, provider)
+
+
+def get_account_provider_credentials(
+    session: Session, account_id: str, provider: str, settings: Settings | None = None
+) -> tuple[str, dict[str, str]] | None:
+    """The account's own decrypted key and its options (e.g. ``{"region": ...}`` for Azure), or None."""
+    return ProviderKeyService(session, settings or get_settings()).get_with_options(account_id, provider)
+
+
+def _providers_with(option: str) -> str:
+    return ", ".join(sorted(p for p, fields in KEY_OPTIONS.items() if option in fields)) or "no provider"
+
+
+def _register_vendor_modules() -> None:
+    """Pinecone and Stripe have no service module on the API path: their (light) provider modules register their
+    key validators and status rows here, so ``PUT /provider-keys/{pinecone|stripe}`` validates instead of 501."""
+    from airies.providers.payments import stripe
+    from airies.providers.vectors import pinecone
+
+    pinecone.register()
+    stripe.register()
+
+
+_register_vendor_modules()

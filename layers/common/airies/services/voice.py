@@ -182,10 +182,21 @@ class VoiceService:
             self._offline_tts = self.offline_tts_factory()
         return self._offline_tts
 
+    def check_stt_provider(self, requested: str | None) -> None:
+        """404 when ``requested`` names no speech-to-text provider (configured here or known to the catalog)."""
+        if not requested or requested in self.stt_providers:
+            return
+        from airies.services import catalog
+
+        if requested not in catalog.stt_providers():
+            raise NotFoundError("STT provider", requested)
+
     def stt_provider(self, requested: str | None) -> STTProvider:
-        """The requested STT provider when configured; else the offline engine (if allowed)."""
+        """The requested STT provider when configured; else the offline engine (if allowed).
+        A name that is no speech-to-text provider at all is a 404, never a silent offline answer."""
         if requested and requested in self.stt_providers:
             return self.stt_providers[requested]
+        self.check_stt_provider(requested)
         if requested == OFFLINE_STT or (not requested and not self.stt_providers):
             return self._offline_stt_provider()
         if not requested:
@@ -610,20 +621,28 @@ def platform_key(settings: Settings, provider: str) -> str | None:
 def account_key(
     session: Session | None, account_id: str | None, provider: str, settings: Settings | None = None
 ) -> str | None:
+    credentials = account_credentials(session, account_id, provider, settings)
+    return credentials[0] if credentials else None
+
+
+def account_credentials(
+    session: Session | None, account_id: str | None, provider: str, settings: Settings | None = None
+) -> tuple[str, dict[str, str]] | None:
+    """The account's own key for a voice vendor and the options stored with it (Azure: ``region``), or None."""
     if session is None or account_id is None:
         return None
     try:
-        from airies.services.provider_keys import get_account_provider_key
+        from airies.services.provider_keys import get_account_provider_credentials
     except ImportError:
         return None
     names = {"whisper": ("whisper", "openai"), "azure": ("azure", "azure_speech")}.get(provider, (provider,))
     for name in names:
         try:
-            key = get_account_provider_key(session, account_id, name, settings)
+            credentials = get_account_provider_credentials(session, account_id, name, settings)
         except Exception:  # no stored key / unknown provider name / undecryptable
-            key = None
-        if key:
-            return str(key)
+            credentials = None
+        if credentials and credentials[0]:
+            return str(credentials[0]), dict(credentials[1])
     return None
 
 
@@ -658,10 +677,13 @@ def build_voice_service(
     """
     if session is None and database is not None and account_id is not None:
         with database.session() as lookup:
-            keys = {p: account_key(lookup, account_id, p, settings) for p in VENDORS}
+            credentials = {p: account_credentials(lookup, account_id, p, settings) for p in VENDORS}
     else:
-        keys = {p: account_key(session, account_id, p, settings) for p in VENDORS}
+        credentials = {p: account_credentials(session, account_id, p, settings) for p in VENDORS}
+    keys = {p: found[0] if found else None for p, found in credentials.items()}
     uses_account_key = any(keys.values())
+    # An account's Azure key is used in the region stored with it; the platform's key in the platform's region.
+    azure_region = (credentials["azure"] or ("", {}))[1].get("region") or settings.azure_speech_region
     for provider in keys:
         keys[provider] = keys[provider] or platform_key(settings, provider)
 
@@ -689,7 +711,7 @@ def build_voice_service(
         tts["azure"] = _cached(
             AzureTTS,
             keys["azure"],
-            region=settings.azure_speech_region,
+            region=azure_region,
             base_url=settings.azure_speech_base_url,
             timeout=timeout,
         )
@@ -799,9 +821,34 @@ def voice_provider_status(settings: Settings) -> list[dict[str, Any]]:
                 "status": "configured" if configured else "not_configured",
             }
         )
-    rows.append({"provider": OFFLINE_STT, "kind": "stt", "configured": True, "status": "offline"})
-    rows.append({"provider": OFFLINE_TTS, "kind": "tts", "configured": True, "status": "offline"})
+    for provider, kind, available, missing in (
+        (OFFLINE_STT, "stt", offline_stt_available(), "the pocketsphinx package is not installed"),
+        (OFFLINE_TTS, "tts", offline_tts_available(settings), f"'{settings.espeak_binary}' is not on PATH"),
+    ):
+        row: dict[str, Any] = {
+            "provider": provider,
+            "kind": kind,
+            "configured": available,
+            "status": "offline" if available else "not_installed",
+        }
+        if not available:
+            row["reason"] = missing
+        rows.append(row)
     return rows
+
+
+def offline_stt_available() -> bool:
+    """PocketSphinx is importable (checked without importing it: it loads a 40 MB model on first use)."""
+    import importlib.util
+
+    return importlib.util.find_spec("pocketsphinx") is not None
+
+
+def offline_tts_available(settings: Settings) -> bool:
+    """The eSpeak NG binary is on PATH (or the configured path exists and is executable)."""
+    import shutil
+
+    return shutil.which(settings.espeak_binary) is not None
 
 
 def _register() -> None:

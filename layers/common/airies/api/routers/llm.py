@@ -18,6 +18,8 @@ router = APIRouter(tags=["llm"])
 
 class ProviderKeyIn(StrictModel):
     api_key: str = Field(min_length=1, max_length=4096)
+    # Azure Speech only: the region the key belongs to (stored encrypted with the key, never returned).
+    region: str | None = Field(None, min_length=2, max_length=40, pattern=r"^[a-z][a-z0-9]+$")
 
 
 @router.get("/providers")
@@ -77,8 +79,9 @@ def put_provider_key(
 ) -> dict[str, Any]:
     service = ProviderKeyService(caller.session, request.app.state.settings)
     service.kind_of(provider)  # 404 before any outbound call
-    run_async(service.validate, provider, body.api_key)
-    return service.store(caller.account_id, provider, body.api_key)
+    options = service.check_options(provider, {"region": body.region} if body.region else None)
+    run_async(service.validate, provider, body.api_key, options)
+    return service.store(caller.account_id, provider, body.api_key, options)
 
 
 @router.delete("/provider-keys/{provider}", status_code=204)

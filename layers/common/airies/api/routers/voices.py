@@ -181,5 +181,10 @@ async def transcribe(request: Request, service: VoiceService = Depends(voice_ser
         "keywords": [k.strip() for k in (fields.get("keywords") or "").split(",") if k.strip()],
     }
     phrases = [p.strip() for p in (fields.get("expected_phrases") or "").splitlines() if p.strip()]
+    service.check_stt_provider(transcriber["provider"])  # an unknown provider name: 404 before any decoding work
     transcript = await service.speech_to_text(pcm16, sample_rate, transcriber=transcriber, expected_phrases=phrases)
-    return transcript_out(transcript)
+    out = transcript_out(transcript)
+    # Which engine ran is in "provider"; say so plainly when it is not the one asked for (no key: offline engine).
+    out["requested_provider"] = transcriber["provider"]
+    out["fallback"] = transcriber["provider"] is not None and transcript.provider != transcriber["provider"]
+    return out

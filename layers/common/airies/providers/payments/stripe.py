@@ -2,12 +2,15 @@
 
 ``api_base`` points the SDK at a local emulator (localstripe, the wire-level test double); on AWS it is
 unset and the SDK talks to api.stripe.com. Every creating call sends an ``Idempotency-Key``.
+
+Account keys (``PUT /api/v1/provider-keys/stripe``): ``register()`` plugs ``validate_key`` (one balance retrieval)
+and the ``GET /api/v1/providers`` row into ``airies.services.provider_keys``.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airies.errors import ProviderError
 from airies.providers.payments.base import (
@@ -18,6 +21,9 @@ from airies.providers.payments.base import (
     WebhookEvent,
     WebhookSignatureError,
 )
+
+if TYPE_CHECKING:
+    from airies.config import Settings
 
 _RETRYABLE = ("APIConnectionError", "RateLimitError", "APIError", "IdempotencyError")
 
@@ -303,3 +309,65 @@ class StripePaymentProvider:
             data_object=dict(raw["data"]["object"]),
             livemode=bool(raw.get("livemode", False)),
         )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# account keys: validation and the GET /api/v1/providers row
+# ---------------------------------------------------------------------------------------------------------------
+KEY_CHECK_TIMEOUT_S = 10.0
+
+
+async def validate_key(api_key: str, settings: Settings) -> bool:
+    """True when Stripe accepts the key; False on 401; ``ProviderError`` when Stripe could not be asked."""
+    import stripe
+
+    http_client = stripe.HTTPXClient(timeout=KEY_CHECK_TIMEOUT_S)
+    client = stripe.StripeClient(
+        api_key,
+        base_addresses={"api": settings.stripe_api_base} if settings.stripe_api_base else None,
+        max_network_retries=0,
+        http_client=http_client,
+    )
+    try:
+        await client.v1.balance.retrieve_async()  # cheap, read-only, authenticated
+    except stripe.AuthenticationError:
+        return False
+    except stripe.PermissionError:
+        return True  # a restricted key without balance access: Stripe knows the key, it just may not read this
+    except stripe.StripeError as exc:
+        raise ProviderError(
+            f"stripe key check failed: {getattr(exc, 'user_message', None) or exc}",
+            provider="stripe",
+            retryable=type(exc).__name__ in _RETRYABLE or (exc.http_status or 0) >= 500,
+            upstream_status=exc.http_status,
+            details={"type": type(exc).__name__, "code": getattr(exc, "code", None)},
+        ) from exc
+    finally:
+        await http_client.close_async()
+    return True
+
+
+def provider_status(settings: Settings) -> list[dict[str, Any]]:
+    configured = bool(settings.stripe_secret_key)
+    if not configured:
+        from airies.services.secrets import get_platform_secret
+
+        try:
+            configured = bool(get_platform_secret("stripe_secret_key", settings))
+        except Exception:  # an unreachable secret store means "not configured" here, not a failed request
+            configured = False
+    return [
+        {
+            "provider": "stripe",
+            "kind": "payments",
+            "configured": configured,
+            "status": "configured" if configured else "not_configured",
+        }
+    ]
+
+
+def register() -> None:
+    from airies.services import provider_keys
+
+    provider_keys.register_key_validator("stripe", validate_key, kind="payments")
+    provider_keys.register_provider_status("payments", provider_status)

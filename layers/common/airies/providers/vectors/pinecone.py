@@ -4,16 +4,25 @@ Every vector carries ``account_id``/``knowledge_base_id``/``document_id``/``chun
 query filters on account and knowledge base as well as using the knowledge base's namespace, so even a
 namespace mix-up cannot leak another account's chunks. Upserts are batched under Pinecone's limits
 (1,000 vectors and 2 MB per request).
+
+Account keys (``PUT /api/v1/provider-keys/pinecone``): ``register()`` plugs ``validate_key`` (one ``list_indexes``
+on the control plane, ``api.pinecone.io`` or the SDK's ``PINECONE_CONTROLLER_HOST``) and the ``GET
+/api/v1/providers`` row into ``airies.services.provider_keys``. This module is imported on the API path for that, so
+numpy and the SDK are imported only where vectors are actually handled.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
+import asyncio
+from typing import TYPE_CHECKING, Any
 
 from airies.errors import ProviderError
 from airies.providers.vectors.base import StoreStats, VectorMatch, VectorRecord
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from airies.config import Settings
 
 MAX_VECTORS_PER_UPSERT = 100  # Pinecone's recommended batch
 MAX_REQUEST_BYTES = 2_000_000
@@ -64,6 +73,8 @@ class PineconeVectorStore:
     def upsert(self, records: list[VectorRecord]) -> None:
         if not records:
             return
+        import numpy as np
+
         namespace = self._namespace(records[0].knowledge_base_id)
         size = upsert_batch_size(int(records[0].values.shape[0]))
         for start in range(0, len(records), size):
@@ -86,6 +97,8 @@ class PineconeVectorStore:
             self.stats.upserted += len(batch)
 
     def query(self, account_id: str, knowledge_base_id: str, vector: np.ndarray, top_k: int) -> list[VectorMatch]:
+        import numpy as np
+
         self.stats.query_requests += 1
         response = self._call(
             "query",
@@ -127,3 +140,61 @@ class PineconeVectorStore:
         namespaces = getattr(stats, "namespaces", None) or {}
         summary = namespaces.get(self._namespace(knowledge_base_id))
         return int(getattr(summary, "vector_count", 0) or 0) if summary is not None else 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# account keys: validation and the GET /api/v1/providers row
+# ---------------------------------------------------------------------------------------------------------------
+KEY_CHECK_TIMEOUT_S = 10.0
+
+
+def _check_key(api_key: str) -> bool:
+    from pinecone import Pinecone, RetryConfig, UnauthorizedError
+
+    client = Pinecone(api_key=api_key, timeout=KEY_CHECK_TIMEOUT_S, retry_config=RetryConfig(max_retries=1))
+    try:
+        client.list_indexes()  # cheap, authenticated, and allowed for any project's key
+    except UnauthorizedError:
+        return False
+    except Exception as exc:
+        # 403 (a key whose role has no control-plane access) is not a rejection of the key either: it says who
+        # the caller is. Anything else means Pinecone could not be asked.
+        status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
+        if status == 403:
+            return True
+        raise ProviderError(
+            f"Pinecone key check failed: {exc}",
+            provider="pinecone",
+            retryable=status is None or status == 429 or status >= 500,
+            upstream_status=status,
+        ) from exc
+    finally:
+        close = getattr(client, "close", None)
+        if callable(close):
+            close()
+    return True
+
+
+async def validate_key(api_key: str, settings: Settings) -> bool:
+    """True when Pinecone accepts the key; False on 401; ``ProviderError`` when Pinecone could not be asked."""
+    return await asyncio.to_thread(_check_key, api_key)
+
+
+def provider_status(settings: Settings) -> list[dict[str, Any]]:
+    configured = bool(settings.pinecone_api_key and settings.pinecone_index_host)
+    return [
+        {
+            "provider": "pinecone",
+            "kind": "vectors",
+            "configured": configured,
+            "status": "configured" if configured else "not_configured",
+            "in_use": settings.kb_vector_store == "pinecone",
+        }
+    ]
+
+
+def register() -> None:
+    from airies.services import provider_keys
+
+    provider_keys.register_key_validator("pinecone", validate_key, kind="vectors")
+    provider_keys.register_provider_status("vectors", provider_status)

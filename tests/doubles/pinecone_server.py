@@ -144,7 +144,9 @@ class PineconeDouble:
                     matches.append(match)
                 return 200, {"matches": matches, "namespace": namespace, "usage": {"readUnits": 5}}
             if route == "/vectors/delete":
-                store = self.namespaces.get(namespace, {})
+                if namespace not in self.namespaces:  # serverless indexes answer 404 for a never-written namespace
+                    return 404, {"code": 5, "message": "Namespace not found", "details": []}
+                store = self.namespaces[namespace]
                 if body.get("deleteAll"):
                     self.namespaces.pop(namespace, None)
                 elif "ids" in body:

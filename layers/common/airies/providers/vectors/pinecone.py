@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from airies.errors import ProviderError
+from airies.errors import ProviderError, ValidationFailedError
 from airies.providers.vectors.base import StoreStats, VectorMatch, VectorRecord
 
 if TYPE_CHECKING:
@@ -50,11 +50,13 @@ class PineconeVectorStore:
     def _namespace(knowledge_base_id: str) -> str:
         return knowledge_base_id
 
-    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+    def _call(self, what: str, fn: Any, *, missing_ok: bool = False, **kwargs: Any) -> Any:
         try:
             return fn(**kwargs)
         except Exception as exc:  # the SDK raises its own hierarchy; surface one provider error
             status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
+            if missing_ok and status == 404:  # deleting from a namespace that was never written: nothing to do
+                return None
             raise ProviderError(
                 f"Pinecone {what} failed: {exc}",
                 provider="pinecone",
@@ -63,11 +65,27 @@ class PineconeVectorStore:
             ) from exc
 
     def create_collection(self, account_id: str, knowledge_base_id: str, dimensions: int) -> None:
-        # Namespaces are created implicitly by the first upsert.
-        return None
+        # Namespaces are created implicitly by the first upsert; the index's dimension is fixed, so a knowledge base
+        # whose embedder makes other vectors is refused now rather than at its first upsert.
+        stats = self._call("describe_index_stats", self._index.describe_index_stats)
+        index_dimension = int(getattr(stats, "dimension", 0) or 0)
+        if index_dimension and index_dimension != dimensions:
+            raise ValidationFailedError(
+                f"the Pinecone index has dimension {index_dimension}; this knowledge base's embedder makes "
+                f"{dimensions}-dimensional vectors",
+                details=[
+                    {
+                        "field": "embedding_model",
+                        "code": "dimension_mismatch",
+                        "message": f"choose a model of dimension {index_dimension} or another index",
+                    }
+                ],
+            )
 
     def delete_collection(self, account_id: str, knowledge_base_id: str) -> None:
-        self._call("delete", self._index.delete, delete_all=True, namespace=self._namespace(knowledge_base_id))
+        self._call(
+            "delete", self._index.delete, missing_ok=True, delete_all=True, namespace=self._namespace(knowledge_base_id)
+        )
         self.stats.delete_requests += 1
 
     def upsert(self, records: list[VectorRecord]) -> None:
@@ -130,6 +148,7 @@ class PineconeVectorStore:
             self._call(
                 "delete",
                 self._index.delete,
+                missing_ok=True,
                 ids=ids[start : start + MAX_IDS_PER_DELETE],
                 namespace=self._namespace(knowledge_base_id),
             )

@@ -181,3 +181,55 @@ def drain(sqs: Any, queue_url: str) -> list[dict[str, Any]]:
         if not batch:
             return messages
         messages.extend(batch)
+
+
+@contextmanager
+def ingestion_pipeline(database: Any, settings: Settings, **service_kwargs: Any) -> Iterator[dict[str, Any]]:
+    """Under moto: the documents bucket notifying an ingestion queue (with a DLQ) and IngestionFunction's handler
+    wired to a knowledge service on ``database``. Yields the pieces the tests drive."""
+    import json
+
+    import boto3
+
+    from airies.services.knowledge import build_knowledge_service
+
+    with moto_bucket() as s3:
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        dlq = sqs.create_queue(QueueName="kb-dlq")["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        queue_url = sqs.create_queue(
+            QueueName="kb-ingestion",
+            Attributes={"RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"})},
+        )["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        s3.put_bucket_notification_configuration(
+            Bucket=BUCKET,
+            NotificationConfiguration={
+                "QueueConfigurations": [{"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"]}]
+            },
+        )
+        publisher = service_kwargs.pop("usage_publisher", None) or RecordingPublisher()
+        service = build_knowledge_service(settings, database, usage_publisher=publisher, **service_kwargs)
+        handler_module = load_function("handler")
+        handler_module._service = service
+        try:
+            yield {
+                "s3": s3,
+                "sqs": sqs,
+                "queue_url": queue_url,
+                "dlq_url": dlq,
+                "service": service,
+                "handler": handler_module,
+                "publisher": publisher,
+                "database": database,
+                "settings": settings,
+            }
+        finally:
+            handler_module._service = None
+
+
+def deliver(pipeline: dict[str, Any], messages: list[dict[str, Any]] | None = None) -> tuple[list[Any], Any]:
+    """Hand the queue's messages (or ``messages``) to IngestionFunction as one SQS batch."""
+    messages = drain(pipeline["sqs"], pipeline["queue_url"]) if messages is None else messages
+    result = pipeline["handler"].handler(sqs_event(messages), FakeLambdaContext())
+    return messages, result

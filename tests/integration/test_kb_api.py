@@ -92,7 +92,7 @@ def test_presigned_upload_is_returned_for_large_files(kb_client, auth):
     kb = _kb(client, auth)
     response = client.post(
         f"/api/v1/knowledge-bases/{kb['id']}/documents",
-        json={"filename": "big manual.pdf", "content_type": "application/pdf", "size_bytes": 30_000_000},
+        json={"filename": "big manual.pdf", "content_type": "application/pdf", "size_bytes": 8_000_000},
         headers=auth,
     )
     assert response.status_code == 201, response.text
@@ -238,3 +238,63 @@ def test_update_document_replaces_its_chunks(kb_client, auth):
     assert client.put(f"{url}/{doc['id']}", json={}, headers=auth).status_code == 400
     other = signup(client)
     assert client.put(f"{url}/{doc['id']}", json={"text": "x"}, headers=other).status_code == 404
+
+
+def test_embedding_model_is_validated_per_provider(kb_client, auth):
+    client = kb_client
+    for body, field in [
+        ({"embedding_provider": "hashing", "embedding_model": "zzz"}, "embedding_model"),
+        ({"embedding_provider": "openai", "embedding_model": "text-embedding-4-huge"}, "embedding_model"),
+        ({"embedding_provider": "minilm", "embedding_dimensions": 512}, "embedding_dimensions"),
+        (
+            {"embedding_provider": "openai", "embedding_model": "text-embedding-ada-002", "embedding_dimensions": 256},
+            "embedding_dimensions",
+        ),
+    ]:
+        response = client.post("/api/v1/knowledge-bases", json={"name": "x", **body}, headers=auth)
+        assert response.status_code == 422, (body, response.text)
+        error = response.json()["error"]
+        assert error["code"] == "validation_failed" and error["details"][0]["field"] == field
+    assert client.get("/api/v1/knowledge-bases", headers=auth).json()["data"] == []
+    kb = _kb(client, auth, embedding_provider="hashing", embedding_model="hashing-v1", embedding_dimensions=256)
+    bad = client.post(f"/api/v1/knowledge-bases/{kb['id']}/reembed", json={"embedding_model": "zzz"}, headers=auth)
+    assert (
+        bad.status_code == 422
+        and client.get(f"/api/v1/knowledge-bases/{kb['id']}", headers=auth).json()["embedding_model"] == "hashing-v1"
+    )
+
+
+def test_tier_size_limit_answers_402_and_changes_nothing(kb_client, auth, settings):
+    """The free tier allows 10 MB of knowledge-base content: a declared upload, inline content or a replacement
+    that would pass it answers 402 ``kb_size_limit`` and leaves the knowledge base as it was."""
+    client = kb_client
+    kb = _kb(client, auth)
+    base = f"/api/v1/knowledge-bases/{kb['id']}/documents"
+    too_big = client.post(
+        base,
+        json={"filename": "huge.pdf", "content_type": "application/pdf", "size_bytes": 11 * 1024 * 1024},
+        headers=auth,
+    )
+    assert too_big.status_code == 402, too_big.text
+    assert too_big.json()["error"]["code"] == "kb_size_limit"
+    assert client.get(base, headers=auth).json()["data"] == []
+
+    reserved = client.post(
+        base,
+        json={"filename": "big.pdf", "content_type": "application/pdf", "size_bytes": 10 * 1024 * 1024 - 1000},
+        headers=auth,
+    )
+    assert reserved.status_code == 201, reserved.text
+    small = client.post(base, json={"filename": "a.txt", "text": "Short note."}, headers=auth)
+    assert small.status_code == 201 and small.json()["document"]["status"] == "ready"
+    inline = client.post(base, json={"filename": "b.txt", "text": "x " * 1000}, headers=auth)
+    assert inline.status_code == 402 and inline.json()["error"]["code"] == "kb_size_limit"
+    doc_id = small.json()["document"]["id"]
+    replaced = client.put(f"{base}/{doc_id}", json={"text": "y " * 1000}, headers=auth)
+    assert replaced.status_code == 402 and replaced.json()["error"]["code"] == "kb_size_limit"
+    listed = client.get(base, headers=auth).json()["data"]
+    assert sorted(d["name"] for d in listed) == ["a.txt", "big.pdf"]
+    kept = client.get(f"{base}/{doc_id}", headers=auth).json()
+    assert kept["size_bytes"] == len("Short note.") and kept["status"] == "ready"
+    chunks = client.get(f"{base}/{doc_id}/chunks", headers=auth).json()["data"]
+    assert chunks[0]["text"] == "Short note."

@@ -150,9 +150,19 @@ def test_unreachable_and_private_urls_fail_clearly(kb_env, database, tmp_path):
     docs, _ = service.list_documents(account, kb.id)
     assert [(d.status, d.error_code) for d in docs] == [("failed", "unreachable")]
 
+    # A name DNS cannot resolve (.invalid never resolves, RFC 6761) is unreachable, not a blocked address.
+    dns = service.run_scrape_job(service.create_web_scrape_job(account, kb.id, ["http://no-such-host.invalid/"]).id)
+    assert dns.status == "failed" and "cannot resolve no-such-host.invalid" in dns.error
+    failed = service.list_documents(account, kb.id)[0]
+    assert [(d.source_url, d.error_code) for d in failed if d.scrape_job_id == dns.id] == [
+        ("http://no-such-host.invalid/", "unreachable")
+    ]
+
     strict = build_knowledge_service(kb_settings(tmp_path, kb_scrape_allowed_private_hosts=""), database)
     job = strict.run_scrape_job(strict.create_web_scrape_job(account, kb.id, ["http://127.0.0.1:9/"]).id)
     assert job.status == "failed" and "non-public address" in job.error
+    blocked = [d for d in service.list_documents(account, kb.id)[0] if d.scrape_job_id == job.id]
+    assert [d.error_code for d in blocked] == ["blocked_address"]
 
 
 def test_scrape_job_through_the_queue(kb_env, site):

@@ -19,7 +19,15 @@ from airies.providers.vectors.base import VectorRecord
 from airies.providers.vectors.pgvector import PgVectorStore
 from airies.services.knowledge import build_knowledge_service
 from tests.doubles import pgvector_server
-from tests.kb_support import RecordingPublisher, kb_settings, moto_bucket, new_account
+from tests.kb_support import (
+    BUCKET,
+    RecordingPublisher,
+    deliver,
+    ingestion_pipeline,
+    kb_settings,
+    moto_bucket,
+    new_account,
+)
 
 
 @pytest.fixture(scope="module")
@@ -93,15 +101,80 @@ def test_pgvector_store_refuses_sqlite(tmp_path):
         PgVectorStore(Database(f"sqlite:///{tmp_path}/x.db"))
 
 
-def test_pgvector_without_the_extension_is_not_available(database):
-    """The machine's PostgreSQL 15 has no pgvector: the store says so (501), it never pretends."""
+def test_pgvector_store_matches_what_the_server_has(database):
+    """Not SQLite: 501. On PostgreSQL the store is available exactly when the server ships the extension (the
+    machine's PostgreSQL 15 has none: 501, it never pretends; a server with it gets the schema)."""
     if database.dialect != "postgresql":
         with pytest.raises(NotAvailableError):
             PgVectorStore(database)
         return
     with database.engine.connect() as conn:
         available = conn.execute(text("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")).first()
-    if available is not None:
-        pytest.skip("this PostgreSQL has pgvector; covered by the tests above")
-    with pytest.raises(NotAvailableError):
-        PgVectorStore(database).count("acc", "kb")
+    store = PgVectorStore(database)
+    if available is None:
+        with pytest.raises(NotAvailableError, match="no pgvector extension"):
+            store.count("acc", "kb")
+    else:
+        assert store.count("acc", "kb") == 0
+        with database.engine.connect() as conn:
+            assert conn.execute(text("SELECT 1 FROM pg_extension WHERE extname = 'vector'")).first() is not None
+
+
+def test_s3_notification_to_pgvector_through_the_ingestion_function(pgvector_database, tmp_path):
+    """The whole path under moto on PostgreSQL with pgvector: S3 ObjectCreated -> SQS -> IngestionFunction ->
+    chunks in the platform tables and vectors in ``kb_pgvectors``; a redelivery never duplicates them."""
+    text_a = (
+        "Warranty\n\nEvery kettle carries a five year warranty against limescale damage.\n\n"
+        "Returns\n\nUnused kettles may be returned within thirty days for a full refund.\n\n"
+        "Descaling\n\nDescale the kettle every month with a spoon of citric acid dissolved in warm water."
+    )
+    with ingestion_pipeline(pgvector_database, kb_settings(tmp_path)) as p:
+        service = p["service"]
+        account = new_account(pgvector_database)
+        kb = service.create_knowledge_base(
+            account, "pg pipeline", vector_store="pgvector", chunk_size=32, chunk_overlap=0
+        )
+        doc, _ = service.upload_document(account, kb.id, filename="policy.txt", content_type="text/plain")
+        p["s3"].put_object(Bucket=BUCKET, Key=f"accounts/{account}/{doc.storage_key}", Body=text_a.encode())
+        messages, result = deliver(p)
+        assert result == {"batchItemFailures": []}
+        ready = service.get_document(account, kb.id, doc.id)
+        assert ready.status == "ready", ready.error
+        store = service.store("pgvector")
+        assert ready.chunk_count >= 2 and store.count(account, kb.id) == ready.chunk_count
+        _, again = deliver(p, messages + messages)
+        assert again == {"batchItemFailures": []} and store.count(account, kb.id) == ready.chunk_count
+        top = service.query_knowledge_base(account, kb.id, "how long is the warranty", top_k=1)[0]
+        assert "five year warranty" in top.text and top.document_id == doc.id
+
+
+def test_failed_reembed_on_pgvector_keeps_the_old_vectors(pgvector_database, tmp_path):
+    """The new vectors replace the old ones in one transaction: a store failure mid-swap rolls it all back."""
+    with moto_bucket():
+        settings = kb_settings(tmp_path, kb_embed_batch_chunks=1)
+        service = build_knowledge_service(settings, pgvector_database, usage_publisher=RecordingPublisher())
+        account = new_account(pgvector_database)
+        kb = service.create_knowledge_base(account, "pg", vector_store="pgvector", chunk_size=32, chunk_overlap=0)
+        body = "\n\n".join(
+            f"Section {i} explains the {w} setting in detail: when to change it, what it does and why it matters."
+            for i, w in enumerate(["fan", "pump", "valve"])
+        )
+        service.add_document_content(account, kb.id, filename="s.txt", content_type="text/plain", data=body.encode())
+        store = service.store("pgvector")
+        before = store.count(account, kb.id)
+        assert before == 3
+        # The store refuses the second new vector (after the old ones were deleted and the first new one written).
+        with pgvector_database.engine.begin() as conn:
+            conn.execute(
+                text("ALTER TABLE kb_pgvectors ADD CONSTRAINT test_no_256 CHECK (dimensions <> 256 OR chunk_index < 1)")
+            )
+        try:
+            with pytest.raises(Exception, match="test_no_256"):
+                service.update_embeddings(account, kb.id, embedding_dimensions=256)
+        finally:
+            with pgvector_database.engine.begin() as conn:
+                conn.execute(text("ALTER TABLE kb_pgvectors DROP CONSTRAINT test_no_256"))
+        kb = service.get_knowledge_base(account, kb.id)
+        assert (kb.status, kb.embedding_dimensions) == ("active", 512)
+        assert store.count(account, kb.id) == before
+        assert "pump" in service.query_knowledge_base(account, kb.id, "pump setting", top_k=1)[0].text

@@ -7,25 +7,20 @@ from __future__ import annotations
 
 import json
 
-import boto3
 import pytest
 from sqlalchemy import func, select
 
 from airies.db.models.knowledge import KnowledgeChunk, KnowledgeDocument, KnowledgeVector
 from airies.errors import NotFoundError
-from airies.services.knowledge import build_knowledge_service
 from tests.kb_support import (
     BUCKET,
-    FakeLambdaContext,
-    RecordingPublisher,
+    deliver,
     drain,
+    ingestion_pipeline,
     kb_settings,
-    load_function,
     make_docx,
     make_pdf,
-    moto_bucket,
     new_account,
-    sqs_event,
 )
 
 FAQ = (
@@ -37,44 +32,12 @@ FAQ = (
 
 @pytest.fixture
 def pipeline(database, tmp_path):
-    settings = kb_settings(tmp_path)
-    with moto_bucket() as s3:
-        sqs = boto3.client("sqs", region_name="us-east-1")
-        dlq = sqs.create_queue(QueueName="kb-dlq")["QueueUrl"]
-        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        queue_url = sqs.create_queue(
-            QueueName="kb-ingestion",
-            Attributes={"RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"})},
-        )["QueueUrl"]
-        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        s3.put_bucket_notification_configuration(
-            Bucket=BUCKET,
-            NotificationConfiguration={
-                "QueueConfigurations": [{"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"]}]
-            },
-        )
-        publisher = RecordingPublisher()
-        service = build_knowledge_service(settings, database, usage_publisher=publisher)
-        handler_module = load_function("handler")
-        handler_module._service = service
-        try:
-            yield {
-                "s3": s3,
-                "sqs": sqs,
-                "queue_url": queue_url,
-                "service": service,
-                "handler": handler_module,
-                "publisher": publisher,
-                "database": database,
-            }
-        finally:
-            handler_module._service = None
+    with ingestion_pipeline(database, kb_settings(tmp_path)) as pieces:
+        yield pieces
 
 
 def _deliver(p, messages=None):
-    messages = drain(p["sqs"], p["queue_url"]) if messages is None else messages
-    result = p["handler"].handler(sqs_event(messages), FakeLambdaContext())
-    return messages, result
+    return deliver(p, messages)
 
 
 def _counts(database, doc_id):
@@ -295,3 +258,152 @@ def test_tenancy_no_query_returns_another_accounts_chunks(pipeline):
         .vectors[0]
     )
     assert store.query(bob, kb_a.id, vector, 5) == []
+
+
+def test_unavailable_embedder_fails_the_document_and_acknowledges_the_message(database, tmp_path, monkeypatch):
+    """A configuration problem (the ingestion function has no OpenAI key) is permanent: redelivery cannot fix it,
+    so the document ends ``failed`` with the reason and the message is acknowledged (never dead-lettered)."""
+    from airies.services.knowledge import build_knowledge_service
+
+    monkeypatch.delenv("AIRIES_OPENAI_API_KEY", raising=False)
+    with ingestion_pipeline(database, kb_settings(tmp_path)) as p:
+        account = new_account(database)
+        # The API had a key when the knowledge base was made (building the client makes no request).
+        api = build_knowledge_service(kb_settings(tmp_path, openai_api_key="sk-api-only"), database)
+        kb = api.create_knowledge_base(account, "OpenAI KB", embedding_provider="openai")
+        doc, _ = api.upload_document(account, kb.id, filename="faq.txt", content_type="text/plain")
+        p["s3"].put_object(Bucket=BUCKET, Key=f"accounts/{account}/{doc.storage_key}", Body=FAQ.encode())
+        _, result = deliver(p)
+        assert result == {"batchItemFailures": []}
+        failed = p["service"].get_document(account, kb.id, doc.id)
+        assert (failed.status, failed.error_code) == ("failed", "not_available")
+        assert "OpenAI" in failed.error and failed.processing_started_at is None
+        assert _counts(database, doc.id)[1] == 0
+        assert p["sqs"].receive_message(QueueUrl=p["dlq_url"]).get("Messages") is None
+
+
+def test_upload_past_the_tier_size_fails_the_document(pipeline):
+    """A presigned upload that declared no size is checked when its object arrives: over the tier's knowledge-base
+    size (free: 10 MB) the document fails with ``kb_size_limit`` and the message is acknowledged."""
+    p = pipeline
+    service, database = p["service"], p["database"]
+    account = new_account(database)
+    kb = service.create_knowledge_base(account, "Big")
+    reserved, _ = service.upload_document(
+        account, kb.id, filename="big.pdf", content_type="application/pdf", size_bytes=10 * 1024 * 1024 - 100
+    )
+    small, _ = service.upload_document(account, kb.id, filename="notes.txt", content_type="text/plain")
+    p["s3"].put_object(Bucket=BUCKET, Key=f"accounts/{account}/{small.storage_key}", Body=FAQ.encode())
+    _, result = deliver(p)
+    assert result == {"batchItemFailures": []}
+    failed = service.get_document(account, kb.id, small.id)
+    assert (failed.status, failed.error_code) == ("failed", "kb_size_limit")
+    assert "10 MB" in failed.error
+    assert service.get_document(account, kb.id, reserved.id).status == "pending_upload"
+
+
+class _Scripted:
+    """An embedder double: the real (hashing) embedder of a model, with a hook run before each of its calls."""
+
+    def __init__(self, inner, hook):
+        self.inner, self.hook, self.calls = inner, hook, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def embed(self, texts):
+        self.calls += 1
+        self.hook(self.calls)
+        return self.inner.embed(texts)
+
+
+def _scripted_factory(settings, dims, hook):
+    from airies.providers.embeddings import build_embedder
+
+    def factory(provider, model, dimensions):
+        inner = build_embedder(provider, model, dimensions, settings)
+        return _Scripted(inner, hook) if dimensions == dims else inner
+
+    return factory
+
+
+SECTIONS = "\n\n".join(
+    f"Section {i} explains the {w} setting: when to change it, what it does and why it matters to the owner."
+    for i, w in enumerate(["fan", "pump", "valve", "heater"])
+)
+
+
+def test_failed_reembed_keeps_the_old_vectors_and_model(database, tmp_path):
+    from airies.errors import ProviderError
+
+    def fail_second(call):
+        if call == 2:
+            raise ProviderError("embeddings overloaded", provider="test", retryable=True, upstream_status=503)
+
+    settings = kb_settings(tmp_path, kb_embed_batch_chunks=1)
+    with ingestion_pipeline(database, settings, embedder_factory=_scripted_factory(settings, 256, fail_second)) as p:
+        service = p["service"]
+        account = new_account(database)
+        kb = service.create_knowledge_base(account, "Manual", chunk_size=32, chunk_overlap=0)
+        service.add_document_content(
+            account, kb.id, filename="m.txt", content_type="text/plain", data=SECTIONS.encode()
+        )
+        store = service.store("embedded")
+        before = store.count(account, kb.id)
+        assert before == 4
+        with pytest.raises(ProviderError):
+            service.update_embeddings(account, kb.id, embedding_dimensions=256)
+        kb = service.get_knowledge_base(account, kb.id)
+        assert (kb.status, kb.embedding_dimensions, kb.embeddings_updated_at) == ("active", 512, None)
+        assert store.count(account, kb.id) == before
+        assert "pump" in service.query_knowledge_base(account, kb.id, "pump setting", top_k=1)[0].text
+        assert not [e for e in p["publisher"].events if e.metadata.get("reembed")]
+
+
+def test_reembed_is_exclusive_defers_ingestion_and_meters_tokens(database, tmp_path):
+    from airies.errors import ConflictError
+
+    seen = {}
+
+    def during_reembed(call):
+        if call != 1:
+            return
+        for what, attempt in {
+            "reembed": lambda: service.update_embeddings(account, kb.id, embedding_dimensions=256),
+            "inline": lambda: service.add_document_content(
+                account, kb.id, filename="x.txt", content_type="text/plain", data=b"Pressure is 2 bar."
+            ),
+            "queued": lambda: service.process_document(waiting.id),
+        }.items():
+            try:
+                attempt()
+            except ConflictError as exc:
+                seen[what] = exc.code
+        seen["status"] = service.get_knowledge_base(account, kb.id).status  # committed: other sessions see it
+        seen["waiting"] = service.get_document(account, kb.id, waiting.id).status
+
+    settings = kb_settings(tmp_path, kb_embed_batch_chunks=2)
+    with ingestion_pipeline(database, settings, embedder_factory=_scripted_factory(settings, 256, during_reembed)) as p:
+        service = p["service"]
+        account = new_account(database)
+        kb = service.create_knowledge_base(account, "Manual", chunk_size=32, chunk_overlap=0)
+        service.add_document_content(
+            account, kb.id, filename="m.txt", content_type="text/plain", data=SECTIONS.encode()
+        )
+        waiting, _ = service.upload_document(account, kb.id, filename="later.txt", content_type="text/plain")
+        service.storage.upload_bytes(account, waiting.storage_key, b"The boiler pressure should read 1.5 bar.")
+        done = service.update_embeddings(account, kb.id, embedding_dimensions=256)
+        assert seen == {
+            "reembed": "reembedding",
+            "inline": "reembedding",
+            "queued": "reembedding",
+            "status": "reembedding",
+            "waiting": "uploaded",  # released for the redelivery, not stuck in "processing"
+        }
+        assert (done.status, done.embedding_dimensions) == ("active", 256) and done.embeddings_updated_at
+        assert service.store("embedded").count(account, kb.id) == 4
+        assert service.process_document(waiting.id) == "ready"  # after the re-embed: with the new model
+        assert "1.5 bar" in service.query_knowledge_base(account, kb.id, "boiler pressure", top_k=1)[0].text
+        metered = [e for e in p["publisher"].events if e.metadata.get("reembed")]
+        assert len(metered) == 1 and metered[0].component == "embedding_tokens"
+        assert metered[0].quantity > 0 and metered[0].model == "hashing-v1"

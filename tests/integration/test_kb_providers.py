@@ -138,3 +138,53 @@ def test_knowledge_base_on_pinecone_with_openai_embeddings(database, tmp_path):
         assert set(pinecone.namespaces) == {kb.id}
         service.delete_document(account, kb.id, doc.id)
         assert not pinecone.namespaces.get(kb.id)
+
+
+def _pinecone_kb_roundtrip(service, account):
+    kb = service.create_knowledge_base(account, "Pinecone KB", vector_store="pinecone")
+    doc = service.add_document_content(
+        account, kb.id, filename="p.txt", content_type="text/plain", data=b"Gift cards never expire."
+    )
+    assert doc.status == "ready", doc.error
+    return kb, service.query_knowledge_base(account, kb.id, "do gift cards expire?", top_k=1)
+
+
+def test_pinecone_platform_key_comes_from_the_provider_keys_secret_on_aws(database, tmp_path, monkeypatch):
+    """On AWS the platform's Pinecone key is read like the other platform keys: from the provider-keys secret."""
+    import json
+
+    import boto3
+
+    monkeypatch.delenv("AIRIES_PINECONE_API_KEY", raising=False)
+    with PineconeDouble() as pinecone, moto_bucket():
+        boto3.client("secretsmanager", region_name="us-east-1").create_secret(
+            Name="airies/kb-provider-keys", SecretString=json.dumps({"pinecone_api_key": pinecone.api_key})
+        )
+        settings = kb_settings(
+            tmp_path,
+            stage="prod",
+            provider_keys_secret_name="airies/kb-provider-keys",
+            pinecone_index_host=pinecone.host,
+        )
+        assert settings.pinecone_api_key is None
+        service = build_knowledge_service(settings, database, usage_publisher=RecordingPublisher())
+        kb, hits = _pinecone_kb_roundtrip(service, new_account(database))
+        assert "Gift cards" in hits[0].text and set(pinecone.namespaces) == {kb.id}
+
+
+def test_pinecone_uses_the_accounts_own_key_when_it_stored_one(database, tmp_path, monkeypatch):
+    from airies.services.provider_keys import ProviderKeyService
+
+    monkeypatch.delenv("AIRIES_PINECONE_API_KEY", raising=False)
+    with PineconeDouble(api_key="pc-account-key") as pinecone, moto_bucket():
+        settings = kb_settings(tmp_path, pinecone_api_key="pc-platform-key", pinecone_index_host=pinecone.host)
+        service = build_knowledge_service(settings, database, usage_publisher=RecordingPublisher())
+        own, other = new_account(database), new_account(database)
+        with database.session() as session:
+            ProviderKeyService(session, settings).store(own, "pinecone", "pc-account-key")
+        kb, hits = _pinecone_kb_roundtrip(service, own)
+        assert "Gift cards" in hits[0].text and set(pinecone.namespaces) == {kb.id}
+        # An account without a key of its own gets the platform's, which this index does not accept.
+        with pytest.raises(ProviderError) as info:
+            _pinecone_kb_roundtrip(service, other)
+        assert info.value.upstream_status == 401 and set(pinecone.namespaces) == {kb.id}

@@ -154,3 +154,39 @@ def test_hashing_embedder_is_deterministic_normalised_and_lexical():
     assert a[0] @ a[1] > a[0] @ a[2] + 0.2
     assert embedder.lexical_only and approx_tokens("one two three four") == 5
     assert np.allclose(embedder.embed([""]).vectors, 0)
+
+
+def _shared(previous: str, current: str) -> str:
+    """The longest start of ``current`` that ends ``previous`` (whitespace-normalised): what they share."""
+    a, b = " ".join(previous.split()), " ".join(current.split())
+    return next((b[:k] for k in range(min(len(a), len(b)), 0, -1) if a.endswith(b[:k])), "")
+
+
+def test_overlap_survives_paragraphs_smaller_than_a_chunk_but_larger_than_the_overlap():
+    # 30 paragraphs of ~95 tokens (5 sentences of ~19 tokens) at 300/40: whole paragraphs never fit in the overlap,
+    # so the overlap comes from the last paragraph's trailing sentences.
+    paragraphs = [
+        " ".join(f"Paragraph {p} sentence {s} describes one more detail of item number {p}." for s in range(5))
+        for p in range(30)
+    ]
+    assert all(60 < approx_tokens(p) < 120 for p in paragraphs)
+    chunks = chunk_text("\n\n".join(paragraphs), chunk_tokens=300, overlap_tokens=40)
+    assert len(chunks) > 5 and all(c.token_count <= 300 for c in chunks)
+    for previous, current in itertools.pairwise(chunks):
+        shared = _shared(previous.text, current.text)
+        assert 20 <= approx_tokens(shared) <= 40, (previous.index, shared)
+        assert shared.endswith(".") and shared[0].isupper()  # whole sentences
+    joined = " ".join(c.text for c in chunks)
+    assert all(f"Paragraph {p} sentence 4 " in joined for p in range(30))
+
+
+def test_overlap_falls_back_to_words_for_a_long_last_sentence():
+    # Paragraphs that are one ~78-token sentence each: nothing to cut at but words.
+    paragraphs = [" ".join(f"p{p}w{i}" for i in range(60)) + "." for p in range(4)]
+    chunks = chunk_text("\n\n".join(paragraphs), chunk_tokens=100, overlap_tokens=20)
+    assert len(chunks) == 4
+    for previous, current in itertools.pairwise(chunks):
+        shared = _shared(previous.text, current.text)
+        assert 10 <= approx_tokens(shared) <= 20 and shared.endswith(f"p{previous.index}w59.")
+        assert current.token_count <= 100
+    assert chunk_text("\n\n".join(paragraphs), chunk_tokens=100, overlap_tokens=0)[1].text == paragraphs[1]

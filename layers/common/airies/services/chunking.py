@@ -79,9 +79,58 @@ def _join(units: list[_Unit]) -> str:
     return "".join(out)
 
 
+def _tail(unit: _Unit, budget: int, *, words: bool) -> _Unit | None:
+    """The end of ``unit`` within ``budget`` tokens: its last whole sentences, else (``words``: a last sentence more
+    than twice the budget) its last words. None when nothing fits."""
+    if budget <= 0:
+        return None
+    sentences = _sentences(unit.text)
+    taken: list[str] = []
+    tokens = 0
+    for sentence in reversed(sentences):
+        cost = approx_tokens(sentence)
+        if tokens + cost > budget:
+            break
+        taken.insert(0, sentence)
+        tokens += cost
+    # Last resort, for a "sentence" far longer than the overlap (lists, tables, unpunctuated PDF text): its trailing
+    # words. A sentence only a little longer is not cut into a fragment (that costs retrieval more than it gives).
+    if not taken and sentences and words and approx_tokens(sentences[-1]) > 2 * budget:
+        tail_words = sentences[-1].split()
+        count = 0
+        while count < len(tail_words) and approx_tokens(" ".join(tail_words[-(count + 1) :])) <= budget:
+            count += 1
+        if count:
+            taken = [" ".join(tail_words[-count:])]
+    if not taken:
+        return None
+    text = " ".join(taken)
+    return _Unit(text, approx_tokens(text), unit.page, True)
+
+
+def _overlap(units: list[_Unit], budget: int) -> list[_Unit]:
+    """The trailing units of a chunk worth at most ``budget`` tokens. Whole units first; the unit that does not fit
+    whole gives its last sentences (or words), so consecutive chunks share about ``budget`` tokens even when every
+    unit is a paragraph larger than the overlap."""
+    carried: list[_Unit] = []
+    tokens = 0
+    for previous in reversed(units):
+        if tokens + previous.tokens <= budget:
+            carried.insert(0, previous)
+            tokens += previous.tokens
+            continue
+        # Words only when nothing else would overlap: a chunk rather starts at a sentence than mid-way.
+        part = _tail(previous, budget - tokens, words=not carried)
+        if part is not None:
+            carried.insert(0, part)
+        break
+    return carried
+
+
 def chunk_text(text: str | list[str], chunk_tokens: int = 300, overlap_tokens: int = 40) -> list[Chunk]:
-    """Chunks of at most ``chunk_tokens`` (one oversize word aside); each after the first repeats up to
-    ``overlap_tokens`` of the previous chunk's trailing sentences so a fact cut at a boundary is whole in one."""
+    """Chunks of at most ``chunk_tokens`` (one oversize word aside); each after the first repeats about
+    ``overlap_tokens`` of the previous chunk's end (trailing sentences, or words when a sentence is longer) so a
+    fact cut at a boundary is whole in one."""
     pages = [text] if isinstance(text, str) else text
     return list(iter_chunks(pages, chunk_tokens, overlap_tokens, paged=len(pages) > 1))
 
@@ -103,16 +152,9 @@ def iter_chunks(
         if current and current_tokens + unit.tokens > chunk_tokens and fresh:
             yield Chunk(count, _join(current), current_tokens, current[0].page)
             count += 1
-            carried: list[_Unit] = []
-            carried_tokens = 0
-            for previous in reversed(current):
-                if carried_tokens + previous.tokens > overlap_tokens:
-                    break
-                carried.insert(0, previous)
-                carried_tokens += previous.tokens
-            if carried_tokens + unit.tokens > chunk_tokens:
-                carried, carried_tokens = [], 0
-            current, current_tokens, fresh = carried, carried_tokens, 0
+            # The overlap never pushes the next chunk over its size: it shrinks to what the new unit leaves.
+            carried = _overlap(current, min(overlap_tokens, chunk_tokens - unit.tokens))
+            current, current_tokens, fresh = carried, sum(u.tokens for u in carried), 0
         current.append(unit)
         current_tokens += unit.tokens
         fresh += 1

@@ -70,6 +70,10 @@ class BlockedAddress(Exception):
     pass
 
 
+class UnresolvableHost(ConnectionError):
+    """DNS has no address for the host: the page is ``unreachable`` (not ``blocked_address``)."""
+
+
 def validate_start_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -102,7 +106,7 @@ class Crawler:
         self.skipped = 0
         self.first_error: str | None = None
         self._robots: dict[str, RobotFileParser | None] = {}
-        self._checked_hosts: dict[str, str | None] = {}
+        self._checked_hosts: dict[str, Exception | None] = {}
         self._site_errors: dict[str, str] = {}  # sites whose robots.txt could not be fetched at all
 
     def _check_host(self, url: str) -> None:
@@ -110,21 +114,21 @@ class Crawler:
         if host in self._checked_hosts:
             problem = self._checked_hosts[host]
         else:
-            problem = None
+            problem: Exception | None = None
             if host not in self.allowed_private:
                 try:
                     infos = socket.getaddrinfo(host, None)
                 except OSError as exc:
-                    problem = f"cannot resolve {host}: {exc}"
+                    problem = UnresolvableHost(f"cannot resolve {host}: {exc}")
                 else:
                     for info in infos:
                         address = ipaddress.ip_address(info[4][0])
                         if not address.is_global:
-                            problem = f"{host} resolves to a non-public address ({address})"
+                            problem = BlockedAddress(f"{host} resolves to a non-public address ({address})")
                             break
             self._checked_hosts[host] = problem
-        if problem:
-            raise BlockedAddress(problem)
+        if problem is not None:
+            raise type(problem)(str(problem))
 
     def _get(self, url: str) -> FetchResult:
         for _ in range(MAX_REDIRECTS + 1):

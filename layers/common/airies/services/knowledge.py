@@ -223,13 +223,56 @@ class KnowledgeService:
                 self._embedders[key] = build_embedder(provider, model, dimensions, self.settings)
         return self._embedders[key]
 
-    def store(self, name: str) -> VectorStore:
+    def store(self, name: str, account_id: str | None = None) -> VectorStore:
+        """The vector store ``name``; for Pinecone, the one reached with the account's own key when it stored one
+        (``PUT /provider-keys/pinecone``), else with the platform's key."""
         # The embedded store writes through this service's unit of work, so each bound copy has its own; the
         # others hold SDK clients and connection pools that every copy shares.
+        if name == "pinecone" and self._store_factory is None:
+            api_key, host = self._pinecone_credentials(account_id)
+            key = "pinecone:" + hashlib.sha256(f"{api_key}\n{host}".encode()).hexdigest()[:32]
+            if key not in self._shared_stores:
+                from airies.providers.vectors.pinecone import PineconeVectorStore
+
+                self._shared_stores[key] = PineconeVectorStore(api_key=api_key, index_host=host)
+            return self._shared_stores[key]
         stores = self._stores if name == "embedded" else self._shared_stores
         if name not in stores:
             stores[name] = self._store_factory(name) if self._store_factory else self._build_store(name)
         return stores[name]
+
+    def _pinecone_credentials(self, account_id: str | None) -> tuple[str, str]:
+        """(api key, index host): the account's own key (and index host, when stored with it) first, then the
+        platform key like every other platform key (settings/env locally, the provider-keys secret on AWS)."""
+        host = self.settings.pinecone_index_host
+        if account_id:
+            own = self._account_pinecone_key(account_id)
+            if own is not None:
+                key, options = own
+                own_host = options.get("index_host") or host
+                if not own_host:
+                    raise NotAvailableError("Pinecone needs an index host (AIRIES_PINECONE_INDEX_HOST)")
+                return key, own_host
+        from airies.services.secrets import get_platform_secret
+
+        key = self.settings.pinecone_api_key or get_platform_secret("pinecone_api_key", self.settings)
+        if not (key and host):
+            raise NotAvailableError(
+                "Pinecone needs an API key (the account's own, AIRIES_PINECONE_API_KEY or the platform's "
+                "provider-keys secret) and AIRIES_PINECONE_INDEX_HOST"
+            )
+        return key, host
+
+    def _account_pinecone_key(self, account_id: str) -> tuple[str, dict[str, str]] | None:
+        try:
+            from airies.services.provider_keys import ProviderKeyService
+        except ImportError:  # provider keys not installed: platform key only
+            return None
+        with self._uow() as session:
+            credentials = ProviderKeyService(session, self.settings).get_with_options(account_id, "pinecone")
+        if credentials is None or not credentials[0]:
+            return None
+        return credentials[0], dict(credentials[1])
 
     def _build_store(self, name: str) -> VectorStore:
         if name == "embedded":
@@ -244,14 +287,6 @@ class KnowledgeService:
 
                 return PgVectorStore(Database(self.settings.kb_pgvector_database_url))
             return PgVectorStore(self.database)
-        if name == "pinecone":
-            from airies.providers.vectors.pinecone import PineconeVectorStore
-
-            if not (self.settings.pinecone_api_key and self.settings.pinecone_index_host):
-                raise NotAvailableError("Pinecone needs AIRIES_PINECONE_API_KEY and AIRIES_PINECONE_INDEX_HOST")
-            return PineconeVectorStore(
-                api_key=self.settings.pinecone_api_key, index_host=self.settings.pinecone_index_host
-            )
         raise NotAvailableError(f"unknown vector store '{name}'")
 
     def _publish_usage(self, events: list[UsageEvent]) -> None:
@@ -308,7 +343,7 @@ class KnowledgeService:
         with self._uow() as session:
             session.add(kb)
             session.flush()
-        self.store(store_name).create_collection(account_id, kb.id, dims)
+        self.store(store_name, account_id).create_collection(account_id, kb.id, dims)
         return kb
 
     def _embedding_choice(self, provider: str | None, model: str | None, dims: int | None) -> tuple[str, str, int]:
@@ -323,7 +358,11 @@ class KnowledgeService:
             from airies.providers.embeddings.openai import MODEL_DIMENSIONS
 
             dims = MODEL_DIMENSIONS.get(model)
-        return provider, model or default_model, int(dims or default_dims)
+        choice = (provider, model or default_model, int(dims or default_dims))
+        from airies.providers.embeddings import check_model
+
+        check_model(*choice)  # 422 for a model the provider does not have
+        return choice
 
     def list_knowledge_bases(
         self, account_id: str, *, limit: int = 20, cursor: str | None = None
@@ -376,7 +415,7 @@ class KnowledgeService:
             session.execute(delete(KnowledgeScrapeJob).where(KnowledgeScrapeJob.knowledge_base_id == kb_id))
             session.delete(kb)
             session.flush()
-        self.store(store_name).delete_collection(account_id, kb_id)
+        self.store(store_name, account_id).delete_collection(account_id, kb_id)
         self.storage.delete_prefix(account_id, f"knowledge/{kb_id}/")
 
     # -- documents --------------------------------------------------------------------------------------------
@@ -427,6 +466,38 @@ class KnowledgeService:
             )
         return normalised
 
+    @staticmethod
+    def _content_bytes(session: Session, kb_id: str, *, excluding: str | None = None) -> int:
+        """Bytes a knowledge base holds: its documents' sizes, failed ones aside (their content is not kept)."""
+        query = select(func.coalesce(func.sum(KnowledgeDocument.size_bytes), 0)).where(
+            KnowledgeDocument.knowledge_base_id == kb_id, KnowledgeDocument.status != "failed"
+        )
+        if excluding is not None:
+            query = query.where(KnowledgeDocument.id != excluding)
+        return int(session.scalar(query) or 0)
+
+    def _check_kb_size(
+        self, session: Session, account_id: str, kb_id: str, adding: int | None, *, replacing: str | None = None
+    ) -> None:
+        """402 ``kb_size_limit`` when the knowledge base would exceed its tier's size with ``adding`` bytes
+        (``replacing``: the document whose current size the new content replaces)."""
+        if adding is None:
+            return
+        try:
+            from airies.services.usage import UsageService
+        except ImportError:  # billing not installed: no tiers to enforce
+            return
+        total = self._content_bytes(session, kb_id, excluding=replacing) + adding
+        UsageService(self.database).check_kb_size(account_id, total_bytes=total, session=session)
+
+    @staticmethod
+    def _refuse_while_reembedding(kb: KnowledgeBase) -> None:
+        if kb.status == "reembedding":
+            raise ConflictError(
+                "the knowledge base is being re-embedded; add or replace documents when it is done",
+                code="reembedding",
+            )
+
     def upload_document(
         self, account_id: str, kb_id: str, *, filename: str, content_type: str | None, size_bytes: int | None = None
     ) -> tuple[KnowledgeDocument, Any]:
@@ -434,6 +505,7 @@ class KnowledgeService:
         normalised = self._check_upload(filename, content_type, size_bytes)
         with self._uow() as session:
             kb = self.get_knowledge_base(account_id, kb_id, session)
+            self._check_kb_size(session, account_id, kb_id, size_bytes)
             doc = self._new_document(
                 kb,
                 name=filename,
@@ -470,6 +542,9 @@ class KnowledgeService:
         normalised = self._check_upload(filename, content_type, len(data))
         with self._uow() as session:
             kb = self.get_knowledge_base(account_id, kb_id, session)
+            if process:
+                self._refuse_while_reembedding(kb)
+            self._check_kb_size(session, account_id, kb_id, len(data))
             doc = self._new_document(
                 kb,
                 name=filename,
@@ -498,6 +573,8 @@ class KnowledgeService:
             if doc.storage_key is None:
                 raise BadRequestError("this document has no stored content to replace (a failed web page)")
             normalised = self._check_upload(doc.name, content_type or doc.content_type, len(data))
+            self._refuse_while_reembedding(self.get_knowledge_base(account_id, kb_id, session))
+            self._check_kb_size(session, account_id, kb_id, len(data), replacing=doc_id)
             doc.content_type = normalised
             doc.size_bytes = len(data)
             storage_key = doc.storage_key
@@ -568,7 +645,7 @@ class KnowledgeService:
             session.delete(doc)
             session.flush()
             refresh_counts(session, kb)
-        self.store(store_name).delete(account_id, kb_id, ids)
+        self.store(store_name, account_id).delete(account_id, kb_id, ids)
         if storage_key:
             self.storage.delete(account_id, storage_key)
 
@@ -600,6 +677,15 @@ class KnowledgeService:
                 doc_id, "too_large", f"the document is {size} bytes; the limit is {self.settings.kb_max_document_bytes}"
             )
             return "failed"
+        if size is not None:  # a presigned upload may have declared no size (or a smaller one): check what came
+            from airies.errors import PaymentRequiredError
+
+            try:
+                with self.database.session() as session:
+                    self._check_kb_size(session, match["account"], match["kb"], size, replacing=doc_id)
+            except PaymentRequiredError as exc:
+                self.fail_document(doc_id, exc.code, exc.message)
+                return "failed"
         arn = self.settings.kb_ingestion_state_machine_arn
         if arn and size is not None and size > self.settings.kb_large_document_bytes:
             return self._start_state_machine(arn, doc_id, etag)
@@ -671,6 +757,12 @@ class KnowledgeService:
                 self._drop_new_vectors(kb, doc, chunks)
                 self.fail_document(document_id, "embedding_failed", exc.message)
                 return "failed"
+            if isinstance(exc, NotAvailableError):
+                # Configuration, not a fault: no redelivery can fix it (e.g. the OpenAI embedder has no key, the
+                # vector store is not set up). The document fails with the reason; the message is acknowledged.
+                self._drop_new_vectors(kb, doc, chunks)
+                self.fail_document(document_id, "not_available", f"cannot process the document: {exc.message}")
+                return "failed"
             self._release(document_id)  # transient: let the message be redelivered and claim again
             raise
         finally:
@@ -678,7 +770,7 @@ class KnowledgeService:
         new_ids = {chunk_id(document_id, c.index) for c in chunks}
         stale = [i for i in old_ids if i not in new_ids]
         if stale:
-            self.store(kb.vector_store).delete(doc.account_id, doc.knowledge_base_id, stale)
+            self.store(kb.vector_store, doc.account_id).delete(doc.account_id, doc.knowledge_base_id, stale)
         self.finalise_document(document_id, etag=etag)
         return "ready"
 
@@ -699,6 +791,13 @@ class KnowledgeService:
             kb = session.get(KnowledgeBase, claimed.knowledge_base_id)
         if kb is None:
             return PreparedDocument(document_id, skipped=True, reason="unknown_knowledge_base")
+        if kb.status == "reembedding" and kb.updated_at >= self._reembed_fresh():
+            # Its model is changing: vectors of the old one would be lost in the swap. Transient: the message is
+            # redelivered (and the document claimed again) after the visibility timeout.
+            self._release(document_id)
+            raise ConflictError(
+                "the knowledge base is being re-embedded; the document is ingested after it", code="reembedding"
+            )
         return claimed, kb
 
     def _open_pages(self, doc: KnowledgeDocument, data: bytes) -> tuple[Iterator[str], bool, int]:
@@ -733,7 +832,7 @@ class KnowledgeService:
         from airies.providers.vectors.base import VectorRecord
 
         vectors = self.generate_embeddings(kb, [c.text for c in chunks])
-        self.store(kb.vector_store).upsert(
+        self.store(kb.vector_store, doc.account_id).upsert(
             [
                 VectorRecord(
                     id=chunk_id(doc.id, c.index),
@@ -751,7 +850,7 @@ class KnowledgeService:
         if not chunks:
             return
         try:
-            self.store(kb.vector_store).delete(
+            self.store(kb.vector_store, doc.account_id).delete(
                 doc.account_id, doc.knowledge_base_id, [chunk_id(doc.id, c.index) for c in chunks]
             )
         except Exception:  # best effort: the document is failed, its chunks are never served
@@ -813,7 +912,7 @@ class KnowledgeService:
         old_ids = self._replace_chunks(doc, chunks, page_count, hashlib.sha256(data).hexdigest())
         stale = [i for i in old_ids if i not in {chunk_id(document_id, c.index) for c in chunks}]
         if stale:
-            self.store(kb.vector_store).delete(doc.account_id, doc.knowledge_base_id, stale)
+            self.store(kb.vector_store, doc.account_id).delete(doc.account_id, doc.knowledge_base_id, stale)
         size = max(1, self.settings.kb_embed_batch_chunks)
         batches = [
             {"document_id": document_id, "start": start, "end": min(start + size, len(chunks))}
@@ -880,7 +979,7 @@ class KnowledgeService:
             )
             for i, c in enumerate(chunks)
         ]
-        self.store(kb.vector_store).upsert(records)
+        self.store(kb.vector_store, kb.account_id).upsert(records)
 
     def embed_chunk_range(self, document_id: str, start: int, end: int) -> int:
         """Embed chunks [start, end) of a document and upsert their vectors (idempotent: ids are stable)."""
@@ -1009,7 +1108,7 @@ class KnowledgeService:
             key = (kb.embedding_provider, kb.embedding_model, kb.embedding_dimensions)
             if key not in query_vectors:  # one embedding per model, however many knowledge bases share it
                 query_vectors[key] = self.embedder(*key).embed([query]).vectors[0]
-            for match in self.store(kb.vector_store).query(account_id, kb.id, query_vectors[key], top_k):
+            for match in self.store(kb.vector_store, account_id).query(account_id, kb.id, query_vectors[key], top_k):
                 if match.score >= threshold:
                     matches.append((match.score, kb.id, match))
         matches.sort(key=lambda item: -item[0])
@@ -1077,48 +1176,202 @@ class KnowledgeService:
         embedding_model: str | None = None,
         embedding_dimensions: int | None = None,
     ) -> KnowledgeBase:
-        """Re-embed every chunk of a knowledge base (after a model change, or to repair its vectors)."""
+        """Re-embed every chunk of a knowledge base (after a model change, or to repair its vectors).
+
+        Safe against failure: (1) the knowledge base is claimed (``status = reembedding``, committed: a concurrent
+        re-embed answers 409 and ingestion waits for it); (2) every chunk is embedded with the new model into a spool
+        file while the old vectors and model keep serving queries; (3) only then do the new vectors replace the old
+        ones and the new model is recorded: in one transaction for the embedded store, in one store transaction for
+        pgvector, by overwriting the same ids on Pinecone. A failure in (2), or in (3) on the embedded and pgvector
+        stores, leaves the old vectors and the old model as they were. The embedding tokens are metered.
+        """
         with self._uow() as session:
             kb = self.get_knowledge_base(account_id, kb_id, session)
-            if kb.status == "reembedding":
-                raise ConflictError("the knowledge base is already being re-embedded")
             provider, model, dims = self._embedding_choice(
                 embedding_provider or kb.embedding_provider,
                 embedding_model or (kb.embedding_model if not embedding_provider else None),
                 embedding_dimensions
                 or (kb.embedding_dimensions if not (embedding_provider or embedding_model) else None),
             )
-            self.embedder(provider, model, dims)
-            kb.status = "reembedding"
-            kb.embedding_provider, kb.embedding_model, kb.embedding_dimensions = provider, model, dims
-            session.flush()
-            store_name = kb.vector_store
-        store = self.store(store_name)
-        store.delete_collection(account_id, kb_id)
-        store.create_collection(account_id, kb_id, dims)
+            store_name, old_dims = kb.vector_store, kb.embedding_dimensions
+        embedder = self.embedder(provider, model, dims)  # 501 now if the provider is not configured
+        worker = self._pipeline()  # commit the request's unit of work; the stages below commit on their own
+        worker._claim_reembed(account_id, kb_id)
+        import tempfile
+
+        with tempfile.TemporaryFile(prefix="airies-reembed-") as spool:
+            try:
+                chunks, tokens = worker._embed_all(account_id, kb_id, embedder, spool)
+                worker._swap_vectors(account_id, kb_id, store_name, old_dims, (provider, model, dims), chunks, spool)
+            except BaseException:
+                worker._end_reembed(account_id, kb_id)  # the old model (and, but for Pinecone, vectors) stay
+                raise
+        worker._publish_reembed_usage(account_id, kb_id, provider, model, tokens)
+        return self.get_knowledge_base(account_id, kb_id)
+
+    def _reembed_fresh(self) -> Any:
+        """Claims of a re-embed older than this are stale (a crashed run): a new one may take over."""
+        return utcnow() - timedelta(seconds=self.settings.kb_processing_lease_s)
+
+    def _claim_reembed(self, account_id: str, kb_id: str) -> None:
+        cutoff = self._reembed_fresh()
+        with self.database.session() as session:
+            claimed = session.execute(
+                update(KnowledgeBase)
+                .where(
+                    KnowledgeBase.id == kb_id,
+                    KnowledgeBase.account_id == account_id,
+                    or_(KnowledgeBase.status != "reembedding", KnowledgeBase.updated_at < cutoff),
+                )
+                .values(status="reembedding", updated_at=utcnow())
+            ).rowcount
+        if not claimed:
+            raise ConflictError("the knowledge base is already being re-embedded", code="reembedding")
+        # Ingestion claims its document, then looks at the knowledge base; we claim the knowledge base, then look at
+        # its documents: whichever looks second sees the other, so no document is embedded with the old model
+        # after the swap.
+        with self.database.session() as session:
+            busy = session.scalar(
+                select(func.count())
+                .select_from(KnowledgeDocument)
+                .where(
+                    KnowledgeDocument.knowledge_base_id == kb_id,
+                    KnowledgeDocument.status == "processing",
+                    KnowledgeDocument.processing_started_at >= cutoff,
+                )
+            )
+        if busy:
+            self._end_reembed(account_id, kb_id)
+            raise ConflictError(
+                f"{busy} document(s) of this knowledge base are being ingested; re-embed when they are ready",
+                code="ingestion_in_progress",
+            )
+
+    def _end_reembed(self, account_id: str, kb_id: str) -> None:
+        with self.database.session() as session:
+            session.execute(
+                update(KnowledgeBase)
+                .where(
+                    KnowledgeBase.id == kb_id,
+                    KnowledgeBase.account_id == account_id,
+                    KnowledgeBase.status == "reembedding",
+                )
+                .values(status="active", updated_at=utcnow())
+            )
+
+    def _embed_all(self, account_id: str, kb_id: str, embedder: Embedder, spool: Any) -> tuple[list[Any], int]:
+        """Embed every chunk of the knowledge base into ``spool`` (float32 rows in chunk-id order); returns the
+        (id, document id, chunk index) of each row and the tokens embedded. Nothing in the store changes."""
+        import numpy as np
+
         batch = max(1, self.settings.kb_embed_batch_chunks)
+        chunks: list[Any] = []
+        tokens = 0
         last = ""
         while True:
-            with self._uow() as session:
-                chunks = list(
-                    session.scalars(
-                        select(KnowledgeChunk)
-                        .where(KnowledgeChunk.knowledge_base_id == kb_id, KnowledgeChunk.account_id == account_id)
-                        .where(KnowledgeChunk.id > last)
-                        .order_by(KnowledgeChunk.id)
-                        .limit(batch)
+            with self.database.session() as session:
+                rows = session.execute(
+                    select(
+                        KnowledgeChunk.id, KnowledgeChunk.document_id, KnowledgeChunk.chunk_index, KnowledgeChunk.text
                     )
-                )
-            if not chunks:
-                break
-            self.store_embeddings(kb, chunks, self.generate_embeddings(kb, [c.text for c in chunks]))
-            last = chunks[-1].id
+                    .where(
+                        KnowledgeChunk.knowledge_base_id == kb_id,
+                        KnowledgeChunk.account_id == account_id,
+                        KnowledgeChunk.id > last,
+                    )
+                    .order_by(KnowledgeChunk.id)
+                    .limit(batch)
+                ).all()
+                # Heartbeat: the claim stays fresh however long the knowledge base takes.
+                session.execute(update(KnowledgeBase).where(KnowledgeBase.id == kb_id).values(updated_at=utcnow()))
+            if not rows:
+                return chunks, tokens
+            result = embedder.embed([row.text for row in rows])
+            self.counters.embed_requests += result.requests
+            self.counters.embed_calls += 1
+            self.counters.embedding_tokens += result.tokens
+            tokens += result.tokens
+            spool.write(np.ascontiguousarray(result.vectors, dtype="<f4").tobytes())
+            chunks.extend((row.id, row.document_id, row.chunk_index) for row in rows)
+            last = rows[-1].id
+
+    def _swap_vectors(
+        self,
+        account_id: str,
+        kb_id: str,
+        store_name: str,
+        old_dims: int,
+        choice: tuple[str, str, int],
+        chunks: list[Any],
+        spool: Any,
+    ) -> None:
+        import numpy as np
+
+        from airies.providers.vectors.base import VectorRecord
+
+        provider, model, dims = choice
+        size = max(1, self.settings.kb_embed_batch_chunks)
+
+        def batches() -> Iterator[list[VectorRecord]]:
+            spool.seek(0)
+            for start in range(0, len(chunks), size):
+                part = chunks[start : start + size]
+                vectors = np.frombuffer(spool.read(len(part) * dims * 4), dtype="<f4").reshape(len(part), dims)
+                yield [
+                    VectorRecord(
+                        id=cid,
+                        values=vectors[n],
+                        account_id=account_id,
+                        knowledge_base_id=kb_id,
+                        document_id=doc_id,
+                        chunk_index=index,
+                    )
+                    for n, (cid, doc_id, index) in enumerate(part)
+                ]
+
+        store = self.store(store_name, account_id)
+        # The embedded store writes through this unit of work: its vectors and the recorded model commit together.
         with self._uow() as session:
-            kb = self.get_knowledge_base(account_id, kb_id, session)
+            replace = getattr(store, "replace_collection", None)
+            if replace is not None:
+                replace(account_id, kb_id, dims, batches())
+            else:  # Pinecone: the same ids are overwritten (an index has one dimension)
+                if dims != old_dims:
+                    store.delete_collection(account_id, kb_id)
+                    store.create_collection(account_id, kb_id, dims)
+                for records in batches():
+                    store.upsert(records)
+            # Chunks deleted while we embedded must not come back as vectors.
+            existing = set(session.scalars(select(KnowledgeChunk.id).where(KnowledgeChunk.knowledge_base_id == kb_id)))
+            gone = [cid for cid, _, _ in chunks if cid not in existing]
+            if gone:
+                store.delete(account_id, kb_id, gone)
+            kb = session.get(KnowledgeBase, kb_id, populate_existing=True)
+            if kb is None:
+                raise NotFoundError("knowledge base", kb_id)
+            kb.embedding_provider, kb.embedding_model, kb.embedding_dimensions = provider, model, dims
             kb.status = "active"
             kb.embeddings_updated_at = utcnow()
             session.flush()
-            return kb
+
+    def _publish_reembed_usage(self, account_id: str, kb_id: str, provider: str, model: str, tokens: int) -> None:
+        from airies.schemas.usage import UsageComponent, UsageEvent
+
+        if tokens <= 0:
+            return
+        event = UsageEvent(
+            idempotency_key=f"{kb_id}:reembed:{new_id('rmb')}:embedding_tokens",
+            account_id=account_id,
+            component=UsageComponent.EMBEDDING_TOKENS,
+            quantity=int(tokens),
+            provider=provider,
+            model=model,
+            metadata={"knowledge_base_id": kb_id, "reembed": True},
+        )
+        try:
+            self._publish_usage([event])
+        except Exception:  # the vectors are swapped already; metering must not turn that into an error
+            log.exception("usage publish failed for the re-embed of %s", kb_id)
 
     # -- web scraping -----------------------------------------------------------------------------------------
     def create_web_scrape_job(

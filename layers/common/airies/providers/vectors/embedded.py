@@ -10,7 +10,7 @@ Pinecone past a few hundred thousand chunks.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -89,6 +89,17 @@ class EmbeddedVectorStore:
         self.stats.delete_requests += 1
         with _CACHE_LOCK:
             _CACHE.pop((self._cache_key, account_id, knowledge_base_id), None)
+
+    def replace_collection(
+        self, account_id: str, knowledge_base_id: str, dimensions: int, batches: Iterable[list[VectorRecord]]
+    ) -> None:
+        """Every vector of a knowledge base replaced by ``batches``, in one unit of work: when the caller's scope is
+        a transaction (the re-embed), a failure anywhere leaves the old vectors as they were."""
+        with self._scope():
+            self.delete_collection(account_id, knowledge_base_id)
+            self.create_collection(account_id, knowledge_base_id, dimensions)
+            for records in batches:
+                self.upsert(records)
 
     def upsert(self, records: list[VectorRecord]) -> None:
         if not records:

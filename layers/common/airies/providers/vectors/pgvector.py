@@ -9,8 +9,10 @@ runs the same idempotent DDL for a database that gained the extension later.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from airies.db.engine import Database
 from airies.errors import NotAvailableError
@@ -79,40 +81,58 @@ class PgVectorStore:
             )
         self.stats.delete_requests += 1
 
+    def replace_collection(
+        self, account_id: str, knowledge_base_id: str, dimensions: int, batches: Iterable[list[VectorRecord]]
+    ) -> None:
+        """Every vector of a knowledge base replaced by ``batches`` in one transaction (the re-embed): a failure
+        leaves the old vectors; queries see the old set until the commit, then the new one."""
+        self.ensure_schema()
+        with self._db.engine.begin() as conn:
+            conn.execute(
+                text("DELETE FROM kb_pgvectors WHERE account_id = :a AND knowledge_base_id = :k"),
+                {"a": account_id, "k": knowledge_base_id},
+            )
+            self.stats.delete_requests += 1
+            for records in batches:
+                self._insert(conn, records)
+
     def upsert(self, records: list[VectorRecord]) -> None:
         if not records:
             return
         self.ensure_schema()
         with self._db.engine.begin() as conn:
-            for start in range(0, len(records), 200):
-                batch = records[start : start + 200]
-                params: dict[str, object] = {}
-                rows = []
-                for i, r in enumerate(batch):
-                    rows.append(f"(:id{i}, :a{i}, :k{i}, :d{i}, :c{i}, :n{i}, CAST(:v{i} AS vector))")
-                    params.update(
-                        {
-                            f"id{i}": r.id,
-                            f"a{i}": r.account_id,
-                            f"k{i}": r.knowledge_base_id,
-                            f"d{i}": r.document_id,
-                            f"c{i}": r.chunk_index,
-                            f"n{i}": int(r.values.shape[0]),
-                            f"v{i}": _literal(r.values),
-                        }
-                    )
-                conn.execute(
-                    text(
-                        "INSERT INTO kb_pgvectors (id, account_id, knowledge_base_id, document_id, chunk_index,"
-                        " dimensions, embedding) VALUES " + ", ".join(rows) + " ON CONFLICT (id) DO UPDATE SET"
-                        " account_id = EXCLUDED.account_id, knowledge_base_id = EXCLUDED.knowledge_base_id,"
-                        " document_id = EXCLUDED.document_id, chunk_index = EXCLUDED.chunk_index,"
-                        " dimensions = EXCLUDED.dimensions, embedding = EXCLUDED.embedding"
-                    ),
-                    params,
+            self._insert(conn, records)
+
+    def _insert(self, conn: Connection, records: list[VectorRecord]) -> None:
+        for start in range(0, len(records), 200):
+            batch = records[start : start + 200]
+            params: dict[str, object] = {}
+            rows = []
+            for i, r in enumerate(batch):
+                rows.append(f"(:id{i}, :a{i}, :k{i}, :d{i}, :c{i}, :n{i}, CAST(:v{i} AS vector))")
+                params.update(
+                    {
+                        f"id{i}": r.id,
+                        f"a{i}": r.account_id,
+                        f"k{i}": r.knowledge_base_id,
+                        f"d{i}": r.document_id,
+                        f"c{i}": r.chunk_index,
+                        f"n{i}": int(r.values.shape[0]),
+                        f"v{i}": _literal(r.values),
+                    }
                 )
-                self.stats.upsert_requests += 1
-                self.stats.upserted += len(batch)
+            conn.execute(
+                text(
+                    "INSERT INTO kb_pgvectors (id, account_id, knowledge_base_id, document_id, chunk_index,"
+                    " dimensions, embedding) VALUES " + ", ".join(rows) + " ON CONFLICT (id) DO UPDATE SET"
+                    " account_id = EXCLUDED.account_id, knowledge_base_id = EXCLUDED.knowledge_base_id,"
+                    " document_id = EXCLUDED.document_id, chunk_index = EXCLUDED.chunk_index,"
+                    " dimensions = EXCLUDED.dimensions, embedding = EXCLUDED.embedding"
+                ),
+                params,
+            )
+            self.stats.upsert_requests += 1
+            self.stats.upserted += len(batch)
 
     def query(self, account_id: str, knowledge_base_id: str, vector: np.ndarray, top_k: int) -> list[VectorMatch]:
         self.ensure_schema()

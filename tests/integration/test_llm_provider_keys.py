@@ -127,3 +127,19 @@ def test_concurrent_first_put_becomes_an_update(client, auth, database, settings
     with database.session() as session:
         assert session.scalars(select(ProviderKey.provider).order_by(ProviderKey.provider)).all() == ["groq", "openai"]
         assert ProviderKeyService(session, settings).get(account_id, "groq") == "gsk-this-request-key-2222"
+
+
+def test_pinecone_key_carries_the_accounts_own_index_host(client, auth, database, settings, pinecone_control):
+    from airies.services.provider_keys import ProviderKeyService
+
+    host = "https://own-index-abc.svc.example.pinecone.io"
+    body = {"api_key": PINECONE_KEY, "index_host": host}
+    ok = client.put("/api/v1/provider-keys/pinecone", json=body, headers=auth)
+    assert ok.status_code == 200, ok.text
+    assert host not in ok.text  # options are sealed with the key, never returned
+    account_id = client.get("/api/v1/accounts/me", headers=auth).json()["id"]
+    with database.session() as session:
+        key, options = ProviderKeyService(session, settings).get_with_options(account_id, "pinecone")
+    assert (key, options) == (PINECONE_KEY, {"index_host": host})
+    wrong = client.put("/api/v1/provider-keys/groq", json={"api_key": "gsk_x", "index_host": host}, headers=auth)
+    assert wrong.status_code == 422 and wrong.json()["error"]["details"][0]["field"] == "index_host"

@@ -53,7 +53,10 @@ KEY_VALIDATORS: dict[str, KeyValidator] = {}
 STATUS_REPORTERS: dict[str, StatusReporter] = {}
 MAX_KEY_LENGTH = 4096
 # provider -> {option: the Settings field a validator/provider reads for it}
-KEY_OPTIONS: dict[str, dict[str, str]] = {"azure": {"region": "azure_speech_region"}}
+KEY_OPTIONS: dict[str, dict[str, str]] = {
+    "azure": {"region": "azure_speech_region"},
+    "pinecone": {"index_host": "pinecone_index_host"},
+}
 # A key never contains whitespace, so a sealed value starting with a newline is a key with options (JSON).
 _OPTIONS_MARK = "\n"
 

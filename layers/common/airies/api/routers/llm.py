@@ -20,6 +20,8 @@ class ProviderKeyIn(StrictModel):
     api_key: str = Field(min_length=1, max_length=4096)
     # Azure Speech only: the region the key belongs to (stored encrypted with the key, never returned).
     region: str | None = Field(None, min_length=2, max_length=40, pattern=r"^[a-z][a-z0-9]+$")
+    # Pinecone only: the account's own index (its key belongs to its own Pinecone project).
+    index_host: str | None = Field(None, min_length=4, max_length=255, pattern=r"^(https?://)?[A-Za-z0-9.\-]+(:\d+)?$")
 
 
 @router.get("/providers")
@@ -79,7 +81,7 @@ def put_provider_key(
 ) -> dict[str, Any]:
     service = ProviderKeyService(caller.session, request.app.state.settings)
     service.kind_of(provider)  # 404 before any outbound call
-    options = service.check_options(provider, {"region": body.region} if body.region else None)
+    options = service.check_options(provider, body.model_dump(include={"region", "index_host"}, exclude_none=True))
     run_async(service.validate, provider, body.api_key, options)
     return service.store(caller.account_id, provider, body.api_key, options)
 

@@ -161,3 +161,148 @@ def test_list_filters_tenancy_delete_and_analytics(client, auth, engines) -> Non
     assert client.get(f"/api/v1/agents/{agent_id}/analytics", headers=other).status_code == 404
     assert client.delete(f"/api/v1/conversations/{ids[1]}", headers=auth).status_code == 204
     assert client.get(f"/api/v1/conversations/{ids[1]}", headers=auth).status_code == 404
+
+
+def wav(pcm: bytes, rate: int) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+    return buffer.getvalue()
+
+
+def minutes_events(database, conversation_id: str) -> list:  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from airies.db.models.billing import UsageEventRecord
+
+    with database.session() as s:
+        return list(
+            s.scalars(
+                select(UsageEventRecord).where(
+                    UsageEventRecord.conversation_id == conversation_id,
+                    UsageEventRecord.component == "platform_minutes",
+                )
+            )
+        )
+
+
+def test_minutes_bill_nothing_before_a_turn_and_exactly_to_the_last_turn(client, auth, engines, database) -> None:  # type: ignore[no-untyped-def]
+    from datetime import datetime
+    from decimal import Decimal
+
+    agent_id = deployed_agent(client, auth)
+    put = start(client, auth, agent_id)["id"]  # never connected, ended over PUT
+    ended = client.put(f"/api/v1/conversations/{put}", json={"status": "ended"}, headers=auth).json()
+    assert ended["status"] == "ended" and ended["duration_seconds"] == 0.0
+    deleted = start(client, auth, agent_id)["id"]  # never connected, deleted
+    assert client.delete(f"/api/v1/conversations/{deleted}", headers=auth).status_code == 204
+    assert minutes_events(database, put) == [] and minutes_events(database, deleted) == []
+
+    cid = client.post("/api/v1/conversations", json={"agent_id": agent_id, "channel": "http"}, headers=auth).json()[
+        "id"
+    ]
+    turn = client.post(f"/api/v1/conversations/{cid}/message", json={"text": "hi"}, headers=auth).json()["turn"]
+    body = client.put(f"/api/v1/conversations/{cid}", json={"status": "ended"}, headers=auth).json()
+    last_turn = datetime.fromisoformat(turn["ended_at"]) - datetime.fromisoformat(body["started_at"])
+    assert body["duration_seconds"] == round(last_turn.total_seconds(), 3) > 0
+    [event] = minutes_events(database, cid)
+    minutes = (Decimal(str(body["duration_seconds"])) / 60).quantize(Decimal("0.000001"))
+    assert event.quantity_micro == int(minutes * 1_000_000) and event.idempotency_key == f"{cid}:platform_minutes:final"
+    client.put(f"/api/v1/conversations/{cid}", json={"status": "ended"}, headers=auth)  # again: billed once
+    assert len(minutes_events(database, cid)) == 1
+
+
+def test_rest_turns_are_recorded_to_s3_when_recording_is_enabled(client, auth, engines, settings) -> None:  # type: ignore[no-untyped-def]
+    import boto3
+    from moto import mock_aws
+
+    from airies.audio.codecs import read_wav
+
+    with mock_aws():
+        s3 = boto3.client("s3", region_name=settings.aws_region)
+        s3.create_bucket(Bucket=settings.storage_bucket)
+        cid = start(client, auth, deployed_agent(client, auth, recording_enabled=True))["id"]
+        spoken = client.post(
+            f"/api/v1/conversations/{cid}/message", json={"text": "Ship abroad?", "with_audio": True}, headers=auth
+        ).json()
+        recording = spoken["turn"]["recording"]
+        assert set(recording) == {"agent"}  # a text turn: only the agent side has audio
+        agent = s3.get_object(Bucket=settings.storage_bucket, Key=recording["agent"]["key"])["Body"].read()
+        assert read_wav(agent)[0] == base64.b64decode(spoken["audio"]["data"])
+
+        uploaded = client.post(
+            f"/api/v1/conversations/{cid}/audio", content=tone(400), headers={**auth, "content-type": "audio/l16"}
+        ).json()
+        recording = uploaded["turn"]["recording"]
+        assert set(recording) == {"caller", "agent"}
+        caller = s3.get_object(Bucket=settings.storage_bucket, Key=recording["caller"]["key"])["Body"].read()
+        assert read_wav(caller) == (tone(400), 16000)
+        prefix = f"{settings.conversation_recordings_prefix}/"
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=settings.storage_bucket)["Contents"]]
+        assert len(keys) == 3 and all(k.startswith(prefix) and f"/{cid}/" in k for k in keys)
+
+
+def test_ended_or_deleted_conversations_refuse_rest_turns(client, auth, engines) -> None:  # type: ignore[no-untyped-def]
+    agent_id = deployed_agent(client, auth)
+    cid = start(client, auth, agent_id)["id"]
+    assert client.post(f"/api/v1/conversations/{cid}/message", json={"text": "hi"}, headers=auth).status_code == 200
+    assert client.put(f"/api/v1/conversations/{cid}", json={"status": "ended"}, headers=auth).status_code == 200
+    audio = client.post(
+        f"/api/v1/conversations/{cid}/audio", content=tone(300), headers={**auth, "content-type": "audio/l16"}
+    )
+    assert audio.status_code == 409 and audio.json()["error"]["code"] == "conversation_ended"
+    turns = client.get(f"/api/v1/conversations/{cid}", headers=auth).json()["turns"]
+    assert len(turns) == 1
+
+    gone = start(client, auth, agent_id)["id"]
+    assert client.delete(f"/api/v1/conversations/{gone}", headers=auth).status_code == 204
+    late = client.post(f"/api/v1/conversations/{gone}/message", json={"text": "hello?"}, headers=auth)
+    assert late.status_code == 404 and late.json()["error"]["code"] == "not_found"
+
+
+def test_wav_duration_is_checked_before_resampling(client, auth, engines, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from airies.audio import codecs
+
+    resampled: list[int] = []
+    original = codecs.resample_pcm16
+    monkeypatch.setattr(
+        codecs, "resample_pcm16", lambda pcm, src, dst: resampled.append(len(pcm)) or original(pcm, src, dst)
+    )
+    _, stt, _ = engines
+    cid = start(client, auth, deployed_agent(client, auth))["id"]
+    headers = {**auth, "content-type": "audio/wav"}
+    # 1 Hz: 20 kB of samples declare 10,000 s, which resampled to 16 kHz would be 320 MB.
+    tiny = client.post(f"/api/v1/conversations/{cid}/audio", content=wav(b"\x01\x00" * 10_000, 1), headers=headers)
+    assert tiny.status_code == 413 and tiny.json()["error"]["code"] == "payload_too_large"
+    long = client.post(
+        f"/api/v1/conversations/{cid}/audio", content=wav(tone(31_000, rate=8000), 8000), headers=headers
+    )
+    assert long.status_code == 413
+    assert resampled == [] and stt.calls == []  # refused before resampling or transcribing
+    odd = client.post(f"/api/v1/conversations/{cid}/audio", content=wav(b"\x01\x00" * 50, 100), headers=headers)
+    assert odd.status_code == 400 and odd.json()["error"]["code"] == "bad_audio"  # 0.5 s at 100 Hz: unsupported
+    ok = client.post(f"/api/v1/conversations/{cid}/audio", content=wav(tone(500, rate=8000), 8000), headers=headers)
+    assert ok.status_code == 200 and resampled == [100, 8000]
+
+
+def test_put_metadata_is_limited_after_the_merge(client, auth, engines) -> None:  # type: ignore[no-untyped-def]
+    cid = start(client, auth, deployed_agent(client, auth))["id"]  # metadata {"k": "v"}
+    many = {f"key{i}": i for i in range(49)}
+    assert client.put(f"/api/v1/conversations/{cid}", json={"metadata": many}, headers=auth).status_code == 200
+    over = client.put(f"/api/v1/conversations/{cid}", json={"metadata": {"one_more": 1}}, headers=auth)
+    assert over.status_code == 422 and over.json()["error"]["code"] == "validation_failed"
+    assert over.json()["error"]["details"][0]["field"] == "metadata"
+    same_key = client.put(f"/api/v1/conversations/{cid}", json={"metadata": {"key0": "updated"}}, headers=auth)
+    assert same_key.status_code == 200 and len(same_key.json()["metadata"]) == 50
+
+    client.put(f"/api/v1/conversations/{cid}", json={"status": "ended"}, headers=auth)  # Free tier: one at a time
+    other = start(client, auth, deployed_agent(client, auth))
+    half = {"a": "x" * 9000}
+    assert client.put(f"/api/v1/conversations/{other['id']}", json={"metadata": half}, headers=auth).status_code == 200
+    big = client.put(f"/api/v1/conversations/{other['id']}", json={"metadata": {"b": "y" * 9000}}, headers=auth)
+    assert big.status_code == 422
+    stored = client.get(f"/api/v1/conversations/{other['id']}", headers=auth).json()["metadata"]
+    assert set(stored) == {"k", "a"}  # the refused update changed nothing

@@ -9,6 +9,20 @@ from pydantic import BaseModel, Field, field_validator
 
 from airies.schemas.common import StrictModel
 
+METADATA_MAX_KEYS = 50
+METADATA_MAX_BYTES = 16_384
+
+
+def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    """The one size limit of a conversation's metadata: on create, and on the merged result of an update."""
+    import json
+
+    if len(value) > METADATA_MAX_KEYS or len(json.dumps(value, default=str)) > METADATA_MAX_BYTES:
+        raise ValueError(
+            f"metadata may hold at most {METADATA_MAX_KEYS} keys and {METADATA_MAX_BYTES // 1024} KiB as JSON"
+        )
+    return value
+
 
 class CallerInfo(StrictModel):
     name: str | None = Field(None, max_length=200)
@@ -28,11 +42,7 @@ class ConversationCreate(StrictModel):
     @field_validator("metadata")
     @classmethod
     def _small(cls, value: dict[str, Any]) -> dict[str, Any]:
-        import json
-
-        if len(value) > 50 or len(json.dumps(value, default=str)) > 16_384:
-            raise ValueError("metadata may hold at most 50 keys and 16 KiB as JSON")
-        return value
+        return check_metadata(value)
 
 
 class ConversationUpdate(StrictModel):
@@ -43,7 +53,8 @@ class ConversationUpdate(StrictModel):
     @field_validator("metadata")
     @classmethod
     def _small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        return ConversationCreate._small(value) if value is not None else value
+        # The merged result (stored metadata + this update) is checked against the same limit by the service.
+        return check_metadata(value) if value is not None else value
 
 
 class MessageIn(StrictModel):

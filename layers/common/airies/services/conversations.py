@@ -31,12 +31,18 @@ from airies.db.ids import new_id
 from airies.db.models import Agent
 from airies.db.models.base import utcnow
 from airies.db.models.conversations import Conversation, ConversationTurn
-from airies.errors import BadRequestError, ConflictError, NotFoundError, UnauthorizedError
+from airies.errors import (
+    BadRequestError,
+    ConflictError,
+    NotFoundError,
+    UnauthorizedError,
+    ValidationFailedError,
+)
 from airies.providers.stt.base import STTOptions, Transcript
 from airies.providers.tts.base import TTSOptions
 from airies.schemas import ws_protocol as wp
 from airies.schemas.agents import AgentConfig
-from airies.schemas.conversations import ConversationCreate, ConversationUpdate
+from airies.schemas.conversations import ConversationCreate, ConversationUpdate, check_metadata
 from airies.services.agents import AgentService
 from airies.services.turns import TurnEngines, TurnInput, TurnResult, TurnRunner
 
@@ -411,7 +417,14 @@ class ConversationService:
     def update(self, account_id: str, conversation_id: str, body: ConversationUpdate) -> Conversation:
         conversation = self.get(account_id, conversation_id)
         if body.metadata is not None:
-            conversation.metadata_ = {**conversation.metadata_, **body.metadata}
+            merged = {**(conversation.metadata_ or {}), **body.metadata}
+            try:
+                check_metadata(merged)  # the same limit as on create, on what would be stored
+            except ValueError as exc:
+                raise ValidationFailedError(
+                    str(exc), details=[{"field": "metadata", "code": "metadata_too_large", "message": str(exc)}]
+                ) from exc
+            conversation.metadata_ = merged
         if body.caller is not None:
             conversation.caller = body.caller.model_dump(exclude_none=True)
         if body.status == "ended":
@@ -429,16 +442,33 @@ class ConversationService:
             conversation.status = "active"
             conversation.started_at = utcnow()
 
-    def end_conversation(self, account_id: str, conversation_id: str, reason: str) -> Conversation:
-        """Idempotent: ending an ended conversation changes nothing and bills nothing twice."""
-        conversation = self.get(account_id, conversation_id, for_update=True)
+    def end_conversation(
+        self, account_id: str, conversation_id: str, reason: str, *, active_until: datetime | None = None
+    ) -> Conversation | None:
+        """End a conversation and bill its platform minutes once (the event's key is per conversation).
+
+        Idempotent: ending an ended conversation changes nothing and bills nothing twice. A conversation that is
+        gone (deleted over REST while a live session still references it) is a no-op returning None, so a
+        sweep that ends many sessions never stops at one of them.
+
+        Billed time runs from ``started_at`` (the first connection or HTTP turn) to the last activity: the last
+        stored turn's end, or ``active_until`` (the live connection's last activity, when the caller knows it),
+        whichever is later, never past now. A conversation that never connected or never had any activity bills
+        nothing, however late it is closed (the sweeper notices stale rows minutes or hours afterwards).
+        """
+        query = select(Conversation).where(Conversation.id == conversation_id, Conversation.account_id == account_id)
+        if self.session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update()
+        conversation = self.session.scalar(query)
+        if conversation is None:
+            return None
         if conversation.status == "ended":
             return conversation
         now = utcnow()
+        conversation.duration_seconds = self.billable_seconds(conversation, now, active_until)
         conversation.status = "ended"
         conversation.ended_at = now
         conversation.end_reason = reason[:40]
-        conversation.duration_seconds = round(max((now - conversation.started_at).total_seconds(), 0.0), 3)
         self.session.flush()
         if self.usage_sink is not None and conversation.duration_seconds > 0:
             try:
@@ -446,6 +476,21 @@ class ConversationService:
             except Exception:  # billing is retried by its queue; a failed publish must not keep a call open
                 log.exception("usage publish failed for %s", conversation.id)
         return conversation
+
+    def billable_seconds(
+        self, conversation: Conversation, now: datetime, active_until: datetime | None = None
+    ) -> float:
+        """Seconds from the start of the call to its last activity (0 when it never connected nor had a turn)."""
+        if conversation.status == "created":
+            return 0.0  # never connected, never had a turn (both make it active)
+        last_turn = self.session.scalar(
+            select(func.max(ConversationTurn.ended_at)).where(ConversationTurn.conversation_id == conversation.id)
+        )
+        marks = [mark for mark in (last_turn, active_until) if mark is not None]
+        if not marks:
+            return 0.0
+        until = min(max(marks), now)
+        return round(max((until - conversation.started_at).total_seconds(), 0.0), 3)
 
     # -- turns ----------------------------------------------------------------------------------------------------
     def history_messages(self, conversation_id: str) -> list[dict[str, str]]:
@@ -477,6 +522,9 @@ class ConversationService:
         existing = self.session.get(ConversationTurn, result.turn_id)
         if existing is not None:
             return existing
+        now = utcnow()
+        started_at = now - timedelta(milliseconds=float(result.latency.get("total_ms") or 0))
+        self._check_open(conversation, result, started_at)
         seq = result.seq
         taken = self.session.scalar(
             select(ConversationTurn.id).where(
@@ -487,8 +535,11 @@ class ConversationService:
             seq = self.next_seq(conversation.id)
         recording: dict[str, Any] = {}
         if self.recorder is not None and conversation.recording_enabled:
-            recording = self.recorder.store_turn(conversation, result)
-        now = utcnow()
+            try:
+                recording = self.recorder.store_turn(conversation, result)
+            except Exception:  # the recording is optional: losing it must not lose the turn (and its bill)
+                log.exception("recording failed for turn %s", result.turn_id)
+                recording = {"error": "recording_failed"}
         turn = ConversationTurn(
             id=result.turn_id,
             conversation_id=conversation.id,
@@ -505,7 +556,7 @@ class ConversationService:
             cost=result.cost,
             cost_usd=result.cost_usd,
             recording=recording,
-            started_at=now - timedelta(milliseconds=float(result.latency.get("total_ms") or 0)),
+            started_at=started_at,
             ended_at=now,
         )
         self.session.add(turn)
@@ -520,14 +571,39 @@ class ConversationService:
             )
         conversation.usage = totals
         self.session.flush()
-        if self.usage_sink is not None:
-            try:
-                events = usage_events(conversation, result)
-                if events:
-                    self.usage_sink(events)
-            except Exception:
-                log.exception("usage publish failed for turn %s", result.turn_id)
+        self._publish_turn_usage(conversation, result)
         return turn
+
+    def _publish_turn_usage(self, conversation: Conversation, result: TurnResult) -> None:
+        if self.usage_sink is None:
+            return
+        try:
+            events = usage_events(conversation, result)
+            if events:
+                self.usage_sink(events)
+        except Exception:
+            log.exception("usage publish failed for turn %s", result.turn_id)
+
+    def _check_open(self, conversation: Conversation, result: TurnResult, started_at: datetime) -> None:
+        """Refuse a turn of a deleted conversation (404) or one that started after the conversation ended (409).
+
+        Reads the stored row, not the caller's copy: the conversation may have been ended or deleted over REST
+        while a WebSocket turn ran. A turn already in flight when the call ended is still stored. A refused turn
+        is not stored, but the provider work it already did is billed (its usage keys are per turn, so a retry
+        bills nothing twice).
+        """
+        stored = self.session.execute(
+            select(Conversation.status, Conversation.ended_at).where(
+                Conversation.id == conversation.id, Conversation.account_id == conversation.account_id
+            )
+        ).first()
+        if stored is None:
+            self._publish_turn_usage(conversation, result)
+            raise NotFoundError("conversation", conversation.id)
+        status, ended_at = stored
+        if status == "ended" and (ended_at is None or started_at >= ended_at):
+            self._publish_turn_usage(conversation, result)
+            raise ConflictError("this conversation has ended", code="conversation_ended")
 
     def check_credit(self, account_id: str) -> tuple[bool, str | None, str | None]:
         if self.credit_gate is None:
@@ -721,6 +797,8 @@ def conversation_analytics(
             "count": len(values),
         }
     cost = sum((c.cost_usd or Decimal(0) for c in conversations), Decimal(0))
+    # Per minute over the same conversations on both sides: ended ones (live ones have no final duration yet).
+    ended_cost = sum((c.cost_usd or Decimal(0) for c in ended), Decimal(0))
     minutes = Decimal(str(sum(durations))) / 60 if durations else Decimal(0)
     return {
         "period": period,
@@ -749,7 +827,7 @@ def conversation_analytics(
             "per_conversation": str((cost / len(conversations)).quantize(Decimal("0.000001")))
             if conversations
             else None,
-            "per_minute": str((cost / minutes).quantize(Decimal("0.000001"))) if minutes > 0 else None,
+            "per_minute": str((ended_cost / minutes).quantize(Decimal("0.000001"))) if minutes > 0 else None,
         },
     }
 
@@ -790,3 +868,22 @@ def build_recorder(settings: Settings) -> S3Recorder:
 
     client = boto3.client("s3", region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url)
     return S3Recorder(client, settings.storage_bucket, settings.conversation_recordings_prefix)
+
+
+class LazyRecorder:
+    """``build_recorder`` on first use: requests that record nothing never build an S3 client."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self.factory = factory
+        self._recorder: Any = None
+
+    def store_turn(self, conversation: Conversation, result: TurnResult) -> dict[str, Any]:
+        if self._recorder is None:
+            self._recorder = self.factory()
+        recording: dict[str, Any] = self._recorder.store_turn(conversation, result)
+        return recording
+
+
+def default_recorder(settings: Settings) -> LazyRecorder:
+    """The recorder of the REST turns: the same S3 recorder (bucket and prefix) as the WebSocket runtime's."""
+    return LazyRecorder(lambda: build_recorder(settings))

@@ -11,7 +11,7 @@ from fastapi.responses import PlainTextResponse
 
 from airies.api.deps import Caller, current_caller
 from airies.db.models.conversations import Conversation, ConversationTurn
-from airies.errors import UnsupportedMediaTypeError
+from airies.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 from airies.schemas import ws_protocol as wp
 from airies.schemas.common import Page
 from airies.schemas.conversations import (
@@ -28,6 +28,7 @@ from airies.services.conversations import (
     billing_credit_gate,
     billing_start_check,
     billing_usage_sink,
+    default_recorder,
 )
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
@@ -35,8 +36,11 @@ router = APIRouter(prefix="/conversations", tags=["conversations"])
 
 def service(request: Request, caller: Caller) -> ConversationService:
     settings = request.app.state.settings
-    engines = getattr(request.app.state, "conversation_engines", None)  # tests and the local stack may inject
-    recorder = getattr(request.app.state, "conversation_recorder", None)
+    state = request.app.state
+    engines = getattr(state, "conversation_engines", None)  # tests and the local stack may inject
+    recorder = getattr(state, "conversation_recorder", None)  # tests may inject; else S3, as on the WebSocket
+    if recorder is None:
+        recorder = state.conversation_recorder = default_recorder(settings)  # built on first recorded turn
     return ConversationService(
         caller.session,
         settings,
@@ -199,13 +203,19 @@ async def post_audio(
         from airies.audio.codecs import read_wav, resample_pcm16
 
         try:
-            pcm, rate = read_wav(raw)
+            pcm, rate = read_wav(raw)  # mono PCM16 at the declared rate
         except ValueError as exc:
-            from airies.errors import BadRequestError
-
             raise BadRequestError(f"unreadable WAV: {exc}", code="bad_audio") from exc
+        # The duration limit applies before resampling: a WAV declaring a tiny rate would otherwise be expanded
+        # in memory by up to 16 kHz / rate before the limit is checked on the 16 kHz result.
+        limit = request.app.state.settings.ws_max_utterance_seconds
+        if len(pcm) > limit * rate * 2:
+            raise PayloadTooLargeError(f"an utterance may be at most {limit} s")
         if rate != wp.SAMPLE_RATE:
-            pcm = resample_pcm16(pcm, rate, wp.SAMPLE_RATE)
+            try:
+                pcm = resample_pcm16(pcm, rate, wp.SAMPLE_RATE)
+            except ValueError as exc:
+                raise BadRequestError(f"unsupported WAV: {exc}", code="bad_audio") from exc
     elif content_type in ("audio/l16", "audio/pcm", "application/octet-stream"):
         pcm = raw
     else:

@@ -7,6 +7,10 @@
    bodies with bracketed keys, Bearer auth, JSON answers, ``{"error": {...}}`` errors) and honours
    ``Idempotency-Key`` the way Stripe does: a repeated key replays the first answer; the same key with
    different parameters is a 400 ``idempotency_error``. It can be told to fail requests (``fail_next``).
+   Subscriptions too (create/retrieve, payment methods attached and set as the customer's default): a card in
+   ``declined_cards`` is refused at attach (402 ``card_error``, remembered under its idempotency key like Stripe
+   does), one in ``failing_cards`` attaches but leaves the subscription ``incomplete``; tests move a
+   subscription's status (``set_subscription_status``) the way Stripe's billing would.
 
 2. ``LocalStripe``: the ``localstripe`` emulator (PyPI) as a subprocess. localstripe binds every interface
    and persists to /tmp/localstripe.pickle when run through its own CLI; this launcher serves its aiohttp
@@ -64,6 +68,9 @@ class StripeInvoiceDouble:
         self._idem: dict[str, tuple[str, dict[str, Any], int, dict[str, Any]]] = {}
         self._failures: deque[tuple[str, int]] = deque()
         self.reject_emails: set[str] = set()  # customer creation answers 400 for these (a permanent failure)
+        self.subscriptions: dict[str, dict[str, Any]] = {}
+        self.declined_cards: set[str] = {"pm_card_chargeDeclined"}  # attach answers 402 card_declined
+        self.failing_cards: set[str] = {"pm_card_chargeCustomerFail"}  # attaches; the first payment then fails
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -117,6 +124,10 @@ class StripeInvoiceDouble:
         for _ in range(times):
             self._failures.append((path_prefix, status))
 
+    def set_subscription_status(self, subscription_id: str, status: str) -> None:
+        with self._lock:
+            self.subscriptions[subscription_id]["status"] = status
+
     def count(self, method: str, path_regex: str) -> int:
         return sum(1 for m, p, _, _ in self.requests if m == method and re.fullmatch(path_regex, p))
 
@@ -146,7 +157,8 @@ class StripeInvoiceDouble:
                         )
                     return seen[2], seen[3]
             status, body = self._route(method, path, params)
-            if method == "POST" and idem and status < 400:  # like Stripe: failed validations are not saved
+            # Like Stripe: failed validations are not saved, a request that ran (e.g. a card decline) is.
+            if method == "POST" and idem and (status < 400 or status == 402):
                 self._idem[idem] = (path, params, status, body)
             return status, body
 
@@ -172,6 +184,52 @@ class StripeInvoiceDouble:
         if method == "GET" and path.startswith("/v1/customers/"):
             cus = self.customers.get(path.rsplit("/", 1)[1])
             return (200, cus) if cus else self._error(404, "No such customer")
+        if method == "POST" and path.startswith("/v1/customers/"):
+            cus = self.customers.get(path.rsplit("/", 1)[1])
+            if cus is None:
+                return self._error(404, "No such customer")
+            if "invoice_settings" in p:
+                cus["invoice_settings"] = {**cus.get("invoice_settings", {}), **p["invoice_settings"]}
+            return 200, cus
+        m = re.fullmatch(r"/v1/payment_methods/([^/]+)/attach", path)
+        if method == "POST" and m:
+            if p.get("customer") not in self.customers:
+                return self._error(400, f"No such customer: '{p.get('customer')}'")
+            if m.group(1) in self.declined_cards:
+                return 402, {
+                    "error": {"type": "card_error", "code": "card_declined", "message": "Your card was declined."}
+                }
+            return 200, {"id": m.group(1), "object": "payment_method", "customer": p["customer"], "type": "card"}
+        if method == "POST" and path == "/v1/subscriptions":
+            cus = self.customers.get(p.get("customer", ""))
+            if cus is None:
+                return self._error(400, f"No such customer: '{p.get('customer')}'")
+            card = (cus.get("invoice_settings") or {}).get("default_payment_method")
+            if not card:
+                return self._error(400, "This customer has no attached payment source or default payment method.")
+            end = now + 30 * 86400
+            sub = {
+                "id": self._new_id("sub"),
+                "object": "subscription",
+                "customer": cus["id"],
+                "status": "incomplete" if card in self.failing_cards else "active",
+                "metadata": p.get("metadata", {}),
+                "cancel_at_period_end": False,
+                "items": {
+                    "object": "list",
+                    "data": [{"plan": {"id": p["items"][0]["plan"]}, "current_period_end": end}],
+                },
+                "plan": {"id": p["items"][0]["plan"]},
+                "current_period_end": end,
+                "created": now,
+                "livemode": False,
+            }
+            self.subscriptions[sub["id"]] = sub
+            return 200, sub
+        m = re.fullmatch(r"/v1/subscriptions/([^/]+)", path)
+        if method == "GET" and m:
+            sub = self.subscriptions.get(m.group(1))
+            return (200, sub) if sub else self._error(404, "No such subscription")
         if method == "POST" and path == "/v1/invoices":
             if p.get("customer") not in self.customers:
                 return self._error(400, f"No such customer: '{p.get('customer')}'")

@@ -7,14 +7,17 @@ SQLite with its single writer lock.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from airies.db.engine import Database
 from airies.db.ids import new_id
 from airies.db.models import Account
 from airies.db.models.billing import CreditLedgerEntry, UsageEventRecord
@@ -178,3 +181,97 @@ def test_property_balance_always_equals_the_ledger_and_respects_the_floor(databa
         balance = svc.ensure_account(acc).balance_micros
         assert balance == svc.ledger_sum(acc)
         assert balance >= floor
+
+
+# --- PostgreSQL: at the balance/overdraft boundary ------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_database(postgres_url: str) -> Iterator[Database]:
+    """PostgreSQL only: real row-level concurrency (SQLite's single writer would serialise everything)."""
+    from tests.conftest import _databases, _truncate
+
+    if postgres_url not in _databases:
+        _databases[postgres_url] = Database(postgres_url, pool_size=5, max_overflow=10)
+    database = _databases[postgres_url]
+    yield database
+    _truncate(database)
+
+
+def near_zero_pro(database) -> tuple[UsageService, str]:
+    """A pro account (2,000-credit overdraft; no calendar grant) holding 30 credits: the floor is 2,030 away."""
+    svc = UsageService(database, clock=lambda: NOW)
+    acc = make_account(database, "pro")
+    svc.ensure_account(acc)
+    svc.grant_credits(acc, 30 * MICROS_PER_CREDIT, idempotency_key="near-zero")
+    return svc, acc
+
+
+def minutes_event(acc: str, key: str) -> UsageEvent:
+    # pro: 20 min * (3 credits + $0.004 * 1.2 / $0.01) = 69.6 credits
+    return UsageEvent(
+        idempotency_key=key, account_id=acc, occurred_at=NOW, component="platform_minutes", quantity=Decimal(20)
+    )
+
+
+def test_pg_parallel_usage_across_the_overdraft_floor_takes_exactly_down_to_it(pg_database):
+    database = pg_database
+    assert database.dialect == "postgresql"
+    svc, acc = near_zero_pro(database)
+    floor = -2000 * MICROS_PER_CREDIT
+    barrier = threading.Barrier(THREADS)
+
+    def worker(t: int) -> None:
+        barrier.wait()
+        for i in range(8):  # every key sent by two threads: a redelivery racing the original
+            svc.track_usage([minutes_event(acc, f"turn-{t // 2}-{i}")])
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(worker, range(THREADS)))
+    with database.session() as s:
+        e = UsageEventRecord
+        events, charged, covered = s.execute(
+            select(func.count(), func.sum(e.credits_micros), func.sum(e.covered_micros)).where(e.account_id == acc)
+        ).one()
+    assert events == (THREADS // 2) * 8  # 48 distinct keys, each counted once
+    assert charged == 48 * 69_600_000  # 3,340.8 credits demanded of 2,030 available
+    assert covered == 2030 * MICROS_PER_CREDIT  # every available micro-credit taken, none more
+    final = svc.ensure_account(acc).balance_micros
+    assert final == floor  # exactly at the overdraft floor, never below
+    assert svc.ledger_sum(acc) == final  # no lost update: the balance is the sum of its entries
+
+
+def test_pg_parallel_deductions_and_usage_near_zero_respect_the_floor_and_the_ledger(pg_database):
+    database = pg_database
+    svc, acc = near_zero_pro(database)
+    floor = -2000 * MICROS_PER_CREDIT
+    amount = 7 * MICROS_PER_CREDIT
+    deducted: list[int] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(THREADS)
+
+    def worker(t: int) -> None:
+        barrier.wait()
+        for i in range(30):
+            if (t + i) % 3:
+                try:
+                    svc.deduct_credits(acc, amount, idempotency_key=f"d:{t}:{i}")
+                    with lock:
+                        deducted.append(amount)
+                except PaymentRequiredError:
+                    pass
+            else:
+                svc.track_usage([minutes_event(acc, f"u:{t}:{i}")])
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(worker, range(THREADS)))
+    final = svc.ensure_account(acc).balance_micros
+    with database.session() as s:
+        covered = s.scalar(select(func.sum(UsageEventRecord.covered_micros)).where(UsageEventRecord.account_id == acc))
+    assert final >= floor
+    assert svc.ledger_sum(acc) == final
+    # Every micro-credit that left the balance is a successful deduction or a covered part of an event.
+    assert 30 * MICROS_PER_CREDIT - final == sum(deducted) + covered
+    # Usage alone demands 120 * 69.6 = 8,352 credits of the 2,030 available and the balance only goes down, so some
+    # event was only partly covered: the floor was reached exactly, by whichever operation came last.
+    assert final == floor

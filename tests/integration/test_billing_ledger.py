@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
+from sqlalchemy import func
 
+import airies.services.pricing as pricing_module
 from airies.db.ids import new_id
 from airies.db.models import Account
 from airies.errors import PaymentRequiredError
 from airies.schemas.usage import MICROS_PER_CREDIT, UsageEvent
+from airies.services.pricing import Pricing
 from airies.services.usage import UsageService
 
 NOW = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
@@ -98,11 +103,15 @@ def test_deduct_credits_is_all_or_nothing(database):
     assert svc.ledger_sum(acc) == 300 * MICROS_PER_CREDIT
 
 
-def test_pro_overdraft_and_monthly_grant(database):
+def test_pro_overdraft_and_no_calendar_grant_for_paid_tiers(database):
     acc = make_account(database, plan="pro")
     svc = service(database)
-    assert svc.get_balance(acc).balance == "10000.000000"  # included monthly credits, granted once
-    svc.get_balance(acc)
+    # Pro's included credits come only with a paid subscription invoice (PaymentService), never by calendar month:
+    # not on the first read, not in a later month.
+    assert svc.get_balance(acc).balance == "0.000000"
+    later = UsageService(database, clock=lambda: datetime(2026, 12, 1, tzinfo=UTC))
+    assert later.get_balance(acc).balance == "0.000000"
+    svc.grant_credits(acc, 10_000 * MICROS_PER_CREDIT, idempotency_key="subscription_grant:in_test")
     r = svc.deduct_credits(acc, 11_000 * MICROS_PER_CREDIT, idempotency_key="od")
     assert r.balance_micros == -1000 * MICROS_PER_CREDIT  # within the 2000-credit overdraft
     with pytest.raises(PaymentRequiredError):
@@ -151,7 +160,7 @@ def test_rollup_day_is_idempotent(database):
 def test_bulk_invoices_equal_per_account_invoices(database):
     """The set-based bulk path (one SQL statement on PostgreSQL) and the per-account path of the state machine
     compute the same invoices from the same events."""
-    from airies.db.models.billing import Invoice
+    from airies.db.models.billing import Invoice, UsageEventRecord
     from airies.services.invoicing import InvoicingService
 
     oct_ = datetime(2026, 10, 5, tzinfo=UTC)
@@ -209,6 +218,7 @@ def test_bulk_invoices_equal_per_account_invoices(database):
     with database.session() as s:
         assert InvoicingService(s, clock=lambda: oct_).prepare_invoices_bulk("2026-10") == 0  # idempotent
         s.query(Invoice).delete()
+        s.query(UsageEventRecord).update({UsageEventRecord.invoice_id: None})  # as if never invoiced
     with database.session() as s:
         service = InvoicingService(s, clock=lambda: oct_)
         for acc in accounts[:3]:
@@ -216,3 +226,100 @@ def test_bulk_invoices_equal_per_account_invoices(database):
     assert snapshot() == bulk
     assert bulk[accounts[0]][0] == "draft" and bulk[accounts[1]][0] == "no_charge"
     assert 0 < bulk[accounts[2]][1] < bulk[accounts[0]][1] + 100
+
+
+def test_free_tier_monthly_grant_is_once_per_account_and_month(database):
+    """Unpaid tiers keep a calendar-month grant (free has 0 today; a pricing with 100 shows the rule): once per
+    account and month, whatever the number of reads, the tier switches in between, or other accounts."""
+    data = json.loads((Path(pricing_module.__file__).parent.parent / "data" / "pricing.json").read_text())
+    data["tiers"]["free"]["included_monthly_credits"] = "100"
+    pricing = Pricing(pricing=data)
+    a, b = make_account(database), make_account(database)
+    nov = UsageService(database, pricing=pricing, clock=lambda: NOW)
+    for _ in range(3):
+        assert nov.get_balance(a).balance == "600.000000"  # 500 signup + 100 for November
+    nov.set_tier(a, "pay_as_you_go")
+    nov.set_tier(a, "free")  # back to free in the same month: no second November grant
+    assert nov.get_balance(a).balance == "600.000000"
+    assert nov.get_balance(b).balance == "600.000000"  # the other account gets its own
+    dec = UsageService(database, pricing=pricing, clock=lambda: datetime(2026, 12, 2, tzinfo=UTC))
+    assert dec.get_balance(a).balance == dec.get_balance(a).balance == "700.000000"
+    assert nov.ledger_sum(a) == 700 * MICROS_PER_CREDIT
+
+
+def test_idempotency_keys_are_scoped_to_the_account(database):
+    """The same key on two accounts is two events (and two ledger entries), never a cross-account duplicate."""
+    a, b = make_account(database), make_account(database)
+    svc = service(database)
+    first = svc.track_usage([event(a, "turn-1:out")])
+    other = svc.track_usage([event(b, "turn-1:out")])
+    assert (first.accepted, first.duplicates) == (1, 0)
+    assert (other.accepted, other.duplicates, other.charged_micros) == (1, 0, 1_500_000)
+    both = svc.track_usage([event(a, "turn-1:out"), event(b, "turn-1:out")])  # real redeliveries: duplicates
+    assert (both.accepted, both.duplicates) == (0, 2)
+    assert svc.get_balance(a).balance == svc.get_balance(b).balance == "498.500000"
+    assert svc.deduct_credits(a, MICROS_PER_CREDIT, idempotency_key="refund-fee").applied
+    assert svc.deduct_credits(b, MICROS_PER_CREDIT, idempotency_key="refund-fee").applied
+    assert svc.grant_credits(a, MICROS_PER_CREDIT, idempotency_key="gift")
+    assert svc.grant_credits(b, MICROS_PER_CREDIT, idempotency_key="gift")
+    for acc in (a, b):
+        assert svc.ensure_account(acc).balance_micros == svc.ledger_sum(acc) == 498_500_000
+
+
+def _late_usage_run(database, bulk: bool) -> None:
+    from airies.db.models.billing import Invoice, UsageEventRecord
+    from airies.services.invoicing import InvoicingService
+
+    oct_, nov = datetime(2026, 10, 20, tzinfo=UTC), datetime(2026, 11, 20, tzinfo=UTC)
+    acc = make_account(database, "pay_as_you_go")  # no credits: all usage is uncovered, billed on invoices
+    svc = UsageService(database, clock=lambda: nov)
+    minutes = lambda key, when, qty: UsageEvent(  # noqa: E731
+        idempotency_key=key, account_id=acc, occurred_at=when, component="platform_minutes", quantity=Decimal(qty)
+    )
+
+    def run(period: str) -> Invoice:
+        with database.session() as s:
+            invoicing = InvoicingService(s, clock=lambda: nov)
+            if bulk:
+                invoicing.prepare_invoices_bulk(period)
+            else:
+                invoicing.prepare_invoice(acc, period)
+        with database.session() as s:
+            return s.query(Invoice).filter_by(account_id=acc, period=period).one_or_none()
+
+    svc.track_usage([minutes("oct-1", oct_, "10")])
+    october = run("2026-10")
+    # 10 min * (4 + 0.52) credits = 45.2 credits = 45 cents
+    assert october.amount_cents == 45 and october.billable_micros == 45_200_000
+    # Redriven from the DLQ after October was invoiced: it occurred in October.
+    svc.track_usage([minutes("oct-late", oct_, "5")])
+    assert run("2026-10").amount_cents == 45  # October's invoice never changes
+    svc.track_usage([minutes("nov-1", nov, "20")])
+    november = run("2026-11")
+    assert november.billable_micros == (5 + 20) * 4_520_000  # November's usage + the late October event, once
+    assert november.amount_cents == 113
+    assert run("2026-11").billable_micros == november.billable_micros  # re-run: the same invoice
+    december = run("2026-12")  # nothing left: the late event is not billed again
+    if bulk:
+        assert december is None  # the bulk run invoices billable accounts only
+    else:
+        assert december.billable_micros == 0 and december.status == "no_charge"
+    with database.session() as s:
+        billed_by = dict(
+            s.query(UsageEventRecord.idempotency_key, UsageEventRecord.invoice_id).filter_by(account_id=acc)
+        )
+    assert billed_by == {"oct-1": october.id, "oct-late": november.id, "nov-1": november.id}
+    total = sum(i.billable_micros for i in (october, november, december) if i is not None)
+    with database.session() as s:
+        uncovered = s.query(func.sum(UsageEventRecord.credits_micros - UsageEventRecord.covered_micros)).filter_by(
+            account_id=acc
+        )
+        assert total == uncovered.scalar()  # every uncovered credit billed exactly once
+
+
+def test_late_usage_is_billed_once_on_the_next_invoice(database):
+    _late_usage_run(database, bulk=False)
+
+
+def test_late_usage_is_billed_once_on_the_next_invoice_bulk(database):
+    _late_usage_run(database, bulk=True)

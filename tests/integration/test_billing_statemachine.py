@@ -141,6 +141,8 @@ def test_monthly_run_bills_each_account_once_survives_failures_and_reruns(databa
     svc = UsageService(database, clock=lambda: OCT)
     billed = account(database, "pay_as_you_go", "billed@example.com")  # no credits: usage is all overage
     covered = account(database, "pro", "covered@example.com")  # 10,000 included credits cover it
+    # Pro's included credits arrive with its paid subscription invoice (invoice.paid webhook): granted here directly.
+    svc.grant_credits(covered, 10_000 * 1_000_000, idempotency_key="subscription_grant:in_statemachine")
     rejected = account(database, "pay_as_you_go", "rejected@example.com")  # Stripe refuses its customer
     free = account(database, "free", "free@example.com")  # free tier: never invoiced
     use(svc, billed, "b1", "30")

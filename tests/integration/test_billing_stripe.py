@@ -23,7 +23,7 @@ from airies.api.app import create_app
 from airies.config import Settings
 from airies.db.models.billing import BillingAccount, Payment, StripeEvent
 from tests.conftest import signup
-from tests.doubles.stripe_server import LocalStripe
+from tests.doubles.stripe_server import LocalStripe, StripeInvoiceDouble
 
 WEBHOOK_SECRET = "whsec_test_secret"
 API_KEY = "sk_test_airies"
@@ -75,6 +75,21 @@ def event(event_type: str, obj: dict[str, Any], *, created: int | None = None, e
         "livemode": False,
         "api_version": "2025-01-27.acacia",
         "data": {"object": obj},
+    }
+
+
+def subscription_invoice(
+    invoice_id: str, customer: str, subscription_id: str, *, reason: str = "subscription_create", amount: int = 9900
+) -> dict[str, Any]:
+    return {
+        "id": invoice_id,
+        "object": "invoice",
+        "customer": customer,
+        "subscription": subscription_id,
+        "billing_reason": reason,
+        "status": "paid",
+        "amount_paid": amount,
+        "metadata": {},
     }
 
 
@@ -170,7 +185,7 @@ def test_forged_stale_and_unsigned_webhooks_are_rejected(stripe_client, database
 
 
 def test_unknown_event_types_are_acknowledged_and_ignored(stripe_client, database):
-    evt = event("charge.dispute.created", {"id": "dp_1"})
+    evt = event("customer.created", {"id": "cus_1"})
     response = post_event(stripe_client, evt)
     assert response.status_code == 200 and response.json()["outcome"] == "ignored"
     assert post_event(stripe_client, evt).json()["outcome"] == "duplicate"
@@ -184,14 +199,19 @@ def test_subscription_lifecycle_and_reordered_events(stripe_client, database):
     assert created.status_code == 201, created.text
     sub = created.json()
     assert sub["status"] == "active" and sub["tier"] == "pro"
-    # Pro includes 10,000 credits a month on top of the 500 signup grant.
-    assert balance(stripe_client, auth) == "10500.000000"
+    # Pro's 10,000 included credits come with the paid subscription invoice, not with the create call.
+    assert balance(stripe_client, auth) == "500.000000"
     duplicate = stripe_client.post("/api/v1/billing/subscription", json={"tier": "pro"}, headers=auth)
     assert duplicate.status_code == 409
 
     with database.session() as s:
         account_id = s.query(BillingAccount).filter_by(subscription_id=sub["subscription_id"]).one().account_id
         customer = s.get(BillingAccount, account_id).stripe_customer_id
+    # invoice.paid of the first invoice (the webhook reads the subscription back from localstripe: active).
+    paid = event("invoice.paid", subscription_invoice("in_first", customer, sub["subscription_id"]))
+    assert post_event(stripe_client, paid).json()["applied"] is True
+    assert post_event(stripe_client, paid).json()["outcome"] == "duplicate"
+    assert balance(stripe_client, auth) == "10500.000000"
     base = {
         "id": sub["subscription_id"],
         "object": "subscription",
@@ -210,7 +230,7 @@ def test_subscription_lifecycle_and_reordered_events(stripe_client, database):
     )
     assert older.json()["applied"] is False  # reordered: older than what is applied
     view = stripe_client.get("/api/v1/billing/subscription", headers=auth).json()
-    assert view["status"] == "past_due"
+    assert view["status"] == "past_due" and view["tier"] == "pay_as_you_go"  # not paying: no paid tier
 
     cancelled = stripe_client.delete("/api/v1/billing/subscription", headers=auth)
     assert cancelled.status_code == 200 and cancelled.json()["cancel_at_period_end"] is True
@@ -305,3 +325,243 @@ def test_top_up_retried_after_a_lost_response_reuses_the_same_payment_intent(dat
         assert len(double.payment_intents) == 1 and len(double.customers) == 1
     finally:
         double.stop()
+
+
+# --- included credits, retries of declined subscriptions, refunds and disputes --------------------------------
+
+
+@pytest.fixture
+def stripe_double() -> Iterator[StripeInvoiceDouble]:
+    double = StripeInvoiceDouble(API_KEY).start()
+    yield double
+    double.stop()
+
+
+@pytest.fixture
+def double_client(stripe_double: StripeInvoiceDouble, database, tmp_path) -> Iterator[TestClient]:
+    """The API against the wire-level double: it honours idempotency keys (localstripe ignores them) and lets a
+    test move a subscription's status at "Stripe" (what Stripe's billing does on a failed or recovered renewal)."""
+    settings = Settings(
+        stage="local",
+        data_dir=tmp_path,
+        stripe_secret_key=API_KEY,
+        stripe_api_base=stripe_double.url,
+        stripe_webhook_secret=WEBHOOK_SECRET,
+        stripe_max_network_retries=0,
+    )
+    with TestClient(create_app(settings, database)) as client:
+        yield client
+
+
+def billing_row(database, subscription_id: str) -> BillingAccount:
+    with database.session() as s:
+        row = s.query(BillingAccount).filter_by(subscription_id=subscription_id).one()
+        s.expunge(row)
+        return row
+
+
+def grants(client: TestClient, auth: dict) -> list[str]:
+    ledger = client.get("/api/v1/billing/ledger", headers=auth).json()["data"]
+    return sorted(e["reference_id"] for e in ledger if e["reference_type"] == "stripe_invoice")
+
+
+def test_paid_tier_credits_come_with_each_paid_invoice_once_and_only_while_active(double_client, stripe_double):
+    client, auth = double_client, signup(double_client)
+    sub = client.post(
+        "/api/v1/billing/subscription", json={"tier": "pro", "payment_method": "pm_card_visa"}, headers=auth
+    )
+    assert sub.status_code == 201 and sub.json()["status"] == "active", sub.text
+    sub_id = sub.json()["subscription_id"]
+    customer = billing_row(double_client.app.state.database, sub_id).stripe_customer_id
+    assert balance(client, auth) == "500.000000"  # subscribing alone grants nothing
+
+    first = event("invoice.paid", subscription_invoice("in_first", customer, sub_id))
+    assert post_event(client, first).json()["applied"] is True
+    assert post_event(client, first).json()["outcome"] == "duplicate"
+    # The same invoice in a distinct event (Stripe resends) and a proration invoice grant nothing.
+    assert (
+        post_event(client, event("invoice.paid", subscription_invoice("in_first", customer, sub_id))).json()["applied"]
+        is False
+    )
+    proration = subscription_invoice("in_proration", customer, sub_id, reason="subscription_update")
+    assert post_event(client, event("invoice.paid", proration)).json()["applied"] is False
+    assert balance(client, auth) == "10500.000000"
+
+    # The renewal fails: past_due falls back to pay-as-you-go (no included credits, no overdraft) ...
+    stripe_double.set_subscription_status(sub_id, "past_due")
+    base = {"id": sub_id, "object": "subscription", "customer": customer, "metadata": {"airies_tier": "pro"}}
+    updated = event("customer.subscription.updated", {**base, "status": "past_due"}, created=int(time.time()) + 5)
+    assert post_event(client, updated).status_code == 200
+    shown = client.get("/api/v1/billing/balance", headers=auth).json()
+    assert shown["tier"] == "pay_as_you_go" and shown["overdraft"] == "0.000000"
+    # ... and a paid invoice while the subscription is still past_due at Stripe grants nothing.
+    cycle = subscription_invoice("in_cycle", customer, sub_id, reason="subscription_cycle")
+    assert post_event(client, event("invoice.paid", cycle)).json()["applied"] is False
+    assert balance(client, auth) == "10500.000000"
+
+    # Paid: active again. invoice.paid arrives before customer.subscription.updated; the subscription is read back.
+    stripe_double.set_subscription_status(sub_id, "active")
+    assert post_event(client, event("invoice.paid", cycle)).json()["applied"] is True
+    assert post_event(client, event("invoice.paid", cycle)).json()["applied"] is False
+    shown = client.get("/api/v1/billing/balance", headers=auth).json()
+    assert shown["tier"] == "pro" and shown["balance"] == "20500.000000"
+    assert grants(client, auth) == ["in_cycle", "in_first"]  # one grant per paid invoice
+
+
+def test_a_declined_first_payment_can_be_retried_with_another_card(stripe_client):
+    """localstripe: the card attaches but its charge fails, so the subscription is ``incomplete``; a retry with
+    another card replaces it (it used to answer 409)."""
+    auth = signup(stripe_client)
+    declined = stripe_client.post(
+        "/api/v1/billing/subscription",
+        json={"tier": "pro", "payment_method": "pm_card_chargeCustomerFail"},
+        headers=auth,
+    )
+    assert declined.status_code == 201, declined.text
+    assert declined.json()["status"] == "incomplete" and declined.json()["tier"] == "free"
+    retried = stripe_client.post(
+        "/api/v1/billing/subscription", json={"tier": "pro", "payment_method": "pm_card_visa"}, headers=auth
+    )
+    assert retried.status_code == 201, retried.text
+    assert retried.json()["status"] == "active" and retried.json()["tier"] == "pro"
+    assert retried.json()["subscription_id"] != declined.json()["subscription_id"]
+    again = stripe_client.post("/api/v1/billing/subscription", json={"tier": "pro"}, headers=auth)
+    assert again.status_code == 409  # an active one is live
+
+
+def test_a_card_declined_at_attach_can_be_retried_with_another_card(double_client, stripe_double, database):
+    """The double keeps a declined attach under its idempotency key, as Stripe does: the retry with another card
+    must not reuse that key (it would be a 400 idempotency_error)."""
+    auth = signup(double_client)
+    declined = double_client.post(
+        "/api/v1/billing/subscription", json={"tier": "pro", "payment_method": "pm_card_chargeDeclined"}, headers=auth
+    )
+    assert declined.status_code >= 400 and "declined" in declined.text
+    incomplete = double_client.post(
+        "/api/v1/billing/subscription",
+        json={"tier": "pro", "payment_method": "pm_card_chargeCustomerFail"},
+        headers=auth,
+    )
+    assert incomplete.status_code == 201 and incomplete.json()["status"] == "incomplete", incomplete.text
+    retried = double_client.post(
+        "/api/v1/billing/subscription", json={"tier": "pro", "payment_method": "pm_card_visa"}, headers=auth
+    )
+    assert retried.status_code == 201 and retried.json()["status"] == "active", retried.text
+    attaches = [r for r in stripe_double.requests if r[0] == "POST" and r[1].endswith("/attach")]
+    assert len(attaches) == 3 and len({r[3] for r in attaches}) == 3
+    # The replaced incomplete subscription's later events do not touch the account.
+    customer = billing_row(database, retried.json()["subscription_id"]).stripe_customer_id
+    stale = {"id": incomplete.json()["subscription_id"], "customer": customer, "metadata": {"airies_tier": "pro"}}
+    expired = event("customer.subscription.updated", {**stale, "status": "incomplete_expired"})
+    assert post_event(double_client, expired).json()["applied"] is False
+    assert double_client.get("/api/v1/billing/subscription", headers=auth).json()["status"] == "active"
+
+
+def top_up(client: TestClient, auth: dict, usd: str, key: str) -> dict:
+    body = {"amount_usd": usd, "payment_method": "pm_card_visa", "confirm": True, "idempotency_key": key}
+    created = client.post("/api/v1/billing/top-ups", json=body, headers=auth)
+    assert created.status_code == 201 and created.json()["status"] == "succeeded", created.text
+    return created.json()
+
+
+def post_twice(client: TestClient, evt: dict) -> dict:
+    """Deliver a signed event, then replay it: the replay must be a no-op."""
+    first, replay = post_event(client, evt), post_event(client, evt)
+    assert first.status_code == replay.status_code == 200, first.text
+    assert replay.json()["outcome"] == "duplicate"
+    return first.json()
+
+
+def charge(pi: str, amount: int, refunded: int, refunds: list[tuple[str, int]] | None) -> dict:
+    obj = {"id": f"ch_{pi}", "object": "charge", "payment_intent": pi, "amount": amount, "amount_refunded": refunded}
+    if refunds is not None:
+        obj["refunds"] = {
+            "object": "list",
+            "data": [
+                {"id": rid, "object": "refund", "amount": cents, "status": "succeeded", "created": 1_700_000_000 + i}
+                for i, (rid, cents) in enumerate(refunds)
+            ],
+        }
+    return obj
+
+
+def ledger_matches_balance(client: TestClient, auth: dict, database) -> None:
+    from airies.services.usage import UsageService
+
+    shown = client.get("/api/v1/billing/balance", headers=auth).json()
+    assert UsageService(database).ledger_sum(shown["account_id"]) == shown["balance_micros"]
+
+
+def test_partial_then_full_refund_takes_back_exactly_the_refunded_credits_once(stripe_client, database):
+    auth = signup(stripe_client)
+    pi = top_up(stripe_client, auth, "20.00", "refund-me")["stripe_payment_intent_id"]
+    assert balance(stripe_client, auth) == "2500.000000"
+
+    first = post_twice(stripe_client, event("charge.refunded", charge(pi, 2000, 500, [("re_a", 500)])))
+    assert first["applied"] is True
+    assert balance(stripe_client, auth) == "2000.000000"  # $5 of $20 -> 500 of 2000 credits
+    # The second refund's event lists both refunds: only the new one is applied.
+    second = post_twice(
+        stripe_client, event("charge.refunded", charge(pi, 2000, 2000, [("re_a", 500), ("re_b", 1500)]))
+    )
+    assert second["applied"] is True
+    # A distinct event repeating the same refunds changes nothing.
+    repeat = post_event(
+        stripe_client, event("charge.refunded", charge(pi, 2000, 2000, [("re_a", 500), ("re_b", 1500)]))
+    )
+    assert repeat.json()["applied"] is False
+    assert balance(stripe_client, auth) == "500.000000"
+    ledger = stripe_client.get("/api/v1/billing/ledger", headers=auth).json()["data"]
+    refunds = sorted((e["reference_id"], e["amount"]) for e in ledger if e["entry_type"] == "refund")
+    assert refunds == [("re_a", "-500.000000"), ("re_b", "-1500.000000")]
+    ledger_matches_balance(stripe_client, auth, database)
+    # A refund of a charge that is not one of our top-ups is acknowledged without effect.
+    other = post_event(stripe_client, event("charge.refunded", charge("pi_unknown", 100, 100, None)))
+    assert other.status_code == 200 and other.json()["applied"] is False
+
+
+def test_refund_of_spent_credits_never_passes_the_floor_and_is_owed_until_the_next_top_up(stripe_client, database):
+    from airies.schemas.usage import MICROS_PER_CREDIT
+    from airies.services.usage import UsageService
+
+    auth = signup(stripe_client)
+    account_id = stripe_client.get("/api/v1/billing/balance", headers=auth).json()["account_id"]
+    pi = top_up(stripe_client, auth, "10.00", "spent")["stripe_payment_intent_id"]
+    UsageService(database).deduct_credits(account_id, 1400 * MICROS_PER_CREDIT, idempotency_key="spend")
+    assert balance(stripe_client, auth) == "100.000000"
+
+    # No refunds list in the payload (newer API versions): the cumulative amount_refunded keys it.
+    full = post_twice(stripe_client, event("charge.refunded", charge(pi, 1000, 1000, None)))
+    assert full["applied"] is True
+    shown = stripe_client.get("/api/v1/billing/balance", headers=auth).json()
+    # Free has no overdraft: 100 taken from the balance, 900 owed (outside the balance), nothing below zero.
+    assert (shown["balance"], shown["owed"], shown["available"]) == ("0.000000", "900.000000", "-900.000000")
+    ledger_matches_balance(stripe_client, auth, database)
+    limits = UsageService(database).check_usage_limits(account_id, starting_conversation=False)
+    assert not limits.allowed and limits.reason == "insufficient_credits"
+
+    top_up(stripe_client, auth, "20.00", "repay")  # 2000 credits, 900 of them settle the debt
+    shown = stripe_client.get("/api/v1/billing/balance", headers=auth).json()
+    assert (shown["balance"], shown["owed"]) == ("1100.000000", "0.000000")
+    ledger_matches_balance(stripe_client, auth, database)
+
+
+def test_dispute_takes_the_credits_back_at_once_and_a_won_dispute_gives_them_back(stripe_client, database):
+    auth = signup(stripe_client)
+    pi = top_up(stripe_client, auth, "10.00", "dispute-me")["stripe_payment_intent_id"]
+    assert balance(stripe_client, auth) == "1500.000000"
+    dispute = {"id": "dp_1", "object": "dispute", "charge": f"ch_{pi}", "payment_intent": pi, "amount": 1000}
+    opened = post_twice(stripe_client, event("charge.dispute.created", {**dispute, "status": "needs_response"}))
+    assert opened["applied"] is True
+    assert balance(stripe_client, auth) == "500.000000"
+    # An inquiry moves no money: nothing changes.
+    inquiry = {**dispute, "id": "dp_inquiry", "status": "warning_needs_response"}
+    assert post_twice(stripe_client, event("charge.dispute.created", inquiry))["applied"] is False
+    won = post_twice(stripe_client, event("charge.dispute.closed", {**dispute, "status": "won"}))
+    assert won["applied"] is True
+    assert (
+        post_event(stripe_client, event("charge.dispute.closed", {**dispute, "status": "won"})).json()["applied"]
+        is False
+    )
+    assert balance(stripe_client, auth) == "1500.000000"
+    ledger_matches_balance(stripe_client, auth, database)

@@ -119,6 +119,7 @@ class BalanceOut(BaseModel):
     balance_micros: int
     overdraft: str
     available: str
+    owed: str = "0.000000"  # taken back by a refund/dispute after it was spent: settled by the next top-up/grant
     currency_per_credit: str
     subscription: dict[str, Any] | None = None
 

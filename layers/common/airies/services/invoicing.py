@@ -9,6 +9,13 @@ every Stripe call carries an idempotency key derived from our invoice id.
 
 What is billed: the credits of usage the balance did not cover (``credits - covered``) on tiers with
 ``invoice_overage``; covered usage is listed on the invoice at zero so every number traces to its events.
+
+Late usage is billed once, on the next invoice: every uncovered event is marked with the invoice that billed
+it (``usage_events.invoice_id``). An invoice for a period bills every not-yet-marked uncovered event that
+occurred before the period's end, so an event that arrives after its own period was invoiced (e.g. redriven
+from the DLQ) is picked up by the next run, and a marked event is never billed again (nor by a re-run or an
+out-of-order run of an earlier period). Fully covered events are listed (at zero) on their own period's invoice.
+The invoice row is inserted first: its unique (account, period) entry is what makes the marking exclusive.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, literal_column, select, text, update
+from sqlalchemy import and_, func, literal_column, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from airies.db.ids import new_id
@@ -44,11 +51,26 @@ COMPONENT_LABELS = {
 
 
 _BULK_INVOICE_SQL = """
-WITH g AS (
+WITH marked AS (
+    -- every uncovered event not billed yet up to the period's end (late ones included) goes on this invoice
+    UPDATE usage_events u SET invoice_id = 'inv_' || substr(md5(u.account_id || ':' || :period), 1, 26)
+    WHERE u.occurred_at < :end AND u.invoice_id IS NULL AND u.credits_micros > u.covered_micros
+      AND u.tier = ANY(CAST(:tiers AS varchar[]))
+      AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.account_id = u.account_id AND i.period = :period)
+    RETURNING u.account_id, u.component, u.provider, u.model, u.quantity_micro, u.credits_micros, u.covered_micros
+), listed AS (
+    SELECT * FROM marked
+    UNION ALL
+    -- the period's fully covered usage, listed at zero
+    SELECT e.account_id, e.component, e.provider, e.model, e.quantity_micro, e.credits_micros, e.covered_micros
+    FROM usage_events e
+    WHERE e.occurred_at >= :start AND e.occurred_at < :end AND e.credits_micros = e.covered_micros
+      AND e.tier = ANY(CAST(:tiers AS varchar[]))
+      AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.account_id = e.account_id AND i.period = :period)
+), g AS (
     SELECT account_id, component, provider, model,
            sum(quantity_micro)::bigint AS q, sum(credits_micros)::bigint AS c, sum(covered_micros)::bigint AS cv
-    FROM usage_events
-    WHERE occurred_at >= :start AND occurred_at < :end AND tier = ANY(CAST(:tiers AS varchar[]))
+    FROM listed
     GROUP BY account_id, component, provider, model
 ), l AS (
     SELECT g.*, c - cv AS b,
@@ -112,16 +134,24 @@ class InvoicingService:
         return period
 
     # -- step 1: who is billed ------------------------------------------------------------------------
+    def _billable(self, start: datetime, end: datetime) -> Any:
+        """Events an invoice of [start, end) lists: the period's events, and late uncovered ones not billed yet."""
+        e = UsageEventRecord
+        return and_(
+            e.tier.in_(self.invoiceable_tiers),
+            or_(
+                and_(e.occurred_at >= start, e.occurred_at < end),
+                and_(e.occurred_at < start, e.invoice_id.is_(None), e.credits_micros > e.covered_micros),
+            ),
+        )
+
     def list_billable_accounts(self, period: str, *, cursor: str | None = None, limit: int = 500) -> dict[str, Any]:
-        """A page of accounts with invoiceable usage in the period (pages keep Step Functions payloads small)."""
+        """A page of accounts with invoiceable usage in the period or late unbilled usage from before it
+        (pages keep Step Functions payloads small)."""
         start, end = period_bounds(period)
         q = (
             select(UsageEventRecord.account_id)
-            .where(
-                UsageEventRecord.occurred_at >= start,
-                UsageEventRecord.occurred_at < end,
-                UsageEventRecord.tier.in_(self.invoiceable_tiers),
-            )
+            .where(self._billable(start, end))
             .group_by(UsageEventRecord.account_id)
             .order_by(UsageEventRecord.account_id)
             .limit(limit + 1)
@@ -134,7 +164,26 @@ class InvoicingService:
         return {"period": period, "accounts": ids, "next_cursor": ids[-1] if more else None}
 
     # -- step 2: aggregate ------------------------------------------------------------------------------
+    def _mark(self, account_id: str, invoice_id: str, end: datetime) -> int:
+        """Claim for ``invoice_id`` every uncovered event of the account not billed yet, up to ``end``."""
+        e = UsageEventRecord
+        result = self.session.execute(
+            update(e)
+            .where(
+                e.account_id == account_id,
+                e.tier.in_(self.invoiceable_tiers),
+                e.occurred_at < end,
+                e.invoice_id.is_(None),
+                e.credits_micros > e.covered_micros,
+            )
+            .values(invoice_id=invoice_id)
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount or 0
+
     def _aggregate(self, period: str, account_ids: Iterable[str] | None = None) -> dict[str, list[tuple]]:
+        """Read-only preview (the benchmark's Python path): per account, the line groups an invoice run of the
+        period would list now — the period's events and the late uncovered ones not billed yet."""
         start, end = period_bounds(period)
         e = UsageEventRecord
         q = select(
@@ -146,10 +195,9 @@ class InvoicingService:
             func.sum(e.credits_micros),
             func.sum(e.covered_micros),
             func.count(),
-        ).where(e.occurred_at >= start, e.occurred_at < end, e.tier.in_(self.invoiceable_tiers))
+        ).where(self._billable(start, end), or_(e.invoice_id.is_(None), e.credits_micros == e.covered_micros))
         if account_ids is not None:
-            ids = list(account_ids)
-            q = q.where(e.account_id == ids[0]) if len(ids) == 1 else q.where(e.account_id.in_(ids))
+            q = q.where(e.account_id.in_(list(account_ids)))
         q = q.group_by(e.account_id, e.component, e.provider, e.model).order_by(
             literal_column("1"), literal_column("2"), literal_column("3"), literal_column("4")
         )
@@ -157,6 +205,33 @@ class InvoicingService:
         for row in self.session.execute(q):
             out.setdefault(row[0], []).append(tuple(row[1:]))
         return out
+
+    def _aggregate_invoice(self, account_id: str, invoice_id: str, period: str) -> list[tuple]:
+        """The invoice's line groups: the events it billed (marked) and the period's fully covered events."""
+        start, end = period_bounds(period)
+        e = UsageEventRecord
+        q = (
+            select(
+                e.component,
+                e.provider,
+                e.model,
+                func.sum(e.quantity_micro),
+                func.sum(e.credits_micros),
+                func.sum(e.covered_micros),
+                func.count(),
+            )
+            .where(
+                e.account_id == account_id,
+                e.tier.in_(self.invoiceable_tiers),
+                or_(
+                    e.invoice_id == invoice_id,
+                    and_(e.occurred_at >= start, e.occurred_at < end, e.credits_micros == e.covered_micros),
+                ),
+            )
+            .group_by(e.component, e.provider, e.model)
+            .order_by(literal_column("1"), literal_column("2"), literal_column("3"))
+        )
+        return [tuple(row) for row in self.session.execute(q)]
 
     def _lines(self, groups: list[tuple]) -> tuple[list[dict[str, Any]], int, int, int]:
         lines: list[dict[str, Any]] = []
@@ -186,37 +261,54 @@ class InvoicingService:
             amount_total += cents
         return lines, total_credits, billable_total, amount_total
 
-    def _insert_invoice(self, account_id: str, period: str, groups: list[tuple]) -> None:
+    def prepare_invoice(self, account_id: str, period: str) -> Invoice:
+        """The invoice of (account, period): created once, then returned as is.
+
+        The row is inserted first (``ON CONFLICT DO NOTHING``): only the transaction that inserted it marks events
+        (a concurrent one waits on the unique entry, then finds the row), so an event is billed by one invoice."""
+        existing = self._find(account_id, period)
+        if existing is not None:
+            return existing
         start, end = period_bounds(period)
-        lines, total_credits, billable, amount = self._lines(groups)
         now = self.clock()
-        self.session.execute(
+        invoice_id = new_id("inv")
+        inserted = self.session.execute(
             self.usage._insert(self.session, Invoice)
             .values(
-                id=new_id("inv"),
+                id=invoice_id,
                 account_id=account_id,
                 period=period,
                 period_start=start,
                 period_end=end,
-                status="draft" if amount > 0 else "no_charge",
+                status="draft",
                 currency=self.pricing.currency,
-                amount_cents=amount,
-                total_credits_micros=total_credits,
-                billable_micros=billable,
-                lines=lines,
+                amount_cents=0,
+                total_credits_micros=0,
+                billable_micros=0,
+                lines=[],
                 created_at=now,
                 updated_at=now,
             )
             .on_conflict_do_nothing(index_elements=["account_id", "period"])
-        )
-
-    def prepare_invoice(self, account_id: str, period: str) -> Invoice:
-        """The invoice of (account, period): created from the period's usage once, then returned as is."""
-        existing = self._find(account_id, period)
-        if existing is not None:
-            return existing
-        groups = self._aggregate(period, [account_id]).get(account_id, [])
-        self._insert_invoice(account_id, period, groups)
+            .returning(Invoice.id)
+        ).scalar_one_or_none()
+        if inserted is not None:
+            self._mark(account_id, invoice_id, end)
+            lines, total_credits, billable, amount = self._lines(
+                self._aggregate_invoice(account_id, invoice_id, period)
+            )
+            self.session.execute(
+                update(Invoice)
+                .where(Invoice.id == invoice_id)
+                .values(
+                    status="draft" if amount > 0 else "no_charge",
+                    amount_cents=amount,
+                    total_credits_micros=total_credits,
+                    billable_micros=billable,
+                    lines=lines,
+                )
+                .execution_options(synchronize_session=False)
+            )
         invoice = self._find(account_id, period)
         assert invoice is not None
         return invoice
@@ -224,50 +316,31 @@ class InvoicingService:
     def prepare_invoices_bulk(self, period: str) -> int:
         """Every billable account's invoice of the period at once (backfills, large runs, the benchmark).
 
-        On PostgreSQL the aggregation, the line items and the inserts are one statement (no row leaves the
-        server); it computes exactly what ``prepare_invoice`` computes in Python (a test compares the two).
+        On PostgreSQL the marking, the aggregation, the line items and the inserts are one statement (no row leaves
+        the server), under a lock that keeps per-account runs out meanwhile; it computes exactly what
+        ``prepare_invoice`` computes (a test compares the two). Elsewhere it runs ``prepare_invoice`` per account.
         """
         if self.usage._is_pg(self.session):
             return self._prepare_bulk_sql(period)
-        aggregated = self._aggregate(period)
         done = set(self.session.scalars(select(Invoice.account_id).where(Invoice.period == period)))
-        rows = []
-        start, end = period_bounds(period)
-        now = self.clock()
-        for account_id, groups in aggregated.items():
-            if account_id in done:
-                continue
-            lines, total_credits, billable, amount = self._lines(groups)
-            rows.append(
-                {
-                    "id": new_id("inv"),
-                    "account_id": account_id,
-                    "period": period,
-                    "period_start": start,
-                    "period_end": end,
-                    "status": "draft" if amount > 0 else "no_charge",
-                    "currency": self.pricing.currency,
-                    "amount_cents": amount,
-                    "total_credits_micros": total_credits,
-                    "billable_micros": billable,
-                    "lines": lines,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
-        if rows:
-            self.session.execute(
-                self.usage._insert(self.session, Invoice).on_conflict_do_nothing(
-                    index_elements=["account_id", "period"]
-                ),
-                rows,
-            )
-        return len(rows)
+        created = 0
+        cursor: str | None = None
+        while True:
+            page = self.list_billable_accounts(period, cursor=cursor)
+            for account_id in page["accounts"]:
+                if account_id not in done:
+                    self.prepare_invoice(account_id, period)
+                    created += 1
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return created
 
     def _prepare_bulk_sql(self, period: str) -> int:
         start, end = period_bounds(period)
         num, den = self.pricing._cents_ratio
         now = self.clock()
+        # Blocks concurrent invoice inserts (not reads) until commit: the NOT EXISTS of the statement stays true.
+        self.session.execute(text("LOCK TABLE invoices IN SHARE ROW EXCLUSIVE MODE"))
         result = self.session.execute(
             text(_BULK_INVOICE_SQL),
             {

@@ -7,6 +7,29 @@ Exactly-once rules:
   finds the row and does nothing; a failed effect rolls the row back so Stripe's retry processes it;
 * subscription events carry Stripe's ``created``; an older event than the last one applied is skipped,
   so reordered deliveries never roll a subscription back.
+
+Subscriptions and included credits:
+* a paid tier's included monthly credits are granted when its subscription invoice is paid (``invoice.paid``
+  with ``billing_reason`` subscription_create/subscription_cycle), once per Stripe invoice id (ledger key
+  ``subscription_grant:<in_...>``), and only while that subscription is the account's current one and
+  ``active`` at Stripe (the webhook reads the subscription back: ``invoice.paid`` and
+  ``customer.subscription.updated`` arrive in any order);
+* tier fallback: ``active``/``trialing`` -> the subscribed tier; ``past_due``, ``unpaid``, ``canceled`` and
+  ``incomplete_expired`` -> ``pay_as_you_go`` (no included credits, no overdraft; usage beyond the balance is
+  invoiced); paying the overdue invoice makes it ``active`` again and that invoice brings its grant;
+* an ``incomplete`` subscription (first payment declined or awaiting authentication) is not live: the account
+  may subscribe again (e.g. with another card); the replaced one expires at Stripe (``incomplete_expired``
+  after 23 h) and its events no longer touch the account, unless it becomes active while the current one is not.
+
+Refunds and disputes of top-ups (``charge.refunded``, ``charge.dispute.created|closed``):
+* the credits taken back are exact and cumulative per top-up:
+  ``clawed_back = round_half_up(credits * min(amount, refunded + disputed) / amount)``, each step a ledger entry
+  keyed by the Stripe refund id (``refund:<re_...>``; without the refunds list, by the cumulative
+  ``amount_refunded``) or dispute id (``dispute:<dp_...>``; a won dispute gives them back, ``dispute_won:<dp_...>``);
+* a dispute is treated as a refund of the disputed amount when it is opened (not held until it closes);
+* the balance never goes below the tier's overdraft floor: credits already spent become ``owed_micros`` (a debt
+  outside the balance, shown as ``owed`` and subtracted from ``available``), repaid first by the next grant or
+  top-up.
 """
 
 from __future__ import annotations
@@ -37,8 +60,17 @@ from airies.services.pricing import Pricing, get_pricing
 from airies.services.usage import UsageService
 
 ACTIVE_SUBSCRIPTION = ("active", "trialing")
-LIVE_SUBSCRIPTION = ("active", "trialing", "past_due", "incomplete", "unpaid")
+# Live: may still charge the customer, so a second subscription would charge twice. ``incomplete`` is not: its
+# first payment failed (or awaits authentication) and a retry replaces it.
+LIVE_SUBSCRIPTION = ("active", "trialing", "past_due", "unpaid")
+# Not paying: a paid tier falls back to pay-as-you-go (no included credits, no overdraft).
+LAPSED_SUBSCRIPTION = ("past_due", "unpaid", "canceled", "incomplete_expired")
+FALLBACK_TIER = "pay_as_you_go"
+GRANTING_INVOICE_REASONS = ("subscription_create", "subscription_cycle")
 HANDLED_EVENTS = (
+    "charge.refunded",
+    "charge.dispute.created",
+    "charge.dispute.closed",
     "payment_intent.succeeded",
     "payment_intent.payment_failed",
     "invoice.paid",
@@ -211,7 +243,8 @@ class PaymentService:
         if not plan_id:
             raise NotAvailableError(f"no Stripe plan is configured for the {tier!r} tier", code="plan_not_configured")
         row = self._billing(account_id)
-        # Also while a cancelled one runs to its period end: two live subscriptions would charge twice.
+        # Also while a cancelled one runs to its period end: two live subscriptions would charge twice. An
+        # ``incomplete`` one (its first payment was declined) is not live: retrying, e.g. with another card, replaces it.
         if row.subscription_id and row.subscription_status in LIVE_SUBSCRIPTION:
             raise ConflictError(
                 "the account already has a live subscription (a cancelled one stays live until its period end)",
@@ -228,7 +261,7 @@ class PaymentService:
             idempotency_key=key,
             payment_method=payment_method,
         )
-        self._apply_subscription(account_id, info, tier=tier, event_created=None)
+        self._apply_subscription(account_id, info, tier=tier, event_created=None, replace=True)
         return self.subscription_view(account_id)
 
     def cancel_subscription(self, account_id: str) -> dict[str, Any]:
@@ -254,13 +287,33 @@ class PaymentService:
         }
 
     def _apply_subscription(
-        self, account_id: str, info: SubscriptionInfo, *, tier: str | None, event_created: int | None
+        self,
+        account_id: str,
+        info: SubscriptionInfo,
+        *,
+        tier: str | None,
+        event_created: int | None,
+        replace: bool = False,
+        fresh: bool = False,
     ) -> bool:
+        """Record a subscription's state on the account and move the tier with it.
+
+        ``replace``: our own create call (the new subscription becomes the current one). ``fresh``: the state was
+        just read from Stripe, so no event can be newer; ``event_created`` then only advances the ordering mark.
+        """
         row = self._billing(account_id)
-        if row.subscription_id and row.subscription_id != info.id and info.status == "canceled":
-            return False  # a stale subscription ending does not touch the current one
+        # Not the current subscription: a stale one ending, or one replaced while incomplete. It takes over only
+        # when it is the one being paid (active) and the current one is not.
         if (
-            event_created is not None
+            not replace
+            and row.subscription_id
+            and row.subscription_id != info.id
+            and (info.status not in ACTIVE_SUBSCRIPTION or row.subscription_status in ACTIVE_SUBSCRIPTION)
+        ):
+            return False
+        if (
+            not fresh
+            and event_created is not None
             and row.subscription_event_created
             and event_created < row.subscription_event_created
         ):
@@ -275,12 +328,12 @@ class PaymentService:
             "updated_at": self.clock(),
         }
         if event_created is not None:
-            values["subscription_event_created"] = event_created
+            values["subscription_event_created"] = max(event_created, row.subscription_event_created or 0)
         self.session.execute(update(BillingAccount).where(BillingAccount.account_id == account_id).values(**values))
         if info.status in ACTIVE_SUBSCRIPTION and tier:
             self.usage.set_tier(account_id, tier, session=self.session)
-        elif info.status == "canceled" and row.tier in ("pro", "enterprise"):
-            self.usage.set_tier(account_id, "pay_as_you_go", session=self.session)
+        elif info.status in LAPSED_SUBSCRIPTION and self.pricing.tier(row.tier).paid:
+            self.usage.set_tier(account_id, FALLBACK_TIER, session=self.session)
         return True
 
     # -- webhook ------------------------------------------------------------------------------------
@@ -326,7 +379,11 @@ class PaymentService:
             result = self.process_payment(intent)
             account_id = intent.metadata.get("airies_account_id")
         elif event.type.startswith("invoice."):
-            account_id, result = self._on_invoice(event.type, obj)
+            account_id, result = self._on_invoice(event, obj)
+        elif event.type == "charge.refunded":
+            account_id, result = self._on_charge_refunded(obj)
+        elif event.type.startswith("charge.dispute."):
+            account_id, result = self._on_dispute(event.type, obj)
         else:
             account_id, result = self._on_subscription(event, obj)
         if account_id:
@@ -345,13 +402,16 @@ class PaymentService:
             return candidate
         return None
 
-    def _on_invoice(self, event_type: str, obj: dict[str, Any]) -> tuple[str | None, bool]:
+    def _on_invoice(self, event: WebhookEvent, obj: dict[str, Any]) -> tuple[str | None, bool]:
+        event_type = event.type
         invoice = self.session.scalar(select(Invoice).where(Invoice.stripe_invoice_id == obj.get("id")))
         if invoice is None and (obj.get("metadata") or {}).get("airies_invoice_id"):
             invoice = self.session.get(Invoice, obj["metadata"]["airies_invoice_id"])
         if invoice is None:
-            # A subscription invoice: its state reaches us through customer.subscription.updated.
-            return self._account_for_customer(obj.get("customer"), obj.get("metadata") or {}), False
+            if event_type == "invoice.paid" and _invoice_subscription_id(obj):
+                return self._on_subscription_invoice_paid(event, obj)
+            # A failed subscription invoice: its state reaches us through customer.subscription.updated.
+            return self._account_for_customer(obj.get("customer"), _invoice_metadata(obj)), False
         now = self.clock()
         if event_type == "invoice.paid":
             invoice.status = "paid"
@@ -361,6 +421,177 @@ class PaymentService:
         invoice.updated_at = now
         self.session.flush()
         return invoice.account_id, True
+
+    def _on_subscription_invoice_paid(self, event: WebhookEvent, obj: dict[str, Any]) -> tuple[str | None, bool]:
+        """A paid subscription invoice grants the tier's included credits once (keyed by the invoice id), only
+        while the subscription is the account's current one and active. The subscription is read back from
+        Stripe: this event and ``customer.subscription.updated`` (e.g. past_due -> active) come in any order."""
+        subscription_id = _invoice_subscription_id(obj)
+        account_id = self._account_for_customer(obj.get("customer"), _invoice_metadata(obj))
+        if account_id is None or subscription_id is None:
+            return account_id, False
+        info = self._require_provider().retrieve_subscription(subscription_id)
+        self._apply_subscription(account_id, info, tier=None, event_created=event.created, fresh=True)
+        row = self.usage._load(self.session, account_id)
+        reason = obj.get("billing_reason")
+        if row.subscription_id != subscription_id or info.status != "active" or reason not in GRANTING_INVOICE_REASONS:
+            return account_id, False
+        tier = self.pricing.tier(row.subscription_tier)
+        if not tier.paid or not tier.included_monthly_micros:
+            return account_id, False
+        granted = self.usage.grant_credits(
+            account_id,
+            tier.included_monthly_micros,
+            entry_type="grant",
+            idempotency_key=f"subscription_grant:{obj['id']}",
+            reference_type="stripe_invoice",
+            reference_id=obj["id"],
+            description=f"{tier.display_name} included credits: subscription invoice paid",
+            meta={
+                "subscription_id": subscription_id,
+                "billing_reason": reason,
+                "amount_paid_cents": int(obj.get("amount_paid") or 0),
+            },
+            session=self.session,
+        )
+        return account_id, granted
+
+    # -- refunds and disputes -----------------------------------------------------------------------
+    def _payment_for(self, obj: dict[str, Any]) -> Payment | None:
+        """The top-up behind a charge or dispute, locked (PostgreSQL) so its refunds are applied one at a time."""
+        intent = obj.get("payment_intent")
+        if isinstance(intent, dict):
+            intent = intent.get("id")
+        if not intent:
+            return None
+        return self.session.execute(
+            select(Payment)
+            .where(Payment.stripe_payment_intent_id == intent)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).scalar_one_or_none()
+
+    def _reprice_clawback(
+        self, payment: Payment, *, key: str, entry_type: str, reference_type: str, reference_id: str, description: str
+    ) -> bool:
+        """Bring the credits taken back for ``payment`` to their exact cumulative target (see module doc)."""
+        target = clawback_micros(
+            payment.credits_micros, payment.amount_cents, payment.refunded_cents + payment.disputed_cents
+        )
+        delta = target - payment.clawed_back_micros
+        meta = {
+            "payment_id": payment.id,
+            "stripe_payment_intent_id": payment.stripe_payment_intent_id,
+            "refunded_cents": payment.refunded_cents,
+            "disputed_cents": payment.disputed_cents,
+        }
+        if delta < 0:  # a won dispute gives credits back (settling anything still owed first)
+            applied = self.usage.grant_credits(
+                payment.account_id,
+                -delta,
+                entry_type="adjustment",
+                idempotency_key=key,
+                reference_type=reference_type,
+                reference_id=reference_id,
+                description=description,
+                meta=meta,
+                session=self.session,
+            )
+        else:
+            applied, _taken, _owed = self.usage.claw_back(
+                self.session,
+                payment.account_id,
+                delta,
+                entry_type=entry_type,
+                idempotency_key=key,
+                reference_type=reference_type,
+                reference_id=reference_id,
+                description=description,
+                meta=meta,
+            )
+        if applied:
+            payment.clawed_back_micros = target
+        self.session.flush()
+        return applied
+
+    def _on_charge_refunded(self, obj: dict[str, Any]) -> tuple[str | None, bool]:
+        payment = self._payment_for(obj)
+        if payment is None:  # not a top-up (e.g. a subscription or usage invoice charge)
+            return self._account_for_customer(obj.get("customer"), obj.get("metadata") or {}), False
+        refunds = (obj.get("refunds") or {}).get("data") or []
+        applied = False
+        if refunds:
+            for refund in sorted(refunds, key=lambda r: (int(r.get("created") or 0), r["id"])):
+                if refund.get("status") in ("failed", "canceled"):
+                    continue
+                key = f"refund:{refund['id']}"
+                if self.usage.ledger_key_used(payment.account_id, key, session=self.session):
+                    continue  # already applied (a replay or a later event listing earlier refunds)
+                payment.refunded_cents += int(refund.get("amount") or 0)
+                applied |= self._reprice_clawback(
+                    payment,
+                    key=key,
+                    entry_type="refund",
+                    reference_type="stripe_refund",
+                    reference_id=refund["id"],
+                    description=f"refund ${Decimal(int(refund.get('amount') or 0)) / 100:.2f} of top-up {payment.id}",
+                )
+        else:
+            # Newer API versions leave the refunds list out of the event: use the cumulative amount refunded.
+            total = int(obj.get("amount_refunded") or 0)
+            if total > payment.refunded_cents:
+                cents = total - payment.refunded_cents
+                payment.refunded_cents = total
+                applied = self._reprice_clawback(
+                    payment,
+                    key=f"refund:{obj['id']}:{total}",
+                    entry_type="refund",
+                    reference_type="stripe_charge",
+                    reference_id=obj["id"],
+                    description=f"refund ${Decimal(cents) / 100:.2f} of top-up {payment.id}",
+                )
+        return payment.account_id, applied
+
+    def _on_dispute(self, event_type: str, obj: dict[str, Any]) -> tuple[str | None, bool]:
+        """Opened: the disputed amount is treated as refunded at once (credits taken back, not held). Won: given
+        back. Lost: nothing more (already taken). Inquiries (``warning_*``) move no money and change nothing."""
+        payment = self._payment_for(obj)
+        if payment is None:
+            return None, False
+        dispute_id, cents = obj["id"], int(obj.get("amount") or 0)
+        status = obj.get("status") or ""
+        opened_key = f"dispute:{dispute_id}"
+        if event_type == "charge.dispute.created":
+            if status.startswith("warning_"):
+                return payment.account_id, False
+            if self.usage.ledger_key_used(payment.account_id, opened_key, session=self.session):
+                return payment.account_id, False
+            payment.disputed_cents += cents
+            return payment.account_id, self._reprice_clawback(
+                payment,
+                key=opened_key,
+                entry_type="adjustment",
+                reference_type="stripe_dispute",
+                reference_id=dispute_id,
+                description=f"dispute of ${Decimal(cents) / 100:.2f} on top-up {payment.id}",
+            )
+        won_key = f"dispute_won:{dispute_id}"
+        if (
+            event_type != "charge.dispute.closed"
+            or status != "won"
+            or not self.usage.ledger_key_used(payment.account_id, opened_key, session=self.session)
+            or self.usage.ledger_key_used(payment.account_id, won_key, session=self.session)
+        ):
+            return payment.account_id, False
+        payment.disputed_cents = max(0, payment.disputed_cents - cents)
+        return payment.account_id, self._reprice_clawback(
+            payment,
+            key=won_key,
+            entry_type="adjustment",
+            reference_type="stripe_dispute",
+            reference_id=dispute_id,
+            description=f"dispute won: ${Decimal(cents) / 100:.2f} of top-up {payment.id} given back",
+        )
 
     def _on_subscription(self, event: WebhookEvent, obj: dict[str, Any]) -> tuple[str | None, bool]:
         metadata = dict(obj.get("metadata") or {})
@@ -383,6 +614,31 @@ class PaymentService:
             metadata=metadata,
         )
         return account_id, self._apply_subscription(account_id, info, tier=None, event_created=event.created)
+
+
+def clawback_micros(credits_micros: int, amount_cents: int, removed_cents: int) -> int:
+    """Credits to have taken back once ``removed_cents`` of a ``amount_cents`` payment worth ``credits_micros`` are
+    refunded or disputed: exact integers, half-up, proportional and capped at the whole payment. Being a function of
+    the cumulative cents, successive partial refunds add up to exactly the credits of the whole."""
+    if amount_cents <= 0:
+        return 0
+    cents = max(0, min(amount_cents, removed_cents))
+    return (2 * credits_micros * cents + amount_cents) // (2 * amount_cents)
+
+
+def _invoice_subscription_id(obj: dict[str, Any]) -> str | None:
+    subscription = obj.get("subscription")
+    if isinstance(subscription, dict):
+        subscription = subscription.get("id")
+    if not subscription:  # API versions from 2025-03 moved it under parent.subscription_details
+        details = (obj.get("parent") or {}).get("subscription_details") or {}
+        subscription = details.get("subscription")
+    return subscription or None
+
+
+def _invoice_metadata(obj: dict[str, Any]) -> dict[str, Any]:
+    details = (obj.get("parent") or {}).get("subscription_details") or obj.get("subscription_details") or {}
+    return {**(details.get("metadata") or {}), **(obj.get("metadata") or {})}
 
 
 def plans_from_settings(settings: Any) -> dict[str, str | None]:

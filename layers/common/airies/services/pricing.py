@@ -46,6 +46,11 @@ class Tier:
     monthly_price_usd: Decimal
     limits: TierLimits
 
+    @property
+    def paid(self) -> bool:
+        """A subscription tier: its included credits come with each paid subscription invoice, never by calendar."""
+        return self.monthly_price_usd > 0
+
 
 @dataclass(frozen=True)
 class PricedUsage:

@@ -6,8 +6,15 @@ Exactness rules:
   account's ledger entries: every balance move and its ledger row are written in one transaction;
 * a balance moves only through one conditional/atomic ``UPDATE ... RETURNING`` (a row lock on
   PostgreSQL, the single writer lock on SQLite), so concurrent deductions never overdraw nor lose updates;
-* usage events are gated by their ``idempotency_key`` (``INSERT ... ON CONFLICT DO NOTHING RETURNING``):
-  a redelivered event is neither stored nor charged twice.
+* usage events are gated by their ``(account_id, idempotency_key)`` (``INSERT ... ON CONFLICT DO NOTHING
+  RETURNING``): a redelivered event is neither stored nor charged twice, and another account's event with the
+  same key is its own event; ledger idempotency keys are scoped to the account the same way;
+* included monthly credits: tiers without a price (free, pay-as-you-go) get them per calendar month, once per
+  account and month (ledger key ``monthly_grant:<account>:<YYYY-MM>``); paid tiers (``monthly_price_usd > 0``)
+  get them only when a subscription invoice is paid (``PaymentService``, key ``subscription_grant:<in_...>``);
+* refunds and disputes take credits back with ``claw_back``: never below the tier's overdraft; what the balance
+  cannot give back is owed (``billing_accounts.owed_micros``, outside the balance) and is settled first by the
+  next grant or top-up, each settlement a ledger entry of its own.
 
 Usage always happens before it is priced, so it is never refused here: the part of its credits the
 balance (plus the tier's overdraft) cannot cover is recorded as uncovered on the event and billed on
@@ -152,7 +159,7 @@ class UsageService:
     # -- billing accounts -------------------------------------------------------------------------
     def ensure_account(self, account_id: str, *, session: Session | None = None) -> BillingAccount:
         """The billing row of an account, created lazily with the tier's signup grant (idempotent),
-        and topped with the tier's included monthly credits once per calendar month."""
+        and, on tiers without a price, topped with their included monthly credits once per calendar month."""
         with self._uow(session) as s:
             row = s.execute(
                 select(BillingAccount)
@@ -173,6 +180,7 @@ class UsageService:
                         balance_micros=0,
                         last_debit_micros=0,
                         minutes_used_micro=0,
+                        owed_micros=0,
                         cancel_at_period_end=False,
                         created_at=now,
                         updated_at=now,
@@ -201,9 +209,16 @@ class UsageService:
         ).scalar_one()
 
     def _ensure_monthly_grant(self, s: Session, row: BillingAccount) -> None:
+        """Calendar-month grant of tiers that cost nothing (nothing to pay for them, so nothing to wait for).
+
+        Paid tiers never get credits here: theirs come with the paid subscription invoice (one grant per paid
+        invoice, see ``PaymentService``), so a past_due/unpaid account gets nothing new and subscribing on the
+        31st is one grant for one payment. Once per account and month: the ledger key is the gate (a tier switch
+        that resets ``monthly_grant_period`` finds the key used), ``monthly_grant_period`` only saves the lookup.
+        """
         tier = self.pricing.tier(row.tier)
         period = month_period(self.clock())
-        if not tier.included_monthly_micros or row.monthly_grant_period == period:
+        if tier.paid or not tier.included_monthly_micros or row.monthly_grant_period == period:
             return
         self._credit(
             s,
@@ -237,8 +252,19 @@ class UsageService:
             return row
 
     # -- the ledger -------------------------------------------------------------------------------
-    def _ledger_key_used(self, s: Session, key: str) -> bool:
-        return s.scalar(select(CreditLedgerEntry.id).where(CreditLedgerEntry.idempotency_key == key)) is not None
+    def _ledger_key_used(self, s: Session, account_id: str, key: str) -> bool:
+        return (
+            s.scalar(
+                select(CreditLedgerEntry.id).where(
+                    CreditLedgerEntry.account_id == account_id, CreditLedgerEntry.idempotency_key == key
+                )
+            )
+            is not None
+        )
+
+    def ledger_key_used(self, account_id: str, key: str, *, session: Session | None = None) -> bool:
+        with self._uow(session) as s:
+            return self._ledger_key_used(s, account_id, key)
 
     def _append_ledger(
         self,
@@ -270,7 +296,7 @@ class UsageService:
                 meta=meta or {},
                 created_at=self.clock(),
             )
-            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            .on_conflict_do_nothing(index_elements=["account_id", "idempotency_key"])
             .returning(CreditLedgerEntry.id)
         )
         return s.execute(stmt).scalar_one_or_none()
@@ -303,7 +329,7 @@ class UsageService:
         key is compensated in the same transaction, so no savepoint is needed (pysqlite has none that works)."""
         if amount_micros <= 0:
             raise ValueError("credit amounts are positive")
-        if self._ledger_key_used(s, idempotency_key):
+        if self._ledger_key_used(s, account_id, idempotency_key):
             return False
         self._move_balance(s, account_id, amount_micros)
         entry = self._append_ledger(
@@ -320,7 +346,87 @@ class UsageService:
         if entry is None:  # a concurrent writer used the key between our check and our insert
             self._move_balance(s, account_id, -amount_micros)
             return False
+        self._settle_owed(s, account_id, amount_micros, credit_entry=entry, credit_key=idempotency_key)
         return True
+
+    def _settle_owed(self, s: Session, account_id: str, credited: int, *, credit_entry: str, credit_key: str) -> int:
+        """Repay what refunds/disputes left owed out of a credit just added: one atomic UPDATE (both SET
+        expressions read the pre-update row), then its own ledger entry, so balance == sum(ledger) still holds."""
+        b = BillingAccount
+        settle = self._least(s, b.owed_micros, credited)
+        settled = s.execute(
+            update(b)
+            .where(b.account_id == account_id, b.owed_micros > 0)
+            .values(
+                balance_micros=b.balance_micros - settle, owed_micros=b.owed_micros - settle, last_debit_micros=settle
+            )
+            .returning(b.last_debit_micros)
+        ).scalar_one_or_none()
+        if not settled:
+            return 0
+        self._append_ledger(
+            s,
+            account_id=account_id,
+            amount_micros=-int(settled),
+            entry_type="adjustment",
+            idempotency_key=f"owed_settlement:{credit_key}",
+            reference_type="owed_settlement",
+            reference_id=credit_entry,
+            description="repays credits owed for a refund or dispute",
+        )
+        return int(settled)
+
+    def claw_back(
+        self,
+        s: Session,
+        account_id: str,
+        amount_micros: int,
+        *,
+        entry_type: str,
+        idempotency_key: str,
+        reference_type: str,
+        reference_id: str,
+        description: str,
+        meta: dict[str, Any] | None = None,
+    ) -> tuple[bool, int, int]:
+        """Take back credits that were paid for and then refunded or disputed; once per ``idempotency_key``.
+
+        The balance gives back at most down to the tier's overdraft floor (the same atomic UPDATE as usage
+        debits); the rest is recorded as owed (``owed_micros``), a debt kept outside the balance and settled by
+        the next grant or top-up. Returns (applied, taken from the balance, added to owed). A zero amount still
+        records the key (a replay must find it).
+        """
+        if amount_micros < 0:
+            raise ValueError("claw-back amounts are not negative")
+        row = self.ensure_account(account_id, session=s)
+        if self._ledger_key_used(s, account_id, idempotency_key):
+            return False, 0, 0
+        taken = 0
+        if amount_micros:
+            taken, _ = self._debit_up_to(s, account_id, amount_micros, self.pricing.tier(row.tier).overdraft_micros)
+        owed = amount_micros - taken
+        entry = self._append_ledger(
+            s,
+            account_id=account_id,
+            amount_micros=-taken,
+            entry_type=entry_type,
+            idempotency_key=idempotency_key,
+            reference_type=reference_type,
+            reference_id=reference_id,
+            description=description,
+            meta={**(meta or {}), "clawed_back_micros": amount_micros, "owed_micros": owed},
+        )
+        if entry is None:  # lost a race on the key: undo our debit in this transaction
+            if taken:
+                self._move_balance(s, account_id, taken)
+            return False, 0, 0
+        if owed:
+            s.execute(
+                update(BillingAccount)
+                .where(BillingAccount.account_id == account_id)
+                .values(owed_micros=BillingAccount.owed_micros + owed)
+            )
+        return True, taken, owed
 
     def grant_credits(
         self,
@@ -371,7 +477,7 @@ class UsageService:
             raise BadRequestError(f"not a debiting entry type: {entry_type}")
         with self._uow(session) as s:
             row = self.ensure_account(account_id, session=s)
-            if self._ledger_key_used(s, idempotency_key):
+            if self._ledger_key_used(s, account_id, idempotency_key):
                 return DeductResult(False, 0, self._load(s, account_id).balance_micros)
             floor = -self.pricing.tier(row.tier).overdraft_micros
             new_balance = s.execute(
@@ -482,7 +588,7 @@ class UsageService:
         stmt = (
             self._insert(s, UsageEventRecord)
             .values(rows)
-            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            .on_conflict_do_nothing(index_elements=["account_id", "idempotency_key"])
             .returning(UsageEventRecord.id)
         )
         inserted = set(s.execute(stmt).scalars())
@@ -570,7 +676,8 @@ class UsageService:
                 balance=micros_to_credits(row.balance_micros),
                 balance_micros=row.balance_micros,
                 overdraft=micros_to_credits(tier.overdraft_micros),
-                available=micros_to_credits(row.balance_micros + tier.overdraft_micros),
+                available=micros_to_credits(row.balance_micros + tier.overdraft_micros - row.owed_micros),
+                owed=micros_to_credits(row.owed_micros),
                 currency_per_credit=f"{self.pricing.usd_per_credit} {self.pricing.currency}",
                 subscription=subscription,
             )
@@ -773,7 +880,8 @@ class UsageService:
             if active_conversations is None and self.active_conversations is not None and starting_conversation:
                 active_conversations = self.active_conversations(s, account_id)
             used_micro = self.minutes_used(s, account_id, now)
-            available = row.balance_micros + tier.overdraft_micros
+            # Credits owed for refunded/disputed payments reduce what may be started (they are settled by a top-up).
+            available = row.balance_micros + tier.overdraft_micros - row.owed_micros
             base = {
                 "tier": tier.name,
                 "balance": micros_to_credits(row.balance_micros),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from airies.db.models.base import Base, TimestampMixin, id_column, utcnow
@@ -38,6 +38,9 @@ class BillingAccount(TimestampMixin, Base):
     cancel_at_period_end: Mapped[bool] = mapped_column(Boolean, default=False)
     # Stripe `created` of the last subscription event applied: older (reordered) events are skipped.
     subscription_event_created: Mapped[int | None] = mapped_column(BigInteger)
+    # Credits taken back by a refund or dispute that the balance (down to the tier's overdraft) could not cover:
+    # a debt outside the balance, settled first by the next grant or top-up (see UsageService.claw_back).
+    owed_micros: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
     __table_args__ = (UniqueConstraint("stripe_customer_id", name="uq_billing_accounts_stripe_customer_id"),)
 
@@ -59,7 +62,8 @@ class CreditLedgerEntry(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (
-        UniqueConstraint("idempotency_key", name="uq_credit_ledger_idempotency_key"),
+        # Keys are scoped to the account: another account's entry with the same key is not a repeat.
+        UniqueConstraint("account_id", "idempotency_key", name="uq_credit_ledger_account_idempotency_key"),
         Index("ix_credit_ledger_account_id_id", "account_id", "id"),
     )
 
@@ -87,13 +91,19 @@ class UsageEventRecord(Base):
     # The part paid from the balance; credits - covered is billed on the monthly invoice (or written off on free).
     covered_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     ledger_entry_id: Mapped[str | None] = mapped_column(String(40))
+    # The invoice that billed this event's uncovered part (credits - covered); NULL while not yet billed.
+    # Set only on uncovered events of invoiceable tiers: a late event (occurred in an already invoiced period)
+    # stays NULL until the next invoice run picks it up, and a marked event is never billed again.
+    invoice_id: Mapped[str | None] = mapped_column(String(40))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (
-        UniqueConstraint("idempotency_key", name="uq_usage_events_idempotency_key"),
+        # Keys are scoped to the account: another account's event with the same key is counted, not a duplicate.
+        UniqueConstraint("account_id", "idempotency_key", name="uq_usage_events_account_idempotency_key"),
         Index("ix_usage_events_account_id_occurred_at", "account_id", "occurred_at"),
         Index("ix_usage_events_occurred_at", "occurred_at"),
+        Index("ix_usage_events_invoice_id", "invoice_id"),
     )
 
 
@@ -165,6 +175,11 @@ class Payment(TimestampMixin, Base):
     credits_micros: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(30))
     credited_at: Mapped[datetime | None]
+    # Refunds and disputes of this top-up's charge (cents, cumulative) and the credits taken back for them
+    # (micro-credits, cumulative: always round_half_up(credits * min(amount, refunded + disputed) / amount)).
+    refunded_cents: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    disputed_cents: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    clawed_back_micros: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
     __table_args__ = (
         UniqueConstraint("idempotency_key", name="uq_payments_idempotency_key"),

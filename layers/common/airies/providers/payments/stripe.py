@@ -186,7 +186,8 @@ class StripePaymentProvider:
                 self.v1.payment_methods.attach,
                 payment_method,
                 params={"customer": customer_id},
-                options={"idempotency_key": f"{idempotency_key}:attach"},
+                # The payment method is part of the key: a retry with another card is another request.
+                options={"idempotency_key": f"{idempotency_key}:attach:{payment_method}"},
             )
             self._call(
                 "customer update",

@@ -41,6 +41,7 @@ def upgrade() -> None:
         sa.Column("subscription_period_end", UTCDateTime(), nullable=True),
         sa.Column("cancel_at_period_end", sa.Boolean(), nullable=False),
         sa.Column("subscription_event_created", sa.BigInteger(), nullable=True),
+        sa.Column("owed_micros", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
         sa.UniqueConstraint("stripe_customer_id", name="uq_billing_accounts_stripe_customer_id"),
@@ -57,7 +58,7 @@ def upgrade() -> None:
         sa.Column("description", sa.String(300), nullable=True),
         sa.Column("metadata", JSON, nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
-        sa.UniqueConstraint("idempotency_key", name="uq_credit_ledger_idempotency_key"),
+        sa.UniqueConstraint("account_id", "idempotency_key", name="uq_credit_ledger_account_idempotency_key"),
     )
     op.create_index("ix_credit_ledger_account_id_id", "credit_ledger", ["account_id", "id"])
     op.create_table(
@@ -79,12 +80,14 @@ def upgrade() -> None:
         sa.Column("credits_micros", sa.BigInteger(), nullable=False),
         sa.Column("covered_micros", sa.BigInteger(), nullable=False),
         sa.Column("ledger_entry_id", sa.String(40), nullable=True),
+        sa.Column("invoice_id", sa.String(40), nullable=True),
         sa.Column("metadata", JSON, nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
-        sa.UniqueConstraint("idempotency_key", name="uq_usage_events_idempotency_key"),
+        sa.UniqueConstraint("account_id", "idempotency_key", name="uq_usage_events_account_idempotency_key"),
     )
     op.create_index("ix_usage_events_account_id_occurred_at", "usage_events", ["account_id", "occurred_at"])
     op.create_index("ix_usage_events_occurred_at", "usage_events", ["occurred_at"])
+    op.create_index("ix_usage_events_invoice_id", "usage_events", ["invoice_id"])
     op.create_table(
         "usage_daily",
         sa.Column("id", sa.String(40), primary_key=True),
@@ -140,6 +143,9 @@ def upgrade() -> None:
         sa.Column("credits_micros", sa.BigInteger(), nullable=False),
         sa.Column("status", sa.String(30), nullable=False),
         sa.Column("credited_at", UTCDateTime(), nullable=True),
+        sa.Column("refunded_cents", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
+        sa.Column("disputed_cents", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
+        sa.Column("clawed_back_micros", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
         sa.UniqueConstraint("idempotency_key", name="uq_payments_idempotency_key"),

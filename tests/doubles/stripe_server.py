@@ -111,6 +111,9 @@ class StripeInvoiceDouble:
             def do_POST(self) -> None:
                 self._serve("POST")
 
+            def do_DELETE(self) -> None:
+                self._serve("DELETE")
+
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
@@ -230,6 +233,12 @@ class StripeInvoiceDouble:
         if method == "GET" and m:
             sub = self.subscriptions.get(m.group(1))
             return (200, sub) if sub else self._error(404, "No such subscription")
+        if method == "DELETE" and m:
+            sub = self.subscriptions.get(m.group(1))
+            if sub is None:
+                return self._error(404, "No such subscription")
+            sub["status"] = "incomplete_expired" if sub["status"] == "incomplete" else "canceled"
+            return 200, sub
         if method == "POST" and path == "/v1/invoices":
             if p.get("customer") not in self.customers:
                 return self._error(400, f"No such customer: '{p.get('customer')}'")

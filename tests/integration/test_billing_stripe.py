@@ -449,6 +449,8 @@ def test_a_card_declined_at_attach_can_be_retried_with_another_card(double_clien
     assert retried.status_code == 201 and retried.json()["status"] == "active", retried.text
     attaches = [r for r in stripe_double.requests if r[0] == "POST" and r[1].endswith("/attach")]
     assert len(attaches) == 3 and len({r[3] for r in attaches}) == 3
+    # The replaced incomplete subscription was cancelled at Stripe: its first payment can no longer be completed.
+    assert stripe_double.subscriptions[incomplete.json()["subscription_id"]]["status"] == "incomplete_expired"
     # The replaced incomplete subscription's later events do not touch the account.
     customer = billing_row(database, retried.json()["subscription_id"]).stripe_customer_id
     stale = {"id": incomplete.json()["subscription_id"], "customer": customer, "metadata": {"airies_tier": "pro"}}

@@ -252,6 +252,9 @@ class PaymentService:
                 details={"subscription_id": row.subscription_id, "tier": row.subscription_tier},
             )
         customer_id = self.ensure_customer(account_id)
+        if row.subscription_id and row.subscription_status == "incomplete":
+            # Its first payment could still be completed within Stripe's 23 h: cancel it, or both could be paid.
+            provider.cancel_subscription_now(row.subscription_id)
         # Deterministic per state: a retried request reuses the key, a later re-subscription gets a new one.
         key = f"airies-subscription:{account_id}:{tier}:{row.subscription_id or 'first'}"
         info = provider.create_subscription(

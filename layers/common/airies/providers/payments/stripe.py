@@ -214,6 +214,10 @@ class StripePaymentProvider:
         )
         return self._sub(sub)
 
+    def cancel_subscription_now(self, subscription_id: str) -> SubscriptionInfo:
+        # DELETE is idempotent at Stripe (a cancelled subscription stays cancelled): no idempotency key needed.
+        return self._sub(self._call("subscription cancel", self.v1.subscriptions.cancel, subscription_id))
+
     def retrieve_subscription(self, subscription_id: str) -> SubscriptionInfo:
         return self._sub(self._call("subscription retrieve", self.v1.subscriptions.retrieve, subscription_id))
 

@@ -12,6 +12,7 @@ Bytecode caches are warm (one discarded warm-up run): see the README for what th
 
 from __future__ import annotations
 
+import compileall
 import os
 from typing import Any
 
@@ -64,7 +65,11 @@ def run(args: Any) -> dict[str, Any]:
     for logical_id, spec in specs.items():
         jobs[logical_id] = (_handler_snippet(spec), _function_env(spec, ctx))
 
-    for code, env in jobs.values():  # warm-up: writes bytecode caches, discarded
+    # Lambda runs the layer's precompiled .pyc (layers/common/Makefile): compile ours too, since a shell with
+    # PYTHONDONTWRITEBYTECODE=1 would otherwise recompile every airies module in every sample.
+    for path in (ctx.root / "layers", ctx.root / "functions"):
+        compileall.compile_dir(str(path), quiet=1)
+    for code, env in jobs.values():  # warm-up, discarded
         harness.fresh_process_ms(code, env=env)
     samples: dict[str, list[float]] = {name: [] for name in jobs}
     for _ in range(runs):  # interleaved, so drift on a shared machine hits every series alike

@@ -7,7 +7,8 @@ token 250 ms (then 20 ms per token), TTS first byte 100 ms. The per-turn credit 
 moto runs as a server in a separate process (the headline): AWS calls are HTTP round trips, as on AWS, and
 moto's own CPU work does not compete with the handler for this interpreter's GIL. The same run against moto
 in-process (``mock_aws``, every call executed inside this process) is reported next to it.
-``BENCH_CONV_AWS=server|inprocess|both`` (default both) picks the modes.
+``BENCH_CONV_AWS=server|inprocess|both`` (default both) picks the modes; ``BENCH_CONV_TRACE=1`` prints each
+turn's timeline (provider waits and AWS calls).
 
 * Platform overhead = (the audio frame whose trailing silence ends the utterance arrives -> first audio
   frame posted back) - (150 + 250 + 100 ms injected). Everything else on that path is ours: VAD, DynamoDB
@@ -97,7 +98,8 @@ def run(args: Any = None) -> dict[str, Any]:
             result["aws"] = "moto in-process"
         else:
             result["inprocess_moto"] = {
-                k: inprocess[k] for k in ("overhead_ms", "critical_path_aws", "overhead_outside_critical_aws_ms")
+                k: inprocess[k]
+                for k in ("overhead_ms", "sdk_call_ms", "critical_path_aws", "overhead_outside_critical_aws_ms")
             }
     assert result is not None
     return result
@@ -223,7 +225,7 @@ def _minus(span: tuple[float, float], holes: list[tuple[float, float]]) -> list[
 
 
 def critical_aws(
-    calls: list[tuple[float, float, str]], window: tuple[float, float], waits: list[tuple[float, float]]
+    calls: list[tuple[float, float, str, str]], window: tuple[float, float], waits: list[tuple[float, float]]
 ) -> dict[str, Any]:
     """AWS calls that delayed the first audio: inside ``window`` and not hidden behind a provider wait.
 
@@ -231,13 +233,19 @@ def critical_aws(
     assumed AWS latency among its calls.
     """
     holes = _union([w for w in waits if w[1] > window[0] and w[0] < window[1]])
-    exposed: list[tuple[float, float, str]] = []
+    exposed: list[tuple[float, float, str, str]] = []
     count = 0
-    for a, b, service in calls:
+    for a, b, service, operation in calls:
         parts = [p for p in _minus((max(a, window[0]), min(b, window[1])), holes) if p[1] - p[0] > 1e-4]
         count += bool(parts)  # 0.1 ms: a call merely touching a wait's edge is not on the path
-        exposed += [(lo, hi, service) for lo, hi in parts]
-    trips: list[list[tuple[float, float, str]]] = []
+        exposed += [(lo, hi, service, operation) for lo, hi in parts]
+    if os.environ.get("BENCH_CONV_TRACE"):  # each turn's timeline, ms from the end-of-utterance frame
+        ms = lambda t: round((t - window[0]) * 1000, 1)  # noqa: E731
+        print(f"   turn: first audio at {ms(window[1])}, provider waits {[(ms(a), ms(b)) for a, b in holes]}")
+        for a, b, _, op in sorted(calls):
+            if b > window[0] and a < window[1]:
+                print(f"     {op} {ms(a)} -> {ms(b)}")
+    trips: list[list[tuple[float, float, str, str]]] = []
     for call in sorted(exposed):
         if trips and call[0] <= max(c[1] for c in trips[-1]):
             trips[-1].append(call)
@@ -250,7 +258,8 @@ def critical_aws(
         "round_trips": len(trips),
         "waited_ms": waited,
         "assumed_ms": assumed,
-        "shape": " + ".join(" || ".join(sorted({c[2] for c in trip})) for trip in trips),
+        "shape": " + ".join(" || ".join(sorted({c[3] for c in trip})) for trip in trips),
+        "provider_waits_ms": sum(min(b, window[1]) - max(a, window[0]) for a, b in holes) * 1000,
     }
 
 
@@ -340,6 +349,7 @@ def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
     import voice_runtime
 
     voice_runtime.set_service(service)
+    voice_runtime.settle()  # as voice_runtime.service() does after a cold start
 
     with database.session() as s:
         account, _ = AccountService(s).signup(name="Bench", email=f"bench-{uuid.uuid4().hex[:8]}@example.com")
@@ -360,7 +370,7 @@ def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
         cid = conversation.id
 
     # Every AWS SDK call (start, end, service), to find the ones the first audio waited for.
-    sdk_calls: list[tuple[float, float, str]] = []
+    sdk_calls: list[tuple[float, float, str, str]] = []
     for client, service_name in ((ddb, "dynamodb"), (poster.inner.client, "apigatewaymanagementapi")):
         original = client._make_api_call
 
@@ -369,11 +379,12 @@ def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
             try:
                 return _original(operation, params)
             finally:
-                sdk_calls.append((start, time.perf_counter(), _name))
+                sdk_calls.append((start, time.perf_counter(), _name, operation))
 
         client._make_api_call = timed
 
     critical: list[dict[str, Any]] = []
+    round_trips: dict[str, list[float]] = {}  # every SDK call's duration, by operation
     lam = {"invocations": 0, "seconds": 0.0}
     ws_in_units = 0
     connection_id = "benchConn0001="
@@ -432,6 +443,8 @@ def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
             raise RuntimeError(f"no turn ran; posts so far {poster.messages}; session {sent.get('Item')}")
         overheads.append((poster.first_audio_at - trigger) * 1000 - INJECTED_MS)
         critical.append(critical_aws(sdk_calls, (trigger, poster.first_audio_at), waits.spans))
+        for a, b, _, operation in sdk_calls:
+            round_trips.setdefault(operation, []).append((b - a) * 1000)
         sdk_calls.clear()
         waits.spans.clear()
         first_before_end.append(poster.first_audio_at < llm.finished_at[-1])
@@ -486,12 +499,19 @@ def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
         shapes[c["shape"]] = shapes.get(c["shape"], 0) + 1
     pct = harness.percentile
     print(f"  overhead per turn: p50 {p50:.1f} ms, p95 {p95:.1f} ms, max {max(overheads):.1f} ms over {turns} turns")
+    sdk = {op: {"n": len(v), "p50": round(pct(v, 50), 2), "p95": round(pct(v, 95), 2)} for op, v in round_trips.items()}
+    print("  SDK call durations (ms): " + ", ".join(f"{op} p50 {v['p50']} p95 {v['p95']}" for op, v in sdk.items()))
     print(
         f"  AWS calls on the critical path: p50 {pct([c['calls'] for c in critical], 50)} calls in "
         f"{pct([c['round_trips'] for c in critical], 50)} round trips, waited p50 {pct(waited, 50):.1f} ms, "
         f"p95 {pct(waited, 95):.1f} ms; shapes {shapes}"
     )
-    print(f"  overhead outside those calls: p50 {pct(own, 50):.1f} ms, p95 {pct(own, 95):.1f} ms")
+    excess = [c["provider_waits_ms"] - INJECTED_MS for c in critical]
+    print(
+        f"  overhead outside those calls: p50 {pct(own, 50):.1f} ms, p95 {pct(own, 95):.1f} ms; of which the "
+        f"doubles' waits running past their nominal {INJECTED_MS} ms (timer granularity, their own work): "
+        f"p50 {pct(excess, 50):.1f} ms"
+    )
     print(
         f"  projected with assumed AWS latencies {ASSUMED_AWS_MS}: p50 {pct(projected, 50):.1f} ms, "
         f"p95 {pct(projected, 95):.1f} ms"
@@ -512,6 +532,7 @@ def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
             "max": round(max(overheads), 2),
             "min": round(min(overheads), 2),
         },
+        "sdk_call_ms": sdk,
         "critical_path_aws": {
             "calls_p50": pct([c["calls"] for c in critical], 50),
             "calls_max": max(c["calls"] for c in critical),
@@ -520,6 +541,7 @@ def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
             "shapes": shapes,
         },
         "overhead_outside_critical_aws_ms": {"p50": round(pct(own, 50), 2), "p95": round(pct(own, 95), 2)},
+        "provider_waits_over_nominal_ms": {"p50": round(pct(excess, 50), 2), "p95": round(pct(excess, 95), 2)},
         "projected_overhead_ms": {
             "assumed_aws_ms": ASSUMED_AWS_MS,
             "p50": round(pct(projected, 50), 2),

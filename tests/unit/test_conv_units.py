@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import itertools
 import json
+from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
 from airies.errors import UnauthorizedError
+from airies.providers.llm.base import LLMEvent, LLMRequest
 from airies.schemas import ws_protocol as wp
+from airies.schemas.agents import AgentConfig
 from airies.services.conversations import ConversationTokens
 from airies.services.turns import (
     SentenceSegmenter,
     SpokenSentence,
+    TurnInput,
+    TurnRunner,
     chunk_activity,
     contains_phrase,
     heard_text,
     price_usage,
     segment_text,
 )
-from tests.doubles.conv_engines import silence
+from tests.doubles.conv_engines import FakeLLM, FakeTTS, fake_engines, silence
 
 
 def frame(**fields: object) -> str:
@@ -152,3 +160,43 @@ def test_tokens_bind_conversation_and_expire() -> None:
 
 def test_chunk_activity_sees_silence() -> None:
     assert chunk_activity(silence(250)) == (0.0, 250.0)
+
+
+def test_turn_sends_provider_requests_before_posts_and_checks_barge_in_after_each_post() -> None:
+    """The model and the synthesis get their requests before the posts whose SDK work could delay them; the
+    barge-in check for the next audio frame starts once the previous frame is out (fresher, and not competing)."""
+    events: list[str] = []
+
+    class Sink:
+        async def send(self, message: dict[str, Any]) -> bool:
+            events.append(f"send {message['type']}")
+            return True
+
+        async def cancelled(self) -> tuple[bool, int | None]:
+            events.append("check")
+            return False, None
+
+    class Tts(FakeTTS):
+        def synthesize(self, text: str, options: Any) -> AsyncIterator[bytes]:
+            events.append("tts")
+            return super().synthesize(text, options)
+
+    fake_llm = FakeLLM(reply="Hello there. Bye now.")
+
+    async def llm(request: LLMRequest) -> AsyncIterator[LLMEvent]:
+        events.append("llm")
+        async for event in fake_llm(request):
+            yield event
+
+    engines = fake_engines(llm=fake_llm, tts=Tts(chunk_ms=250, ms_per_char=60))
+    engines.llm = llm
+    inp = TurnInput(turn_id="turn_1", seq=1, mode="text", account_id="acc", conversation_id="conv", text="hi")
+    result = asyncio.run(TurnRunner(engines).run(AgentConfig(name="x"), [], inp, Sink()))
+    assert result.status == "completed" and result.agent_text == "Hello there. Bye now."
+    assert events.index("llm") < events.index("send transcript")
+    first_text = events.index("send agent_text")
+    assert "tts" in events[:first_text]
+    # every audio post is preceded by the answer of a check started after the previous post
+    posts = [i for i, e in enumerate(events) if e == "send audio"]
+    for before, after in itertools.pairwise(posts):
+        assert "check" in events[before + 1 : after]

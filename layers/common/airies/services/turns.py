@@ -435,6 +435,7 @@ class TurnRunner:
                 },
             )
             producer = asyncio.create_task(self._produce(request, segments, state, latency, usage, config))
+            await asyncio.sleep(0)  # the LLM request leaves before the transcript post's SDK work holds the GIL
 
         try:
             # The transcript goes out while the model is already working on the reply.
@@ -541,16 +542,20 @@ class TurnRunner:
             sentence = await segments.get()
             if sentence is None:
                 return "completed"
-            if await self._was_cancelled(sink, state):
-                return await self._interrupted(inp, sink, state)
             audio: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
             pump = None
             start = self.clock()
-            if tts is not None:
-                usage["tts_characters"] += len(sentence)
-                # Synthesis starts before the sentence's text is posted: the text post costs a round trip.
+            if tts is not None and not state.known_cancelled():
+                # Synthesis starts first, before the barge-in check is awaited and the sentence's text posted:
+                # the TTS first byte is the longest wait left, and those posts' SDK work would delay its start.
                 pump = asyncio.create_task(self._pump(tts, sentence, options, audio))
+                await asyncio.sleep(0)
             try:
+                if await self._was_cancelled(sink, state):
+                    return await self._interrupted(inp, sink, state)
+                if pump is not None:
+                    usage["tts_characters"] += len(sentence)
+                self._prefetch_check(sink, state)
                 outcome = await self._speak_sentence(inp, sink, state, latency, t0, sentence, audio, pump, start, usage)
                 if outcome:
                     return outcome
@@ -634,7 +639,11 @@ class TurnRunner:
     ) -> str | None:
         if await self._was_cancelled(sink, state):
             return await self._interrupted(inp, sink, state)
-        if not await sink.send(wp.audio(inp.turn_id, seq, piece)):
+        sent = await sink.send(wp.audio(inp.turn_id, seq, piece))
+        # The check for the next post starts once this one is out: it does not compete with it, and it is
+        # fresher; the next frame's audio takes longer to come than a DynamoDB read.
+        self._prefetch_check(sink, state)
+        if not sent:
             return "gone"
         if latency["first_audio_ms"] is None:
             latency["first_audio_ms"] = self._ms(t0)
@@ -646,17 +655,23 @@ class TurnRunner:
 
     @staticmethod
     async def _was_cancelled(sink: TurnSink, state: _TurnState) -> bool:
-        """Barge-in check before a post, pipelined: the check for the next post runs while this one is sent.
+        """Barge-in check before a post, pipelined: it was started after the previous post (``_prefetch_check``)
+        and has usually answered by now.
 
         A check started before an interrupt landed can miss it, the following one cannot: the turn stops
         within one chunk, and no post waits for a DynamoDB round trip.
         """
         task = state.check if state.check is not None else asyncio.ensure_future(sink.cancelled())
+        state.check = None
         cancelled, played = await task
-        state.check = None if cancelled else asyncio.ensure_future(sink.cancelled())
         if cancelled:
             state.played_ms = played
         return cancelled
+
+    @staticmethod
+    def _prefetch_check(sink: TurnSink, state: _TurnState) -> None:
+        if state.check is None:
+            state.check = asyncio.ensure_future(sink.cancelled())
 
     async def _interrupted(self, inp: TurnInput, sink: TurnSink, state: _TurnState) -> str:
         state.was_interrupted = True
@@ -677,6 +692,13 @@ class _TurnState:
     passages: int = 0
     check: asyncio.Future[tuple[bool, int | None]] | None = None
     audio_seq: int = 0
+
+    def known_cancelled(self) -> bool:
+        """The prefetched barge-in check has already answered "cancelled" (no need to start synthesis)."""
+        check = self.check
+        if check is None or not check.done() or check.cancelled() or check.exception() is not None:
+            return False
+        return check.result()[0]
 
     def delivered_text(self, spoken: bool) -> str:
         if not spoken:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,10 +42,36 @@ from airies.services.sessions import ENDED, LISTENING, SPEAKING, THINKING, LiveS
 from airies.services.turns import TurnEngines, TurnInput, TurnResult, TurnRunner, chunk_activity
 
 log = logging.getLogger(__name__)
-# Off-critical-path work of one invocation (buffer writes, the audio read that overlaps claiming the turn).
-_background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="voice-io")
+# Work overlapped with the invocation's thread: buffer writes, claiming a turn while the database is read, the
+# audio read. Threads start lazily; the local gateway runs many invocations per process, hence more than 2.
+_background = ThreadPoolExecutor(max_workers=8, thread_name_prefix="voice-io")
+
+_loops = threading.local()
+
+
+def run_async(coro: Coroutine[Any, Any, TurnResult]) -> TurnResult:
+    """``asyncio.run`` without a new event loop and thread pool per turn: each thread keeps its own (a Lambda
+    container has one; the local gateway runs invocations on several threads). Saves creating the loop and the
+    ``to_thread`` workers on the turn's critical path, and joining them after it."""
+    loop: asyncio.AbstractEventLoop | None = getattr(_loops, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = _loops.loop = asyncio.new_event_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=8, thread_name_prefix="voice-turn"))
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        # As asyncio.run does: nothing of this turn keeps running into the next one.
+        pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        asyncio.set_event_loop(None)
+
 
 MIN_SPEECH_MS = 150  # less voiced audio than this is a cough or a click, not an utterance
+HEARD_FRAMES_MAX = 4000  # per conversation (~17 min of 250 ms frames): past it the container stops keeping audio
 OUT_OF_CREDIT_MESSAGE = "I'm sorry, this account has run out of credits, so I have to end the call now. Goodbye."
 EngineFactory = Callable[[Session, str, AgentConfig], TurnEngines]
 
@@ -183,6 +210,10 @@ class WebSocketService:
         # Per conversation, the live state this container saw last (a hint only: decisions are conditional writes).
         self._vad_hints: dict[str, LiveSession] = {}
         self._configs: dict[str, AgentConfig] = {}
+        # Per conversation, the numbered audio frames this container handled since the last turn: seq -> the
+        # bytes stored in DynamoDB, or None for a frame that was not stored. A caller's frames mostly reach one
+        # warm container; when it saw every frame of an utterance, the turn skips the DynamoDB Query.
+        self._heard: dict[str, dict[int, bytes | None]] = {}
 
     def _remember_vad(self, conversation_id: str, session: LiveSession) -> None:
         if len(self._vad_hints) > 10_000:
@@ -197,6 +228,32 @@ class WebSocketService:
                 self._configs.pop(next(iter(self._configs)))
             config = self._configs[session.conversation_id] = AgentConfig.model_validate(session.config)
         return config
+
+    def _hear(self, conversation_id: str, seq: int, stored: bytes | None) -> None:
+        frames = self._heard.get(conversation_id)
+        if frames is None:
+            if len(self._heard) > 1_000:
+                self._heard.pop(next(iter(self._heard)))
+            frames = self._heard[conversation_id] = {}
+        if len(frames) >= HEARD_FRAMES_MAX:
+            frames.clear()  # the cache is an optimisation: a gap only sends the turn back to DynamoDB
+        frames[seq] = stored
+
+    def _heard_audio(self, conversation_id: str, first: int, last: int) -> bytes | None:
+        """The utterance's stored audio for seqs [first, last] if this container handled every one of them."""
+        frames = self._heard.get(conversation_id)
+        if frames is None or first < 0:
+            return None
+        try:
+            return b"".join(pcm for pcm in (frames[seq] for seq in range(first, last + 1)) if pcm is not None)
+        except KeyError:
+            return None
+
+    def _forget_heard(self, conversation_id: str, up_to: int) -> None:
+        frames = self._heard.get(conversation_id)
+        if frames:
+            for seq in [q for q in frames if q <= up_to]:
+                del frames[seq]
 
     def _remember(self, connection_id: str, known: dict[str, str]) -> None:
         if len(self._connections) > 10_000:
@@ -339,7 +396,7 @@ class WebSocketService:
         )
         if resumed or session.state != LISTENING:
             return
-        config = AgentConfig.model_validate(session.config)
+        config = self._config(session)
         if config.first_message_mode == FirstMessageMode.assistant_speaks_first and config.first_message:
             self.run_turn(session, poster, mode="none", scripted=config.first_message, expected_utt=session.utt)
         elif config.first_message_mode == FirstMessageMode.assistant_generates_first:
@@ -415,6 +472,8 @@ class WebSocketService:
             return
         if keep:
             self.store.store_chunk(cid, seq, pcm)
+        if message.seq is not None:  # after the write: the cache never holds audio DynamoDB lacks
+            self._hear(cid, seq, pcm if keep else None)
         if session.state in (THINKING, SPEAKING):
             threshold = config.interruption.voice_seconds * 1000
             if config.interruption.enabled and speech_ms > 0 and session.barge_ms >= max(threshold, 1):
@@ -448,34 +507,55 @@ class WebSocketService:
         eou_at = eou_at if eou_at is not None else time.perf_counter()
         cid = session.conversation_id
         turn_id = new_id("turn")
+        upper = end_seq - 1 if (end_seq is not None and tail) else end_seq
+        heard = None
+        if mode == "audio" and numbered and upper is not None:
+            heard = self._heard_audio(cid, session.seg_start, upper)
         fetch = None
-        if mode == "audio":  # read the buffered audio while the turn is claimed: two round trips at once
-            upper = end_seq - 1 if (end_seq is not None and tail) else end_seq
-            fetch = _background.submit(
-                self.store.utterance_audio, cid, session.seg_start, upper, wait_s=0.6 if numbered else 0.0
-            )
-        previous = self.store.begin_turn(
-            cid, turn_id, expected_utt=expected_utt, caller_activity=mode != "none", end_seq=end_seq, vad=vad
+        if mode == "audio" and heard is None:  # read the buffered audio while the turn is claimed
+            fetch = self._fetch_audio(cid, session.seg_start, upper, numbered)
+        claim = _background.submit(
+            self.store.begin_turn,
+            cid,
+            turn_id,
+            expected_utt=expected_utt,
+            caller_activity=mode != "none",
+            end_seq=end_seq,
+            vad=vad,
         )
-        if previous is None:
-            return None  # another invocation already took this utterance, or the conversation ended
-        pcm = None
-        if fetch is not None:
-            pcm, last = fetch.result()
-            pcm += tail
-            if end_seq is None:
-                self.store.set_segment_start(cid, last + 1)
-        config = AgentConfig.model_validate(previous.config)
-        sink = SocketSink(self, poster, cid, turn_id, previous.connections)
+        time.sleep(0)  # hand the GIL to the claim's thread so its request leaves before the database work below
+        config = self._config(session)
         with self.database.session() as db:
-            service = self.conversations(db)
-            conversation = service.get(previous.account_id, cid)
-            allowed, reason, _message = service.check_credit(previous.account_id)
+            # The database reads of the turn run while the claim is in flight (wasted only when another
+            # invocation won the utterance): the claim's round trip is then off the critical path.
+            try:
+                service = self.conversations(db)
+                conversation = service.get(session.account_id, cid)
+                allowed, reason, _message = service.check_credit(session.account_id)
+                engines = self.engines(db, session.account_id, config)
+            except BaseException:
+                self._abandon(claim, cid, turn_id)
+                raise
+            previous = claim.result()
+            if previous is None:
+                return None  # another invocation already took this utterance, or the conversation ended
+            pcm = None
+            if mode == "audio":
+                if heard is not None and previous.seg_start != session.seg_start:
+                    heard, fetch = None, self._fetch_audio(cid, previous.seg_start, upper, numbered)  # stale hint
+                last = upper if upper is not None else -1
+                if heard is not None:
+                    pcm = heard
+                elif fetch is not None:
+                    pcm, last = fetch.result()
+                pcm = (pcm or b"") + tail
+                if end_seq is None:
+                    self.store.set_segment_start(cid, last + 1)
+                self._forget_heard(cid, end_seq if end_seq is not None else last)
+            sink = SocketSink(self, poster, cid, turn_id, previous.connections)
             if not allowed:
                 mode, scripted, end_after = "none", OUT_OF_CREDIT_MESSAGE, reason or "insufficient_credits"
-            runner = TurnRunner(
-                self.engines(db, previous.account_id, config), out_chunk_ms=self.settings.ws_out_chunk_ms
-            )
+            runner = TurnRunner(engines, out_chunk_ms=self.settings.ws_out_chunk_ms)
             inp = TurnInput(
                 turn_id=turn_id,
                 seq=previous.turn_seq + 1,
@@ -492,7 +572,7 @@ class WebSocketService:
                 self.store.finish_turn(cid, turn_id)
                 raise wp.ProtocolError("no_audio", "no audio was buffered for this utterance")
             # History is read from the database on a thread while the speech is transcribed.
-            result = asyncio.run(runner.run(config, lambda: service.history_messages(cid), inp, sink))
+            result = run_async(runner.run(config, lambda: service.history_messages(cid), inp, sink))
             if result.status not in ("no_speech",):
                 service.record_turn(conversation, result)
         self.store.finish_turn(cid, turn_id)
@@ -515,12 +595,24 @@ class WebSocketService:
             self.end(cid, ending, poster)
         return result
 
+    def _fetch_audio(self, cid: str, first: int, upper: int | None, numbered: bool) -> Future[tuple[bytes, int]]:
+        return _background.submit(self.store.utterance_audio, cid, first, upper, wait_s=0.6 if numbered else 0.0)
+
+    def _abandon(self, claim: Future[LiveSession | None], cid: str, turn_id: str) -> None:
+        """The turn failed before it started: hand the utterance back if the claim went through."""
+        try:
+            claimed = claim.result() is not None
+        except Exception:
+            return
+        if claimed:
+            self.store.finish_turn(cid, turn_id)
+
     # -- timers --------------------------------------------------------------------------------------------------
     def check_timers(self, session: LiveSession, poster: Poster | None = None) -> str | None:
         """Max duration and silence timeout (one reminder, then end). Returns what it did, if anything."""
         if session.state == ENDED:
             return None
-        config = AgentConfig.model_validate(session.config)
+        config = self._config(session)
         now = self.clock()
         poster = poster or (self.poster_factory(session.endpoint) if session.endpoint else None)
         if session.started_at and now - session.started_at >= config.max_duration_seconds:

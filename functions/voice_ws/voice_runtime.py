@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gc
+import logging
 
 from airies.services.websocket import WebSocketService
 
+log = logging.getLogger(__name__)
 _service: WebSocketService | None = None
 
 
@@ -35,3 +37,39 @@ def set_service(value: WebSocketService | None) -> None:
     """The local gateway and tests hand in a service built with their own doubles; the handlers stay the same."""
     global _service
     _service = value
+
+
+def after_restore() -> None:
+    """SnapStart: the snapshot froze open sockets. Pooled database connections, the boto3 clients' HTTPS pools
+    (DynamoDB state table, S3 recorder, API Gateway Management API) and the per-thread event loops are stale after
+    restore: drop them, so the first invocation opens fresh ones (the modules, models and parsed configuration the
+    snapshot saved are kept)."""
+    from airies.services import websocket
+
+    websocket.reset_after_restore()  # management clients, event loops
+    current = _service
+    if current is None:
+        return
+    current.database.dispose()
+    from airies.services.sessions import dynamodb_client
+
+    try:
+        current.store.client = dynamodb_client(current.settings)
+    except Exception:  # keep the old client rather than fail the restore; botocore reconnects on error
+        log.exception("could not rebuild the DynamoDB client after restore")
+    recorder = current.recorder
+    if recorder is not None and hasattr(recorder, "client"):
+        try:
+            from airies.services.conversations import build_recorder
+
+            current.recorder = build_recorder(current.settings)
+        except Exception:
+            log.exception("could not rebuild the S3 recorder after restore")
+
+
+try:  # Only present on the Lambda runtime with SnapStart enabled.
+    from snapshot_restore_py import register_after_restore  # type: ignore[import-not-found]
+
+    register_after_restore(after_restore)
+except ImportError:
+    pass

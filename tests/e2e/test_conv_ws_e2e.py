@@ -94,6 +94,8 @@ class LiveStack:
         )
         voice_runtime.set_service(self.service)
         self.app = create_app(self.settings, database)
+        self.app.state.live_sessions = self.service  # REST end/delete reach the same live sessions
+        self.app.state.conversation_tokens = self.tokens  # tokens follow the stack's clock
         engines = service_kwargs.get("engines")
         if engines is not None:
             self.app.state.conversation_engines = lambda config: engines(None, "", config)
@@ -155,6 +157,8 @@ async def recv_until(ws: Any, stop: Any, timeout: float = 30.0) -> list[dict[str
 
 def pcm_frames(pcm: bytes, ms: int = 200) -> list[str]:
     size = ms * 32
+    if len(pcm) % size and len(pcm) % size < 80 * 32:  # frames under 80 ms are refused: pad the last one
+        pcm += bytes(80 * 32 - len(pcm) % size)
     return [
         json.dumps({"action": "audio", "seq": i, "data": base64.b64encode(pcm[o : o + size]).decode()})
         for i, o in enumerate(range(0, len(pcm), size))
@@ -379,5 +383,60 @@ def test_gateway_refuses_missing_token(database, settings, moto_endpoint) -> Non
                 return exc.response.status_code
 
         assert asyncio.run(attempt()) == 401
+    finally:
+        stack.stop()
+
+
+def test_reconnect_after_the_first_token_expired_with_a_refreshed_token(database, settings, moto_endpoint) -> None:  # type: ignore[no-untyped-def]
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    llm = FakeLLM(reply="Sure thing.")
+    engines = fake_engines(llm=llm, tts=FakeTTS(ms_per_char=10))
+    stack = LiveStack(database, settings, moto_endpoint, engines=lambda session, account_id, config: engines)
+    client, auth = stack.http, stack.auth
+    try:
+        agent_id = stack.agent(client, auth, first_message_mode="assistant_waits_for_user")
+        start = stack.start(client, auth, agent_id)
+
+        async def first_call() -> list[dict[str, Any]]:
+            async with connect(start["ws_url"]) as ws:
+                await ws.send(json.dumps({"action": "start"}))
+                frames = await recv_until(ws, lambda f: f["type"] == "ready")
+                await ws.send(json.dumps({"action": "text", "text": "I need an appointment"}))
+                return frames + await recv_until(ws, lambda f: f["type"] == "turn_end")
+
+        frames = asyncio.run(first_call())  # then the line drops (the socket closes)
+        assert frames[0]["resumed"] is False and frames[-1]["status"] == "completed"
+        stack.clock.offset += 301  # the first token has expired
+
+        async def attempt(url: str) -> int:
+            try:
+                async with connect(url):
+                    return 101
+            except InvalidStatus as exc:
+                return exc.response.status_code
+
+        assert asyncio.run(attempt(start["ws_url"])) == 401
+        fresh = client.post(f"/api/v1/conversations/{start['id']}/token", headers=auth)
+        assert fresh.status_code == 200, fresh.text
+
+        async def resume() -> list[dict[str, Any]]:
+            async with connect(fresh.json()["ws_url"]) as ws:
+                await ws.send(json.dumps({"action": "start"}))
+                frames = await recv_until(ws, lambda f: f["type"] == "ready")
+                await ws.send(json.dumps({"action": "text", "text": "tomorrow morning please"}))
+                return frames + await recv_until(ws, lambda f: f["type"] == "turn_end")
+
+        frames = asyncio.run(resume())
+        assert frames[0]["type"] == "ready" and frames[0]["resumed"] is True
+        assert frames[-1]["status"] == "completed"
+        assert llm.requests[-1].messages[-3:] == [
+            {"role": "user", "content": "I need an appointment"},
+            {"role": "assistant", "content": "Sure thing."},
+            {"role": "user", "content": "tomorrow morning please"},
+        ]
+        detail = client.get(f"/api/v1/conversations/{start['id']}", headers=auth).json()
+        assert detail["status"] == "active" and len(detail["turns"]) == 2
     finally:
         stack.stop()

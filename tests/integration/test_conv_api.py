@@ -20,6 +20,24 @@ AGENT = {
 }
 
 
+@pytest.fixture(autouse=True)
+def live_sessions(app, settings):  # type: ignore[no-untyped-def]
+    """The WebSocket side the REST end/delete routes reach (moto DynamoDB), instead of real AWS."""
+    import uuid
+
+    import boto3
+    from moto import mock_aws
+
+    from airies.services.sessions import SessionStore
+    from airies.services.websocket import WebSocketService
+
+    with mock_aws():
+        store = SessionStore(boto3.client("dynamodb", region_name="us-east-1"), f"ws-{uuid.uuid4().hex[:6]}")
+        store.ensure_table()
+        app.state.live_sessions = WebSocketService(settings, app.state.database, store)
+        yield store
+
+
 @pytest.fixture
 def engines(app):  # type: ignore[no-untyped-def]
     llm = FakeLLM(reply="We ship worldwide. Anything else?")
@@ -306,3 +324,66 @@ def test_put_metadata_is_limited_after_the_merge(client, auth, engines) -> None:
     assert big.status_code == 422
     stored = client.get(f"/api/v1/conversations/{other['id']}", headers=auth).json()["metadata"]
     assert set(stored) == {"k", "a"}  # the refused update changed nothing
+
+
+def test_a_fresh_token_for_a_conversation_that_has_not_ended(client, auth, engines, settings) -> None:  # type: ignore[no-untyped-def]
+    from airies.errors import UnauthorizedError
+    from airies.services.conversations import ConversationTokens, token_secret
+
+    first = start(client, auth, deployed_agent(client, auth))
+    cid = first["id"]
+    fresh = client.post(f"/api/v1/conversations/{cid}/token", headers=auth)
+    assert fresh.status_code == 200, fresh.text
+    body = fresh.json()
+    assert body["id"] == cid and body["token"] != first["token"] and body["token"] in body["ws_url"]
+    assert f"conversation_id={cid}" in body["ws_url"] and body["protocol_version"] == 1
+    tokens = ConversationTokens(token_secret(settings))
+    assert tokens.verify(body["token"], cid)["c"] == cid
+    with pytest.raises(UnauthorizedError):
+        tokens.verify(body["token"], "conv_other")
+    other = signup(client)
+    assert client.post(f"/api/v1/conversations/{cid}/token", headers=other).status_code == 404
+    assert client.post(f"/api/v1/conversations/{cid}/token").status_code == 401
+    assert client.put(f"/api/v1/conversations/{cid}", json={"status": "ended"}, headers=auth).status_code == 200
+    ended = client.post(f"/api/v1/conversations/{cid}/token", headers=auth)
+    assert ended.status_code == 409 and ended.json()["error"]["code"] == "conversation_ended"
+
+
+def test_knowledge_base_passages_reach_the_llm_request(client, auth, settings) -> None:  # type: ignore[no-untyped-def]
+    """A real turn (production engines: knowledge service, LLM service through the OpenAI SDK to the wire double)."""
+    from tests.doubles.openai_server import OpenAIDouble, Reply
+    from tests.kb_support import BUCKET, moto_bucket
+
+    settings.kb_documents_bucket = BUCKET
+    with moto_bucket(), OpenAIDouble() as oa:
+        settings.openai_api_key = "sk-test"
+        settings.openai_base_url = oa.base_url
+        oa.default = Reply(text="Parking is in the basement, level minus two.")
+        kb = client.post("/api/v1/knowledge-bases", json={"name": "Clinic facts"}, headers=auth).json()
+        doc = client.post(
+            f"/api/v1/knowledge-bases/{kb['id']}/documents",
+            json={
+                "filename": "facts.md",
+                "content_type": "text/markdown",
+                "text": "Parking\n\nVisitor parking is in the basement garage, level minus two, free for 3 hours."
+                "\n\nHours\n\nThe clinic opens at 8 and closes at 18 on weekdays.",
+            },
+            headers=auth,
+        )
+        assert doc.status_code == 201, doc.text
+        agent_id = deployed_agent(
+            client, auth, knowledge_base_ids=[kb["id"]], llm={"provider": "openai", "model": "gpt-4o-mini"}
+        )
+        cid = start(client, auth, agent_id)["id"]
+        reply = client.post(
+            f"/api/v1/conversations/{cid}/message", json={"text": "Where is the visitor parking?"}, headers=auth
+        )
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["reply"] == "Parking is in the basement, level minus two."
+        sent = oa.chat_requests[-1].body
+        system = sent["messages"][0]["content"]
+        assert "retrieval_error" not in reply.json()["turn"]["usage"], reply.json()["turn"]["usage"]
+        assert "basement garage, level minus two" in system and "knowledge base passages" in system
+        assert sent["messages"][-1] == {"role": "user", "content": "Where is the visitor parking?"}
+        latency = reply.json()["turn"]["latency"]
+        assert latency["retrieval_ms"] is not None

@@ -500,3 +500,437 @@ def test_recording_stores_both_sides_as_sent(aws, database, settings) -> None:
     sent = b"".join(base64.b64decode(f["data"]) for f in frames_of(conn) if f["type"] == "audio")
     agent = read_wav(s3.get_object(Bucket="rec-test", Key=turn.recording["agent"]["key"])["Body"].read())[0]
     assert agent == sent and turn.recording["agent"]["key"].startswith(f"recordings/{h.account_id}/{cid}/")
+
+
+# --- conversations ended or deleted elsewhere ------------------------------------------------------------------
+def set_row(h: Harness, conversation_id: str, **values: Any) -> None:
+    with h.database.session() as s:
+        row = s.get(Conversation, conversation_id)
+        for key, value in values.items():
+            setattr(row, key, value)
+
+
+def end_row(h: Harness, conversation_id: str, reason: str = "api_request") -> None:
+    """End the conversation in the database only, as a REST call on another server would."""
+    with h.database.session() as s:
+        ConversationService(s, h.settings, tokens=h.tokens).end_conversation(h.account_id, conversation_id, reason)
+
+
+def delete_row(h: Harness, conversation_id: str) -> None:
+    with h.database.session() as s:
+        ConversationService(s, h.settings, tokens=h.tokens).delete(h.account_id, conversation_id)
+
+
+def closed_by_server(connection_id: str) -> bool:
+    return connection_id in CLOSED
+
+
+def test_end_of_a_deleted_conversation_still_closes_the_socket_and_the_sweep_goes_on(aws, database, settings) -> None:
+    h = Harness(database, settings, fake_engines(), first_message_mode="assistant_waits_for_user")
+    gone, gone_token = h.start()
+    kept, kept_token = h.start()
+    gone_conn, _ = h.connect(gone, gone_token)
+    kept_conn, _ = h.connect(kept, kept_token)
+    delete_row(h, gone)
+    assert h.service.end(gone, "max_duration", None) is True  # end_conversation returned None: no exception
+    ended = frames_of(gone_conn)[-1]
+    assert ended["type"] == "ended" and ended["reason"] == "max_duration"
+    assert (ended["duration_seconds"], ended["turns"], ended["cost_usd"]) == (0.0, 0, "0")
+    assert closed_by_server(gone_conn) and h.store.connection(gone_conn) is None
+    assert h.store.get(gone).state == "ended"
+
+    # A sweep over several sessions: one whose row was deleted, one whose live-state write fails, one due to end.
+    third, third_token = h.start()
+    h.connect(third, third_token)
+    fourth, fourth_token = h.start()
+    h.connect(fourth, fourth_token)
+    delete_row(h, third)
+    broken = h.store.end
+
+    def end(conversation_id: str, reason: str) -> Any:
+        if conversation_id == fourth:
+            raise RuntimeError("DynamoDB is having a bad day")
+        return broken(conversation_id, reason)
+
+    h.store.end = end  # type: ignore[method-assign]
+    h.clock.now += 61  # every session is past max_duration_seconds (60)
+    assert h.service.sweep() == {"closed_elsewhere": 1, "max_duration": 1, "errors": 1}
+    assert frames_of(kept_conn)[-1]["reason"] == "max_duration"
+    assert h.conversation(kept).end_reason == "max_duration"
+    assert h.store.get(third).end_reason == "deleted"
+    assert h.conversation(fourth).status == "active"  # nothing ended for it: the next sweep tries again
+
+
+def test_minutes_are_billed_to_the_live_sessions_last_activity(aws, database, settings) -> None:
+    import time as _time
+    from datetime import UTC, datetime
+
+    h = Harness(database, settings, fake_engines(), first_message_mode="assistant_waits_for_user")
+    h.clock.now = _time.time() - 3600  # an hour ago: nothing is capped at "now"
+    started = h.clock.now
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    set_row(h, cid, started_at=datetime.fromtimestamp(started, UTC))
+    h.clock.now += 120
+    h.audio(conn, tone(200))  # caller speech: the last activity (no turn: no trailing silence yet)
+    h.service.handle_connection(
+        {"requestContext": {"routeKey": "$disconnect", "eventType": "DISCONNECT", "connectionId": conn}}
+    )
+    h.clock.now += 40  # gone for 40 s: the sweeper ends it
+    assert h.service.sweep() == {"caller_disconnected": 1}
+    row = h.conversation(cid)
+    assert row.end_reason == "caller_disconnected" and row.duration_seconds == pytest.approx(120, abs=0.01)
+
+    cid2, token2 = h.start()
+    conn2, _ = h.connect(cid2, token2)
+    set_row(h, cid2, started_at=datetime.fromtimestamp(h.clock.now, UTC))
+    h.clock.now += 45  # a silent caller, still connected, hangs up: billed to the hang-up
+    h.send(conn2, {"action": "end"})
+    assert frames_of(conn2)[-1]["reason"] == "caller_ended"
+    assert h.conversation(cid2).duration_seconds == pytest.approx(45, abs=0.01)
+
+
+@pytest.mark.parametrize("how", ["ended", "deleted"])
+def test_a_turn_of_a_conversation_closed_elsewhere_ends_the_live_session(aws, database, settings, how) -> None:
+    llm = FakeLLM()
+    h = Harness(database, settings, fake_engines(llm=llm), first_message_mode="assistant_waits_for_user")
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    if how == "ended":
+        end_row(h, cid, "api_request")
+    else:
+        delete_row(h, cid)
+    h.send(conn, {"action": "text", "text": "are you there?"})
+    frames = frames_of(conn)
+    assert types(frames) == ["ended"] and frames[0]["reason"] == ("api_request" if how == "ended" else "deleted")
+    assert not llm.requests  # no provider ran
+    assert closed_by_server(conn) and h.store.get(cid).state == "ended"
+    assert h.turns(cid) == []
+
+
+@pytest.mark.parametrize("how", ["ended", "deleted"])
+def test_a_turn_refused_when_stored_ends_the_live_session_without_turn_end(aws, database, settings, how) -> None:
+    from datetime import timedelta
+
+    h: Harness
+
+    def reply(request: Any) -> str:
+        # While the model answers, the conversation is ended (before this turn began) or deleted elsewhere.
+        if how == "ended":
+            end_row(h, cid, "api_request")
+            with h.database.session() as s:
+                row = s.get(Conversation, cid)
+                row.ended_at = row.ended_at - timedelta(hours=1)
+        else:
+            delete_row(h, cid)
+        return "Sure, one moment."
+
+    h = Harness(
+        database, settings, fake_engines(llm=FakeLLM(reply=reply)), first_message_mode="assistant_waits_for_user"
+    )
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    h.send(conn, {"action": "text", "text": "book me in"})
+    kinds = types(frames_of(conn))
+    assert "turn_end" not in kinds and kinds[-1] == "ended" and "audio" in kinds
+    assert frames_of(conn)[-1]["reason"] == ("api_request" if how == "ended" else "deleted")
+    assert h.turns(cid) == [] and h.store.get(cid).state == "ended"
+
+
+def test_rest_end_and_delete_end_the_live_session_at_once(aws, database, settings) -> None:
+    from fastapi.testclient import TestClient
+
+    from airies.api.app import create_app
+
+    h = Harness(database, settings, fake_engines(), first_message_mode="assistant_waits_for_user")
+    with database.session() as s:
+        _, key = AccountService(s).signup(name="Rest", email=f"{uuid.uuid4().hex[:8]}@ex.com")
+    app = create_app(h.settings, database)
+    app.state.live_sessions = h.service
+    app.state.conversation_tokens = h.tokens
+    headers = {"Authorization": f"Bearer {key.raw_key}"}
+    owner = {"Authorization": f"Bearer {owner_key(h)}"}
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    h.send(conn, {"action": "text", "text": "hello"})
+    with TestClient(app) as client:
+        assert client.put(f"/api/v1/conversations/{cid}", json={"status": "ended"}, headers=headers).status_code == 404
+        assert h.store.get(cid).state == "listening"  # another tenant's call touches nothing
+        response = client.put(f"/api/v1/conversations/{cid}", json={"status": "ended"}, headers=owner)
+        assert response.status_code == 200 and response.json()["end_reason"] == "api_request"
+        ended = frames_of(conn)[-1]
+        assert ended["type"] == "ended" and ended["reason"] == "api_request" and ended["turns"] == 1
+        assert closed_by_server(conn) and h.store.get(cid).state == "ended" and h.store.connection(conn) is None
+        assert h.connect(cid, token)[1]["statusCode"] == 410
+
+        cid2, token2 = h.start()
+        conn2, _ = h.connect(cid2, token2)
+        assert client.delete(f"/api/v1/conversations/{cid2}", headers=owner).status_code == 204
+        assert frames_of(conn2)[-1]["reason"] == "deleted" and closed_by_server(conn2)
+        assert h.store.get(cid2).state == "ended" and h.conversation(cid2) is None
+
+
+def owner_key(h: Harness) -> str:
+    """A fresh API key of the harness's account."""
+    from airies.services.accounts import AccountService as Accounts
+
+    with h.database.session() as s:
+        issued = Accounts(s).create_key(h.account_id, name="test")
+    return issued.raw_key
+
+
+# --- failures after the claim, $connect of a deleted agent, unexpected errors -----------------------------------
+def test_a_failing_turn_returns_the_session_to_listening_and_reports_an_internal_error(aws, database, settings) -> None:
+    engines = fake_engines(stt=FakeSTT(text="book an appointment"))
+    failures = {"left": 1}
+
+    def factory(session: Any, account_id: str, config: Any) -> Any:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("secret connection string postgres://admin:hunter2@db")
+        return engines
+
+    h = Harness(database, settings, engines, first_message_mode="assistant_waits_for_user")
+    h.service.engines = factory
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    seq = h.audio(conn, tone(400))
+    h.send(conn, {"action": "end_of_utterance"})
+    error = frames_of(conn)[-1]
+    assert error["type"] == "error" and error["code"] == "internal_error"
+    assert "hunter2" not in json.dumps(error) and error["details"] is None
+    assert h.store.get(cid).state == "listening"  # not stuck in "thinking"
+    # The server VAD ends the next utterance again, and the turn runs.
+    seq = h.audio(conn, tone(400), seq)
+    h.audio(conn, silence(600), seq)
+    assert frames_of(conn)[-1]["type"] == "turn_end" and h.turns(cid)[-1].user_text == "book an appointment"
+    assert h.store.get(cid).state == "listening"
+
+
+def test_connect_for_a_deleted_agent_is_refused_with_a_4xx(aws, database, settings) -> None:
+    h = Harness(database, settings, fake_engines())
+    cid, token = h.start()
+    with database.session() as s:
+        AgentService(s).delete(h.account_id, h.agent_id)
+    _, response = h.connect(cid, token)
+    assert response["statusCode"] == 409 and json.loads(response["body"])["code"] == "agent_deleted"
+
+
+# --- flood guard, live state machine, minimum chunk size ------------------------------------------------------------
+def test_audio_flood_is_refused_before_it_counts(aws, database, settings) -> None:
+    h = Harness(database, settings, fake_engines(), first_message_mode="assistant_waits_for_user")
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    # The clock stands still: 5 s of burst is allowed at once, then nothing more until time passes.
+    seq = h.audio(conn, silence(5000))
+    assert [f.get("code") for f in frames_of(conn)] == []
+    before = h.store.get(cid)
+    h.send(conn, {"action": "audio", "seq": seq, "data": base64.b64encode(tone(200)).decode()})
+    assert frames_of(conn)[-1]["code"] == "rate_limited"
+    after = h.store.get(cid)
+    assert (after.audio_ms, after.speech_ms, after.silence_ms, after.last_activity) == (
+        before.audio_ms,
+        before.speech_ms,
+        before.silence_ms,
+        before.last_activity,
+    )
+    h.clock.now += 1  # 1 s later: 1.5 s more audio is fine
+    seq = h.audio(conn, silence(1400), seq + 1)
+    assert types(frames_of(conn)).count("error") == 1 and h.store.get(cid).audio_ms == 6400
+
+
+def test_live_state_is_speaking_from_the_first_audio_out_then_listening(aws, database, settings) -> None:
+    h = Harness(database, settings, fake_engines(), first_message_mode="assistant_waits_for_user")
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    events: list[tuple[str, Any]] = []
+    post, set_speaking, finish = h.poster.post, h.store.set_speaking, h.store.finish_turn
+
+    def posting(connection_id: str, data: bytes) -> bool:
+        kind = json.loads(data)["type"]
+        events.append(("post", kind, h.store.get(cid).state if kind in ("agent_text", "audio") else None))
+        return post(connection_id, data)
+
+    def speaking(conversation_id: str, turn_id: str) -> bool:
+        done = set_speaking(conversation_id, turn_id)
+        events.append(("set_speaking", done, h.store.get(cid).state))
+        return done
+
+    def finishing(conversation_id: str, turn_id: str) -> None:
+        events.append(("finish", None, h.store.get(cid).state))
+        finish(conversation_id, turn_id)
+
+    h.poster.post = posting  # type: ignore[method-assign]
+    h.store.set_speaking = speaking  # type: ignore[method-assign]
+    h.store.finish_turn = finishing  # type: ignore[method-assign]
+    h.send(conn, {"action": "text", "text": "hi"})
+    first_audio = next(i for i, e in enumerate(events) if e[:2] == ("post", "audio"))
+    assert events[first_audio][2] == "thinking"  # before the first audio: thinking
+    flips = [e for e in events if e[0] == "set_speaking"]
+    assert flips == [("set_speaking", True, "speaking")]
+    assert events.index(flips[0]) > first_audio
+    assert events.index(flips[0]) < next(i for i, e in enumerate(events) if e[0] == "finish")
+    assert next(e for e in events if e[0] == "finish")[2] == "speaking"
+    assert h.store.get(cid).state == "listening"
+    # A late flip (the turn already finished) changes nothing.
+    assert h.store.set_speaking(cid, h.store.get(cid).turn_id) is False
+    assert h.store.get(cid).state == "listening"
+
+
+def test_short_chunks_are_refused_unless_they_end_the_utterance(aws, database, settings) -> None:
+    heard: list[bytes] = []
+    stt = FakeSTT(text=lambda pcm: heard.append(pcm) or "what time is it")
+    h = Harness(database, settings, fake_engines(stt=stt), first_message_mode="assistant_waits_for_user")
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    h.send(conn, {"action": "audio", "seq": 0, "data": base64.b64encode(tone(20)).decode()})
+    refused = frames_of(conn)[-1]
+    assert refused["code"] == "audio_too_small" and refused["details"] == {"bytes": 640, "min_bytes": 2560}
+    assert h.store.get(cid).audio_ms == 0
+    seq = h.audio(conn, tone(400), 1)
+    h.send(
+        conn,
+        {"action": "audio", "seq": seq, "data": base64.b64encode(tone(40)).decode(), "end_of_utterance": True},
+    )
+    assert heard == [tone(400) + tone(40)]  # the short last chunk ended the utterance and is part of it
+    assert frames_of(conn)[-1]["type"] == "turn_end" and h.turns(cid)[-1].user_text == "what time is it"
+
+
+# --- barge-in by voice, first message generated by the model, send_audio_response, REST interruption ---------------
+def test_caller_voice_barges_in_while_the_agent_speaks(aws, database, settings) -> None:
+    holder: dict[str, Any] = {}
+
+    def on_chunk(n: int) -> None:
+        if n == 3:  # the caller starts talking over the agent (0.6 s of voice; the threshold is 0.2 s)
+            for seq in range(3):
+                t = threading.Thread(
+                    target=holder["h"].send,
+                    args=(
+                        holder["conn"],
+                        {"action": "audio", "seq": seq, "data": base64.b64encode(tone(200)).decode()},
+                    ),
+                )
+                t.start()
+                t.join()
+
+    tts = FakeTTS(chunk_ms=250, on_chunk=on_chunk)
+    llm = FakeLLM(reply="First sentence here. Second sentence is long and will be cut. Third one never heard.")
+    h = Harness(database, settings, fake_engines(llm=llm, tts=tts), first_message_mode="assistant_waits_for_user")
+    holder["h"] = h
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    holder["conn"] = conn
+    h.send(conn, {"action": "text", "text": "tell me"})
+    kinds = types(frames_of(conn))
+    assert "interrupted" in kinds and "audio" not in kinds[kinds.index("interrupted") :]
+    assert frames_of(conn)[-1]["status"] == "interrupted"
+    turn = h.turns(cid)[-1]
+    assert turn.interrupted and "never heard" not in turn.agent_text
+    assert h.store.get(cid).speech_ms >= 200  # the caller's speech is kept for their own utterance
+
+
+def test_assistant_generates_the_first_message(aws, database, settings) -> None:
+    llm = FakeLLM(reply="Good morning, you have reached the clinic. How can I help?")
+    h = Harness(database, settings, fake_engines(llm=llm), first_message_mode="assistant_generates_first")
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    h.send(conn, {"action": "start"})
+    frames = frames_of(conn)
+    assert types(frames)[0] == "ready" and "transcript" not in types(frames) and "audio" in types(frames)
+    assert len(llm.requests) == 1
+    messages = llm.requests[0].messages
+    assert [m["role"] for m in messages] == ["system"]  # no caller words: the model opens the call
+    turn = h.turns(cid)[0]
+    assert turn.input_mode == "none" and turn.user_text is None
+    assert turn.agent_text == "Good morning, you have reached the clinic. How can I help?"
+    h.send(conn, {"action": "start"})  # a second start (reconnect) does not speak again
+    assert len(llm.requests) == 1 and frames_of(conn)[-1]["resumed"] is True
+
+
+def test_send_audio_response_posts_frames_until_barge_in(aws, database, settings) -> None:
+    h = Harness(database, settings, fake_engines(), first_message_mode="assistant_waits_for_user")
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    turn_id = "turn_manual"
+    assert h.store.begin_turn(cid, turn_id) is not None
+    pcm = tone(900)
+    assert h.service.send_audio_response(cid, turn_id, pcm) == 4  # 250 ms frames: 250+250+250+150
+    audio = [f for f in frames_of(conn) if f["type"] == "audio"]
+    assert [f["seq"] for f in audio] == [0, 1, 2, 3]
+    assert b"".join(base64.b64decode(f["data"]) for f in audio) == pcm
+
+    cancel_after = {"n": 0}
+    post = h.poster.post
+
+    def posting(connection_id: str, data: bytes) -> bool:
+        cancel_after["n"] += 1
+        if cancel_after["n"] == 2:  # an interrupt lands after the second frame
+            h.service.process_interruption(cid, None)
+        return post(connection_id, data)
+
+    h.poster.post = posting  # type: ignore[method-assign]
+    turn2 = "turn_manual2"
+    assert h.store.begin_turn(cid, turn2) is not None
+    assert h.service.send_audio_response(cid, turn2, pcm) == 2
+
+
+def test_generate_audio_response_and_rest_interruption(aws, database, settings) -> None:
+    tts = FakeTTS(ms_per_char=10, chunk_ms=100)
+    engines = fake_engines(tts=tts)
+    h = Harness(database, settings, engines, first_message_mode="assistant_waits_for_user")
+    cid, token = h.start()
+    h.connect(cid, token)
+    from airies.schemas.agents import AgentConfig
+    from airies.services.websocket import run_async
+
+    with database.session() as s:
+        svc = ConversationService(s, h.settings, engines=lambda config: engines, tokens=h.tokens)
+        config = svc.config_for(svc.get(h.account_id, cid))
+        pcm = run_async(svc.generate_audio_response(h.account_id, config, "Please hold. One moment."))
+    assert isinstance(config, AgentConfig) and tts.sentences == ["Please hold.", "One moment."]
+    assert len(pcm) == (120 + 110) * 32  # every sentence, whole
+
+    # Barge-in from outside the socket: the running turn is cancelled; another tenant cannot.
+    assert h.store.begin_turn(cid, "turn_rest") is not None
+    with database.session() as s:
+        other, _ = AccountService(s).signup(name="Other", email=f"{uuid.uuid4().hex[:8]}@ex.com")
+        with pytest.raises(Exception) as err:
+            ConversationService(s, h.settings, tokens=h.tokens).process_interruption(other.id, cid, h.store, 100)
+        assert getattr(err.value, "status_code", None) == 404
+    assert h.store.turn_status(cid, "turn_rest") == (False, None)
+    with database.session() as s:
+        svc = ConversationService(s, h.settings, tokens=h.tokens)
+        assert svc.process_interruption(h.account_id, cid, h.store, 700) == "turn_rest"
+    assert h.store.turn_status(cid, "turn_rest") == (True, 700)
+    assert h.service.send_audio_response(cid, "turn_rest", pcm) == 0  # a cancelled turn posts nothing
+
+
+# --- the sweeper ------------------------------------------------------------------------------------------------
+def test_sweeper_max_duration_never_connected_and_stale(aws, database, settings) -> None:
+    from datetime import timedelta
+
+    from airies.db.models.base import utcnow
+
+    h = Harness(database, settings, fake_engines(), first_message_mode="assistant_waits_for_user")
+    long_call, token = h.start()
+    conn, _ = h.connect(long_call, token)
+    h.clock.now += 30
+    h.send(conn, {"action": "text", "text": "still here"})  # active: the silence timer is not due
+    never, _ = h.start()
+    fresh, _ = h.start()  # created just now: its token can still connect
+    stale, stale_token = h.start()
+    h.connect(stale, stale_token)
+    set_row(h, never, started_at=utcnow() - timedelta(seconds=h.settings.ws_token_ttl_seconds + 61))
+    set_row(h, stale, started_at=utcnow() - timedelta(seconds=h.settings.ws_state_ttl_seconds + 1))
+    h.store.end(stale, "lost")  # its live state is gone (expired): only the row is left
+    h.clock.now += 9  # 39 s into the call, 9 s after its last turn: no timer is due for it yet
+    assert h.service.sweep() == {"never_connected": 1, "stale": 1}
+    h.clock.now += 9
+    h.send(conn, {"action": "text", "text": "and now?"})  # the silence timer (10 s) never fires
+    h.clock.now += 13  # 61 s > max_duration_seconds (60)
+    assert h.service.sweep() == {"max_duration": 1}
+    assert frames_of(conn)[-1]["reason"] == "max_duration"
+    assert h.conversation(long_call).end_reason == "max_duration"
+    assert h.conversation(never).end_reason == "never_connected" and h.conversation(never).duration_seconds == 0
+    assert h.conversation(stale).end_reason == "stale"
+    assert h.conversation(fresh).status == "created"

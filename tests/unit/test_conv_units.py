@@ -200,3 +200,69 @@ def test_turn_sends_provider_requests_before_posts_and_checks_barge_in_after_eac
     posts = [i for i, e in enumerate(events) if e == "send audio"]
     for before, after in itertools.pairwise(posts):
         assert "check" in events[before + 1 : after]
+
+
+def test_audio_chunks_under_80_ms_are_refused_unless_they_end_the_utterance() -> None:
+    def parse(pcm: bytes, **extra: object) -> wp.AudioFrame:
+        message = wp.parse_client_frame(frame(action="audio", data=base64.b64encode(pcm).decode(), **extra))
+        assert isinstance(message, wp.AudioFrame)
+        return message
+
+    assert len(parse(b"\x00" * wp.MIN_CHUNK_BYTES).pcm()) == 2560  # 80 ms: accepted
+    for size in (2, 640, wp.MIN_CHUNK_BYTES - 2):  # one sample, 20 ms, just under 80 ms
+        with pytest.raises(wp.ProtocolError) as err:
+            parse(b"\x00" * size).pcm()
+        assert err.value.code == "audio_too_small" and err.value.details == {"bytes": size, "min_bytes": 2560}
+    last = parse(b"\x00" * 640, end_of_utterance=True)
+    assert last.end_of_utterance and len(last.pcm()) == 640
+    with pytest.raises(wp.ProtocolError) as err:
+        parse(b"\x00" * 640, end_of_utterance="yes please")
+    assert err.value.code == "invalid_frame"
+    assert wp.ready("conv_x", agent_id=None, agent_version=1)["audio"]["min_chunk_ms"] == 80
+
+
+def test_voice_runtime_drops_stale_connections_after_a_snapstart_restore(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+    import sys
+    import types
+    from pathlib import Path
+
+    from airies.config import Settings
+    from airies.services import websocket
+
+    registered: list[object] = []
+    fake = types.ModuleType("snapshot_restore_py")
+    fake.register_after_restore = registered.append  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "snapshot_restore_py", fake)
+    path = Path(__file__).resolve().parents[2] / "functions" / "voice_ws" / "voice_runtime.py"
+    spec = importlib.util.spec_from_file_location("_test_voice_runtime", path)
+    assert spec is not None and spec.loader is not None
+    runtime = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runtime)
+    assert registered == [runtime.after_restore]
+
+    class Database:
+        disposed = 0
+
+        def dispose(self) -> None:
+            self.disposed += 1
+
+    old_client = object()
+    store = types.SimpleNamespace(client=old_client)
+    service = types.SimpleNamespace(
+        settings=Settings(stage="local", aws_region="us-east-1"), database=Database(), store=store, recorder=None
+    )
+    runtime.set_service(service)
+    websocket._management_clients["https://example"] = object()
+    loop_before = websocket.run_async(_loop())  # this thread's kept event loop
+    assert websocket.run_async(_loop()) is loop_before
+    runtime.after_restore()
+    assert service.database.disposed == 1
+    assert store.client is not old_client and type(store.client).__name__ == "DynamoDB"
+    assert websocket._management_clients == {}
+    loop_after = websocket.run_async(_loop())
+    assert loop_after is not loop_before and loop_before.is_closed()
+
+
+async def _loop() -> object:
+    return asyncio.get_running_loop()

@@ -5,7 +5,8 @@ Every frame is one JSON object. The client names what it wants in ``action`` (AP
 
 Audio is PCM16 little-endian, 16 kHz, mono, base64, 100–250 ms per frame (3,200–8,000 bytes, ≤ 10,668
 base64 characters), so a frame always fits API Gateway's 32 KB unit: a Lambda per 20 ms frame would be
-slow and costly.
+slow and costly. Frames under ``MIN_CHUNK_MS`` (80 ms) are refused (``audio_too_small``), except the last chunk
+of an utterance when it carries ``end_of_utterance: true`` (it then also ends the utterance).
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ SAMPLE_RATE = 16_000
 BYTES_PER_MS = SAMPLE_RATE * 2 // 1000  # 32 bytes of PCM16 per millisecond
 MAX_CHUNK_MS = 250
 MAX_CHUNK_BYTES = MAX_CHUNK_MS * BYTES_PER_MS  # 8,000
+# Smaller frames would mean one Lambda invocation (and one WebSocket message) per 20-40 ms of audio. A little
+# under the documented 100 ms so clients that cut 100 ms frames with a rounding error are not refused.
+MIN_CHUNK_MS = 80
+MIN_CHUNK_BYTES = MIN_CHUNK_MS * BYTES_PER_MS  # 2,560
 MAX_FRAME_BYTES = 32 * 1024  # API Gateway WebSocket frame
 MAX_TEXT_CHARS = 4000
 OUT_CHUNK_BYTES = 200 * BYTES_PER_MS  # server audio frames: 200 ms, base64 ~8.5 KB
@@ -51,6 +56,8 @@ class AudioFrame(_Frame):
     action: Literal["audio"]
     data: str = Field(max_length=MAX_FRAME_BYTES)
     seq: int | None = Field(None, ge=0, le=999_999_999)
+    # The utterance's last chunk may carry the end of utterance itself; only such a chunk may be short.
+    end_of_utterance: bool = False
 
     def pcm(self) -> bytes:
         try:
@@ -66,6 +73,13 @@ class AudioFrame(_Frame):
                 "audio_too_large",
                 f"audio chunks must be at most {MAX_CHUNK_MS} ms ({MAX_CHUNK_BYTES} bytes of PCM16 16 kHz mono)",
                 {"bytes": len(raw), "max_bytes": MAX_CHUNK_BYTES},
+            )
+        if len(raw) < MIN_CHUNK_BYTES and not self.end_of_utterance:
+            raise ProtocolError(
+                "audio_too_small",
+                f"audio chunks must be at least {MIN_CHUNK_MS} ms ({MIN_CHUNK_BYTES} bytes of PCM16 16 kHz mono); "
+                "send 100-250 ms per frame (a shorter last chunk must carry end_of_utterance: true)",
+                {"bytes": len(raw), "min_bytes": MIN_CHUNK_BYTES},
             )
         return raw
 
@@ -140,7 +154,13 @@ def ready(conversation_id: str, *, agent_id: str | None, agent_version: int, res
         agent_id=agent_id,
         agent_version=agent_version,
         resumed=resumed,
-        audio={"encoding": "pcm_s16le", "sample_rate": SAMPLE_RATE, "channels": 1, "max_chunk_ms": MAX_CHUNK_MS},
+        audio={
+            "encoding": "pcm_s16le",
+            "sample_rate": SAMPLE_RATE,
+            "channels": 1,
+            "min_chunk_ms": MIN_CHUNK_MS,
+            "max_chunk_ms": MAX_CHUNK_MS,
+        },
     )
 
 

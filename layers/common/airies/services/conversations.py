@@ -414,7 +414,15 @@ class ConversationService:
         next_cursor = rows[limit - 1].id if len(rows) > limit else None
         return rows[:limit], next_cursor
 
-    def update(self, account_id: str, conversation_id: str, body: ConversationUpdate) -> Conversation:
+    def update(
+        self,
+        account_id: str,
+        conversation_id: str,
+        body: ConversationUpdate,
+        *,
+        active_until: datetime | None = None,
+    ) -> Conversation:
+        """``active_until``: the live connection's last activity when it is known (minutes are billed to it)."""
         conversation = self.get(account_id, conversation_id)
         if body.metadata is not None:
             merged = {**(conversation.metadata_ or {}), **body.metadata}
@@ -428,14 +436,16 @@ class ConversationService:
         if body.caller is not None:
             conversation.caller = body.caller.model_dump(exclude_none=True)
         if body.status == "ended":
-            self.end_conversation(account_id, conversation_id, "api_request")
+            self.end_conversation(account_id, conversation_id, "api_request", active_until=active_until)
         return conversation
 
-    def delete(self, account_id: str, conversation_id: str) -> None:
+    def delete(self, account_id: str, conversation_id: str, *, active_until: datetime | None = None) -> Conversation:
+        """Ends (bills) then deletes the conversation; returns the deleted row (its final totals)."""
         conversation = self.get(account_id, conversation_id)
         if conversation.status != "ended":
-            self.end_conversation(account_id, conversation_id, "deleted")
+            self.end_conversation(account_id, conversation_id, "deleted", active_until=active_until)
         self.session.delete(conversation)
+        return conversation
 
     def mark_active(self, conversation: Conversation) -> None:
         if conversation.status == "created":
@@ -670,14 +680,28 @@ class ConversationService:
         return await self._http_turn(account_id, conversation_id, mode="audio", text=None, pcm=pcm16, speak=True)
 
     async def generate_audio_response(self, account_id: str, config: AgentConfig, text: str) -> bytes:
-        """The agent's voice saying ``text`` (PCM16 16 kHz)."""
-        tts = self.engines_for(account_id, config).tts
-        if tts is None:
+        """The agent's voice saying ``text`` (PCM16 16 kHz): the turn pipeline's own speech path (sentence by
+        sentence, the agent's voice options and fallback voices), with a fixed reply and no LLM call."""
+        engines = self.engines_for(account_id, config)
+        if engines.tts is None:
             from airies.errors import NotAvailableError
 
             raise NotAvailableError("no text-to-speech engine is configured")
-        options = TTSOptions(voice_id=config.voice.voice_id, model=config.voice.model, output_format="pcm_16000")
-        return b"".join([chunk async for chunk in tts.synthesize(text, options)])
+        runner = TurnRunner(engines, out_chunk_ms=self.settings.ws_out_chunk_ms)
+        result = await runner.run(
+            config,
+            [],
+            TurnInput(
+                turn_id=new_id("turn"),
+                seq=0,
+                mode="none",
+                account_id=account_id,
+                conversation_id="",
+                scripted_reply=text,
+            ),
+            ListSink(),
+        )
+        return result.agent_pcm
 
     def process_interruption(
         self, account_id: str, conversation_id: str, store: Any, played_ms: int | None

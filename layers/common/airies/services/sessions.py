@@ -22,6 +22,12 @@ from typing import Any
 from airies.config import Settings
 
 LISTENING, THINKING, SPEAKING, ENDED = "listening", "thinking", "speaking", "ended"
+# Audio flood guard: a caller cannot stream more than FLOOD_RATIO x real time (+ FLOOD_BURST_MS) since the session
+# opened. Checked atomically in the counting update through ``flood_mark`` = audio_ms + FLOOD_RATIO * 1000 *
+# started_at, so the rule "audio_ms + chunk <= FLOOD_RATIO * (now - started_at) * 1000 + burst" compares one stored
+# attribute with one value, and a refused chunk changes nothing.
+FLOOD_RATIO = 1.5
+FLOOD_BURST_MS = 5000.0
 
 
 def _num(value: Any, default: float = 0) -> float:
@@ -173,12 +179,14 @@ class SessionStore:
             ":zero": {"N": "0"},
             ":ttl": self._ttl(),
             ":ended": {"S": ENDED},
+            ":fm": {"N": repr(FLOOD_RATIO * 1000 * now)},
         }
         expr = (
             "ADD conns :conn SET account_id = :acc, config = if_not_exists(config, :cfg), "
             "agent_version = if_not_exists(agent_version, :ver), started_at = if_not_exists(started_at, :now), "
             "last_activity = :now, #st = if_not_exists(#st, :listening), utt = if_not_exists(utt, :zero), "
-            "turn_seq = if_not_exists(turn_seq, :zero), audio_ms = if_not_exists(audio_ms, :zero), #ttl = :ttl"
+            "turn_seq = if_not_exists(turn_seq, :zero), audio_ms = if_not_exists(audio_ms, :zero), #ttl = :ttl, "
+            "flood_mark = if_not_exists(flood_mark, :fm)"
         )
         names = {"#st": "state", "#ttl": "ttl"}
         if endpoint:
@@ -322,13 +330,16 @@ class SessionStore:
         return previous  # old values: previous.utt is the utterance this turn consumes, turn_seq+1 its seq
 
     def set_speaking(self, conversation_id: str, turn_id: str) -> bool:
+        """thinking -> speaking once the turn's first audio is out. Only from thinking: a late call (after the turn
+        finished, was cancelled or the conversation ended) changes nothing."""
         return (
             self._update(
                 self._key(conversation_id),
                 "SET #st = :speaking",
-                {":speaking": {"S": SPEAKING}, ":turn": {"S": turn_id}},
+                {":speaking": {"S": SPEAKING}, ":thinking": {"S": THINKING}, ":turn": {"S": turn_id}},
                 ExpressionAttributeNames={"#st": "state"},
-                ConditionExpression="turn_id = :turn AND (attribute_not_exists(cancelled) OR cancelled <> :turn)",
+                ConditionExpression="turn_id = :turn AND #st = :thinking "
+                "AND (attribute_not_exists(cancelled) OR cancelled <> :turn)",
             )
             is not None
         )
@@ -394,33 +405,44 @@ class SessionStore:
         speech_ms: float,
         trailing_silence_ms: float,
     ) -> LiveSession | None:
-        """Count a chunk into the VAD state; returns the updated session (the caller decides whether to store it)."""
-        values: dict[str, Any] = {":ms": {"N": repr(chunk_ms)}, ":ended": {"S": ENDED}}
+        """Count a chunk into the VAD state; returns the updated session (the caller decides whether to store it),
+        None when the conversation has ended. Raises :class:`AudioFlood` (and counts nothing) when the chunk would
+        take the caller past FLOOD_RATIO x real time: the check and the count are one conditional write."""
+        now = self.clock()
+        values: dict[str, Any] = {
+            ":ms": {"N": repr(chunk_ms)},
+            ":ended": {"S": ENDED},
+            ":limit": {"N": repr(FLOOD_RATIO * 1000 * now + FLOOD_BURST_MS - chunk_ms)},
+        }
         if speech_ms > 0:
             expr = (
                 "SET silence_ms = :trail, last_activity = :now, reminder_sent = :f "
-                "ADD speech_ms :sp, audio_ms :ms, barge_ms :sp"
+                "ADD speech_ms :sp, audio_ms :ms, barge_ms :sp, flood_mark :ms"
             )
             values.update(
                 {
                     ":trail": {"N": repr(trailing_silence_ms)},
                     ":sp": {"N": repr(speech_ms)},
-                    ":now": {"N": repr(self.clock())},
+                    ":now": {"N": repr(now)},
                     ":f": {"BOOL": False},
                 }
             )
         else:
-            expr = "ADD silence_ms :ms, audio_ms :ms"
+            expr = "ADD silence_ms :ms, audio_ms :ms, flood_mark :ms"
         attrs = self._update(
             self._key(conversation_id),
             expr,
             values,
             ExpressionAttributeNames={"#st": "state"},
-            ConditionExpression="attribute_exists(pk) AND #st <> :ended",
+            ConditionExpression="attribute_exists(pk) AND #st <> :ended "
+            "AND (attribute_not_exists(flood_mark) OR flood_mark <= :limit)",
             ReturnValues="ALL_NEW",
         )
         if attrs is None:
-            return None
+            current = self.get(conversation_id)  # only on refusal: ended, or a flood?
+            if current is None or current.state == ENDED:
+                return None
+            raise AudioFlood(conversation_id)
         return LiveSession.from_item(attrs)
 
     def store_chunk(self, conversation_id: str, seq: int, pcm: bytes) -> None:
@@ -506,6 +528,14 @@ class SessionStore:
             if "LastEvaluatedKey" not in page:
                 return sessions
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+class AudioFlood(Exception):
+    """Audio arriving far faster than real time: the chunk was refused and nothing was counted."""
+
+    def __init__(self, conversation_id: str) -> None:
+        super().__init__(f"audio for {conversation_id} is arriving faster than real time")
+        self.conversation_id = conversation_id
 
 
 class SessionEnded(Exception):

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy import select
@@ -25,7 +26,7 @@ from airies.db.engine import Database
 from airies.db.ids import new_id
 from airies.db.models.base import utcnow
 from airies.db.models.conversations import Conversation
-from airies.errors import AiriesError, UnauthorizedError
+from airies.errors import AiriesError, ConflictError, NotFoundError, UnauthorizedError
 from airies.schemas import ws_protocol as wp
 from airies.schemas.agents import AgentConfig, FirstMessageMode
 from airies.services.conversations import (
@@ -38,7 +39,16 @@ from airies.services.conversations import (
     build_engines,
     token_secret,
 )
-from airies.services.sessions import ENDED, LISTENING, SPEAKING, THINKING, LiveSession, SessionEnded, SessionStore
+from airies.services.sessions import (
+    ENDED,
+    LISTENING,
+    SPEAKING,
+    THINKING,
+    AudioFlood,
+    LiveSession,
+    SessionEnded,
+    SessionStore,
+)
 from airies.services.turns import TurnEngines, TurnInput, TurnResult, TurnRunner, chunk_activity
 
 log = logging.getLogger(__name__)
@@ -47,15 +57,21 @@ log = logging.getLogger(__name__)
 _background = ThreadPoolExecutor(max_workers=8, thread_name_prefix="voice-io")
 
 _loops = threading.local()
+_loop_generation = 0  # bumped by reset_after_restore: every thread builds a fresh loop on its next turn
 
 
-def run_async(coro: Coroutine[Any, Any, TurnResult]) -> TurnResult:
+def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
     """``asyncio.run`` without a new event loop and thread pool per turn: each thread keeps its own (a Lambda
     container has one; the local gateway runs invocations on several threads). Saves creating the loop and the
     ``to_thread`` workers on the turn's critical path, and joining them after it."""
     loop: asyncio.AbstractEventLoop | None = getattr(_loops, "loop", None)
+    if loop is not None and getattr(_loops, "generation", 0) != _loop_generation:
+        stale, loop = loop, None  # built before a SnapStart snapshot: its executor threads are not to be trusted
+        if not stale.is_closed() and not stale.is_running():
+            stale.close()
     if loop is None or loop.is_closed():
         loop = _loops.loop = asyncio.new_event_loop()
+        _loops.generation = _loop_generation
         loop.set_default_executor(ThreadPoolExecutor(max_workers=8, thread_name_prefix="voice-turn"))
     asyncio.set_event_loop(loop)
     try:
@@ -74,6 +90,17 @@ MIN_SPEECH_MS = 150  # less voiced audio than this is a cough or a click, not an
 HEARD_FRAMES_MAX = 4000  # per conversation (~17 min of 250 ms frames): past it the container stops keeping audio
 OUT_OF_CREDIT_MESSAGE = "I'm sorry, this account has run out of credits, so I have to end the call now. Goodbye."
 EngineFactory = Callable[[Session, str, AgentConfig], TurnEngines]
+
+
+def ended_summary(conversation: Conversation | None) -> dict[str, Any]:
+    """The ``ended`` frame's totals; zero for a conversation that is gone."""
+    if conversation is None:
+        return {"duration_seconds": 0.0, "turns": 0, "cost_usd": "0"}
+    return {
+        "duration_seconds": conversation.duration_seconds,
+        "turns": conversation.turn_count,
+        "cost_usd": format(conversation.cost_usd or 0, "f"),
+    }
 
 
 class Poster(Protocol):
@@ -107,6 +134,14 @@ class ApiGatewayPoster:
 
 
 _management_clients: dict[str, Any] = {}
+
+
+def reset_after_restore() -> None:
+    """SnapStart: what a snapshot froze is stale after restore. Drop the cached API Gateway Management clients
+    (their pooled HTTPS connections and credentials) and make every thread build a new event loop."""
+    global _loop_generation
+    _management_clients.clear()
+    _loop_generation += 1
 
 
 def management_poster(settings: Settings, endpoint: str) -> ApiGatewayPoster:
@@ -156,12 +191,27 @@ class SocketSink:
         self.turn_id = turn_id
         self.connections = set(connections)
         self.speaking = False
+        self.speaking_update: Future[bool] | None = None
 
     async def send(self, message: dict[str, Any]) -> bool:
-        if message.get("type") == "audio" and not self.speaking:
-            self.speaking = True
         delivered = await asyncio.to_thread(self._broadcast, message)
+        if delivered and message.get("type") == "audio" and not self.speaking:
+            # The live state says "speaking" from the first audio the caller gets (thinking until then). Written
+            # off the critical path; ``settle`` waits for it before the turn goes back to listening.
+            self.speaking = True
+            self.speaking_update = _background.submit(
+                self.service.store.set_speaking, self.conversation_id, self.turn_id
+            )
         return delivered > 0
+
+    def settle(self) -> None:
+        """Wait for the thinking -> speaking write (long done by the end of a turn), so it never lands after the
+        turn's return to listening. Its failure only loses the label."""
+        if self.speaking_update is not None:
+            try:
+                self.speaking_update.result()
+            except Exception:
+                log.warning("set_speaking failed for %s", self.turn_id, exc_info=True)
 
     def _broadcast(self, message: dict[str, Any]) -> int:
         data = wp.encode(message)
@@ -300,7 +350,10 @@ class WebSocketService:
                     "body": wp.encode(wp.error("conversation_ended", "conversation has ended")).decode(),
                 }
             service = self.conversations(session)
-            config = service.config_for(conversation)
+            try:
+                config = service.config_for(conversation)  # the agent may have been deleted since the start
+            except AiriesError as exc:
+                return {"statusCode": exc.status_code, "body": wp.encode(wp.error(exc.code, exc.message)).decode()}
             try:
                 self.store.open_session(
                     conversation_id,
@@ -351,6 +404,13 @@ class WebSocketService:
             poster.post(connection_id, wp.encode(wp.error(exc.code, exc.message, exc.details)))
         except AiriesError as exc:
             poster.post(connection_id, wp.encode(wp.error(exc.code, exc.message, exc.details)))
+        except Exception:
+            # A bug or an outage (database, DynamoDB): the caller hears about it, the details stay in the log.
+            log.exception("frame of %s failed", frame_ctx.conversation_id)
+            try:
+                poster.post(connection_id, wp.encode(wp.error("internal_error", "internal error; please retry")))
+            except Exception:
+                log.exception("could not report the failure to %s", connection_id)
         return {"statusCode": 200}
 
     def _dispatch(self, ctx: Frame, poster: Poster, message: Any) -> None:
@@ -382,7 +442,7 @@ class WebSocketService:
         elif isinstance(message, wp.InterruptFrame):
             self.process_interruption(cid, message.played_ms)
         elif isinstance(message, wp.EndFrame):
-            self.end(cid, "caller_ended", poster)
+            self.end(cid, "caller_ended", poster, active_until=self.clock())
 
     def _start(self, ctx: Frame, poster: Poster, session: LiveSession) -> None:
         resumed = session.turn_seq > 0
@@ -431,7 +491,10 @@ class WebSocketService:
                 if claimed is not None:
                     _background.submit(self.store.store_chunk, cid, seq, pcm)
                     return
-        session = self.store.add_audio(cid, chunk_ms=chunk_ms, speech_ms=speech_ms, trailing_silence_ms=trailing)
+        try:  # the flood check is part of the counting write: a refused chunk changes no counter
+            session = self.store.add_audio(cid, chunk_ms=chunk_ms, speech_ms=speech_ms, trailing_silence_ms=trailing)
+        except AudioFlood as exc:
+            raise wp.ProtocolError("rate_limited", "audio is arriving faster than real time") from exc
         if session is None:
             self._vad_hints.pop(cid, None)
             raise wp.ProtocolError("conversation_ended", "this conversation has ended")
@@ -442,9 +505,6 @@ class WebSocketService:
         if seq <= session.eou_seq:
             self.store.store_chunk(cid, seq, pcm)
             return
-        elapsed_ms = (self.clock() - session.started_at) * 1000
-        if session.audio_ms > elapsed_ms * 1.5 + 5000:  # far faster than real time: a flood, not a caller
-            raise wp.ProtocolError("rate_limited", "audio is arriving faster than real time")
         config = self._config(session)
         ends_utterance = (
             session.state == LISTENING
@@ -454,6 +514,23 @@ class WebSocketService:
                 or session.speech_ms + session.silence_ms >= self.settings.ws_max_utterance_seconds * 1000
             )
         )
+        if message.end_of_utterance and not ends_utterance:
+            # The client's endpointing on the utterance's last chunk: as this chunk then end_of_utterance.
+            if session.speech_ms <= 0:
+                raise wp.ProtocolError("no_audio", "no speech was received since the last turn")
+            self._vad_hints.pop(cid, None)
+            _background.submit(self.store.store_chunk, cid, seq, pcm)
+            self.run_turn(
+                session,
+                poster,
+                mode="audio",
+                expected_utt=session.utt,
+                eou_at=ctx.received_at,
+                end_seq=seq,
+                numbered=message.seq is not None,
+                tail=pcm,
+            )
+            return
         if ends_utterance:
             # This chunk closes the utterance: hand it to the turn directly, store it off the critical path.
             self._vad_hints.pop(cid, None)
@@ -524,58 +601,82 @@ class WebSocketService:
             vad=vad,
         )
         time.sleep(0)  # hand the GIL to the claim's thread so its request leaves before the database work below
-        config = self._config(session)
-        with self.database.session() as db:
-            # The database reads of the turn run while the claim is in flight (wasted only when another
-            # invocation won the utterance): the claim's round trip is then off the critical path.
-            try:
+        closed: str | None = None  # the conversation was ended or deleted elsewhere: so is the live session
+        result: TurnResult | None = None
+        sink: SocketSink | None = None
+        try:
+            config = self._config(session)
+            with self.database.session() as db:
+                # The database reads of the turn run while the claim is in flight (wasted only when another
+                # invocation won the utterance): the claim's round trip is then off the critical path.
                 service = self.conversations(db)
-                conversation = service.get(session.account_id, cid)
-                allowed, reason, _message = service.check_credit(session.account_id)
-                engines = self.engines(db, session.account_id, config)
-            except BaseException:
-                self._abandon(claim, cid, turn_id)
-                raise
-            previous = claim.result()
-            if previous is None:
-                return None  # another invocation already took this utterance, or the conversation ended
-            pcm = None
-            if mode == "audio":
-                if heard is not None and previous.seg_start != session.seg_start:
-                    heard, fetch = None, self._fetch_audio(cid, previous.seg_start, upper, numbered)  # stale hint
-                last = upper if upper is not None else -1
-                if heard is not None:
-                    pcm = heard
-                elif fetch is not None:
-                    pcm, last = fetch.result()
-                pcm = (pcm or b"") + tail
-                if end_seq is None:
-                    self.store.set_segment_start(cid, last + 1)
-                self._forget_heard(cid, end_seq if end_seq is not None else last)
-            sink = SocketSink(self, poster, cid, turn_id, previous.connections)
-            if not allowed:
-                mode, scripted, end_after = "none", OUT_OF_CREDIT_MESSAGE, reason or "insufficient_credits"
-            runner = TurnRunner(engines, out_chunk_ms=self.settings.ws_out_chunk_ms)
-            inp = TurnInput(
-                turn_id=turn_id,
-                seq=previous.turn_seq + 1,
-                mode=mode,
-                account_id=previous.account_id,
-                conversation_id=cid,
-                pcm=pcm,
-                text=text,
-                endpointing_ms=endpointing_ms,
-                eou_at=eou_at,
-                scripted_reply=scripted,
-            )
-            if mode == "audio" and not pcm:
-                self.store.finish_turn(cid, turn_id)
-                raise wp.ProtocolError("no_audio", "no audio was buffered for this utterance")
-            # History is read from the database on a thread while the speech is transcribed.
-            result = run_async(runner.run(config, lambda: service.history_messages(cid), inp, sink))
-            if result.status not in ("no_speech",):
-                service.record_turn(conversation, result)
-        self.store.finish_turn(cid, turn_id)
+                try:
+                    conversation = service.get(session.account_id, cid)
+                except NotFoundError:
+                    closed = "deleted"
+                else:
+                    if conversation.status == "ended":  # ended over REST (or by the sweeper) meanwhile
+                        closed = conversation.end_reason or "api_request"
+                if closed is None:
+                    allowed, reason, _message = service.check_credit(session.account_id)
+                    engines = self.engines(db, session.account_id, config)
+                    previous = claim.result()
+                    if previous is None:
+                        return None  # another invocation already took this utterance, or the conversation ended
+                    pcm = None
+                    if mode == "audio":
+                        if heard is not None and previous.seg_start != session.seg_start:
+                            heard, fetch = None, self._fetch_audio(cid, previous.seg_start, upper, numbered)  # stale
+                        last = upper if upper is not None else -1
+                        if heard is not None:
+                            pcm = heard
+                        elif fetch is not None:
+                            pcm, last = fetch.result()
+                        pcm = (pcm or b"") + tail
+                        if end_seq is None:
+                            self.store.set_segment_start(cid, last + 1)
+                        self._forget_heard(cid, end_seq if end_seq is not None else last)
+                    sink = SocketSink(self, poster, cid, turn_id, previous.connections)
+                    if not allowed:
+                        mode, scripted, end_after = "none", OUT_OF_CREDIT_MESSAGE, reason or "insufficient_credits"
+                    runner = TurnRunner(engines, out_chunk_ms=self.settings.ws_out_chunk_ms)
+                    inp = TurnInput(
+                        turn_id=turn_id,
+                        seq=previous.turn_seq + 1,
+                        mode=mode,
+                        account_id=previous.account_id,
+                        conversation_id=cid,
+                        pcm=pcm,
+                        text=text,
+                        endpointing_ms=endpointing_ms,
+                        eou_at=eou_at,
+                        scripted_reply=scripted,
+                    )
+                    if mode == "audio" and not pcm:
+                        raise wp.ProtocolError("no_audio", "no audio was buffered for this utterance")
+                    # History is read from the database on a thread while the speech is transcribed.
+                    result = run_async(runner.run(config, lambda: service.history_messages(cid), inp, sink))
+                    if result.status not in ("no_speech",):
+                        try:
+                            service.record_turn(conversation, result)
+                        except ConflictError as exc:  # the conversation ended before this turn started
+                            if exc.code != "conversation_ended":
+                                raise
+                            closed = self._stored_end_reason(db, session.account_id, cid)
+                        except NotFoundError:  # deleted while the turn ran
+                            closed = "deleted"
+        finally:
+            # Whatever happened once the utterance was claimed (a failed read, engine or config, a provider
+            # outage, a refused turn), the session goes back to listening: stuck in "thinking", the server VAD
+            # would never end the next utterance and the silence timer would never fire.
+            if sink is not None:
+                sink.settle()
+            self._abandon(claim, cid, turn_id)
+        if closed is not None:
+            # No turn_end: the turn was not stored. The caller gets "ended" and the socket closes.
+            self.end(cid, closed, poster)
+            return None
+        assert result is not None and sink is not None
         sink_frame = wp.turn_end(
             turn_id,
             seq=result.seq,
@@ -592,14 +693,24 @@ class WebSocketService:
             sink._broadcast(sink_frame)
         ending = end_after or result.end_call
         if ending:
-            self.end(cid, ending, poster)
+            self.end(cid, ending, poster, active_until=self.clock())
         return result
+
+    @staticmethod
+    def _stored_end_reason(db: Session, account_id: str, conversation_id: str) -> str:
+        reason = db.scalar(
+            select(Conversation.end_reason).where(
+                Conversation.id == conversation_id, Conversation.account_id == account_id
+            )
+        )
+        return reason or "api_request"
 
     def _fetch_audio(self, cid: str, first: int, upper: int | None, numbered: bool) -> Future[tuple[bytes, int]]:
         return _background.submit(self.store.utterance_audio, cid, first, upper, wait_s=0.6 if numbered else 0.0)
 
     def _abandon(self, claim: Future[LiveSession | None], cid: str, turn_id: str) -> None:
-        """The turn failed before it started: hand the utterance back if the claim went through."""
+        """The turn is over, or failed: back to listening if the claim went through (a no-op when a newer turn
+        took over or the conversation ended)."""
         try:
             claimed = claim.result() is not None
         except Exception:
@@ -634,60 +745,155 @@ class WebSocketService:
         return "silence_timeout"
 
     def sweep(self, *, disconnect_grace_seconds: float = 30.0) -> dict[str, int]:
-        """Scheduled: timers of every live session, sessions abandoned by their caller, stale DB rows."""
+        """Scheduled: timers of every live session, sessions abandoned by their caller or whose conversation was
+        ended or deleted elsewhere, stale DB rows. One failing session never stops the sweep (counted as
+        ``errors``, logged)."""
         done: dict[str, int] = {}
-        now = self.clock()
-        for session in self.store.active_sessions():
-            action = None
-            if not session.connections and now - session.last_activity >= disconnect_grace_seconds:
-                self.end(session.conversation_id, "caller_disconnected", None)
-                action = "caller_disconnected"
-            else:
-                action = self.check_timers(session)
+
+        def count(action: str | None) -> None:
             if action:
                 done[action] = done.get(action, 0) + 1
+
+        now = self.clock()
+        sessions = self.store.active_sessions()
+        closed = self._closed_elsewhere([s.conversation_id for s in sessions])
+        for session in sessions:
+            try:
+                if session.conversation_id in closed:
+                    reason = closed[session.conversation_id]
+                    self.end(session.conversation_id, reason, None)
+                    count("closed_elsewhere")
+                elif not session.connections and now - session.last_activity >= disconnect_grace_seconds:
+                    self.end(session.conversation_id, "caller_disconnected", None)
+                    count("caller_disconnected")
+                else:
+                    count(self.check_timers(session))
+            except Exception:
+                log.exception("sweep: session %s failed", session.conversation_id)
+                count("errors")
         # Conversations never connected (token expired) or whose live state expired: close the rows.
         cutoff_created = utcnow().timestamp() - self.settings.ws_token_ttl_seconds - 60
         cutoff_active = utcnow().timestamp() - self.settings.ws_state_ttl_seconds
         with self.database.session() as db:
-            service = self.conversations(db)
-            stale = db.scalars(select(Conversation).where(Conversation.status.in_(("created", "active"))).limit(500))
-            for conversation in list(stale):
-                started = conversation.started_at.timestamp()
-                if (
-                    conversation.status == "created"
-                    and started < cutoff_created
-                    and conversation.channel == "websocket"
-                ):
-                    service.end_conversation(conversation.account_id, conversation.id, "never_connected")
-                    done["never_connected"] = done.get("never_connected", 0) + 1
-                elif conversation.status == "active" and started < cutoff_active:
-                    service.end_conversation(conversation.account_id, conversation.id, "stale")
-                    done["stale"] = done.get("stale", 0) + 1
+            rows = db.execute(
+                select(
+                    Conversation.account_id,
+                    Conversation.id,
+                    Conversation.status,
+                    Conversation.channel,
+                    Conversation.started_at,
+                )
+                .where(Conversation.status.in_(("created", "active")))
+                .limit(500)
+            ).all()
+        for account_id, conversation_id, status, channel, started_at in rows:
+            started = started_at.timestamp()
+            if status == "created" and started < cutoff_created and channel == "websocket":
+                reason = "never_connected"
+            elif status == "active" and started < cutoff_active:
+                reason = "stale"
+            else:
+                continue
+            try:  # one unit of work per row: a failure leaves the others to end
+                with self.database.session() as db:
+                    self.conversations(db).end_conversation(account_id, conversation_id, reason)
+                count(reason)
+            except Exception:
+                log.exception("sweep: ending %s failed", conversation_id)
+                count("errors")
         return done
 
+    def _closed_elsewhere(self, conversation_ids: list[str]) -> dict[str, str]:
+        """Of these live conversations, those whose row is ended (-> its end reason) or gone (-> ``deleted``): a
+        REST end or delete whose live-session close did not get through is caught up within one sweep."""
+        if not conversation_ids:
+            return {}
+        found: dict[str, tuple[str, str | None]] = {}
+        try:
+            with self.database.session() as db:
+                for start in range(0, len(conversation_ids), 500):
+                    batch = conversation_ids[start : start + 500]
+                    for cid, status, reason in db.execute(
+                        select(Conversation.id, Conversation.status, Conversation.end_reason).where(
+                            Conversation.id.in_(batch)
+                        )
+                    ):
+                        found[cid] = (status, reason)
+        except Exception:
+            log.exception("sweep: could not read the conversations of the live sessions")
+            return {}
+        closed: dict[str, str] = {}
+        for cid in conversation_ids:
+            if cid not in found:
+                closed[cid] = "deleted"
+            elif found[cid][0] == "ended":
+                closed[cid] = found[cid][1] or "api_request"
+        return closed
+
     # -- end -----------------------------------------------------------------------------------------------------
-    def end(self, conversation_id: str, reason: str, poster: Poster | None) -> bool:
-        """End once: live state, the DB row (bills the minutes), an ``ended`` frame, then close the sockets."""
+    def end(
+        self, conversation_id: str, reason: str, poster: Poster | None, *, active_until: float | None = None
+    ) -> bool:
+        """End once: live state, the DB row (bills the minutes), an ``ended`` frame, then close the sockets.
+
+        Minutes are billed to ``active_until`` (epoch seconds): the caller's last activity on the live session
+        unless given (an explicit hang-up or end-call bills to now). A conversation deleted meanwhile, or a
+        database failure, still ends the live session and closes the sockets (the summary is then zero, and the
+        sweeper closes a row left open); it never raises past the live-state write.
+        """
         session = self.store.end(conversation_id, reason)
         if session is None:
             return False
-        with self.database.session() as db:
-            conversation = self.conversations(db).end_conversation(session.account_id, conversation_id, reason)
-            summary = {
-                "duration_seconds": conversation.duration_seconds,
-                "turns": conversation.turn_count,
-                "cost_usd": format(conversation.cost_usd or 0, "f"),
-            }
-        poster = poster or (self.poster_factory(session.endpoint) if session.endpoint else None)
-        if poster is not None:
-            data = wp.encode(wp.ended(reason, conversation_id=conversation_id, **summary))
-            for connection_id in sorted(session.connections):
-                self._connections.pop(connection_id, None)
-                poster.post(connection_id, data)
-                poster.close(connection_id)
-                self.store.drop_connection(connection_id)
+        until = active_until if active_until is not None else session.last_activity
+        summary = ended_summary(None)
+        try:
+            with self.database.session() as db:
+                conversation = self.conversations(db).end_conversation(
+                    session.account_id,
+                    conversation_id,
+                    reason,
+                    active_until=datetime.fromtimestamp(until, UTC) if until else None,
+                )
+                summary = ended_summary(conversation)
+        except Exception:
+            log.exception("ending conversation %s in the database failed", conversation_id)
+        self._notify_ended(session, reason, summary, poster)
         return True
+
+    def close_live_session(self, conversation_id: str, reason: str, conversation: Conversation | None = None) -> bool:
+        """The conversation was ended or deleted outside the socket (REST): end its live session if one exists,
+        send ``ended`` (summary from ``conversation``, the row the caller just ended) and close the sockets. The
+        caller ends the row itself. False when there was no live session to end."""
+        session = self.store.end(conversation_id, reason)
+        if session is None:
+            return False
+        self._notify_ended(session, reason, ended_summary(conversation), None)
+        return True
+
+    def live_activity(self, conversation_id: str) -> datetime | None:
+        """The live session's last activity, for billing a conversation ended outside the socket (None when
+        there is no live session)."""
+        session = self.store.get(conversation_id)
+        if session is None or session.state == ENDED or not session.last_activity:
+            return None
+        return datetime.fromtimestamp(session.last_activity, UTC)
+
+    def _notify_ended(self, session: LiveSession, reason: str, summary: dict[str, Any], poster: Poster | None) -> None:
+        try:
+            poster = poster or (self.poster_factory(session.endpoint) if session.endpoint else None)
+        except Exception:
+            log.exception("no poster for %s", session.conversation_id)
+            poster = None
+        data = wp.encode(wp.ended(reason, conversation_id=session.conversation_id, **summary))
+        for connection_id in sorted(session.connections):
+            self._connections.pop(connection_id, None)
+            try:
+                if poster is not None:
+                    poster.post(connection_id, data)
+                    poster.close(connection_id)
+                self.store.drop_connection(connection_id)
+            except Exception:  # one broken connection must not keep the others open
+                log.exception("closing connection %s of %s failed", connection_id, session.conversation_id)
 
     def broadcast_to_conversation(
         self, conversation_id: str, message: dict[str, Any], poster: Poster | None = None

@@ -4,6 +4,7 @@ transcripts (JSON or plain text), cost and analytics."""
 from __future__ import annotations
 
 import base64
+import logging
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -11,7 +12,7 @@ from fastapi.responses import PlainTextResponse
 
 from airies.api.deps import Caller, current_caller
 from airies.db.models.conversations import Conversation, ConversationTurn
-from airies.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from airies.errors import BadRequestError, ConflictError, PayloadTooLargeError, UnsupportedMediaTypeError
 from airies.schemas import ws_protocol as wp
 from airies.schemas.common import Page
 from airies.schemas.conversations import (
@@ -32,6 +33,7 @@ from airies.services.conversations import (
 )
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
+log = logging.getLogger(__name__)
 
 
 def service(request: Request, caller: Caller) -> ConversationService:
@@ -50,7 +52,42 @@ def service(request: Request, caller: Caller) -> ConversationService:
         recorder=recorder,
         start_check=lambda session, account_id: billing_start_check(settings, session, account_id),
         database=request.app.state.database,
+        tokens=getattr(state, "conversation_tokens", None),  # tests may inject (a clock)
     )
+
+
+def live_sessions(request: Request) -> Any:
+    """The WebSocket side of the conversations (live-session store + the connection poster), to end a live call
+    when its conversation is ended or deleted over REST. Built on first use; tests may inject
+    ``app.state.live_sessions``. On AWS the API function needs the state table and ManageConnections."""
+    state = request.app.state
+    live = getattr(state, "live_sessions", None)
+    if live is None:
+        from airies.services.sessions import build_session_store
+        from airies.services.websocket import WebSocketService
+
+        settings = state.settings
+        live = state.live_sessions = WebSocketService(settings, state.database, build_session_store(settings))
+    return live
+
+
+def _live_activity(request: Request, conversation: Conversation) -> Any:
+    """The live session's last activity (to bill the minutes to it), None without one. Never fails the request:
+    the database row decides, and a live session left open is closed by its next turn or the sweeper."""
+    if conversation.status != "active":  # only a connection (or an HTTP turn) makes a conversation active
+        return None
+    try:
+        return live_sessions(request).live_activity(conversation.id)
+    except Exception:
+        log.exception("could not read the live session of %s", conversation.id)
+        return None
+
+
+def _close_live(request: Request, conversation: Conversation, reason: str) -> None:
+    try:
+        live_sessions(request).close_live_session(conversation.id, reason, conversation)
+    except Exception:
+        log.exception("could not end the live session of %s", conversation.id)
 
 
 def conversation_out(c: Conversation) -> dict[str, Any]:
@@ -156,15 +193,49 @@ def get_conversation(
 def update_conversation(
     conversation_id: str, body: ConversationUpdate, request: Request, caller: Caller = Depends(current_caller)
 ) -> ConversationOut:
-    return ConversationOut(
-        **conversation_out(service(request, caller).update(caller.account_id, conversation_id, body))
-    )
+    svc = service(request, caller)
+    current = svc.get(caller.account_id, conversation_id)  # 404 before touching any live state
+    ending = body.status == "ended" and current.status != "ended"
+    active_until = _live_activity(request, current) if ending else None
+    conversation = svc.update(caller.account_id, conversation_id, body, active_until=active_until)
+    if ending:
+        # Committed first: a caller who reconnects on "ended" must find the row ended.
+        caller.session.commit()
+        _close_live(request, conversation, "api_request")
+    return ConversationOut(**conversation_out(conversation))
 
 
 @router.delete("/{conversation_id}", status_code=204)
 def delete_conversation(conversation_id: str, request: Request, caller: Caller = Depends(current_caller)) -> Response:
-    service(request, caller).delete(caller.account_id, conversation_id)
+    svc = service(request, caller)
+    current = svc.get(caller.account_id, conversation_id)
+    live = current.status != "ended"
+    active_until = _live_activity(request, current) if live else None
+    summary = svc.delete(caller.account_id, conversation_id, active_until=active_until)
+    caller.session.commit()
+    if live:
+        _close_live(request, summary, "deleted")
     return Response(status_code=204)
+
+
+@router.post("/{conversation_id}/token")
+def refresh_token(
+    conversation_id: str, request: Request, caller: Caller = Depends(current_caller)
+) -> ConversationStarted:
+    """A fresh short-lived WebSocket token for a conversation that has not ended: a call that dropped after the
+    first token expired reconnects with it (``ready`` then says ``resumed: true``)."""
+    svc = service(request, caller)
+    conversation = svc.get(caller.account_id, conversation_id)
+    if conversation.status == "ended":
+        raise ConflictError("this conversation has ended", code="conversation_ended")
+    token, expires = svc.tokens.issue(conversation.id, caller.account_id)
+    return ConversationStarted(
+        **conversation_out(conversation),
+        ws_url=svc.ws_url(conversation.id, token),
+        token=token,
+        token_expires_at=expires,
+        protocol_version=wp.PROTOCOL_VERSION,
+    )
 
 
 def _turn_response(turn: ConversationTurn, result: Any, frames: list[dict[str, Any]]) -> dict[str, Any]:

@@ -64,6 +64,7 @@ PRICES = {
 }
 LAMBDA_GB = 0.5  # VoiceMessageFunction MemorySize: 512
 CHUNK_MS = 250
+MIN_CHUNK_MS = 80  # the protocol refuses shorter audio chunks (audio_too_small)
 REPLY = (
     "Sure. Our clinic opens at nine in the morning on weekdays. "
     "On Saturdays we open at ten and close at two. Is there anything else?"
@@ -432,6 +433,7 @@ def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
         for pcm in (speech, pause):
             for offset in range(0, len(pcm), CHUNK_MS * 32):
                 piece = pcm[offset : offset + CHUNK_MS * 32]
+                piece += bytes(max(0, MIN_CHUNK_MS * 32 - len(piece)))  # a client pads its last short chunk
                 started = frame({"action": "audio", "seq": seq, "data": base64.b64encode(piece).decode()})
                 seq += 1
                 streamed_ms += len(piece) / 32

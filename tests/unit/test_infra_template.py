@@ -197,6 +197,19 @@ def test_functions_may_read_what_their_code_reads(template: dict, function: str)
         assert name in secret_names, f"{function}: AIRIES_PROVIDER_KEYS_SECRET_NAME does not list {name}"
 
 
+# Functions that end or speak into live calls: the voice state table and the connections of the WebSocket API.
+LIVE_CALL_FUNCTIONS = ["ApiFunction", "VoiceConnectFunction", "VoiceMessageFunction", "SessionSweeperFunction"]
+
+
+@pytest.mark.parametrize("function", LIVE_CALL_FUNCTIONS)
+def test_functions_that_touch_live_calls_may_do_so(template: dict, function: str) -> None:
+    policies = template["Resources"][function]["Properties"]["Policies"]
+    tables = [p["DynamoDBCrudPolicy"]["TableName"] for p in policies if "DynamoDBCrudPolicy" in p]
+    assert {"Ref": "VoiceStateTable"} in tables, f"{function}: no access to the live-session table"
+    if function != "VoiceConnectFunction":  # $connect answers through its return value, it posts nothing
+        assert "execute-api:ManageConnections" in str(policies), f"{function}: cannot post to or close connections"
+
+
 def test_offline_engines_are_off_on_aws_and_on_locally(template: dict) -> None:
     assert template["Globals"]["Function"]["Environment"]["Variables"]["AIRIES_VOICE_OFFLINE_FALLBACK"] == "false"
     ctx = local_context(template)

@@ -13,18 +13,18 @@ import json
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
 
 from airies.providers.embeddings.base import approx_tokens
 from airies.providers.embeddings.hashing import HashingEmbedder
+from tests.doubles._json_server import JsonServer
 
 MODEL_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
 
 
-class OpenAIEmbeddingsDouble:
+class OpenAIEmbeddingsDouble(JsonServer):
     def __init__(self, *, api_key: str = "sk-test", latency: float = 0.0, vectors: str = "hashing") -> None:
         self.api_key = api_key
         self.latency = latency
@@ -33,41 +33,16 @@ class OpenAIEmbeddingsDouble:
         self.failures: deque[tuple[int, dict[str, Any]]] = deque()
         self._embedders: dict[int, HashingEmbedder] = {}
         self.lock = threading.Lock()
-        double = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-                status, body, extra = double.handle(self.path, dict(self.headers), raw)
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                for key, value in extra.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__()
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        return f"{self.origin}/v1"
 
-    def __enter__(self) -> OpenAIEmbeddingsDouble:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def respond(
+        self, method: str, path: str, headers: dict[str, str], raw: bytes
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        return self.handle(path, headers, raw)
 
     def fail_next(self, status: int, message: str = "scripted failure") -> None:
         self.failures.append((status, {"error": {"message": message, "type": "server_error", "code": None}}))

@@ -7,51 +7,26 @@ The data plane (upsert, query, ...) is ``pinecone_server.PineconeDouble``.
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.doubles._json_server import JsonServer
 
-class PineconeControlDouble:
+
+class PineconeControlDouble(JsonServer):
     def __init__(self, *, api_key: str = "pc-test-key") -> None:
         self.api_key = api_key
         self.status: int | None = None  # forced answer for every request
         self.requests: list[tuple[str, str, dict[str, str]]] = []
-        double = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                double.requests.append(("GET", self.path, headers))
-                status, body = double.handle(self.path, headers)
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return self.origin
 
-    def __enter__(self) -> PineconeControlDouble:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def respond(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, Any]]:
+        lowered = {k.lower(): v for k, v in headers.items()}
+        self.requests.append((method, path, lowered))
+        return self.handle(path, lowered)
 
     def handle(self, path: str, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
         if headers.get("api-key") != self.api_key:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
+
+from tests.doubles._json_server import JsonServer
 
 MAX_UPSERT_VECTORS = 1000
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
@@ -52,7 +53,7 @@ def _match(metadata: dict[str, Any], flt: dict[str, Any] | None) -> bool:
     return True
 
 
-class PineconeDouble:
+class PineconeDouble(JsonServer):
     def __init__(self, *, api_key: str = "pc-test-key", dimension: int | None = None) -> None:
         self.api_key = api_key
         self.dimension = dimension
@@ -60,40 +61,14 @@ class PineconeDouble:
         self.requests: Counter[str] = Counter()
         self.bodies: list[tuple[str, dict[str, Any]]] = []
         self.lock = threading.Lock()
-        double = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                raw = self.rfile.read(length)
-                status, body = double.handle(self.path, dict(self.headers), raw)
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__()
 
     @property
     def host(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return self.origin
 
-    def __enter__(self) -> PineconeDouble:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def respond(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, Any]]:
+        return self.handle(path, headers, raw)
 
     def handle(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, Any]]:
         lowered = {k.lower(): v for k, v in headers.items()}

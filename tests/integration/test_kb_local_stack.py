@@ -14,6 +14,7 @@ from moto import mock_aws
 
 from airies.config import get_settings
 from airies.db.engine import get_database
+from airies.local.invoke import patched_environ
 from airies.local.template import DEFAULT_ENV_FILE, LocalContext, create_local_resources, load_env_file, load_template
 from airies.schemas.usage import UsageComponent, UsageEvent
 from airies.services.knowledge import build_knowledge_service
@@ -49,7 +50,8 @@ def _wait_for(predicate, timeout=20.0):
 
 
 def test_local_workers_ingest_uploads_and_scrape_jobs(database, monkeypatch, tmp_path):
-    with mock_aws():
+    # The pollers add their functions' template env to the process (as make run does): give it back afterwards.
+    with patched_environ({}), mock_aws():
         ctx = LocalContext(template=load_template(), env_file=load_env_file(DEFAULT_ENV_FILE), region="us-east-1")
         create_local_resources(ctx)
         sqs = boto3.client("sqs", region_name="us-east-1")

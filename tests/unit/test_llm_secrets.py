@@ -54,7 +54,8 @@ def test_kms_envelope():
         EnvelopeCipher(settings).open(sealed, {**CONTEXT, "provider": "openai"})
 
 
-def test_aws_without_kms_key_refuses(tmp_path):
+def test_aws_without_kms_key_refuses(tmp_path, monkeypatch):
+    monkeypatch.delenv("AIRIES_PROVIDER_KEYS_KMS_KEY_ID", raising=False)
     with pytest.raises(RuntimeError):
         EnvelopeCipher(Settings(stage="prod", data_dir=tmp_path)).seal("x", CONTEXT)
 

@@ -514,10 +514,12 @@ class WebSocketService:
                 or session.speech_ms + session.silence_ms >= self.settings.ws_max_utterance_seconds * 1000
             )
         )
-        if message.end_of_utterance and not ends_utterance:
-            # The client's endpointing on the utterance's last chunk: as this chunk then end_of_utterance.
-            if session.speech_ms <= 0:
-                raise wp.ProtocolError("no_audio", "no speech was received since the last turn")
+        client_endpointed = message.end_of_utterance and not ends_utterance
+        if client_endpointed and session.speech_ms <= 0:
+            raise wp.ProtocolError("no_audio", "no speech was received since the last turn")
+        if ends_utterance or client_endpointed:
+            # This chunk closes the utterance (server VAD, or the client's endpointing on its last chunk): hand it
+            # to the turn directly, store it off the critical path.
             self._vad_hints.pop(cid, None)
             _background.submit(self.store.store_chunk, cid, seq, pcm)
             self.run_turn(
@@ -525,22 +527,7 @@ class WebSocketService:
                 poster,
                 mode="audio",
                 expected_utt=session.utt,
-                eou_at=ctx.received_at,
-                end_seq=seq,
-                numbered=message.seq is not None,
-                tail=pcm,
-            )
-            return
-        if ends_utterance:
-            # This chunk closes the utterance: hand it to the turn directly, store it off the critical path.
-            self._vad_hints.pop(cid, None)
-            _background.submit(self.store.store_chunk, cid, seq, pcm)
-            self.run_turn(
-                session,
-                poster,
-                mode="audio",
-                expected_utt=session.utt,
-                endpointing_ms=session.silence_ms,
+                endpointing_ms=session.silence_ms if ends_utterance else 0.0,
                 eou_at=ctx.received_at,
                 end_seq=seq,
                 numbered=message.seq is not None,

@@ -21,6 +21,13 @@ from benchmarks import harness, importtime
 DEFAULT_RUNS = 7
 API_FUNCTIONS = {"ApiFunction": 3.0}  # function -> allowed ratio; all others 2.0
 DEFAULT_RATIO = 2.0
+# What the design's fixed stack costs to import before any of our code runs (measured beside the functions): the
+# API needs FastAPI + Mangum + the ORM + settings + the Powertools logger; every other function the last three.
+FLOORS = {
+    "floor: API stack": "import fastapi, mangum, sqlalchemy.orm, pydantic_settings; "
+    "from aws_lambda_powertools import Logger",
+    "floor: DB function stack": "import sqlalchemy.orm, pydantic_settings; from aws_lambda_powertools import Logger",
+}
 BENCH_DATABASE_URL = os.environ.get(
     "AIRIES_BENCH_DATABASE_URL", "postgresql+pg8000://postgres@127.0.0.1:5432/airies_bench_cold"
 )
@@ -62,6 +69,8 @@ def run(args: Any) -> dict[str, Any]:
     specs = function_specs(ctx.template)
     baseline_code = harness.timed_snippet([], "import boto3")
     jobs: dict[str, tuple[str, dict[str, str] | None]] = {"import boto3": (baseline_code, None)}
+    for name, statement in FLOORS.items():  # the fixed stack's own imports, before any of our code
+        jobs[name] = (harness.timed_snippet([], statement), None)
     for logical_id, spec in specs.items():
         jobs[logical_id] = (_handler_snippet(spec), _function_env(spec, ctx))
 
@@ -79,6 +88,11 @@ def run(args: Any) -> dict[str, Any]:
     baseline = harness.median(samples["import boto3"])
     print(f"  {'':<28}{'median ms':>10}{'min ms':>9}{'x boto3':>9}")
     print(f"  {'import boto3 (baseline)':<28}{baseline:>10.1f}{min(samples['import boto3']):>9.1f}{1.0:>9.2f}")
+    floors: dict[str, Any] = {}
+    for name in FLOORS:
+        med = harness.median(samples[name])
+        floors[name] = {"median_ms": round(med, 1), "ratio_to_boto3": round(med / baseline, 2)}
+        print(f"  {name:<28}{med:>10.1f}{min(samples[name]):>9.1f}{med / baseline:>9.2f}")
     functions: dict[str, Any] = {}
     targets = []
     for logical_id in specs:
@@ -113,6 +127,7 @@ def run(args: Any) -> dict[str, Any]:
             "median_ms": round(baseline, 1),
             "samples_ms": [round(v, 1) for v in samples["import boto3"]],
         },
+        "floors": floors,
         "functions": functions,
         "targets": targets,
     }

@@ -275,3 +275,49 @@ def test_pg_parallel_deductions_and_usage_near_zero_respect_the_floor_and_the_le
     # Usage alone demands 120 * 69.6 = 8,352 credits of the 2,030 available and the balance only goes down, so some
     # event was only partly covered: the floor was reached exactly, by whichever operation came last.
     assert final == floor
+
+
+def test_pg_usage_recorded_while_its_period_is_invoiced_is_billed_exactly_once(pg_database):
+    """A past-period event tracked while that period's invoice is being created waits for it (the SHARE lock on
+    invoices), then is flagged late and billed by the next invoice: never by neither, never by both."""
+    from sqlalchemy import text
+
+    from airies.db.models.billing import Invoice
+    from airies.services.invoicing import InvoicingService
+
+    database = pg_database
+    october, november = datetime(2026, 10, 20, tzinfo=UTC), datetime(2026, 11, 20, tzinfo=UTC)
+    acc = make_account(database, "pay_as_you_go")  # no credits: every event is billed on an invoice
+    svc = UsageService(database, clock=lambda: november)
+
+    def event(key: str, when: datetime) -> UsageEvent:
+        return UsageEvent(
+            idempotency_key=key, account_id=acc, occurred_at=when, component="platform_minutes", quantity=Decimal(10)
+        )
+
+    svc.track_usage([event("oct-1", october)])
+    invoicing_session = database.session_factory()
+    InvoicingService(invoicing_session, clock=lambda: november).prepare_invoice(acc, "2026-10")  # not committed
+    tracker = threading.Thread(target=svc.track_usage, args=([event("oct-during", october)],))
+    tracker.start()
+    try:
+        waiting = 0
+        for _ in range(500):  # until the tracker waits on the invoices lock (pg_locks: a lock not granted)
+            with database.engine.connect() as conn:
+                waiting = conn.execute(
+                    text("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'invoices'::regclass")
+                ).scalar_one()
+            if waiting or not tracker.is_alive():
+                break
+            threading.Event().wait(0.01)
+        assert waiting == 1, "the tracker did not wait for the invoice being created"
+    finally:
+        invoicing_session.commit()
+        invoicing_session.close()
+        tracker.join(10)
+    with database.session() as s:
+        assert s.scalar(select(UsageEventRecord.late).where(UsageEventRecord.idempotency_key == "oct-during")) is True
+        oct_invoice = s.scalar(select(Invoice).where(Invoice.account_id == acc, Invoice.period == "2026-10"))
+        assert oct_invoice.billable_micros == 45_200_000  # oct-1 only: 10 min * 4.52 credits
+        nov_invoice = InvoicingService(s, clock=lambda: november).prepare_invoice(acc, "2026-11")
+        assert nov_invoice.billable_micros == 45_200_000  # the late one, once

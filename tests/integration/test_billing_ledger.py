@@ -305,10 +305,14 @@ def _late_usage_run(database, bulk: bool) -> None:
     else:
         assert december.billable_micros == 0 and december.status == "no_charge"
     with database.session() as s:
-        billed_by = dict(
-            s.query(UsageEventRecord.idempotency_key, UsageEventRecord.invoice_id).filter_by(account_id=acc)
-        )
-    assert billed_by == {"oct-1": october.id, "oct-late": november.id, "nov-1": november.id}
+        marks = {
+            key: (late, invoice_id)
+            for key, late, invoice_id in s.query(
+                UsageEventRecord.idempotency_key, UsageEventRecord.late, UsageEventRecord.invoice_id
+            ).filter_by(account_id=acc)
+        }
+    # Only the late event is marked (by the invoice that billed it); the others are billed by their period.
+    assert marks == {"oct-1": (False, None), "oct-late": (True, november.id), "nov-1": (False, None)}
     total = sum(i.billable_micros for i in (october, november, december) if i is not None)
     with database.session() as s:
         uncovered = s.query(func.sum(UsageEventRecord.credits_micros - UsageEventRecord.covered_micros)).filter_by(

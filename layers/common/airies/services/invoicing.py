@@ -10,11 +10,11 @@ every Stripe call carries an idempotency key derived from our invoice id.
 What is billed: the credits of usage the balance did not cover (``credits - covered``) on tiers with
 ``invoice_overage``; covered usage is listed on the invoice at zero so every number traces to its events.
 
-Late usage is billed once, on the next invoice: every uncovered event is marked with the invoice that billed
-it (``usage_events.invoice_id``). An invoice for a period bills every not-yet-marked uncovered event that
-occurred before the period's end, so an event that arrives after its own period was invoiced (e.g. redriven
-from the DLQ) is picked up by the next run, and a marked event is never billed again (nor by a re-run or an
-out-of-order run of an earlier period). Fully covered events are listed (at zero) on their own period's invoice.
+Late usage is billed once, on the next invoice. An event recorded after its period's invoice was created (e.g.
+redriven from the DLQ) is flagged ``late`` when it is recorded (``UsageService`` checks for the invoice under a
+lock that keeps it from being created meanwhile). An invoice bills its period's own events (not late) by period,
+without touching them, plus every late uncovered event of an earlier period not billed yet, which it marks
+(``usage_events.invoice_id``): a marked event is never billed again, by a re-run or by an out-of-order run.
 The invoice row is inserted first: its unique (account, period) entry is what makes the marking exclusive.
 """
 
@@ -52,19 +52,19 @@ COMPONENT_LABELS = {
 
 _BULK_INVOICE_SQL = """
 WITH marked AS (
-    -- every uncovered event not billed yet up to the period's end (late ones included) goes on this invoice
+    -- late events of earlier periods (recorded after their own invoice) not billed yet: marked for this invoice
     UPDATE usage_events u SET invoice_id = 'inv_' || substr(md5(u.account_id || ':' || :period), 1, 26)
-    WHERE u.occurred_at < :end AND u.invoice_id IS NULL AND u.credits_micros > u.covered_micros
+    WHERE u.occurred_at < :start AND u.late AND u.invoice_id IS NULL AND u.credits_micros > u.covered_micros
       AND u.tier = ANY(CAST(:tiers AS varchar[]))
       AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.account_id = u.account_id AND i.period = :period)
     RETURNING u.account_id, u.component, u.provider, u.model, u.quantity_micro, u.credits_micros, u.covered_micros
 ), listed AS (
     SELECT * FROM marked
     UNION ALL
-    -- the period's fully covered usage, listed at zero
+    -- the period's own events (the fully covered ones listed at zero): billed by period, never marked
     SELECT e.account_id, e.component, e.provider, e.model, e.quantity_micro, e.credits_micros, e.covered_micros
     FROM usage_events e
-    WHERE e.occurred_at >= :start AND e.occurred_at < :end AND e.credits_micros = e.covered_micros
+    WHERE e.occurred_at >= :start AND e.occurred_at < :end AND NOT e.late
       AND e.tier = ANY(CAST(:tiers AS varchar[]))
       AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.account_id = e.account_id AND i.period = :period)
 ), g AS (
@@ -135,15 +135,21 @@ class InvoicingService:
 
     # -- step 1: who is billed ------------------------------------------------------------------------
     def _billable(self, start: datetime, end: datetime) -> Any:
-        """Events an invoice of [start, end) lists: the period's events, and late uncovered ones not billed yet."""
+        """Events an invoice of [start, end) lists: the period's own events, and the late uncovered ones of earlier
+        periods not billed yet (a late event of this period waits for the next invoice: this one exists)."""
         e = UsageEventRecord
         return and_(
             e.tier.in_(self.invoiceable_tiers),
             or_(
-                and_(e.occurred_at >= start, e.occurred_at < end),
-                and_(e.occurred_at < start, e.invoice_id.is_(None), e.credits_micros > e.covered_micros),
+                and_(e.occurred_at >= start, e.occurred_at < end, e.late.is_(False)),
+                and_(e.occurred_at < start, self._unbilled_late()),
             ),
         )
+
+    @staticmethod
+    def _unbilled_late() -> Any:
+        e = UsageEventRecord
+        return and_(e.late.is_(True), e.invoice_id.is_(None), e.credits_micros > e.covered_micros)
 
     def list_billable_accounts(self, period: str, *, cursor: str | None = None, limit: int = 500) -> dict[str, Any]:
         """A page of accounts with invoiceable usage in the period or late unbilled usage from before it
@@ -164,17 +170,16 @@ class InvoicingService:
         return {"period": period, "accounts": ids, "next_cursor": ids[-1] if more else None}
 
     # -- step 2: aggregate ------------------------------------------------------------------------------
-    def _mark(self, account_id: str, invoice_id: str, end: datetime) -> int:
-        """Claim for ``invoice_id`` every uncovered event of the account not billed yet, up to ``end``."""
+    def _mark(self, account_id: str, invoice_id: str, start: datetime) -> int:
+        """Claim for ``invoice_id`` the account's late uncovered events of earlier periods not billed yet."""
         e = UsageEventRecord
         result = self.session.execute(
             update(e)
             .where(
                 e.account_id == account_id,
                 e.tier.in_(self.invoiceable_tiers),
-                e.occurred_at < end,
-                e.invoice_id.is_(None),
-                e.credits_micros > e.covered_micros,
+                e.occurred_at < start,
+                self._unbilled_late(),
             )
             .values(invoice_id=invoice_id)
             .execution_options(synchronize_session=False)
@@ -195,7 +200,7 @@ class InvoicingService:
             func.sum(e.credits_micros),
             func.sum(e.covered_micros),
             func.count(),
-        ).where(self._billable(start, end), or_(e.invoice_id.is_(None), e.credits_micros == e.covered_micros))
+        ).where(self._billable(start, end))
         if account_ids is not None:
             q = q.where(e.account_id.in_(list(account_ids)))
         q = q.group_by(e.account_id, e.component, e.provider, e.model).order_by(
@@ -207,7 +212,7 @@ class InvoicingService:
         return out
 
     def _aggregate_invoice(self, account_id: str, invoice_id: str, period: str) -> list[tuple]:
-        """The invoice's line groups: the events it billed (marked) and the period's fully covered events."""
+        """The invoice's line groups: the period's own events and the late ones it marked."""
         start, end = period_bounds(period)
         e = UsageEventRecord
         q = (
@@ -225,7 +230,7 @@ class InvoicingService:
                 e.tier.in_(self.invoiceable_tiers),
                 or_(
                     e.invoice_id == invoice_id,
-                    and_(e.occurred_at >= start, e.occurred_at < end, e.credits_micros == e.covered_micros),
+                    and_(e.occurred_at >= start, e.occurred_at < end, e.late.is_(False)),
                 ),
             )
             .group_by(e.component, e.provider, e.model)
@@ -293,7 +298,7 @@ class InvoicingService:
             .returning(Invoice.id)
         ).scalar_one_or_none()
         if inserted is not None:
-            self._mark(account_id, invoice_id, end)
+            self._mark(account_id, invoice_id, start)
             lines, total_credits, billable, amount = self._lines(
                 self._aggregate_invoice(account_id, invoice_id, period)
             )

@@ -35,12 +35,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import case, func, literal_column, or_, select, update
+from sqlalchemy import case, func, literal_column, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from airies.db.ids import new_id
 from airies.db.models import Account, utcnow
-from airies.db.models.billing import BillingAccount, CreditLedgerEntry, UsageDaily, UsageEventRecord
+from airies.db.models.billing import BillingAccount, CreditLedgerEntry, Invoice, UsageDaily, UsageEventRecord
 from airies.errors import BadRequestError, NotFoundError, PaymentRequiredError
 from airies.schemas.usage import (
     MICROS_PER_CREDIT,
@@ -554,11 +554,27 @@ class UsageService:
                     totals[i] += value
         return TrackResult(*totals)
 
+    def _invoiced_periods(self, s: Session, account_id: str, events: list[UsageEvent], now: datetime) -> set[str]:
+        """The periods of these events that already have an invoice: their events are late.
+
+        Only past periods can be invoiced. On PostgreSQL a SHARE lock on ``invoices`` (held until this transaction
+        commits) waits for an invoice being created and keeps new ones out meanwhile, so an event is either
+        visible to its period's invoice or flagged late here, never neither. SQLite serialises writers itself.
+        """
+        current_start = period_bounds(month_period(now))[0]
+        past = {month_period(e.occurred_at) for e in events if e.occurred_at < current_start}
+        if not past:
+            return set()
+        if self._is_pg(s):
+            s.execute(text("LOCK TABLE invoices IN SHARE MODE"))
+        return set(s.scalars(select(Invoice.period).where(Invoice.account_id == account_id, Invoice.period.in_(past))))
+
     def _track_account(self, s: Session, account_id: str, events: list[UsageEvent]) -> TrackResult:
+        now = self.clock()
+        invoiced = self._invoiced_periods(s, account_id, events, now)  # before any row lock: one lock order
         row = self.ensure_account(account_id, session=s)
         tier = self.pricing.tier(row.tier)
         ledger_id = new_id("led")
-        now = self.clock()
         rows: list[dict[str, Any]] = []
         for event in events:
             priced = self.calculate_credits(event, tier)
@@ -581,6 +597,7 @@ class UsageService:
                     "credits_micros": priced.credits_micros,
                     "covered_micros": 0,
                     "ledger_entry_id": ledger_id,
+                    "late": month_period(event.occurred_at) in invoiced,
                     "meta": json.loads(json.dumps(event.metadata, default=str)),
                     "created_at": now,
                 }

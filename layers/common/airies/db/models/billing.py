@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from airies.db.models.base import Base, TimestampMixin, id_column, utcnow
@@ -91,9 +91,12 @@ class UsageEventRecord(Base):
     # The part paid from the balance; credits - covered is billed on the monthly invoice (or written off on free).
     covered_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     ledger_entry_id: Mapped[str | None] = mapped_column(String(40))
-    # The invoice that billed this event's uncovered part (credits - covered); NULL while not yet billed.
-    # Set only on uncovered events of invoiceable tiers: a late event (occurred in an already invoiced period)
-    # stays NULL until the next invoice run picks it up, and a marked event is never billed again.
+    # Recorded after its period's invoice was created (e.g. redriven from the dead-letter queue): that invoice
+    # cannot bill it, the next invoice run does. Decided at insert, under a lock that keeps invoices of the period
+    # from being created meanwhile, so every event is either in its period's invoice or late: never neither.
+    late: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The invoice that billed a late event's uncovered part; a marked event is never billed again. An event that
+    # is not late is billed by its own period's invoice (by period, without being marked).
     invoice_id: Mapped[str | None] = mapped_column(String(40))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -80,6 +80,7 @@ def upgrade() -> None:
         sa.Column("credits_micros", sa.BigInteger(), nullable=False),
         sa.Column("covered_micros", sa.BigInteger(), nullable=False),
         sa.Column("ledger_entry_id", sa.String(40), nullable=True),
+        sa.Column("late", sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.Column("invoice_id", sa.String(40), nullable=True),
         sa.Column("metadata", JSON, nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),

@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 import socket
@@ -29,9 +28,10 @@ import sys
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.doubles._json_server import JsonServer
 
 
 def unflatten(pairs: list[tuple[str, str]]) -> dict[str, Any]:
@@ -57,7 +57,7 @@ def _lists(node: Any) -> Any:
     return node
 
 
-class StripeInvoiceDouble:
+class StripeInvoiceDouble(JsonServer):
     def __init__(self, api_key: str = "sk_test_double") -> None:
         self.api_key = api_key
         self.customers: dict[str, dict[str, Any]] = {}
@@ -73,55 +73,28 @@ class StripeInvoiceDouble:
         self.failing_cards: set[str] = {"pm_card_chargeCustomerFail"}  # attaches; the first payment then fails
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        super().__init__()
 
     # -- lifecycle --------------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        assert self._server is not None
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self.origin
 
     def start(self) -> StripeInvoiceDouble:
-        double = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _serve(self, method: str) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                raw = self.rfile.read(length).decode() if length else ""
-                split = urlsplit(self.path)
-                params = unflatten(parse_qsl(raw, keep_blank_values=True) + parse_qsl(split.query))
-                status, body = double.dispatch(
-                    method, split.path, params, self.headers.get("authorization"), self.headers.get("idempotency-key")
-                )
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.send_header("request-id", f"req_{next(double._ids)}")
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                self._serve("GET")
-
-            def do_POST(self) -> None:
-                self._serve("POST")
-
-            def do_DELETE(self) -> None:
-                self._serve("DELETE")
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.thread.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        self.__exit__()
+
+    def respond(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[Any, ...]:
+        lowered = {k.lower(): v for k, v in headers.items()}
+        split = urlsplit(path)
+        params = unflatten(parse_qsl(raw.decode(), keep_blank_values=True) + parse_qsl(split.query))
+        status, body = self.dispatch(
+            method, split.path, params, lowered.get("authorization"), lowered.get("idempotency-key")
+        )
+        return status, body, {"request-id": f"req_{next(self._ids)}"}
 
     def fail_next(self, path_prefix: str, status: int = 500, times: int = 1) -> None:
         for _ in range(times):

@@ -104,6 +104,18 @@ ON CONFLICT (account_id, period) DO NOTHING
 """
 
 
+# One invoice line: its dimensions and sums (quantity, credits, covered credits, events).
+_LINE_GROUP = (
+    UsageEventRecord.component,
+    UsageEventRecord.provider,
+    UsageEventRecord.model,
+    func.sum(UsageEventRecord.quantity_micro),
+    func.sum(UsageEventRecord.credits_micros),
+    func.sum(UsageEventRecord.covered_micros),
+    func.count(),
+)
+
+
 def previous_period(now: datetime) -> str:
     first = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     return month_period(first - timedelta(days=1))
@@ -191,16 +203,7 @@ class InvoicingService:
         period would list now — the period's events and the late uncovered ones not billed yet."""
         start, end = period_bounds(period)
         e = UsageEventRecord
-        q = select(
-            e.account_id,
-            e.component,
-            e.provider,
-            e.model,
-            func.sum(e.quantity_micro),
-            func.sum(e.credits_micros),
-            func.sum(e.covered_micros),
-            func.count(),
-        ).where(self._billable(start, end))
+        q = select(e.account_id, *_LINE_GROUP).where(self._billable(start, end))
         if account_ids is not None:
             q = q.where(e.account_id.in_(list(account_ids)))
         q = q.group_by(e.account_id, e.component, e.provider, e.model).order_by(
@@ -216,15 +219,7 @@ class InvoicingService:
         start, end = period_bounds(period)
         e = UsageEventRecord
         q = (
-            select(
-                e.component,
-                e.provider,
-                e.model,
-                func.sum(e.quantity_micro),
-                func.sum(e.credits_micros),
-                func.sum(e.covered_micros),
-                func.count(),
-            )
+            select(*_LINE_GROUP)
             .where(
                 e.account_id == account_id,
                 e.tier.in_(self.invoiceable_tiers),

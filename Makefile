@@ -32,7 +32,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make run     create .venv, install, migrate, serve the platform at http://127.0.0.1:$(PORT) (prints a dev API key)"
-	@echo "make test    install, then ruff + cfn-lint + every test (SQLite and PostgreSQL)"
+	@echo "make test    install, then ruff + cfn-lint + every test (SQLite, PostgreSQL, PostgreSQL 16 + pgvector)"
 	@echo "make bench   benchmarks (cold init per function, warm API latency) -> benchmarks/results/"
 	@echo "make lint    ruff check + ruff format --check + cfn-lint"
 	@echo "make format  ruff format + ruff check --fix"
@@ -82,7 +82,9 @@ serve: run
 # ---------------------------------------------------------------------------------------------------------------------
 # Test & lint (CI runs `make test` through .ci/run)
 # ---------------------------------------------------------------------------------------------------------------------
-test: install tools espeak lint pytest
+# pgvector (PostgreSQL 16 from pgserver) is part of every test run: its tests fail, never skip, without it.
+test: install tools espeak kb-pgvector lint
+	AIRIES_REQUIRE_PGVECTOR=1 $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 lint: install tools
 	$(VENV)/bin/ruff check $(LINT_PATHS)

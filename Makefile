@@ -83,8 +83,7 @@ serve: run
 # Test & lint (CI runs `make test` through .ci/run)
 # ---------------------------------------------------------------------------------------------------------------------
 # pgvector (PostgreSQL 16 from pgserver) is part of every test run: its tests fail, never skip, without it.
-test: install tools espeak kb-pgvector lint
-	AIRIES_REQUIRE_PGVECTOR=1 $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+test: install tools espeak kb-pgvector lint pytest
 
 lint: install tools
 	$(VENV)/bin/ruff check $(LINT_PATHS)
@@ -142,4 +141,4 @@ KB_PGSERVER_VENV ?= /tmp/airies-pgvenv
 kb-pgvector: install
 	test -x $(KB_PGSERVER_VENV)/bin/python || $(PYTHON) -m venv $(KB_PGSERVER_VENV)
 	$(KB_PGSERVER_VENV)/bin/pip install $(PIP_QUIET) 'pgserver==0.1.4'
-	$(PY) -c "from tests.doubles.pgvector_server import pgvector_url; print('pgvector at', pgvector_url())"
+	$(PY) -c "from tests.doubles.pgvector_server import pgvector_url; url = pgvector_url(); assert url, 'pgserver is not installed'; print('pgvector at', url)"

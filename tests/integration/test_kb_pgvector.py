@@ -1,11 +1,9 @@
 """pgvector: the migration creates the extension, table and HNSW indexes where the extension exists, and the
 pgvector store serves a knowledge base end to end. Runs on PostgreSQL 16 + pgvector from ``pgserver``
-(``make kb-pgvector``); skipped with a reason when that server is not installed, failed when
-AIRIES_REQUIRE_PGVECTOR=1 (CI sets it after installing it)."""
+(``make kb-pgvector``, which ``make test`` runs); without that server these tests fail, they never skip."""
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import numpy as np
@@ -33,9 +31,7 @@ from tests.kb_support import (
 @pytest.fixture(scope="module")
 def pgvector_database():
     if pgvector_server.pgvector_url() is None:
-        if os.environ.get("AIRIES_REQUIRE_PGVECTOR") == "1":
-            pytest.fail("AIRIES_REQUIRE_PGVECTOR=1 but no pgvector server: run `make kb-pgvector`")
-        pytest.skip("no PostgreSQL with pgvector here: `make kb-pgvector` installs pgserver under /tmp")
+        pytest.fail("no PostgreSQL with pgvector: run `make kb-pgvector` (pgserver under /tmp; `make test` does it)")
     name = f"airies_kb_{uuid.uuid4().hex[:8]}"
     url = pgvector_server.create_database(name)
     upgrade_head(url)

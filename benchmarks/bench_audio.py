@@ -158,16 +158,3 @@ def run(args: Any = None) -> dict[str, Any]:
         ),
     ]
     return figures
-
-
-def main() -> dict[str, Any]:
-    result = run()
-    for item in result["targets"]:
-        print(
-            f"  [{'ok' if item['ok'] else 'MISS'}] {item['name']}: {item['value']} {item['unit']} (<= {item['limit']})"
-        )
-    return result
-
-
-if __name__ == "__main__":
-    main()

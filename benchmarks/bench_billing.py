@@ -277,13 +277,3 @@ def run(args: Any = None) -> dict[str, Any]:
             harness.target("prepare_invoices_bulk (10k accounts, 1M events)", bulk_s, 10.0, "s"),
         ],
     }
-
-
-def main() -> dict[str, Any]:
-    return run()
-
-
-if __name__ == "__main__":
-    import json
-
-    print(json.dumps(main(), indent=2))

@@ -566,16 +566,3 @@ def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
             harness.target("AWS cost per conversation minute", total, 0.002, "USD"),
         ],
     }
-
-
-def main() -> dict[str, Any]:
-    result = run()
-    for item in result["targets"]:
-        print(
-            f"  [{'ok' if item['ok'] else 'MISS'}] {item['name']}: {item['value']} {item['unit']} (<= {item['limit']})"
-        )
-    return result
-
-
-if __name__ == "__main__":
-    main()

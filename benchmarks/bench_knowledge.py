@@ -399,15 +399,3 @@ def run(args: Any = None) -> dict[str, Any]:
         if "p95_ms" in latency.get(label, {}):
             targets.append(harness.target(f"query_p95_{label}_10k", latency[label]["p95_ms"], 50.0, "ms"))
     return {"ingestion": ingestion, "query_latency": latency, "targets": targets}
-
-
-def main() -> dict[str, Any]:
-    result = run()
-    harness.write_result("knowledge", result)
-    return result
-
-
-if __name__ == "__main__":
-    import json
-
-    print(json.dumps(main(), indent=2))

@@ -165,16 +165,3 @@ def run(args: Any = None) -> dict[str, Any]:
         harness.target("router TTFT overhead (paired median)", figures["overhead_paired"]["p50_ms"], 2.0, "ms")
     ]
     return figures
-
-
-def main() -> dict[str, Any]:
-    result = run()
-    for item in result["targets"]:
-        print(
-            f"  [{'ok' if item['ok'] else 'MISS'}] {item['name']}: {item['value']} {item['unit']} (<= {item['limit']})"
-        )
-    return result
-
-
-if __name__ == "__main__":
-    main()

@@ -16,10 +16,14 @@ from airies.schemas.agents import (
     ValidationResult,
 )
 from airies.schemas.common import Page, StrictModel
-from airies.services import catalog
-from airies.services.agents import AgentService, AgentValidator
+from airies.services.agents import AgentService
 
 router = APIRouter(prefix="/agents", tags=["agents"])
+
+
+def agent_service(caller: Caller) -> AgentService:
+    # The caller's settings: custom-endpoint models (Ollama, vLLM) validate only where one is configured.
+    return AgentService(caller.session, settings=caller.settings)
 
 
 def agent_out(agent: Agent) -> AgentOut:
@@ -55,15 +59,13 @@ def templates(_caller: Caller = Depends(current_caller)) -> dict[str, list[Agent
 
 @router.post("/validate")
 def validate(config: dict[str, Any] = Body(...), caller: Caller = Depends(current_caller)) -> ValidationResult:
-    problems = AgentValidator(caller.session, llm_model=catalog.llm_model_lookup(caller.settings)).problems(
-        caller.account_id, config
-    )
+    problems = agent_service(caller).validator.problems(caller.account_id, config)
     return ValidationResult(valid=not problems, problems=problems)
 
 
 @router.post("", status_code=201)
 def create_agent(body: AgentCreate, caller: Caller = Depends(current_caller)) -> AgentOut:
-    return agent_out(AgentService(caller.session, settings=caller.settings).create(caller.account_id, body))
+    return agent_out(agent_service(caller).create(caller.account_id, body))
 
 
 @router.get("")
@@ -75,7 +77,7 @@ def list_agents(
     agent_type: Literal["inbound", "outbound", "web"] | None = None,
     q: str | None = Query(None, max_length=200),
 ) -> Page[AgentOut]:
-    rows, next_cursor = AgentService(caller.session, settings=caller.settings).list(
+    rows, next_cursor = agent_service(caller).list(
         caller.account_id, limit=limit, cursor=cursor, status=status, agent_type=agent_type, search=q
     )
     return Page(data=[agent_out(agent) for agent in rows], next_cursor=next_cursor, has_more=next_cursor is not None)
@@ -83,42 +85,35 @@ def list_agents(
 
 @router.get("/{agent_id}")
 def get_agent(agent_id: str, caller: Caller = Depends(current_caller)) -> AgentOut:
-    return agent_out(AgentService(caller.session, settings=caller.settings).get(caller.account_id, agent_id))
+    return agent_out(agent_service(caller).get(caller.account_id, agent_id))
 
 
 @router.put("/{agent_id}")
 def update_agent(agent_id: str, body: AgentUpdate, caller: Caller = Depends(current_caller)) -> AgentOut:
     patch = body.model_dump(exclude_unset=True)
-    return agent_out(AgentService(caller.session, settings=caller.settings).update(caller.account_id, agent_id, patch))
+    return agent_out(agent_service(caller).update(caller.account_id, agent_id, patch))
 
 
 @router.delete("/{agent_id}", status_code=204)
 def delete_agent(agent_id: str, caller: Caller = Depends(current_caller)) -> Response:
-    AgentService(caller.session, settings=caller.settings).delete(caller.account_id, agent_id)
+    agent_service(caller).delete(caller.account_id, agent_id)
     return Response(status_code=204)
 
 
 @router.post("/{agent_id}/deploy", status_code=201)
 def deploy_agent(agent_id: str, caller: Caller = Depends(current_caller)) -> AgentVersionOut:
-    return version_out(AgentService(caller.session, settings=caller.settings).deploy(caller.account_id, agent_id))
+    return version_out(agent_service(caller).deploy(caller.account_id, agent_id))
 
 
 @router.get("/{agent_id}/versions")
 def list_versions(agent_id: str, caller: Caller = Depends(current_caller)) -> dict[str, list[AgentVersionOut]]:
-    return {
-        "data": [
-            version_out(v)
-            for v in AgentService(caller.session, settings=caller.settings).versions(caller.account_id, agent_id)
-        ]
-    }
+    return {"data": [version_out(v) for v in agent_service(caller).versions(caller.account_id, agent_id)]}
 
 
 @router.post("/{agent_id}/clone", status_code=201)
 def clone_agent(agent_id: str, body: CloneRequest | None = None, caller: Caller = Depends(current_caller)) -> AgentOut:
     name = body.name if body else None
-    return agent_out(
-        AgentService(caller.session, settings=caller.settings).clone(caller.account_id, agent_id, name=name)
-    )
+    return agent_out(agent_service(caller).clone(caller.account_id, agent_id, name=name))
 
 
 @router.post("/{agent_id}/test")
@@ -139,5 +134,5 @@ def agent_analytics(
 ) -> dict[str, Any]:
     from airies.services.conversations import get_agent_analytics
 
-    AgentService(caller.session, settings=caller.settings).get(caller.account_id, agent_id)
+    agent_service(caller).get(caller.account_id, agent_id)
     return get_agent_analytics(caller.session, caller.account_id, agent_id, period)

@@ -126,7 +126,6 @@ class Settings(BaseSettings):
     # Knowledge bases (issue 6). Defaults run offline: hashing embedder + embedded vector store, files under
     # data_dir when no documents bucket is set (moto/AWS set AIRIES_KB_DOCUMENTS_BUCKET).
     kb_documents_bucket: str | None = None
-    kb_ingestion_queue_url: str | None = None  # S3 ObjectCreated notifications land here (template)
     kb_scrape_queue_url: str | None = None  # unset: scrape jobs run inline in the API process
     kb_ingestion_state_machine_arn: str | None = None  # unset: large documents are processed inline too
     kb_embedding_provider: str = "hashing"  # hashing (offline, lexical) | openai | minilm

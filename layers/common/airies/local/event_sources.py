@@ -9,14 +9,13 @@ back after the visibility timeout, and moto's redrive policy moves them to the d
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from airies.local.invoke import LambdaContext, load_handler
-from airies.local.server import LocalStack, on_startup
+from airies.local.server import LocalStack, apply_environment, on_startup
 from airies.local.template import FunctionSpec, function_environment, function_specs
 
 IDLE_SLEEP_S = 0.5
@@ -77,9 +76,7 @@ def start_queue_workers(stack: LocalStack) -> None:
     workers = []
     for source in sources:
         # One process serves every function: add each function's own variables (Globals are already set).
-        for key, value in function_environment(source.function, ctx).items():
-            if value is not None:
-                os.environ.setdefault(key, value)
+        apply_environment(function_environment(source.function, ctx))
         handler, _module = load_handler(source.function)
         url = sqs.get_queue_url(QueueName=ctx.local_name(source.queue_logical_id))["QueueUrl"]
         arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]

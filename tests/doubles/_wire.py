@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -52,7 +52,74 @@ class Reply(Exception):
         self.headers = headers or {}
 
 
-class WireDouble:
+class LocalHttpServer:
+    """A threaded HTTP/1.1 server on 127.0.0.1 (a free port), started with ``start()`` or ``with``: the lifecycle of
+    every wire-level double. Subclasses implement ``serve(handler)`` for each request."""
+
+    _server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() the double first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def serve(self, handler: BaseHTTPRequestHandler) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        double = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def _serve(self) -> None:
+                double.serve(self)
+
+            do_GET = do_POST = do_DELETE = do_PUT = _serve
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class JsonServer(LocalHttpServer):
+    """A double whose vendor speaks plain JSON over REST: ``respond(method, path, headers, raw)`` returns
+    ``(status, body)`` or ``(status, body, extra_headers)``."""
+
+    def respond(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    def serve(self, handler: BaseHTTPRequestHandler) -> None:
+        raw = handler.rfile.read(int(handler.headers.get("content-length") or 0))
+        status, body, *extra = self.respond(handler.command, handler.path, dict(handler.headers), raw)
+        data = json.dumps(body).encode()
+        handler.send_response(status)
+        handler.send_header("content-type", "application/json")
+        handler.send_header("content-length", str(len(data)))
+        for key, value in (extra[0] if extra else {}).items():
+            handler.send_header(key, value)
+        handler.end_headers()
+        handler.wfile.write(data)
+
+
+class WireDouble(LocalHttpServer):
     """Base class: subclasses implement ``handle(request) -> (status, headers, body | iterator of bytes)``."""
 
     default_latency = 0.0
@@ -64,47 +131,6 @@ class WireDouble:
         self.requests: list[RecordedRequest] = []
         self._failures: deque[ScriptedFailure] = deque()
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # ---------------------------------------------------------------- lifecycle
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "start() the double first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> WireDouble:
-        double = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
-
-            def _serve(self) -> None:
-                double._dispatch(self)
-
-            do_GET = do_POST = do_DELETE = do_PUT = _serve
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> WireDouble:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ---------------------------------------------------------------- behaviour
     def fail_next(
@@ -133,7 +159,7 @@ class WireDouble:
         return {"error": {"status": status}}
 
     # ---------------------------------------------------------------- plumbing
-    def _dispatch(self, handler: BaseHTTPRequestHandler) -> None:
+    def serve(self, handler: BaseHTTPRequestHandler) -> None:
         split = urlsplit(handler.path)
         length = int(handler.headers.get("content-length") or 0)
         if handler.headers.get("transfer-encoding", "").lower() == "chunked":

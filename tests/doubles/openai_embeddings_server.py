@@ -19,7 +19,7 @@ import numpy as np
 
 from airies.providers.embeddings.base import approx_tokens
 from airies.providers.embeddings.hashing import HashingEmbedder
-from tests.doubles._json_server import JsonServer
+from tests.doubles._wire import JsonServer
 
 MODEL_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
 
@@ -33,11 +33,10 @@ class OpenAIEmbeddingsDouble(JsonServer):
         self.failures: deque[tuple[int, dict[str, Any]]] = deque()
         self._embedders: dict[int, HashingEmbedder] = {}
         self.lock = threading.Lock()
-        super().__init__()
 
     @property
     def base_url(self) -> str:
-        return f"{self.origin}/v1"
+        return f"{self.url}/v1"
 
     def respond(
         self, method: str, path: str, headers: dict[str, str], raw: bytes

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.doubles._json_server import JsonServer
+from tests.doubles._wire import JsonServer
 
 
 class PineconeControlDouble(JsonServer):
@@ -17,11 +17,6 @@ class PineconeControlDouble(JsonServer):
         self.api_key = api_key
         self.status: int | None = None  # forced answer for every request
         self.requests: list[tuple[str, str, dict[str, str]]] = []
-        super().__init__()
-
-    @property
-    def url(self) -> str:
-        return self.origin
 
     def respond(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, Any]]:
         lowered = {k.lower(): v for k, v in headers.items()}

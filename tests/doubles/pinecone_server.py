@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.doubles._json_server import JsonServer
+from tests.doubles._wire import JsonServer
 
 MAX_UPSERT_VECTORS = 1000
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
@@ -61,11 +61,10 @@ class PineconeDouble(JsonServer):
         self.requests: Counter[str] = Counter()
         self.bodies: list[tuple[str, dict[str, Any]]] = []
         self.lock = threading.Lock()
-        super().__init__()
 
     @property
     def host(self) -> str:
-        return self.origin
+        return self.url
 
     def respond(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, Any]]:
         return self.handle(path, headers, raw)

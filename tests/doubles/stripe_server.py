@@ -31,7 +31,7 @@ from collections import deque
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from tests.doubles._json_server import JsonServer
+from tests.doubles._wire import JsonServer
 
 
 def unflatten(pairs: list[tuple[str, str]]) -> dict[str, Any]:
@@ -73,20 +73,8 @@ class StripeInvoiceDouble(JsonServer):
         self.failing_cards: set[str] = {"pm_card_chargeCustomerFail"}  # attaches; the first payment then fails
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        super().__init__()
 
-    # -- lifecycle --------------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        return self.origin
-
-    def start(self) -> StripeInvoiceDouble:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.__exit__()
-
+    # -- wire -------------------------------------------------------------------------------------
     def respond(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[Any, ...]:
         lowered = {k.lower(): v for k, v in headers.items()}
         split = urlsplit(path)

@@ -35,7 +35,7 @@ from airies.errors import NotFoundError
 from airies.providers.payments.base import InvoiceLineSpec, PaymentProvider
 from airies.schemas.usage import InvoiceLineOut, InvoiceOut, micros_to_credits
 from airies.services.pricing import Pricing, get_pricing
-from airies.services.usage import UsageService, micro_to_quantity, month_period, period_bounds
+from airies.services.usage import UsageService, keyset_page, micro_to_quantity, month_period, period_bounds
 
 COMPONENT_LABELS = {
     "stt_seconds": ("Speech-to-text", "seconds"),
@@ -376,12 +376,9 @@ class InvoicingService:
     def list_invoices(
         self, account_id: str, *, limit: int = 24, cursor: str | None = None
     ) -> tuple[list[Invoice], str | None]:
-        q = select(Invoice).where(Invoice.account_id == account_id)
-        if cursor:
-            q = q.where(Invoice.id < cursor)
-        items = list(self.session.scalars(q.order_by(Invoice.id.desc()).limit(limit + 1)))
-        more = len(items) > limit
-        return items[:limit], (items[limit - 1].id if more else None)
+        return keyset_page(
+            self.session, select(Invoice).where(Invoice.account_id == account_id), Invoice, limit, cursor
+        )
 
     # -- step 3: Stripe ---------------------------------------------------------------------------------
     def _provider(self) -> PaymentProvider:
@@ -476,10 +473,10 @@ class InvoicingService:
 
     def record_failure(self, account_id: str, period: str, error: dict[str, Any] | str) -> dict[str, Any]:
         invoice = self._find(account_id, period)
-        text = error if isinstance(error, str) else json.dumps(error, default=str)[:2000]
+        message = error if isinstance(error, str) else json.dumps(error, default=str)[:2000]
         if invoice is not None:
             self.session.execute(
-                update(Invoice).where(Invoice.id == invoice.id).values(error=text, updated_at=self.clock())
+                update(Invoice).where(Invoice.id == invoice.id).values(error=message, updated_at=self.clock())
             )
         return {
             "account_id": account_id,

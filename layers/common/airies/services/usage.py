@@ -90,6 +90,16 @@ def micro_to_quantity(micro: int) -> str:
     return f"{sign}{whole}.{frac:06d}".rstrip("0").rstrip(".") if frac else f"{sign}{whole}"
 
 
+def keyset_page(
+    session: Session, query: Any, model: Any, limit: int, cursor: str | None
+) -> tuple[list[Any], str | None]:
+    """One page of ``query`` newest id first, after ``cursor``; the next cursor is None on the last page."""
+    if cursor:
+        query = query.where(model.id < cursor)
+    rows = list(session.scalars(query.order_by(model.id.desc()).limit(limit + 1)))
+    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+
+
 @dataclass(frozen=True)
 class TrackResult:
     accepted: int  # newly recorded events
@@ -715,11 +725,7 @@ class UsageService:
         with self._uow(session) as s:
             self.ensure_account(account_id, session=s)
             q = select(CreditLedgerEntry).where(CreditLedgerEntry.account_id == account_id)
-            if cursor:
-                q = q.where(CreditLedgerEntry.id < cursor)
-            items = list(s.scalars(q.order_by(CreditLedgerEntry.id.desc()).limit(limit + 1)))
-            more = len(items) > limit
-            items = items[:limit]
+            items, next_cursor = keyset_page(s, q, CreditLedgerEntry, limit, cursor)
             out = [
                 LedgerEntryOut(
                     id=e.id,
@@ -733,7 +739,7 @@ class UsageService:
                 )
                 for e in items
             ]
-            return out, (items[-1].id if more else None)
+            return out, next_cursor
 
     def list_usage_events(
         self,
@@ -760,11 +766,7 @@ class UsageService:
                 q = q.where(UsageEventRecord.agent_id == agent_id)
             if conversation_id:
                 q = q.where(UsageEventRecord.conversation_id == conversation_id)
-            if cursor:
-                q = q.where(UsageEventRecord.id < cursor)
-            items = list(s.scalars(q.order_by(UsageEventRecord.id.desc()).limit(limit + 1)))
-            more = len(items) > limit
-            items = items[:limit]
+            items, next_cursor = keyset_page(s, q, UsageEventRecord, limit, cursor)
             out = [
                 UsageEventOut(
                     id=e.id,
@@ -784,7 +786,7 @@ class UsageService:
                 )
                 for e in items
             ]
-            return out, (items[-1].id if more else None)
+            return out, next_cursor
 
     def get_usage_summary(
         self,

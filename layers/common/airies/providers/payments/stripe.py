@@ -36,6 +36,18 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def _provider_error(what: str, exc: Any) -> ProviderError:
+    """A ``stripe.StripeError`` as the platform's ``ProviderError`` (retryable on network/rate-limit/5xx)."""
+    kind = type(exc).__name__
+    return ProviderError(
+        f"stripe {what} failed: {getattr(exc, 'user_message', None) or exc}",
+        provider="stripe",
+        retryable=kind in _RETRYABLE or (exc.http_status or 0) >= 500,
+        upstream_status=exc.http_status,
+        details={"type": kind, "code": getattr(exc, "code", None)},
+    )
+
+
 def _plain(obj: Any) -> dict[str, Any]:
     if obj is None:
         return {}
@@ -70,14 +82,7 @@ class StripePaymentProvider:
         try:
             return fn(*args, **kwargs)
         except stripe.StripeError as exc:
-            kind = type(exc).__name__
-            raise ProviderError(
-                f"stripe {what} failed: {getattr(exc, 'user_message', None) or exc}",
-                provider="stripe",
-                retryable=kind in _RETRYABLE or (exc.http_status or 0) >= 500,
-                upstream_status=exc.http_status,
-                details={"type": kind, "code": getattr(exc, "code", None)},
-            ) from exc
+            raise _provider_error(what, exc) from exc
 
     @property
     def v1(self) -> Any:
@@ -340,13 +345,7 @@ async def validate_key(api_key: str, settings: Settings) -> bool:
     except stripe.PermissionError:
         return True  # a restricted key without balance access: Stripe knows the key, it just may not read this
     except stripe.StripeError as exc:
-        raise ProviderError(
-            f"stripe key check failed: {getattr(exc, 'user_message', None) or exc}",
-            provider="stripe",
-            retryable=type(exc).__name__ in _RETRYABLE or (exc.http_status or 0) >= 500,
-            upstream_status=exc.http_status,
-            details={"type": type(exc).__name__, "code": getattr(exc, "code", None)},
-        ) from exc
+        raise _provider_error("key check", exc) from exc
     finally:
         await http_client.close_async()
     return True

@@ -9,13 +9,31 @@ Turn-taking policy (barge-in, endpointing waits) belongs to the conversation cap
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from airies.audio.codecs import frame_bytes, pcm16_to_array, resample_pcm16
 
 VAD_RATES = (8000, 16000, 32000, 48000)
+
+
+def voiced_frames(
+    block: bytes, sample_rate: int, vad: Any, *, frame_ms: int = 30, energy_floor_dbfs: float = -55.0
+) -> np.ndarray:
+    """Voiced/unvoiced per frame for a block of whole frames: energy gate in numpy, then ``vad`` (a
+    ``webrtcvad.Vad``) on the loud frames only. webrtcvad accepts only 8/16/32/48 kHz; other rates are analysed
+    at 16 kHz."""
+    samples = pcm16_to_array(block).astype(np.float32).reshape(-1, frame_bytes(sample_rate, frame_ms) // 2)
+    rms = np.sqrt(np.mean(np.square(samples), axis=1))
+    loud = rms >= 32768 * 10 ** (energy_floor_dbfs / 20)
+    vad_rate = sample_rate if sample_rate in VAD_RATES else 16000
+    analysed = block if vad_rate == sample_rate else resample_pcm16(block, sample_rate, 16000)
+    size = frame_bytes(vad_rate, frame_ms)
+    flags = np.zeros(len(loud), dtype=bool)
+    for i in np.flatnonzero(loud):  # webrtcvad is one C call per frame; quiet frames skip it
+        flags[i] = vad.is_speech(analysed[i * size : (i + 1) * size], vad_rate)
+    return flags
 
 
 @dataclass(frozen=True)
@@ -56,8 +74,6 @@ class EndOfUtteranceDetector:
         if self.frame_ms not in (10, 20, 30):
             raise ValueError("frame_ms must be 10, 20 or 30")
         self._vad = webrtcvad.Vad(self.aggressiveness)
-        # webrtcvad accepts only 8/16/32/48 kHz; other rates are analysed at 16 kHz.
-        self._vad_rate = self.sample_rate if self.sample_rate in VAD_RATES else 16000
         self._frame_len = frame_bytes(self.sample_rate, self.frame_ms)
 
     @property
@@ -71,18 +87,6 @@ class EndOfUtteranceDetector:
         self._voiced_run = self._silent_run = 0
         self._in_speech = False
 
-    def _frame_flags(self, block: bytes) -> np.ndarray:
-        """Voiced/unvoiced per frame for a block of whole frames: energy gate in numpy, then webrtcvad."""
-        samples = pcm16_to_array(block).astype(np.float32).reshape(-1, self._frame_len // 2)
-        rms = np.sqrt(np.mean(np.square(samples), axis=1))
-        loud = rms >= 32768 * 10 ** (self.energy_floor_dbfs / 20)
-        analysed = block if self._vad_rate == self.sample_rate else resample_pcm16(block, self.sample_rate, 16000)
-        size = frame_bytes(self._vad_rate, self.frame_ms)
-        flags = np.zeros(len(loud), dtype=bool)
-        for i in np.flatnonzero(loud):  # webrtcvad is one C call per frame; quiet frames skip it
-            flags[i] = self._vad.is_speech(analysed[i * size : (i + 1) * size], self._vad_rate)  # type: ignore[attr-defined]
-        return flags
-
     def feed(self, chunk: bytes) -> list[VADEvent]:
         self._pending += chunk
         n_frames = len(self._pending) // self._frame_len
@@ -90,7 +94,9 @@ class EndOfUtteranceDetector:
             return []
         block = bytes(self._pending[: n_frames * self._frame_len])
         del self._pending[: n_frames * self._frame_len]
-        flags = self._frame_flags(block)
+        flags = voiced_frames(
+            block, self.sample_rate, self._vad, frame_ms=self.frame_ms, energy_floor_dbfs=self.energy_floor_dbfs
+        )
         events: list[VADEvent] = []
         start_needed = max(1, self.min_speech_ms // self.frame_ms)
         end_needed = max(1, self.silence_ms // self.frame_ms)

@@ -786,12 +786,8 @@ class LLMRouter:
         current = self._next_available(remaining)
         while True:
             if current is None:
-                current = await self._wait_for_retry_after(plan, attempts, spoken, tool_emitted, waited_for_retry_after)
+                current = await self._retry_after_or_give_up(plan, tool_emitted, waited_for_retry_after, last_error)
                 waited_for_retry_after = True
-                if current is None:
-                    if self.tracker.due():  # e.g. a breaker just opened: share it even though this request failed
-                        await self.tracker.sync_async()
-                    raise self._exhausted(last_error, plan)
             attempt = Attempt(current)
             attempts.append(attempt)
             suppressor = PrefixSuppressor(spoken) if spoken else None
@@ -862,8 +858,19 @@ class LLMRouter:
                 return cand
         return None
 
+    async def _retry_after_or_give_up(
+        self, plan: list[Candidate], tool_emitted: bool, already_waited: bool, last_error: ProviderError | None
+    ) -> Candidate:
+        """No candidate is left: the one to retry after a short Retry-After, or raise why the request failed."""
+        current = await self._wait_for_retry_after(plan, tool_emitted, already_waited)
+        if current is None:
+            if self.tracker.due():  # e.g. a breaker just opened: share it even though this request failed
+                await self.tracker.sync_async()
+            raise self._exhausted(last_error, plan)
+        return current
+
     async def _wait_for_retry_after(
-        self, plan: list[Candidate], attempts: list[Attempt], spoken: str, tool_emitted: bool, already_waited: bool
+        self, plan: list[Candidate], tool_emitted: bool, already_waited: bool
     ) -> Candidate | None:
         """Every candidate is rate limited: wait out a short Retry-After once, then retry that provider."""
         if already_waited or tool_emitted:
@@ -938,12 +945,8 @@ class LLMRouter:
         waited = False
         while True:
             if current is None:
-                current = await self._wait_for_retry_after(plan, attempts, "", False, waited)
+                current = await self._retry_after_or_give_up(plan, False, waited, last_error)
                 waited = True
-                if current is None:
-                    if self.tracker.due():  # e.g. a breaker just opened: share it even though this request failed
-                        await self.tracker.sync_async()
-                    raise self._exhausted(last_error, plan)
             attempt = Attempt(current)
             attempts.append(attempt)
             provider = self.providers[current.provider]

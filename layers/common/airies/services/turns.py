@@ -143,26 +143,18 @@ _VAD: Any = None
 def chunk_activity(pcm16: bytes, sample_rate: int = wp.SAMPLE_RATE, *, aggressiveness: int = 2) -> tuple[float, float]:
     """(speech_ms, trailing_silence_ms) of one chunk: the per-frame state a stateless Lambda can keep in DynamoDB."""
     global _VAD
-    import numpy as np
     import webrtcvad  # lazy: only the audio path needs it
+
+    from airies.audio.vad import voiced_frames  # numpy
 
     if _VAD is None:
         _VAD = webrtcvad.Vad(aggressiveness)
     frame = sample_rate * 30 // 1000 * 2  # 30 ms frames
-    speech_ms = 0.0
-    trailing = 0.0
-    floor = 32768 * 10 ** (-55.0 / 20)  # quieter than -55 dBFS is silence whatever the VAD says
-    for offset in range(0, len(pcm16) - frame + 1, frame):
-        block = pcm16[offset : offset + frame]
-        samples = np.frombuffer(block, dtype="<i2").astype(np.float32)
-        voiced = bool(np.sqrt(np.mean(samples * samples)) >= floor) and _VAD.is_speech(block, sample_rate)
-        if voiced:
-            speech_ms += 30
-            trailing = 0.0
-        else:
-            trailing += 30
+    whole = len(pcm16) - len(pcm16) % frame
+    voiced = voiced_frames(pcm16[:whole], sample_rate, _VAD).nonzero()[0]
+    silent_frames = whole // frame - (int(voiced[-1]) + 1 if len(voiced) else 0)
     rest = (len(pcm16) % frame) / 2 / sample_rate * 1000
-    return speech_ms, trailing + rest
+    return 30.0 * len(voiced), 30.0 * silent_frames + rest
 
 
 # --- the turn --------------------------------------------------------------------------------------------------
@@ -182,7 +174,6 @@ class TurnEngines:
     stt: STTProvider | None = None
     tts: TTSProvider | None = None
     retrieve: Retriever | None = None
-    tts_names: tuple[str, str] | None = None  # (provider, model) actually used, for pricing
 
 
 @dataclass
@@ -612,17 +603,15 @@ class TurnRunner:
             while len(pending) >= (self.out_chunk_bytes if state.audio_seq else 2):
                 size = min(self.out_chunk_bytes, len(pending) - len(pending) % 2)
                 piece, pending = bytes(pending[:size]), pending[size:]
-                outcome = await self._post_audio(inp, sink, state, spoken, piece, state.audio_seq, latency, t0)
+                outcome = await self._post_audio(inp, sink, state, spoken, piece, latency, t0)
                 if outcome:
                     return outcome
-                state.audio_seq += 1
         if len(pending) % 2:
             pending = pending[:-1]
         if pending:
-            outcome = await self._post_audio(inp, sink, state, spoken, bytes(pending), state.audio_seq, latency, t0)
+            outcome = await self._post_audio(inp, sink, state, spoken, bytes(pending), latency, t0)
             if outcome:
                 return outcome
-            state.audio_seq += 1
         spoken.complete = True
         return None
 
@@ -633,13 +622,13 @@ class TurnRunner:
         state: _TurnState,
         spoken: SpokenSentence,
         piece: bytes,
-        seq: int,
         latency: dict[str, float | None],
         t0: float,
     ) -> str | None:
+        """Post the turn's next audio frame (numbered ``state.audio_seq``); an outcome ends the turn."""
         if await self._was_cancelled(sink, state):
             return await self._interrupted(inp, sink, state)
-        sent = await sink.send(wp.audio(inp.turn_id, seq, piece))
+        sent = await sink.send(wp.audio(inp.turn_id, state.audio_seq, piece))
         # The check for the next post starts once this one is out: it does not compete with it, and it is
         # fresher; the next frame's audio takes longer to come than a DynamoDB read.
         self._prefetch_check(sink, state)
@@ -648,6 +637,7 @@ class TurnRunner:
         if latency["first_audio_ms"] is None:
             latency["first_audio_ms"] = self._ms(t0)
             latency["first_audio_before_llm_end"] = state.llm_done_at is None  # type: ignore[assignment]
+        state.audio_seq += 1
         state.agent_pcm += piece
         state.audio_ms += len(piece) / wp.BYTES_PER_MS
         spoken.end_ms = state.audio_ms

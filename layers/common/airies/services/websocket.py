@@ -168,6 +168,11 @@ def endpoint_from_event(settings: Settings, event: dict[str, Any]) -> str:
     return f"https://{ctx.get('domainName')}/{ctx.get('stage')}"
 
 
+def _refused(status: int, code: str, message: str) -> dict[str, Any]:
+    """A refused ``$connect`` handshake, with the reason as an ``error`` frame body."""
+    return {"statusCode": status, "body": wp.encode(wp.error(code, message)).decode()}
+
+
 @dataclass
 class Frame:
     """A parsed ``$default`` event."""
@@ -310,6 +315,10 @@ class WebSocketService:
             self._connections.pop(next(iter(self._connections)))
         self._connections[connection_id] = known
 
+    def _poster_for(self, session: LiveSession) -> Poster | None:
+        """A poster to the API Gateway endpoint the session's connections came through (None if not known)."""
+        return self.poster_factory(session.endpoint) if session.endpoint else None
+
     def conversations(self, session: Session) -> ConversationService:
         return ConversationService(
             session,
@@ -333,27 +342,21 @@ class WebSocketService:
         try:
             claims = self.tokens.verify(params.get("token"), params.get("conversation_id"))
         except UnauthorizedError as exc:
-            return {"statusCode": 401, "body": wp.encode(wp.error(exc.code, exc.message)).decode()}
+            return _refused(401, exc.code, exc.message)
         conversation_id, account_id = claims["c"], claims["a"]
         with self.database.session() as session:
             conversation = session.scalar(
                 select(Conversation).where(Conversation.id == conversation_id, Conversation.account_id == account_id)
             )
             if conversation is None:
-                return {
-                    "statusCode": 403,
-                    "body": wp.encode(wp.error("invalid_token", "unknown conversation")).decode(),
-                }
+                return _refused(403, "invalid_token", "unknown conversation")
             if conversation.status == "ended":
-                return {
-                    "statusCode": 410,
-                    "body": wp.encode(wp.error("conversation_ended", "conversation has ended")).decode(),
-                }
+                return _refused(410, "conversation_ended", "conversation has ended")
             service = self.conversations(session)
             try:
                 config = service.config_for(conversation)  # the agent may have been deleted since the start
             except AiriesError as exc:
-                return {"statusCode": exc.status_code, "body": wp.encode(wp.error(exc.code, exc.message)).decode()}
+                return _refused(exc.status_code, exc.code, exc.message)
             try:
                 self.store.open_session(
                     conversation_id,
@@ -365,10 +368,7 @@ class WebSocketService:
                     endpoint=endpoint_from_event(self.settings, event),
                 )
             except SessionEnded:
-                return {
-                    "statusCode": 410,
-                    "body": wp.encode(wp.error("conversation_ended", "conversation has ended")).decode(),
-                }
+                return _refused(410, "conversation_ended", "conversation has ended")
             service.mark_active(conversation)
         return {"statusCode": 200}
 
@@ -400,9 +400,7 @@ class WebSocketService:
             ):
                 raise wp.ProtocolError("rate_limited", "too many control frames; slow down")
             self._dispatch(frame_ctx, poster, message)
-        except wp.ProtocolError as exc:
-            poster.post(connection_id, wp.encode(wp.error(exc.code, exc.message, exc.details)))
-        except AiriesError as exc:
+        except (wp.ProtocolError, AiriesError) as exc:
             poster.post(connection_id, wp.encode(wp.error(exc.code, exc.message, exc.details)))
         except Exception:
             # A bug or an outage (database, DynamoDB): the caller hears about it, the details stay in the log.
@@ -712,7 +710,7 @@ class WebSocketService:
             return None
         config = self._config(session)
         now = self.clock()
-        poster = poster or (self.poster_factory(session.endpoint) if session.endpoint else None)
+        poster = poster or self._poster_for(session)
         if session.started_at and now - session.started_at >= config.max_duration_seconds:
             self.end(session.conversation_id, "max_duration", poster)
             return "max_duration"
@@ -867,7 +865,7 @@ class WebSocketService:
 
     def _notify_ended(self, session: LiveSession, reason: str, summary: dict[str, Any], poster: Poster | None) -> None:
         try:
-            poster = poster or (self.poster_factory(session.endpoint) if session.endpoint else None)
+            poster = poster or self._poster_for(session)
         except Exception:
             log.exception("no poster for %s", session.conversation_id)
             poster = None
@@ -882,30 +880,30 @@ class WebSocketService:
             except Exception:  # one broken connection must not keep the others open
                 log.exception("closing connection %s of %s failed", connection_id, session.conversation_id)
 
+    def _live_sink(self, conversation_id: str, turn_id: str, poster: Poster | None) -> SocketSink | None:
+        """A sink to the live session's connections; None without a live session or a way to post to it."""
+        session = self.store.get(conversation_id)
+        if session is None:
+            return None
+        poster = poster or self._poster_for(session)
+        if poster is None:
+            return None
+        return SocketSink(self, poster, conversation_id, turn_id, session.connections)
+
     def broadcast_to_conversation(
         self, conversation_id: str, message: dict[str, Any], poster: Poster | None = None
     ) -> int:
         """Send a frame to every connection of a conversation; a 410 drops that connection only."""
-        session = self.store.get(conversation_id)
-        if session is None:
-            return 0
-        poster = poster or (self.poster_factory(session.endpoint) if session.endpoint else None)
-        if poster is None:
-            return 0
-        sink = SocketSink(self, poster, conversation_id, "-", session.connections)
-        return sink._broadcast(message)
+        sink = self._live_sink(conversation_id, "-", poster)
+        return sink._broadcast(message) if sink is not None else 0
 
     def send_audio_response(
         self, conversation_id: str, turn_id: str, pcm16: bytes, poster: Poster | None = None
     ) -> int:
         """Post ready-made PCM16 audio as ``audio`` frames (checked for barge-in before each); frames sent."""
-        session = self.store.get(conversation_id)
-        if session is None:
+        sink = self._live_sink(conversation_id, turn_id, poster)
+        if sink is None:
             return 0
-        poster = poster or (self.poster_factory(session.endpoint) if session.endpoint else None)
-        if poster is None:
-            return 0
-        sink = SocketSink(self, poster, conversation_id, turn_id, session.connections)
         size = self.settings.ws_out_chunk_ms * wp.BYTES_PER_MS
         sent = 0
         for seq, offset in enumerate(range(0, len(pcm16), size)):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 ClientT = TypeVar("ClientT")
 
@@ -26,3 +26,23 @@ class LoopBoundClient(Generic[ClientT]):
             client = self._factory()
             self._clients[loop] = client
         return client
+
+
+class SdkVendor:
+    """A vendor reached through its SDK: key, endpoint override, timeout, retries, and one client per event loop
+    (built by the subclass's ``_build_client``)."""
+
+    def __init__(
+        self, api_key: str, *, base_url: str | None = None, timeout: float = 20.0, max_retries: int = 1
+    ) -> None:
+        self.api_key = api_key
+        self.base_url = base_url
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self._clients: LoopBoundClient[Any] = LoopBoundClient(self._build_client)
+
+    def _build_client(self) -> Any:
+        raise NotImplementedError
+
+    def _get_client(self) -> Any:
+        return self._clients.get()

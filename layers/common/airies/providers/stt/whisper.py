@@ -6,27 +6,15 @@ from typing import Any
 
 from airies.audio.codecs import duration_seconds, write_wav
 from airies.providers.errors import http_provider_error, transport_error
-from airies.providers.loop_client import LoopBoundClient
+from airies.providers.loop_client import SdkVendor
 from airies.providers.stt.base import STTOptions, Transcript, Word
 
 DEFAULT_MODEL = "whisper-1"
 WORD_TIMESTAMP_MODELS = {"whisper-1"}  # only whisper-1 returns verbose_json with word timings
 
 
-class WhisperSTT:
+class WhisperSTT(SdkVendor):
     name = "whisper"
-
-    def __init__(
-        self, api_key: str, *, base_url: str | None = None, timeout: float = 20.0, max_retries: int = 1
-    ) -> None:
-        self.api_key = api_key
-        self.base_url = base_url
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self._clients = LoopBoundClient(self._build_client)
-
-    def _get_client(self) -> Any:
-        return self._clients.get()
 
     def _build_client(self) -> Any:
         from openai import AsyncOpenAI

@@ -7,27 +7,15 @@ from typing import Any
 
 from airies.errors import NotFoundError
 from airies.providers.errors import http_provider_error, transport_error
-from airies.providers.loop_client import LoopBoundClient
+from airies.providers.loop_client import SdkVendor
 from airies.providers.tts.base import TTSOptions, VoiceInfo
 
 DEFAULT_MODEL = "eleven_flash_v2_5"  # lowest latency model
 CUSTOM_CATEGORIES = {"cloned", "generated", "professional"}
 
 
-class ElevenLabsTTS:
+class ElevenLabsTTS(SdkVendor):
     name = "elevenlabs"
-
-    def __init__(
-        self, api_key: str, *, base_url: str | None = None, timeout: float = 20.0, max_retries: int = 1
-    ) -> None:
-        self.api_key = api_key
-        self.base_url = base_url
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self._clients = LoopBoundClient(self._build_client)
-
-    def _get_client(self) -> Any:
-        return self._clients.get()
 
     def _build_client(self) -> Any:
         from elevenlabs.client import AsyncElevenLabs  # lazy: ~60 MB of SDK

@@ -13,8 +13,6 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from airies.config import get_settings
-from airies.db.engine import get_database
 from airies.services.knowledge import KnowledgeService, build_knowledge_service
 
 logger = Logger()
@@ -24,9 +22,8 @@ _service: KnowledgeService | None = None
 
 def service() -> KnowledgeService:
     global _service
-    if _service is None:
-        settings = get_settings()
-        _service = build_knowledge_service(settings, get_database(settings))
+    if _service is None:  # built at the first record, not at import (cold start)
+        _service = build_knowledge_service()
     return _service
 
 

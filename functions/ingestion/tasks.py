@@ -6,12 +6,11 @@ Input ``{"task": "prepare"|"embed"|"finalise"|"fail", "document_id": ..., ...}``
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from airies.config import get_settings
-from airies.db.engine import get_database
 from airies.services.knowledge import KnowledgeService, build_knowledge_service
 
 logger = Logger()
@@ -20,9 +19,8 @@ _service: KnowledgeService | None = None
 
 def service() -> KnowledgeService:
     global _service
-    if _service is None:
-        settings = get_settings()
-        _service = build_knowledge_service(settings, get_database(settings))
+    if _service is None:  # built at the first record, not at import (cold start)
+        _service = build_knowledge_service()
     return _service
 
 
@@ -30,8 +28,6 @@ def _error_reason(error: Any) -> str:
     if isinstance(error, dict):
         cause = error.get("Cause") or ""
         try:
-            import json
-
             cause = json.loads(cause).get("errorMessage", cause)
         except (ValueError, AttributeError):
             pass

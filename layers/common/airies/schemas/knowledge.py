@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from airies.schemas.common import StrictModel
 
@@ -59,6 +59,8 @@ class DocumentCreate(StrictModel):
 
 
 class DocumentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # built from rows and results as they are
+
     id: str
     knowledge_base_id: str
     name: str
@@ -90,6 +92,8 @@ class DocumentCreated(BaseModel):
 
 
 class ChunkOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # built from rows and results as they are
+
     id: str
     document_id: str
     chunk_index: int
@@ -105,6 +109,8 @@ class QueryIn(StrictModel):
 
 
 class QueryResultOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # built from rows and results as they are
+
     chunk_id: str
     text: str
     score: float
@@ -123,6 +129,8 @@ class ScrapeJobCreate(StrictModel):
 
 
 class ScrapeJobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # built from rows and results as they are
+
     id: str
     knowledge_base_id: str
     start_urls: list[str]

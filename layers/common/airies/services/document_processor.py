@@ -108,12 +108,17 @@ def extract(
     else:
         document = ExtractedDocument(pages=[normalise_whitespace(decode_text(data))])
     if not any(page.strip() for page in document.pages):
-        if kind == "pdf":
-            raise DocumentRejected(
-                "no_text", "the PDF has no extractable text (scanned pages need OCR, which is not supported)"
-            )
-        raise DocumentRejected("no_text", "the document has no text")
+        raise no_text(content_type)
     return document
+
+
+def no_text(content_type: str) -> DocumentRejected:
+    """The rejection of a document without extractable text (the streamed pipeline finds it after chunking)."""
+    if content_type == PDF:
+        return DocumentRejected(
+            "no_text", "the PDF has no extractable text (scanned pages need OCR, which is not supported)"
+        )
+    return DocumentRejected("no_text", "the document has no text")
 
 
 def decode_text(data: bytes) -> str:

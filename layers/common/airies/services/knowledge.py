@@ -15,6 +15,7 @@ and knowledge base inside the store.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import re
@@ -43,8 +44,8 @@ if TYPE_CHECKING:
 
     from airies.config import Settings
     from airies.db.engine import Database
-    from airies.providers.embeddings.base import Embedder
-    from airies.providers.vectors.base import VectorStore
+    from airies.providers.embeddings.base import Embedder, EmbeddingResult
+    from airies.providers.vectors.base import VectorRecord, VectorStore
     from airies.schemas.usage import UsageEvent
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,26 @@ def chunk_id(document_id: str, index: int) -> str:
     return f"{document_id}-{index:05d}"
 
 
+def vector_records(
+    account_id: str, kb_id: str, keys: Sequence[tuple[str, str, int]], vectors: np.ndarray
+) -> list[VectorRecord]:
+    """Store records of one knowledge base: ``keys`` are (chunk id, document id, chunk index), row n of ``vectors``
+    belongs to ``keys[n]``."""
+    from airies.providers.vectors.base import VectorRecord
+
+    return [
+        VectorRecord(
+            id=cid,
+            values=vectors[n],
+            account_id=account_id,
+            knowledge_base_id=kb_id,
+            document_id=doc_id,
+            chunk_index=index,
+        )
+        for n, (cid, doc_id, index) in enumerate(keys)
+    ]
+
+
 def refresh_counts(session: Session, kb: KnowledgeBase) -> None:
     """Recount a knowledge base from its ready documents (exact after re-uploads, failures and deletes)."""
     docs, chunks, tokens = session.execute(
@@ -155,22 +176,13 @@ class KnowledgeService:
         self.counters = IngestionCounters()
 
     def bind(self, session: Session | None) -> KnowledgeService:
-        """The same service working inside the caller's unit of work (API requests); ``None`` unbinds."""
-        bound = KnowledgeService(
-            self.database,
-            self.settings,
-            storage=self._storage,
-            embedder_factory=self._embedder_factory,
-            store_factory=self._store_factory,
-            usage_publisher=self._usage,
-            sqs_client=self._sqs,
-            sfn_client=self._sfn,
-            fetcher=self._fetcher,
-            session=session,
-        )
-        bound._embedders = self._embedders
-        bound._shared_stores = self._shared_stores
-        bound.counters = self.counters
+        """The same service working inside the caller's unit of work (API requests); ``None`` unbinds. The copy
+        shares clients, embedders, shared stores and counters; the embedded store and the thread's session are its
+        own (they write through its unit of work)."""
+        bound = copy.copy(self)
+        bound._session = session
+        bound._stores = {}
+        bound._local = threading.local()
         return bound
 
     def _pipeline(self) -> KnowledgeService:
@@ -737,7 +749,7 @@ class KnowledgeService:
                 if batch:
                     futures.append(executor.submit(self._embed_and_upsert, kb, doc, batch))
                 if not chunks:
-                    raise self._no_text(doc)
+                    raise dp.no_text(doc.content_type)
                 old_ids = self._replace_chunks(doc, chunks, page_count, hashlib.sha256(data).hexdigest())
                 for future in futures:
                     future.result()
@@ -767,10 +779,7 @@ class KnowledgeService:
             raise
         finally:
             executor.shutdown(wait=True)
-        new_ids = {chunk_id(document_id, c.index) for c in chunks}
-        stale = [i for i in old_ids if i not in new_ids]
-        if stale:
-            self.store(kb.vector_store, doc.account_id).delete(doc.account_id, doc.knowledge_base_id, stale)
+        self._drop_stale_vectors(kb, doc, old_ids, chunks)
         self.finalise_document(document_id, etag=etag)
         return "ready"
 
@@ -820,31 +829,21 @@ class KnowledgeService:
         )
         return iter(extracted.pages), extracted.page_count > 1, extracted.page_count
 
-    @staticmethod
-    def _no_text(doc: KnowledgeDocument) -> dp.DocumentRejected:
-        if doc.content_type == dp.PDF:
-            return dp.DocumentRejected(
-                "no_text", "the PDF has no extractable text (scanned pages need OCR, which is not supported)"
-            )
-        return dp.DocumentRejected("no_text", "the document has no text")
-
     def _embed_and_upsert(self, kb: KnowledgeBase, doc: KnowledgeDocument, chunks: Sequence[Any]) -> None:
-        from airies.providers.vectors.base import VectorRecord
-
         vectors = self.generate_embeddings(kb, [c.text for c in chunks])
+        keys = [(chunk_id(doc.id, c.index), doc.id, c.index) for c in chunks]
         self.store(kb.vector_store, doc.account_id).upsert(
-            [
-                VectorRecord(
-                    id=chunk_id(doc.id, c.index),
-                    values=vectors[i],
-                    account_id=doc.account_id,
-                    knowledge_base_id=doc.knowledge_base_id,
-                    document_id=doc.id,
-                    chunk_index=c.index,
-                )
-                for i, c in enumerate(chunks)
-            ]
+            vector_records(doc.account_id, doc.knowledge_base_id, keys, vectors)
         )
+
+    def _drop_stale_vectors(
+        self, kb: KnowledgeBase, doc: KnowledgeDocument, old_ids: Sequence[str], chunks: Sequence[Any]
+    ) -> None:
+        """Vectors of the previous version's chunks that the new version no longer has."""
+        new_ids = {chunk_id(doc.id, c.index) for c in chunks}
+        stale = [i for i in old_ids if i not in new_ids]
+        if stale:
+            self.store(kb.vector_store, doc.account_id).delete(doc.account_id, doc.knowledge_base_id, stale)
 
     def _drop_new_vectors(self, kb: KnowledgeBase, doc: KnowledgeDocument, chunks: Sequence[Any]) -> None:
         if not chunks:
@@ -905,14 +904,12 @@ class KnowledgeService:
             pages, paged, page_count = self._open_pages(doc, data)
             chunks = list(iter_chunks(pages, kb.chunk_size, kb.chunk_overlap, paged=paged))
             if not chunks:
-                raise self._no_text(doc)
+                raise dp.no_text(doc.content_type)
         except dp.DocumentRejected as exc:
             self.fail_document(document_id, exc.code, exc.reason)
             return PreparedDocument(document_id, skipped=True, reason=f"failed:{exc.code}")
         old_ids = self._replace_chunks(doc, chunks, page_count, hashlib.sha256(data).hexdigest())
-        stale = [i for i in old_ids if i not in {chunk_id(document_id, c.index) for c in chunks}]
-        if stale:
-            self.store(kb.vector_store, doc.account_id).delete(doc.account_id, doc.knowledge_base_id, stale)
+        self._drop_stale_vectors(kb, doc, old_ids, chunks)
         size = max(1, self.settings.kb_embed_batch_chunks)
         batches = [
             {"document_id": document_id, "start": start, "end": min(start + size, len(chunks))}
@@ -959,27 +956,19 @@ class KnowledgeService:
 
     def generate_embeddings(self, kb: KnowledgeBase, texts: list[str]) -> np.ndarray:
         embedder = self.embedder(kb.embedding_provider, kb.embedding_model, kb.embedding_dimensions)
+        return self._embed(embedder, texts).vectors
+
+    def _embed(self, embedder: Embedder, texts: list[str]) -> EmbeddingResult:
+        """``embedder.embed`` counted in ``counters`` (ingestion and re-embed)."""
         result = embedder.embed(texts)
         self.counters.embed_requests += result.requests
         self.counters.embed_calls += 1
         self.counters.embedding_tokens += result.tokens
-        return result.vectors
+        return result
 
     def store_embeddings(self, kb: KnowledgeBase, chunks: Sequence[KnowledgeChunk], vectors: np.ndarray) -> None:
-        from airies.providers.vectors.base import VectorRecord
-
-        records = [
-            VectorRecord(
-                id=c.id,
-                values=vectors[i],
-                account_id=c.account_id,
-                knowledge_base_id=c.knowledge_base_id,
-                document_id=c.document_id,
-                chunk_index=c.chunk_index,
-            )
-            for i, c in enumerate(chunks)
-        ]
-        self.store(kb.vector_store, kb.account_id).upsert(records)
+        keys = [(c.id, c.document_id, c.chunk_index) for c in chunks]
+        self.store(kb.vector_store, kb.account_id).upsert(vector_records(kb.account_id, kb.id, keys, vectors))
 
     def embed_chunk_range(self, document_id: str, start: int, end: int) -> int:
         """Embed chunks [start, end) of a document and upsert their vectors (idempotent: ids are stable)."""
@@ -1286,10 +1275,7 @@ class KnowledgeService:
                 session.execute(update(KnowledgeBase).where(KnowledgeBase.id == kb_id).values(updated_at=utcnow()))
             if not rows:
                 return chunks, tokens
-            result = embedder.embed([row.text for row in rows])
-            self.counters.embed_requests += result.requests
-            self.counters.embed_calls += 1
-            self.counters.embedding_tokens += result.tokens
+            result = self._embed(embedder, [row.text for row in rows])
             tokens += result.tokens
             spool.write(np.ascontiguousarray(result.vectors, dtype="<f4").tobytes())
             chunks.extend((row.id, row.document_id, row.chunk_index) for row in rows)
@@ -1307,8 +1293,6 @@ class KnowledgeService:
     ) -> None:
         import numpy as np
 
-        from airies.providers.vectors.base import VectorRecord
-
         provider, model, dims = choice
         size = max(1, self.settings.kb_embed_batch_chunks)
 
@@ -1317,17 +1301,7 @@ class KnowledgeService:
             for start in range(0, len(chunks), size):
                 part = chunks[start : start + size]
                 vectors = np.frombuffer(spool.read(len(part) * dims * 4), dtype="<f4").reshape(len(part), dims)
-                yield [
-                    VectorRecord(
-                        id=cid,
-                        values=vectors[n],
-                        account_id=account_id,
-                        knowledge_base_id=kb_id,
-                        document_id=doc_id,
-                        chunk_index=index,
-                    )
-                    for n, (cid, doc_id, index) in enumerate(part)
-                ]
+                yield vector_records(account_id, kb_id, part, vectors)
 
         store = self.store(store_name, account_id)
         # The embedded store writes through this unit of work: its vectors and the recorded model commit together.
@@ -1428,6 +1402,11 @@ class KnowledgeService:
             MessageBody=json.dumps({"type": "scrape_job", "job_id": job.id, "account_id": job.account_id}),
         )
         return True
+
+    def start_scrape_job(self, job: KnowledgeScrapeJob) -> None:
+        """Queue the job, or (no queue: a plain local run) crawl it now, inside this request."""
+        if not self.enqueue_scrape_job(job):
+            self._pipeline().run_scrape_job(job.id)
 
     def list_scrape_jobs(self, account_id: str, kb_id: str) -> list[KnowledgeScrapeJob]:
         with self._uow() as session:

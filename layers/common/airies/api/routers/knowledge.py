@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from airies.api.deps import Caller, authenticate, current_caller
 from airies.db.models.knowledge import KnowledgeBase, KnowledgeDocument, KnowledgeScrapeJob
@@ -63,42 +65,11 @@ def kb_out(kb: KnowledgeBase) -> KnowledgeBaseOut:
 
 
 def doc_out(doc: KnowledgeDocument) -> DocumentOut:
-    return DocumentOut(
-        id=doc.id,
-        knowledge_base_id=doc.knowledge_base_id,
-        name=doc.name,
-        source_type=doc.source_type,
-        source_url=doc.source_url,
-        content_type=doc.content_type,
-        size_bytes=doc.size_bytes,
-        status=doc.status,
-        error_code=doc.error_code,
-        error=doc.error,
-        page_count=doc.page_count,
-        chunk_count=doc.chunk_count,
-        token_count=doc.token_count,
-        created_at=doc.created_at,
-        updated_at=doc.updated_at,
-        processed_at=doc.processed_at,
-    )
+    return DocumentOut.model_validate(doc)
 
 
 def job_out(job: KnowledgeScrapeJob) -> ScrapeJobOut:
-    return ScrapeJobOut(
-        id=job.id,
-        knowledge_base_id=job.knowledge_base_id,
-        start_urls=list(job.start_urls),
-        max_depth=job.max_depth,
-        max_pages=job.max_pages,
-        status=job.status,
-        pages_crawled=job.pages_crawled,
-        pages_failed=job.pages_failed,
-        pages_skipped=job.pages_skipped,
-        error=job.error,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        created_at=job.created_at,
-    )
+    return ScrapeJobOut.model_validate(job)
 
 
 @router.post("", status_code=201)
@@ -162,8 +133,6 @@ async def _document_request(request: Request, *, require_filename: bool = True) 
     try:
         raw = await request.body()
         if not require_filename:  # PUT keeps the document's name
-            import json
-
             body = json.loads(raw or b"{}")
             if isinstance(body, dict):
                 body.setdefault("filename", "unchanged")
@@ -198,8 +167,6 @@ async def _document_request(request: Request, *, require_filename: bool = True) 
 async def create_document(request: Request, kb_id: str) -> DocumentCreated:
     spec, data = await _document_request(request)
     # The sync work below runs in a worker thread, like FastAPI's own sync routes.
-    from starlette.concurrency import run_in_threadpool
-
     return await run_in_threadpool(_create_document_sync, request, kb_id, spec, data)
 
 
@@ -238,7 +205,6 @@ async def update_document(request: Request, kb_id: str, doc_id: str) -> Document
     spec, data = await _document_request(request, require_filename=False)
     if data is None:
         raise BadRequestError("send the new content as text, content_base64 or a multipart file")
-    from starlette.concurrency import run_in_threadpool
 
     def run() -> DocumentOut:
         state = request.app.state
@@ -294,19 +260,7 @@ def get_document_chunks(
     offset: int = Query(0, ge=0),
 ) -> dict[str, list[ChunkOut]]:
     chunks = svc.get_document_chunks(caller.account_id, kb_id, doc_id, limit=limit, offset=offset)
-    return {
-        "data": [
-            ChunkOut(
-                id=c.id,
-                document_id=c.document_id,
-                chunk_index=c.chunk_index,
-                text=c.text,
-                token_count=c.token_count,
-                page=c.page,
-            )
-            for c in chunks
-        ]
-    }
+    return {"data": [ChunkOut.model_validate(c) for c in chunks]}
 
 
 @router.post("/{kb_id}/query")
@@ -314,22 +268,7 @@ def query_knowledge_base(
     kb_id: str, body: QueryIn, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
 ) -> dict[str, list[QueryResultOut]]:
     results = svc.query_knowledge_base(caller.account_id, kb_id, body.query, top_k=body.top_k, threshold=body.threshold)
-    return {
-        "data": [
-            QueryResultOut(
-                chunk_id=r.chunk_id,
-                text=r.text,
-                score=r.score,
-                document_id=r.document_id,
-                document_name=r.document_name,
-                knowledge_base_id=r.knowledge_base_id,
-                chunk_index=r.chunk_index,
-                page=r.page,
-                source_url=r.source_url,
-            )
-            for r in results
-        ]
-    }
+    return {"data": [QueryResultOut.model_validate(r) for r in results]}
 
 
 @router.post("/{kb_id}/scrape-jobs", status_code=202)
@@ -342,9 +281,7 @@ def create_scrape_job(
     job = svc.create_web_scrape_job(
         caller.account_id, kb_id, body.start_urls, max_depth=body.max_depth, max_pages=body.max_pages
     )
-    if not svc.enqueue_scrape_job(job):
-        # No queue (plain local run): crawl now, in this request.
-        svc._pipeline().run_scrape_job(job.id)
+    svc.start_scrape_job(job)
     return job_out(svc.get_scrape_job(caller.account_id, kb_id, job.id))
 
 

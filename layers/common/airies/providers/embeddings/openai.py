@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from airies.errors import ProviderError
+from airies.providers.embeddings import KNOWN_MODELS
 from airies.providers.embeddings.base import EmbeddingResult, normalise_rows
 
 # Known native dimensions; text-embedding-3-* also accept a smaller ``dimensions``.
-MODEL_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
+MODEL_DIMENSIONS = {model: largest for model, (largest, _) in KNOWN_MODELS["openai"].items()}
 # OpenAI: at most 2048 inputs and 300k tokens per request; stay well inside both.
 MAX_INPUTS_PER_REQUEST = 256
 MAX_TOKENS_PER_REQUEST = 200_000

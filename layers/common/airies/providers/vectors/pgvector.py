@@ -75,10 +75,13 @@ class PgVectorStore:
     def delete_collection(self, account_id: str, knowledge_base_id: str) -> None:
         self.ensure_schema()
         with self._db.engine.begin() as conn:
-            conn.execute(
-                text("DELETE FROM kb_pgvectors WHERE account_id = :a AND knowledge_base_id = :k"),
-                {"a": account_id, "k": knowledge_base_id},
-            )
+            self._delete_all(conn, account_id, knowledge_base_id)
+
+    def _delete_all(self, conn: Connection, account_id: str, knowledge_base_id: str) -> None:
+        conn.execute(
+            text("DELETE FROM kb_pgvectors WHERE account_id = :a AND knowledge_base_id = :k"),
+            {"a": account_id, "k": knowledge_base_id},
+        )
         self.stats.delete_requests += 1
 
     def replace_collection(
@@ -88,11 +91,7 @@ class PgVectorStore:
         leaves the old vectors; queries see the old set until the commit, then the new one."""
         self.ensure_schema()
         with self._db.engine.begin() as conn:
-            conn.execute(
-                text("DELETE FROM kb_pgvectors WHERE account_id = :a AND knowledge_base_id = :k"),
-                {"a": account_id, "k": knowledge_base_id},
-            )
-            self.stats.delete_requests += 1
+            self._delete_all(conn, account_id, knowledge_base_id)
             for records in batches:
                 self._insert(conn, records)
 

@@ -35,6 +35,20 @@ def upsert_batch_size(dimensions: int) -> int:
     return max(1, min(MAX_VECTORS_PER_UPSERT, MAX_REQUEST_BYTES // (dimensions * 22 + 400)))
 
 
+def _status(exc: Exception) -> int | None:
+    """The HTTP status of an SDK exception (its own hierarchy, data and control plane alike), if it has one."""
+    return getattr(exc, "status", None) or getattr(exc, "status_code", None)
+
+
+def _provider_error(what: str, exc: Exception, status: int | None) -> ProviderError:
+    return ProviderError(
+        f"Pinecone {what} failed: {exc}",
+        provider="pinecone",
+        retryable=status is None or status == 429 or status >= 500,
+        upstream_status=status,
+    )
+
+
 class PineconeVectorStore:
     name = "pinecone"
 
@@ -54,15 +68,10 @@ class PineconeVectorStore:
         try:
             return fn(**kwargs)
         except Exception as exc:  # the SDK raises its own hierarchy; surface one provider error
-            status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
+            status = _status(exc)
             if missing_ok and status == 404:  # deleting from a namespace that was never written: nothing to do
                 return None
-            raise ProviderError(
-                f"Pinecone {what} failed: {exc}",
-                provider="pinecone",
-                retryable=status is None or status == 429 or status >= 500,
-                upstream_status=status,
-            ) from exc
+            raise _provider_error(what, exc, status) from exc
 
     def create_collection(self, account_id: str, knowledge_base_id: str, dimensions: int) -> None:
         # Namespaces are created implicitly by the first upsert; the index's dimension is fixed, so a knowledge base
@@ -178,15 +187,10 @@ def _check_key(api_key: str) -> bool:
     except Exception as exc:
         # 403 (a key whose role has no control-plane access) is not a rejection of the key either: it says who
         # the caller is. Anything else means Pinecone could not be asked.
-        status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
+        status = _status(exc)
         if status == 403:
             return True
-        raise ProviderError(
-            f"Pinecone key check failed: {exc}",
-            provider="pinecone",
-            retryable=status is None or status == 429 or status >= 500,
-            upstream_status=status,
-        ) from exc
+        raise _provider_error("key check", exc, status) from exc
     finally:
         close = getattr(client, "close", None)
         if callable(close):

@@ -5,23 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
-from airies.schemas.common import StrictModel
-
-METADATA_MAX_KEYS = 50
-METADATA_MAX_BYTES = 16_384
-
-
-def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
-    """The one size limit of a conversation's metadata: on create, and on the merged result of an update."""
-    import json
-
-    if len(value) > METADATA_MAX_KEYS or len(json.dumps(value, default=str)) > METADATA_MAX_BYTES:
-        raise ValueError(
-            f"metadata may hold at most {METADATA_MAX_KEYS} keys and {METADATA_MAX_BYTES // 1024} KiB as JSON"
-        )
-    return value
+from airies.schemas.common import Metadata, StrictModel, Version
 
 
 class CallerInfo(StrictModel):
@@ -34,27 +20,17 @@ class CallerInfo(StrictModel):
 class ConversationCreate(StrictModel):
     agent_id: str = Field(min_length=1, max_length=40)
     # Pin a published version; None runs the agent's current published version.
-    agent_version: int | None = Field(None, ge=1)
+    agent_version: Version | None = None
     caller: CallerInfo = Field(default_factory=CallerInfo)
     channel: Literal["websocket", "http"] = "websocket"
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("metadata")
-    @classmethod
-    def _small(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return check_metadata(value)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class ConversationUpdate(StrictModel):
-    metadata: dict[str, Any] | None = None
+    # The merged result (stored metadata + this update) is checked against the same limit by the service.
+    metadata: Metadata | None = None
     caller: CallerInfo | None = None
     status: Literal["ended"] | None = None  # PUT {"status": "ended"} hangs up
-
-    @field_validator("metadata")
-    @classmethod
-    def _small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        # The merged result (stored metadata + this update) is checked against the same limit by the service.
-        return check_metadata(value) if value is not None else value
 
 
 class MessageIn(StrictModel):

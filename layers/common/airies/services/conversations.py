@@ -42,7 +42,8 @@ from airies.providers.stt.base import STTOptions, Transcript
 from airies.providers.tts.base import TTSOptions
 from airies.schemas import ws_protocol as wp
 from airies.schemas.agents import AgentConfig
-from airies.schemas.conversations import ConversationCreate, ConversationUpdate, check_metadata
+from airies.schemas.common import check_metadata
+from airies.schemas.conversations import ConversationCreate, ConversationUpdate
 from airies.services.agents import AgentService
 from airies.services.turns import TurnEngines, TurnInput, TurnResult, TurnRunner
 

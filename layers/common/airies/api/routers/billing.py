@@ -6,13 +6,13 @@ The Stripe webhook is served here for the local server; on AWS the HTTP API rout
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from airies.api.deps import Caller, current_caller
 from airies.errors import BadRequestError
-from airies.schemas.common import Page
+from airies.schemas.common import Limit, Page
 from airies.schemas.usage import (
     BalanceOut,
     InvoiceOut,
@@ -62,7 +62,7 @@ def usage_events(
     component: str | None = None,
     agent_id: str | None = None,
     conversation_id: str | None = None,
-    limit: int = Query(100, ge=1, le=500),
+    limit: Limit = 100,
     cursor: str | None = None,
     caller: Caller = Depends(current_caller),
 ) -> Page[UsageEventOut]:
@@ -110,7 +110,7 @@ def balance(caller: Caller = Depends(current_caller)) -> BalanceOut:
 
 @router.get("/billing/ledger")
 def ledger(
-    limit: int = Query(50, ge=1, le=500), cursor: str | None = None, caller: Caller = Depends(current_caller)
+    limit: Limit = 50, cursor: str | None = None, caller: Caller = Depends(current_caller)
 ) -> Page[LedgerEntryOut]:
     items, next_cursor = _usage().list_ledger(caller.account_id, limit=limit, cursor=cursor, session=caller.session)
     return Page(data=items, next_cursor=next_cursor, has_more=next_cursor is not None)
@@ -151,7 +151,7 @@ def cancel_subscription(request: Request, caller: Caller = Depends(current_calle
 
 @router.get("/billing/invoices")
 def invoices(
-    limit: int = Query(24, ge=1, le=100), cursor: str | None = None, caller: Caller = Depends(current_caller)
+    limit: Annotated[Limit, Query(le=100)] = 24, cursor: str | None = None, caller: Caller = Depends(current_caller)
 ) -> Page[InvoiceOut]:
     items, next_cursor = InvoicingService(caller.session).list_invoices(caller.account_id, limit=limit, cursor=cursor)
     return Page(data=[invoice_out(i) for i in items], next_cursor=next_cursor, has_more=next_cursor is not None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import PlainTextResponse
@@ -14,7 +14,7 @@ from airies.api.deps import Caller, current_caller
 from airies.db.models.conversations import Conversation, ConversationTurn
 from airies.errors import BadRequestError, ConflictError, PayloadTooLargeError, UnsupportedMediaTypeError
 from airies.schemas import ws_protocol as wp
-from airies.schemas.common import Page
+from airies.schemas.common import Limit, Page
 from airies.schemas.conversations import (
     ConversationCreate,
     ConversationDetail,
@@ -153,7 +153,7 @@ def start_conversation(
 def list_conversations(
     request: Request,
     caller: Caller = Depends(current_caller),
-    limit: int = Query(20, ge=1, le=100),
+    limit: Annotated[Limit, Query(le=100)] = 20,
     cursor: str | None = Query(None, max_length=40),
     agent_id: str | None = Query(None, max_length=40),
     status: Literal["created", "active", "ended"] | None = None,

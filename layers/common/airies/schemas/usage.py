@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -150,6 +150,9 @@ class UsageEventOut(BaseModel):
     credits: str
     covered: str
     priced: bool
+    # ``conflict``: this key was already recorded with another body; this one was refused and is not charged.
+    status: Literal["recorded", "conflict"] = "recorded"
+    conflicts_with: str | None = None  # the recorded event that keeps the key
 
 
 class UsageSummaryRow(BaseModel):

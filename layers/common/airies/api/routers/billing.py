@@ -6,7 +6,7 @@ The Stripe webhook is served here for the local server; on AWS the HTTP API rout
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
@@ -62,6 +62,9 @@ def usage_events(
     component: str | None = None,
     agent_id: str | None = None,
     conversation_id: str | None = None,
+    status: Literal["recorded", "conflict"] | None = Query(
+        None, description="conflict: refused because the key was already recorded with another body"
+    ),
     limit: Limit = 100,
     cursor: str | None = None,
     caller: Caller = Depends(current_caller),
@@ -75,6 +78,7 @@ def usage_events(
         component=component,
         agent_id=agent_id,
         conversation_id=conversation_id,
+        status=status,
         limit=limit,
         cursor=cursor,
         session=caller.session,

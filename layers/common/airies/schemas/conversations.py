@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from airies.schemas.common import Metadata, StrictModel, Version
+from airies.schemas.money import UsdAmount
 
 
 class CallerInfo(StrictModel):
@@ -48,8 +49,8 @@ class TurnOut(BaseModel):
     status: str
     latency: dict[str, Any]
     usage: dict[str, Any]
-    cost: dict[str, Any]
-    cost_usd: float
+    cost: dict[str, UsdAmount]  # stt, llm, tts, total
+    cost_usd: UsdAmount
     recording: dict[str, Any]
     started_at: datetime
     ended_at: datetime
@@ -70,7 +71,7 @@ class ConversationOut(BaseModel):
     turn_count: int
     interruption_count: int
     usage: dict[str, Any]
-    cost_usd: float
+    cost_usd: UsdAmount
     recording_enabled: bool
     created_at: datetime
 

@@ -188,7 +188,7 @@ class PaymentService:
         return TopUpOut(
             id=payment.id,
             status=intent.status,
-            amount_usd=f"{Decimal(payment.amount_cents) / 100:.2f}",
+            amount_usd=Decimal(payment.amount_cents) / 100,
             credits=micros_to_credits(payment.credits_micros),
             stripe_payment_intent_id=intent.id,
             client_secret=intent.client_secret,

@@ -836,7 +836,8 @@ class UsageService:
                 overdraft=micros_to_credits(tier.overdraft_micros),
                 available=micros_to_credits(row.balance_micros + tier.overdraft_micros - row.owed_micros),
                 owed=micros_to_credits(row.owed_micros),
-                currency_per_credit=f"{self.pricing.usd_per_credit} {self.pricing.currency}",
+                currency_per_credit=self.pricing.usd_per_credit,
+                currency=self.pricing.currency,
                 subscription=subscription,
             )
 
@@ -927,7 +928,7 @@ class UsageService:
             agent_id=e.agent_id,
             conversation_id=e.conversation_id,
             turn_id=e.turn_id,
-            cost_usd=str((Decimal(e.cost_picousd) / 10**12).normalize()) if e.cost_picousd else "0",
+            cost_usd=Decimal(e.cost_picousd) / 10**12,
             credits=micros_to_credits(e.credits_micros),
             covered=micros_to_credits(e.covered_micros),
             priced=e.priced,
@@ -946,7 +947,7 @@ class UsageService:
             agent_id=c.agent_id,
             conversation_id=c.conversation_id,
             turn_id=c.turn_id,
-            cost_usd="0",
+            cost_usd=Decimal(0),
             credits=micros_to_credits(0),
             covered=micros_to_credits(0),
             priced=False,

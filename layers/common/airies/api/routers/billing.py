@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from airies.api.deps import Caller, current_caller
 from airies.errors import BadRequestError
 from airies.schemas.common import Limit, Page
+from airies.schemas.money import format_usd, micros_to_credits
 from airies.schemas.usage import (
     BalanceOut,
     InvoiceOut,
@@ -22,6 +23,7 @@ from airies.schemas.usage import (
     TopUpOut,
     UsageEventOut,
     UsageSummaryOut,
+    credits_to_micros,
 )
 from airies.services.invoicing import InvoicingService, invoice_out
 from airies.services.payments import WebhookRejected, build_payment_service
@@ -90,16 +92,16 @@ def usage_events(
 def plans(_caller: Caller = Depends(current_caller)) -> dict[str, Any]:
     pricing = get_pricing()
     return {
-        "usd_per_credit": str(pricing.usd_per_credit),
+        "usd_per_credit": format_usd(pricing.usd_per_credit),
         "tiers": [
             {
                 "name": t.name,
                 "display_name": t.display_name,
                 "markup": str(t.markup),
-                "credits_per_unit": {k: str(v) for k, v in t.credits_per_unit.items()},
-                "included_monthly_credits": str(t.included_monthly_micros // 1_000_000),
-                "overdraft_credits": str(t.overdraft_micros // 1_000_000),
-                "monthly_price_usd": str(t.monthly_price_usd),
+                "credits_per_unit": {k: micros_to_credits(credits_to_micros(v)) for k, v in t.credits_per_unit.items()},
+                "included_monthly_credits": micros_to_credits(t.included_monthly_micros),
+                "overdraft_credits": micros_to_credits(t.overdraft_micros),
+                "monthly_price_usd": format_usd(t.monthly_price_usd),
                 "limits": t.limits.__dict__,
             }
             for t in pricing.tiers.values()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -106,7 +107,7 @@ def conversation_out(c: Conversation) -> dict[str, Any]:
         "turn_count": c.turn_count,
         "interruption_count": c.interruption_count,
         "usage": c.usage,
-        "cost_usd": float(c.cost_usd or 0),
+        "cost_usd": c.cost_usd or Decimal(0),
         "recording_enabled": c.recording_enabled,
         "created_at": c.created_at,
     }
@@ -124,7 +125,7 @@ def turn_out(t: ConversationTurn) -> TurnOut:
         latency=t.latency,
         usage=t.usage,
         cost=t.cost,
-        cost_usd=float(t.cost_usd or 0),
+        cost_usd=t.cost_usd or Decimal(0),
         recording=t.recording,
         started_at=t.started_at,
         ended_at=t.ended_at,

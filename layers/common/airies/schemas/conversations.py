@@ -56,6 +56,23 @@ class TurnOut(BaseModel):
     ended_at: datetime
 
 
+class TurnAudioOut(BaseModel):
+    encoding: Literal["pcm_s16le"]
+    sample_rate: int
+    data: str  # base64
+
+
+class TurnResponse(BaseModel):
+    """The answer of an HTTP turn (``/message``, ``/audio``)."""
+
+    turn: TurnOut
+    transcript: str | None
+    reply: str
+    end_call: bool  # the call ended with this turn
+    end_reason: str | None  # why it ended: caller_end_call_phrase, assistant_end_call_phrase, end_call_tool
+    audio: TurnAudioOut | None
+
+
 class ConversationOut(BaseModel):
     id: str
     agent_id: str | None

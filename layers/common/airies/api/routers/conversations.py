@@ -23,7 +23,9 @@ from airies.schemas.conversations import (
     ConversationStarted,
     ConversationUpdate,
     MessageIn,
+    TurnAudioOut,
     TurnOut,
+    TurnResponse,
 )
 from airies.services.conversations import (
     ConversationService,
@@ -239,25 +241,24 @@ def refresh_token(
     )
 
 
-def _turn_response(turn: ConversationTurn, result: Any, frames: list[dict[str, Any]]) -> dict[str, Any]:
+def _turn_response(turn: ConversationTurn, result: Any, frames: list[dict[str, Any]]) -> TurnResponse:
     pcm = b"".join(base64.b64decode(f["data"]) for f in frames if f.get("type") == "audio")
-    return {
-        "turn": turn_out(turn).model_dump(mode="json"),
-        "transcript": result.user_text,
-        "reply": result.agent_text,
-        "end_call": result.end_call,
-        "audio": (
-            {"encoding": "pcm_s16le", "sample_rate": wp.SAMPLE_RATE, "data": base64.b64encode(pcm).decode()}
-            if pcm
-            else None
-        ),
-    }
+    return TurnResponse(
+        turn=turn_out(turn),
+        transcript=result.user_text,
+        reply=result.agent_text,
+        end_call=result.end_call is not None,  # the turn's end reason, when it ended the call
+        end_reason=result.end_call,
+        audio=TurnAudioOut(encoding="pcm_s16le", sample_rate=wp.SAMPLE_RATE, data=base64.b64encode(pcm).decode())
+        if pcm
+        else None,
+    )
 
 
 @router.post("/{conversation_id}/message")
 async def post_message(
     conversation_id: str, body: MessageIn, request: Request, caller: Caller = Depends(current_caller)
-) -> dict[str, Any]:
+) -> TurnResponse:
     turn, result, frames = await service(request, caller).process_message(
         caller.account_id, conversation_id, body.text, with_audio=body.with_audio
     )
@@ -265,9 +266,7 @@ async def post_message(
 
 
 @router.post("/{conversation_id}/audio")
-async def post_audio(
-    conversation_id: str, request: Request, caller: Caller = Depends(current_caller)
-) -> dict[str, Any]:
+async def post_audio(conversation_id: str, request: Request, caller: Caller = Depends(current_caller)) -> TurnResponse:
     """Body: a WAV file (any rate, mono, PCM16 or μ-law) or raw PCM16 16 kHz mono (``audio/l16``, ``application/octet-stream``)."""
     content_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     raw = await request.body()

@@ -1,7 +1,8 @@
 """StripeWebhookFunction: ``POST /api/v1/billing/webhooks/stripe`` on the HTTP API (payload v2).
 
 A separate small function (no FastAPI import: a smaller cold start). The raw body is verified with
-``stripe.Webhook.construct_event``; bad or stale signatures get 400, every event id is processed once.
+``stripe.WebhookSignature.verify_header``; bad or stale signatures get 400 ``invalid_signature``, signed bodies that
+are not a readable event 400 ``invalid_event`` (``airies.schemas.stripe_events``); every event id is processed once.
 """
 
 from __future__ import annotations

@@ -387,3 +387,15 @@ def test_knowledge_base_passages_reach_the_llm_request(client, auth, settings) -
         assert sent["messages"][-1] == {"role": "user", "content": "Where is the visitor parking?"}
         latency = reply.json()["turn"]["latency"]
         assert latency["retrieval_ms"] is not None
+
+
+def test_an_http_turn_says_end_call_as_a_boolean_and_why(client, auth, engines) -> None:  # type: ignore[no-untyped-def]
+    cid = start(client, auth, deployed_agent(client, auth))["id"]
+    going_on = client.post(f"/api/v1/conversations/{cid}/message", json={"text": "Do you ship?"}, headers=auth)
+    assert going_on.status_code == 200, going_on.text
+    assert going_on.json()["end_call"] is False and going_on.json()["end_reason"] is None
+    goodbye = client.post(f"/api/v1/conversations/{cid}/message", json={"text": "Thanks, goodbye"}, headers=auth)
+    assert goodbye.json()["end_call"] is True and goodbye.json()["end_reason"] == "caller_end_call_phrase"
+    assert client.get(f"/api/v1/conversations/{cid}", headers=auth).json()["status"] == "ended"
+    schema = client.app.openapi()["components"]["schemas"]["TurnResponse"]["properties"]
+    assert schema["end_call"] == {"type": "boolean", "title": "End Call"}  # never null

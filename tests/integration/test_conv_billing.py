@@ -257,5 +257,5 @@ def test_cost_per_minute_covers_the_same_conversations_on_both_sides(rig: Rig) -
             conversation.status, conversation.cost_usd, conversation.duration_seconds = status, Decimal(cost), seconds
     with rig.database.session() as s:
         stats = conversation_analytics(s, rig.account_id, "24h")
-    assert stats["cost_usd"]["total"] == "1.300000000" and stats["cost_usd"]["per_conversation"] == "0.650000"
-    assert stats["cost_usd"]["per_minute"] == "0.150000"  # 0.30 over 2 minutes; the live call's 1.00 is not in it
+    assert stats["cost_usd"]["total"] == "1.300000000" and stats["cost_usd"]["per_conversation"] == "0.650000000"
+    assert stats["cost_usd"]["per_minute"] == "0.150000000"  # 0.30 over 2 minutes; the live call's 1.00 is not in it

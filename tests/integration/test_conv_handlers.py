@@ -535,7 +535,7 @@ def test_end_of_a_deleted_conversation_still_closes_the_socket_and_the_sweep_goe
     assert h.service.end(gone, "max_duration", None) is True  # end_conversation returned None: no exception
     ended = frames_of(gone_conn)[-1]
     assert ended["type"] == "ended" and ended["reason"] == "max_duration"
-    assert (ended["duration_seconds"], ended["turns"], ended["cost_usd"]) == (0.0, 0, "0")
+    assert (ended["duration_seconds"], ended["turns"], ended["cost_usd"]) == (0.0, 0, "0.000000000")
     assert closed_by_server(gone_conn) and h.store.connection(gone_conn) is None
     assert h.store.get(gone).state == "ended"
 

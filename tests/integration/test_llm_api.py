@@ -80,7 +80,11 @@ def test_models_of_configured_providers(client, auth):
     assert set(body["providers"]) == {"openai"}
     assert {m["model"] for m in body["data"]} >= {"gpt-4o-mini", "gpt-4o"}
     mini = next(m for m in body["data"] if m["model"] == "gpt-4o-mini")
-    assert mini["input_per_mtok"] == 0.15 and mini["cached_input_per_mtok"] == 0.075 and mini["output_per_mtok"] == 0.60
+    assert (mini["input_per_mtok"], mini["cached_input_per_mtok"], mini["output_per_mtok"]) == (
+        "0.150000000",
+        "0.075000000",
+        "0.600000000",
+    )
     smart = client.get("/api/v1/llm/models?model_class=smart", headers=auth).json()["data"]
     assert {m["model_class"] for m in smart} == {"smart"}
     assert client.get("/api/v1/llm/models?provider=groq", headers=auth).json()["data"] == []
@@ -213,7 +217,7 @@ def test_text_test_returns_reply_latency_usage_cost(client, auth, double):
     assert body["latency"]["ttft_ms"] is not None and body["latency"]["total_ms"] >= body["latency"]["ttft_ms"]
     assert body["usage"] == {"prompt_tokens": 120, "completion_tokens": 8, "cached_tokens": 100, "estimated": False}
     # 20 * 0.15 + 100 * 0.075 + 8 * 0.60 per million
-    assert body["cost_usd"] == "0.0000153"
+    assert body["cost_usd"] == "0.000015300"
     sent = double.chat_requests[-1].body
     assert sent["messages"][0]["role"] == "system" and AGENT["system_prompt"] in sent["messages"][0]["content"]
     assert sent["messages"][1] == {"role": "assistant", "content": AGENT["first_message"]}

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from airies.api.middleware import NUL_IN_BODY
+from airies.api.middleware import BodyRejected
 from airies.errors import AiriesError, RateLimitedError
 
 
@@ -42,13 +42,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("invalid_request", "request failed validation", _clean(errors)), 422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, BodyRejected):
+            return JSONResponse(error_body(exc.code, str(exc.detail)), exc.status_code)
         codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "payload_too_large"}
         code = codes.get(exc.status_code, "http_error")
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
-            if request.scope.get("state", {}).get("nul_in_body"):
-                status, nul_code, message = NUL_IN_BODY
-                return JSONResponse(error_body(nul_code, message), status)
             return JSONResponse(error_body("malformed_json", "request body is not valid UTF-8 JSON"), 400)
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None))
 

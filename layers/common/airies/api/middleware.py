@@ -6,7 +6,7 @@ import json
 import uuid
 from typing import Any
 
-from airies.errors import BadRequestError
+from starlette.exceptions import HTTPException
 
 Scope = dict[str, Any]
 
@@ -32,7 +32,22 @@ def _has_nul(scope: Scope) -> bool:
     )
 
 
-NUL_IN_BODY = (400, "invalid_characters", "the JSON body contains a NUL character (\\u0000)")
+class BodyRejected(HTTPException):
+    """A body refused while it is read. An HTTPException because FastAPI re-raises those from its body parsing (any
+    other exception there becomes its own 400 "error parsing the body"); the error handler answers ``code``.
+    Where a route reads the body itself, it reaches the same handler."""
+
+    def __init__(self, status_code: int, code: str, message: str) -> None:
+        super().__init__(status_code=status_code, detail=message)
+        self.code = code
+
+
+def body_too_large(limit: int) -> BodyRejected:
+    return BodyRejected(413, "payload_too_large", f"request body exceeds {limit} bytes")
+
+
+def nul_in_body() -> BodyRejected:
+    return BodyRejected(400, "invalid_characters", "the JSON body contains a NUL character (\\u0000)")
 
 
 class RequestGuardMiddleware:
@@ -70,25 +85,20 @@ class RequestGuardMiddleware:
             return
 
         received = 0
-        too_large = False
         is_json = b"json" in (headers.get(b"content-type") or b"")
         tail = b""  # the previous chunk's end, so an escape split across chunks is still seen
 
         async def guarded_receive() -> dict[str, Any]:
-            nonlocal received, too_large, tail
+            nonlocal received, tail
             message = await receive()
             if message["type"] == "http.request":
                 chunk = message.get("body", b"")
                 received += len(chunk)
-                if received > limit:
-                    too_large = True
-                    raise _BodyTooLarge
+                if received > limit:  # a streamed (chunked) body has no Content-Length to refuse up front
+                    raise body_too_large(limit)
                 if is_json:
                     if JSON_NUL in tail + chunk:
-                        # FastAPI turns an error while reading the body into its own 400: the flag tells the
-                        # error handler (api/errors.py) which one it was.
-                        scope["state"]["nul_in_body"] = True
-                        raise NulInBodyError(NUL_IN_BODY[2], code=NUL_IN_BODY[1])
+                        raise nul_in_body()
                     tail = chunk[-(len(JSON_NUL) - 1) :]
             return message
 
@@ -98,13 +108,7 @@ class RequestGuardMiddleware:
                 message["headers"] = [*list(message["headers"]), (b"x-request-id", request_id.encode())]
             await send(message)
 
-        try:
-            await self.app(scope, guarded_receive, send_with_id)
-        except _BodyTooLarge:
-            if too_large:
-                start, body = _json_error(413, "payload_too_large", f"request body exceeds {limit} bytes")
-                await send(start)
-                await send(body)
+        await self.app(scope, guarded_receive, send_with_id)
 
     def _limit_for(self, scope: Scope) -> int:
         # Uploads of audio and documents have their own, larger caps enforced by their routes.
@@ -118,11 +122,3 @@ class RequestGuardMiddleware:
         event = scope.get("aws.event") or {}
         ctx = event.get("requestContext") or {}
         return ctx.get("requestId") or uuid.uuid4().hex
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class NulInBodyError(BadRequestError):
-    """Where a route reads the body itself, this reaches the AiriesError handler: a 400 like any bad input."""

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from airies.schemas.common import StrictModel
+from airies.schemas.common import Metadata, StrictModel
+
+# Shared by the full config and its partial update, so both accept the same range.
+MaxDurationSeconds = Annotated[int, Field(ge=10, le=43200, description="longest call, in seconds (12 h at most)")]
+SilenceTimeoutSeconds = Annotated[int, Field(ge=5, le=3600, description="silence that ends the call, in seconds")]
 
 
 class AgentType(StrEnum):
@@ -94,24 +98,13 @@ class AgentConfig(StrictModel):
     knowledge_base_ids: list[str] = Field(default_factory=list, max_length=10)
     end_call_phrases: list[str] = Field(default_factory=lambda: ["goodbye", "bye bye"], max_length=50)
     end_call_message: str | None = Field("Thank you for calling. Goodbye!", max_length=1000)
-    max_duration_seconds: int = Field(600, ge=10, le=43200)
-    silence_timeout_seconds: int = Field(30, ge=5, le=3600)
+    max_duration_seconds: MaxDurationSeconds = 600
+    silence_timeout_seconds: SilenceTimeoutSeconds = 30
     silence_reminder_message: str | None = Field("Are you still there?", max_length=500)
     interruption: InterruptionConfig = Field(default_factory=InterruptionConfig)
     endpointing: EndpointingConfig = Field(default_factory=EndpointingConfig)
     recording_enabled: bool = False
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata_small(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if len(value) > 50:
-            raise ValueError("metadata may hold at most 50 keys")
-        import json
-
-        if len(json.dumps(value, default=str)) > 16_384:
-            raise ValueError("metadata may be at most 16 KiB as JSON")
-        return value
+    metadata: Metadata = Field(default_factory=dict)
 
     @field_validator("end_call_phrases", "knowledge_base_ids")
     @classmethod
@@ -141,13 +134,13 @@ class AgentUpdate(StrictModel):
     knowledge_base_ids: list[str] | None = None
     end_call_phrases: list[str] | None = None
     end_call_message: str | None = None
-    max_duration_seconds: int | None = None
-    silence_timeout_seconds: int | None = None
+    max_duration_seconds: MaxDurationSeconds | None = None
+    silence_timeout_seconds: SilenceTimeoutSeconds | None = None
     silence_reminder_message: str | None = None
     interruption: dict[str, Any] | None = None
     endpointing: dict[str, Any] | None = None
     recording_enabled: bool | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
 
 
 class AgentOut(BaseModel):

@@ -5,23 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
-from airies.schemas.common import StrictModel
-
-METADATA_MAX_KEYS = 50
-METADATA_MAX_BYTES = 16_384
-
-
-def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
-    """The one size limit of a conversation's metadata: on create, and on the merged result of an update."""
-    import json
-
-    if len(value) > METADATA_MAX_KEYS or len(json.dumps(value, default=str)) > METADATA_MAX_BYTES:
-        raise ValueError(
-            f"metadata may hold at most {METADATA_MAX_KEYS} keys and {METADATA_MAX_BYTES // 1024} KiB as JSON"
-        )
-    return value
+from airies.schemas.common import Metadata, StrictModel, Version
+from airies.schemas.money import UsdAmount
 
 
 class CallerInfo(StrictModel):
@@ -34,27 +21,17 @@ class CallerInfo(StrictModel):
 class ConversationCreate(StrictModel):
     agent_id: str = Field(min_length=1, max_length=40)
     # Pin a published version; None runs the agent's current published version.
-    agent_version: int | None = Field(None, ge=1)
+    agent_version: Version | None = None
     caller: CallerInfo = Field(default_factory=CallerInfo)
     channel: Literal["websocket", "http"] = "websocket"
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("metadata")
-    @classmethod
-    def _small(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return check_metadata(value)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class ConversationUpdate(StrictModel):
-    metadata: dict[str, Any] | None = None
+    # The merged result (stored metadata + this update) is checked against the same limit by the service.
+    metadata: Metadata | None = None
     caller: CallerInfo | None = None
     status: Literal["ended"] | None = None  # PUT {"status": "ended"} hangs up
-
-    @field_validator("metadata")
-    @classmethod
-    def _small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        # The merged result (stored metadata + this update) is checked against the same limit by the service.
-        return check_metadata(value) if value is not None else value
 
 
 class MessageIn(StrictModel):
@@ -72,11 +49,28 @@ class TurnOut(BaseModel):
     status: str
     latency: dict[str, Any]
     usage: dict[str, Any]
-    cost: dict[str, Any]
-    cost_usd: float
+    cost: dict[str, UsdAmount]  # stt, llm, tts, total
+    cost_usd: UsdAmount
     recording: dict[str, Any]
     started_at: datetime
     ended_at: datetime
+
+
+class TurnAudioOut(BaseModel):
+    encoding: Literal["pcm_s16le"]
+    sample_rate: int
+    data: str  # base64
+
+
+class TurnResponse(BaseModel):
+    """The answer of an HTTP turn (``/message``, ``/audio``)."""
+
+    turn: TurnOut
+    transcript: str | None
+    reply: str
+    end_call: bool  # the call ended with this turn
+    end_reason: str | None  # why it ended: caller_end_call_phrase, assistant_end_call_phrase, end_call_tool
+    audio: TurnAudioOut | None
 
 
 class ConversationOut(BaseModel):
@@ -94,7 +88,7 @@ class ConversationOut(BaseModel):
     turn_count: int
     interruption_count: int
     usage: dict[str, Any]
-    cost_usd: float
+    cost_usd: UsdAmount
     recording_enabled: bool
     created_at: datetime
 

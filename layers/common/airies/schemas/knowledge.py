@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from airies.schemas.common import StrictModel
+from airies.schemas.common import ByteSize, StrictModel
 
 
 class KnowledgeBaseCreate(StrictModel):
@@ -53,7 +53,7 @@ class DocumentCreate(StrictModel):
 
     filename: str = Field(min_length=1, max_length=300)
     content_type: str | None = Field(None, max_length=120)
-    size_bytes: int | None = Field(None, ge=1)
+    size_bytes: ByteSize | None = None
     content_base64: str | None = None
     text: str | None = None
 

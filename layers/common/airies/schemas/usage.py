@@ -1,7 +1,7 @@
 """Usage and billing schemas: the contract every capability emits usage through.
 
 Quantities are Decimal (never floats); credits are exact integers of micro-credits
-(1 credit = 1_000_000 micro-credits) and shown on the wire as fixed 6-decimal strings.
+(1 credit = 1_000_000 micro-credits). Money on the wire follows ``airies.schemas.money``.
 """
 
 from __future__ import annotations
@@ -9,13 +9,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from airies.schemas.common import StrictModel
+from airies.schemas.money import MICROS_PER_CREDIT, CreditAmount, UsdAmount, micros_to_credits
 
-MICROS_PER_CREDIT = 1_000_000
+__all__ = ["MICROS_PER_CREDIT", "micros_to_credits"]  # formatting lives in airies.schemas.money
 
 
 class UsageComponent(StrEnum):
@@ -65,13 +66,6 @@ class UsageEvent(BaseModel):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def micros_to_credits(micros: int) -> str:
-    """Exact decimal string of a micro-credit amount: 1500000 -> '1.500000' (integer arithmetic: hot in invoicing)."""
-    sign = "-" if micros < 0 else ""
-    whole, frac = divmod(abs(int(micros)), MICROS_PER_CREDIT)
-    return f"{sign}{whole}.{frac:06d}"
-
-
 def credits_to_micros(credits: Decimal | int | str) -> int:
     value = Decimal(str(credits)) * MICROS_PER_CREDIT
     if value != value.to_integral_value():
@@ -88,8 +82,8 @@ class LimitCheck(BaseModel):
     )
     message: str | None = None
     tier: str
-    balance: str
-    available: str  # balance + overdraft
+    balance: CreditAmount
+    available: CreditAmount  # balance + overdraft
     minutes_used: str
     minutes_limit: int | None
     concurrent_conversations: int | None  # None when the caller could not say (not checked)
@@ -115,19 +109,22 @@ class LimitCheck(BaseModel):
 class BalanceOut(BaseModel):
     account_id: str
     tier: str
-    balance: str
+    balance: CreditAmount
     balance_micros: int
-    overdraft: str
-    available: str
-    owed: str = "0.000000"  # taken back by a refund/dispute after it was spent: settled by the next top-up/grant
-    currency_per_credit: str
+    overdraft: CreditAmount
+    available: CreditAmount
+    owed: CreditAmount = (
+        "0.000000"  # taken back by a refund/dispute after it was spent: settled by the next top-up/grant
+    )
+    currency_per_credit: UsdAmount  # what one credit costs, in ``currency``
+    currency: str = "usd"
     subscription: dict[str, Any] | None = None
 
 
 class LedgerEntryOut(BaseModel):
     id: str
     entry_type: str
-    amount: str
+    amount: CreditAmount
     amount_micros: int
     description: str | None
     reference_type: str | None
@@ -146,16 +143,19 @@ class UsageEventOut(BaseModel):
     agent_id: str | None
     conversation_id: str | None
     turn_id: str | None
-    cost_usd: str
-    credits: str
-    covered: str
+    cost_usd: UsdAmount
+    credits: CreditAmount
+    covered: CreditAmount
     priced: bool
+    # ``conflict``: this key was already recorded with another body; this one was refused and is not charged.
+    status: Literal["recorded", "conflict"] = "recorded"
+    conflicts_with: str | None = None  # the recorded event that keeps the key
 
 
 class UsageSummaryRow(BaseModel):
     key: dict[str, str | None]
     quantity: str
-    credits: str
+    credits: CreditAmount
     events: int
 
 
@@ -163,7 +163,7 @@ class UsageSummaryOut(BaseModel):
     period_start: datetime
     period_end: datetime
     group_by: list[str]
-    total_credits: str
+    total_credits: CreditAmount
     rows: list[UsageSummaryRow]
 
 
@@ -177,8 +177,8 @@ class TopUpIn(StrictModel):
 class TopUpOut(BaseModel):
     id: str
     status: str
-    amount_usd: str
-    credits: str
+    amount_usd: UsdAmount
+    credits: CreditAmount
     stripe_payment_intent_id: str
     client_secret: str | None
 
@@ -193,9 +193,9 @@ class InvoiceLineOut(BaseModel):
     provider: str | None
     model: str | None
     quantity: str
-    credits: str
-    covered_credits: str
-    billable_credits: str
+    credits: CreditAmount
+    covered_credits: CreditAmount
+    billable_credits: CreditAmount
     amount_cents: int
     description: str
 
@@ -209,7 +209,7 @@ class InvoiceOut(BaseModel):
     status: str
     currency: str
     amount_cents: int
-    total_credits: str
+    total_credits: CreditAmount
     lines: list[InvoiceLineOut]
     stripe_invoice_id: str | None
     hosted_invoice_url: str | None

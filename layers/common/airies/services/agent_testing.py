@@ -39,6 +39,7 @@ from airies.config import Settings
 from airies.errors import ConflictError, ValidationFailedError
 from airies.providers.llm.base import LLMRequest, StreamEnd, TextDelta
 from airies.schemas.agents import AgentConfig, AgentTestRequest, AgentTestTurn, FirstMessageMode
+from airies.schemas.money import format_usd
 from airies.services.agents import AgentService
 from airies.services.llm import LLMService, build_llm_service
 
@@ -304,7 +305,7 @@ class AgentTestService:
             "passed": all(r["passed"] for r in results),
             "totals": {
                 **totals,
-                "cost_usd": str(total_cost),
+                "cost_usd": format_usd(total_cost),
                 "turns": len(results),
                 "passed_turns": sum(1 for r in results if r["passed"]),
                 "avg_ttft_ms": round(sum(ttfts) / len(ttfts), 2) if ttfts else None,
@@ -330,7 +331,7 @@ class AgentTestService:
                 "end_call_reason": "caller_end_call_phrase",
                 "latency": {"ttft_ms": 0.0, "total_ms": round((time.perf_counter() - started) * 1000, 2)},
                 "usage": {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "estimated": False},
-                "cost_usd": "0",
+                "cost_usd": format_usd(0),
                 "provider": None,
                 "model": None,
                 "passages": 0,
@@ -386,7 +387,7 @@ class AgentTestService:
                 "cached_tokens": end.usage.cached_tokens,
                 "estimated": end.usage.estimated,
             },
-            "cost_usd": str(end.cost),
+            "cost_usd": format_usd(end.cost),
             "provider": end.provider,
             "model": end.model,
             "passages": len(passages),

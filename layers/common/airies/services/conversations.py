@@ -42,7 +42,9 @@ from airies.providers.stt.base import STTOptions, Transcript
 from airies.providers.tts.base import TTSOptions
 from airies.schemas import ws_protocol as wp
 from airies.schemas.agents import AgentConfig
-from airies.schemas.conversations import ConversationCreate, ConversationUpdate, check_metadata
+from airies.schemas.common import check_metadata
+from airies.schemas.conversations import ConversationCreate, ConversationUpdate
+from airies.schemas.money import format_usd
 from airies.services.agents import AgentService
 from airies.services.turns import TurnEngines, TurnInput, TurnResult, TurnRunner
 
@@ -754,8 +756,8 @@ class ConversationService:
         return {
             "conversation_id": conversation_id,
             "currency": "USD",
-            "components": {k: format(v, "f") for k, v in parts.items()},
-            "total": format(total, "f"),
+            "components": {k: format_usd(v) for k, v in parts.items()},
+            "total": format_usd(total),
             "usage": {**usage, "stt_seconds": round(usage["stt_seconds"], 3)},
             "turns": len(turns),
         }
@@ -847,11 +849,9 @@ def conversation_analytics(
         },
         "latency_ms": latency,
         "cost_usd": {
-            "total": format(cost, "f"),
-            "per_conversation": str((cost / len(conversations)).quantize(Decimal("0.000001")))
-            if conversations
-            else None,
-            "per_minute": str((ended_cost / minutes).quantize(Decimal("0.000001"))) if minutes > 0 else None,
+            "total": format_usd(cost),
+            "per_conversation": format_usd(cost / len(conversations)) if conversations else None,
+            "per_minute": format_usd(ended_cost / minutes) if minutes > 0 else None,
         },
     }
 

@@ -27,6 +27,7 @@ from airies.errors import NotFoundError
 from airies.providers.llm.base import LLMEvent, LLMProvider, LLMRequest, LLMResponse, Usage
 from airies.providers.llm.offline import OFFLINE_PROVIDER, OfflineResponder
 from airies.providers.llm.openai_compat import OpenAICompatibleProvider
+from airies.schemas.money import format_usd
 from airies.services import catalog
 from airies.services.llm_router import (
     DatabaseHealthStore,
@@ -214,9 +215,10 @@ class LLMService:
                     "model": model.model,
                     "model_class": model.model_class,
                     "context_window": model.context_window,
-                    "input_per_mtok": model.input_per_mtok,
-                    "cached_input_per_mtok": model.cached_input_per_mtok,
-                    "output_per_mtok": model.output_per_mtok,
+                    # USD per million tokens; the catalog's floats through their shortest repr, never binary noise
+                    "input_per_mtok": format_usd(Decimal(repr(model.input_per_mtok))),
+                    "cached_input_per_mtok": format_usd(Decimal(repr(model.cached_input_per_mtok))),
+                    "output_per_mtok": format_usd(Decimal(repr(model.output_per_mtok))),
                     "key_source": getattr(provider, "key_source", "platform"),
                     "is_language_model": model.provider != OFFLINE_PROVIDER,
                 }

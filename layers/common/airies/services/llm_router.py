@@ -64,6 +64,7 @@ from airies.providers.llm.base import (
     Usage,
 )
 from airies.providers.llm.openai_compat import estimate_usage
+from airies.schemas.money import format_usd
 from airies.services import catalog
 
 PRIOR_TTFT_MS = 600.0  # assumed until a provider has been measured
@@ -561,7 +562,7 @@ class Attempt:
             "reason": self.reason,
             "emitted_chars": self.emitted_chars,
             "ttft_ms": None if self.ttft_ms is None else round(self.ttft_ms, 2),
-            "cost_usd": str(self.cost),
+            "cost_usd": format_usd(self.cost),
         }
 
 

@@ -55,6 +55,7 @@ from airies.providers.payments.base import (
     WebhookEvent,
     WebhookSignatureError,
 )
+from airies.schemas.stripe_events import HANDLED_EVENT_OBJECTS, InvalidStripeEvent
 from airies.schemas.usage import TopUpOut, micros_to_credits
 from airies.services.pricing import Pricing, get_pricing
 from airies.services.usage import UsageService
@@ -67,18 +68,7 @@ LIVE_SUBSCRIPTION = ("active", "trialing", "past_due", "unpaid")
 LAPSED_SUBSCRIPTION = ("past_due", "unpaid", "canceled", "incomplete_expired")
 FALLBACK_TIER = "pay_as_you_go"
 GRANTING_INVOICE_REASONS = ("subscription_create", "subscription_cycle")
-HANDLED_EVENTS = (
-    "charge.refunded",
-    "charge.dispute.created",
-    "charge.dispute.closed",
-    "payment_intent.succeeded",
-    "payment_intent.payment_failed",
-    "invoice.paid",
-    "invoice.payment_failed",
-    "customer.subscription.created",
-    "customer.subscription.updated",
-    "customer.subscription.deleted",
-)
+HANDLED_EVENTS = tuple(HANDLED_EVENT_OBJECTS)
 
 
 class WebhookRejected(Exception):
@@ -198,7 +188,7 @@ class PaymentService:
         return TopUpOut(
             id=payment.id,
             status=intent.status,
-            amount_usd=f"{Decimal(payment.amount_cents) / 100:.2f}",
+            amount_usd=Decimal(payment.amount_cents) / 100,
             credits=micros_to_credits(payment.credits_micros),
             stripe_payment_intent_id=intent.id,
             client_secret=intent.client_secret,
@@ -341,11 +331,15 @@ class PaymentService:
 
     # -- webhook ------------------------------------------------------------------------------------
     def handle_webhook(self, payload: bytes, signature_header: str | None) -> dict[str, Any]:
+        """Signed and well-formed events only: anything else is a 400 before anything is recorded (Stripe retries
+        a 5xx for days, a 4xx is a clear answer in its dashboard)."""
         provider = self._require_provider()
         try:
             event = provider.parse_webhook(payload, signature_header)
         except WebhookSignatureError as exc:
             raise WebhookRejected(str(exc)) from exc
+        except InvalidStripeEvent as exc:
+            raise BadRequestError(str(exc), code="invalid_event", details=exc.problems) from exc
         return self.process_event(event)
 
     def process_event(self, event: WebhookEvent) -> dict[str, Any]:

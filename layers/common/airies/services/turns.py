@@ -20,6 +20,7 @@ from airies.providers.stt.base import STTOptions, STTProvider, Transcript
 from airies.providers.tts.base import TTSOptions, TTSProvider
 from airies.schemas import ws_protocol as wp
 from airies.schemas.agents import AgentConfig
+from airies.schemas.money import format_usd
 from airies.services import catalog
 
 LLMStreamer = Callable[[LLMRequest], AsyncIterator[LLMEvent]]
@@ -275,7 +276,7 @@ def price_usage(usage: dict[str, Any]) -> tuple[dict[str, str], Decimal]:
     q = Decimal("0.000000001")
     parts = {"stt": stt.quantize(q), "llm": llm.quantize(q), "tts": tts.quantize(q)}
     total = sum(parts.values(), Decimal(0))
-    return {**{k: format(v, "f") for k, v in parts.items()}, "total": format(total, "f")}, total
+    return {**{k: format_usd(v) for k, v in parts.items()}, "total": format_usd(total)}, total
 
 
 def build_messages(

@@ -9,6 +9,9 @@ Exactness rules:
 * usage events are gated by their ``(account_id, idempotency_key)`` (``INSERT ... ON CONFLICT DO NOTHING
   RETURNING``): a redelivered event is neither stored nor charged twice, and another account's event with the
   same key is its own event; ledger idempotency keys are scoped to the account the same way;
+* the first body of a key wins. A later event with the key and another body (``usage_body_hash``: what it bills)
+  is a conflict: not charged, kept once per distinct body in ``usage_event_conflicts`` (listed with status
+  ``conflict``), logged with both hashes and counted in the ``UsageEventConflicts`` metric;
 * included monthly credits: tiers without a price (free, pay-as-you-go) get them per calendar month, once per
   account and month (ledger key ``monthly_grant:<account>:<YYYY-MM>``); paid tiers (``monthly_price_usd > 0``)
   get them only when a subscription invoice is paid (``PaymentService``, key ``subscription_grant:<in_...>``);
@@ -27,7 +30,10 @@ service opens its own unit of work.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,7 +46,14 @@ from sqlalchemy.orm import Session
 
 from airies.db.ids import new_id
 from airies.db.models import Account, utcnow
-from airies.db.models.billing import BillingAccount, CreditLedgerEntry, Invoice, UsageDaily, UsageEventRecord
+from airies.db.models.billing import (
+    BillingAccount,
+    CreditLedgerEntry,
+    Invoice,
+    UsageDaily,
+    UsageEventConflict,
+    UsageEventRecord,
+)
 from airies.errors import BadRequestError, NotFoundError, PaymentRequiredError
 from airies.schemas.usage import (
     MICROS_PER_CREDIT,
@@ -54,12 +67,16 @@ from airies.schemas.usage import (
     UsageSummaryRow,
     micros_to_credits,
 )
+from airies.services.monitoring import MonitoringService
 from airies.services.pricing import TIERS, PricedUsage, Pricing, Tier, get_pricing
 
 if TYPE_CHECKING:
     from airies.config import Settings
     from airies.db.engine import Database
 
+log = logging.getLogger(__name__)
+
+USAGE_CONFLICTS_METRIC = "UsageEventConflicts"
 LEDGER_ENTRY_TYPES = ("grant", "top_up", "usage_debit", "refund", "adjustment")
 SUMMARY_DIMENSIONS = ("component", "agent_id", "provider", "model", "conversation_id", "day")
 _QTY_SCALE = Decimal(1_000_000)
@@ -90,6 +107,53 @@ def micro_to_quantity(micro: int) -> str:
     return f"{sign}{whole}.{frac:06d}".rstrip("0").rstrip(".") if frac else f"{sign}{whole}"
 
 
+def usage_body_hash(event: UsageEvent) -> str:
+    """SHA-256 of what an event bills: component, quantity, provider, model, agent, conversation and turn. Not its
+    time or metadata: a producer that builds the same fact again (a retried turn) gives it a new ``occurred_at``."""
+    body = {
+        "component": event.component.value,
+        "quantity_micro": quantity_to_micro(event.quantity),
+        "provider": event.provider,
+        "model": event.model,
+        "agent_id": event.agent_id,
+        "conversation_id": event.conversation_id,
+        "turn_id": event.turn_id,
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _event_fields(event: UsageEvent) -> dict[str, Any]:
+    """The columns an event and a conflicting event share."""
+    return {
+        "idempotency_key": event.idempotency_key,
+        "occurred_at": event.occurred_at,
+        "component": event.component.value,
+        "quantity_micro": quantity_to_micro(event.quantity),
+        "provider": event.provider,
+        "model": event.model,
+        "agent_id": event.agent_id,
+        "conversation_id": event.conversation_id,
+        "turn_id": event.turn_id,
+        "meta": json.loads(json.dumps(event.metadata, default=str)),
+        "body_hash": usage_body_hash(event),
+    }
+
+
+_CONFLICT_FIELDS = (
+    "idempotency_key",
+    "occurred_at",
+    "component",
+    "quantity_micro",
+    "provider",
+    "model",
+    "agent_id",
+    "conversation_id",
+    "turn_id",
+    "meta",
+    "body_hash",
+)
+
+
 def keyset_page(
     session: Session, query: Any, model: Any, limit: int, cursor: str | None
 ) -> tuple[list[Any], str | None]:
@@ -107,6 +171,7 @@ class TrackResult:
     charged_micros: int
     debited_micros: int  # taken from the balance
     uncovered_micros: int  # charged but not covered by the balance: billed on the invoice / written off
+    conflicts: int = 0  # a recorded key with another body: not charged, kept as a conflict
 
 
 @dataclass(frozen=True)
@@ -133,11 +198,15 @@ class UsageService:
         pricing: Pricing | None = None,
         clock: Callable[[], datetime] | None = None,
         active_conversations: ActiveConversationCounter | None = None,
+        monitoring: MonitoringService | None = None,
     ) -> None:
         self.database = database
         self.pricing = pricing or get_pricing()
         self.clock = clock or utcnow
         self.active_conversations = active_conversations
+        self.monitoring = monitoring or MonitoringService(
+            namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "Airies"
+        )
 
     # -- units of work ----------------------------------------------------------------------------
     @contextmanager
@@ -541,17 +610,23 @@ class UsageService:
         return self.pricing.price(event.component, event.quantity, event.provider, event.model, tier_obj)
 
     def track_usage(self, events: Iterable[UsageEvent], *, session: Session | None = None) -> TrackResult:
-        """Record and charge events exactly once per idempotency key, atomically with the debit."""
+        """Record and charge events exactly once per idempotency key, atomically with the debit. The first body of
+        a key wins; a later one that differs is recorded as a conflict (see the module doc)."""
         by_account: dict[str, dict[str, UsageEvent]] = {}
+        repeats: dict[str, list[UsageEvent]] = {}  # a key seen again in this batch: compared after the insert
         for event in events:
-            by_account.setdefault(event.account_id, {}).setdefault(event.idempotency_key, event)
-        totals = [0, 0, 0, 0, 0]
+            batch = by_account.setdefault(event.account_id, {})
+            if event.idempotency_key in batch:
+                repeats.setdefault(event.account_id, []).append(event)
+            else:
+                batch[event.idempotency_key] = event
+        totals = [0, 0, 0, 0, 0, 0]
         with self._uow(session) as s:
             # A fixed order (accounts, then keys): concurrent batches lock rows and unique-index entries in the
             # same order on PostgreSQL, so overlapping redeliveries wait for each other instead of deadlocking.
             for account_id in sorted(by_account):
                 batch = [by_account[account_id][key] for key in sorted(by_account[account_id])]
-                result = self._track_account(s, account_id, batch)
+                result = self._track_account(s, account_id, batch, repeats.get(account_id, []))
                 for i, value in enumerate(
                     (
                         result.accepted,
@@ -559,6 +634,7 @@ class UsageService:
                         result.charged_micros,
                         result.debited_micros,
                         result.uncovered_micros,
+                        result.conflicts,
                     )
                 ):
                     totals[i] += value
@@ -579,7 +655,9 @@ class UsageService:
             s.execute(text("LOCK TABLE invoices IN SHARE MODE"))
         return set(s.scalars(select(Invoice.period).where(Invoice.account_id == account_id, Invoice.period.in_(past))))
 
-    def _track_account(self, s: Session, account_id: str, events: list[UsageEvent]) -> TrackResult:
+    def _track_account(
+        self, s: Session, account_id: str, events: list[UsageEvent], repeats: Sequence[UsageEvent] = ()
+    ) -> TrackResult:
         now = self.clock()
         invoiced = self._invoiced_periods(s, account_id, events, now)  # before any row lock: one lock order
         row = self.ensure_account(account_id, session=s)
@@ -592,15 +670,7 @@ class UsageService:
                 {
                     "id": new_id("use"),
                     "account_id": account_id,
-                    "idempotency_key": event.idempotency_key,
-                    "occurred_at": event.occurred_at,
-                    "component": event.component.value,
-                    "quantity_micro": quantity_to_micro(event.quantity),
-                    "provider": event.provider,
-                    "model": event.model,
-                    "agent_id": event.agent_id,
-                    "conversation_id": event.conversation_id,
-                    "turn_id": event.turn_id,
+                    **_event_fields(event),
                     "tier": tier.name,
                     "priced": priced.priced,
                     "cost_picousd": int((priced.cost_usd * 10**12).to_integral_value()),
@@ -608,7 +678,6 @@ class UsageService:
                     "covered_micros": 0,
                     "ledger_entry_id": ledger_id,
                     "late": month_period(event.occurred_at) in invoiced,
-                    "meta": json.loads(json.dumps(event.metadata, default=str)),
                     "created_at": now,
                 }
             )
@@ -620,10 +689,12 @@ class UsageService:
         )
         inserted = set(s.execute(stmt).scalars())
         fresh = [r for r in rows if r["id"] in inserted]
-        duplicates = len(rows) - len(fresh)
+        already = [r for r in rows if r["id"] not in inserted]
+        conflicts = self._record_conflicts(s, account_id, already + [_event_fields(e) for e in repeats], now)
+        duplicates = sum(1 for r in already if (r["idempotency_key"], r["body_hash"]) not in conflicts)
         charged = sum(r["credits_micros"] for r in fresh)
         if not fresh:
-            return TrackResult(0, duplicates, 0, 0, 0)
+            return TrackResult(0, duplicates, 0, 0, 0, len(conflicts))
         taken, _balance = (0, 0)
         if charged:
             taken, _balance = self._debit_up_to(s, account_id, charged, tier.overdraft_micros)
@@ -658,7 +729,67 @@ class UsageService:
                 if not remaining:
                     break
             s.execute(update(UsageEventRecord), covered)
-        return TrackResult(len(fresh), duplicates, charged, taken, charged - taken)
+        return TrackResult(len(fresh), duplicates, charged, taken, charged - taken, len(conflicts))
+
+    def _record_conflicts(
+        self, s: Session, account_id: str, seen_again: list[dict[str, Any]], now: datetime
+    ) -> set[tuple[str, str]]:
+        """Of events whose key is already recorded, those whose body differs, as (key, body hash): kept (once per
+        distinct body), logged with both hashes and counted. Events recorded before hashes were kept cannot be
+        compared."""
+        if not seen_again:
+            return set()
+        recorded = {
+            key: (event_id, body_hash)
+            for key, event_id, body_hash in s.execute(
+                select(UsageEventRecord.idempotency_key, UsageEventRecord.id, UsageEventRecord.body_hash).where(
+                    UsageEventRecord.account_id == account_id,
+                    UsageEventRecord.idempotency_key.in_({r["idempotency_key"] for r in seen_again}),
+                )
+            )
+        }
+        conflicts: set[tuple[str, str]] = set()
+        for row in seen_again:
+            event_id, recorded_hash = recorded[row["idempotency_key"]]
+            if recorded_hash is None or recorded_hash == row["body_hash"]:
+                continue
+            conflicts.add((row["idempotency_key"], row["body_hash"]))
+            new = s.execute(
+                self._insert(s, UsageEventConflict)
+                .values(
+                    id=new_id("use"),
+                    account_id=account_id,
+                    usage_event_id=event_id,
+                    recorded_body_hash=recorded_hash,
+                    created_at=now,
+                    **{k: row[k] for k in _CONFLICT_FIELDS},
+                )
+                .on_conflict_do_nothing(index_elements=["account_id", "idempotency_key", "body_hash"])
+                .returning(UsageEventConflict.id)
+            ).scalar_one_or_none()
+            if new is None:
+                continue  # this body was already recorded as a conflict (a redelivery of the conflicting event)
+            log.warning(
+                "usage event conflict: key %r of account %s was recorded with body sha256 %s; a body with sha256 %s "
+                "was refused (kept as %s, not charged)",
+                row["idempotency_key"],
+                account_id,
+                recorded_hash,
+                row["body_hash"],
+                new,
+                extra={
+                    "account_id": account_id,
+                    "idempotency_key": row["idempotency_key"],
+                    "recorded_body_hash": recorded_hash,
+                    "refused_body_hash": row["body_hash"],
+                    "usage_event_id": event_id,
+                },
+            )
+            try:
+                self.monitoring.increment_counter(USAGE_CONFLICTS_METRIC, dimensions={"component": row["component"]})
+            except Exception:  # a metric must never fail the usage it reports on
+                log.exception("could not emit the %s metric", USAGE_CONFLICTS_METRIC)
+        return conflicts
 
     def _count_minutes(self, s: Session, account_id: str, fresh: list[dict[str, Any]]) -> None:
         """Add new platform minutes to the month's counter (a newer month restarts it; older months are ignored)."""
@@ -705,7 +836,8 @@ class UsageService:
                 overdraft=micros_to_credits(tier.overdraft_micros),
                 available=micros_to_credits(row.balance_micros + tier.overdraft_micros - row.owed_micros),
                 owed=micros_to_credits(row.owed_micros),
-                currency_per_credit=f"{self.pricing.usd_per_credit} {self.pricing.currency}",
+                currency_per_credit=self.pricing.usd_per_credit,
+                currency=self.pricing.currency,
                 subscription=subscription,
             )
 
@@ -750,43 +882,78 @@ class UsageService:
         component: str | None = None,
         agent_id: str | None = None,
         conversation_id: str | None = None,
+        status: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
         session: Session | None = None,
     ) -> tuple[list[UsageEventOut], str | None]:
-        with self._uow(session) as s:
-            q = select(UsageEventRecord).where(UsageEventRecord.account_id == account_id)
+        """Recorded events and refused conflicting ones (``status``), newest first, in one keyset order: both
+        tables use ``use_`` ids."""
+
+        def page(model: Any) -> list[Any]:
+            q = select(model).where(model.account_id == account_id)
             if start:
-                q = q.where(UsageEventRecord.occurred_at >= start)
+                q = q.where(model.occurred_at >= start)
             if end:
-                q = q.where(UsageEventRecord.occurred_at < end)
+                q = q.where(model.occurred_at < end)
             if component:
-                q = q.where(UsageEventRecord.component == component)
+                q = q.where(model.component == component)
             if agent_id:
-                q = q.where(UsageEventRecord.agent_id == agent_id)
+                q = q.where(model.agent_id == agent_id)
             if conversation_id:
-                q = q.where(UsageEventRecord.conversation_id == conversation_id)
-            items, next_cursor = keyset_page(s, q, UsageEventRecord, limit, cursor)
-            out = [
-                UsageEventOut(
-                    id=e.id,
-                    idempotency_key=e.idempotency_key,
-                    occurred_at=e.occurred_at,
-                    component=e.component,
-                    quantity=micro_to_quantity(e.quantity_micro),
-                    provider=e.provider,
-                    model=e.model,
-                    agent_id=e.agent_id,
-                    conversation_id=e.conversation_id,
-                    turn_id=e.turn_id,
-                    cost_usd=str((Decimal(e.cost_picousd) / 10**12).normalize()) if e.cost_picousd else "0",
-                    credits=micros_to_credits(e.credits_micros),
-                    covered=micros_to_credits(e.covered_micros),
-                    priced=e.priced,
-                )
-                for e in items
-            ]
-            return out, next_cursor
+                q = q.where(model.conversation_id == conversation_id)
+            if cursor:
+                q = q.where(model.id < cursor)
+            return list(s.scalars(q.order_by(model.id.desc()).limit(limit + 1)))
+
+        with self._uow(session) as s:
+            rows: list[UsageEventOut] = []
+            if status in (None, "recorded"):
+                rows += [self._event_out(e) for e in page(UsageEventRecord)]
+            if status in (None, "conflict"):
+                rows += [self._conflict_out(c) for c in page(UsageEventConflict)]
+            rows.sort(key=lambda row: row.id, reverse=True)
+            return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+
+    @staticmethod
+    def _event_out(e: UsageEventRecord) -> UsageEventOut:
+        return UsageEventOut(
+            id=e.id,
+            idempotency_key=e.idempotency_key,
+            occurred_at=e.occurred_at,
+            component=e.component,
+            quantity=micro_to_quantity(e.quantity_micro),
+            provider=e.provider,
+            model=e.model,
+            agent_id=e.agent_id,
+            conversation_id=e.conversation_id,
+            turn_id=e.turn_id,
+            cost_usd=Decimal(e.cost_picousd) / 10**12,
+            credits=micros_to_credits(e.credits_micros),
+            covered=micros_to_credits(e.covered_micros),
+            priced=e.priced,
+        )
+
+    @staticmethod
+    def _conflict_out(c: UsageEventConflict) -> UsageEventOut:
+        return UsageEventOut(
+            id=c.id,
+            idempotency_key=c.idempotency_key,
+            occurred_at=c.occurred_at,
+            component=c.component,
+            quantity=micro_to_quantity(c.quantity_micro),
+            provider=c.provider,
+            model=c.model,
+            agent_id=c.agent_id,
+            conversation_id=c.conversation_id,
+            turn_id=c.turn_id,
+            cost_usd=Decimal(0),
+            credits=micros_to_credits(0),
+            covered=micros_to_credits(0),
+            priced=False,
+            status="conflict",
+            conflicts_with=c.usage_event_id,
+        )
 
     def get_usage_summary(
         self,

@@ -29,6 +29,7 @@ from airies.db.models.conversations import Conversation
 from airies.errors import AiriesError, ConflictError, NotFoundError, UnauthorizedError
 from airies.schemas import ws_protocol as wp
 from airies.schemas.agents import AgentConfig, FirstMessageMode
+from airies.schemas.money import format_usd
 from airies.services.conversations import (
     ConversationService,
     ConversationTokens,
@@ -95,11 +96,11 @@ EngineFactory = Callable[[Session, str, AgentConfig], TurnEngines]
 def ended_summary(conversation: Conversation | None) -> dict[str, Any]:
     """The ``ended`` frame's totals; zero for a conversation that is gone."""
     if conversation is None:
-        return {"duration_seconds": 0.0, "turns": 0, "cost_usd": "0"}
+        return {"duration_seconds": 0.0, "turns": 0, "cost_usd": format_usd(0)}
     return {
         "duration_seconds": conversation.duration_seconds,
         "turns": conversation.turn_count,
-        "cost_usd": format(conversation.cost_usd or 0, "f"),
+        "cost_usd": format_usd(conversation.cost_usd or 0),
     }
 
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
@@ -15,7 +15,7 @@ from airies.schemas.agents import (
     AgentVersionOut,
     ValidationResult,
 )
-from airies.schemas.common import Page, StrictModel
+from airies.schemas.common import Limit, Page, StrictModel
 from airies.services.agents import AgentService
 
 router = APIRouter(prefix="/agents", tags=["agents"])
@@ -71,7 +71,7 @@ def create_agent(body: AgentCreate, caller: Caller = Depends(current_caller)) ->
 @router.get("")
 def list_agents(
     caller: Caller = Depends(current_caller),
-    limit: int = Query(20, ge=1, le=100),
+    limit: Annotated[Limit, Query(le=100)] = 20,
     cursor: str | None = Query(None, max_length=40),
     status: Literal["draft", "deployed"] | None = None,
     agent_type: Literal["inbound", "outbound", "web"] | None = None,

@@ -6,13 +6,14 @@ The Stripe webhook is served here for the local server; on AWS the HTTP API rout
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from airies.api.deps import Caller, current_caller
 from airies.errors import BadRequestError
-from airies.schemas.common import Page
+from airies.schemas.common import Limit, Page
+from airies.schemas.money import format_usd, micros_to_credits
 from airies.schemas.usage import (
     BalanceOut,
     InvoiceOut,
@@ -22,6 +23,7 @@ from airies.schemas.usage import (
     TopUpOut,
     UsageEventOut,
     UsageSummaryOut,
+    credits_to_micros,
 )
 from airies.services.invoicing import InvoicingService, invoice_out
 from airies.services.payments import WebhookRejected, build_payment_service
@@ -62,7 +64,10 @@ def usage_events(
     component: str | None = None,
     agent_id: str | None = None,
     conversation_id: str | None = None,
-    limit: int = Query(100, ge=1, le=500),
+    status: Literal["recorded", "conflict"] | None = Query(
+        None, description="conflict: refused because the key was already recorded with another body"
+    ),
+    limit: Limit = 100,
     cursor: str | None = None,
     caller: Caller = Depends(current_caller),
 ) -> Page[UsageEventOut]:
@@ -75,6 +80,7 @@ def usage_events(
         component=component,
         agent_id=agent_id,
         conversation_id=conversation_id,
+        status=status,
         limit=limit,
         cursor=cursor,
         session=caller.session,
@@ -86,16 +92,16 @@ def usage_events(
 def plans(_caller: Caller = Depends(current_caller)) -> dict[str, Any]:
     pricing = get_pricing()
     return {
-        "usd_per_credit": str(pricing.usd_per_credit),
+        "usd_per_credit": format_usd(pricing.usd_per_credit),
         "tiers": [
             {
                 "name": t.name,
                 "display_name": t.display_name,
                 "markup": str(t.markup),
-                "credits_per_unit": {k: str(v) for k, v in t.credits_per_unit.items()},
-                "included_monthly_credits": str(t.included_monthly_micros // 1_000_000),
-                "overdraft_credits": str(t.overdraft_micros // 1_000_000),
-                "monthly_price_usd": str(t.monthly_price_usd),
+                "credits_per_unit": {k: micros_to_credits(credits_to_micros(v)) for k, v in t.credits_per_unit.items()},
+                "included_monthly_credits": micros_to_credits(t.included_monthly_micros),
+                "overdraft_credits": micros_to_credits(t.overdraft_micros),
+                "monthly_price_usd": format_usd(t.monthly_price_usd),
                 "limits": t.limits.__dict__,
             }
             for t in pricing.tiers.values()
@@ -110,7 +116,7 @@ def balance(caller: Caller = Depends(current_caller)) -> BalanceOut:
 
 @router.get("/billing/ledger")
 def ledger(
-    limit: int = Query(50, ge=1, le=500), cursor: str | None = None, caller: Caller = Depends(current_caller)
+    limit: Limit = 50, cursor: str | None = None, caller: Caller = Depends(current_caller)
 ) -> Page[LedgerEntryOut]:
     items, next_cursor = _usage().list_ledger(caller.account_id, limit=limit, cursor=cursor, session=caller.session)
     return Page(data=items, next_cursor=next_cursor, has_more=next_cursor is not None)
@@ -151,7 +157,7 @@ def cancel_subscription(request: Request, caller: Caller = Depends(current_calle
 
 @router.get("/billing/invoices")
 def invoices(
-    limit: int = Query(24, ge=1, le=100), cursor: str | None = None, caller: Caller = Depends(current_caller)
+    limit: Annotated[Limit, Query(le=100)] = 24, cursor: str | None = None, caller: Caller = Depends(current_caller)
 ) -> Page[InvoiceOut]:
     items, next_cursor = InvoicingService(caller.session).list_invoices(caller.account_id, limit=limit, cursor=cursor)
     return Page(data=[invoice_out(i) for i in items], next_cursor=next_cursor, has_more=next_cursor is not None)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import base64
 import logging
-from typing import Any, Literal
+from decimal import Decimal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import PlainTextResponse
@@ -14,7 +15,7 @@ from airies.api.deps import Caller, current_caller
 from airies.db.models.conversations import Conversation, ConversationTurn
 from airies.errors import BadRequestError, ConflictError, PayloadTooLargeError, UnsupportedMediaTypeError
 from airies.schemas import ws_protocol as wp
-from airies.schemas.common import Page
+from airies.schemas.common import Limit, Page
 from airies.schemas.conversations import (
     ConversationCreate,
     ConversationDetail,
@@ -22,7 +23,9 @@ from airies.schemas.conversations import (
     ConversationStarted,
     ConversationUpdate,
     MessageIn,
+    TurnAudioOut,
     TurnOut,
+    TurnResponse,
 )
 from airies.services.conversations import (
     ConversationService,
@@ -106,7 +109,7 @@ def conversation_out(c: Conversation) -> dict[str, Any]:
         "turn_count": c.turn_count,
         "interruption_count": c.interruption_count,
         "usage": c.usage,
-        "cost_usd": float(c.cost_usd or 0),
+        "cost_usd": c.cost_usd or Decimal(0),
         "recording_enabled": c.recording_enabled,
         "created_at": c.created_at,
     }
@@ -124,7 +127,7 @@ def turn_out(t: ConversationTurn) -> TurnOut:
         latency=t.latency,
         usage=t.usage,
         cost=t.cost,
-        cost_usd=float(t.cost_usd or 0),
+        cost_usd=t.cost_usd or Decimal(0),
         recording=t.recording,
         started_at=t.started_at,
         ended_at=t.ended_at,
@@ -153,7 +156,7 @@ def start_conversation(
 def list_conversations(
     request: Request,
     caller: Caller = Depends(current_caller),
-    limit: int = Query(20, ge=1, le=100),
+    limit: Annotated[Limit, Query(le=100)] = 20,
     cursor: str | None = Query(None, max_length=40),
     agent_id: str | None = Query(None, max_length=40),
     status: Literal["created", "active", "ended"] | None = None,
@@ -238,25 +241,24 @@ def refresh_token(
     )
 
 
-def _turn_response(turn: ConversationTurn, result: Any, frames: list[dict[str, Any]]) -> dict[str, Any]:
+def _turn_response(turn: ConversationTurn, result: Any, frames: list[dict[str, Any]]) -> TurnResponse:
     pcm = b"".join(base64.b64decode(f["data"]) for f in frames if f.get("type") == "audio")
-    return {
-        "turn": turn_out(turn).model_dump(mode="json"),
-        "transcript": result.user_text,
-        "reply": result.agent_text,
-        "end_call": result.end_call,
-        "audio": (
-            {"encoding": "pcm_s16le", "sample_rate": wp.SAMPLE_RATE, "data": base64.b64encode(pcm).decode()}
-            if pcm
-            else None
-        ),
-    }
+    return TurnResponse(
+        turn=turn_out(turn),
+        transcript=result.user_text,
+        reply=result.agent_text,
+        end_call=result.end_call is not None,  # the turn's end reason, when it ended the call
+        end_reason=result.end_call,
+        audio=TurnAudioOut(encoding="pcm_s16le", sample_rate=wp.SAMPLE_RATE, data=base64.b64encode(pcm).decode())
+        if pcm
+        else None,
+    )
 
 
 @router.post("/{conversation_id}/message")
 async def post_message(
     conversation_id: str, body: MessageIn, request: Request, caller: Caller = Depends(current_caller)
-) -> dict[str, Any]:
+) -> TurnResponse:
     turn, result, frames = await service(request, caller).process_message(
         caller.account_id, conversation_id, body.text, with_audio=body.with_audio
     )
@@ -264,9 +266,7 @@ async def post_message(
 
 
 @router.post("/{conversation_id}/audio")
-async def post_audio(
-    conversation_id: str, request: Request, caller: Caller = Depends(current_caller)
-) -> dict[str, Any]:
+async def post_audio(conversation_id: str, request: Request, caller: Caller = Depends(current_caller)) -> TurnResponse:
     """Body: a WAV file (any rate, mono, PCM16 or μ-law) or raw PCM16 16 kHz mono (``audio/l16``, ``application/octet-stream``)."""
     content_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     raw = await request.body()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from airies.api.deps import Caller, authenticate, current_caller
 from airies.db.models.knowledge import KnowledgeBase, KnowledgeDocument, KnowledgeScrapeJob
 from airies.errors import BadRequestError, PayloadTooLargeError, ValidationFailedError
-from airies.schemas.common import Page
+from airies.schemas.common import Limit, Offset, Page
 from airies.schemas.knowledge import (
     ChunkOut,
     DocumentCreate,
@@ -84,7 +84,7 @@ def create_knowledge_base(
 def list_knowledge_bases(
     caller: Caller = Depends(current_caller),
     svc: KnowledgeService = Depends(service),
-    limit: int = Query(20, ge=1, le=100),
+    limit: Annotated[Limit, Query(le=100)] = 20,
     cursor: str | None = Query(None, max_length=40),
 ) -> Page[KnowledgeBaseOut]:
     rows, next_cursor = svc.list_knowledge_bases(caller.account_id, limit=limit, cursor=cursor)
@@ -227,7 +227,7 @@ def list_documents(
     kb_id: str,
     caller: Caller = Depends(current_caller),
     svc: KnowledgeService = Depends(service),
-    limit: int = Query(50, ge=1, le=200),
+    limit: Annotated[Limit, Query(le=200)] = 50,
     cursor: str | None = Query(None, max_length=40),
     status: str | None = Query(None, pattern="^(pending_upload|uploaded|processing|ready|failed)$"),
 ) -> Page[DocumentOut]:
@@ -256,8 +256,8 @@ def get_document_chunks(
     doc_id: str,
     caller: Caller = Depends(current_caller),
     svc: KnowledgeService = Depends(service),
-    limit: int = Query(100, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> dict[str, list[ChunkOut]]:
     chunks = svc.get_document_chunks(caller.account_id, kb_id, doc_id, limit=limit, offset=offset)
     return {"data": [ChunkOut.model_validate(c) for c in chunks]}

@@ -99,6 +99,9 @@ class UsageEventRecord(Base):
     # is not late is billed by its own period's invoice (by period, without being marked).
     invoice_id: Mapped[str | None] = mapped_column(String(40))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    # SHA-256 of what the event bills (``usage_body_hash``): a later event with this key and another hash is a
+    # conflict. None for events recorded before hashes were kept.
+    body_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (
@@ -107,6 +110,38 @@ class UsageEventRecord(Base):
         Index("ix_usage_events_account_id_occurred_at", "account_id", "occurred_at"),
         Index("ix_usage_events_occurred_at", "occurred_at"),
         Index("ix_usage_events_invoice_id", "invoice_id"),
+    )
+
+
+class UsageEventConflict(Base):
+    """A usage event refused because its idempotency key was recorded with another body: the first body stays
+    recorded and billed; this one is kept to be seen (``GET /usage/events``, status ``conflict``), never charged.
+    Each distinct body is kept once per key."""
+
+    __tablename__ = "usage_event_conflicts"
+
+    id: Mapped[str] = id_column()  # ``use_`` ids: listed in time order among the account's usage events
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    usage_event_id: Mapped[str] = mapped_column(String(40))  # the recorded event that keeps the key
+    body_hash: Mapped[str] = mapped_column(String(64))
+    recorded_body_hash: Mapped[str] = mapped_column(String(64))
+    occurred_at: Mapped[datetime]
+    component: Mapped[str] = mapped_column(String(40))
+    quantity_micro: Mapped[int] = mapped_column(BigInteger)
+    provider: Mapped[str | None] = mapped_column(String(60))
+    model: Mapped[str | None] = mapped_column(String(120))
+    agent_id: Mapped[str | None] = mapped_column(String(40))
+    conversation_id: Mapped[str | None] = mapped_column(String(40))
+    turn_id: Mapped[str | None] = mapped_column(String(60))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint(
+            "account_id", "idempotency_key", "body_hash", name="uq_usage_event_conflicts_account_key_body"
+        ),
+        Index("ix_usage_event_conflicts_account_id_occurred_at", "account_id", "occurred_at"),
     )
 
 

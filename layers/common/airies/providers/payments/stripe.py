@@ -21,6 +21,7 @@ from airies.providers.payments.base import (
     WebhookEvent,
     WebhookSignatureError,
 )
+from airies.schemas.stripe_events import parse_stripe_event
 
 if TYPE_CHECKING:
     from airies.config import Settings
@@ -295,29 +296,23 @@ class StripePaymentProvider:
 
     # -- webhooks -----------------------------------------------------------------------------------
     def parse_webhook(self, payload: bytes, signature_header: str | None) -> WebhookEvent:
+        """Verify the signature over the raw body, then read the event through its schema (``InvalidStripeEvent``
+        when a signed body is not an event the handlers can read)."""
         import stripe
 
         if not self.webhook_secret:
             raise WebhookSignatureError("no webhook secret configured")
         try:
-            event = stripe.Webhook.construct_event(
-                payload,
-                signature_header,
-                self.webhook_secret,
-                tolerance=self.webhook_tolerance_s,
-                api_key=self._api_key,
+            stripe.WebhookSignature.verify_header(
+                payload, signature_header, self.webhook_secret, tolerance=self.webhook_tolerance_s
             )
         except stripe.SignatureVerificationError as exc:
             raise WebhookSignatureError(str(exc)) from exc
-        except ValueError as exc:  # not JSON
+        except UnicodeDecodeError as exc:  # the signature is over the UTF-8 text of the body
             raise WebhookSignatureError(f"invalid payload: {exc}") from exc
-        raw = event.to_dict()
+        envelope, obj = parse_stripe_event(payload)
         return WebhookEvent(
-            id=raw["id"],
-            type=raw["type"],
-            created=int(raw.get("created") or 0),
-            data_object=dict(raw["data"]["object"]),
-            livemode=bool(raw.get("livemode", False)),
+            id=envelope.id, type=envelope.type, created=envelope.created, data_object=obj, livemode=envelope.livemode
         )
 
 

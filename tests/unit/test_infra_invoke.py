@@ -156,3 +156,47 @@ def test_every_local_extension_module_is_loaded_and_registers_into_the_server() 
     hooks_before = list(server.STARTUP_HOOKS)
     assert server.load_extensions() == expected  # idempotent: modules import once, hooks register once
     assert len(server.STARTUP_HOOKS) == len(hooks_before)
+
+
+def test_api_logs_under_the_local_stack_carry_the_api_functions_name() -> None:
+    """``make run`` serves every function from one process, and Powertools loggers of one service share their
+    keys: after a poller invoked UsageFunction, API error logs said ``airies-local-UsageFunction``. Every HTTP
+    request now logs as an invocation of ApiFunction, whatever another function appended meanwhile."""
+    import io
+
+    from aws_lambda_powertools import Logger
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from airies.api.errors import install_error_handlers
+    from airies.local.template import function_specs, load_template
+
+    specs = function_specs(load_template())
+    stream = io.StringIO()
+    api_logger = Logger(service="airies-log-test", stream=stream)
+    usage_logger = Logger(service="airies-log-test")  # the UsageFunction module's logger: same service
+
+    @usage_logger.inject_lambda_context(clear_state=True)
+    def usage_handler(event: dict, context: object) -> None:
+        usage_logger.info("usage batch")
+
+    app = FastAPI()
+    app.state.logger = api_logger
+    install_error_handlers(app)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    invoke.log_as_function(app, specs["ApiFunction"], "us-east-1")
+    usage_handler({}, invoke.LambdaContext(specs["UsageFunction"]))  # a poller thread's invocation
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/boom").status_code == 500
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    usage, error = records[0], records[-1]
+    assert usage["message"] == "usage batch" and usage["function_name"] == "airies-local-UsageFunction"
+    assert error["message"] == "unhandled error" and error["function_name"] == "airies-local-ApiFunction"
+    assert error["function_memory_size"] == specs["ApiFunction"].memory_size
+    assert error["function_request_id"] != usage["function_request_id"]
+    usage_logger.info("after the request")  # the poller's own logs keep their function
+    assert json.loads(stream.getvalue().splitlines()[-1])["function_name"] == "airies-local-UsageFunction"

@@ -64,6 +64,41 @@ class LambdaContext:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
+class LambdaLogContext:
+    """Pure ASGI middleware of the local stack: each HTTP request logs as one invocation of ``spec``'s function.
+
+    On AWS, ApiFunction's ``inject_lambda_context`` adds its context to every log line. ``make run`` serves the API
+    and every polled function from one process, and Powertools loggers of one service share their appended keys: the
+    keys of whichever function a poller invoked last would be on the API's logs. Powertools' thread-safe keys
+    (a context variable, copied into the threads that serve sync routes) override the shared ones per request.
+    """
+
+    def __init__(self, app: Any, spec: FunctionSpec, region: str) -> None:
+        self.app = app
+        self.spec = spec
+        self.region = region
+        self.cold = True
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from aws_lambda_powertools.logging.formatter import set_context_keys
+        from aws_lambda_powertools.logging.lambda_context import build_lambda_context_model
+
+        keys = build_lambda_context_model(LambdaContext(self.spec, self.region)).__dict__
+        cold, self.cold = self.cold, False
+        # Not reset afterwards: the server's error handler logs outside this middleware, in the same task; the
+        # server runs each request in a task of its own, so the keys end with it.
+        set_context_keys(cold_start=cold, **keys)
+        await self.app(scope, receive, send)
+
+
+def log_as_function(app: Any, spec: FunctionSpec, region: str) -> None:
+    """Make ``app``'s request logs carry ``spec``'s Lambda context (see :class:`LambdaLogContext`)."""
+    app.add_middleware(LambdaLogContext, spec=spec, region=region)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Environment and module loading
 # --------------------------------------------------------------------------------------------------------------------

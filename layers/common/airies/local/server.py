@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airies.local.invoke import log_as_function
 from airies.local.template import (
     DEFAULT_ENV_FILE,
     DEFAULT_TEMPLATE,
@@ -200,6 +201,7 @@ def build_stack(
     from airies.api.app import create_app
 
     app = create_app(settings, database, logger=Logger(service=settings.service_name))
+    log_as_function(app, spec, context.region)  # the pollers' functions share this process and its loggers
     stack = LocalStack(
         settings=settings,
         database=database,

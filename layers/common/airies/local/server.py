@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airies.local.invoke import log_as_function
+from airies.local.invoke import kept_api_key, log_as_function
 from airies.local.template import (
     DEFAULT_ENV_FILE,
     DEFAULT_TEMPLATE,
@@ -124,20 +124,7 @@ def start_moto() -> tuple[Any, str]:
 
 def dev_api_key(data_dir: Path) -> str:
     """AIRIES_DEV_API_KEY, else the key kept in <data_dir>/dev_api_key (generated on first run, mode 0600)."""
-    configured = os.environ.get("AIRIES_DEV_API_KEY")
-    if configured:
-        return configured
-    path = data_dir / "dev_api_key"
-    if path.exists():
-        return path.read_text(encoding="utf-8").strip()
-    from airies.services.accounts import generate_key
-
-    key = generate_key()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(key + "\n")
-    return key
+    return os.environ.get("AIRIES_DEV_API_KEY") or kept_api_key(data_dir / "dev_api_key")
 
 
 def mount_extensions(app: Any, stack: LocalStack) -> list[str]:

@@ -547,3 +547,33 @@ def test_single_page_pdf_chunks_cite_page_one(pipeline):
     assert [c.page for c in service.get_document_chunks(account, kb.id, two.id)] == [1]
     assert [c.page for c in service.get_document_chunks(account, kb.id, text.id)] == [None]  # formats without pages
     assert service.query_knowledge_base(account, kb.id, "support line open", top_k=1)[0].page == 1
+
+
+def test_state_machine_failure_removes_the_chunks_and_vectors_it_wrote(database, tmp_path):
+    """The large-document path: Prepare stores chunk rows, the Map embeds some batches, then a batch fails for good
+    and MarkFailed runs the ``fail`` task: the document ends failed holding no chunk and no vector."""
+    from tests.kb_support import FakeLambdaContext, load_function
+
+    settings = kb_settings(tmp_path, kb_embed_batch_chunks=1)
+    with ingestion_pipeline(database, settings) as p:
+        service = p["service"]
+        tasks = load_function("tasks")
+        tasks._service = service
+        try:
+            account = new_account(database)
+            kb = service.create_knowledge_base(account, "Manual", chunk_size=32, chunk_overlap=0)
+            doc, _ = service.upload_document(account, kb.id, filename="m.txt", content_type="text/plain")
+            service.storage.upload_bytes(account, doc.storage_key, SECTIONS.encode())
+            prepared = tasks.handler({"task": "prepare", "document_id": doc.id, "etag": None}, FakeLambdaContext())
+            assert len(prepared["batches"]) == 4
+            for batch in prepared["batches"][:2]:
+                tasks.handler({"task": "embed", **batch}, FakeLambdaContext())
+            assert _counts(database, doc.id) == (4, 2)
+            error = {"Error": "States.TaskFailed", "Cause": json.dumps({"errorMessage": "embeddings unavailable"})}
+            tasks.handler({"task": "fail", "document_id": doc.id, "error": error}, FakeLambdaContext())
+        finally:
+            tasks._service = None
+        failed = service.get_document(account, kb.id, doc.id)
+        assert (failed.status, failed.error_code) == ("failed", "processing_failed")
+        assert "embeddings unavailable" in failed.error
+        assert _counts(database, doc.id) == (0, 0) and _store_count(service, account, kb) == 0

@@ -820,7 +820,7 @@ class KnowledgeService:
         code, reason = failure_reason(exc)
         vector_ids = self._vector_ids(doc, chunks)
         if is_transient(exc):
-            attempts = self._attempts(doc.id)
+            attempts = doc.attempts  # counted by the claim of this attempt
             if attempts < self.settings.kb_max_attempts:
                 log.warning("document %s: attempt %d failed, will be retried: %s", doc.id, attempts, reason)
                 self._release(doc.id, f"attempt {attempts} failed and will be retried: {reason}", vector_ids)
@@ -926,12 +926,6 @@ class KnowledgeService:
             if not claimed:
                 return None
             return session.get(KnowledgeDocument, document_id)
-
-    def _attempts(self, document_id: str) -> int:
-        with self.database.session() as session:
-            return int(
-                session.scalar(select(KnowledgeDocument.attempts).where(KnowledgeDocument.id == document_id)) or 0
-            )
 
     def _release(
         self,

@@ -124,3 +124,48 @@ def test_embedded_defaults_persist_the_dev_key_and_create_the_bucket(tmp_path: P
         assert key in again.output()
     finally:
         _stop(again)
+
+
+def test_a_restarted_stack_still_serves_what_it_stored(tmp_path: Path) -> None:
+    """Documents live in moto's S3 and their rows in SQLite under .data: after a restart both are there (the
+    objects used to be lost with the moto process while the rows remained)."""
+    headers = {"Authorization": "Bearer ak_live_devkey_for_tests_0002"}
+    env = {"AIRIES_DEV_API_KEY": "ak_live_devkey_for_tests_0002"}
+    bucket = "airies-local-documents-bucket"  # DocumentsBucket's local name
+    server = _start(tmp_path, env)
+    try:
+        kb = httpx.post(f"{server.base}/knowledge-bases", json={"name": "Kept"}, headers=headers).json()
+        created = httpx.post(
+            f"{server.base}/knowledge-bases/{kb['id']}/documents",
+            json={"filename": "faq.md", "text": "Refunds take 14 days."},
+            headers=headers,
+        )
+        doc = created.json()["document"]
+        assert doc["status"] == "ready", created.text
+        stored = _s3(server).list_objects_v2(Bucket=bucket)["Contents"]
+        assert [o["Key"].rsplit("/", 1)[-1] for o in stored] == ["faq.md"]
+    finally:
+        _stop(server)
+    again = _start(tmp_path, env)
+    try:
+        kept = _s3(again).get_object(Bucket=bucket, Key=stored[0]["Key"])
+        assert (kept["Body"].read(), kept["ContentType"]) == (b"Refunds take 14 days.", "text/markdown")
+        assert "(1 restored)" in again.output()
+        listed = httpx.get(f"{again.base}/knowledge-bases/{kb['id']}/documents", headers=headers).json()["data"]
+        assert [(d["id"], d["status"]) for d in listed] == [(doc["id"], "ready")]
+        replaced = httpx.put(
+            f"{again.base}/knowledge-bases/{kb['id']}/documents/{doc['id']}",
+            json={"text": "Refunds take 7 days."},
+            headers=headers,
+        )
+        assert replaced.status_code == 200 and replaced.json()["status"] == "ready", replaced.text
+    finally:
+        _stop(again)
+
+
+def _s3(server: RunningServer):  # type: ignore[no-untyped-def]
+    endpoint = re.search(r"AWS \(moto\)\s+(http://127\.0\.0\.1:\d+)", server.output()).group(1)  # type: ignore[union-attr]
+    return boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 
@@ -298,3 +299,55 @@ def test_tier_size_limit_answers_402_and_changes_nothing(kb_client, auth, settin
     assert kept["size_bytes"] == len("Short note.") and kept["status"] == "ready"
     chunks = client.get(f"{base}/{doc_id}/chunks", headers=auth).json()["data"]
     assert chunks[0]["text"] == "Short note."
+
+
+def test_inline_pdf_with_control_characters_is_ready_and_clean(kb_client, auth):
+    """NUL and other control characters that pypdf extracts used to answer 500 on PostgreSQL (and reach the chunks
+    API and prompts on SQLite)."""
+    client = kb_client
+    kb = _kb(client, auth)
+    text = "Returns\x00 are accepted\x01 within 30 days\x1b of delivery.\x7f Keep the receipt\x9f."
+    created = client.post(
+        f"/api/v1/knowledge-bases/{kb['id']}/documents",
+        files={"file": ("returns.pdf", make_pdf([text, text]), "application/pdf")},
+        headers=auth,
+    )
+    assert created.status_code == 201, created.text
+    doc = created.json()["document"]
+    assert doc["status"] == "ready", doc
+    chunks = client.get(f"/api/v1/knowledge-bases/{kb['id']}/documents/{doc['id']}/chunks", headers=auth).json()
+    assert chunks["data"][0]["text"].startswith("Returns are accepted within 30 days of delivery. Keep the receipt.")
+    assert "\\u00" not in json.dumps(chunks)  # no control character left to escape
+
+
+def test_text_cannot_replace_a_pdf_without_changing_its_type(kb_client, auth):
+    """``PUT`` with ``text`` on a PDF document used to turn a ready document into ``failed corrupt_pdf``: now it is
+    refused (415) and the document keeps serving; naming a text content_type changes the type explicitly."""
+    client = kb_client
+    kb = _kb(client, auth)
+    base = f"/api/v1/knowledge-bases/{kb['id']}/documents"
+    pdf = make_pdf(["Opening hours are 9 to 17 on weekdays."])
+    doc = client.post(base, files={"file": ("hours.pdf", pdf, "application/pdf")}, headers=auth).json()["document"]
+    assert doc["status"] == "ready"
+    for body in (
+        {"text": "Opening hours are 8 to 18."},
+        {"text": "Opening hours are 8 to 18.", "content_type": "application/pdf"},
+        {"content_base64": base64.b64encode(b"not a pdf at all").decode()},
+    ):
+        refused = client.put(f"{base}/{doc['id']}", json=body, headers=auth)
+        assert refused.status_code == 415, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "content_type_mismatch" and "application/pdf" in error["message"]
+    kept = client.get(f"{base}/{doc['id']}", headers=auth).json()
+    assert (kept["status"], kept["content_type"], kept["size_bytes"]) == ("ready", "application/pdf", len(pdf))
+    hits = client.post(f"/api/v1/knowledge-bases/{kb['id']}/query", json={"query": "opening hours"}, headers=auth)
+    assert [h["document_id"] for h in hits.json()["data"]] == [doc["id"]]
+
+    changed = client.put(
+        f"{base}/{doc['id']}", json={"text": "Opening hours are 8 to 18.", "content_type": "text/plain"}, headers=auth
+    )
+    assert changed.status_code == 200, changed.text
+    assert (changed.json()["status"], changed.json()["content_type"]) == ("ready", "text/plain")
+    newer = make_pdf(["Opening hours are 7 to 19."])
+    back = client.put(f"{base}/{doc['id']}", files={"file": ("hours.pdf", newer, "application/pdf")}, headers=auth)
+    assert (back.status_code, back.json()["content_type"], back.json()["page_count"]) == (200, "application/pdf", 1)

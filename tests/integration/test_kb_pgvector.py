@@ -23,6 +23,7 @@ from tests.kb_support import (
     deliver,
     ingestion_pipeline,
     kb_settings,
+    make_pdf,
     moto_bucket,
     new_account,
 )
@@ -174,3 +175,49 @@ def test_failed_reembed_on_pgvector_keeps_the_old_vectors(pgvector_database, tmp
         assert (kb.status, kb.embedding_dimensions) == ("active", 512)
         assert store.count(account, kb.id) == before
         assert "pump" in service.query_knowledge_base(account, kb.id, "pump setting", top_k=1)[0].text
+
+
+def test_pdf_with_control_characters_on_pgvector_leaves_no_orphan_vectors(pgvector_database, tmp_path):
+    """pypdf extracts NUL from PDFs without a Unicode map; PostgreSQL refused the chunk rows after the vectors were
+    in ``kb_pgvectors``. Now the text is cleaned, and a chunk insert that still fails (here a CHECK the test adds)
+    ends the document failed and removes its vectors."""
+    page = " ".join(["Clause 7\x00 limits the\x01 liability\x1b of the landlord to\x7f direct damage."] * 30)
+    with ingestion_pipeline(pgvector_database, kb_settings(tmp_path)) as p:
+        service = p["service"]
+        account = new_account(pgvector_database)
+        kb = service.create_knowledge_base(account, "Lease", vector_store="pgvector", chunk_size=64, chunk_overlap=0)
+        store = service.store("pgvector")
+        doc, _ = service.upload_document(account, kb.id, filename="lease.pdf", content_type="application/pdf")
+        key = f"accounts/{account}/{doc.storage_key}"
+        p["s3"].put_object(Bucket=BUCKET, Key=key, Body=make_pdf([page, page]), ContentType="application/pdf")
+        _, result = deliver(p)
+        assert result == {"batchItemFailures": []}
+        ready = service.get_document(account, kb.id, doc.id)
+        assert ready.status == "ready", ready.error
+        assert ready.chunk_count > 2 and store.count(account, kb.id) == ready.chunk_count
+        assert (
+            "Clause 7 limits the liability of the landlord"
+            in service.get_document_chunks(account, kb.id, doc.id)[0].text
+        )
+
+        other, _ = service.upload_document(account, kb.id, filename="annex.pdf", content_type="application/pdf")
+        with pgvector_database.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "ALTER TABLE knowledge_chunks ADD CONSTRAINT test_no_annex CHECK (page IS NULL OR page < 2) NOT VALID"
+                )
+            )
+        try:
+            p["s3"].put_object(
+                Bucket=BUCKET, Key=f"accounts/{account}/{other.storage_key}", Body=make_pdf([page, page]),
+                ContentType="application/pdf",
+            )  # fmt: skip
+            _, result = deliver(p)
+        finally:
+            with pgvector_database.engine.begin() as conn:
+                conn.execute(text("ALTER TABLE knowledge_chunks DROP CONSTRAINT test_no_annex"))
+        assert result == {"batchItemFailures": []}  # permanent: acknowledged, not retried for hours
+        failed = service.get_document(account, kb.id, other.id)
+        assert (failed.status, failed.error_code) == ("failed", "processing_failed")
+        assert "23514" in failed.error and "test_no_annex" in failed.error
+        assert store.count(account, kb.id) == ready.chunk_count  # only the ready document's vectors

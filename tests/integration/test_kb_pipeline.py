@@ -407,3 +407,173 @@ def test_reembed_is_exclusive_defers_ingestion_and_meters_tokens(database, tmp_p
         metered = [e for e in p["publisher"].events if e.metadata.get("reembed")]
         assert len(metered) == 1 and metered[0].component == "embedding_tokens"
         assert metered[0].quantity > 0 and metered[0].model == "hashing-v1"
+
+
+def _store_count(service, account, kb):
+    return service.store(kb.vector_store, account).count(account, kb.id)
+
+
+# What pypdf extracts from a LaTeX PDF without a Unicode map: raw glyph codes, NUL among them.
+CONTROL_TEXT = (
+    "Theorem 3\x00 states that the pump\x01s flow rate doubles when the valve\x1b is open.\n"
+    "The proof uses \x0e\x0flemma 2 and the \x7fbound on pressure\x85 from section 4.\x00\x00"
+)
+
+
+def test_pdf_with_control_characters_is_ingested_clean(pipeline):
+    """PostgreSQL refuses NUL in text: the chunks of such a PDF used to fail to store (the message retried for
+    hours, the vectors stayed behind without chunks); SQLite stored them and served them to the API and prompts.
+    Now the text is cleaned for every format before it is chunked, on both databases."""
+    p = pipeline
+    service, database = p["service"], p["database"]
+    account = new_account(database)
+    kb = service.create_knowledge_base(account, "Paper")
+    pages = [" ".join([CONTROL_TEXT] * 12) for _ in range(3)]
+    doc, _ = service.upload_document(account, kb.id, filename="paper.pdf", content_type="application/pdf")
+    p["s3"].put_object(
+        Bucket=BUCKET, Key=f"accounts/{account}/{doc.storage_key}", Body=make_pdf(pages), ContentType="application/pdf"
+    )
+    _, result = deliver(p)
+    assert result == {"batchItemFailures": []}
+    ready = service.get_document(account, kb.id, doc.id)
+    assert ready.status == "ready", (ready.error_code, ready.error)
+    chunks = service.get_document_chunks(account, kb.id, doc.id)
+    assert len(chunks) > 1 and _counts(database, doc.id) == (len(chunks), len(chunks))
+    text = " ".join(c.text for c in chunks)
+    assert not [ch for ch in text if (ord(ch) < 32 and ch != "\n") or 0x7F <= ord(ch) <= 0x9F]
+    assert "Theorem 3 states that the pumps flow rate" in text
+    hits = service.query_knowledge_base(account, kb.id, "pump flow rate valve", top_k=3)
+    assert len(hits) == 3 and all(h.document_id == doc.id for h in hits)
+
+
+def test_permanent_error_fails_the_document_with_its_reason_and_leaves_no_vectors(database, tmp_path):
+    """An error no retry can fix (here the embedder breaks on the third batch, after two were upserted) ends the
+    document ``failed`` with the reason at once: the message is acknowledged, and the vectors already written go."""
+
+    def break_third(call):
+        if call == 3:
+            raise ValueError("the embedder returned 2 vectors for 1 text")
+
+    settings = kb_settings(tmp_path, kb_stream_batch_chunks=1)
+    with ingestion_pipeline(database, settings, embedder_factory=_scripted_factory(settings, 512, break_third)) as p:
+        service = p["service"]
+        account = new_account(database)
+        kb = service.create_knowledge_base(account, "Manual", chunk_size=32, chunk_overlap=0)
+        doc, _ = service.upload_document(account, kb.id, filename="m.txt", content_type="text/plain")
+        p["s3"].put_object(Bucket=BUCKET, Key=f"accounts/{account}/{doc.storage_key}", Body=SECTIONS.encode())
+        _, result = deliver(p)
+        assert result == {"batchItemFailures": []}
+        failed = service.get_document(account, kb.id, doc.id)
+        assert (failed.status, failed.error_code) == ("failed", "processing_failed")
+        assert "ValueError: the embedder returned 2 vectors" in failed.error and failed.chunk_count == 0
+        assert _counts(database, doc.id) == (0, 0) and _store_count(service, account, kb) == 0
+
+
+def test_transient_errors_are_retried_without_leftovers_then_the_document_fails(database, tmp_path):
+    """A transient fault (a 503 from the embedder on the second batch) releases the document for the redelivery
+    with the reason, removing what the attempt wrote; after ``kb_max_attempts`` the document ends failed and the
+    message is acknowledged instead of waiting for the dead-letter queue."""
+    from airies.errors import ProviderError
+
+    class Overloaded(_Scripted):
+        def embed(self, texts):  # the batch with the third section fails, every time
+            if any("valve" in text for text in texts):
+                raise ProviderError("embeddings overloaded", provider="test", retryable=True, upstream_status=503)
+            return self.inner.embed(texts)
+
+    settings = kb_settings(tmp_path, kb_stream_batch_chunks=2, kb_max_attempts=3)
+    with ingestion_pipeline(database, settings) as p:
+        service = p["service"]
+        account = new_account(database)
+        kb = service.create_knowledge_base(account, "Manual", chunk_size=32, chunk_overlap=0)
+        model = (kb.embedding_provider, kb.embedding_model, kb.embedding_dimensions)
+        service._embedders[model] = Overloaded(service.embedder(*model), None)
+        doc, _ = service.upload_document(account, kb.id, filename="m.txt", content_type="text/plain")
+        p["s3"].put_object(Bucket=BUCKET, Key=f"accounts/{account}/{doc.storage_key}", Body=SECTIONS.encode())
+        other = service.create_knowledge_base(account, "Other")
+        short, _ = service.upload_document(account, other.id, filename="s.txt", content_type="text/plain")
+        p["s3"].put_object(Bucket=BUCKET, Key=f"accounts/{account}/{short.storage_key}", Body=b"One short line.")
+        messages = [m for m in drain(p["sqs"], p["queue_url"]) if "Records" in json.loads(m["Body"])]
+        for attempt in (1, 2):
+            _, result = deliver(p, messages)  # the short document is ready, then skipped
+            assert result == {"batchItemFailures": [{"itemIdentifier": messages[0]["MessageId"]}]}
+            waiting = service.get_document(account, kb.id, doc.id)
+            assert waiting.status == "uploaded" and f"attempt {attempt} failed and will be retried" in waiting.error
+            assert _counts(database, doc.id) == (0, 0) and _store_count(service, account, kb) == 0
+        _, result = deliver(p, messages)
+        assert result == {"batchItemFailures": []}
+        failed = service.get_document(account, kb.id, doc.id)
+        assert (failed.status, failed.error_code) == ("failed", "processing_failed")
+        assert "gave up after 3 attempts" in failed.error and "overloaded" in failed.error
+        assert _counts(database, doc.id) == (0, 0) and _store_count(service, account, kb) == 0
+
+
+def test_attempts_that_never_finished_end_the_document_failed(pipeline):
+    """A document whose every attempt died without an outcome (time-out, out of memory) is not tried forever: the
+    delivery after ``kb_max_attempts`` such claims ends it failed."""
+    from datetime import timedelta
+
+    from airies.db.models.base import utcnow
+
+    p = pipeline
+    service, database = p["service"], p["database"]
+    account = new_account(database)
+    kb = service.create_knowledge_base(account, "Manual")
+    doc, _ = service.upload_document(account, kb.id, filename="m.txt", content_type="text/plain")
+    stale = utcnow() - timedelta(seconds=p["settings"].kb_processing_lease_s + 60)
+    with database.session() as session:
+        row = session.get(KnowledgeDocument, doc.id)
+        row.status, row.processing_started_at, row.attempts = "processing", stale, p["settings"].kb_max_attempts
+    p["s3"].put_object(Bucket=BUCKET, Key=f"accounts/{account}/{doc.storage_key}", Body=FAQ.encode())
+    _, result = deliver(p)
+    assert result == {"batchItemFailures": []}
+    failed = service.get_document(account, kb.id, doc.id)
+    assert (failed.status, failed.error_code) == ("failed", "processing_failed") and "did not finish" in failed.error
+
+
+def test_single_page_pdf_chunks_cite_page_one(pipeline):
+    p = pipeline
+    service, database = p["service"], p["database"]
+    account = new_account(database)
+    kb = service.create_knowledge_base(account, "Flyer")
+    one = service.add_document_content(
+        account, kb.id, filename="flyer.pdf", content_type="application/pdf", data=make_pdf([FAQ])
+    )
+    two = service.add_document_content(
+        account, kb.id, filename="two.pdf", content_type="application/pdf", data=make_pdf(["Page one.", "Page two."])
+    )
+    text = service.add_document_content(account, kb.id, filename="n.txt", content_type="text/plain", data=b"A note.")
+    assert [c.page for c in service.get_document_chunks(account, kb.id, one.id)] == [1]
+    assert [c.page for c in service.get_document_chunks(account, kb.id, two.id)] == [1]
+    assert [c.page for c in service.get_document_chunks(account, kb.id, text.id)] == [None]  # formats without pages
+    assert service.query_knowledge_base(account, kb.id, "support line open", top_k=1)[0].page == 1
+
+
+def test_state_machine_failure_removes_the_chunks_and_vectors_it_wrote(database, tmp_path):
+    """The large-document path: Prepare stores chunk rows, the Map embeds some batches, then a batch fails for good
+    and MarkFailed runs the ``fail`` task: the document ends failed holding no chunk and no vector."""
+    from tests.kb_support import FakeLambdaContext, load_function
+
+    settings = kb_settings(tmp_path, kb_embed_batch_chunks=1)
+    with ingestion_pipeline(database, settings) as p:
+        service = p["service"]
+        tasks = load_function("tasks")
+        tasks._service = service
+        try:
+            account = new_account(database)
+            kb = service.create_knowledge_base(account, "Manual", chunk_size=32, chunk_overlap=0)
+            doc, _ = service.upload_document(account, kb.id, filename="m.txt", content_type="text/plain")
+            service.storage.upload_bytes(account, doc.storage_key, SECTIONS.encode())
+            prepared = tasks.handler({"task": "prepare", "document_id": doc.id, "etag": None}, FakeLambdaContext())
+            assert len(prepared["batches"]) == 4
+            for batch in prepared["batches"][:2]:
+                tasks.handler({"task": "embed", **batch}, FakeLambdaContext())
+            assert _counts(database, doc.id) == (4, 2)
+            error = {"Error": "States.TaskFailed", "Cause": json.dumps({"errorMessage": "embeddings unavailable"})}
+            tasks.handler({"task": "fail", "document_id": doc.id, "error": error}, FakeLambdaContext())
+        finally:
+            tasks._service = None
+        failed = service.get_document(account, kb.id, doc.id)
+        assert (failed.status, failed.error_code) == ("failed", "processing_failed")
+        assert "embeddings unavailable" in failed.error
+        assert _counts(database, doc.id) == (0, 0) and _store_count(service, account, kb) == 0

@@ -188,3 +188,46 @@ def test_pinecone_uses_the_accounts_own_key_when_it_stored_one(database, tmp_pat
         with pytest.raises(ProviderError) as info:
             _pinecone_kb_roundtrip(service, other)
         assert info.value.upstream_status == 401 and set(pinecone.namespaces) == {kb.id}
+
+
+def test_failed_ingestion_leaves_no_vectors_in_pinecone(database, tmp_path):
+    """Vectors upserted before an attempt fails (here the embedder breaks on the second batch) are deleted from the
+    Pinecone namespace: none is left without its chunk row to take a top_k slot."""
+    from airies.providers.embeddings import build_embedder
+
+    class BreaksOnSecondBatch:
+        def __init__(self, inner):
+            self.inner, self.calls = inner, 0
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def embed(self, texts):
+            self.calls += 1
+            if self.calls == 2:
+                raise TypeError("unexpected embedding payload")
+            return self.inner.embed(texts)
+
+    with PineconeDouble() as pinecone, moto_bucket():
+        settings = kb_settings(
+            tmp_path, pinecone_api_key=pinecone.api_key, pinecone_index_host=pinecone.host, kb_stream_batch_chunks=1
+        )
+        service = build_knowledge_service(
+            settings,
+            database,
+            usage_publisher=RecordingPublisher(),
+            embedder_factory=lambda p, m, d: BreaksOnSecondBatch(build_embedder(p, m, d, settings)),
+        )
+        account = new_account(database)
+        kb = service.create_knowledge_base(
+            account, "Pinecone KB", vector_store="pinecone", chunk_size=32, chunk_overlap=0
+        )
+        text = "\n\n".join(
+            f"Paragraph {i} says the depot in town {i} opens at {i} in the morning for parcels." for i in range(4)
+        )
+        doc = service.add_document_content(
+            account, kb.id, filename="depots.txt", content_type="text/plain", data=text.encode()
+        )
+        assert (doc.status, doc.error_code) == ("failed", "processing_failed") and "TypeError" in doc.error
+        assert pinecone.requests["/vectors/upsert"] >= 1  # the first batch was written before the failure
+        assert not pinecone.namespaces.get(kb.id)

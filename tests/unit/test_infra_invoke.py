@@ -156,3 +156,96 @@ def test_every_local_extension_module_is_loaded_and_registers_into_the_server() 
     hooks_before = list(server.STARTUP_HOOKS)
     assert server.load_extensions() == expected  # idempotent: modules import once, hooks register once
     assert len(server.STARTUP_HOOKS) == len(hooks_before)
+
+
+def test_api_logs_under_the_local_stack_carry_the_api_functions_name() -> None:
+    """``make run`` serves every function from one process, and Powertools loggers of one service share their
+    keys: after a poller invoked UsageFunction, API error logs said ``airies-local-UsageFunction``. Every HTTP
+    request now logs as an invocation of ApiFunction, whatever another function appended meanwhile."""
+    import io
+
+    from aws_lambda_powertools import Logger
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from airies.api.errors import install_error_handlers
+    from airies.local.template import function_specs, load_template
+
+    specs = function_specs(load_template())
+    stream = io.StringIO()
+    api_logger = Logger(service="airies-log-test", stream=stream)
+    usage_logger = Logger(service="airies-log-test")  # the UsageFunction module's logger: same service
+
+    @usage_logger.inject_lambda_context(clear_state=True)
+    def usage_handler(event: dict, context: object) -> None:
+        usage_logger.info("usage batch")
+
+    app = FastAPI()
+    app.state.logger = api_logger
+    install_error_handlers(app)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    invoke.log_as_function(app, specs["ApiFunction"], "us-east-1")
+    usage_handler({}, invoke.LambdaContext(specs["UsageFunction"]))  # a poller thread's invocation
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/boom").status_code == 500
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    usage, error = records[0], records[-1]
+    assert usage["message"] == "usage batch" and usage["function_name"] == "airies-local-UsageFunction"
+    assert error["message"] == "unhandled error" and error["function_name"] == "airies-local-ApiFunction"
+    assert error["function_memory_size"] == specs["ApiFunction"].memory_size
+    assert error["function_request_id"] != usage["function_request_id"]
+    usage_logger.info("after the request")  # the poller's own logs keep their function
+    assert json.loads(stream.getvalue().splitlines()[-1])["function_name"] == "airies-local-UsageFunction"
+
+
+EVENTS = PROJECT_ROOT / "infra" / "events"
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        code = invoke.main(list(argv))
+    except SystemExit as exc:  # argparse's own errors
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_unknown_function_names_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _cli(capsys, "NoSuchFunction")
+    assert code == 2 and out == ""
+    assert "unknown function 'NoSuchFunction'" in err and "ApiFunction" in err and "UsageFunction" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_missing_or_broken_event_file_is_one_clear_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = _cli(capsys, "ApiFunction", "--event", str(tmp_path / "missing.json"))
+    assert code == 2 and "missing.json" in err and "does not exist" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    code, _, err = _cli(capsys, "ApiFunction", "--event", str(broken))
+    assert code == 2 and "broken.json is not valid JSON" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_no_meta_refuses_an_event_with_placeholders(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without its sidecar nobody fills ``{{api_key}}``: the invoke would only answer 401 without saying why."""
+    code, out, err = _cli(capsys, "ApiFunction", "--event", str(EVENTS / "ApiFunction.list-agents.json"), "--no-meta")
+    assert code == 2 and out == ""
+    assert "{{api_key}}" in err and "setup" in err and "without --no-meta" in err
+
+
+def test_cli_lists_functions_and_their_sample_events(capsys: pytest.CaptureFixture[str]) -> None:
+    from airies.local.template import function_specs, load_template
+
+    code, out, _ = _cli(capsys, "--list")
+    assert code == 0
+    for logical_id in function_specs(load_template()):
+        assert f"\n{logical_id} " in f"\n{out}", logical_id
+    assert "ApiFunction.list-agents.json" in out and "GET /api/v1/agents with the sample account's key" in out
+    assert "needs: database" in out and "placeholders: api_key" in out
+    code, only, _ = _cli(capsys, "--list", "UsageFunction")
+    assert code == 0 and "UsageFunction.sqs-batch.json" in only and "ApiFunction" not in only

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import re
 import subprocess
 import tomllib
+from importlib.metadata import metadata
 
 import pytest
 
@@ -126,3 +129,28 @@ def test_importtime_attributes_third_party_cost_to_our_importers() -> None:
         {"module": "airies.audio.codecs", "self_ms": 3.0},
         {"module": "airies.api.app", "self_ms": 2.5},
     ]
+
+
+def test_every_pinned_extra_exists_in_its_package() -> None:
+    """pip only warns about an extra a package does not provide ("moto 5.2.5 does not provide the extra
+    'apigatewaymanagementapi'") and installs nothing for it: every extra we ask for must be a real one."""
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    pinned = list(project["dependencies"])
+    for group in project["optional-dependencies"].values():
+        pinned.extend(group)
+    checked = 0
+    for line in pinned:
+        name, extras = re.match(r"^([A-Za-z0-9_.-]+)(?:\[([^\]]*)\])?", line).groups()  # type: ignore[union-attr]
+        if not extras or name == "airies":
+            continue
+        wanted = {extra.strip().lower() for extra in extras.split(",")}
+        provided = {extra.lower() for extra in metadata(name).get_all("Provides-Extra") or []}
+        assert wanted <= provided, (name, sorted(wanted - provided))
+        checked += 1
+    assert checked >= 1  # moto's service extras at least
+
+
+def test_moto_serves_every_aws_api_the_local_stack_uses() -> None:
+    """The API Gateway management API (WebSocket post_to_connection) has no extra: it is in moto's core."""
+    for service in ("s3", "sqs", "dynamodb", "stepfunctions", "apigatewaymanagementapi"):
+        importlib.import_module(f"moto.{service}")

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import io
 import itertools
+import unicodedata
 import zipfile
 
+import httpx
 import numpy as np
+import pg8000.dbapi
 import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from airies.errors import NotAvailableError, ProviderError, is_transient
 from airies.providers.embeddings.base import approx_tokens
 from airies.providers.embeddings.hashing import HashingEmbedder
 from airies.services import document_processor as dp
@@ -101,6 +107,39 @@ def test_html_and_markdown_cleaning():
     )
 
 
+# Every C0 control but the whitespace ones, DEL and a few C1 controls (all encodable in the PDF's Latin-1 strings).
+CONTROLS = "".join(chr(c) for c in (*range(0x00, 0x09), *range(0x0E, 0x20), 0x7F, 0x80, 0x85, 0x9F))
+
+
+def _unwanted(text: str) -> list[str]:
+    return [ch for ch in text if (ch != "\n" and unicodedata.category(ch) in ("Cc", "Cs")) or ch == "\ufeff"]
+
+
+@pytest.mark.parametrize("kind", ["pdf", "text", "markdown", "html"])
+def test_control_characters_never_leave_extraction(kind):
+    """PostgreSQL refuses NUL and prompts should not carry the rest: every format comes out clean. (DOCX cannot hold
+    them: XML 1.0 forbids control characters, python-docx refuses to write them.)"""
+    dirty = f"Refunds{CONTROLS} take 14 days.\tTabs\x0band\x0cfeeds are spaces.\r\nNew line."
+    if kind == "pdf":
+        data, content_type = make_pdf([dirty]), dp.PDF
+    elif kind == "html":
+        page = f"<html><title>FAQ\x1b\x7f</title><p>{'Intro. ' * 700}</p><p>{dirty}</p></html>"
+        data, content_type = page.encode(), dp.HTML
+    else:
+        # NUL only after the first 4 KB (also for HTML above): a NUL at the start marks a binary file (not_text)
+        data, content_type = ("Intro. " * 700 + dirty).encode(), dp.MARKDOWN if kind == "markdown" else dp.TEXT
+    doc = dp.extract(data, content_type)
+    assert _unwanted(doc.text) == []
+    assert "Refunds take 14 days." in doc.text and "Tabs and feeds are spaces." in doc.text
+    if kind == "html":
+        assert doc.title == "FAQ"
+
+
+def test_lone_surrogates_and_byte_order_marks_are_removed():
+    assert dp.normalise_text("a\ud800b\udfffc\ufeffd\x00e") == "abcde"
+    assert dp.strip_control_characters("keep\ttabs\nand lines\x07") == "keep\ttabs\nand lines"
+
+
 def test_content_types():
     assert dp.normalise_content_type("application/octet-stream", "Guide.PDF") == dp.PDF
     assert dp.normalise_content_type("text/plain; charset=utf-8") == dp.TEXT
@@ -190,3 +229,38 @@ def test_overlap_falls_back_to_words_for_a_long_last_sentence():
         assert 10 <= approx_tokens(shared) <= 20 and shared.endswith(f"p{previous.index}w59.")
         assert current.token_count <= 100
     assert chunk_text("\n\n".join(paragraphs), chunk_tokens=100, overlap_tokens=0)[1].text == paragraphs[1]
+
+
+def _pg_error(sqlstate: str) -> ProgrammingError:
+    return ProgrammingError("INSERT ...", {}, pg8000.dbapi.ProgrammingError({"C": sqlstate, "M": "refused"}))
+
+
+@pytest.mark.parametrize(
+    ("make", "transient"),
+    [
+        (lambda: _pg_error("22021"), False),  # invalid byte sequence (a NUL)
+        (lambda: _pg_error("23514"), False),  # check violation
+        (lambda: _pg_error("40001"), True),  # serialisation failure
+        (lambda: _pg_error("57P01"), True),  # admin shutdown
+        (lambda: _pg_error("08006"), True),  # connection failure
+        (lambda: OperationalError("SELECT", {}, Exception("database is locked")), True),
+        (lambda: ValueError("bad vector count"), False),
+        (lambda: UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"), False),
+        (lambda: TimeoutError("read timed out"), True),
+        (lambda: httpx.ConnectError("refused"), True),
+        (lambda: ProviderError("overloaded", provider="x", retryable=True, upstream_status=503), True),
+        (lambda: ProviderError("bad input", provider="x", retryable=False, upstream_status=400), False),
+        (lambda: NotAvailableError("no key"), False),
+    ],
+)
+def test_ingestion_errors_are_transient_or_permanent(make, transient):
+    assert is_transient(make()) is transient
+
+
+def test_aws_errors_are_transient_when_throttled_or_5xx():
+    def client_error(code: str, status: int) -> ClientError:
+        return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+    assert is_transient(client_error("SlowDown", 503)) and is_transient(client_error("InternalError", 500))
+    assert not is_transient(client_error("AccessDenied", 403))
+    assert is_transient(EndpointConnectionError(endpoint_url="https://s3.amazonaws.com"))

@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     kb_stream_batch_chunks: int = 128  # inline path: chunks per embed+upsert while extraction goes on
     kb_presign_expires_s: int = 900
     kb_processing_lease_s: int = 900  # a "processing" document older than this may be reclaimed
+    # Attempts at one document before a transient fault (or attempts that never finished) ends it failed: one less
+    # than IngestionQueue's maxReceiveCount (5), so the last delivery still records the failure.
+    kb_max_attempts: int = 4
     kb_scrape_max_pages: int = 50
     kb_scrape_max_depth: int = 3
     kb_scrape_timeout_s: float = 10.0

@@ -114,3 +114,53 @@ class ProviderError(AiriesError):
         self.retryable = retryable
         self.upstream_status = upstream_status
         self.retry_after = retry_after
+
+
+# SQLSTATE classes worth a retry: connection exception, transaction rollback (serialisation failure, deadlock),
+# insufficient resources, operator intervention (shutdown, cancel), system error; and lock_not_available.
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
+_TRANSIENT_SQLSTATES = ("55P03",)
+_THROTTLING_CODES = {"Throttling", "ThrottlingException", "SlowDown", "RequestLimitExceeded", "RequestTimeout"}
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error (pg8000 puts the server's fields in ``args[0]``), else None."""
+    orig = getattr(exc, "orig", exc)
+    fields = orig.args[0] if getattr(orig, "args", None) else None
+    if isinstance(fields, dict) and isinstance(fields.get("C"), str):
+        return fields["C"]
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code if isinstance(code, str) else None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether the same work may succeed if tried again: a provider's 429/5xx/timeout, a lost or busy database,
+    throttled or unreachable AWS. Bad data and bugs (a refused value, a constraint, a type error) are permanent:
+    retrying them only delays the failure the customer has to see."""
+    # Imported here: only failure paths classify, and these imports cost up to 200 ms at a cold start.
+    import botocore.exceptions
+    import httpx
+    import sqlalchemy.exc
+
+    if isinstance(exc, ProviderError):
+        return exc.retryable
+    if isinstance(exc, RateLimitedError):
+        return True
+    if isinstance(exc, AiriesError):
+        return False
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(
+            exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError
+        ):
+            return True
+        state = sqlstate(exc)
+        return state is not None and (state[:2] in _TRANSIENT_SQLSTATE_CLASSES or state in _TRANSIENT_SQLSTATES)
+    if isinstance(exc, sqlalchemy.exc.TimeoutError | sqlalchemy.exc.DisconnectionError):  # pool exhausted, dropped
+        return True
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return status >= 500 or status == 429 or error.get("Code") in _THROTTLING_CODES
+    if isinstance(exc, botocore.exceptions.ConnectionError | botocore.exceptions.HTTPClientError):
+        return True
+    return isinstance(exc, ConnectionError | TimeoutError | httpx.TransportError)

@@ -21,6 +21,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         docs_url=f"{settings.api_base_path}/docs",
         openapi_url=f"{settings.api_base_path}/openapi.json",
         redoc_url=None,
+        # One URL per resource: "/documents/" is a JSON 404 that names the route without the slash, never a 307
+        # with an empty body (clients drop the body of a redirected POST, and API Gateway passes both forms).
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.database = database

@@ -8,9 +8,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from airies.api.middleware import BodyRejected
 from airies.errors import AiriesError, RateLimitedError
+
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
@@ -23,6 +26,28 @@ def _clean(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
         loc = [str(part) for part in err.get("loc", ()) if part != "body"]
         cleaned.append({"field": ".".join(loc) or "body", "code": err.get("type"), "message": err.get("msg")})
     return cleaned
+
+
+def _without_trailing_slash(request: Request) -> str | None:
+    """The request's path without its trailing slash(es), when a route answers that path (with any method)."""
+    path = request.scope["path"]
+    trimmed = path.rstrip("/")
+    if trimmed == path or not trimmed:
+        return None
+    if any(_routes_match(request, path=trimmed, method=method) for method in _METHODS):
+        return trimmed
+    return None
+
+
+def _routes_match(request: Request, **changes: str) -> bool:
+    """Whether a route fully matches the request with ``changes`` (``path``, ``method``) applied to its scope."""
+    scope = {**request.scope, **changes}
+    return any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on the request's path (the router's 405 names only the first route's)."""
+    return [method for method in _METHODS if _routes_match(request, method=method)]
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -49,7 +74,19 @@ def install_error_handlers(app: FastAPI) -> None:
         code = codes.get(exc.status_code, "http_error")
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
             return JSONResponse(error_body("malformed_json", "request body is not valid UTF-8 JSON"), 400)
-        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None))
+        message, details = str(exc.detail), None
+        if exc.status_code == 404 and exc.detail == "Not Found":  # the router's: no route has this path
+            message = f"no route {request.method} {request.url.path}"
+            suggestion = _without_trailing_slash(request)
+            if suggestion is not None:
+                message += f" (routes have no trailing slash: {suggestion})"
+                details = {"path": suggestion}
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            allowed = _allowed_methods(request)  # every route of the path, not only the first one the router tried
+            message = f"{request.method} is not allowed on {request.url.path}; allowed: {', '.join(allowed)}"
+            details, headers = {"allowed": allowed}, {**(headers or {}), "Allow": ", ".join(allowed)}
+        return JSONResponse(error_body(code, message, details), exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

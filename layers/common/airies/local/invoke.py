@@ -20,6 +20,7 @@ import importlib.util
 import itertools
 import json
 import os
+import re
 import sys
 import time
 import uuid
@@ -62,6 +63,41 @@ class LambdaContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+class LambdaLogContext:
+    """Pure ASGI middleware of the local stack: each HTTP request logs as one invocation of ``spec``'s function.
+
+    On AWS, ApiFunction's ``inject_lambda_context`` adds its context to every log line. ``make run`` serves the API
+    and every polled function from one process, and Powertools loggers of one service share their appended keys: the
+    keys of whichever function a poller invoked last would be on the API's logs. Powertools' thread-safe keys
+    (a context variable, copied into the threads that serve sync routes) override the shared ones per request.
+    """
+
+    def __init__(self, app: Any, spec: FunctionSpec, region: str) -> None:
+        self.app = app
+        self.spec = spec
+        self.region = region
+        self.cold = True
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from aws_lambda_powertools.logging.formatter import set_context_keys
+        from aws_lambda_powertools.logging.lambda_context import build_lambda_context_model
+
+        keys = build_lambda_context_model(LambdaContext(self.spec, self.region)).__dict__
+        cold, self.cold = self.cold, False
+        # Not reset afterwards: the server's error handler logs outside this middleware, in the same task; the
+        # server runs each request in a task of its own, so the keys end with it.
+        set_context_keys(cold_start=cold, **keys)
+        await self.app(scope, receive, send)
+
+
+def log_as_function(app: Any, spec: FunctionSpec, region: str) -> None:
+    """Make ``app``'s request logs carry ``spec``'s Lambda context (see :class:`LambdaLogContext`)."""
+    app.add_middleware(LambdaLogContext, spec=spec, region=region)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -210,6 +246,7 @@ class EventMeta:
     setup: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     expect: dict[str, Any] | None = None
+    description: str = ""
 
     @classmethod
     def for_event(cls, event_path: Path) -> EventMeta:
@@ -225,6 +262,7 @@ class EventMeta:
             setup=list(data.get("setup", [])),
             env=dict(data.get("env", {})),
             expect=data.get("expect"),
+            description=str(data.get("description", "")),
         )
 
 
@@ -254,6 +292,14 @@ def _substitute(value: Any, placeholders: dict[str, str]) -> Any:
     if isinstance(value, dict):
         return {key: _substitute(item, placeholders) for key, item in value.items()}
     return value
+
+
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+
+
+def placeholders_in(event: Any) -> list[str]:
+    """The ``{{name}}`` placeholders of an event, in order of appearance (each once)."""
+    return list(dict.fromkeys(_PLACEHOLDER.findall(json.dumps(event))))
 
 
 def _call(dotted: str) -> Callable[[SampleContext], dict[str, str]]:
@@ -351,19 +397,46 @@ def setup_unique(_sample: SampleContext) -> dict[str, str]:
     return {"unique": uuid.uuid4().hex[:12]}
 
 
+SAMPLE_ACCOUNT_EMAIL = "sample-events@airies.local"
+
+
+def kept_api_key(path: Path) -> str:
+    """An API key generated once and kept in ``path`` (mode 0600), the same at every later call."""
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    from airies.services.accounts import generate_key
+
+    key = generate_key()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(key + "\n")
+    return key
+
+
 def setup_account(sample: SampleContext) -> dict[str, str]:
-    """A fresh account with an API key: ``{{api_key}}``, ``{{account_id}}``."""
+    """The "Sample events" account and its API key: ``{{api_key}}``, ``{{account_id}}``. One account per database,
+    reused by every invoke (its key is kept in ``<data dir>/sample_events_api_key``), so invoking sample events
+    against the dev database does not add an account each time."""
+    from sqlalchemy import select
+
+    from airies.config import get_settings
     from airies.db.engine import Database
-    from airies.services.accounts import AccountService
+    from airies.db.models import Account, ApiKey
+    from airies.services.accounts import AccountService, hash_key
 
     assert sample.database_url, "setup_account needs 'database' in needs"
+    key = kept_api_key(Path(get_settings().data_dir) / "sample_events_api_key")
     database = Database(sample.database_url)
     try:
         with database.session() as session:
-            account, issued = AccountService(session).signup(
-                name="Sample events", email=f"sample-{uuid.uuid4().hex[:10]}@example.com"
-            )
-            return {"api_key": issued.raw_key, "account_id": account.id}
+            accounts = AccountService(session)
+            account = session.scalar(select(Account).where(Account.email == SAMPLE_ACCOUNT_EMAIL))
+            if account is None:
+                account, _ = accounts.signup(name="Sample events", email=SAMPLE_ACCOUNT_EMAIL, raw_key=key)
+            elif session.scalar(select(ApiKey.id).where(ApiKey.key_hash == hash_key(key))) is None:
+                accounts.create_key(account.id, name="sample events", raw_key=key)  # the key file was removed
+            return {"api_key": key, "account_id": account.id}
     finally:
         database.dispose()
 
@@ -373,30 +446,94 @@ def setup_account(sample: SampleContext) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+class UsageError(Exception):
+    """A command-line mistake: printed as one line, exit status 2."""
+
+
+def describe_functions(specs: dict[str, FunctionSpec], only: str | None = None, events_dir: Path = EVENTS_DIR) -> str:
+    """The template's functions (handler, SQS/other event sources) with their sample events and what each needs."""
+    lines = []
+    for logical_id, spec in sorted(specs.items()):
+        if only is not None and logical_id != only:
+            continue
+        sources = ", ".join(sorted({str(e.get("Type")) for e in spec.events.values()})) or "invoked directly"
+        lines.append(f"{logical_id}  ({spec.handler} in {spec.code_uri.name}/; events: {sources})")
+        samples = sample_events(logical_id, events_dir)
+        if not samples:
+            lines.append("    (no sample event)")
+        for path in samples:
+            meta = EventMeta.for_event(path)
+            notes = [f"needs: {', '.join(meta.needs)}"] if meta.needs else []
+            names = placeholders_in(json.loads(path.read_text(encoding="utf-8")))
+            if names:
+                notes.append(f"placeholders: {', '.join(names)}")
+            suffix = f"  [{'; '.join(notes)}]" if notes else ""
+            lines.append(f"    {path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path}{suffix}")
+            if meta.description:
+                lines.append(f"        {meta.description}")
+    return "\n".join(lines)
+
+
+def _event_file(path: Path) -> Any:
+    if not path.is_file():
+        raise UsageError(f"event file {path} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UsageError(f"event file {path.name} is not valid JSON: {exc}") from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m airies.local.invoke", description=__doc__.split("\n\n")[0])
-    parser.add_argument("function", help="logical id of an AWS::Serverless::Function in template.yaml")
+    parser.add_argument("function", nargs="?", help="logical id of an AWS::Serverless::Function in template.yaml")
     parser.add_argument("--event", "-e", type=Path, help="event JSON file (default: the function's first sample)")
     parser.add_argument(
         "--env-file", "-n", type=Path, default=DEFAULT_ENV_FILE, help="env file (SAM --env-vars format)"
     )
     parser.add_argument("--template", "-t", type=Path, default=DEFAULT_TEMPLATE)
     parser.add_argument("--no-meta", action="store_true", help="ignore the event's .meta.json sidecar")
+    parser.add_argument(
+        "--list", "-l", action="store_true", help="list the functions (or the one named) and their sample events"
+    )
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except UsageError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
 
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        specs = function_specs(load_template(args.template), root=Path(args.template).resolve().parent)
+    except OSError as exc:
+        raise UsageError(f"cannot read the template {args.template}: {exc.strerror}") from exc
+    if args.function is not None and args.function not in specs:
+        raise UsageError(
+            f"unknown function {args.function!r}; the template's functions: {', '.join(sorted(specs))} "
+            "(--list shows them with their sample events)"
+        )
+    if args.list:
+        print(describe_functions(specs, args.function))
+        return 0
+    if args.function is None:
+        raise UsageError("name a function to invoke (--list shows the template's functions and their events)")
     event_path: Path | None = args.event
     if event_path is None:
         samples = sample_events(args.function)
         if not samples:
-            parser.error(f"no sample event for {args.function} under {EVENTS_DIR}")
+            raise UsageError(f"{args.function} has no sample event under {EVENTS_DIR}; pass one with --event FILE")
         event_path = samples[0]
+    event = _event_file(event_path)
     if args.no_meta:
-        result = invoke_function(
-            args.function,
-            json.loads(event_path.read_text(encoding="utf-8")),
-            template_path=args.template,
-            env_file=args.env_file,
-        )
+        names = placeholders_in(event)
+        if names:
+            raise UsageError(
+                f"{event_path.name} has placeholders ({', '.join('{{' + n + '}}' for n in names)}) that its "
+                f"sidecar's setup fills in; without it the invoke gets them verbatim (an API key placeholder answers "
+                "401): run it without --no-meta, or replace them in a copy of the event"
+            )
+        result = invoke_function(args.function, event, template_path=args.template, env_file=args.env_file)
     else:
         result = run_sample_event(
             args.function, event_path, env_file=args.env_file, template_path=args.template, check=False

@@ -4,7 +4,8 @@
 
 Steps: environment of ApiFunction from template.yaml + infra/env/local.json (the shell's variables win) ->
 moto server on a free port (AWS_ENDPOINT_URL + fake credentials for this process) -> every template resource with a
-local creator (buckets, queues, tables, state machines: ``airies.local.template.local_resource``) -> migrate to head
+local creator (buckets, queues, tables, state machines: ``airies.local.template.local_resource``) -> S3 objects kept
+under <data_dir>/s3 put back (``airies.local.s3_store``: every later S3 write is kept there too) -> migrate to head
 -> dev account (key from AIRIES_DEV_API_KEY, else generated once and kept in .data/dev_api_key) -> extensions ->
 uvicorn on 127.0.0.1.
 
@@ -30,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airies.local.invoke import kept_api_key, log_as_function
+from airies.local.s3_store import LocalMotoServer, S3Mirror
 from airies.local.template import (
     DEFAULT_ENV_FILE,
     DEFAULT_TEMPLATE,
@@ -63,7 +66,7 @@ StartupHook = Callable[[LocalStack], None]
 STARTUP_HOOKS: list[StartupHook] = []
 
 
-CORE_MODULES = {"invoke", "server", "template"}
+CORE_MODULES = {"invoke", "s3_store", "server", "template"}
 
 
 def load_extensions() -> list[str]:
@@ -102,14 +105,12 @@ def apply_environment(env: dict[str, str | None]) -> None:
             os.environ[key] = value
 
 
-def start_moto() -> tuple[Any, str]:
+def start_moto() -> tuple[LocalMotoServer, str]:
     import logging
-
-    from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request access log drowns ours
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = LocalMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     os.environ["AWS_ENDPOINT_URL"] = endpoint
@@ -123,20 +124,7 @@ def start_moto() -> tuple[Any, str]:
 
 def dev_api_key(data_dir: Path) -> str:
     """AIRIES_DEV_API_KEY, else the key kept in <data_dir>/dev_api_key (generated on first run, mode 0600)."""
-    configured = os.environ.get("AIRIES_DEV_API_KEY")
-    if configured:
-        return configured
-    path = data_dir / "dev_api_key"
-    if path.exists():
-        return path.read_text(encoding="utf-8").strip()
-    from airies.services.accounts import generate_key
-
-    key = generate_key()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(key + "\n")
-    return key
+    return os.environ.get("AIRIES_DEV_API_KEY") or kept_api_key(data_dir / "dev_api_key")
 
 
 def mount_extensions(app: Any, stack: LocalStack) -> list[str]:
@@ -181,6 +169,11 @@ def build_stack(
     settings = Settings()
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    # S3 survives a restart like the database: the kept objects go back before any bucket notification is set up
+    # (no ingestion event fires for them), then every write is kept.
+    mirror = S3Mirror(data_dir / "s3", endpoint, context.region)
+    restored = mirror.restore()
+    moto_server.mirror = mirror
     from airies.db.engine import get_database
     from airies.db.migrate import upgrade_head
 
@@ -200,6 +193,7 @@ def build_stack(
     from airies.api.app import create_app
 
     app = create_app(settings, database, logger=Logger(service=settings.service_name))
+    log_as_function(app, spec, context.region)  # the pollers' functions share this process and its loggers
     stack = LocalStack(
         settings=settings,
         database=database,
@@ -223,6 +217,7 @@ def build_stack(
                 f"  WebSocket   {f'ws://127.0.0.1:{port}/ws' if mounted else 'not mounted yet (conversations)'}",
                 f"  database    {safe_url}",
                 f"  AWS (moto)  {endpoint}   resources: {', '.join(created) or 'none'}",
+                f"  S3 objects  kept in {data_dir / 's3'} ({restored} restored)",
                 f"  dev account {account_id}",
                 f"  dev API key {key}",
                 "",

@@ -128,11 +128,12 @@ def _overlap(units: list[_Unit], budget: int) -> list[_Unit]:
 
 
 def chunk_text(text: str | list[str], chunk_tokens: int = 300, overlap_tokens: int = 40) -> list[Chunk]:
-    """Chunks of at most ``chunk_tokens`` (one oversize word aside); each after the first repeats about
-    ``overlap_tokens`` of the previous chunk's end (trailing sentences, or words when a sentence is longer) so a
-    fact cut at a boundary is whole in one."""
-    pages = [text] if isinstance(text, str) else text
-    return list(iter_chunks(pages, chunk_tokens, overlap_tokens, paged=len(pages) > 1))
+    """Chunks of a text, or of a list of page texts (then every chunk carries its 1-based page, a single page too), of
+    at most ``chunk_tokens`` (one oversize word aside); each after the first repeats about ``overlap_tokens`` of the
+    previous chunk's end (trailing sentences, or words when a sentence is longer) so a fact cut at a boundary is
+    whole in one."""
+    paged = not isinstance(text, str)  # a list is pages (one page included): chunks cite them
+    return list(iter_chunks([text] if isinstance(text, str) else text, chunk_tokens, overlap_tokens, paged=paged))
 
 
 def iter_chunks(

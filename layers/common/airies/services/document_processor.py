@@ -1,5 +1,8 @@
 """Text out of customer documents: PDF (pypdf), DOCX (python-docx), HTML (BeautifulSoup), Markdown, plain text.
 
+Every extractor ends in ``normalise_text``: whatever the format, the text that is chunked, stored and put in prompts
+has no control characters (but newlines), no lone surrogates and tidy whitespace.
+
 Bad input never raises anything but ``DocumentRejected`` with a stable ``code`` and a reason a customer can
 act on (encrypted PDF, corrupt file, no extractable text, zip bomb, wrong type, too large), so the pipeline
 marks that one document failed and moves on.
@@ -106,7 +109,7 @@ def extract(
     elif kind == "markdown":
         document = ExtractedDocument(pages=[extract_text_from_markdown(decode_text(data))])
     else:
-        document = ExtractedDocument(pages=[normalise_whitespace(decode_text(data))])
+        document = ExtractedDocument(pages=[normalise_text(decode_text(data))])
     if not any(page.strip() for page in document.pages):
         raise no_text(content_type)
     return document
@@ -134,21 +137,43 @@ def decode_text(data: bytes) -> str:
 
 _SPACES = re.compile(r"[ \t\f\v\u00a0]{2,}|[\t\f\v\u00a0]")  # runs and odd spaces only: single spaces stay
 _BLANKS = re.compile(r"\n\s*\n\s*(?:\n\s*)*")
+# Removed from extracted text: C0 and C1 control characters other than the whitespace ones (tab, newline, vertical
+# tab, form feed, carriage return become spaces and newlines below), DEL, lone surrogates, the byte-order mark and the
+# two noncharacters U+FFFE/U+FFFF. PostgreSQL refuses NUL, no UTF-8 encoder takes a lone surrogate, and the rest is
+# noise in prompts. PDFs without a Unicode map yield them for glyphs (pypdf passes the raw codes through); dropping
+# them keeps words whole ("H\x00e\x00l\x00p" from mis-decoded UTF-16 reads "Help").
+_UNWANTED = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufeff\ufffe\uffff]")
 
 
-def normalise_whitespace(text: str) -> str:
+def strip_control_characters(text: str) -> str:
+    """``text`` without the characters no stored text may hold (see ``_UNWANTED``); whitespace is left as it is."""
+    return _UNWANTED.sub("", text)
+
+
+def normalise_text(text: str) -> str:
+    """The one exit of every extractor: unwanted characters removed, line ends unified, runs of spaces and blank
+    lines collapsed, lines stripped."""
+    text = strip_control_characters(text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _SPACES.sub(" ", text)
     text = "\n".join(line.strip() for line in text.split("\n"))
     return _BLANKS.sub("\n\n", text).strip()
 
 
+def check_signature(data: bytes, content_type: str) -> None:
+    """Reject content that cannot be of ``content_type`` by its first bytes: a PDF starts with ``%PDF``, a DOCX is a
+    zip archive. Cheap enough to run before anything is stored."""
+    if content_type == PDF and not data.lstrip()[:5].startswith(b"%PDF"):
+        raise DocumentRejected("corrupt_pdf", "the file is not a PDF (no %PDF header)")
+    if content_type == DOCX and not data.startswith(b"PK\x03\x04"):
+        raise DocumentRejected("corrupt_docx", "the file is not a DOCX (not a zip archive)")
+
+
 def open_pdf(data: bytes, *, max_pages: int = 2000) -> Any:
     """A ``PdfReader`` whose page count is checked; encrypted, corrupt and empty PDFs are rejected here."""
     from pypdf import PdfReader
 
-    if not data.lstrip()[:5].startswith(b"%PDF"):
-        raise DocumentRejected("corrupt_pdf", "the file is not a PDF (no %PDF header)")
+    check_signature(data, PDF)
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
@@ -175,7 +200,7 @@ def iter_pdf_pages(reader: Any) -> Iterator[str]:
     total = 0
     for number, page in enumerate(reader.pages, start=1):
         try:
-            text = normalise_whitespace(page.extract_text() or "")
+            text = normalise_text(page.extract_text() or "")
         except Exception as exc:
             raise DocumentRejected(
                 "corrupt_pdf", f"page {number} of the PDF could not be read: {type(exc).__name__}: {exc}"
@@ -191,8 +216,7 @@ def extract_text_from_pdf(data: bytes, *, max_pages: int = 2000) -> ExtractedDoc
 
 
 def extract_text_from_docx(data: bytes, *, max_decompressed_bytes: int = 100 * 1024 * 1024) -> str:
-    if not data.startswith(b"PK\x03\x04"):
-        raise DocumentRejected("corrupt_docx", "the file is not a DOCX (not a zip archive)")
+    check_signature(data, DOCX)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
@@ -223,7 +247,7 @@ def extract_text_from_docx(data: bytes, *, max_decompressed_bytes: int = 100 * 1
             cells = [cell.text.strip() for cell in row.cells if cell.text.strip()]
             if cells:
                 blocks.append(" | ".join(dict.fromkeys(cells)))  # merged cells repeat; keep one of each
-    return normalise_whitespace("\n\n".join(blocks))
+    return normalise_text("\n\n".join(blocks))
 
 
 _DROP_TAGS = (
@@ -250,7 +274,7 @@ def extract_text_from_html(html: str) -> ExtractedDocument:
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(html, "html.parser")
-    title = soup.title.get_text(" ", strip=True) if soup.title else None
+    title = strip_control_characters(soup.title.get_text(" ", strip=True)) if soup.title else None
     links = [a["href"] for a in soup.find_all("a", href=True)]
     for tag in soup.find_all(_DROP_TAGS):
         tag.decompose()
@@ -262,7 +286,7 @@ def extract_text_from_html(html: str) -> ExtractedDocument:
         tag.insert_before(separator)
         if tag.name not in ("td", "th"):
             tag.insert_after(separator)
-    text = normalise_whitespace(soup.get_text())
+    text = normalise_text(soup.get_text())
     text = re.sub(r"(?m)^[ \t]*\|[ \t]*", "", text)
     return ExtractedDocument(pages=[text], title=title or None, links=links)
 
@@ -287,4 +311,4 @@ def extract_text_from_markdown(markdown: str) -> str:
     text = markdown
     for pattern, replacement in _MD_RULES:
         text = pattern.sub(replacement, text)
-    return normalise_whitespace(text)
+    return normalise_text(text)

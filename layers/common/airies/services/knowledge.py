@@ -30,12 +30,24 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from airies.db.ids import new_id
 from airies.db.models.base import utcnow
 from airies.db.models.knowledge import KnowledgeBase, KnowledgeChunk, KnowledgeDocument, KnowledgeScrapeJob
-from airies.errors import BadRequestError, ConflictError, NotAvailableError, NotFoundError, PayloadTooLargeError
+from airies.errors import (
+    AiriesError,
+    BadRequestError,
+    ConflictError,
+    NotAvailableError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ProviderError,
+    UnsupportedMediaTypeError,
+    is_transient,
+    sqlstate,
+)
 from airies.services import document_processor as dp
 from airies.services.chunking import iter_chunks
 
@@ -142,6 +154,23 @@ def refresh_counts(session: Session, kb: KnowledgeBase) -> None:
         ).where(KnowledgeDocument.knowledge_base_id == kb.id, KnowledgeDocument.status == "ready")
     ).one()
     kb.document_count, kb.chunk_count, kb.token_count = int(docs), int(chunks), int(tokens)
+
+
+def failure_reason(exc: Exception) -> tuple[str, str]:
+    """(error code, reason) a customer can read for an exception that stopped ingestion. Database errors give their
+    SQLSTATE and message, never the statement or its parameters (the document's text)."""
+    if isinstance(exc, NotAvailableError):
+        # Configuration, not a fault: e.g. the OpenAI embedder has no key, the vector store is not set up.
+        return "not_available", f"cannot process the document: {exc.message}"
+    if isinstance(exc, ProviderError):
+        return "embedding_failed", exc.message
+    if isinstance(exc, AiriesError):
+        return "processing_failed", exc.message
+    if isinstance(exc, DBAPIError):
+        fields = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+        message = fields.get("M") if isinstance(fields, dict) else str(exc.orig)
+        return "processing_failed", f"the database refused the document (SQLSTATE {sqlstate(exc) or '?'}): {message}"
+    return "processing_failed", f"{type(exc).__name__}: {exc}"[:500]
 
 
 class KnowledgeService:
@@ -444,11 +473,12 @@ class KnowledgeService:
         status: str = "uploaded",
     ) -> KnowledgeDocument:
         doc_id = new_id("kdoc")
+        name = dp.strip_control_characters(name).strip()[:300] or "document"  # a NUL would not even store
         return KnowledgeDocument(
             id=doc_id,
             account_id=kb.account_id,
             knowledge_base_id=kb.id,
-            name=name[:300],
+            name=name,
             source_type=source_type,
             source_url=source_url,
             content_type=content_type,
@@ -469,8 +499,6 @@ class KnowledgeService:
         try:
             dp.check_content_type(normalised)
         except dp.DocumentRejected as exc:
-            from airies.errors import UnsupportedMediaTypeError
-
             raise UnsupportedMediaTypeError(exc.reason) from exc
         if size is not None and size > self.settings.kb_max_document_bytes:
             raise PayloadTooLargeError(
@@ -579,12 +607,23 @@ class KnowledgeService:
         self, account_id: str, kb_id: str, doc_id: str, *, data: bytes, content_type: str | None = None
     ) -> KnowledgeDocument:
         """Replace a document's content: same id and key, new chunks and vectors (the old ones it no longer has
-        are deleted); the document keeps serving its previous version until the new one is ready."""
+        are deleted); the document keeps serving its previous version until the new one is ready. The new content
+        keeps the document's type unless ``content_type`` changes it: content that cannot be of that type (text for
+        a PDF) is refused with 415 before anything changes."""
         with self._uow() as session:
             doc = self.get_document(account_id, kb_id, doc_id, session)
             if doc.storage_key is None:
                 raise BadRequestError("this document has no stored content to replace (a failed web page)")
             normalised = self._check_upload(doc.name, content_type or doc.content_type, len(data))
+            try:
+                dp.check_signature(data, normalised)
+            except dp.DocumentRejected as exc:
+                raise UnsupportedMediaTypeError(
+                    f"the document is {normalised} but {exc.reason.replace('the file', 'the new content', 1)}: "
+                    "send the new content in that format "
+                    "(content_base64 or a multipart file), or set content_type to change the document's type",
+                    code="content_type_mismatch",
+                ) from exc
             self._refuse_while_reembedding(self.get_knowledge_base(account_id, kb_id, session))
             self._check_kb_size(session, account_id, kb_id, len(data), replacing=doc_id)
             doc.content_type = normalised
@@ -758,30 +797,39 @@ class KnowledgeService:
                     future.cancel()
                 wait(futures)
                 raise
+            finally:
+                executor.shutdown(wait=True)
+            self._drop_stale_vectors(kb, doc, old_ids, chunks)
+            self.finalise_document(document_id, etag=etag)
         except dp.DocumentRejected as exc:
-            self._drop_new_vectors(kb, doc, chunks)
-            self.fail_document(document_id, exc.code, exc.reason)
+            self.fail_document(document_id, exc.code, exc.reason, vector_ids=self._vector_ids(doc, chunks))
             return "failed"
         except Exception as exc:
-            from airies.errors import ProviderError
-
-            if isinstance(exc, ProviderError) and not exc.retryable:
-                self._drop_new_vectors(kb, doc, chunks)
-                self.fail_document(document_id, "embedding_failed", exc.message)
-                return "failed"
-            if isinstance(exc, NotAvailableError):
-                # Configuration, not a fault: no redelivery can fix it (e.g. the OpenAI embedder has no key, the
-                # vector store is not set up). The document fails with the reason; the message is acknowledged.
-                self._drop_new_vectors(kb, doc, chunks)
-                self.fail_document(document_id, "not_available", f"cannot process the document: {exc.message}")
-                return "failed"
-            self._release(document_id)  # transient: let the message be redelivered and claim again
-            raise
-        finally:
-            executor.shutdown(wait=True)
-        self._drop_stale_vectors(kb, doc, old_ids, chunks)
-        self.finalise_document(document_id, etag=etag)
+            return self._after_error(doc, chunks, exc)
         return "ready"
+
+    @staticmethod
+    def _vector_ids(doc: KnowledgeDocument, chunks: Sequence[Any]) -> list[str]:
+        return [chunk_id(doc.id, c.index) for c in chunks]
+
+    def _after_error(self, doc: KnowledgeDocument, chunks: Sequence[Any], exc: Exception) -> str:
+        """An attempt that raised. Its vectors go either way. A permanent error (bad data, a bug, a configuration
+        no retry can fix) ends the document ``failed`` with the reason and returns "failed" (the message is
+        acknowledged); a transient one releases the document and re-raises, so the message is redelivered, until
+        ``kb_max_attempts`` attempts have failed: then the document ends failed too."""
+        code, reason = failure_reason(exc)
+        vector_ids = self._vector_ids(doc, chunks)
+        if is_transient(exc):
+            attempts = doc.attempts  # counted by the claim of this attempt
+            if attempts < self.settings.kb_max_attempts:
+                log.warning("document %s: attempt %d failed, will be retried: %s", doc.id, attempts, reason)
+                self._release(doc.id, f"attempt {attempts} failed and will be retried: {reason}", vector_ids)
+                raise exc
+            code, reason = "processing_failed", f"gave up after {attempts} attempts: {reason}"
+        else:
+            log.warning("document %s failed: %s", doc.id, reason, exc_info=exc)
+        self.fail_document(doc.id, code, reason, vector_ids=vector_ids)
+        return "failed"
 
     def _begin(self, document_id: str, etag: str | None) -> PreparedDocument | tuple[KnowledgeDocument, KnowledgeBase]:
         """Skip what is done or in flight; otherwise claim the document. Returns a skip or (document, kb)."""
@@ -796,21 +844,30 @@ class KnowledgeService:
         if claimed is None:
             self.counters.documents_skipped += 1
             return PreparedDocument(document_id, skipped=True, reason="in_progress")
+        if claimed.attempts > self.settings.kb_max_attempts:
+            # Every earlier attempt stopped without recording an outcome (the function timed out or ran out of
+            # memory): another one would too. End it here, while a delivery is left to say so.
+            self.fail_document(
+                document_id,
+                "processing_failed",
+                f"gave up after {claimed.attempts - 1} attempts that did not finish (time-out or out of memory)",
+            )
+            return PreparedDocument(document_id, skipped=True, reason="failed:processing_failed")
         with self.database.session() as session:
             kb = session.get(KnowledgeBase, claimed.knowledge_base_id)
         if kb is None:
             return PreparedDocument(document_id, skipped=True, reason="unknown_knowledge_base")
         if kb.status == "reembedding" and kb.updated_at >= self._reembed_fresh():
             # Its model is changing: vectors of the old one would be lost in the swap. Transient: the message is
-            # redelivered (and the document claimed again) after the visibility timeout.
-            self._release(document_id)
+            # redelivered (and the document claimed again) after the visibility timeout; waiting is no attempt.
+            self._release(document_id, failed_attempt=False)
             raise ConflictError(
                 "the knowledge base is being re-embedded; the document is ingested after it", code="reembedding"
             )
         return claimed, kb
 
     def _open_pages(self, doc: KnowledgeDocument, data: bytes) -> tuple[Iterator[str], bool, int]:
-        """(page texts, paged?, page count); PDFs are read page by page, other formats at once."""
+        """(page texts, paged?, page count); PDFs are read page by page, other formats (no pages) at once."""
         if len(data) > self.settings.kb_max_document_bytes:
             raise dp.DocumentRejected(
                 "too_large", f"the document is {len(data)} bytes; the limit is {self.settings.kb_max_document_bytes}"
@@ -819,15 +876,14 @@ class KnowledgeService:
             if not data.strip():
                 raise dp.DocumentRejected("empty_document", "the document is empty")
             reader = dp.open_pdf(data, max_pages=self.settings.kb_max_pages)
-            count = len(reader.pages)
-            return dp.iter_pdf_pages(reader), count > 1, count
+            return dp.iter_pdf_pages(reader), True, len(reader.pages)  # a one-page PDF cites page 1 too
         extracted = dp.extract(
             data,
             doc.content_type,
             max_pages=self.settings.kb_max_pages,
             max_decompressed_bytes=self.settings.kb_max_decompressed_bytes,
         )
-        return iter(extracted.pages), extracted.page_count > 1, extracted.page_count
+        return iter(extracted.pages), False, extracted.page_count
 
     def _embed_and_upsert(self, kb: KnowledgeBase, doc: KnowledgeDocument, chunks: Sequence[Any]) -> None:
         vectors = self.generate_embeddings(kb, [c.text for c in chunks])
@@ -844,16 +900,6 @@ class KnowledgeService:
         stale = [i for i in old_ids if i not in new_ids]
         if stale:
             self.store(kb.vector_store, doc.account_id).delete(doc.account_id, doc.knowledge_base_id, stale)
-
-    def _drop_new_vectors(self, kb: KnowledgeBase, doc: KnowledgeDocument, chunks: Sequence[Any]) -> None:
-        if not chunks:
-            return
-        try:
-            self.store(kb.vector_store, doc.account_id).delete(
-                doc.account_id, doc.knowledge_base_id, [chunk_id(doc.id, c.index) for c in chunks]
-            )
-        except Exception:  # best effort: the document is failed, its chunks are never served
-            log.exception("could not remove vectors of failed document %s", doc.id)
 
     def _claim(self, document_id: str) -> KnowledgeDocument | None:
         cutoff = utcnow() - timedelta(seconds=self.settings.kb_processing_lease_s)
@@ -881,13 +927,62 @@ class KnowledgeService:
                 return None
             return session.get(KnowledgeDocument, document_id)
 
-    def _release(self, document_id: str) -> None:
+    def _release(
+        self,
+        document_id: str,
+        reason: str | None = None,
+        vector_ids: Sequence[str] = (),
+        *,
+        failed_attempt: bool = True,
+    ) -> None:
+        """Back to ``uploaded`` for the next delivery. After a failed attempt its index goes (nothing half-written is
+        left to a query) and ``reason`` is shown as the document's ``error``; a release without an attempt (the
+        knowledge base is being re-embedded) does not count towards ``kb_max_attempts``."""
+        values: dict[str, Any] = {"status": "uploaded", "processing_started_at": None}
+        if failed_attempt:
+            values["error"] = (reason or "")[:2000] or None
+        else:
+            values["attempts"] = KnowledgeDocument.attempts - 1
+        self._settle(document_id, values, vector_ids if failed_attempt else None, only_processing=True)
+
+    def _settle(
+        self,
+        document_id: str,
+        values: dict[str, Any],
+        vector_ids: Sequence[str] | None,
+        *,
+        only_processing: bool = False,
+    ) -> None:
+        """Write a document's outcome. Unless ``vector_ids`` is None, everything a query could reach for it goes
+        first: every vector it may have (its chunk rows' and ``vector_ids``, upserted before the attempt stopped)
+        and its chunk rows. The vector store is not the database (pgvector elsewhere, Pinecone): its delete is best
+        effort, and a vector whose chunk row is gone is never served anyway."""
         with self.database.session() as session:
-            session.execute(
-                update(KnowledgeDocument)
-                .where(KnowledgeDocument.id == document_id, KnowledgeDocument.status == "processing")
-                .values(status="uploaded", processing_started_at=None)
-            )
+            doc = session.get(KnowledgeDocument, document_id)
+            if doc is None:
+                return
+            account_id, kb_id = doc.account_id, doc.knowledge_base_id
+            kb = session.get(KnowledgeBase, kb_id)
+            store_name = kb.vector_store if kb is not None else None
+            chunk_ids = set(session.scalars(select(KnowledgeChunk.id).where(KnowledgeChunk.document_id == document_id)))
+        if vector_ids is not None and store_name is not None and (chunk_ids or vector_ids):
+            try:
+                self.store(store_name, account_id).delete(account_id, kb_id, sorted(chunk_ids | set(vector_ids)))
+            except Exception:
+                log.exception("could not remove the vectors of document %s", document_id)
+        with self.database.session() as session:
+            query = update(KnowledgeDocument).where(KnowledgeDocument.id == document_id)
+            if only_processing:
+                query = query.where(KnowledgeDocument.status == "processing")
+            if vector_ids is not None:
+                values = {**values, "chunk_count": 0, "token_count": 0}
+            if not session.execute(query.values(**values, updated_at=utcnow())).rowcount:
+                return
+            if vector_ids is not None:
+                session.execute(delete(KnowledgeChunk).where(KnowledgeChunk.document_id == document_id))
+            kb = session.get(KnowledgeBase, kb_id)
+            if kb is not None:
+                refresh_counts(session, kb)
 
     def prepare_document(
         self, document_id: str, *, etag: str | None = None, data: bytes | None = None
@@ -1013,6 +1108,7 @@ class KnowledgeService:
             doc.processed_etag = etag or doc.content_sha256
             doc.processed_at = utcnow()
             doc.processing_started_at = None
+            doc.attempts = 0  # the next version starts its own count
             session.flush()
             if kb is not None:
                 refresh_counts(session, kb)
@@ -1041,17 +1137,20 @@ class KnowledgeService:
         except Exception:  # metering must never lose the document; keys make a later replay safe
             log.exception("usage publish failed for document %s", document_id)
 
-    def fail_document(self, document_id: str, code: str, reason: str) -> None:
-        with self.database.session() as session:
-            session.execute(
-                update(KnowledgeDocument)
-                .where(KnowledgeDocument.id == document_id)
-                .values(status="failed", error_code=code[:60], error=reason[:2000], processing_started_at=None)
-            )
-            doc = session.get(KnowledgeDocument, document_id)
-            kb = session.get(KnowledgeBase, doc.knowledge_base_id) if doc is not None else None
-            if kb is not None:
-                refresh_counts(session, kb)
+    def fail_document(self, document_id: str, code: str, reason: str, *, vector_ids: Sequence[str] = ()) -> None:
+        """End a document ``failed`` with a code and a reason. A failed document holds nothing a query could reach:
+        its chunk rows and its vectors (also ``vector_ids``: upserted by the attempt that failed) are removed."""
+        self._settle(
+            document_id,
+            {
+                "status": "failed",
+                "error_code": code[:60],
+                "error": reason[:2000],
+                "processing_started_at": None,
+                "attempts": 0,
+            },
+            vector_ids,
+        )
         self.counters.documents_failed += 1
 
     # -- retrieval --------------------------------------------------------------------------------------------

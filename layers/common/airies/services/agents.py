@@ -17,6 +17,7 @@ from airies.errors import BadRequestError, NotFoundError, ValidationFailedError
 from airies.schemas.agents import AgentConfig
 from airies.services import catalog
 from airies.services.agent_templates import TEMPLATES
+from airies.services.llm_custom_endpoints import account_endpoint_models
 
 if TYPE_CHECKING:
     from airies.config import Settings
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 KnowledgeBaseOwnership = Callable[[Session, str, list[str]], set[str]]
 # (session, account_id, provider) -> voice ids the account may use beyond the built-in ones
 AccountVoices = Callable[[Session, str, str], set[str]]
+# (session, account_id) -> the models of the account's own LLM endpoints (provider "custom:<name>")
+AccountLLMModels = Callable[[Session, str], list[catalog.LLMModel]]
 
 
 def owned_knowledge_base_ids(session: Session, account_id: str, ids: list[str]) -> set[str]:
@@ -63,7 +66,8 @@ def pydantic_problems(exc: ValidationError) -> list[dict[str, str]]:
 
 
 class AgentValidator:
-    """Checks that need data: providers, models, voices, knowledge bases, context size."""
+    """Checks that need data: providers, models (the account's own endpoints' too), voices, knowledge bases, context
+    size."""
 
     def __init__(
         self,
@@ -72,11 +76,13 @@ class AgentValidator:
         knowledge_bases: KnowledgeBaseOwnership = owned_knowledge_base_ids,
         account_voices: AccountVoices = account_voice_ids,
         llm_model: Callable[[str, str], catalog.LLMModel | None] = catalog.llm_model,
+        account_llm_models: AccountLLMModels = account_endpoint_models,
     ) -> None:
         self.session = session
         self.knowledge_bases = knowledge_bases
         self.account_voices = account_voices
         self.llm_model = llm_model
+        self.account_llm_models = account_llm_models
 
     def problems(self, account_id: str, raw: dict[str, Any]) -> list[dict[str, str]]:
         try:
@@ -87,14 +93,17 @@ class AgentValidator:
 
     def semantic_problems(self, account_id: str, config: AgentConfig) -> list[dict[str, str]]:
         problems: list[dict[str, str]] = []
+        own = {(m.provider, m.model): m for m in self.account_llm_models(self.session, account_id)}
+        own_providers = {provider for provider, _ in own}
         llm_choices = [("llm", config.llm.provider, config.llm.model)] + [
             (f"llm.fallbacks.{i}", fb.provider, fb.model) for i, fb in enumerate(config.llm.fallbacks)
         ]
         for field, provider, model in llm_choices:
-            if provider not in catalog.llm_providers() and self.llm_model(provider, model) is None:
+            known = provider in catalog.llm_providers() or provider in own_providers
+            if not known and self.llm_model(provider, model) is None:
                 problems.append(_problem(f"{field}.provider", "unknown_provider", f"unknown LLM provider '{provider}'"))
                 continue
-            entry = self.llm_model(provider, model)
+            entry = own.get((provider, model)) or self.llm_model(provider, model)
             if entry is None:
                 problems.append(
                     _problem(f"{field}.model", "unknown_model", f"model '{model}' is not offered by '{provider}'")

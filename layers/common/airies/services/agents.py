@@ -17,7 +17,10 @@ from airies.errors import BadRequestError, NotFoundError, ValidationFailedError
 from airies.schemas.agents import AgentConfig
 from airies.services import catalog
 from airies.services.agent_templates import TEMPLATES
+from airies.services.engines import ConfiguredEngines, engine_warnings
+from airies.services.llm import configured_llm_providers
 from airies.services.llm_custom_endpoints import account_endpoint_models
+from airies.services.voice import configured_voice_vendors
 
 if TYPE_CHECKING:
     from airies.config import Settings
@@ -28,6 +31,19 @@ KnowledgeBaseOwnership = Callable[[Session, str, list[str]], set[str]]
 AccountVoices = Callable[[Session, str, str], set[str]]
 # (session, account_id) -> the models of the account's own LLM endpoints (provider "custom:<name>")
 AccountLLMModels = Callable[[Session, str], list[catalog.LLMModel]]
+# (session, account_id) -> the LLM providers and voice vendors the account can call (keys, endpoints)
+ConfiguredEngineLookup = Callable[[Session, str], ConfiguredEngines]
+
+
+def configured_engine_lookup(settings: Settings) -> ConfiguredEngineLookup:
+    def lookup(session: Session, account_id: str) -> ConfiguredEngines:
+        return ConfiguredEngines(
+            llm=frozenset(configured_llm_providers(settings, session, account_id)),
+            voice=frozenset(configured_voice_vendors(settings, session, account_id)),
+            offline_fallback=settings.voice_offline_fallback,
+        )
+
+    return lookup
 
 
 def owned_knowledge_base_ids(session: Session, account_id: str, ids: list[str]) -> set[str]:
@@ -56,7 +72,12 @@ def estimate_tokens(text: str) -> int:
 
 
 def _problem(field: str, code: str, message: str) -> dict[str, str]:
-    return {"field": field, "code": code, "message": message}
+    return {"field": field, "code": code, "message": message, "severity": "error"}
+
+
+def errors_of(problems: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The problems that make a config invalid (the rest are warnings: it works, but not as configured)."""
+    return [problem for problem in problems if problem.get("severity") != "warning"]
 
 
 def pydantic_problems(exc: ValidationError) -> list[dict[str, str]]:
@@ -67,7 +88,8 @@ def pydantic_problems(exc: ValidationError) -> list[dict[str, str]]:
 
 class AgentValidator:
     """Checks that need data: providers, models (the account's own endpoints' too), voices, knowledge bases, context
-    size."""
+    size; with ``configured_engines``, warnings for providers that have no key (``airies.services.engines``).
+    Every problem has a ``severity``: ``error`` (the config is invalid) or ``warning``."""
 
     def __init__(
         self,
@@ -77,12 +99,14 @@ class AgentValidator:
         account_voices: AccountVoices = account_voice_ids,
         llm_model: Callable[[str, str], catalog.LLMModel | None] = catalog.llm_model,
         account_llm_models: AccountLLMModels = account_endpoint_models,
+        configured_engines: ConfiguredEngineLookup | None = None,
     ) -> None:
         self.session = session
         self.knowledge_bases = knowledge_bases
         self.account_voices = account_voices
         self.llm_model = llm_model
         self.account_llm_models = account_llm_models
+        self.configured_engines = configured_engines
 
     def problems(self, account_id: str, raw: dict[str, Any]) -> list[dict[str, str]]:
         try:
@@ -168,6 +192,8 @@ class AgentValidator:
             problems.append(
                 _problem("first_message", "missing", "first_message is required when the assistant speaks first")
             )
+        if self.configured_engines is not None:
+            problems += engine_warnings(config, self.configured_engines(self.session, account_id))
         return problems
 
 
@@ -186,7 +212,11 @@ class AgentService:
         self, session: Session, validator: AgentValidator | None = None, *, settings: Settings | None = None
     ) -> None:
         self.session = session
-        self.validator = validator or AgentValidator(session, llm_model=catalog.llm_model_lookup(settings))
+        self.validator = validator or AgentValidator(
+            session,
+            llm_model=catalog.llm_model_lookup(settings),
+            configured_engines=configured_engine_lookup(settings) if settings is not None else None,
+        )
 
     # -- reads -------------------------------------------------------------------------------
     def get(self, account_id: str, agent_id: str) -> Agent:
@@ -243,10 +273,27 @@ class AgentService:
 
     # -- writes ------------------------------------------------------------------------------
     def _checked(self, account_id: str, config: AgentConfig) -> dict[str, Any]:
-        problems = self.validator.semantic_problems(account_id, config)
-        if problems:
-            raise ValidationFailedError("agent config is invalid", details=problems)
+        """The config to store; 422 with its errors (warnings do not stop a save: ``warnings_for`` reports them)."""
+        errors = errors_of(self.validator.semantic_problems(account_id, config))
+        if errors:
+            raise ValidationFailedError("agent config is invalid", details=errors)
         return config.model_dump(mode="json")
+
+    def warnings_for(self, account_id: str) -> Callable[[dict[str, Any]], list[dict[str, str]]]:
+        """``config -> warnings`` for stored configs of this account: providers without a key, so another engine
+        answers (the account's keys and endpoints are looked up once, however many configs are asked about)."""
+        lookup = self.validator.configured_engines
+        if lookup is None:
+            return lambda config: []
+        configured = lookup(self.session, account_id)
+
+        def warnings(config: dict[str, Any]) -> list[dict[str, str]]:
+            try:
+                return engine_warnings(AgentConfig.model_validate(config), configured)
+            except ValidationError:  # stored under an older schema: nothing to say about its engines
+                return []
+
+        return warnings
 
     def create(self, account_id: str, config: AgentConfig) -> Agent:
         data = self._checked(account_id, config)

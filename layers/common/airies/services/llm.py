@@ -30,7 +30,7 @@ from airies.providers.llm.base import LLMEvent, LLMProvider, LLMRequest, LLMResp
 from airies.providers.llm.offline import OFFLINE_PROVIDER, OfflineResponder
 from airies.providers.llm.openai_compat import OpenAICompatibleProvider
 from airies.services import catalog
-from airies.services.llm_custom_endpoints import CustomEndpointService, endpoint_catalog
+from airies.services.llm_custom_endpoints import CustomEndpointService, endpoint_catalog, provider_name
 from airies.services.llm_router import (
     DatabaseHealthStore,
     HealthTracker,
@@ -170,6 +170,19 @@ def account_providers(
             guard=guard,
         )
     return providers, endpoint_catalog(endpoints)
+
+
+def configured_llm_providers(settings: Settings, session: Any, account_id: str) -> set[str]:
+    """The LLM providers ``build_llm_service`` would give this account (platform keys, the operator's custom
+    endpoint, the account's own keys and endpoints), found without building them (no key decrypted, no SDK)."""
+    names = {vendor for vendor in LLM_VENDORS if platform_key(settings, vendor)}
+    if settings.llm_custom_base_url:
+        names.add(settings.llm_custom_name)
+    for row in ProviderKeyService(session, settings).list(account_id):
+        if row["provider"] in LLM_VENDORS:
+            names.add(row["provider"])
+    names.update(provider_name(row.name) for row in CustomEndpointService(session, settings).list(account_id))
+    return names
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import boto3
 import pytest
 
+from airies.core.url_guard import URLNotAllowed
 from airies.services.knowledge import build_knowledge_service
 from tests.kb_support import (
     FakeLambdaContext,
@@ -159,7 +160,12 @@ def test_unreachable_and_private_urls_fail_clearly(kb_env, database, tmp_path):
     ]
 
     strict = build_knowledge_service(kb_settings(tmp_path, kb_scrape_allowed_private_hosts=""), database)
-    job = strict.run_scrape_job(strict.create_web_scrape_job(account, kb.id, ["http://127.0.0.1:9/"]).id)
+    with pytest.raises(URLNotAllowed) as refused:  # refused before the job is saved
+        strict.create_web_scrape_job(account, kb.id, ["http://no-such-host.invalid/", "http://localhost:9/"])
+    assert refused.value.status_code == 422 and refused.value.details[0]["field"] == "start_urls.1"
+    assert len(strict.list_scrape_jobs(account, kb.id)) == 2  # the two jobs above, nothing new
+    # A job saved while its host was allowed is checked again when it runs.
+    job = strict.run_scrape_job(service.create_web_scrape_job(account, kb.id, ["http://127.0.0.1:9/"]).id)
     assert job.status == "failed" and "non-public address" in job.error
     blocked = [d for d in service.list_documents(account, kb.id)[0] if d.scrape_job_id == job.id]
     assert [d.error_code for d in blocked] == ["blocked_address"]

@@ -215,7 +215,13 @@ def test_text_test_returns_reply_latency_usage_cost(client, auth, double):
     assert body["mode"] == "text" and body["config_source"] == "draft" and body["passed"] is True
     assert body["reply"] == "We are open nine to six."
     assert body["latency"]["ttft_ms"] is not None and body["latency"]["total_ms"] >= body["latency"]["ttft_ms"]
-    assert body["usage"] == {"prompt_tokens": 120, "completion_tokens": 8, "cached_tokens": 100, "estimated": False}
+    assert body["usage"] == {
+        "prompt_tokens": 120,
+        "completion_tokens": 8,
+        "cached_tokens": 100,
+        "estimated": False,
+        "engines": {"llm": {"configured": "openai", "used": "openai", "fallback": False, "offline": False}},
+    }
     # 20 * 0.15 + 100 * 0.075 + 8 * 0.60 per million
     assert body["cost_usd"] == "0.000015300"
     sent = double.chat_requests[-1].body

@@ -133,6 +133,7 @@ def test_pinecone_key_carries_the_accounts_own_index_host(client, auth, database
     from airies.services.provider_keys import ProviderKeyService
 
     host = "https://own-index-abc.svc.example.pinecone.io"
+    settings.url_guard_allowed_hosts = "own-index-abc.svc.example.pinecone.io"  # no DNS here to resolve it
     body = {"api_key": PINECONE_KEY, "index_host": host}
     ok = client.put("/api/v1/provider-keys/pinecone", json=body, headers=auth)
     assert ok.status_code == 200, ok.text

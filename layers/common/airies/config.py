@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     public_api_url: str = "http://127.0.0.1:8000"
     public_ws_url: str = "ws://127.0.0.1:8000/ws"
     dev_api_key: str | None = None
+    # Tenant-supplied URLs (airies.core.url_guard): hosts exempt from the private-address check, comma-separated
+    # host or host:port (local testing against 127.0.0.1). Never needed in production.
+    url_guard_allowed_hosts: str = ""
 
     # AWS resources (names come from the template; moto serves them locally)
     aws_endpoint_url: str | None = Field(
@@ -154,7 +157,8 @@ class Settings(BaseSettings):
     kb_scrape_max_pages: int = 50
     kb_scrape_max_depth: int = 3
     kb_scrape_timeout_s: float = 10.0
-    kb_scrape_allowed_private_hosts: str = ""  # comma list; any other private/loopback address is refused (SSRF)
+    # Older allow-list of scrape jobs only, kept as an alias: added to AIRIES_URL_GUARD_ALLOWED_HOSTS for crawling.
+    kb_scrape_allowed_private_hosts: str = ""
     kb_scrape_user_agent: str = "AiriesBot/1.0 (+https://airies.ai/bot)"
     kb_agent_min_score: float = 0.1  # retrieve_for_agent drops chunks below this cosine similarity
 

@@ -154,6 +154,8 @@ class AgentOut(BaseModel):
     config: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    # Problems of severity "warning" in the config now (a provider without a key: another engine answers).
+    warnings: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class AgentVersionOut(BaseModel):
@@ -161,6 +163,7 @@ class AgentVersionOut(BaseModel):
     version: int
     config: dict[str, Any]
     created_at: datetime
+    warnings: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class AgentTemplate(BaseModel):
@@ -171,6 +174,10 @@ class AgentTemplate(BaseModel):
 
 
 class ValidationResult(BaseModel):
+    """``problems``: ``{field, code, message, severity}``; ``severity`` is ``error`` (the config is refused) or
+    ``warning`` (it works, but not as configured: e.g. a provider without a key, so another engine answers).
+    ``valid`` is true when there is no error."""
+
     valid: bool
     problems: list[dict[str, Any]]
 

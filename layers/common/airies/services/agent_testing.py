@@ -18,7 +18,8 @@ without calling the LLM (as on a call); the call also ends when the model calls 
 phrase. Turns after the call ended are reported as skipped (failed). Knowledge passages come from an injectable
 retriever ``(account_id, knowledge_base_ids, query) -> list[str | {"text": ...}]``; by default the knowledge
 capability's ``build_knowledge_service(...).retrieve_for_agent`` when it is installed, else none.
-Returned per turn: reply, tool calls, end_call, TTFT and total latency, usage, exact cost, provider and model.
+Returned per turn: reply, tool calls, end_call, TTFT and total latency, usage (with ``engines``: the configured LLM
+provider and the one that answered, see ``airies.services.engines``), exact cost, provider and model.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from airies.providers.llm.base import LLMRequest, StreamEnd, TextDelta
 from airies.schemas.agents import AgentConfig, AgentTestRequest, AgentTestTurn, FirstMessageMode
 from airies.schemas.money import format_usd
 from airies.services.agents import AgentService
+from airies.services.engines import engine_report
 from airies.services.llm import LLMService, build_llm_service
 
 Retriever = Callable[[str, list[str], str], "Awaitable[list[Any]] | list[Any]"]
@@ -330,7 +332,13 @@ class AgentTestService:
                 "end_call": True,
                 "end_call_reason": "caller_end_call_phrase",
                 "latency": {"ttft_ms": 0.0, "total_ms": round((time.perf_counter() - started) * 1000, 2)},
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "estimated": False},
+                "usage": {
+                    "prompt_tokens": 0,
+                    "completion_tokens": 0,
+                    "cached_tokens": 0,
+                    "estimated": False,
+                    "engines": {},
+                },
                 "cost_usd": format_usd(0),
                 "provider": None,
                 "model": None,
@@ -386,6 +394,7 @@ class AgentTestService:
                 "completion_tokens": end.usage.completion_tokens,
                 "cached_tokens": end.usage.cached_tokens,
                 "estimated": end.usage.estimated,
+                "engines": {"llm": engine_report("llm", config.llm.provider, end.provider)},
             },
             "cost_usd": format_usd(end.cost),
             "provider": end.provider,

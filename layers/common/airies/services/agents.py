@@ -17,6 +17,10 @@ from airies.errors import BadRequestError, NotFoundError, ValidationFailedError
 from airies.schemas.agents import AgentConfig
 from airies.services import catalog
 from airies.services.agent_templates import TEMPLATES
+from airies.services.engines import ConfiguredEngines, engine_warnings
+from airies.services.llm import configured_llm_providers
+from airies.services.llm_custom_endpoints import account_endpoint_models
+from airies.services.voice import configured_voice_vendors
 
 if TYPE_CHECKING:
     from airies.config import Settings
@@ -25,6 +29,21 @@ if TYPE_CHECKING:
 KnowledgeBaseOwnership = Callable[[Session, str, list[str]], set[str]]
 # (session, account_id, provider) -> voice ids the account may use beyond the built-in ones
 AccountVoices = Callable[[Session, str, str], set[str]]
+# (session, account_id) -> the models of the account's own LLM endpoints (provider "custom:<name>")
+AccountLLMModels = Callable[[Session, str], list[catalog.LLMModel]]
+# (session, account_id) -> the LLM providers and voice vendors the account can call (keys, endpoints)
+ConfiguredEngineLookup = Callable[[Session, str], ConfiguredEngines]
+
+
+def configured_engine_lookup(settings: Settings) -> ConfiguredEngineLookup:
+    def lookup(session: Session, account_id: str) -> ConfiguredEngines:
+        return ConfiguredEngines(
+            llm=frozenset(configured_llm_providers(settings, session, account_id)),
+            voice=frozenset(configured_voice_vendors(settings, session, account_id)),
+            offline_fallback=settings.voice_offline_fallback,
+        )
+
+    return lookup
 
 
 def owned_knowledge_base_ids(session: Session, account_id: str, ids: list[str]) -> set[str]:
@@ -53,7 +72,12 @@ def estimate_tokens(text: str) -> int:
 
 
 def _problem(field: str, code: str, message: str) -> dict[str, str]:
-    return {"field": field, "code": code, "message": message}
+    return {"field": field, "code": code, "message": message, "severity": "error"}
+
+
+def errors_of(problems: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The problems that make a config invalid (the rest are warnings: it works, but not as configured)."""
+    return [problem for problem in problems if problem.get("severity") != "warning"]
 
 
 def pydantic_problems(exc: ValidationError) -> list[dict[str, str]]:
@@ -63,7 +87,9 @@ def pydantic_problems(exc: ValidationError) -> list[dict[str, str]]:
 
 
 class AgentValidator:
-    """Checks that need data: providers, models, voices, knowledge bases, context size."""
+    """Checks that need data: providers, models (the account's own endpoints' too), voices, knowledge bases, context
+    size; with ``configured_engines``, warnings for providers that have no key (``airies.services.engines``).
+    Every problem has a ``severity``: ``error`` (the config is invalid) or ``warning``."""
 
     def __init__(
         self,
@@ -72,11 +98,15 @@ class AgentValidator:
         knowledge_bases: KnowledgeBaseOwnership = owned_knowledge_base_ids,
         account_voices: AccountVoices = account_voice_ids,
         llm_model: Callable[[str, str], catalog.LLMModel | None] = catalog.llm_model,
+        account_llm_models: AccountLLMModels = account_endpoint_models,
+        configured_engines: ConfiguredEngineLookup | None = None,
     ) -> None:
         self.session = session
         self.knowledge_bases = knowledge_bases
         self.account_voices = account_voices
         self.llm_model = llm_model
+        self.account_llm_models = account_llm_models
+        self.configured_engines = configured_engines
 
     def problems(self, account_id: str, raw: dict[str, Any]) -> list[dict[str, str]]:
         try:
@@ -87,14 +117,17 @@ class AgentValidator:
 
     def semantic_problems(self, account_id: str, config: AgentConfig) -> list[dict[str, str]]:
         problems: list[dict[str, str]] = []
+        own = {(m.provider, m.model): m for m in self.account_llm_models(self.session, account_id)}
+        own_providers = {provider for provider, _ in own}
         llm_choices = [("llm", config.llm.provider, config.llm.model)] + [
             (f"llm.fallbacks.{i}", fb.provider, fb.model) for i, fb in enumerate(config.llm.fallbacks)
         ]
         for field, provider, model in llm_choices:
-            if provider not in catalog.llm_providers() and self.llm_model(provider, model) is None:
+            known = provider in catalog.llm_providers() or provider in own_providers
+            if not known and self.llm_model(provider, model) is None:
                 problems.append(_problem(f"{field}.provider", "unknown_provider", f"unknown LLM provider '{provider}'"))
                 continue
-            entry = self.llm_model(provider, model)
+            entry = own.get((provider, model)) or self.llm_model(provider, model)
             if entry is None:
                 problems.append(
                     _problem(f"{field}.model", "unknown_model", f"model '{model}' is not offered by '{provider}'")
@@ -159,6 +192,8 @@ class AgentValidator:
             problems.append(
                 _problem("first_message", "missing", "first_message is required when the assistant speaks first")
             )
+        if self.configured_engines is not None:
+            problems += engine_warnings(config, self.configured_engines(self.session, account_id))
         return problems
 
 
@@ -177,7 +212,11 @@ class AgentService:
         self, session: Session, validator: AgentValidator | None = None, *, settings: Settings | None = None
     ) -> None:
         self.session = session
-        self.validator = validator or AgentValidator(session, llm_model=catalog.llm_model_lookup(settings))
+        self.validator = validator or AgentValidator(
+            session,
+            llm_model=catalog.llm_model_lookup(settings),
+            configured_engines=configured_engine_lookup(settings) if settings is not None else None,
+        )
 
     # -- reads -------------------------------------------------------------------------------
     def get(self, account_id: str, agent_id: str) -> Agent:
@@ -234,10 +273,27 @@ class AgentService:
 
     # -- writes ------------------------------------------------------------------------------
     def _checked(self, account_id: str, config: AgentConfig) -> dict[str, Any]:
-        problems = self.validator.semantic_problems(account_id, config)
-        if problems:
-            raise ValidationFailedError("agent config is invalid", details=problems)
+        """The config to store; 422 with its errors (warnings do not stop a save: ``warnings_for`` reports them)."""
+        errors = errors_of(self.validator.semantic_problems(account_id, config))
+        if errors:
+            raise ValidationFailedError("agent config is invalid", details=errors)
         return config.model_dump(mode="json")
+
+    def warnings_for(self, account_id: str) -> Callable[[dict[str, Any]], list[dict[str, str]]]:
+        """``config -> warnings`` for stored configs of this account: providers without a key, so another engine
+        answers (the account's keys and endpoints are looked up once, however many configs are asked about)."""
+        lookup = self.validator.configured_engines
+        if lookup is None:
+            return lambda config: []
+        configured = lookup(self.session, account_id)
+
+        def warnings(config: dict[str, Any]) -> list[dict[str, str]]:
+            try:
+                return engine_warnings(AgentConfig.model_validate(config), configured)
+            except ValidationError:  # stored under an older schema: nothing to say about its engines
+                return []
+
+        return warnings
 
     def create(self, account_id: str, config: AgentConfig) -> Agent:
         data = self._checked(account_id, config)

@@ -2,15 +2,14 @@
 
 Breadth-first from the start URLs, within ``max_depth`` link hops and ``max_pages`` pages, same scheme+host+port
 only, robots.txt respected (fetched once per site; 404 allows all, 401/403/5xx/unreachable disallow all),
-redirects followed by hand (at most 5) and re-checked, HTML only, bodies capped. Every host is resolved first
-and private, loopback, link-local and reserved addresses are refused (SSRF) unless listed in
-``kb_scrape_allowed_private_hosts`` (tests serve a site on 127.0.0.1).
+redirects followed by hand (at most 5) and re-checked, HTML only, bodies capped. Every URL goes through the URL guard
+(``airies.core.url_guard``): HTTPS only outside stage ``local``, hosts resolved and non-public addresses refused
+(SSRF), and every fetch connects only to an address that passed. Hosts listed in ``AIRIES_URL_GUARD_ALLOWED_HOSTS``
+or in the older scrape-only alias ``kb_scrape_allowed_private_hosts`` are exempt (tests serve a site on 127.0.0.1).
 """
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 from urllib.parse import urldefrag, urljoin, urlsplit
 from urllib.robotparser import RobotFileParser
 
-from airies.errors import BadRequestError
+from airies.core.url_guard import URLGuard, URLNotAllowed, url_guard
 
 MAX_PAGE_BYTES = 5 * 1024 * 1024
 MAX_REDIRECTS = 5
@@ -44,22 +43,25 @@ class FetchResult:
 
 
 class HttpxFetcher:
-    def __init__(self, user_agent: str, timeout: float) -> None:
-        import httpx
+    """GET through the URL guard's client: the connection goes only to an address that passed the guard."""
 
-        self._client = httpx.Client(
+    def __init__(self, user_agent: str, timeout: float, guard: URLGuard) -> None:
+        self._client = guard.client(
             follow_redirects=False, timeout=timeout, headers={"User-Agent": user_agent, "Accept": "text/html,*/*;q=0.5"}
         )
 
     def __call__(self, url: str) -> FetchResult:
-        with self._client.stream("GET", url) as response:
-            body = b""
-            for part in response.iter_bytes():
-                body += part
-                if len(body) > MAX_PAGE_BYTES:
-                    raise PageTooLarge(f"page is larger than {MAX_PAGE_BYTES} bytes")
-            headers = {k.lower(): v for k, v in response.headers.items()}
-            return FetchResult(response.status_code, headers, body, url)
+        try:
+            with self._client.stream("GET", url) as response:
+                body = b""
+                for part in response.iter_bytes():
+                    body += part
+                    if len(body) > MAX_PAGE_BYTES:
+                        raise PageTooLarge(f"page is larger than {MAX_PAGE_BYTES} bytes")
+                headers = {k.lower(): v for k, v in response.headers.items()}
+                return FetchResult(response.status_code, headers, body, url)
+        except URLNotAllowed as exc:  # the name now resolves elsewhere than when it was checked
+            raise BlockedAddress(exc.message) from exc
 
 
 class PageTooLarge(Exception):
@@ -74,12 +76,19 @@ class UnresolvableHost(ConnectionError):
     """DNS has no address for the host: the page is ``unreachable`` (not ``blocked_address``)."""
 
 
-def validate_start_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BadRequestError(f"not an http(s) URL: {url!r}", code="invalid_url")
-    if parts.username or parts.password:
-        raise BadRequestError("URLs with credentials are not allowed", code="invalid_url")
+def scrape_guard(settings: Any) -> URLGuard:
+    """The URL guard of scrape jobs: the platform's allow-list plus the older scrape-only one."""
+    return url_guard(settings, extra_allowed_hosts=settings.kb_scrape_allowed_private_hosts)
+
+
+def validate_start_url(url: str, settings: Any, *, field: str = "start_urls") -> None:
+    """Refuse a start URL the URL guard refuses (422 ``url_not_allowed``) before a job is saved. A name DNS cannot
+    resolve now is accepted: the job reports that page as ``unreachable``."""
+    try:
+        scrape_guard(settings).check(url, field=field)
+    except URLNotAllowed as exc:
+        if exc.reason != "unresolvable_host":
+            raise
 
 
 def normalise_url(url: str) -> str:
@@ -99,10 +108,8 @@ class Crawler:
     def __init__(self, settings: Any, fetcher: Any = None) -> None:
         self.settings = settings
         self.user_agent = settings.kb_scrape_user_agent
-        self.fetch = fetcher or HttpxFetcher(self.user_agent, settings.kb_scrape_timeout_s)
-        self.allowed_private = {
-            h.strip().lower() for h in settings.kb_scrape_allowed_private_hosts.split(",") if h.strip()
-        }
+        self.guard = scrape_guard(settings)
+        self.fetch = fetcher or HttpxFetcher(self.user_agent, settings.kb_scrape_timeout_s, self.guard)
         self.skipped = 0
         self.first_error: str | None = None
         self._robots: dict[str, RobotFileParser | None] = {}
@@ -110,23 +117,17 @@ class Crawler:
         self._site_errors: dict[str, str] = {}  # sites whose robots.txt could not be fetched at all
 
     def _check_host(self, url: str) -> None:
-        host = (urlsplit(url).hostname or "").lower()
-        if host in self._checked_hosts:
-            problem = self._checked_hosts[host]
-        else:
+        """The guard's verdict on this URL's site, asked once per site (the fetch re-checks every connection)."""
+        site = _site(url)
+        if site not in self._checked_hosts:
             problem: Exception | None = None
-            if host not in self.allowed_private:
-                try:
-                    infos = socket.getaddrinfo(host, None)
-                except OSError as exc:
-                    problem = UnresolvableHost(f"cannot resolve {host}: {exc}")
-                else:
-                    for info in infos:
-                        address = ipaddress.ip_address(info[4][0])
-                        if not address.is_global:
-                            problem = BlockedAddress(f"{host} resolves to a non-public address ({address})")
-                            break
-            self._checked_hosts[host] = problem
+            try:
+                self.guard.check(url)
+            except URLNotAllowed as exc:
+                unresolvable = exc.reason == "unresolvable_host"
+                problem = UnresolvableHost(exc.message) if unresolvable else BlockedAddress(exc.message)
+            self._checked_hosts[site] = problem
+        problem = self._checked_hosts[site]
         if problem is not None:
             raise type(problem)(str(problem))
 

@@ -33,6 +33,7 @@ from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from airies.core.url_guard import as_url, url_guard
 from airies.db.ids import new_id
 from airies.db.models.base import utcnow
 from airies.db.models.knowledge import KnowledgeBase, KnowledgeChunk, KnowledgeDocument, KnowledgeScrapeJob
@@ -293,6 +294,8 @@ class KnowledgeService:
                 own_host = options.get("index_host") or host
                 if not own_host:
                     raise NotAvailableError("Pinecone needs an index host (AIRIES_PINECONE_INDEX_HOST)")
+                if options.get("index_host"):  # the account's own host: checked again before every use
+                    url_guard(self.settings).check(as_url(own_host), field="index_host")
                 return key, own_host
         from airies.services.secrets import get_platform_secret
 
@@ -1460,8 +1463,8 @@ class KnowledgeService:
 
         if not start_urls:
             raise BadRequestError("start_urls must not be empty")
-        for url in start_urls:
-            validate_start_url(url)
+        for index, url in enumerate(start_urls):
+            validate_start_url(url, self.settings, field=f"start_urls.{index}")
         depth = self.settings.kb_scrape_max_depth if max_depth is None else max_depth
         pages = self.settings.kb_scrape_max_pages if max_pages is None else max_pages
         if not 0 <= depth <= 10 or not 1 <= pages <= 1000:

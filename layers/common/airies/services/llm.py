@@ -2,7 +2,8 @@
 
 ``build_llm_service(settings, database, account_id=None)`` wires it: the platform's providers (OpenAI, Groq,
 DeepInfra when their keys are set; any OpenAI-compatible endpoint via ``AIRIES_LLM_CUSTOM_BASE_URL``), the account's
-own keys (they replace the platform key of that provider for that account), the router with the container-wide health
+own keys (they replace the platform key of that provider for that account) and its own OpenAI-compatible endpoints
+(``airies.services.llm_custom_endpoints``: provider ``custom:<name>``, called through the URL guard), the router with the container-wide health
 tracker (shared through ``provider_health``), and — only when no LLM provider is configured at all — the offline
 responder (``providers/llm/offline.py``), which is not a language model and says so in ``StreamEnd.metadata``.
 
@@ -23,12 +24,14 @@ from decimal import Decimal
 from typing import Any
 
 from airies.config import Settings
+from airies.core.url_guard import URLGuard, url_guard
 from airies.errors import NotFoundError
 from airies.providers.llm.base import LLMEvent, LLMProvider, LLMRequest, LLMResponse, Usage
 from airies.providers.llm.offline import OFFLINE_PROVIDER, OfflineResponder
 from airies.providers.llm.openai_compat import OpenAICompatibleProvider
 from airies.schemas.money import format_usd
 from airies.services import catalog
+from airies.services.llm_custom_endpoints import CustomEndpointService, endpoint_catalog, provider_name
 from airies.services.llm_router import (
     DatabaseHealthStore,
     HealthTracker,
@@ -70,6 +73,7 @@ def _provider(
     key_source: str,
     models: list[str],
     stream_usage: bool = True,
+    guard: URLGuard | None = None,
 ) -> OpenAICompatibleProvider:
     # Reused per container, so HTTP connections (and their TLS handshakes) survive between requests.
     digest = hashlib.sha256((api_key or "").encode()).hexdigest()
@@ -81,6 +85,7 @@ def _provider(
         stream_usage,
         settings.llm_connect_timeout_s,
         settings.llm_stream_idle_timeout_s,
+        (guard.https_only, guard.allowed_hosts) if guard is not None else None,
     )
     with _cache_lock:
         provider = _provider_cache.get(key)
@@ -96,6 +101,7 @@ def _provider(
                 read_timeout=settings.llm_stream_idle_timeout_s,
                 stream_usage=stream_usage,
                 key_source=key_source,
+                url_guard=guard,
             )
             _provider_cache[key] = provider
     return provider
@@ -136,12 +142,15 @@ def platform_providers(settings: Settings) -> dict[str, LLMProvider]:
 
 def account_providers(
     settings: Settings, database: Any, account_id: str, *, session: Any = None
-) -> dict[str, LLMProvider]:
+) -> tuple[dict[str, LLMProvider], list[catalog.LLMModel]]:
+    """The account's own providers (its vendor keys, its custom endpoints) and the catalog entries of its endpoints."""
     if session is not None:
         keys = ProviderKeyService(session, settings).keys_of_kind(account_id, "llm")
+        endpoints = CustomEndpointService(session, settings).callable_endpoints(account_id)
     else:
         with database.session() as own:
             keys = ProviderKeyService(own, settings).keys_of_kind(account_id, "llm")
+            endpoints = CustomEndpointService(own, settings).callable_endpoints(account_id)
     providers: dict[str, LLMProvider] = {}
     for vendor, key in keys.items():
         if vendor in LLM_VENDORS:
@@ -149,7 +158,32 @@ def account_providers(
             providers[vendor] = _provider(
                 settings, vendor, vendor_base_url(settings, vendor), key, key_source="account", models=models
             )
-    return providers
+    guard = url_guard(settings)  # tenant-supplied URLs: every connection checked
+    for endpoint in endpoints:
+        providers[endpoint.provider] = _provider(
+            settings,
+            endpoint.provider,
+            endpoint.base_url,
+            endpoint.api_key,
+            key_source="account",
+            models=list(endpoint.models),
+            stream_usage=endpoint.stream_usage,
+            guard=guard,
+        )
+    return providers, endpoint_catalog(endpoints)
+
+
+def configured_llm_providers(settings: Settings, session: Any, account_id: str) -> set[str]:
+    """The LLM providers ``build_llm_service`` would give this account (platform keys, the operator's custom
+    endpoint, the account's own keys and endpoints), found without building them (no key decrypted, no SDK)."""
+    names = {vendor for vendor in LLM_VENDORS if platform_key(settings, vendor)}
+    if settings.llm_custom_base_url:
+        names.add(settings.llm_custom_name)
+    for row in ProviderKeyService(session, settings).list(account_id):
+        if row["provider"] in LLM_VENDORS:
+            names.add(row["provider"])
+    names.update(provider_name(row.name) for row in CustomEndpointService(session, settings).list(account_id))
+    return names
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -318,13 +352,16 @@ def build_llm_service(
     if database is None and session is not None:
         database = _EngineDatabase(session.get_bind())
     providers = platform_providers(settings)
+    models = all_models(settings)
     if account_id and (database is not None or session is not None):
-        providers.update(account_providers(settings, database, account_id, session=session))
+        own, endpoint_models = account_providers(settings, database, account_id, session=session)
+        providers.update(own)
+        models += endpoint_models
     if not providers:
         providers = {OFFLINE_PROVIDER: OfflineResponder()}
     router = LLMRouter(
         providers,
-        models=all_models(settings),
+        models=models,
         config=RouterConfig.from_settings(settings),
         tracker=tracker or get_health_tracker(settings, database),
         rng=rng,

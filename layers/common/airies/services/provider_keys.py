@@ -13,7 +13,9 @@
   ``get_account_provider_credentials`` also returns the key's options.
 * Key options (``KEY_OPTIONS``): a few vendors need more than the key, e.g. Azure Speech keys belong to a region.
   Such options are sealed together with the key (so, like the key, they are never returned by the API) and are
-  handed to the validator as the Settings field it reads (``azure_speech_region``).
+  handed to the validator as the Settings field it reads (``azure_speech_region``). Options naming a host
+  (``HOST_OPTIONS``: Pinecone's ``index_host``) pass the URL guard (``airies.core.url_guard``) before anything is
+  called or stored; whoever uses a stored host checks it again.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from airies.config import Settings, get_settings
+from airies.core.url_guard import as_url, url_guard
 from airies.db.ids import new_id
 from airies.db.models import utcnow
 from airies.db.models.llm import ProviderKey
@@ -57,6 +60,8 @@ KEY_OPTIONS: dict[str, dict[str, str]] = {
     "azure": {"region": "azure_speech_region"},
     "pinecone": {"index_host": "pinecone_index_host"},
 }
+# Options that name a host the platform will call with the key: tenant-supplied, so they pass the URL guard.
+HOST_OPTIONS = frozenset({"index_host"})
 # A key never contains whitespace, so a sealed value starting with a newline is a key with options (JSON).
 _OPTIONS_MARK = "\n"
 
@@ -164,6 +169,9 @@ class ProviderKeyService:
     async def validate(self, provider: str, api_key: str, options: dict[str, str] | None = None) -> None:
         self.kind_of(provider)
         options = self.check_options(provider, options)
+        guard = url_guard(self.settings)
+        for name in sorted(HOST_OPTIONS & set(options)):  # before any call that would carry the key there
+            await guard.acheck(as_url(options[name]), field=name)
         api_key = api_key.strip()
         if not api_key or len(api_key) > MAX_KEY_LENGTH or any(ch.isspace() for ch in api_key):
             raise ValidationFailedError(

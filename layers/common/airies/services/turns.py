@@ -22,6 +22,7 @@ from airies.schemas import ws_protocol as wp
 from airies.schemas.agents import AgentConfig
 from airies.schemas.money import format_usd
 from airies.services import catalog
+from airies.services.engines import turn_engines
 
 LLMStreamer = Callable[[LLMRequest], AsyncIterator[LLMEvent]]
 # (account_id, knowledge_base_ids, query) -> passages [{"text", "score", "source", ...}]
@@ -339,6 +340,7 @@ class TurnRunner:
 
         def result(status: str, *, error: dict[str, Any] | None = None) -> TurnResult:
             latency["total_ms"] = self._ms(t0)
+            usage["engines"] = turn_engines(config, usage)  # which engine actually answered, per stage
             cost, total = price_usage(usage)
             delivered = state.delivered_text(inp.speak)
             return TurnResult(

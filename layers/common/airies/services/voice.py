@@ -17,7 +17,7 @@ import asyncio
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -98,6 +98,14 @@ def split_for_tts(text: str, max_chars: int, *, first_alone: bool = True) -> lis
         else:
             requests.append(piece)
     return requests
+
+
+def engine_for(requested: str, configured: Collection[str], offline: str, offline_fallback: bool) -> str | None:
+    """The engine that serves a call for provider ``requested``: itself when it has a key (or is the offline engine
+    itself), else the offline engine when the fallback is on, else None (the call fails: 501)."""
+    if requested in configured or requested == offline:
+        return requested
+    return offline if offline_fallback else None
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
@@ -194,28 +202,22 @@ class VoiceService:
     def stt_provider(self, requested: str | None) -> STTProvider:
         """The requested STT provider when configured; else the offline engine (if allowed).
         A name that is no speech-to-text provider at all is a 404, never a silent offline answer."""
-        if requested and requested in self.stt_providers:
-            return self.stt_providers[requested]
         self.check_stt_provider(requested)
-        if requested == OFFLINE_STT or (not requested and not self.stt_providers):
-            return self._offline_stt_provider()
         if not requested:
-            return next(iter(self.stt_providers.values()))
-        if self.offline_fallback:
-            return self._offline_stt_provider()
-        raise NotAvailableError(f"speech-to-text provider '{requested}' is not configured (no API key)")
+            return next(iter(self.stt_providers.values())) if self.stt_providers else self._offline_stt_provider()
+        engine = engine_for(requested, self.stt_providers, OFFLINE_STT, self.offline_fallback)
+        if engine is None:
+            raise NotAvailableError(f"speech-to-text provider '{requested}' is not configured (no API key)")
+        return self.stt_providers.get(engine) or self._offline_stt_provider()
 
     def tts_provider(self, requested: str | None, *, strict: bool = False) -> TTSProvider:
         """The requested TTS provider when configured; else the offline engine (if allowed and not ``strict``)."""
-        if requested and requested in self.tts_providers:
-            return self.tts_providers[requested]
-        if requested == OFFLINE_TTS or (not requested and not self.tts_providers):
-            return self._offline_tts_provider()
         if not requested:
-            return next(iter(self.tts_providers.values()))
-        if self.offline_fallback and not strict:
-            return self._offline_tts_provider()
-        raise NotAvailableError(f"text-to-speech provider '{requested}' is not configured (no API key)")
+            return next(iter(self.tts_providers.values())) if self.tts_providers else self._offline_tts_provider()
+        engine = engine_for(requested, self.tts_providers, OFFLINE_TTS, self.offline_fallback and not strict)
+        if engine is None:
+            raise NotAvailableError(f"text-to-speech provider '{requested}' is not configured (no API key)")
+        return self.tts_providers.get(engine) or self._offline_tts_provider()
 
     def available_providers(self) -> dict[str, list[str]]:
         stt = list(self.stt_providers)
@@ -644,6 +646,12 @@ def account_credentials(
         if credentials and credentials[0]:
             return str(credentials[0]), dict(credentials[1])
     return None
+
+
+def configured_voice_vendors(settings: Settings, session: Session | None, account_id: str | None) -> set[str]:
+    """The cloud STT/TTS vendors with a key for this account (its own, else the platform's): the ones
+    ``build_voice_service`` makes available, found without building them."""
+    return {p for p in VENDORS if account_credentials(session, account_id, p, settings) or platform_key(settings, p)}
 
 
 # Provider instances per container, keyed by their construction arguments: SDK clients, the PocketSphinx

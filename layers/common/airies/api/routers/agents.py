@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
@@ -16,7 +17,7 @@ from airies.schemas.agents import (
     ValidationResult,
 )
 from airies.schemas.common import Limit, Page, StrictModel
-from airies.services.agents import AgentService
+from airies.services.agents import AgentService, errors_of
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
@@ -26,7 +27,10 @@ def agent_service(caller: Caller) -> AgentService:
     return AgentService(caller.session, settings=caller.settings)
 
 
-def agent_out(agent: Agent) -> AgentOut:
+Warnings = Callable[[dict[str, Any]], list[dict[str, Any]]]
+
+
+def agent_out(agent: Agent, warnings: Warnings) -> AgentOut:
     return AgentOut(
         id=agent.id,
         name=agent.name,
@@ -38,12 +42,17 @@ def agent_out(agent: Agent) -> AgentOut:
         config=agent.draft_config,
         created_at=agent.created_at,
         updated_at=agent.updated_at,
+        warnings=warnings(agent.draft_config),
     )
 
 
-def version_out(version: AgentVersion) -> AgentVersionOut:
+def version_out(version: AgentVersion, warnings: Warnings) -> AgentVersionOut:
     return AgentVersionOut(
-        agent_id=version.agent_id, version=version.version, config=version.config, created_at=version.created_at
+        agent_id=version.agent_id,
+        version=version.version,
+        config=version.config,
+        created_at=version.created_at,
+        warnings=warnings(version.config),
     )
 
 
@@ -60,12 +69,13 @@ def templates(_caller: Caller = Depends(current_caller)) -> dict[str, list[Agent
 @router.post("/validate")
 def validate(config: dict[str, Any] = Body(...), caller: Caller = Depends(current_caller)) -> ValidationResult:
     problems = agent_service(caller).validator.problems(caller.account_id, config)
-    return ValidationResult(valid=not problems, problems=problems)
+    return ValidationResult(valid=not errors_of(problems), problems=problems)
 
 
 @router.post("", status_code=201)
 def create_agent(body: AgentCreate, caller: Caller = Depends(current_caller)) -> AgentOut:
-    return agent_out(agent_service(caller).create(caller.account_id, body))
+    service = agent_service(caller)
+    return agent_out(service.create(caller.account_id, body), service.warnings_for(caller.account_id))
 
 
 @router.get("")
@@ -77,21 +87,26 @@ def list_agents(
     agent_type: Literal["inbound", "outbound", "web"] | None = None,
     q: str | None = Query(None, max_length=200),
 ) -> Page[AgentOut]:
-    rows, next_cursor = agent_service(caller).list(
+    service = agent_service(caller)
+    rows, next_cursor = service.list(
         caller.account_id, limit=limit, cursor=cursor, status=status, agent_type=agent_type, search=q
     )
-    return Page(data=[agent_out(agent) for agent in rows], next_cursor=next_cursor, has_more=next_cursor is not None)
+    warnings = service.warnings_for(caller.account_id)
+    data = [agent_out(agent, warnings) for agent in rows]
+    return Page(data=data, next_cursor=next_cursor, has_more=next_cursor is not None)
 
 
 @router.get("/{agent_id}")
 def get_agent(agent_id: str, caller: Caller = Depends(current_caller)) -> AgentOut:
-    return agent_out(agent_service(caller).get(caller.account_id, agent_id))
+    service = agent_service(caller)
+    return agent_out(service.get(caller.account_id, agent_id), service.warnings_for(caller.account_id))
 
 
 @router.put("/{agent_id}")
 def update_agent(agent_id: str, body: AgentUpdate, caller: Caller = Depends(current_caller)) -> AgentOut:
     patch = body.model_dump(exclude_unset=True)
-    return agent_out(agent_service(caller).update(caller.account_id, agent_id, patch))
+    service = agent_service(caller)
+    return agent_out(service.update(caller.account_id, agent_id, patch), service.warnings_for(caller.account_id))
 
 
 @router.delete("/{agent_id}", status_code=204)
@@ -102,18 +117,22 @@ def delete_agent(agent_id: str, caller: Caller = Depends(current_caller)) -> Res
 
 @router.post("/{agent_id}/deploy", status_code=201)
 def deploy_agent(agent_id: str, caller: Caller = Depends(current_caller)) -> AgentVersionOut:
-    return version_out(agent_service(caller).deploy(caller.account_id, agent_id))
+    service = agent_service(caller)
+    return version_out(service.deploy(caller.account_id, agent_id), service.warnings_for(caller.account_id))
 
 
 @router.get("/{agent_id}/versions")
 def list_versions(agent_id: str, caller: Caller = Depends(current_caller)) -> dict[str, list[AgentVersionOut]]:
-    return {"data": [version_out(v) for v in agent_service(caller).versions(caller.account_id, agent_id)]}
+    service = agent_service(caller)
+    warnings = service.warnings_for(caller.account_id)
+    return {"data": [version_out(v, warnings) for v in service.versions(caller.account_id, agent_id)]}
 
 
 @router.post("/{agent_id}/clone", status_code=201)
 def clone_agent(agent_id: str, body: CloneRequest | None = None, caller: Caller = Depends(current_caller)) -> AgentOut:
     name = body.name if body else None
-    return agent_out(agent_service(caller).clone(caller.account_id, agent_id, name=name))
+    service = agent_service(caller)
+    return agent_out(service.clone(caller.account_id, agent_id, name=name), service.warnings_for(caller.account_id))
 
 
 @router.post("/{agent_id}/test")

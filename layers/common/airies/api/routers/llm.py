@@ -1,8 +1,9 @@
-"""Routes of the llm capability: provider status, LLM models, an account's own provider keys."""
+"""Routes of the llm capability: provider status, LLM models, an account's own provider keys and its own
+OpenAI-compatible endpoints."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import Field
@@ -10,6 +11,7 @@ from pydantic import Field
 from airies.api.deps import Caller, current_caller
 from airies.schemas.common import StrictModel
 from airies.services.llm import build_llm_service
+from airies.services.llm_custom_endpoints import CustomEndpointService, endpoint_out
 from airies.services.llm_router import run_async
 from airies.services.provider_keys import PROVIDER_KINDS, STATUS_REPORTERS, ProviderKeyService
 
@@ -22,6 +24,26 @@ class ProviderKeyIn(StrictModel):
     region: str | None = Field(None, min_length=2, max_length=40, pattern=r"^[a-z][a-z0-9]+$")
     # Pinecone only: the account's own index (its key belongs to its own Pinecone project).
     index_host: str | None = Field(None, min_length=4, max_length=255, pattern=r"^(https?://)?[A-Za-z0-9.\-]+(:\d+)?$")
+
+
+ENDPOINT_NAME = r"^[a-z0-9][a-z0-9-]{0,31}$"
+API_KEY = r"^\S+$"
+
+
+class CustomEndpointIn(StrictModel):
+    # Agents select the endpoint as provider "custom:<name>", so the name never changes.
+    name: str = Field(min_length=1, max_length=32, pattern=ENDPOINT_NAME)
+    base_url: str = Field(min_length=8, max_length=2048)
+    api_key: str | None = Field(None, min_length=1, max_length=4096, pattern=API_KEY)  # None: it takes no key
+    model_class: Literal["fast", "smart"] = "fast"  # the routing class of its models
+    stream_usage: bool = True  # false for servers that reject stream_options (usage is then estimated)
+
+
+class CustomEndpointUpdate(StrictModel):
+    base_url: str | None = Field(None, min_length=8, max_length=2048)
+    api_key: str | None = Field(None, min_length=1, max_length=4096, pattern=API_KEY)  # null removes the key
+    model_class: Literal["fast", "smart"] | None = None
+    stream_usage: bool | None = None
 
 
 @router.get("/providers")
@@ -89,4 +111,42 @@ def put_provider_key(
 @router.delete("/provider-keys/{provider}", status_code=204)
 def delete_provider_key(provider: str, request: Request, caller: Caller = Depends(current_caller)) -> Response:
     ProviderKeyService(caller.session, request.app.state.settings).delete(caller.account_id, provider)
+    return Response(status_code=204)
+
+
+def custom_endpoints(request: Request, caller: Caller) -> CustomEndpointService:
+    return CustomEndpointService(caller.session, request.app.state.settings)
+
+
+@router.post("/llm/custom-endpoints", status_code=201)
+def create_custom_endpoint(
+    body: CustomEndpointIn, request: Request, caller: Caller = Depends(current_caller)
+) -> dict[str, Any]:
+    row = custom_endpoints(request, caller).create(caller.account_id, **body.model_dump())
+    return endpoint_out(row)
+
+
+@router.get("/llm/custom-endpoints")
+def list_custom_endpoints(request: Request, caller: Caller = Depends(current_caller)) -> dict[str, Any]:
+    return {"data": [endpoint_out(row) for row in custom_endpoints(request, caller).list(caller.account_id)]}
+
+
+@router.get("/llm/custom-endpoints/{endpoint_id}")
+def get_custom_endpoint(endpoint_id: str, request: Request, caller: Caller = Depends(current_caller)) -> dict[str, Any]:
+    return endpoint_out(custom_endpoints(request, caller).get(caller.account_id, endpoint_id))
+
+
+@router.patch("/llm/custom-endpoints/{endpoint_id}")
+def update_custom_endpoint(
+    endpoint_id: str, body: CustomEndpointUpdate, request: Request, caller: Caller = Depends(current_caller)
+) -> dict[str, Any]:
+    changes = body.model_dump(exclude_unset=True)
+    if changes.get("base_url") is None:
+        changes.pop("base_url", None)
+    return endpoint_out(custom_endpoints(request, caller).update(caller.account_id, endpoint_id, changes))
+
+
+@router.delete("/llm/custom-endpoints/{endpoint_id}", status_code=204)
+def delete_custom_endpoint(endpoint_id: str, request: Request, caller: Caller = Depends(current_caller)) -> Response:
+    custom_endpoints(request, caller).delete(caller.account_id, endpoint_id)
     return Response(status_code=204)

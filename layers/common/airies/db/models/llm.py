@@ -1,10 +1,12 @@
-"""ORM models of the llm capability: account-owned provider keys (encrypted) and shared provider health."""
+"""ORM models of the llm capability: account-owned provider keys (encrypted), accounts' own OpenAI-compatible
+endpoints (key encrypted) and shared provider health."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from airies.db.models.base import Base, TimestampMixin, id_column, utcnow
@@ -24,6 +26,26 @@ class ProviderKey(TimestampMixin, Base):
     encrypted_data_key: Mapped[str] = mapped_column(Text)
     key_ref: Mapped[str] = mapped_column(String(300))  # "kms:<key id>" or "local"
     hint: Mapped[str] = mapped_column(String(8))  # last 4 characters, for a masked display
+    last_validated_at: Mapped[datetime | None]
+
+
+class LLMCustomEndpoint(TimestampMixin, Base):
+    """An account's own OpenAI-compatible LLM endpoint: base URL, encrypted key, and the models it listed."""
+
+    __tablename__ = "llm_custom_endpoints"
+    __table_args__ = (UniqueConstraint("account_id", "name", name="uq_llm_custom_endpoints_account_name"),)
+
+    id: Mapped[str] = id_column()
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(32))  # agents name it as provider "custom:<name>"
+    base_url: Mapped[str] = mapped_column(String(2048))
+    ciphertext: Mapped[str | None] = mapped_column(Text)  # None: the endpoint takes no key
+    encrypted_data_key: Mapped[str | None] = mapped_column(Text)
+    key_ref: Mapped[str | None] = mapped_column(String(300))
+    hint: Mapped[str] = mapped_column(String(8), default="")  # last 4 characters of a long key, for a masked display
+    models: Mapped[list[Any]]  # model ids from GET {base_url}/models when last validated
+    model_class: Mapped[str] = mapped_column(String(20))  # routing class of its models (fast | smart)
+    stream_usage: Mapped[bool] = mapped_column(Boolean, default=True)  # False: usage is estimated
     last_validated_at: Mapped[datetime | None]
 
 

@@ -1,12 +1,14 @@
 """Every OpenAI-compatible Chat Completions endpoint through the official ``openai`` SDK.
 
 One class serves OpenAI, Groq, DeepInfra and any self-hosted endpoint (vLLM, Ollama): only the name, base URL,
-key and model list differ. The SDK's own retries are off (``max_retries=0``): failover is the router's job, and
+key and model list differ. An endpoint a tenant supplied gets ``url_guard``: the SDK's HTTP client is then the
+guard's (every connection to a checked public address, redirects included). The SDK's own retries are off (``max_retries=0``): failover is the router's job, and
 an SDK retry would hide a slow or failing provider from the router's statistics.
 
 Errors become ``airies.errors.ProviderError`` with ``details["reason"]`` one of ``connect_timeout``, ``timeout``,
 ``connection``, ``rate_limited`` (``retry_after`` from ``Retry-After``/``retry-after-ms``), ``server_error``,
-``auth``, ``bad_request``, ``not_found``, ``stream_error``, ``dropped`` (the stream ended without a finish reason).
+``auth``, ``bad_request``, ``not_found``, ``stream_error``, ``dropped`` (the stream ended without a finish reason),
+``url_not_allowed`` (the URL guard refused where the endpoint's name now points).
 ``retryable`` means "another provider may succeed" (the router fails over); ``bad_request`` is not retryable.
 """
 
@@ -17,6 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from airies.core.url_guard import URLGuard, URLNotAllowed
 from airies.errors import ProviderError
 from airies.providers.llm.base import (
     LLMEvent,
@@ -44,6 +47,7 @@ class OpenAICompatibleProvider:
         read_timeout: float = 15.0,
         stream_usage: bool = True,
         key_source: str = "platform",
+        url_guard: URLGuard | None = None,
     ) -> None:
         self.name = name
         self.base_url = base_url
@@ -53,6 +57,7 @@ class OpenAICompatibleProvider:
         self.read_timeout = read_timeout
         self.stream_usage = stream_usage
         self.key_source = key_source
+        self.url_guard = url_guard
         self._clients = LoopBoundClient(lambda: self._new_client(self.api_key))
 
     def __repr__(self) -> str:  # never print the key
@@ -70,7 +75,10 @@ class OpenAICompatibleProvider:
         import openai  # lazy: 47 MB SDK, only loaded when an LLM is actually called
 
         timeout = openai.Timeout(self.read_timeout, connect=self.connect_timeout, pool=self.connect_timeout)
-        return openai.AsyncOpenAI(api_key=api_key, base_url=self.base_url, timeout=timeout, max_retries=0)
+        http_client = self.url_guard.async_client() if self.url_guard is not None else None
+        return openai.AsyncOpenAI(
+            api_key=api_key, base_url=self.base_url, timeout=timeout, max_retries=0, http_client=http_client
+        )
 
     def _params(self, request: LLMRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -253,6 +261,8 @@ def parse_retry_after(headers: Any) -> float | None:
 def map_error(provider: str, exc: BaseException) -> ProviderError:
     import openai
 
+    if isinstance(exc, URLNotAllowed):
+        return ProviderError(f"{provider}: {exc.message}", provider=provider, retryable=True, details="url_not_allowed")
     if isinstance(exc, openai.APITimeoutError):
         cause = exc.__cause__
         reason = "connect_timeout" if cause is not None and "Connect" in type(cause).__name__ else "timeout"

@@ -14,6 +14,7 @@ numpy and the SDK are imported only where vectors are actually handled.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any
 
 from airies.errors import ProviderError, ValidationFailedError
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
     from airies.config import Settings
 
+log = logging.getLogger(__name__)
 MAX_VECTORS_PER_UPSERT = 100  # Pinecone's recommended batch
 MAX_REQUEST_BYTES = 2_000_000
 MAX_IDS_PER_DELETE = 1000
@@ -40,9 +42,20 @@ def _status(exc: Exception) -> int | None:
     return getattr(exc, "status", None) or getattr(exc, "status_code", None)
 
 
-def _provider_error(what: str, exc: Exception, status: int | None) -> ProviderError:
+def _provider_error(what: str, exc: Exception, status: int | None, where: str = "the index host") -> ProviderError:
+    """Says what failed, never what the upstream answered: an index host is tenant-supplied, and its answer (or the
+    SDK's parse error quoting it) must not come back through our API. The full error goes to the log."""
+    log.warning("Pinecone %s failed: %s: %s", what, type(exc).__name__, exc)
+    if status is not None:
+        outcome = f"{where} answered HTTP {status}"
+    elif "timeout" in type(exc).__name__.lower():
+        outcome = f"{where} timed out"
+    elif "connection" in type(exc).__name__.lower():
+        outcome = f"{where} could not be reached"
+    else:
+        outcome = f"the answer of {where} is not a Pinecone response"
     return ProviderError(
-        f"Pinecone {what} failed: {exc}",
+        f"Pinecone {what} failed: {outcome}",
         provider="pinecone",
         retryable=status is None or status == 429 or status >= 500,
         upstream_status=status,
@@ -190,7 +203,7 @@ def _check_key(api_key: str) -> bool:
         status = _status(exc)
         if status == 403:
             return True
-        raise _provider_error("key check", exc, status) from exc
+        raise _provider_error("key check", exc, status, "the control plane") from exc
     finally:
         close = getattr(client, "close", None)
         if callable(close):

@@ -1,0 +1,403 @@
+"""One guard for every URL or host a tenant supplies (vector-store hosts, LLM endpoints, scrape URLs, webhooks, tools).
+
+Rules:
+
+* ``http``/``https`` only, no credentials in the URL; outside stage ``local`` HTTPS only.
+* The host is resolved and **every** address it resolves to must be public. Refused: loopback, private (RFC 1918,
+  IPv6 unique-local), link-local, cloud metadata (``169.254.169.254``, ``fd00:ec2::254`` and their neighbours),
+  unspecified, multicast, reserved, shared (CGNAT ``100.64.0.0/10``), site-local and anything else that is not
+  globally routable. An IPv6 address that carries an IPv4 one (IPv4-mapped ``::ffff:a.b.c.d``, NAT64
+  ``64:ff9b::/96``, 6to4 ``2002::/16``) is judged by that IPv4 address; Teredo is refused.
+* The operator's allow-list ``AIRIES_URL_GUARD_ALLOWED_HOSTS`` (comma-separated ``host`` or ``host:port``, IPv6 as
+  ``[::1]:8080``) exempts those hosts from the address check, for local testing against ``127.0.0.1``; the scheme
+  rule still applies.
+
+Use from any capability::
+
+    guard = url_guard(settings)
+    guard.check(url, field="webhook_url")              # when the URL is saved: URLNotAllowed (422) when refused
+    async with guard.async_client(timeout=10) as http:  # when it is used: every connection is checked again
+        await http.post(url, json=payload)
+    guard.client(timeout=10)                            # the same for synchronous code
+    guard.transport() / guard.async_transport()         # to hand to an SDK that takes an httpx client
+
+The guarded clients resolve the host themselves, check the addresses and connect to an address that passed (TLS
+still verifies the certificate against the host name), so a DNS answer that changes between the check and the
+connection (rebinding) cannot reach a private address. Every redirect is a new request through the same checks.
+They ignore proxy environment variables (a proxy would be the address checked, not the target).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import ssl
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import anyio.to_thread
+import httpcore
+import httpx
+
+from airies.errors import AiriesError
+
+if TYPE_CHECKING:
+    from airies.config import Settings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# (host, port) -> the addresses it resolves to. Injectable, so tests can make a name resolve anywhere.
+Resolver = Callable[[str, int], Sequence[str]]
+
+MAX_URL_LENGTH = 2048
+SCHEMES = ("http", "https")
+# Instance metadata, time and DNS services of the clouds: named in refusals, whatever range they sit in.
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(address)
+    for address in (
+        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean instance metadata
+        "169.254.170.2",  # AWS ECS task metadata and credentials
+        "169.254.169.253",  # AWS VPC DNS
+        "169.254.169.123",  # AWS time sync
+        "168.63.129.16",  # Azure wire server
+        "100.100.100.200",  # Alibaba Cloud metadata
+        "192.0.0.192",  # Oracle Cloud metadata
+        "fd00:ec2::254",  # AWS instance metadata over IPv6
+        "fd00:ec2::253",  # AWS VPC DNS over IPv6
+        "fd00:ec2::123",  # AWS time sync over IPv6
+    )
+)
+SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT (RFC 6598)
+NAT64_PREFIXES = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+class URLNotAllowed(AiriesError):
+    """A tenant-supplied URL the guard refuses. ``reason``: ``invalid_url``, ``scheme_not_allowed``,
+    ``credentials_not_allowed``, ``blocked_address`` or ``unresolvable_host``."""
+
+    status_code = 422
+    code = "url_not_allowed"
+
+    def __init__(self, message: str, *, reason: str, field: str = "url") -> None:
+        super().__init__(message, details=[{"field": field, "code": reason, "message": message}])
+        self.reason = reason
+        self.field = field
+
+
+def address_problem(address: IPAddress) -> str | None:
+    """Why a connection to ``address`` is refused (its class), or None for a public address."""
+    if address in METADATA_ADDRESSES:
+        return "metadata"
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and any(address in prefix for prefix in NAT64_PREFIXES):
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return address_problem(embedded)
+        if address.teredo is not None:
+            return "teredo"
+        if address.is_site_local:
+            return "site_local"
+    if address.is_unspecified:
+        return "unspecified"
+    if address.is_loopback:
+        return "loopback"
+    if address.is_link_local:
+        return "link_local"
+    if address.is_multicast:
+        return "multicast"
+    if isinstance(address, ipaddress.IPv4Address) and address in SHARED_ADDRESS_SPACE:
+        return "shared"
+    if address.is_private:
+        return "private"
+    if address.is_reserved:
+        return "reserved"
+    if not address.is_global:
+        return "non_global"
+    return None
+
+
+def parse_allowed_hosts(*lists: str) -> frozenset[tuple[str, int | None]]:
+    """``"127.0.0.1:8080, localhost, [::1]:9000"`` -> {(host, port or None)}. A bad entry is a configuration error."""
+    allowed: set[tuple[str, int | None]] = set()
+    for entries in lists:
+        for raw in (entries or "").split(","):
+            item = raw.strip().lower()
+            if not item:
+                continue
+            port: str | None = None
+            if item.startswith("["):
+                host, _, rest = item[1:].partition("]")
+                port = rest[1:] if rest.startswith(":") else None
+            elif item.count(":") == 1:
+                host, port = item.split(":")
+            else:
+                host = item
+            if not host or (port is not None and not port.isdigit()):
+                raise ValueError(f"URL guard allow-list entry {raw.strip()!r} is not host or host:port")
+            allowed.add((host, int(port) if port is not None else None))
+    return frozenset(allowed)
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def as_url(host_or_url: str, *, default_scheme: str = "https") -> str:
+    """A bare host (``idx.example.io``, ``10.0.0.1:8080``) as a URL; a URL as it is."""
+    value = host_or_url.strip()
+    return value if "://" in value else f"{default_scheme}://{value}"
+
+
+@dataclass(frozen=True)
+class CheckedURL:
+    url: str
+    scheme: str
+    host: str
+    port: int
+    addresses: tuple[str, ...]  # what the host resolved to when checked (empty for an allow-listed host)
+    allow_listed: bool
+
+
+class URLGuard:
+    def __init__(
+        self,
+        *,
+        https_only: bool,
+        allowed_hosts: Iterable[tuple[str, int | None]] = (),
+        resolver: Resolver = system_resolver,
+    ) -> None:
+        self.https_only = https_only
+        self.allowed_hosts = frozenset(allowed_hosts)
+        self.resolver = resolver
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, extra_allowed_hosts: str = "", resolver: Resolver | None = None
+    ) -> URLGuard:
+        """The guard of ``settings``; ``extra_allowed_hosts`` adds a capability's own (older) allow-list."""
+        return cls(
+            https_only=settings.stage != "local",
+            allowed_hosts=parse_allowed_hosts(settings.url_guard_allowed_hosts, extra_allowed_hosts),
+            resolver=resolver or system_resolver,
+        )
+
+    # -- the rules ------------------------------------------------------------------------------------------------
+    def is_allowed_host(self, host: str, port: int) -> bool:
+        host = host.lower().strip("[]")
+        return (host, None) in self.allowed_hosts or (host, port) in self.allowed_hosts
+
+    def check_scheme(self, scheme: str, *, field: str = "url") -> None:
+        if scheme not in SCHEMES:
+            raise URLNotAllowed(
+                f"only http(s) URLs are allowed, not {scheme or 'none'}", reason="invalid_url", field=field
+            )
+        if self.https_only and scheme != "https":
+            raise URLNotAllowed("only https URLs are allowed", reason="scheme_not_allowed", field=field)
+
+    def check_syntax(self, url: str, *, field: str = "url") -> tuple[str, str, int]:
+        """(scheme, host, port) of a well-formed URL the rules allow, without resolving it."""
+        if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH or any(ch <= " " for ch in url):
+            raise URLNotAllowed(
+                f"not a URL (1-{MAX_URL_LENGTH} characters, no spaces)", reason="invalid_url", field=field
+            )
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+            host = parts.hostname or ""
+        except ValueError as exc:
+            raise URLNotAllowed(f"not a valid URL: {exc}", reason="invalid_url", field=field) from exc
+        scheme = parts.scheme.lower()
+        self.check_scheme(scheme, field=field)
+        if not host:
+            raise URLNotAllowed("the URL has no host", reason="invalid_url", field=field)
+        if parts.username is not None or parts.password is not None:
+            raise URLNotAllowed("URLs with credentials are not allowed", reason="credentials_not_allowed", field=field)
+        try:
+            host = host.encode("idna").decode("ascii") if not host.isascii() else host
+        except UnicodeError as exc:
+            raise URLNotAllowed(f"the host {host!r} is not a valid name", reason="invalid_url", field=field) from exc
+        return scheme, host, port or (443 if scheme == "https" else 80)
+
+    def checked_addresses(self, host: str, resolved: Sequence[str], *, field: str = "url") -> tuple[str, ...]:
+        """``resolved`` when every address is public; else URLNotAllowed naming the first refused one."""
+        if not resolved:
+            raise URLNotAllowed(f"cannot resolve {host}: no address", reason="unresolvable_host", field=field)
+        for text in resolved:
+            address = ipaddress.ip_address(text.split("%", 1)[0])  # a link-local answer may carry a zone
+            problem = address_problem(address)
+            if problem is not None:
+                raise URLNotAllowed(
+                    f"{host} resolves to a non-public address ({address}: {problem.replace('_', '-')})",
+                    reason="blocked_address",
+                    field=field,
+                )
+        return tuple(resolved)
+
+    def lookup(self, host: str, port: int, *, field: str = "url") -> list[str]:
+        """What ``host`` resolves to, unchecked (an IP literal is itself); URLNotAllowed when DNS has no answer."""
+        try:
+            return [str(ipaddress.ip_address(host.strip("[]")))]
+        except ValueError:
+            pass
+        try:
+            return list(self.resolver(host, port))
+        except (OSError, UnicodeError) as exc:
+            raise URLNotAllowed(f"cannot resolve {host}: {exc}", reason="unresolvable_host", field=field) from exc
+
+    def resolve(self, host: str, port: int, *, field: str = "url") -> tuple[str, ...]:
+        """The checked addresses of ``host`` (blocking DNS)."""
+        return self.checked_addresses(host, self.lookup(host, port, field=field), field=field)
+
+    async def aresolve(self, host: str, port: int, *, field: str = "url") -> tuple[str, ...]:
+        """``resolve`` for the event loop (DNS in a worker thread)."""
+        return await anyio.to_thread.run_sync(lambda: self.resolve(host, port, field=field))
+
+    def connect_addresses(self, host: str, port: int) -> Sequence[str]:
+        """Where a new connection to ``host`` may go: its checked addresses (an allow-listed host's, unchecked).
+        A refused address raises URLNotAllowed; a name DNS cannot resolve is a connection error."""
+        try:
+            if self.is_allowed_host(host, port):
+                return self.lookup(host, port)
+            return self.resolve(host, port)
+        except URLNotAllowed as exc:
+            if exc.reason == "unresolvable_host":
+                raise httpcore.ConnectError(exc.message) from exc
+            raise
+
+    def check(self, url: str, *, field: str = "url") -> CheckedURL:
+        """Everything the rules say about ``url`` now, DNS included (blocking): call it when the URL is saved."""
+        scheme, host, port = self.check_syntax(url, field=field)
+        if self.is_allowed_host(host, port):
+            return CheckedURL(url, scheme, host, port, (), True)
+        return CheckedURL(url, scheme, host, port, self.resolve(host, port, field=field), False)
+
+    async def acheck(self, url: str, *, field: str = "url") -> CheckedURL:
+        scheme, host, port = self.check_syntax(url, field=field)
+        if self.is_allowed_host(host, port):
+            return CheckedURL(url, scheme, host, port, (), True)
+        return CheckedURL(url, scheme, host, port, await self.aresolve(host, port, field=field), False)
+
+    # -- guarded HTTP ---------------------------------------------------------------------------------------------
+    def transport(
+        self, *, verify: ssl.SSLContext | bool = True, limits: httpx.Limits | None = None
+    ) -> GuardedTransport:
+        return GuardedTransport(self, verify=verify, limits=limits)
+
+    def async_transport(
+        self, *, verify: ssl.SSLContext | bool = True, limits: httpx.Limits | None = None
+    ) -> AsyncGuardedTransport:
+        return AsyncGuardedTransport(self, verify=verify, limits=limits)
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """An ``httpx.Client`` whose every connection goes through this guard (kwargs: timeout, headers, ...)."""
+        return httpx.Client(transport=self.transport(), trust_env=False, **kwargs)
+
+    def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=self.async_transport(), trust_env=False, **kwargs)
+
+
+def url_guard(settings: Settings, *, extra_allowed_hosts: str = "") -> URLGuard:
+    """The guard every capability uses for tenant-supplied URLs (see the module docstring)."""
+    return URLGuard.from_settings(settings, extra_allowed_hosts=extra_allowed_hosts)
+
+
+# -- connections to checked addresses only ------------------------------------------------------------------------
+class _GuardedBackend(httpcore.NetworkBackend):
+    """Resolves and checks the host of every new connection, then connects to an address that passed."""
+
+    def __init__(self, guard: URLGuard) -> None:
+        self.guard = guard
+        self.inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        addresses = self.guard.connect_addresses(host, port)
+        last: Exception | None = None
+        for address in addresses:
+            try:
+                return self.inner.connect_tcp(address, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc
+        raise last or httpcore.ConnectError(f"cannot resolve {host}")
+
+    def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        raise httpcore.ConnectError("unix sockets are not allowed for tenant-supplied URLs")
+
+    def sleep(self, seconds: float) -> None:
+        self.inner.sleep(seconds)
+
+
+class _AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
+    def __init__(self, guard: URLGuard) -> None:
+        self.guard = guard
+        self.inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        addresses = await anyio.to_thread.run_sync(self.guard.connect_addresses, host, port)
+        last: Exception | None = None
+        for address in addresses:
+            try:
+                return await self.inner.connect_tcp(address, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc
+        raise last or httpcore.ConnectError(f"cannot resolve {host}")
+
+    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("unix sockets are not allowed for tenant-supplied URLs")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+def _pool_options(verify: ssl.SSLContext | bool, limits: httpx.Limits | None) -> dict[str, Any]:
+    """What httpx hands its connection pool (httpx takes no network backend argument, so the pool is ours)."""
+    context = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify=verify, trust_env=False)
+    limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
+    return {
+        "ssl_context": context,
+        "max_connections": limits.max_connections,
+        "max_keepalive_connections": limits.max_keepalive_connections,
+        "keepalive_expiry": limits.keepalive_expiry,
+    }
+
+
+class GuardedTransport(httpx.HTTPTransport):
+    """httpx's transport with a guarded connection pool: scheme checked per request, addresses per connection."""
+
+    def __init__(self, guard: URLGuard, *, verify: ssl.SSLContext | bool = True, limits: httpx.Limits | None = None):
+        options = _pool_options(verify, limits)
+        super().__init__(verify=options["ssl_context"], trust_env=False)
+        self.guard = guard
+        self._pool = httpcore.ConnectionPool(**options, network_backend=_GuardedBackend(guard))
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.guard.check_scheme(request.url.scheme)
+        return super().handle_request(request)
+
+
+class AsyncGuardedTransport(httpx.AsyncHTTPTransport):
+    def __init__(self, guard: URLGuard, *, verify: ssl.SSLContext | bool = True, limits: httpx.Limits | None = None):
+        options = _pool_options(verify, limits)
+        super().__init__(verify=options["ssl_context"], trust_env=False)
+        self.guard = guard
+        self._pool = httpcore.AsyncConnectionPool(**options, network_backend=_AsyncGuardedBackend(guard))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.guard.check_scheme(request.url.scheme)
+        return await super().handle_async_request(request)

@@ -241,7 +241,10 @@ def main() -> int:
     import uvicorn
 
     try:
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level=os.environ.get("AIRIES_UVICORN_LOG_LEVEL", "info"))
+        from airies.local.ws_gateway import UVICORN_WS
+
+        log_level = os.environ.get("AIRIES_UVICORN_LOG_LEVEL", "info")
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level=log_level, ws=UVICORN_WS)
     finally:
         stack.stopping.set()
         if stack.moto_server is not None:

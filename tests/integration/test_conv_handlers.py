@@ -934,3 +934,55 @@ def test_sweeper_max_duration_never_connected_and_stale(aws, database, settings)
     assert h.conversation(never).end_reason == "never_connected" and h.conversation(never).duration_seconds == 0
     assert h.conversation(stale).end_reason == "stale"
     assert h.conversation(fresh).status == "created"
+
+
+# --- a text frame right after "start" ------------------------------------------------------------------------------
+def test_a_text_frame_before_start_gets_the_first_message_first(aws, database, settings) -> None:
+    llm = FakeLLM(reply="We open at nine.")
+    h = Harness(database, settings, fake_engines(llm=llm))  # the agent speaks first
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    h.send(conn, {"action": "text", "text": "When do you open?"})  # handled before the "start" sent just before it
+    h.send(conn, {"action": "start"})
+    frames = frames_of(conn)
+    said = [f["delta"].strip() for f in frames if f["type"] == "agent_text"]
+    assert said == ["Hello, thanks for calling.", "We open at nine."]
+    assert [f["resumed"] for f in frames if f["type"] == "ready"] == [False]  # the caller's first "start"
+    turns = h.turns(cid)
+    assert [(t.input_mode, t.agent_text, t.status) for t in turns] == [
+        ("none", "Hello, thanks for calling.", "completed"),
+        ("text", "We open at nine.", "completed"),
+    ]
+    assert llm.requests[-1].messages[1] == {"role": "assistant", "content": "Hello, thanks for calling."}
+    h.send(conn, {"action": "start"})  # a later start resumes and says nothing
+    assert frames_of(conn)[-1]["type"] == "ready" and frames_of(conn)[-1]["resumed"] is True
+    assert len(h.turns(cid)) == 2
+
+
+def test_a_text_frame_while_the_first_message_is_spoken_waits_for_it(aws, database, settings) -> None:
+    holder: dict[str, Any] = {}
+
+    def on_chunk(n: int) -> None:
+        if n == 1:  # the first message is being synthesised: the caller's text frame arrives (another invocation)
+            holder["text"] = threading.Thread(
+                target=holder["h"].send, args=(holder["conn"], {"action": "text", "text": "When do you open?"})
+            )
+            holder["text"].start()
+
+    tts = FakeTTS(chunk_ms=250, on_chunk=on_chunk)
+    h = Harness(database, settings, fake_engines(llm=FakeLLM(reply="We open at nine."), tts=tts))
+    holder["h"] = h
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    holder["conn"] = conn
+    h.send(conn, {"action": "start"})
+    holder["text"].join()
+    kinds = types(frames_of(conn))
+    assert "interrupted" not in kinds
+    turns = h.turns(cid)
+    assert [(t.input_mode, t.agent_text, t.status) for t in turns] == [
+        ("none", "Hello, thanks for calling.", "completed"),
+        ("text", "We open at nine.", "completed"),
+    ]
+    first_end = kinds.index("turn_end")
+    assert kinds.index("transcript") > first_end  # the typed turn started after the first message ended

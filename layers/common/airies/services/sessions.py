@@ -61,6 +61,17 @@ class LiveSession:
     reminder_sent: bool = False
     end_reason: str | None = None
     endpoint: str | None = None
+    disconnected_at: float = 0.0  # when a connection last dropped (the resume window runs from the last one)
+    started: bool = False  # a ``start`` frame was handled (a later one resumes)
+    first_turn: str | None = None  # the turn that speaks the agent's first message, once claimed
+    first_done: bool = False  # that turn is over (spoken, cut short, or refused)
+
+    def caller_gone(self, now: float, resume_window_s: float) -> bool:
+        """No connection, and none came back within the resume window since the last one dropped (or, for a
+        session that never recorded a drop, since the caller's last activity)."""
+        if self.connections:
+            return False
+        return now - (self.disconnected_at or self.last_activity) >= resume_window_s
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> LiveSession:
@@ -96,6 +107,10 @@ class LiveSession:
             reminder_sent=b("reminder_sent"),
             end_reason=s("end_reason"),
             endpoint=s("endpoint"),
+            disconnected_at=_num(item.get("disconnected_at")),
+            started=b("started"),
+            first_turn=s("first_turn"),
+            first_done=b("first_done"),
         )
 
 
@@ -195,6 +210,7 @@ class SessionStore:
         if agent_id:
             expr += ", agent_id = :agent"
             values[":agent"] = {"S": agent_id}
+        expr += " REMOVE disconnected_at"  # a connection is back: the resume window no longer runs
         attrs = self._update(
             self._key(conversation_id),
             expr,
@@ -214,6 +230,21 @@ class SessionStore:
         item = self.client.get_item(TableName=self.table, Key=self._key(conversation_id), ConsistentRead=consistent)
         return LiveSession.from_item(item["Item"]) if "Item" in item else None
 
+    def get_many(self, conversation_ids: list[str]) -> dict[str, LiveSession]:
+        """The live sessions of these conversations (those that have one), read in batches of 100."""
+        found: dict[str, LiveSession] = {}
+        for start in range(0, len(conversation_ids), 100):
+            keys = [self._key(cid) for cid in dict.fromkeys(conversation_ids[start : start + 100])]
+            request: dict[str, Any] = {self.table: {"Keys": keys, "ConsistentRead": True}}
+            while request:
+                self.ops["read"] += 1
+                page = self.client.batch_get_item(RequestItems=request)
+                for item in page.get("Responses", {}).get(self.table, []):
+                    session = LiveSession.from_item(item)
+                    found[session.conversation_id] = session
+                request = page.get("UnprocessedKeys") or {}
+        return found
+
     def connection(self, connection_id: str) -> dict[str, str] | None:
         self.ops["read"] += 1
         item = self.client.get_item(
@@ -230,8 +261,8 @@ class SessionStore:
         if conversation_id:
             self._update(
                 self._key(conversation_id),
-                "DELETE conns :c",
-                {":c": {"SS": [connection_id]}},
+                "DELETE conns :c SET disconnected_at = :now",
+                {":c": {"SS": [connection_id]}, ":now": {"N": repr(self.clock())}},
                 ConditionExpression="attribute_exists(pk)",
             )
 
@@ -272,6 +303,30 @@ class SessionStore:
             ReturnValues="ALL_NEW",
         )
         return LiveSession.from_item(attrs) if attrs is not None else None
+
+    def claim_start(self, conversation_id: str) -> bool:
+        """The first ``start`` of the conversation (True once; a later ``start`` resumes)."""
+        return self._claim_once(conversation_id, "started", {"BOOL": True})
+
+    def claim_first_message(self, conversation_id: str, turn_id: str) -> bool:
+        """The right to speak the agent's first message, as turn ``turn_id`` (True for exactly one caller)."""
+        return self._claim_once(conversation_id, "first_turn", {"S": turn_id})
+
+    def first_message_over(self, conversation_id: str) -> None:
+        """The first message's turn is over: caller turns held back for it may run."""
+        self._update(self._key(conversation_id), "SET first_done = :t", {":t": {"BOOL": True}})
+
+    def _claim_once(self, conversation_id: str, attribute: str, value: dict[str, Any]) -> bool:
+        return (
+            self._update(
+                self._key(conversation_id),
+                "SET #a = :v",
+                {":v": value, ":ended": {"S": ENDED}},
+                ExpressionAttributeNames={"#a": attribute, "#st": "state"},
+                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(#a) AND #st <> :ended",
+            )
+            is not None
+        )
 
     # -- turns ---------------------------------------------------------------------------------------------------
     def begin_turn(

@@ -86,6 +86,8 @@ def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
         asyncio.set_event_loop(None)
 
 
+# How long a typed turn waits for the first message another invocation is speaking (posts run ~20x real time).
+FIRST_MESSAGE_WAIT_S = 10.0
 MIN_SPEECH_MS = 150  # less voiced audio than this is a cough or a click, not an utterance
 HEARD_FRAMES_MAX = 4000  # per conversation (~17 min of 250 ms frames): past it the container stops keeping audio
 OUT_OF_CREDIT_MESSAGE = "I'm sorry, this account has run out of credits, so I have to end the call now. Goodbye."
@@ -425,6 +427,7 @@ class WebSocketService:
         elif isinstance(message, wp.StartFrame):
             self._start(ctx, poster, session)
         elif isinstance(message, wp.TextFrame):
+            self._after_first_message(session, poster)
             self.run_turn(session, poster, mode="text", text=message.text, eou_at=ctx.received_at)
         elif isinstance(message, wp.EndOfUtteranceFrame):
             if session.speech_ms <= 0:
@@ -443,7 +446,9 @@ class WebSocketService:
             self.end(cid, "caller_ended", poster, active_until=self.clock())
 
     def _start(self, ctx: Frame, poster: Poster, session: LiveSession) -> None:
-        resumed = session.turn_seq > 0
+        # Frames run concurrently: a text frame sent right after "start" may already have begun its turn, so neither
+        # "resumed" nor the first message is read off the turn state; each is claimed once, atomically.
+        resumed = not self.store.claim_start(ctx.conversation_id)
         poster.post(
             ctx.connection_id,
             wp.encode(
@@ -452,13 +457,44 @@ class WebSocketService:
                 )
             ),
         )
-        if resumed or session.state != LISTENING:
+        self._speak_first_message(session, poster)
+
+    def _owes_first_message(self, session: LiveSession) -> bool:
+        config = self._config(session)
+        if config.first_message_mode == FirstMessageMode.assistant_generates_first:
+            return True
+        return config.first_message_mode == FirstMessageMode.assistant_speaks_first and bool(config.first_message)
+
+    def _speak_first_message(self, session: LiveSession, poster: Poster) -> None:
+        """The agent's first message, once per conversation: whoever claims it (the first ``start``, or a text
+        frame that got there first) speaks it. None once a turn has run (the caller spoke before any ``start``)."""
+        if session.first_turn is not None or session.turn_seq > 0 or not self._owes_first_message(session):
+            return
+        turn_id = new_id("turn")
+        if not self.store.claim_first_message(session.conversation_id, turn_id):
             return
         config = self._config(session)
-        if config.first_message_mode == FirstMessageMode.assistant_speaks_first and config.first_message:
-            self.run_turn(session, poster, mode="none", scripted=config.first_message, expected_utt=session.utt)
-        elif config.first_message_mode == FirstMessageMode.assistant_generates_first:
-            self.run_turn(session, poster, mode="none", expected_utt=session.utt)
+        scripted = (
+            config.first_message if config.first_message_mode == FirstMessageMode.assistant_speaks_first else None
+        )
+        try:
+            self.run_turn(session, poster, mode="none", scripted=scripted, expected_utt=session.utt, turn_id=turn_id)
+        finally:
+            self.store.first_message_over(session.conversation_id)
+
+    def _after_first_message(self, session: LiveSession, poster: Poster) -> None:
+        """A typed turn comes after the agent's first message, never instead of it: the first message is spoken
+        here if nobody has claimed it yet, or waited for (at most ``FIRST_MESSAGE_WAIT_S``) while another
+        invocation speaks it. Caller audio is not held back: speaking over the first message interrupts it."""
+        if session.first_done or not self._owes_first_message(session):
+            return
+        self._speak_first_message(session, poster)
+        deadline = time.monotonic() + FIRST_MESSAGE_WAIT_S
+        while time.monotonic() < deadline:
+            current = self.store.get(session.conversation_id)
+            if current is None or current.state == ENDED or current.first_turn is None or current.first_done:
+                return  # over, or nobody speaks it (the caller spoke before any "start")
+            time.sleep(0.05)
 
     def handle_audio_stream(self, ctx: Frame, poster: Poster, message: wp.AudioFrame) -> None:
         """One audio chunk: VAD, buffer, barge-in while the agent speaks, end of utterance by trailing silence."""
@@ -565,10 +601,11 @@ class WebSocketService:
         numbered: bool = True,
         tail: bytes = b"",
         vad: tuple[float, float] | None = None,
+        turn_id: str | None = None,
     ) -> TurnResult | None:
         eou_at = eou_at if eou_at is not None else time.perf_counter()
         cid = session.conversation_id
-        turn_id = new_id("turn")
+        turn_id = turn_id or new_id("turn")
         upper = end_seq - 1 if (end_seq is not None and tail) else end_seq
         heard = None
         if mode == "audio" and numbered and upper is not None:
@@ -729,10 +766,10 @@ class WebSocketService:
         self.end(session.conversation_id, "silence_timeout", poster)
         return "silence_timeout"
 
-    def sweep(self, *, disconnect_grace_seconds: float = 30.0) -> dict[str, int]:
-        """Scheduled: timers of every live session, sessions abandoned by their caller or whose conversation was
-        ended or deleted elsewhere, stale DB rows. One failing session never stops the sweep (counted as
-        ``errors``, logged)."""
+    def sweep(self) -> dict[str, int]:
+        """Scheduled: timers of every live session, sessions abandoned by their caller (no connection came back
+        within the resume window) or whose conversation was ended or deleted elsewhere, stale DB rows. One failing
+        session never stops the sweep (counted as ``errors``, logged)."""
         done: dict[str, int] = {}
 
         def count(action: str | None) -> None:
@@ -748,7 +785,7 @@ class WebSocketService:
                     reason = closed[session.conversation_id]
                     self.end(session.conversation_id, reason, None)
                     count("closed_elsewhere")
-                elif not session.connections and now - session.last_activity >= disconnect_grace_seconds:
+                elif session.caller_gone(now, self.settings.ws_resume_window_seconds):
                     self.end(session.conversation_id, "caller_disconnected", None)
                     count("caller_disconnected")
                 else:
@@ -854,6 +891,17 @@ class WebSocketService:
             return False
         self._notify_ended(session, reason, ended_summary(conversation), None)
         return True
+
+    def holding_callers(self, conversation_ids: list[str]) -> dict[str, bool]:
+        """Of these conversations, those with a live session -> whether their caller still holds the call: a
+        connection is open, or the last one dropped within the resume window. An ended live session holds
+        nothing. Conversations without a live session are left out (the caller decides about them)."""
+        now = self.clock()
+        window = self.settings.ws_resume_window_seconds
+        return {
+            cid: session.state != ENDED and not session.caller_gone(now, window)
+            for cid, session in self.store.get_many(conversation_ids).items()
+        }
 
     def live_activity(self, conversation_id: str) -> datetime | None:
         """The live session's last activity, for billing a conversation ended outside the socket (None when

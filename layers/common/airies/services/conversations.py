@@ -639,6 +639,27 @@ class ConversationService:
         self._publish_turn_usage(conversation, result)
         return turn
 
+    def cut_turn(self, account_id: str, conversation_id: str, turn_id: str, heard: str) -> ConversationTurn | None:
+        """A barge-in that arrived after the turn was stored: keep only ``heard`` as the agent's text (what the
+        history and the next LLM call see) and count the interruption once. None when the turn is not stored."""
+        query = select(ConversationTurn).where(
+            ConversationTurn.id == turn_id,
+            ConversationTurn.conversation_id == conversation_id,
+            ConversationTurn.account_id == account_id,
+        )
+        if self.session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update()
+        turn = self.session.scalar(query)
+        if turn is None or turn.interrupted:
+            return turn
+        conversation = self.get(account_id, conversation_id, for_update=True)
+        turn.agent_text = heard
+        turn.interrupted = True
+        turn.status = "interrupted"
+        conversation.interruption_count += 1
+        self.session.flush()
+        return turn
+
     def _publish_turn_usage(self, conversation: Conversation, result: TurnResult) -> None:
         if self.usage_sink is None:
             return

@@ -65,6 +65,7 @@ class LiveSession:
     started: bool = False  # a ``start`` frame was handled (a later one resumes)
     first_turn: str | None = None  # the turn that speaks the agent's first message, once claimed
     first_done: bool = False  # that turn is over (spoken, cut short, or refused)
+    spoken: str | None = None  # JSON: the last finished turn's sentences and their audio offsets (late barge-in)
 
     def caller_gone(self, now: float, resume_window_s: float) -> bool:
         """No connection, and none came back within the resume window since the last one dropped (or, for a
@@ -111,6 +112,7 @@ class LiveSession:
             started=b("started"),
             first_turn=s("first_turn"),
             first_done=b("first_done"),
+            spoken=s("spoken"),
         )
 
 
@@ -399,23 +401,35 @@ class SessionStore:
             is not None
         )
 
-    def finish_turn(self, conversation_id: str, turn_id: str) -> None:
-        """Back to listening, unless a newer turn already took over (or the conversation ended)."""
-        self._update(
+    def finish_turn(self, conversation_id: str, turn_id: str, spoken: str | None = None) -> LiveSession | None:
+        """Back to listening, unless a newer turn already took over (or the conversation ended): then None.
+        ``spoken`` (the turn's sentences and their audio offsets) is kept until the next turn starts, for a barge-in
+        that arrives after the turn's last frame. The answer says whether the turn was cancelled meanwhile."""
+        values: dict[str, Any] = {
+            ":listening": {"S": LISTENING},
+            ":turn": {"S": turn_id},
+            ":now": {"N": repr(self.clock())},
+            ":ended": {"S": ENDED},
+        }
+        expr = "SET #st = :listening, last_activity = :now"
+        if spoken is not None:
+            expr += ", spoken = :spoken"
+            values[":spoken"] = {"S": spoken}
+        attrs = self._update(
             self._key(conversation_id),
-            "SET #st = :listening, last_activity = :now",
-            {
-                ":listening": {"S": LISTENING},
-                ":turn": {"S": turn_id},
-                ":now": {"N": repr(self.clock())},
-                ":ended": {"S": ENDED},
-            },
+            expr,
+            values,
             ExpressionAttributeNames={"#st": "state"},
             ConditionExpression="turn_id = :turn AND #st <> :ended",
+            ReturnValues="ALL_NEW",
         )
+        return LiveSession.from_item(attrs) if attrs else None
 
-    def cancel_turn(self, conversation_id: str, played_ms: int | None = None) -> str | None:
-        """Barge-in: mark the turn in flight cancelled. Returns its id, or None when nothing was speaking."""
+    def cancel_turn(
+        self, conversation_id: str, played_ms: int | None = None, *, turn_id: str | None = None
+    ) -> str | None:
+        """Barge-in: mark the turn in flight (``turn_id``, when given) cancelled. Returns its id, or None when
+        nothing (or another turn) was being spoken."""
         values: dict[str, Any] = {
             ":thinking": {"S": THINKING},
             ":speaking": {"S": SPEAKING},
@@ -425,15 +439,33 @@ class SessionStore:
         if played_ms is not None:
             expr += ", played_ms = :played"
             values[":played"] = {"N": str(played_ms)}
+        condition = "#st IN (:thinking, :speaking)"
+        if turn_id is not None:
+            condition += " AND turn_id = :turn"
+            values[":turn"] = {"S": turn_id}
         attrs = self._update(
             self._key(conversation_id),
             expr,
             values,
             ExpressionAttributeNames={"#st": "state"},
-            ConditionExpression="#st IN (:thinking, :speaking)",
+            ConditionExpression=condition,
             ReturnValues="ALL_NEW",
         )
         return LiveSession.from_item(attrs).turn_id if attrs else None
+
+    def cancel_finished_turn(self, conversation_id: str, turn_id: str, played_ms: int) -> LiveSession | None:
+        """Barge-in after the turn's last frame: the turn is over but still the last one (no newer turn started)
+        and not cut yet. Returns the session (with the turn's ``spoken`` record), or None."""
+        attrs = self._update(
+            self._key(conversation_id),
+            "SET cancelled = :turn, played_ms = :played",
+            {":turn": {"S": turn_id}, ":played": {"N": str(played_ms)}, ":listening": {"S": LISTENING}},
+            ExpressionAttributeNames={"#st": "state"},
+            ConditionExpression="turn_id = :turn AND #st = :listening "
+            "AND (attribute_not_exists(cancelled) OR cancelled <> :turn)",
+            ReturnValues="ALL_NEW",
+        )
+        return LiveSession.from_item(attrs) if attrs else None
 
     def turn_status(self, conversation_id: str, turn_id: str) -> tuple[bool, int | None]:
         """(cancelled, played_ms) for the running turn: checked before every post."""

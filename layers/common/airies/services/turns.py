@@ -219,6 +219,7 @@ class TurnResult:
     user_pcm: bytes = b""
     error: dict[str, Any] | None = None
     passages: int = 0
+    spoken: list[SpokenSentence] = field(default_factory=list)  # per sentence, where its audio starts and ends
 
 
 def normalise(text: str) -> str:
@@ -248,6 +249,13 @@ def heard_text(sentences: list[SpokenSentence], heard_ms: float) -> str:
         else:
             break
     return " ".join(words)
+
+
+def heard_reply(sentences: list[SpokenSentence], played_ms: int | None) -> str:
+    """What the caller heard of a reply: everything posted, or only the first ``played_ms`` of its audio when the
+    client reported how much it played (a barge-in while the reply is posted, or after its ``turn_end``)."""
+    audio_ms = max((s.end_ms for s in sentences), default=0.0)
+    return heard_text(sentences, audio_ms if played_ms is None else min(played_ms, audio_ms))
 
 
 def price_usage(usage: dict[str, Any]) -> tuple[dict[str, str], Decimal]:
@@ -358,6 +366,7 @@ class TurnRunner:
                 user_pcm=inp.pcm or b"",
                 error=error,
                 passages=state.passages,
+                spoken=list(state.sentences),
             )
 
         # 1. speech to text
@@ -695,5 +704,4 @@ class _TurnState:
             return " ".join(s.text for s in self.sentences)
         if not self.was_interrupted:
             return " ".join(s.text for s in self.sentences if s.end_ms > s.start_ms or s.complete)
-        heard_ms = self.audio_ms if self.played_ms is None else min(self.played_ms, self.audio_ms)
-        return heard_text(self.sentences, heard_ms)
+        return heard_reply(self.sentences, self.played_ms)

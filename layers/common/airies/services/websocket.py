@@ -9,6 +9,7 @@ connections carry on. The sweeper (scheduled) calls :meth:`WebSocketService.swee
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -49,7 +50,15 @@ from airies.services.sessions import (
     SessionEnded,
     SessionStore,
 )
-from airies.services.turns import TurnEngines, TurnInput, TurnResult, TurnRunner, chunk_activity
+from airies.services.turns import (
+    SpokenSentence,
+    TurnEngines,
+    TurnInput,
+    TurnResult,
+    TurnRunner,
+    chunk_activity,
+    heard_reply,
+)
 
 log = logging.getLogger(__name__)
 # Work overlapped with the invocation's thread: buffer writes, claiming a turn while the database is read, the
@@ -103,6 +112,20 @@ def ended_summary(conversation: Conversation | None) -> dict[str, Any]:
         "turns": conversation.turn_count,
         "cost_usd": format(conversation.cost_usd or 0, "f"),
     }
+
+
+def spoken_record(turn_id: str, sentences: list[SpokenSentence]) -> str:
+    """A finished turn's sentences with their audio offsets, as kept in the live session."""
+    rows = [[s.text, s.start_ms, s.end_ms, s.complete] for s in sentences]
+    return json.dumps({"turn_id": turn_id, "sentences": rows}, separators=(",", ":"))
+
+
+def spoken_sentences(record: str | None, turn_id: str) -> list[SpokenSentence] | None:
+    """The sentences of ``turn_id`` from a ``spoken_record`` (None when the record is of another turn)."""
+    data = json.loads(record) if record else {}
+    if data.get("turn_id") != turn_id:
+        return None
+    return [SpokenSentence(text, start, end, complete) for text, start, end, complete in data["sentences"]]
 
 
 class Poster(Protocol):
@@ -441,7 +464,7 @@ class WebSocketService:
                 end_seq=message.last_seq,
             )
         elif isinstance(message, wp.InterruptFrame):
-            self.process_interruption(cid, message.played_ms)
+            self.handle_interrupt(ctx, poster, message)
         elif isinstance(message, wp.EndFrame):
             self.end(cid, "caller_ended", poster, active_until=self.clock())
 
@@ -693,7 +716,9 @@ class WebSocketService:
             # would never end the next utterance and the silence timer would never fire.
             if sink is not None:
                 sink.settle()
-            self._abandon(claim, cid, turn_id)
+            stored = result is not None and result.status == "completed" and closed is None
+            record = spoken_record(turn_id, result.spoken) if stored and result is not None else None
+            finished = self._abandon(claim, cid, turn_id, record)
         if closed is not None:
             # No turn_end: the turn was not stored. The caller gets "ended" and the socket closes.
             self.end(cid, closed, poster)
@@ -713,6 +738,9 @@ class WebSocketService:
         )
         if sink.connections:
             sink._broadcast(sink_frame)
+        if finished is not None and finished.cancelled == turn_id and finished.played_ms is not None and stored:
+            # An interrupt landed after the turn's last barge-in check: cut it now, as one after turn_end would be.
+            self._cut_finished_turn(finished, turn_id, poster)
         ending = end_after or result.end_call
         if ending:
             self.end(cid, ending, poster, active_until=self.clock())
@@ -730,15 +758,52 @@ class WebSocketService:
     def _fetch_audio(self, cid: str, first: int, upper: int | None, numbered: bool) -> Future[tuple[bytes, int]]:
         return _background.submit(self.store.utterance_audio, cid, first, upper, wait_s=0.6 if numbered else 0.0)
 
-    def _abandon(self, claim: Future[LiveSession | None], cid: str, turn_id: str) -> None:
+    def _abandon(
+        self, claim: Future[LiveSession | None], cid: str, turn_id: str, spoken: str | None = None
+    ) -> LiveSession | None:
         """The turn is over, or failed: back to listening if the claim went through (a no-op when a newer turn
-        took over or the conversation ended)."""
+        took over or the conversation ended). Returns the session as the turn left it (None: not this turn's)."""
         try:
             claimed = claim.result() is not None
         except Exception:
+            return None
+        return self.store.finish_turn(cid, turn_id, spoken) if claimed else None
+
+    # -- barge-in ------------------------------------------------------------------------------------------------
+    def handle_interrupt(self, ctx: Frame, poster: Poster, message: wp.InterruptFrame) -> None:
+        """An ``interrupt`` frame. The turn being posted stops before its next frame (its invocation answers
+        ``interrupted``). A turn already posted whole (the client plays in real time, so it interrupts after
+        ``turn_end``) is cut to ``played_ms`` until the next turn starts; naming an older turn is an error."""
+        cid = ctx.conversation_id
+        if self.store.cancel_turn(cid, message.played_ms, turn_id=message.turn_id) is not None:
             return
-        if claimed:
-            self.store.finish_turn(cid, turn_id)
+        session = self.store.get(cid)
+        if session is None or session.turn_id is None:
+            return  # nothing was said yet: nothing to interrupt
+        target = message.turn_id or session.turn_id
+        if session.turn_id != target:
+            raise wp.ProtocolError(
+                "turn_not_current",
+                "that turn is over and a newer one has started: only the last turn can be interrupted",
+                {"turn_id": target, "current_turn_id": session.turn_id},
+            )
+        if message.played_ms is None or session.state != LISTENING:
+            return  # all of it was posted and nothing says less was heard; or a newer turn is being claimed
+        cut = self.store.cancel_finished_turn(cid, target, message.played_ms)
+        if cut is not None:
+            self._cut_finished_turn(cut, target, poster)
+
+    def _cut_finished_turn(self, session: LiveSession, turn_id: str, poster: Poster | None) -> None:
+        """Keep only what the caller heard of a finished turn (``session.played_ms`` of its audio): the stored
+        agent text, and so the next turn's LLM history, then tell the connections (``interrupted``)."""
+        sentences = spoken_sentences(session.spoken, turn_id)
+        if sentences is None:
+            return
+        heard = heard_reply(sentences, session.played_ms)
+        with self.database.session() as db:
+            if self.conversations(db).cut_turn(session.account_id, session.conversation_id, turn_id, heard) is None:
+                return
+        self.broadcast_to_conversation(session.conversation_id, wp.interrupted(turn_id, heard), poster)
 
     # -- timers --------------------------------------------------------------------------------------------------
     def check_timers(self, session: LiveSession, poster: Poster | None = None) -> str | None:

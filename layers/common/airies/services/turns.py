@@ -322,8 +322,24 @@ class TurnRunner:
         sink: TurnSink,
     ) -> TurnResult:
         """``history`` may be a callable: it is then loaded on a thread while speech is transcribed."""
-        t0 = inp.eou_at
         history_task = asyncio.ensure_future(asyncio.to_thread(history)) if callable(history) else None
+        try:
+            return await self._run(config, history, history_task, inp, sink)
+        finally:
+            if history_task is not None and not history_task.done():
+                # A turn that needs no history (a scripted reply, no speech, a failure) still waits for the read:
+                # it runs on the caller's database session, which the caller uses next (storing the turn).
+                await asyncio.gather(history_task, return_exceptions=True)
+
+    async def _run(
+        self,
+        config: AgentConfig,
+        history: list[dict[str, str]] | Callable[[], list[dict[str, str]]],
+        history_task: asyncio.Future[list[dict[str, str]]] | None,
+        inp: TurnInput,
+        sink: TurnSink,
+    ) -> TurnResult:
+        t0 = inp.eou_at
         latency: dict[str, float | None] = {
             "endpointing_ms": round(inp.endpointing_ms, 2),
             "stt_ms": None,

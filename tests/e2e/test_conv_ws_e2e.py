@@ -208,18 +208,23 @@ def test_spoken_conversation_with_offline_engines(database, settings, moto_endpo
         greeting, reply = asyncio.run(talk())
         assert greeting[0]["type"] == "ready" and "audio" in [f["type"] for f in greeting]
         transcript = next(f for f in reply if f["type"] == "transcript")
-        # The socket delivered the utterance intact: the transcript is exactly what the same offline engine
-        # makes of the whole recording (PocketSphinx may drop words of eSpeak speech: that is the engine, not us).
-        from airies.services.voice import build_voice_service
+        # The socket delivered the utterance intact: the transcript is exactly what the same offline engine, with
+        # the agent's model (built at deploy from all of its phrases), makes of the whole recording (PocketSphinx
+        # may drop words of eSpeak speech: that is the engine, not us).
+        from airies.schemas.agents import AgentConfig
+        from airies.services.voice import build_voice_service, expected_phrases_for_agent
 
+        config = AgentConfig.model_validate(client.get(f"/api/v1/agents/{agent_id}", headers=auth).json()["config"])
         direct = asyncio.run(
             build_voice_service(stack.settings).speech_to_text(
                 utterance,
                 16000,
                 transcriber={"provider": "pocketsphinx", "model": "en-us"},
-                expected_phrases=[phrase, "goodbye"],
+                expected_phrases=expected_phrases_for_agent(config),
+                prebuilt_only=True,
             )
         )
+        assert direct.metadata["language_model"] == "domain_lm"  # the deploy built it
         assert transcript["text"] == direct.text and set(direct.text.split()) <= set(phrase.split())
         assert len(direct.text.split()) >= 3
         audio = b"".join(base64.b64decode(f["data"]) for f in reply if f["type"] == "audio")

@@ -116,7 +116,8 @@ def token_secret(settings: Settings) -> bytes:
 
 # --- adapters to the other capabilities ----------------------------------------------------------------------------
 class VoiceSTT:
-    """STTProvider over the voice capability's service (provider choice, account keys, offline fallback)."""
+    """STTProvider over the voice capability's service (provider choice, account keys, offline fallback). A turn
+    uses the offline recogniser's prebuilt model only: building one is deploy-time work, never a turn's."""
 
     def __init__(self, voice: Any, config: AgentConfig) -> None:
         self.voice = voice
@@ -125,7 +126,11 @@ class VoiceSTT:
 
     async def transcribe(self, pcm16: bytes, sample_rate: int, options: STTOptions) -> Transcript:
         transcript: Transcript = await self.voice.speech_to_text(
-            pcm16, sample_rate, transcriber=self.config.transcriber, expected_phrases=options.expected_phrases
+            pcm16,
+            sample_rate,
+            transcriber=self.config.transcriber,
+            expected_phrases=options.expected_phrases,
+            prebuilt_only=True,
         )
         return transcript
 

@@ -21,6 +21,7 @@ from airies.providers.tts.base import TTSOptions, TTSProvider
 from airies.schemas import ws_protocol as wp
 from airies.schemas.agents import AgentConfig
 from airies.services import catalog
+from airies.services.voice import expected_phrases_for_agent
 
 LLMStreamer = Callable[[LLMRequest], AsyncIterator[LLMEvent]]
 # (account_id, knowledge_base_ids, query) -> passages [{"text", "score", "source", ...}]
@@ -394,7 +395,7 @@ class TurnRunner:
                 model=config.transcriber.model,
                 language=config.transcriber.language,
                 keywords=tuple(config.transcriber.keywords),
-                expected_phrases=tuple(config.metadata.get("expected_phrases", []) or ()),
+                expected_phrases=expected_phrases_for_agent(config),  # the recogniser's domain: the whole agent
             )
             try:
                 transcript: Transcript = await self.engines.stt.transcribe(inp.pcm or b"", wp.SAMPLE_RATE, options)

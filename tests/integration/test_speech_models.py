@@ -209,3 +209,16 @@ def test_a_caller_saying_goodbye_ends_the_call(aws, database, settings, tmp_path
     ended = [f for f in frames if f["type"] == "ended"]  # (the trailing silence frames after it are refused)
     assert [f["reason"] for f in ended] == ["caller_end_call_phrase"]
     assert h.conversation(cid).end_reason == "caller_end_call_phrase" and not h.llm.requests  # type: ignore[attr-defined]
+
+
+def test_deploy_without_the_offline_recogniser_builds_nothing_and_succeeds(
+    client, auth, app, tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    builder = CountingBuilder()
+    app.state.speech_models = SpeechModelCache(tmp_path / "models", None, builder)
+    monkeypatch.setitem(sys.modules, "pocketsphinx", None)  # as on the Lambda layer, which does not ship it
+    agent = client.post("/api/v1/agents", json=AGENT, headers=auth).json()
+    assert client.post(f"/api/v1/agents/{agent['id']}/deploy", headers=auth).status_code == 201
+    assert builder.calls == [] and not (tmp_path / "models").exists()

@@ -800,13 +800,13 @@ def domain_phrases(expected_phrases: Sequence[str], keywords: Sequence[str]) -> 
 def prepare_speech_model(cache: SpeechModelCache, account_id: str, config: Any) -> bool:
     """Build (or find) the offline recogniser's model of an agent config, as its turns will ask for it. Never
     raises: without a model the agent's turns decode with the general model. True when a model is ready."""
+    if not offline_stt_available():  # the Lambda layer ships no PocketSphinx: its calls use a cloud recogniser
+        return False
     phrases = domain_phrases(
         expected_phrases_for_agent(config), tuple(_get(_get(config, "transcriber"), "keywords", None) or ())
     )
     try:
         return cache.ensure(account_id, phrases) is not None
-    except NotAvailableError:  # PocketSphinx is not installed here (the Lambda layer): nothing to prepare
-        return False
     except Exception:
         log.exception("building the speech model of an agent of %s failed", account_id)
         return False

@@ -801,8 +801,10 @@ class WebSocketService:
             return
         heard = heard_reply(sentences, session.played_ms)
         with self.database.session() as db:
-            if self.conversations(db).cut_turn(session.account_id, session.conversation_id, turn_id, heard) is None:
+            turn = self.conversations(db).cut_turn(session.account_id, session.conversation_id, turn_id, heard)
+            if turn is None:
                 return
+            heard = turn.agent_text or ""  # a turn cut before keeps its first cut
         self.broadcast_to_conversation(session.conversation_id, wp.interrupted(turn_id, heard), poster)
 
     # -- timers --------------------------------------------------------------------------------------------------

@@ -38,9 +38,10 @@ def pocketsphinx_recognizer(expected_phrases: tuple[str, ...] = ()) -> Recognize
     from airies.providers.stt.pocketsphinx import PocketSphinxSTT
 
     engine = PocketSphinxSTT()
+    model = engine.build_model(expected_phrases)  # the domain model, as a deploy builds it
 
     def recognize(pcm16: bytes, sample_rate: int) -> str:
-        options = STTOptions(expected_phrases=expected_phrases)
+        options = STTOptions(expected_phrases=expected_phrases, language_model=model)
         return asyncio.run(engine.transcribe(pcm16, sample_rate, options)).text
 
     return recognize

@@ -88,6 +88,10 @@ def test_make_run_serves_the_voice_websocket(local_server) -> None:  # type: ign
         started = http.post("/api/v1/conversations", json={"agent_id": agent_id})
         assert started.status_code == 201, started.text
         conversation = started.json()
+        # The dev account's plan allows several calls at once (the Free tier allows one).
+        another = http.post("/api/v1/conversations", json={"agent_id": agent_id})
+        assert another.status_code == 201, another.text
+        assert http.get("/api/v1/billing/balance").json()["tier"] == "pro"
     assert conversation["ws_url"].startswith(f"ws://127.0.0.1:{port}/ws?")
 
     async def recv_until(ws: Any, stop: Any) -> list[dict[str, Any]]:

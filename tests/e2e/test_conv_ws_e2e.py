@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import pytest
 
 from airies.api.app import create_app
 from airies.audio.codecs import read_wav, resample_pcm16
-from airies.local.ws_gateway import LocalWsGateway, load_voice_handlers
+from airies.local.ws_gateway import UVICORN_WS, LocalWsGateway, load_voice_handlers
 from airies.services.conversations import ConversationTokens
 from airies.services.sessions import SessionStore
 from airies.services.websocket import WebSocketService
@@ -102,7 +103,7 @@ class LiveStack:
         self.gateway = LocalWsGateway(dispatch, domain=f"127.0.0.1:{self.port}")
         self.gateway.mount(self.app)
 
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", ws="websockets-sansio")
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", ws=UVICORN_WS)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -207,18 +208,23 @@ def test_spoken_conversation_with_offline_engines(database, settings, moto_endpo
         greeting, reply = asyncio.run(talk())
         assert greeting[0]["type"] == "ready" and "audio" in [f["type"] for f in greeting]
         transcript = next(f for f in reply if f["type"] == "transcript")
-        # The socket delivered the utterance intact: the transcript is exactly what the same offline engine
-        # makes of the whole recording (PocketSphinx may drop words of eSpeak speech: that is the engine, not us).
-        from airies.services.voice import build_voice_service
+        # The socket delivered the utterance intact: the transcript is exactly what the same offline engine, with
+        # the agent's model (built at deploy from all of its phrases), makes of the whole recording (PocketSphinx
+        # may drop words of eSpeak speech: that is the engine, not us).
+        from airies.schemas.agents import AgentConfig
+        from airies.services.voice import build_voice_service, expected_phrases_for_agent
 
+        config = AgentConfig.model_validate(client.get(f"/api/v1/agents/{agent_id}", headers=auth).json()["config"])
         direct = asyncio.run(
             build_voice_service(stack.settings).speech_to_text(
                 utterance,
                 16000,
                 transcriber={"provider": "pocketsphinx", "model": "en-us"},
-                expected_phrases=[phrase, "goodbye"],
+                expected_phrases=expected_phrases_for_agent(config),
+                prebuilt_only=True,
             )
         )
+        assert direct.metadata["language_model"] == "domain_lm"  # the deploy built it
         assert transcript["text"] == direct.text and set(direct.text.split()) <= set(phrase.split())
         assert len(direct.text.split()) >= 3
         audio = b"".join(base64.b64decode(f["data"]) for f in reply if f["type"] == "audio")
@@ -368,23 +374,42 @@ def test_end_call_phrase_silence_timeout_credits_and_stale_token(database, setti
         stack.stop()
 
 
-def test_gateway_refuses_missing_token(database, settings, moto_endpoint) -> None:  # type: ignore[no-untyped-def]
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_gateway_refuses_missing_token_with_a_json_401_and_no_error_log(database, settings, moto_endpoint) -> None:  # type: ignore[no-untyped-def]
     from websockets.asyncio.client import connect
     from websockets.exceptions import InvalidStatus
 
     stack = LiveStack(database, settings, moto_endpoint)
+    server_log = Records()
+    uvicorn_error = logging.getLogger("uvicorn.error")  # where uvicorn logs handshakes and protocol faults
+    uvicorn_error.addHandler(server_log)
+    level = uvicorn_error.level
+    uvicorn_error.setLevel(logging.INFO)  # the stack runs uvicorn at "warning": its handshake lines are INFO
     try:
 
-        async def attempt() -> int:
+        async def attempt() -> tuple[int, bytes]:
             try:
                 async with connect(f"ws://127.0.0.1:{stack.port}/ws"):
-                    return 101
+                    return 101, b""
             except InvalidStatus as exc:
-                return exc.response.status_code
+                return exc.response.status_code, exc.response.body
 
-        assert asyncio.run(attempt()) == 401
+        status, body = asyncio.run(attempt())
     finally:
-        stack.stop()
+        stack.stop()  # the server has finished with the refused connection (and logged whatever it logs)
+        uvicorn_error.removeHandler(server_log)
+        uvicorn_error.setLevel(level)
+    assert status == 401 and json.loads(body)["code"] == "invalid_token"
+    assert any('"WebSocket /ws" 401' in r.getMessage() for r in server_log.records)
+    assert [r.getMessage() for r in server_log.records if r.levelno >= logging.WARNING] == []
 
 
 def test_reconnect_after_the_first_token_expired_with_a_refreshed_token(database, settings, moto_endpoint) -> None:  # type: ignore[no-untyped-def]

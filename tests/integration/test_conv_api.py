@@ -399,3 +399,59 @@ def test_an_http_turn_says_end_call_as_a_boolean_and_why(client, auth, engines) 
     assert client.get(f"/api/v1/conversations/{cid}", headers=auth).json()["status"] == "ended"
     schema = client.app.openapi()["components"]["schemas"]["TurnResponse"]["properties"]
     assert schema["end_call"] == {"type": "boolean", "title": "End Call"}  # never null
+
+
+def test_a_dropped_call_holds_its_slot_only_for_the_resume_window(client, auth, engines, app, live_sessions) -> None:  # type: ignore[no-untyped-def]
+    """Free tier: one concurrent conversation. A call whose socket closed without ``end`` counts while it may still
+    resume (the resume window after the last connection dropped), then no longer, before the sweeper ends it."""
+    import time
+
+    from sqlalchemy import update
+
+    from airies.db.models.conversations import Conversation, ConversationTurn
+    from airies.services.websocket import WebSocketService
+
+    clock = {"now": time.time()}
+    live_sessions.clock = lambda: clock["now"]
+    service = WebSocketService(app.state.settings, app.state.database, live_sessions, clock=live_sessions.clock)
+    app.state.live_sessions = service
+    window = app.state.settings.ws_resume_window_seconds
+    agent_id = deployed_agent(client, auth)
+    call = start(client, auth, agent_id)
+
+    def connection_event(route: str, connection_id: str) -> dict:  # type: ignore[type-arg]
+        kind = "CONNECT" if route == "$connect" else "DISCONNECT"
+        return {
+            "queryStringParameters": {"conversation_id": call["id"], "token": call["token"]},
+            "requestContext": {"routeKey": route, "eventType": kind, "connectionId": connection_id},
+        }
+
+    def try_start() -> int:
+        return client.post("/api/v1/conversations", json={"agent_id": agent_id}, headers=auth).status_code
+
+    assert service.handle_connection(connection_event("$connect", "c1="))["statusCode"] == 200
+    clock["now"] += 120  # connected for two minutes (a silent caller): still live
+    assert try_start() == 429
+    service.handle_connection(connection_event("$disconnect", "c1="))  # the socket dropped without "end"
+    clock["now"] += window - 1
+    assert try_start() == 429  # it may still resume
+    assert "caller_disconnected" not in service.sweep()  # and the sweeper does not end it
+    clock["now"] += 2  # past the resume window: the slot is free before the sweeper ends the call
+    second = client.post("/api/v1/conversations", json={"agent_id": agent_id}, headers=auth)
+    assert second.status_code == 201, second.text
+    assert client.get(f"/api/v1/conversations/{call['id']}", headers=auth).json()["status"] == "active"
+    assert service.sweep()["caller_disconnected"] == 1
+
+    # An HTTP conversation (no socket) holds its slot while its last turn is within the window.
+    reply = client.post(f"/api/v1/conversations/{second.json()['id']}/message", json={"text": "hi"}, headers=auth)
+    assert reply.status_code == 200, reply.text
+    assert try_start() == 429
+    from datetime import timedelta
+
+    from airies.db.models.base import utcnow
+
+    long_ago = utcnow() - timedelta(seconds=window + 1)
+    with app.state.database.session() as s:
+        s.execute(update(ConversationTurn).values(started_at=long_ago, ended_at=long_ago))
+        s.execute(update(Conversation).where(Conversation.id == second.json()["id"]).values(started_at=long_ago))
+    assert try_start() == 201

@@ -756,9 +756,9 @@ def test_live_state_is_speaking_from_the_first_audio_out_then_listening(aws, dat
         events.append(("set_speaking", done, h.store.get(cid).state))
         return done
 
-    def finishing(conversation_id: str, turn_id: str) -> None:
+    def finishing(conversation_id: str, turn_id: str, spoken: str | None = None) -> Any:
         events.append(("finish", None, h.store.get(cid).state))
-        finish(conversation_id, turn_id)
+        return finish(conversation_id, turn_id, spoken)
 
     h.poster.post = posting  # type: ignore[method-assign]
     h.store.set_speaking = speaking  # type: ignore[method-assign]
@@ -934,3 +934,125 @@ def test_sweeper_max_duration_never_connected_and_stale(aws, database, settings)
     assert h.conversation(never).end_reason == "never_connected" and h.conversation(never).duration_seconds == 0
     assert h.conversation(stale).end_reason == "stale"
     assert h.conversation(fresh).status == "created"
+
+
+# --- a text frame right after "start" ------------------------------------------------------------------------------
+def test_a_text_frame_before_start_gets_the_first_message_first(aws, database, settings) -> None:
+    llm = FakeLLM(reply="We open at nine.")
+    h = Harness(database, settings, fake_engines(llm=llm))  # the agent speaks first
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    h.send(conn, {"action": "text", "text": "When do you open?"})  # handled before the "start" sent just before it
+    h.send(conn, {"action": "start"})
+    frames = frames_of(conn)
+    said = [f["delta"].strip() for f in frames if f["type"] == "agent_text"]
+    assert said == ["Hello, thanks for calling.", "We open at nine."]
+    assert [f["resumed"] for f in frames if f["type"] == "ready"] == [False]  # the caller's first "start"
+    turns = h.turns(cid)
+    assert [(t.input_mode, t.agent_text, t.status) for t in turns] == [
+        ("none", "Hello, thanks for calling.", "completed"),
+        ("text", "We open at nine.", "completed"),
+    ]
+    assert llm.requests[-1].messages[1] == {"role": "assistant", "content": "Hello, thanks for calling."}
+    h.send(conn, {"action": "start"})  # a later start resumes and says nothing
+    assert frames_of(conn)[-1]["type"] == "ready" and frames_of(conn)[-1]["resumed"] is True
+    assert len(h.turns(cid)) == 2
+
+
+def test_a_text_frame_while_the_first_message_is_spoken_waits_for_it(aws, database, settings) -> None:
+    holder: dict[str, Any] = {}
+
+    def on_chunk(n: int) -> None:
+        if n == 1:  # the first message is being synthesised: the caller's text frame arrives (another invocation)
+            holder["text"] = threading.Thread(
+                target=holder["h"].send, args=(holder["conn"], {"action": "text", "text": "When do you open?"})
+            )
+            holder["text"].start()
+
+    tts = FakeTTS(chunk_ms=250, on_chunk=on_chunk)
+    h = Harness(database, settings, fake_engines(llm=FakeLLM(reply="We open at nine."), tts=tts))
+    holder["h"] = h
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    holder["conn"] = conn
+    h.send(conn, {"action": "start"})
+    holder["text"].join()
+    kinds = types(frames_of(conn))
+    assert "interrupted" not in kinds
+    turns = h.turns(cid)
+    assert [(t.input_mode, t.agent_text, t.status) for t in turns] == [
+        ("none", "Hello, thanks for calling.", "completed"),
+        ("text", "We open at nine.", "completed"),
+    ]
+    first_end = kinds.index("turn_end")
+    assert kinds.index("transcript") > first_end  # the typed turn started after the first message ended
+
+
+# --- barge-in after the turn's last frame -------------------------------------------------------------------------
+LONG_REPLY = "First sentence here. Second sentence is long and will be cut. Third one never heard."
+
+
+def test_an_interrupt_after_turn_end_keeps_only_what_was_played(aws, database, settings) -> None:
+    llm = FakeLLM(reply=LONG_REPLY)
+    h = Harness(
+        database,
+        settings,
+        fake_engines(llm=llm, tts=FakeTTS(chunk_ms=250)),
+        first_message_mode="assistant_waits_for_user",
+    )
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    h.send(conn, {"action": "text", "text": "tell me"})
+    end = frames_of(conn)[-1]
+    assert end["type"] == "turn_end" and end["status"] == "completed" and end["agent_text"] == LONG_REPLY
+    # 60 ms of audio per character: the first sentence is 1,200 ms; 1,500 ms also plays an eighth of the second.
+    h.send(conn, {"action": "interrupt", "turn_id": end["turn_id"], "played_ms": 1500})
+    cut = frames_of(conn)[-1]
+    assert cut == {
+        "type": "interrupted",
+        "v": 1,
+        "turn_id": end["turn_id"],
+        "heard_text": "First sentence here. Second",
+    }
+    turn = h.turns(cid)[-1]
+    assert (turn.agent_text, turn.interrupted, turn.status) == ("First sentence here. Second", True, "interrupted")
+    assert turn.agent_text_generated == LONG_REPLY and h.conversation(cid).interruption_count == 1
+    h.send(conn, {"action": "interrupt", "turn_id": end["turn_id"], "played_ms": 100})  # once cut, it stays so
+    assert types(frames_of(conn)).count("interrupted") == 1
+    assert h.turns(cid)[-1].agent_text == "First sentence here. Second"
+    assert h.conversation(cid).interruption_count == 1
+
+    h.send(conn, {"action": "text", "text": "go on"})  # the next turn: the model sees only what was heard
+    assert llm.requests[-1].messages[-2:] == [
+        {"role": "assistant", "content": "First sentence here. Second"},
+        {"role": "user", "content": "go on"},
+    ]
+    h.send(conn, {"action": "interrupt", "turn_id": end["turn_id"], "played_ms": 500})  # an older turn: refused
+    refused = frames_of(conn)[-1]
+    assert refused["type"] == "error" and refused["code"] == "turn_not_current"
+    assert refused["details"]["current_turn_id"] == h.turns(cid)[-1].id
+    assert h.turns(cid)[0].agent_text == "First sentence here. Second"  # unchanged
+
+
+def test_an_interrupt_after_the_last_check_but_before_the_turn_ends_cuts_it(aws, database, settings) -> None:
+    h = Harness(
+        database,
+        settings,
+        fake_engines(llm=FakeLLM(reply=LONG_REPLY), tts=FakeTTS(chunk_ms=250)),
+        first_message_mode="assistant_waits_for_user",
+    )
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    finish = h.store.finish_turn
+
+    def interrupted_first(conversation_id: str, turn_id: str, spoken: str | None = None) -> Any:
+        # The interrupt lands after the turn posted its last frame, before the turn is back to listening.
+        assert h.store.cancel_turn(conversation_id, 1300, turn_id=turn_id) == turn_id
+        return finish(conversation_id, turn_id, spoken)
+
+    h.store.finish_turn = interrupted_first  # type: ignore[method-assign]
+    h.send(conn, {"action": "text", "text": "tell me"})
+    frames = frames_of(conn)
+    assert types(frames)[-2:] == ["turn_end", "interrupted"] and frames[-1]["heard_text"] == "First sentence here."
+    turn = h.turns(cid)[-1]
+    assert turn.agent_text == "First sentence here." and turn.interrupted and h.store.get(cid).state == "listening"

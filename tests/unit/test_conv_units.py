@@ -266,3 +266,39 @@ def test_voice_runtime_drops_stale_connections_after_a_snapstart_restore(monkeyp
 
 async def _loop() -> object:
     return asyncio.get_running_loop()
+
+
+def test_a_turn_that_needs_no_history_still_waits_for_its_read() -> None:
+    """The history is read on a thread with the caller's database session while the turn starts; a turn that ends
+    without it (a caller's end-call phrase: a scripted goodbye) must not return while that read still runs, or the
+    caller's next use of the session (storing the turn) races it (on PostgreSQL: a corrupted protocol exchange)."""
+    import threading
+    import time
+
+    first_frame = threading.Event()
+    reads: list[str] = []
+
+    def history() -> list[dict[str, str]]:
+        first_frame.wait(10)
+        time.sleep(0.3)  # a slow query: still running when the short goodbye has been posted
+        reads.append("done")
+        return []
+
+    class Sink:
+        async def send(self, message: dict[str, Any]) -> bool:
+            first_frame.set()
+            return True
+
+        async def cancelled(self) -> tuple[bool, int | None]:
+            return False, None
+
+    inp = TurnInput(turn_id="turn_1", seq=1, mode="text", account_id="acc", conversation_id="c", text="ok goodbye")
+    engines = fake_engines(tts=FakeTTS(ms_per_char=1))
+
+    async def turn() -> tuple[Any, list[str]]:
+        result = await TurnRunner(engines).run(AgentConfig(name="x"), history, inp, Sink())
+        return result, list(reads)  # what had been read when the turn returned (asyncio.run waits for threads)
+
+    result, read_when_returned = asyncio.run(turn())
+    assert result.end_call == "caller_end_call_phrase"
+    assert read_when_returned == ["done"]

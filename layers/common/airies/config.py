@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     ws_token_secret: str | None = None  # HMAC key of conversation tokens; locally derived from data_dir
     ws_token_ttl_seconds: int = 300
     ws_state_ttl_seconds: int = 7200  # API Gateway's 2-hour connection maximum
+    # A call whose last connection dropped may reconnect (resume) this long; after it the call no longer counts
+    # against the plan's concurrent conversations and the sweeper ends it (caller_disconnected).
+    ws_resume_window_seconds: int = 30
     ws_out_chunk_ms: int = 250  # server audio frames: barge-in stops within one of these
     ws_control_frames_per_second: int = 10
     ws_max_utterance_seconds: int = 30

@@ -45,6 +45,10 @@ from airies.local.template import (
 )
 
 API_FUNCTION = "ApiFunction"
+# The dev account's billing tier: Pro allows 20 concurrent conversations and 50,000 minutes a month, needs no
+# minimum balance to start a call and has an overdraft, so local calls (several at once, a dropped one still in its
+# resume window) are not refused by the Free tier's single conversation.
+DEV_ACCOUNT_PLAN = "pro"
 WEBSOCKET_EXTENSION = "airies.local.ws_gateway"  # module with mount(app, stack); added by the conversations issue
 
 
@@ -182,11 +186,13 @@ def build_stack(
     database = get_database(settings)
 
     from airies.services.accounts import AccountService
+    from airies.services.usage import build_usage_service
 
     key = dev_api_key(data_dir)
     with database.session() as session:
         account = AccountService(session).ensure_dev_account(key)
         account_id = account.id
+        build_usage_service(settings).set_tier(account_id, DEV_ACCOUNT_PLAN, session=session)  # idempotent
 
     from aws_lambda_powertools import Logger
 
@@ -218,7 +224,7 @@ def build_stack(
                 f"  database    {safe_url}",
                 f"  AWS (moto)  {endpoint}   resources: {', '.join(created) or 'none'}",
                 f"  S3 objects  kept in {data_dir / 's3'} ({restored} restored)",
-                f"  dev account {account_id}",
+                f"  dev account {account_id} (plan {DEV_ACCOUNT_PLAN})",
                 f"  dev API key {key}",
                 "",
                 f'  curl -H "Authorization: Bearer {key}" http://127.0.0.1:{port}{settings.api_base_path}/agents',
@@ -236,7 +242,10 @@ def main() -> int:
     import uvicorn
 
     try:
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level=os.environ.get("AIRIES_UVICORN_LOG_LEVEL", "info"))
+        from airies.local.ws_gateway import UVICORN_WS
+
+        log_level = os.environ.get("AIRIES_UVICORN_LOG_LEVEL", "info")
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level=log_level, ws=UVICORN_WS)
     finally:
         stack.stopping.set()
         if stack.moto_server is not None:

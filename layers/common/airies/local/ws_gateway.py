@@ -32,6 +32,10 @@ from starlette.websockets import WebSocket
 
 from airies.config import PROJECT_ROOT
 
+# uvicorn's WebSocket implementation for the local stack. wsproto completes a refused handshake once the denial
+# response (status + JSON body) is sent; uvicorn's default websockets-sansio protocol sends the same response but
+# then logs "ASGI callable returned without completing handshake" at ERROR for every refusal.
+UVICORN_WS = "wsproto"
 NAMED_ROUTES = {"audio", "interrupt"}  # the template's named routes; everything else is $default
 FUNCTIONS = {"$connect": "connect", "$disconnect": "disconnect", "$default": "default"}
 MANAGEMENT_PATH = "/ws-management"
@@ -194,14 +198,11 @@ class LocalWsGateway:
             await self._invoke("$disconnect", event)
 
     async def _deny(self, websocket: Any, status: int, body: str | None) -> None:
+        """Refuse the handshake as API Gateway does: an HTTP response with the handler's status and JSON body
+        (the ASGI WebSocket denial response; every server the local stack runs on supports it)."""
         from starlette.responses import Response
 
-        try:
-            await websocket.send_denial_response(
-                Response(body or "", status_code=status, media_type="application/json")
-            )
-        except RuntimeError:  # server without the denial-response extension: refuse with a close code
-            await websocket.close(code=4000 + min(status, 999))
+        await websocket.send_denial_response(Response(body or "", status_code=status, media_type="application/json"))
 
     # -- management API --------------------------------------------------------------------------------------------
     @staticmethod

@@ -97,7 +97,10 @@ class TextFrame(_Frame):
 
 class InterruptFrame(_Frame):
     action: Literal["interrupt"]
-    # How much of the current turn's audio the client actually played: history keeps only what was heard.
+    # The turn the client was playing (``turn_id`` of its frames): the one being posted, or the last one after its
+    # ``turn_end`` until the next turn starts. Without it: the current (or last) turn.
+    turn_id: str | None = Field(None, min_length=1, max_length=64)
+    # How much of that turn's audio the client actually played: history keeps only what was heard.
     played_ms: int | None = Field(None, ge=0, le=3_600_000)
 
 

@@ -118,7 +118,8 @@ def token_secret(settings: Settings) -> bytes:
 
 # --- adapters to the other capabilities ----------------------------------------------------------------------------
 class VoiceSTT:
-    """STTProvider over the voice capability's service (provider choice, account keys, offline fallback)."""
+    """STTProvider over the voice capability's service (provider choice, account keys, offline fallback). A turn
+    uses the offline recogniser's prebuilt model only: building one is deploy-time work, never a turn's."""
 
     def __init__(self, voice: Any, config: AgentConfig) -> None:
         self.voice = voice
@@ -127,7 +128,11 @@ class VoiceSTT:
 
     async def transcribe(self, pcm16: bytes, sample_rate: int, options: STTOptions) -> Transcript:
         transcript: Transcript = await self.voice.speech_to_text(
-            pcm16, sample_rate, transcriber=self.config.transcriber, expected_phrases=options.expected_phrases
+            pcm16,
+            sample_rate,
+            transcriber=self.config.transcriber,
+            expected_phrases=options.expected_phrases,
+            prebuilt_only=True,
         )
         return transcript
 
@@ -219,23 +224,78 @@ def billing_credit_gate(settings: Settings, session: Session | None) -> CreditGa
     return check
 
 
-def billing_start_check(settings: Settings, session: Session, account_id: str) -> None:
+# (conversation ids) -> for those with a live session: does a caller still hold it (connected, or dropped within
+# the resume window)? ``WebSocketService.holding_callers``.
+HoldingCallers = Callable[[list[str]], dict[str, bool]]
+
+
+def live_conversation_count(
+    settings: Settings, session: Session, account_id: str, holding: HoldingCallers | None = None
+) -> int:
+    """The account's conversations that count against its plan's concurrent limit.
+
+    Counted: one started whose token can still connect (older never-connected ones do not count); an active one
+    whose caller holds it: connected, or within ``ws_resume_window_seconds`` of the last connection dropping; an
+    active one without a live session (HTTP turns) while its last turn, or its start, is within that window.
+    A call whose socket dropped without ``end`` therefore stops counting after the window, not when the sweeper
+    gets to it. Without ``holding`` (or when the live state cannot be read) every active one counts.
+    """
+    now = utcnow()
+    rows = session.execute(
+        select(Conversation.id, Conversation.status).where(
+            Conversation.account_id == account_id,
+            (Conversation.status == "active")
+            | (
+                (Conversation.status == "created")
+                & (Conversation.created_at >= now - timedelta(seconds=settings.ws_token_ttl_seconds))
+            ),
+        )
+    ).all()
+    active = [cid for cid, status in rows if status == "active"]
+    count = len(rows) - len(active)
+    if not active:
+        return count
+    states: dict[str, bool] = {}
+    if holding is None:
+        states = dict.fromkeys(active, True)
+    else:
+        try:
+            states = holding(active)
+        except Exception:  # the live state is unreachable: count conservatively
+            log.exception("could not read the live sessions of account %s", account_id)
+            states = dict.fromkeys(active, True)
+    count += sum(states.values())
+    without_session = [cid for cid in active if cid not in states]
+    if without_session:
+        since = now - timedelta(seconds=settings.ws_resume_window_seconds)
+        last_turn = (
+            select(func.max(ConversationTurn.ended_at))
+            .where(ConversationTurn.conversation_id == Conversation.id)
+            .scalar_subquery()
+        )
+        count += int(
+            session.scalar(
+                select(func.count())
+                .select_from(Conversation)
+                .where(
+                    Conversation.id.in_(without_session),
+                    func.coalesce(last_turn, Conversation.started_at) >= since,
+                )
+            )
+            or 0
+        )
+    return count
+
+
+def billing_start_check(
+    settings: Settings, session: Session, account_id: str, holding: HoldingCallers | None = None
+) -> None:
     """Before a conversation starts: credits, plan minutes and concurrent conversations (402/429 when refused)."""
     from airies.services.usage import build_usage_service
 
-    # Live calls, plus ones just started whose token can still connect (older never-connected ones do not count).
-    fresh = utcnow() - timedelta(seconds=settings.ws_token_ttl_seconds)
-    active = session.scalar(
-        select(func.count())
-        .select_from(Conversation)
-        .where(
-            Conversation.account_id == account_id,
-            (Conversation.status == "active")
-            | ((Conversation.status == "created") & (Conversation.created_at >= fresh)),
-        )
-    )
+    active = live_conversation_count(settings, session, account_id, holding)
     check = build_usage_service(settings).check_usage_limits(
-        account_id, starting_conversation=True, active_conversations=int(active or 0), session=session
+        account_id, starting_conversation=True, active_conversations=active, session=session
     )
     check.raise_for_status()
 
@@ -584,6 +644,27 @@ class ConversationService:
         conversation.usage = totals
         self.session.flush()
         self._publish_turn_usage(conversation, result)
+        return turn
+
+    def cut_turn(self, account_id: str, conversation_id: str, turn_id: str, heard: str) -> ConversationTurn | None:
+        """A barge-in that arrived after the turn was stored: keep only ``heard`` as the agent's text (what the
+        history and the next LLM call see) and count the interruption once. None when the turn is not stored."""
+        query = select(ConversationTurn).where(
+            ConversationTurn.id == turn_id,
+            ConversationTurn.conversation_id == conversation_id,
+            ConversationTurn.account_id == account_id,
+        )
+        if self.session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update()
+        turn = self.session.scalar(query)
+        if turn is None or turn.interrupted:
+            return turn
+        conversation = self.get(account_id, conversation_id, for_update=True)
+        turn.agent_text = heard
+        turn.interrupted = True
+        turn.status = "interrupted"
+        conversation.interruption_count += 1
+        self.session.flush()
         return turn
 
     def _publish_turn_usage(self, conversation: Conversation, result: TurnResult) -> None:

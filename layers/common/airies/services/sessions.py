@@ -61,6 +61,18 @@ class LiveSession:
     reminder_sent: bool = False
     end_reason: str | None = None
     endpoint: str | None = None
+    disconnected_at: float = 0.0  # when a connection last dropped (the resume window runs from the last one)
+    started: bool = False  # a ``start`` frame was handled (a later one resumes)
+    first_turn: str | None = None  # the turn that speaks the agent's first message, once claimed
+    first_done: bool = False  # that turn is over (spoken, cut short, or refused)
+    spoken: str | None = None  # JSON: the last finished turn's sentences and their audio offsets (late barge-in)
+
+    def caller_gone(self, now: float, resume_window_s: float) -> bool:
+        """No connection, and none came back within the resume window since the last one dropped (or, for a
+        session that never recorded a drop, since the caller's last activity)."""
+        if self.connections:
+            return False
+        return now - (self.disconnected_at or self.last_activity) >= resume_window_s
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> LiveSession:
@@ -96,6 +108,11 @@ class LiveSession:
             reminder_sent=b("reminder_sent"),
             end_reason=s("end_reason"),
             endpoint=s("endpoint"),
+            disconnected_at=_num(item.get("disconnected_at")),
+            started=b("started"),
+            first_turn=s("first_turn"),
+            first_done=b("first_done"),
+            spoken=s("spoken"),
         )
 
 
@@ -195,6 +212,7 @@ class SessionStore:
         if agent_id:
             expr += ", agent_id = :agent"
             values[":agent"] = {"S": agent_id}
+        expr += " REMOVE disconnected_at"  # a connection is back: the resume window no longer runs
         attrs = self._update(
             self._key(conversation_id),
             expr,
@@ -214,6 +232,21 @@ class SessionStore:
         item = self.client.get_item(TableName=self.table, Key=self._key(conversation_id), ConsistentRead=consistent)
         return LiveSession.from_item(item["Item"]) if "Item" in item else None
 
+    def get_many(self, conversation_ids: list[str]) -> dict[str, LiveSession]:
+        """The live sessions of these conversations (those that have one), read in batches of 100."""
+        found: dict[str, LiveSession] = {}
+        for start in range(0, len(conversation_ids), 100):
+            keys = [self._key(cid) for cid in dict.fromkeys(conversation_ids[start : start + 100])]
+            request: dict[str, Any] = {self.table: {"Keys": keys, "ConsistentRead": True}}
+            while request:
+                self.ops["read"] += 1
+                page = self.client.batch_get_item(RequestItems=request)
+                for item in page.get("Responses", {}).get(self.table, []):
+                    session = LiveSession.from_item(item)
+                    found[session.conversation_id] = session
+                request = page.get("UnprocessedKeys") or {}
+        return found
+
     def connection(self, connection_id: str) -> dict[str, str] | None:
         self.ops["read"] += 1
         item = self.client.get_item(
@@ -230,8 +263,8 @@ class SessionStore:
         if conversation_id:
             self._update(
                 self._key(conversation_id),
-                "DELETE conns :c",
-                {":c": {"SS": [connection_id]}},
+                "DELETE conns :c SET disconnected_at = :now",
+                {":c": {"SS": [connection_id]}, ":now": {"N": repr(self.clock())}},
                 ConditionExpression="attribute_exists(pk)",
             )
 
@@ -272,6 +305,30 @@ class SessionStore:
             ReturnValues="ALL_NEW",
         )
         return LiveSession.from_item(attrs) if attrs is not None else None
+
+    def claim_start(self, conversation_id: str) -> bool:
+        """The first ``start`` of the conversation (True once; a later ``start`` resumes)."""
+        return self._claim_once(conversation_id, "started", {"BOOL": True})
+
+    def claim_first_message(self, conversation_id: str, turn_id: str) -> bool:
+        """The right to speak the agent's first message, as turn ``turn_id`` (True for exactly one caller)."""
+        return self._claim_once(conversation_id, "first_turn", {"S": turn_id})
+
+    def first_message_over(self, conversation_id: str) -> None:
+        """The first message's turn is over: caller turns held back for it may run."""
+        self._update(self._key(conversation_id), "SET first_done = :t", {":t": {"BOOL": True}})
+
+    def _claim_once(self, conversation_id: str, attribute: str, value: dict[str, Any]) -> bool:
+        return (
+            self._update(
+                self._key(conversation_id),
+                "SET #a = :v",
+                {":v": value, ":ended": {"S": ENDED}},
+                ExpressionAttributeNames={"#a": attribute, "#st": "state"},
+                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(#a) AND #st <> :ended",
+            )
+            is not None
+        )
 
     # -- turns ---------------------------------------------------------------------------------------------------
     def begin_turn(
@@ -344,23 +401,35 @@ class SessionStore:
             is not None
         )
 
-    def finish_turn(self, conversation_id: str, turn_id: str) -> None:
-        """Back to listening, unless a newer turn already took over (or the conversation ended)."""
-        self._update(
+    def finish_turn(self, conversation_id: str, turn_id: str, spoken: str | None = None) -> LiveSession | None:
+        """Back to listening, unless a newer turn already took over (or the conversation ended): then None.
+        ``spoken`` (the turn's sentences and their audio offsets) is kept until the next turn starts, for a barge-in
+        that arrives after the turn's last frame. The answer says whether the turn was cancelled meanwhile."""
+        values: dict[str, Any] = {
+            ":listening": {"S": LISTENING},
+            ":turn": {"S": turn_id},
+            ":now": {"N": repr(self.clock())},
+            ":ended": {"S": ENDED},
+        }
+        expr = "SET #st = :listening, last_activity = :now"
+        if spoken is not None:
+            expr += ", spoken = :spoken"
+            values[":spoken"] = {"S": spoken}
+        attrs = self._update(
             self._key(conversation_id),
-            "SET #st = :listening, last_activity = :now",
-            {
-                ":listening": {"S": LISTENING},
-                ":turn": {"S": turn_id},
-                ":now": {"N": repr(self.clock())},
-                ":ended": {"S": ENDED},
-            },
+            expr,
+            values,
             ExpressionAttributeNames={"#st": "state"},
             ConditionExpression="turn_id = :turn AND #st <> :ended",
+            ReturnValues="ALL_NEW",
         )
+        return LiveSession.from_item(attrs) if attrs else None
 
-    def cancel_turn(self, conversation_id: str, played_ms: int | None = None) -> str | None:
-        """Barge-in: mark the turn in flight cancelled. Returns its id, or None when nothing was speaking."""
+    def cancel_turn(
+        self, conversation_id: str, played_ms: int | None = None, *, turn_id: str | None = None
+    ) -> str | None:
+        """Barge-in: mark the turn in flight (``turn_id``, when given) cancelled. Returns its id, or None when
+        nothing (or another turn) was being spoken."""
         values: dict[str, Any] = {
             ":thinking": {"S": THINKING},
             ":speaking": {"S": SPEAKING},
@@ -370,15 +439,33 @@ class SessionStore:
         if played_ms is not None:
             expr += ", played_ms = :played"
             values[":played"] = {"N": str(played_ms)}
+        condition = "#st IN (:thinking, :speaking)"
+        if turn_id is not None:
+            condition += " AND turn_id = :turn"
+            values[":turn"] = {"S": turn_id}
         attrs = self._update(
             self._key(conversation_id),
             expr,
             values,
             ExpressionAttributeNames={"#st": "state"},
-            ConditionExpression="#st IN (:thinking, :speaking)",
+            ConditionExpression=condition,
             ReturnValues="ALL_NEW",
         )
         return LiveSession.from_item(attrs).turn_id if attrs else None
+
+    def cancel_finished_turn(self, conversation_id: str, turn_id: str, played_ms: int) -> LiveSession | None:
+        """Barge-in after the turn's last frame: the turn is over but still the last one (no newer turn started)
+        and not cut yet. Returns the session (with the turn's ``spoken`` record), or None."""
+        attrs = self._update(
+            self._key(conversation_id),
+            "SET cancelled = :turn, played_ms = :played",
+            {":turn": {"S": turn_id}, ":played": {"N": str(played_ms)}, ":listening": {"S": LISTENING}},
+            ExpressionAttributeNames={"#st": "state"},
+            ConditionExpression="turn_id = :turn AND #st = :listening "
+            "AND (attribute_not_exists(cancelled) OR cancelled <> :turn)",
+            ReturnValues="ALL_NEW",
+        )
+        return LiveSession.from_item(attrs) if attrs else None
 
     def turn_status(self, conversation_id: str, turn_id: str) -> tuple[bool, int | None]:
         """(cancelled, played_ms) for the running turn: checked before every post."""

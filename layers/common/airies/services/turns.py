@@ -23,6 +23,7 @@ from airies.schemas.agents import AgentConfig
 from airies.schemas.money import format_usd
 from airies.services import catalog
 from airies.services.engines import turn_engines
+from airies.services.voice import expected_phrases_for_agent
 
 LLMStreamer = Callable[[LLMRequest], AsyncIterator[LLMEvent]]
 # (account_id, knowledge_base_ids, query) -> passages [{"text", "score", "source", ...}]
@@ -221,6 +222,7 @@ class TurnResult:
     user_pcm: bytes = b""
     error: dict[str, Any] | None = None
     passages: int = 0
+    spoken: list[SpokenSentence] = field(default_factory=list)  # per sentence, where its audio starts and ends
 
 
 def normalise(text: str) -> str:
@@ -250,6 +252,13 @@ def heard_text(sentences: list[SpokenSentence], heard_ms: float) -> str:
         else:
             break
     return " ".join(words)
+
+
+def heard_reply(sentences: list[SpokenSentence], played_ms: int | None) -> str:
+    """What the caller heard of a reply: everything posted, or only the first ``played_ms`` of its audio when the
+    client reported how much it played (a barge-in while the reply is posted, or after its ``turn_end``)."""
+    audio_ms = max((s.end_ms for s in sentences), default=0.0)
+    return heard_text(sentences, audio_ms if played_ms is None else min(played_ms, audio_ms))
 
 
 def price_usage(usage: dict[str, Any]) -> tuple[dict[str, str], Decimal]:
@@ -316,8 +325,24 @@ class TurnRunner:
         sink: TurnSink,
     ) -> TurnResult:
         """``history`` may be a callable: it is then loaded on a thread while speech is transcribed."""
-        t0 = inp.eou_at
         history_task = asyncio.ensure_future(asyncio.to_thread(history)) if callable(history) else None
+        try:
+            return await self._run(config, history, history_task, inp, sink)
+        finally:
+            if history_task is not None and not history_task.done():
+                # A turn that needs no history (a scripted reply, no speech, a failure) still waits for the read:
+                # it runs on the caller's database session, which the caller uses next (storing the turn).
+                await asyncio.gather(history_task, return_exceptions=True)
+
+    async def _run(
+        self,
+        config: AgentConfig,
+        history: list[dict[str, str]] | Callable[[], list[dict[str, str]]],
+        history_task: asyncio.Future[list[dict[str, str]]] | None,
+        inp: TurnInput,
+        sink: TurnSink,
+    ) -> TurnResult:
+        t0 = inp.eou_at
         latency: dict[str, float | None] = {
             "endpointing_ms": round(inp.endpointing_ms, 2),
             "stt_ms": None,
@@ -361,6 +386,7 @@ class TurnRunner:
                 user_pcm=inp.pcm or b"",
                 error=error,
                 passages=state.passages,
+                spoken=list(state.sentences),
             )
 
         # 1. speech to text
@@ -372,7 +398,7 @@ class TurnRunner:
                 model=config.transcriber.model,
                 language=config.transcriber.language,
                 keywords=tuple(config.transcriber.keywords),
-                expected_phrases=tuple(config.metadata.get("expected_phrases", []) or ()),
+                expected_phrases=expected_phrases_for_agent(config),  # the recogniser's domain: the whole agent
             )
             try:
                 transcript: Transcript = await self.engines.stt.transcribe(inp.pcm or b"", wp.SAMPLE_RATE, options)
@@ -698,5 +724,4 @@ class _TurnState:
             return " ".join(s.text for s in self.sentences)
         if not self.was_interrupted:
             return " ".join(s.text for s in self.sentences if s.end_ms > s.start_ms or s.complete)
-        heard_ms = self.audio_ms if self.played_ms is None else min(self.played_ms, self.audio_ms)
-        return heard_text(self.sentences, heard_ms)
+        return heard_reply(self.sentences, self.played_ms)

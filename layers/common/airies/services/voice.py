@@ -14,13 +14,18 @@ Provider choice (``build_voice_service``):
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from sqlalchemy import select
+
+from airies.db.models import Agent, AgentVersion
 from airies.errors import (
     BadRequestError,
     NotAvailableError,
@@ -31,6 +36,8 @@ from airies.errors import (
 )
 from airies.providers.stt.base import STTOptions, STTProvider, Transcript
 from airies.providers.tts.base import TTSOptions, TTSProvider, VoiceInfo
+from airies.services.speech_models import ModelBuilder, SpeechModelCache
+from airies.services.storage import StorageService
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -38,6 +45,8 @@ if TYPE_CHECKING:
     from airies.config import Settings
     from airies.db.engine import Database
     from airies.db.models.voice import Voice
+
+log = logging.getLogger(__name__)
 
 OFFLINE_STT = "pocketsphinx"
 OFFLINE_TTS = "espeak"
@@ -170,6 +179,8 @@ class VoiceService:
     voice_cache_ttl: float = 600.0
     cache_namespace: str = "platform"  # account keys see their own voice lists
     default_offline_voice: str = "en-us+klatt2"
+    # Domain language models of the offline recogniser (built at deploy time, cached by content hash).
+    speech_models: SpeechModelCache | None = None
     last_tts_provider: str | None = field(default=None, init=False)
     _offline_stt: STTProvider | None = field(default=None, init=False, repr=False)
     _offline_tts: TTSProvider | None = field(default=None, init=False, repr=False)
@@ -254,8 +265,14 @@ class VoiceService:
         *,
         transcriber: Any = None,
         expected_phrases: Sequence[str] = (),
+        prebuilt_only: bool = False,
     ) -> Transcript:
-        """Transcribe one utterance. ``transcriber`` is a TranscriberConfig, a dict with the same keys, or None."""
+        """Transcribe one utterance. ``transcriber`` is a TranscriberConfig, a dict with the same keys, or None.
+
+        The offline recogniser decodes with the domain model of the expected phrases and keywords: a stored one,
+        or one built now. ``prebuilt_only`` (a conversation turn) never builds: without a stored model (the agent
+        was deployed before models were built, or building failed) the turn decodes with the general model.
+        """
         self.check_audio(pcm16, sample_rate)
         provider = self.stt_provider(_get(transcriber, "provider"))
         model = _get(transcriber, "model")
@@ -267,6 +284,11 @@ class VoiceService:
             keywords=tuple(_get(transcriber, "keywords", ()) or ()),
             expected_phrases=tuple(p for p in expected_phrases if p and p.strip()),
         )
+        if provider.name == OFFLINE_STT and self.speech_models is not None:
+            phrases = domain_phrases(options.expected_phrases, options.keywords)
+            cache = self.speech_models
+            lookup = cache.get if prebuilt_only else cache.ensure
+            options = replace(options, language_model=await asyncio.to_thread(lookup, self.account_id, phrases))
         return await provider.transcribe(pcm16, sample_rate, options)
 
     # ------------------------------------------------------------------ text to speech
@@ -725,9 +747,7 @@ def build_voice_service(
         )
 
     def offline_stt() -> STTProvider:
-        from airies.providers.stt.pocketsphinx import PocketSphinxSTT
-
-        return _cached(PocketSphinxSTT)
+        return offline_recogniser()
 
     def offline_tts() -> TTSProvider:
         from airies.providers.tts.espeak import EspeakTTS
@@ -747,6 +767,27 @@ def build_voice_service(
         voice_cache_ttl=float(settings.voice_cache_ttl_seconds),
         cache_namespace=f"account:{account_id}" if uses_account_key and account_id else "platform",
         default_offline_voice=settings.espeak_default_voice,
+        speech_models=speech_model_cache(settings),
+    )
+
+
+def offline_recogniser() -> Any:
+    """The container's PocketSphinx engine (NotAvailableError when the package is not installed)."""
+    from airies.providers.stt.pocketsphinx import PocketSphinxSTT
+
+    return _cached(PocketSphinxSTT)
+
+
+def speech_model_cache(settings: Settings, builder: ModelBuilder | None = None) -> SpeechModelCache:
+    """The offline recogniser's models: ``<data_dir>/speech-models`` and the storage bucket (on AWS, or where an
+    AWS endpoint such as the local stack's moto is configured: never a real bucket from a developer's machine);
+    built with the container's PocketSphinx engine unless another ``builder`` is given."""
+    reachable = settings.on_aws or bool(settings.aws_endpoint_url)
+    storage = StorageService.from_settings(settings) if settings.storage_bucket and reachable else None
+    return SpeechModelCache(
+        Path(settings.data_dir) / "speech-models",
+        storage,
+        builder or (lambda phrases: offline_recogniser().build_model(phrases)),
     )
 
 
@@ -757,6 +798,38 @@ def replace_voice(voice: Any, **changes: Any) -> Any:
     if hasattr(voice, "model_copy"):
         return voice.model_copy(update=changes)
     return replace(voice, **changes)
+
+
+def domain_phrases(expected_phrases: Sequence[str], keywords: Sequence[str]) -> list[str]:
+    """What the offline recogniser's domain model is built from: the expected phrases and the keywords."""
+    return [*expected_phrases, *keywords]
+
+
+def prepare_speech_model(cache: SpeechModelCache, account_id: str, config: Any) -> bool:
+    """Build (or find) the offline recogniser's model of an agent config, as its turns will ask for it. Never
+    raises: without a model the agent's turns decode with the general model. True when a model is ready."""
+    if not offline_stt_available():  # the Lambda layer ships no PocketSphinx: its calls use a cloud recogniser
+        return False
+    phrases = domain_phrases(
+        expected_phrases_for_agent(config), tuple(_get(_get(config, "transcriber"), "keywords", None) or ())
+    )
+    try:
+        return cache.ensure(account_id, phrases) is not None
+    except Exception:
+        log.exception("building the speech model of an agent of %s failed", account_id)
+        return False
+
+
+def prepare_deployed_agents(cache: SpeechModelCache, database: Database) -> int:
+    """Models for the current version of every deployed agent (``make run`` at start-up: agents deployed before
+    models were built, or by another process). Returns how many are ready."""
+    with database.session() as session:
+        rows = session.execute(
+            select(AgentVersion.account_id, AgentVersion.config).join(
+                Agent, (Agent.id == AgentVersion.agent_id) & (Agent.current_version == AgentVersion.version)
+            )
+        ).all()
+    return sum(prepare_speech_model(cache, account_id, config) for account_id, config in rows)
 
 
 def expected_phrases_for_agent(config: Any) -> tuple[str, ...]:

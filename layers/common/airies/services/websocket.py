@@ -9,6 +9,7 @@ connections carry on. The sweeper (scheduled) calls :meth:`WebSocketService.swee
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -50,7 +51,15 @@ from airies.services.sessions import (
     SessionEnded,
     SessionStore,
 )
-from airies.services.turns import TurnEngines, TurnInput, TurnResult, TurnRunner, chunk_activity
+from airies.services.turns import (
+    SpokenSentence,
+    TurnEngines,
+    TurnInput,
+    TurnResult,
+    TurnRunner,
+    chunk_activity,
+    heard_reply,
+)
 
 log = logging.getLogger(__name__)
 # Work overlapped with the invocation's thread: buffer writes, claiming a turn while the database is read, the
@@ -87,6 +96,8 @@ def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
         asyncio.set_event_loop(None)
 
 
+# How long a typed turn waits for the first message another invocation is speaking (posts run ~20x real time).
+FIRST_MESSAGE_WAIT_S = 10.0
 MIN_SPEECH_MS = 150  # less voiced audio than this is a cough or a click, not an utterance
 HEARD_FRAMES_MAX = 4000  # per conversation (~17 min of 250 ms frames): past it the container stops keeping audio
 OUT_OF_CREDIT_MESSAGE = "I'm sorry, this account has run out of credits, so I have to end the call now. Goodbye."
@@ -102,6 +113,20 @@ def ended_summary(conversation: Conversation | None) -> dict[str, Any]:
         "turns": conversation.turn_count,
         "cost_usd": format_usd(conversation.cost_usd or 0),
     }
+
+
+def spoken_record(turn_id: str, sentences: list[SpokenSentence]) -> str:
+    """A finished turn's sentences with their audio offsets, as kept in the live session."""
+    rows = [[s.text, s.start_ms, s.end_ms, s.complete] for s in sentences]
+    return json.dumps({"turn_id": turn_id, "sentences": rows}, separators=(",", ":"))
+
+
+def spoken_sentences(record: str | None, turn_id: str) -> list[SpokenSentence] | None:
+    """The sentences of ``turn_id`` from a ``spoken_record`` (None when the record is of another turn)."""
+    data = json.loads(record) if record else {}
+    if data.get("turn_id") != turn_id:
+        return None
+    return [SpokenSentence(text, start, end, complete) for text, start, end, complete in data["sentences"]]
 
 
 class Poster(Protocol):
@@ -426,6 +451,7 @@ class WebSocketService:
         elif isinstance(message, wp.StartFrame):
             self._start(ctx, poster, session)
         elif isinstance(message, wp.TextFrame):
+            self._after_first_message(session, poster)
             self.run_turn(session, poster, mode="text", text=message.text, eou_at=ctx.received_at)
         elif isinstance(message, wp.EndOfUtteranceFrame):
             if session.speech_ms <= 0:
@@ -439,12 +465,14 @@ class WebSocketService:
                 end_seq=message.last_seq,
             )
         elif isinstance(message, wp.InterruptFrame):
-            self.process_interruption(cid, message.played_ms)
+            self.handle_interrupt(ctx, poster, message)
         elif isinstance(message, wp.EndFrame):
             self.end(cid, "caller_ended", poster, active_until=self.clock())
 
     def _start(self, ctx: Frame, poster: Poster, session: LiveSession) -> None:
-        resumed = session.turn_seq > 0
+        # Frames run concurrently: a text frame sent right after "start" may already have begun its turn, so neither
+        # "resumed" nor the first message is read off the turn state; each is claimed once, atomically.
+        resumed = not self.store.claim_start(ctx.conversation_id)
         poster.post(
             ctx.connection_id,
             wp.encode(
@@ -453,13 +481,44 @@ class WebSocketService:
                 )
             ),
         )
-        if resumed or session.state != LISTENING:
+        self._speak_first_message(session, poster)
+
+    def _owes_first_message(self, session: LiveSession) -> bool:
+        config = self._config(session)
+        if config.first_message_mode == FirstMessageMode.assistant_generates_first:
+            return True
+        return config.first_message_mode == FirstMessageMode.assistant_speaks_first and bool(config.first_message)
+
+    def _speak_first_message(self, session: LiveSession, poster: Poster) -> None:
+        """The agent's first message, once per conversation: whoever claims it (the first ``start``, or a text
+        frame that got there first) speaks it. None once a turn has run (the caller spoke before any ``start``)."""
+        if session.first_turn is not None or session.turn_seq > 0 or not self._owes_first_message(session):
+            return
+        turn_id = new_id("turn")
+        if not self.store.claim_first_message(session.conversation_id, turn_id):
             return
         config = self._config(session)
-        if config.first_message_mode == FirstMessageMode.assistant_speaks_first and config.first_message:
-            self.run_turn(session, poster, mode="none", scripted=config.first_message, expected_utt=session.utt)
-        elif config.first_message_mode == FirstMessageMode.assistant_generates_first:
-            self.run_turn(session, poster, mode="none", expected_utt=session.utt)
+        scripted = (
+            config.first_message if config.first_message_mode == FirstMessageMode.assistant_speaks_first else None
+        )
+        try:
+            self.run_turn(session, poster, mode="none", scripted=scripted, expected_utt=session.utt, turn_id=turn_id)
+        finally:
+            self.store.first_message_over(session.conversation_id)
+
+    def _after_first_message(self, session: LiveSession, poster: Poster) -> None:
+        """A typed turn comes after the agent's first message, never instead of it: the first message is spoken
+        here if nobody has claimed it yet, or waited for (at most ``FIRST_MESSAGE_WAIT_S``) while another
+        invocation speaks it. Caller audio is not held back: speaking over the first message interrupts it."""
+        if session.first_done or not self._owes_first_message(session):
+            return
+        self._speak_first_message(session, poster)
+        deadline = time.monotonic() + FIRST_MESSAGE_WAIT_S
+        while time.monotonic() < deadline:
+            current = self.store.get(session.conversation_id)
+            if current is None or current.state == ENDED or current.first_turn is None or current.first_done:
+                return  # over, or nobody speaks it (the caller spoke before any "start")
+            time.sleep(0.05)
 
     def handle_audio_stream(self, ctx: Frame, poster: Poster, message: wp.AudioFrame) -> None:
         """One audio chunk: VAD, buffer, barge-in while the agent speaks, end of utterance by trailing silence."""
@@ -566,10 +625,11 @@ class WebSocketService:
         numbered: bool = True,
         tail: bytes = b"",
         vad: tuple[float, float] | None = None,
+        turn_id: str | None = None,
     ) -> TurnResult | None:
         eou_at = eou_at if eou_at is not None else time.perf_counter()
         cid = session.conversation_id
-        turn_id = new_id("turn")
+        turn_id = turn_id or new_id("turn")
         upper = end_seq - 1 if (end_seq is not None and tail) else end_seq
         heard = None
         if mode == "audio" and numbered and upper is not None:
@@ -657,7 +717,9 @@ class WebSocketService:
             # would never end the next utterance and the silence timer would never fire.
             if sink is not None:
                 sink.settle()
-            self._abandon(claim, cid, turn_id)
+            stored = result is not None and result.status == "completed" and closed is None
+            record = spoken_record(turn_id, result.spoken) if stored and result is not None else None
+            finished = self._abandon(claim, cid, turn_id, record)
         if closed is not None:
             # No turn_end: the turn was not stored. The caller gets "ended" and the socket closes.
             self.end(cid, closed, poster)
@@ -677,6 +739,9 @@ class WebSocketService:
         )
         if sink.connections:
             sink._broadcast(sink_frame)
+        if finished is not None and finished.cancelled == turn_id and finished.played_ms is not None and stored:
+            # An interrupt landed after the turn's last barge-in check: cut it now, as one after turn_end would be.
+            self._cut_finished_turn(finished, turn_id, poster)
         ending = end_after or result.end_call
         if ending:
             self.end(cid, ending, poster, active_until=self.clock())
@@ -694,15 +759,54 @@ class WebSocketService:
     def _fetch_audio(self, cid: str, first: int, upper: int | None, numbered: bool) -> Future[tuple[bytes, int]]:
         return _background.submit(self.store.utterance_audio, cid, first, upper, wait_s=0.6 if numbered else 0.0)
 
-    def _abandon(self, claim: Future[LiveSession | None], cid: str, turn_id: str) -> None:
+    def _abandon(
+        self, claim: Future[LiveSession | None], cid: str, turn_id: str, spoken: str | None = None
+    ) -> LiveSession | None:
         """The turn is over, or failed: back to listening if the claim went through (a no-op when a newer turn
-        took over or the conversation ended)."""
+        took over or the conversation ended). Returns the session as the turn left it (None: not this turn's)."""
         try:
             claimed = claim.result() is not None
         except Exception:
+            return None
+        return self.store.finish_turn(cid, turn_id, spoken) if claimed else None
+
+    # -- barge-in ------------------------------------------------------------------------------------------------
+    def handle_interrupt(self, ctx: Frame, poster: Poster, message: wp.InterruptFrame) -> None:
+        """An ``interrupt`` frame. The turn being posted stops before its next frame (its invocation answers
+        ``interrupted``). A turn already posted whole (the client plays in real time, so it interrupts after
+        ``turn_end``) is cut to ``played_ms`` until the next turn starts; naming an older turn is an error."""
+        cid = ctx.conversation_id
+        if self.store.cancel_turn(cid, message.played_ms, turn_id=message.turn_id) is not None:
             return
-        if claimed:
-            self.store.finish_turn(cid, turn_id)
+        session = self.store.get(cid)
+        if session is None or session.turn_id is None:
+            return  # nothing was said yet: nothing to interrupt
+        target = message.turn_id or session.turn_id
+        if session.turn_id != target:
+            raise wp.ProtocolError(
+                "turn_not_current",
+                "that turn is over and a newer one has started: only the last turn can be interrupted",
+                {"turn_id": target, "current_turn_id": session.turn_id},
+            )
+        if message.played_ms is None or session.state != LISTENING:
+            return  # all of it was posted and nothing says less was heard; or a newer turn is being claimed
+        cut = self.store.cancel_finished_turn(cid, target, message.played_ms)
+        if cut is not None:
+            self._cut_finished_turn(cut, target, poster)
+
+    def _cut_finished_turn(self, session: LiveSession, turn_id: str, poster: Poster | None) -> None:
+        """Keep only what the caller heard of a finished turn (``session.played_ms`` of its audio): the stored
+        agent text, and so the next turn's LLM history, then tell the connections (``interrupted``)."""
+        sentences = spoken_sentences(session.spoken, turn_id)
+        if sentences is None:
+            return
+        heard = heard_reply(sentences, session.played_ms)
+        with self.database.session() as db:
+            turn = self.conversations(db).cut_turn(session.account_id, session.conversation_id, turn_id, heard)
+            if turn is None:
+                return
+            heard = turn.agent_text or ""  # a turn cut before keeps its first cut
+        self.broadcast_to_conversation(session.conversation_id, wp.interrupted(turn_id, heard), poster)
 
     # -- timers --------------------------------------------------------------------------------------------------
     def check_timers(self, session: LiveSession, poster: Poster | None = None) -> str | None:
@@ -730,10 +834,10 @@ class WebSocketService:
         self.end(session.conversation_id, "silence_timeout", poster)
         return "silence_timeout"
 
-    def sweep(self, *, disconnect_grace_seconds: float = 30.0) -> dict[str, int]:
-        """Scheduled: timers of every live session, sessions abandoned by their caller or whose conversation was
-        ended or deleted elsewhere, stale DB rows. One failing session never stops the sweep (counted as
-        ``errors``, logged)."""
+    def sweep(self) -> dict[str, int]:
+        """Scheduled: timers of every live session, sessions abandoned by their caller (no connection came back
+        within the resume window) or whose conversation was ended or deleted elsewhere, stale DB rows. One failing
+        session never stops the sweep (counted as ``errors``, logged)."""
         done: dict[str, int] = {}
 
         def count(action: str | None) -> None:
@@ -749,7 +853,7 @@ class WebSocketService:
                     reason = closed[session.conversation_id]
                     self.end(session.conversation_id, reason, None)
                     count("closed_elsewhere")
-                elif not session.connections and now - session.last_activity >= disconnect_grace_seconds:
+                elif session.caller_gone(now, self.settings.ws_resume_window_seconds):
                     self.end(session.conversation_id, "caller_disconnected", None)
                     count("caller_disconnected")
                 else:
@@ -855,6 +959,17 @@ class WebSocketService:
             return False
         self._notify_ended(session, reason, ended_summary(conversation), None)
         return True
+
+    def holding_callers(self, conversation_ids: list[str]) -> dict[str, bool]:
+        """Of these conversations, those with a live session -> whether their caller still holds the call: a
+        connection is open, or the last one dropped within the resume window. An ended live session holds
+        nothing. Conversations without a live session are left out (the caller decides about them)."""
+        now = self.clock()
+        window = self.settings.ws_resume_window_seconds
+        return {
+            cid: session.state != ENDED and not session.caller_gone(now, window)
+            for cid, session in self.store.get_many(conversation_ids).items()
+        }
 
     def live_activity(self, conversation_id: str) -> datetime | None:
         """The live session's last activity, for billing a conversation ended outside the socket (None when

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from airies.api.deps import Caller, current_caller
 from airies.db.models import Agent, AgentVersion
 from airies.schemas.agents import (
+    AgentConfig,
     AgentCreate,
     AgentOut,
     AgentTemplate,
@@ -18,6 +19,8 @@ from airies.schemas.agents import (
 )
 from airies.schemas.common import Limit, Page, StrictModel
 from airies.services.agents import AgentService, errors_of
+from airies.services.speech_models import SpeechModelCache
+from airies.services.voice import prepare_speech_model, speech_model_cache
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
@@ -116,9 +119,20 @@ def delete_agent(agent_id: str, caller: Caller = Depends(current_caller)) -> Res
 
 
 @router.post("/{agent_id}/deploy", status_code=201)
-def deploy_agent(agent_id: str, caller: Caller = Depends(current_caller)) -> AgentVersionOut:
+def deploy_agent(agent_id: str, request: Request, caller: Caller = Depends(current_caller)) -> AgentVersionOut:
     service = agent_service(caller)
-    return version_out(service.deploy(caller.account_id, agent_id), service.warnings_for(caller.account_id))
+    version = service.deploy(caller.account_id, agent_id)
+    # The offline recogniser's model of this version is built now, so that no call waits for it.
+    prepare_speech_model(speech_models(request), caller.account_id, AgentConfig.model_validate(version.config))
+    return version_out(version, service.warnings_for(caller.account_id))
+
+
+def speech_models(request: Request) -> SpeechModelCache:
+    """The offline recogniser's model cache (tests may inject ``app.state.speech_models``)."""
+    cache = getattr(request.app.state, "speech_models", None)
+    if cache is None:
+        cache = request.app.state.speech_models = speech_model_cache(request.app.state.settings)
+    return cache
 
 
 @router.get("/{agent_id}/versions")

@@ -53,7 +53,9 @@ def service(request: Request, caller: Caller) -> ConversationService:
         usage_sink=billing_usage_sink(settings, caller.session),
         credit_gate=billing_credit_gate(settings, caller.session),
         recorder=recorder,
-        start_check=lambda session, account_id: billing_start_check(settings, session, account_id),
+        start_check=lambda session, account_id: billing_start_check(
+            settings, session, account_id, lambda ids: live_sessions(request).holding_callers(ids)
+        ),
         database=request.app.state.database,
         tokens=getattr(state, "conversation_tokens", None),  # tests may inject (a clock)
     )

@@ -33,6 +33,9 @@ class STTOptions:
     keywords: tuple[str, ...] = ()
     # Phrases the offline engine should expect (it decodes poorly without a domain grammar).
     expected_phrases: tuple[str, ...] = ()
+    # A prebuilt domain language model for an engine that takes one (PocketSphinx: a ``DomainModel`` built from the
+    # expected phrases when the agent was deployed). Without one the offline engine uses its general model.
+    language_model: Any = None
 
 
 class STTProvider(Protocol):

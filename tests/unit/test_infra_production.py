@@ -291,16 +291,26 @@ def test_apis_and_state_machines_are_watched(template: dict) -> None:
 EMF_NAMESPACE = "Airies/${Stage}"
 
 
+def dashboard_metrics(template: dict) -> list[tuple[str, str]]:
+    """(namespace, metric) of every dashboard row; "." repeats the previous row's value, as CloudWatch reads it."""
+    body = json.loads(template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][0])
+    rows = []
+    for widget in body["widgets"]:
+        previous: list = []
+        for row in widget["properties"]["metrics"]:
+            values = [v for v in row if not isinstance(v, dict)]
+            values = [previous[i] if v == "." and i < len(previous) else v for i, v in enumerate(values)]
+            rows.append((values[0], values[1]))
+            previous = values
+    return rows
+
+
 def emf_metrics_in_template(template: dict) -> set[str]:
     """EMF metric names the alarms and the dashboard read (namespace Airies/<stage>)."""
     names = {
         metric for alarm in alarms(template).values() for ns, metric, _ in alarm_metrics(alarm) if ns == EMF_NAMESPACE
     }
-    body = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][0]
-    names |= set(re.findall(r'\["\$\{Namespace\}", "(\w+)"', body)) | set(
-        re.findall(r'\["\.", "(\w+)", "\.", "\."\]', body)
-    )
-    return names
+    return names | {metric for namespace, metric in dashboard_metrics(template) if namespace == "${Namespace}"}
 
 
 def test_emf_alarms_read_the_namespace_the_functions_write(template: dict) -> None:

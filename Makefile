@@ -18,9 +18,16 @@ TOOLS_VENV ?= .venv-tools
 CFN_LINT_VERSION := 1.53.3
 CFN_LINT := $(TOOLS_VENV)/bin/cfn-lint
 TOOLS_STAMP := $(TOOLS_VENV)/.cfn-lint-$(CFN_LINT_VERSION)
-# aws-sam-cli (+318 MB) only for `make build`.
+# checkov (static analysis of template.yaml, part of `make lint`): its dependencies conflict with ours too.
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_VERSION := 3.3.30
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.checkov-$(CHECKOV_VERSION)
+# aws-sam-cli (+318 MB) only for `make build` and `make deploy`.
 SAM_VENV ?= .venv-sam
 SAM := $(SAM_VENV)/bin/sam
+# make deploy / changeset / migrate: one samconfig.toml environment per stage.
+STAGE ?=
 # sam build needs python3.12 for the layer; pyenv provides it on these machines.
 SAM_ENV := SAM_CLI_TELEMETRY=0 $(if $(shell command -v pyenv),PYENV_VERSION=$(shell pyenv versions --bare | grep -E '^3\.11' | tail -1):$(shell pyenv versions --bare | grep -E '^3\.12' | tail -1))
 PIP_QUIET := --quiet --disable-pip-version-check
@@ -28,15 +35,19 @@ LINT_PATHS := layers functions tests benchmarks
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help install tools run serve test lint format typecheck-template pytest bench build build-check clean distclean
+.PHONY: help install tools checkov run serve test lint format typecheck-template pytest bench build build-check clean \
+	distclean deploy changeset migrate stage-check
 
 help:
 	@echo "make run     create .venv, install, migrate, serve the platform at http://127.0.0.1:$(PORT) (prints a dev API key)"
 	@echo "make test    install, then ruff + cfn-lint + every test (SQLite, PostgreSQL, PostgreSQL 16 + pgvector)"
 	@echo "make bench   benchmarks (cold init per function, warm API latency) -> benchmarks/results/"
-	@echo "make lint    ruff check + ruff format --check + cfn-lint"
+	@echo "make lint    ruff check + ruff format --check + cfn-lint + checkov"
 	@echo "make format  ruff format + ruff check --fix"
-	@echo "make build   sam build (arm64 layer, precompiled); checks the 250 MB unzipped limit"
+	@echo "make build   sam validate + sam build (arm64 layers); each function's unzipped size against the 250 MB limit"
+	@echo "make deploy STAGE=dev|staging|prod      build and deploy the stage's stack, no prompt (docs/deployment.md)"
+	@echo "make changeset STAGE=...                create the stage's change set for review, execute nothing"
+	@echo "make migrate STAGE=...                  invoke the stage's MigrateFunction (alembic upgrade head)"
 	@echo "make clean   remove caches and build output (keeps virtual environments and .data)"
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -59,7 +70,14 @@ $(TOOLS_STAMP):
 	$(TOOLS_VENV)/bin/pip install $(PIP_QUIET) 'cfn-lint==$(CFN_LINT_VERSION)'
 	@touch $@
 
-tools: $(TOOLS_STAMP)
+$(CHECKOV_STAMP):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install $(PIP_QUIET) 'checkov==$(CHECKOV_VERSION)'
+	@touch $@
+
+checkov: $(CHECKOV_STAMP)
+
+tools: $(TOOLS_STAMP) $(CHECKOV_STAMP)
 
 # eSpeak NG is the offline TTS engine of the voice capability.
 espeak:
@@ -85,10 +103,13 @@ serve: run
 # pgvector (PostgreSQL 16 from pgserver) is part of every test run: its tests fail, never skip, without it.
 test: install tools espeak kb-pgvector lint pytest
 
+# checkov: every suppression is a Metadata.checkov.skip with its reason next to the resource; --skip-download keeps
+# it offline (no platform calls).
 lint: install tools
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(CFN_LINT) template.yaml
+	$(CHECKOV) -f template.yaml --framework cloudformation --skip-download --quiet --compact
 
 format: install
 	$(VENV)/bin/ruff format $(LINT_PATHS)
@@ -105,29 +126,47 @@ bench: install
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Build (SAM): optional locally, nothing here deploys. `sam deploy --guided` needs AWS credentials.
+# Build and deploy (SAM). `make build` runs offline; deploy, changeset and migrate need AWS credentials of the stage's
+# account (docs/deployment.md). None of them prompts: samconfig.toml holds each stage's parameters.
 # ---------------------------------------------------------------------------------------------------------------------
 $(SAM):
 	$(PYTHON) -m venv $(SAM_VENV)
 	$(SAM_VENV)/bin/pip install $(PIP_QUIET) 'aws-sam-cli==1.170.0'
 
-build: $(SAM)
+# Each function's code + its layers, unzipped, against Lambda's 250 MB limit: fails the build over it.
+build: $(SAM) install
 	$(SAM_ENV) $(SAM) validate --template template.yaml --region us-east-1
 	$(SAM_ENV) $(SAM) build --template template.yaml
-	@size=$$(du -sm .aws-sam/build/CommonLayer | cut -f1); \
-		echo "CommonLayer: $$size MB unzipped"; \
-		test "$$size" -lt 240 || { echo "CommonLayer is too close to Lambda's 250 MB unzipped limit"; exit 1; }
+	$(PY) -m airies.local.build_report
+
+stage-check: install
+	@test -n "$(STAGE)" || { echo "usage: make $(MAKECMDGOALS) STAGE=dev|staging|prod"; exit 2; }
+	$(PY) -m airies.local.deploy check $(STAGE)
+
+# --no-confirm-changeset: executes what it creates (review first with `make changeset`); an empty change set is fine.
+deploy: stage-check $(SAM)
+	$(SAM_ENV) $(SAM) build --template template.yaml --config-env $(STAGE)
+	$(SAM_ENV) $(SAM) deploy --config-env $(STAGE) --no-confirm-changeset --no-fail-on-empty-changeset
+	$(PY) -m airies.local.build_report
+
+changeset: stage-check $(SAM)
+	$(SAM_ENV) $(SAM) build --template template.yaml --config-env $(STAGE)
+	$(SAM_ENV) $(SAM) deploy --config-env $(STAGE) --no-execute-changeset --no-fail-on-empty-changeset
+
+# The stack's DatabaseMigrations custom resource migrates on every deploy that changes CommonLayer; this re-runs it.
+migrate: stage-check
+	$(PY) -m airies.local.deploy migrate $(STAGE)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Clean
 # ---------------------------------------------------------------------------------------------------------------------
 clean:
 	rm -rf .aws-sam .pytest_cache .ruff_cache .hypothesis build benchmarks/results
-	find . -path ./$(VENV) -prune -o -path ./$(TOOLS_VENV) -prune -o -path ./$(SAM_VENV) -prune -o \
+	find . -path ./$(VENV) -prune -o -path ./$(TOOLS_VENV) -prune -o -path ./$(SAM_VENV) -prune -o -path ./$(CHECKOV_VENV) -prune -o \
 		-type d -name __pycache__ -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV) $(TOOLS_VENV) $(SAM_VENV)
+	rm -rf $(VENV) $(TOOLS_VENV) $(SAM_VENV) $(CHECKOV_VENV)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Capability targets (add yours below, one small section each)

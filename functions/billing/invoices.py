@@ -1,8 +1,10 @@
 """BillingInvoiceFunction: the task steps of the monthly invoicing state machine.
 
-One function, one step per ``action`` (list_accounts, aggregate, create_stripe_invoice, finalize, notify,
-record_failure); each step is idempotent, so Step Functions retries and a re-run of a period are safe.
-Errors are raised (Step Functions sees the exception class name as the error, e.g. ``ProviderError``).
+One function, one step per ``action``: ``plan_pages`` (the cursors of the pages of billable accounts) and
+``aggregate_page`` (every account's invoice of one page, SQL only) feed the Distributed Map; then per invoice
+``create_stripe_invoice``, ``finalize``, ``notify`` and ``record_failure``. ``list_accounts`` and ``aggregate``
+(one page, one account) remain for operators. Each step is idempotent, so Step Functions retries and a re-run of a
+period are safe. Errors are raised (Step Functions sees the exception class name as the error).
 """
 
 from __future__ import annotations
@@ -10,15 +12,19 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from airies.config import get_settings
 from airies.db.engine import get_database
-from airies.errors import ProviderError
 from airies.services.invoicing import build_invoicing_service
+from airies.stepfunctions import step_errors
 
 logger = Logger()
 settings = get_settings()
 database = get_database(settings)
+DEFAULT_PAGE_SIZE = 250  # a page's child execution: ~28 history events per billed account, far under 25,000
+# Invoices the per-invoice steps still act on (draft: create at Stripe; open/paid: notify). Others end at aggregation.
+ACTIONABLE = ("draft", "open", "paid")
 
 
 def _invoice_view(invoice: Any) -> dict[str, Any]:
@@ -32,25 +38,75 @@ def _invoice_view(invoice: Any) -> dict[str, Any]:
     }
 
 
-class ProviderRetryableError(Exception):
-    """A transient Stripe failure (network, 5xx, rate limit): the state machine retries it with backoff."""
-
-
-class ProviderRejectedError(Exception):
-    """Stripe refused the request (4xx): retrying cannot help; the state machine records it for this account."""
-
-
 def run_action(event: dict[str, Any]) -> dict[str, Any]:
-    try:
+    # Step Functions matches on the error *name*: retryable and permanent provider failures get distinct names.
+    with step_errors():
         return _run_action(event)
-    except ProviderError as exc:
-        # Step Functions matches on the error *name*: give retryable and permanent failures distinct names.
-        kind = ProviderRetryableError if exc.retryable else ProviderRejectedError
-        raise kind(f"{exc.message} ({exc.details})") from exc
+
+
+def _page_size(value: Any) -> int:
+    return max(1, min(int(value or DEFAULT_PAGE_SIZE), 1000))
+
+
+def plan_pages(source: dict[str, Any]) -> dict[str, Any]:
+    """The cursor of every page of billable accounts: the Distributed Map's items (one child execution each)."""
+    page_size = _page_size(source.get("page_size"))
+    with database.session() as session:
+        service = build_invoicing_service(settings, session)
+        period = service.resolve_period(source.get("period"))
+        pages: list[dict[str, Any]] = []
+        cursor: str | None = None
+        accounts = 0
+        while True:
+            page = service.list_billable_accounts(period, cursor=cursor, limit=page_size)
+            if not page["accounts"]:
+                break
+            pages.append({"cursor": cursor})
+            accounts += len(page["accounts"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+    return {"period": period, "page_size": page_size, "pages": pages, "accounts": accounts}
+
+
+def aggregate_page(period: str, cursor: str | None, page_size: Any) -> dict[str, Any]:
+    """Prepare the invoice of every account of one page (each in its own transaction, SQL only).
+
+    Returns the invoices the per-invoice steps act on. A database connection fault fails the page (the state
+    machine retries it; prepared invoices are found again); any other error is recorded for its account alone.
+    """
+    with database.session() as session:
+        accounts = build_invoicing_service(settings, session).list_billable_accounts(
+            period, cursor=cursor, limit=_page_size(page_size)
+        )["accounts"]
+    actionable: list[dict[str, Any]] = []
+    failed: list[str] = []
+    for account_id in accounts:
+        try:
+            with database.session() as session:
+                invoice = build_invoicing_service(settings, session).prepare_invoice(account_id, period)
+                view = _invoice_view(invoice)
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception as exc:
+            logger.exception("invoice aggregation failed", extra={"account_id": account_id})
+            with database.session() as session:
+                build_invoicing_service(settings, session).record_failure(
+                    account_id, period, {"Error": type(exc).__name__, "Cause": str(exc)[:1000]}
+                )
+            failed.append(account_id)
+            continue
+        if view["status"] in ACTIONABLE:
+            actionable.append(view)
+    return {"period": period, "accounts": len(accounts), "invoices": actionable, "failed": failed}
 
 
 def _run_action(event: dict[str, Any]) -> dict[str, Any]:
     action = event.get("action")
+    if action == "plan_pages":
+        return plan_pages(event.get("input") or {})
+    if action == "aggregate_page":
+        return aggregate_page(event["period"], event.get("cursor"), event.get("page_size"))
     with database.session() as session:
         service = build_invoicing_service(settings, session)
         if action == "list_accounts":

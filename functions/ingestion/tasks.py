@@ -1,7 +1,8 @@
 """IngestionTaskFunction: the Lambda tasks of the ingestion state machine (large documents).
 
 Input ``{"task": "prepare"|"embed"|"finalise"|"fail", "document_id": ..., ...}``; each task is one stage of
-``KnowledgeService`` so the state machine and the inline path run the same code.
+``KnowledgeService`` so the state machine and the inline path run the same code. A provider failure is raised as
+``ProviderRetryableError`` (retried by the state machine) or ``ProviderRejectedError`` (caught at once).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from airies.services.knowledge import KnowledgeService, build_knowledge_service
+from airies.stepfunctions import step_errors
 
 logger = Logger()
 _service: KnowledgeService | None = None
@@ -40,6 +42,11 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     task = event.get("task")
     document_id = str(event.get("document_id") or "")
     logger.append_keys(document_id=document_id, task=task)
+    with step_errors():
+        return run_task(task, document_id, event)
+
+
+def run_task(task: Any, document_id: str, event: dict[str, Any]) -> dict[str, Any]:
     svc = service()
     if task == "prepare":
         return svc.prepare_document(document_id, etag=event.get("etag")).to_dict()

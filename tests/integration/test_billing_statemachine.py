@@ -9,6 +9,8 @@ task without Docker: this test routes moto's Lambda invocations to the real Bill
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -190,3 +192,122 @@ def test_monthly_run_bills_each_account_once_survives_failures_and_reruns(databa
         assert len(stripe_double.invoices) == 2
         assert len({i["metadata"]["airies_invoice_id"] for i in stripe_double.invoices.values()}) == 2
         assert stripe_double.count("POST", r"/v1/invoices/[^/]+/finalize") == 2
+
+
+def history(sfn, execution_arn: str) -> list[dict[str, Any]]:
+    events, token = [], None
+    while True:
+        page = sfn.get_execution_history(
+            executionArn=execution_arn, maxResults=1000, **({"nextToken": token} if token else {})
+        )
+        events += page["events"]
+        token = page.get("nextToken")
+        if not token:
+            return events
+
+
+def many_accounts(database, svc: UsageService, count: int, *, prefix: str) -> list[str]:
+    """``count`` pay-as-you-go accounts, each with a sliver of usage: billable, but under a cent (no_charge)."""
+    ids = [f"acc_{prefix}{i:05d}" for i in range(count)]
+    with database.session() as s:
+        s.add_all(Account(id=i, name=i, email=f"{i}@example.com", plan="pay_as_you_go", status="active") for i in ids)
+    events = [
+        UsageEvent(
+            idempotency_key=f"{i}:sliver",
+            account_id=i,
+            occurred_at=OCT,
+            component="platform_minutes",
+            quantity=Decimal("0.001"),
+        )
+        for i in ids
+    ]
+    for start in range(0, count, 1000):
+        svc.track_usage(events[start : start + 1000])
+    return ids
+
+
+# The parent's history must not grow with accounts: these events are the run's fixed cost (plan, map run, end).
+PARENT_EVENTS_MAX = 40
+HISTORY_LIMIT = 25_000
+# 1,200 accounts (past the ~1,000 where one execution with an inline Map hit the history limit) in every run;
+# AIRIES_TEST_INVOICING_ACCOUNTS=10000 runs the full size (about 3.5 minutes on SQLite; docs/deployment.md).
+SCALE_ACCOUNTS = int(os.environ.get("AIRIES_TEST_INVOICING_ACCOUNTS", "1200"))
+
+
+def test_many_accounts_keep_every_history_bounded_by_the_page_size(database, stripe_double):
+    """Thousands of billable accounts under moto: the parent execution's history stays constant in the number of
+    accounts (one Distributed Map run over pages of 250); every account gets its invoice exactly once.
+
+    moto executes the Distributed Map's child executions but keeps their histories to itself, so a child is also
+    run as its own state machine below, where its history is measured per billed account.
+    """
+    svc = UsageService(database, clock=lambda: OCT)
+    small = many_accounts(database, svc, SCALE_ACCOUNTS, prefix="m")
+    billed = [account(database, "pay_as_you_go", f"big{i}@example.com") for i in range(3)]
+    for i, account_id in enumerate(billed):
+        use(svc, account_id, f"big{i}", "30")
+
+    with Harness(database, stripe_double) as harness:
+        result = harness.run({"period": "2026-10"}, timeout=900)
+        assert result["status"] == "SUCCEEDED", result
+        events = history(harness.sfn, result["executionArn"])
+        assert len(events) <= PARENT_EVENTS_MAX, [e["type"] for e in events]
+        assert sum(e["type"] == "MapRunStarted" for e in events) == 1
+        plans = [e for e in harness.invocations if e["action"] == "plan_pages"]
+        pages = [e for e in harness.invocations if e["action"] == "aggregate_page"]
+        assert len(plans) == 1 and {p["page_size"] for p in pages} == {250}
+        assert len(pages) == math.ceil((SCALE_ACCOUNTS + len(billed)) / 250)
+
+        rows = invoices(database)
+        assert set(rows) == {*small, *billed}
+        assert {rows[a].status for a in small} == {"no_charge"}
+        assert all(rows[a].status == "open" and rows[a].stripe_invoice_id for a in billed)
+        assert len(stripe_double.invoices) == 3
+
+        # A small run has the same parent history: its length does not depend on the number of accounts.
+        again = harness.run({"period": "2026-10", "page_size": 5000})
+        assert again["status"] == "SUCCEEDED"
+        assert len(history(harness.sfn, again["executionArn"])) == len(events)
+        assert len(stripe_double.invoices) == 3  # the re-run billed nobody twice
+
+
+def test_a_page_child_execution_stays_far_under_the_history_limit(database, stripe_double):
+    """One page's child execution (the Distributed Map's ItemProcessor) as its own state machine: its history is
+    measured for two page sizes of billed accounts (every account through Stripe: the longest path), and the
+    events per billed account times the default page size, doubled for retries, stays under 25,000."""
+    svc = UsageService(database, clock=lambda: OCT)
+    for i in range(30):
+        use(svc, account(database, "pay_as_you_go", f"child{i}@example.com"), f"child{i}", "20")
+
+    with Harness(database, stripe_double) as harness:
+        definition = json.loads(
+            state_machine_definition(harness.ctx, harness.ctx.resources["BillingInvoiceStateMachine"])
+        )
+        processor = definition["States"]["InvoicePages"]["ItemProcessor"]
+        child = {"StartAt": processor["StartAt"], "States": processor["States"]}
+        arn = harness.sfn.create_state_machine(
+            name="invoice-page", definition=json.dumps(child), roleArn="arn:aws:iam::123456789012:role/sfn"
+        )["stateMachineArn"]
+
+        def page_history(size: int, cursor: str | None) -> list[dict[str, Any]]:
+            execution = harness.sfn.start_execution(
+                stateMachineArn=arn,
+                name=f"page-{uuid.uuid4().hex[:8]}",
+                input=json.dumps({"period": "2026-10", "cursor": cursor, "page_size": size}),
+            )["executionArn"]
+            deadline = time.monotonic() + 300
+            while harness.sfn.describe_execution(executionArn=execution)["status"] == "RUNNING":
+                assert time.monotonic() < deadline, "the page did not finish"
+                time.sleep(0.2)
+            assert harness.sfn.describe_execution(executionArn=execution)["status"] == "SUCCEEDED"
+            return history(harness.sfn, execution)
+
+        first = page_history(10, None)
+        cursor = sorted(invoices(database))[9]
+        second = page_history(20, cursor)
+        assert all(i.status == "open" for i in invoices(database).values())
+        per_account = (len(second) - len(first)) / 10
+        fixed = len(first) - 10 * per_account
+        assert 10 <= per_account <= 40, per_account
+        worst = fixed + harness.module.DEFAULT_PAGE_SIZE * per_account * 2
+        assert worst < HISTORY_LIMIT, (fixed, per_account, worst)

@@ -17,6 +17,7 @@ import boto3
 import pytest
 from moto.awslambda_simple.models import LambdaSimpleBackend
 
+from airies.errors import ProviderError
 from airies.services.knowledge import build_knowledge_service
 from tests.kb_support import (
     BUCKET,
@@ -157,3 +158,56 @@ def test_rejected_large_document_ends_failed_through_the_choice_state(machine):
     failed = service.get_document(account, kb.id, doc.id)
     assert (failed.status, failed.error_code) == ("failed", "corrupt_pdf")
     assert [c["task"] for c in m["calls"]] == ["prepare"]
+
+
+def _upload_large(m) -> tuple[str, str, str]:
+    service = m["service"]
+    account = new_account(m["database"])
+    kb = service.create_knowledge_base(account, "Retries", chunk_size=60, chunk_overlap=10)
+    doc, _ = service.upload_document(account, kb.id, filename="manual.pdf", content_type="application/pdf")
+    pages = [
+        f"Section {i}. Part P{i} is replaced every {i + 2} months; code E{i}0 means valve {i}." * 3 for i in range(6)
+    ]
+    m["s3"].put_object(Bucket=BUCKET, Key=f"accounts/{account}/{doc.storage_key}", Body=make_pdf(pages))
+    m["handler"].handler(sqs_event(drain(m["sqs"], m["queue_url"])), FakeLambdaContext())
+    return account, kb.id, doc.id
+
+
+def _failing_embed(service, monkeypatch, error: ProviderError, times: int) -> None:
+    real = service.embed_chunk_range
+    left = {"n": times}
+
+    def embed(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if left["n"] > 0:
+            left["n"] -= 1
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "embed_chunk_range", embed)
+
+
+def test_a_permanent_provider_error_is_not_retried_and_marks_the_document_failed(machine, monkeypatch):
+    m = machine
+    rejected = ProviderError("embedding key rejected", provider="openai", retryable=False, upstream_status=401)
+    _failing_embed(m["service"], monkeypatch, rejected, times=1_000)
+    account, kb_id, doc_id = _upload_large(m)
+    execution = _wait(m["sfn"], m["arn"])
+    assert execution["status"] == "FAILED" and execution["error"] == "IngestionFailed"
+    embeds = [c for c in m["calls"] if c["task"] == "embed"]
+    starts = [c["start"] for c in embeds]
+    assert len(starts) == len(set(starts)), "a rejected batch was retried"
+    failed = m["service"].get_document(account, kb_id, doc_id)
+    assert failed.status == "failed" and "ProviderRejectedError" in (failed.error or "")
+
+
+def test_a_transient_provider_error_is_retried_and_the_document_gets_ready(machine, monkeypatch):
+    m = machine
+    flaky = ProviderError("embeddings unavailable", provider="openai", retryable=True, upstream_status=503)
+    _failing_embed(m["service"], monkeypatch, flaky, times=1)
+    account, kb_id, doc_id = _upload_large(m)
+    execution = _wait(m["sfn"], m["arn"])
+    assert execution["status"] == "SUCCEEDED", execution
+    ready = m["service"].get_document(account, kb_id, doc_id)
+    batches = -(-ready.chunk_count // 4)
+    assert ready.status == "ready"
+    assert len([c for c in m["calls"] if c["task"] == "embed"]) == batches + 1  # the failed batch ran twice

@@ -48,7 +48,6 @@ def test_globals_match_the_design(template: dict) -> None:
     assert fn["Runtime"] == "python3.12"
     assert fn["Architectures"] == ["arm64"]
     assert fn["Tracing"] == "Active"
-    assert fn["Layers"] == [{"Ref": "CommonLayer"}]
     env = fn["Environment"]["Variables"]
     for key in ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_LOG_LEVEL", "POWERTOOLS_METRICS_NAMESPACE"):
         assert key in env
@@ -65,7 +64,7 @@ def test_every_function_exists_on_disk_and_uses_the_layer(template: dict) -> Non
         assert spec.code_uri.is_dir(), f"{logical_id}: CodeUri {spec.code_uri} missing"
         assert spec.module_path.is_file(), f"{logical_id}: handler file {spec.module_path} missing"
         assert f"def {spec.function_name}(" in spec.module_path.read_text(), f"{logical_id}: no {spec.function_name}"
-        assert spec.layer_dirs == ((PROJECT_ROOT / "layers" / "common").resolve(),)
+        assert spec.layer_dirs[0] == (PROJECT_ROOT / "layers" / "common").resolve(), f"{logical_id}: CommonLayer first"
         assert spec.code_uri.is_relative_to(PROJECT_ROOT / "functions"), "handlers live under functions/"
 
 
@@ -85,6 +84,11 @@ def test_layer_build_is_the_makefile(template: dict) -> None:
     makefile = (PROJECT_ROOT / layer["Properties"]["ContentUri"] / "Makefile").read_text()
     assert "build-CommonLayer:" in makefile
     assert "compileall" in makefile
+    for logical_id, resource in template["Resources"].items():
+        if resource["Type"] == "AWS::Serverless::LayerVersion":
+            assert resource["Metadata"]["BuildMethod"] == "makefile"
+            makefile = (PROJECT_ROOT / resource["Properties"]["ContentUri"] / "Makefile").read_text()
+            assert f"build-{logical_id}:" in makefile, f"{logical_id}: no build target"
 
 
 def test_intrinsics_resolve_to_local_values(template: dict) -> None:
@@ -143,71 +147,98 @@ def test_cfn_lint_catches_a_bad_runtime_through_the_sam_transform(tmp_path: Path
     assert "python2.1" in result.stdout
 
 
-# What each function's code reads at run time, and so what its IAM policies and env must grant on AWS.
-PROVIDER_KEYS = "ProviderKeysSecretName"
-BILLING_KEYS = "BillingSecretName"
+# What each function's code reads at run time, and so what its IAM statements and env must grant on AWS.
+WS_TOKEN, PROVIDER_KEYS, BILLING_KEYS = "WsTokenSecret", "ProviderKeysSecret", "BillingSecret"
 RUNTIME_NEEDS: dict[str, dict[str, set[str]]] = {
-    # function: {"secrets": secret-name parameters, "send": queues it publishes to, "kms": {"decrypt"} if it opens
-    # accounts' own sealed keys}
+    # function: {"secrets": secret resources, "send": queues it publishes to, "kms": {"decrypt"} if it opens
+    # accounts' own sealed keys}. Every function that builds the conversation or WebSocket service reads the token key.
     "ApiFunction": {
-        "secrets": {PROVIDER_KEYS, BILLING_KEYS},
+        "secrets": {WS_TOKEN, PROVIDER_KEYS, BILLING_KEYS},
         "send": {"UsageQueue", "ScrapeQueue"},
         "kms": {"decrypt"},
     },
-    "VoiceConnectFunction": {"secrets": {PROVIDER_KEYS}, "send": set(), "kms": set()},  # ws_token_secret
-    "VoiceMessageFunction": {"secrets": {PROVIDER_KEYS}, "send": {"UsageQueue"}, "kms": {"decrypt"}},
-    "SessionSweeperFunction": {"secrets": {PROVIDER_KEYS}, "send": {"UsageQueue"}, "kms": {"decrypt"}},
+    "VoiceConnectFunction": {"secrets": {WS_TOKEN}, "send": set(), "kms": set()},
+    "VoiceDisconnectFunction": {"secrets": {WS_TOKEN}, "send": set(), "kms": set()},
+    "VoiceMessageFunction": {"secrets": {WS_TOKEN, PROVIDER_KEYS}, "send": {"UsageQueue"}, "kms": {"decrypt"}},
+    "SessionSweeperFunction": {"secrets": {WS_TOKEN, PROVIDER_KEYS}, "send": {"UsageQueue"}, "kms": {"decrypt"}},
     "IngestionFunction": {"secrets": {PROVIDER_KEYS}, "send": {"UsageQueue"}, "kms": {"decrypt"}},
     "IngestionTaskFunction": {"secrets": {PROVIDER_KEYS}, "send": {"UsageQueue"}, "kms": {"decrypt"}},
     "ScrapeWorkerFunction": {"secrets": {PROVIDER_KEYS}, "send": {"UsageQueue"}, "kms": {"decrypt"}},
+    "StripeWebhookFunction": {"secrets": {BILLING_KEYS}, "send": set(), "kms": set()},
+    "BillingInvoiceFunction": {"secrets": {BILLING_KEYS}, "send": set(), "kms": set()},
 }
 
 
-def _policy_grants(properties: dict) -> tuple[set[str], set[str], bool]:
-    secrets: set[str] = set()
-    queues: set[str] = set()
-    kms_decrypt = False
-    for policy in properties.get("Policies") or []:
-        text = str(policy)
-        if "AWSSecretsManagerGetSecretValuePolicy" in policy:
-            secrets |= {name for name in (PROVIDER_KEYS, BILLING_KEYS) if "${" + name + "}" in text}
-        if "SQSSendMessagePolicy" in policy:
-            queues.add(policy["SQSSendMessagePolicy"]["QueueName"]["Fn::GetAtt"][0])
-        if "KMSDecryptPolicy" in policy or "kms:Decrypt" in text:
-            kms_decrypt = True
-    return secrets, queues, kms_decrypt
+def statements(properties: dict) -> list[dict]:
+    return [statement for policy in properties.get("Policies") or [] for statement in policy.get("Statement", [])]
+
+
+def grants(properties: dict, action: str) -> list:
+    """The resources of every statement that allows ``action``."""
+    found = []
+    for statement in statements(properties):
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if statement.get("Effect") == "Allow" and action in actions:
+            resource = statement["Resource"]
+            found.extend(resource if isinstance(resource, list) else [resource])
+    return found
 
 
 @pytest.mark.parametrize("function", sorted(RUNTIME_NEEDS))
 def test_functions_may_read_what_their_code_reads(template: dict, function: str) -> None:
     properties = template["Resources"][function]["Properties"]
     needs = RUNTIME_NEEDS[function]
-    secrets, queues, kms_decrypt = _policy_grants(properties)
-    assert needs["secrets"] <= secrets, f"{function}: no GetSecretValue on {needs['secrets'] - secrets}"
-    assert needs["send"] <= queues, f"{function}: no SendMessage on {needs['send'] - queues}"
-    assert kms_decrypt or not needs["kms"], f"{function}: cannot decrypt accounts' sealed keys"
+    secrets = {r["Ref"] for r in grants(properties, "secretsmanager:GetSecretValue") if "Ref" in r}
+    assert {"DatabaseSecretArn", *needs["secrets"]} <= secrets, f"{function}: no GetSecretValue on some secrets"
+    assert not secrets - {"DatabaseSecretArn", *needs["secrets"]}, f"{function}: reads secrets its code never reads"
+    queues = {r["Fn::GetAtt"][0] for r in grants(properties, "sqs:SendMessage")}
+    assert needs["send"] == queues, f"{function}: SendMessage on {queues}, needs {needs['send']}"
+    kms = grants(properties, "kms:Decrypt")
+    assert bool(kms) == bool(needs["kms"]), f"{function}: kms:Decrypt granted {kms}, needed {needs['kms']}"
     env = {
         **template["Globals"]["Function"]["Environment"]["Variables"],
         **(properties.get("Environment") or {}).get("Variables", {}),
     }
     if "UsageQueue" in needs["send"]:
         assert env.get("AIRIES_USAGE_QUEUE_URL") == {"Ref": "UsageQueue"}, f"{function}: usage would bypass SQS"
-    secret_names = str(env["AIRIES_PROVIDER_KEYS_SECRET_NAME"])
+    sources = str(env["AIRIES_PROVIDER_KEYS_SECRET_NAME"])
     for name in needs["secrets"]:
-        assert name in secret_names, f"{function}: AIRIES_PROVIDER_KEYS_SECRET_NAME does not list {name}"
+        assert name in sources, f"{function}: AIRIES_PROVIDER_KEYS_SECRET_NAME does not list {name}"
+    if WS_TOKEN in needs["secrets"] and len(needs["secrets"]) > 1:
+        # first hit wins: the token key comes from its own secret, whatever else a vendor-key secret holds
+        assert sources.index(WS_TOKEN) < min(sources.index(n) for n in needs["secrets"] - {WS_TOKEN})
 
 
-# Functions that end or speak into live calls: the voice state table and the connections of the WebSocket API.
-LIVE_CALL_FUNCTIONS = ["ApiFunction", "VoiceConnectFunction", "VoiceMessageFunction", "SessionSweeperFunction"]
+# What each function does to the live-session table (services/sessions.py), and so its DynamoDB actions.
+LIVE_CALL_ACTIONS = {
+    "ApiFunction": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"},
+    "VoiceConnectFunction": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"},
+    "VoiceDisconnectFunction": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"},
+    "VoiceMessageFunction": {
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:Query",
+        "dynamodb:BatchWriteItem",
+    },
+    "SessionSweeperFunction": {
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:Query",
+        "dynamodb:BatchWriteItem",
+    },
+}
 
 
-@pytest.mark.parametrize("function", LIVE_CALL_FUNCTIONS)
+@pytest.mark.parametrize("function", sorted(LIVE_CALL_ACTIONS))
 def test_functions_that_touch_live_calls_may_do_so(template: dict, function: str) -> None:
-    policies = template["Resources"][function]["Properties"]["Policies"]
-    tables = [p["DynamoDBCrudPolicy"]["TableName"] for p in policies if "DynamoDBCrudPolicy" in p]
-    assert {"Ref": "VoiceStateTable"} in tables, f"{function}: no access to the live-session table"
-    if function != "VoiceConnectFunction":  # $connect answers through its return value, it posts nothing
-        assert "execute-api:ManageConnections" in str(policies), f"{function}: cannot post to or close connections"
+    properties = template["Resources"][function]["Properties"]
+    for action in LIVE_CALL_ACTIONS[function]:
+        assert {"Fn::GetAtt": ["VoiceStateTable", "Arn"]} in grants(properties, action), f"{function}: no {action}"
+    if function not in ("VoiceConnectFunction", "VoiceDisconnectFunction"):  # those answer by return value
+        assert grants(properties, "execute-api:ManageConnections"), f"{function}: cannot post to or close connections"
 
 
 def test_offline_engines_are_off_on_aws_and_on_locally(template: dict) -> None:

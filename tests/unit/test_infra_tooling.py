@@ -56,7 +56,7 @@ def test_ci_script_is_strict_and_runs_make_test() -> None:
 
 def test_samconfig_has_every_stage_of_the_template() -> None:
     config = tomllib.loads((PROJECT_ROOT / "samconfig.toml").read_text())
-    for env, stage in (("default", "dev"), ("staging", "staging"), ("prod", "prod")):
+    for env, stage in (("dev", "dev"), ("staging", "staging"), ("prod", "prod")):
         deploy = config[env]["deploy"]["parameters"]
         assert f'Stage="{stage}"' in deploy["parameter_overrides"]
         assert deploy["stack_name"] == f"airies-{stage}"

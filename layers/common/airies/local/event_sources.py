@@ -1,7 +1,8 @@
 """Local stack (``make run``): the SQS event source mappings of template.yaml, as Lambda runs them on AWS.
 
-Every ``AWS::Serverless::Function`` with an ``Events: {Type: SQS}`` gets one warm "container" (its handler loaded
-once, with its template env added) and a daemon thread that polls the queue and hands batches to the handler.
+Every ``AWS::Lambda::EventSourceMapping`` from an SQS queue to a function (and every ``AWS::Serverless::Function``
+with an ``Events: {Type: SQS}``) gets one warm "container" (its handler loaded once, with its template env added) and
+a daemon thread that polls the queue and hands batches to the handler.
 Messages the handler reports in ``batchItemFailures`` (or all of a batch that raised) stay on the queue and come
 back after the visibility timeout, and moto's redrive policy moves them to the dead-letter queue, as on AWS.
 """
@@ -28,18 +29,36 @@ class QueueSource:
     batch_size: int
 
 
-def sqs_sources(specs: dict[str, FunctionSpec]) -> list[QueueSource]:
+def _queue_of(owner: str, queue: Any) -> str:
+    target = queue.get("Fn::GetAtt") if isinstance(queue, dict) else None
+    if not target or target[1] != "Arn":
+        raise ValueError(f"{owner}: an SQS event source's queue must be !GetAtt <queue>.Arn locally")
+    return str(target[0])
+
+
+def sqs_sources(specs: dict[str, FunctionSpec], template: dict[str, Any] | None = None) -> list[QueueSource]:
+    """The SQS event sources of the template: mapping resources from a queue, then SAM ``SQS`` events."""
     sources = []
+    resources = (template or {}).get("Resources") or {}
+    for logical_id, resource in resources.items():
+        if resource.get("Type") != "AWS::Lambda::EventSourceMapping":
+            continue
+        props = resource.get("Properties") or {}
+        function = props.get("FunctionName")
+        spec = specs.get(function.get("Ref")) if isinstance(function, dict) else None
+        source_arn = props.get("EventSourceArn")
+        queue_id = _queue_of(logical_id, source_arn)
+        if spec is None or (resources.get(queue_id) or {}).get("Type") != "AWS::SQS::Queue":
+            continue  # not a queue -> function mapping of this template (a stream, another function type)
+        sources.append(QueueSource(spec, queue_id, int(props.get("BatchSize", 10))))
     for spec in specs.values():
         for event in spec.events.values():
             if event.get("Type") != "SQS":
                 continue
             props = event.get("Properties") or {}
-            queue = props.get("Queue") or {}
-            target = queue.get("Fn::GetAtt") if isinstance(queue, dict) else None
-            if not target or target[1] != "Arn":
-                raise ValueError(f"{spec.logical_id}: an SQS event's Queue must be !GetAtt <queue>.Arn locally")
-            sources.append(QueueSource(spec, target[0], int(props.get("BatchSize", 10))))
+            sources.append(
+                QueueSource(spec, _queue_of(spec.logical_id, props.get("Queue")), int(props.get("BatchSize", 10)))
+            )
     return sources
 
 
@@ -68,7 +87,9 @@ def start_queue_workers(stack: LocalStack) -> None:
 
     ctx = stack.context
     sources = [
-        s for s in sqs_sources(function_specs(ctx.template, root=ctx.root)) if s.queue_logical_id in ctx.resources
+        s
+        for s in sqs_sources(function_specs(ctx.template, root=ctx.root), ctx.template)
+        if s.queue_logical_id in ctx.resources
     ]
     if not sources:
         return

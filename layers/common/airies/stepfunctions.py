@@ -1,0 +1,31 @@
+"""Errors as Step Functions sees them: a task's error *name* (the exception class) decides Retry and Catch.
+
+The state machines under infra/statemachines/ retry ``ProviderRetryableError`` (and Lambda/database faults) with
+backoff and never retry ``ProviderRejectedError``: a provider that refused a request refuses it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from airies.errors import ProviderError
+
+
+class ProviderRetryableError(Exception):
+    """A transient provider failure (network, 5xx, rate limit): the state machine retries it with backoff."""
+
+
+class ProviderRejectedError(Exception):
+    """The provider refused the request (4xx, bad key, bad input): retrying cannot help; the state machine catches
+    it at once and records the failure."""
+
+
+@contextmanager
+def step_errors() -> Iterator[None]:
+    """Re-raise a ``ProviderError`` under the name the state machine's Retry/Catch match on."""
+    try:
+        yield
+    except ProviderError as exc:
+        kind = ProviderRetryableError if exc.retryable else ProviderRejectedError
+        raise kind(f"{exc.message} ({exc.details})") from exc

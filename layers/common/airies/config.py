@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     public_api_url: str = "http://127.0.0.1:8000"
     public_ws_url: str = "ws://127.0.0.1:8000/ws"
     dev_api_key: str | None = None
+    # The built web app (web/ -> airies/webapp/dist); unset: the files shipped inside the package.
+    web_dist_dir: Path | None = None
 
     # AWS resources (names come from the template; moto serves them locally)
     aws_endpoint_url: str | None = Field(

@@ -10,6 +10,7 @@ from airies.api.middleware import RequestGuardMiddleware
 from airies.api.routers import accounts, agents, billing, conversations, health, knowledge, llm, voices
 from airies.config import Settings, get_settings
 from airies.db.engine import Database, get_database
+from airies.webapp import install_webapp
 
 
 def create_app(settings: Settings | None = None, database: Database | None = None, logger: object = None) -> FastAPI:
@@ -31,5 +32,6 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     for module in (health, accounts, agents, llm, voices, conversations, knowledge, billing):
         api.include_router(module.router)
     app.include_router(api)
+    install_webapp(app, settings)
     app.add_middleware(RequestGuardMiddleware, max_bytes=settings.max_request_bytes, logger=logger)
     return app

@@ -209,6 +209,7 @@ def build_stack(
         port=port,
         moto_server=moto_server,
     )
+    app.state.dev_api_key = key  # the web app's one-click sign-in (stage local only)
     mounted = mount_extensions(app, stack)
     for hook in STARTUP_HOOKS:
         hook(stack)

@@ -7,7 +7,17 @@ from fastapi import APIRouter, FastAPI
 from airies import __version__
 from airies.api.errors import install_error_handlers
 from airies.api.middleware import RequestGuardMiddleware
-from airies.api.routers import accounts, agents, billing, conversations, health, knowledge, llm, voices
+from airies.api.routers import (
+    accounts,
+    agents,
+    billing,
+    conversations,
+    health,
+    knowledge,
+    llm,
+    recordings,
+    voices,
+)
 from airies.config import Settings, get_settings
 from airies.db.engine import Database, get_database
 from airies.webapp import install_webapp
@@ -29,7 +39,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     install_error_handlers(app)
 
     api = APIRouter(prefix=settings.api_base_path)
-    for module in (health, accounts, agents, llm, voices, conversations, knowledge, billing):
+    for module in (health, accounts, agents, llm, voices, conversations, recordings, knowledge, billing):
         api.include_router(module.router)
     app.include_router(api)
     install_webapp(app, settings)

@@ -33,16 +33,22 @@ class LocalServer:
 
 
 @contextmanager
-def local_server(workdir: Path, api_key: str, *, timeout: float = 90) -> Iterator[LocalServer]:
+def local_server(
+    workdir: Path, api_key: str, *, timeout: float = 90, env: dict[str, str] | None = None
+) -> Iterator[LocalServer]:
+    """``env``: extra variables for the server (e.g. a provider double's URL and key)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRIES_", "DATABASE_URL", "AWS_"))}
-    env.update(PORT=str(port), PYTHONUNBUFFERED="1", AIRIES_UVICORN_LOG_LEVEL="warning", AIRIES_DEV_API_KEY=api_key)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("AIRIES_", "DATABASE_URL", "AWS_"))}
+    environment.update(
+        PORT=str(port), PYTHONUNBUFFERED="1", AIRIES_UVICORN_LOG_LEVEL="warning", AIRIES_DEV_API_KEY=api_key
+    )
     for name in ("OPENAI_API_KEY", "DEEPGRAM_API_KEY", "ELEVENLABS_API_KEY"):  # offline engines only
-        env.pop(name, None)
+        environment.pop(name, None)
+    environment.update(env or {})
     log = workdir / "server.log"
     with log.open("w") as handle:
         process = subprocess.Popen(
-            [sys.executable, "-m", "airies.local.server"], cwd=workdir, env=env, stdout=handle,
+            [sys.executable, "-m", "airies.local.server"], cwd=workdir, env=environment, stdout=handle,
             stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"

@@ -21,6 +21,8 @@ export interface CallOptions {
   onPlayback?: (stats: PlaybackStats) => void;
   onBargeIn?: (turnId: string | null, playedMs: number) => void;
   onCost?: (total: string) => void;
+  /** The caller's microphone level (RMS of the last block, 0..1), for a level meter. */
+  onMicLevel?: (level: number) => void;
 }
 
 export interface PlaybackStats {
@@ -59,6 +61,8 @@ export class CallSession {
   private interrupted = new Set<string>();
   private ended = new Set<string>();
   private maxPeak = 0;
+  private micPeak = 0;
+  private micReportedAt = 0;
   private pingTimer: number | null = null;
   private interruptWithTurnId = true; // servers whose interrupt frame has no turn_id refuse it: then sent without
   private pendingFlush: ((value: { turnId: string | null; playedSamples: number }) => void) | null = null;
@@ -180,6 +184,12 @@ export class CallSession {
   private onCaptured(block: Float32Array): void {
     if (!this.downsampler || this.state !== "live") return;
     const level = rms(block);
+    this.micPeak = Math.max(this.micPeak, level);
+    if (performance.now() - this.micReportedAt >= 100) {
+      this.options.onMicLevel?.(this.micPeak); // ten times a second is enough for a meter
+      this.micReportedAt = performance.now();
+      this.micPeak = 0;
+    }
     const blockMs = (block.length / (this.context?.sampleRate ?? 48_000)) * 1000;
     if (this.agentBusy && level >= (this.options.bargeInLevel ?? 0.02)) {
       this.overlapMs += blockMs;

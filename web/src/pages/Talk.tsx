@@ -43,6 +43,7 @@ export function Talk({ agentId }: { agentId?: string }) {
   const [error, setError] = useState<unknown>(null);
   const [typed, setTyped] = useState("");
   const [microphone, setMicrophone] = useState(true);
+  const [micLevel, setMicLevel] = useState(0);
   const session = useRef<CallSession | null>(null);
 
   useEffect(() => {
@@ -96,6 +97,7 @@ export function Talk({ agentId }: { agentId?: string }) {
           setDetail(why);
         },
         onPlayback: setPlayback,
+        onMicLevel: setMicLevel,
         onCost: setCost,
         onBargeIn: (turnId, playedMs) => setBargeIns((all) => [...all, { turnId, playedMs }]),
       });
@@ -155,6 +157,11 @@ export function Talk({ agentId }: { agentId?: string }) {
           {state}
         </span>
         {detail && <span class="muted"> {detail}</span>}
+        {microphone && (
+          <span class="meter" title="microphone level">
+            mic <meter min={0} max={0.3} value={micLevel} data-testid="mic-level" />
+          </span>
+        )}
         <span>
           cost <strong data-testid="running-cost">{usd(cost)}</strong>
         </span>

@@ -71,7 +71,7 @@ def caller_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The caller, as Chromium's fake microphone plays it (in a loop): silence, the sentence, a long pause."""
     pcm, rate = asyncio.run(EspeakTTS().speak_pcm(CALLER_SENTENCE, "en-us"))
     speech = np.frombuffer(pcm, dtype=np.int16)
-    silence = np.zeros(int(rate * 1.5), dtype=np.int16)
+    silence = np.zeros(int(rate * 3.0), dtype=np.int16)  # the greeting is heard before the caller speaks
     pause = np.zeros(int(rate * 3.0), dtype=np.int16)
     path = tmp_path_factory.mktemp("audio") / "caller.wav"
     with wave.open(str(path), "wb") as wav:
@@ -86,7 +86,7 @@ def caller_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def llm_double() -> Iterator[OpenAIDouble]:
     with OpenAIDouble() as double:
-        double.default = Reply(text=AGENT_REPLY, chunk_delay_s=0.12)
+        double.default = Reply(text=AGENT_REPLY, chunk_delay_s=0.15)
         yield double
 
 

@@ -14,12 +14,12 @@ export function BarChart({ bars, unit }: { bars: Bar[]; unit: string }) {
   const colour = (key: string) => PALETTE[keys.indexOf(key) % PALETTE.length];
   const totals = bars.map((bar) => bar.parts.reduce((sum, part) => sum + magnitude(part.value), 0));
   const max = Math.max(...totals, 1e-12);
-  const width = Math.max(320, bars.length * 48);
+  const width = Math.max(160, bars.length * 48); // drawn at its size: one day is no giant bar
   const height = 180;
   const barWidth = Math.min(36, width / bars.length - 12);
   return (
     <figure class="chart" data-testid="usage-chart">
-      <svg viewBox={`0 0 ${width} ${height + 30}`} width="100%" role="img" aria-label={`usage by day in ${unit}`}>
+      <svg width={width} height={height + 30} role="img" aria-label={`usage by day in ${unit}`}>
         {bars.map((bar, index) => {
           let y = height;
           const x = index * (width / bars.length) + 6;

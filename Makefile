@@ -39,7 +39,8 @@ PYTEST_ARGS ?=
 	distclean deploy changeset migrate stage-check
 
 help:
-	@echo "make run     create .venv, install, migrate, serve the platform at http://127.0.0.1:$(PORT) (prints a dev API key)"
+	@echo "make run     create .venv, install, build the web app, migrate, serve http://127.0.0.1:$(PORT) (prints a dev API key)"
+	@echo "make web     build the web app (web/ -> layers/common/airies/webapp/dist) when its sources changed"
 	@echo "make test    install, then ruff + cfn-lint + every test (SQLite, PostgreSQL, PostgreSQL 16 + pgvector)"
 	@echo "make bench   benchmarks (cold init per function, warm API latency) -> benchmarks/results/"
 	@echo "make lint    ruff check + ruff format --check + cfn-lint + checkov"
@@ -91,7 +92,7 @@ espeak:
 # ---------------------------------------------------------------------------------------------------------------------
 # Run (the local stack: uvicorn + moto server + SQLite under .data unless DATABASE_URL is set)
 # ---------------------------------------------------------------------------------------------------------------------
-run: install espeak
+run: install espeak web
 	$(PY) -m airies.db.migrate
 	PORT=$(PORT) $(PY) -m airies.local.server
 
@@ -101,7 +102,7 @@ serve: run
 # Test & lint (CI runs `make test` through .ci/run)
 # ---------------------------------------------------------------------------------------------------------------------
 # pgvector (PostgreSQL 16 from pgserver) is part of every test run: its tests fail, never skip, without it.
-test: install tools espeak kb-pgvector lint pytest
+test: install tools espeak chromium kb-pgvector web web-test lint pytest
 
 # checkov: every suppression is a Metadata.checkov.skip with its reason next to the resource; --skip-download keeps
 # it offline (no platform calls).
@@ -134,7 +135,7 @@ $(SAM):
 	$(SAM_VENV)/bin/pip install $(PIP_QUIET) 'aws-sam-cli==1.170.0'
 
 # Each function's code + its layers, unzipped, against Lambda's 250 MB limit: fails the build over it.
-build: $(SAM) install
+build: $(SAM) install web
 	$(SAM_ENV) $(SAM) validate --template template.yaml --region us-east-1
 	$(SAM_ENV) $(SAM) build --template template.yaml
 	$(PY) -m airies.local.build_report
@@ -181,3 +182,34 @@ kb-pgvector: install
 	test -x $(KB_PGSERVER_VENV)/bin/python || $(PYTHON) -m venv $(KB_PGSERVER_VENV)
 	$(KB_PGSERVER_VENV)/bin/pip install $(PIP_QUIET) 'pgserver==0.1.4'
 	$(PY) -c "from tests.doubles.pgvector_server import pgvector_url; url = pgvector_url(); assert url, 'pgserver is not installed'; print('pgvector at', url)"
+
+# Web app: Vite + Preact + TypeScript in web/ (packages pinned by web/package-lock.json), built into the airies
+# package so the API function serves it (docs/web-app.md). Rebuilt only when its sources or pins change.
+WEB_DIST := layers/common/airies/webapp/dist
+WEB_STAMP := $(WEB_DIST)/.built
+WEB_DEPS := web/node_modules/.airies-installed
+WEB_SOURCES := $(shell find web/src -type f 2>/dev/null) web/index.html web/vite.config.ts web/vite.widget.config.ts \
+	web/tsconfig.json
+.PHONY: web web-test chromium
+
+$(WEB_DEPS): web/package.json web/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "Node.js 20.19+ and npm are needed to build the web app"; exit 1; }
+	cd web && npm ci --no-audit --no-fund
+	@touch $@
+
+$(WEB_STAMP): $(WEB_DEPS) $(WEB_SOURCES)
+	cd web && npm run build
+	@touch $@
+
+web: $(WEB_STAMP)
+
+# Unit tests of the browser-side code (money, resampling, jitter buffer, waterfall): vitest, under a second.
+web-test: $(WEB_DEPS)
+	cd web && npm test
+
+# Chromium (Debian's package) for the browser tests: they fail, never skip, without it.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "Chromium (browser tests) is missing: installing it with apt-get"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }

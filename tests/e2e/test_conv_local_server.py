@@ -7,64 +7,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.local_stack import local_server as run_local_server
+
 pytestmark = pytest.mark.slow
 KEY = "ak_live_devkey_for_ws_tests_0001"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def local_server(tmp_path: Path):  # type: ignore[no-untyped-def]
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRIES_", "DATABASE_URL", "AWS_"))}
-    env.update(PORT=str(port), PYTHONUNBUFFERED="1", AIRIES_UVICORN_LOG_LEVEL="warning", AIRIES_DEV_API_KEY=KEY)
-    for name in ("OPENAI_API_KEY", "DEEPGRAM_API_KEY", "ELEVENLABS_API_KEY"):  # offline engines only
-        env.pop(name, None)
-    log = tmp_path / "server.log"
-    with log.open("w") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "airies.local.server"], cwd=tmp_path, env=env, stdout=handle,
-            stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{base}/api/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server did not answer within 90 s:\n{log.read_text()}")
-            time.sleep(0.3)
-        yield base, port, log
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+    with run_local_server(tmp_path, KEY) as server:
+        yield server.base, server.port, server.log
 
 
 def test_make_run_serves_the_voice_websocket(local_server) -> None:  # type: ignore[no-untyped-def]

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     # Tenant-supplied URLs (airies.core.url_guard): hosts exempt from the private-address check, comma-separated
     # host or host:port (local testing against 127.0.0.1). Never needed in production.
     url_guard_allowed_hosts: str = ""
+    # The built web app (web/ -> airies/webapp/dist); unset: the files shipped inside the package.
+    web_dist_dir: Path | None = None
 
     # AWS resources (names come from the template; moto serves them locally)
     aws_endpoint_url: str | None = Field(

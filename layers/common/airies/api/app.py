@@ -7,9 +7,22 @@ from fastapi import APIRouter, FastAPI
 from airies import __version__
 from airies.api.errors import install_error_handlers
 from airies.api.middleware import RequestGuardMiddleware
-from airies.api.routers import accounts, agents, billing, conversations, health, knowledge, llm, voices
+from airies.api.publishable_guard import PublishableKeyGuard
+from airies.api.routers import (
+    accounts,
+    agents,
+    billing,
+    conversations,
+    health,
+    knowledge,
+    llm,
+    recordings,
+    voices,
+    widget,
+)
 from airies.config import Settings, get_settings
 from airies.db.engine import Database, get_database
+from airies.webapp import install_webapp
 
 
 def create_app(settings: Settings | None = None, database: Database | None = None, logger: object = None) -> FastAPI:
@@ -31,8 +44,11 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     install_error_handlers(app)
 
     api = APIRouter(prefix=settings.api_base_path)
-    for module in (health, accounts, agents, llm, voices, conversations, knowledge, billing):
+    routers = (health, accounts, agents, llm, voices, conversations, recordings, knowledge, billing, widget)
+    for module in routers:
         api.include_router(module.router)
     app.include_router(api)
+    install_webapp(app, settings)
+    app.add_middleware(PublishableKeyGuard, widget_prefix=f"{settings.api_base_path}/widget/")
     app.add_middleware(RequestGuardMiddleware, max_bytes=settings.max_request_bytes, logger=logger)
     return app

@@ -209,6 +209,7 @@ def build_stack(
         port=port,
         moto_server=moto_server,
     )
+    app.state.dev_api_key = key  # the web app's one-click sign-in (stage local only)
     mounted = mount_extensions(app, stack)
     for hook in STARTUP_HOOKS:
         hook(stack)
@@ -219,6 +220,7 @@ def build_stack(
             [
                 "",
                 "Airies local stack",
+                f"  web app     http://127.0.0.1:{port}/   (sign in with the dev key: one click)",
                 f"  API         http://127.0.0.1:{port}{settings.api_base_path}   (docs: {settings.api_base_path}/docs)",
                 f"  WebSocket   {f'ws://127.0.0.1:{port}/ws' if mounted else 'not mounted yet (conversations)'}",
                 f"  database    {safe_url}",

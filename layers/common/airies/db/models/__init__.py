@@ -3,7 +3,7 @@
 One module per capability, so each capability owns its tables.
 """
 
-from airies.db.models import billing, conversations, knowledge, llm, voice  # noqa: F401
+from airies.db.models import billing, conversations, knowledge, llm, publishable_keys, voice  # noqa: F401
 from airies.db.models.accounts import Account, ApiKey
 from airies.db.models.agents import Agent, AgentVersion
 from airies.db.models.base import Base, utcnow

@@ -1,0 +1,31 @@
+import { describe, expect, it } from "vitest";
+import { addDecimal, compareDecimal, decimalText, sumDecimals, usd } from "./money";
+
+describe("money", () => {
+  it("adds decimal strings exactly where floats would not", () => {
+    expect(0.1 + 0.2).not.toBe(0.3);
+    expect(addDecimal("0.1", "0.2")).toBe("0.3");
+    expect(addDecimal("0.000001250", "0.00375")).toBe("0.003751250");
+    expect(sumDecimals(["0.000123456789", "1", "-0.5"])).toBe("0.500123456789");
+  });
+
+  it("keeps the API's digits, including trailing zeros", () => {
+    expect(decimalText("0.001250")).toBe("0.001250");
+    expect(usd("0.001250")).toBe("$0.001250");
+    expect(usd("-2.50")).toBe("-$2.50");
+  });
+
+  it("accepts JSON numbers from servers that still send them", () => {
+    expect(decimalText(0.00125)).toBe("0.00125");
+    expect(decimalText(1e-7)).toBe("0.0000001");
+    expect(decimalText(1.5e-9)).toBe("0.0000000015");
+    expect(addDecimal(0.1, "0.2")).toBe("0.3");
+    expect(decimalText(null)).toBe("0");
+  });
+
+  it("compares exactly and refuses what is not a number", () => {
+    expect(compareDecimal("0.30", "0.3")).toBe(0);
+    expect(compareDecimal("0.0000001", "0")).toBe(1);
+    expect(() => addDecimal("abc", "1")).toThrow();
+  });
+});

@@ -42,7 +42,7 @@ def temporary_database() -> Any:
 
 
 def _seed(url: str) -> tuple[str, str]:
-    from airies.db.engine import Database
+    from airies.core.database import Database
     from airies.db.migrate import upgrade_head
     from airies.schemas.agents import AgentCreate
     from airies.services.accounts import AccountService

@@ -99,7 +99,7 @@ VOICES = ("en-us", "en-us+klatt2", "en-us+f2")  # eSpeak NG's default voice and 
 
 
 async def recognition() -> dict[str, Any]:
-    from airies.config import Settings
+    from airies.core.config import Settings
     from airies.services.voice import build_voice_service
 
     service = build_voice_service(Settings(deepgram_api_key=None, elevenlabs_api_key=None))

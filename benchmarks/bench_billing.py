@@ -213,7 +213,7 @@ def _deductions(database: Any, accounts: list[str]) -> dict[str, Any]:
 def run(args: Any = None) -> dict[str, Any]:
     from sqlalchemy import text
 
-    from airies.db.engine import Database
+    from airies.core.database import Database
     from airies.db.migrate import upgrade_head
     from airies.services.usage import UsageService
 

@@ -284,8 +284,8 @@ def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
     import boto3
     from botocore.config import Config
 
-    from airies.config import Settings
-    from airies.db.engine import Database
+    from airies.core.config import Settings
+    from airies.core.database import Database
     from airies.db.migrate import upgrade_head
     from airies.local.ws_gateway import load_voice_handlers
     from airies.schemas.agents import AgentCreate

@@ -175,7 +175,7 @@ def _ingestion(repetitions: int) -> dict[str, Any]:
     import boto3
     from moto import mock_aws
 
-    from airies.db.engine import Database
+    from airies.core.database import Database
     from airies.db.migrate import upgrade_head
     from airies.services.knowledge import build_knowledge_service
     from tests.doubles.pinecone_server import PineconeDouble
@@ -324,7 +324,7 @@ def _query_latency() -> dict[str, Any]:
     from moto import mock_aws
     from sqlalchemy import create_engine, text
 
-    from airies.db.engine import Database
+    from airies.core.database import Database
     from airies.db.migrate import upgrade_head
     from airies.services.knowledge import build_knowledge_service
     from tests.doubles import pgvector_server

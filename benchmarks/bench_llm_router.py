@@ -35,7 +35,7 @@ def _stats(values: list[float]) -> dict[str, float]:
 async def _measure(base_url: str, runs: int) -> dict[str, Any]:
     import openai
 
-    from airies.config import Settings
+    from airies.core.config import Settings
     from airies.providers.llm.base import LLMRequest, TextDelta
     from airies.services.llm import build_llm_service
     from airies.services.llm_router import HealthTracker, RouterConfig
@@ -122,7 +122,7 @@ def _build_with_account_keys(settings: Any, tracker: Any) -> list[float]:
     import tempfile
     from pathlib import Path
 
-    from airies.db.engine import Database
+    from airies.core.database import Database
     from airies.db.migrate import upgrade_head
     from airies.services.accounts import AccountService
     from airies.services.llm import build_llm_service

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from airies.config import Settings
-from airies.db.engine import Database
+from airies.core.config import Settings
+from airies.core.database import Database
 from airies.db.migrate import upgrade_head
 from airies.db.models import Base
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from airies.config import Settings
+from airies.core.config import Settings
 
 BUCKET = "airies-kb-documents-test"
 
@@ -105,7 +105,7 @@ def make_docx(paragraphs: list[str]) -> bytes:
 
 
 def new_account(database: Any) -> str:
-    from airies.db.ids import new_id
+    from airies.core.ids import new_id
     from airies.db.models import Account
 
     with database.session() as session:

@@ -11,8 +11,8 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from airies.config import get_settings
-from airies.db.engine import get_database
+from airies.core.config import get_settings
+from airies.core.database import get_database
 from airies.services.usage import build_usage_service
 
 logger = Logger()

@@ -13,9 +13,9 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from airies.config import get_settings
-from airies.db.engine import get_database
-from airies.errors import AiriesError
+from airies.core.config import get_settings
+from airies.core.database import get_database
+from airies.core.errors import AiriesError
 from airies.services.payments import WebhookRejected, build_payment_service
 
 logger = Logger()

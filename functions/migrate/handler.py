@@ -26,7 +26,7 @@ from alembic.util.exc import CommandError
 from aws_lambda_powertools import Logger
 from sqlalchemy import create_engine
 
-from airies.config import get_settings
+from airies.core.config import get_settings
 from airies.db.migrate import alembic_config, upgrade_head
 
 logger = Logger()

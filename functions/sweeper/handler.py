@@ -6,8 +6,8 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from airies.config import get_settings
-from airies.db.engine import get_database
+from airies.core.config import get_settings
+from airies.core.database import get_database
 from airies.services.sessions import build_session_store
 from airies.services.websocket import WebSocketService
 

@@ -14,8 +14,8 @@ _service: WebSocketService | None = None
 def service() -> WebSocketService:
     global _service
     if _service is None:
-        from airies.config import get_settings
-        from airies.db.engine import get_database
+        from airies.core.config import get_settings
+        from airies.core.database import get_database
         from airies.services.conversations import build_recorder
         from airies.services.sessions import build_session_store
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from airies.audio.codecs import read_wav
-from airies.config import PROJECT_ROOT
+from airies.core.config import PROJECT_ROOT
 from airies.providers.tts.espeak import EspeakTTS
 from airies.webapp import DIST_DIR
 from tests.doubles.openai_server import OpenAIDouble, Reply

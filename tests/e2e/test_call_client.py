@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from airies.config import PROJECT_ROOT
+from airies.core.config import PROJECT_ROOT
 from tests.local_stack import local_server
 
 pytestmark = pytest.mark.slow

@@ -203,7 +203,7 @@ def test_custom_endpoint_models_validate_only_when_configured(database, tmp_path
     from fastapi.testclient import TestClient
 
     from airies.api.app import create_app
-    from airies.config import Settings
+    from airies.core.config import Settings
 
     config = {
         "name": "Local",

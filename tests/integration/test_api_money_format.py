@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from airies.core.money import CREDIT_PATTERN, USD_PATTERN, format_usd
 from airies.db.models.conversations import Conversation
 from airies.schemas import ws_protocol as wp
-from airies.schemas.money import CREDIT_PATTERN, USD_PATTERN, format_usd
 from airies.schemas.usage import UsageEvent
 from airies.services.turns import price_usage
 from airies.services.usage import UsageService

@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from airies.db.engine import Database
-from airies.db.ids import new_id
+from airies.core.database import Database
+from airies.core.errors import PaymentRequiredError
+from airies.core.ids import new_id
 from airies.db.models import Account
 from airies.db.models.billing import CreditLedgerEntry, UsageEventRecord
-from airies.errors import PaymentRequiredError
 from airies.schemas.usage import MICROS_PER_CREDIT, UsageEvent
 from airies.services.usage import UsageService
 

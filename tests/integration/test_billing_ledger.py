@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import func
 
 import airies.services.pricing as pricing_module
-from airies.db.ids import new_id
+from airies.core.errors import PaymentRequiredError
+from airies.core.ids import new_id
 from airies.db.models import Account
-from airies.errors import PaymentRequiredError
 from airies.schemas.usage import MICROS_PER_CREDIT, UsageEvent
 from airies.services.pricing import Pricing
 from airies.services.usage import UsageService

@@ -24,7 +24,7 @@ from moto import mock_aws
 from moto.awslambda_simple.models import LambdaSimpleBackend
 from sqlalchemy import select
 
-from airies.db.ids import new_id
+from airies.core.ids import new_id
 from airies.db.models import Account
 from airies.db.models.billing import Invoice
 from airies.local.invoke import (

@@ -20,7 +20,7 @@ import stripe
 from fastapi.testclient import TestClient
 
 from airies.api.app import create_app
-from airies.config import Settings
+from airies.core.config import Settings
 from airies.db.models.billing import BillingAccount, Payment, StripeEvent
 from tests.conftest import signup
 from tests.doubles.stripe_server import LocalStripe, StripeInvoiceDouble
@@ -296,7 +296,7 @@ def test_top_up_retried_after_a_lost_response_reuses_the_same_payment_intent(dat
     localstripe ignores idempotency keys, so this runs against the wire-level double, which honours them."""
     from decimal import Decimal
 
-    from airies.db.ids import new_id
+    from airies.core.ids import new_id
     from airies.db.models import Account
     from airies.providers.payments.stripe import StripePaymentProvider
     from airies.services.payments import PaymentService

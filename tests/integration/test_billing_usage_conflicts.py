@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from airies.core.metrics import MonitoringService
 from airies.schemas.usage import UsageEvent
-from airies.services.monitoring import MonitoringService
 from airies.services.usage import USAGE_CONFLICTS_METRIC, UsageService, usage_body_hash
 
 NOW = datetime.now(UTC).replace(microsecond=0)

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from airies.api.app import create_app
-from airies.config import Settings
+from airies.core.config import Settings
 from airies.db.models.billing import CreditLedgerEntry, Payment, StripeEvent
 from tests.conftest import signup
 from tests.kb_support import FakeLambdaContext

@@ -327,7 +327,7 @@ def test_put_metadata_is_limited_after_the_merge(client, auth, engines) -> None:
 
 
 def test_a_fresh_token_for_a_conversation_that_has_not_ended(client, auth, engines, settings) -> None:  # type: ignore[no-untyped-def]
-    from airies.errors import UnauthorizedError
+    from airies.core.errors import UnauthorizedError
     from airies.services.conversations import ConversationTokens, token_secret
 
     first = start(client, auth, deployed_agent(client, auth))
@@ -448,7 +448,7 @@ def test_a_dropped_call_holds_its_slot_only_for_the_resume_window(client, auth, 
     assert try_start() == 429
     from datetime import timedelta
 
-    from airies.db.models.base import utcnow
+    from airies.core.models import utcnow
 
     long_ago = utcnow() - timedelta(seconds=window + 1)
     with app.state.database.session() as s:

@@ -14,9 +14,9 @@ import pytest
 from moto import mock_aws
 from sqlalchemy import select
 
-from airies.db.models.base import utcnow
+from airies.core.errors import ConflictError, NotFoundError
+from airies.core.models import utcnow
 from airies.db.models.conversations import Conversation, ConversationTurn
-from airies.errors import ConflictError, NotFoundError
 from airies.schemas.agents import AgentCreate
 from airies.schemas.conversations import ConversationCreate
 from airies.schemas.usage import UsageComponent

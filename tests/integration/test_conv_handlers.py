@@ -909,7 +909,7 @@ def test_generate_audio_response_and_rest_interruption(aws, database, settings) 
 def test_sweeper_max_duration_never_connected_and_stale(aws, database, settings) -> None:
     from datetime import timedelta
 
-    from airies.db.models.base import utcnow
+    from airies.core.models import utcnow
 
     h = Harness(database, settings, fake_engines(), first_message_mode="assistant_waits_for_user")
     long_call, token = h.start()

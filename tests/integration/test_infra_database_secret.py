@@ -10,8 +10,8 @@ import boto3
 from moto import mock_aws
 from sqlalchemy import make_url, text
 
-from airies.config import Settings
-from airies.db.engine import Database
+from airies.core.config import Settings
+from airies.core.database import Database
 
 
 def test_database_url_from_an_rds_style_secret_connects_to_postgresql(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -12,8 +12,8 @@ import boto3
 import httpx
 import pytest
 
+from airies.core.storage import StorageService
 from airies.local.s3_store import LocalMotoServer, S3Mirror, written_target
-from airies.services.storage import StorageService
 
 BUCKET = "airies-local-kept"
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
-from airies.services.storage import StorageService
+from airies.core.storage import StorageService
 
 BUCKET = "airies-http-storage"
 

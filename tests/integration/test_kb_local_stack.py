@@ -12,8 +12,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from airies.config import get_settings
-from airies.db.engine import get_database
+from airies.core.config import get_settings
+from airies.core.database import get_database
 from airies.local.invoke import patched_environ
 from airies.local.template import DEFAULT_ENV_FILE, LocalContext, create_local_resources, load_env_file, load_template
 from airies.schemas.usage import UsageComponent, UsageEvent

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from airies.db.engine import Database
+from airies.core.database import Database
+from airies.core.errors import NotAvailableError, NotFoundError
 from airies.db.migrate import upgrade_head
-from airies.errors import NotAvailableError, NotFoundError
 from airies.providers.vectors.base import VectorRecord
 from airies.providers.vectors.pgvector import PgVectorStore
 from airies.services.knowledge import build_knowledge_service

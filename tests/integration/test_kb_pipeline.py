@@ -10,8 +10,8 @@ import json
 import pytest
 from sqlalchemy import func, select
 
+from airies.core.errors import NotFoundError
 from airies.db.models.knowledge import KnowledgeChunk, KnowledgeDocument, KnowledgeVector
-from airies.errors import NotFoundError
 from tests.kb_support import (
     BUCKET,
     deliver,
@@ -164,7 +164,7 @@ def test_transient_failure_reports_only_that_message(pipeline, monkeypatch):
         p["s3"].put_object(Bucket=BUCKET, Key=f"accounts/{account}/{doc.storage_key}", Body=FAQ.encode())
     messages = [m for m in drain(p["sqs"], p["queue_url"]) if "Records" in json.loads(m["Body"])]
 
-    from airies.errors import ProviderError
+    from airies.core.errors import ProviderError
 
     embedder = service.embedder(kb.embedding_provider, kb.embedding_model, kb.embedding_dimensions)
     real_embed = embedder.embed
@@ -334,7 +334,7 @@ SECTIONS = "\n\n".join(
 
 
 def test_failed_reembed_keeps_the_old_vectors_and_model(database, tmp_path):
-    from airies.errors import ProviderError
+    from airies.core.errors import ProviderError
 
     def fail_second(call):
         if call == 2:
@@ -361,7 +361,7 @@ def test_failed_reembed_keeps_the_old_vectors_and_model(database, tmp_path):
 
 
 def test_reembed_is_exclusive_defers_ingestion_and_meters_tokens(database, tmp_path):
-    from airies.errors import ConflictError
+    from airies.core.errors import ConflictError
 
     seen = {}
 
@@ -473,7 +473,7 @@ def test_transient_errors_are_retried_without_leftovers_then_the_document_fails(
     """A transient fault (a 503 from the embedder on the second batch) releases the document for the redelivery
     with the reason, removing what the attempt wrote; after ``kb_max_attempts`` the document ends failed and the
     message is acknowledged instead of waiting for the dead-letter queue."""
-    from airies.errors import ProviderError
+    from airies.core.errors import ProviderError
 
     class Overloaded(_Scripted):
         def embed(self, texts):  # the batch with the third section fails, every time
@@ -513,7 +513,7 @@ def test_attempts_that_never_finished_end_the_document_failed(pipeline):
     delivery after ``kb_max_attempts`` such claims ends it failed."""
     from datetime import timedelta
 
-    from airies.db.models.base import utcnow
+    from airies.core.models import utcnow
 
     p = pipeline
     service, database = p["service"], p["database"]

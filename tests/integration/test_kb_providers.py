@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from airies.errors import ProviderError
+from airies.core.errors import ProviderError
 from airies.providers.embeddings.openai import OpenAIEmbedder
 from airies.providers.vectors.base import VectorRecord
 from airies.providers.vectors.pinecone import PineconeVectorStore, upsert_batch_size

@@ -17,7 +17,7 @@ import boto3
 import pytest
 from moto.awslambda_simple.models import LambdaSimpleBackend
 
-from airies.errors import ProviderError
+from airies.core.errors import ProviderError
 from airies.services.knowledge import build_knowledge_service
 from tests.kb_support import (
     BUCKET,

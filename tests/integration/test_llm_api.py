@@ -7,11 +7,11 @@ import json
 import pytest
 from sqlalchemy import select
 
-from airies.config import Settings
+from airies.core.config import Settings
+from airies.core.secrets import DecryptionError
 from airies.db.models.llm import ProviderKey
 from airies.services import provider_keys
 from airies.services.llm import reset_health_trackers
-from airies.services.secrets import DecryptionError
 from tests.conftest import signup
 from tests.doubles.openai_server import OpenAIDouble, Reply
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from airies.errors import ProviderError
+from airies.core.errors import ProviderError
 from airies.providers.llm.base import LLMRequest, StreamEnd, TextDelta, ToolCallDelta
 from airies.providers.llm.openai_compat import OpenAICompatibleProvider
 from tests.doubles.openai_server import OpenAIDouble, Reply
@@ -140,7 +140,7 @@ def test_provider_repr_hides_key(double):
 
 
 def test_custom_openai_compatible_endpoint(double, tmp_path):
-    from airies.config import Settings
+    from airies.core.config import Settings
     from airies.services.llm import build_llm_service
     from airies.services.llm_router import HealthTracker, RouterConfig
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from airies.errors import ProviderError, RateLimitedError
+from airies.core.errors import ProviderError, RateLimitedError
 from airies.providers.llm.base import LLMRequest, StreamEnd, TextDelta, ToolCallDelta
 from airies.providers.llm.openai_compat import OpenAICompatibleProvider
 from airies.services import catalog
@@ -358,7 +358,7 @@ def test_sync_is_periodic_not_per_request(database, a):
 
 @pytest.mark.parametrize("through", ["router", "service"])
 def test_cancelling_a_stream_closes_the_upstream_response(a, through):
-    from airies.config import Settings
+    from airies.core.config import Settings
     from airies.services.llm import LLMService
 
     a.script(Reply(text=" ".join(["word"] * 200), chunk_delay_s=0.02))

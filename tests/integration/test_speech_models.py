@@ -14,11 +14,11 @@ import pytest
 from moto import mock_aws
 
 from airies.audio.codecs import read_wav, resample_pcm16
+from airies.core.storage import StorageService
 from airies.providers.stt.pocketsphinx import DomainModel, domain_digest
 from airies.schemas.agents import AgentConfig
 from airies.services.conversations import VoiceSTT
 from airies.services.speech_models import SpeechModelCache, forget_models_in_memory
-from airies.services.storage import StorageService
 from airies.services.turns import TurnEngines
 from airies.services.voice import (
     build_voice_service,

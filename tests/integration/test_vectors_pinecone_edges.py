@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from airies.errors import ValidationFailedError
+from airies.core.errors import ValidationFailedError
 from airies.providers.vectors.base import VectorRecord
 from airies.providers.vectors.pinecone import PineconeVectorStore
 from tests.doubles.pinecone_server import PineconeDouble

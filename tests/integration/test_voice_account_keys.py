@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from airies.config import Settings
+from airies.core.config import Settings
 from airies.services.voice import clear_voice_cache
 from tests.conftest import signup
 from tests.doubles.deepgram_server import DeepgramServer

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from airies.audio import codecs
-from airies.config import Settings
+from airies.core.config import Settings
 from airies.services.voice import clear_voice_cache
 from tests.conftest import signup
 from tests.doubles.elevenlabs_server import ElevenLabsServer

@@ -7,7 +7,7 @@ import json
 import pytest
 from sqlalchemy import select
 
-from airies.config import Settings
+from airies.core.config import Settings
 from airies.db.models import Account
 from airies.db.models.llm import ProviderKey
 from airies.services.provider_keys import get_account_provider_credentials

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from airies.audio import codecs
-from airies.errors import NotFoundError, ProviderError
+from airies.core.errors import NotFoundError, ProviderError
 from airies.providers.stt.base import STTOptions
 from airies.providers.stt.deepgram import DeepgramSTT
 from airies.providers.stt.whisper import WhisperSTT

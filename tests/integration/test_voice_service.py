@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from airies.audio import codecs
-from airies.config import Settings
-from airies.errors import BadRequestError, NotAvailableError, PayloadTooLargeError, ValidationFailedError
+from airies.core.config import Settings
+from airies.core.errors import BadRequestError, NotAvailableError, PayloadTooLargeError, ValidationFailedError
 from airies.services.voice import (
     build_voice_service,
     clear_voice_cache,

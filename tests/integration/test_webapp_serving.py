@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from airies.api.app import create_app
-from airies.config import Settings
+from airies.core.config import Settings
 from airies.webapp import CONTENT_SECURITY_POLICY, IMMUTABLE
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from airies.errors import UnauthorizedError
+from airies.core.errors import UnauthorizedError
 from airies.providers.llm.base import LLMEvent, LLMRequest
 from airies.schemas import ws_protocol as wp
 from airies.schemas.agents import AgentConfig
@@ -227,7 +227,7 @@ def test_voice_runtime_drops_stale_connections_after_a_snapstart_restore(monkeyp
     import types
     from pathlib import Path
 
-    from airies.config import Settings
+    from airies.core.config import Settings
     from airies.services import websocket
 
     registered: list[object] = []

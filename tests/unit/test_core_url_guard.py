@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler
 import httpx
 import pytest
 
-from airies.config import Settings
+from airies.core.config import Settings
 from airies.core.url_guard import URLGuard, URLNotAllowed, address_problem, parse_allowed_hosts, url_guard
 from tests.doubles._wire import LocalHttpServer
 

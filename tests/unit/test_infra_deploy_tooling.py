@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from airies.config import PROJECT_ROOT
+from airies.core.config import PROJECT_ROOT
 from airies.local import build_report
 from airies.local.deploy import SAMCONFIG, DeployConfigError, check, parameter_overrides
 from airies.local.template import load_template

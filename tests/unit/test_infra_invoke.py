@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from airies.config import PROJECT_ROOT
+from airies.core.config import PROJECT_ROOT
 from airies.local import invoke
 from airies.local.invoke import EventMeta, check_result, invoke_function, sample_events
 

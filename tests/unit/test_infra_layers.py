@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from airies.config import PROJECT_ROOT
+from airies.core.config import PROJECT_ROOT
 from airies.local.build_report import function_layers
 from airies.local.template import load_template
 

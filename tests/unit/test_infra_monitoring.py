@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.metrics import Metrics
 
-from airies.errors import NotFoundError
-from airies.services.monitoring import MonitoringService
+from airies.core.errors import NotFoundError
+from airies.core.metrics import MonitoringService
 
 
 @pytest.fixture
@@ -115,7 +115,7 @@ def test_injected_metrics_object_is_used() -> None:
 def test_tracer_is_imported_only_when_used() -> None:
     code = (
         "import sys\n"
-        "from airies.services.monitoring import MonitoringService\n"
+        "from airies.core.metrics import MonitoringService\n"
         "m = MonitoringService(namespace='N', service='s')\n"
         "m.increment_counter('X'); m.metrics.clear_metrics()\n"
         "before = 'aws_xray_sdk' in sys.modules\n"

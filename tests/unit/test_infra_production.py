@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from airies.config import PROJECT_ROOT
+from airies.core.config import PROJECT_ROOT
 from airies.local.template import load_template
 
 TEMPLATE = PROJECT_ROOT / "template.yaml"

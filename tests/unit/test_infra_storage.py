@@ -10,9 +10,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from airies.config import Settings
-from airies.errors import BadRequestError, NotFoundError
-from airies.services.storage import StorageService
+from airies.core.config import Settings
+from airies.core.errors import BadRequestError, NotFoundError
+from airies.core.storage import StorageService
 
 BUCKET = "airies-test-storage"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from airies.config import PROJECT_ROOT
+from airies.core.config import PROJECT_ROOT
 from airies.local.template import (
     LocalContext,
     function_environment,

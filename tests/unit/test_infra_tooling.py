@@ -11,7 +11,7 @@ from importlib.metadata import metadata
 
 import pytest
 
-from airies.config import PROJECT_ROOT
+from airies.core.config import PROJECT_ROOT
 from benchmarks import harness
 from benchmarks.__main__ import discover
 

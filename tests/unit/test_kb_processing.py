@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from airies.errors import NotAvailableError, ProviderError, is_transient
+from airies.core.errors import NotAvailableError, ProviderError, is_transient
 from airies.providers.embeddings.base import approx_tokens
 from airies.providers.embeddings.hashing import HashingEmbedder
 from airies.services import document_processor as dp

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airies.errors import ValidationFailedError
+from airies.core.errors import ValidationFailedError
 from airies.schemas.agents import AgentTestTurn
 from airies.services import agent_testing
 from airies.services.agent_testing import MAX_REGEX_SUBJECT_CHARS, regex_check, validate_expectations

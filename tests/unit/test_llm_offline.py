@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from airies.config import Settings
+from airies.core.config import Settings
 from airies.providers.llm.base import LLMRequest, StreamEnd, TextDelta, ToolCallDelta, Usage
 from airies.providers.llm.offline import NO_MODEL_REPLY, OfflineResponder
 from airies.providers.llm.tokens import count_message_tokens, count_text_tokens, tokenizer_name

@@ -10,8 +10,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from airies.config import Settings
-from airies.services.secrets import DecryptionError, EnvelopeCipher, Sealed, get_platform_secret
+from airies.core.config import Settings
+from airies.core.secrets import DecryptionError, EnvelopeCipher, Sealed, get_platform_secret
 
 CONTEXT = {"account_id": "acc_1", "provider": "groq"}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from airies.config import PROJECT_ROOT
+from airies.core.config import PROJECT_ROOT
 from airies.local.template import load_template
 
 

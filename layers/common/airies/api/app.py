@@ -20,8 +20,8 @@ from airies.api.routers import (
     voices,
     widget,
 )
-from airies.config import Settings, get_settings
-from airies.db.engine import Database, get_database
+from airies.core.config import Settings, get_settings
+from airies.core.database import Database, get_database
 from airies.webapp import install_webapp
 
 

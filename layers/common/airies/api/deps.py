@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from airies.config import Settings
-from airies.db.engine import Database
+from airies.core.config import Settings
+from airies.core.database import Database
 from airies.db.models import Account
 from airies.services.accounts import AccountService
 

@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from airies.api.middleware import BodyRejected
-from airies.errors import AiriesError, RateLimitedError
+from airies.core.errors import AiriesError, RateLimitedError
 
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 

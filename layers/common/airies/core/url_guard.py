@@ -41,10 +41,10 @@ import anyio.to_thread
 import httpcore
 import httpx
 
-from airies.errors import AiriesError
+from airies.core.errors import AiriesError
 
 if TYPE_CHECKING:
-    from airies.config import Settings
+    from airies.core.config import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # (host, port) -> the addresses it resolves to. Injectable, so tests can make a name resolve anywhere.

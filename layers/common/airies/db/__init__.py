@@ -1,3 +1,3 @@
-from airies.db.engine import Database, create_db_engine, get_database
+from airies.core.database import Database, create_db_engine, get_database
 
 __all__ = ["Database", "create_db_engine", "get_database"]

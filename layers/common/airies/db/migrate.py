@@ -27,7 +27,7 @@ def downgrade_base(url: str) -> None:
 
 
 if __name__ == "__main__":
-    from airies.config import get_settings
+    from airies.core.config import get_settings
 
     target = sys.argv[1] if len(sys.argv) > 1 else get_settings().resolved_database_url()
     upgrade_head(target)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from airies.config import PROJECT_ROOT
+from airies.core.config import PROJECT_ROOT
 from airies.local.template import DEFAULT_TEMPLATE, load_template
 
 LAMBDA_UNZIPPED_LIMIT = 262_144_000  # bytes: "250 MB" for a function's code plus all its layers

@@ -30,7 +30,7 @@ from typing import Any, TextIO
 import httpx
 
 from airies.audio.codecs import read_wav, resample_pcm16, write_wav
-from airies.errors import AiriesError
+from airies.core.errors import AiriesError
 from airies.providers.tts.espeak import EspeakTTS
 from airies.schemas import ws_protocol as wp
 

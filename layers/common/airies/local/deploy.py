@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from airies.config import PROJECT_ROOT
+from airies.core.config import PROJECT_ROOT
 
 SAMCONFIG = PROJECT_ROOT / "samconfig.toml"
 PLACEHOLDER = "REPLACE_ME"

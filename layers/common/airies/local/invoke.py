@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airies.config import PROJECT_ROOT
+from airies.core.config import PROJECT_ROOT
 from airies.local.template import (
     DEFAULT_ENV_FILE,
     DEFAULT_TEMPLATE,
@@ -109,8 +109,8 @@ CONTAINER_CACHES: list[Callable[[], None]] = []
 
 
 def _clear_container_caches() -> None:
-    from airies.config import get_settings
-    from airies.db import engine
+    from airies.core import database as engine
+    from airies.core.config import get_settings
 
     get_settings.cache_clear()
     cached = getattr(engine, "_databases", None)  # url -> Database, one per container
@@ -346,7 +346,7 @@ def run_sample_event(
                 spec, ctx = resolve_function(logical_id, template_path, env_file)
                 with patched_environ(function_environment(spec, ctx)):
                     _clear_container_caches()
-                    from airies.config import get_settings
+                    from airies.core.config import get_settings
 
                     database_url = get_settings().resolved_database_url()
                     _clear_container_caches()
@@ -420,8 +420,8 @@ def setup_account(sample: SampleContext) -> dict[str, str]:
     against the dev database does not add an account each time."""
     from sqlalchemy import select
 
-    from airies.config import get_settings
-    from airies.db.engine import Database
+    from airies.core.config import get_settings
+    from airies.core.database import Database
     from airies.db.models import Account, ApiKey
     from airies.services.accounts import AccountService, hash_key
 

@@ -168,7 +168,7 @@ def build_stack(
     apply_environment(function_environment(spec, context))
     created = create_local_resources(context)
 
-    from airies.config import Settings
+    from airies.core.config import Settings
 
     settings = Settings()
     data_dir = Path(settings.data_dir)
@@ -178,7 +178,7 @@ def build_stack(
     mirror = S3Mirror(data_dir / "s3", endpoint, context.region)
     restored = mirror.restore()
     moto_server.mirror = mirror
-    from airies.db.engine import get_database
+    from airies.core.database import get_database
     from airies.db.migrate import upgrade_head
 
     url = settings.resolved_database_url()

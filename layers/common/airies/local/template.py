@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from airies.config import PROJECT_ROOT
+from airies.core.config import PROJECT_ROOT
 
 LOCAL_ACCOUNT_ID = "123456789012"  # moto's default account
 DEFAULT_TEMPLATE = PROJECT_ROOT / "template.yaml"

@@ -30,7 +30,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.websockets import WebSocket
 
-from airies.config import PROJECT_ROOT
+from airies.core.config import PROJECT_ROOT
 
 # uvicorn's WebSocket implementation for the local stack. wsproto completes a refused handshake once the denial
 # response (status + JSON body) is sent; uvicorn's default websockets-sansio protocol sends the same response but
@@ -291,8 +291,8 @@ def mount(app: Any, stack: Any) -> LocalWsGateway:
 def sample_conversation(sample: Any) -> dict[str, str]:
     """Sample-event setup (infra/events/VoiceConnectFunction.valid-token.meta.json): a deployed agent and a
     started conversation; returns ``{{conversation_id}}`` and ``{{token}}`` signed with the event's token secret."""
-    from airies.config import Settings
-    from airies.db.engine import Database
+    from airies.core.config import Settings
+    from airies.core.database import Database
     from airies.schemas.agents import AgentCreate
     from airies.schemas.conversations import ConversationCreate
     from airies.services.accounts import AccountService

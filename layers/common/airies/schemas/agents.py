@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from airies.schemas.common import Metadata, StrictModel
+from airies.core.schemas import Metadata, StrictModel
 
 # Shared by the full config and its partial update, so both accept the same range.
 MaxDurationSeconds = Annotated[int, Field(ge=10, le=43200, description="longest call, in seconds (12 h at most)")]

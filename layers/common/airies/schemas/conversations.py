@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from airies.schemas.common import Metadata, StrictModel, Version
-from airies.schemas.money import UsdAmount
+from airies.core.money import UsdAmount
+from airies.core.schemas import Metadata, StrictModel, Version
 
 
 class CallerInfo(StrictModel):

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from airies.schemas.common import ByteSize, StrictModel
+from airies.core.schemas import ByteSize, StrictModel
 
 
 class KnowledgeBaseCreate(StrictModel):

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
 
-from airies.schemas.common import StrictModel
+from airies.core.schemas import StrictModel
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 

@@ -1,7 +1,7 @@
 """Usage and billing schemas: the contract every capability emits usage through.
 
 Quantities are Decimal (never floats); credits are exact integers of micro-credits
-(1 credit = 1_000_000 micro-credits). Money on the wire follows ``airies.schemas.money``.
+(1 credit = 1_000_000 micro-credits). Money on the wire follows ``airies.core.money``.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from airies.schemas.common import StrictModel
-from airies.schemas.money import MICROS_PER_CREDIT, CreditAmount, UsdAmount, micros_to_credits
+from airies.core.money import MICROS_PER_CREDIT, CreditAmount, UsdAmount, micros_to_credits
+from airies.core.schemas import StrictModel
 
-__all__ = ["MICROS_PER_CREDIT", "micros_to_credits"]  # formatting lives in airies.schemas.money
+__all__ = ["MICROS_PER_CREDIT", "micros_to_credits"]  # formatting lives in airies.core.money
 
 
 class UsageComponent(StrEnum):
@@ -93,7 +93,7 @@ class LimitCheck(BaseModel):
         """Raise the API error matching ``reason`` (402 for money/plan limits, 429 for concurrency)."""
         if self.allowed:
             return
-        from airies.errors import PaymentRequiredError, RateLimitedError
+        from airies.core.errors import PaymentRequiredError, RateLimitedError
 
         details = self.model_dump()
         if self.reason == "concurrent_conversation_limit":

@@ -10,9 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from airies.db.ids import new_id
+from airies.core.errors import ConflictError, ForbiddenError, NotFoundError, UnauthorizedError
+from airies.core.ids import new_id
 from airies.db.models import Account, ApiKey, utcnow
-from airies.errors import ConflictError, ForbiddenError, NotFoundError, UnauthorizedError
 
 KEY_PREFIX = "ak_live_"
 

@@ -36,11 +36,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from airies.config import Settings
-from airies.errors import ConflictError, ValidationFailedError
+from airies.core.config import Settings
+from airies.core.errors import ConflictError, ValidationFailedError
+from airies.core.money import format_usd
 from airies.providers.llm.base import LLMRequest, StreamEnd, TextDelta
 from airies.schemas.agents import AgentConfig, AgentTestRequest, AgentTestTurn, FirstMessageMode
-from airies.schemas.money import format_usd
 from airies.services.agents import AgentService
 from airies.services.engines import engine_report
 from airies.services.llm import LLMService, build_llm_service

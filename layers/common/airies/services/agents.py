@@ -11,9 +11,9 @@ from pydantic import ValidationError
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from airies.db.ids import new_id
+from airies.core.errors import BadRequestError, NotFoundError, ValidationFailedError
+from airies.core.ids import new_id
 from airies.db.models import Agent, AgentVersion, utcnow
-from airies.errors import BadRequestError, NotFoundError, ValidationFailedError
 from airies.schemas.agents import AgentConfig
 from airies.services import catalog
 from airies.services.agent_templates import TEMPLATES
@@ -23,7 +23,7 @@ from airies.services.llm_custom_endpoints import account_endpoint_models
 from airies.services.voice import configured_voice_vendors
 
 if TYPE_CHECKING:
-    from airies.config import Settings
+    from airies.core.config import Settings
 
 # (session, account_id, ids) -> the subset of ids that exist and belong to the account
 KnowledgeBaseOwnership = Callable[[Session, str, list[str]], set[str]]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from airies.config import Settings
+    from airies.core.config import Settings
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 

@@ -26,25 +26,25 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from airies.config import Settings
-from airies.db.ids import new_id
-from airies.db.models import Agent
-from airies.db.models.base import utcnow
-from airies.db.models.conversations import Conversation, ConversationTurn
-from airies.errors import (
+from airies.core.config import Settings
+from airies.core.errors import (
     BadRequestError,
     ConflictError,
     NotFoundError,
     UnauthorizedError,
     ValidationFailedError,
 )
+from airies.core.ids import new_id
+from airies.core.models import utcnow
+from airies.core.money import format_usd
+from airies.core.schemas import check_metadata
+from airies.db.models import Agent
+from airies.db.models.conversations import Conversation, ConversationTurn
 from airies.providers.stt.base import STTOptions, Transcript
 from airies.providers.tts.base import TTSOptions
 from airies.schemas import ws_protocol as wp
 from airies.schemas.agents import AgentConfig
-from airies.schemas.common import check_metadata
 from airies.schemas.conversations import ConversationCreate, ConversationUpdate
-from airies.schemas.money import format_usd
 from airies.services.agents import AgentService
 from airies.services.turns import TurnEngines, TurnInput, TurnResult, TurnRunner
 
@@ -101,7 +101,7 @@ def token_secret(settings: Settings) -> bytes:
     if settings.ws_token_secret:
         return settings.ws_token_secret.encode()
     if settings.on_aws:
-        from airies.services.secrets import get_platform_secret
+        from airies.core.secrets import get_platform_secret
 
         value = get_platform_secret("ws_token_secret", settings)
         if not value:
@@ -711,7 +711,7 @@ class ConversationService:
             raise ConflictError("this conversation has ended", code="conversation_ended")
         allowed, reason, message = self.check_credit(account_id)
         if not allowed:
-            from airies.errors import PaymentRequiredError
+            from airies.core.errors import PaymentRequiredError
 
             raise PaymentRequiredError(message or "insufficient credits", code=reason or "insufficient_credits")
         config = self.config_for(conversation)
@@ -734,7 +734,7 @@ class ConversationService:
             sink,
         )
         if result.status == "failed":
-            from airies.errors import ProviderError
+            from airies.core.errors import ProviderError
 
             err = result.error or {}
             raise ProviderError(err.get("message", "turn failed"), provider=err.get("code", "pipeline"))
@@ -757,7 +757,7 @@ class ConversationService:
             raise BadRequestError("audio must be non-empty PCM16 (an even number of bytes)", code="bad_audio")
         limit = self.settings.ws_max_utterance_seconds * wp.SAMPLE_RATE * 2
         if len(pcm16) > limit:
-            from airies.errors import PayloadTooLargeError
+            from airies.core.errors import PayloadTooLargeError
 
             raise PayloadTooLargeError(f"an utterance may be at most {self.settings.ws_max_utterance_seconds} s")
         return await self._http_turn(account_id, conversation_id, mode="audio", text=None, pcm=pcm16, speak=True)
@@ -767,7 +767,7 @@ class ConversationService:
         sentence, the agent's voice options and fallback voices), with a fixed reply and no LLM call."""
         engines = self.engines_for(account_id, config)
         if engines.tts is None:
-            from airies.errors import NotAvailableError
+            from airies.core.errors import NotAvailableError
 
             raise NotAvailableError("no text-to-speech engine is configured")
         runner = TurnRunner(engines, out_chunk_ms=self.settings.ws_out_chunk_ms)

@@ -28,10 +28,10 @@ from typing import Any
 from sqlalchemy import and_, func, literal_column, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from airies.db.ids import new_id
+from airies.core.errors import NotFoundError
+from airies.core.ids import new_id
 from airies.db.models import utcnow
 from airies.db.models.billing import BillingAccount, Invoice, UsageEventRecord
-from airies.errors import NotFoundError
 from airies.providers.payments.base import InvoiceLineSpec, PaymentProvider
 from airies.schemas.usage import InvoiceLineOut, InvoiceOut, micros_to_credits
 from airies.services.pricing import Pricing, get_pricing
@@ -383,7 +383,7 @@ class InvoicingService:
     # -- step 3: Stripe ---------------------------------------------------------------------------------
     def _provider(self) -> PaymentProvider:
         if self.provider is None:
-            from airies.errors import NotAvailableError
+            from airies.core.errors import NotAvailableError
 
             raise NotAvailableError(
                 "payments are not configured: set AIRIES_STRIPE_SECRET_KEY", code="stripe_not_configured"

@@ -33,11 +33,7 @@ from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from airies.core.url_guard import as_url, url_guard
-from airies.db.ids import new_id
-from airies.db.models.base import utcnow
-from airies.db.models.knowledge import KnowledgeBase, KnowledgeChunk, KnowledgeDocument, KnowledgeScrapeJob
-from airies.errors import (
+from airies.core.errors import (
     AiriesError,
     BadRequestError,
     ConflictError,
@@ -49,14 +45,18 @@ from airies.errors import (
     is_transient,
     sqlstate,
 )
+from airies.core.ids import new_id
+from airies.core.models import utcnow
+from airies.core.url_guard import as_url, url_guard
+from airies.db.models.knowledge import KnowledgeBase, KnowledgeChunk, KnowledgeDocument, KnowledgeScrapeJob
 from airies.services import document_processor as dp
 from airies.services.chunking import iter_chunks
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from airies.config import Settings
-    from airies.db.engine import Database
+    from airies.core.config import Settings
+    from airies.core.database import Database
     from airies.providers.embeddings.base import Embedder, EmbeddingResult
     from airies.providers.vectors.base import VectorRecord, VectorStore
     from airies.schemas.usage import UsageEvent
@@ -245,7 +245,7 @@ class KnowledgeService:
     @property
     def storage(self) -> Any:
         if self._storage is None:
-            from airies.services.storage import StorageService
+            from airies.core.storage import StorageService
 
             self._storage = StorageService(
                 self.settings.kb_documents_bucket or self.settings.storage_bucket,
@@ -297,7 +297,7 @@ class KnowledgeService:
                 if options.get("index_host"):  # the account's own host: checked again before every use
                     url_guard(self.settings).check(as_url(own_host), field="index_host")
                 return key, own_host
-        from airies.services.secrets import get_platform_secret
+        from airies.core.secrets import get_platform_secret
 
         key = self.settings.pinecone_api_key or get_platform_secret("pinecone_api_key", self.settings)
         if not (key and host):
@@ -327,7 +327,7 @@ class KnowledgeService:
             from airies.providers.vectors.pgvector import PgVectorStore
 
             if self.settings.kb_pgvector_database_url:
-                from airies.db.engine import Database
+                from airies.core.database import Database
 
                 return PgVectorStore(Database(self.settings.kb_pgvector_database_url))
             return PgVectorStore(self.database)
@@ -732,7 +732,7 @@ class KnowledgeService:
             )
             return "failed"
         if size is not None:  # a presigned upload may have declared no size (or a smaller one): check what came
-            from airies.errors import PaymentRequiredError
+            from airies.core.errors import PaymentRequiredError
 
             try:
                 with self.database.session() as session:
@@ -1016,7 +1016,7 @@ class KnowledgeService:
         return PreparedDocument(document_id, chunk_count=len(chunks), batches=batches)
 
     def _download(self, doc: KnowledgeDocument) -> bytes:
-        from airies.errors import NotFoundError as Missing
+        from airies.core.errors import NotFoundError as Missing
 
         try:
             return self.storage.download(doc.account_id, doc.storage_key)
@@ -1634,8 +1634,8 @@ def build_knowledge_service(
     settings: Settings | None = None, database: Database | None = None, **kwargs: Any
 ) -> KnowledgeService:
     """The service wired from settings (the conversations capability and every handler use this)."""
-    from airies.config import get_settings
-    from airies.db.engine import get_database
+    from airies.core.config import get_settings
+    from airies.core.database import get_database
 
     settings = settings or get_settings()
     return KnowledgeService(database or get_database(settings), settings, **kwargs)

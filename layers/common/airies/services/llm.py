@@ -23,13 +23,14 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
-from airies.config import Settings
+from airies.core.config import Settings
+from airies.core.errors import NotFoundError
+from airies.core.money import format_usd
+from airies.core.secrets import get_platform_secret
 from airies.core.url_guard import URLGuard, url_guard
-from airies.errors import NotFoundError
 from airies.providers.llm.base import LLMEvent, LLMProvider, LLMRequest, LLMResponse, Usage
 from airies.providers.llm.offline import OFFLINE_PROVIDER, OfflineResponder
 from airies.providers.llm.openai_compat import OpenAICompatibleProvider
-from airies.schemas.money import format_usd
 from airies.services import catalog
 from airies.services.llm_custom_endpoints import CustomEndpointService, endpoint_catalog, provider_name
 from airies.services.llm_router import (
@@ -45,7 +46,6 @@ from airies.services.provider_keys import (
     register_key_validator,
     register_provider_status,
 )
-from airies.services.secrets import get_platform_secret
 
 LLM_VENDORS = ("openai", "groq", "deepinfra")
 

@@ -8,7 +8,7 @@ and every call goes through the guard's HTTP client (each connection to a checke
 
 Saving (create, and every update) asks the endpoint for its models with the key: refused URL, rejected key,
 unreachable endpoint, an answer that is not an OpenAI model list, or no model at all -> 422 with the field and a
-code, and nothing is stored. The key is sealed like provider keys (``airies.services.secrets.EnvelopeCipher``: KMS
+code, and nothing is stored. The key is sealed like provider keys (``airies.core.secrets.EnvelopeCipher``: KMS
 on AWS, the local key file otherwise, the account and endpoint ids as authenticated data); only its last 4
 characters (of keys of 12 or more) are kept in clear, and no route returns it. The name is the agents' reference to
 the endpoint, so it cannot change; an endpoint that an agent's draft or published version uses cannot be deleted
@@ -24,16 +24,16 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from airies.config import Settings
+from airies.core.config import Settings
+from airies.core.errors import ConflictError, NotFoundError, ProviderError, ValidationFailedError
+from airies.core.ids import new_id
+from airies.core.secrets import EnvelopeCipher, Sealed, get_cipher
 from airies.core.url_guard import URLGuard, URLNotAllowed, url_guard
-from airies.db.ids import new_id
 from airies.db.models import Agent, AgentVersion, utcnow
 from airies.db.models.llm import LLMCustomEndpoint
-from airies.errors import ConflictError, NotFoundError, ProviderError, ValidationFailedError
 from airies.providers.llm.openai_compat import OpenAICompatibleProvider
 from airies.services import catalog
 from airies.services.llm_router import run_async
-from airies.services.secrets import EnvelopeCipher, Sealed, get_cipher
 
 PROVIDER_PREFIX = "custom:"
 MAX_MODELS = 500

@@ -50,8 +50,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from airies.config import Settings
-from airies.errors import NotAvailableError, ProviderError, RateLimitedError
+from airies.core.config import Settings
+from airies.core.errors import NotAvailableError, ProviderError, RateLimitedError
+from airies.core.money import format_usd
 from airies.providers.llm.base import (
     LLMEvent,
     LLMProvider,
@@ -64,7 +65,6 @@ from airies.providers.llm.base import (
     Usage,
 )
 from airies.providers.llm.openai_compat import estimate_usage
-from airies.schemas.money import format_usd
 from airies.services import catalog
 
 PRIOR_TTFT_MS = 600.0  # assumed until a provider has been measured

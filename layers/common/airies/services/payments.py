@@ -44,10 +44,10 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from airies.db.ids import new_id
+from airies.core.errors import BadRequestError, ConflictError, NotAvailableError, NotFoundError
+from airies.core.ids import new_id
 from airies.db.models import Account, utcnow
 from airies.db.models.billing import BillingAccount, Invoice, Payment, StripeEvent
-from airies.errors import BadRequestError, ConflictError, NotAvailableError, NotFoundError
 from airies.providers.payments.base import (
     PaymentIntentInfo,
     PaymentProvider,

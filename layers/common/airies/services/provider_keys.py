@@ -29,13 +29,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from airies.config import Settings, get_settings
+from airies.core.config import Settings, get_settings
+from airies.core.errors import NotAvailableError, NotFoundError, ValidationFailedError
+from airies.core.ids import new_id
+from airies.core.secrets import EnvelopeCipher, Sealed, get_cipher
 from airies.core.url_guard import as_url, url_guard
-from airies.db.ids import new_id
 from airies.db.models import utcnow
 from airies.db.models.llm import ProviderKey
-from airies.errors import NotAvailableError, NotFoundError, ValidationFailedError
-from airies.services.secrets import EnvelopeCipher, Sealed, get_cipher
 
 KeyValidator = Callable[[str, Settings], "bool | Awaitable[bool]"]
 StatusReporter = Callable[[Settings], list[dict[str, Any]]]

@@ -10,10 +10,10 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from airies.db.ids import new_id
+from airies.core.errors import ForbiddenError, NotFoundError, RateLimitedError, UnauthorizedError
+from airies.core.ids import new_id
 from airies.db.models import Account, Agent, utcnow
 from airies.db.models.publishable_keys import PublishableKey, WidgetConversation
-from airies.errors import ForbiddenError, NotFoundError, RateLimitedError, UnauthorizedError
 from airies.schemas.publishable_keys import PublishableKeyCreate, PublishableKeyOut, normalise_origin
 
 PUBLISHABLE_PREFIX = "pk_live_"

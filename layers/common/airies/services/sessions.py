@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from airies.config import Settings
+from airies.core.config import Settings
 
 LISTENING, THINKING, SPEAKING, ENDED = "listening", "thinking", "speaking", "ended"
 # Audio flood guard: a caller cannot stream more than FLOOD_RATIO x real time (+ FLOOD_BURST_MS) since the session

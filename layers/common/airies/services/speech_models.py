@@ -6,7 +6,7 @@ It is kept under its digest (a hash of the phrases' normalised words and the mod
 
 - on disk, ``<data_dir>/speech-models/pocketsphinx/<digest>.json`` (what a warm container or the local stack reads);
 - in the storage bucket, ``accounts/<account>/speech-models/pocketsphinx/<digest>.json`` (through
-  :class:`~airies.services.storage.StorageService`), for containers whose disk does not have it yet;
+  :class:`~airies.core.storage.StorageService`), for containers whose disk does not have it yet;
 - in memory, per digest, once read.
 
 :meth:`SpeechModelCache.get` reads those (never builds): a turn whose model is missing decodes with the general
@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from airies.errors import AiriesError
+from airies.core.errors import AiriesError
 from airies.providers.stt.pocketsphinx import DomainModel, domain_digest
 
 log = logging.getLogger(__name__)

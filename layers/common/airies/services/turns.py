@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
+from airies.core.money import format_usd
 from airies.providers.llm.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCallDelta
 from airies.providers.stt.base import STTOptions, STTProvider, Transcript
 from airies.providers.tts.base import TTSOptions, TTSProvider
 from airies.schemas import ws_protocol as wp
 from airies.schemas.agents import AgentConfig
-from airies.schemas.money import format_usd
 from airies.services import catalog
 from airies.services.engines import turn_engines
 from airies.services.voice import expected_phrases_for_agent

@@ -44,7 +44,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import case, func, literal_column, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from airies.db.ids import new_id
+from airies.core.errors import BadRequestError, NotFoundError, PaymentRequiredError
+from airies.core.ids import new_id
+from airies.core.metrics import MonitoringService
 from airies.db.models import Account, utcnow
 from airies.db.models.billing import (
     BillingAccount,
@@ -54,7 +56,6 @@ from airies.db.models.billing import (
     UsageEventConflict,
     UsageEventRecord,
 )
-from airies.errors import BadRequestError, NotFoundError, PaymentRequiredError
 from airies.schemas.usage import (
     MICROS_PER_CREDIT,
     BalanceOut,
@@ -67,12 +68,11 @@ from airies.schemas.usage import (
     UsageSummaryRow,
     micros_to_credits,
 )
-from airies.services.monitoring import MonitoringService
 from airies.services.pricing import TIERS, PricedUsage, Pricing, Tier, get_pricing
 
 if TYPE_CHECKING:
-    from airies.config import Settings
-    from airies.db.engine import Database
+    from airies.core.config import Settings
+    from airies.core.database import Database
 
 log = logging.getLogger(__name__)
 
@@ -1232,15 +1232,15 @@ class SqsUsagePublisher:
 def build_usage_service(
     settings: Settings | None = None, database: Database | None = None, **kwargs: Any
 ) -> UsageService:
-    from airies.config import get_settings
-    from airies.db.engine import get_database
+    from airies.core.config import get_settings
+    from airies.core.database import get_database
 
     settings = settings or get_settings()
     return UsageService(database or get_database(settings), **kwargs)
 
 
 def build_usage_publisher(settings: Settings | None = None, database: Database | None = None) -> UsagePublisher:
-    from airies.config import get_settings
+    from airies.core.config import get_settings
 
     settings = settings or get_settings()
     if settings.usage_queue_url:

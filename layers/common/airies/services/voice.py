@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from sqlalchemy import select
 
-from airies.db.models import Agent, AgentVersion
-from airies.errors import (
+from airies.core.errors import (
     BadRequestError,
     NotAvailableError,
     NotFoundError,
@@ -34,16 +33,17 @@ from airies.errors import (
     ProviderError,
     ValidationFailedError,
 )
+from airies.core.storage import StorageService
+from airies.db.models import Agent, AgentVersion
 from airies.providers.stt.base import STTOptions, STTProvider, Transcript
 from airies.providers.tts.base import TTSOptions, TTSProvider, VoiceInfo
 from airies.services.speech_models import ModelBuilder, SpeechModelCache
-from airies.services.storage import StorageService
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from airies.config import Settings
-    from airies.db.engine import Database
+    from airies.core.config import Settings
+    from airies.core.database import Database
     from airies.db.models.voice import Voice
 
 log = logging.getLogger(__name__)
@@ -467,7 +467,7 @@ class VoiceService:
         labels: Mapping[str, str] | None = None,
     ) -> Voice:
         """Instant voice cloning: the provider creates the voice; it is recorded as the account's own."""
-        from airies.db.ids import new_id
+        from airies.core.ids import new_id
         from airies.db.models.voice import Voice
 
         session, account_id = self._require_account()
@@ -627,7 +627,7 @@ def platform_key(settings: Settings, provider: str) -> str | None:
     if value:
         return str(value.get_secret_value() if hasattr(value, "get_secret_value") else value)
     try:
-        from airies.services.secrets import get_platform_secret
+        from airies.core.secrets import get_platform_secret
     except ImportError:
         return None
     # Secret names follow the Settings fields (AIRIES_<NAME> locally; SSM/Secrets Manager entries on AWS).
@@ -876,7 +876,7 @@ async def _validate_azure(api_key: str, settings: Settings) -> bool:
 async def _probe(provider: str, url: str, headers: dict[str, str], settings: Settings) -> bool:
     import httpx
 
-    from airies.providers.errors import http_provider_error, transport_error
+    from airies.core.vendor_errors import http_provider_error, transport_error
 
     try:
         async with httpx.AsyncClient(timeout=settings.voice_provider_timeout_seconds) as client:

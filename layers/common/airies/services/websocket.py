@@ -22,15 +22,15 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from airies.config import Settings
-from airies.db.engine import Database
-from airies.db.ids import new_id
-from airies.db.models.base import utcnow
+from airies.core.config import Settings
+from airies.core.database import Database
+from airies.core.errors import AiriesError, ConflictError, NotFoundError, UnauthorizedError
+from airies.core.ids import new_id
+from airies.core.models import utcnow
+from airies.core.money import format_usd
 from airies.db.models.conversations import Conversation
-from airies.errors import AiriesError, ConflictError, NotFoundError, UnauthorizedError
 from airies.schemas import ws_protocol as wp
 from airies.schemas.agents import AgentConfig, FirstMessageMode
-from airies.schemas.money import format_usd
 from airies.services.conversations import (
     ConversationService,
     ConversationTokens,

@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
-from airies.config import Settings
+from airies.core.config import Settings
 
 DIST_DIR = Path(__file__).resolve().parent / "dist"
 INDEX = "index.html"

@@ -7,8 +7,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from airies.api.deps import Caller, SessionDep, current_caller
+from airies.core.schemas import StrictModel
 from airies.db.models import Account, ApiKey
-from airies.schemas.common import StrictModel
 from airies.services.accounts import AccountService
 
 router = APIRouter(tags=["accounts"])

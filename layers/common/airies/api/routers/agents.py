@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
 from airies.api.deps import Caller, current_caller
+from airies.core.schemas import Limit, Page, StrictModel
 from airies.db.models import Agent, AgentVersion
 from airies.schemas.agents import (
     AgentConfig,
@@ -17,7 +18,6 @@ from airies.schemas.agents import (
     AgentVersionOut,
     ValidationResult,
 )
-from airies.schemas.common import Limit, Page, StrictModel
 from airies.services.agents import AgentService, errors_of
 from airies.services.speech_models import SpeechModelCache
 from airies.services.voice import prepare_speech_model, speech_model_cache

@@ -11,9 +11,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from airies.api.deps import Caller, current_caller
-from airies.errors import BadRequestError
-from airies.schemas.common import Limit, Page
-from airies.schemas.money import format_usd, micros_to_credits
+from airies.core.errors import BadRequestError
+from airies.core.money import format_usd, micros_to_credits
+from airies.core.schemas import Limit, Page
 from airies.schemas.usage import (
     BalanceOut,
     InvoiceOut,

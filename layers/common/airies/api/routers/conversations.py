@@ -12,10 +12,10 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from airies.api.deps import Caller, current_caller
+from airies.core.errors import BadRequestError, ConflictError, PayloadTooLargeError, UnsupportedMediaTypeError
+from airies.core.schemas import Limit, Page
 from airies.db.models.conversations import Conversation, ConversationTurn
-from airies.errors import BadRequestError, ConflictError, PayloadTooLargeError, UnsupportedMediaTypeError
 from airies.schemas import ws_protocol as wp
-from airies.schemas.common import Limit, Page
 from airies.schemas.conversations import (
     ConversationCreate,
     ConversationDetail,

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import Field
 
 from airies.api.deps import Caller, current_caller
-from airies.schemas.common import StrictModel
+from airies.core.schemas import StrictModel
 from airies.services.llm import build_llm_service
 from airies.services.llm_custom_endpoints import CustomEndpointService, endpoint_out
 from airies.services.llm_router import run_async

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Request
 
 from airies.api.deps import Caller, current_caller
-from airies.errors import NotFoundError
+from airies.core.errors import NotFoundError
 from airies.services.conversations import ConversationService
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])

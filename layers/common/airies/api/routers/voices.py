@@ -9,11 +9,11 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, Up
 from pydantic import Field
 
 from airies.api.deps import Caller, current_caller
+from airies.core.errors import BadRequestError, UnsupportedMediaTypeError
+from airies.core.schemas import StrictModel
 from airies.db.models.voice import Voice
-from airies.errors import BadRequestError, UnsupportedMediaTypeError
 from airies.providers.stt.base import Transcript
 from airies.providers.tts.base import VoiceInfo
-from airies.schemas.common import StrictModel
 from airies.services.voice import MAX_CLONE_SAMPLE_BYTES, VoiceService, build_voice_service
 
 router = APIRouter(tags=["voices"])

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from airies.api.deps import Caller, current_caller
 from airies.api.errors import error_body
 from airies.api.routers.conversations import service as conversation_service
-from airies.errors import AiriesError, RateLimitedError
+from airies.core.errors import AiriesError, RateLimitedError
 from airies.schemas import ws_protocol as wp
 from airies.schemas.conversations import ConversationCreate
 from airies.schemas.publishable_keys import (

@@ -3,8 +3,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from airies.config import get_settings
-from airies.db.engine import create_db_engine
+from airies.core.config import get_settings
+from airies.core.database import create_db_engine
 from airies.db.models import Base
 
 target_metadata = Base.metadata

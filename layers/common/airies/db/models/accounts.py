@@ -5,7 +5,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from airies.db.models.base import Base, TimestampMixin, id_column
+from airies.core.models import Base, TimestampMixin, id_column
 
 
 class Account(TimestampMixin, Base):

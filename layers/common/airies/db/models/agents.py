@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from airies.db.models.base import Base, TimestampMixin, id_column, utcnow
+from airies.core.models import Base, TimestampMixin, id_column, utcnow
 
 
 class Agent(TimestampMixin, Base):

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, Numeric, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from airies.db.models.base import Base, TimestampMixin, id_column, utcnow
+from airies.core.models import Base, TimestampMixin, id_column, utcnow
 
 # Costs are exact decimals to the nano-dollar: one token of a cheap model costs fractions of a micro-dollar.
 MONEY = Numeric(18, 9)

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from airies.db.models.base import Base, TimestampMixin, id_column, utcnow
+from airies.core.models import Base, TimestampMixin, id_column, utcnow
 
 DOCUMENT_STATUSES = ("uploaded", "processing", "ready", "failed")
 

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from airies.db.models.base import Base, TimestampMixin, id_column, utcnow
+from airies.core.models import Base, TimestampMixin, id_column, utcnow
 
 
 class ProviderKey(TimestampMixin, Base):

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from airies.db.models.base import Base, id_column
+from airies.core.models import Base, id_column
 
 
 class PublishableKey(Base):

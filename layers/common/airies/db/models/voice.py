@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from airies.db.models.base import Base, TimestampMixin, id_column
+from airies.core.models import Base, TimestampMixin, id_column
 
 
 class Voice(TimestampMixin, Base):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from airies.errors import NotAvailableError, ValidationFailedError
+from airies.core.errors import NotAvailableError, ValidationFailedError
 
 if TYPE_CHECKING:
-    from airies.config import Settings
+    from airies.core.config import Settings
     from airies.providers.embeddings.base import Embedder
 
 
@@ -56,8 +56,8 @@ def build_embedder(provider: str, model: str, dimensions: int, settings: Setting
 
         return HashingEmbedder(dimensions=dimensions, model=model)
     if provider == "openai":
+        from airies.core.secrets import get_platform_secret
         from airies.providers.embeddings.openai import OpenAIEmbedder
-        from airies.services.secrets import get_platform_secret
 
         key = settings.openai_api_key or get_platform_secret("openai_api_key", settings)
         if not key:

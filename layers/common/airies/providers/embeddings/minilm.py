@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from airies.errors import NotAvailableError
+from airies.core.errors import NotAvailableError
 from airies.providers.embeddings.base import EmbeddingResult, normalise_rows
 
 _MODEL: Any = None

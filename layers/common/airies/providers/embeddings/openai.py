@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from airies.errors import ProviderError
+from airies.core.errors import ProviderError
 from airies.providers.embeddings import KNOWN_MODELS
 from airies.providers.embeddings.base import EmbeddingResult, normalise_rows
 

@@ -5,7 +5,7 @@ key and model list differ. An endpoint a tenant supplied gets ``url_guard``: the
 guard's (every connection to a checked public address, redirects included). The SDK's own retries are off (``max_retries=0``): failover is the router's job, and
 an SDK retry would hide a slow or failing provider from the router's statistics.
 
-Errors become ``airies.errors.ProviderError`` with ``details["reason"]`` one of ``connect_timeout``, ``timeout``,
+Errors become ``airies.core.errors.ProviderError`` with ``details["reason"]`` one of ``connect_timeout``, ``timeout``,
 ``connection``, ``rate_limited`` (``retry_after`` from ``Retry-After``/``retry-after-ms``), ``server_error``,
 ``auth``, ``bad_request``, ``not_found``, ``stream_error``, ``dropped`` (the stream ended without a finish reason),
 ``url_not_allowed`` (the URL guard refused where the endpoint's name now points).
@@ -19,8 +19,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from airies.core.errors import ProviderError
 from airies.core.url_guard import URLGuard, URLNotAllowed
-from airies.errors import ProviderError
+from airies.core.vendor_clients import LoopBoundClient
 from airies.providers.llm.base import (
     LLMEvent,
     LLMRequest,
@@ -32,7 +33,6 @@ from airies.providers.llm.base import (
     Usage,
 )
 from airies.providers.llm.tokens import count_message_tokens, count_text_tokens
-from airies.providers.loop_client import LoopBoundClient
 
 
 class OpenAICompatibleProvider:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from airies.config import Settings
+    from airies.core.config import Settings
     from airies.providers.payments.base import PaymentProvider
 
 
 def build_payment_provider(settings: Settings) -> PaymentProvider | None:
     """Stripe when a secret key or a webhook secret is configured (settings, env, or the platform secret); else None."""
-    from airies.services.secrets import get_platform_secret
+    from airies.core.secrets import get_platform_secret
 
     api_key = settings.stripe_secret_key or get_platform_secret("stripe_secret_key", settings)
     webhook_secret = settings.stripe_webhook_secret or get_platform_secret("stripe_webhook_secret", settings)

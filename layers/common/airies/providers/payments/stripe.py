@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from airies.errors import ProviderError
+from airies.core.errors import ProviderError
 from airies.providers.payments.base import (
     InvoiceInfo,
     InvoiceLineSpec,
@@ -24,7 +24,7 @@ from airies.providers.payments.base import (
 from airies.schemas.stripe_events import parse_stripe_event
 
 if TYPE_CHECKING:
-    from airies.config import Settings
+    from airies.core.config import Settings
 
 _RETRYABLE = ("APIConnectionError", "RateLimitError", "APIError", "IdempotencyError")
 
@@ -89,7 +89,7 @@ class StripePaymentProvider:
     def v1(self) -> Any:
         if self._client is None:
             if not self._api_key:
-                from airies.errors import NotAvailableError
+                from airies.core.errors import NotAvailableError
 
                 raise NotAvailableError(
                     "Stripe is not configured: set AIRIES_STRIPE_SECRET_KEY", code="stripe_not_configured"
@@ -349,7 +349,7 @@ async def validate_key(api_key: str, settings: Settings) -> bool:
 def provider_status(settings: Settings) -> list[dict[str, Any]]:
     configured = bool(settings.stripe_secret_key)
     if not configured:
-        from airies.services.secrets import get_platform_secret
+        from airies.core.secrets import get_platform_secret
 
         try:
             configured = bool(get_platform_secret("stripe_secret_key", settings))

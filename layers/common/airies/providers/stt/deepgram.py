@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from airies.audio.codecs import duration_seconds, write_wav
-from airies.errors import ProviderError
-from airies.providers.errors import http_provider_error, transport_error
-from airies.providers.loop_client import SdkVendor
+from airies.core.errors import ProviderError
+from airies.core.vendor_clients import SdkVendor
+from airies.core.vendor_errors import http_provider_error, transport_error
 from airies.providers.stt.base import STTOptions, Transcript, Word
 
 DEFAULT_MODEL = "nova-3"

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from airies.errors import NotAvailableError
+from airies.core.errors import NotAvailableError
 from airies.providers.stt.base import STTOptions, Transcript, Word
 
 DECODER_RATE = 16000

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from airies.errors import NotFoundError
-from airies.providers.errors import http_provider_error, transport_error
-from airies.providers.loop_client import LoopBoundClient
+from airies.core.errors import NotFoundError
+from airies.core.vendor_clients import LoopBoundClient
+from airies.core.vendor_errors import http_provider_error, transport_error
 from airies.providers.tts.base import TTSOptions, VoiceInfo
 
 # Our output formats -> X-Microsoft-OutputFormat. Azure has no 44.1 kHz MP3: mp3 requests get 48 kHz.

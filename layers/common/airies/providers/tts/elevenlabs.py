@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from airies.errors import NotFoundError
-from airies.providers.errors import http_provider_error, transport_error
-from airies.providers.loop_client import SdkVendor
+from airies.core.errors import NotFoundError
+from airies.core.vendor_clients import SdkVendor
+from airies.core.vendor_errors import http_provider_error, transport_error
 from airies.providers.tts.base import TTSOptions, VoiceInfo
 
 DEFAULT_MODEL = "eleven_flash_v2_5"  # lowest latency model

@@ -17,7 +17,7 @@ from airies.audio.codecs import (
     read_wav,
     resample_pcm16,
 )
-from airies.errors import NotAvailableError, ProviderError, ValidationFailedError
+from airies.core.errors import NotAvailableError, ProviderError, ValidationFailedError
 from airies.providers.tts.base import TTSOptions, VoiceInfo
 
 ESPEAK_RATE = 22050

@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from airies.db.ids import new_id
+from airies.core.ids import new_id
 from airies.db.models.knowledge import KnowledgeVector, KnowledgeVectorCollection
 from airies.providers.vectors.base import StoreStats, VectorMatch, VectorRecord
 

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 import numpy as np
 from sqlalchemy import Connection, text
 
-from airies.db.engine import Database
-from airies.errors import NotAvailableError
+from airies.core.database import Database
+from airies.core.errors import NotAvailableError
 from airies.providers.vectors.base import StoreStats, VectorMatch, VectorRecord
 
 HNSW_DIMENSIONS = (384, 512, 1536)  # pgvector's HNSW indexes at most 2,000 dims; others are scanned exactly

@@ -17,13 +17,13 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from airies.errors import ProviderError, ValidationFailedError
+from airies.core.errors import ProviderError, ValidationFailedError
 from airies.providers.vectors.base import StoreStats, VectorMatch, VectorRecord
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from airies.config import Settings
+    from airies.core.config import Settings
 
 log = logging.getLogger(__name__)
 MAX_VECTORS_PER_UPSERT = 100  # Pinecone's recommended batch

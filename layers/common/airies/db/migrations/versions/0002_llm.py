@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from airies.db.models.base import UTCDateTime
+from airies.core.models import UTCDateTime
 
 revision = "0002_llm"
 down_revision = "0001_foundation"

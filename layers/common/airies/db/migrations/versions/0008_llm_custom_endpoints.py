@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-from airies.db.models.base import UTCDateTime
+from airies.core.models import UTCDateTime
 
 revision = "0008_llm_custom_endpoints"
 down_revision = "0007_usage_conflicts"

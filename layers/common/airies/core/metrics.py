@@ -19,7 +19,7 @@ from typing import Any
 from aws_lambda_powertools.logging import Logger
 from aws_lambda_powertools.metrics import Metrics, MetricUnit, single_metric
 
-from airies.errors import AiriesError
+from airies.core.errors import AiriesError
 
 ERRORS_METRIC = "Errors"
 

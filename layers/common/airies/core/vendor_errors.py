@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from airies.errors import ProviderError
+from airies.core.errors import ProviderError
 
 RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504, 529}
 

@@ -15,7 +15,7 @@ from urllib.parse import quote
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
+PROJECT_ROOT = Path(__file__).resolve().parents[4]
 DEFAULT_DATA_DIR = Path.cwd() / ".data"
 
 
@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     provider_keys_secret_name: str | None = None
 
     # LLM providers (issue 3). Keys are read as AIRIES_OPENAI_API_KEY etc. locally; on AWS, when unset,
-    # from the platform secret (airies.services.secrets.get_platform_secret("openai_api_key")).
+    # from the platform secret (airies.core.secrets.get_platform_secret("openai_api_key")).
     openai_api_key: str | None = None
     openai_base_url: str = "https://api.openai.com/v1"
     groq_api_key: str | None = None

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from airies.errors import BadRequestError, NotFoundError
+from airies.core.errors import BadRequestError, NotFoundError
 
 ACCOUNT_PREFIX = "accounts"
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9!_.*'()\-/ =+,@]+$")

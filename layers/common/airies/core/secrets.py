@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from airies.config import Settings, get_settings
+from airies.core.config import Settings, get_settings
 
 SECRET_CACHE_SECONDS = 300
 

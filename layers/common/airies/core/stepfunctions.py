@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from airies.errors import ProviderError
+from airies.core.errors import ProviderError
 
 
 class ProviderRetryableError(Exception):

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from airies.config import Settings, get_settings
+from airies.core.config import Settings, get_settings
 
 
 def create_db_engine(url: str, *, pool_size: int = 1, max_overflow: int = 2, echo: bool = False) -> Engine:

@@ -122,11 +122,11 @@ def _build_with_account_keys(settings: Any, tracker: Any) -> list[float]:
     import tempfile
     from pathlib import Path
 
+    from airies.accounts.provider_keys import ProviderKeyService
+    from airies.accounts.service import AccountService
     from airies.core.database import Database
     from airies.db.migrate import upgrade_head
-    from airies.services.accounts import AccountService
     from airies.services.llm import build_llm_service
-    from airies.services.provider_keys import ProviderKeyService
 
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite:///{Path(folder) / 'bench.db'}"

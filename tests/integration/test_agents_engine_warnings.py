@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from airies.services.provider_keys import ProviderKeyService
+from airies.accounts.provider_keys import ProviderKeyService
 from airies.services.voice import clear_voice_cache
 from tests.conftest import signup
 from tests.doubles.conv_engines import tone

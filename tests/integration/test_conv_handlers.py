@@ -19,10 +19,10 @@ from botocore.stub import Stubber
 from moto import mock_aws
 from sqlalchemy import select
 
+from airies.accounts.service import AccountService
 from airies.db.models.conversations import Conversation, ConversationTurn
 from airies.schemas.agents import AgentCreate
 from airies.schemas.conversations import ConversationCreate
-from airies.services.accounts import AccountService
 from airies.services.agents import AgentService
 from airies.services.conversations import ConversationService, ConversationTokens
 from airies.services.sessions import SessionStore
@@ -672,7 +672,7 @@ def test_rest_end_and_delete_end_the_live_session_at_once(aws, database, setting
 
 def owner_key(h: Harness) -> str:
     """A fresh API key of the harness's account."""
-    from airies.services.accounts import AccountService as Accounts
+    from airies.accounts.service import AccountService as Accounts
 
     with h.database.session() as s:
         issued = Accounts(s).create_key(h.account_id, name="test")

@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 from sqlalchemy import select
 
+from airies.accounts.provider_keys import ProviderKeyService
 from airies.db.models.llm import ProviderKey
-from airies.services.provider_keys import ProviderKeyService
 from tests.doubles._wire import LocalHttpServer
 from tests.doubles.pinecone_control_server import PineconeControlDouble
 from tests.doubles.pinecone_server import PineconeDouble

@@ -173,7 +173,7 @@ def test_pinecone_platform_key_comes_from_the_provider_keys_secret_on_aws(databa
 
 
 def test_pinecone_uses_the_accounts_own_key_when_it_stored_one(database, tmp_path, monkeypatch):
-    from airies.services.provider_keys import ProviderKeyService
+    from airies.accounts.provider_keys import ProviderKeyService
 
     monkeypatch.delenv("AIRIES_PINECONE_API_KEY", raising=False)
     with PineconeDouble(api_key="pc-account-key") as pinecone, moto_bucket():

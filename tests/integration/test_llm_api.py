@@ -7,10 +7,10 @@ import json
 import pytest
 from sqlalchemy import select
 
+from airies.accounts import provider_keys
 from airies.core.config import Settings
 from airies.core.secrets import DecryptionError
 from airies.db.models.llm import ProviderKey
-from airies.services import provider_keys
 from airies.services.llm import reset_health_trackers
 from tests.conftest import signup
 from tests.doubles.openai_server import OpenAIDouble, Reply

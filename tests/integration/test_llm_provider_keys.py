@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
+from airies.accounts.provider_keys import ProviderKeyService
 from airies.core.config import Settings
 from airies.db.models import Account
 from airies.db.models.llm import ProviderKey
-from airies.services.provider_keys import ProviderKeyService
 from tests.doubles.pinecone_control_server import PineconeControlDouble
 from tests.doubles.stripe_server import StripeInvoiceDouble
 
@@ -130,7 +130,7 @@ def test_concurrent_first_put_becomes_an_update(client, auth, database, settings
 
 
 def test_pinecone_key_carries_the_accounts_own_index_host(client, auth, database, settings, pinecone_control):
-    from airies.services.provider_keys import ProviderKeyService
+    from airies.accounts.provider_keys import ProviderKeyService
 
     host = "https://own-index-abc.svc.example.pinecone.io"
     settings.url_guard_allowed_hosts = "own-index-abc.svc.example.pinecone.io"  # no DNS here to resolve it

@@ -111,8 +111,8 @@ def test_deploy_builds_the_model_and_stores_it_by_content_hash(client, auth, app
 
 
 def test_make_run_start_up_prepares_the_deployed_agents(database, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from airies.accounts.service import AccountService
     from airies.schemas.agents import AgentCreate
-    from airies.services.accounts import AccountService
     from airies.services.agents import AgentService
 
     with database.session() as s:

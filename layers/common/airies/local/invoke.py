@@ -404,7 +404,7 @@ def kept_api_key(path: Path) -> str:
     """An API key generated once and kept in ``path`` (mode 0600), the same at every later call."""
     if path.exists():
         return path.read_text(encoding="utf-8").strip()
-    from airies.services.accounts import generate_key
+    from airies.accounts.service import generate_key
 
     key = generate_key()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -420,10 +420,10 @@ def setup_account(sample: SampleContext) -> dict[str, str]:
     against the dev database does not add an account each time."""
     from sqlalchemy import select
 
+    from airies.accounts.service import AccountService, hash_key
     from airies.core.config import get_settings
     from airies.core.database import Database
     from airies.db.models import Account, ApiKey
-    from airies.services.accounts import AccountService, hash_key
 
     assert sample.database_url, "setup_account needs 'database' in needs"
     key = kept_api_key(Path(get_settings().data_dir) / "sample_events_api_key")

@@ -185,7 +185,7 @@ def build_stack(
     upgrade_head(url)
     database = get_database(settings)
 
-    from airies.services.accounts import AccountService
+    from airies.accounts.service import AccountService
     from airies.services.usage import build_usage_service
 
     key = dev_api_key(data_dir)

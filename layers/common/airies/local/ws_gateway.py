@@ -291,11 +291,11 @@ def mount(app: Any, stack: Any) -> LocalWsGateway:
 def sample_conversation(sample: Any) -> dict[str, str]:
     """Sample-event setup (infra/events/VoiceConnectFunction.valid-token.meta.json): a deployed agent and a
     started conversation; returns ``{{conversation_id}}`` and ``{{token}}`` signed with the event's token secret."""
+    from airies.accounts.service import AccountService
     from airies.core.config import Settings
     from airies.core.database import Database
     from airies.schemas.agents import AgentCreate
     from airies.schemas.conversations import ConversationCreate
-    from airies.services.accounts import AccountService
     from airies.services.agents import AgentService
     from airies.services.conversations import ConversationService
 

@@ -309,7 +309,7 @@ class KnowledgeService:
 
     def _account_pinecone_key(self, account_id: str) -> tuple[str, dict[str, str]] | None:
         try:
-            from airies.services.provider_keys import ProviderKeyService
+            from airies.accounts.provider_keys import ProviderKeyService
         except ImportError:  # provider keys not installed: platform key only
             return None
         with self._uow() as session:

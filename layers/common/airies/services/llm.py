@@ -23,6 +23,12 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
+from airies.accounts.provider_keys import (
+    PROVIDER_KINDS,
+    ProviderKeyService,
+    register_key_validator,
+    register_provider_status,
+)
 from airies.core.config import Settings
 from airies.core.errors import NotFoundError
 from airies.core.money import format_usd
@@ -39,12 +45,6 @@ from airies.services.llm_router import (
     LLMRouter,
     RouterConfig,
     token_cost,
-)
-from airies.services.provider_keys import (
-    PROVIDER_KINDS,
-    ProviderKeyService,
-    register_key_validator,
-    register_provider_status,
 )
 
 LLM_VENDORS = ("openai", "groq", "deepinfra")

@@ -656,7 +656,7 @@ def account_credentials(
     if session is None or account_id is None:
         return None
     try:
-        from airies.services.provider_keys import get_account_provider_credentials
+        from airies.accounts.provider_keys import get_account_provider_credentials
     except ImportError:
         return None
     names = {"whisper": ("whisper", "openai"), "azure": ("azure", "azure_speech")}.get(provider, (provider,))
@@ -934,7 +934,7 @@ def offline_tts_available(settings: Settings) -> bool:
 
 def _register() -> None:
     try:
-        from airies.services import provider_keys
+        from airies.accounts import provider_keys
     except ImportError:  # the LLM capability's key registry is not installed
         return
     provider_keys.register_key_validator("deepgram", _validate_deepgram, kind="stt")

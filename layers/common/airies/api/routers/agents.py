@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
-from airies.api.deps import Caller, current_caller
+from airies.accounts.auth import Caller, current_caller
 from airies.core.schemas import Limit, Page, StrictModel
 from airies.db.models import Agent, AgentVersion
 from airies.schemas.agents import (

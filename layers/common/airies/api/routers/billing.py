@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from airies.api.deps import Caller, current_caller
+from airies.accounts.auth import Caller, current_caller
 from airies.core.errors import BadRequestError
 from airies.core.money import format_usd, micros_to_credits
 from airies.core.schemas import Limit, Page

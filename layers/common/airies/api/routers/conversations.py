@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
-from airies.api.deps import Caller, current_caller
+from airies.accounts.auth import Caller, current_caller
 from airies.core.errors import BadRequestError, ConflictError, PayloadTooLargeError, UnsupportedMediaTypeError
 from airies.core.schemas import Limit, Page
 from airies.db.models.conversations import Conversation, ConversationTurn

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from airies.api.deps import Caller, authenticate, current_caller
+from airies.accounts.auth import Caller, authenticate, current_caller
 from airies.core.errors import BadRequestError, PayloadTooLargeError, ValidationFailedError
 from airies.core.schemas import Limit, Offset, Page
 from airies.db.models.knowledge import KnowledgeBase, KnowledgeDocument, KnowledgeScrapeJob

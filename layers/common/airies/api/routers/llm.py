@@ -8,12 +8,12 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import Field
 
-from airies.api.deps import Caller, current_caller
+from airies.accounts.auth import Caller, current_caller
+from airies.accounts.provider_keys import PROVIDER_KINDS, STATUS_REPORTERS, ProviderKeyService
 from airies.core.schemas import StrictModel
 from airies.services.llm import build_llm_service
 from airies.services.llm_custom_endpoints import CustomEndpointService, endpoint_out
 from airies.services.llm_router import run_async
-from airies.services.provider_keys import PROVIDER_KINDS, STATUS_REPORTERS, ProviderKeyService
 
 router = APIRouter(tags=["llm"])
 

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from pydantic import Field
 
-from airies.api.deps import Caller, current_caller
+from airies.accounts.auth import Caller, current_caller
 from airies.core.errors import BadRequestError, UnsupportedMediaTypeError
 from airies.core.schemas import StrictModel
 from airies.db.models.voice import Voice

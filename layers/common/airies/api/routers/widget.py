@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from airies.api.deps import Caller, current_caller
+from airies.accounts.auth import Caller, current_caller
 from airies.api.errors import error_body
 from airies.api.routers.conversations import service as conversation_service
 from airies.core.errors import AiriesError, RateLimitedError

@@ -3,9 +3,9 @@
 One module per capability, so each capability owns its tables.
 """
 
+from airies.accounts.models import Account, ApiKey
 from airies.core.models import Base, utcnow
 from airies.db.models import billing, conversations, knowledge, llm, publishable_keys, voice  # noqa: F401
-from airies.db.models.accounts import Account, ApiKey
 from airies.db.models.agents import Agent, AgentVersion
 
 __all__ = ["Account", "Agent", "AgentVersion", "ApiKey", "Base", "utcnow"]

@@ -4,7 +4,7 @@
 unset and the SDK talks to api.stripe.com. Every creating call sends an ``Idempotency-Key``.
 
 Account keys (``PUT /api/v1/provider-keys/stripe``): ``register()`` plugs ``validate_key`` (one balance retrieval)
-and the ``GET /api/v1/providers`` row into ``airies.services.provider_keys``.
+and the ``GET /api/v1/providers`` row into ``airies.accounts.provider_keys``.
 """
 
 from __future__ import annotations
@@ -366,7 +366,7 @@ def provider_status(settings: Settings) -> list[dict[str, Any]]:
 
 
 def register() -> None:
-    from airies.services import provider_keys
+    from airies.accounts import provider_keys
 
     provider_keys.register_key_validator("stripe", validate_key, kind="payments")
     provider_keys.register_provider_status("payments", provider_status)

@@ -7,7 +7,7 @@ namespace mix-up cannot leak another account's chunks. Upserts are batched under
 
 Account keys (``PUT /api/v1/provider-keys/pinecone``): ``register()`` plugs ``validate_key`` (one ``list_indexes``
 on the control plane, ``api.pinecone.io`` or the SDK's ``PINECONE_CONTROLLER_HOST``) and the ``GET
-/api/v1/providers`` row into ``airies.services.provider_keys``. This module is imported on the API path for that, so
+/api/v1/providers`` row into ``airies.accounts.provider_keys``. This module is imported on the API path for that, so
 numpy and the SDK are imported only where vectors are actually handled.
 """
 
@@ -230,7 +230,7 @@ def provider_status(settings: Settings) -> list[dict[str, Any]]:
 
 
 def register() -> None:
-    from airies.services import provider_keys
+    from airies.accounts import provider_keys
 
     provider_keys.register_key_validator("pinecone", validate_key, kind="vectors")
     provider_keys.register_provider_status("vectors", provider_status)

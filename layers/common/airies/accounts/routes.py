@@ -6,10 +6,10 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from airies.api.deps import Caller, SessionDep, current_caller
+from airies.accounts.auth import Caller, SessionDep, current_caller
+from airies.accounts.service import AccountService
 from airies.core.schemas import StrictModel
 from airies.db.models import Account, ApiKey
-from airies.services.accounts import AccountService
 
 router = APIRouter(tags=["accounts"])
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from airies.accounts.service import AccountService
 from airies.core.config import Settings
 from airies.core.database import Database
 from airies.db.models import Account
-from airies.services.accounts import AccountService
 
 
 def get_settings_dep(request: Request) -> Settings:

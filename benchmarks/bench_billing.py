@@ -104,7 +104,7 @@ def _generate(database: Any) -> float:
 def _bare_group_by(database: Any) -> tuple[float, int]:
     from sqlalchemy import text
 
-    from airies.services.usage import period_bounds
+    from airies.billing.ledger import period_bounds
 
     start, end = period_bounds(PERIOD)
     sql = text(
@@ -120,7 +120,7 @@ def _bare_group_by(database: Any) -> tuple[float, int]:
 
 
 def _service_aggregate(database: Any) -> tuple[float, int]:
-    from airies.services.invoicing import InvoicingService
+    from airies.billing.invoicing import InvoicingService
 
     with database.session() as session:
         service = InvoicingService(session)
@@ -133,7 +133,7 @@ def _service_aggregate(database: Any) -> tuple[float, int]:
 def _prepare_bulk(database: Any) -> tuple[float, int]:
     from sqlalchemy import create_engine, text
 
-    from airies.services.invoicing import InvoicingService
+    from airies.billing.invoicing import InvoicingService
 
     # Every repetition is a first run: no invoices, and no event marked as billed by an earlier repetition (a rerun
     # over marked events does almost nothing and would flatter the figure).
@@ -153,7 +153,7 @@ def _prepare_bulk(database: Any) -> tuple[float, int]:
 def _per_account(database: Any, sample: int = 200) -> dict[str, float]:
     from sqlalchemy import text
 
-    from airies.services.invoicing import InvoicingService
+    from airies.billing.invoicing import InvoicingService
 
     with database.engine.begin() as conn:
         conn.execute(text("DELETE FROM invoices"))
@@ -175,7 +175,7 @@ def _per_account(database: Any, sample: int = 200) -> dict[str, float]:
 
 def _deductions(database: Any, accounts: list[str]) -> dict[str, Any]:
     """THREADS threads deduct 1 micro-credit each time for DEDUCT_SECONDS; thread t uses accounts[t % len]."""
-    from airies.services.usage import UsageService
+    from airies.billing.ledger import UsageService
 
     service = UsageService(database)
     counts = [0] * THREADS
@@ -213,9 +213,9 @@ def _deductions(database: Any, accounts: list[str]) -> dict[str, Any]:
 def run(args: Any = None) -> dict[str, Any]:
     from sqlalchemy import text
 
+    from airies.billing.ledger import UsageService
     from airies.core.database import Database
     from airies.db.migrate import upgrade_head
-    from airies.services.usage import UsageService
 
     repetitions = getattr(args, "runs", None) or 3
     name, url = _create_database()

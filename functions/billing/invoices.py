@@ -14,10 +14,10 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from airies.billing.invoicing import build_invoicing_service
 from airies.core.config import get_settings
 from airies.core.database import get_database
 from airies.core.stepfunctions import step_errors
-from airies.services.invoicing import build_invoicing_service
 
 logger = Logger()
 settings = get_settings()

@@ -2,7 +2,7 @@
 
 A separate small function (no FastAPI import: a smaller cold start). The raw body is verified with
 ``stripe.WebhookSignature.verify_header``; bad or stale signatures get 400 ``invalid_signature``, signed bodies that
-are not a readable event 400 ``invalid_event`` (``airies.schemas.stripe_events``); every event id is processed once.
+are not a readable event 400 ``invalid_event`` (``airies.billing.vendors.stripe_events``); every event id is processed once.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from airies.billing.payments import WebhookRejected, build_payment_service
 from airies.core.config import get_settings
 from airies.core.database import get_database
 from airies.core.errors import AiriesError
-from airies.services.payments import WebhookRejected, build_payment_service
 
 logger = Logger()
 settings = get_settings()

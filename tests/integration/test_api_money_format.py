@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
+from airies.billing.ledger import UsageService
+from airies.billing.schemas import UsageEvent
 from airies.core.money import CREDIT_PATTERN, USD_PATTERN, format_usd
 from airies.db.models.conversations import Conversation
 from airies.schemas import ws_protocol as wp
-from airies.schemas.usage import UsageEvent
 from airies.services.turns import price_usage
-from airies.services.usage import UsageService
 from airies.services.websocket import ended_summary
 from tests.conftest import signup
 from tests.doubles.conv_engines import FakeLLM, FakeSTT, FakeTTS, fake_engines

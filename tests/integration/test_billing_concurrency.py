@@ -17,13 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from airies.billing.ledger import UsageService
+from airies.billing.models import CreditLedgerEntry, UsageEventRecord
+from airies.billing.schemas import MICROS_PER_CREDIT, UsageEvent
 from airies.core.database import Database
 from airies.core.errors import PaymentRequiredError
 from airies.core.ids import new_id
 from airies.db.models import Account
-from airies.db.models.billing import CreditLedgerEntry, UsageEventRecord
-from airies.schemas.usage import MICROS_PER_CREDIT, UsageEvent
-from airies.services.usage import UsageService
 
 NOW = datetime(2026, 11, 10, tzinfo=UTC)
 THREADS = 12
@@ -282,8 +282,8 @@ def test_pg_usage_recorded_while_its_period_is_invoiced_is_billed_exactly_once(p
     invoices), then is flagged late and billed by the next invoice: never by neither, never by both."""
     from sqlalchemy import text
 
-    from airies.db.models.billing import Invoice
-    from airies.services.invoicing import InvoicingService
+    from airies.billing.invoicing import InvoicingService
+    from airies.billing.models import Invoice
 
     database = pg_database
     october, november = datetime(2026, 10, 20, tzinfo=UTC), datetime(2026, 11, 20, tzinfo=UTC)

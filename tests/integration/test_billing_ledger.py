@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func
 
-import airies.services.pricing as pricing_module
+import airies.billing.pricing as pricing_module
+from airies.billing.ledger import UsageService
+from airies.billing.pricing import Pricing
+from airies.billing.schemas import MICROS_PER_CREDIT, UsageEvent
 from airies.core.errors import PaymentRequiredError
 from airies.core.ids import new_id
 from airies.db.models import Account
-from airies.schemas.usage import MICROS_PER_CREDIT, UsageEvent
-from airies.services.pricing import Pricing
-from airies.services.usage import UsageService
 
 NOW = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
 
@@ -160,8 +160,8 @@ def test_rollup_day_is_idempotent(database):
 def test_bulk_invoices_equal_per_account_invoices(database):
     """The set-based bulk path (one SQL statement on PostgreSQL) and the per-account path of the state machine
     compute the same invoices from the same events."""
-    from airies.db.models.billing import Invoice, UsageEventRecord
-    from airies.services.invoicing import InvoicingService
+    from airies.billing.invoicing import InvoicingService
+    from airies.billing.models import Invoice, UsageEventRecord
 
     oct_ = datetime(2026, 10, 5, tzinfo=UTC)
     svc = UsageService(database, clock=lambda: oct_)
@@ -267,8 +267,8 @@ def test_idempotency_keys_are_scoped_to_the_account(database):
 
 
 def _late_usage_run(database, bulk: bool) -> None:
-    from airies.db.models.billing import Invoice, UsageEventRecord
-    from airies.services.invoicing import InvoicingService
+    from airies.billing.invoicing import InvoicingService
+    from airies.billing.models import Invoice, UsageEventRecord
 
     oct_, nov = datetime(2026, 10, 20, tzinfo=UTC), datetime(2026, 11, 20, tzinfo=UTC)
     acc = make_account(database, "pay_as_you_go")  # no credits: all usage is uncovered, billed on invoices

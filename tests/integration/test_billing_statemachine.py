@@ -24,9 +24,11 @@ from moto import mock_aws
 from moto.awslambda_simple.models import LambdaSimpleBackend
 from sqlalchemy import select
 
+from airies.billing.ledger import UsageService
+from airies.billing.models import Invoice
+from airies.billing.schemas import UsageEvent
 from airies.core.ids import new_id
 from airies.db.models import Account
-from airies.db.models.billing import Invoice
 from airies.local.invoke import (
     LambdaContext,
     _clear_container_caches,
@@ -35,8 +37,6 @@ from airies.local.invoke import (
     resolve_function,
 )
 from airies.local.template import function_environment, state_machine_definition
-from airies.schemas.usage import UsageEvent
-from airies.services.usage import UsageService
 from tests.doubles.stripe_server import StripeInvoiceDouble
 
 OCT = datetime(2026, 10, 20, 12, 0, tzinfo=UTC)

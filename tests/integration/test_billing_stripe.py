@@ -20,8 +20,8 @@ import stripe
 from fastapi.testclient import TestClient
 
 from airies.api.app import create_app
+from airies.billing.models import BillingAccount, Payment, StripeEvent
 from airies.core.config import Settings
-from airies.db.models.billing import BillingAccount, Payment, StripeEvent
 from tests.conftest import signup
 from tests.doubles.stripe_server import LocalStripe, StripeInvoiceDouble
 
@@ -258,7 +258,7 @@ def test_routes_answer_501_without_stripe(client, auth):
 
 
 def test_invoice_webhooks_update_our_invoice_and_a_late_failure_never_undoes_a_payment(stripe_client, database):
-    from airies.db.models.billing import Invoice
+    from airies.billing.models import Invoice
 
     auth = signup(stripe_client)
     account_id = stripe_client.get("/api/v1/billing/balance", headers=auth).json()["account_id"]
@@ -296,10 +296,10 @@ def test_top_up_retried_after_a_lost_response_reuses_the_same_payment_intent(dat
     localstripe ignores idempotency keys, so this runs against the wire-level double, which honours them."""
     from decimal import Decimal
 
+    from airies.billing.payments import PaymentService
+    from airies.billing.vendors.stripe import StripePaymentProvider
     from airies.core.ids import new_id
     from airies.db.models import Account
-    from airies.providers.payments.stripe import StripePaymentProvider
-    from airies.services.payments import PaymentService
     from tests.doubles.stripe_server import StripeInvoiceDouble
 
     double = StripeInvoiceDouble().start()
@@ -488,7 +488,7 @@ def charge(pi: str, amount: int, refunded: int, refunds: list[tuple[str, int]] |
 
 
 def ledger_matches_balance(client: TestClient, auth: dict, database) -> None:
-    from airies.services.usage import UsageService
+    from airies.billing.ledger import UsageService
 
     shown = client.get("/api/v1/billing/balance", headers=auth).json()
     assert UsageService(database).ledger_sum(shown["account_id"]) == shown["balance_micros"]
@@ -523,8 +523,8 @@ def test_partial_then_full_refund_takes_back_exactly_the_refunded_credits_once(s
 
 
 def test_refund_of_spent_credits_never_passes_the_floor_and_is_owed_until_the_next_top_up(stripe_client, database):
-    from airies.schemas.usage import MICROS_PER_CREDIT
-    from airies.services.usage import UsageService
+    from airies.billing.ledger import UsageService
+    from airies.billing.schemas import MICROS_PER_CREDIT
 
     auth = signup(stripe_client)
     account_id = stripe_client.get("/api/v1/billing/balance", headers=auth).json()["account_id"]

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from airies.billing.ledger import USAGE_CONFLICTS_METRIC, UsageService, usage_body_hash
+from airies.billing.schemas import UsageEvent
 from airies.core.metrics import MonitoringService
-from airies.schemas.usage import UsageEvent
-from airies.services.usage import USAGE_CONFLICTS_METRIC, UsageService, usage_body_hash
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -60,7 +60,7 @@ def test_a_key_seen_with_another_body_keeps_the_first_and_records_the_conflict( 
     balance = client.get("/api/v1/billing/balance", headers=auth).json()["balance"]
     capsys.readouterr()
 
-    with caplog.at_level(logging.WARNING, logger="airies.services.usage"):
+    with caplog.at_level(logging.WARNING, logger="airies.billing.ledger"):
         result = usage.track_usage([other])
     assert (result.accepted, result.duplicates, result.conflicts, result.charged_micros) == (0, 0, 1, 0)
     assert client.get("/api/v1/billing/balance", headers=auth).json()["balance"] == balance  # not charged

@@ -11,11 +11,11 @@ import boto3
 from moto import mock_aws
 from sqlalchemy import func, select
 
-from airies.db.models.billing import UsageEventRecord
+from airies.billing.ledger import SqsUsagePublisher, UsageService
+from airies.billing.models import UsageEventRecord
+from airies.billing.schemas import UsageEvent
 from airies.local.invoke import LambdaContext, _clear_container_caches, load_handler, patched_environ, resolve_function
 from airies.local.template import function_environment
-from airies.schemas.usage import UsageEvent
-from airies.services.usage import SqsUsagePublisher, UsageService
 from tests.conftest import signup
 
 

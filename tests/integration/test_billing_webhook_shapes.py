@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from airies.api.app import create_app
+from airies.billing.models import CreditLedgerEntry, Payment, StripeEvent
 from airies.core.config import Settings
-from airies.db.models.billing import CreditLedgerEntry, Payment, StripeEvent
 from tests.conftest import signup
 from tests.kb_support import FakeLambdaContext
 

@@ -194,7 +194,7 @@ def wav(pcm: bytes, rate: int) -> bytes:
 def minutes_events(database, conversation_id: str) -> list:  # type: ignore[no-untyped-def]
     from sqlalchemy import select
 
-    from airies.db.models.billing import UsageEventRecord
+    from airies.billing.models import UsageEventRecord
 
     with database.session() as s:
         return list(

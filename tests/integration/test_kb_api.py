@@ -199,7 +199,7 @@ def test_agent_validator_sees_knowledge_bases(kb_client, auth):
 def test_ingestion_usage_reaches_billing_once(kb_client, auth, database):
     from sqlalchemy import select
 
-    from airies.db.models.billing import UsageEventRecord
+    from airies.billing.models import UsageEventRecord
 
     client = kb_client
     kb = _kb(client, auth)

@@ -8,9 +8,9 @@ from decimal import Decimal
 import pytest
 from pydantic import ValidationError
 
-from airies.schemas.usage import UsageEvent, credits_to_micros, micros_to_credits
+from airies.billing.pricing import DATA_DIR, TIERS, Pricing, get_pricing
+from airies.billing.schemas import UsageEvent, credits_to_micros, micros_to_credits
 from airies.services.catalog import llm_model
-from airies.services.pricing import DATA_DIR, TIERS, Pricing, get_pricing
 
 
 def test_every_tier_is_defined_with_limits():

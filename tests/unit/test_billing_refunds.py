@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from airies.services.payments import clawback_micros
+from airies.billing.payments import clawback_micros
 
 
 def test_proportional_half_up_and_capped():

@@ -272,7 +272,7 @@ def _providers_with(option: str) -> str:
 def _register_vendor_modules() -> None:
     """Pinecone and Stripe have no service module on the API path: their (light) provider modules register their
     key validators and status rows here, so ``PUT /provider-keys/{pinecone|stripe}`` validates instead of 501."""
-    from airies.providers.payments import stripe
+    from airies.billing.vendors import stripe
     from airies.providers.vectors import pinecone
 
     pinecone.register()

@@ -197,7 +197,7 @@ def build_engines(
 
 def billing_usage_sink(settings: Settings, session: Session | None) -> UsageSink | None:
     """Usage to the billing ledger: through SQS when the queue is configured (AWS), else tracked in this unit of work."""
-    from airies.services.usage import SqsUsagePublisher, build_usage_service
+    from airies.billing.ledger import SqsUsagePublisher, build_usage_service
 
     if settings.usage_queue_url:
         publisher = SqsUsagePublisher(
@@ -213,7 +213,7 @@ def billing_usage_sink(settings: Settings, session: Session | None) -> UsageSink
 
 
 def billing_credit_gate(settings: Settings, session: Session | None) -> CreditGate | None:
-    from airies.services.usage import build_usage_service
+    from airies.billing.ledger import build_usage_service
 
     service = build_usage_service(settings)
 
@@ -291,7 +291,7 @@ def billing_start_check(
     settings: Settings, session: Session, account_id: str, holding: HoldingCallers | None = None
 ) -> None:
     """Before a conversation starts: credits, plan minutes and concurrent conversations (402/429 when refused)."""
-    from airies.services.usage import build_usage_service
+    from airies.billing.ledger import build_usage_service
 
     active = live_conversation_count(settings, session, account_id, holding)
     check = build_usage_service(settings).check_usage_limits(
@@ -302,7 +302,7 @@ def billing_start_check(
 
 def usage_events(conversation: Conversation, result: TurnResult) -> list[Any]:
     """The billing UsageEvents of one turn; keys derive from the turn id, so a retried turn is counted once."""
-    from airies.schemas.usage import UsageComponent, UsageEvent
+    from airies.billing.schemas import UsageComponent, UsageEvent
 
     u = result.usage
     cached = int(u.get("cached_tokens", 0))
@@ -346,7 +346,7 @@ def usage_events(conversation: Conversation, result: TurnResult) -> list[Any]:
 
 
 def minutes_event(conversation: Conversation) -> Any:
-    from airies.schemas.usage import UsageComponent, UsageEvent
+    from airies.billing.schemas import UsageComponent, UsageEvent
 
     minutes = (Decimal(str(conversation.duration_seconds)) / 60).quantize(Decimal("0.000001"))
     return UsageEvent(

@@ -55,11 +55,11 @@ from airies.services.chunking import iter_chunks
 if TYPE_CHECKING:
     import numpy as np
 
+    from airies.billing.schemas import UsageEvent
     from airies.core.config import Settings
     from airies.core.database import Database
     from airies.providers.embeddings.base import Embedder, EmbeddingResult
     from airies.providers.vectors.base import VectorRecord, VectorStore
-    from airies.schemas.usage import UsageEvent
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +339,7 @@ class KnowledgeService:
         publisher = self._usage
         if publisher is None:
             try:
-                from airies.services.usage import build_usage_publisher
+                from airies.billing.ledger import build_usage_publisher
             except ImportError:  # billing not installed: nothing to meter into
                 return
             publisher = self._usage = build_usage_publisher(self.settings, self.database)
@@ -527,7 +527,7 @@ class KnowledgeService:
         if adding is None:
             return
         try:
-            from airies.services.usage import UsageService
+            from airies.billing.ledger import UsageService
         except ImportError:  # billing not installed: no tiers to enforce
             return
         total = self._content_bytes(session, kb_id, excluding=replacing) + adding
@@ -1093,7 +1093,7 @@ class KnowledgeService:
         return len(chunks)
 
     def finalise_document(self, document_id: str, *, etag: str | None = None) -> None:
-        from airies.schemas.usage import UsageComponent, UsageEvent
+        from airies.billing.schemas import UsageComponent, UsageEvent
 
         with self.database.session() as session:
             doc = session.get(KnowledgeDocument, document_id)
@@ -1431,7 +1431,7 @@ class KnowledgeService:
             session.flush()
 
     def _publish_reembed_usage(self, account_id: str, kb_id: str, provider: str, model: str, tokens: int) -> None:
-        from airies.schemas.usage import UsageComponent, UsageEvent
+        from airies.billing.schemas import UsageComponent, UsageEvent
 
         if tokens <= 0:
             return

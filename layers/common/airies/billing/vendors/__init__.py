@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from airies.billing.vendors.base import PaymentProvider
     from airies.core.config import Settings
-    from airies.providers.payments.base import PaymentProvider
 
 
 def build_payment_provider(settings: Settings) -> PaymentProvider | None:
@@ -17,7 +17,7 @@ def build_payment_provider(settings: Settings) -> PaymentProvider | None:
     webhook_secret = settings.stripe_webhook_secret or get_platform_secret("stripe_webhook_secret", settings)
     if not api_key and not webhook_secret:
         return None
-    from airies.providers.payments.stripe import StripePaymentProvider
+    from airies.billing.vendors.stripe import StripePaymentProvider
 
     return StripePaymentProvider(
         api_key,

@@ -44,11 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import case, func, literal_column, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from airies.core.errors import BadRequestError, NotFoundError, PaymentRequiredError
-from airies.core.ids import new_id
-from airies.core.metrics import MonitoringService
-from airies.db.models import Account, utcnow
-from airies.db.models.billing import (
+from airies.billing.models import (
     BillingAccount,
     CreditLedgerEntry,
     Invoice,
@@ -56,7 +52,8 @@ from airies.db.models.billing import (
     UsageEventConflict,
     UsageEventRecord,
 )
-from airies.schemas.usage import (
+from airies.billing.pricing import TIERS, PricedUsage, Pricing, Tier, get_pricing
+from airies.billing.schemas import (
     MICROS_PER_CREDIT,
     BalanceOut,
     LedgerEntryOut,
@@ -68,7 +65,10 @@ from airies.schemas.usage import (
     UsageSummaryRow,
     micros_to_credits,
 )
-from airies.services.pricing import TIERS, PricedUsage, Pricing, Tier, get_pricing
+from airies.core.errors import BadRequestError, NotFoundError, PaymentRequiredError
+from airies.core.ids import new_id
+from airies.core.metrics import MonitoringService
+from airies.db.models import Account, utcnow
 
 if TYPE_CHECKING:
     from airies.core.config import Settings
@@ -1178,7 +1178,7 @@ class UsageService:
     # -- invoices (delegates to the invoicing service) --------------------------------------------
     def generate_invoice(self, account_id: str, period: str, *, session: Session | None = None) -> Any:
         """Aggregate one period's usage into an invoice record (idempotent per account and period)."""
-        from airies.services.invoicing import InvoicingService
+        from airies.billing.invoicing import InvoicingService
 
         with self._uow(session) as s:
             return InvoicingService(s, pricing=self.pricing, clock=self.clock).prepare_invoice(account_id, period)

@@ -44,21 +44,21 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from airies.core.errors import BadRequestError, ConflictError, NotAvailableError, NotFoundError
-from airies.core.ids import new_id
-from airies.db.models import Account, utcnow
-from airies.db.models.billing import BillingAccount, Invoice, Payment, StripeEvent
-from airies.providers.payments.base import (
+from airies.billing.ledger import UsageService
+from airies.billing.models import BillingAccount, Invoice, Payment, StripeEvent
+from airies.billing.pricing import Pricing, get_pricing
+from airies.billing.schemas import TopUpOut, micros_to_credits
+from airies.billing.vendors.base import (
     PaymentIntentInfo,
     PaymentProvider,
     SubscriptionInfo,
     WebhookEvent,
     WebhookSignatureError,
 )
-from airies.schemas.stripe_events import HANDLED_EVENT_OBJECTS, InvalidStripeEvent
-from airies.schemas.usage import TopUpOut, micros_to_credits
-from airies.services.pricing import Pricing, get_pricing
-from airies.services.usage import UsageService
+from airies.billing.vendors.stripe_events import HANDLED_EVENT_OBJECTS, InvalidStripeEvent
+from airies.core.errors import BadRequestError, ConflictError, NotAvailableError, NotFoundError
+from airies.core.ids import new_id
+from airies.db.models import Account, utcnow
 
 ACTIVE_SUBSCRIPTION = ("active", "trialing")
 # Live: may still charge the customer, so a second subscription would charge twice. ``incomplete`` is not: its
@@ -650,7 +650,7 @@ def build_payment_service(
     settings: Any, session: Session, *, provider: PaymentProvider | None = None
 ) -> PaymentService:
     """The PaymentService of a request/invocation; ``provider`` defaults to Stripe when configured."""
-    from airies.providers.payments import build_payment_provider
+    from airies.billing.vendors import build_payment_provider
 
     return PaymentService(
         session,

@@ -28,14 +28,14 @@ from typing import Any
 from sqlalchemy import and_, func, literal_column, or_, select, text, update
 from sqlalchemy.orm import Session
 
+from airies.billing.ledger import UsageService, keyset_page, micro_to_quantity, month_period, period_bounds
+from airies.billing.models import BillingAccount, Invoice, UsageEventRecord
+from airies.billing.pricing import Pricing, get_pricing
+from airies.billing.schemas import InvoiceLineOut, InvoiceOut, micros_to_credits
+from airies.billing.vendors.base import InvoiceLineSpec, PaymentProvider
 from airies.core.errors import NotFoundError
 from airies.core.ids import new_id
 from airies.db.models import utcnow
-from airies.db.models.billing import BillingAccount, Invoice, UsageEventRecord
-from airies.providers.payments.base import InvoiceLineSpec, PaymentProvider
-from airies.schemas.usage import InvoiceLineOut, InvoiceOut, micros_to_credits
-from airies.services.pricing import Pricing, get_pricing
-from airies.services.usage import UsageService, keyset_page, micro_to_quantity, month_period, period_bounds
 
 COMPONENT_LABELS = {
     "stt_seconds": ("Speech-to-text", "seconds"),
@@ -395,7 +395,7 @@ class InvoicingService:
         if invoice.status == "no_charge" or invoice.stripe_invoice_id:
             return invoice  # nothing to bill, or already created: never create twice
         provider = self._provider()
-        from airies.services.payments import PaymentService
+        from airies.billing.payments import PaymentService
 
         payments = PaymentService(self.session, provider, usage=self.usage, pricing=self.pricing, clock=self.clock)
         customer_id = payments.ensure_customer(invoice.account_id)
@@ -530,7 +530,7 @@ def eventbridge_notifier(bus_name: str, *, region: str | None = None, endpoint_u
 def build_invoicing_service(
     settings: Any, session: Session, *, provider: PaymentProvider | None = None
 ) -> InvoicingService:
-    from airies.providers.payments import build_payment_provider
+    from airies.billing.vendors import build_payment_provider
 
     notifier = None
     if settings.billing_event_bus:

@@ -11,10 +11,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from airies.accounts.auth import Caller, current_caller
-from airies.core.errors import BadRequestError
-from airies.core.money import format_usd, micros_to_credits
-from airies.core.schemas import Limit, Page
-from airies.schemas.usage import (
+from airies.billing.invoicing import InvoicingService, invoice_out
+from airies.billing.ledger import UsageService, summary_period
+from airies.billing.payments import WebhookRejected, build_payment_service
+from airies.billing.pricing import get_pricing
+from airies.billing.schemas import (
     BalanceOut,
     InvoiceOut,
     LedgerEntryOut,
@@ -25,10 +26,9 @@ from airies.schemas.usage import (
     UsageSummaryOut,
     credits_to_micros,
 )
-from airies.services.invoicing import InvoicingService, invoice_out
-from airies.services.payments import WebhookRejected, build_payment_service
-from airies.services.pricing import get_pricing
-from airies.services.usage import UsageService, summary_period
+from airies.core.errors import BadRequestError
+from airies.core.money import format_usd, micros_to_credits
+from airies.core.schemas import Limit, Page
 
 router = APIRouter(tags=["billing"])
 

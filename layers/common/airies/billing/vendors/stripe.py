@@ -12,8 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from airies.core.errors import ProviderError
-from airies.providers.payments.base import (
+from airies.billing.vendors.base import (
     InvoiceInfo,
     InvoiceLineSpec,
     PaymentIntentInfo,
@@ -21,7 +20,8 @@ from airies.providers.payments.base import (
     WebhookEvent,
     WebhookSignatureError,
 )
-from airies.schemas.stripe_events import parse_stripe_event
+from airies.billing.vendors.stripe_events import parse_stripe_event
+from airies.core.errors import ProviderError
 
 if TYPE_CHECKING:
     from airies.core.config import Settings

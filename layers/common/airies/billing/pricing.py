@@ -14,9 +14,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from airies.schemas.usage import MICROS_PER_CREDIT, UsageComponent, credits_to_micros
+from airies.billing.schemas import MICROS_PER_CREDIT, UsageComponent, credits_to_micros
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 TIERS = ("free", "pay_as_you_go", "pro", "enterprise")
 _MILLION = Decimal(1_000_000)
 

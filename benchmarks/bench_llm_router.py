@@ -36,9 +36,9 @@ async def _measure(base_url: str, runs: int) -> dict[str, Any]:
     import openai
 
     from airies.core.config import Settings
-    from airies.providers.llm.base import LLMRequest, TextDelta
-    from airies.services.llm import build_llm_service
-    from airies.services.llm_router import HealthTracker, RouterConfig
+    from airies.llm.router import HealthTracker, RouterConfig
+    from airies.llm.service import build_llm_service
+    from airies.llm.vendors.base import LLMRequest, TextDelta
 
     settings = Settings(
         stage="local",
@@ -126,7 +126,7 @@ def _build_with_account_keys(settings: Any, tracker: Any) -> list[float]:
     from airies.accounts.service import AccountService
     from airies.core.database import Database
     from airies.db.migrate import upgrade_head
-    from airies.services.llm import build_llm_service
+    from airies.llm.service import build_llm_service
 
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite:///{Path(folder) / 'bench.db'}"

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from airies.accounts.provider_keys import ProviderKeyService
-from airies.db.models.llm import ProviderKey
+from airies.llm.models import ProviderKey
 from tests.doubles._wire import LocalHttpServer
 from tests.doubles.pinecone_control_server import PineconeControlDouble
 from tests.doubles.pinecone_server import PineconeDouble

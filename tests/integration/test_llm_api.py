@@ -10,8 +10,8 @@ from sqlalchemy import select
 from airies.accounts import provider_keys
 from airies.core.config import Settings
 from airies.core.secrets import DecryptionError
-from airies.db.models.llm import ProviderKey
-from airies.services.llm import reset_health_trackers
+from airies.llm.models import ProviderKey
+from airies.llm.service import reset_health_trackers
 from tests.conftest import signup
 from tests.doubles.openai_server import OpenAIDouble, Reply
 
@@ -368,7 +368,7 @@ def test_agent_test_offline_without_any_provider(database, tmp_path):
 
 
 def test_build_with_a_session_uses_the_accounts_keys(client, auth, database, settings):
-    from airies.services.llm import build_llm_service
+    from airies.llm.service import build_llm_service
 
     client.put("/api/v1/provider-keys/groq", json={"api_key": ACCOUNT_KEY}, headers=auth)
     with database.session() as session:
@@ -425,9 +425,9 @@ def test_offline_agent_test_answers_from_knowledge(database, tmp_path):
     import asyncio
 
     from airies.db.models import Agent
+    from airies.llm.service import build_llm_service
     from airies.schemas.agents import AgentTestRequest
     from airies.services.agent_testing import AgentTestService
-    from airies.services.llm import build_llm_service
 
     offline_settings = Settings(stage="local", data_dir=tmp_path)
     from fastapi.testclient import TestClient

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 from sqlalchemy import select
 
-from airies.db.models.llm import LLMCustomEndpoint
+from airies.llm.models import LLMCustomEndpoint
 from tests.conftest import signup
 from tests.doubles._wire import LocalHttpServer
 from tests.doubles.openai_server import OpenAIDouble, Reply

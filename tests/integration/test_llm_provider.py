@@ -8,8 +8,8 @@ import json
 import pytest
 
 from airies.core.errors import ProviderError
-from airies.providers.llm.base import LLMRequest, StreamEnd, TextDelta, ToolCallDelta
-from airies.providers.llm.openai_compat import OpenAICompatibleProvider
+from airies.llm.vendors.base import LLMRequest, StreamEnd, TextDelta, ToolCallDelta
+from airies.llm.vendors.openai_compat import OpenAICompatibleProvider
 from tests.doubles.openai_server import OpenAIDouble, Reply
 
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
@@ -141,8 +141,8 @@ def test_provider_repr_hides_key(double):
 
 def test_custom_openai_compatible_endpoint(double, tmp_path):
     from airies.core.config import Settings
-    from airies.services.llm import build_llm_service
-    from airies.services.llm_router import HealthTracker, RouterConfig
+    from airies.llm.router import HealthTracker, RouterConfig
+    from airies.llm.service import build_llm_service
 
     settings = Settings(
         data_dir=tmp_path,

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from airies.accounts.provider_keys import ProviderKeyService
 from airies.core.config import Settings
 from airies.db.models import Account
-from airies.db.models.llm import ProviderKey
+from airies.llm.models import ProviderKey
 from tests.doubles.pinecone_control_server import PineconeControlDouble
 from tests.doubles.stripe_server import StripeInvoiceDouble
 

@@ -8,10 +8,8 @@ import random
 import pytest
 
 from airies.core.errors import ProviderError, RateLimitedError
-from airies.providers.llm.base import LLMRequest, StreamEnd, TextDelta, ToolCallDelta
-from airies.providers.llm.openai_compat import OpenAICompatibleProvider
-from airies.services import catalog
-from airies.services.llm_router import (
+from airies.llm import catalog
+from airies.llm.router import (
     CONTINUE_INSTRUCTION,
     DatabaseHealthStore,
     HealthTracker,
@@ -19,6 +17,8 @@ from airies.services.llm_router import (
     RouterConfig,
     account_health_key,
 )
+from airies.llm.vendors.base import LLMRequest, StreamEnd, TextDelta, ToolCallDelta
+from airies.llm.vendors.openai_compat import OpenAICompatibleProvider
 from tests.doubles.openai_server import OpenAIDouble, Reply
 
 SENTENCE = "The store opens at nine in the morning and closes at six in the evening."
@@ -359,7 +359,7 @@ def test_sync_is_periodic_not_per_request(database, a):
 @pytest.mark.parametrize("through", ["router", "service"])
 def test_cancelling_a_stream_closes_the_upstream_response(a, through):
     from airies.core.config import Settings
-    from airies.services.llm import LLMService
+    from airies.llm.service import LLMService
 
     a.script(Reply(text=" ".join(["word"] * 200), chunk_delay_s=0.02))
     router = make_router(a)
@@ -511,7 +511,7 @@ def test_account_key_failures_open_only_that_accounts_breaker(database, a, b):
     tracker.sync()
     from sqlalchemy import select
 
-    from airies.db.models.llm import ProviderHealth
+    from airies.llm.models import ProviderHealth
 
     with database.session() as session:
         row = session.get(ProviderHealth, "openai")

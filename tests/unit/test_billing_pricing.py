@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from airies.billing.pricing import DATA_DIR, TIERS, Pricing, get_pricing
 from airies.billing.schemas import UsageEvent, credits_to_micros, micros_to_credits
-from airies.services.catalog import llm_model
+from airies.llm.catalog import llm_model
 
 
 def test_every_tier_is_defined_with_limits():

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from airies.core.errors import UnauthorizedError
-from airies.providers.llm.base import LLMEvent, LLMRequest
+from airies.llm.vendors.base import LLMEvent, LLMRequest
 from airies.schemas import ws_protocol as wp
 from airies.schemas.agents import AgentConfig
 from airies.services.conversations import ConversationTokens

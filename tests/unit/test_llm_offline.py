@@ -8,11 +8,11 @@ from decimal import Decimal
 import pytest
 
 from airies.core.config import Settings
-from airies.providers.llm.base import LLMRequest, StreamEnd, TextDelta, ToolCallDelta, Usage
-from airies.providers.llm.offline import NO_MODEL_REPLY, OfflineResponder
-from airies.providers.llm.tokens import count_message_tokens, count_text_tokens, tokenizer_name
-from airies.services.llm import build_llm_service, calculate_token_cost
-from airies.services.llm_router import PrefixSuppressor
+from airies.llm.router import PrefixSuppressor
+from airies.llm.service import build_llm_service, calculate_token_cost
+from airies.llm.vendors.base import LLMRequest, StreamEnd, TextDelta, ToolCallDelta, Usage
+from airies.llm.vendors.offline import NO_MODEL_REPLY, OfflineResponder
+from airies.llm.vendors.tokens import count_message_tokens, count_text_tokens, tokenizer_name
 
 END_CALL = [{"type": "function", "function": {"name": "end_call", "parameters": {"type": "object", "properties": {}}}}]
 

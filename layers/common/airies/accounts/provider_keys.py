@@ -35,7 +35,7 @@ from airies.core.ids import new_id
 from airies.core.secrets import EnvelopeCipher, Sealed, get_cipher
 from airies.core.url_guard import as_url, url_guard
 from airies.db.models import utcnow
-from airies.db.models.llm import ProviderKey
+from airies.llm.models import ProviderKey
 
 KeyValidator = Callable[[str, Settings], "bool | Awaitable[bool]"]
 StatusReporter = Callable[[Settings], list[dict[str, Any]]]

@@ -39,11 +39,11 @@ from sqlalchemy.orm import Session
 from airies.core.config import Settings
 from airies.core.errors import ConflictError, ValidationFailedError
 from airies.core.money import format_usd
-from airies.providers.llm.base import LLMRequest, StreamEnd, TextDelta
+from airies.llm.service import LLMService, build_llm_service
+from airies.llm.vendors.base import LLMRequest, StreamEnd, TextDelta
 from airies.schemas.agents import AgentConfig, AgentTestRequest, AgentTestTurn, FirstMessageMode
 from airies.services.agents import AgentService
 from airies.services.engines import engine_report
-from airies.services.llm import LLMService, build_llm_service
 
 Retriever = Callable[[str, list[str], str], "Awaitable[list[Any]] | list[Any]"]
 
@@ -417,7 +417,7 @@ def run_agent_test(
     session: Session, settings: Settings, database: Any, account_id: str, agent_id: str, body: AgentTestRequest
 ) -> dict[str, Any]:
     """Sync entry point for the (sync) agents router."""
-    from airies.services.llm_router import run_async
+    from airies.llm.router import run_async
 
     service = AgentTestService(session, settings, database=database)
     return run_async(service.run, account_id, agent_id, body)

@@ -14,12 +14,12 @@ from sqlalchemy.orm import Session
 from airies.core.errors import BadRequestError, NotFoundError, ValidationFailedError
 from airies.core.ids import new_id
 from airies.db.models import Agent, AgentVersion, utcnow
+from airies.llm import catalog
+from airies.llm.custom_endpoints import account_endpoint_models
+from airies.llm.service import configured_llm_providers
 from airies.schemas.agents import AgentConfig
-from airies.services import catalog
 from airies.services.agent_templates import TEMPLATES
 from airies.services.engines import ConfiguredEngines, engine_warnings
-from airies.services.llm import configured_llm_providers
-from airies.services.llm_custom_endpoints import account_endpoint_models
 from airies.services.voice import configured_voice_vendors
 
 if TYPE_CHECKING:

@@ -162,7 +162,7 @@ def build_engines(
     settings: Settings, session: Session | None, account_id: str, config: AgentConfig, database: Any = None
 ) -> TurnEngines:
     """The production engines: the LLM, voice and knowledge capabilities behind the turn pipeline's interfaces."""
-    from airies.services.llm import build_llm_service
+    from airies.llm.service import build_llm_service
     from airies.services.voice import build_voice_service
 
     llm_service = build_llm_service(settings, session=session, account_id=account_id)

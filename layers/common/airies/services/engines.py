@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from airies.providers.llm.offline import OFFLINE_PROVIDER
+from airies.llm import catalog
+from airies.llm.vendors.offline import OFFLINE_PROVIDER
 from airies.schemas.agents import AgentConfig
-from airies.services import catalog
 from airies.services.voice import OFFLINE_STT, OFFLINE_TTS, engine_for
 
 OFFLINE_ENGINES = {"stt": OFFLINE_STT, "llm": OFFLINE_PROVIDER, "tts": OFFLINE_TTS}

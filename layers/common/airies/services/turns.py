@@ -16,12 +16,12 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from airies.core.money import format_usd
-from airies.providers.llm.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCallDelta
+from airies.llm import catalog
+from airies.llm.vendors.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCallDelta
 from airies.providers.stt.base import STTOptions, STTProvider, Transcript
 from airies.providers.tts.base import TTSOptions, TTSProvider
 from airies.schemas import ws_protocol as wp
 from airies.schemas.agents import AgentConfig
-from airies.services import catalog
 from airies.services.engines import turn_engines
 from airies.services.voice import expected_phrases_for_agent
 

@@ -205,7 +205,7 @@ class VoiceService:
         """404 when ``requested`` names no speech-to-text provider (configured here or known to the catalog)."""
         if not requested or requested in self.stt_providers:
             return
-        from airies.services import catalog
+        from airies.llm import catalog
 
         if requested not in catalog.stt_providers():
             raise NotFoundError("STT provider", requested)
@@ -376,7 +376,7 @@ class VoiceService:
 
     async def get_available_voices(self, provider: str | None = None) -> dict[str, dict[str, Any]]:
         """Voices per TTS provider: live lists (cached per container) plus the account's own voices."""
-        from airies.services import catalog
+        from airies.llm import catalog
 
         names = list(self.available_providers()["tts"])
         if provider is not None:
@@ -409,7 +409,7 @@ class VoiceService:
 
     async def check_voice(self, provider: str, voice_id: str) -> None:
         """404 unless ``voice_id`` is a voice of ``provider`` this account may use (built-in, live or its own)."""
-        from airies.services import catalog
+        from airies.llm import catalog
 
         if provider not in catalog.tts_providers():
             raise NotFoundError("TTS provider", provider)

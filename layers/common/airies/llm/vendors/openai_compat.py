@@ -22,7 +22,7 @@ from typing import Any
 from airies.core.errors import ProviderError
 from airies.core.url_guard import URLGuard, URLNotAllowed
 from airies.core.vendor_clients import LoopBoundClient
-from airies.providers.llm.base import (
+from airies.llm.vendors.base import (
     LLMEvent,
     LLMRequest,
     LLMResponse,
@@ -32,7 +32,7 @@ from airies.providers.llm.base import (
     ToolCallDelta,
     Usage,
 )
-from airies.providers.llm.tokens import count_message_tokens, count_text_tokens
+from airies.llm.vendors.tokens import count_message_tokens, count_text_tokens
 
 
 class OpenAICompatibleProvider:

@@ -3,7 +3,7 @@
 ``build_llm_service(settings, database, account_id=None)`` wires it: the platform's providers (OpenAI, Groq,
 DeepInfra when their keys are set; any OpenAI-compatible endpoint via ``AIRIES_LLM_CUSTOM_BASE_URL``), the account's
 own keys (they replace the platform key of that provider for that account) and its own OpenAI-compatible endpoints
-(``airies.services.llm_custom_endpoints``: provider ``custom:<name>``, called through the URL guard), the router with the container-wide health
+(``airies.llm.custom_endpoints``: provider ``custom:<name>``, called through the URL guard), the router with the container-wide health
 tracker (shared through ``provider_health``), and — only when no LLM provider is configured at all — the offline
 responder (``providers/llm/offline.py``), which is not a language model and says so in ``StreamEnd.metadata``.
 
@@ -34,18 +34,18 @@ from airies.core.errors import NotFoundError
 from airies.core.money import format_usd
 from airies.core.secrets import get_platform_secret
 from airies.core.url_guard import URLGuard, url_guard
-from airies.providers.llm.base import LLMEvent, LLMProvider, LLMRequest, LLMResponse, Usage
-from airies.providers.llm.offline import OFFLINE_PROVIDER, OfflineResponder
-from airies.providers.llm.openai_compat import OpenAICompatibleProvider
-from airies.services import catalog
-from airies.services.llm_custom_endpoints import CustomEndpointService, endpoint_catalog, provider_name
-from airies.services.llm_router import (
+from airies.llm import catalog
+from airies.llm.custom_endpoints import CustomEndpointService, endpoint_catalog, provider_name
+from airies.llm.router import (
     DatabaseHealthStore,
     HealthTracker,
     LLMRouter,
     RouterConfig,
     token_cost,
 )
+from airies.llm.vendors.base import LLMEvent, LLMProvider, LLMRequest, LLMResponse, Usage
+from airies.llm.vendors.offline import OFFLINE_PROVIDER, OfflineResponder
+from airies.llm.vendors.openai_compat import OpenAICompatibleProvider
 
 LLM_VENDORS = ("openai", "groq", "deepinfra")
 
@@ -231,7 +231,7 @@ class LLMService:
     ) -> LLMResponse:
         """The whole reply at once. ``stream=True`` collects a stream instead of a non-streaming call."""
         if stream:
-            from airies.services.llm_router import _collect
+            from airies.llm.router import _collect
 
             return await _collect(self.router.stream(request))
         return await self.router.complete(request)

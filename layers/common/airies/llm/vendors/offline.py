@@ -26,8 +26,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from airies.providers.llm.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCall, ToolCallDelta
-from airies.providers.llm.openai_compat import estimate_usage
+from airies.llm.vendors.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCall, ToolCallDelta
+from airies.llm.vendors.openai_compat import estimate_usage
 
 OFFLINE_PROVIDER = "offline"
 OFFLINE_MODEL = "offline-responder"

@@ -11,9 +11,9 @@ from pydantic import Field
 from airies.accounts.auth import Caller, current_caller
 from airies.accounts.provider_keys import PROVIDER_KINDS, STATUS_REPORTERS, ProviderKeyService
 from airies.core.schemas import StrictModel
-from airies.services.llm import build_llm_service
-from airies.services.llm_custom_endpoints import CustomEndpointService, endpoint_out
-from airies.services.llm_router import run_async
+from airies.llm.custom_endpoints import CustomEndpointService, endpoint_out
+from airies.llm.router import run_async
+from airies.llm.service import build_llm_service
 
 router = APIRouter(tags=["llm"])
 

@@ -30,10 +30,10 @@ from airies.core.ids import new_id
 from airies.core.secrets import EnvelopeCipher, Sealed, get_cipher
 from airies.core.url_guard import URLGuard, URLNotAllowed, url_guard
 from airies.db.models import Agent, AgentVersion, utcnow
-from airies.db.models.llm import LLMCustomEndpoint
-from airies.providers.llm.openai_compat import OpenAICompatibleProvider
-from airies.services import catalog
-from airies.services.llm_router import run_async
+from airies.llm import catalog
+from airies.llm.models import LLMCustomEndpoint
+from airies.llm.router import run_async
+from airies.llm.vendors.openai_compat import OpenAICompatibleProvider
 
 PROVIDER_PREFIX = "custom:"
 MAX_MODELS = 500

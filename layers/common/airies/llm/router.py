@@ -53,7 +53,8 @@ from typing import Any
 from airies.core.config import Settings
 from airies.core.errors import NotAvailableError, ProviderError, RateLimitedError
 from airies.core.money import format_usd
-from airies.providers.llm.base import (
+from airies.llm import catalog
+from airies.llm.vendors.base import (
     LLMEvent,
     LLMProvider,
     LLMRequest,
@@ -64,8 +65,7 @@ from airies.providers.llm.base import (
     ToolCallDelta,
     Usage,
 )
-from airies.providers.llm.openai_compat import estimate_usage
-from airies.services import catalog
+from airies.llm.vendors.openai_compat import estimate_usage
 
 PRIOR_TTFT_MS = 600.0  # assumed until a provider has been measured
 EWMA_ALPHA = 0.2
@@ -352,7 +352,7 @@ class DatabaseHealthStore:
         from sqlalchemy import select
         from sqlalchemy.orm import Session
 
-        from airies.db.models.llm import ProviderHealth
+        from airies.llm.models import ProviderHealth
 
         engine = self.database.engine
         dialect = engine.dialect.name

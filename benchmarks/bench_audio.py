@@ -73,7 +73,7 @@ def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
 
 
 def conversions(runs: int) -> dict[str, Any]:
-    from airies.audio import codecs
+    from airies.voice.audio import codecs
 
     rng = np.random.default_rng(0)
     t = np.arange(16000 * AUDIO_SECONDS) / 16000
@@ -100,7 +100,7 @@ VOICES = ("en-us", "en-us+klatt2", "en-us+f2")  # eSpeak NG's default voice and 
 
 async def recognition() -> dict[str, Any]:
     from airies.core.config import Settings
-    from airies.services.voice import build_voice_service
+    from airies.voice.service import build_voice_service
 
     service = build_voice_service(Settings(deepgram_api_key=None, elevenlabs_api_key=None))
     out: dict[str, Any] = {"sentences": {"domain": len(DOMAIN), "held_out": len(HELD_OUT)}, "examples": []}

@@ -271,7 +271,7 @@ def critical_aws(
 
 def spoken(text: str) -> bytes:
     """Real speech (eSpeak NG), so the server VAD sees what it sees on a call; a pure tone is not speech."""
-    from airies.audio.codecs import read_wav, resample_pcm16
+    from airies.voice.audio.codecs import read_wav, resample_pcm16
 
     with tempfile.NamedTemporaryFile(suffix=".wav") as handle:
         subprocess.run(["espeak-ng", "-w", handle.name, text], check=True)

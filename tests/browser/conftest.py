@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from airies.audio.codecs import read_wav
 from airies.core.config import PROJECT_ROOT
-from airies.providers.tts.espeak import EspeakTTS
+from airies.voice.audio.codecs import read_wav
+from airies.voice.tts.espeak import EspeakTTS
 from airies.webapp import DIST_DIR
 from tests.doubles.openai_server import OpenAIDouble, Reply
 from tests.local_stack import LocalServer, local_server

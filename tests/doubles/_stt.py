@@ -34,8 +34,8 @@ def pocketsphinx_recognizer(expected_phrases: tuple[str, ...] = ()) -> Recognize
     """A recognizer that really decodes (offline PocketSphinx), for doubles that should 'hear' the audio."""
     import asyncio
 
-    from airies.providers.stt.base import STTOptions
-    from airies.providers.stt.pocketsphinx import PocketSphinxSTT
+    from airies.voice.stt.base import STTOptions
+    from airies.voice.stt.pocketsphinx import PocketSphinxSTT
 
     engine = PocketSphinxSTT()
     model = engine.build_model(expected_phrases)  # the domain model, as a deploy builds it

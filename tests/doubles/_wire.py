@@ -259,7 +259,7 @@ def parse_multipart(request: RecordedRequest) -> tuple[dict[str, str], list[tupl
 
 def speak_pcm16(text: str, sample_rate: int) -> bytes:
     """Real speech from eSpeak NG when it is installed (so round trips can be decoded), else a tone per word."""
-    from airies.audio.codecs import read_wav, resample_pcm16
+    from airies.voice.audio.codecs import read_wav, resample_pcm16
 
     binary = shutil.which("espeak-ng")
     if binary and text.strip():

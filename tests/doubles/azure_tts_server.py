@@ -83,7 +83,7 @@ class AzureTTSServer(WireDouble):
         match = RAW.match(output)
         if not match:
             raise Reply(400, f"Unsupported output format {output!r}")
-        from airies.audio.codecs import pcm16_to_ulaw, write_wav
+        from airies.voice.audio.codecs import pcm16_to_ulaw, write_wav
 
         rate = int(match.group(2)) * (1000 if match.group(3) == "khz" else 1)
         pcm = speak_pcm16(text, rate)

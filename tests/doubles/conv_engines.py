@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airies.llm.vendors.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCall, ToolCallDelta, Usage
-from airies.providers.stt.base import STTOptions, Transcript
-from airies.providers.tts.base import TTSOptions
 from airies.services.turns import TurnEngines
+from airies.voice.stt.base import STTOptions, Transcript
+from airies.voice.tts.base import TTSOptions
 
 
 def tone(ms: int, *, freq: float = 220.0, amplitude: int = 8000, rate: int = 16000) -> bytes:

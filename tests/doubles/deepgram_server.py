@@ -60,7 +60,7 @@ class DeepgramServer(WireDouble):
             return 200, {}, {"projects": [{"project_id": "c9b2e9c5-0000-4000-8000-000000000001", "name": "Test"}]}
         if request.method != "POST" or request.path != "/v1/listen":
             raise self._error(404, "NOT_FOUND", f"{request.method} {request.path} not found")
-        from airies.audio.codecs import AudioFormatError, read_wav
+        from airies.voice.audio.codecs import AudioFormatError, read_wav
 
         if not request.body:
             raise self._error(400, "Bad Request", "Bad Request: failed to process audio: corrupt or unsupported data")

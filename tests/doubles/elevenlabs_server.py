@@ -123,7 +123,7 @@ class ElevenLabsServer(WireDouble):
             audio = fake_mp3(0.06 * len(text.split()) + 0.3)
             content_type = "audio/mpeg"
         else:
-            from airies.audio.codecs import pcm16_to_ulaw
+            from airies.voice.audio.codecs import pcm16_to_ulaw
 
             pcm = speak_pcm16(text, rate)
             audio = pcm16_to_ulaw(pcm) if codec == "ulaw" else pcm

@@ -58,7 +58,7 @@ class WhisperServer(WireDouble):
     def handle(self, request: RecordedRequest) -> tuple[int, dict[str, str], Any]:
         if request.method != "POST" or request.path != "/v1/audio/transcriptions":
             raise _error(404, f"Invalid URL ({request.method} {request.path})")
-        from airies.audio.codecs import AudioFormatError, read_wav
+        from airies.voice.audio.codecs import AudioFormatError, read_wav
 
         fields, files = parse_multipart(request)
         model = fields.get("model")

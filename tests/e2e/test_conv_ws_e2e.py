@@ -25,11 +25,11 @@ import boto3
 import pytest
 
 from airies.api.app import create_app
-from airies.audio.codecs import read_wav, resample_pcm16
 from airies.local.ws_gateway import UVICORN_WS, LocalWsGateway, load_voice_handlers
 from airies.services.conversations import ConversationTokens
 from airies.services.sessions import SessionStore
 from airies.services.websocket import WebSocketService
+from airies.voice.audio.codecs import read_wav, resample_pcm16
 from tests.conftest import signup
 from tests.doubles.conv_engines import FakeLLM, FakeTTS, fake_engines, silence
 
@@ -212,7 +212,7 @@ def test_spoken_conversation_with_offline_engines(database, settings, moto_endpo
         # the agent's model (built at deploy from all of its phrases), makes of the whole recording (PocketSphinx
         # may drop words of eSpeak speech: that is the engine, not us).
         from airies.schemas.agents import AgentConfig
-        from airies.services.voice import build_voice_service, expected_phrases_for_agent
+        from airies.voice.service import build_voice_service, expected_phrases_for_agent
 
         config = AgentConfig.model_validate(client.get(f"/api/v1/agents/{agent_id}", headers=auth).json()["config"])
         direct = asyncio.run(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from airies.accounts.provider_keys import ProviderKeyService
-from airies.services.voice import clear_voice_cache
+from airies.voice.service import clear_voice_cache
 from tests.conftest import signup
 from tests.doubles.conv_engines import tone
 from tests.doubles.deepgram_server import DeepgramServer

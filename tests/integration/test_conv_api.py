@@ -237,7 +237,7 @@ def test_rest_turns_are_recorded_to_s3_when_recording_is_enabled(client, auth, e
     import boto3
     from moto import mock_aws
 
-    from airies.audio.codecs import read_wav
+    from airies.voice.audio.codecs import read_wav
 
     with mock_aws():
         s3 = boto3.client("s3", region_name=settings.aws_region)
@@ -282,7 +282,7 @@ def test_ended_or_deleted_conversations_refuse_rest_turns(client, auth, engines)
 
 
 def test_wav_duration_is_checked_before_resampling(client, auth, engines, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from airies.audio import codecs
+    from airies.voice.audio import codecs
 
     resampled: list[int] = []
     original = codecs.resample_pcm16

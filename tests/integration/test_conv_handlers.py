@@ -475,8 +475,8 @@ def test_bad_frames_get_errors_and_leave_state_alone(aws, database, settings) ->
 
 
 def test_recording_stores_both_sides_as_sent(aws, database, settings) -> None:
-    from airies.audio.codecs import read_wav
     from airies.services.conversations import S3Recorder
+    from airies.voice.audio.codecs import read_wav
 
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket="rec-test")

@@ -8,7 +8,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from airies.audio.codecs import read_wav
+from airies.voice.audio.codecs import read_wav
 from tests.conftest import signup
 from tests.doubles.conv_engines import tone
 from tests.integration.test_conv_api import deployed_agent, engines, live_sessions, start  # noqa: F401

@@ -13,14 +13,12 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from airies.audio.codecs import read_wav, resample_pcm16
 from airies.core.storage import StorageService
-from airies.providers.stt.pocketsphinx import DomainModel, domain_digest
 from airies.schemas.agents import AgentConfig
 from airies.services.conversations import VoiceSTT
-from airies.services.speech_models import SpeechModelCache, forget_models_in_memory
 from airies.services.turns import TurnEngines
-from airies.services.voice import (
+from airies.voice.audio.codecs import read_wav, resample_pcm16
+from airies.voice.service import (
     build_voice_service,
     domain_phrases,
     expected_phrases_for_agent,
@@ -28,6 +26,8 @@ from airies.services.voice import (
     prepare_deployed_agents,
     prepare_speech_model,
 )
+from airies.voice.speech_models import SpeechModelCache, forget_models_in_memory
+from airies.voice.stt.pocketsphinx import DomainModel, domain_digest
 from tests.doubles.conv_engines import FakeLLM, FakeTTS, silence
 from tests.integration.test_conv_handlers import Harness, frames_of, types
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from airies.core.config import Settings
-from airies.services.voice import clear_voice_cache
+from airies.voice.service import clear_voice_cache
 from tests.conftest import signup
 from tests.doubles.deepgram_server import DeepgramServer
 from tests.doubles.elevenlabs_server import ElevenLabsServer

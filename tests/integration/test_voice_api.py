@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from airies.audio import codecs
 from airies.core.config import Settings
-from airies.services.voice import clear_voice_cache
+from airies.voice.audio import codecs
+from airies.voice.service import clear_voice_cache
 from tests.conftest import signup
 from tests.doubles.elevenlabs_server import ElevenLabsServer
 

@@ -11,7 +11,7 @@ from airies.accounts.provider_keys import get_account_provider_credentials
 from airies.core.config import Settings
 from airies.db.models import Account
 from airies.llm.models import ProviderKey
-from airies.services.voice import build_voice_service, clear_voice_cache
+from airies.voice.service import build_voice_service, clear_voice_cache
 from tests.conftest import signup
 from tests.doubles.azure_tts_server import AzureTTSServer
 

@@ -8,14 +8,14 @@ import asyncio
 import numpy as np
 import pytest
 
-from airies.audio import codecs
 from airies.core.errors import NotFoundError, ProviderError
-from airies.providers.stt.base import STTOptions
-from airies.providers.stt.deepgram import DeepgramSTT
-from airies.providers.stt.whisper import WhisperSTT
-from airies.providers.tts.azure import AzureTTS
-from airies.providers.tts.base import TTSOptions
-from airies.providers.tts.elevenlabs import ElevenLabsTTS
+from airies.voice.audio import codecs
+from airies.voice.stt.base import STTOptions
+from airies.voice.stt.deepgram import DeepgramSTT
+from airies.voice.stt.whisper import WhisperSTT
+from airies.voice.tts.azure import AzureTTS
+from airies.voice.tts.base import TTSOptions
+from airies.voice.tts.elevenlabs import ElevenLabsTTS
 from tests.doubles.azure_tts_server import AzureTTSServer
 from tests.doubles.deepgram_server import DeepgramServer
 from tests.doubles.elevenlabs_server import ElevenLabsServer

@@ -8,10 +8,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from airies.audio import codecs
 from airies.core.config import Settings
 from airies.core.errors import BadRequestError, NotAvailableError, PayloadTooLargeError, ValidationFailedError
-from airies.services.voice import (
+from airies.voice.audio import codecs
+from airies.voice.service import (
     build_voice_service,
     clear_voice_cache,
     expected_phrases_for_agent,

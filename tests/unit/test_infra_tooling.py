@@ -107,7 +107,7 @@ IMPORTTIME = """\
 import time: self [us] | cumulative | imported package
 import time:       100 |        100 |       numpy.core
 import time:       200 |       5300 |     numpy
-import time:      3000 |       8300 |   airies.audio.codecs
+import time:      3000 |       8300 |   airies.voice.audio.codecs
 import time:        50 |         50 |   json
 import time:      2500 |      10850 | airies.api.app
 import time:      4000 |       4000 | fastapi
@@ -119,14 +119,14 @@ def test_importtime_attributes_third_party_cost_to_our_importers() -> None:
 
     roots = importtime.parse(IMPORTTIME)
     assert [r.name for r in roots] == ["airies.api.app", "fastapi"]
-    assert [c.name for c in roots[0].children] == ["airies.audio.codecs", "json"]
+    assert [c.name for c in roots[0].children] == ["airies.voice.audio.codecs", "json"]
     entries = importtime.third_party_entries(roots)
     assert entries == [
-        {"importer": "airies.audio.codecs", "module": "numpy", "ms": 5.3},
+        {"importer": "airies.voice.audio.codecs", "module": "numpy", "ms": 5.3},
         {"importer": "<handler>", "module": "fastapi", "ms": 4.0},
     ]
     assert importtime.first_party_costs(roots) == [
-        {"module": "airies.audio.codecs", "self_ms": 3.0},
+        {"module": "airies.voice.audio.codecs", "self_ms": 3.0},
         {"module": "airies.api.app", "self_ms": 2.5},
     ]
 

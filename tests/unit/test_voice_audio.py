@@ -8,9 +8,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from airies.audio import codecs
-from airies.audio.enhance import enhance_audio_quality, rms_dbfs
-from airies.audio.vad import EndOfUtteranceDetector, speech_segments
+from airies.voice.audio import codecs
+from airies.voice.audio.enhance import enhance_audio_quality, rms_dbfs
+from airies.voice.audio.vad import EndOfUtteranceDetector, speech_segments
 
 
 def sine(freq: float, rate: int, seconds: float, amplitude: float = 12000.0) -> np.ndarray:

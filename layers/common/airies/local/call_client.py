@@ -29,10 +29,10 @@ from typing import Any, TextIO
 
 import httpx
 
-from airies.audio.codecs import read_wav, resample_pcm16, write_wav
 from airies.core.errors import AiriesError
-from airies.providers.tts.espeak import EspeakTTS
 from airies.schemas import ws_protocol as wp
+from airies.voice.audio.codecs import read_wav, resample_pcm16, write_wav
+from airies.voice.tts.espeak import EspeakTTS
 
 FRAME_MS = 200
 FRAME_BYTES = FRAME_MS * wp.BYTES_PER_MS  # 6,400 bytes of PCM16 16 kHz mono

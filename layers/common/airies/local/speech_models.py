@@ -8,7 +8,7 @@ import sys
 import threading
 
 from airies.local.server import LocalStack, on_startup
-from airies.services.voice import prepare_deployed_agents, speech_model_cache
+from airies.voice.service import prepare_deployed_agents, speech_model_cache
 
 
 @on_startup

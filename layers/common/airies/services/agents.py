@@ -20,7 +20,7 @@ from airies.llm.service import configured_llm_providers
 from airies.schemas.agents import AgentConfig
 from airies.services.agent_templates import TEMPLATES
 from airies.services.engines import ConfiguredEngines, engine_warnings
-from airies.services.voice import configured_voice_vendors
+from airies.voice.service import configured_voice_vendors
 
 if TYPE_CHECKING:
     from airies.core.config import Settings
@@ -57,7 +57,7 @@ def owned_knowledge_base_ids(session: Session, account_id: str, ids: list[str]) 
 
 
 def account_voice_ids(session: Session, account_id: str, provider: str) -> set[str]:
-    from airies.db.models import voice
+    from airies.voice import models as voice
 
     model = getattr(voice, "Voice", None)
     if model is None:

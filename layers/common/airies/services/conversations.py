@@ -40,13 +40,13 @@ from airies.core.money import format_usd
 from airies.core.schemas import check_metadata
 from airies.db.models import Agent
 from airies.db.models.conversations import Conversation, ConversationTurn
-from airies.providers.stt.base import STTOptions, Transcript
-from airies.providers.tts.base import TTSOptions
 from airies.schemas import ws_protocol as wp
 from airies.schemas.agents import AgentConfig
 from airies.schemas.conversations import ConversationCreate, ConversationUpdate
 from airies.services.agents import AgentService
 from airies.services.turns import TurnEngines, TurnInput, TurnResult, TurnRunner
+from airies.voice.stt.base import STTOptions, Transcript
+from airies.voice.tts.base import TTSOptions
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def build_engines(
 ) -> TurnEngines:
     """The production engines: the LLM, voice and knowledge capabilities behind the turn pipeline's interfaces."""
     from airies.llm.service import build_llm_service
-    from airies.services.voice import build_voice_service
+    from airies.voice.service import build_voice_service
 
     llm_service = build_llm_service(settings, session=session, account_id=account_id)
     voice = build_voice_service(settings, account_id=account_id, session=session)
@@ -954,7 +954,7 @@ class S3Recorder:
         self.prefix = prefix.strip("/")
 
     def store_turn(self, conversation: Conversation, result: TurnResult) -> dict[str, Any]:
-        from airies.audio.codecs import write_wav
+        from airies.voice.audio.codecs import write_wav
 
         keys: dict[str, Any] = {}
         base = f"{self.prefix}/{conversation.account_id}/{conversation.id}/{result.seq:04d}-{result.turn_id}"

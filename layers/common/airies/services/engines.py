@@ -17,7 +17,7 @@ from typing import Any
 from airies.llm import catalog
 from airies.llm.vendors.offline import OFFLINE_PROVIDER
 from airies.schemas.agents import AgentConfig
-from airies.services.voice import OFFLINE_STT, OFFLINE_TTS, engine_for
+from airies.voice.service import OFFLINE_STT, OFFLINE_TTS, engine_for
 
 OFFLINE_ENGINES = {"stt": OFFLINE_STT, "llm": OFFLINE_PROVIDER, "tts": OFFLINE_TTS}
 OFFLINE_NAMES = {OFFLINE_STT: "PocketSphinx (offline)", OFFLINE_TTS: "eSpeak NG (offline)"}

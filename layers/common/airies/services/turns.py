@@ -18,12 +18,12 @@ from typing import Any, Protocol
 from airies.core.money import format_usd
 from airies.llm import catalog
 from airies.llm.vendors.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCallDelta
-from airies.providers.stt.base import STTOptions, STTProvider, Transcript
-from airies.providers.tts.base import TTSOptions, TTSProvider
 from airies.schemas import ws_protocol as wp
 from airies.schemas.agents import AgentConfig
 from airies.services.engines import turn_engines
-from airies.services.voice import expected_phrases_for_agent
+from airies.voice.service import expected_phrases_for_agent
+from airies.voice.stt.base import STTOptions, STTProvider, Transcript
+from airies.voice.tts.base import TTSOptions, TTSProvider
 
 LLMStreamer = Callable[[LLMRequest], AsyncIterator[LLMEvent]]
 # (account_id, knowledge_base_ids, query) -> passages [{"text", "score", "source", ...}]
@@ -148,7 +148,7 @@ def chunk_activity(pcm16: bytes, sample_rate: int = wp.SAMPLE_RATE, *, aggressiv
     global _VAD
     import webrtcvad  # lazy: only the audio path needs it
 
-    from airies.audio.vad import voiced_frames  # numpy
+    from airies.voice.audio.vad import voiced_frames  # numpy
 
     if _VAD is None:
         _VAD = webrtcvad.Vad(aggressiveness)

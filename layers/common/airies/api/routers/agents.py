@@ -19,8 +19,8 @@ from airies.schemas.agents import (
     ValidationResult,
 )
 from airies.services.agents import AgentService, errors_of
-from airies.services.speech_models import SpeechModelCache
-from airies.services.voice import prepare_speech_model, speech_model_cache
+from airies.voice.service import prepare_speech_model, speech_model_cache
+from airies.voice.speech_models import SpeechModelCache
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 

@@ -273,7 +273,7 @@ async def post_audio(conversation_id: str, request: Request, caller: Caller = De
     content_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     raw = await request.body()
     if content_type in ("audio/wav", "audio/x-wav", "audio/wave"):
-        from airies.audio.codecs import read_wav, resample_pcm16
+        from airies.voice.audio.codecs import read_wav, resample_pcm16
 
         try:
             pcm, rate = read_wav(raw)  # mono PCM16 at the declared rate

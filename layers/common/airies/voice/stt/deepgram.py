@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from airies.audio.codecs import duration_seconds, write_wav
 from airies.core.errors import ProviderError
 from airies.core.vendor_clients import SdkVendor
 from airies.core.vendor_errors import http_provider_error, transport_error
-from airies.providers.stt.base import STTOptions, Transcript, Word
+from airies.voice.audio.codecs import duration_seconds, write_wav
+from airies.voice.stt.base import STTOptions, Transcript, Word
 
 DEFAULT_MODEL = "nova-3"
 

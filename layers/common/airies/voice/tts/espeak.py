@@ -10,15 +10,15 @@ import asyncio
 import shutil
 from collections.abc import AsyncIterator
 
-from airies.audio.codecs import (
+from airies.core.errors import NotAvailableError, ProviderError, ValidationFailedError
+from airies.voice.audio.codecs import (
     AudioFormatError,
     chunk_frames,
     pcm16_to_ulaw,
     read_wav,
     resample_pcm16,
 )
-from airies.core.errors import NotAvailableError, ProviderError, ValidationFailedError
-from airies.providers.tts.base import TTSOptions, VoiceInfo
+from airies.voice.tts.base import TTSOptions, VoiceInfo
 
 ESPEAK_RATE = 22050
 DEFAULT_WPM = 175
@@ -26,7 +26,7 @@ CHUNK_MS = 100
 
 
 def _sentences(text: str) -> list[str]:
-    from airies.services.voice import split_sentences  # the one sentence splitter
+    from airies.voice.service import split_sentences  # the one sentence splitter
 
     return split_sentences(text) or [text]
 
@@ -75,7 +75,7 @@ class EspeakTTS:
             raise ProviderError("espeak-ng produced no audio", provider=self.name, details=str(exc)) from exc
 
     async def synthesize(self, text: str, options: TTSOptions) -> AsyncIterator[bytes]:
-        from airies.services.voice import parse_output_format
+        from airies.voice.service import parse_output_format
 
         codec, rate = parse_output_format(options.output_format)
         if codec == "mp3":

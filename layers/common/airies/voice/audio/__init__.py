@@ -1,6 +1,6 @@
 """Audio helpers: codecs (PCM16, μ-law, WAV), resampling, framing, enhancement and VAD."""
 
-from airies.audio.codecs import (
+from airies.voice.audio.codecs import (
     AudioFormatError,
     StreamResampler,
     array_to_pcm16,
@@ -14,7 +14,7 @@ from airies.audio.codecs import (
     ulaw_to_pcm16,
     write_wav,
 )
-from airies.audio.enhance import enhance_audio_quality
+from airies.voice.audio.enhance import enhance_audio_quality
 
 __all__ = [
     "AudioFormatError",

@@ -8,7 +8,7 @@ from typing import Any
 from airies.core.errors import NotFoundError
 from airies.core.vendor_clients import SdkVendor
 from airies.core.vendor_errors import http_provider_error, transport_error
-from airies.providers.tts.base import TTSOptions, VoiceInfo
+from airies.voice.tts.base import TTSOptions, VoiceInfo
 
 DEFAULT_MODEL = "eleven_flash_v2_5"  # lowest latency model
 CUSTOM_CATEGORIES = {"cloned", "generated", "professional"}

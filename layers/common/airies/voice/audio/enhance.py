@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from airies.audio.codecs import array_to_pcm16, pcm16_to_array
+from airies.voice.audio.codecs import array_to_pcm16, pcm16_to_array
 
 TARGET_RMS_DBFS = -20.0
 MAX_GAIN_DB = 20.0  # never amplify a near-silent recording into loud noise

@@ -1,6 +1,6 @@
 """Domain language models of the offline recogniser, cached by content hash.
 
-A model (``airies.providers.stt.pocketsphinx.DomainModel``) is built from the phrases of an agent when one of its
+A model (``airies.voice.stt.pocketsphinx.DomainModel``) is built from the phrases of an agent when one of its
 versions is deployed (and, under ``make run``, at start-up for the agents already deployed), never during a turn.
 It is kept under its digest (a hash of the phrases' normalised words and the model format):
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from airies.core.errors import AiriesError
-from airies.providers.stt.pocketsphinx import DomainModel, domain_digest
+from airies.voice.stt.pocketsphinx import DomainModel, domain_digest
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from airies.audio.codecs import frame_bytes, pcm16_to_array, resample_pcm16
+from airies.voice.audio.codecs import frame_bytes, pcm16_to_array, resample_pcm16
 
 VAD_RATES = (8000, 16000, 32000, 48000)
 

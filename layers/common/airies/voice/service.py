@@ -35,16 +35,16 @@ from airies.core.errors import (
 )
 from airies.core.storage import StorageService
 from airies.db.models import Agent, AgentVersion
-from airies.providers.stt.base import STTOptions, STTProvider, Transcript
-from airies.providers.tts.base import TTSOptions, TTSProvider, VoiceInfo
-from airies.services.speech_models import ModelBuilder, SpeechModelCache
+from airies.voice.speech_models import ModelBuilder, SpeechModelCache
+from airies.voice.stt.base import STTOptions, STTProvider, Transcript
+from airies.voice.tts.base import TTSOptions, TTSProvider, VoiceInfo
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from airies.core.config import Settings
     from airies.core.database import Database
-    from airies.db.models.voice import Voice
+    from airies.voice.models import Voice
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ class VoiceService:
     # ------------------------------------------------------------------ speech to text
 
     def check_audio(self, pcm16: bytes, sample_rate: int) -> float:
-        from airies.audio.codecs import SUPPORTED_RATES, duration_seconds  # numpy: lazily, off the API cold start
+        from airies.voice.audio.codecs import SUPPORTED_RATES, duration_seconds  # numpy: lazily, off the API cold start
 
         if not pcm16:
             raise BadRequestError("audio is empty", code="empty_audio")
@@ -444,7 +444,7 @@ class VoiceService:
     def list_account_voices(self, provider: str | None = None) -> list[Voice]:
         from sqlalchemy import select
 
-        from airies.db.models.voice import Voice
+        from airies.voice.models import Voice
 
         session, account_id = self._require_account()
         query = select(Voice).where(Voice.account_id == account_id, Voice.deleted_at.is_(None))
@@ -468,7 +468,7 @@ class VoiceService:
     ) -> Voice:
         """Instant voice cloning: the provider creates the voice; it is recorded as the account's own."""
         from airies.core.ids import new_id
-        from airies.db.models.voice import Voice
+        from airies.voice.models import Voice
 
         session, account_id = self._require_account()
         name = (name or "").strip()
@@ -510,7 +510,7 @@ class VoiceService:
     def get_account_voice(self, voice_id: str) -> Voice:
         from sqlalchemy import or_, select
 
-        from airies.db.models.voice import Voice
+        from airies.voice.models import Voice
 
         session, account_id = self._require_account()
         row = session.scalars(
@@ -542,8 +542,8 @@ class VoiceService:
     # ------------------------------------------------------------------ audio
 
     def enhance_audio_quality(self, pcm16: bytes, sample_rate: int) -> bytes:
-        from airies.audio.codecs import AudioFormatError
-        from airies.audio.enhance import enhance_audio_quality
+        from airies.voice.audio.codecs import AudioFormatError
+        from airies.voice.audio.enhance import enhance_audio_quality
 
         try:
             return enhance_audio_quality(pcm16, sample_rate)
@@ -563,7 +563,7 @@ class VoiceService:
     ) -> AsyncIterator[AudioStreamEvent]:
         """Caller audio in (PCM16 chunks), events out: ``speech_start``, then ``utterance`` with a transcript
         after ``silence_ms`` of trailing silence. Utterances shorter than ``min_utterance_ms`` are dropped."""
-        from airies.audio.vad import EndOfUtteranceDetector
+        from airies.voice.audio.vad import EndOfUtteranceDetector
 
         detector = EndOfUtteranceDetector(sample_rate=sample_rate, silence_ms=silence_ms)
 
@@ -596,7 +596,7 @@ class VoiceService:
 
 
 def _check_sample(filename: str, data: bytes) -> None:
-    from airies.audio.codecs import AudioFormatError, read_wav, sniff_format
+    from airies.voice.audio.codecs import AudioFormatError, read_wav, sniff_format
 
     kind = sniff_format(data)
     if kind == "unknown":
@@ -721,22 +721,22 @@ def build_voice_service(
     stt: dict[str, STTProvider] = {}
     tts: dict[str, TTSProvider] = {}
     if keys["deepgram"]:
-        from airies.providers.stt.deepgram import DeepgramSTT
+        from airies.voice.stt.deepgram import DeepgramSTT
 
         stt["deepgram"] = _cached(DeepgramSTT, keys["deepgram"], base_url=settings.deepgram_base_url, timeout=timeout)
     if keys["whisper"]:
-        from airies.providers.stt.whisper import WhisperSTT
+        from airies.voice.stt.whisper import WhisperSTT
 
         base = settings.whisper_base_url or getattr(settings, "openai_base_url", None)
         stt["whisper"] = _cached(WhisperSTT, keys["whisper"], base_url=base, timeout=timeout)
     if keys["elevenlabs"]:
-        from airies.providers.tts.elevenlabs import ElevenLabsTTS
+        from airies.voice.tts.elevenlabs import ElevenLabsTTS
 
         tts["elevenlabs"] = _cached(
             ElevenLabsTTS, keys["elevenlabs"], base_url=settings.elevenlabs_base_url, timeout=timeout
         )
     if keys["azure"]:
-        from airies.providers.tts.azure import AzureTTS
+        from airies.voice.tts.azure import AzureTTS
 
         tts["azure"] = _cached(
             AzureTTS,
@@ -750,7 +750,7 @@ def build_voice_service(
         return offline_recogniser()
 
     def offline_tts() -> TTSProvider:
-        from airies.providers.tts.espeak import EspeakTTS
+        from airies.voice.tts.espeak import EspeakTTS
 
         return _cached(EspeakTTS, binary=settings.espeak_binary)
 
@@ -773,7 +773,7 @@ def build_voice_service(
 
 def offline_recogniser() -> Any:
     """The container's PocketSphinx engine (NotAvailableError when the package is not installed)."""
-    from airies.providers.stt.pocketsphinx import PocketSphinxSTT
+    from airies.voice.stt.pocketsphinx import PocketSphinxSTT
 
     return _cached(PocketSphinxSTT)
 

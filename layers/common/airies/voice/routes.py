@@ -1,5 +1,5 @@
 """Routes of the voices capability: voice lists, cloning, previews and transcriptions. Decisions live in
-``airies.services.voice``; these handlers only parse uploads and shape responses."""
+``airies.voice.service``; these handlers only parse uploads and shape responses."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pydantic import Field
 from airies.accounts.auth import Caller, current_caller
 from airies.core.errors import BadRequestError, UnsupportedMediaTypeError
 from airies.core.schemas import StrictModel
-from airies.db.models.voice import Voice
-from airies.providers.stt.base import Transcript
-from airies.providers.tts.base import VoiceInfo
-from airies.services.voice import MAX_CLONE_SAMPLE_BYTES, VoiceService, build_voice_service
+from airies.voice.models import Voice
+from airies.voice.service import MAX_CLONE_SAMPLE_BYTES, VoiceService, build_voice_service
+from airies.voice.stt.base import Transcript
+from airies.voice.tts.base import VoiceInfo
 
 router = APIRouter(tags=["voices"])
 
@@ -127,7 +127,7 @@ async def preview_voice(body: PreviewRequest, service: VoiceService = Depends(vo
     voice = body.model_dump(exclude={"text", "format"})
     output_format = "mp3_44100_128" if body.format == "mp3" else "pcm_16000"
     audio = await service.synthesize_all(body.text, voice=voice, output_format=output_format, strict=True)
-    from airies.audio.codecs import write_wav  # numpy: lazily, off the API cold start
+    from airies.voice.audio.codecs import write_wav  # numpy: lazily, off the API cold start
 
     if body.format == "wav":
         audio, media_type = write_wav(audio, 16000), "audio/wav"
@@ -159,7 +159,7 @@ async def _uploaded_audio(request: Request) -> tuple[bytes, dict[str, str]]:
 @router.post("/transcriptions")
 async def transcribe(request: Request, service: VoiceService = Depends(voice_service)) -> dict[str, Any]:
     """Audio (WAV: 16-bit PCM or μ-law) in, transcript with word timings out."""
-    from airies.audio.codecs import AudioFormatError, read_wav, sniff_format  # numpy: lazily
+    from airies.voice.audio.codecs import AudioFormatError, read_wav, sniff_format  # numpy: lazily
 
     data, fields = await _uploaded_audio(request)
     if not data:

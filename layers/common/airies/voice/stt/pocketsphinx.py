@@ -5,7 +5,7 @@ The general language model decodes synthetic (eSpeak NG) speech poorly, so the p
 model (``pocketsphinx.lm.ArpaBoLM``) plus the pronunciations of its words. The domain model gets a decoder of its
 own: adding a language model to a decoder that holds the full 130,000-word dictionary takes 6-14 s, a decoder with
 just the domain's words loads in 10-20 ms. :meth:`PocketSphinxSTT.build_model` builds one (the caller caches it,
-``airies.services.speech_models``); :meth:`PocketSphinxSTT.transcribe` only uses the model it is given
+``airies.voice.speech_models``); :meth:`PocketSphinxSTT.transcribe` only uses the model it is given
 (``STTOptions.language_model``) and falls back to the general model, it never builds. Measured word error rates are
 in the README.
 """
@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from airies.core.errors import NotAvailableError
-from airies.providers.stt.base import STTOptions, Transcript, Word
+from airies.voice.stt.base import STTOptions, Transcript, Word
 
 DECODER_RATE = 16000
 FRAME_RATE = 100  # PocketSphinx frames per second
@@ -210,7 +210,7 @@ class PocketSphinxSTT:
         if not options.language.lower().startswith("en"):
             raise NotAvailableError(f"the offline recogniser only knows English (asked for '{options.language}')")
         # numpy, lazily: the API imports this module (for cached models) and must not pay for numpy at start-up
-        from airies.audio.codecs import duration_seconds, resample_pcm16
+        from airies.voice.audio.codecs import duration_seconds, resample_pcm16
 
         audio = resample_pcm16(pcm16, sample_rate, DECODER_RATE) if sample_rate != DECODER_RATE else pcm16
         text, words, confidence, mode = await asyncio.to_thread(self._decode, audio, options)

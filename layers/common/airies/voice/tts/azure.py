@@ -9,7 +9,7 @@ from xml.sax.saxutils import escape, quoteattr
 from airies.core.errors import NotFoundError
 from airies.core.vendor_clients import LoopBoundClient
 from airies.core.vendor_errors import http_provider_error, transport_error
-from airies.providers.tts.base import TTSOptions, VoiceInfo
+from airies.voice.tts.base import TTSOptions, VoiceInfo
 
 # Our output formats -> X-Microsoft-OutputFormat. Azure has no 44.1 kHz MP3: mp3 requests get 48 kHz.
 OUTPUT_FORMATS = {

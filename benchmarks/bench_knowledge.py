@@ -177,7 +177,7 @@ def _ingestion(repetitions: int) -> dict[str, Any]:
 
     from airies.core.database import Database
     from airies.db.migrate import upgrade_head
-    from airies.services.knowledge import build_knowledge_service
+    from airies.knowledge.service import build_knowledge_service
     from tests.doubles.pinecone_server import PineconeDouble
     from tests.kb_support import BUCKET, RecordingPublisher, kb_settings, new_account
 
@@ -247,7 +247,7 @@ def _ingestion(repetitions: int) -> dict[str, Any]:
 
 
 def _seed(service: Any, database: Any, account: str, store_name: str) -> str:
-    from airies.db.models.knowledge import KnowledgeChunk, KnowledgeDocument
+    from airies.knowledge.models import KnowledgeChunk, KnowledgeDocument
 
     rng = random.Random(7)
     kb = service.create_knowledge_base(account, f"q-{store_name}", vector_store=store_name)
@@ -326,7 +326,7 @@ def _query_latency() -> dict[str, Any]:
 
     from airies.core.database import Database
     from airies.db.migrate import upgrade_head
-    from airies.services.knowledge import build_knowledge_service
+    from airies.knowledge.service import build_knowledge_service
     from tests.doubles import pgvector_server
     from tests.doubles.pinecone_server import PineconeDouble
     from tests.kb_support import RecordingPublisher, kb_settings, new_account

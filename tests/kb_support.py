@@ -191,7 +191,7 @@ def ingestion_pipeline(database: Any, settings: Settings, **service_kwargs: Any)
 
     import boto3
 
-    from airies.services.knowledge import build_knowledge_service
+    from airies.knowledge.service import build_knowledge_service
 
     with moto_bucket() as s3:
         sqs = boto3.client("sqs", region_name="us-east-1")

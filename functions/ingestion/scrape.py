@@ -9,7 +9,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from airies.services.knowledge import KnowledgeService, build_knowledge_service
+from airies.knowledge.service import KnowledgeService, build_knowledge_service
 
 logger = Logger()
 processor = BatchProcessor(event_type=EventType.SQS)

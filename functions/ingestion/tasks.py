@@ -13,7 +13,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from airies.core.stepfunctions import step_errors
-from airies.services.knowledge import KnowledgeService, build_knowledge_service
+from airies.knowledge.service import KnowledgeService, build_knowledge_service
 
 logger = Logger()
 _service: KnowledgeService | None = None

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from airies.providers.embeddings.base import approx_tokens
-from airies.providers.embeddings.hashing import HashingEmbedder
+from airies.knowledge.embedders.base import approx_tokens
+from airies.knowledge.embedders.hashing import HashingEmbedder
 from tests.doubles._wire import JsonServer
 
 MODEL_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}

@@ -11,7 +11,7 @@ import boto3
 import pytest
 
 from airies.core.url_guard import URLNotAllowed
-from airies.services.knowledge import build_knowledge_service
+from airies.knowledge.service import build_knowledge_service
 from tests.kb_support import (
     FakeLambdaContext,
     RecordingPublisher,

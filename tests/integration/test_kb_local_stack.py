@@ -16,9 +16,9 @@ from airies.billing.ledger import SqsUsagePublisher, build_usage_service
 from airies.billing.schemas import UsageComponent, UsageEvent
 from airies.core.config import get_settings
 from airies.core.database import get_database
+from airies.knowledge.service import build_knowledge_service
 from airies.local.invoke import patched_environ
 from airies.local.template import DEFAULT_ENV_FILE, LocalContext, create_local_resources, load_env_file, load_template
-from airies.services.knowledge import build_knowledge_service
 from tests.kb_support import new_account
 
 

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from airies.core.errors import NotFoundError
-from airies.db.models.knowledge import KnowledgeChunk, KnowledgeDocument, KnowledgeVector
+from airies.knowledge.models import KnowledgeChunk, KnowledgeDocument, KnowledgeVector
 from tests.kb_support import (
     BUCKET,
     deliver,
@@ -263,7 +263,7 @@ def test_tenancy_no_query_returns_another_accounts_chunks(pipeline):
 def test_unavailable_embedder_fails_the_document_and_acknowledges_the_message(database, tmp_path, monkeypatch):
     """A configuration problem (the ingestion function has no OpenAI key) is permanent: redelivery cannot fix it,
     so the document ends ``failed`` with the reason and the message is acknowledged (never dead-lettered)."""
-    from airies.services.knowledge import build_knowledge_service
+    from airies.knowledge.service import build_knowledge_service
 
     monkeypatch.delenv("AIRIES_OPENAI_API_KEY", raising=False)
     with ingestion_pipeline(database, kb_settings(tmp_path)) as p:
@@ -318,7 +318,7 @@ class _Scripted:
 
 
 def _scripted_factory(settings, dims, hook):
-    from airies.providers.embeddings import build_embedder
+    from airies.knowledge.embedders import build_embedder
 
     def factory(provider, model, dimensions):
         inner = build_embedder(provider, model, dimensions, settings)

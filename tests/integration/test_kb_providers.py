@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from airies.core.errors import ProviderError
-from airies.providers.embeddings.openai import OpenAIEmbedder
-from airies.providers.vectors.base import VectorRecord
-from airies.providers.vectors.pinecone import PineconeVectorStore, upsert_batch_size
-from airies.services.knowledge import build_knowledge_service
+from airies.knowledge.embedders.openai import OpenAIEmbedder
+from airies.knowledge.service import build_knowledge_service
+from airies.knowledge.vector_stores.base import VectorRecord
+from airies.knowledge.vector_stores.pinecone import PineconeVectorStore, upsert_batch_size
 from tests.doubles.openai_embeddings_server import OpenAIEmbeddingsDouble
 from tests.doubles.pinecone_server import PineconeDouble
 from tests.kb_support import RecordingPublisher, kb_settings, moto_bucket, new_account
@@ -193,7 +193,7 @@ def test_pinecone_uses_the_accounts_own_key_when_it_stored_one(database, tmp_pat
 def test_failed_ingestion_leaves_no_vectors_in_pinecone(database, tmp_path):
     """Vectors upserted before an attempt fails (here the embedder breaks on the second batch) are deleted from the
     Pinecone namespace: none is left without its chunk row to take a top_k slot."""
-    from airies.providers.embeddings import build_embedder
+    from airies.knowledge.embedders import build_embedder
 
     class BreaksOnSecondBatch:
         def __init__(self, inner):

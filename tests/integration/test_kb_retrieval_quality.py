@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from airies.services.knowledge import build_knowledge_service
+from airies.knowledge.service import build_knowledge_service
 from tests.kb_support import RecordingPublisher, kb_settings, moto_bucket, new_account
 
 CORPUS = {

@@ -18,7 +18,7 @@ import pytest
 from moto.awslambda_simple.models import LambdaSimpleBackend
 
 from airies.core.errors import ProviderError
-from airies.services.knowledge import build_knowledge_service
+from airies.knowledge.service import build_knowledge_service
 from tests.kb_support import (
     BUCKET,
     FakeLambdaContext,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from airies.core.errors import ValidationFailedError
-from airies.providers.vectors.base import VectorRecord
-from airies.providers.vectors.pinecone import PineconeVectorStore
+from airies.knowledge.vector_stores.base import VectorRecord
+from airies.knowledge.vector_stores.pinecone import PineconeVectorStore
 from tests.doubles.pinecone_server import PineconeDouble
 
 

@@ -15,10 +15,10 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from airies.core.errors import NotAvailableError, ProviderError, is_transient
-from airies.providers.embeddings.base import approx_tokens
-from airies.providers.embeddings.hashing import HashingEmbedder
-from airies.services import document_processor as dp
-from airies.services.chunking import chunk_text
+from airies.knowledge import extraction as dp
+from airies.knowledge.chunking import chunk_text
+from airies.knowledge.embedders.base import approx_tokens
+from airies.knowledge.embedders.hashing import HashingEmbedder
 from tests.kb_support import make_docx, make_pdf
 
 DOCX = dp.DOCX

@@ -273,7 +273,7 @@ def _register_vendor_modules() -> None:
     """Pinecone and Stripe have no service module on the API path: their (light) provider modules register their
     key validators and status rows here, so ``PUT /provider-keys/{pinecone|stripe}`` validates instead of 501."""
     from airies.billing.vendors import stripe
-    from airies.providers.vectors import pinecone
+    from airies.knowledge.vector_stores import pinecone
 
     pinecone.register()
     stripe.register()

@@ -9,10 +9,11 @@ from airies.accounts import routes as accounts
 from airies.api.errors import install_error_handlers
 from airies.api.middleware import RequestGuardMiddleware
 from airies.api.publishable_guard import PublishableKeyGuard
-from airies.api.routers import agents, conversations, health, knowledge, recordings, widget
+from airies.api.routers import agents, conversations, health, recordings, widget
 from airies.billing import routes as billing
 from airies.core.config import Settings, get_settings
 from airies.core.database import Database, get_database
+from airies.knowledge import routes as knowledge
 from airies.llm import routes as llm
 from airies.voice import routes as voices
 from airies.webapp import install_webapp

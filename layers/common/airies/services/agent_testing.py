@@ -98,7 +98,7 @@ def _messages(
 def default_retriever(settings: Settings, database: Any) -> Retriever | None:
     """The knowledge capability's ``retrieve_for_agent`` (built lazily: most tests have no knowledge base)."""
     try:
-        from airies.services.knowledge import build_knowledge_service
+        from airies.knowledge.service import build_knowledge_service
     except Exception:  # not installed
         return None
 

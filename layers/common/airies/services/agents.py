@@ -47,7 +47,7 @@ def configured_engine_lookup(settings: Settings) -> ConfiguredEngineLookup:
 
 
 def owned_knowledge_base_ids(session: Session, account_id: str, ids: list[str]) -> set[str]:
-    from airies.db.models import knowledge
+    from airies.knowledge import models as knowledge
 
     model = getattr(knowledge, "KnowledgeBase", None)
     if model is None or not ids:

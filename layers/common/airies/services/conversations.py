@@ -169,7 +169,7 @@ def build_engines(
     voice = build_voice_service(settings, account_id=account_id, session=session)
     retrieve = None
     if config.knowledge_base_ids:
-        from airies.services.knowledge import build_knowledge_service
+        from airies.knowledge.service import build_knowledge_service
 
         knowledge = build_knowledge_service(settings, database)
 

@@ -144,7 +144,7 @@ def upgrade() -> None:
     # pgvector: only where the server has the extension (Aurora/RDS do; Debian's PostgreSQL 15 does not).
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
-        from airies.providers.vectors.pgvector import AVAILABLE_SQL, PGVECTOR_DDL
+        from airies.knowledge.vector_stores.pgvector import AVAILABLE_SQL, PGVECTOR_DDL
 
         if bind.execute(sa.text(AVAILABLE_SQL)).first() is not None:
             for statement in PGVECTOR_DDL:

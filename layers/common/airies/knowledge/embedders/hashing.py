@@ -17,7 +17,7 @@ from collections import Counter
 
 import numpy as np
 
-from airies.providers.embeddings.base import EmbeddingResult, approx_tokens, normalise_rows
+from airies.knowledge.embedders.base import EmbeddingResult, approx_tokens, normalise_rows
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 # Very common English words carry little signal for retrieval; they are down-weighted, not dropped.

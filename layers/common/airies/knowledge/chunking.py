@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from airies.providers.embeddings.base import approx_tokens
+from airies.knowledge.embedders.base import approx_tokens
 
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 # A sentence ends at . ! ? (optionally closed by a quote or bracket) followed by whitespace. Single newlines

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from airies.core.errors import NotAvailableError
-from airies.providers.embeddings.base import EmbeddingResult, normalise_rows
+from airies.knowledge.embedders.base import EmbeddingResult, normalise_rows
 
 _MODEL: Any = None
 
@@ -41,7 +41,7 @@ class MiniLMEmbedder:
     lexical_only = False
 
     def embed(self, texts: list[str]) -> EmbeddingResult:
-        from airies.providers.embeddings.base import approx_tokens
+        from airies.knowledge.embedders.base import approx_tokens
 
         model = _load()
         matrix = np.asarray(model.encode(texts, batch_size=self.max_batch), dtype=np.float32)

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, text
 
 from airies.core.database import Database
 from airies.core.errors import NotAvailableError
-from airies.providers.vectors.base import StoreStats, VectorMatch, VectorRecord
+from airies.knowledge.vector_stores.base import StoreStats, VectorMatch, VectorRecord
 
 HNSW_DIMENSIONS = (384, 512, 1536)  # pgvector's HNSW indexes at most 2,000 dims; others are scanned exactly
 

@@ -2,7 +2,7 @@
 
 ``kb_vectors``/``kb_vector_collections`` belong to the embedded vector store (exact search in the platform
 database); the pgvector table ``kb_pgvectors`` is created by the migration only where the extension exists
-and is not mapped here (see ``airies.providers.vectors.pgvector``).
+and is not mapped here (see ``airies.knowledge.vector_stores.pgvector``).
 """
 
 from __future__ import annotations

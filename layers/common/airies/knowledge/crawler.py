@@ -171,7 +171,7 @@ class Crawler:
         return robots is None or robots.can_fetch(self.user_agent, url)
 
     def crawl(self, start_urls: list[str], *, max_depth: int, max_pages: int) -> Iterator[CrawledPage]:
-        from airies.services.document_processor import extract_text_from_html
+        from airies.knowledge.extraction import extract_text_from_html
 
         sites = {_site(u) for u in start_urls}
         queue: deque[tuple[str, int]] = deque((normalise_url(u), 0) for u in start_urls)

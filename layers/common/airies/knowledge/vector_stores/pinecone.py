@@ -18,7 +18,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from airies.core.errors import ProviderError, ValidationFailedError
-from airies.providers.vectors.base import StoreStats, VectorMatch, VectorRecord
+from airies.knowledge.vector_stores.base import StoreStats, VectorMatch, VectorRecord
 
 if TYPE_CHECKING:
     import numpy as np

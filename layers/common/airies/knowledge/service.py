@@ -48,9 +48,9 @@ from airies.core.errors import (
 from airies.core.ids import new_id
 from airies.core.models import utcnow
 from airies.core.url_guard import as_url, url_guard
-from airies.db.models.knowledge import KnowledgeBase, KnowledgeChunk, KnowledgeDocument, KnowledgeScrapeJob
-from airies.services import document_processor as dp
-from airies.services.chunking import iter_chunks
+from airies.knowledge import extraction as dp
+from airies.knowledge.chunking import iter_chunks
+from airies.knowledge.models import KnowledgeBase, KnowledgeChunk, KnowledgeDocument, KnowledgeScrapeJob
 
 if TYPE_CHECKING:
     import numpy as np
@@ -58,8 +58,8 @@ if TYPE_CHECKING:
     from airies.billing.schemas import UsageEvent
     from airies.core.config import Settings
     from airies.core.database import Database
-    from airies.providers.embeddings.base import Embedder, EmbeddingResult
-    from airies.providers.vectors.base import VectorRecord, VectorStore
+    from airies.knowledge.embedders.base import Embedder, EmbeddingResult
+    from airies.knowledge.vector_stores.base import VectorRecord, VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def vector_records(
 ) -> list[VectorRecord]:
     """Store records of one knowledge base: ``keys`` are (chunk id, document id, chunk index), row n of ``vectors``
     belongs to ``keys[n]``."""
-    from airies.providers.vectors.base import VectorRecord
+    from airies.knowledge.vector_stores.base import VectorRecord
 
     return [
         VectorRecord(
@@ -260,7 +260,7 @@ class KnowledgeService:
             if self._embedder_factory is not None:
                 self._embedders[key] = self._embedder_factory(provider, model, dimensions)
             else:
-                from airies.providers.embeddings import build_embedder
+                from airies.knowledge.embedders import build_embedder
 
                 self._embedders[key] = build_embedder(provider, model, dimensions, self.settings)
         return self._embedders[key]
@@ -274,7 +274,7 @@ class KnowledgeService:
             api_key, host = self._pinecone_credentials(account_id)
             key = "pinecone:" + hashlib.sha256(f"{api_key}\n{host}".encode()).hexdigest()[:32]
             if key not in self._shared_stores:
-                from airies.providers.vectors.pinecone import PineconeVectorStore
+                from airies.knowledge.vector_stores.pinecone import PineconeVectorStore
 
                 self._shared_stores[key] = PineconeVectorStore(api_key=api_key, index_host=host)
             return self._shared_stores[key]
@@ -320,11 +320,11 @@ class KnowledgeService:
 
     def _build_store(self, name: str) -> VectorStore:
         if name == "embedded":
-            from airies.providers.vectors.embedded import EmbeddedVectorStore
+            from airies.knowledge.vector_stores.embedded import EmbeddedVectorStore
 
             return EmbeddedVectorStore(self._uow, cache_key=self.database.url)
         if name == "pgvector":
-            from airies.providers.vectors.pgvector import PgVectorStore
+            from airies.knowledge.vector_stores.pgvector import PgVectorStore
 
             if self.settings.kb_pgvector_database_url:
                 from airies.core.database import Database
@@ -399,11 +399,11 @@ class KnowledgeService:
             model = model or self.settings.kb_embedding_model
             dims = dims or self.settings.kb_embedding_dimensions
         if provider == "openai" and model and not dims:
-            from airies.providers.embeddings.openai import MODEL_DIMENSIONS
+            from airies.knowledge.embedders.openai import MODEL_DIMENSIONS
 
             dims = MODEL_DIMENSIONS.get(model)
         choice = (provider, model or default_model, int(dims or default_dims))
-        from airies.providers.embeddings import check_model
+        from airies.knowledge.embedders import check_model
 
         check_model(*choice)  # 422 for a model the provider does not have
         return choice
@@ -1459,7 +1459,7 @@ class KnowledgeService:
         max_depth: int | None = None,
         max_pages: int | None = None,
     ) -> KnowledgeScrapeJob:
-        from airies.services.crawler import validate_start_url
+        from airies.knowledge.crawler import validate_start_url
 
         if not start_urls:
             raise BadRequestError("start_urls must not be empty")
@@ -1539,7 +1539,7 @@ class KnowledgeService:
 
     def run_scrape_job(self, job_id: str) -> KnowledgeScrapeJob | None:
         """Crawl and ingest: each fetched page becomes a document; a page that fails is counted, not fatal."""
-        from airies.services.crawler import Crawler
+        from airies.knowledge.crawler import Crawler
 
         with self.database.session() as session:
             job = session.get(KnowledgeScrapeJob, job_id)

@@ -8,7 +8,7 @@ from airies.core.errors import NotAvailableError, ValidationFailedError
 
 if TYPE_CHECKING:
     from airies.core.config import Settings
-    from airies.providers.embeddings.base import Embedder
+    from airies.knowledge.embedders.base import Embedder
 
 
 # provider -> model -> the largest dimension it can produce, and whether a smaller one may be asked for.
@@ -52,12 +52,12 @@ def check_model(provider: str, model: str, dimensions: int) -> None:
 
 def build_embedder(provider: str, model: str, dimensions: int, settings: Settings) -> Embedder:
     if provider == "hashing":
-        from airies.providers.embeddings.hashing import HashingEmbedder
+        from airies.knowledge.embedders.hashing import HashingEmbedder
 
         return HashingEmbedder(dimensions=dimensions, model=model)
     if provider == "openai":
         from airies.core.secrets import get_platform_secret
-        from airies.providers.embeddings.openai import OpenAIEmbedder
+        from airies.knowledge.embedders.openai import OpenAIEmbedder
 
         key = settings.openai_api_key or get_platform_secret("openai_api_key", settings)
         if not key:
@@ -70,7 +70,7 @@ def build_embedder(provider: str, model: str, dimensions: int, settings: Setting
             max_retries=settings.kb_embeddings_max_retries,
         )
     if provider == "minilm":
-        from airies.providers.embeddings.minilm import MiniLMEmbedder
+        from airies.knowledge.embedders.minilm import MiniLMEmbedder
 
         return MiniLMEmbedder()
     raise NotAvailableError(f"unknown embeddings provider '{provider}'")

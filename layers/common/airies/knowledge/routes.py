@@ -1,4 +1,4 @@
-"""Knowledge-base routes: thin; every decision is in ``airies.services.knowledge``."""
+"""Knowledge-base routes: thin; every decision is in ``airies.knowledge.service``."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from starlette.concurrency import run_in_threadpool
 from airies.accounts.auth import Caller, authenticate, current_caller
 from airies.core.errors import BadRequestError, PayloadTooLargeError, ValidationFailedError
 from airies.core.schemas import Limit, Offset, Page
-from airies.db.models.knowledge import KnowledgeBase, KnowledgeDocument, KnowledgeScrapeJob
-from airies.schemas.knowledge import (
+from airies.knowledge.models import KnowledgeBase, KnowledgeDocument, KnowledgeScrapeJob
+from airies.knowledge.schemas import (
     ChunkOut,
     DocumentCreate,
     DocumentCreated,
@@ -29,7 +29,7 @@ from airies.schemas.knowledge import (
     ScrapeJobCreate,
     ScrapeJobOut,
 )
-from airies.services.knowledge import KnowledgeService, build_knowledge_service
+from airies.knowledge.service import KnowledgeService, build_knowledge_service
 
 router = APIRouter(prefix="/knowledge-bases", tags=["knowledge"])
 

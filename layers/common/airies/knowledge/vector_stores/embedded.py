@@ -19,8 +19,8 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from airies.core.ids import new_id
-from airies.db.models.knowledge import KnowledgeVector, KnowledgeVectorCollection
-from airies.providers.vectors.base import StoreStats, VectorMatch, VectorRecord
+from airies.knowledge.models import KnowledgeVector, KnowledgeVectorCollection
+from airies.knowledge.vector_stores.base import StoreStats, VectorMatch, VectorRecord
 
 SessionScope = Callable[[], AbstractContextManager[Session]]
 

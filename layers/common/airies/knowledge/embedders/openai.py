@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from airies.core.errors import ProviderError
-from airies.providers.embeddings import KNOWN_MODELS
-from airies.providers.embeddings.base import EmbeddingResult, normalise_rows
+from airies.knowledge.embedders import KNOWN_MODELS
+from airies.knowledge.embedders.base import EmbeddingResult, normalise_rows
 
 # Known native dimensions; text-embedding-3-* also accept a smaller ``dimensions``.
 MODEL_DIMENSIONS = {model: largest for model, (largest, _) in KNOWN_MODELS["openai"].items()}
@@ -57,7 +57,7 @@ class OpenAIEmbedder:
         self._client = client
 
     def _batches(self, texts: list[str]) -> list[list[str]]:
-        from airies.providers.embeddings.base import approx_tokens
+        from airies.knowledge.embedders.base import approx_tokens
 
         batches: list[list[str]] = []
         current: list[str] = []

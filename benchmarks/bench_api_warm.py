@@ -43,10 +43,10 @@ def temporary_database() -> Any:
 
 def _seed(url: str) -> tuple[str, str]:
     from airies.accounts.service import AccountService
+    from airies.agents.schemas import AgentCreate
+    from airies.agents.service import AgentService
     from airies.core.database import Database
     from airies.db.migrate import upgrade_head
-    from airies.schemas.agents import AgentCreate
-    from airies.services.agents import AgentService
 
     upgrade_head(url)
     database = Database(url)

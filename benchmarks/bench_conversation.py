@@ -285,13 +285,13 @@ def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
     from botocore.config import Config
 
     from airies.accounts.service import AccountService
+    from airies.agents.schemas import AgentCreate
+    from airies.agents.service import AgentService
     from airies.core.config import Settings
     from airies.core.database import Database
     from airies.db.migrate import upgrade_head
     from airies.local.ws_gateway import load_voice_handlers
-    from airies.schemas.agents import AgentCreate
     from airies.schemas.conversations import ConversationCreate
-    from airies.services.agents import AgentService
     from airies.services.conversations import ConversationService, ConversationTokens, billing_credit_gate
     from airies.services.sessions import SessionStore
     from airies.services.websocket import ApiGatewayPoster, WebSocketService

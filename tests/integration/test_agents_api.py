@@ -101,9 +101,9 @@ def test_validate_reports_problems_per_field(client, auth):
 
 
 def test_prompt_longer_than_context_is_rejected(database):
+    from airies.agents.schemas import AgentConfig
+    from airies.agents.service import AgentValidator
     from airies.llm import catalog
-    from airies.schemas.agents import AgentConfig
-    from airies.services.agents import AgentValidator
 
     small = catalog.LLMModel("acme", "tiny-8k", "fast", 8192, 0.1, 0.1, 0.1)
     with database.session() as session:

@@ -15,13 +15,13 @@ from moto import mock_aws
 from sqlalchemy import select
 
 from airies.accounts.service import AccountService
+from airies.agents.schemas import AgentCreate
+from airies.agents.service import AgentService
 from airies.billing.schemas import UsageComponent
 from airies.core.errors import ConflictError, NotFoundError
 from airies.core.models import utcnow
 from airies.db.models.conversations import Conversation, ConversationTurn
-from airies.schemas.agents import AgentCreate
 from airies.schemas.conversations import ConversationCreate
-from airies.services.agents import AgentService
 from airies.services.conversations import ConversationService, ConversationTokens, conversation_analytics
 from airies.services.sessions import SessionStore
 from airies.services.turns import TurnResult

@@ -20,10 +20,10 @@ from moto import mock_aws
 from sqlalchemy import select
 
 from airies.accounts.service import AccountService
+from airies.agents.schemas import AgentCreate
+from airies.agents.service import AgentService
 from airies.db.models.conversations import Conversation, ConversationTurn
-from airies.schemas.agents import AgentCreate
 from airies.schemas.conversations import ConversationCreate
-from airies.services.agents import AgentService
 from airies.services.conversations import ConversationService, ConversationTokens
 from airies.services.sessions import SessionStore
 from airies.services.websocket import ApiGatewayPoster, WebSocketService
@@ -880,7 +880,7 @@ def test_generate_audio_response_and_rest_interruption(aws, database, settings) 
     h = Harness(database, settings, engines, first_message_mode="assistant_waits_for_user")
     cid, token = h.start()
     h.connect(cid, token)
-    from airies.schemas.agents import AgentConfig
+    from airies.agents.schemas import AgentConfig
     from airies.services.websocket import run_async
 
     with database.session() as s:

@@ -383,9 +383,9 @@ def test_agent_test_uses_knowledge_passages(client, auth, database, settings, do
     import asyncio
     from dataclasses import dataclass
 
+    from airies.agents.schemas import AgentTestRequest
+    from airies.agents.testing import AgentTestService
     from airies.db.models import Agent
-    from airies.schemas.agents import AgentTestRequest
-    from airies.services.agent_testing import AgentTestService
 
     @dataclass
     class Chunk:  # the knowledge capability returns dataclasses with ``text``
@@ -424,10 +424,10 @@ def test_agent_test_uses_knowledge_passages(client, auth, database, settings, do
 def test_offline_agent_test_answers_from_knowledge(database, tmp_path):
     import asyncio
 
+    from airies.agents.schemas import AgentTestRequest
+    from airies.agents.testing import AgentTestService
     from airies.db.models import Agent
     from airies.llm.service import build_llm_service
-    from airies.schemas.agents import AgentTestRequest
-    from airies.services.agent_testing import AgentTestService
 
     offline_settings = Settings(stage="local", data_dir=tmp_path)
     from fastapi.testclient import TestClient

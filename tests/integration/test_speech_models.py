@@ -13,8 +13,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from airies.agents.schemas import AgentConfig
 from airies.core.storage import StorageService
-from airies.schemas.agents import AgentConfig
 from airies.services.conversations import VoiceSTT
 from airies.services.turns import TurnEngines
 from airies.voice.audio.codecs import read_wav, resample_pcm16
@@ -112,8 +112,8 @@ def test_deploy_builds_the_model_and_stores_it_by_content_hash(client, auth, app
 
 def test_make_run_start_up_prepares_the_deployed_agents(database, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from airies.accounts.service import AccountService
-    from airies.schemas.agents import AgentCreate
-    from airies.services.agents import AgentService
+    from airies.agents.schemas import AgentCreate
+    from airies.agents.service import AgentService
 
     with database.session() as s:
         account, _ = AccountService(s).signup(name="Co", email=f"{uuid.uuid4().hex[:8]}@ex.com")

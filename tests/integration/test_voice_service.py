@@ -194,7 +194,7 @@ def test_process_audio_stream_yields_speech_start_and_transcribed_utterances(tmp
 
 
 def test_expected_phrases_for_agent_collects_domain_text():
-    from airies.schemas.agents import AgentConfig
+    from airies.agents.schemas import AgentConfig
 
     config = AgentConfig(
         name="Dentist",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from airies.schemas.agents import AgentConfig
-from airies.services.engines import turn_engines
+from airies.agents.engines import turn_engines
+from airies.agents.schemas import AgentConfig
 
 AGENT = {
     "name": "Front desk",

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from airies.agents.schemas import AgentConfig
 from airies.core.errors import UnauthorizedError
 from airies.llm.vendors.base import LLMEvent, LLMRequest
 from airies.schemas import ws_protocol as wp
-from airies.schemas.agents import AgentConfig
 from airies.services.conversations import ConversationTokens
 from airies.services.turns import (
     SentenceSegmenter,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from airies.agents import testing as agent_testing
+from airies.agents.schemas import AgentTestTurn
+from airies.agents.testing import MAX_REGEX_SUBJECT_CHARS, regex_check, validate_expectations
 from airies.core.errors import ValidationFailedError
-from airies.schemas.agents import AgentTestTurn
-from airies.services import agent_testing
-from airies.services.agent_testing import MAX_REGEX_SUBJECT_CHARS, regex_check, validate_expectations
 
 
 @pytest.mark.parametrize("pattern", [r"(a+)+$", r"(a|aa)+$", r"(a|a)*$"])

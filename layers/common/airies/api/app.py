@@ -6,10 +6,11 @@ from fastapi import APIRouter, FastAPI
 
 from airies import __version__
 from airies.accounts import routes as accounts
+from airies.agents import routes as agents
 from airies.api.errors import install_error_handlers
 from airies.api.middleware import RequestGuardMiddleware
 from airies.api.publishable_guard import PublishableKeyGuard
-from airies.api.routers import agents, conversations, health, recordings, widget
+from airies.api.routers import conversations, health, recordings, widget
 from airies.billing import routes as billing
 from airies.core.config import Settings, get_settings
 from airies.core.database import Database, get_database

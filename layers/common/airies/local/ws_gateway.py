@@ -292,11 +292,11 @@ def sample_conversation(sample: Any) -> dict[str, str]:
     """Sample-event setup (infra/events/VoiceConnectFunction.valid-token.meta.json): a deployed agent and a
     started conversation; returns ``{{conversation_id}}`` and ``{{token}}`` signed with the event's token secret."""
     from airies.accounts.service import AccountService
+    from airies.agents.schemas import AgentCreate
+    from airies.agents.service import AgentService
     from airies.core.config import Settings
     from airies.core.database import Database
-    from airies.schemas.agents import AgentCreate
     from airies.schemas.conversations import ConversationCreate
-    from airies.services.agents import AgentService
     from airies.services.conversations import ConversationService
 
     settings = Settings(ws_token_secret=sample.env.get("AIRIES_WS_TOKEN_SECRET"))

@@ -26,6 +26,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from airies.agents.schemas import AgentConfig
+from airies.agents.service import AgentService
 from airies.core.config import Settings
 from airies.core.errors import (
     BadRequestError,
@@ -41,9 +43,7 @@ from airies.core.schemas import check_metadata
 from airies.db.models import Agent
 from airies.db.models.conversations import Conversation, ConversationTurn
 from airies.schemas import ws_protocol as wp
-from airies.schemas.agents import AgentConfig
 from airies.schemas.conversations import ConversationCreate, ConversationUpdate
-from airies.services.agents import AgentService
 from airies.services.turns import TurnEngines, TurnInput, TurnResult, TurnRunner
 from airies.voice.stt.base import STTOptions, Transcript
 from airies.voice.tts.base import TTSOptions

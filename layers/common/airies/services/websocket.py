@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from airies.agents.schemas import AgentConfig, FirstMessageMode
 from airies.core.config import Settings
 from airies.core.database import Database
 from airies.core.errors import AiriesError, ConflictError, NotFoundError, UnauthorizedError
@@ -30,7 +31,6 @@ from airies.core.models import utcnow
 from airies.core.money import format_usd
 from airies.db.models.conversations import Conversation
 from airies.schemas import ws_protocol as wp
-from airies.schemas.agents import AgentConfig, FirstMessageMode
 from airies.services.conversations import (
     ConversationService,
     ConversationTokens,

@@ -19,7 +19,7 @@ phrase. Turns after the call ended are reported as skipped (failed). Knowledge p
 retriever ``(account_id, knowledge_base_ids, query) -> list[str | {"text": ...}]``; by default the knowledge
 capability's ``build_knowledge_service(...).retrieve_for_agent`` when it is installed, else none.
 Returned per turn: reply, tool calls, end_call, TTFT and total latency, usage (with ``engines``: the configured LLM
-provider and the one that answered, see ``airies.services.engines``), exact cost, provider and model.
+provider and the one that answered, see ``airies.agents.engines``), exact cost, provider and model.
 """
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from airies.agents.engines import engine_report
+from airies.agents.schemas import AgentConfig, AgentTestRequest, AgentTestTurn, FirstMessageMode
+from airies.agents.service import AgentService
 from airies.core.config import Settings
 from airies.core.errors import ConflictError, ValidationFailedError
 from airies.core.money import format_usd
 from airies.llm.service import LLMService, build_llm_service
 from airies.llm.vendors.base import LLMRequest, StreamEnd, TextDelta
-from airies.schemas.agents import AgentConfig, AgentTestRequest, AgentTestTurn, FirstMessageMode
-from airies.services.agents import AgentService
-from airies.services.engines import engine_report
 
 Retriever = Callable[[str, list[str], str], "Awaitable[list[Any]] | list[Any]"]
 

@@ -6,9 +6,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
 from airies.accounts.auth import Caller, current_caller
-from airies.core.schemas import Limit, Page, StrictModel
-from airies.db.models import Agent, AgentVersion
-from airies.schemas.agents import (
+from airies.agents.schemas import (
     AgentConfig,
     AgentCreate,
     AgentOut,
@@ -18,7 +16,9 @@ from airies.schemas.agents import (
     AgentVersionOut,
     ValidationResult,
 )
-from airies.services.agents import AgentService, errors_of
+from airies.agents.service import AgentService, errors_of
+from airies.core.schemas import Limit, Page, StrictModel
+from airies.db.models import Agent, AgentVersion
 from airies.voice.service import prepare_speech_model, speech_model_cache
 from airies.voice.speech_models import SpeechModelCache
 
@@ -153,7 +153,7 @@ def clone_agent(agent_id: str, body: CloneRequest | None = None, caller: Caller 
 def test_agent(
     agent_id: str, body: AgentTestRequest, request: Request, caller: Caller = Depends(current_caller)
 ) -> dict[str, Any]:
-    from airies.services.agent_testing import run_agent_test
+    from airies.agents.testing import run_agent_test
 
     state = request.app.state
     return run_agent_test(caller.session, state.settings, state.database, caller.account_id, agent_id, body)

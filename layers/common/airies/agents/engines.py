@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from airies.agents.schemas import AgentConfig
 from airies.llm import catalog
 from airies.llm.vendors.offline import OFFLINE_PROVIDER
-from airies.schemas.agents import AgentConfig
 from airies.voice.service import OFFLINE_STT, OFFLINE_TTS, engine_for
 
 OFFLINE_ENGINES = {"stt": OFFLINE_STT, "llm": OFFLINE_PROVIDER, "tts": OFFLINE_TTS}

@@ -2,7 +2,7 @@
 
 Structural limits live here (types, ranges, lengths); checks that need data
 (known providers, models, voices, owned knowledge bases, context size) live in
-``airies.services.agents.AgentValidator``.
+``airies.agents.service.AgentValidator``.
 """
 
 from __future__ import annotations

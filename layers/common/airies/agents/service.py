@@ -11,15 +11,15 @@ from pydantic import ValidationError
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from airies.agents.engines import ConfiguredEngines, engine_warnings
+from airies.agents.schemas import AgentConfig
+from airies.agents.templates import TEMPLATES
 from airies.core.errors import BadRequestError, NotFoundError, ValidationFailedError
 from airies.core.ids import new_id
 from airies.db.models import Agent, AgentVersion, utcnow
 from airies.llm import catalog
 from airies.llm.custom_endpoints import account_endpoint_models
 from airies.llm.service import configured_llm_providers
-from airies.schemas.agents import AgentConfig
-from airies.services.agent_templates import TEMPLATES
-from airies.services.engines import ConfiguredEngines, engine_warnings
 from airies.voice.service import configured_voice_vendors
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def pydantic_problems(exc: ValidationError) -> list[dict[str, str]]:
 
 class AgentValidator:
     """Checks that need data: providers, models (the account's own endpoints' too), voices, knowledge bases, context
-    size; with ``configured_engines``, warnings for providers that have no key (``airies.services.engines``).
+    size; with ``configured_engines``, warnings for providers that have no key (``airies.agents.engines``).
     Every problem has a ``severity``: ``error`` (the config is invalid) or ``warning``."""
 
     def __init__(

@@ -287,14 +287,14 @@ def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
     from airies.accounts.service import AccountService
     from airies.agents.schemas import AgentCreate
     from airies.agents.service import AgentService
+    from airies.conversations.live import ApiGatewayPoster, WebSocketService
+    from airies.conversations.schemas import ConversationCreate
+    from airies.conversations.service import ConversationService, ConversationTokens, billing_credit_gate
+    from airies.conversations.sessions import SessionStore
     from airies.core.config import Settings
     from airies.core.database import Database
     from airies.db.migrate import upgrade_head
     from airies.local.ws_gateway import load_voice_handlers
-    from airies.schemas.conversations import ConversationCreate
-    from airies.services.conversations import ConversationService, ConversationTokens, billing_credit_gate
-    from airies.services.sessions import SessionStore
-    from airies.services.websocket import ApiGatewayPoster, WebSocketService
     from tests.doubles.conv_engines import FakeLLM, FakeSTT, FakeTTS, fake_engines, silence
 
     tmp = tempfile.mkdtemp(prefix="bench-conv-")

@@ -6,10 +6,10 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from airies.conversations.live import WebSocketService
+from airies.conversations.sessions import build_session_store
 from airies.core.config import get_settings
 from airies.core.database import get_database
-from airies.services.sessions import build_session_store
-from airies.services.websocket import WebSocketService
 
 logger = Logger()
 _service: WebSocketService | None = None

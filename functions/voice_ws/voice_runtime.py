@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 
-from airies.services.websocket import WebSocketService
+from airies.conversations.live import WebSocketService
 
 log = logging.getLogger(__name__)
 _service: WebSocketService | None = None
@@ -14,10 +14,10 @@ _service: WebSocketService | None = None
 def service() -> WebSocketService:
     global _service
     if _service is None:
+        from airies.conversations.service import build_recorder
+        from airies.conversations.sessions import build_session_store
         from airies.core.config import get_settings
         from airies.core.database import get_database
-        from airies.services.conversations import build_recorder
-        from airies.services.sessions import build_session_store
 
         settings = get_settings()
         _service = WebSocketService(
@@ -44,14 +44,14 @@ def after_restore() -> None:
     (DynamoDB state table, S3 recorder, API Gateway Management API) and the per-thread event loops are stale after
     restore: drop them, so the first invocation opens fresh ones (the modules, models and parsed configuration the
     snapshot saved are kept)."""
-    from airies.services import websocket
+    from airies.conversations import live as websocket
 
     websocket.reset_after_restore()  # management clients, event loops
     current = _service
     if current is None:
         return
     current.database.dispose()
-    from airies.services.sessions import dynamodb_client
+    from airies.conversations.sessions import dynamodb_client
 
     try:
         current.store.client = dynamodb_client(current.settings)
@@ -60,7 +60,7 @@ def after_restore() -> None:
     recorder = current.recorder
     if recorder is not None and hasattr(recorder, "client"):
         try:
-            from airies.services.conversations import build_recorder
+            from airies.conversations.service import build_recorder
 
             current.recorder = build_recorder(current.settings)
         except Exception:

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from airies.conversations.turns import TurnEngines
 from airies.llm.vendors.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCall, ToolCallDelta, Usage
-from airies.services.turns import TurnEngines
 from airies.voice.stt.base import STTOptions, Transcript
 from airies.voice.tts.base import TTSOptions
 

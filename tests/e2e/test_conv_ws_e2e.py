@@ -25,10 +25,10 @@ import boto3
 import pytest
 
 from airies.api.app import create_app
+from airies.conversations.live import WebSocketService
+from airies.conversations.service import ConversationTokens
+from airies.conversations.sessions import SessionStore
 from airies.local.ws_gateway import UVICORN_WS, LocalWsGateway, load_voice_handlers
-from airies.services.conversations import ConversationTokens
-from airies.services.sessions import SessionStore
-from airies.services.websocket import WebSocketService
 from airies.voice.audio.codecs import read_wav, resample_pcm16
 from tests.conftest import signup
 from tests.doubles.conv_engines import FakeLLM, FakeTTS, fake_engines, silence

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from airies.api.app import create_app
+from airies.conversations import protocol as ws_protocol
 from airies.core.config import Settings
 from airies.core.database import Database
 from airies.core.schemas import INT32_MAX, INT64_MAX, StrictModel
-from airies.schemas import ws_protocol
 from tests.kb_support import BUCKET, moto_bucket
 
 AGENT = {"name": "Support", "system_prompt": "You help customers.", "first_message": "Hi there!"}

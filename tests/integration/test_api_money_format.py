@@ -13,11 +13,11 @@ import pytest
 
 from airies.billing.ledger import UsageService
 from airies.billing.schemas import UsageEvent
+from airies.conversations import protocol as wp
+from airies.conversations.live import ended_summary
+from airies.conversations.models import Conversation
+from airies.conversations.turns import price_usage
 from airies.core.money import CREDIT_PATTERN, USD_PATTERN, format_usd
-from airies.db.models.conversations import Conversation
-from airies.schemas import ws_protocol as wp
-from airies.services.turns import price_usage
-from airies.services.websocket import ended_summary
 from tests.conftest import signup
 from tests.doubles.conv_engines import FakeLLM, FakeSTT, FakeTTS, fake_engines
 
@@ -134,8 +134,8 @@ def live_sessions(app, settings):  # type: ignore[no-untyped-def]
     import boto3
     from moto import mock_aws
 
-    from airies.services.sessions import SessionStore
-    from airies.services.websocket import WebSocketService
+    from airies.conversations.live import WebSocketService
+    from airies.conversations.sessions import SessionStore
 
     with mock_aws():
         store = SessionStore(boto3.client("dynamodb", region_name="us-east-1"), f"ws-{uuid.uuid4().hex[:6]}")

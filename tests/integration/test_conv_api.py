@@ -28,8 +28,8 @@ def live_sessions(app, settings):  # type: ignore[no-untyped-def]
     import boto3
     from moto import mock_aws
 
-    from airies.services.sessions import SessionStore
-    from airies.services.websocket import WebSocketService
+    from airies.conversations.live import WebSocketService
+    from airies.conversations.sessions import SessionStore
 
     with mock_aws():
         store = SessionStore(boto3.client("dynamodb", region_name="us-east-1"), f"ws-{uuid.uuid4().hex[:6]}")
@@ -327,8 +327,8 @@ def test_put_metadata_is_limited_after_the_merge(client, auth, engines) -> None:
 
 
 def test_a_fresh_token_for_a_conversation_that_has_not_ended(client, auth, engines, settings) -> None:  # type: ignore[no-untyped-def]
+    from airies.conversations.service import ConversationTokens, token_secret
     from airies.core.errors import UnauthorizedError
-    from airies.services.conversations import ConversationTokens, token_secret
 
     first = start(client, auth, deployed_agent(client, auth))
     cid = first["id"]
@@ -408,8 +408,8 @@ def test_a_dropped_call_holds_its_slot_only_for_the_resume_window(client, auth, 
 
     from sqlalchemy import update
 
-    from airies.db.models.conversations import Conversation, ConversationTurn
-    from airies.services.websocket import WebSocketService
+    from airies.conversations.live import WebSocketService
+    from airies.conversations.models import Conversation, ConversationTurn
 
     clock = {"now": time.time()}
     live_sessions.clock = lambda: clock["now"]

@@ -18,14 +18,14 @@ from airies.accounts.service import AccountService
 from airies.agents.schemas import AgentCreate
 from airies.agents.service import AgentService
 from airies.billing.schemas import UsageComponent
+from airies.conversations.live import WebSocketService
+from airies.conversations.models import Conversation, ConversationTurn
+from airies.conversations.schemas import ConversationCreate
+from airies.conversations.service import ConversationService, ConversationTokens, conversation_analytics
+from airies.conversations.sessions import SessionStore
+from airies.conversations.turns import TurnResult
 from airies.core.errors import ConflictError, NotFoundError
 from airies.core.models import utcnow
-from airies.db.models.conversations import Conversation, ConversationTurn
-from airies.schemas.conversations import ConversationCreate
-from airies.services.conversations import ConversationService, ConversationTokens, conversation_analytics
-from airies.services.sessions import SessionStore
-from airies.services.turns import TurnResult
-from airies.services.websocket import WebSocketService
 from tests.doubles.conv_engines import FakeLLM, fake_engines
 
 AGENT = {

@@ -22,11 +22,11 @@ from sqlalchemy import select
 from airies.accounts.service import AccountService
 from airies.agents.schemas import AgentCreate
 from airies.agents.service import AgentService
-from airies.db.models.conversations import Conversation, ConversationTurn
-from airies.schemas.conversations import ConversationCreate
-from airies.services.conversations import ConversationService, ConversationTokens
-from airies.services.sessions import SessionStore
-from airies.services.websocket import ApiGatewayPoster, WebSocketService
+from airies.conversations.live import ApiGatewayPoster, WebSocketService
+from airies.conversations.models import Conversation, ConversationTurn
+from airies.conversations.schemas import ConversationCreate
+from airies.conversations.service import ConversationService, ConversationTokens
+from airies.conversations.sessions import SessionStore
 from tests.doubles.conv_engines import FakeLLM, FakeSTT, FakeTTS, fake_engines, silence, tone
 
 ENDPOINT = "https://abc123.execute-api.us-east-1.amazonaws.com/test"
@@ -475,7 +475,7 @@ def test_bad_frames_get_errors_and_leave_state_alone(aws, database, settings) ->
 
 
 def test_recording_stores_both_sides_as_sent(aws, database, settings) -> None:
-    from airies.services.conversations import S3Recorder
+    from airies.conversations.service import S3Recorder
     from airies.voice.audio.codecs import read_wav
 
     s3 = boto3.client("s3", region_name="us-east-1")
@@ -881,7 +881,7 @@ def test_generate_audio_response_and_rest_interruption(aws, database, settings) 
     cid, token = h.start()
     h.connect(cid, token)
     from airies.agents.schemas import AgentConfig
-    from airies.services.websocket import run_async
+    from airies.conversations.live import run_async
 
     with database.session() as s:
         svc = ConversationService(s, h.settings, engines=lambda config: engines, tokens=h.tokens)

@@ -14,9 +14,9 @@ import pytest
 from moto import mock_aws
 
 from airies.agents.schemas import AgentConfig
+from airies.conversations.service import VoiceSTT
+from airies.conversations.turns import TurnEngines
 from airies.core.storage import StorageService
-from airies.services.conversations import VoiceSTT
-from airies.services.turns import TurnEngines
 from airies.voice.audio.codecs import read_wav, resample_pcm16
 from airies.voice.service import (
     build_voice_service,

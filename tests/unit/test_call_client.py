@@ -7,8 +7,8 @@ import json
 from decimal import Decimal
 
 from airies.__main__ import main as airies_main
+from airies.conversations import protocol as wp
 from airies.local.call_client import FRAME_BYTES, Turn, audio_frames, decimal_of, format_waterfall, parse_args
-from airies.schemas import ws_protocol as wp
 
 
 def _sizes(frames: list[dict]) -> list[int]:

@@ -13,11 +13,9 @@ from typing import Any
 import pytest
 
 from airies.agents.schemas import AgentConfig
-from airies.core.errors import UnauthorizedError
-from airies.llm.vendors.base import LLMEvent, LLMRequest
-from airies.schemas import ws_protocol as wp
-from airies.services.conversations import ConversationTokens
-from airies.services.turns import (
+from airies.conversations import protocol as wp
+from airies.conversations.service import ConversationTokens
+from airies.conversations.turns import (
     SentenceSegmenter,
     SpokenSentence,
     TurnInput,
@@ -28,6 +26,8 @@ from airies.services.turns import (
     price_usage,
     segment_text,
 )
+from airies.core.errors import UnauthorizedError
+from airies.llm.vendors.base import LLMEvent, LLMRequest
 from tests.doubles.conv_engines import FakeLLM, FakeTTS, fake_engines, silence
 
 
@@ -227,8 +227,8 @@ def test_voice_runtime_drops_stale_connections_after_a_snapstart_restore(monkeyp
     import types
     from pathlib import Path
 
+    from airies.conversations import live as websocket
     from airies.core.config import Settings
-    from airies.services import websocket
 
     registered: list[object] = []
     fake = types.ModuleType("snapshot_restore_py")

@@ -165,7 +165,7 @@ def agent_analytics(
     caller: Caller = Depends(current_caller),
     period: Literal["24h", "7d", "30d", "90d"] = "7d",
 ) -> dict[str, Any]:
-    from airies.services.conversations import get_agent_analytics
+    from airies.conversations.service import get_agent_analytics
 
     agent_service(caller).get(caller.account_id, agent_id)
     return get_agent_analytics(caller.session, caller.account_id, agent_id, period)

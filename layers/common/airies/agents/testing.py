@@ -11,7 +11,7 @@
   instead of hanging the request. A turn with no expectations passes when it got a reply.
 * ``use_draft`` (default true) runs the draft; false runs the published version (409 if there is none).
 
-A turn is built exactly as a call turn is (``airies.services.turns``: system prompt + knowledge passages + the
+A turn is built exactly as a call turn is (``airies.conversations.turns``: system prompt + knowledge passages + the
 voice-call instruction, the ``end_call`` tool, history): the agent's first message opens the history when the agent
 speaks first; a user turn containing one of the agent's end-call phrases is answered with its end-call message
 without calling the LLM (as on a call); the call also ends when the model calls ``end_call`` or says an end-call
@@ -73,7 +73,7 @@ def _contains_phrase(text: str, phrases: list[str]) -> str | None:
 def _call_turn_parts() -> tuple[dict[str, Any], Callable[..., list[dict[str, Any]]] | None]:
     """The conversation capability's tool and prompt builder, so a test turn is a call turn; local fallbacks."""
     try:
-        from airies.services.turns import END_CALL_TOOL, build_messages
+        from airies.conversations.turns import END_CALL_TOOL, build_messages
 
         return END_CALL_TOOL, build_messages
     except Exception:  # not installed (or broken): still test, with the same shape built here

@@ -10,8 +10,10 @@ from airies.agents import routes as agents
 from airies.api.errors import install_error_handlers
 from airies.api.middleware import RequestGuardMiddleware
 from airies.api.publishable_guard import PublishableKeyGuard
-from airies.api.routers import conversations, health, recordings, widget
+from airies.api.routers import health, widget
 from airies.billing import routes as billing
+from airies.conversations import recording_routes as recordings
+from airies.conversations import routes as conversations
 from airies.core.config import Settings, get_settings
 from airies.core.database import Database, get_database
 from airies.knowledge import routes as knowledge

@@ -29,8 +29,8 @@ from typing import Any, TextIO
 
 import httpx
 
+from airies.conversations import protocol as wp
 from airies.core.errors import AiriesError
-from airies.schemas import ws_protocol as wp
 from airies.voice.audio.codecs import read_wav, resample_pcm16, write_wav
 from airies.voice.tts.espeak import EspeakTTS
 

@@ -274,8 +274,8 @@ def mount(app: Any, stack: Any) -> LocalWsGateway:
     gateway.domain = f"127.0.0.1:{stack.port}"
 
     def sweep_forever() -> None:
-        from airies.services.sessions import build_session_store
-        from airies.services.websocket import WebSocketService
+        from airies.conversations.live import WebSocketService
+        from airies.conversations.sessions import build_session_store
 
         service = WebSocketService(stack.settings, stack.database, build_session_store(stack.settings))
         while not stack.stopping.wait(15):  # EventBridge runs it every minute on AWS; sooner here is harmless
@@ -294,10 +294,10 @@ def sample_conversation(sample: Any) -> dict[str, str]:
     from airies.accounts.service import AccountService
     from airies.agents.schemas import AgentCreate
     from airies.agents.service import AgentService
+    from airies.conversations.schemas import ConversationCreate
+    from airies.conversations.service import ConversationService
     from airies.core.config import Settings
     from airies.core.database import Database
-    from airies.schemas.conversations import ConversationCreate
-    from airies.services.conversations import ConversationService
 
     settings = Settings(ws_token_secret=sample.env.get("AIRIES_WS_TOKEN_SECRET"))
     database = Database(sample.database_url)

@@ -18,10 +18,10 @@ from starlette.concurrency import run_in_threadpool
 
 from airies.accounts.auth import Caller, current_caller
 from airies.api.errors import error_body
-from airies.api.routers.conversations import service as conversation_service
+from airies.conversations import protocol as wp
+from airies.conversations.routes import service as conversation_service
+from airies.conversations.schemas import ConversationCreate
 from airies.core.errors import AiriesError, RateLimitedError
-from airies.schemas import ws_protocol as wp
-from airies.schemas.conversations import ConversationCreate
 from airies.schemas.publishable_keys import (
     PublishableKeyCreate,
     PublishableKeyOut,

@@ -12,11 +12,9 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from airies.accounts.auth import Caller, current_caller
-from airies.core.errors import BadRequestError, ConflictError, PayloadTooLargeError, UnsupportedMediaTypeError
-from airies.core.schemas import Limit, Page
-from airies.db.models.conversations import Conversation, ConversationTurn
-from airies.schemas import ws_protocol as wp
-from airies.schemas.conversations import (
+from airies.conversations import protocol as wp
+from airies.conversations.models import Conversation, ConversationTurn
+from airies.conversations.schemas import (
     ConversationCreate,
     ConversationDetail,
     ConversationOut,
@@ -27,13 +25,15 @@ from airies.schemas.conversations import (
     TurnOut,
     TurnResponse,
 )
-from airies.services.conversations import (
+from airies.conversations.service import (
     ConversationService,
     billing_credit_gate,
     billing_start_check,
     billing_usage_sink,
     default_recorder,
 )
+from airies.core.errors import BadRequestError, ConflictError, PayloadTooLargeError, UnsupportedMediaTypeError
+from airies.core.schemas import Limit, Page
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
 log = logging.getLogger(__name__)
@@ -68,8 +68,8 @@ def live_sessions(request: Request) -> Any:
     state = request.app.state
     live = getattr(state, "live_sessions", None)
     if live is None:
-        from airies.services.sessions import build_session_store
-        from airies.services.websocket import WebSocketService
+        from airies.conversations.live import WebSocketService
+        from airies.conversations.sessions import build_session_store
 
         settings = state.settings
         live = state.live_sessions = WebSocketService(settings, state.database, build_session_store(settings))

@@ -23,15 +23,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from airies.agents.schemas import AgentConfig, FirstMessageMode
-from airies.core.config import Settings
-from airies.core.database import Database
-from airies.core.errors import AiriesError, ConflictError, NotFoundError, UnauthorizedError
-from airies.core.ids import new_id
-from airies.core.models import utcnow
-from airies.core.money import format_usd
-from airies.db.models.conversations import Conversation
-from airies.schemas import ws_protocol as wp
-from airies.services.conversations import (
+from airies.conversations import protocol as wp
+from airies.conversations.models import Conversation
+from airies.conversations.service import (
     ConversationService,
     ConversationTokens,
     CreditGate,
@@ -41,7 +35,7 @@ from airies.services.conversations import (
     build_engines,
     token_secret,
 )
-from airies.services.sessions import (
+from airies.conversations.sessions import (
     ENDED,
     LISTENING,
     SPEAKING,
@@ -51,7 +45,7 @@ from airies.services.sessions import (
     SessionEnded,
     SessionStore,
 )
-from airies.services.turns import (
+from airies.conversations.turns import (
     SpokenSentence,
     TurnEngines,
     TurnInput,
@@ -60,6 +54,12 @@ from airies.services.turns import (
     chunk_activity,
     heard_reply,
 )
+from airies.core.config import Settings
+from airies.core.database import Database
+from airies.core.errors import AiriesError, ConflictError, NotFoundError, UnauthorizedError
+from airies.core.ids import new_id
+from airies.core.models import utcnow
+from airies.core.money import format_usd
 
 log = logging.getLogger(__name__)
 # Work overlapped with the invocation's thread: buffer writes, claiming a turn while the database is read, the

@@ -1,7 +1,7 @@
 """Conversations: start (token + WebSocket URL), turns over HTTP or WebSocket, history, cost and analytics.
 
-The per-turn pipeline lives in ``airies.services.turns``; live state in ``airies.services.sessions``; the socket
-edge in ``airies.services.websocket``. This module owns the rows that outlive a call and the wiring to the other
+The per-turn pipeline lives in ``airies.conversations.turns``; live state in ``airies.conversations.sessions``; the socket
+edge in ``airies.conversations.live``. This module owns the rows that outlive a call and the wiring to the other
 capabilities (LLM, voice, knowledge, billing), each injected so tests pass local doubles.
 """
 
@@ -28,6 +28,10 @@ from sqlalchemy.orm import Session
 
 from airies.agents.schemas import AgentConfig
 from airies.agents.service import AgentService
+from airies.conversations import protocol as wp
+from airies.conversations.models import Conversation, ConversationTurn
+from airies.conversations.schemas import ConversationCreate, ConversationUpdate
+from airies.conversations.turns import TurnEngines, TurnInput, TurnResult, TurnRunner
 from airies.core.config import Settings
 from airies.core.errors import (
     BadRequestError,
@@ -41,10 +45,6 @@ from airies.core.models import utcnow
 from airies.core.money import format_usd
 from airies.core.schemas import check_metadata
 from airies.db.models import Agent
-from airies.db.models.conversations import Conversation, ConversationTurn
-from airies.schemas import ws_protocol as wp
-from airies.schemas.conversations import ConversationCreate, ConversationUpdate
-from airies.services.turns import TurnEngines, TurnInput, TurnResult, TurnRunner
 from airies.voice.stt.base import STTOptions, Transcript
 from airies.voice.tts.base import TTSOptions
 

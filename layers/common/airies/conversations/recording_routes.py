@@ -10,8 +10,8 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Request
 
 from airies.accounts.auth import Caller, current_caller
+from airies.conversations.service import ConversationService
 from airies.core.errors import NotFoundError
-from airies.services.conversations import ConversationService
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
 URL_TTL_SECONDS = 300

@@ -17,10 +17,10 @@ from typing import Any, Protocol
 
 from airies.agents.engines import turn_engines
 from airies.agents.schemas import AgentConfig
+from airies.conversations import protocol as wp
 from airies.core.money import format_usd
 from airies.llm import catalog
 from airies.llm.vendors.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCallDelta
-from airies.schemas import ws_protocol as wp
 from airies.voice.service import expected_phrases_for_agent
 from airies.voice.stt.base import STTOptions, STTProvider, Transcript
 from airies.voice.tts.base import TTSOptions, TTSProvider

@@ -10,7 +10,7 @@ from airies.agents import routes as agents
 from airies.api.errors import install_error_handlers
 from airies.api.middleware import RequestGuardMiddleware
 from airies.api.publishable_guard import PublishableKeyGuard
-from airies.api.routers import health, widget
+from airies.api.routers import health
 from airies.billing import routes as billing
 from airies.conversations import recording_routes as recordings
 from airies.conversations import routes as conversations
@@ -20,6 +20,7 @@ from airies.knowledge import routes as knowledge
 from airies.llm import routes as llm
 from airies.voice import routes as voices
 from airies.webapp import install_webapp
+from airies.widget import routes as widget
 
 
 def create_app(settings: Settings | None = None, database: Database | None = None, logger: object = None) -> FastAPI:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from airies.services.publishable_keys import is_publishable_key
+from airies.widget.service import is_publishable_key
 
 REFUSAL = json.dumps(
     {

@@ -22,13 +22,13 @@ from airies.conversations import protocol as wp
 from airies.conversations.routes import service as conversation_service
 from airies.conversations.schemas import ConversationCreate
 from airies.core.errors import AiriesError, RateLimitedError
-from airies.schemas.publishable_keys import (
+from airies.widget.schemas import (
     PublishableKeyCreate,
     PublishableKeyOut,
     WidgetConversationCreate,
     WidgetConversationStarted,
 )
-from airies.services.publishable_keys import PublishableKeyService, key_out, visitor_id
+from airies.widget.service import PublishableKeyService, key_out, visitor_id
 
 router = APIRouter(tags=["widget"])
 PREFLIGHT_MAX_AGE = "600"

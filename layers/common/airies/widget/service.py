@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 from airies.core.errors import ForbiddenError, NotFoundError, RateLimitedError, UnauthorizedError
 from airies.core.ids import new_id
 from airies.db.models import Account, Agent, utcnow
-from airies.db.models.publishable_keys import PublishableKey, WidgetConversation
-from airies.schemas.publishable_keys import PublishableKeyCreate, PublishableKeyOut, normalise_origin
+from airies.widget.models import PublishableKey, WidgetConversation
+from airies.widget.schemas import PublishableKeyCreate, PublishableKeyOut, normalise_origin
 
 PUBLISHABLE_PREFIX = "pk_live_"
 RATE_WINDOW = timedelta(hours=1)

@@ -93,7 +93,7 @@ espeak:
 # Run (the local stack: uvicorn + moto server + SQLite under .data unless DATABASE_URL is set)
 # ---------------------------------------------------------------------------------------------------------------------
 run: install espeak web
-	$(PY) -m airies.db.migrate
+	$(PY) -m airies.migrations.runner
 	PORT=$(PORT) $(PY) -m airies.local.server
 
 serve: run

@@ -46,7 +46,7 @@ def _seed(url: str) -> tuple[str, str]:
     from airies.agents.schemas import AgentCreate
     from airies.agents.service import AgentService
     from airies.core.database import Database
-    from airies.db.migrate import upgrade_head
+    from airies.migrations.runner import upgrade_head
 
     upgrade_head(url)
     database = Database(url)

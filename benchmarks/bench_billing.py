@@ -215,7 +215,7 @@ def run(args: Any = None) -> dict[str, Any]:
 
     from airies.billing.ledger import UsageService
     from airies.core.database import Database
-    from airies.db.migrate import upgrade_head
+    from airies.migrations.runner import upgrade_head
 
     repetitions = getattr(args, "runs", None) or 3
     name, url = _create_database()

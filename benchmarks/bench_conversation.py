@@ -293,8 +293,8 @@ def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
     from airies.conversations.sessions import SessionStore
     from airies.core.config import Settings
     from airies.core.database import Database
-    from airies.db.migrate import upgrade_head
     from airies.local.ws_gateway import load_voice_handlers
+    from airies.migrations.runner import upgrade_head
     from tests.doubles.conv_engines import FakeLLM, FakeSTT, FakeTTS, fake_engines, silence
 
     tmp = tempfile.mkdtemp(prefix="bench-conv-")

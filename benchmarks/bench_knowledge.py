@@ -176,8 +176,8 @@ def _ingestion(repetitions: int) -> dict[str, Any]:
     from moto import mock_aws
 
     from airies.core.database import Database
-    from airies.db.migrate import upgrade_head
     from airies.knowledge.service import build_knowledge_service
+    from airies.migrations.runner import upgrade_head
     from tests.doubles.pinecone_server import PineconeDouble
     from tests.kb_support import BUCKET, RecordingPublisher, kb_settings, new_account
 
@@ -325,8 +325,8 @@ def _query_latency() -> dict[str, Any]:
     from sqlalchemy import create_engine, text
 
     from airies.core.database import Database
-    from airies.db.migrate import upgrade_head
     from airies.knowledge.service import build_knowledge_service
+    from airies.migrations.runner import upgrade_head
     from tests.doubles import pgvector_server
     from tests.doubles.pinecone_server import PineconeDouble
     from tests.kb_support import RecordingPublisher, kb_settings, new_account

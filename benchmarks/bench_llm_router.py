@@ -125,8 +125,8 @@ def _build_with_account_keys(settings: Any, tracker: Any) -> list[float]:
     from airies.accounts.provider_keys import ProviderKeyService
     from airies.accounts.service import AccountService
     from airies.core.database import Database
-    from airies.db.migrate import upgrade_head
     from airies.llm.service import build_llm_service
+    from airies.migrations.runner import upgrade_head
 
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite:///{Path(folder) / 'bench.db'}"

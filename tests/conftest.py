@@ -15,8 +15,8 @@ from sqlalchemy import create_engine, text
 
 from airies.core.config import Settings
 from airies.core.database import Database
-from airies.db.migrate import upgrade_head
-from airies.db.models import Base
+from airies.migrations.models import metadata
+from airies.migrations.runner import upgrade_head
 
 PG_ADMIN_URL = os.environ.get("AIRIES_TEST_PG_URL", "postgresql+pg8000://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgresql"]
@@ -61,7 +61,7 @@ _databases: dict[str, Database] = {}
 
 
 def _truncate(database: Database) -> None:
-    tables = [table.name for table in reversed(Base.metadata.sorted_tables)]
+    tables = [table.name for table in reversed(metadata.sorted_tables)]
     with database.engine.begin() as conn:
         if database.dialect == "postgresql":
             existing = set(conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname='public'")).scalars())

@@ -105,8 +105,8 @@ def make_docx(paragraphs: list[str]) -> bytes:
 
 
 def new_account(database: Any) -> str:
+    from airies.accounts.models import Account
     from airies.core.ids import new_id
-    from airies.db.models import Account
 
     with database.session() as session:
         account = Account(

@@ -27,7 +27,7 @@ from aws_lambda_powertools import Logger
 from sqlalchemy import create_engine
 
 from airies.core.config import get_settings
-from airies.db.migrate import alembic_config, upgrade_head
+from airies.migrations.runner import alembic_config, upgrade_head
 
 logger = Logger()
 PHYSICAL_ID = "airies-database-migrations"  # one resource for the stack's life: never replaced

@@ -80,7 +80,7 @@ def test_writes_are_committed_before_the_response_starts(app, database):
 
     from sqlalchemy import func, select
 
-    from airies.db.models import Account
+    from airies.accounts.models import Account
 
     body = json.dumps({"name": "Race Co", "email": "race@example.com"}).encode()
     scope = {

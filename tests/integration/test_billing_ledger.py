@@ -11,12 +11,12 @@ import pytest
 from sqlalchemy import func
 
 import airies.billing.pricing as pricing_module
+from airies.accounts.models import Account
 from airies.billing.ledger import UsageService
 from airies.billing.pricing import Pricing
 from airies.billing.schemas import MICROS_PER_CREDIT, UsageEvent
 from airies.core.errors import PaymentRequiredError
 from airies.core.ids import new_id
-from airies.db.models import Account
 
 NOW = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
 

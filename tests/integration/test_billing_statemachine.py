@@ -24,11 +24,11 @@ from moto import mock_aws
 from moto.awslambda_simple.models import LambdaSimpleBackend
 from sqlalchemy import select
 
+from airies.accounts.models import Account
 from airies.billing.ledger import UsageService
 from airies.billing.models import Invoice
 from airies.billing.schemas import UsageEvent
 from airies.core.ids import new_id
-from airies.db.models import Account
 from airies.local.invoke import (
     LambdaContext,
     _clear_container_caches,

@@ -296,10 +296,10 @@ def test_top_up_retried_after_a_lost_response_reuses_the_same_payment_intent(dat
     localstripe ignores idempotency keys, so this runs against the wire-level double, which honours them."""
     from decimal import Decimal
 
+    from airies.accounts.models import Account
     from airies.billing.payments import PaymentService
     from airies.billing.vendors.stripe import StripePaymentProvider
     from airies.core.ids import new_id
-    from airies.db.models import Account
     from tests.doubles.stripe_server import StripeInvoiceDouble
 
     double = StripeInvoiceDouble().start()

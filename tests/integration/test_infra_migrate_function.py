@@ -19,8 +19,8 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 
-from airies.db.migrate import alembic_config
 from airies.local.invoke import invoke_function
+from airies.migrations.runner import alembic_config
 from tests.conftest import PG_ADMIN_URL, _pg_url
 
 

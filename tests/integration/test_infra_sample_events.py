@@ -47,8 +47,8 @@ def test_invoking_sample_events_reuses_one_sample_account(database, monkeypatch,
     """Every invoke used to sign up another "Sample events" account in the (dev) database."""
     from sqlalchemy import func, select
 
+    from airies.accounts.models import Account, ApiKey
     from airies.core.config import PROJECT_ROOT
-    from airies.db.models import Account, ApiKey
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AIRIES_DATA_DIR", str(tmp_path / ".data"))

@@ -12,10 +12,10 @@ from sqlalchemy import text
 
 from airies.core.database import Database
 from airies.core.errors import NotAvailableError, NotFoundError
-from airies.db.migrate import upgrade_head
 from airies.knowledge.service import build_knowledge_service
 from airies.knowledge.vector_stores.base import VectorRecord
 from airies.knowledge.vector_stores.pgvector import PgVectorStore
+from airies.migrations.runner import upgrade_head
 from tests.doubles import pgvector_server
 from tests.kb_support import (
     BUCKET,

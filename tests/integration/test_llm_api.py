@@ -170,7 +170,7 @@ def test_keys_are_per_account(client, auth, database, settings):
     assert client.get("/api/v1/provider-keys", headers=other).json()["data"] == []
     assert client.delete("/api/v1/provider-keys/groq", headers=other).status_code == 404
     assert len(client.get("/api/v1/provider-keys", headers=auth).json()["data"]) == 1
-    from airies.db.models import Account
+    from airies.accounts.models import Account
 
     with database.session() as session:
         owner_id = session.scalars(select(ProviderKey.account_id)).one()
@@ -383,9 +383,9 @@ def test_agent_test_uses_knowledge_passages(client, auth, database, settings, do
     import asyncio
     from dataclasses import dataclass
 
+    from airies.agents.models import Agent
     from airies.agents.schemas import AgentTestRequest
     from airies.agents.testing import AgentTestService
-    from airies.db.models import Agent
 
     @dataclass
     class Chunk:  # the knowledge capability returns dataclasses with ``text``
@@ -424,9 +424,9 @@ def test_agent_test_uses_knowledge_passages(client, auth, database, settings, do
 def test_offline_agent_test_answers_from_knowledge(database, tmp_path):
     import asyncio
 
+    from airies.agents.models import Agent
     from airies.agents.schemas import AgentTestRequest
     from airies.agents.testing import AgentTestService
-    from airies.db.models import Agent
     from airies.llm.service import build_llm_service
 
     offline_settings = Settings(stage="local", data_dir=tmp_path)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
+from airies.accounts.models import Account
 from airies.accounts.provider_keys import ProviderKeyService
 from airies.core.config import Settings
-from airies.db.models import Account
 from airies.llm.models import ProviderKey
 from tests.doubles.pinecone_control_server import PineconeControlDouble
 from tests.doubles.stripe_server import StripeInvoiceDouble

@@ -6,8 +6,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from airies.db.migrate import alembic_config
-from airies.db.models import Base
+from airies.core.models import Base
+from airies.migrations.runner import alembic_config
 
 
 def test_single_head(database):

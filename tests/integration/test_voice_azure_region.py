@@ -7,9 +7,9 @@ import json
 import pytest
 from sqlalchemy import select
 
+from airies.accounts.models import Account
 from airies.accounts.provider_keys import get_account_provider_credentials
 from airies.core.config import Settings
-from airies.db.models import Account
 from airies.llm.models import ProviderKey
 from airies.voice.service import build_voice_service, clear_voice_cache
 from tests.conftest import signup

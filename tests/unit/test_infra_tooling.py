@@ -33,7 +33,7 @@ def test_make_test_lints_and_runs_pytest() -> None:
 
 def test_make_run_migrates_and_serves() -> None:
     commands = _make_dry_run("run")
-    assert "airies.db.migrate" in commands
+    assert "airies.migrations.runner" in commands
     assert "airies.local.server" in commands
 
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from airies.accounts.models import Account
 from airies.accounts.service import AccountService
 from airies.core.config import Settings
 from airies.core.database import Database
-from airies.db.models import Account
 
 
 def get_settings_dep(request: Request) -> Settings:

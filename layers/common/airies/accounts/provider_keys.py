@@ -32,9 +32,9 @@ from sqlalchemy.orm import Session
 from airies.core.config import Settings, get_settings
 from airies.core.errors import NotAvailableError, NotFoundError, ValidationFailedError
 from airies.core.ids import new_id
+from airies.core.models import utcnow
 from airies.core.secrets import EnvelopeCipher, Sealed, get_cipher
 from airies.core.url_guard import as_url, url_guard
-from airies.db.models import utcnow
 from airies.llm.models import ProviderKey
 
 KeyValidator = Callable[[str, Settings], "bool | Awaitable[bool]"]

@@ -7,9 +7,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from airies.accounts.auth import Caller, SessionDep, current_caller
+from airies.accounts.models import Account, ApiKey
 from airies.accounts.service import AccountService
 from airies.core.schemas import StrictModel
-from airies.db.models import Account, ApiKey
 
 router = APIRouter(tags=["accounts"])
 

@@ -10,9 +10,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from airies.accounts.models import Account, ApiKey
 from airies.core.errors import ConflictError, ForbiddenError, NotFoundError, UnauthorizedError
 from airies.core.ids import new_id
-from airies.db.models import Account, ApiKey, utcnow
+from airies.core.models import utcnow
 
 KEY_PREFIX = "ak_live_"
 

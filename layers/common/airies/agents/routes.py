@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
 from airies.accounts.auth import Caller, current_caller
+from airies.agents.models import Agent, AgentVersion
 from airies.agents.schemas import (
     AgentConfig,
     AgentCreate,
@@ -18,7 +19,6 @@ from airies.agents.schemas import (
 )
 from airies.agents.service import AgentService, errors_of
 from airies.core.schemas import Limit, Page, StrictModel
-from airies.db.models import Agent, AgentVersion
 from airies.voice.service import prepare_speech_model, speech_model_cache
 from airies.voice.speech_models import SpeechModelCache
 

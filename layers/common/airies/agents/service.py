@@ -12,11 +12,12 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from airies.agents.engines import ConfiguredEngines, engine_warnings
+from airies.agents.models import Agent, AgentVersion
 from airies.agents.schemas import AgentConfig
 from airies.agents.templates import TEMPLATES
 from airies.core.errors import BadRequestError, NotFoundError, ValidationFailedError
 from airies.core.ids import new_id
-from airies.db.models import Agent, AgentVersion, utcnow
+from airies.core.models import utcnow
 from airies.llm import catalog
 from airies.llm.custom_endpoints import account_endpoint_models
 from airies.llm.service import configured_llm_providers

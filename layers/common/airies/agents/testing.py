@@ -208,7 +208,7 @@ class AgentTestService:
         agent = AgentService(self.session).get(account_id, agent_id)
         if use_draft:
             return AgentConfig.model_validate(agent.draft_config), "draft", None
-        from airies.db.models import AgentVersion
+        from airies.agents.models import AgentVersion
 
         if agent.current_version is None:
             raise ConflictError("agent has no published version: deploy it or test the draft (use_draft=true)")

@@ -7,10 +7,10 @@ from fastapi import APIRouter, FastAPI
 from airies import __version__
 from airies.accounts import routes as accounts
 from airies.agents import routes as agents
+from airies.api import health
 from airies.api.errors import install_error_handlers
 from airies.api.middleware import RequestGuardMiddleware
 from airies.api.publishable_guard import PublishableKeyGuard
-from airies.api.routers import health
 from airies.billing import routes as billing
 from airies.conversations import recording_routes as recordings
 from airies.conversations import routes as conversations

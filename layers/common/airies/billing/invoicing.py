@@ -35,7 +35,7 @@ from airies.billing.schemas import InvoiceLineOut, InvoiceOut, micros_to_credits
 from airies.billing.vendors.base import InvoiceLineSpec, PaymentProvider
 from airies.core.errors import NotFoundError
 from airies.core.ids import new_id
-from airies.db.models import utcnow
+from airies.core.models import utcnow
 
 COMPONENT_LABELS = {
     "stt_seconds": ("Speech-to-text", "seconds"),

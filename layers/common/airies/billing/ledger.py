@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import case, func, literal_column, or_, select, text, update
 from sqlalchemy.orm import Session
 
+from airies.accounts.models import Account
 from airies.billing.models import (
     BillingAccount,
     CreditLedgerEntry,
@@ -68,7 +69,7 @@ from airies.billing.schemas import (
 from airies.core.errors import BadRequestError, NotFoundError, PaymentRequiredError
 from airies.core.ids import new_id
 from airies.core.metrics import MonitoringService
-from airies.db.models import Account, utcnow
+from airies.core.models import utcnow
 
 if TYPE_CHECKING:
     from airies.core.config import Settings

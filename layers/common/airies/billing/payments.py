@@ -44,6 +44,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from airies.accounts.models import Account
 from airies.billing.ledger import UsageService
 from airies.billing.models import BillingAccount, Invoice, Payment, StripeEvent
 from airies.billing.pricing import Pricing, get_pricing
@@ -58,7 +59,7 @@ from airies.billing.vendors.base import (
 from airies.billing.vendors.stripe_events import HANDLED_EVENT_OBJECTS, InvalidStripeEvent
 from airies.core.errors import BadRequestError, ConflictError, NotAvailableError, NotFoundError
 from airies.core.ids import new_id
-from airies.db.models import Account, utcnow
+from airies.core.models import utcnow
 
 ACTIVE_SUBSCRIPTION = ("active", "trialing")
 # Live: may still charge the customer, so a second subscription would charge twice. ``incomplete`` is not: its

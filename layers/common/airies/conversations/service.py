@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from airies.agents.models import Agent
 from airies.agents.schemas import AgentConfig
 from airies.agents.service import AgentService
 from airies.conversations import protocol as wp
@@ -44,7 +45,6 @@ from airies.core.ids import new_id
 from airies.core.models import utcnow
 from airies.core.money import format_usd
 from airies.core.schemas import check_metadata
-from airies.db.models import Agent
 from airies.voice.stt.base import STTOptions, Transcript
 from airies.voice.tts.base import TTSOptions
 

@@ -24,12 +24,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from airies.agents.models import Agent, AgentVersion
 from airies.core.config import Settings
 from airies.core.errors import ConflictError, NotFoundError, ProviderError, ValidationFailedError
 from airies.core.ids import new_id
+from airies.core.models import utcnow
 from airies.core.secrets import EnvelopeCipher, Sealed, get_cipher
 from airies.core.url_guard import URLGuard, URLNotAllowed, url_guard
-from airies.db.models import Agent, AgentVersion, utcnow
 from airies.llm import catalog
 from airies.llm.models import LLMCustomEndpoint
 from airies.llm.router import run_async

@@ -340,7 +340,7 @@ def run_sample_event(
     env: dict[str, str | None] = dict(meta.env)
     with contextlib.ExitStack() as stack:
         if "database" in meta.needs:
-            from airies.db.migrate import upgrade_head
+            from airies.migrations.runner import upgrade_head
 
             if database_url is None:
                 spec, ctx = resolve_function(logical_id, template_path, env_file)
@@ -420,10 +420,10 @@ def setup_account(sample: SampleContext) -> dict[str, str]:
     against the dev database does not add an account each time."""
     from sqlalchemy import select
 
+    from airies.accounts.models import Account, ApiKey
     from airies.accounts.service import AccountService, hash_key
     from airies.core.config import get_settings
     from airies.core.database import Database
-    from airies.db.models import Account, ApiKey
 
     assert sample.database_url, "setup_account needs 'database' in needs"
     key = kept_api_key(Path(get_settings().data_dir) / "sample_events_api_key")

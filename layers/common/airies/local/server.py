@@ -179,7 +179,7 @@ def build_stack(
     restored = mirror.restore()
     moto_server.mirror = mirror
     from airies.core.database import get_database
-    from airies.db.migrate import upgrade_head
+    from airies.migrations.runner import upgrade_head
 
     url = settings.resolved_database_url()
     upgrade_head(url)

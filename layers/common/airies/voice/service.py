@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from sqlalchemy import select
 
+from airies.agents.models import Agent, AgentVersion
 from airies.core.errors import (
     BadRequestError,
     NotAvailableError,
@@ -34,7 +35,6 @@ from airies.core.errors import (
     ValidationFailedError,
 )
 from airies.core.storage import StorageService
-from airies.db.models import Agent, AgentVersion
 from airies.voice.speech_models import ModelBuilder, SpeechModelCache
 from airies.voice.stt.base import STTOptions, STTProvider, Transcript
 from airies.voice.tts.base import TTSOptions, TTSProvider, VoiceInfo

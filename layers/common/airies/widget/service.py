@@ -10,9 +10,11 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from airies.accounts.models import Account
+from airies.agents.models import Agent
 from airies.core.errors import ForbiddenError, NotFoundError, RateLimitedError, UnauthorizedError
 from airies.core.ids import new_id
-from airies.db.models import Account, Agent, utcnow
+from airies.core.models import utcnow
 from airies.widget.models import PublishableKey, WidgetConversation
 from airies.widget.schemas import PublishableKeyCreate, PublishableKeyOut, normalise_origin
 

@@ -5,9 +5,9 @@ from sqlalchemy import Connection
 
 from airies.core.config import get_settings
 from airies.core.database import create_db_engine
-from airies.db.models import Base
+from airies.migrations.models import metadata
 
-target_metadata = Base.metadata
+target_metadata = metadata
 
 
 def _run(connection: Connection) -> None:

@@ -13,7 +13,7 @@ ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
 
 def alembic_config(url: str) -> Config:
     config = Config(str(ALEMBIC_INI))
-    config.set_main_option("script_location", str(ALEMBIC_INI.with_name("migrations")))
+    config.set_main_option("script_location", str(ALEMBIC_INI.parent))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 

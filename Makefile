@@ -41,9 +41,9 @@ PYTEST_ARGS ?=
 help:
 	@echo "make run     create .venv, install, build the web app, migrate, serve http://127.0.0.1:$(PORT) (prints a dev API key)"
 	@echo "make web     build the web app (web/ -> layers/common/airies/webapp/dist) when its sources changed"
-	@echo "make test    install, then ruff + cfn-lint + every test (SQLite, PostgreSQL, PostgreSQL 16 + pgvector)"
+	@echo "make test    install, lint, then every test (SQLite, PostgreSQL, PostgreSQL 16 + pgvector) with coverage per capability"
 	@echo "make bench   benchmarks (cold init per function, warm API latency) -> benchmarks/results/"
-	@echo "make lint    ruff check + ruff format --check + cfn-lint + checkov"
+	@echo "make lint    ruff + import-linter (layers, no cycles) + mypy + cfn-lint + checkov"
 	@echo "make format  ruff format + ruff check --fix"
 	@echo "make build   sam validate + sam build (arm64 layers); each function's unzipped size against the 250 MB limit"
 	@echo "make deploy STAGE=dev|staging|prod      build and deploy the stage's stack, no prompt (docs/deployment.md)"
@@ -106,9 +106,12 @@ test: install tools espeak chromium kb-pgvector web web-test lint pytest
 
 # checkov: every suppression is a Metadata.checkov.skip with its reason next to the resource; --skip-download keeps
 # it offline (no platform calls).
+# import-linter: the layers and no cycles (pyproject [tool.importlinter]); mypy: the packages in [tool.mypy] files.
 lint: install tools
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	$(CFN_LINT) template.yaml
 	$(CHECKOV) -f template.yaml --framework cloudformation --skip-download --quiet --compact
 
@@ -116,9 +119,11 @@ format: install
 	$(VENV)/bin/ruff format $(LINT_PATHS)
 	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
 
-# pytest exits 5 when it collected nothing: that fails here like any other non-zero exit.
+# pytest exits 5 when it collected nothing: that fails here like any other non-zero exit. Coverage (lines and
+# branches) is reported per capability; the floors of the critical ones fail the run (tests/coverage_report.py).
 pytest: install
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q --cov --cov-report= $(PYTEST_ARGS)
+	$(PY) -m tests.coverage_report
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Benchmarks (not tests: figures, not pass/fail; needs PostgreSQL for the warm API benchmark)

@@ -41,6 +41,7 @@ def get_platform_secret(name: str, settings: Settings | None = None) -> str | No
     for source in (part.strip() for part in settings.provider_keys_secret_name.split(",")):
         if not source:
             continue
+        value: object = None
         try:
             if source.startswith("/"):
                 path = f"{source.rstrip('/')}/{name}"

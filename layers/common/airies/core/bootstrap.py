@@ -1,0 +1,47 @@
+"""What a Lambda container builds once: per-container singletons and SnapStart restore hooks.
+
+A handler module declares ``service = PerContainer(build_service)`` and calls ``service.get()`` in its handler: the
+first invocation of a container (or the SnapStart snapshot) builds it, later ones reuse it. Tests and the local
+stack hand in an instance built with their own doubles through ``set``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class PerContainer(Generic[T]):
+    """One ``T`` per container, built on first use."""
+
+    def __init__(self, build: Callable[[], T]) -> None:
+        self._build = build
+        self._value: T | None = None
+
+    def get(self) -> T:
+        if self._value is None:
+            self._value = self._build()
+        return self._value
+
+    @property
+    def built(self) -> T | None:
+        """The instance if one was built or set, without building it."""
+        return self._value
+
+    def set(self, value: T | None) -> None:
+        """Replace the instance (``None``: build again on next use)."""
+        self._value = value
+
+
+def after_snapstart_restore(hook: Callable[[], None]) -> None:
+    """Run ``hook`` after a SnapStart restore: what the snapshot froze (pooled connections, SDK clients' sockets)
+    is stale then. The runtime module only exists on Lambda with SnapStart; elsewhere this does nothing."""
+    try:
+        from snapshot_restore_py import register_after_restore  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    register_after_restore(hook)

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from airies.core.bootstrap import PerContainer, after_snapstart_restore
+
+
+def test_built_once_per_container_and_replaceable() -> None:
+    calls: list[int] = []
+
+    def build() -> dict[str, int]:
+        calls.append(1)
+        return {"n": len(calls)}
+
+    service = PerContainer(build)
+    assert service.built is None and calls == []  # nothing at import time
+    first = service.get()
+    assert service.get() is first and calls == [1]
+    double = {"n": -1}
+    service.set(double)
+    assert service.get() is double and calls == [1]
+    service.set(None)
+    assert service.get() == {"n": 2}
+
+
+def test_restore_hook_is_a_no_op_without_snapstart() -> None:
+    ran: list[bool] = []
+    after_snapstart_restore(lambda: ran.append(True))  # snapshot_restore_py exists only on Lambda with SnapStart
+    assert ran == []

@@ -31,7 +31,7 @@ STAGE ?=
 # sam build needs python3.12 for the layer; pyenv provides it on these machines.
 SAM_ENV := SAM_CLI_TELEMETRY=0 $(if $(shell command -v pyenv),PYENV_VERSION=$(shell pyenv versions --bare | grep -E '^3\.11' | tail -1):$(shell pyenv versions --bare | grep -E '^3\.12' | tail -1))
 PIP_QUIET := --quiet --disable-pip-version-check
-LINT_PATHS := layers functions tests benchmarks
+LINT_PATHS := layers functions tests benchmarks examples
 PORT ?= 8000
 PYTEST_ARGS ?=
 
@@ -178,7 +178,7 @@ distclean: clean
 # Capability targets (add yours below, one small section each)
 # ---------------------------------------------------------------------------------------------------------------------
 
-# Knowledge bases (issue 6): PostgreSQL 16 + pgvector for the pgvector tests and benchmark, from the PyPI package
+# Knowledge bases: PostgreSQL 16 + pgvector for the pgvector tests and benchmark, from the PyPI package
 # pgserver in its own venv under /tmp (as root it adds a system user and opens the parent folders of its data dir
 # and interpreter, so both stay out of the work tree). The server keeps running; tests/doubles/pgvector_server.py.
 KB_PGSERVER_VENV ?= /tmp/airies-pgvenv

@@ -7,7 +7,7 @@ not included, on either side). Environment: the function's template env resolved
 dialect loads as in production). The Secrets Manager fetch that production does at init is not included.
 
 Targets: ApiFunction <= 3x ``import boto3``, every other function <= 2x.
-Bytecode caches are warm (one discarded warm-up run): see the README for what that means on Lambda.
+Bytecode caches are warm (one discarded warm-up run): see docs/benchmarks.md for what that means on Lambda.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Functions and events are discovered from template.yaml and infra/events/ at collection time, so functions that
 other capabilities add are covered automatically. An event's sidecar (``<event>.meta.json``, see
-``airies.local.invoke.EventMeta`` and the README) declares what it needs: ``database`` events run once per backend
+``airies.local.invoke.EventMeta`` and docs/operations.md) declares what it needs: ``database`` events run once per backend
 (SQLite and PostgreSQL, through the ``database`` fixture), ``aws`` events run under moto with the template's
 resources created, ``expect`` pins the result. Without ``expect`` an HTTP result must be < 500.
 """

@@ -61,7 +61,7 @@ def test_offline_round_trip_recovers_key_words(tmp_path):
         assert general.metadata["language_model"] == "general_lm"
         found_general += len(key_words & set(general.text.split()))
         total += len(key_words)
-    # Measured: 9 of 12 key words with the domain model, 2 of 12 with the general model (see README).
+    # Measured: 9 of 12 key words with the domain model, 2 of 12 with the general model (docs/benchmarks.md).
     assert found / total >= 0.7
     assert found_general < found
 

@@ -41,7 +41,7 @@ def test_the_scanning_sweeper_grows_with_chunks_and_is_kept_out_of_the_design_to
         2 * scan, rel=1e-6
     )
     assert result["total_with_current_sweeper"] == pytest.approx(result["total"] + scan, abs=1e-8)
-    # 112 chunks a minute, each 8 KB read 120 times by eventually consistent scans: the issue's ~$0.0014 a minute.
+    # 112 chunks a minute, each 8 KB read 120 times by eventually consistent scans: ~$0.0014 a minute.
     assert 0.001 < scan < 0.002
     # The index sweeper does not depend on chunks at all.
     assert (

@@ -1,4 +1,4 @@
-// Protocol v1 of the voice WebSocket (README: "Protocol v1"). Money may come as decimal strings or numbers.
+// Protocol v1 of the voice WebSocket (docs/protocol.md). Money may come as decimal strings or numbers.
 import type { Decimalish } from "../money";
 
 export const SAMPLE_RATE = 16_000;

@@ -1,4 +1,4 @@
-"""The real-time voice protocol, version 1 (documented in the README).
+"""The real-time voice protocol, version 1 (documented in docs/protocol.md).
 
 Every frame is one JSON object. The client names what it wants in ``action`` (API Gateway routes on
 ``$request.body.action``); the server answers with frames whose ``type`` says what they carry.

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     # Secrets for provider keys: an SSM parameter path / Secrets Manager name on AWS
     provider_keys_secret_name: str | None = None
 
-    # LLM providers (issue 3). Keys are read as AIRIES_OPENAI_API_KEY etc. locally; on AWS, when unset,
+    # LLM providers. Keys are read as AIRIES_OPENAI_API_KEY etc. locally; on AWS, when unset,
     # from the platform secret (airies.core.secrets.get_platform_secret("openai_api_key")).
     openai_api_key: str | None = None
     openai_base_url: str = "https://api.openai.com/v1"
@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     # Account provider keys: envelope encryption with this KMS key on AWS; a local key file otherwise.
     provider_keys_kms_key_id: str | None = None
 
-    # Voice (issue 4). Keys left empty select the offline engines (PocketSphinx STT, eSpeak NG TTS);
+    # Voice. Keys left empty select the offline engines (PocketSphinx STT, eSpeak NG TTS);
     # *_base_url point the official SDKs at another endpoint (the wire-level test doubles).
     deepgram_api_key: str | None = None
     deepgram_base_url: str | None = None
@@ -100,10 +100,10 @@ class Settings(BaseSettings):
     max_transcription_seconds: int = 300
     max_tts_chars: int = 5000
     espeak_binary: str = "espeak-ng"
-    # The offline fallback voice: eSpeak's Klatt variant decodes far better with PocketSphinx (README, Voice).
+    # The offline fallback voice: eSpeak's Klatt variant decodes far better with PocketSphinx (docs/benchmarks.md).
     espeak_default_voice: str = "en-us+klatt2"
 
-    # Conversations and real-time voice (issue 5)
+    # Conversations and real-time voice
     ws_state_table: str = "airies-local-ws-state"  # DynamoDB: connections, live sessions, buffered audio (TTL)
     ws_management_url: str | None = None  # post_to_connection endpoint; on AWS built from the request context
     ws_token_secret: str | None = None  # HMAC key of conversation tokens; locally derived from data_dir
@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     ws_max_utterance_seconds: int = 30
     conversation_recordings_prefix: str = "recordings"
 
-    # Usage, credits and billing (issue 7). Without a queue URL usage is tracked in-process (direct publisher).
+    # Usage, credits and billing. Without a queue URL usage is tracked in-process (direct publisher).
     usage_queue_url: str | None = None
     # Stripe: keys locally from AIRIES_STRIPE_SECRET_KEY / AIRIES_STRIPE_WEBHOOK_SECRET, on AWS through
     # get_platform_secret("stripe_secret_key" / "stripe_webhook_secret"). Without a key Stripe routes answer 501.
@@ -131,7 +131,7 @@ class Settings(BaseSettings):
     stripe_plan_pay_as_you_go: str | None = None
     billing_event_bus: str | None = None  # EventBridge bus for invoice notifications; unset: not sent
 
-    # Knowledge bases (issue 6). Defaults run offline: hashing embedder + embedded vector store, files under
+    # Knowledge bases. Defaults run offline: hashing embedder + embedded vector store, files under
     # data_dir when no documents bucket is set (moto/AWS set AIRIES_KB_DOCUMENTS_BUCKET).
     kb_documents_bucket: str | None = None
     kb_scrape_queue_url: str | None = None  # unset: scrape jobs run inline in the API process

@@ -6,9 +6,9 @@ It reads template.yaml, takes the function's CodeUri + Handler, applies Globals 
 resolved to local values, then the env file), puts the layer directories and CodeUri on ``sys.path``, loads the handler
 file under a unique module name (every capability has a ``handler.py``), builds a Lambda context and prints the result.
 
-Sample events may carry a sidecar ``<event>.meta.json`` that says what they need (see :class:`EventMeta` and the
-README, "Local invoke"): a migrated database, moto with the template's resources, setup callables that create
-data and fill ``{{placeholders}}`` in the event, and the expected result.
+Sample events may carry a sidecar ``<event>.meta.json`` that says what they need (see :class:`EventMeta` and
+docs/operations.md, "The local invoker"): a migrated database, moto with the template's resources, setup callables
+that create data and fill ``{{placeholders}}`` in the event, and the expected result.
 """
 
 from __future__ import annotations

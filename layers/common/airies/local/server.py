@@ -49,7 +49,7 @@ API_FUNCTION = "ApiFunction"
 # minimum balance to start a call and has an overdraft, so local calls (several at once, a dropped one still in its
 # resume window) are not refused by the Free tier's single conversation.
 DEV_ACCOUNT_PLAN = "pro"
-WEBSOCKET_EXTENSION = "airies.local.ws_gateway"  # module with mount(app, stack); added by the conversations issue
+WEBSOCKET_EXTENSION = "airies.local.ws_gateway"  # module with mount(app, stack): the voice WebSocket at /ws
 
 
 @dataclass

@@ -7,7 +7,7 @@ own: adding a language model to a decoder that holds the full 130,000-word dicti
 just the domain's words loads in 10-20 ms. :meth:`PocketSphinxSTT.build_model` builds one (the caller caches it,
 ``airies.voice.speech_models``); :meth:`PocketSphinxSTT.transcribe` only uses the model it is given
 (``STTOptions.language_model``) and falls back to the general model, it never builds. Measured word error rates are
-in the README.
+in docs/benchmarks.md.
 """
 
 from __future__ import annotations

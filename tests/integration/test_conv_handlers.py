@@ -1056,3 +1056,52 @@ def test_an_interrupt_after_the_last_check_but_before_the_turn_ends_cuts_it(aws,
     assert types(frames)[-2:] == ["turn_end", "interrupted"] and frames[-1]["heard_text"] == "First sentence here."
     turn = h.turns(cid)[-1]
     assert turn.agent_text == "First sentence here." and turn.interrupted and h.store.get(cid).state == "listening"
+
+
+def test_a_hang_up_while_a_turn_runs_ends_the_call_once_that_turn_is_stored(aws, database, settings) -> None:
+    """The caller hangs up while the agent speaks: the turn in flight stops at its next check and is stored and
+    billed before the call ends, so whoever reads the conversation after ``ended`` finds it, and the ``ended``
+    totals count it."""
+    holder: dict[str, Any] = {}
+    under_way = threading.Event()
+
+    def on_chunk(n: int) -> None:
+        if n == 3:  # the hang-up, a concurrent $default invocation
+            holder["hang_up"] = threading.Thread(target=h.send, args=(conn, {"action": "end"}))
+            holder["hang_up"].start()
+            assert under_way.wait(timeout=60)
+
+    h = Harness(
+        database,
+        settings,
+        fake_engines(llm=FakeLLM(reply=LONG_REPLY), tts=FakeTTS(chunk_ms=250, on_chunk=on_chunk)),
+        first_message_mode="assistant_waits_for_user",
+    )
+    post, get = h.poster.post, h.store.get
+
+    def watched_post(connection_id: str, data: bytes) -> bool:
+        if b'"type":"ended"' in data:
+            under_way.set()  # the call ended without waiting for the turn
+        return post(connection_id, data)
+
+    def watched_get(conversation_id: str, **kwargs: Any) -> Any:
+        session = get(conversation_id, **kwargs)
+        if threading.current_thread() is holder.get("hang_up") and session is not None and session.state == "ended":
+            under_way.set()  # the hang-up waits for the turn in flight
+        return session
+
+    h.poster.post = watched_post  # type: ignore[method-assign]
+    h.store.get = watched_get  # type: ignore[method-assign]
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    h.send(conn, {"action": "text", "text": "when are you open"})
+    holder["hang_up"].join()
+    frames = frames_of(conn)
+    assert types(frames)[-2:] == ["turn_end", "ended"] and frames[-2]["status"] == "interrupted"
+    ended = frames[-1]
+    assert ended["reason"] == "caller_ended" and ended["turns"] == 1 and float(ended["cost_usd"]) > 0
+    turns = h.turns(cid)
+    assert [(t.user_text, t.interrupted) for t in turns] == [("when are you open", True)]
+    conversation = h.conversation(cid)
+    assert (conversation.status, conversation.turn_count) == ("ended", 1)
+    assert h.store.get(cid).running == set()

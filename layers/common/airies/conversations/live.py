@@ -1019,20 +1019,3 @@ class WebSocketService:
         """Send a frame to every connection of a conversation; a 410 drops that connection only."""
         sink = self._live_sink(conversation_id, "-", poster)
         return sink._broadcast(message) if sink is not None else 0
-
-    def send_audio_response(
-        self, conversation_id: str, turn_id: str, pcm16: bytes, poster: Poster | None = None
-    ) -> int:
-        """Post ready-made PCM16 audio as ``audio`` frames (checked for barge-in before each); frames sent."""
-        sink = self._live_sink(conversation_id, turn_id, poster)
-        if sink is None:
-            return 0
-        size = self.settings.ws_out_chunk_ms * wp.BYTES_PER_MS
-        sent = 0
-        for seq, offset in enumerate(range(0, len(pcm16), size)):
-            if self.store.turn_status(conversation_id, turn_id)[0]:
-                break
-            if not sink._broadcast(wp.audio(turn_id, seq, pcm16[offset : offset + size])):
-                break
-            sent += 1
-        return sent

@@ -762,30 +762,6 @@ class ConversationService:
             raise PayloadTooLargeError(f"an utterance may be at most {self.settings.ws_max_utterance_seconds} s")
         return await self._http_turn(account_id, conversation_id, mode="audio", text=None, pcm=pcm16, speak=True)
 
-    async def generate_audio_response(self, account_id: str, config: AgentConfig, text: str) -> bytes:
-        """The agent's voice saying ``text`` (PCM16 16 kHz): the turn pipeline's own speech path (sentence by
-        sentence, the agent's voice options and fallback voices), with a fixed reply and no LLM call."""
-        engines = self.engines_for(account_id, config)
-        if engines.tts is None:
-            from airies.core.errors import NotAvailableError
-
-            raise NotAvailableError("no text-to-speech engine is configured")
-        runner = TurnRunner(engines, out_chunk_ms=self.settings.ws_out_chunk_ms)
-        result = await runner.run(
-            config,
-            [],
-            TurnInput(
-                turn_id=new_id("turn"),
-                seq=0,
-                mode="none",
-                account_id=account_id,
-                conversation_id="",
-                scripted_reply=text,
-            ),
-            ListSink(),
-        )
-        return result.agent_pcm
-
     def process_interruption(
         self, account_id: str, conversation_id: str, store: Any, played_ms: int | None
     ) -> str | None:

@@ -10,6 +10,7 @@ from airies.agents import routes as agents
 from airies.api import health
 from airies.api.errors import install_error_handlers
 from airies.api.middleware import RequestGuardMiddleware
+from airies.api.provider_keys import install_provider_key_vendors
 from airies.api.publishable_guard import PublishableKeyGuard
 from airies.billing import routes as billing
 from airies.conversations import recording_routes as recordings
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.database = database
     app.state.logger = logger
     install_error_handlers(app)
+    install_provider_key_vendors()
 
     api = APIRouter(prefix=settings.api_base_path)
     routers = (health, accounts, agents, llm, voices, conversations, recordings, knowledge, billing, widget)

@@ -108,7 +108,9 @@ def start_queue_workers(stack: LocalStack) -> None:
             idle = True
             for source, url, arn, handler in workers:
                 batch = min(source.batch_size, 10)
-                messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=batch).get("Messages", [])
+                messages = sqs.receive_message(
+                    QueueUrl=url, MaxNumberOfMessages=batch, MessageSystemAttributeNames=["All"]
+                ).get("Messages", [])
                 if not messages:
                     continue
                 idle = False

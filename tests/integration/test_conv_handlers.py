@@ -23,10 +23,12 @@ from airies.accounts.service import AccountService
 from airies.agents.schemas import AgentCreate
 from airies.agents.service import AgentService
 from airies.conversations.live import ApiGatewayPoster, WebSocketService
+from airies.conversations.live_sessions import LiveSessions
 from airies.conversations.models import Conversation, ConversationTurn
 from airies.conversations.schemas import ConversationCreate
 from airies.conversations.service import ConversationService, ConversationTokens
 from airies.conversations.sessions import SessionStore
+from airies.core.errors import NotFoundError
 from tests.doubles.conv_engines import FakeLLM, FakeSTT, FakeTTS, fake_engines, silence, tone
 
 ENDPOINT = "https://abc123.execute-api.us-east-1.amazonaws.com/test"
@@ -852,15 +854,13 @@ def test_rest_interruption_cancels_the_running_turn_of_its_own_account_only(aws,
     cid, token = h.start()
     h.connect(cid, token)
     assert h.store.begin_turn(cid, "turn_rest") is not None
+    live = LiveSessions(h.settings, database, h.store, poster_factory=lambda endpoint: h.poster, clock=h.clock)
     with database.session() as s:
         other, _ = AccountService(s).signup(name="Other", email=f"{uuid.uuid4().hex[:8]}@ex.com")
-        with pytest.raises(Exception) as err:
-            ConversationService(s, h.settings, tokens=h.tokens).process_interruption(other.id, cid, h.store, 100)
-        assert getattr(err.value, "status_code", None) == 404
+    with pytest.raises(NotFoundError):
+        live.interrupt(other.id, cid, 100)
     assert h.store.turn_status(cid, "turn_rest") == (False, None)
-    with database.session() as s:
-        svc = ConversationService(s, h.settings, tokens=h.tokens)
-        assert svc.process_interruption(h.account_id, cid, h.store, 700) == "turn_rest"
+    assert live.interrupt(h.account_id, cid, 700) == "turn_rest"
     assert h.store.turn_status(cid, "turn_rest") == (True, 700)
 
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any, Protocol
 
 from airies.agents.engines import turn_engines
@@ -161,6 +162,14 @@ def chunk_activity(pcm16: bytes, sample_rate: int = wp.SAMPLE_RATE, *, aggressiv
 
 
 # --- the turn --------------------------------------------------------------------------------------------------
+class TurnMode(StrEnum):
+    """What a turn starts from (stored as the turn's ``input_mode``)."""
+
+    AUDIO = "audio"  # the caller's utterance: transcribed first
+    TEXT = "text"  # typed text
+    NONE = "none"  # nothing from the caller: a scripted reply, or the model speaks first
+
+
 class TurnSink(Protocol):
     async def send(self, message: dict[str, Any]) -> bool:
         """Deliver one frame; False when the caller is gone."""
@@ -183,7 +192,7 @@ class TurnEngines:
 class TurnInput:
     turn_id: str
     seq: int
-    mode: str  # audio | text | none
+    mode: TurnMode
     account_id: str
     conversation_id: str
     pcm: bytes | None = None
@@ -207,7 +216,7 @@ class SpokenSentence:
 class TurnResult:
     turn_id: str
     seq: int
-    mode: str
+    mode: TurnMode
     user_text: str | None
     agent_text_generated: str
     agent_text: str  # what the caller actually received
@@ -390,7 +399,7 @@ class TurnRunner:
             )
 
         # 1. speech to text
-        if inp.mode == "audio":
+        if inp.mode == TurnMode.AUDIO:
             if self.engines.stt is None:
                 return result("failed", error={"code": "stt_unavailable", "message": "no speech-to-text engine"})
             start = self.clock()

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import re
 import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -42,6 +41,7 @@ from airies.agents.service import AgentService
 from airies.core.config import Settings
 from airies.core.errors import ConflictError, ValidationFailedError
 from airies.core.money import format_usd
+from airies.core.text import contains_phrase
 from airies.llm.service import LLMService, build_llm_service
 from airies.llm.vendors.base import LLMRequest, StreamEnd, TextDelta
 
@@ -55,19 +55,6 @@ _FALLBACK_END_CALL_TOOL = {
         "parameters": {"type": "object", "properties": {"reason": {"type": "string"}}, "required": []},
     },
 }
-
-
-def _normalise(text: str) -> str:
-    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
-
-
-def _contains_phrase(text: str, phrases: list[str]) -> str | None:
-    hay = f" {_normalise(text)} "
-    for phrase in phrases:
-        needle = _normalise(phrase)
-        if needle and f" {needle} " in hay:
-            return phrase
-    return None
 
 
 def _call_turn_parts() -> tuple[dict[str, Any], Callable[..., list[dict[str, Any]]] | None]:
@@ -324,7 +311,7 @@ class AgentTestService:
         tool: dict[str, Any],
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        phrase = _contains_phrase(user, config.end_call_phrases)
+        phrase = contains_phrase(user, config.end_call_phrases)
         if phrase is not None:  # as on a call: the caller said goodbye, the agent answers without the LLM
             return {
                 "reply": config.end_call_message or "",
@@ -378,7 +365,7 @@ class AgentTestService:
         end_reason = None
         if any(c["name"] == "end_call" for c in tool_calls):
             end_reason = "assistant_end_call_tool"
-        elif _contains_phrase(reply, config.end_call_phrases):
+        elif contains_phrase(reply, config.end_call_phrases):
             end_reason = "assistant_end_call_phrase"
         return {
             "reply": reply,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Mapping, Sequence
@@ -35,6 +34,7 @@ from airies.core.errors import (
     ValidationFailedError,
 )
 from airies.core.storage import StorageService
+from airies.core.text import split_sentences
 from airies.voice.speech_models import ModelBuilder, SpeechModelCache
 from airies.voice.stt.base import STTOptions, STTProvider, Transcript
 from airies.voice.tts.base import TTSOptions, TTSProvider, VoiceInfo
@@ -76,13 +76,6 @@ def parse_output_format(output_format: str) -> tuple[str, int]:
         )
     codec, rate, *_ = output_format.split("_")
     return codec, int(rate)
-
-
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+|\n{2,}")
-
-
-def split_sentences(text: str) -> list[str]:
-    return [part.strip() for part in _SENTENCE_END.split(text) if part and part.strip()]
 
 
 def split_for_tts(text: str, max_chars: int, *, first_alone: bool = True) -> list[str]:

@@ -11,6 +11,7 @@ import shutil
 from collections.abc import AsyncIterator
 
 from airies.core.errors import NotAvailableError, ProviderError, ValidationFailedError
+from airies.core.text import split_sentences
 from airies.voice.audio.codecs import (
     AudioFormatError,
     chunk_frames,
@@ -26,8 +27,6 @@ CHUNK_MS = 100
 
 
 def _sentences(text: str) -> list[str]:
-    from airies.voice.service import split_sentences  # the one sentence splitter
-
     return split_sentences(text) or [text]
 
 

@@ -54,6 +54,7 @@ from airies.core.config import Settings
 from airies.core.errors import NotAvailableError, ProviderError, RateLimitedError
 from airies.core.money import format_usd
 from airies.llm import catalog
+from airies.llm.cost import token_cost
 from airies.llm.vendors.base import (
     LLMEvent,
     LLMProvider,
@@ -98,23 +99,6 @@ class RouterConfig:
             max_retry_after_wait_s=settings.llm_max_retry_after_wait_s,
             flush_interval_s=settings.llm_health_flush_interval_s,
         )
-
-
-MILLION = Decimal(1_000_000)
-
-
-def token_cost(model: catalog.LLMModel | None, usage: Usage) -> Decimal:
-    """Exact USD cost: uncached prompt, cached prompt and completion tokens at their per-million prices."""
-    if model is None:
-        return Decimal(0)
-    cached = min(usage.cached_tokens, usage.prompt_tokens)
-    uncached = usage.prompt_tokens - cached
-    total = (
-        Decimal(uncached) * Decimal(str(model.input_per_mtok))
-        + Decimal(cached) * Decimal(str(model.cached_input_per_mtok))
-        + Decimal(usage.completion_tokens) * Decimal(str(model.output_per_mtok))
-    )
-    return total / MILLION
 
 
 def account_health_key(provider: str, account_id: str | None) -> str:

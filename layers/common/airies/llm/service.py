@@ -35,13 +35,13 @@ from airies.core.money import format_usd
 from airies.core.secrets import get_platform_secret
 from airies.core.url_guard import URLGuard, url_guard
 from airies.llm import catalog
+from airies.llm.cost import token_cost
 from airies.llm.custom_endpoints import CustomEndpointService, endpoint_catalog, provider_name
 from airies.llm.router import (
     DatabaseHealthStore,
     HealthTracker,
     LLMRouter,
     RouterConfig,
-    token_cost,
 )
 from airies.llm.vendors.base import LLMEvent, LLMProvider, LLMRequest, LLMResponse, Usage
 from airies.llm.vendors.offline import OFFLINE_PROVIDER, OfflineResponder

@@ -55,6 +55,7 @@ from airies.core.errors import NotAvailableError, ProviderError, RateLimitedErro
 from airies.core.money import format_usd
 from airies.llm import catalog
 from airies.llm.cost import token_cost
+from airies.llm.models import ProviderHealth
 from airies.llm.vendors.base import (
     LLMEvent,
     LLMProvider,
@@ -335,8 +336,6 @@ class DatabaseHealthStore:
     def _merge_once(self, updates: dict[str, ProviderStats]) -> dict[str, dict[str, Any]]:
         from sqlalchemy import select
         from sqlalchemy.orm import Session
-
-        from airies.llm.models import ProviderHealth
 
         engine = self.database.engine
         dialect = engine.dialect.name
@@ -950,7 +949,7 @@ class LLMRouter:
                             details="timeout",
                         ) from None
                 else:
-                    response = await _collect(self._attempt(current, routed, attempt))
+                    response = await collect_response(self._attempt(current, routed, attempt))
             except ProviderError as exc:
                 last_error = exc
                 attempt.error, attempt.reason = exc.message, (exc.details or {}).get("reason")
@@ -984,7 +983,7 @@ def run_async(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return asyncio.run(fn(*args, **kwargs))
 
 
-async def _collect(events: AsyncIterator[LLMEvent]) -> LLMResponse:
+async def collect_response(events: AsyncIterator[LLMEvent]) -> LLMResponse:
     parts: list[str] = []
     end: StreamEnd | None = None
     async for event in events:

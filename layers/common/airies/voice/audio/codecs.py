@@ -1,4 +1,4 @@
-"""PCM16 / μ-law / WAV conversions, resampling, framing and durations, all vectorised with numpy.
+"""PCM16 / μ-law / WAV conversions, resampling and framing, vectorised with numpy (numpy-free parts: ``formats``).
 
 Audio everywhere in the platform is little-endian signed 16-bit mono PCM ("PCM16") unless a name says
 otherwise; telephony is G.711 μ-law at 8 kHz.
@@ -6,21 +6,20 @@ otherwise; telephony is G.711 μ-law at 8 kHz.
 
 from __future__ import annotations
 
-import io
 import struct
-import wave
 from collections.abc import Iterator
 from fractions import Fraction
 from functools import cache
 
 import numpy as np
 
-SUPPORTED_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
-
-
-class AudioFormatError(ValueError):
-    """The bytes are not the audio they claim to be (empty, truncated, wrong container or sample format)."""
-
+# Re-exported: the numpy-free part of the audio helpers (``formats``), so ``codecs`` stays the one import for audio.
+from airies.voice.audio.formats import SUPPORTED_RATES as SUPPORTED_RATES
+from airies.voice.audio.formats import AudioFormatError as AudioFormatError
+from airies.voice.audio.formats import duration_seconds as duration_seconds
+from airies.voice.audio.formats import frame_bytes as frame_bytes
+from airies.voice.audio.formats import sniff_format as sniff_format
+from airies.voice.audio.formats import write_wav as write_wav
 
 # ---------------------------------------------------------------- PCM16 <-> numpy
 
@@ -35,11 +34,6 @@ def array_to_pcm16(samples: np.ndarray) -> bytes:
     if samples.dtype != np.int16:
         samples = np.clip(np.rint(samples), -32768, 32767).astype("<i2")
     return samples.astype("<i2", copy=False).tobytes()
-
-
-def duration_seconds(pcm16: bytes | int, sample_rate: int) -> float:
-    n_bytes = pcm16 if isinstance(pcm16, int) else len(pcm16)
-    return n_bytes / 2 / sample_rate
 
 
 # ---------------------------------------------------------------- G.711 μ-law
@@ -166,10 +160,6 @@ class StreamResampler:
 # ---------------------------------------------------------------- framing
 
 
-def frame_bytes(sample_rate: int, frame_ms: int) -> int:
-    return sample_rate * frame_ms // 1000 * 2
-
-
 def chunk_frames(pcm16: bytes, sample_rate: int, frame_ms: int = 20, *, pad: bool = False) -> Iterator[bytes]:
     """Split PCM16 into ``frame_ms`` frames; the short tail is dropped unless ``pad`` zero-fills it."""
     size = frame_bytes(sample_rate, frame_ms)
@@ -182,16 +172,6 @@ def chunk_frames(pcm16: bytes, sample_rate: int, frame_ms: int = 20, *, pad: boo
 
 
 # ---------------------------------------------------------------- WAV
-
-
-def write_wav(pcm16: bytes, sample_rate: int, channels: int = 1) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as wav:
-        wav.setnchannels(channels)
-        wav.setsampwidth(2)
-        wav.setframerate(sample_rate)
-        wav.writeframes(pcm16)
-    return buf.getvalue()
 
 
 STREAMING_SIZE = 0x7FFF0000  # writers that stream (espeak-ng --stdout) put a placeholder size here
@@ -248,18 +228,3 @@ def read_wav(data: bytes) -> tuple[bytes, int]:
     if samples.size == 0:
         raise AudioFormatError("WAV file holds no audio")
     return array_to_pcm16(samples), rate
-
-
-def sniff_format(data: bytes) -> str:
-    """Best-effort container detection for uploads: 'wav', 'mp3', 'ogg', 'flac', 'webm' or 'unknown'."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
-        return "wav"
-    if data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and (data[1] & 0xE0) == 0xE0):
-        return "mp3"
-    if data[:4] == b"OggS":
-        return "ogg"
-    if data[:4] == b"fLaC":
-        return "flac"
-    if data[:4] == b"\x1a\x45\xdf\xa3":
-        return "webm"
-    return "unknown"

@@ -50,10 +50,6 @@ def provider_name(endpoint_name: str) -> str:
     return f"{PROVIDER_PREFIX}{endpoint_name}"
 
 
-def is_custom_provider(provider: str) -> bool:
-    return provider.startswith(PROVIDER_PREFIX)
-
-
 @dataclass(frozen=True)
 class AccountEndpoint:
     """An endpoint ready to call: decrypted, for internal use only (never returned to a client)."""

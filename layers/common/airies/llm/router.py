@@ -63,7 +63,6 @@ from airies.llm.vendors.base import (
     LLMResponse,
     StreamEnd,
     TextDelta,
-    ToolCall,
     ToolCallDelta,
     Usage,
 )
@@ -994,10 +993,3 @@ async def collect_response(events: AsyncIterator[LLMEvent]) -> LLMResponse:
     if end is None:
         raise ProviderError("stream ended without a result", provider="unknown", retryable=True, details="dropped")
     return LLMResponse(text="".join(parts), tool_calls=tuple(end.tool_calls), end=end)
-
-
-def collect_tool_calls(events: list[LLMEvent]) -> tuple[ToolCall, ...]:
-    for event in events:
-        if isinstance(event, StreamEnd):
-            return tuple(event.tool_calls)
-    return ()

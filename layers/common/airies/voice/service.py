@@ -19,10 +19,10 @@ import logging
 import shutil
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -108,28 +108,6 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
     if isinstance(obj, Mapping):
         return obj.get(name, default)
     return getattr(obj, name, default)
-
-
-class VoiceCloner(Protocol):
-    """Implemented by TTS providers that support instant voice cloning (ElevenLabs)."""
-
-    async def clone_voice(
-        self, name: str, samples: Sequence[tuple[str, bytes]], *, description: str | None = None
-    ) -> VoiceInfo: ...
-
-    async def delete_voice(self, voice_id: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class AudioStreamEvent:
-    """What ``process_audio_stream`` yields: speech started, or one finished utterance with its transcript."""
-
-    kind: Literal["speech_start", "utterance"]
-    at_seconds: float
-    start_seconds: float
-    transcript: Transcript | None = None
-    audio: bytes = b""
-    end_seconds: float | None = None
 
 
 @dataclass
@@ -504,61 +482,6 @@ class VoiceService:
         session.delete(row)
         session.flush()
 
-    # ------------------------------------------------------------------ audio
-
-    def enhance_audio_quality(self, pcm16: bytes, sample_rate: int) -> bytes:
-        from airies.voice.audio.codecs import AudioFormatError
-        from airies.voice.audio.enhance import enhance_audio_quality
-
-        try:
-            return enhance_audio_quality(pcm16, sample_rate)
-        except AudioFormatError as exc:
-            raise BadRequestError(str(exc), code="invalid_audio") from exc
-
-    async def process_audio_stream(
-        self,
-        chunks: AsyncIterable[bytes],
-        sample_rate: int = 16000,
-        *,
-        transcriber: Any = None,
-        expected_phrases: Sequence[str] = (),
-        silence_ms: int = 500,
-        enhance: bool = True,
-        min_utterance_ms: int = 200,
-    ) -> AsyncIterator[AudioStreamEvent]:
-        """Caller audio in (PCM16 chunks), events out: ``speech_start``, then ``utterance`` with a transcript
-        after ``silence_ms`` of trailing silence. Utterances shorter than ``min_utterance_ms`` are dropped."""
-        from airies.voice.audio.vad import EndOfUtteranceDetector
-
-        detector = EndOfUtteranceDetector(sample_rate=sample_rate, silence_ms=silence_ms)
-
-        async def handle(events: list[Any]) -> AsyncIterator[AudioStreamEvent]:
-            for event in events:
-                if event.kind == "speech_start":
-                    yield AudioStreamEvent("speech_start", event.at_seconds, event.start_seconds)
-                    continue
-                if event.duration_seconds * 1000 < min_utterance_ms:
-                    continue
-                audio = self.enhance_audio_quality(event.audio, sample_rate) if enhance else event.audio
-                transcript = await self.speech_to_text(
-                    audio, sample_rate, transcriber=transcriber, expected_phrases=expected_phrases
-                )
-                yield AudioStreamEvent(
-                    "utterance",
-                    event.at_seconds,
-                    event.start_seconds,
-                    transcript=transcript,
-                    audio=event.audio,
-                    end_seconds=event.end_seconds,
-                )
-
-        async for chunk in chunks:
-            async for out in handle(detector.feed(chunk)):
-                yield out
-            await asyncio.sleep(0)
-        async for out in handle(detector.flush()):
-            yield out
-
 
 def _check_sample(filename: str, data: bytes) -> None:
     from airies.voice.audio.codecs import AudioFormatError, read_wav, sniff_format
@@ -711,15 +634,6 @@ def speech_model_cache(settings: Settings, builder: ModelBuilder | None = None) 
         storage,
         builder or (lambda phrases: offline_recogniser().build_model(phrases)),
     )
-
-
-def replace_voice(voice: Any, **changes: Any) -> Any:
-    """Copy a voice config (pydantic model, dataclass or dict) with some fields changed."""
-    if isinstance(voice, Mapping):
-        return {**voice, **changes}
-    if hasattr(voice, "model_copy"):
-        return voice.model_copy(update=changes)
-    return replace(voice, **changes)
 
 
 def domain_phrases(expected_phrases: Sequence[str], keywords: Sequence[str]) -> list[str]:

@@ -120,43 +120,6 @@ def resample_pcm16(pcm16: bytes, src_rate: int, dst_rate: int) -> bytes:
     return array_to_pcm16(resample_array(pcm16_to_array(pcm16), src_rate, dst_rate))
 
 
-class StreamResampler:
-    """Resampling for a live stream of chunks (8k <-> 16k <-> 24k <-> 48k): filter state carries across chunks,
-    so chunk boundaries leave no clicks. Output lags the input by half the filter (about 1.5 ms for 8k -> 16k)."""
-
-    def __init__(self, src_rate: int, dst_rate: int) -> None:
-        ratio = Fraction(dst_rate, src_rate)
-        self.up, self.down = ratio.numerator, ratio.denominator
-        if self.up > 8 or self.down > 8:
-            raise AudioFormatError(f"streaming resampling {src_rate} -> {dst_rate} Hz is not supported")
-        self.src_rate, self.dst_rate = src_rate, dst_rate
-        factor = max(self.up, self.down)
-        self._h = _lowpass(0.5 / factor * 0.92, 24 * factor + 1) * self.up
-        self._tail = np.zeros(self._h.size - 1, dtype=np.float32)
-        self._skip = 0  # high-rate samples to skip before the next kept one (decimation phase)
-        self._odd = b""
-
-    def process(self, pcm16: bytes) -> bytes:
-        pcm16 = self._odd + pcm16
-        if len(pcm16) % 2:
-            self._odd, pcm16 = pcm16[-1:], pcm16[:-1]
-        else:
-            self._odd = b""
-        if self.up == self.down == 1 or not pcm16:
-            return pcm16
-        x = pcm16_to_array(pcm16).astype(np.float32)
-        if self.up > 1:
-            stuffed = np.zeros(x.size * self.up, dtype=np.float32)
-            stuffed[:: self.up] = x
-            x = stuffed
-        buffer = np.concatenate([self._tail, x])
-        y = np.convolve(buffer, self._h, mode="valid")  # one output per new high-rate sample
-        self._tail = buffer[-(self._h.size - 1) :]
-        kept = y[self._skip :: self.down]
-        self._skip = (self._skip - y.size) % self.down
-        return array_to_pcm16(kept)
-
-
 # ---------------------------------------------------------------- framing
 
 

@@ -15,7 +15,6 @@ from airies.core.text import split_sentences
 from airies.voice.audio.formats import AudioFormatError, frame_bytes
 from airies.voice.tts.base import TTSOptions, VoiceInfo, parse_output_format
 
-ESPEAK_RATE = 22050
 DEFAULT_WPM = 175
 CHUNK_MS = 100
 

@@ -7,6 +7,7 @@ from fastapi import APIRouter, FastAPI
 from airies import __version__
 from airies.accounts import routes as accounts
 from airies.agents import routes as agents
+from airies.agents.service import agents_using_provider
 from airies.api import health
 from airies.api.errors import install_error_handlers
 from airies.api.middleware import RequestGuardMiddleware
@@ -15,6 +16,7 @@ from airies.api.publishable_guard import PublishableKeyGuard
 from airies.billing import routes as billing
 from airies.conversations import recording_routes as recordings
 from airies.conversations import routes as conversations
+from airies.conversations.service import get_agent_analytics
 from airies.core.config import Settings, get_settings
 from airies.core.database import Database, get_database
 from airies.knowledge import routes as knowledge
@@ -40,6 +42,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.settings = settings
     app.state.database = database
     app.state.logger = logger
+    # Capabilities that answer questions of a capability below them (agents -> conversations, llm -> agents).
+    app.state.agent_analytics = get_agent_analytics
+    app.state.endpoint_users = agents_using_provider
     install_error_handlers(app)
     install_provider_key_vendors()
 

@@ -13,8 +13,8 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from airies.billing.ledger import build_usage_service
 from airies.billing.schemas import UsageEvent
+from airies.billing.usage import build_usage_service
 from airies.core.config import get_settings
 from airies.core.database import get_database
 

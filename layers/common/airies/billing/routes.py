@@ -12,9 +12,9 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from airies.accounts.auth import Caller, current_caller
 from airies.billing.invoicing import InvoicingService, invoice_out
-from airies.billing.ledger import UsageService, summary_period
 from airies.billing.payments import WebhookRejected, build_payment_service
 from airies.billing.pricing import get_pricing
+from airies.billing.reports import summary_period
 from airies.billing.schemas import (
     BalanceOut,
     InvoiceOut,
@@ -26,6 +26,7 @@ from airies.billing.schemas import (
     UsageSummaryOut,
     credits_to_micros,
 )
+from airies.billing.usage import UsageService
 from airies.core.errors import BadRequestError
 from airies.core.money import format_usd, micros_to_credits
 from airies.core.schemas import Limit, Page

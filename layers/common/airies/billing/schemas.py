@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from airies.core.errors import PaymentRequiredError, RateLimitedError
 from airies.core.money import MICROS_PER_CREDIT, CreditAmount, UsdAmount, micros_to_credits
 from airies.core.schemas import StrictModel
 
@@ -93,8 +94,6 @@ class LimitCheck(BaseModel):
         """Raise the API error matching ``reason`` (402 for money/plan limits, 429 for concurrency)."""
         if self.allowed:
             return
-        from airies.core.errors import PaymentRequiredError, RateLimitedError
-
         details = self.model_dump()
         if self.reason == "concurrent_conversation_limit":
             error = RateLimitedError(self.message or "limit reached", details=details)

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from airies.billing.ledger import UsageService
+from airies.billing.usage import UsageService
 from airies.core.errors import BadRequestError, NotFoundError
 from airies.core.ids import new_id
 from airies.knowledge.context import KnowledgeContext

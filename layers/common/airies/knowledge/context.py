@@ -19,8 +19,9 @@ from typing import Any, Self
 from sqlalchemy.orm import Session
 
 from airies.accounts.provider_keys import ProviderKeyService
-from airies.billing.ledger import UsagePublisher, build_usage_publisher
+from airies.billing.metering import UsagePublisher
 from airies.billing.schemas import UsageEvent
+from airies.billing.usage import build_usage_publisher
 from airies.core.config import Settings
 from airies.core.database import Database
 from airies.core.errors import NotAvailableError

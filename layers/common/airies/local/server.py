@@ -186,7 +186,7 @@ def build_stack(
     database = get_database(settings)
 
     from airies.accounts.service import AccountService
-    from airies.billing.ledger import build_usage_service
+    from airies.billing.usage import build_usage_service
 
     key = dev_api_key(data_dir)
     with database.session() as session:

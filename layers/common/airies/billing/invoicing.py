@@ -32,7 +32,7 @@ from airies.billing.ledger import Ledger, keyset_page, micro_to_quantity, month_
 from airies.billing.models import BillingAccount, Invoice, UsageEventRecord
 from airies.billing.payments import PaymentService
 from airies.billing.pricing import Pricing, get_pricing
-from airies.billing.schemas import InvoiceLineOut, InvoiceOut, micros_to_credits
+from airies.billing.schemas import micros_to_credits
 from airies.billing.vendors import build_payment_provider
 from airies.billing.vendors.base import InvoiceLineSpec, PaymentProvider
 from airies.core.errors import NotAvailableError, NotFoundError
@@ -482,22 +482,6 @@ class InvoicingService:
             "failed": True,
             "invoice_id": invoice.id if invoice else None,
         }
-
-
-def invoice_out(invoice: Invoice) -> InvoiceOut:
-    return InvoiceOut(
-        id=invoice.id,
-        period_start=invoice.period_start,
-        period_end=invoice.period_end,
-        status=invoice.status,
-        currency=invoice.currency,
-        amount_cents=invoice.amount_cents,
-        total_credits=micros_to_credits(invoice.total_credits_micros),
-        lines=[InvoiceLineOut(**line) for line in invoice.lines],
-        stripe_invoice_id=invoice.stripe_invoice_id,
-        hosted_invoice_url=invoice.hosted_invoice_url,
-        created_at=invoice.created_at,
-    )
 
 
 def eventbridge_notifier(bus_name: str, *, region: str | None = None, endpoint_url: str | None = None) -> Callable:

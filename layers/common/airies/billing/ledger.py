@@ -552,17 +552,4 @@ class Ledger:
             self.ensure_account(account_id, session=s)
             q = select(CreditLedgerEntry).where(CreditLedgerEntry.account_id == account_id)
             items, next_cursor = keyset_page(s, q, CreditLedgerEntry, limit, cursor)
-            out = [
-                LedgerEntryOut(
-                    id=e.id,
-                    entry_type=e.entry_type,
-                    amount=micros_to_credits(e.amount_micros),
-                    amount_micros=e.amount_micros,
-                    description=e.description,
-                    reference_type=e.reference_type,
-                    reference_id=e.reference_id,
-                    created_at=e.created_at,
-                )
-                for e in items
-            ]
-            return out, next_cursor
+            return [LedgerEntryOut.model_validate(e) for e in items], next_cursor

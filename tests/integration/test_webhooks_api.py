@@ -12,7 +12,7 @@ from airies.core.config import Settings
 from airies.webhooks.delivery import Outcome, WebhookDeliverer
 from airies.webhooks.routes import delivery_queue
 from airies.webhooks.schemas import DeliveryMessage
-from airies.webhooks.service import WebhookService
+from airies.webhooks.service import WebhookPublisher, WebhookService
 from tests.conftest import signup
 from tests.doubles.webhook_receiver import WebhookReceiver
 
@@ -376,3 +376,41 @@ def test_a_stale_or_duplicate_message_is_a_no_op(client, auth, receiver, queue, 
     assert deliverer.handle(message).result == "stale"  # SQS delivered the same message twice
     assert deliverer.handle(DeliveryMessage(delivery_id="evt_unknown", attempt=1)).result == "stale"
     assert len(receiver.received) == 1 and event is not None
+
+
+def test_deleting_an_agent_deletes_its_endpoint_and_its_events_go_to_the_default(
+    client, auth, receiver, queue, database, settings
+):
+    default = put_default(client, auth, receiver)
+    agent = client.post(f"{API}/agents", json=AGENT, headers=auth).json()["id"]
+    client.put(f"{API}/agents/{agent}/webhook", json={"url": receiver.url}, headers=auth)
+    assert client.delete(f"{API}/agents/{agent}", headers=auth).status_code == 204
+    assert client.get(f"{API}/agents/{agent}/webhook", headers=auth).status_code == 404
+    event = publish(database, settings, queue, account_id(client, auth), "tool.called", {}, agent_id=agent)
+    assert event.endpoint_id == default["id"]
+
+
+class FailingQueue:
+    def send(self, message: DeliveryMessage, delay_s: int = 0) -> None:
+        raise ConnectionError("SQS is unreachable")
+
+    def dead_letter(self, message: DeliveryMessage, reason: str) -> None:
+        raise ConnectionError("SQS is unreachable")
+
+
+def test_the_platforms_publisher_never_raises_and_a_retry_sends_the_unsent_event(
+    client, auth, receiver, queue, deliverer, database, settings
+):
+    put_default(client, auth, receiver)
+    account = account_id(client, auth)
+    broken = WebhookPublisher(database, settings, FailingQueue())
+    assert broken.publish(account, None, "conversation.started", {"n": 1}, idempotency_key="conv_5:started") is None
+    stored = client.get(f"{API}/webhooks/deliveries?status=pending", headers=auth).json()["data"]
+    assert len(stored) == 1 and stored[0]["attempts"] == 0  # kept: the first send failed after the commit
+    working = WebhookPublisher(database, settings, queue)
+    assert (
+        working.publish(account, None, "conversation.started", {"n": 1}, idempotency_key="conv_5:started")
+        == (stored[0]["id"])
+    )
+    assert [o.result for o in drain(deliverer, queue)] == ["delivered"]
+    assert working.publish(account, None, "turn.completed", {}, idempotency_key="x" * 201) is None  # logged, not raised

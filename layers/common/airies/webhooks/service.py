@@ -9,11 +9,15 @@
   account's; stores the event (``evt_...``, pending) when that endpoint is enabled and wants the type, commits, then
   enqueues its first attempt. The same idempotency key returns the stored event instead of a second one.
 * deliveries: ``list_deliveries`` / ``get_delivery`` / ``redeliver`` / ``send_test``. Another account's ids are 404.
+
+``WebhookPublisher(database, settings, queue)``: ``publish`` in a unit of work of its own, for the platform's own
+code (conversations, tools): a failure is logged and returns None, so an event can go missing but never a call.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from sqlalchemy import select
@@ -21,12 +25,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from airies.core.config import Settings
+from airies.core.database import Database
 from airies.core.errors import ConflictError, NotFoundError
 from airies.core.ids import new_id
 from airies.core.models import utcnow
 from airies.core.secrets import EnvelopeCipher, Sealed, get_cipher
 from airies.core.url_guard import URLGuard, url_guard
-from airies.webhooks.delivery import DeliveryQueue, secret_context
+from airies.webhooks.delivery import DeliveryQueue, build_delivery_queue, secret_context
 from airies.webhooks.models import ACCOUNT_SCOPE, WebhookDelivery, WebhookEndpoint, agents_table
 from airies.webhooks.schemas import (
     EVENT_TYPES,
@@ -40,6 +45,7 @@ from airies.webhooks.schemas import (
 from airies.webhooks.signing import generate_secret
 
 MAX_IDEMPOTENCY_KEY = 200
+log = logging.getLogger(__name__)
 
 
 def endpoint_out(endpoint: WebhookEndpoint, secret: str | None = None) -> EndpointOut:
@@ -324,3 +330,34 @@ class WebhookService:
         self.session.commit()
         self._enqueue(row)
         return row
+
+
+class WebhookPublisher:
+    def __init__(self, database: Database, settings: Settings, queue: DeliveryQueue | None) -> None:
+        self.database = database
+        self.settings = settings
+        self.queue = queue
+
+    def publish(
+        self,
+        account_id: str,
+        agent_id: str | None,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+    ) -> str | None:
+        """The event id, or None when no endpoint wants the event or publishing failed (logged, never raised)."""
+        try:
+            with self.database.session() as session:
+                row = WebhookService(session, self.settings, queue=self.queue).publish(
+                    account_id, agent_id, event_type, data, idempotency_key=idempotency_key
+                )
+                return row.id if row is not None else None
+        except Exception:  # a server message must never fail the call that caused it
+            log.exception("webhook event not published", extra={"event_type": event_type, "account_id": account_id})
+            return None
+
+
+def build_webhook_publisher(settings: Settings, database: Database) -> WebhookPublisher:
+    return WebhookPublisher(database, settings, build_delivery_queue(settings))

@@ -5,18 +5,32 @@ that failed for good to WebhookDeadLetterQueue. Also: the local stack consumes W
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 
 import boto3
 import pytest
 from moto import mock_aws
 
-from airies.core.config import Settings
-from airies.local.event_sources import sqs_sources
+from airies.core.config import Settings, get_settings
+from airies.core.database import get_database
+from airies.local.event_sources import sqs_sources, start_queue_workers
 from airies.local.invoke import LambdaContext, _clear_container_caches, load_handler, patched_environ, resolve_function
-from airies.local.template import function_environment, function_specs, load_template
+from airies.local.template import (
+    DEFAULT_ENV_FILE,
+    LocalContext,
+    create_local_resources,
+    function_environment,
+    function_specs,
+    load_env_file,
+    load_template,
+)
 from airies.webhooks.routes import delivery_queue
+from airies.webhooks.schemas import EndpointPut
+from airies.webhooks.service import WebhookService, build_webhook_publisher
 from tests.doubles.webhook_receiver import WebhookReceiver
+from tests.kb_support import new_account
 
 API = "/api/v1"
 SPEC, CTX = resolve_function("WebhookFunction")
@@ -138,3 +152,47 @@ def test_the_local_stack_consumes_the_webhook_queue() -> None:
     template = load_template()
     sources = {s.queue_logical_id: s.function.logical_id for s in sqs_sources(function_specs(template), template)}
     assert sources["WebhookQueue"] == "WebhookFunction"
+
+
+def test_the_local_stack_delivers_through_its_queue_worker(database, monkeypatch, tmp_path, receiver):
+    """As under ``make run``: the template's queues under moto, WebhookFunction's handler polled by the local
+    event source, a publish through the configured queue reaching a real receiver, verified."""
+
+    class Stack:
+        def __init__(self, ctx, settings, database) -> None:
+            self.context, self.settings, self.database = ctx, settings, database
+            self.aws_endpoint_url = None
+            self.stopping = threading.Event()
+
+    with patched_environ({}), mock_aws():
+        ctx = LocalContext(template=load_template(), env_file=load_env_file(DEFAULT_ENV_FILE), region="us-east-1")
+        create_local_resources(ctx)
+        for key, value in TEMPLATE_ENV.items():  # the worker's environment, as make run applies it
+            if value is not None and key.startswith("AIRIES_WEBHOOK"):
+                monkeypatch.setenv(key, value)
+        monkeypatch.setenv("DATABASE_URL", database.url)
+        monkeypatch.setenv("AIRIES_DATA_DIR", str(tmp_path))
+        monkeypatch.setenv("AIRIES_URL_GUARD_ALLOWED_HOSTS", receiver.host)
+        get_settings.cache_clear()
+        settings = get_settings()
+        stack = Stack(ctx, settings, get_database(settings))
+        try:
+            start_queue_workers(stack)
+            account_id = new_account(database)
+            with database.session() as session:
+                endpoint, _ = WebhookService(session, settings, queue=None).put_endpoint(
+                    account_id, None, EndpointPut(url=receiver.url)
+                )
+            receiver.secret = endpoint.secret or ""
+            event_id = build_webhook_publisher(settings, database).publish(
+                account_id, None, "conversation.ended", {"conversation_id": "conv_local"}
+            )
+            deadline = time.monotonic() + 20
+            while not receiver.received and time.monotonic() < deadline:
+                time.sleep(0.1)
+            (received,) = receiver.received
+            assert received.verified and received.headers["Airies-Event-Id"] == event_id
+        finally:
+            stack.stopping.set()
+            time.sleep(0.6)  # the poller notices within one idle sleep
+            get_settings.cache_clear()

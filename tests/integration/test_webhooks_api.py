@@ -414,3 +414,14 @@ def test_the_platforms_publisher_never_raises_and_a_retry_sends_the_unsent_event
     )
     assert [o.result for o in drain(deliverer, queue)] == ["delivered"]
     assert working.publish(account, None, "turn.completed", {}, idempotency_key="x" * 201) is None  # logged, not raised
+
+
+def test_an_event_whose_endpoint_was_deleted_fails(client, auth, receiver, queue, deliverer, database, settings):
+    put_default(client, auth, receiver)
+    event = publish(database, settings, queue, account_id(client, auth), "tool.called", {})
+    assert client.delete(f"{API}/webhooks/endpoint", headers=auth).status_code == 204
+    assert [o.result for o in drain(deliverer, queue)] == ["failed"]
+    assert receiver.received == []
+    got = client.get(f"{API}/webhooks/deliveries/{event.id}", headers=auth).json()
+    assert got["status"] == "failed" and got["last_error"] == "endpoint deleted" and got["endpoint_id"] is None
+    assert client.post(f"{API}/webhooks/deliveries/{event.id}/redeliver", headers=auth).status_code == 409

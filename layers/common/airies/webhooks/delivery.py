@@ -118,6 +118,15 @@ class Response:
 
 
 @dataclass(frozen=True)
+class Target:
+    url: str
+    body: bytes
+    secret: str
+    event_type: str
+    window_started: datetime
+
+
+@dataclass(frozen=True)
 class Outcome:
     result: str  # delivered | retry | failed | deferred | stale
     response: Response | None = None
@@ -163,27 +172,40 @@ class WebhookDeliverer:
         if message.not_before is not None and message.not_before - now >= 1:
             self.queue.send(message, math.ceil(message.not_before - now))
             return Outcome("deferred")
-        with self.database.session() as session:
-            row = session.get(WebhookDelivery, message.delivery_id)
-            if row is None or row.status != "pending" or row.attempts != message.attempt - 1:
-                return Outcome("stale")  # a duplicate, or an attempt already recorded
-            endpoint = session.get(WebhookEndpoint, row.endpoint_id) if row.endpoint_id else None
-            if endpoint is None or not endpoint.enabled:
-                reason = "endpoint deleted" if endpoint is None else "endpoint disabled"
-                return self._record(message, Response(None, 0, reason), "failed")
-            sealed = Sealed(endpoint.secret_ciphertext, endpoint.secret_encrypted_data_key, endpoint.secret_key_ref)
-            secret = self.cipher.open(sealed, secret_context(endpoint))
-            url, body, event_type = endpoint.url, payload_body(row.payload), row.event_type
-            window_started = row.window_started_at
+        target = self._target(message)
+        if target == "stale":
+            return Outcome("stale")  # a duplicate, or an attempt already recorded
+        if isinstance(target, str):
+            return self._record(message, Response(None, 0, target), "failed")
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
-            SIGNATURE_HEADER: signature_header(secret, body, timestamp=int(self.clock())),
+            SIGNATURE_HEADER: signature_header(target.secret, target.body, timestamp=int(self.clock())),
             EVENT_ID_HEADER: message.delivery_id,
-            EVENT_TYPE_HEADER: event_type,
+            EVENT_TYPE_HEADER: target.event_type,
         }
-        response = self.post(url, body, headers)
-        return self._decide(message, response, window_started)
+        response = self.post(target.url, target.body, headers)
+        return self._decide(message, response, target.window_started)
+
+    def _target(self, message: DeliveryMessage) -> Target | str:
+        """What attempt ``message`` sends where; else "stale", or why the event cannot be sent any more."""
+        with self.database.session() as session:
+            row = session.get(WebhookDelivery, message.delivery_id)
+            if row is None or row.status != "pending" or row.attempts != message.attempt - 1:
+                return "stale"
+            endpoint = session.get(WebhookEndpoint, row.endpoint_id) if row.endpoint_id else None
+            if endpoint is None:
+                return "endpoint deleted"
+            if not endpoint.enabled:
+                return "endpoint disabled"
+            sealed = Sealed(endpoint.secret_ciphertext, endpoint.secret_encrypted_data_key, endpoint.secret_key_ref)
+            return Target(
+                url=endpoint.url,
+                body=payload_body(row.payload),
+                secret=self.cipher.open(sealed, secret_context(endpoint)),
+                event_type=row.event_type,
+                window_started=row.window_started_at,
+            )
 
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> Response:
         """POST through the URL guard; 307/308 redirects are followed (each hop guarded), other 3xx are answers."""

@@ -425,3 +425,24 @@ def test_an_event_whose_endpoint_was_deleted_fails(client, auth, receiver, queue
     got = client.get(f"{API}/webhooks/deliveries/{event.id}", headers=auth).json()
     assert got["status"] == "failed" and got["last_error"] == "endpoint deleted" and got["endpoint_id"] is None
     assert client.post(f"{API}/webhooks/deliveries/{event.id}/redeliver", headers=auth).status_code == 409
+
+
+def test_publishing_inside_the_owners_transaction_enqueues_on_its_commit(
+    client, auth, receiver, queue, deliverer, database, settings
+):
+    put_default(client, auth, receiver)
+    account = account_id(client, auth)
+    with database.session() as session:
+        row = WebhookService(session, settings, queue=queue).publish(
+            account, None, "turn.completed", {"turn_id": "t1"}, commit=False
+        )
+        assert row is not None and queue.messages == []  # not before the owner commits
+    assert [m.delivery_id for m, _ in queue.messages] == [row.id]
+    assert [o.result for o in drain(deliverer, queue)] == ["delivered"]
+
+    with pytest.raises(RuntimeError), database.session() as session:
+        WebhookService(session, settings, queue=queue).publish(account, None, "turn.completed", {}, commit=False)
+        raise RuntimeError("the turn failed")
+    assert queue.messages == []
+    listed = client.get(f"{API}/webhooks/deliveries", headers=auth).json()["data"]
+    assert [d["id"] for d in listed] == [row.id]  # the rolled-back event is gone with its transaction

@@ -20,7 +20,7 @@ import json
 import logging
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -189,10 +189,13 @@ class WebhookService:
         data: dict[str, Any],
         *,
         idempotency_key: str | None = None,
+        commit: bool = True,
     ) -> WebhookDelivery | None:
         """Store the event and enqueue its delivery; None when no enabled endpoint wants it.
 
-        Commits the session before enqueuing, so the worker always finds the event. ``idempotency_key`` (e.g.
+        The worker must find the event, so it is enqueued only once stored: ``commit=True`` commits the session and
+        enqueues; ``commit=False`` leaves the transaction to its owner (a conversation's unit of work) and enqueues
+        when that commits (never, when it rolls back). ``idempotency_key`` (e.g.
         ``f"{conversation_id}:conversation.ended"``) makes a publisher's retry return the first event."""
         if event_type not in EVENT_TYPES and event_type != TEST_EVENT:
             raise ValueError(f"unknown webhook event type {event_type!r}")
@@ -206,7 +209,7 @@ class WebhookService:
         if idempotency_key is not None:
             existing = self._by_key(account_id, idempotency_key)
             if existing is not None:
-                return self._resend_unsent(existing)
+                return self._resend_unsent(existing, commit=commit)
         event_id = new_id("evt")
         now = utcnow()
         row = WebhookDelivery(
@@ -231,16 +234,26 @@ class WebhookService:
             created_at=now,
             updated_at=now,
         )
-        try:
-            with self.session.begin_nested():
-                self.session.add(row)
-        except IntegrityError:  # the same key published concurrently: that event is the one
-            existing = self._by_key(account_id, idempotency_key or event_id)
-            if existing is None:
-                raise
-            return self._resend_unsent(existing)
-        self.session.commit()
-        self._enqueue(row)
+        if not commit and self.session.get_bind().dialect.name == "sqlite":
+            # pysqlite opens no transaction before the first write, so a SAVEPOINT there would be committed by its
+            # RELEASE, outside the owner's transaction. Without it a concurrent publish of the same key fails the
+            # owner's transaction instead of returning the first event (SQLite runs locally only).
+            self.session.add(row)
+            self.session.flush()
+        else:
+            try:
+                with self.session.begin_nested():
+                    self.session.add(row)
+            except IntegrityError:  # the same key published concurrently: that event is the one
+                existing = self._by_key(account_id, idempotency_key or event_id)
+                if existing is None:
+                    raise
+                return self._resend_unsent(existing, commit=commit)
+        if commit:
+            self.session.commit()
+            self._enqueue(row)
+        else:
+            self._enqueue_after_commit(row)
         return row
 
     def _by_key(self, account_id: str, key: str) -> WebhookDelivery | None:
@@ -250,15 +263,33 @@ class WebhookService:
             )
         ).one_or_none()
 
-    def _resend_unsent(self, row: WebhookDelivery) -> WebhookDelivery:
+    def _resend_unsent(self, row: WebhookDelivery, *, commit: bool) -> WebhookDelivery:
         """A publisher's retry: enqueue again only an event no attempt was made at (its first send may have failed)."""
         if row.status == "pending" and row.attempts == 0:
-            self._enqueue(row)
+            if commit:
+                self._enqueue(row)
+            else:
+                self._enqueue_after_commit(row)
         return row
 
     def _enqueue(self, row: WebhookDelivery) -> None:
         if self.queue is not None:
             self.queue.send(DeliveryMessage(delivery_id=row.id, attempt=row.attempts + 1))
+
+    def _enqueue_after_commit(self, row: WebhookDelivery) -> None:
+        queue = self.queue
+        if queue is None:
+            return
+        message = DeliveryMessage(delivery_id=row.id, attempt=row.attempts + 1)
+
+        def send(_session: Session) -> None:
+            try:
+                queue.send(message)
+            except Exception:  # the owner's transaction has committed: its caller must not see this failure
+                log.exception("webhook event stored but not enqueued", extra={"event_id": message.delivery_id})
+
+        # After a rollback the listener may still fire at a later commit: the worker drops an unknown event.
+        event.listen(self.session, "after_commit", send, once=True)
 
     def send_test(self, account_id: str, agent_id: str | None) -> WebhookDelivery:
         if agent_id is not None:

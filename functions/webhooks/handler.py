@@ -17,6 +17,7 @@ from pydantic import Json
 from airies.core.config import get_settings
 from airies.core.database import get_database
 from airies.core.metrics import MonitoringService
+from airies.core.observability import lambda_handler, logger, metrics
 from airies.webhooks.delivery import WebhookDeliverer, build_delivery_queue
 from airies.webhooks.schemas import DeliveryMessage
 
@@ -25,9 +26,7 @@ class DeliveryRecord(SqsRecordModel):
     body: Json[DeliveryMessage]  # type: ignore[assignment]  # the parser validates the JSON body
 
 
-monitoring = MonitoringService()
-logger = monitoring.logger
-tracer = monitoring.tracer
+monitoring = MonitoringService(metrics=metrics, logger=logger)
 processor = BatchProcessor(event_type=EventType.SQS, model=DeliveryRecord)
 _deliverer: WebhookDeliverer | None = None
 
@@ -67,8 +66,6 @@ def record_handler(record: DeliveryRecord) -> str:
     return outcome.result
 
 
-@logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler
-@monitoring.log_metrics
+@lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

@@ -50,28 +50,10 @@ class DeliveryQueue(Protocol):
 class SqsDeliveryQueue:
     """The delivery queue on AWS (and under ``make run``, where moto serves the template's queues)."""
 
-    def __init__(
-        self,
-        queue_url: str,
-        dead_letter_queue_url: str | None = None,
-        client: Any = None,
-        *,
-        region: str | None = None,
-        endpoint_url: str | None = None,
-    ) -> None:
+    def __init__(self, client: Any, queue_url: str, dead_letter_queue_url: str | None = None) -> None:
+        self.client = client
         self.queue_url = queue_url
         self.dead_letter_queue_url = dead_letter_queue_url
-        self._client = client
-        self._region = region
-        self._endpoint_url = endpoint_url
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("sqs", region_name=self._region, endpoint_url=self._endpoint_url)
-        return self._client
 
     def send(self, message: DeliveryMessage, delay_s: int = 0) -> None:
         delay = max(0, min(MAX_DELAY_HOP_S, int(delay_s)))
@@ -87,12 +69,10 @@ def build_delivery_queue(settings: Settings) -> DeliveryQueue | None:
     """The configured queue; None without ``AIRIES_WEBHOOK_QUEUE_URL`` (events are stored, nothing delivers them)."""
     if not settings.webhook_queue_url:
         return None
-    return SqsDeliveryQueue(
-        settings.webhook_queue_url,
-        settings.webhook_dead_letter_queue_url,
-        region=settings.aws_region,
-        endpoint_url=settings.aws_endpoint_url,
-    )
+    import boto3  # imported only where a queue is configured: it weighs on cold starts
+
+    client = boto3.client("sqs", region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url)
+    return SqsDeliveryQueue(client, settings.webhook_queue_url, settings.webhook_dead_letter_queue_url)
 
 
 def backoff_s(attempt: int, base_s: float, rng: Callable[[], float] = random.random) -> float:

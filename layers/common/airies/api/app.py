@@ -23,6 +23,7 @@ from airies.knowledge import routes as knowledge
 from airies.llm import routes as llm
 from airies.voice import routes as voices
 from airies.webapp import install_webapp
+from airies.webhooks import routes as webhooks
 from airies.widget import routes as widget
 
 
@@ -49,7 +50,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     install_provider_key_vendors()
 
     api = APIRouter(prefix=settings.api_base_path)
-    routers = (health, accounts, agents, llm, voices, conversations, recordings, knowledge, billing, widget)
+    routers = (health, accounts, agents, llm, voices, conversations, recordings, knowledge, billing, widget, webhooks)
     for module in routers:
         api.include_router(module.router)
     app.include_router(api)

@@ -218,3 +218,19 @@ chromium:
 		echo "Chromium (browser tests) is missing: installing it with apt-get"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+# Benchmark: Airies against Pipecat, same injected latencies, interleaved in one run (docs/benchmarks.md). Pipecat is
+# not a project dependency: it lives in its own virtual environment. Knobs: TURNS, ROUNDS, MAX_LOAD, BENCH_PIPECAT_ARGS.
+PIPECAT_VENV ?= .venv-pipecat
+PIPECAT_VERSION := 1.14.0
+PIPECAT_STAMP := $(PIPECAT_VENV)/.pipecat-$(PIPECAT_VERSION)
+.PHONY: bench-pipecat
+
+$(PIPECAT_STAMP):
+	$(PYTHON) -m venv $(PIPECAT_VENV)
+	$(PIPECAT_VENV)/bin/pip install $(PIP_QUIET) 'pipecat-ai[openai]==$(PIPECAT_VERSION)'
+	@touch $@
+
+bench-pipecat: install espeak $(PIPECAT_STAMP)
+	$(PY) -m benchmarks.vs_pipecat --pipecat-python $(PIPECAT_VENV)/bin/python --turns $(or $(TURNS),16) \
+		--rounds $(or $(ROUNDS),4) --max-load $(or $(MAX_LOAD),1.0) $(BENCH_PIPECAT_ARGS)

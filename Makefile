@@ -43,6 +43,7 @@ help:
 	@echo "make web     build the web app (web/ -> layers/common/airies/webapp/dist) when its sources changed"
 	@echo "make test    install, lint, then every test (SQLite, PostgreSQL, PostgreSQL 16 + pgvector) with coverage per capability"
 	@echo "make bench   benchmarks (cold init per function, warm API latency) -> benchmarks/results/"
+	@echo "make bench-pipecat   Airies against Pipecat side by side (TURNS, ROUNDS, MAX_LOAD; docs/benchmarks.md)"
 	@echo "make lint    ruff + import-linter (layers, no cycles) + mypy + cfn-lint + checkov"
 	@echo "make format  ruff format + ruff check --fix"
 	@echo "make build   sam validate + sam build (arm64 layers); each function's unzipped size against the 250 MB limit"
@@ -172,7 +173,7 @@ clean:
 		-type d -name __pycache__ -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV) $(TOOLS_VENV) $(SAM_VENV) $(CHECKOV_VENV)
+	rm -rf $(VENV) $(TOOLS_VENV) $(SAM_VENV) $(CHECKOV_VENV) $(PIPECAT_VENV)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Capability targets (add yours below, one small section each)

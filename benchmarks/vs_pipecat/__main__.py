@@ -216,8 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     server_lines = [json.loads(line) for line in server_log.read_text().splitlines()]
     cells, incomplete = analysis.collect(rows, server_lines)
     summary = analysis.summarize(cells)
-    print()
+    loads = [b["load_start"] for b in blocks] or [0.0]
+    info = harness.machine_info()
+    print(
+        f"\nmachine: {info['nproc']} CPU(s), {info['cpu_model']}, Python {info['python']}; load average at block "
+        f"starts {min(loads):.2f}-{max(loads):.2f}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
+    )
     print(analysis.table(summary))
+    print()
+    print(analysis.breakdown(summary))
     if incomplete:
         print(f"\nincomplete turns (left out): {incomplete}")
     result = {

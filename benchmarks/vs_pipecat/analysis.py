@@ -133,6 +133,14 @@ def _num(value: float | None, suffix: str = "") -> str:
     return "–" if value is None else f"{value:.2f}{suffix}"
 
 
+def _pair(figures: dict[str, float]) -> str:
+    return f"{figures['p50']:.1f} / {figures['p95']:.1f}"
+
+
+def _p50(cell: dict[str, Any], metric: str) -> str:
+    return _num(cell[metric]["p50"]) if metric in cell else "–"
+
+
 def table(summary: dict[str, Any]) -> str:
     """The side-by-side as a Markdown table: one row per Airies cell, next to Pipecat's of the same context size."""
     lines = [
@@ -147,13 +155,30 @@ def table(summary: dict[str, Any]) -> str:
         base = next((c for k, c in summary.items() if k.startswith("P.") and k.endswith(f".{messages}")), {})
         ratios = cell.get("ratio_to_pipecat", {})
 
-        def p50(c: dict[str, Any], metric: str) -> str:
-            return _num(c[metric]["p50"]) if metric in c else "–"
-
         lines.append(
             f"| {messages} | {route} | {_triple(cell.get('overhead_ms'))} | {_triple(base.get('overhead_ms'))} | "
             f"{_num(ratios.get('overhead_p50'), '×')} | {_num(ratios.get('overhead_p95'), '×')} | "
-            f"{p50(cell, 'end_overhead_ms')} / {p50(base, 'end_overhead_ms')} | "
-            f"{p50(cell, 'cpu_ms')} / {p50(base, 'cpu_ms')} | {cell['turns']} / {base.get('turns', 0)} |"
+            f"{_p50(cell, 'end_overhead_ms')} / {_p50(base, 'end_overhead_ms')} | "
+            f"{_p50(cell, 'cpu_ms')} / {_p50(base, 'cpu_ms')} | {cell['turns']} / {base.get('turns', 0)} |"
+        )
+    return "\n".join(lines)
+
+
+def breakdown(summary: dict[str, Any]) -> str:
+    """Where each cell's time goes (p50 unless said): until the LLM is called and its request reaches the server;
+    for Airies, the AWS round trips the first audio waited for and the overhead projected at AWS's usual latencies."""
+    lines = [
+        "| cell | frame → LLM called (ms) | frame → request at the server (ms) | AWS round trips on the path | "
+        "waited on them (ms) | projected overhead p50 / p95 (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key in sorted(summary, key=lambda k: (int(k.split(".")[2]), k)):
+        cell = summary[key]
+        system, route, messages = key.split(".")
+        projected = cell.get("projected_overhead_ms")
+        lines.append(
+            f"| {SYSTEMS[system]} {route} {messages} | {_p50(cell, 'to_llm_call_ms')} | "
+            f"{_p50(cell, 'to_llm_request_ms')} | {_p50(cell, 'aws_round_trips')} | {_p50(cell, 'aws_waited_ms')} | "
+            f"{'–' if projected is None else _pair(projected)} |"
         )
     return "\n".join(lines)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
+from airies.core.config import PROJECT_ROOT
 from benchmarks.vs_pipecat import analysis
 from benchmarks.vs_pipecat.reply import FIRST_SENTENCE_END, REPLY, REPLY_TOKENS
 
@@ -115,3 +117,34 @@ def test_table_has_one_row_per_airies_cell_beside_pipecat() -> None:
         "| 20 / 20 |"
     )
     assert lines[3].startswith("| 4 | text | 49.0 / 58.0 / 59.0 | 24.5 / 29.0 / 29.5 | 2.00× | 2.00× |")
+
+
+def test_breakdown_lists_every_cell_with_airies_aws_figures() -> None:
+    lines = analysis.breakdown(synthetic_summary()).splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:]] == [
+        "| Airies audio 4",
+        "| Airies text 4",
+        "| Pipecat text 4",
+        "| Pipecat text 202",
+    ]
+    assert lines[4] == "| Pipecat text 4 | 2.00 | 5.00 | – | – | – |"
+
+
+def test_make_bench_pipecat_passes_the_knobs_and_keeps_pipecat_in_its_own_environment() -> None:
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    assert "PIPECAT_VERSION := 1.14.0" in makefile and "'pipecat-ai[openai]==$(PIPECAT_VERSION)'" in makefile
+    assert ".venv-pipecat/" in (PROJECT_ROOT / ".gitignore").read_text().splitlines()
+    dry = subprocess.run(
+        ["make", "-n", "bench-pipecat", "TURNS=2", "ROUNDS=1", "MAX_LOAD=100"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert dry.returncode == 0, dry.stderr
+    commands = " ".join(dry.stdout.replace("\\\n", " ").split())
+    assert "-m benchmarks.vs_pipecat --pipecat-python .venv-pipecat/bin/python --turns 2 --rounds 1 --max-load 100" in (
+        commands
+    )
+    assert "pipecat" not in (PROJECT_ROOT / "pyproject.toml").read_text().lower()

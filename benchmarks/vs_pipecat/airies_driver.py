@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 # The protocol channel is the original stdout; the handler's logs and anything else printed go to stderr.
@@ -343,27 +343,38 @@ class Airies:
 
     def block(self, messages: int, route: str, tags: list[str], gap_s: float) -> list[dict[str, Any]]:
         """Turns whose LLM request carries ``messages`` messages: 4 = system + one prior exchange + the user's turn
-        (a new conversation per turn); 42 = the platform's default window of 20 turns; more = the window raised."""
+        (a new conversation per turn); more = the long conversation read through a window of (messages - 2) / 2
+        turns (42: the platform's default)."""
         rows = []
-        default = conversations_service.HISTORY_TURNS
-        try:
-            # The history window is a module constant, not a setting: set so both systems send the same request.
-            if messages > 4:
-                conversations_service.HISTORY_TURNS = (messages - 2) // 2
+        with history_window((messages - 2) // 2 if messages > 4 else None):
             for tag in tags:
                 if messages == 4:
                     _, conn = self.open_conversation()
                     self.turn(conn, f"{tag}.p", "text", gap_s)
-                    row = self.turn(conn, tag, route, gap_s)
+                    rows.append(self.turn(conn, tag, route, gap_s))
                     self.close_conversation(conn)
+                elif self.long is None:
+                    raise RuntimeError("prefill the long conversation first")
                 else:
-                    if self.long is None:
-                        raise RuntimeError("prefill the long conversation first")
-                    row = self.turn(self.long[1], tag, route, gap_s)
-                rows.append(row)
-        finally:
-            conversations_service.HISTORY_TURNS = default
+                    rows.append(self.turn(self.long[1], tag, route, gap_s))
         return rows
+
+
+@contextlib.contextmanager
+def history_window(turns: int | None) -> Iterator[None]:
+    """How many stored turns a turn's LLM request carries: a module constant, not a setting, so it is set here for
+    the block (both systems then send the same request size) and put back after it."""
+    if turns is None:
+        yield
+        return
+    default = getattr(conversations_service, "HISTORY_TURNS", None)
+    if not isinstance(default, int):
+        raise RuntimeError("airies.conversations.service.HISTORY_TURNS moved: point history_window at it")
+    conversations_service.HISTORY_TURNS = turns
+    try:
+        yield
+    finally:
+        conversations_service.HISTORY_TURNS = default
 
 
 def main() -> None:

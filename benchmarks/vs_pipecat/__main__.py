@@ -126,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}/v1"
     server_log = out / "server.jsonl"
+    server_out = (out / "server.out").open("w")
     server = subprocess.Popen(
         [pipecat_python, "-m", "benchmarks.vs_pipecat.fake_llm", "--port", str(port), "--log", str(server_log)],
-        stdout=(out / "server.out").open("w"),
+        stdout=server_out,
         stderr=subprocess.STDOUT,
         cwd=harness.ROOT,
     )
@@ -143,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                 if server.poll() is not None:
                     raise RuntimeError(f"the fake LLM server exited; see {out / 'server.out'}") from None
                 time.sleep(0.1)
+        else:
+            raise RuntimeError(f"the fake LLM server did not answer in 30 s; see {out / 'server.out'}")
         pipecat = Driver(
             "pipecat",
             [pipecat_python, "-m", "benchmarks.vs_pipecat.pipecat_driver", base_url],
@@ -211,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         for driver in drivers:
             driver.stop()
         stop_child(server)
+        server_out.close()
+        run_log.close()
 
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     server_lines = [json.loads(line) for line in server_log.read_text().splitlines()]

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger
 from mangum import Mangum
 
 from airies.api.app import create_app
+from airies.core.observability import lambda_handler, logger
 
-logger = Logger()
 app = create_app(logger=logger)
 _asgi = Mangum(app, lifespan="off")
 
 
-@logger.inject_lambda_context(clear_state=True)
+@lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return _asgi(event, context)
 

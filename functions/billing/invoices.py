@@ -11,15 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from airies.billing.invoicing import build_invoicing_service
 from airies.core.config import get_settings
 from airies.core.database import get_database
+from airies.core.observability import lambda_handler, logger
 from airies.core.stepfunctions import step_errors
 
-logger = Logger()
 settings = get_settings()
 database = get_database(settings)
 DEFAULT_PAGE_SIZE = 250  # a page's child execution: ~28 history events per billed account, far under 25,000
@@ -128,7 +127,7 @@ def _run_action(event: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown action {action!r}")
 
 
-@logger.inject_lambda_context(clear_state=True)
+@lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     logger.append_keys(action=event.get("action"), account_id=event.get("account_id"), period=event.get("period"))
     result = run_action(event)

@@ -11,14 +11,12 @@ import base64
 import json
 from typing import Any
 
-from aws_lambda_powertools import Logger
-
 from airies.billing.payments import WebhookRejected, build_payment_service
 from airies.core.config import get_settings
 from airies.core.database import get_database
 from airies.core.errors import AiriesError
+from airies.core.observability import lambda_handler, logger
 
-logger = Logger()
 settings = get_settings()
 database = get_database(settings)
 
@@ -27,7 +25,7 @@ def _response(status: int, body: dict[str, Any]) -> dict[str, Any]:
     return {"statusCode": status, "headers": {"content-type": "application/json"}, "body": json.dumps(body)}
 
 
-@logger.inject_lambda_context(clear_state=True)
+@lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     raw = event.get("body") or ""
     payload = base64.b64decode(raw) if event.get("isBase64Encoded") else raw.encode("utf-8")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
@@ -17,8 +16,8 @@ from airies.billing.ledger import build_usage_service
 from airies.billing.schemas import UsageEvent
 from airies.core.config import get_settings
 from airies.core.database import get_database
+from airies.core.observability import lambda_handler
 
-logger = Logger()
 settings = get_settings()
 usage = build_usage_service(settings, get_database(settings))
 processor = BatchProcessor(event_type=EventType.SQS)
@@ -30,6 +29,6 @@ def record_handler(record: SQSRecord) -> dict[str, Any]:
     return {"accepted": result.accepted, "duplicates": result.duplicates}
 
 
-@logger.inject_lambda_context(clear_state=True)
+@lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

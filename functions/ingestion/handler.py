@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
+from airies.core.observability import lambda_handler, logger
 from airies.knowledge.service import KnowledgeService, build_knowledge_service
 
-logger = Logger()
 processor = BatchProcessor(event_type=EventType.SQS)
 _service: KnowledgeService | None = None
 
@@ -42,6 +41,6 @@ def record_handler(record: SQSRecord) -> list[str]:
     return outcomes
 
 
-@logger.inject_lambda_context(clear_state=True)
+@lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aws_lambda_powertools import Logger
-
+from airies.core.observability import lambda_handler, logger
 from airies.core.stepfunctions import step_errors
 from airies.knowledge.service import KnowledgeService, build_knowledge_service
 
-logger = Logger()
 _service: KnowledgeService | None = None
 
 
@@ -37,7 +35,7 @@ def _error_reason(error: Any) -> str:
     return str(error)[:2000]
 
 
-@logger.inject_lambda_context(clear_state=True)
+@lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     task = event.get("task")
     document_id = str(event.get("document_id") or "")

@@ -23,13 +23,12 @@ from typing import Any
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from aws_lambda_powertools import Logger
 from sqlalchemy import create_engine
 
 from airies.core.config import get_settings
+from airies.core.observability import lambda_handler, logger
 from airies.migrations.runner import alembic_config, upgrade_head
 
-logger = Logger()
 PHYSICAL_ID = "airies-database-migrations"  # one resource for the stack's life: never replaced
 # Answer CloudFormation this long before the function would be killed mid-migration.
 ANSWER_MARGIN_MS = 20_000
@@ -104,7 +103,7 @@ def handle_custom_resource(event: dict[str, Any], context: Any) -> dict[str, Any
     return result
 
 
-@logger.inject_lambda_context(clear_state=True)
+@lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if "RequestType" in event and "ResponseURL" in event:
         return handle_custom_resource(event, context)

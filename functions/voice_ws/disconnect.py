@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger
 from voice_runtime import service
 
-logger = Logger()
+from airies.core.observability import lambda_handler, logger
 
 
-@logger.inject_lambda_context(clear_state=True)
+@lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     logger.append_keys(connection_id=event.get("requestContext", {}).get("connectionId"))
     return service().handle_connection(event)

@@ -99,6 +99,9 @@ def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
 # How long a typed turn waits for the first message another invocation is speaking (posts run ~20x real time).
 FIRST_MESSAGE_WAIT_S = 10.0
 MIN_SPEECH_MS = 150  # less voiced audio than this is a cough or a click, not an utterance
+# How long ending a call waits for a turn in flight to be stored (it stops within one sentence; past this, e.g. an
+# invocation that died, the call ends anyway and a late turn is still stored, as it started before the end).
+TURN_SETTLE_S = 10.0
 HEARD_FRAMES_MAX = 4000  # per conversation (~17 min of 250 ms frames): past it the container stops keeping audio
 OUT_OF_CREDIT_MESSAGE = "I'm sorry, this account has run out of credits, so I have to end the call now. Goodbye."
 EngineFactory = Callable[[Session, str, AgentConfig], TurnEngines]
@@ -934,6 +937,10 @@ class WebSocketService:
         session = self.store.end(conversation_id, reason)
         if session is None:
             return False
+        if session.running:
+            # A turn in flight stops at its next barge-in check (the session is ended) and is stored and billed:
+            # the row ends after it, so the "ended" totals and whoever reads the conversation next include it.
+            self.store.wait_for_turns(conversation_id, timeout_s=TURN_SETTLE_S)
         until = active_until if active_until is not None else session.last_activity
         summary = ended_summary(None)
         try:
@@ -1012,20 +1019,3 @@ class WebSocketService:
         """Send a frame to every connection of a conversation; a 410 drops that connection only."""
         sink = self._live_sink(conversation_id, "-", poster)
         return sink._broadcast(message) if sink is not None else 0
-
-    def send_audio_response(
-        self, conversation_id: str, turn_id: str, pcm16: bytes, poster: Poster | None = None
-    ) -> int:
-        """Post ready-made PCM16 audio as ``audio`` frames (checked for barge-in before each); frames sent."""
-        sink = self._live_sink(conversation_id, turn_id, poster)
-        if sink is None:
-            return 0
-        size = self.settings.ws_out_chunk_ms * wp.BYTES_PER_MS
-        sent = 0
-        for seq, offset in enumerate(range(0, len(pcm16), size)):
-            if self.store.turn_status(conversation_id, turn_id)[0]:
-                break
-            if not sink._broadcast(wp.audio(turn_id, seq, pcm16[offset : offset + size])):
-                break
-            sent += 1
-        return sent

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import hashlib
 import hmac
 import json
@@ -143,10 +144,16 @@ class VoiceTTS:
     def __init__(self, voice: Any, config: AgentConfig) -> None:
         self.voice = voice
         self.config = config
+        self._name = config.voice.provider
 
     @property
     def name(self) -> str:
-        return getattr(self.voice, "last_tts_provider", None) or self.config.voice.provider
+        """The provider that spoke last (a fallback voice, say), else the configured one."""
+        return getattr(self.voice, "last_tts_provider", None) or self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
 
     async def synthesize(self, text: str, options: TTSOptions) -> AsyncIterator[bytes]:
         async for chunk in self.voice.text_to_speech(
@@ -464,7 +471,7 @@ class ConversationService:
         cursor: str | None = None,
         agent_id: str | None = None,
         status: str | None = None,
-    ) -> tuple[list[Conversation], str | None]:
+    ) -> tuple[builtins.list[Conversation], str | None]:
         query = select(Conversation).where(Conversation.account_id == account_id)
         if cursor:
             query = query.where(Conversation.id < cursor)
@@ -565,7 +572,7 @@ class ConversationService:
         return round(max((until - conversation.started_at).total_seconds(), 0.0), 3)
 
     # -- turns ----------------------------------------------------------------------------------------------------
-    def history_messages(self, conversation_id: str) -> list[dict[str, str]]:
+    def history_messages(self, conversation_id: str) -> builtins.list[dict[str, str]]:
         """LLM history from stored turns: the agent's side is what the caller actually received."""
         turns = list(
             self.session.scalars(
@@ -575,7 +582,7 @@ class ConversationService:
                 .limit(HISTORY_TURNS)
             )
         )
-        messages: list[dict[str, str]] = []
+        messages: builtins.list[dict[str, str]] = []
         for turn in reversed(turns):
             if turn.user_text:
                 messages.append({"role": "user", "content": turn.user_text})
@@ -705,7 +712,7 @@ class ConversationService:
 
     async def _http_turn(
         self, account_id: str, conversation_id: str, *, mode: str, text: str | None, pcm: bytes | None, speak: bool
-    ) -> tuple[ConversationTurn, TurnResult, list[dict[str, Any]]]:
+    ) -> tuple[ConversationTurn, TurnResult, builtins.list[dict[str, Any]]]:
         conversation = self.get(account_id, conversation_id)
         if conversation.status == "ended":
             raise ConflictError("this conversation has ended", code="conversation_ended")
@@ -745,13 +752,13 @@ class ConversationService:
 
     async def process_message(
         self, account_id: str, conversation_id: str, text: str, *, with_audio: bool = False
-    ) -> tuple[ConversationTurn, TurnResult, list[dict[str, Any]]]:
+    ) -> tuple[ConversationTurn, TurnResult, builtins.list[dict[str, Any]]]:
         """A text turn over HTTP: the reply text (and its audio if asked)."""
         return await self._http_turn(account_id, conversation_id, mode="text", text=text, pcm=None, speak=with_audio)
 
     async def handle_audio_input(
         self, account_id: str, conversation_id: str, pcm16: bytes
-    ) -> tuple[ConversationTurn, TurnResult, list[dict[str, Any]]]:
+    ) -> tuple[ConversationTurn, TurnResult, builtins.list[dict[str, Any]]]:
         """An uploaded utterance (PCM16 16 kHz mono): transcript plus the reply's text and audio."""
         if not pcm16 or len(pcm16) % 2:
             raise BadRequestError("audio must be non-empty PCM16 (an even number of bytes)", code="bad_audio")
@@ -762,30 +769,6 @@ class ConversationService:
             raise PayloadTooLargeError(f"an utterance may be at most {self.settings.ws_max_utterance_seconds} s")
         return await self._http_turn(account_id, conversation_id, mode="audio", text=None, pcm=pcm16, speak=True)
 
-    async def generate_audio_response(self, account_id: str, config: AgentConfig, text: str) -> bytes:
-        """The agent's voice saying ``text`` (PCM16 16 kHz): the turn pipeline's own speech path (sentence by
-        sentence, the agent's voice options and fallback voices), with a fixed reply and no LLM call."""
-        engines = self.engines_for(account_id, config)
-        if engines.tts is None:
-            from airies.core.errors import NotAvailableError
-
-            raise NotAvailableError("no text-to-speech engine is configured")
-        runner = TurnRunner(engines, out_chunk_ms=self.settings.ws_out_chunk_ms)
-        result = await runner.run(
-            config,
-            [],
-            TurnInput(
-                turn_id=new_id("turn"),
-                seq=0,
-                mode="none",
-                account_id=account_id,
-                conversation_id="",
-                scripted_reply=text,
-            ),
-            ListSink(),
-        )
-        return result.agent_pcm
-
     def process_interruption(
         self, account_id: str, conversation_id: str, store: Any, played_ms: int | None
     ) -> str | None:
@@ -794,7 +777,7 @@ class ConversationService:
         return store.cancel_turn(conversation_id, played_ms)
 
     # -- reads ----------------------------------------------------------------------------------------------------
-    def get_conversation_history(self, account_id: str, conversation_id: str) -> list[ConversationTurn]:
+    def get_conversation_history(self, account_id: str, conversation_id: str) -> builtins.list[ConversationTurn]:
         self.get(account_id, conversation_id)
         return list(
             self.session.scalars(

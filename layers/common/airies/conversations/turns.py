@@ -474,9 +474,9 @@ class TurnRunner:
                 except (asyncio.CancelledError, Exception):
                     pass
         if producer is not None and producer.done() and not producer.cancelled() and producer.exception():
-            exc = producer.exception()
+            failure = producer.exception()
             if status == "completed" and not state.generated:
-                return result("failed", error={"code": "llm_failed", "message": str(exc)})
+                return result("failed", error={"code": "llm_failed", "message": str(failure)})
         if (
             state.end_call is None
             and status == "completed"
@@ -586,7 +586,9 @@ class TurnRunner:
                 usage["tts_provider"] = getattr(tts, "name", config.voice.provider)
 
     @staticmethod
-    async def _pump(tts: TTSProvider, sentence: str, options: TTSOptions, out: asyncio.Queue) -> None:  # type: ignore[type-arg]
+    async def _pump(
+        tts: TTSProvider, sentence: str, options: TTSOptions, out: asyncio.Queue[bytes | BaseException | None]
+    ) -> None:
         try:
             async for chunk in tts.synthesize(sentence, options):
                 await out.put(chunk)
@@ -604,8 +606,8 @@ class TurnRunner:
         latency: dict[str, float | None],
         t0: float,
         sentence: str,
-        audio: asyncio.Queue,  # type: ignore[type-arg]
-        pump: asyncio.Task | None,  # type: ignore[type-arg]
+        audio: asyncio.Queue[bytes | BaseException | None],
+        pump: asyncio.Task[None] | None,
         start: float,
         usage: dict[str, Any],
     ) -> str | None:
@@ -665,7 +667,7 @@ class TurnRunner:
             return "gone"
         if latency["first_audio_ms"] is None:
             latency["first_audio_ms"] = self._ms(t0)
-            latency["first_audio_before_llm_end"] = state.llm_done_at is None  # type: ignore[assignment]
+            latency["first_audio_before_llm_end"] = state.llm_done_at is None
         state.audio_seq += 1
         state.agent_pcm += piece
         state.audio_ms += len(piece) / wp.BYTES_PER_MS

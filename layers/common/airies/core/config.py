@@ -16,6 +16,8 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[4]
+# The data files shipped inside the package (catalogs, prices): airies/data. Not the runtime Settings.data_dir.
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 DEFAULT_DATA_DIR = Path.cwd() / ".data"
 
 

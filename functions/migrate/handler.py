@@ -29,9 +29,9 @@ from aws_lambda_powertools.utilities.parser.models import (
     CloudFormationCustomResourceUpdateModel,
 )
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
-from sqlalchemy import create_engine
 
 from airies.core.config import get_settings
+from airies.core.database import create_db_engine, database_ssl_context
 from airies.core.events import parse_event
 from airies.core.observability import lambda_handler, logger
 from airies.migrations.runner import alembic_config, upgrade_head
@@ -60,7 +60,7 @@ EVENTS: TypeAdapter[MigrateEvent] = TypeAdapter(MigrateEvent)
 
 
 def current_revision(url: str) -> str | None:
-    engine = create_engine(url)
+    engine = create_db_engine(url, ssl_context=database_ssl_context(get_settings()))
     try:
         with engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()

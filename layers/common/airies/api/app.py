@@ -11,6 +11,7 @@ from airies.agents.service import agents_using_provider
 from airies.api import health
 from airies.api.errors import install_error_handlers
 from airies.api.middleware import RequestGuardMiddleware
+from airies.api.openapi import install_openapi
 from airies.api.provider_keys import install_provider_key_vendors
 from airies.api.publishable_guard import PublishableKeyGuard
 from airies.billing import routes as billing
@@ -33,7 +34,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app = FastAPI(
         title="Airies API",
         version=__version__,
-        docs_url=f"{settings.api_base_path}/docs",
+        docs_url=None,  # airies.api.openapi serves Swagger UI from a package, not a CDN
         openapi_url=f"{settings.api_base_path}/openapi.json",
         redoc_url=None,
         # One URL per resource: "/documents/" is a JSON 404 that names the route without the slash, never a 307
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.endpoint_users = agents_using_provider
     install_error_handlers(app)
     install_provider_key_vendors()
+    install_openapi(app, settings)
 
     api = APIRouter(prefix=settings.api_base_path)
     routers = (health, accounts, agents, llm, voices, conversations, recordings, knowledge, billing, widget, webhooks)

@@ -70,7 +70,8 @@ def install_error_handlers(app: FastAPI) -> None:
         code = codes.get(exc.status_code, "http_error")
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
             return JSONResponse(error_body("malformed_json", "request body is not valid UTF-8 JSON"), 400)
-        message, details = str(exc.detail), None
+        message = str(exc.detail)
+        details: Any = None
         if exc.status_code == 404 and exc.detail == "Not Found":  # the router's: no route has this path
             message = f"no route {request.method} {request.url.path}"
             suggestion = _without_trailing_slash(request)

@@ -8,8 +8,10 @@ On AWS, secrets are referenced by ARN/name and resolved through Powertools Param
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import quote
 
 from pydantic import AliasChoices, Field
@@ -31,6 +33,9 @@ class Settings(BaseSettings):
     # Database: one URL picks the backend. SQLite is the embedded default.
     database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL", "AIRIES_DATABASE_URL"))
     database_secret_arn: str | None = None  # Secrets Manager secret {host, port, username, password, dbname}
+    # TLS to PostgreSQL (airies.core.database): verify | require | disable; unset: verify on AWS, disable locally.
+    database_ssl: Literal["verify", "require", "disable"] | None = None
+    database_ssl_ca_file: Path | None = None  # a CA bundle for "verify" (default: the system's CAs)
     db_pool_size: int = 1  # one connection per Lambda container; the local server raises it
     db_max_overflow: int = 2
 
@@ -191,19 +196,41 @@ class Settings(BaseSettings):
         return self.stage != "local"
 
 
-def database_url_from_secret(secret_id: str) -> str:
+SECRET_CACHE_SECONDS = 300
+
+
+def _read_secret(secret_id: str, refresh: bool) -> dict[str, Any]:
     # Imported here: Powertools Parameters pulls in boto3, which the local path never needs.
     from aws_lambda_powertools.utilities import parameters
 
-    secret = parameters.get_secret(secret_id, transform="json", max_age=300)
-    if isinstance(secret, str):
-        secret = json.loads(secret)
-    user = quote(secret["username"], safe="")
-    password = quote(secret.get("password", ""), safe="")
-    host = secret["host"]
-    port = secret.get("port", 5432)
-    name = secret.get("dbname", "airies")
-    return f"postgresql+pg8000://{user}:{password}@{host}:{port}/{name}"
+    secret = parameters.get_secret(secret_id, transform="json", max_age=SECRET_CACHE_SECONDS, force_fetch=refresh)
+    return json.loads(secret) if isinstance(secret, str) else dict(secret)
+
+
+class SecretCredentials:
+    """The PostgreSQL connection parameters in a Secrets Manager secret ``{host, port, username, password,
+    dbname}`` (RDS's shape), read when asked (cached 5 minutes; ``refresh`` bypasses the cache)."""
+
+    def __init__(self, secret_id: str, read: Callable[[str, bool], dict[str, Any]] = _read_secret) -> None:
+        self.secret_id = secret_id
+        self._read = read
+
+    def connect_params(self, *, refresh: bool = False) -> dict[str, Any]:
+        secret = self._read(self.secret_id, refresh)
+        return {
+            "user": secret["username"],
+            "password": secret.get("password", ""),
+            "host": secret["host"],
+            "port": int(secret.get("port", 5432)),
+            "database": secret.get("dbname", "airies"),
+        }
+
+
+def database_url_from_secret(secret_id: str) -> str:
+    params = SecretCredentials(secret_id).connect_params()
+    user = quote(params["user"], safe="")
+    password = quote(params["password"], safe="")
+    return f"postgresql+pg8000://{user}:{password}@{params['host']}:{params['port']}/{params['database']}"
 
 
 @lru_cache(maxsize=1)

@@ -24,7 +24,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +98,8 @@ class LambdaLogContext:
         cold, self.cold = self.cold, False
         # Not reset afterwards: the server's error handler logs outside this middleware, in the same task; the
         # server runs each request in a task of its own, so the keys end with it.
-        set_context_keys(cold_start=cold, **keys)
+        context: dict[str, Any] = {**keys, "cold_start": cold}
+        set_context_keys(**context)
         await self.app(scope, receive, send)
 
 
@@ -129,7 +130,7 @@ def _clear_container_caches() -> None:
 
 
 @contextlib.contextmanager
-def patched_environ(values: dict[str, str | None]) -> Iterator[None]:
+def patched_environ(values: Mapping[str, str | None]) -> Iterator[None]:
     saved = dict(os.environ)
     try:
         for key, value in values.items():

@@ -205,14 +205,15 @@ class LocalWsGateway:
             pass
         finally:
             self.connections.pop(connection_id, None)
+            context = self._context("$disconnect", "DISCONNECT", connection_id, connected_at)
+            context["disconnectStatusCode"] = 1000
+            context["disconnectReason"] = "Client closed the connection"
             event = {
                 "headers": headers,
                 "multiValueHeaders": {k: [v] for k, v in headers.items()},
-                "requestContext": self._context("$disconnect", "DISCONNECT", connection_id, connected_at),
+                "requestContext": context,
                 "isBase64Encoded": False,
             }
-            event["requestContext"]["disconnectStatusCode"] = 1000
-            event["requestContext"]["disconnectReason"] = "Client closed the connection"
             await self._invoke("$disconnect", event)
 
     async def _deny(self, websocket: Any, status: int, body: str | None) -> None:

@@ -67,6 +67,7 @@ class LiveSession:
     first_done: bool = False  # that turn is over (spoken, cut short, or refused)
     spoken: str | None = None  # JSON: the last finished turn's sentences and their audio offsets (late barge-in)
     running: set[str] = field(default_factory=set)  # turns claimed whose invocation has not finished yet
+    speaking_at: float = 0.0  # when the current turn's first audio reached the caller (voice barge-in's backoff)
 
     def caller_gone(self, now: float, resume_window_s: float) -> bool:
         """No connection, and none came back within the resume window since the last one dropped (or, for a
@@ -115,6 +116,7 @@ class LiveSession:
             first_done=b("first_done"),
             spoken=s("spoken"),
             running=set(item.get("running", {}).get("SS", [])),
+            speaking_at=_num(item.get("speaking_at")),
         )
 
 
@@ -395,8 +397,13 @@ class SessionStore:
         return (
             self._update(
                 self._key(conversation_id),
-                "SET #st = :speaking",
-                {":speaking": {"S": SPEAKING}, ":thinking": {"S": THINKING}, ":turn": {"S": turn_id}},
+                "SET #st = :speaking, speaking_at = :now",
+                {
+                    ":speaking": {"S": SPEAKING},
+                    ":thinking": {"S": THINKING},
+                    ":turn": {"S": turn_id},
+                    ":now": {"N": repr(self.clock())},
+                },
                 ExpressionAttributeNames={"#st": "state"},
                 ConditionExpression="turn_id = :turn AND #st = :thinking "
                 "AND (attribute_not_exists(cancelled) OR cancelled <> :turn)",

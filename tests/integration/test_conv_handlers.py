@@ -422,6 +422,90 @@ def test_max_duration_and_abandoned_sessions(aws, database, settings) -> None:
     assert h.conversation(cid2).end_reason == "caller_disconnected"
 
 
+def index_keys(h: Harness) -> list[str]:
+    """The conversations in the live-sessions index, every shard."""
+    found: list[str] = []
+    for shard in range(16):
+        page = h.store.client.query(
+            TableName=h.store.table,
+            IndexName="live-sessions",
+            KeyConditionExpression="live_shard = :s",
+            ExpressionAttributeValues={":s": {"S": f"live#{shard}"}},
+        )
+        found += [item["pk"]["S"].split("#", 1)[1] for item in page["Items"]]
+    return sorted(found)
+
+
+def test_the_sweeper_queries_the_sessions_that_are_due_bounded_per_run(aws, database, settings) -> None:
+    """No Scan: the sweeper reads only the live sessions whose deadline has come (the sparse live-sessions index),
+    at most ``sweeper_max_sessions_per_run`` a run, then writes each one's next deadline; an ended session leaves
+    the index."""
+    h = Harness(database, settings, fake_engines(), first_message_mode="assistant_waits_for_user")
+    h.service.runtime.settings = h.settings.model_copy(update={"sweeper_max_sessions_per_run": 2})
+    conversations = [h.start() for _ in range(3)]
+    connections = [h.connect(cid, token)[0] for cid, token in conversations]
+    ids = sorted(cid for cid, _ in conversations)
+    assert index_keys(h) == ids
+
+    def no_scan(**kwargs: Any) -> Any:
+        raise AssertionError("the sweeper scanned the table")
+
+    h.store.client.scan = no_scan  # type: ignore[method-assign]
+    reads = h.store.ops["read"]
+    assert h.service.sweep() == {}  # nobody is due (silence_timeout_seconds: 10)
+    assert h.store.ops["read"] - reads == 16  # one Query per shard, no session read
+    h.clock.now += 11
+    assert h.service.sweep() == {"reminder": 2}  # two a run
+    assert h.service.sweep() == {"reminder": 1}  # the third; the first two are not due again yet
+    assert h.service.sweep() == {}
+    h.clock.now += 11
+    assert h.service.sweep() == {"silence_timeout": 2}
+    assert h.service.sweep() == {"silence_timeout": 1}
+    assert index_keys(h) == [] and all(h.conversation(cid).status == "ended" for cid in ids)
+    assert all(frames_of(conn)[-1]["reason"] == "silence_timeout" for conn in connections)
+
+
+@pytest.mark.parametrize("delete", [True, False])
+def test_a_turn_deletes_the_audio_chunks_it_used_when_asked(aws, database, settings, delete) -> None:
+    h = Harness(database, settings, fake_engines(), first_message_mode="assistant_waits_for_user")
+    h.service.runtime.settings = h.settings.model_copy(update={"ws_delete_used_chunks": delete})
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+
+    def chunks() -> list[str]:
+        page = h.store.client.query(
+            TableName=h.store.table,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :c)",
+            ExpressionAttributeValues={":pk": {"S": f"conv#{cid}"}, ":c": {"S": "chunk#"}},
+            ConsistentRead=True,
+        )
+        return [item["sk"]["S"] for item in page["Items"]]
+
+    seq = h.audio(conn, tone(600))
+    stored = chunks()
+    assert len(stored) == 3 and all(
+        int(
+            h.store.client.get_item(TableName=h.store.table, Key={"pk": {"S": f"conv#{cid}"}, "sk": {"S": sk}})["Item"][
+                "ttl"
+            ]["N"]
+        )
+        <= h.clock.now + 300
+        for sk in stored
+    )  # a short TTL as the backstop
+    h.service._heard.clear()  # the turn reads them from DynamoDB
+    h.audio(conn, silence(600), seq)
+    assert h.turns(cid)[-1].input_mode == "audio"
+    if not delete:  # left to their TTL
+        assert [sk for sk in chunks() if sk in stored] == stored
+        return
+    for _ in range(300):  # deleted off the turn's critical path
+        left = [sk for sk in chunks() if sk in stored]
+        if not left:
+            break
+        threading.Event().wait(0.01)
+    assert left == []
+
+
 def test_gone_connection_is_dropped_alone(aws, database, settings) -> None:
     h = Harness(database, settings, fake_engines(), first_message_mode="assistant_waits_for_user")
     cid, token = h.start()

@@ -243,6 +243,11 @@ class HeardFrames:
         except KeyError:
             return None
 
+    def stored(self, conversation_id: str, first: int, last: int) -> list[int]:
+        """Of seqs [first, last], those this container stored in DynamoDB."""
+        frames = self.frames.get(conversation_id) or {}
+        return [seq for seq in range(max(first, 0), last + 1) if frames.get(seq) is not None]
+
     def forget(self, conversation_id: str, up_to: int) -> None:
         frames = self.frames.get(conversation_id)
         if frames:

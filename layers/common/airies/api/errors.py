@@ -11,13 +11,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from airies.api.middleware import BodyRejected
-from airies.core.errors import AiriesError, RateLimitedError
+from airies.core.errors import AiriesError, RateLimitedError, error_body
 
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
-
-
-def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "details": details}}
 
 
 def _clean(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -204,7 +204,8 @@ def build_engines(
 
 def billing_usage_sink(settings: Settings, session: Session | None) -> UsageSink | None:
     """Usage to the billing ledger: through SQS when the queue is configured (AWS), else tracked in this unit of work."""
-    from airies.billing.ledger import SqsUsagePublisher, build_usage_service
+    from airies.billing.metering import SqsUsagePublisher
+    from airies.billing.usage import build_usage_service
 
     if settings.usage_queue_url:
         publisher = SqsUsagePublisher(
@@ -220,7 +221,7 @@ def billing_usage_sink(settings: Settings, session: Session | None) -> UsageSink
 
 
 def billing_credit_gate(settings: Settings, session: Session | None) -> CreditGate | None:
-    from airies.billing.ledger import build_usage_service
+    from airies.billing.usage import build_usage_service
 
     service = build_usage_service(settings)
 
@@ -298,7 +299,7 @@ def billing_start_check(
     settings: Settings, session: Session, account_id: str, holding: HoldingCallers | None = None
 ) -> None:
     """Before a conversation starts: credits, plan minutes and concurrent conversations (402/429 when refused)."""
-    from airies.billing.ledger import build_usage_service
+    from airies.billing.usage import build_usage_service
 
     active = live_conversation_count(settings, session, account_id, holding)
     check = build_usage_service(settings).check_usage_limits(

@@ -7,8 +7,8 @@ disconnects after a container thaws.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -46,30 +46,42 @@ def create_db_engine(url: str, *, pool_size: int = 1, max_overflow: int = 2, ech
     )
 
 
+@contextmanager
+def unit_of_work(session_factory: Callable[[], Session]) -> Iterator[Session]:
+    """A unit of work: a new session that commits on success, rolls back on any error, and is closed after."""
+    session = session_factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
 class Database:
     """The engine plus a session factory; one per container."""
 
-    def __init__(self, url: str, *, pool_size: int = 1, max_overflow: int = 2) -> None:
+    def __init__(self, url: str, *, pool_size: int = 1, max_overflow: int = 2, engine: Engine | None = None) -> None:
         self.url = url
-        self.engine = create_db_engine(url, pool_size=pool_size, max_overflow=max_overflow)
+        self.engine = (
+            engine if engine is not None else create_db_engine(url, pool_size=pool_size, max_overflow=max_overflow)
+        )
         self.session_factory = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def from_engine(cls, engine: Engine) -> Database:
+        """A Database over an engine that already exists (e.g. the one behind a caller's session)."""
+        return cls(engine.url.render_as_string(hide_password=False), engine=engine)
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A unit of work: commits on success, rolls back on any error."""
-        session = self.session_factory()
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+    def session(self) -> AbstractContextManager[Session]:
+        """A unit of work (:func:`unit_of_work`): commits on success, rolls back on any error."""
+        return unit_of_work(self.session_factory)
 
     def dispose(self) -> None:
         """Drop pooled connections (SnapStart restore hook, tests)."""

@@ -17,11 +17,10 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from airies.accounts.auth import Caller, current_caller
-from airies.api.errors import error_body
 from airies.conversations import protocol as wp
 from airies.conversations.routes import service as conversation_service
 from airies.conversations.schemas import ConversationCreate
-from airies.core.errors import AiriesError, RateLimitedError
+from airies.core.errors import AiriesError, RateLimitedError, error_body
 from airies.widget.schemas import (
     PublishableKeyCreate,
     PublishableKeyOut,

@@ -19,11 +19,12 @@ from airies.agents.schemas import AgentConfig
 from airies.conversations import protocol as wp
 from airies.conversations.barge_in import BargeIn, spoken_record
 from airies.conversations.lifecycle import Lifecycle
-from airies.conversations.live_runtime import LiveRuntime, Poster, SocketSink, background, run_async
+from airies.conversations.live_runtime import LiveRuntime, Poster, SocketSink, background
 from airies.conversations.models import Conversation
 from airies.conversations.service import ConversationService
 from airies.conversations.sessions import LiveSession
 from airies.conversations.turns import TurnEngines, TurnInput, TurnMode, TurnResult, TurnRunner
+from airies.core.aio import run_sync
 from airies.core.errors import ConflictError, NotFoundError
 from airies.core.ids import new_id
 
@@ -229,9 +230,7 @@ class TurnOrchestrator:
         runner = TurnRunner(prepared.engines, out_chunk_ms=self.runtime.settings.ws_out_chunk_ms)
         cid = prepared.inp.conversation_id
         # History is read from the database on a thread while the speech is transcribed.
-        return run_async(
-            runner.run(prepared.config, lambda: service.history_messages(cid), prepared.inp, prepared.sink)
-        )
+        return run_sync(runner.run, prepared.config, lambda: service.history_messages(cid), prepared.inp, prepared.sink)
 
     # -- 4. record -----------------------------------------------------------------------------------------------
     @staticmethod

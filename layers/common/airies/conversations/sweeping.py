@@ -111,7 +111,8 @@ class Sweeper:
 
     def _closed_elsewhere(self, conversation_ids: list[str]) -> dict[str, str]:
         """Of these live conversations, those whose row is ended (-> its end reason) or gone (-> ``deleted``): a
-        REST end or delete whose live-session close did not get through is caught up within one sweep."""
+        REST end or delete whose live-session close did not get through is caught up at the session's next
+        deadline."""
         if not conversation_ids:
             return {}
         try:

@@ -87,6 +87,8 @@ class SocketEdge:
                     config=config.model_dump(mode="json"),
                     connection_id=connection_id,
                     endpoint=endpoint_from_event(self.runtime.settings, event),
+                    first_deadline=self.runtime.clock()
+                    + min(config.silence_timeout_seconds, config.max_duration_seconds),
                 )
             except SessionEnded:
                 return _refused(410, "conversation_ended", "conversation has ended")

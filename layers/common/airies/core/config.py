@@ -122,6 +122,12 @@ class Settings(BaseSettings):
     ws_out_chunk_ms: int = 250  # server audio frames: barge-in stops within one of these
     ws_control_frames_per_second: int = 10
     ws_max_utterance_seconds: int = 30
+    ws_sessions_index: str = "live-sessions"  # sparse index of live sessions by next deadline: the sweeper's Query
+    ws_audio_chunk_ttl_seconds: int = 300  # caller audio chunks expire this long after they were stored
+    # Delete a turn's chunks once it used them: caller audio gone at once, for the write units of a second write
+    # (docs/deployment.md, cost); off, the short TTL removes them for free.
+    ws_delete_used_chunks: bool = False
+    sweeper_max_sessions_per_run: int = 2000
     conversation_recordings_prefix: str = "recordings"
 
     # Usage, credits and billing. Without a queue URL usage is tracked in-process (direct publisher).

@@ -966,22 +966,6 @@ class LLMRouter:
             return LLMResponse(text=response.text, tool_calls=response.tool_calls, end=end)
 
 
-def run_async(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run a coroutine function from sync code (a sync FastAPI route, a Lambda handler).
-
-    Inside an AnyIO worker thread (where FastAPI runs sync routes) the coroutine runs on the app's event loop, so
-    per-loop HTTP clients are reused; anywhere else it gets a fresh loop.
-    """
-    import functools
-
-    import anyio.from_thread
-
-    try:
-        return anyio.from_thread.run(functools.partial(fn, *args, **kwargs))
-    except anyio.NoEventLoopError:
-        return asyncio.run(fn(*args, **kwargs))
-
-
 async def collect_response(events: AsyncIterator[LLMEvent]) -> LLMResponse:
     parts: list[str] = []
     end: StreamEnd | None = None

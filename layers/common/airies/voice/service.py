@@ -40,7 +40,7 @@ from airies.core.errors import (
     ValidationFailedError,
 )
 from airies.core.ids import new_id
-from airies.core.secrets import get_platform_secret
+from airies.core.secrets import platform_key
 from airies.core.storage import StorageService
 from airies.core.text import split_sentences
 from airies.voice import catalog
@@ -501,22 +501,9 @@ def _check_sample(filename: str, data: bytes) -> None:
 # ---------------------------------------------------------------------- factory
 
 
-def platform_key(settings: Settings, provider: str) -> str | None:
-    """The platform's key for a cloud voice vendor: its Settings fields first, then the platform secrets of the same
-    names (``AIRIES_<NAME>`` locally; SSM/Secrets Manager entries on AWS)."""
-    names = CLOUD_VENDORS[provider].settings_keys
-    for name in names:
-        value = getattr(settings, name, None)
-        if value:
-            return str(value.get_secret_value() if hasattr(value, "get_secret_value") else value)
-    for name in names:
-        try:
-            secret = get_platform_secret(name, settings)
-        except Exception:  # an unreachable secret store means "not configured" here, not a failed request
-            secret = None
-        if secret:
-            return str(secret)
-    return None
+def vendor_platform_key(settings: Settings, provider: str) -> str | None:
+    """The platform's key for a cloud voice vendor: its Settings fields in order, then the platform secrets."""
+    return platform_key(settings, *CLOUD_VENDORS[provider].settings_keys)
 
 
 def account_credentials(
@@ -539,7 +526,9 @@ def configured_voice_vendors(settings: Settings, session: Session | None, accoun
     """The cloud STT/TTS vendors with a key for this account (its own, else the platform's): the ones
     ``build_voice_service`` makes available, found without building them."""
     return {
-        p for p in CLOUD_VENDORS if account_credentials(session, account_id, p, settings) or platform_key(settings, p)
+        p
+        for p in CLOUD_VENDORS
+        if account_credentials(session, account_id, p, settings) or vendor_platform_key(settings, p)
     }
 
 
@@ -585,7 +574,7 @@ def build_voice_service(
 
     def key_and_options(name: str) -> tuple[str | None, dict[str, str]]:
         own = credentials[name]
-        return (own[0], own[1]) if own else (platform_key(settings, name), {})
+        return (own[0], own[1]) if own else (vendor_platform_key(settings, name), {})
 
     stt: dict[str, STTProvider] = {}
     for name, stt_vendor in STT_VENDORS.items():
@@ -677,7 +666,7 @@ def voice_provider_status(settings: Settings) -> list[dict[str, Any]]:
     rows = []
     kinds = {**{name: "stt" for name in STT_VENDORS}, **{name: "tts" for name in TTS_VENDORS}}
     for provider, kind in kinds.items():
-        configured = bool(platform_key(settings, provider))
+        configured = bool(vendor_platform_key(settings, provider))
         rows.append(
             {
                 "provider": provider,

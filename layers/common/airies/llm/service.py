@@ -40,13 +40,9 @@ from airies.core.url_guard import URLGuard, url_guard
 from airies.llm import catalog
 from airies.llm.cost import token_cost
 from airies.llm.custom_endpoints import CustomEndpointService, endpoint_catalog, provider_name
-from airies.llm.router import (
-    DatabaseHealthStore,
-    HealthTracker,
-    LLMRouter,
-    RouterConfig,
-    collect_response,
-)
+from airies.llm.health import DatabaseHealthStore, HealthTracker
+from airies.llm.router import LLMRouter, collect_response
+from airies.llm.router_config import RouterConfig
 from airies.llm.vendors.base import LLMEvent, LLMProvider, LLMRequest, LLMResponse, Usage
 from airies.llm.vendors.offline import OFFLINE_PROVIDER, OfflineResponder
 from airies.llm.vendors.openai_compat import OpenAICompatibleProvider

@@ -22,7 +22,7 @@ from airies.core.money import format_usd
 from airies.core.text import SentenceSegmenter, contains_phrase, split_sentences
 from airies.llm import catalog
 from airies.llm.vendors.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCallDelta
-from airies.voice.service import expected_phrases_for_agent
+from airies.voice.speech_models import expected_phrases_for_agent
 from airies.voice.stt.base import STTOptions, STTProvider, Transcript
 from airies.voice.tts.base import TTSOptions, TTSProvider
 

@@ -45,6 +45,7 @@ from airies.knowledge.bases import check_kb_size, refresh_counts
 from airies.knowledge.chunking import Chunk, iter_chunks
 from airies.knowledge.context import KnowledgeContext
 from airies.knowledge.models import KnowledgeBase, KnowledgeChunk, KnowledgeDocument
+from airies.knowledge.tasks import IngestionExecution
 from airies.knowledge.vector_stores.base import vector_records
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,11 @@ def _start_state_machine(ctx: KnowledgeContext, arn: str, doc_id: str, etag: str
     # The execution name is the dedup key: a duplicate event for the same object version cannot start a second run.
     name = re.sub(r"[^A-Za-z0-9_-]", "", f"{doc_id}-{(etag or 'noetag')[:32]}")[:80]
     try:
-        ctx.sfn.start_execution(stateMachineArn=arn, name=name, input=json.dumps({"document_id": doc_id, "etag": etag}))
+        ctx.sfn.start_execution(
+            stateMachineArn=arn,
+            name=name,
+            input=json.dumps(IngestionExecution(document_id=doc_id, etag=etag).model_dump()),
+        )
     except ctx.sfn.exceptions.ExecutionAlreadyExists:
         return "skipped:execution_exists"
     return "started"

@@ -133,6 +133,14 @@ class Settings(BaseSettings):
     stripe_plan_pay_as_you_go: str | None = None
     billing_event_bus: str | None = None  # EventBridge bus for invoice notifications; unset: not sent
 
+    # Telephony (Twilio). The platform's own Twilio account, for numbers imported without the business's own
+    # credentials: the SID here, the auth token locally from AIRIES_TWILIO_AUTH_TOKEN, on AWS through
+    # get_platform_secret("twilio_auth_token"). twilio_api_base points the SDK at a local double.
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_api_base: str | None = None
+    twilio_timeout_s: float = 10.0
+
     # Knowledge bases. Defaults run offline: hashing embedder + embedded vector store, files under
     # data_dir when no documents bucket is set (moto/AWS set AIRIES_KB_DOCUMENTS_BUCKET).
     kb_documents_bucket: str | None = None

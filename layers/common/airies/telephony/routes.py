@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, Request, Response
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from airies.accounts.auth import Caller, current_caller
@@ -29,48 +30,57 @@ FORM_TYPE = "application/x-www-form-urlencoded"
 TWIML_TYPE = "application/xml"
 
 
+def telephony(request: Request, session: Session) -> TelephonyService:
+    settings = request.app.state.settings
+    return TelephonyService(
+        session, settings, api_origin=signatures.api_origin(settings, request.scope.get("aws.event"))
+    )
+
+
 # -- phone numbers (secret key) ---------------------------------------------------------------------------------------
 @router.post("/phone-numbers", status_code=201)
-def import_phone_number(body: PhoneNumberCreate, caller: Caller = Depends(current_caller)) -> PhoneNumberOut:
-    return number_out(TelephonyService(caller.session, caller.settings).import_number(caller.account_id, body))
+def import_phone_number(
+    body: PhoneNumberCreate, request: Request, caller: Caller = Depends(current_caller)
+) -> PhoneNumberOut:
+    return number_out(telephony(request, caller.session).import_number(caller.account_id, body))
 
 
 @router.get("/phone-numbers")
-def list_phone_numbers(caller: Caller = Depends(current_caller)) -> dict[str, list[PhoneNumberOut]]:
-    numbers = TelephonyService(caller.session, caller.settings).list_numbers(caller.account_id)
+def list_phone_numbers(request: Request, caller: Caller = Depends(current_caller)) -> dict[str, list[PhoneNumberOut]]:
+    numbers = telephony(request, caller.session).list_numbers(caller.account_id)
     return {"data": [number_out(number) for number in numbers]}
 
 
 @router.get("/phone-numbers/{number_id}")
-def get_phone_number(number_id: str, caller: Caller = Depends(current_caller)) -> PhoneNumberOut:
-    return number_out(TelephonyService(caller.session, caller.settings).get_number(caller.account_id, number_id))
+def get_phone_number(number_id: str, request: Request, caller: Caller = Depends(current_caller)) -> PhoneNumberOut:
+    return number_out(telephony(request, caller.session).get_number(caller.account_id, number_id))
 
 
 @router.put("/phone-numbers/{number_id}")
 def update_phone_number(
-    number_id: str, body: PhoneNumberUpdate, caller: Caller = Depends(current_caller)
+    number_id: str, body: PhoneNumberUpdate, request: Request, caller: Caller = Depends(current_caller)
 ) -> PhoneNumberOut:
-    svc = TelephonyService(caller.session, caller.settings)
+    svc = telephony(request, caller.session)
     return number_out(svc.update_number(caller.account_id, number_id, body))
 
 
 @router.delete("/phone-numbers/{number_id}", status_code=204)
-def delete_phone_number(number_id: str, caller: Caller = Depends(current_caller)) -> Response:
-    TelephonyService(caller.session, caller.settings).delete_number(caller.account_id, number_id)
+def delete_phone_number(number_id: str, request: Request, caller: Caller = Depends(current_caller)) -> Response:
+    telephony(request, caller.session).delete_number(caller.account_id, number_id)
     return Response(status_code=204)
 
 
 # -- outbound calls (secret key) --------------------------------------------------------------------------------------
 @router.post("/calls", status_code=201)
 def create_call(body: CallCreate, request: Request, caller: Caller = Depends(current_caller)) -> dict[str, Any]:
-    svc = TelephonyService(caller.session, caller.settings)
+    svc = telephony(request, caller.session)
     call = svc.place_call(caller.account_id, body, conversation_service(request, caller))
     return call_out(call).wire()
 
 
 @router.get("/calls/{call_id}")
-def get_call(call_id: str, caller: Caller = Depends(current_caller)) -> dict[str, Any]:
-    return call_out(TelephonyService(caller.session, caller.settings).get_call(caller.account_id, call_id)).wire()
+def get_call(call_id: str, request: Request, caller: Caller = Depends(current_caller)) -> dict[str, Any]:
+    return call_out(telephony(request, caller.session).get_call(caller.account_id, call_id)).wire()
 
 
 # -- Twilio webhooks (public, signed) ---------------------------------------------------------------------------------
@@ -95,17 +105,11 @@ async def read_form(request: Request) -> Form:
     return form
 
 
-def _signed(request: Request) -> tuple[str, str | None]:
-    """The URL the carrier signed (rebuilt from the public API URL) and its signature."""
-    url = signatures.public_url(request.app.state.settings, request.url.path.removeprefix(_base(request)))
-    if request.url.query:
-        url = f"{url}?{request.url.query}"
+def _signed(request: Request, svc: TelephonyService) -> tuple[str, str | None]:
+    """The URL the carrier signed (rebuilt from the API's public origin) and its signature."""
+    path = request.url.path.removeprefix(svc.settings.api_base_path)
+    url = signatures.public_url(svc.api_origin, svc.settings, path, request.url.query)
     return url, request.headers.get(signatures.SIGNATURE_HEADER)
-
-
-def _base(request: Request) -> str:
-    base: str = request.app.state.settings.api_base_path
-    return base
 
 
 @router.post(signatures.VOICE_PATH, response_class=Response)
@@ -117,9 +121,9 @@ async def twilio_voice(request: Request) -> Response:
 
 def _answer_voice(request: Request, form: Form) -> str:
     settings = request.app.state.settings
-    url, signature = _signed(request)
     with request.app.state.database.session() as session:
-        svc = TelephonyService(session, settings)
+        svc = telephony(request, session)
+        url, signature = _signed(request, svc)
         number = svc.inbound_number(form)
         if number is None:  # not a number of ours: no token to check a signature with, nothing to create
             return twiml.unavailable_twiml()
@@ -140,9 +144,9 @@ async def twilio_status(request: Request) -> Response:
 
 def _apply_status(request: Request, form: Form) -> None:
     settings = request.app.state.settings
-    url, signature = _signed(request)
     with request.app.state.database.session() as session:
-        svc = TelephonyService(session, settings)
+        svc = telephony(request, session)
+        url, signature = _signed(request, svc)
         call, number = svc.call_for_status(form)
         svc.verify(number, url, form, signature)
         account = session.get(Account, call.account_id)

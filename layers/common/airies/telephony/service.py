@@ -132,9 +132,12 @@ class TelephonyService:
         *,
         carriers: Mapping[str, Any] = CARRIERS,
         cipher: EnvelopeCipher | None = None,
+        api_origin: str | None = None,
     ) -> None:
+        """``api_origin``: where the carrier reaches the API (``signatures.api_origin``)."""
         self.session = session
         self.settings = settings
+        self.api_origin = api_origin or signatures.api_origin(settings)
         self.carriers = carriers
         self._cipher = cipher
 
@@ -175,6 +178,9 @@ class TelephonyService:
                 code="carrier_credentials_required",
             )
         return self.carrier(credentials)
+
+    def webhook_url(self, path: str) -> str:
+        return signatures.public_url(self.api_origin, self.settings, path)
 
     # -- phone numbers --------------------------------------------------------------------------------------------
     def _check_agent(self, account_id: str, agent_id: str | None) -> None:
@@ -220,7 +226,7 @@ class TelephonyService:
                 code="number_not_found_at_carrier",
                 details=[{"field": "phone_number", "code": "not_found_at_carrier", "message": "not in the account"}],
             )
-        voice, status = signatures.voice_url(self.settings), signatures.status_callback_url(self.settings)
+        voice, status = self.webhook_url(signatures.VOICE_PATH), self.webhook_url(signatures.STATUS_PATH)
         carrier.configure_number(found.sid, voice_url=voice, status_callback=status)
         now = utcnow()
         number = PhoneNumber(
@@ -256,7 +262,7 @@ class TelephonyService:
         sent = body.model_fields_set
         if "agent_id" in sent:
             self._check_agent(account_id, body.agent_id)
-        voice, status = signatures.voice_url(self.settings), signatures.status_callback_url(self.settings)
+        voice, status = self.webhook_url(signatures.VOICE_PATH), self.webhook_url(signatures.STATUS_PATH)
         self._carrier_for(number).configure_number(number.carrier_number_sid, voice_url=voice, status_callback=status)
         if "agent_id" in sent:
             number.agent_id = body.agent_id
@@ -371,7 +377,7 @@ class TelephonyService:
                 to=body.to,
                 from_=body.from_,
                 twiml=answer,
-                status_callback=signatures.status_callback_url(self.settings),
+                status_callback=self.webhook_url(signatures.STATUS_PATH),
                 machine_detection=body.machine_detection,
             )
         )

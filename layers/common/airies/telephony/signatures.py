@@ -1,13 +1,14 @@
 """Carrier webhooks: the public URLs set at the carrier, and the signature check of what arrives on them.
 
 A carrier signs the exact URL it requested (scheme, host, path, query) with the owning account's auth token, so
-the URL is rebuilt from ``public_api_url`` (what the carrier was given), never from the Host header; a request
+the URL is rebuilt from the API's public origin (what the carrier was given), never from the Host header; a request
 signed for one of our URLs and replayed to another fails.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from airies.core.config import Settings
 from airies.core.errors import ForbiddenError
@@ -18,18 +19,19 @@ STATUS_PATH = "/telephony/twilio/status"
 SIGNATURE_HEADER = "x-twilio-signature"
 
 
-def public_url(settings: Settings, path: str, query: str = "") -> str:
+def api_origin(settings: Settings, aws_event: Mapping[str, Any] | None = None) -> str:
+    """Where the carrier reaches the API: ``public_api_url`` when it is set; else, on AWS, the domain API Gateway
+    served the request on (its request context, never a client's Host header); else the local default."""
+    domain = ((aws_event or {}).get("requestContext") or {}).get("domainName")
+    if "public_api_url" in settings.model_fields_set or not domain:
+        return settings.public_api_url.rstrip("/")
+    return f"https://{domain}"
+
+
+def public_url(origin: str, settings: Settings, path: str, query: str = "") -> str:
     """The URL the carrier calls for ``path`` (relative to the API base path), as it signs it."""
-    url = f"{settings.public_api_url.rstrip('/')}{settings.api_base_path}{path}"
+    url = f"{origin}{settings.api_base_path}{path}"
     return f"{url}?{query}" if query else url
-
-
-def voice_url(settings: Settings) -> str:
-    return public_url(settings, VOICE_PATH)
-
-
-def status_callback_url(settings: Settings) -> str:
-    return public_url(settings, STATUS_PATH)
 
 
 def check_signature(

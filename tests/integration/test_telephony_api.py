@@ -433,3 +433,14 @@ def test_wrong_content_types_and_oversized_bodies(client, auth, twilio, database
     unknown_status = post_signed(client, STATUS_URL, {**form, "CallStatus": "exploded"}, number["auth_token"])
     assert unknown_status.status_code in (400, 404)
     assert counts(database) == (0, 0)
+
+
+@pytest.mark.parametrize("body", [{"agent_id": ""}, {"agent_id": 7}, {"friendly_name": "x" * 101}, {"number": NUMBER}])
+def test_bad_number_updates_are_422_and_change_nothing(client, auth, twilio, body) -> None:  # type: ignore[no-untyped-def]
+    number = import_number(client, auth, twilio, friendly_name="Main line")
+    requests_before = len(twilio.requests)
+    response = client.put(f"/api/v1/phone-numbers/{number['id']}", json=body, headers=auth)
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_request"
+    unchanged = client.get(f"/api/v1/phone-numbers/{number['id']}", headers=auth).json()
+    assert unchanged["friendly_name"] == "Main line" and unchanged["agent_id"] is None
+    assert len(twilio.requests) == requests_before  # nothing was sent to Twilio either

@@ -66,6 +66,8 @@ class SocketEdge:
         except UnauthorizedError as exc:
             return _refused(401, exc.code, exc.message)
         conversation_id, account_id = claims["c"], claims["a"]
+        if params.get("relay"):  # a carrier's text relay (Twilio ConversationRelay): not spoken by this edge yet
+            return _refused(501, "relay_not_available", "the phone relay protocol is not available yet")
         with self.runtime.database.session() as db:
             service = self.runtime.conversations(db)
             try:

@@ -54,7 +54,18 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
 
     api = APIRouter(prefix=settings.api_base_path)
     routers = (
-        health, accounts, agents, llm, voices, conversations, recordings, knowledge, billing, widget, webhooks, telephony
+        health,
+        accounts,
+        agents,
+        llm,
+        voices,
+        conversations,
+        recordings,
+        knowledge,
+        billing,
+        widget,
+        webhooks,
+        telephony,
     )
     for module in routers:
         api.include_router(module.router)

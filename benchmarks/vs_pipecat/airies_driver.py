@@ -56,6 +56,7 @@ from tests.doubles.conv_engines import FakeSTT  # noqa: E402
 SYSTEM = "You are a helpful customer-support voice agent."
 CHUNK_MS = 250
 TABLE = "bench-ws-state"
+DOMAIN = "bench.execute-api.us-east-1.amazonaws.com"
 
 
 def send(obj: Any) -> None:
@@ -153,7 +154,7 @@ class Airies:
             stage="local",
             data_dir=tmp,
             ws_token_secret="b" * 32,
-            ws_management_url="https://bench.execute-api.us-east-1.amazonaws.com/prod",
+            ws_management_url=f"https://{DOMAIN}/prod",
             usage_queue_url=queue_url,
             aws_endpoint_url=endpoint,
         )
@@ -240,21 +241,41 @@ class Airies:
         self.long: tuple[str, str] | None = None  # (conversation, connection) of the long conversation
         self.connections = 0
         self.seq: dict[str, int] = {}
+        self.connected_at: dict[str, int] = {}  # epoch ms, per connection
 
     # -- the client's side of the protocol ----------------------------------------------------------------------
     def event(self, connection_id: str, route: str, body: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-        ctx = {
-            "domainName": "bench.execute-api.us-east-1.amazonaws.com",
+        """The event API Gateway hands the function (the handlers parse it with the Powertools WebSocket models)."""
+        now = time.time()
+        request_id = uuid.uuid4().hex
+        ctx: dict[str, Any] = {
+            "domainName": DOMAIN,
             "stage": "prod",
+            "apiId": "bench",
             "connectionId": connection_id,
+            "connectedAt": self.connected_at.get(connection_id, int(now * 1000)),
+            "requestId": request_id,
+            "extendedRequestId": request_id,
+            "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+            "requestTimeEpoch": int(now * 1000),
+            "identity": {"sourceIp": "127.0.0.1"},
+            "messageDirection": "IN",
         }
         if route in ("$connect", "$disconnect"):
             kind = "CONNECT" if route == "$connect" else "DISCONNECT"
-            return {**extra, "requestContext": {**ctx, "routeKey": route, "eventType": kind}}
+            if route == "$disconnect":
+                ctx |= {"disconnectStatusCode": 1000, "disconnectReason": "Client closed the connection"}
+            return {
+                **extra,
+                "headers": {"Host": DOMAIN},
+                "multiValueHeaders": {"Host": [DOMAIN]},
+                "isBase64Encoded": False,
+                "requestContext": {**ctx, "routeKey": route, "eventType": kind},
+            }
         return {
             "body": json.dumps(body),
             "isBase64Encoded": False,
-            "requestContext": {**ctx, "routeKey": "$default", "eventType": "MESSAGE"},
+            "requestContext": {**ctx, "messageId": request_id[:16], "routeKey": route, "eventType": "MESSAGE"},
         }
 
     def open_conversation(self) -> tuple[str, str]:
@@ -266,6 +287,7 @@ class Airies:
             cid = conversation.id
         self.connections += 1
         conn = f"benchConn{self.connections:05d}="
+        self.connected_at[conn] = int(time.time() * 1000)
         query = {"conversation_id": cid, "token": token}
         answer = self.dispatch("$connect", self.event(conn, "$connect", queryStringParameters=query))
         if answer.get("statusCode") != 200:
@@ -278,6 +300,7 @@ class Airies:
         self.dispatch("$default", self.event(conn, "$default", {"action": "end"}))
         self.dispatch("$disconnect", self.event(conn, "$disconnect"))
         self.seq.pop(conn, None)
+        self.connected_at.pop(conn, None)
 
     def speak(self, conn: str) -> None:
         """The caller's utterance as numbered 250 ms audio frames (not measured); the turn waits for end_of_utterance."""
@@ -287,7 +310,7 @@ class Airies:
             frame = {"action": "audio", "seq": self.seq[conn], "data": base64.b64encode(piece).decode()}
             self.seq[conn] += 1
             self.ahead_s += len(piece) / 32 / 1000
-            self.dispatch("audio", self.event(conn, "$default", frame))
+            self.dispatch("audio", self.event(conn, "audio", frame))
 
     def turn(self, conn: str, tag: str, route: str, gap_s: float) -> dict[str, Any]:
         """One turn through the $default handler; returns its timeline."""

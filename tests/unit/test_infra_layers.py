@@ -99,7 +99,8 @@ blocked = set(json.loads(sys.argv[1]))
 class Firewall(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in blocked:
-            raise ImportError(f"{name} is not in this function's layers")
+            # what Python raises for a module that is not installed (libraries catch it for optional imports)
+            raise ModuleNotFoundError(f"{name} is not in this function's layers", name=name)
         return None
 sys.meta_path.insert(0, Firewall())
 from pathlib import Path

@@ -95,7 +95,7 @@ async def clone_voice(
     provider: str = Form("elevenlabs", max_length=40),
     service: VoiceService = Depends(voice_service),
 ) -> dict[str, Any]:
-    samples = []
+    samples: list[tuple[str, bytes]] = []
     for upload in files:
         data = await upload.read(MAX_CLONE_SAMPLE_BYTES + 1)
         samples.append((upload.filename or f"sample{len(samples) + 1}", data))
@@ -148,7 +148,8 @@ async def _uploaded_audio(request: Request) -> tuple[bytes, dict[str, str]]:
         if upload is None or isinstance(upload, str):
             raise BadRequestError("send the audio as a multipart file field named 'file'", code="missing_file")
         fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
-        fields["expected_phrases"] = "\n".join(v for k, v in form.multi_items() if k == "expected_phrases")
+        phrases = [v for k, v in form.multi_items() if k == "expected_phrases" and isinstance(v, str)]
+        fields["expected_phrases"] = "\n".join(phrases)
         return await upload.read(), fields
     if content_type.split(";")[0].strip() in ("audio/wav", "audio/x-wav", "audio/wave", "application/octet-stream"):
         return await request.body(), dict(request.query_params)
@@ -175,17 +176,18 @@ async def transcribe(request: Request, service: VoiceService = Depends(voice_ser
         pcm16, sample_rate = read_wav(data)
     except AudioFormatError as exc:
         raise BadRequestError(str(exc), code="invalid_audio") from exc
+    requested = fields.get("provider") or None
     transcriber = {
-        "provider": fields.get("provider") or None,
+        "provider": requested,
         "model": fields.get("model") or None,
         "language": fields.get("language") or "en",
         "keywords": [k.strip() for k in (fields.get("keywords") or "").split(",") if k.strip()],
     }
     phrases = [p.strip() for p in (fields.get("expected_phrases") or "").splitlines() if p.strip()]
-    service.check_stt_provider(transcriber["provider"])  # an unknown provider name: 404 before any decoding work
+    service.check_stt_provider(requested)  # an unknown provider name: 404 before any decoding work
     transcript = await service.speech_to_text(pcm16, sample_rate, transcriber=transcriber, expected_phrases=phrases)
     out = transcript_out(transcript)
     # Which engine ran is in "provider"; say so plainly when it is not the one asked for (no key: offline engine).
-    out["requested_provider"] = transcriber["provider"]
-    out["fallback"] = transcriber["provider"] is not None and transcript.provider != transcriber["provider"]
+    out["requested_provider"] = requested
+    out["fallback"] = requested is not None and transcript.provider != requested
     return out

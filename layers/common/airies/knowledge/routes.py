@@ -12,8 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from airies.accounts.auth import Caller, authenticate, current_caller
 from airies.core.errors import BadRequestError, PayloadTooLargeError, ValidationFailedError
-from airies.core.schemas import Limit, Offset, Page
-from airies.knowledge.models import KnowledgeBase, KnowledgeDocument, KnowledgeScrapeJob
+from airies.core.schemas import BINARY, Limit, Offset, Page, request_body
 from airies.knowledge.schemas import (
     ChunkOut,
     DocumentCreate,
@@ -42,42 +41,13 @@ def service(request: Request, caller: Caller = Depends(current_caller)) -> Knowl
     return base.bind(caller.session)
 
 
-def kb_out(kb: KnowledgeBase) -> KnowledgeBaseOut:
-    return KnowledgeBaseOut(
-        id=kb.id,
-        name=kb.name,
-        description=kb.description,
-        embedding_provider=kb.embedding_provider,
-        embedding_model=kb.embedding_model,
-        embedding_dimensions=kb.embedding_dimensions,
-        lexical_only=kb.embedding_provider == "hashing",
-        vector_store=kb.vector_store,
-        chunk_size=kb.chunk_size,
-        chunk_overlap=kb.chunk_overlap,
-        status=kb.status,
-        document_count=kb.document_count,
-        chunk_count=kb.chunk_count,
-        token_count=kb.token_count,
-        embeddings_updated_at=kb.embeddings_updated_at,
-        created_at=kb.created_at,
-        updated_at=kb.updated_at,
-    )
-
-
-def doc_out(doc: KnowledgeDocument) -> DocumentOut:
-    return DocumentOut.model_validate(doc)
-
-
-def job_out(job: KnowledgeScrapeJob) -> ScrapeJobOut:
-    return ScrapeJobOut.model_validate(job)
-
-
 @router.post("", status_code=201)
 def create_knowledge_base(
     body: KnowledgeBaseCreate, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
 ) -> KnowledgeBaseOut:
+    """Create a knowledge base."""
     fields = body.model_dump(exclude={"name"})
-    return kb_out(svc.create_knowledge_base(caller.account_id, body.name, **fields))
+    return KnowledgeBaseOut.model_validate(svc.create_knowledge_base(caller.account_id, body.name, **fields))
 
 
 @router.get("")
@@ -87,15 +57,21 @@ def list_knowledge_bases(
     limit: Annotated[Limit, Query(le=100)] = 20,
     cursor: str | None = Query(None, max_length=40),
 ) -> Page[KnowledgeBaseOut]:
+    """The account's knowledge bases."""
     rows, next_cursor = svc.list_knowledge_bases(caller.account_id, limit=limit, cursor=cursor)
-    return Page(data=[kb_out(kb) for kb in rows], next_cursor=next_cursor, has_more=next_cursor is not None)
+    return Page(
+        data=[KnowledgeBaseOut.model_validate(kb) for kb in rows],
+        next_cursor=next_cursor,
+        has_more=next_cursor is not None,
+    )
 
 
 @router.get("/{kb_id}")
 def get_knowledge_base(
     kb_id: str, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
 ) -> KnowledgeBaseOut:
-    return kb_out(svc.get_knowledge_base(caller.account_id, kb_id))
+    """One knowledge base with its document counts."""
+    return KnowledgeBaseOut.model_validate(svc.get_knowledge_base(caller.account_id, kb_id))
 
 
 @router.put("/{kb_id}")
@@ -105,13 +81,17 @@ def update_knowledge_base(
     caller: Caller = Depends(current_caller),
     svc: KnowledgeService = Depends(service),
 ) -> KnowledgeBaseOut:
-    return kb_out(svc.update_knowledge_base(caller.account_id, kb_id, body.model_dump(exclude_unset=True)))
+    """Change a knowledge base's name, description or settings."""
+    return KnowledgeBaseOut.model_validate(
+        svc.update_knowledge_base(caller.account_id, kb_id, body.model_dump(exclude_unset=True))
+    )
 
 
 @router.delete("/{kb_id}", status_code=204)
 def delete_knowledge_base(
     kb_id: str, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
 ) -> Response:
+    """Delete a knowledge base with its documents and vectors."""
     svc.delete_knowledge_base(caller.account_id, kb_id)
     return Response(status_code=204)
 
@@ -139,7 +119,7 @@ async def _document_request(request: Request, *, require_filename: bool = True) 
             raw = json.dumps(body).encode()
         spec = DocumentCreate.model_validate_json(raw)
     except ValueError as exc:
-        errors = getattr(exc, "errors", lambda: [])()
+        errors: list[dict[str, Any]] = getattr(exc, "errors", lambda: [])()
         raise ValidationFailedError(
             "invalid document request",
             details=[
@@ -163,8 +143,22 @@ async def _document_request(request: Request, *, require_filename: bool = True) 
     return spec, None
 
 
-@router.post("/{kb_id}/documents", status_code=201)
+_DOCUMENT_BODY = request_body(
+    {
+        "application/json": DocumentCreate.model_json_schema(),
+        "multipart/form-data": {
+            "type": "object",
+            "required": ["file"],
+            "properties": {"file": BINARY, "filename": {"type": "string"}, "content_type": {"type": "string"}},
+        },
+    },
+    "JSON (text, content_base64, or neither for a presigned upload) or a multipart file",
+)
+
+
+@router.post("/{kb_id}/documents", status_code=201, openapi_extra=_DOCUMENT_BODY)
 async def create_document(request: Request, kb_id: str) -> DocumentCreated:
+    """Add a document: inline (JSON text or base64, or a multipart file) or as a presigned upload for large files."""
     spec, data = await _document_request(request)
     # The sync work below runs in a worker thread, like FastAPI's own sync routes.
     return await run_in_threadpool(_create_document_sync, request, kb_id, spec, data)
@@ -187,7 +181,7 @@ def _create_document_sync(request: Request, kb_id: str, spec: DocumentCreate, da
                 expires_in=presigned.expires_in,
                 max_bytes=settings.kb_max_document_bytes,
             )
-            return DocumentCreated(document=doc_out(doc), upload=upload)
+            return DocumentCreated(document=DocumentOut.model_validate(doc), upload=upload)
         if len(data) > settings.kb_inline_upload_max_bytes:
             raise PayloadTooLargeError(
                 f"inline uploads are limited to {settings.kb_inline_upload_max_bytes} bytes; "
@@ -196,10 +190,10 @@ def _create_document_sync(request: Request, kb_id: str, spec: DocumentCreate, da
         doc = svc.add_document_content(
             account.id, kb_id, filename=spec.filename, content_type=spec.content_type, data=data
         )
-        return DocumentCreated(document=doc_out(doc))
+        return DocumentCreated(document=DocumentOut.model_validate(doc))
 
 
-@router.put("/{kb_id}/documents/{doc_id}")
+@router.put("/{kb_id}/documents/{doc_id}", openapi_extra=_DOCUMENT_BODY)
 async def update_document(request: Request, kb_id: str, doc_id: str) -> DocumentOut:
     """Replace a document's content (JSON ``text``/``content_base64`` or multipart ``file``); re-ingested now."""
     spec, data = await _document_request(request, require_filename=False)
@@ -215,7 +209,7 @@ async def update_document(request: Request, kb_id: str, doc_id: str) -> Document
         with state.database.session() as session:
             caller = authenticate(request, session)
             svc = service(request, caller)
-            return doc_out(
+            return DocumentOut.model_validate(
                 svc.update_document(caller.account_id, kb_id, doc_id, data=data, content_type=spec.content_type)
             )
 
@@ -231,21 +225,26 @@ def list_documents(
     cursor: str | None = Query(None, max_length=40),
     status: str | None = Query(None, pattern="^(pending_upload|uploaded|processing|ready|failed)$"),
 ) -> Page[DocumentOut]:
+    """The knowledge base's documents."""
     rows, next_cursor = svc.list_documents(caller.account_id, kb_id, limit=limit, cursor=cursor, status=status)
-    return Page(data=[doc_out(d) for d in rows], next_cursor=next_cursor, has_more=next_cursor is not None)
+    return Page(
+        data=[DocumentOut.model_validate(d) for d in rows], next_cursor=next_cursor, has_more=next_cursor is not None
+    )
 
 
 @router.get("/{kb_id}/documents/{doc_id}")
 def get_document(
     kb_id: str, doc_id: str, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
 ) -> DocumentOut:
-    return doc_out(svc.get_document(caller.account_id, kb_id, doc_id))
+    """One document with its processing status."""
+    return DocumentOut.model_validate(svc.get_document(caller.account_id, kb_id, doc_id))
 
 
 @router.delete("/{kb_id}/documents/{doc_id}", status_code=204)
 def delete_document(
     kb_id: str, doc_id: str, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
 ) -> Response:
+    """Delete a document with its chunks and vectors."""
     svc.delete_document(caller.account_id, kb_id, doc_id)
     return Response(status_code=204)
 
@@ -259,6 +258,7 @@ def get_document_chunks(
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> dict[str, list[ChunkOut]]:
+    """The document's chunks, a page at a time."""
     chunks = svc.get_document_chunks(caller.account_id, kb_id, doc_id, limit=limit, offset=offset)
     return {"data": [ChunkOut.model_validate(c) for c in chunks]}
 
@@ -267,6 +267,7 @@ def get_document_chunks(
 def query_knowledge_base(
     kb_id: str, body: QueryIn, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
 ) -> dict[str, list[QueryResultOut]]:
+    """Search the knowledge base: the chunks closest to the query, with scores."""
     results = svc.query_knowledge_base(caller.account_id, kb_id, body.query, top_k=body.top_k, threshold=body.threshold)
     return {"data": [QueryResultOut.model_validate(r) for r in results]}
 
@@ -278,25 +279,28 @@ def create_scrape_job(
     caller: Caller = Depends(current_caller),
     svc: KnowledgeService = Depends(service),
 ) -> ScrapeJobOut:
+    """Crawl web pages into documents (runs in the background)."""
     job = svc.create_web_scrape_job(
         caller.account_id, kb_id, body.start_urls, max_depth=body.max_depth, max_pages=body.max_pages
     )
     svc.start_scrape_job(job)
-    return job_out(svc.get_scrape_job(caller.account_id, kb_id, job.id))
+    return ScrapeJobOut.model_validate(svc.get_scrape_job(caller.account_id, kb_id, job.id))
 
 
 @router.get("/{kb_id}/scrape-jobs")
 def list_scrape_jobs(
     kb_id: str, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
 ) -> dict[str, list[ScrapeJobOut]]:
-    return {"data": [job_out(j) for j in svc.list_scrape_jobs(caller.account_id, kb_id)]}
+    """The knowledge base's scrape jobs."""
+    return {"data": [ScrapeJobOut.model_validate(j) for j in svc.list_scrape_jobs(caller.account_id, kb_id)]}
 
 
 @router.get("/{kb_id}/scrape-jobs/{job_id}")
 def get_scrape_job(
     kb_id: str, job_id: str, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
 ) -> ScrapeJobOut:
-    return job_out(svc.get_scrape_job(caller.account_id, kb_id, job_id))
+    """One scrape job with its progress."""
+    return ScrapeJobOut.model_validate(svc.get_scrape_job(caller.account_id, kb_id, job_id))
 
 
 @router.post("/{kb_id}/reembed")
@@ -306,6 +310,7 @@ def reembed(
     caller: Caller = Depends(current_caller),
     svc: KnowledgeService = Depends(service),
 ) -> KnowledgeBaseOut:
+    """Re-embed every document with the knowledge base's (new) embedding model."""
     body = body or ReembedIn()
     kb = svc.update_embeddings(
         caller.account_id,
@@ -314,4 +319,4 @@ def reembed(
         embedding_model=body.embedding_model,
         embedding_dimensions=body.embedding_dimensions,
     )
-    return kb_out(kb)
+    return KnowledgeBaseOut.model_validate(kb)

@@ -28,11 +28,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from airies.accounts.provider_keys import (
-    ProviderKeyService,
-    register_key_validator,
-    register_provider_status,
-)
+from airies.accounts.provider_keys import ProviderKeyService
 from airies.core.config import Settings
 from airies.core.database import unit_of_work
 from airies.core.errors import NotFoundError
@@ -394,13 +390,3 @@ def llm_provider_status(settings: Settings, database: SessionSource | None = Non
         if vendor not in configured:
             rows.append({"provider": vendor, "kind": "llm", "configured": False, "status": "not_configured"})
     return rows
-
-
-def register_with_provider_keys() -> None:
-    """Hand the key probes and the status rows of ``GET /api/v1/providers`` to the accounts' provider-key registry."""
-    for vendor, validator in KEY_VALIDATORS.items():
-        register_key_validator(vendor, validator, kind="llm")
-    register_provider_status("llm", llm_provider_status)
-
-
-register_with_provider_keys()

@@ -11,6 +11,7 @@ from pydantic import Field
 from airies.accounts.auth import Caller, current_caller
 from airies.core.errors import BadRequestError, UnsupportedMediaTypeError
 from airies.core.schemas import BINARY, StrictModel, request_body
+from airies.voice.audio.formats import AudioFormatError, sniff_format, write_wav
 from airies.voice.factory import build_voice_service
 from airies.voice.models import Voice
 from airies.voice.service import MAX_CLONE_SAMPLE_BYTES, VoiceService
@@ -132,8 +133,6 @@ async def preview_voice(body: PreviewRequest, service: VoiceService = Depends(vo
     voice = body.model_dump(exclude={"text", "format"})
     output_format = "mp3_44100_128" if body.format == "mp3" else "pcm_16000"
     audio = await service.synthesize_all(body.text, voice=voice, output_format=output_format, strict=True)
-    from airies.voice.audio.codecs import write_wav  # numpy: lazily, off the API cold start
-
     if body.format == "wav":
         audio, media_type = write_wav(audio, 16000), "audio/wav"
     else:
@@ -179,7 +178,7 @@ async def _uploaded_audio(request: Request) -> tuple[bytes, dict[str, str]]:
 )
 async def transcribe(request: Request, service: VoiceService = Depends(voice_service)) -> dict[str, Any]:
     """Audio (WAV: 16-bit PCM or μ-law) in, transcript with word timings out."""
-    from airies.voice.audio.codecs import AudioFormatError, read_wav, sniff_format  # numpy: lazily
+    from airies.voice.audio.codecs import read_wav  # numpy: lazily, off the API cold start
 
     data, fields = await _uploaded_audio(request)
     if not data:

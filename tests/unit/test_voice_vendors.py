@@ -34,3 +34,21 @@ def test_the_tables_load_without_numpy_or_vendor_sdks() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_importing_the_capabilities_registers_nothing() -> None:
+    """Key probes and status rows reach the provider-key registry only when the API edge installs them."""
+    code = (
+        "import airies.voice.factory, airies.llm.service\n"
+        "from airies.accounts import provider_keys\n"
+        "print(sorted(provider_keys.KEY_VALIDATORS), sorted(provider_keys.STATUS_REPORTERS))\n"
+        "from airies.api.provider_keys import install_provider_key_vendors\n"
+        "install_provider_key_vendors()\n"
+        "print(sorted(provider_keys.KEY_VALIDATORS), sorted(provider_keys.STATUS_REPORTERS))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "[] []"
+    assert out[1] == (
+        "['azure', 'deepgram', 'deepinfra', 'elevenlabs', 'groq', 'openai', 'pinecone', 'stripe']"
+        " ['llm', 'payments', 'vectors', 'voice']"
+    )

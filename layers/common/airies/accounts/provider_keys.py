@@ -6,9 +6,8 @@ Accounts sits below every capability, so it never imports one: the vendors' vali
   :class:`ProviderKeyValidator`, ``fn(api_key: str, settings: Settings) -> bool | Awaitable[bool]``: True = the
   vendor accepts the key, False = it rejects it (-> 422); raising ``ProviderError`` = the vendor could not be asked
   (-> 502). A key is never saved without a successful validation; a known provider with no validator yet -> 501.
-  LLM providers (openai, groq, deepinfra) and voice vendors add theirs from their capability; the vendors without a
-  service on the API path (Pinecone ``list_indexes``, Stripe balance) are composed by the API edge
-  (``airies.api.provider_keys``) from their vendor modules.
+  The API edge (``airies.api.provider_keys``) installs every vendor's: the LLM and voice vendors' from their
+  capabilities' key-probe tables, Pinecone (``list_indexes``) and Stripe (balance) from their vendor modules.
 * ``register_provider_status(kind, fn)``: ``fn(settings) -> list[dict]`` rows for ``GET /api/v1/providers``
   (each row at least ``{"provider", "kind", "configured", "status"}``).
 * ``ProviderKeyService``: put / delete / list (masked) / get (decrypted, for internal use only).

@@ -40,7 +40,7 @@ def agent_out(agent: Agent, warnings: Warnings) -> AgentOut:
         name=agent.name,
         description=agent.description,
         agent_type=agent.agent_type,
-        status=agent.status,  # type: ignore[arg-type]
+        status=agent.status,
         current_version=agent.current_version,
         has_undeployed_changes=agent.has_undeployed_changes,
         config=agent.draft_config,

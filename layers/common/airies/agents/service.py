@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import copy
 import math
 from collections.abc import Callable, Iterable
@@ -180,8 +181,8 @@ class AgentValidator:
             if provider not in tts:
                 problems.append(_problem(f"{field}.provider", "unknown_provider", f"unknown TTS provider '{provider}'"))
                 continue
-            known = voice_catalog.builtin_voice_ids(provider) | self.account_voices(self.session, account_id, provider)
-            if voice_id not in known:
+            voices = voice_catalog.builtin_voice_ids(provider) | self.account_voices(self.session, account_id, provider)
+            if voice_id not in voices:
                 problems.append(
                     _problem(
                         f"{field}.voice_id", "unknown_voice", f"voice '{voice_id}' is not available on '{provider}'"
@@ -276,7 +277,7 @@ class AgentService:
         next_cursor = rows[limit - 1].id if len(rows) > limit else None
         return rows[:limit], next_cursor
 
-    def versions(self, account_id: str, agent_id: str) -> list[AgentVersion]:
+    def versions(self, account_id: str, agent_id: str) -> builtins.list[AgentVersion]:
         self.get(account_id, agent_id)
         return list(
             self.session.scalars(
@@ -306,7 +307,7 @@ class AgentService:
             raise ValidationFailedError("agent config is invalid", details=errors)
         return config.model_dump(mode="json")
 
-    def warnings_for(self, account_id: str) -> Callable[[dict[str, Any]], list[dict[str, str]]]:
+    def warnings_for(self, account_id: str) -> Callable[[dict[str, Any]], builtins.list[dict[str, str]]]:
         """``config -> warnings`` for stored configs of this account: providers without a key, so another engine
         answers (the account's keys and endpoints are looked up once, however many configs are asked about)."""
         lookup = self.validator.configured_engines
@@ -314,7 +315,7 @@ class AgentService:
             return lambda config: []
         configured = lookup(self.session, account_id)
 
-        def warnings(config: dict[str, Any]) -> list[dict[str, str]]:
+        def warnings(config: dict[str, Any]) -> builtins.list[dict[str, str]]:
             try:
                 return engine_warnings(AgentConfig.model_validate(config), configured)
             except ValidationError:  # stored under an older schema: nothing to say about its engines

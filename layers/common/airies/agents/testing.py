@@ -44,6 +44,7 @@ from airies.agents.schemas import AgentConfig, AgentTestRequest, AgentTestTurn, 
 from airies.agents.service import AgentService
 from airies.core.aio import run_sync
 from airies.core.config import Settings
+from airies.core.database import Database
 from airies.core.errors import ConflictError, ValidationFailedError
 from airies.core.money import format_usd
 from airies.core.text import contains_phrase
@@ -54,7 +55,7 @@ from airies.llm.vendors.base import LLMRequest, StreamEnd, TextDelta
 Retriever = Callable[[str, list[str], str], "Awaitable[list[Any]] | list[Any]"]
 
 
-def default_retriever(settings: Settings, database: Any) -> Retriever:
+def default_retriever(settings: Settings, database: Database | None) -> Retriever:
     """The knowledge capability's ``retrieve_for_agent`` (built on first use: most tests have no knowledge base)."""
 
     def retrieve(account_id: str, kb_ids: list[str], query: str) -> list[Any]:
@@ -142,7 +143,7 @@ class AgentTestService:
         session: Session,
         settings: Settings,
         *,
-        database: Any = None,
+        database: Database | None = None,
         llm: LLMService | None = None,
         retriever: Retriever | bool | None = True,
     ) -> None:
@@ -152,7 +153,7 @@ class AgentTestService:
         self.llm = llm
         # True = the default (knowledge capability if present); None/False = no retrieval; a callable = that.
         self.retriever: Retriever | None = (
-            default_retriever(settings, database) if retriever is True else (retriever or None)  # type: ignore[assignment]
+            default_retriever(settings, database) if retriever is True else (retriever or None)
         )
 
     def load_config(self, account_id: str, agent_id: str, use_draft: bool) -> tuple[AgentConfig, str, int | None]:
@@ -361,7 +362,12 @@ def _json_or_text(arguments: str) -> Any:
 
 
 def run_agent_test(
-    session: Session, settings: Settings, database: Any, account_id: str, agent_id: str, body: AgentTestRequest
+    session: Session,
+    settings: Settings,
+    database: Database | None,
+    account_id: str,
+    agent_id: str,
+    body: AgentTestRequest,
 ) -> dict[str, Any]:
     """Sync entry point for the (sync) agents router."""
     service = AgentTestService(session, settings, database=database)

@@ -17,6 +17,7 @@ the endpoint, so it cannot change; an endpoint that an agent's draft or publishe
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -149,7 +150,7 @@ class CustomEndpointService:
         sealed = Sealed(ciphertext=row.ciphertext, encrypted_data_key=row.encrypted_data_key, key_ref=row.key_ref)
         return self.cipher.open(sealed, _context(row.account_id, row.id))
 
-    def callable_endpoints(self, account_id: str) -> list[AccountEndpoint]:
+    def callable_endpoints(self, account_id: str) -> builtins.list[AccountEndpoint]:
         """Every endpoint of the account with its key decrypted (internal use only)."""
         return [
             AccountEndpoint(
@@ -164,7 +165,7 @@ class CustomEndpointService:
         ]
 
     # -- validation -----------------------------------------------------------------------------------------------
-    async def probe(self, base_url: str, api_key: str | None) -> list[str]:
+    async def probe(self, base_url: str, api_key: str | None) -> builtins.list[str]:
         """The model ids the endpoint lists for this key; 422 (``URLNotAllowed`` or ``ValidationFailedError``) when
         the URL is refused, the key rejected, the endpoint unreachable or not OpenAI-compatible, or it lists none.
         Nothing the endpoint answered is quoted back: only what failed."""

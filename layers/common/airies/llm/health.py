@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,6 +30,13 @@ from airies.llm.models import ProviderHealth
 from airies.llm.router_config import RouterConfig, is_shared_health_key
 
 log = logging.getLogger(__name__)
+
+
+class HasEngine(Protocol):
+    @property
+    def engine(self) -> Engine: ...
+
+
 PRIOR_TTFT_MS = 600.0  # assumed until a provider has been measured
 EWMA_ALPHA = 0.2
 
@@ -228,7 +235,7 @@ class HealthTracker:
 class DatabaseHealthStore:
     """``provider_health`` rows: merged figures of every container."""
 
-    def __init__(self, database: Any) -> None:
+    def __init__(self, database: HasEngine) -> None:
         self.database = database
 
     LOCK_WAIT_MS = 300  # never queue behind another writer for long: the figures can wait for the next flush

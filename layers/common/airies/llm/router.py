@@ -32,7 +32,7 @@ import dataclasses
 import math
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -274,11 +274,11 @@ class LLMRouter:
         return out
 
     # -- execution --------------------------------------------------------------------------------------
-    async def _attempt(self, cand: Candidate, request: LLMRequest, attempt: Attempt) -> AsyncIterator[LLMEvent]:
+    async def _attempt(self, cand: Candidate, request: LLMRequest, attempt: Attempt) -> AsyncGenerator[LLMEvent, None]:
         """One provider call with the first-token and idle timeouts applied around the provider's stream."""
         provider = self.providers[cand.provider]
         routed = dataclasses.replace(request, model=cand.model)
-        agen = provider.stream(routed).__aiter__()
+        agen = provider.stream(routed)
         started = time.perf_counter()
         first = True
         try:
@@ -304,7 +304,7 @@ class LLMRouter:
         finally:
             await agen.aclose()
 
-    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
         plan = self.route_request(request)
         if not plan:
             raise NotAvailableError(

@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import random
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from airies.accounts.provider_keys import (
-    ProviderKeyService,
-    register_key_validator,
-    register_provider_status,
-)
+from airies.accounts.provider_keys import ProviderKeyService
 from airies.core.config import Settings
 from airies.core.database import unit_of_work
 from airies.core.errors import NotFoundError
@@ -53,6 +51,16 @@ from airies.llm.vendors.table import LLM_VENDORS
 # ---------------------------------------------------------------------------------------------------------------
 custom_models = catalog.custom_llm_models
 all_models = catalog.all_llm_models
+
+
+class SessionSource(Protocol):
+    """What the LLM service needs of a database: units of work, and the engine the health statistics are shared
+    through (a ``Database``, or a session's engine)."""
+
+    @property
+    def engine(self) -> Engine: ...
+
+    def session(self) -> AbstractContextManager[Session]: ...
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -135,16 +143,18 @@ def platform_providers(settings: Settings) -> dict[str, LLMProvider]:
 
 
 def account_providers(
-    settings: Settings, database: Any, account_id: str, *, session: Any = None
+    settings: Settings, database: SessionSource | None, account_id: str, *, session: Session | None = None
 ) -> tuple[dict[str, LLMProvider], list[catalog.LLMModel]]:
     """The account's own providers (its vendor keys, its custom endpoints) and the catalog entries of its endpoints."""
     if session is not None:
         keys = ProviderKeyService(session, settings).keys_of_kind(account_id, "llm")
         endpoints = CustomEndpointService(session, settings).callable_endpoints(account_id)
-    else:
+    elif database is not None:
         with database.session() as own:
             keys = ProviderKeyService(own, settings).keys_of_kind(account_id, "llm")
             endpoints = CustomEndpointService(own, settings).callable_endpoints(account_id)
+    else:
+        raise ValueError("the account's providers are read through a session or a database")
     providers: dict[str, LLMProvider] = {}
     for vendor, key in keys.items():
         if vendor in LLM_VENDORS:
@@ -167,7 +177,7 @@ def account_providers(
     return providers, endpoint_catalog(endpoints)
 
 
-def configured_llm_providers(settings: Settings, session: Any, account_id: str) -> set[str]:
+def configured_llm_providers(settings: Settings, session: Session, account_id: str) -> set[str]:
     """The LLM providers ``build_llm_service`` would give this account (platform keys, the operator's custom
     endpoint, the account's own keys and endpoints), found without building them (no key decrypted, no SDK)."""
     names = {vendor for vendor in LLM_VENDORS if platform_key(settings, f"{vendor}_api_key")}
@@ -186,7 +196,7 @@ def configured_llm_providers(settings: Settings, session: Any, account_id: str) 
 _trackers: dict[str, HealthTracker] = {}
 
 
-def get_health_tracker(settings: Settings, database: Any | None) -> HealthTracker:
+def get_health_tracker(settings: Settings, database: SessionSource | None) -> HealthTracker:
     engine = getattr(database, "engine", None)
     key = engine.url.render_as_string(hide_password=False) if engine is not None else "memory"
     tracker = _trackers.get(key)
@@ -301,7 +311,7 @@ def calculate_token_cost(provider: str, model: str, usage: Usage, *, settings: S
 class _EngineDatabase:
     """The bits of ``Database`` the health store needs, from a session's engine (when only a session is given)."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.url = str(engine.url)
         self.session_factory = sessionmaker(engine, expire_on_commit=False)
@@ -316,17 +326,18 @@ class _EngineDatabase:
 
 def build_llm_service(
     settings: Settings,
-    database: Any = None,
+    database: SessionSource | None = None,
     account_id: str | None = None,
     *,
-    session: Any = None,
+    session: Session | None = None,
     tracker: HealthTracker | None = None,
-    rng: Any = None,
+    rng: random.Random | None = None,
 ) -> LLMService:
     """Wire an LLMService. Pass ``database`` (a ``Database``) or, inside a unit of work, ``session``: the account's
     keys are read through it, and the health statistics are shared through its engine."""
     if database is None and session is not None:
-        database = _EngineDatabase(session.get_bind())
+        bind = session.get_bind()
+        database = _EngineDatabase(bind if isinstance(bind, Engine) else bind.engine)
     providers = platform_providers(settings)
     models = all_models(settings)
     if account_id and (database is not None or session is not None):
@@ -371,7 +382,7 @@ def _llm_validator(provider: str) -> Callable[[str, Settings], Awaitable[bool]]:
 KEY_VALIDATORS = {vendor: _llm_validator(vendor) for vendor in LLM_VENDORS}
 
 
-def llm_provider_status(settings: Settings, database: Any = None) -> list[dict[str, Any]]:
+def llm_provider_status(settings: Settings, database: SessionSource | None = None) -> list[dict[str, Any]]:
     service = build_llm_service(settings, database)
     rows = service.get_provider_status()
     configured = {row["provider"] for row in rows}
@@ -379,13 +390,3 @@ def llm_provider_status(settings: Settings, database: Any = None) -> list[dict[s
         if vendor not in configured:
             rows.append({"provider": vendor, "kind": "llm", "configured": False, "status": "not_configured"})
     return rows
-
-
-def register_with_provider_keys() -> None:
-    """Hand the key probes and the status rows of ``GET /api/v1/providers`` to the accounts' provider-key registry."""
-    for vendor, validator in KEY_VALIDATORS.items():
-        register_key_validator(vendor, validator, kind="llm")
-    register_provider_status("llm", llm_provider_status)
-
-
-register_with_provider_keys()

@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
-from airies.accounts import provider_keys
 from airies.accounts.provider_keys import get_account_provider_credentials
 from airies.core.config import Settings
 from airies.core.database import Database
@@ -203,13 +202,3 @@ def offline_tts_available(settings: Settings) -> bool:
 KEY_VALIDATORS: dict[str, tuple[KeyValidator, str]] = {
     name: (vendor.validate, vendor.key_kind) for name, vendor in CLOUD_VENDORS.items() if vendor.validate is not None
 }
-
-
-def register_with_provider_keys() -> None:
-    """Hand the key probes and the status rows of ``GET /api/v1/providers`` to the accounts' provider-key registry."""
-    for name, (validator, kind) in KEY_VALIDATORS.items():
-        provider_keys.register_key_validator(name, validator, kind=kind)
-    provider_keys.register_provider_status("voice", voice_provider_status)
-
-
-register_with_provider_keys()

@@ -11,6 +11,7 @@ from pydantic import Field
 from airies.accounts.auth import Caller, current_caller
 from airies.core.errors import BadRequestError, UnsupportedMediaTypeError
 from airies.core.schemas import BINARY, StrictModel, request_body
+from airies.voice.audio.formats import AudioFormatError, sniff_format, write_wav
 from airies.voice.factory import build_voice_service
 from airies.voice.models import Voice
 from airies.voice.service import MAX_CLONE_SAMPLE_BYTES, VoiceService
@@ -98,7 +99,7 @@ async def clone_voice(
     service: VoiceService = Depends(voice_service),
 ) -> dict[str, Any]:
     """Clone a voice from audio samples (multipart form)."""
-    samples = []
+    samples: list[tuple[str, bytes]] = []
     for upload in files:
         data = await upload.read(MAX_CLONE_SAMPLE_BYTES + 1)
         samples.append((upload.filename or f"sample{len(samples) + 1}", data))
@@ -132,8 +133,6 @@ async def preview_voice(body: PreviewRequest, service: VoiceService = Depends(vo
     voice = body.model_dump(exclude={"text", "format"})
     output_format = "mp3_44100_128" if body.format == "mp3" else "pcm_16000"
     audio = await service.synthesize_all(body.text, voice=voice, output_format=output_format, strict=True)
-    from airies.voice.audio.codecs import write_wav  # numpy: lazily, off the API cold start
-
     if body.format == "wav":
         audio, media_type = write_wav(audio, 16000), "audio/wav"
     else:
@@ -152,7 +151,8 @@ async def _uploaded_audio(request: Request) -> tuple[bytes, dict[str, str]]:
         if upload is None or isinstance(upload, str):
             raise BadRequestError("send the audio as a multipart file field named 'file'", code="missing_file")
         fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
-        fields["expected_phrases"] = "\n".join(v for k, v in form.multi_items() if k == "expected_phrases")
+        phrases = [v for k, v in form.multi_items() if k == "expected_phrases" and isinstance(v, str)]
+        fields["expected_phrases"] = "\n".join(phrases)
         return await upload.read(), fields
     if content_type.split(";")[0].strip() in ("audio/wav", "audio/x-wav", "audio/wave", "application/octet-stream"):
         return await request.body(), dict(request.query_params)
@@ -178,7 +178,7 @@ async def _uploaded_audio(request: Request) -> tuple[bytes, dict[str, str]]:
 )
 async def transcribe(request: Request, service: VoiceService = Depends(voice_service)) -> dict[str, Any]:
     """Audio (WAV: 16-bit PCM or μ-law) in, transcript with word timings out."""
-    from airies.voice.audio.codecs import AudioFormatError, read_wav, sniff_format  # numpy: lazily
+    from airies.voice.audio.codecs import read_wav  # numpy: lazily, off the API cold start
 
     data, fields = await _uploaded_audio(request)
     if not data:
@@ -193,17 +193,18 @@ async def transcribe(request: Request, service: VoiceService = Depends(voice_ser
         pcm16, sample_rate = read_wav(data)
     except AudioFormatError as exc:
         raise BadRequestError(str(exc), code="invalid_audio") from exc
+    requested = fields.get("provider") or None
     transcriber = {
-        "provider": fields.get("provider") or None,
+        "provider": requested,
         "model": fields.get("model") or None,
         "language": fields.get("language") or "en",
         "keywords": [k.strip() for k in (fields.get("keywords") or "").split(",") if k.strip()],
     }
     phrases = [p.strip() for p in (fields.get("expected_phrases") or "").splitlines() if p.strip()]
-    service.check_stt_provider(transcriber["provider"])  # an unknown provider name: 404 before any decoding work
+    service.check_stt_provider(requested)  # an unknown provider name: 404 before any decoding work
     transcript = await service.speech_to_text(pcm16, sample_rate, transcriber=transcriber, expected_phrases=phrases)
     out = transcript_out(transcript)
     # Which engine ran is in "provider"; say so plainly when it is not the one asked for (no key: offline engine).
-    out["requested_provider"] = transcriber["provider"]
-    out["fallback"] = transcriber["provider"] is not None and transcript.provider != transcriber["provider"]
+    out["requested_provider"] = requested
+    out["fallback"] = requested is not None and transcript.provider != requested
     return out

@@ -33,7 +33,7 @@ from airies.core.errors import (
 from airies.core.ids import new_id
 from airies.core.text import split_sentences
 from airies.voice import catalog
-from airies.voice.audio.formats import SUPPORTED_RATES, duration_seconds
+from airies.voice.audio.formats import SUPPORTED_RATES, AudioFormatError, duration_seconds, sniff_format
 from airies.voice.configs import config_field
 from airies.voice.models import Voice
 from airies.voice.speech_models import SpeechModelCache, domain_phrases
@@ -459,14 +459,14 @@ class VoiceService:
 
 
 def _check_sample(filename: str, data: bytes) -> None:
-    from airies.voice.audio.codecs import AudioFormatError, read_wav, sniff_format
-
     kind = sniff_format(data)
     if kind == "unknown":
         raise BadRequestError(
             f"sample '{filename}' is not a recognised audio file (wav, mp3, ogg, flac, webm)", code="invalid_audio"
         )
     if kind == "wav":
+        from airies.voice.audio.codecs import read_wav  # numpy: lazily, off the API cold start
+
         try:
             read_wav(data)
         except AudioFormatError as exc:

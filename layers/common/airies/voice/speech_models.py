@@ -163,8 +163,7 @@ def expected_phrases_for_agent(config: Any) -> tuple[str, ...]:
     for text in (config_field(config, "first_message"), config_field(config, "system_prompt")):
         if text:
             phrases += split_sentences(str(text))[:200]
-    seen: set[str] = set()
-    return tuple(p for p in phrases if p and not (p in seen or seen.add(p)))
+    return tuple(dict.fromkeys(p for p in phrases if p))  # first occurrence of each, in order
 
 
 def offline_stt_available() -> bool:

@@ -94,5 +94,5 @@ CLOUD_VENDORS: dict[str, VoiceVendor[STTProvider] | VoiceVendor[TTSProvider]] = 
 
 OFFLINE_STT = "pocketsphinx"
 OFFLINE_TTS = "espeak"
-OFFLINE_STT_ENGINE: Callable[[], STTProvider] = PocketSphinxSTT
-OFFLINE_TTS_ENGINE: Callable[..., TTSProvider] = EspeakTTS
+OFFLINE_STT_ENGINE = PocketSphinxSTT
+OFFLINE_TTS_ENGINE = EspeakTTS

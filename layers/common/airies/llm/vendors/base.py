@@ -6,7 +6,7 @@ the router and ``LLMService`` only ever see this interface.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -85,7 +85,7 @@ class LLMResponse:
 class LLMProvider(Protocol):
     name: str
 
-    def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+    def stream(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
         """Yield TextDelta / ToolCallDelta events, then exactly one StreamEnd."""
         ...
 

@@ -23,7 +23,7 @@ import json
 import math
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from airies.llm.vendors.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCall, ToolCallDelta
@@ -169,7 +169,7 @@ class OfflineResponder:
                 return passages[index].strip(), "knowledge_passage", {"passage_index": index}
         return NO_MODEL_REPLY, "no_model", {}
 
-    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
         started = time.perf_counter()
         reply, reason, extra = self.decide(request)
         words = reply.split(" ")

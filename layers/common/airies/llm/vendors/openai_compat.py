@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from airies.core.errors import ProviderError
@@ -75,7 +75,8 @@ class OpenAICompatibleProvider:
         import openai  # lazy: 47 MB SDK, only loaded when an LLM is actually called
 
         timeout = openai.Timeout(self.read_timeout, connect=self.connect_timeout, pool=self.connect_timeout)
-        http_client = self.url_guard.async_client() if self.url_guard is not None else None
+        # Any: the SDK types its own vendored httpx client; the guard's httpx client is what it accepts at run time
+        http_client: Any = self.url_guard.async_client() if self.url_guard is not None else None
         return openai.AsyncOpenAI(
             api_key=api_key, base_url=self.base_url, timeout=timeout, max_retries=0, http_client=http_client
         )
@@ -94,7 +95,7 @@ class OpenAICompatibleProvider:
         return params
 
     # -- streaming ----------------------------------------------------------------------------------
-    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
         started = time.perf_counter()
         params = self._params(request)
         if self.stream_usage:

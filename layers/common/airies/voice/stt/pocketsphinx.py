@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from airies.core.errors import NotAvailableError
+from airies.voice.audio.formats import duration_seconds
 from airies.voice.stt.base import STTOptions, Transcript, Word
 
 DECODER_RATE = 16000
@@ -210,7 +211,7 @@ class PocketSphinxSTT:
         if not options.language.lower().startswith("en"):
             raise NotAvailableError(f"the offline recogniser only knows English (asked for '{options.language}')")
         # numpy, lazily: the API imports this module (for cached models) and must not pay for numpy at start-up
-        from airies.voice.audio.codecs import duration_seconds, resample_pcm16
+        from airies.voice.audio.codecs import resample_pcm16
 
         audio = resample_pcm16(pcm16, sample_rate, DECODER_RATE) if sample_rate != DECODER_RATE else pcm16
         text, words, confidence, mode = await asyncio.to_thread(self._decode, audio, options)

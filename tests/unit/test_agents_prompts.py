@@ -16,5 +16,6 @@ def test_a_turn_is_built_the_same_on_a_call_and_in_an_agent_test() -> None:
     assert messages[0]["content"].endswith("answer in short spoken sentences, no markdown or lists.")
     assert messages[1:] == [*history, {"role": "user", "content": "When are you open?"}]
     assert build_messages(config, [], None, [])[-1]["role"] == "system"  # no user turn: nothing appended
-    assert turns.build_messages(config, history, "When are you open?", passages) == messages
-    assert turns.END_CALL_TOOL == END_CALL_TOOL
+    # Calls build their turn with the same builder and tool (one source, not a copy).
+    assert turns.build_messages is build_messages
+    assert turns.END_CALL_TOOL is END_CALL_TOOL

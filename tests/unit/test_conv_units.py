@@ -142,6 +142,20 @@ def test_turn_cost_is_exact_at_catalog_prices() -> None:
     assert zero == 0 and offline["total"] == "0.000000000"
 
 
+def test_a_turn_never_prices_more_cached_tokens_than_it_sent() -> None:
+    # Some providers report more cached tokens than prompt tokens: a call prices them as an agent test does.
+    cost, _ = price_usage(
+        {
+            "prompt_tokens": 100,
+            "cached_tokens": 300,
+            "completion_tokens": 0,
+            "llm_provider": "openai",
+            "llm_model": "gpt-4o-mini",
+        }
+    )
+    assert Decimal(cost["llm"]) == Decimal("0.0000075")  # 100 cached tokens at 0.075 per million, none negative
+
+
 def test_tokens_bind_conversation_and_expire() -> None:
     now = [1000.0]
     tokens = ConversationTokens(b"s" * 32, ttl_seconds=60, clock=lambda: now[0])

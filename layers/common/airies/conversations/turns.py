@@ -16,12 +16,15 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from airies.agents.engines import turn_engines
+from airies.agents.prompts import END_CALL_TOOL, build_messages
 from airies.agents.schemas import AgentConfig
 from airies.conversations import protocol as wp
 from airies.core.money import format_usd
 from airies.core.text import SentenceSegmenter, contains_phrase, split_sentences
 from airies.llm import catalog
-from airies.llm.vendors.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCallDelta
+from airies.llm.cost import token_cost
+from airies.llm.vendors.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCallDelta, Usage
+from airies.voice import catalog as voice_catalog
 from airies.voice.speech_models import expected_phrases_for_agent
 from airies.voice.stt.base import STTOptions, STTProvider, Transcript
 from airies.voice.tts.base import TTSOptions, TTSProvider
@@ -29,20 +32,6 @@ from airies.voice.tts.base import TTSOptions, TTSProvider
 LLMStreamer = Callable[[LLMRequest], AsyncIterator[LLMEvent]]
 # (account_id, knowledge_base_ids, query) -> passages [{"text", "score", "source", ...}]
 Retriever = Callable[[str, list[str], str], Awaitable[list[dict[str, Any]]]]
-
-END_CALL_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "end_call",
-        "description": "Hang up the call. Use it only when the caller is done or asks to end the call.",
-        "parameters": {
-            "type": "object",
-            "properties": {"reason": {"type": "string", "description": "why the call ends"}},
-            "required": [],
-        },
-    },
-}
-
 
 # --- voice activity per chunk ----------------------------------------------------------------------------------
 _VAD: Any = None
@@ -165,45 +154,27 @@ def price_usage(usage: dict[str, Any]) -> tuple[dict[str, str], Decimal]:
     """Exact cost of one turn's usage at catalog prices (providers with no price: 0, flagged unpriced)."""
     stt = Decimal(0)
     if usage.get("stt_seconds"):
-        entry = catalog.stt_providers().get(usage.get("stt_provider") or "")
+        entry = voice_catalog.stt_providers().get(usage.get("stt_provider") or "")
         if entry:
             stt = Decimal(str(entry["price_per_minute"])) * Decimal(str(usage["stt_seconds"])) / 60
     llm = Decimal(0)
     model = catalog.llm_model(usage.get("llm_provider") or "", usage.get("llm_model") or "")
     if model:
-        cached = int(usage.get("cached_tokens", 0))
-        prompt = int(usage.get("prompt_tokens", 0)) - cached
-        llm = (
-            Decimal(str(model.input_per_mtok)) * prompt
-            + Decimal(str(model.cached_input_per_mtok)) * cached
-            + Decimal(str(model.output_per_mtok)) * int(usage.get("completion_tokens", 0))
-        ) / 1_000_000
+        tokens = Usage(
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+            cached_tokens=int(usage.get("cached_tokens", 0)),
+        )
+        llm = token_cost(model, tokens)
     tts = Decimal(0)
     if usage.get("tts_characters"):
-        entry = catalog.tts_providers().get(usage.get("tts_provider") or "")
+        entry = voice_catalog.tts_providers().get(usage.get("tts_provider") or "")
         if entry:
             tts = Decimal(str(entry["price_per_1k_chars"])) * int(usage["tts_characters"]) / 1000
     q = Decimal("0.000000001")
     parts = {"stt": stt.quantize(q), "llm": llm.quantize(q), "tts": tts.quantize(q)}
     total = sum(parts.values(), Decimal(0))
     return {**{k: format_usd(v) for k, v in parts.items()}, "total": format_usd(total)}, total
-
-
-def build_messages(
-    config: AgentConfig, history: list[dict[str, str]], user_text: str | None, passages: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    system = config.system_prompt
-    if passages:
-        context = "\n\n".join(f"[{i + 1}] {p.get('text', '')}" for i, p in enumerate(passages))
-        system += (
-            "\n\nAnswer from these knowledge base passages when they are relevant; say so when they do not cover "
-            f"the question.\n{context}"
-        )
-    system += "\n\nYou are speaking on a voice call: answer in short spoken sentences, no markdown or lists."
-    messages: list[dict[str, Any]] = [{"role": "system", "content": system}, *history]
-    if user_text:
-        messages.append({"role": "user", "content": user_text})
-    return messages
 
 
 class TurnRunner:

@@ -72,11 +72,3 @@ def llm_model_lookup(settings: Settings | None) -> Callable[[str, str], LLMModel
 
 def llm_providers() -> set[str]:
     return {entry.provider for entry in llm_models()}
-
-
-def stt_providers() -> dict[str, dict[str, Any]]:
-    return {entry["provider"]: entry for entry in _load("voice_catalog.json")["stt"]}
-
-
-def tts_providers() -> dict[str, dict[str, Any]]:
-    return {entry["provider"]: entry for entry in _load("voice_catalog.json")["tts"]}

@@ -406,11 +406,28 @@ def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
             lam["turn_seconds"] += took
         return start
 
-    ctx = {"domainName": "bench.execute-api.us-east-1.amazonaws.com", "stage": "prod", "connectionId": connection_id}
+    # The request context API Gateway sends (the handlers parse it with the Powertools WebSocket models).
+    ctx = {
+        "domainName": "bench.execute-api.us-east-1.amazonaws.com",
+        "stage": "prod",
+        "connectionId": connection_id,
+        "apiId": "bench",
+        "requestId": "bench",
+        "extendedRequestId": "bench",
+        "requestTime": "06/Dec/2026:00:00:00 +0000",
+        "requestTimeEpoch": 1796515200000,
+        "connectedAt": 1796515200000,
+        "identity": {"sourceIp": "127.0.0.1"},
+        "messageDirection": "IN",
+        "messageId": "bench",
+    }
     invoke(
         "$connect",
         {
             "queryStringParameters": {"conversation_id": cid, "token": token},
+            "headers": {"Host": ctx["domainName"]},
+            "multiValueHeaders": {"Host": [ctx["domainName"]]},
+            "isBase64Encoded": False,
             "requestContext": {**ctx, "routeKey": "$connect", "eventType": "CONNECT"},
         },
     )

@@ -211,7 +211,7 @@ def ingestion_pipeline(database: Any, settings: Settings, **service_kwargs: Any)
         publisher = service_kwargs.pop("usage_publisher", None) or RecordingPublisher()
         service = build_knowledge_service(settings, database, usage_publisher=publisher, **service_kwargs)
         handler_module = load_function("handler")
-        handler_module._service = service
+        handler_module.service.set(service)
         try:
             yield {
                 "s3": s3,
@@ -225,7 +225,7 @@ def ingestion_pipeline(database: Any, settings: Settings, **service_kwargs: Any)
                 "settings": settings,
             }
         finally:
-            handler_module._service = None
+            handler_module.service.set(None)
 
 
 def deliver(pipeline: dict[str, Any], messages: list[dict[str, Any]] | None = None) -> tuple[list[Any], Any]:

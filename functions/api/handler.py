@@ -1,21 +1,32 @@
-"""ApiFunction: the HTTP API (FastAPI behind Mangum). Everything is built once per container."""
+"""ApiFunction: the HTTP API (FastAPI behind Mangum). Everything is built once per container (in the SnapStart
+snapshot). An invocation that is not an HTTP API (payload v2) request gets 400 ``invalid_request`` (logged)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventV2Model
 from mangum import Mangum
 
 from airies.api.app import create_app
+from airies.core.bootstrap import after_snapstart_restore
+from airies.core.errors import error_body
+from airies.core.events import MalformedEvent, parse_event
+from airies.core.observability import lambda_handler, logger
 
-logger = Logger()
 app = create_app(logger=logger)
 _asgi = Mangum(app, lifespan="off")
 
 
-@logger.inject_lambda_context(clear_state=True)
+@lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    try:
+        parse_event(APIGatewayProxyEventV2Model, event, source="HTTP API")
+    except MalformedEvent as exc:
+        body = error_body("invalid_request", "not an HTTP API request", exc.errors)
+        return {"statusCode": 400, "headers": {"content-type": "application/json"}, "body": json.dumps(body)}
+    # Mangum reads the same event (the validated model is not handed on: Mangum takes the API Gateway dict).
     return _asgi(event, context)
 
 
@@ -24,9 +35,4 @@ def _reopen_connections_after_restore() -> None:
     app.state.database.dispose()
 
 
-try:  # Only present on the Lambda runtime with SnapStart enabled.
-    from snapshot_restore_py import register_after_restore  # type: ignore[import-not-found]
-
-    register_after_restore(_reopen_connections_after_restore)
-except ImportError:
-    pass
+after_snapstart_restore(_reopen_connections_after_restore)

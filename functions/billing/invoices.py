@@ -9,22 +9,73 @@ period are safe. Errors are raised (Step Functions sees the exception class name
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from aws_lambda_powertools import Logger
+from pydantic import BaseModel, Field, TypeAdapter
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from airies.billing.invoicing import build_invoicing_service
 from airies.core.config import get_settings
 from airies.core.database import get_database
+from airies.core.events import parse_event
+from airies.core.observability import lambda_handler, logger
 from airies.core.stepfunctions import step_errors
 
-logger = Logger()
 settings = get_settings()
 database = get_database(settings)
 DEFAULT_PAGE_SIZE = 250  # a page's child execution: ~28 history events per billed account, far under 25,000
 # Invoices the per-invoice steps still act on (draft: create at Stripe; open/paid: notify). Others end at aggregation.
 ACTIONABLE = ("draft", "open", "paid")
+
+
+# -- task inputs (one model per action) -------------------------------------------------------------------------------
+class RunInput(BaseModel):
+    """The execution's input (the schedule sends ``{"period": "previous"}``) or an operator's."""
+
+    period: str | None = None
+    page_size: int | None = None
+    cursor: str | None = None
+
+
+class PlanPages(BaseModel):
+    action: Literal["plan_pages"]
+    input: RunInput = Field(default_factory=RunInput)
+
+
+class AggregatePage(BaseModel):
+    action: Literal["aggregate_page"]
+    period: str
+    cursor: str | None = None
+    page_size: int | None = None
+
+
+class ListAccounts(BaseModel):
+    action: Literal["list_accounts"]
+    input: RunInput = Field(default_factory=RunInput)
+
+
+class Aggregate(BaseModel):
+    action: Literal["aggregate"]
+    account_id: str
+    period: str
+
+
+class InvoiceStep(BaseModel):
+    action: Literal["create_stripe_invoice", "finalize", "notify"]
+    invoice_id: str
+
+
+class RecordFailure(BaseModel):
+    action: Literal["record_failure"]
+    account_id: str
+    period: str
+    error: dict[str, Any] | None = None  # the Catch's {"Error", "Cause"}
+
+
+BillingTask = Annotated[
+    PlanPages | AggregatePage | ListAccounts | Aggregate | InvoiceStep | RecordFailure, Field(discriminator="action")
+]
+TASKS: TypeAdapter[BillingTask] = TypeAdapter(BillingTask)
 
 
 def _invoice_view(invoice: Any) -> dict[str, Any]:
@@ -38,22 +89,22 @@ def _invoice_view(invoice: Any) -> dict[str, Any]:
     }
 
 
-def run_action(event: dict[str, Any]) -> dict[str, Any]:
+def run_action(task: BillingTask) -> dict[str, Any]:
     # Step Functions matches on the error *name*: retryable and permanent provider failures get distinct names.
     with step_errors():
-        return _run_action(event)
+        return _run_action(task)
 
 
-def _page_size(value: Any) -> int:
+def _page_size(value: int | None) -> int:
     return max(1, min(int(value or DEFAULT_PAGE_SIZE), 1000))
 
 
-def plan_pages(source: dict[str, Any]) -> dict[str, Any]:
+def plan_pages(source: RunInput) -> dict[str, Any]:
     """The cursor of every page of billable accounts: the Distributed Map's items (one child execution each)."""
-    page_size = _page_size(source.get("page_size"))
+    page_size = _page_size(source.page_size)
     with database.session() as session:
         service = build_invoicing_service(settings, session)
-        period = service.resolve_period(source.get("period"))
+        period = service.resolve_period(source.period)
         pages: list[dict[str, Any]] = []
         cursor: str | None = None
         accounts = 0
@@ -69,7 +120,7 @@ def plan_pages(source: dict[str, Any]) -> dict[str, Any]:
     return {"period": period, "page_size": page_size, "pages": pages, "accounts": accounts}
 
 
-def aggregate_page(period: str, cursor: str | None, page_size: Any) -> dict[str, Any]:
+def aggregate_page(period: str, cursor: str | None, page_size: int | None) -> dict[str, Any]:
     """Prepare the invoice of every account of one page (each in its own transaction, SQL only).
 
     Returns the invoices the per-invoice steps act on. A database connection fault fails the page (the state
@@ -101,36 +152,35 @@ def aggregate_page(period: str, cursor: str | None, page_size: Any) -> dict[str,
     return {"period": period, "accounts": len(accounts), "invoices": actionable, "failed": failed}
 
 
-def _run_action(event: dict[str, Any]) -> dict[str, Any]:
-    action = event.get("action")
-    if action == "plan_pages":
-        return plan_pages(event.get("input") or {})
-    if action == "aggregate_page":
-        return aggregate_page(event["period"], event.get("cursor"), event.get("page_size"))
+def _run_action(task: BillingTask) -> dict[str, Any]:
+    if isinstance(task, PlanPages):
+        return plan_pages(task.input)
+    if isinstance(task, AggregatePage):
+        return aggregate_page(task.period, task.cursor, task.page_size)
     with database.session() as session:
         service = build_invoicing_service(settings, session)
-        if action == "list_accounts":
-            source = event.get("input") or {}
-            period = service.resolve_period(source.get("period"))
-            page_size = int(source.get("page_size") or 500)
-            page = service.list_billable_accounts(period, cursor=source.get("cursor"), limit=page_size)
+        if isinstance(task, ListAccounts):
+            period = service.resolve_period(task.input.period)
+            page_size = int(task.input.page_size or 500)
+            page = service.list_billable_accounts(period, cursor=task.input.cursor, limit=page_size)
             return {**page, "page_size": page_size}
-        if action == "aggregate":
-            return _invoice_view(service.prepare_invoice(event["account_id"], event["period"]))
-        if action == "create_stripe_invoice":
-            return _invoice_view(service.create_stripe_invoice(event["invoice_id"]))
-        if action == "finalize":
-            return _invoice_view(service.finalize_and_record(event["invoice_id"]))
-        if action == "notify":
-            return service.notify(event["invoice_id"])
-        if action == "record_failure":
-            return service.record_failure(event["account_id"], event["period"], event.get("error") or {})
-    raise ValueError(f"unknown action {action!r}")
+        if isinstance(task, Aggregate):
+            return _invoice_view(service.prepare_invoice(task.account_id, task.period))
+        if isinstance(task, RecordFailure):
+            return service.record_failure(task.account_id, task.period, task.error or {})
+        if task.action == "create_stripe_invoice":
+            return _invoice_view(service.create_stripe_invoice(task.invoice_id))
+        if task.action == "finalize":
+            return _invoice_view(service.finalize_and_record(task.invoice_id))
+        return service.notify(task.invoice_id)
 
 
-@logger.inject_lambda_context(clear_state=True)
+@lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    logger.append_keys(action=event.get("action"), account_id=event.get("account_id"), period=event.get("period"))
-    result = run_action(event)
+    task = parse_event(TASKS, event, source="billing task")
+    logger.append_keys(
+        action=task.action, account_id=getattr(task, "account_id", None), period=getattr(task, "period", None)
+    )
+    result = run_action(task)
     logger.info("billing step done", extra={"result": result if len(str(result)) < 2000 else "..."})
     return result

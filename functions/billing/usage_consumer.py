@@ -1,35 +1,40 @@
 """UsageFunction: the usage SQS consumer. Each message is one ``UsageEvent`` (JSON).
 
-Powertools batch processing reports partial failures, so only the failed messages are redelivered
-(and, after maxReceiveCount, land in the dead-letter queue). Redelivery is harmless: events are
-idempotent by key, so a message processed twice is counted once.
+Powertools batch processing with the Parser model below reports partial failures, so only the failed messages (a
+fault, or a body that is not a ``UsageEvent``: logged) are redelivered (and, after maxReceiveCount, land in the
+dead-letter queue). Redelivery is harmless: events are idempotent by key, so a message processed twice is counted
+once.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
+from pydantic import Json
 
 from airies.billing.schemas import UsageEvent
 from airies.billing.usage import build_usage_service
 from airies.core.config import get_settings
 from airies.core.database import get_database
+from airies.core.observability import lambda_handler, logger
 
-logger = Logger()
+
+class UsageMessage(SqsRecordModel):
+    body: Json[UsageEvent]  # type: ignore[assignment]
+
+
 settings = get_settings()
 usage = build_usage_service(settings, get_database(settings))
-processor = BatchProcessor(event_type=EventType.SQS)
+processor = BatchProcessor(event_type=EventType.SQS, model=UsageMessage, logger=logger)
 
 
-def record_handler(record: SQSRecord) -> dict[str, Any]:
-    event = UsageEvent.model_validate_json(record.body)
-    result = usage.track_usage([event])  # its own transaction: one bad message never rolls back the others
+def record_handler(record: UsageMessage) -> dict[str, Any]:
+    result = usage.track_usage([record.body])  # its own transaction: one bad message never rolls back the others
     return {"accepted": result.accepted, "duplicates": result.duplicates}
 
 
-@logger.inject_lambda_context(clear_state=True)
+@lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

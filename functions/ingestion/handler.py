@@ -1,47 +1,73 @@
 """IngestionFunction: S3 ObjectCreated notifications (through SQS) -> document ingestion.
 
 Powertools BatchProcessor with partial batch failures: a message fails alone (and is retried, then dead-lettered)
-only on a transient fault; bad documents end as ``failed`` documents and their messages succeed.
+only on a transient fault or when it is not an S3 notification at all (logged); bad documents end as ``failed``
+documents and their messages succeed.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import Any, Literal
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
+from pydantic import BaseModel, Json
 
-from airies.knowledge.service import KnowledgeService, build_knowledge_service
-
-logger = Logger()
-processor = BatchProcessor(event_type=EventType.SQS)
-_service: KnowledgeService | None = None
-
-
-def service() -> KnowledgeService:
-    global _service
-    if _service is None:  # built at the first record, not at import (cold start)
-        _service = build_knowledge_service()
-    return _service
+from airies.core.bootstrap import PerContainer
+from airies.core.observability import lambda_handler, logger
+from airies.knowledge.service import build_knowledge_service
 
 
-def record_handler(record: SQSRecord) -> list[str]:
-    body = json.loads(record.body)
-    if body.get("Event") == "s3:TestEvent":  # sent once when the notification is configured
+class S3Object(BaseModel):
+    key: str
+    size: int | None = None
+    eTag: str | None = None
+
+
+class S3Entity(BaseModel):
+    object: S3Object
+
+
+class S3Record(BaseModel):
+    eventName: str
+    s3: S3Entity
+
+
+class S3Notification(BaseModel):
+    """The fields of an S3 event notification this function reads (Powertools' S3Model also requires
+    ``userIdentity``/``requestParameters``, which the local S3 (moto) does not send)."""
+
+    Records: list[S3Record]
+
+
+class S3TestEvent(BaseModel):
+    """Sent once when the notification is configured."""
+
+    Event: Literal["s3:TestEvent"]
+
+
+class IngestionMessage(SqsRecordModel):
+    body: Json[S3TestEvent | S3Notification]  # type: ignore[assignment]
+
+
+processor = BatchProcessor(event_type=EventType.SQS, model=IngestionMessage, logger=logger)
+service = PerContainer(build_knowledge_service)  # built at the first record, not at import (cold start)
+
+
+def record_handler(record: IngestionMessage) -> list[str]:
+    if isinstance(record.body, S3TestEvent):
         return ["skipped:test_event"]
     outcomes = []
-    for s3_record in body.get("Records", []):
-        if not str(s3_record.get("eventName", "")).startswith("ObjectCreated"):
+    for s3_record in record.body.Records:
+        if not s3_record.eventName.startswith("ObjectCreated"):
             continue
-        obj = s3_record["s3"]["object"]
-        outcome = service().handle_object_created(obj["key"], size=obj.get("size"), etag=obj.get("eTag"))
-        logger.info("document event", extra={"key": obj["key"], "outcome": outcome})
+        obj = s3_record.s3.object
+        outcome = service.get().handle_object_created(obj.key, size=obj.size, etag=obj.eTag)
+        logger.info("document event", extra={"key": obj.key, "outcome": outcome})
         outcomes.append(outcome)
     return outcomes
 
 
-@logger.inject_lambda_context(clear_state=True)
+@lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

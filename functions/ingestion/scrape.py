@@ -1,39 +1,46 @@
-"""ScrapeWorkerFunction: web scrape jobs from the scrape queue; each crawled page becomes a document."""
+"""ScrapeWorkerFunction: web scrape jobs from the scrape queue; each crawled page becomes a document.
+
+A message that is not a scrape job is logged and acknowledged (nothing would ever process it); a malformed SQS
+record fails alone (partial batch failure, then the dead-letter queue).
+"""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
+from pydantic import BaseModel, Json
 
-from airies.knowledge.service import KnowledgeService, build_knowledge_service
-
-logger = Logger()
-processor = BatchProcessor(event_type=EventType.SQS)
-_service: KnowledgeService | None = None
-
-
-def service() -> KnowledgeService:
-    global _service
-    if _service is None:  # built at the first record, not at import (cold start)
-        _service = build_knowledge_service()
-    return _service
+from airies.core.bootstrap import PerContainer
+from airies.core.observability import lambda_handler, logger
+from airies.knowledge.service import build_knowledge_service
 
 
-def record_handler(record: SQSRecord) -> str:
-    body = json.loads(record.body)
-    if body.get("type") != "scrape_job" or not body.get("job_id"):
-        logger.warning("ignoring message", extra={"body": record.body[:500]})
+class ScrapeJobMessage(BaseModel):
+    type: str | None = None
+    job_id: str | None = None
+
+
+class ScrapeMessage(SqsRecordModel):
+    body: Json[ScrapeJobMessage]  # type: ignore[assignment]
+
+
+processor = BatchProcessor(event_type=EventType.SQS, model=ScrapeMessage, logger=logger)
+service = PerContainer(build_knowledge_service)  # built at the first record, not at import (cold start)
+
+
+def record_handler(record: ScrapeMessage) -> str:
+    message = record.body
+    if message.type != "scrape_job" or not message.job_id:
+        logger.warning("ignoring message", extra={"message_id": record.messageId, "type": message.type})
         return "ignored"
-    job = service().run_scrape_job(str(body["job_id"]))
+    job = service.get().run_scrape_job(message.job_id)
     status = job.status if job is not None else "unknown_job"
-    logger.info("scrape job done", extra={"job_id": body["job_id"], "status": status})
+    logger.info("scrape job done", extra={"job_id": message.job_id, "status": status})
     return status
 
 
-@logger.inject_lambda_context(clear_state=True)
+@lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

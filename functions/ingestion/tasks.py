@@ -1,29 +1,54 @@
 """IngestionTaskFunction: the Lambda tasks of the ingestion state machine (large documents).
 
-Input ``{"task": "prepare"|"embed"|"finalise"|"fail", "document_id": ..., ...}``; each task is one stage of
-``KnowledgeService`` so the state machine and the inline path run the same code. A provider failure is raised as
-``ProviderRetryableError`` (retried by the state machine) or ``ProviderRejectedError`` (caught at once).
+Input ``{"task": "prepare"|"embed"|"finalise"|"fail", "document_id": ..., ...}`` (one model per task below); each
+task is one stage of ``KnowledgeService`` so the state machine and the inline path run the same code. A provider
+failure is raised as ``ProviderRetryableError`` (retried by the state machine) or ``ProviderRejectedError`` (caught at
+once); an input of no known shape as ``MalformedEvent``.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from aws_lambda_powertools import Logger
+from pydantic import BaseModel, Field, TypeAdapter
 
+from airies.core.bootstrap import PerContainer
+from airies.core.events import parse_event
+from airies.core.observability import lambda_handler, logger
 from airies.core.stepfunctions import step_errors
-from airies.knowledge.service import KnowledgeService, build_knowledge_service
-
-logger = Logger()
-_service: KnowledgeService | None = None
+from airies.knowledge.service import build_knowledge_service
 
 
-def service() -> KnowledgeService:
-    global _service
-    if _service is None:  # built at the first record, not at import (cold start)
-        _service = build_knowledge_service()
-    return _service
+class PrepareTask(BaseModel):
+    task: Literal["prepare"]
+    document_id: str
+    etag: str | None = None
+
+
+class EmbedTask(BaseModel):
+    task: Literal["embed"]
+    document_id: str
+    start: int
+    end: int
+
+
+class FinaliseTask(BaseModel):
+    task: Literal["finalise"]
+    document_id: str
+    etag: str | None = None
+
+
+class FailTask(BaseModel):
+    task: Literal["fail"]
+    document_id: str
+    error: Any = None  # the Catch's {"Error", "Cause"}
+
+
+IngestionTask = Annotated[PrepareTask | EmbedTask | FinaliseTask | FailTask, Field(discriminator="task")]
+TASKS: TypeAdapter[IngestionTask] = TypeAdapter(IngestionTask)
+
+service = PerContainer(build_knowledge_service)  # built at the first task, not at import (cold start)
 
 
 def _error_reason(error: Any) -> str:
@@ -37,26 +62,23 @@ def _error_reason(error: Any) -> str:
     return str(error)[:2000]
 
 
-@logger.inject_lambda_context(clear_state=True)
+@lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    task = event.get("task")
-    document_id = str(event.get("document_id") or "")
-    logger.append_keys(document_id=document_id, task=task)
+    task = parse_event(TASKS, event, source="ingestion task")
+    logger.append_keys(document_id=task.document_id, task=task.task)
     with step_errors():
-        return run_task(task, document_id, event)
+        return run_task(task)
 
 
-def run_task(task: Any, document_id: str, event: dict[str, Any]) -> dict[str, Any]:
-    svc = service()
-    if task == "prepare":
-        return svc.prepare_document(document_id, etag=event.get("etag")).to_dict()
-    if task == "embed":
-        count = svc.embed_chunk_range(document_id, int(event["start"]), int(event["end"]))
-        return {"document_id": document_id, "embedded": count}
-    if task == "finalise":
-        svc.finalise_document(document_id, etag=event.get("etag"))
-        return {"document_id": document_id, "status": "ready"}
-    if task == "fail":
-        svc.fail_document(document_id, "processing_failed", _error_reason(event.get("error")))
-        return {"document_id": document_id, "status": "failed"}
-    raise ValueError(f"unknown task {task!r}")
+def run_task(task: IngestionTask) -> dict[str, Any]:
+    svc = service.get()
+    if isinstance(task, PrepareTask):
+        return svc.prepare_document(task.document_id, etag=task.etag).to_dict()
+    if isinstance(task, EmbedTask):
+        count = svc.embed_chunk_range(task.document_id, task.start, task.end)
+        return {"document_id": task.document_id, "embedded": count}
+    if isinstance(task, FinaliseTask):
+        svc.finalise_document(task.document_id, etag=task.etag)
+        return {"document_id": task.document_id, "status": "ready"}
+    svc.fail_document(task.document_id, "processing_failed", _error_reason(task.error))
+    return {"document_id": task.document_id, "status": "failed"}

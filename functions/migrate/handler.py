@@ -18,26 +18,49 @@ import json
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from aws_lambda_powertools import Logger
-from sqlalchemy import create_engine
+from aws_lambda_powertools.utilities.parser.models import (
+    CloudFormationCustomResourceCreateModel,
+    CloudFormationCustomResourceDeleteModel,
+    CloudFormationCustomResourceUpdateModel,
+)
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from airies.core.config import get_settings
+from airies.core.database import create_db_engine, database_ssl_context
+from airies.core.events import parse_event
+from airies.core.observability import lambda_handler, logger
 from airies.migrations.runner import alembic_config, upgrade_head
 
-logger = Logger()
 PHYSICAL_ID = "airies-database-migrations"  # one resource for the stack's life: never replaced
 # Answer CloudFormation this long before the function would be killed mid-migration.
 ANSWER_MARGIN_MS = 20_000
 _pool = ThreadPoolExecutor(max_workers=1)
 
 
+class UpgradeRequest(BaseModel):
+    """A direct invocation (``make migrate``)."""
+
+    model_config = ConfigDict(extra="forbid")  # an event of any other shape must not pass for this one
+    action: Literal["upgrade"] = "upgrade"
+
+
+CustomResourceEvent = Annotated[
+    CloudFormationCustomResourceCreateModel
+    | CloudFormationCustomResourceUpdateModel
+    | CloudFormationCustomResourceDeleteModel,
+    Field(discriminator="request_type"),
+]
+MigrateEvent = CustomResourceEvent | UpgradeRequest
+EVENTS: TypeAdapter[MigrateEvent] = TypeAdapter(MigrateEvent)
+
+
 def current_revision(url: str) -> str | None:
-    engine = create_engine(url)
+    engine = create_db_engine(url, ssl_context=database_ssl_context(get_settings()))
     try:
         with engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
@@ -64,29 +87,31 @@ def migrate(url: str) -> dict[str, Any]:
     return {"status": "upgraded", "revision": after, "previous": before}
 
 
-def send_response(event: dict[str, Any], status: str, reason: str, data: dict[str, Any]) -> None:
+def send_response(event: CustomResourceEvent, status: str, reason: str, data: dict[str, Any]) -> None:
     body = json.dumps(
         {
             "Status": status,
             "Reason": reason[:3000],
-            "PhysicalResourceId": event.get("PhysicalResourceId") or PHYSICAL_ID,
-            "StackId": event["StackId"],
-            "RequestId": event["RequestId"],
-            "LogicalResourceId": event["LogicalResourceId"],
+            "PhysicalResourceId": getattr(event, "physical_resource_id", None) or PHYSICAL_ID,
+            "StackId": event.stack_id,
+            "RequestId": event.request_id,
+            "LogicalResourceId": event.logical_resource_id,
             "Data": {key: str(value) for key, value in data.items()},
         }
     ).encode()
     # The presigned URL signs no content type: send an empty one.
     request = urllib.request.Request(
-        event["ResponseURL"], data=body, method="PUT", headers={"Content-Type": "", "Content-Length": str(len(body))}
+        str(event.response_url),
+        data=body,
+        method="PUT",
+        headers={"Content-Type": "", "Content-Length": str(len(body))},
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         response.read()
 
 
-def handle_custom_resource(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    request_type = event.get("RequestType")
-    if request_type == "Delete":  # removing the stack (or this resource) never drops a table
+def handle_custom_resource(event: CustomResourceEvent, context: Any) -> dict[str, Any]:
+    if isinstance(event, CloudFormationCustomResourceDeleteModel):  # removing the stack never drops a table
         send_response(event, "SUCCESS", "schema and data left in place", {})
         return {"status": "kept"}
     budget_s = max(0.0, (context.get_remaining_time_in_millis() - ANSWER_MARGIN_MS) / 1000)
@@ -104,10 +129,9 @@ def handle_custom_resource(event: dict[str, Any], context: Any) -> dict[str, Any
     return result
 
 
-@logger.inject_lambda_context(clear_state=True)
+@lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    if "RequestType" in event and "ResponseURL" in event:
-        return handle_custom_resource(event, context)
-    if event.get("action", "upgrade") != "upgrade":
-        raise ValueError(f"unknown action {event.get('action')!r}; expected 'upgrade'")
-    return migrate(get_settings().resolved_database_url())
+    request = parse_event(EVENTS, event, source="migration")
+    if isinstance(request, UpgradeRequest):
+        return migrate(get_settings().resolved_database_url())
+    return handle_custom_resource(request, context)

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools.metrics import MetricUnit
 
 from airies.conversations.live import WebSocketService
 from airies.conversations.sessions import build_session_store
+from airies.core.bootstrap import PerContainer
 from airies.core.config import get_settings
 from airies.core.database import get_database
+from airies.core.events import AnyObject, parse_event
+from airies.core.observability import lambda_handler, logger, metrics
 
-logger = Logger()
-_service: WebSocketService | None = None
+
+def build_service() -> WebSocketService:
+    settings = get_settings()
+    return WebSocketService(settings, get_database(settings), build_session_store(settings))
 
 
-@logger.inject_lambda_context(clear_state=True)
+service = PerContainer(build_service)
+
+
+@lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    global _service
-    if _service is None:
-        settings = get_settings()
-        _service = WebSocketService(settings, get_database(settings), build_session_store(settings))
-    done = _service.sweep()
+    parse_event(AnyObject, event, source="schedule")  # the schedule's tick carries nothing the sweep reads
+    done = service.get().sweep()
+    metrics.add_metric(name="SweepActions", unit=MetricUnit.Count, value=sum(done.values()))
     logger.info("sweep done", extra={"actions": done})
     return {"actions": done}

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.parser.models import APIGatewayWebSocketMessageEventModel
 from voice_runtime import service
 
-logger = Logger()
+from airies.core.events import MalformedEvent, parse_event
+from airies.core.observability import lambda_handler, logger
 
 
-@logger.inject_lambda_context(clear_state=True)
+@lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    logger.append_keys(connection_id=event.get("requestContext", {}).get("connectionId"))
+    try:
+        request = parse_event(APIGatewayWebSocketMessageEventModel, event, source="WebSocket message")
+    except MalformedEvent:
+        return {"statusCode": 400}
+    logger.append_keys(connection_id=request.request_context.connection_id)
     return service().handle_message(event)

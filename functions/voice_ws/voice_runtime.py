@@ -5,26 +5,32 @@ from __future__ import annotations
 import gc
 import logging
 
+from airies.conversations import live
 from airies.conversations.live import WebSocketService
+from airies.conversations.service import build_recorder
+from airies.conversations.sessions import build_session_store, dynamodb_client
+from airies.core.aio import reset_event_loops
+from airies.core.bootstrap import PerContainer, after_snapstart_restore
+from airies.core.config import get_settings
+from airies.core.database import get_database
 
 log = logging.getLogger(__name__)
-_service: WebSocketService | None = None
+
+
+def build_service() -> WebSocketService:
+    settings = get_settings()
+    built = WebSocketService(
+        settings, get_database(settings), build_session_store(settings), recorder=build_recorder(settings)
+    )
+    settle()
+    return built
+
+
+runtime = PerContainer(build_service)
 
 
 def service() -> WebSocketService:
-    global _service
-    if _service is None:
-        from airies.conversations.service import build_recorder
-        from airies.conversations.sessions import build_session_store
-        from airies.core.config import get_settings
-        from airies.core.database import get_database
-
-        settings = get_settings()
-        _service = WebSocketService(
-            settings, get_database(settings), build_session_store(settings), recorder=build_recorder(settings)
-        )
-        settle()
-    return _service
+    return runtime.get()
 
 
 def settle() -> None:
@@ -35,8 +41,7 @@ def settle() -> None:
 
 def set_service(value: WebSocketService | None) -> None:
     """The local gateway and tests hand in a service built with their own doubles; the handlers stay the same."""
-    global _service
-    _service = value
+    runtime.set(value)
 
 
 def after_restore() -> None:
@@ -44,15 +49,12 @@ def after_restore() -> None:
     (DynamoDB state table, S3 recorder, API Gateway Management API) and the per-thread event loops are stale after
     restore: drop them, so the first invocation opens fresh ones (the modules, models and parsed configuration the
     snapshot saved are kept)."""
-    from airies.conversations import live as websocket
-
-    websocket.reset_after_restore()  # management clients, event loops
-    current = _service
+    live.reset_after_restore()  # management clients, event loops
+    reset_event_loops()
+    current = runtime.built
     if current is None:
         return
     current.database.dispose()
-    from airies.conversations.sessions import dynamodb_client
-
     try:
         current.store.client = dynamodb_client(current.settings)
     except Exception:  # keep the old client rather than fail the restore; botocore reconnects on error
@@ -60,16 +62,9 @@ def after_restore() -> None:
     recorder = current.recorder
     if recorder is not None and hasattr(recorder, "client"):
         try:
-            from airies.conversations.service import build_recorder
-
             current.recorder = build_recorder(current.settings)
         except Exception:
             log.exception("could not rebuild the S3 recorder after restore")
 
 
-try:  # Only present on the Lambda runtime with SnapStart enabled.
-    from snapshot_restore_py import register_after_restore  # type: ignore[import-not-found]
-
-    register_after_restore(after_restore)
-except ImportError:
-    pass
+after_snapstart_restore(after_restore)

@@ -161,7 +161,9 @@ def webhook_function(database, tmp_path, monkeypatch):  # type: ignore[no-untype
 @pytest.mark.parametrize("case", ["a list", "data null", "object without id", "amount a string"])
 def test_the_webhook_function_answers_400_too(webhook_function, database, case) -> None:  # type: ignore[no-untyped-def]
     payload, headers = signed(copy.deepcopy(MALFORMED[case]))
+    sample = Path(__file__).resolve().parents[2] / "infra" / "events" / "StripeWebhookFunction.signed.json"
     lambda_event = {
+        **json.loads(sample.read_text()),  # an HTTP API (payload v2) request, as API Gateway sends it
         "headers": {k.lower(): v for k, v in headers.items()},
         "body": base64.b64encode(payload.encode()).decode(),
         "isBase64Encoded": True,

@@ -23,10 +23,12 @@ from airies.accounts.service import AccountService
 from airies.agents.schemas import AgentCreate
 from airies.agents.service import AgentService
 from airies.conversations.live import ApiGatewayPoster, WebSocketService
+from airies.conversations.live_sessions import LiveSessions
 from airies.conversations.models import Conversation, ConversationTurn
 from airies.conversations.schemas import ConversationCreate
 from airies.conversations.service import ConversationService, ConversationTokens
 from airies.conversations.sessions import SessionStore
+from airies.core.errors import NotFoundError
 from tests.doubles.conv_engines import FakeLLM, FakeSTT, FakeTTS, fake_engines, silence, tone
 
 ENDPOINT = "https://abc123.execute-api.us-east-1.amazonaws.com/test"
@@ -420,6 +422,90 @@ def test_max_duration_and_abandoned_sessions(aws, database, settings) -> None:
     assert h.conversation(cid2).end_reason == "caller_disconnected"
 
 
+def index_keys(h: Harness) -> list[str]:
+    """The conversations in the live-sessions index, every shard."""
+    found: list[str] = []
+    for shard in range(16):
+        page = h.store.client.query(
+            TableName=h.store.table,
+            IndexName="live-sessions",
+            KeyConditionExpression="live_shard = :s",
+            ExpressionAttributeValues={":s": {"S": f"live#{shard}"}},
+        )
+        found += [item["pk"]["S"].split("#", 1)[1] for item in page["Items"]]
+    return sorted(found)
+
+
+def test_the_sweeper_queries_the_sessions_that_are_due_bounded_per_run(aws, database, settings) -> None:
+    """No Scan: the sweeper reads only the live sessions whose deadline has come (the sparse live-sessions index),
+    at most ``sweeper_max_sessions_per_run`` a run, then writes each one's next deadline; an ended session leaves
+    the index."""
+    h = Harness(database, settings, fake_engines(), first_message_mode="assistant_waits_for_user")
+    h.service.runtime.settings = h.settings.model_copy(update={"sweeper_max_sessions_per_run": 2})
+    conversations = [h.start() for _ in range(3)]
+    connections = [h.connect(cid, token)[0] for cid, token in conversations]
+    ids = sorted(cid for cid, _ in conversations)
+    assert index_keys(h) == ids
+
+    def no_scan(**kwargs: Any) -> Any:
+        raise AssertionError("the sweeper scanned the table")
+
+    h.store.client.scan = no_scan  # type: ignore[method-assign]
+    reads = h.store.ops["read"]
+    assert h.service.sweep() == {}  # nobody is due (silence_timeout_seconds: 10)
+    assert h.store.ops["read"] - reads == 16  # one Query per shard, no session read
+    h.clock.now += 11
+    assert h.service.sweep() == {"reminder": 2}  # two a run
+    assert h.service.sweep() == {"reminder": 1}  # the third; the first two are not due again yet
+    assert h.service.sweep() == {}
+    h.clock.now += 11
+    assert h.service.sweep() == {"silence_timeout": 2}
+    assert h.service.sweep() == {"silence_timeout": 1}
+    assert index_keys(h) == [] and all(h.conversation(cid).status == "ended" for cid in ids)
+    assert all(frames_of(conn)[-1]["reason"] == "silence_timeout" for conn in connections)
+
+
+@pytest.mark.parametrize("delete", [True, False])
+def test_a_turn_deletes_the_audio_chunks_it_used_when_asked(aws, database, settings, delete) -> None:
+    h = Harness(database, settings, fake_engines(), first_message_mode="assistant_waits_for_user")
+    h.service.runtime.settings = h.settings.model_copy(update={"ws_delete_used_chunks": delete})
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+
+    def chunks() -> list[str]:
+        page = h.store.client.query(
+            TableName=h.store.table,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :c)",
+            ExpressionAttributeValues={":pk": {"S": f"conv#{cid}"}, ":c": {"S": "chunk#"}},
+            ConsistentRead=True,
+        )
+        return [item["sk"]["S"] for item in page["Items"]]
+
+    seq = h.audio(conn, tone(600))
+    stored = chunks()
+    assert len(stored) == 3 and all(
+        int(
+            h.store.client.get_item(TableName=h.store.table, Key={"pk": {"S": f"conv#{cid}"}, "sk": {"S": sk}})["Item"][
+                "ttl"
+            ]["N"]
+        )
+        <= h.clock.now + 300
+        for sk in stored
+    )  # a short TTL as the backstop
+    h.service._heard.clear()  # the turn reads them from DynamoDB
+    h.audio(conn, silence(600), seq)
+    assert h.turns(cid)[-1].input_mode == "audio"
+    if not delete:  # left to their TTL
+        assert [sk for sk in chunks() if sk in stored] == stored
+        return
+    for _ in range(300):  # deleted off the turn's critical path
+        left = [sk for sk in chunks() if sk in stored]
+        if not left:
+            break
+        threading.Event().wait(0.01)
+    assert left == []
+
+
 def test_gone_connection_is_dropped_alone(aws, database, settings) -> None:
     h = Harness(database, settings, fake_engines(), first_message_mode="assistant_waits_for_user")
     cid, token = h.start()
@@ -796,12 +882,23 @@ def test_short_chunks_are_refused_unless_they_end_the_utterance(aws, database, s
     assert frames_of(conn)[-1]["type"] == "turn_end" and h.turns(cid)[-1].user_text == "what time is it"
 
 
-# --- barge-in by voice, first message generated by the model, send_audio_response, REST interruption ---------------
+# --- barge-in by voice, first message generated by the model, REST interruption ---------------------------------
+def wait_until_speaking(h: Harness, conversation_id: str) -> None:
+    """The thinking -> speaking write goes off the turn's critical path: wait for it (the backoff runs from it)."""
+    for _ in range(500):
+        if h.store.get(conversation_id).state == "speaking":
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the turn never started speaking")
+
+
 def test_caller_voice_barges_in_while_the_agent_speaks(aws, database, settings) -> None:
     holder: dict[str, Any] = {}
 
     def on_chunk(n: int) -> None:
         if n == 3:  # the caller starts talking over the agent (0.6 s of voice; the threshold is 0.2 s)
+            wait_until_speaking(holder["h"], holder["cid"])
+            holder["h"].clock.now += 1.0  # past the backoff after the agent started speaking
             for seq in range(3):
                 t = threading.Thread(
                     target=holder["h"].send,
@@ -818,6 +915,7 @@ def test_caller_voice_barges_in_while_the_agent_speaks(aws, database, settings) 
     h = Harness(database, settings, fake_engines(llm=llm, tts=tts), first_message_mode="assistant_waits_for_user")
     holder["h"] = h
     cid, token = h.start()
+    holder["cid"] = cid
     conn, _ = h.connect(cid, token)
     holder["conn"] = conn
     h.send(conn, {"action": "text", "text": "tell me"})
@@ -827,6 +925,52 @@ def test_caller_voice_barges_in_while_the_agent_speaks(aws, database, settings) 
     turn = h.turns(cid)[-1]
     assert turn.interrupted and "never heard" not in turn.agent_text
     assert h.store.get(cid).speech_ms >= 200  # the caller's speech is kept for their own utterance
+
+
+@pytest.mark.parametrize(
+    ("interruption", "voice_ms", "after_s", "interrupts"),
+    [
+        ({}, 600, 0.5, False),  # within the default 1 s backoff after the agent's first audio
+        ({}, 600, 1.0, True),
+        ({"backoff_seconds": 0, "min_words": 2}, 600, 0.0, False),  # two words are ~0.8 s of voiced speech
+        ({"backoff_seconds": 0, "min_words": 2}, 2000, 0.0, True),
+    ],
+)
+def test_voice_barge_in_waits_for_the_backoff_and_min_words(
+    aws, database, settings, interruption, voice_ms, after_s, interrupts
+) -> None:
+    holder: dict[str, Any] = {}
+
+    def on_chunk(n: int) -> None:
+        if n == 3:
+            h = holder["h"]
+            wait_until_speaking(h, holder["cid"])
+            h.clock.now += after_s
+            for seq in range(voice_ms // 200):
+                data = base64.b64encode(tone(200)).decode()
+                t = threading.Thread(
+                    target=h.send, args=(holder["conn"], {"action": "audio", "seq": seq, "data": data})
+                )
+                t.start()
+                t.join()
+
+    llm = FakeLLM(reply=LONG_REPLY)
+    h = Harness(
+        database,
+        settings,
+        fake_engines(llm=llm, tts=FakeTTS(chunk_ms=250, on_chunk=on_chunk)),
+        first_message_mode="assistant_waits_for_user",
+        interruption=interruption,
+    )
+    holder["h"] = h
+    cid, token = h.start()
+    holder["cid"] = cid
+    conn, _ = h.connect(cid, token)
+    holder["conn"] = conn
+    h.send(conn, {"action": "text", "text": "tell me"})
+    end = frames_of(conn)[-1]
+    assert end["type"] == "turn_end" and end["status"] == ("interrupted" if interrupts else "completed")
+    assert h.turns(cid)[-1].interrupted is interrupts
 
 
 def test_assistant_generates_the_first_message(aws, database, settings) -> None:
@@ -847,62 +991,19 @@ def test_assistant_generates_the_first_message(aws, database, settings) -> None:
     assert len(llm.requests) == 1 and frames_of(conn)[-1]["resumed"] is True
 
 
-def test_send_audio_response_posts_frames_until_barge_in(aws, database, settings) -> None:
+def test_rest_interruption_cancels_the_running_turn_of_its_own_account_only(aws, database, settings) -> None:
     h = Harness(database, settings, fake_engines(), first_message_mode="assistant_waits_for_user")
     cid, token = h.start()
-    conn, _ = h.connect(cid, token)
-    turn_id = "turn_manual"
-    assert h.store.begin_turn(cid, turn_id) is not None
-    pcm = tone(900)
-    assert h.service.send_audio_response(cid, turn_id, pcm) == 4  # 250 ms frames: 250+250+250+150
-    audio = [f for f in frames_of(conn) if f["type"] == "audio"]
-    assert [f["seq"] for f in audio] == [0, 1, 2, 3]
-    assert b"".join(base64.b64decode(f["data"]) for f in audio) == pcm
-
-    cancel_after = {"n": 0}
-    post = h.poster.post
-
-    def posting(connection_id: str, data: bytes) -> bool:
-        cancel_after["n"] += 1
-        if cancel_after["n"] == 2:  # an interrupt lands after the second frame
-            h.service.process_interruption(cid, None)
-        return post(connection_id, data)
-
-    h.poster.post = posting  # type: ignore[method-assign]
-    turn2 = "turn_manual2"
-    assert h.store.begin_turn(cid, turn2) is not None
-    assert h.service.send_audio_response(cid, turn2, pcm) == 2
-
-
-def test_generate_audio_response_and_rest_interruption(aws, database, settings) -> None:
-    tts = FakeTTS(ms_per_char=10, chunk_ms=100)
-    engines = fake_engines(tts=tts)
-    h = Harness(database, settings, engines, first_message_mode="assistant_waits_for_user")
-    cid, token = h.start()
     h.connect(cid, token)
-    from airies.agents.schemas import AgentConfig
-    from airies.conversations.live import run_async
-
-    with database.session() as s:
-        svc = ConversationService(s, h.settings, engines=lambda config: engines, tokens=h.tokens)
-        config = svc.config_for(svc.get(h.account_id, cid))
-        pcm = run_async(svc.generate_audio_response(h.account_id, config, "Please hold. One moment."))
-    assert isinstance(config, AgentConfig) and tts.sentences == ["Please hold.", "One moment."]
-    assert len(pcm) == (120 + 110) * 32  # every sentence, whole
-
-    # Barge-in from outside the socket: the running turn is cancelled; another tenant cannot.
     assert h.store.begin_turn(cid, "turn_rest") is not None
+    live = LiveSessions(h.settings, database, h.store, poster_factory=lambda endpoint: h.poster, clock=h.clock)
     with database.session() as s:
         other, _ = AccountService(s).signup(name="Other", email=f"{uuid.uuid4().hex[:8]}@ex.com")
-        with pytest.raises(Exception) as err:
-            ConversationService(s, h.settings, tokens=h.tokens).process_interruption(other.id, cid, h.store, 100)
-        assert getattr(err.value, "status_code", None) == 404
+    with pytest.raises(NotFoundError):
+        live.interrupt(other.id, cid, 100)
     assert h.store.turn_status(cid, "turn_rest") == (False, None)
-    with database.session() as s:
-        svc = ConversationService(s, h.settings, tokens=h.tokens)
-        assert svc.process_interruption(h.account_id, cid, h.store, 700) == "turn_rest"
+    assert live.interrupt(h.account_id, cid, 700) == "turn_rest"
     assert h.store.turn_status(cid, "turn_rest") == (True, 700)
-    assert h.service.send_audio_response(cid, "turn_rest", pcm) == 0  # a cancelled turn posts nothing
 
 
 # --- the sweeper ------------------------------------------------------------------------------------------------
@@ -1056,3 +1157,52 @@ def test_an_interrupt_after_the_last_check_but_before_the_turn_ends_cuts_it(aws,
     assert types(frames)[-2:] == ["turn_end", "interrupted"] and frames[-1]["heard_text"] == "First sentence here."
     turn = h.turns(cid)[-1]
     assert turn.agent_text == "First sentence here." and turn.interrupted and h.store.get(cid).state == "listening"
+
+
+def test_a_hang_up_while_a_turn_runs_ends_the_call_once_that_turn_is_stored(aws, database, settings) -> None:
+    """The caller hangs up while the agent speaks: the turn in flight stops at its next check and is stored and
+    billed before the call ends, so whoever reads the conversation after ``ended`` finds it, and the ``ended``
+    totals count it."""
+    holder: dict[str, Any] = {}
+    under_way = threading.Event()
+
+    def on_chunk(n: int) -> None:
+        if n == 3:  # the hang-up, a concurrent $default invocation
+            holder["hang_up"] = threading.Thread(target=h.send, args=(conn, {"action": "end"}))
+            holder["hang_up"].start()
+            assert under_way.wait(timeout=60)
+
+    h = Harness(
+        database,
+        settings,
+        fake_engines(llm=FakeLLM(reply=LONG_REPLY), tts=FakeTTS(chunk_ms=250, on_chunk=on_chunk)),
+        first_message_mode="assistant_waits_for_user",
+    )
+    post, get = h.poster.post, h.store.get
+
+    def watched_post(connection_id: str, data: bytes) -> bool:
+        if b'"type":"ended"' in data:
+            under_way.set()  # the call ended without waiting for the turn
+        return post(connection_id, data)
+
+    def watched_get(conversation_id: str, **kwargs: Any) -> Any:
+        session = get(conversation_id, **kwargs)
+        if threading.current_thread() is holder.get("hang_up") and session is not None and session.state == "ended":
+            under_way.set()  # the hang-up waits for the turn in flight
+        return session
+
+    h.poster.post = watched_post  # type: ignore[method-assign]
+    h.store.get = watched_get  # type: ignore[method-assign]
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    h.send(conn, {"action": "text", "text": "when are you open"})
+    holder["hang_up"].join()
+    frames = frames_of(conn)
+    assert types(frames)[-2:] == ["turn_end", "ended"] and frames[-2]["status"] == "interrupted"
+    ended = frames[-1]
+    assert ended["reason"] == "caller_ended" and ended["turns"] == 1 and float(ended["cost_usd"]) > 0
+    turns = h.turns(cid)
+    assert [(t.user_text, t.interrupted) for t in turns] == [("when are you open", True)]
+    conversation = h.conversation(cid)
+    assert (conversation.status, conversation.turn_count) == ("ended", 1)
+    assert h.store.get(cid).running == set()

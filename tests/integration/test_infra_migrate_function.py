@@ -84,6 +84,7 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
 def cfn_event(request_type: str, response_url: str, physical_id: str | None = None) -> dict[str, Any]:
     event = {
         "RequestType": request_type,
+        "ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:m",
         "ResponseURL": response_url,
         "StackId": "arn:aws:cloudformation:us-east-1:123456789012:stack/airies-dev/0f0f",
         "RequestId": str(uuid.uuid4()),
@@ -189,5 +190,5 @@ def test_direct_invocation_migrates_and_reports(empty_database_url):
     assert first == {"status": "upgraded", "revision": head(url), "previous": None}
     second = invoke_function("MigrateFunction", {}, env={"DATABASE_URL": url})
     assert second == {"status": "at_head", "revision": head(url), "previous": head(url)}
-    with pytest.raises(ValueError, match="unknown action"):
+    with pytest.raises(ValueError, match="malformed migration event"):
         invoke_function("MigrateFunction", {"action": "downgrade"}, env={"DATABASE_URL": url})

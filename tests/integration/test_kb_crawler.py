@@ -179,13 +179,13 @@ def test_scrape_job_through_the_queue(kb_env, site):
     job = service.create_web_scrape_job(account, kb.id, [site.url + "/about"], max_depth=0, max_pages=5)
     assert service.enqueue_scrape_job(job) is True
     worker = load_function("scrape")
-    worker._service = service
+    worker.service.set(service)
     try:
         messages = drain(sqs, queue_url)
         assert len(messages) == 1
         result = worker.handler(sqs_event(messages), FakeLambdaContext())
     finally:
-        worker._service = None
+        worker.service.set(None)
     assert result == {"batchItemFailures": []}
     done = service.get_scrape_job(account, kb.id, job.id)
     assert (done.status, done.pages_crawled) == ("completed", 1)

@@ -558,7 +558,7 @@ def test_state_machine_failure_removes_the_chunks_and_vectors_it_wrote(database,
     with ingestion_pipeline(database, settings) as p:
         service = p["service"]
         tasks = load_function("tasks")
-        tasks._service = service
+        tasks.service.set(service)
         try:
             account = new_account(database)
             kb = service.create_knowledge_base(account, "Manual", chunk_size=32, chunk_overlap=0)
@@ -572,7 +572,7 @@ def test_state_machine_failure_removes_the_chunks_and_vectors_it_wrote(database,
             error = {"Error": "States.TaskFailed", "Cause": json.dumps({"errorMessage": "embeddings unavailable"})}
             tasks.handler({"task": "fail", "document_id": doc.id, "error": error}, FakeLambdaContext())
         finally:
-            tasks._service = None
+            tasks.service.set(None)
         failed = service.get_document(account, kb.id, doc.id)
         assert (failed.status, failed.error_code) == ("failed", "processing_failed")
         assert "embeddings unavailable" in failed.error

@@ -82,7 +82,8 @@ def machine(database, tmp_path, monkeypatch):
         )
         service = build_knowledge_service(settings, database, usage_publisher=RecordingPublisher(), sfn_client=sfn)
         handler = load_function("handler")
-        handler._service = tasks._service = service
+        handler.service.set(service)
+        tasks.service.set(service)
         try:
             yield {
                 "s3": s3,
@@ -96,7 +97,8 @@ def machine(database, tmp_path, monkeypatch):
                 "database": database,
             }
         finally:
-            handler._service = tasks._service = None
+            handler.service.set(None)
+            tasks.service.set(None)
 
 
 def _wait(sfn, arn: str) -> dict:

@@ -16,17 +16,17 @@ from airies.agents.schemas import AgentConfig
 from airies.conversations import protocol as wp
 from airies.conversations.service import ConversationTokens
 from airies.conversations.turns import (
-    SentenceSegmenter,
     SpokenSentence,
     TurnInput,
+    TurnMode,
     TurnRunner,
     chunk_activity,
-    contains_phrase,
     heard_text,
     price_usage,
-    segment_text,
 )
+from airies.core.aio import run_sync
 from airies.core.errors import UnauthorizedError
+from airies.core.text import SentenceSegmenter, contains_phrase, split_sentences
 from airies.llm.vendors.base import LLMEvent, LLMRequest
 from tests.doubles.conv_engines import FakeLLM, FakeTTS, fake_engines, silence
 
@@ -96,7 +96,7 @@ def test_segmenter_cuts_early_but_not_inside_abbreviations_or_numbers() -> None:
     assert first.push("Well, thanks for calling the clinic today, how ") == [
         "Well, thanks for calling the clinic today,"
     ]
-    assert segment_text("One. Two; three: four") == ["One.", "Two;", "three:", "four"]
+    assert split_sentences("One. Two; three: four") == ["One.", "Two;", "three:", "four"]
     assert SentenceSegmenter().push("No boundary yet") == []
 
 
@@ -190,7 +190,7 @@ def test_turn_sends_provider_requests_before_posts_and_checks_barge_in_after_eac
 
     engines = fake_engines(llm=fake_llm, tts=Tts(chunk_ms=250, ms_per_char=60))
     engines.llm = llm
-    inp = TurnInput(turn_id="turn_1", seq=1, mode="text", account_id="acc", conversation_id="conv", text="hi")
+    inp = TurnInput(turn_id="turn_1", seq=1, mode=TurnMode.TEXT, account_id="acc", conversation_id="conv", text="hi")
     result = asyncio.run(TurnRunner(engines).run(AgentConfig(name="x"), [], inp, Sink()))
     assert result.status == "completed" and result.agent_text == "Hello there. Bye now."
     assert events.index("llm") < events.index("send transcript")
@@ -227,7 +227,7 @@ def test_voice_runtime_drops_stale_connections_after_a_snapstart_restore(monkeyp
     import types
     from pathlib import Path
 
-    from airies.conversations import live as websocket
+    from airies.conversations import live_runtime as websocket
     from airies.core.config import Settings
 
     registered: list[object] = []
@@ -254,13 +254,13 @@ def test_voice_runtime_drops_stale_connections_after_a_snapstart_restore(monkeyp
     )
     runtime.set_service(service)
     websocket._management_clients["https://example"] = object()
-    loop_before = websocket.run_async(_loop())  # this thread's kept event loop
-    assert websocket.run_async(_loop()) is loop_before
+    loop_before = run_sync(_loop)  # this thread's kept event loop
+    assert run_sync(_loop) is loop_before
     runtime.after_restore()
     assert service.database.disposed == 1
     assert store.client is not old_client and type(store.client).__name__ == "DynamoDB"
     assert websocket._management_clients == {}
-    loop_after = websocket.run_async(_loop())
+    loop_after = run_sync(_loop)
     assert loop_after is not loop_before and loop_before.is_closed()
 
 
@@ -292,7 +292,9 @@ def test_a_turn_that_needs_no_history_still_waits_for_its_read() -> None:
         async def cancelled(self) -> tuple[bool, int | None]:
             return False, None
 
-    inp = TurnInput(turn_id="turn_1", seq=1, mode="text", account_id="acc", conversation_id="c", text="ok goodbye")
+    inp = TurnInput(
+        turn_id="turn_1", seq=1, mode=TurnMode.TEXT, account_id="acc", conversation_id="c", text="ok goodbye"
+    )
     engines = fake_engines(tts=FakeTTS(ms_per_char=1))
 
     async def turn() -> tuple[Any, list[str]]:

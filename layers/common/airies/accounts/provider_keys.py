@@ -1,11 +1,14 @@
-"""Account-owned provider keys, and the registries other capabilities plug into.
+"""Account-owned provider keys, and the tables other capabilities plug into.
 
-* ``register_provider(provider, kind)`` / ``register_key_validator(provider, fn, kind=...)``: a validator is
-  ``fn(api_key: str, settings: Settings) -> bool | Awaitable[bool]``: True = the vendor accepts the key,
-  False = it rejects it (-> 422); raising ``ProviderError`` = the vendor could not be asked (-> 502). A key is never
-  saved without a successful validation; a known provider with no validator registered yet -> 501.
-  LLM providers (openai, groq, deepinfra) register themselves here (a ``GET /models`` with the key); Pinecone
-  (``list_indexes``) and Stripe (balance) are registered at the end of this module.
+Accounts sits below every capability, so it never imports one: the vendors' validators are handed in.
+
+* ``register_provider(provider, kind)`` / ``register_key_validator(provider, fn, kind=...)``: a validator is a
+  :class:`ProviderKeyValidator`, ``fn(api_key: str, settings: Settings) -> bool | Awaitable[bool]``: True = the
+  vendor accepts the key, False = it rejects it (-> 422); raising ``ProviderError`` = the vendor could not be asked
+  (-> 502). A key is never saved without a successful validation; a known provider with no validator yet -> 501.
+  LLM providers (openai, groq, deepinfra) and voice vendors add theirs from their capability; the vendors without a
+  service on the API path (Pinecone ``list_indexes``, Stripe balance) are composed by the API edge
+  (``airies.api.provider_keys``) from their vendor modules.
 * ``register_provider_status(kind, fn)``: ``fn(settings) -> list[dict]`` rows for ``GET /api/v1/providers``
   (each row at least ``{"provider", "kind", "configured", "status"}``).
 * ``ProviderKeyService``: put / delete / list (masked) / get (decrypted, for internal use only).
@@ -23,21 +26,28 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from airies.accounts.models import ProviderKey
 from airies.core.config import Settings, get_settings
 from airies.core.errors import NotAvailableError, NotFoundError, ValidationFailedError
 from airies.core.ids import new_id
 from airies.core.models import utcnow
 from airies.core.secrets import EnvelopeCipher, Sealed, get_cipher
 from airies.core.url_guard import as_url, url_guard
-from airies.llm.models import ProviderKey
 
-KeyValidator = Callable[[str, Settings], "bool | Awaitable[bool]"]
+
+class ProviderKeyValidator(Protocol):
+    """Asks the vendor whether it accepts ``api_key`` (the Settings carry the key's options, e.g. a region)."""
+
+    def __call__(self, api_key: str, settings: Settings, /) -> bool | Awaitable[bool]: ...
+
+
+KeyValidator = ProviderKeyValidator
 StatusReporter = Callable[[Settings], list[dict[str, Any]]]
 
 # provider -> kind. Pre-filled with every vendor the platform plans to support, so a PUT for a vendor whose
@@ -267,16 +277,3 @@ def get_account_provider_credentials(
 
 def _providers_with(option: str) -> str:
     return ", ".join(sorted(p for p, fields in KEY_OPTIONS.items() if option in fields)) or "no provider"
-
-
-def _register_vendor_modules() -> None:
-    """Pinecone and Stripe have no service module on the API path: their (light) provider modules register their
-    key validators and status rows here, so ``PUT /provider-keys/{pinecone|stripe}`` validates instead of 501."""
-    from airies.billing.vendors import stripe
-    from airies.knowledge.vector_stores import pinecone
-
-    pinecone.register()
-    stripe.register()
-
-
-_register_vendor_modules()

@@ -65,6 +65,7 @@ def key_out(key: ApiKey) -> ApiKeyOut:
 
 @router.post("/accounts", status_code=201)
 def signup(body: SignupRequest, request: Request, session: Session = SessionDep) -> dict[str, object]:
+    """Create an account and its first API key (shown once). Open to anyone while public sign-up is on."""
     service = AccountService(session, allow_public_signup=request.app.state.settings.allow_public_signup)
     account, issued = service.signup(name=body.name, email=str(body.email))
     return {
@@ -76,22 +77,26 @@ def signup(body: SignupRequest, request: Request, session: Session = SessionDep)
 
 @router.get("/accounts/me")
 def me(caller: Caller = Depends(current_caller)) -> AccountOut:
+    """The caller's account."""
     return account_out(caller.account)
 
 
 @router.get("/api-keys")
 def list_keys(caller: Caller = Depends(current_caller)) -> dict[str, list[ApiKeyOut]]:
+    """The account's API keys (masked: prefix and last four characters)."""
     keys = AccountService(caller.session).list_keys(caller.account_id)
     return {"data": [key_out(key) for key in keys]}
 
 
 @router.post("/api-keys", status_code=201)
 def create_key(body: ApiKeyCreate, caller: Caller = Depends(current_caller)) -> dict[str, object]:
+    """Create an API key; the full key is in this response only."""
     issued = AccountService(caller.session).create_key(caller.account_id, name=body.name)
     return {**key_out(issued.record).model_dump(mode="json"), "api_key": issued.raw_key}
 
 
 @router.delete("/api-keys/{key_id}", status_code=204)
 def revoke_key(key_id: str, caller: Caller = Depends(current_caller)) -> Response:
+    """Revoke an API key: it stops authenticating at once."""
     AccountService(caller.session).revoke_key(caller.account_id, key_id)
     return Response(status_code=204)

@@ -17,10 +17,11 @@ from airies.agents.schemas import (
     AgentVersionOut,
     ValidationResult,
 )
-from airies.agents.service import AgentService, errors_of
+from airies.agents.service import AgentAnalytics, AgentService, errors_of
+from airies.agents.testing import run_agent_test
 from airies.core.schemas import Limit, Page, StrictModel
-from airies.voice.service import prepare_speech_model, speech_model_cache
-from airies.voice.speech_models import SpeechModelCache
+from airies.voice.factory import speech_model_cache
+from airies.voice.speech_models import SpeechModelCache, prepare_speech_model
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
@@ -66,17 +67,20 @@ class CloneRequest(StrictModel):
 # Static paths first, so they never match as an agent id.
 @router.get("/templates")
 def templates(_caller: Caller = Depends(current_caller)) -> dict[str, list[AgentTemplate]]:
+    """Ready-made agent configurations to start from."""
     return {"data": [AgentTemplate(**template) for template in AgentService.templates()]}
 
 
 @router.post("/validate")
 def validate(config: dict[str, Any] = Body(...), caller: Caller = Depends(current_caller)) -> ValidationResult:
+    """Check an agent configuration without saving it: the problems found, by field."""
     problems = agent_service(caller).validator.problems(caller.account_id, config)
     return ValidationResult(valid=not errors_of(problems), problems=problems)
 
 
 @router.post("", status_code=201)
 def create_agent(body: AgentCreate, caller: Caller = Depends(current_caller)) -> AgentOut:
+    """Create an agent (a draft until it is deployed)."""
     service = agent_service(caller)
     return agent_out(service.create(caller.account_id, body), service.warnings_for(caller.account_id))
 
@@ -90,6 +94,7 @@ def list_agents(
     agent_type: Literal["inbound", "outbound", "web"] | None = None,
     q: str | None = Query(None, max_length=200),
 ) -> Page[AgentOut]:
+    """The account's agents, a page at a time."""
     service = agent_service(caller)
     rows, next_cursor = service.list(
         caller.account_id, limit=limit, cursor=cursor, status=status, agent_type=agent_type, search=q
@@ -101,12 +106,14 @@ def list_agents(
 
 @router.get("/{agent_id}")
 def get_agent(agent_id: str, caller: Caller = Depends(current_caller)) -> AgentOut:
+    """One agent with its current configuration."""
     service = agent_service(caller)
     return agent_out(service.get(caller.account_id, agent_id), service.warnings_for(caller.account_id))
 
 
 @router.put("/{agent_id}")
 def update_agent(agent_id: str, body: AgentUpdate, caller: Caller = Depends(current_caller)) -> AgentOut:
+    """Change an agent's configuration (deployed versions stay as they were)."""
     patch = body.model_dump(exclude_unset=True)
     service = agent_service(caller)
     return agent_out(service.update(caller.account_id, agent_id, patch), service.warnings_for(caller.account_id))
@@ -114,12 +121,14 @@ def update_agent(agent_id: str, body: AgentUpdate, caller: Caller = Depends(curr
 
 @router.delete("/{agent_id}", status_code=204)
 def delete_agent(agent_id: str, caller: Caller = Depends(current_caller)) -> Response:
+    """Delete an agent."""
     agent_service(caller).delete(caller.account_id, agent_id)
     return Response(status_code=204)
 
 
 @router.post("/{agent_id}/deploy", status_code=201)
 def deploy_agent(agent_id: str, request: Request, caller: Caller = Depends(current_caller)) -> AgentVersionOut:
+    """Publish the agent's configuration as a new immutable version that conversations use."""
     service = agent_service(caller)
     version = service.deploy(caller.account_id, agent_id)
     # The offline recogniser's model of this version is built now, so that no call waits for it.
@@ -137,6 +146,7 @@ def speech_models(request: Request) -> SpeechModelCache:
 
 @router.get("/{agent_id}/versions")
 def list_versions(agent_id: str, caller: Caller = Depends(current_caller)) -> dict[str, list[AgentVersionOut]]:
+    """The agent's deployed versions."""
     service = agent_service(caller)
     warnings = service.warnings_for(caller.account_id)
     return {"data": [version_out(v, warnings) for v in service.versions(caller.account_id, agent_id)]}
@@ -144,6 +154,7 @@ def list_versions(agent_id: str, caller: Caller = Depends(current_caller)) -> di
 
 @router.post("/{agent_id}/clone", status_code=201)
 def clone_agent(agent_id: str, body: CloneRequest | None = None, caller: Caller = Depends(current_caller)) -> AgentOut:
+    """Copy an agent into a new draft (optionally under a new name)."""
     name = body.name if body else None
     service = agent_service(caller)
     return agent_out(service.clone(caller.account_id, agent_id, name=name), service.warnings_for(caller.account_id))
@@ -153,8 +164,7 @@ def clone_agent(agent_id: str, body: CloneRequest | None = None, caller: Caller 
 def test_agent(
     agent_id: str, body: AgentTestRequest, request: Request, caller: Caller = Depends(current_caller)
 ) -> dict[str, Any]:
-    from airies.agents.testing import run_agent_test
-
+    """Run scripted test conversations against the agent and report which expectations held."""
     state = request.app.state
     return run_agent_test(caller.session, state.settings, state.database, caller.account_id, agent_id, body)
 
@@ -162,10 +172,11 @@ def test_agent(
 @router.get("/{agent_id}/analytics")
 def agent_analytics(
     agent_id: str,
+    request: Request,
     caller: Caller = Depends(current_caller),
     period: Literal["24h", "7d", "30d", "90d"] = "7d",
 ) -> dict[str, Any]:
-    from airies.conversations.service import get_agent_analytics
-
+    """The agent's conversation statistics over a period."""
     agent_service(caller).get(caller.account_id, agent_id)
-    return get_agent_analytics(caller.session, caller.account_id, agent_id, period)
+    analytics: AgentAnalytics = request.app.state.agent_analytics  # the conversations capability's, wired by the edge
+    return analytics(caller.session, caller.account_id, agent_id, period)

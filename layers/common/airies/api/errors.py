@@ -11,13 +11,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from airies.api.middleware import BodyRejected
-from airies.core.errors import AiriesError, RateLimitedError
+from airies.core.errors import AiriesError, RateLimitedError, error_body
 
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
-
-
-def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "details": details}}
 
 
 def _clean(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -74,7 +70,8 @@ def install_error_handlers(app: FastAPI) -> None:
         code = codes.get(exc.status_code, "http_error")
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
             return JSONResponse(error_body("malformed_json", "request body is not valid UTF-8 JSON"), 400)
-        message, details = str(exc.detail), None
+        message = str(exc.detail)
+        details: Any = None
         if exc.status_code == 404 and exc.detail == "Not Found":  # the router's: no route has this path
             message = f"no route {request.method} {request.url.path}"
             suggestion = _without_trailing_slash(request)

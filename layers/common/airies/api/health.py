@@ -10,6 +10,7 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health")
 def health(request: Request) -> dict[str, object]:
+    """Liveness and database reachability; needs no API key."""
     database = request.app.state.database
     with database.engine.connect() as conn:
         conn.execute(text("SELECT 1"))

@@ -30,7 +30,7 @@ from airies.billing.schemas import (
 from airies.billing.usage import UsageService
 from airies.core.errors import BadRequestError
 from airies.core.money import format_usd, micros_to_credits
-from airies.core.schemas import Limit, Page
+from airies.core.schemas import Limit, Page, request_body
 
 router = APIRouter(tags=["billing"])
 
@@ -53,6 +53,7 @@ def usage_summary(
     ),
     caller: Caller = Depends(current_caller),
 ) -> UsageSummaryOut:
+    """The account's usage over a period, by component (decimal strings for money)."""
     service = _usage()
     lo, hi = summary_period(start, end, service.clock())
     dims = [g.strip() for g in group_by.split(",") if g.strip()]
@@ -73,6 +74,7 @@ def usage_events(
     cursor: str | None = None,
     caller: Caller = Depends(current_caller),
 ) -> Page[UsageEventOut]:
+    """The account's individual usage events, a page at a time."""
     service = _usage()
     lo, hi = summary_period(start, end, service.clock()) if (start or end) else (None, None)
     items, next_cursor = service.list_usage_events(
@@ -92,6 +94,7 @@ def usage_events(
 
 @router.get("/billing/plans")
 def plans(_caller: Caller = Depends(current_caller)) -> dict[str, Any]:
+    """The subscription tiers with their prices and limits."""
     pricing = get_pricing()
     return {
         "usd_per_credit": format_usd(pricing.usd_per_credit),
@@ -113,6 +116,7 @@ def plans(_caller: Caller = Depends(current_caller)) -> dict[str, Any]:
 
 @router.get("/billing/balance")
 def balance(caller: Caller = Depends(current_caller)) -> BalanceOut:
+    """The account's credit balance and tier."""
     return _usage().get_balance(caller.account_id, session=caller.session)
 
 
@@ -120,12 +124,14 @@ def balance(caller: Caller = Depends(current_caller)) -> BalanceOut:
 def ledger(
     limit: Limit = 50, cursor: str | None = None, caller: Caller = Depends(current_caller)
 ) -> Page[LedgerEntryOut]:
+    """The account's credit ledger entries (top-ups, usage, refunds), a page at a time."""
     items, next_cursor = _usage().list_ledger(caller.account_id, limit=limit, cursor=cursor, session=caller.session)
     return Page(data=items, next_cursor=next_cursor, has_more=next_cursor is not None)
 
 
 @router.post("/billing/top-ups", status_code=201)
 def top_up(body: TopUpIn, request: Request, caller: Caller = Depends(current_caller)) -> TopUpOut:
+    """Buy credits: creates a Stripe payment intent (idempotent with an Idempotency-Key)."""
     key = body.idempotency_key or request.headers.get("idempotency-key")
     return _payments(request, caller.session).create_payment_intent(
         caller.account_id,
@@ -138,6 +144,7 @@ def top_up(body: TopUpIn, request: Request, caller: Caller = Depends(current_cal
 
 @router.get("/billing/subscription")
 def get_subscription(request: Request, caller: Caller = Depends(current_caller)) -> dict[str, Any]:
+    """The account's subscription."""
     service = _payments(request, caller.session)
     service.usage.ensure_account(caller.account_id, session=caller.session)
     return service.subscription_view(caller.account_id)
@@ -147,6 +154,7 @@ def get_subscription(request: Request, caller: Caller = Depends(current_caller))
 def create_subscription(
     body: SubscriptionIn, request: Request, caller: Caller = Depends(current_caller)
 ) -> dict[str, Any]:
+    """Subscribe the account to a paid tier through Stripe."""
     return _payments(request, caller.session).create_subscription(
         caller.account_id, body.tier, payment_method=body.payment_method
     )
@@ -154,6 +162,7 @@ def create_subscription(
 
 @router.delete("/billing/subscription")
 def cancel_subscription(request: Request, caller: Caller = Depends(current_caller)) -> dict[str, Any]:
+    """Cancel the account's subscription."""
     return _payments(request, caller.session).cancel_subscription(caller.account_id)
 
 
@@ -161,6 +170,7 @@ def cancel_subscription(request: Request, caller: Caller = Depends(current_calle
 def invoices(
     limit: Annotated[Limit, Query(le=100)] = 24, cursor: str | None = None, caller: Caller = Depends(current_caller)
 ) -> Page[InvoiceOut]:
+    """The account's monthly invoices, a page at a time."""
     items, next_cursor = InvoicingService(caller.session).list_invoices(caller.account_id, limit=limit, cursor=cursor)
     return Page(
         data=[InvoiceOut.model_validate(i) for i in items], next_cursor=next_cursor, has_more=next_cursor is not None
@@ -169,10 +179,17 @@ def invoices(
 
 @router.get("/billing/invoices/{invoice_id}")
 def invoice(invoice_id: str, caller: Caller = Depends(current_caller)) -> InvoiceOut:
+    """One invoice with its lines."""
     return InvoiceOut.model_validate(InvoicingService(caller.session).get(invoice_id, caller.account_id))
 
 
-@router.post("/billing/webhooks/stripe")
+@router.post(
+    "/billing/webhooks/stripe",
+    openapi_extra=request_body(
+        {"application/json": {"type": "object", "description": "a Stripe event"}},
+        "the Stripe event exactly as Stripe sent it (signed in the Stripe-Signature header)",
+    ),
+)
 async def stripe_webhook(request: Request) -> Response:
     """Stripe calls this unauthenticated: the signature over the raw body is the authentication."""
     payload = await request.body()

@@ -39,6 +39,7 @@ def recording_url(
     request: Request,
     caller: Caller = Depends(current_caller),
 ) -> dict[str, Any]:
+    """A short-lived URL of one side's recording of a turn."""
     service = ConversationService(caller.session, request.app.state.settings)
     turns = service.get_conversation_history(caller.account_id, conversation_id)  # 404 for another account's
     turn = next((t for t in turns if t.id == turn_id), None)

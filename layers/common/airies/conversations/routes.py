@@ -13,6 +13,7 @@ from fastapi.responses import PlainTextResponse
 
 from airies.accounts.auth import Caller, current_caller
 from airies.conversations import protocol as wp
+from airies.conversations.live_sessions import LiveSessions
 from airies.conversations.models import Conversation, ConversationTurn
 from airies.conversations.schemas import (
     ConversationCreate,
@@ -32,8 +33,9 @@ from airies.conversations.service import (
     billing_usage_sink,
     default_recorder,
 )
+from airies.conversations.sessions import build_session_store
 from airies.core.errors import BadRequestError, ConflictError, PayloadTooLargeError, UnsupportedMediaTypeError
-from airies.core.schemas import Limit, Page
+from airies.core.schemas import BINARY, Limit, Page, request_body
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
 log = logging.getLogger(__name__)
@@ -61,18 +63,15 @@ def service(request: Request, caller: Caller) -> ConversationService:
     )
 
 
-def live_sessions(request: Request) -> Any:
-    """The WebSocket side of the conversations (live-session store + the connection poster), to end a live call
-    when its conversation is ended or deleted over REST. Built on first use; tests may inject
-    ``app.state.live_sessions``. On AWS the API function needs the state table and ManageConnections."""
+def live_sessions(request: Request) -> LiveSessions:
+    """The live-sessions facade (live-session store + the connection poster), to end a live call when its
+    conversation is ended or deleted over REST. Built on first use; tests may inject ``app.state.live_sessions``.
+    On AWS the API function needs the state table and ManageConnections."""
     state = request.app.state
-    live = getattr(state, "live_sessions", None)
+    live: LiveSessions | None = getattr(state, "live_sessions", None)
     if live is None:
-        from airies.conversations.live import WebSocketService
-        from airies.conversations.sessions import build_session_store
-
         settings = state.settings
-        live = state.live_sessions = WebSocketService(settings, state.database, build_session_store(settings))
+        live = state.live_sessions = LiveSessions(settings, state.database, build_session_store(settings))
     return live
 
 
@@ -140,6 +139,7 @@ def turn_out(t: ConversationTurn) -> TurnOut:
 def start_conversation(
     body: ConversationCreate, request: Request, caller: Caller = Depends(current_caller)
 ) -> ConversationStarted:
+    """Start a conversation with a deployed agent: its id and a short-lived WebSocket token."""
     svc = service(request, caller)
     conversation, token, expires = svc.start_conversation(caller.account_id, body)
     # Commit before answering: the client connects to the WebSocket the moment it has the token, and $connect
@@ -163,6 +163,7 @@ def list_conversations(
     agent_id: str | None = Query(None, max_length=40),
     status: Literal["created", "active", "ended"] | None = None,
 ) -> Page[ConversationOut]:
+    """The account's conversations, a page at a time."""
     rows, next_cursor = service(request, caller).list(
         caller.account_id, limit=limit, cursor=cursor, agent_id=agent_id, status=status
     )
@@ -181,6 +182,7 @@ def analytics(
     period: Literal["24h", "7d", "30d", "90d"] = "7d",
     agent_id: str | None = Query(None, max_length=40),
 ) -> dict[str, Any]:
+    """Conversation statistics over a period, optionally for one agent."""
     return service(request, caller).get_conversation_analytics(caller.account_id, period, agent_id)
 
 
@@ -188,6 +190,7 @@ def analytics(
 def get_conversation(
     conversation_id: str, request: Request, caller: Caller = Depends(current_caller)
 ) -> ConversationDetail:
+    """One conversation."""
     svc = service(request, caller)
     conversation = svc.get(caller.account_id, conversation_id)
     turns = svc.get_conversation_history(caller.account_id, conversation_id)
@@ -198,6 +201,7 @@ def get_conversation(
 def update_conversation(
     conversation_id: str, body: ConversationUpdate, request: Request, caller: Caller = Depends(current_caller)
 ) -> ConversationOut:
+    """Change a conversation's metadata, or end it (status ended)."""
     svc = service(request, caller)
     current = svc.get(caller.account_id, conversation_id)  # 404 before touching any live state
     ending = body.status == "ended" and current.status != "ended"
@@ -212,6 +216,7 @@ def update_conversation(
 
 @router.delete("/{conversation_id}", status_code=204)
 def delete_conversation(conversation_id: str, request: Request, caller: Caller = Depends(current_caller)) -> Response:
+    """Delete a conversation (a live one is ended first)."""
     svc = service(request, caller)
     current = svc.get(caller.account_id, conversation_id)
     live = current.status != "ended"
@@ -261,13 +266,20 @@ def _turn_response(turn: ConversationTurn, result: Any, frames: list[dict[str, A
 async def post_message(
     conversation_id: str, body: MessageIn, request: Request, caller: Caller = Depends(current_caller)
 ) -> TurnResponse:
+    """Send a typed user message and get the agent's reply (optionally with its audio)."""
     turn, result, frames = await service(request, caller).process_message(
         caller.account_id, conversation_id, body.text, with_audio=body.with_audio
     )
     return _turn_response(turn, result, frames)
 
 
-@router.post("/{conversation_id}/audio")
+@router.post(
+    "/{conversation_id}/audio",
+    openapi_extra=request_body(
+        {"audio/wav": BINARY, "audio/l16": BINARY, "application/octet-stream": BINARY},
+        "a WAV file (mono, PCM16 or μ-law) or raw PCM16 16 kHz mono",
+    ),
+)
 async def post_audio(conversation_id: str, request: Request, caller: Caller = Depends(current_caller)) -> TurnResponse:
     """Body: a WAV file (any rate, mono, PCM16 or μ-law) or raw PCM16 16 kHz mono (``audio/l16``, ``application/octet-stream``)."""
     content_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
@@ -304,6 +316,7 @@ def transcript(
     caller: Caller = Depends(current_caller),
     format: Literal["json", "text"] | None = None,
 ) -> Any:
+    """The conversation's transcript, as JSON turns or plain text."""
     svc = service(request, caller)
     wants_text = format == "text" or (format is None and "text/plain" in request.headers.get("accept", ""))
     if wants_text:
@@ -334,4 +347,5 @@ def transcript(
 
 @router.get("/{conversation_id}/cost")
 def cost(conversation_id: str, request: Request, caller: Caller = Depends(current_caller)) -> dict[str, Any]:
+    """The conversation's cost by component (decimal strings)."""
     return service(request, caller).calculate_conversation_cost(caller.account_id, conversation_id)

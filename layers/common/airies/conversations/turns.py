@@ -8,20 +8,21 @@ The LLM stream and speech synthesis overlap: the first sentence is spoken while 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any, Protocol
 
 from airies.agents.engines import turn_engines
 from airies.agents.schemas import AgentConfig
 from airies.conversations import protocol as wp
 from airies.core.money import format_usd
+from airies.core.text import SentenceSegmenter, contains_phrase, split_sentences
 from airies.llm import catalog
 from airies.llm.vendors.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCallDelta
-from airies.voice.service import expected_phrases_for_agent
+from airies.voice.speech_models import expected_phrases_for_agent
 from airies.voice.stt.base import STTOptions, STTProvider, Transcript
 from airies.voice.tts.base import TTSOptions, TTSProvider
 
@@ -41,102 +42,6 @@ END_CALL_TOOL = {
         },
     },
 }
-
-
-# --- sentence segmentation -------------------------------------------------------------------------------------
-_ABBREVIATIONS = {
-    "mr",
-    "mrs",
-    "ms",
-    "dr",
-    "prof",
-    "sr",
-    "jr",
-    "st",
-    "vs",
-    "etc",
-    "e.g",
-    "i.e",
-    "inc",
-    "ltd",
-    "co",
-    "no",
-    "approx",
-    "dept",
-    "est",
-    "min",
-    "max",
-    "ave",
-    "blvd",
-    "rd",
-    "u.s",
-    "a.m",
-    "p.m",
-}
-_BOUNDARY = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|[;:](?=\s)|\n+")
-
-
-class SentenceSegmenter:
-    """Cuts a token stream into speakable sentences as early as it safely can.
-
-    Ends a sentence at . ! ? … ; : or a newline followed by whitespace, but not after an abbreviation
-    ("Dr. Smith"), a decimal ("3.5") or an initial ("J. R."). The first segment may also end at a comma once
-    it has ``first_comma_words`` words, because the first audio is what the caller waits for; any segment
-    is cut at a comma once it exceeds ``max_chars`` so TTS never waits on a run-on sentence.
-    """
-
-    def __init__(self, *, first_comma_words: int = 6, max_chars: int = 220) -> None:
-        self.buffer = ""
-        self.first_comma_words = first_comma_words
-        self.max_chars = max_chars
-        self.emitted = 0
-
-    def push(self, text: str) -> list[str]:
-        self.buffer += text
-        out: list[str] = []
-        while True:
-            cut = self._find_cut()
-            if cut is None:
-                break
-            sentence, self.buffer = self.buffer[:cut].strip(), self.buffer[cut:].lstrip()
-            if sentence:
-                out.append(sentence)
-                self.emitted += 1
-        return out
-
-    def flush(self) -> list[str]:
-        rest, self.buffer = self.buffer.strip(), ""
-        if rest:
-            self.emitted += 1
-            return [rest]
-        return []
-
-    def _find_cut(self) -> int | None:
-        for match in _BOUNDARY.finditer(self.buffer):
-            end = match.end()
-            if match.group().startswith(".") and self._is_abbreviation(match.start()):
-                continue
-            return end
-        limit_words = self.first_comma_words if self.emitted == 0 else None
-        for match in re.finditer(r",(?=\s)", self.buffer):
-            head = self.buffer[: match.end()]
-            if (limit_words and len(head.split()) >= limit_words) or len(head) >= self.max_chars:
-                return match.end()
-        return None
-
-    def _is_abbreviation(self, dot: int) -> bool:
-        word = re.search(r"([A-Za-z.]+)$", self.buffer[:dot])
-        if not word:
-            return False
-        token = word.group(1).lower().rstrip(".")
-        if token in _ABBREVIATIONS:
-            return True
-        return len(token) == 1 and token.isalpha() and self.buffer[dot - 1].isupper()  # an initial: "J."
-
-
-def segment_text(text: str) -> list[str]:
-    seg = SentenceSegmenter(first_comma_words=0)
-    return seg.push(text) + seg.flush()
 
 
 # --- voice activity per chunk ----------------------------------------------------------------------------------
@@ -161,6 +66,14 @@ def chunk_activity(pcm16: bytes, sample_rate: int = wp.SAMPLE_RATE, *, aggressiv
 
 
 # --- the turn --------------------------------------------------------------------------------------------------
+class TurnMode(StrEnum):
+    """What a turn starts from (stored as the turn's ``input_mode``)."""
+
+    AUDIO = "audio"  # the caller's utterance: transcribed first
+    TEXT = "text"  # typed text
+    NONE = "none"  # nothing from the caller: a scripted reply, or the model speaks first
+
+
 class TurnSink(Protocol):
     async def send(self, message: dict[str, Any]) -> bool:
         """Deliver one frame; False when the caller is gone."""
@@ -183,7 +96,7 @@ class TurnEngines:
 class TurnInput:
     turn_id: str
     seq: int
-    mode: str  # audio | text | none
+    mode: TurnMode
     account_id: str
     conversation_id: str
     pcm: bytes | None = None
@@ -207,7 +120,7 @@ class SpokenSentence:
 class TurnResult:
     turn_id: str
     seq: int
-    mode: str
+    mode: TurnMode
     user_text: str | None
     agent_text_generated: str
     agent_text: str  # what the caller actually received
@@ -223,19 +136,6 @@ class TurnResult:
     error: dict[str, Any] | None = None
     passages: int = 0
     spoken: list[SpokenSentence] = field(default_factory=list)  # per sentence, where its audio starts and ends
-
-
-def normalise(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
-
-
-def contains_phrase(text: str, phrases: list[str]) -> str | None:
-    hay = f" {normalise(text)} "
-    for phrase in phrases:
-        needle = normalise(phrase)
-        if needle and f" {needle} " in hay:
-            return phrase
-    return None
 
 
 def heard_text(sentences: list[SpokenSentence], heard_ms: float) -> str:
@@ -390,7 +290,7 @@ class TurnRunner:
             )
 
         # 1. speech to text
-        if inp.mode == "audio":
+        if inp.mode == TurnMode.AUDIO:
             if self.engines.stt is None:
                 return result("failed", error={"code": "stt_unavailable", "message": "no speech-to-text engine"})
             start = self.clock()
@@ -421,7 +321,7 @@ class TurnRunner:
         producer: asyncio.Task[None] | None = None
         if reply is not None:
             state.generated = reply
-            for sentence in segment_text(reply):
+            for sentence in split_sentences(reply):
                 segments.put_nowait(sentence)
             segments.put_nowait(None)
         else:
@@ -474,9 +374,9 @@ class TurnRunner:
                 except (asyncio.CancelledError, Exception):
                     pass
         if producer is not None and producer.done() and not producer.cancelled() and producer.exception():
-            exc = producer.exception()
+            failure = producer.exception()
             if status == "completed" and not state.generated:
-                return result("failed", error={"code": "llm_failed", "message": str(exc)})
+                return result("failed", error={"code": "llm_failed", "message": str(failure)})
         if (
             state.end_call is None
             and status == "completed"
@@ -525,7 +425,7 @@ class TurnRunner:
                 segments.put_nowait(sentence)
             if state.end_call == "end_call_tool" and not state.generated.strip() and config.end_call_message:
                 state.generated = config.end_call_message
-                for sentence in segment_text(config.end_call_message):
+                for sentence in split_sentences(config.end_call_message):
                     segments.put_nowait(sentence)
         finally:
             segments.put_nowait(None)
@@ -586,7 +486,9 @@ class TurnRunner:
                 usage["tts_provider"] = getattr(tts, "name", config.voice.provider)
 
     @staticmethod
-    async def _pump(tts: TTSProvider, sentence: str, options: TTSOptions, out: asyncio.Queue) -> None:  # type: ignore[type-arg]
+    async def _pump(
+        tts: TTSProvider, sentence: str, options: TTSOptions, out: asyncio.Queue[bytes | BaseException | None]
+    ) -> None:
         try:
             async for chunk in tts.synthesize(sentence, options):
                 await out.put(chunk)
@@ -604,8 +506,8 @@ class TurnRunner:
         latency: dict[str, float | None],
         t0: float,
         sentence: str,
-        audio: asyncio.Queue,  # type: ignore[type-arg]
-        pump: asyncio.Task | None,  # type: ignore[type-arg]
+        audio: asyncio.Queue[bytes | BaseException | None],
+        pump: asyncio.Task[None] | None,
         start: float,
         usage: dict[str, Any],
     ) -> str | None:
@@ -665,7 +567,7 @@ class TurnRunner:
             return "gone"
         if latency["first_audio_ms"] is None:
             latency["first_audio_ms"] = self._ms(t0)
-            latency["first_audio_before_llm_end"] = state.llm_done_at is None  # type: ignore[assignment]
+            latency["first_audio_before_llm_end"] = state.llm_done_at is None
         state.audio_seq += 1
         state.agent_pcm += piece
         state.audio_ms += len(piece) / wp.BYTES_PER_MS

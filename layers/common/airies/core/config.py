@@ -8,14 +8,18 @@ On AWS, secrets are referenced by ARN/name and resolved through Powertools Param
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import quote
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[4]
+# The data files shipped inside the package (catalogs, prices): airies/data. Not the runtime Settings.data_dir.
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 DEFAULT_DATA_DIR = Path.cwd() / ".data"
 
 
@@ -29,6 +33,9 @@ class Settings(BaseSettings):
     # Database: one URL picks the backend. SQLite is the embedded default.
     database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL", "AIRIES_DATABASE_URL"))
     database_secret_arn: str | None = None  # Secrets Manager secret {host, port, username, password, dbname}
+    # TLS to PostgreSQL (airies.core.database): verify | require | disable; unset: verify on AWS, disable locally.
+    database_ssl: Literal["verify", "require", "disable"] | None = None
+    database_ssl_ca_file: Path | None = None  # a CA bundle for "verify" (default: the system's CAs)
     db_pool_size: int = 1  # one connection per Lambda container; the local server raises it
     db_max_overflow: int = 2
 
@@ -115,6 +122,12 @@ class Settings(BaseSettings):
     ws_out_chunk_ms: int = 250  # server audio frames: barge-in stops within one of these
     ws_control_frames_per_second: int = 10
     ws_max_utterance_seconds: int = 30
+    ws_sessions_index: str = "live-sessions"  # sparse index of live sessions by next deadline: the sweeper's Query
+    ws_audio_chunk_ttl_seconds: int = 300  # caller audio chunks expire this long after they were stored
+    # Delete a turn's chunks once it used them: caller audio gone at once, for the write units of a second write
+    # (docs/deployment.md, cost); off, the short TTL removes them for free.
+    ws_delete_used_chunks: bool = False
+    sweeper_max_sessions_per_run: int = 2000
     conversation_recordings_prefix: str = "recordings"
 
     # Usage, credits and billing. Without a queue URL usage is tracked in-process (direct publisher).
@@ -130,6 +143,22 @@ class Settings(BaseSettings):
     stripe_plan_enterprise: str = "airies_enterprise_monthly"
     stripe_plan_pay_as_you_go: str | None = None
     billing_event_bus: str | None = None  # EventBridge bus for invoice notifications; unset: not sent
+
+    # Server messages (webhooks). Without a queue URL events are stored but wait for a worker (tests inject a queue).
+    webhook_queue_url: str | None = None
+    webhook_dead_letter_queue_url: str | None = None  # where an event lands after its last attempt
+    webhook_timeout_s: float = 10.0
+    webhook_max_age_s: int = 86_400  # retries stop this long after the first attempt (then failed + DLQ)
+    webhook_max_client_error_attempts: int = 3  # a 4xx other than 408/410/429 is retried this often only
+    webhook_retry_base_s: int = 30  # first backoff; doubles per attempt (with jitter), capped at 4 hours
+    webhook_max_response_bytes: int = 65_536  # read at most this much of a receiver's answer
+    # Telephony (Twilio). The platform's own Twilio account, for numbers imported without the business's own
+    # credentials: the SID here, the auth token locally from AIRIES_TWILIO_AUTH_TOKEN, on AWS through
+    # get_platform_secret("twilio_auth_token"). twilio_api_base points the SDK at a local double.
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_api_base: str | None = None
+    twilio_timeout_s: float = 10.0
 
     # Knowledge bases. Defaults run offline: hashing embedder + embedded vector store, files under
     # data_dir when no documents bucket is set (moto/AWS set AIRIES_KB_DOCUMENTS_BUCKET).
@@ -180,19 +209,41 @@ class Settings(BaseSettings):
         return self.stage != "local"
 
 
-def database_url_from_secret(secret_id: str) -> str:
+SECRET_CACHE_SECONDS = 300
+
+
+def _read_secret(secret_id: str, refresh: bool) -> dict[str, Any]:
     # Imported here: Powertools Parameters pulls in boto3, which the local path never needs.
     from aws_lambda_powertools.utilities import parameters
 
-    secret = parameters.get_secret(secret_id, transform="json", max_age=300)
-    if isinstance(secret, str):
-        secret = json.loads(secret)
-    user = quote(secret["username"], safe="")
-    password = quote(secret.get("password", ""), safe="")
-    host = secret["host"]
-    port = secret.get("port", 5432)
-    name = secret.get("dbname", "airies")
-    return f"postgresql+pg8000://{user}:{password}@{host}:{port}/{name}"
+    secret = parameters.get_secret(secret_id, transform="json", max_age=SECRET_CACHE_SECONDS, force_fetch=refresh)
+    return json.loads(secret) if isinstance(secret, str) else dict(secret)
+
+
+class SecretCredentials:
+    """The PostgreSQL connection parameters in a Secrets Manager secret ``{host, port, username, password,
+    dbname}`` (RDS's shape), read when asked (cached 5 minutes; ``refresh`` bypasses the cache)."""
+
+    def __init__(self, secret_id: str, read: Callable[[str, bool], dict[str, Any]] = _read_secret) -> None:
+        self.secret_id = secret_id
+        self._read = read
+
+    def connect_params(self, *, refresh: bool = False) -> dict[str, Any]:
+        secret = self._read(self.secret_id, refresh)
+        return {
+            "user": secret["username"],
+            "password": secret.get("password", ""),
+            "host": secret["host"],
+            "port": int(secret.get("port", 5432)),
+            "database": secret.get("dbname", "airies"),
+        }
+
+
+def database_url_from_secret(secret_id: str) -> str:
+    params = SecretCredentials(secret_id).connect_params()
+    user = quote(params["user"], safe="")
+    password = quote(params["password"], safe="")
+    return f"postgresql+pg8000://{user}:{password}@{params['host']}:{params['port']}/{params['database']}"
 
 
 @lru_cache(maxsize=1)

@@ -8,6 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """The wire shape of every error."""
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
 class AiriesError(Exception):
     status_code = 400
     code = "bad_request"
@@ -20,7 +25,7 @@ class AiriesError(Exception):
             self.code = code
 
     def to_dict(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+        return error_body(self.code, self.message, self.details)
 
 
 class BadRequestError(AiriesError):

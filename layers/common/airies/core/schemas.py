@@ -63,3 +63,30 @@ class Problem(BaseModel):
     field: str
     code: str
     message: str
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(description="a stable machine-readable code, e.g. not_found, validation_failed")
+    message: str = Field(description="what went wrong, for people")
+    details: Any = Field(None, description="more about the error (for validation: a list of {field, code, message})")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx and 5xx answer of the API (``airies.core.errors.error_body``)."""
+
+    error: ErrorInfo
+
+
+BINARY = {"type": "string", "format": "binary"}
+
+
+def request_body(content: dict[str, dict[str, Any]], description: str, *, required: bool = True) -> dict[str, Any]:
+    """``openapi_extra`` of a route that reads its body itself (uploads, signed payloads): the OpenAPI request body
+    FastAPI cannot infer. ``content`` maps media types to schemas (``BINARY`` for raw bytes)."""
+    return {
+        "requestBody": {
+            "required": required,
+            "description": description,
+            "content": {media: {"schema": schema} for media, schema in content.items()},
+        }
+    }

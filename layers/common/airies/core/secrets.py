@@ -17,6 +17,7 @@ between accounts fails to decrypt.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -26,6 +27,30 @@ from typing import Any
 from airies.core.config import Settings, get_settings
 
 SECRET_CACHE_SECONDS = 300
+log = logging.getLogger(__name__)
+
+
+def platform_key(settings: Settings, name: str, *fallbacks: str) -> str | None:
+    """The platform's own key for a vendor: the Settings field ``name`` (e.g. ``openai_api_key``), then each of
+    ``fallbacks`` (fields named the same way), then the platform secret of each name in that order.
+
+    An unreachable secret store means "not configured" (the caller falls back or answers that the vendor has no
+    key), never a failed request; it is logged.
+    """
+    names = (name, *fallbacks)
+    for field in names:
+        value = getattr(settings, field, None)
+        if value:
+            return str(value)
+    for secret_name in names:
+        try:
+            secret = get_platform_secret(secret_name, settings)
+        except Exception:
+            log.warning("platform secret %s could not be read", secret_name, exc_info=True)
+            secret = None
+        if secret:
+            return secret
+    return None
 
 
 def get_platform_secret(name: str, settings: Settings | None = None) -> str | None:

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from airies.accounts.auth import Caller, authenticate, current_caller
 from airies.core.errors import BadRequestError, PayloadTooLargeError, ValidationFailedError
-from airies.core.schemas import Limit, Offset, Page
+from airies.core.schemas import BINARY, Limit, Offset, Page, request_body
 from airies.knowledge.schemas import (
     ChunkOut,
     DocumentCreate,
@@ -45,6 +45,7 @@ def service(request: Request, caller: Caller = Depends(current_caller)) -> Knowl
 def create_knowledge_base(
     body: KnowledgeBaseCreate, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
 ) -> KnowledgeBaseOut:
+    """Create a knowledge base."""
     fields = body.model_dump(exclude={"name"})
     return KnowledgeBaseOut.model_validate(svc.create_knowledge_base(caller.account_id, body.name, **fields))
 
@@ -56,6 +57,7 @@ def list_knowledge_bases(
     limit: Annotated[Limit, Query(le=100)] = 20,
     cursor: str | None = Query(None, max_length=40),
 ) -> Page[KnowledgeBaseOut]:
+    """The account's knowledge bases."""
     rows, next_cursor = svc.list_knowledge_bases(caller.account_id, limit=limit, cursor=cursor)
     return Page(
         data=[KnowledgeBaseOut.model_validate(kb) for kb in rows],
@@ -68,6 +70,7 @@ def list_knowledge_bases(
 def get_knowledge_base(
     kb_id: str, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
 ) -> KnowledgeBaseOut:
+    """One knowledge base with its document counts."""
     return KnowledgeBaseOut.model_validate(svc.get_knowledge_base(caller.account_id, kb_id))
 
 
@@ -78,6 +81,7 @@ def update_knowledge_base(
     caller: Caller = Depends(current_caller),
     svc: KnowledgeService = Depends(service),
 ) -> KnowledgeBaseOut:
+    """Change a knowledge base's name, description or settings."""
     return KnowledgeBaseOut.model_validate(
         svc.update_knowledge_base(caller.account_id, kb_id, body.model_dump(exclude_unset=True))
     )
@@ -87,6 +91,7 @@ def update_knowledge_base(
 def delete_knowledge_base(
     kb_id: str, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
 ) -> Response:
+    """Delete a knowledge base with its documents and vectors."""
     svc.delete_knowledge_base(caller.account_id, kb_id)
     return Response(status_code=204)
 
@@ -138,8 +143,22 @@ async def _document_request(request: Request, *, require_filename: bool = True) 
     return spec, None
 
 
-@router.post("/{kb_id}/documents", status_code=201)
+_DOCUMENT_BODY = request_body(
+    {
+        "application/json": DocumentCreate.model_json_schema(),
+        "multipart/form-data": {
+            "type": "object",
+            "required": ["file"],
+            "properties": {"file": BINARY, "filename": {"type": "string"}, "content_type": {"type": "string"}},
+        },
+    },
+    "JSON (text, content_base64, or neither for a presigned upload) or a multipart file",
+)
+
+
+@router.post("/{kb_id}/documents", status_code=201, openapi_extra=_DOCUMENT_BODY)
 async def create_document(request: Request, kb_id: str) -> DocumentCreated:
+    """Add a document: inline (JSON text or base64, or a multipart file) or as a presigned upload for large files."""
     spec, data = await _document_request(request)
     # The sync work below runs in a worker thread, like FastAPI's own sync routes.
     return await run_in_threadpool(_create_document_sync, request, kb_id, spec, data)
@@ -174,7 +193,7 @@ def _create_document_sync(request: Request, kb_id: str, spec: DocumentCreate, da
         return DocumentCreated(document=DocumentOut.model_validate(doc))
 
 
-@router.put("/{kb_id}/documents/{doc_id}")
+@router.put("/{kb_id}/documents/{doc_id}", openapi_extra=_DOCUMENT_BODY)
 async def update_document(request: Request, kb_id: str, doc_id: str) -> DocumentOut:
     """Replace a document's content (JSON ``text``/``content_base64`` or multipart ``file``); re-ingested now."""
     spec, data = await _document_request(request, require_filename=False)
@@ -206,6 +225,7 @@ def list_documents(
     cursor: str | None = Query(None, max_length=40),
     status: str | None = Query(None, pattern="^(pending_upload|uploaded|processing|ready|failed)$"),
 ) -> Page[DocumentOut]:
+    """The knowledge base's documents."""
     rows, next_cursor = svc.list_documents(caller.account_id, kb_id, limit=limit, cursor=cursor, status=status)
     return Page(
         data=[DocumentOut.model_validate(d) for d in rows], next_cursor=next_cursor, has_more=next_cursor is not None
@@ -216,6 +236,7 @@ def list_documents(
 def get_document(
     kb_id: str, doc_id: str, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
 ) -> DocumentOut:
+    """One document with its processing status."""
     return DocumentOut.model_validate(svc.get_document(caller.account_id, kb_id, doc_id))
 
 
@@ -223,6 +244,7 @@ def get_document(
 def delete_document(
     kb_id: str, doc_id: str, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
 ) -> Response:
+    """Delete a document with its chunks and vectors."""
     svc.delete_document(caller.account_id, kb_id, doc_id)
     return Response(status_code=204)
 
@@ -236,6 +258,7 @@ def get_document_chunks(
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> dict[str, list[ChunkOut]]:
+    """The document's chunks, a page at a time."""
     chunks = svc.get_document_chunks(caller.account_id, kb_id, doc_id, limit=limit, offset=offset)
     return {"data": [ChunkOut.model_validate(c) for c in chunks]}
 
@@ -244,6 +267,7 @@ def get_document_chunks(
 def query_knowledge_base(
     kb_id: str, body: QueryIn, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
 ) -> dict[str, list[QueryResultOut]]:
+    """Search the knowledge base: the chunks closest to the query, with scores."""
     results = svc.query_knowledge_base(caller.account_id, kb_id, body.query, top_k=body.top_k, threshold=body.threshold)
     return {"data": [QueryResultOut.model_validate(r) for r in results]}
 
@@ -255,6 +279,7 @@ def create_scrape_job(
     caller: Caller = Depends(current_caller),
     svc: KnowledgeService = Depends(service),
 ) -> ScrapeJobOut:
+    """Crawl web pages into documents (runs in the background)."""
     job = svc.create_web_scrape_job(
         caller.account_id, kb_id, body.start_urls, max_depth=body.max_depth, max_pages=body.max_pages
     )
@@ -266,6 +291,7 @@ def create_scrape_job(
 def list_scrape_jobs(
     kb_id: str, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
 ) -> dict[str, list[ScrapeJobOut]]:
+    """The knowledge base's scrape jobs."""
     return {"data": [ScrapeJobOut.model_validate(j) for j in svc.list_scrape_jobs(caller.account_id, kb_id)]}
 
 
@@ -273,6 +299,7 @@ def list_scrape_jobs(
 def get_scrape_job(
     kb_id: str, job_id: str, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
 ) -> ScrapeJobOut:
+    """One scrape job with its progress."""
     return ScrapeJobOut.model_validate(svc.get_scrape_job(caller.account_id, kb_id, job_id))
 
 
@@ -283,6 +310,7 @@ def reembed(
     caller: Caller = Depends(current_caller),
     svc: KnowledgeService = Depends(service),
 ) -> KnowledgeBaseOut:
+    """Re-embed every document with the knowledge base's (new) embedding model."""
     body = body or ReembedIn()
     kb = svc.update_embeddings(
         caller.account_id,

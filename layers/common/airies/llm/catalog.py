@@ -6,13 +6,9 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, lru_cache
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from airies.core.config import Settings
-
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+from airies.core.config import DATA_DIR, Settings
 
 
 @dataclass(frozen=True)
@@ -84,8 +80,3 @@ def stt_providers() -> dict[str, dict[str, Any]]:
 
 def tts_providers() -> dict[str, dict[str, Any]]:
     return {entry["provider"]: entry for entry in _load("voice_catalog.json")["tts"]}
-
-
-def builtin_voice_ids(provider: str) -> set[str]:
-    entry = tts_providers().get(provider)
-    return {voice["voice_id"] for voice in entry.get("voices", [])} if entry else set()

@@ -1,5 +1,5 @@
-"""ORM models of the llm capability: account-owned provider keys (encrypted), accounts' own OpenAI-compatible
-endpoints (key encrypted) and shared provider health."""
+"""ORM models of the llm capability: accounts' own OpenAI-compatible endpoints (key encrypted) and shared provider
+health. Account-owned provider keys are an accounts model (re-exported here for existing importers)."""
 
 from __future__ import annotations
 
@@ -9,24 +9,10 @@ from typing import Any
 from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+from airies.accounts.models import ProviderKey
 from airies.core.models import Base, TimestampMixin, id_column, utcnow
 
-
-class ProviderKey(TimestampMixin, Base):
-    """An account's own key for a vendor; only ciphertext is stored (envelope encryption)."""
-
-    __tablename__ = "provider_keys"
-    __table_args__ = (UniqueConstraint("account_id", "provider", name="uq_provider_keys_account_provider"),)
-
-    id: Mapped[str] = id_column()
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
-    provider: Mapped[str] = mapped_column(String(40))
-    kind: Mapped[str] = mapped_column(String(20))  # llm | stt | tts | vectors | payments
-    ciphertext: Mapped[str] = mapped_column(Text)
-    encrypted_data_key: Mapped[str] = mapped_column(Text)
-    key_ref: Mapped[str] = mapped_column(String(300))  # "kms:<key id>" or "local"
-    hint: Mapped[str] = mapped_column(String(8))  # last 4 characters, for a masked display
-    last_validated_at: Mapped[datetime | None]
+__all__ = ["LLMCustomEndpoint", "ProviderHealth", "ProviderKey"]
 
 
 class LLMCustomEndpoint(TimestampMixin, Base):

@@ -10,9 +10,9 @@ from pydantic import Field
 
 from airies.accounts.auth import Caller, current_caller
 from airies.accounts.provider_keys import PROVIDER_KINDS, STATUS_REPORTERS, ProviderKeyService
+from airies.core.aio import run_sync
 from airies.core.schemas import StrictModel
 from airies.llm.custom_endpoints import CustomEndpointService, endpoint_out
-from airies.llm.router import run_async
 from airies.llm.service import build_llm_service
 
 router = APIRouter(tags=["llm"])
@@ -48,6 +48,7 @@ class CustomEndpointUpdate(StrictModel):
 
 @router.get("/providers")
 def list_providers(request: Request, caller: Caller = Depends(current_caller)) -> dict[str, Any]:
+    """Every vendor the platform can use, by kind, and whether the platform or the account has a key."""
     settings, database = request.app.state.settings, request.app.state.database
     account_keys = {row["provider"] for row in ProviderKeyService(caller.session, settings).list(caller.account_id)}
     rows: list[dict[str, Any]] = []
@@ -80,6 +81,7 @@ def list_models(
     provider: str | None = Query(None, max_length=40),
     model_class: str | None = Query(None, max_length=40),
 ) -> dict[str, Any]:
+    """The LLM models an agent may use, with prices."""
     llm = build_llm_service(request.app.state.settings, request.app.state.database, caller.account_id)
     models = llm.get_available_models()
     if provider:
@@ -94,6 +96,7 @@ def list_models(
 
 @router.get("/provider-keys")
 def list_provider_keys(request: Request, caller: Caller = Depends(current_caller)) -> dict[str, Any]:
+    """The account's own vendor keys (masked)."""
     return {"data": ProviderKeyService(caller.session, request.app.state.settings).list(caller.account_id)}
 
 
@@ -101,15 +104,17 @@ def list_provider_keys(request: Request, caller: Caller = Depends(current_caller
 def put_provider_key(
     provider: str, body: ProviderKeyIn, request: Request, caller: Caller = Depends(current_caller)
 ) -> dict[str, Any]:
+    """Save the account's own key for a vendor after the vendor accepted it."""
     service = ProviderKeyService(caller.session, request.app.state.settings)
     service.kind_of(provider)  # 404 before any outbound call
     options = service.check_options(provider, body.model_dump(include={"region", "index_host"}, exclude_none=True))
-    run_async(service.validate, provider, body.api_key, options)
+    run_sync(service.validate, provider, body.api_key, options)
     return service.store(caller.account_id, provider, body.api_key, options)
 
 
 @router.delete("/provider-keys/{provider}", status_code=204)
 def delete_provider_key(provider: str, request: Request, caller: Caller = Depends(current_caller)) -> Response:
+    """Delete the account's key for a vendor."""
     ProviderKeyService(caller.session, request.app.state.settings).delete(caller.account_id, provider)
     return Response(status_code=204)
 
@@ -122,17 +127,20 @@ def custom_endpoints(request: Request, caller: Caller) -> CustomEndpointService:
 def create_custom_endpoint(
     body: CustomEndpointIn, request: Request, caller: Caller = Depends(current_caller)
 ) -> dict[str, Any]:
+    """Add an OpenAI-compatible endpoint of the account's own (its models are listed from it)."""
     row = custom_endpoints(request, caller).create(caller.account_id, **body.model_dump())
     return endpoint_out(row)
 
 
 @router.get("/llm/custom-endpoints")
 def list_custom_endpoints(request: Request, caller: Caller = Depends(current_caller)) -> dict[str, Any]:
+    """The account's own LLM endpoints."""
     return {"data": [endpoint_out(row) for row in custom_endpoints(request, caller).list(caller.account_id)]}
 
 
 @router.get("/llm/custom-endpoints/{endpoint_id}")
 def get_custom_endpoint(endpoint_id: str, request: Request, caller: Caller = Depends(current_caller)) -> dict[str, Any]:
+    """One custom LLM endpoint."""
     return endpoint_out(custom_endpoints(request, caller).get(caller.account_id, endpoint_id))
 
 
@@ -140,6 +148,7 @@ def get_custom_endpoint(endpoint_id: str, request: Request, caller: Caller = Dep
 def update_custom_endpoint(
     endpoint_id: str, body: CustomEndpointUpdate, request: Request, caller: Caller = Depends(current_caller)
 ) -> dict[str, Any]:
+    """Change a custom LLM endpoint (its models are listed again)."""
     changes = body.model_dump(exclude_unset=True)
     if changes.get("base_url") is None:
         changes.pop("base_url", None)
@@ -148,5 +157,7 @@ def update_custom_endpoint(
 
 @router.delete("/llm/custom-endpoints/{endpoint_id}", status_code=204)
 def delete_custom_endpoint(endpoint_id: str, request: Request, caller: Caller = Depends(current_caller)) -> Response:
-    custom_endpoints(request, caller).delete(caller.account_id, endpoint_id)
+    """Delete a custom LLM endpoint."""
+    users_of = request.app.state.endpoint_users  # the agents capability's answer, wired by the API edge
+    custom_endpoints(request, caller).delete(caller.account_id, endpoint_id, users_of=users_of)
     return Response(status_code=204)

@@ -19,36 +19,34 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from airies.accounts.provider_keys import (
-    PROVIDER_KINDS,
     ProviderKeyService,
     register_key_validator,
     register_provider_status,
 )
 from airies.core.config import Settings
+from airies.core.database import unit_of_work
 from airies.core.errors import NotFoundError
 from airies.core.money import format_usd
-from airies.core.secrets import get_platform_secret
+from airies.core.secrets import platform_key
 from airies.core.url_guard import URLGuard, url_guard
 from airies.llm import catalog
+from airies.llm.cost import token_cost
 from airies.llm.custom_endpoints import CustomEndpointService, endpoint_catalog, provider_name
-from airies.llm.router import (
-    DatabaseHealthStore,
-    HealthTracker,
-    LLMRouter,
-    RouterConfig,
-    token_cost,
-)
+from airies.llm.health import DatabaseHealthStore, HealthTracker
+from airies.llm.router import LLMRouter, collect_response
+from airies.llm.router_config import RouterConfig
 from airies.llm.vendors.base import LLMEvent, LLMProvider, LLMRequest, LLMResponse, Usage
 from airies.llm.vendors.offline import OFFLINE_PROVIDER, OfflineResponder
 from airies.llm.vendors.openai_compat import OpenAICompatibleProvider
-
-LLM_VENDORS = ("openai", "groq", "deepinfra")
-
+from airies.llm.vendors.table import LLM_VENDORS
 
 # ---------------------------------------------------------------------------------------------------------------
 # catalog (data file + the custom endpoint's models)
@@ -92,7 +90,7 @@ def _provider(
         if provider is None:
             import openai  # noqa: F401  -- pay the SDK import here, not inside the first request's TTFT
 
-            provider = OpenAICompatibleProvider(
+            provider = LLM_VENDORS.get(name, OpenAICompatibleProvider)(
                 name,
                 base_url=base_url,
                 api_key=api_key,
@@ -111,14 +109,10 @@ def vendor_base_url(settings: Settings, vendor: str) -> str:
     return str(getattr(settings, f"{vendor}_base_url"))
 
 
-def platform_key(settings: Settings, vendor: str) -> str | None:
-    return getattr(settings, f"{vendor}_api_key", None) or get_platform_secret(f"{vendor}_api_key", settings)
-
-
 def platform_providers(settings: Settings) -> dict[str, LLMProvider]:
     providers: dict[str, LLMProvider] = {}
     for vendor in LLM_VENDORS:
-        key = platform_key(settings, vendor)
+        key = platform_key(settings, f"{vendor}_api_key")
         if key:
             models = [m.model for m in catalog.llm_models() if m.provider == vendor]
             providers[vendor] = _provider(
@@ -126,7 +120,7 @@ def platform_providers(settings: Settings) -> dict[str, LLMProvider]:
             )
     if settings.llm_custom_base_url:
         name = settings.llm_custom_name
-        key = settings.llm_custom_api_key or get_platform_secret("llm_custom_api_key", settings)
+        key = platform_key(settings, "llm_custom_api_key")
         models = [m.model for m in custom_models(settings)]
         providers[name] = _provider(
             settings,
@@ -176,7 +170,7 @@ def account_providers(
 def configured_llm_providers(settings: Settings, session: Any, account_id: str) -> set[str]:
     """The LLM providers ``build_llm_service`` would give this account (platform keys, the operator's custom
     endpoint, the account's own keys and endpoints), found without building them (no key decrypted, no SDK)."""
-    names = {vendor for vendor in LLM_VENDORS if platform_key(settings, vendor)}
+    names = {vendor for vendor in LLM_VENDORS if platform_key(settings, f"{vendor}_api_key")}
     if settings.llm_custom_base_url:
         names.add(settings.llm_custom_name)
     for row in ProviderKeyService(session, settings).list(account_id):
@@ -231,9 +225,7 @@ class LLMService:
     ) -> LLMResponse:
         """The whole reply at once. ``stream=True`` collects a stream instead of a non-streaming call."""
         if stream:
-            from airies.llm.router import _collect
-
-            return await _collect(self.router.stream(request))
+            return await collect_response(self.router.stream(request))
         return await self.router.complete(request)
 
     def get_available_models(self) -> list[dict[str, Any]]:
@@ -310,8 +302,6 @@ class _EngineDatabase:
     """The bits of ``Database`` the health store needs, from a session's engine (when only a session is given)."""
 
     def __init__(self, engine: Any) -> None:
-        from sqlalchemy.orm import sessionmaker
-
         self.engine = engine
         self.url = str(engine.url)
         self.session_factory = sessionmaker(engine, expire_on_commit=False)
@@ -320,22 +310,8 @@ class _EngineDatabase:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    def session(self) -> Any:
-        from contextlib import contextmanager
-
-        @contextmanager
-        def unit_of_work():  # type: ignore[no-untyped-def]
-            session = self.session_factory()
-            try:
-                yield session
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
-            finally:
-                session.close()
-
-        return unit_of_work()
+    def session(self) -> AbstractContextManager[Session]:
+        return unit_of_work(self.session_factory)
 
 
 def build_llm_service(
@@ -374,7 +350,7 @@ def build_llm_service(
 # registrations: LLM key validators and the LLM rows of GET /api/v1/providers
 # ---------------------------------------------------------------------------------------------------------------
 async def validate_llm_key(provider: str, api_key: str, settings: Settings) -> bool:
-    probe = OpenAICompatibleProvider(
+    probe = LLM_VENDORS[provider](
         provider,
         base_url=vendor_base_url(settings, provider),
         api_key=api_key,
@@ -384,15 +360,15 @@ async def validate_llm_key(provider: str, api_key: str, settings: Settings) -> b
     return await probe.validate_api_key(api_key)
 
 
-def _llm_validator(provider: str):  # type: ignore[no-untyped-def]
+def _llm_validator(provider: str) -> Callable[[str, Settings], Awaitable[bool]]:
     async def validate(api_key: str, settings: Settings) -> bool:
         return await validate_llm_key(provider, api_key, settings)
 
     return validate
 
 
-for _vendor in LLM_VENDORS:
-    register_key_validator(_vendor, _llm_validator(_vendor), kind="llm")
+# The LLM vendors' key probes (provider -> validator), from the vendor table.
+KEY_VALIDATORS = {vendor: _llm_validator(vendor) for vendor in LLM_VENDORS}
 
 
 def llm_provider_status(settings: Settings, database: Any = None) -> list[dict[str, Any]]:
@@ -405,5 +381,11 @@ def llm_provider_status(settings: Settings, database: Any = None) -> list[dict[s
     return rows
 
 
-register_provider_status("llm", llm_provider_status)
-assert PROVIDER_KINDS["openai"] == "llm"
+def register_with_provider_keys() -> None:
+    """Hand the key probes and the status rows of ``GET /api/v1/providers`` to the accounts' provider-key registry."""
+    for vendor, validator in KEY_VALIDATORS.items():
+        register_key_validator(vendor, validator, kind="llm")
+    register_provider_status("llm", llm_provider_status)
+
+
+register_with_provider_keys()

@@ -45,7 +45,8 @@ def sqs_sources(specs: dict[str, FunctionSpec], template: dict[str, Any] | None 
             continue
         props = resource.get("Properties") or {}
         function = props.get("FunctionName")
-        spec = specs.get(function.get("Ref")) if isinstance(function, dict) else None
+        ref = function.get("Ref") if isinstance(function, dict) else None
+        spec = specs.get(ref) if isinstance(ref, str) else None
         source_arn = props.get("EventSourceArn")
         queue_id = _queue_of(logical_id, source_arn)
         if spec is None or (resources.get(queue_id) or {}).get("Type") != "AWS::SQS::Queue":
@@ -108,7 +109,10 @@ def start_queue_workers(stack: LocalStack) -> None:
             idle = True
             for source, url, arn, handler in workers:
                 batch = min(source.batch_size, 10)
-                messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=batch).get("Messages", [])
+                # System attributes as Lambda's event source passes them (Powertools' SQS models require them).
+                messages = sqs.receive_message(
+                    QueueUrl=url, MaxNumberOfMessages=batch, MessageSystemAttributeNames=["All"]
+                ).get("Messages", [])
                 if not messages:
                     continue
                 idle = False

@@ -24,12 +24,18 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airies.core.config import PROJECT_ROOT
+from sqlalchemy import select
+
+from airies.accounts.models import Account, ApiKey
+from airies.accounts.service import AccountService, generate_key, hash_key
+from airies.core import database as engine
+from airies.core.config import PROJECT_ROOT, get_settings
+from airies.core.database import Database
 from airies.local.template import (
     DEFAULT_ENV_FILE,
     DEFAULT_TEMPLATE,
@@ -41,6 +47,7 @@ from airies.local.template import (
     load_env_file,
     load_template,
 )
+from airies.migrations.runner import upgrade_head
 
 EVENTS_DIR = PROJECT_ROOT / "infra" / "events"
 _counter = itertools.count(1)
@@ -91,7 +98,8 @@ class LambdaLogContext:
         cold, self.cold = self.cold, False
         # Not reset afterwards: the server's error handler logs outside this middleware, in the same task; the
         # server runs each request in a task of its own, so the keys end with it.
-        set_context_keys(cold_start=cold, **keys)
+        context: dict[str, Any] = {**keys, "cold_start": cold}
+        set_context_keys(**context)
         await self.app(scope, receive, send)
 
 
@@ -109,9 +117,6 @@ CONTAINER_CACHES: list[Callable[[], None]] = []
 
 
 def _clear_container_caches() -> None:
-    from airies.core import database as engine
-    from airies.core.config import get_settings
-
     get_settings.cache_clear()
     cached = getattr(engine, "_databases", None)  # url -> Database, one per container
     if isinstance(cached, dict):
@@ -125,7 +130,7 @@ def _clear_container_caches() -> None:
 
 
 @contextlib.contextmanager
-def patched_environ(values: dict[str, str | None]) -> Iterator[None]:
+def patched_environ(values: Mapping[str, str | None]) -> Iterator[None]:
     saved = dict(os.environ)
     try:
         for key, value in values.items():
@@ -340,22 +345,15 @@ def run_sample_event(
     env: dict[str, str | None] = dict(meta.env)
     with contextlib.ExitStack() as stack:
         if "database" in meta.needs:
-            from airies.migrations.runner import upgrade_head
-
             if database_url is None:
                 spec, ctx = resolve_function(logical_id, template_path, env_file)
                 with patched_environ(function_environment(spec, ctx)):
                     _clear_container_caches()
-                    from airies.core.config import get_settings
-
                     database_url = get_settings().resolved_database_url()
                     _clear_container_caches()
             upgrade_head(database_url)
             env["DATABASE_URL"] = database_url
         if "aws" in meta.needs:
-            from airies.local.server import load_extensions
-
-            load_extensions()  # resource types registered by capabilities (@local_resource)
             if not os.environ.get("AWS_ENDPOINT_URL"):
                 from moto import mock_aws
 
@@ -404,8 +402,6 @@ def kept_api_key(path: Path) -> str:
     """An API key generated once and kept in ``path`` (mode 0600), the same at every later call."""
     if path.exists():
         return path.read_text(encoding="utf-8").strip()
-    from airies.accounts.service import generate_key
-
     key = generate_key()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -418,13 +414,6 @@ def setup_account(sample: SampleContext) -> dict[str, str]:
     """The "Sample events" account and its API key: ``{{api_key}}``, ``{{account_id}}``. One account per database,
     reused by every invoke (its key is kept in ``<data dir>/sample_events_api_key``), so invoking sample events
     against the dev database does not add an account each time."""
-    from sqlalchemy import select
-
-    from airies.accounts.models import Account, ApiKey
-    from airies.accounts.service import AccountService, hash_key
-    from airies.core.config import get_settings
-    from airies.core.database import Database
-
     assert sample.database_url, "setup_account needs 'database' in needs"
     key = kept_api_key(Path(get_settings().data_dir) / "sample_events_api_key")
     database = Database(sample.database_url)

@@ -182,7 +182,7 @@ class _MirroringApp:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         mirror = self.server.mirror
         target = written_target(environ) if mirror is not None else None
-        if target is None:
+        if mirror is None or target is None:
             return self.app(environ, start_response)
         status: list[int] = []
 

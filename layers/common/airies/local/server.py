@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import os
+import pkgutil
 import socket
 import sys
 import threading
@@ -31,6 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import uvicorn
+from aws_lambda_powertools import Logger
+
+import airies.local as local_package
+from airies.accounts.service import AccountService
+from airies.api.app import create_app
+from airies.billing.usage import build_usage_service
+from airies.core.config import Settings
+from airies.core.database import get_database
 from airies.local.invoke import kept_api_key, log_as_function
 from airies.local.s3_store import LocalMotoServer, S3Mirror
 from airies.local.template import (
@@ -43,6 +54,8 @@ from airies.local.template import (
     load_env_file,
     load_template,
 )
+from airies.local.ws_gateway import UVICORN_WS
+from airies.migrations.runner import upgrade_head
 
 API_FUNCTION = "ApiFunction"
 # The dev account's billing tier: Pro allows 20 concurrent conversations and 50,000 minutes a month, needs no
@@ -75,15 +88,11 @@ CORE_MODULES = {"invoke", "s3_store", "server", "template"}
 
 def load_extensions() -> list[str]:
     """Import every other module of ``airies.local`` so its ``@on_startup`` / ``@local_resource`` registrations run."""
-    import pkgutil
-
-    import airies.local as package
-
     loaded = []
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda item: item.name):
+    for info in sorted(pkgutil.iter_modules(local_package.__path__), key=lambda item: item.name):
         if info.name in CORE_MODULES or info.name.startswith("_"):
             continue
-        importlib.import_module(f"{package.__name__}.{info.name}")  # errors surface: never silently skipped
+        importlib.import_module(f"{local_package.__name__}.{info.name}")  # errors surface: never silently skipped
         loaded.append(info.name)
     return loaded
 
@@ -110,8 +119,6 @@ def apply_environment(env: dict[str, str | None]) -> None:
 
 
 def start_moto() -> tuple[LocalMotoServer, str]:
-    import logging
-
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request access log drowns ours
     port = free_port()
     server = LocalMotoServer(ip_address="127.0.0.1", port=port)
@@ -168,8 +175,6 @@ def build_stack(
     apply_environment(function_environment(spec, context))
     created = create_local_resources(context)
 
-    from airies.core.config import Settings
-
     settings = Settings()
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -178,25 +183,15 @@ def build_stack(
     mirror = S3Mirror(data_dir / "s3", endpoint, context.region)
     restored = mirror.restore()
     moto_server.mirror = mirror
-    from airies.core.database import get_database
-    from airies.migrations.runner import upgrade_head
-
     url = settings.resolved_database_url()
     upgrade_head(url)
     database = get_database(settings)
-
-    from airies.accounts.service import AccountService
-    from airies.billing.usage import build_usage_service
 
     key = dev_api_key(data_dir)
     with database.session() as session:
         account = AccountService(session).ensure_dev_account(key)
         account_id = account.id
         build_usage_service(settings).set_tier(account_id, DEV_ACCOUNT_PLAN, session=session)  # idempotent
-
-    from aws_lambda_powertools import Logger
-
-    from airies.api.app import create_app
 
     app = create_app(settings, database, logger=Logger(service=settings.service_name))
     log_as_function(app, spec, context.region)  # the pollers' functions share this process and its loggers
@@ -241,11 +236,7 @@ def build_stack(
 def main() -> int:
     port = int(os.environ.get("PORT", "8000"))
     app, stack = build_stack(port=port)
-    import uvicorn
-
     try:
-        from airies.local.ws_gateway import UVICORN_WS
-
         log_level = os.environ.get("AIRIES_UVICORN_LOG_LEVEL", "info")
         uvicorn.run(app, host="127.0.0.1", port=port, log_level=log_level, ws=UVICORN_WS)
     finally:

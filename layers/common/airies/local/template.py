@@ -433,7 +433,7 @@ def _queue_att(ctx: LocalContext, logical_id: str, resource: dict[str, Any], att
 @local_resource("AWS::SQS::Queue", ref=_queue_url, get_att=_queue_att)
 def _create_queue(ctx: LocalContext, logical_id: str, resource: dict[str, Any], session: Any) -> None:
     props = _props(ctx, resource)
-    attributes = {}
+    attributes: dict[str, str] = {}
     for key in ("VisibilityTimeout", "MessageRetentionPeriod", "DelaySeconds", "ReceiveMessageWaitTimeSeconds"):
         if key in props:
             attributes[key] = str(props[key])

@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -30,7 +31,15 @@ from typing import Any
 from starlette.requests import Request
 from starlette.websockets import WebSocket
 
-from airies.core.config import PROJECT_ROOT
+from airies.accounts.service import AccountService
+from airies.agents.schemas import AgentCreate
+from airies.agents.service import AgentService
+from airies.conversations.live import WebSocketService
+from airies.conversations.schemas import ConversationCreate
+from airies.conversations.service import ConversationService
+from airies.conversations.sessions import build_session_store
+from airies.core.config import PROJECT_ROOT, Settings
+from airies.core.database import Database
 
 # uvicorn's WebSocket implementation for the local stack. wsproto completes a refused handshake once the denial
 # response (status + JSON body) is sent; uvicorn's default websockets-sansio protocol sends the same response but
@@ -121,6 +130,7 @@ class LocalWsGateway:
     # -- events --------------------------------------------------------------------------------------------------
     def _context(self, route: str, event_type: str, connection_id: str, connected_at: float) -> dict[str, Any]:
         now = time.time()
+        request_id = uuid.uuid4().hex
         return {
             "routeKey": route,
             "eventType": event_type,
@@ -129,7 +139,9 @@ class LocalWsGateway:
             "connectionId": connection_id,
             "connectedAt": int(connected_at * 1000),
             "requestTimeEpoch": int(now * 1000),
-            "requestId": uuid.uuid4().hex,
+            "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+            "requestId": request_id,
+            "extendedRequestId": request_id,
             "domainName": self.domain,
             "stage": self.stage,
             "apiId": self.api_id,
@@ -193,8 +205,15 @@ class LocalWsGateway:
             pass
         finally:
             self.connections.pop(connection_id, None)
-            event = {"requestContext": self._context("$disconnect", "DISCONNECT", connection_id, connected_at)}
-            event["requestContext"]["disconnectStatusCode"] = 1000
+            context = self._context("$disconnect", "DISCONNECT", connection_id, connected_at)
+            context["disconnectStatusCode"] = 1000
+            context["disconnectReason"] = "Client closed the connection"
+            event = {
+                "headers": headers,
+                "multiValueHeaders": {k: [v] for k, v in headers.items()},
+                "requestContext": context,
+                "isBase64Encoded": False,
+            }
             await self._invoke("$disconnect", event)
 
     async def _deny(self, websocket: Any, status: int, body: str | None) -> None:
@@ -268,15 +287,10 @@ def mount_ws_gateway(app: Any, dispatch: Dispatch | None = None, path: str = "/w
 
 def mount(app: Any, stack: Any) -> LocalWsGateway:
     """``airies.local.server`` extension: the voice WebSocket at /ws plus a local schedule for the sweeper."""
-    import threading
-
     gateway = mount_ws_gateway(app)
     gateway.domain = f"127.0.0.1:{stack.port}"
 
     def sweep_forever() -> None:
-        from airies.conversations.live import WebSocketService
-        from airies.conversations.sessions import build_session_store
-
         service = WebSocketService(stack.settings, stack.database, build_session_store(stack.settings))
         while not stack.stopping.wait(15):  # EventBridge runs it every minute on AWS; sooner here is harmless
             try:
@@ -291,14 +305,6 @@ def mount(app: Any, stack: Any) -> LocalWsGateway:
 def sample_conversation(sample: Any) -> dict[str, str]:
     """Sample-event setup (infra/events/VoiceConnectFunction.valid-token.meta.json): a deployed agent and a
     started conversation; returns ``{{conversation_id}}`` and ``{{token}}`` signed with the event's token secret."""
-    from airies.accounts.service import AccountService
-    from airies.agents.schemas import AgentCreate
-    from airies.agents.service import AgentService
-    from airies.conversations.schemas import ConversationCreate
-    from airies.conversations.service import ConversationService
-    from airies.core.config import Settings
-    from airies.core.database import Database
-
     settings = Settings(ws_token_secret=sample.env.get("AIRIES_WS_TOKEN_SECRET"))
     database = Database(sample.database_url)
     try:

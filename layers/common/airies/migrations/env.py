@@ -4,7 +4,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from airies.core.config import get_settings
-from airies.core.database import create_db_engine
+from airies.core.database import create_db_engine, database_ssl_context
 from airies.migrations.models import metadata
 
 target_metadata = metadata
@@ -27,7 +27,7 @@ def run_migrations_online() -> None:
         _run(connection)
         return
     url = context.config.get_main_option("sqlalchemy.url") or get_settings().resolved_database_url()
-    engine = create_db_engine(url)
+    engine = create_db_engine(url, ssl_context=database_ssl_context(get_settings()))
     with engine.connect() as conn:
         _run(conn)
     engine.dispose()

@@ -8,6 +8,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from airies.core.config import get_settings
+
 ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
 
 
@@ -27,8 +29,6 @@ def downgrade_base(url: str) -> None:
 
 
 if __name__ == "__main__":
-    from airies.core.config import get_settings
-
     target = sys.argv[1] if len(sys.argv) > 1 else get_settings().resolved_database_url()
     upgrade_head(target)
     print("database at head")

@@ -10,9 +10,10 @@ from pydantic import Field
 
 from airies.accounts.auth import Caller, current_caller
 from airies.core.errors import BadRequestError, UnsupportedMediaTypeError
-from airies.core.schemas import StrictModel
+from airies.core.schemas import BINARY, StrictModel, request_body
+from airies.voice.factory import build_voice_service
 from airies.voice.models import Voice
-from airies.voice.service import MAX_CLONE_SAMPLE_BYTES, VoiceService, build_voice_service
+from airies.voice.service import MAX_CLONE_SAMPLE_BYTES, VoiceService
 from airies.voice.stt.base import Transcript
 from airies.voice.tts.base import VoiceInfo
 
@@ -72,6 +73,7 @@ def transcript_out(transcript: Transcript) -> dict[str, Any]:
 async def list_voices(
     provider: str | None = Query(None, max_length=40), service: VoiceService = Depends(voice_service)
 ) -> dict[str, Any]:
+    """The voices agents may use, by provider."""
     providers = await service.get_available_voices(provider)
     data = []
     for entry in providers.values():
@@ -83,6 +85,7 @@ async def list_voices(
 
 @router.get("/voices/mine")
 def list_my_voices(service: VoiceService = Depends(voice_service)) -> dict[str, Any]:
+    """The account's cloned voices."""
     return {"data": [voice_row_out(row) for row in service.list_account_voices()]}
 
 
@@ -94,6 +97,7 @@ async def clone_voice(
     provider: str = Form("elevenlabs", max_length=40),
     service: VoiceService = Depends(voice_service),
 ) -> dict[str, Any]:
+    """Clone a voice from audio samples (multipart form)."""
     samples = []
     for upload in files:
         data = await upload.read(MAX_CLONE_SAMPLE_BYTES + 1)
@@ -104,6 +108,7 @@ async def clone_voice(
 
 @router.delete("/voices/{voice_id}", status_code=204)
 async def delete_voice(voice_id: str, service: VoiceService = Depends(voice_service)) -> Response:
+    """Delete a cloned voice."""
     await service.delete_voice(voice_id)
     return Response(status_code=204)
 
@@ -156,7 +161,21 @@ async def _uploaded_audio(request: Request) -> tuple[bytes, dict[str, str]]:
     )
 
 
-@router.post("/transcriptions")
+@router.post(
+    "/transcriptions",
+    openapi_extra=request_body(
+        {
+            "audio/wav": BINARY,
+            "application/octet-stream": BINARY,
+            "multipart/form-data": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {"file": BINARY, "expected_phrases": {"type": "array", "items": {"type": "string"}}},
+            },
+        },
+        "a WAV file (16-bit PCM or μ-law), raw or as the multipart field 'file'",
+    ),
+)
 async def transcribe(request: Request, service: VoiceService = Depends(voice_service)) -> dict[str, Any]:
     """Audio (WAV: 16-bit PCM or μ-law) in, transcript with word timings out."""
     from airies.voice.audio.codecs import AudioFormatError, read_wav, sniff_format  # numpy: lazily

@@ -1,7 +1,7 @@
-"""Voice decisions: which STT/TTS provider serves a request, input limits, sentence splitting,
-voice fallbacks, cloned voices per account and the streaming utterance pipeline.
+"""Voice decisions: which STT/TTS provider serves a request, input limits, splitting text for TTS requests,
+voice fallbacks and cloned voices per account. ``voice/factory.py`` builds the service for an account.
 
-Provider choice (``build_voice_service``):
+Provider choice (``build_voice_service`` gives the providers, the service picks per request):
 - a cloud provider is available when its key is configured: the account's own key (provider_keys)
   first, then the platform key (Settings / ``get_platform_secret``);
 - the agent's configured provider (``transcriber.provider`` / ``voice.provider``) is used when available;
@@ -14,18 +14,14 @@ Provider choice (``build_voice_service``):
 from __future__ import annotations
 
 import asyncio
-import logging
-import re
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
-from airies.agents.models import Agent, AgentVersion
 from airies.core.errors import (
     BadRequestError,
     NotAvailableError,
@@ -34,55 +30,24 @@ from airies.core.errors import (
     ProviderError,
     ValidationFailedError,
 )
-from airies.core.storage import StorageService
-from airies.voice.speech_models import ModelBuilder, SpeechModelCache
+from airies.core.ids import new_id
+from airies.core.text import split_sentences
+from airies.voice import catalog
+from airies.voice.audio.formats import SUPPORTED_RATES, duration_seconds
+from airies.voice.configs import config_field
+from airies.voice.models import Voice
+from airies.voice.speech_models import SpeechModelCache, domain_phrases
 from airies.voice.stt.base import STTOptions, STTProvider, Transcript
-from airies.voice.tts.base import TTSOptions, TTSProvider, VoiceInfo
-
-if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
-    from airies.core.config import Settings
-    from airies.core.database import Database
-    from airies.voice.models import Voice
-
-log = logging.getLogger(__name__)
-
-OFFLINE_STT = "pocketsphinx"
-OFFLINE_TTS = "espeak"
-OUTPUT_FORMATS = (
-    "pcm_8000",
-    "pcm_16000",
-    "pcm_22050",
-    "pcm_24000",
-    "pcm_44100",
-    "pcm_48000",
-    "ulaw_8000",
-    "mp3_44100_128",
+from airies.voice.tts.base import TTSOptions, TTSProvider, VoiceInfo, parse_output_format
+from airies.voice.vendors import (
+    OFFLINE_STT,
+    OFFLINE_TTS,
 )
+
+T = TypeVar("T")
+
 MAX_CLONE_SAMPLES = 25
-VENDORS = ("deepgram", "whisper", "elevenlabs", "azure")
 MAX_CLONE_SAMPLE_BYTES = 10 * 1024 * 1024
-
-
-def parse_output_format(output_format: str) -> tuple[str, int]:
-    """'pcm_16000' -> ('pcm', 16000); 'ulaw_8000' -> ('ulaw', 8000); 'mp3_44100_128' -> ('mp3', 44100)."""
-    if output_format not in OUTPUT_FORMATS:
-        raise ValidationFailedError(
-            f"unsupported output_format '{output_format}'",
-            details=[
-                {"field": "output_format", "code": "unsupported", "message": f"one of {', '.join(OUTPUT_FORMATS)}"}
-            ],
-        )
-    codec, rate, *_ = output_format.split("_")
-    return codec, int(rate)
-
-
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+|\n{2,}")
-
-
-def split_sentences(text: str) -> list[str]:
-    return [part.strip() for part in _SENTENCE_END.split(text) if part and part.strip()]
 
 
 def split_for_tts(text: str, max_chars: int, *, first_alone: bool = True) -> list[str]:
@@ -115,37 +80,6 @@ def engine_for(requested: str, configured: Collection[str], offline: str, offlin
     if requested in configured or requested == offline:
         return requested
     return offline if offline_fallback else None
-
-
-def _get(obj: Any, name: str, default: Any = None) -> Any:
-    """Read a field from a pydantic model, dataclass or dict (callers pass "config-like" objects)."""
-    if obj is None:
-        return default
-    if isinstance(obj, Mapping):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
-
-
-class VoiceCloner(Protocol):
-    """Implemented by TTS providers that support instant voice cloning (ElevenLabs)."""
-
-    async def clone_voice(
-        self, name: str, samples: Sequence[tuple[str, bytes]], *, description: str | None = None
-    ) -> VoiceInfo: ...
-
-    async def delete_voice(self, voice_id: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class AudioStreamEvent:
-    """What ``process_audio_stream`` yields: speech started, or one finished utterance with its transcript."""
-
-    kind: Literal["speech_start", "utterance"]
-    at_seconds: float
-    start_seconds: float
-    transcript: Transcript | None = None
-    audio: bytes = b""
-    end_seconds: float | None = None
 
 
 @dataclass
@@ -205,8 +139,6 @@ class VoiceService:
         """404 when ``requested`` names no speech-to-text provider (configured here or known to the catalog)."""
         if not requested or requested in self.stt_providers:
             return
-        from airies.llm import catalog
-
         if requested not in catalog.stt_providers():
             raise NotFoundError("STT provider", requested)
 
@@ -242,8 +174,6 @@ class VoiceService:
     # ------------------------------------------------------------------ speech to text
 
     def check_audio(self, pcm16: bytes, sample_rate: int) -> float:
-        from airies.voice.audio.codecs import SUPPORTED_RATES, duration_seconds  # numpy: lazily, off the API cold start
-
         if not pcm16:
             raise BadRequestError("audio is empty", code="empty_audio")
         if len(pcm16) % 2:
@@ -274,14 +204,14 @@ class VoiceService:
         was deployed before models were built, or building failed) the turn decodes with the general model.
         """
         self.check_audio(pcm16, sample_rate)
-        provider = self.stt_provider(_get(transcriber, "provider"))
-        model = _get(transcriber, "model")
-        if provider.name != _get(transcriber, "provider"):
+        provider = self.stt_provider(config_field(transcriber, "provider"))
+        model = config_field(transcriber, "model")
+        if provider.name != config_field(transcriber, "provider"):
             model = None  # a model name belongs to the provider that was asked for
         options = STTOptions(
             model=model,
-            language=_get(transcriber, "language", "en") or "en",
-            keywords=tuple(_get(transcriber, "keywords", ()) or ()),
+            language=config_field(transcriber, "language", "en") or "en",
+            keywords=tuple(config_field(transcriber, "keywords", ()) or ()),
             expected_phrases=tuple(p for p in expected_phrases if p and p.strip()),
         )
         if provider.name == OFFLINE_STT and self.speech_models is not None:
@@ -296,8 +226,11 @@ class VoiceService:
     def _tts_attempts(
         self, voice: Any, output_format: str, strict: bool = False
     ) -> list[tuple[TTSProvider, TTSOptions]]:
-        primary = (_get(voice, "provider"), _get(voice, "voice_id"))
-        fallbacks = [(_get(fb, "provider"), _get(fb, "voice_id")) for fb in (_get(voice, "fallback_voices") or [])]
+        primary = (config_field(voice, "provider"), config_field(voice, "voice_id"))
+        fallbacks = [
+            (config_field(fb, "provider"), config_field(fb, "voice_id"))
+            for fb in (config_field(voice, "fallback_voices") or [])
+        ]
         if strict:
             fallbacks = []
         attempts: list[tuple[TTSProvider, TTSOptions]] = []
@@ -321,12 +254,12 @@ class VoiceService:
             same_provider = provider.name == provider_name
             options = TTSOptions(
                 voice_id=voice_id,
-                model=_get(voice, "model") if index == 0 and same_provider else None,
+                model=config_field(voice, "model") if index == 0 and same_provider else None,
                 output_format=output_format,
-                speed=float(_get(voice, "speed", 1.0) or 1.0),
-                stability=float(_get(voice, "stability", 0.5)),
-                similarity_boost=float(_get(voice, "similarity_boost", 0.75)),
-                style=float(_get(voice, "style", 0.0)),
+                speed=float(config_field(voice, "speed", 1.0) or 1.0),
+                stability=float(config_field(voice, "stability", 0.5)),
+                similarity_boost=float(config_field(voice, "similarity_boost", 0.75)),
+                style=float(config_field(voice, "style", 0.0)),
             )
             attempts.append((provider, options))
         if not attempts:
@@ -376,8 +309,6 @@ class VoiceService:
 
     async def get_available_voices(self, provider: str | None = None) -> dict[str, dict[str, Any]]:
         """Voices per TTS provider: live lists (cached per container) plus the account's own voices."""
-        from airies.llm import catalog
-
         names = list(self.available_providers()["tts"])
         if provider is not None:
             if provider not in catalog.tts_providers():
@@ -409,8 +340,6 @@ class VoiceService:
 
     async def check_voice(self, provider: str, voice_id: str) -> None:
         """404 unless ``voice_id`` is a voice of ``provider`` this account may use (built-in, live or its own)."""
-        from airies.llm import catalog
-
         if provider not in catalog.tts_providers():
             raise NotFoundError("TTS provider", provider)
         self.tts_provider(provider, strict=True)  # 501 when the provider is not configured
@@ -442,10 +371,6 @@ class VoiceService:
         ]
 
     def list_account_voices(self, provider: str | None = None) -> list[Voice]:
-        from sqlalchemy import select
-
-        from airies.voice.models import Voice
-
         session, account_id = self._require_account()
         query = select(Voice).where(Voice.account_id == account_id, Voice.deleted_at.is_(None))
         if provider:
@@ -467,9 +392,6 @@ class VoiceService:
         labels: Mapping[str, str] | None = None,
     ) -> Voice:
         """Instant voice cloning: the provider creates the voice; it is recorded as the account's own."""
-        from airies.core.ids import new_id
-        from airies.voice.models import Voice
-
         session, account_id = self._require_account()
         name = (name or "").strip()
         if not name or len(name) > 200:
@@ -508,10 +430,6 @@ class VoiceService:
         return row
 
     def get_account_voice(self, voice_id: str) -> Voice:
-        from sqlalchemy import or_, select
-
-        from airies.voice.models import Voice
-
         session, account_id = self._require_account()
         row = session.scalars(
             select(Voice).where(
@@ -539,61 +457,6 @@ class VoiceService:
         session.delete(row)
         session.flush()
 
-    # ------------------------------------------------------------------ audio
-
-    def enhance_audio_quality(self, pcm16: bytes, sample_rate: int) -> bytes:
-        from airies.voice.audio.codecs import AudioFormatError
-        from airies.voice.audio.enhance import enhance_audio_quality
-
-        try:
-            return enhance_audio_quality(pcm16, sample_rate)
-        except AudioFormatError as exc:
-            raise BadRequestError(str(exc), code="invalid_audio") from exc
-
-    async def process_audio_stream(
-        self,
-        chunks: AsyncIterable[bytes],
-        sample_rate: int = 16000,
-        *,
-        transcriber: Any = None,
-        expected_phrases: Sequence[str] = (),
-        silence_ms: int = 500,
-        enhance: bool = True,
-        min_utterance_ms: int = 200,
-    ) -> AsyncIterator[AudioStreamEvent]:
-        """Caller audio in (PCM16 chunks), events out: ``speech_start``, then ``utterance`` with a transcript
-        after ``silence_ms`` of trailing silence. Utterances shorter than ``min_utterance_ms`` are dropped."""
-        from airies.voice.audio.vad import EndOfUtteranceDetector
-
-        detector = EndOfUtteranceDetector(sample_rate=sample_rate, silence_ms=silence_ms)
-
-        async def handle(events: list[Any]) -> AsyncIterator[AudioStreamEvent]:
-            for event in events:
-                if event.kind == "speech_start":
-                    yield AudioStreamEvent("speech_start", event.at_seconds, event.start_seconds)
-                    continue
-                if event.duration_seconds * 1000 < min_utterance_ms:
-                    continue
-                audio = self.enhance_audio_quality(event.audio, sample_rate) if enhance else event.audio
-                transcript = await self.speech_to_text(
-                    audio, sample_rate, transcriber=transcriber, expected_phrases=expected_phrases
-                )
-                yield AudioStreamEvent(
-                    "utterance",
-                    event.at_seconds,
-                    event.start_seconds,
-                    transcript=transcript,
-                    audio=event.audio,
-                    end_seconds=event.end_seconds,
-                )
-
-        async for chunk in chunks:
-            async for out in handle(detector.feed(chunk)):
-                yield out
-            await asyncio.sleep(0)
-        async for out in handle(detector.flush()):
-            yield out
-
 
 def _check_sample(filename: str, data: bytes) -> None:
     from airies.voice.audio.codecs import AudioFormatError, read_wav, sniff_format
@@ -608,339 +471,3 @@ def _check_sample(filename: str, data: bytes) -> None:
             read_wav(data)
         except AudioFormatError as exc:
             raise BadRequestError(f"sample '{filename}': {exc}", code="invalid_audio") from exc
-
-
-# ---------------------------------------------------------------------- factory
-
-
-def platform_key(settings: Settings, provider: str) -> str | None:
-    """The platform's key for a provider: Settings first, then the secrets helper (when it exists)."""
-    attr = {
-        "deepgram": "deepgram_api_key",
-        "elevenlabs": "elevenlabs_api_key",
-        "whisper": "whisper_api_key",
-        "azure": "azure_speech_key",
-    }[provider]
-    value = getattr(settings, attr, None)
-    if not value and provider == "whisper":
-        value = getattr(settings, "openai_api_key", None)
-    if value:
-        return str(value.get_secret_value() if hasattr(value, "get_secret_value") else value)
-    try:
-        from airies.core.secrets import get_platform_secret
-    except ImportError:
-        return None
-    # Secret names follow the Settings fields (AIRIES_<NAME> locally; SSM/Secrets Manager entries on AWS).
-    names = {"whisper": ("whisper_api_key", "openai_api_key")}.get(provider, (attr,))
-    for name in names:
-        try:
-            secret = get_platform_secret(name, settings)
-        except Exception:  # an unreachable secret store means "not configured" here, not a failed request
-            secret = None
-        if secret:
-            return str(secret)
-    return None
-
-
-def account_key(
-    session: Session | None, account_id: str | None, provider: str, settings: Settings | None = None
-) -> str | None:
-    credentials = account_credentials(session, account_id, provider, settings)
-    return credentials[0] if credentials else None
-
-
-def account_credentials(
-    session: Session | None, account_id: str | None, provider: str, settings: Settings | None = None
-) -> tuple[str, dict[str, str]] | None:
-    """The account's own key for a voice vendor and the options stored with it (Azure: ``region``), or None."""
-    if session is None or account_id is None:
-        return None
-    try:
-        from airies.accounts.provider_keys import get_account_provider_credentials
-    except ImportError:
-        return None
-    names = {"whisper": ("whisper", "openai"), "azure": ("azure", "azure_speech")}.get(provider, (provider,))
-    for name in names:
-        try:
-            credentials = get_account_provider_credentials(session, account_id, name, settings)
-        except Exception:  # no stored key / unknown provider name / undecryptable
-            credentials = None
-        if credentials and credentials[0]:
-            return str(credentials[0]), dict(credentials[1])
-    return None
-
-
-def configured_voice_vendors(settings: Settings, session: Session | None, account_id: str | None) -> set[str]:
-    """The cloud STT/TTS vendors with a key for this account (its own, else the platform's): the ones
-    ``build_voice_service`` makes available, found without building them."""
-    return {p for p in VENDORS if account_credentials(session, account_id, p, settings) or platform_key(settings, p)}
-
-
-# Provider instances per container, keyed by their construction arguments: SDK clients, the PocketSphinx
-# decoder and its domain models are reused across invocations. Bounded: accounts' own keys add entries.
-_PROVIDERS: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-MAX_CACHED_PROVIDERS = 64
-
-
-def _cached(cls: Any, *args: Any, **kwargs: Any) -> Any:
-    key = (cls, args, tuple(sorted(kwargs.items())))
-    provider = _PROVIDERS.get(key)
-    if provider is None:
-        provider = _PROVIDERS[key] = cls(*args, **kwargs)
-        while len(_PROVIDERS) > MAX_CACHED_PROVIDERS:
-            _PROVIDERS.popitem(last=False)
-    else:
-        _PROVIDERS.move_to_end(key)
-    return provider
-
-
-def build_voice_service(
-    settings: Settings,
-    database: Database | None = None,
-    account_id: str | None = None,
-    *,
-    session: Session | None = None,
-) -> VoiceService:
-    """Pick providers from the configured keys (account keys override platform keys).
-
-    ``session`` (or ``database``, opened for the key lookup only) enables account keys and cloned voices.
-    """
-    if session is None and database is not None and account_id is not None:
-        with database.session() as lookup:
-            credentials = {p: account_credentials(lookup, account_id, p, settings) for p in VENDORS}
-    else:
-        credentials = {p: account_credentials(session, account_id, p, settings) for p in VENDORS}
-    keys = {p: found[0] if found else None for p, found in credentials.items()}
-    uses_account_key = any(keys.values())
-    # An account's Azure key is used in the region stored with it; the platform's key in the platform's region.
-    azure_region = (credentials["azure"] or ("", {}))[1].get("region") or settings.azure_speech_region
-    for provider in keys:
-        keys[provider] = keys[provider] or platform_key(settings, provider)
-
-    timeout = settings.voice_provider_timeout_seconds
-    stt: dict[str, STTProvider] = {}
-    tts: dict[str, TTSProvider] = {}
-    if keys["deepgram"]:
-        from airies.voice.stt.deepgram import DeepgramSTT
-
-        stt["deepgram"] = _cached(DeepgramSTT, keys["deepgram"], base_url=settings.deepgram_base_url, timeout=timeout)
-    if keys["whisper"]:
-        from airies.voice.stt.whisper import WhisperSTT
-
-        base = settings.whisper_base_url or getattr(settings, "openai_base_url", None)
-        stt["whisper"] = _cached(WhisperSTT, keys["whisper"], base_url=base, timeout=timeout)
-    if keys["elevenlabs"]:
-        from airies.voice.tts.elevenlabs import ElevenLabsTTS
-
-        tts["elevenlabs"] = _cached(
-            ElevenLabsTTS, keys["elevenlabs"], base_url=settings.elevenlabs_base_url, timeout=timeout
-        )
-    if keys["azure"]:
-        from airies.voice.tts.azure import AzureTTS
-
-        tts["azure"] = _cached(
-            AzureTTS,
-            keys["azure"],
-            region=azure_region,
-            base_url=settings.azure_speech_base_url,
-            timeout=timeout,
-        )
-
-    def offline_stt() -> STTProvider:
-        return offline_recogniser()
-
-    def offline_tts() -> TTSProvider:
-        from airies.voice.tts.espeak import EspeakTTS
-
-        return _cached(EspeakTTS, binary=settings.espeak_binary)
-
-    return VoiceService(
-        stt_providers=stt,
-        tts_providers=tts,
-        offline_stt_factory=offline_stt,
-        offline_tts_factory=offline_tts,
-        offline_fallback=settings.voice_offline_fallback,
-        session=session,
-        account_id=account_id,
-        max_audio_seconds=float(settings.max_transcription_seconds),
-        max_tts_chars=settings.max_tts_chars,
-        voice_cache_ttl=float(settings.voice_cache_ttl_seconds),
-        cache_namespace=f"account:{account_id}" if uses_account_key and account_id else "platform",
-        default_offline_voice=settings.espeak_default_voice,
-        speech_models=speech_model_cache(settings),
-    )
-
-
-def offline_recogniser() -> Any:
-    """The container's PocketSphinx engine (NotAvailableError when the package is not installed)."""
-    from airies.voice.stt.pocketsphinx import PocketSphinxSTT
-
-    return _cached(PocketSphinxSTT)
-
-
-def speech_model_cache(settings: Settings, builder: ModelBuilder | None = None) -> SpeechModelCache:
-    """The offline recogniser's models: ``<data_dir>/speech-models`` and the storage bucket (on AWS, or where an
-    AWS endpoint such as the local stack's moto is configured: never a real bucket from a developer's machine);
-    built with the container's PocketSphinx engine unless another ``builder`` is given."""
-    reachable = settings.on_aws or bool(settings.aws_endpoint_url)
-    storage = StorageService.from_settings(settings) if settings.storage_bucket and reachable else None
-    return SpeechModelCache(
-        Path(settings.data_dir) / "speech-models",
-        storage,
-        builder or (lambda phrases: offline_recogniser().build_model(phrases)),
-    )
-
-
-def replace_voice(voice: Any, **changes: Any) -> Any:
-    """Copy a voice config (pydantic model, dataclass or dict) with some fields changed."""
-    if isinstance(voice, Mapping):
-        return {**voice, **changes}
-    if hasattr(voice, "model_copy"):
-        return voice.model_copy(update=changes)
-    return replace(voice, **changes)
-
-
-def domain_phrases(expected_phrases: Sequence[str], keywords: Sequence[str]) -> list[str]:
-    """What the offline recogniser's domain model is built from: the expected phrases and the keywords."""
-    return [*expected_phrases, *keywords]
-
-
-def prepare_speech_model(cache: SpeechModelCache, account_id: str, config: Any) -> bool:
-    """Build (or find) the offline recogniser's model of an agent config, as its turns will ask for it. Never
-    raises: without a model the agent's turns decode with the general model. True when a model is ready."""
-    if not offline_stt_available():  # the Lambda layer ships no PocketSphinx: its calls use a cloud recogniser
-        return False
-    phrases = domain_phrases(
-        expected_phrases_for_agent(config), tuple(_get(_get(config, "transcriber"), "keywords", None) or ())
-    )
-    try:
-        return cache.ensure(account_id, phrases) is not None
-    except Exception:
-        log.exception("building the speech model of an agent of %s failed", account_id)
-        return False
-
-
-def prepare_deployed_agents(cache: SpeechModelCache, database: Database) -> int:
-    """Models for the current version of every deployed agent (``make run`` at start-up: agents deployed before
-    models were built, or by another process). Returns how many are ready."""
-    with database.session() as session:
-        rows = session.execute(
-            select(AgentVersion.account_id, AgentVersion.config).join(
-                Agent, (Agent.id == AgentVersion.agent_id) & (Agent.current_version == AgentVersion.version)
-            )
-        ).all()
-    return sum(prepare_speech_model(cache, account_id, config) for account_id, config in rows)
-
-
-def expected_phrases_for_agent(config: Any) -> tuple[str, ...]:
-    """Domain text for the offline recogniser from an agent config: what the caller is likely to say
-    (keywords, end-call and interruption phrases) and the words of the conversation (first message, prompt)."""
-    phrases: list[str] = []
-    phrases += list(_get(_get(config, "metadata"), "expected_phrases", None) or [])
-    phrases += list(_get(_get(config, "transcriber"), "keywords", None) or [])
-    phrases += list(_get(config, "end_call_phrases", None) or [])
-    interruption = _get(config, "interruption")
-    phrases += list(_get(interruption, "acknowledgement_phrases", None) or [])
-    phrases += list(_get(interruption, "interruption_phrases", None) or [])
-    for text in (_get(config, "first_message"), _get(config, "system_prompt")):
-        if text:
-            phrases += split_sentences(str(text))[:200]
-    seen: set[str] = set()
-    return tuple(p for p in phrases if p and not (p in seen or seen.add(p)))
-
-
-# ---------------------------------------------------------------------- key validators and status rows
-
-
-async def _validate_deepgram(api_key: str, settings: Settings) -> bool:
-    """A key is good when Deepgram lists the projects it can see."""
-
-    base = (settings.deepgram_base_url or "https://api.deepgram.com").rstrip("/")
-    return await _probe("deepgram", f"{base}/v1/projects", {"Authorization": f"Token {api_key}"}, settings)
-
-
-async def _validate_elevenlabs(api_key: str, settings: Settings) -> bool:
-    base = (settings.elevenlabs_base_url or "https://api.elevenlabs.io").rstrip("/")
-    return await _probe("elevenlabs", f"{base}/v1/user", {"xi-api-key": api_key}, settings)
-
-
-async def _validate_azure(api_key: str, settings: Settings) -> bool:
-    base = (
-        settings.azure_speech_base_url or f"https://{settings.azure_speech_region}.tts.speech.microsoft.com"
-    ).rstrip("/")
-    return await _probe(
-        "azure", f"{base}/cognitiveservices/voices/list", {"Ocp-Apim-Subscription-Key": api_key}, settings
-    )
-
-
-async def _probe(provider: str, url: str, headers: dict[str, str], settings: Settings) -> bool:
-    import httpx
-
-    from airies.core.vendor_errors import http_provider_error, transport_error
-
-    try:
-        async with httpx.AsyncClient(timeout=settings.voice_provider_timeout_seconds) as client:
-            response = await client.get(url, headers=headers)
-    except httpx.HTTPError as exc:
-        raise transport_error(provider, exc) from exc
-    if response.status_code in (401, 403):
-        return False
-    if response.status_code >= 400:
-        raise http_provider_error(provider, response.status_code, response.text, dict(response.headers))
-    return True
-
-
-def voice_provider_status(settings: Settings) -> list[dict[str, Any]]:
-    rows = []
-    for provider, kind in (("deepgram", "stt"), ("whisper", "stt"), ("elevenlabs", "tts"), ("azure", "tts")):
-        configured = bool(platform_key(settings, provider))
-        rows.append(
-            {
-                "provider": provider,
-                "kind": kind,
-                "configured": configured,
-                "status": "configured" if configured else "not_configured",
-            }
-        )
-    for provider, kind, available, missing in (
-        (OFFLINE_STT, "stt", offline_stt_available(), "the pocketsphinx package is not installed"),
-        (OFFLINE_TTS, "tts", offline_tts_available(settings), f"'{settings.espeak_binary}' is not on PATH"),
-    ):
-        row: dict[str, Any] = {
-            "provider": provider,
-            "kind": kind,
-            "configured": available,
-            "status": "offline" if available else "not_installed",
-        }
-        if not available:
-            row["reason"] = missing
-        rows.append(row)
-    return rows
-
-
-def offline_stt_available() -> bool:
-    """PocketSphinx is importable (checked without importing it: it loads a 40 MB model on first use)."""
-    import importlib.util
-
-    return importlib.util.find_spec("pocketsphinx") is not None
-
-
-def offline_tts_available(settings: Settings) -> bool:
-    """The eSpeak NG binary is on PATH (or the configured path exists and is executable)."""
-    import shutil
-
-    return shutil.which(settings.espeak_binary) is not None
-
-
-def _register() -> None:
-    try:
-        from airies.accounts import provider_keys
-    except ImportError:  # the LLM capability's key registry is not installed
-        return
-    provider_keys.register_key_validator("deepgram", _validate_deepgram, kind="stt")
-    provider_keys.register_key_validator("elevenlabs", _validate_elevenlabs, kind="tts")
-    provider_keys.register_key_validator("azure", _validate_azure, kind="speech")
-    provider_keys.register_provider_status("voice", voice_provider_status)
-
-
-_register()

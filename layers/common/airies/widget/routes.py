@@ -17,11 +17,11 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from airies.accounts.auth import Caller, current_caller
-from airies.api.errors import error_body
 from airies.conversations import protocol as wp
 from airies.conversations.routes import service as conversation_service
 from airies.conversations.schemas import ConversationCreate
-from airies.core.errors import AiriesError, RateLimitedError
+from airies.core.errors import AiriesError, RateLimitedError, error_body
+from airies.core.schemas import request_body
 from airies.widget.schemas import (
     PublishableKeyCreate,
     PublishableKeyOut,
@@ -36,16 +36,19 @@ PREFLIGHT_MAX_AGE = "600"
 
 @router.post("/publishable-keys", status_code=201)
 def create_publishable_key(body: PublishableKeyCreate, caller: Caller = Depends(current_caller)) -> PublishableKeyOut:
+    """Create a publishable key for the web widget, bound to one agent and to allowed origins."""
     return key_out(PublishableKeyService(caller.session).create(caller.account_id, body))
 
 
 @router.get("/publishable-keys")
 def list_publishable_keys(caller: Caller = Depends(current_caller)) -> dict[str, list[PublishableKeyOut]]:
+    """The account's publishable keys."""
     return {"data": [key_out(key) for key in PublishableKeyService(caller.session).list(caller.account_id)]}
 
 
 @router.delete("/publishable-keys/{key_id}", status_code=204)
 def revoke_publishable_key(key_id: str, caller: Caller = Depends(current_caller)) -> Response:
+    """Revoke a publishable key: the widget stops starting conversations with it."""
     PublishableKeyService(caller.session).revoke(caller.account_id, key_id)
     return Response(status_code=204)
 
@@ -80,8 +83,17 @@ def widget_preflight(publishable_key: str, request: Request) -> Response:
     return Response(status_code=204, headers=headers)
 
 
-@router.post("/widget/{publishable_key}/conversations", status_code=201, response_model=WidgetConversationStarted)
+@router.post(
+    "/widget/{publishable_key}/conversations",
+    status_code=201,
+    response_model=WidgetConversationStarted,
+    openapi_extra=request_body(
+        {"application/json": WidgetConversationCreate.model_json_schema()}, "the agent to talk to", required=False
+    ),
+)
 async def widget_start_conversation(publishable_key: str, request: Request) -> Any:
+    """The web widget starts a conversation with the publishable key's agent (no API key: the publishable key is in
+    the path)."""
     origin = request.headers.get("origin")
     try:
         await run_in_threadpool(_check_origin, request, publishable_key, origin)

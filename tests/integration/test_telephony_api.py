@@ -14,8 +14,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 from sqlalchemy import func, select
 
-from airies.billing.ledger import UsageService
 from airies.billing.schemas import UsageEvent
+from airies.billing.usage import UsageService
 from airies.conversations.models import Conversation
 from airies.conversations.service import ConversationTokens, token_secret
 from airies.core.config import Settings

@@ -12,9 +12,11 @@ from sqlalchemy import func
 
 import airies.billing.pricing as pricing_module
 from airies.accounts.models import Account
+from airies.billing.metering import DirectUsagePublisher, SqsUsagePublisher
 from airies.billing.pricing import Pricing
 from airies.billing.schemas import MICROS_PER_CREDIT, UsageEvent
-from airies.billing.usage import UsageService
+from airies.billing.usage import UsageService, build_usage_publisher
+from airies.core.config import Settings
 from airies.core.errors import PaymentRequiredError
 from airies.core.ids import new_id
 
@@ -135,6 +137,26 @@ def test_limits_minutes_and_concurrency(database):
     svc.track_usage([late.model_copy(update={"occurred_at": datetime(2026, 10, 31, tzinfo=UTC)})])
     with database.session() as s:
         assert svc.minutes_used(s, acc, NOW) == svc.minutes_used_from_events(acc, NOW) == 60_000_000
+
+
+def test_knowledge_base_size_is_limited_by_the_tier(database):
+    free, pro = make_account(database), make_account(database, plan="pro")
+    svc = service(database)
+    svc.check_kb_size(free, total_bytes=10 * 1024 * 1024)  # exactly the free tier's 10 MB
+    with pytest.raises(PaymentRequiredError) as refused:
+        svc.check_kb_size(free, total_bytes=10 * 1024 * 1024 + 1)
+    assert refused.value.code == "kb_size_limit" and refused.value.details["limit_mb"] == 10
+    svc.check_kb_size(pro, total_bytes=10 * 1024 * 1024 + 1)
+
+
+def test_usage_is_published_through_sqs_when_a_queue_is_configured_else_tracked_directly(database):
+    acc = make_account(database)
+    settings = Settings(usage_queue_url="https://sqs.us-east-1.amazonaws.com/1/usage")
+    assert isinstance(build_usage_publisher(settings, database), SqsUsagePublisher)
+    direct = build_usage_publisher(settings.model_copy(update={"usage_queue_url": None}), database)
+    assert isinstance(direct, DirectUsagePublisher)
+    direct.publish([event(acc, "direct")])
+    assert service(database).list_usage_events(acc)[0][0].idempotency_key == "direct"
 
 
 def test_tenancy_summary_only_own_events(database):

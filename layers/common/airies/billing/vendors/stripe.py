@@ -3,14 +3,15 @@
 ``api_base`` points the SDK at a local emulator (localstripe, the wire-level test double); on AWS it is
 unset and the SDK talks to api.stripe.com. Every creating call sends an ``Idempotency-Key``.
 
-Account keys (``PUT /api/v1/provider-keys/stripe``): ``register()`` plugs ``validate_key`` (one balance retrieval)
-and the ``GET /api/v1/providers`` row into ``airies.accounts.provider_keys``.
+Account keys (``PUT /api/v1/provider-keys/stripe``): ``validate_key`` (one balance retrieval) and
+``provider_status`` (the ``GET /api/v1/providers`` row), which the API edge adds to ``airies.accounts.provider_keys``
+(``airies.api.provider_keys``).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from airies.billing.vendors.base import (
     InvoiceInfo,
@@ -21,11 +22,9 @@ from airies.billing.vendors.base import (
     WebhookSignatureError,
 )
 from airies.billing.vendors.stripe_events import parse_stripe_event
+from airies.core.config import Settings
 from airies.core.errors import NotAvailableError, ProviderError
 from airies.core.secrets import get_platform_secret
-
-if TYPE_CHECKING:
-    from airies.core.config import Settings
 
 _RETRYABLE = ("APIConnectionError", "RateLimitError", "APIError", "IdempotencyError")
 
@@ -360,10 +359,3 @@ def provider_status(settings: Settings) -> list[dict[str, Any]]:
             "status": "configured" if configured else "not_configured",
         }
     ]
-
-
-def register() -> None:
-    from airies.accounts import provider_keys
-
-    provider_keys.register_key_validator("stripe", validate_key, kind="payments")
-    provider_keys.register_provider_status("payments", provider_status)

@@ -5,10 +5,10 @@ query filters on account and knowledge base as well as using the knowledge base'
 namespace mix-up cannot leak another account's chunks. Upserts are batched under Pinecone's limits
 (1,000 vectors and 2 MB per request).
 
-Account keys (``PUT /api/v1/provider-keys/pinecone``): ``register()`` plugs ``validate_key`` (one ``list_indexes``
-on the control plane, ``api.pinecone.io`` or the SDK's ``PINECONE_CONTROLLER_HOST``) and the ``GET
-/api/v1/providers`` row into ``airies.accounts.provider_keys``. This module is imported on the API path for that, so
-numpy and the SDK are imported only where vectors are actually handled.
+Account keys (``PUT /api/v1/provider-keys/pinecone``): ``validate_key`` (one ``list_indexes`` on the control plane,
+``api.pinecone.io`` or the SDK's ``PINECONE_CONTROLLER_HOST``) and ``provider_status`` (the ``GET /api/v1/providers``
+row), which the API edge adds to ``airies.accounts.provider_keys`` (``airies.api.provider_keys``). The SDK is
+imported only where Pinecone is actually called.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from airies.core.config import Settings
 from airies.core.errors import ProviderError, ValidationFailedError
 from airies.knowledge.vector_stores.base import StoreStats, VectorMatch, VectorRecord
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from airies.core.config import Settings
 
 log = logging.getLogger(__name__)
 MAX_VECTORS_PER_UPSERT = 100  # Pinecone's recommended batch
@@ -227,10 +226,3 @@ def provider_status(settings: Settings) -> list[dict[str, Any]]:
             "in_use": settings.kb_vector_store == "pinecone",
         }
     ]
-
-
-def register() -> None:
-    from airies.accounts import provider_keys
-
-    provider_keys.register_key_validator("pinecone", validate_key, kind="vectors")
-    provider_keys.register_provider_status("vectors", provider_status)

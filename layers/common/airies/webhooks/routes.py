@@ -66,6 +66,7 @@ def put_default_endpoint(
     caller: Caller = Depends(current_caller),
     service: WebhookService = Depends(webhook_service),
 ) -> EndpointOut:
+    """Set the account's default server URL and events (201 with the signing secret, shown once, when created)."""
     return _put(service, caller, None, body, response)
 
 
@@ -73,6 +74,7 @@ def put_default_endpoint(
 def get_default_endpoint(
     caller: Caller = Depends(current_caller), service: WebhookService = Depends(webhook_service)
 ) -> EndpointOut:
+    """The account's default webhook endpoint (its secret is never shown again)."""
     return service.get_endpoint(caller.account_id, None)
 
 
@@ -80,6 +82,7 @@ def get_default_endpoint(
 def delete_default_endpoint(
     caller: Caller = Depends(current_caller), service: WebhookService = Depends(webhook_service)
 ) -> Response:
+    """Remove the account's default webhook endpoint."""
     service.delete_endpoint(caller.account_id, None)
     return Response(status_code=204)
 
@@ -88,6 +91,7 @@ def delete_default_endpoint(
 def rotate_default_secret(
     caller: Caller = Depends(current_caller), service: WebhookService = Depends(webhook_service)
 ) -> EndpointOut:
+    """Replace the default endpoint's signing secret; the new one is shown once."""
     return service.rotate_secret(caller.account_id, None)
 
 
@@ -100,6 +104,7 @@ def put_agent_endpoint(
     caller: Caller = Depends(current_caller),
     service: WebhookService = Depends(webhook_service),
 ) -> EndpointOut:
+    """Set the agent's own server URL and events (it wins over the account default)."""
     return _put(service, caller, agent_id, body, response)
 
 
@@ -107,6 +112,7 @@ def put_agent_endpoint(
 def get_agent_endpoint(
     agent_id: AgentId, caller: Caller = Depends(current_caller), service: WebhookService = Depends(webhook_service)
 ) -> EndpointOut:
+    """The agent's own webhook endpoint."""
     return service.get_endpoint(caller.account_id, agent_id)
 
 
@@ -114,6 +120,7 @@ def get_agent_endpoint(
 def delete_agent_endpoint(
     agent_id: AgentId, caller: Caller = Depends(current_caller), service: WebhookService = Depends(webhook_service)
 ) -> Response:
+    """Remove the agent's own webhook endpoint (the account default applies again)."""
     service.delete_endpoint(caller.account_id, agent_id)
     return Response(status_code=204)
 
@@ -122,6 +129,7 @@ def delete_agent_endpoint(
 def rotate_agent_secret(
     agent_id: AgentId, caller: Caller = Depends(current_caller), service: WebhookService = Depends(webhook_service)
 ) -> EndpointOut:
+    """Replace the agent endpoint's signing secret; the new one is shown once."""
     return service.rotate_secret(caller.account_id, agent_id)
 
 
@@ -136,6 +144,7 @@ def list_deliveries(
     event_type: EventType | None = None,
     agent_id: str | None = Query(None, max_length=40),
 ) -> Page[DeliveryOut]:
+    """Events sent to your endpoints, newest first, with status, attempts, last response code and latency."""
     rows, next_cursor = service.list_deliveries(
         caller.account_id, limit=limit, cursor=cursor, status=status, event_type=event_type, agent_id=agent_id
     )
@@ -146,6 +155,7 @@ def list_deliveries(
 def get_delivery(
     event_id: EventId, caller: Caller = Depends(current_caller), service: WebhookService = Depends(webhook_service)
 ) -> DeliveryDetail:
+    """One event's delivery record."""
     return delivery_detail(service.get_delivery(caller.account_id, event_id))
 
 
@@ -153,6 +163,7 @@ def get_delivery(
 def redeliver(
     event_id: EventId, caller: Caller = Depends(current_caller), service: WebhookService = Depends(webhook_service)
 ) -> DeliveryOut:
+    """Send one event again (same event id, so receivers can deduplicate)."""
     return delivery_out(service.redeliver(caller.account_id, event_id))
 
 
@@ -162,4 +173,5 @@ def send_test_event(
     caller: Caller = Depends(current_caller),
     service: WebhookService = Depends(webhook_service),
 ) -> DeliveryOut:
+    """Send a signed test event to the endpoint that applies."""
     return delivery_out(service.send_test(caller.account_id, body.agent_id if body else None))

@@ -30,6 +30,8 @@ PUBLIC_OPERATIONS = frozenset(
         ("post", "/accounts"),
         ("post", "/billing/webhooks/stripe"),
         ("post", "/widget/{publishable_key}/conversations"),
+        ("post", "/telephony/twilio/voice"),
+        ("post", "/telephony/twilio/status"),
     }
 )
 ERRORS: dict[str, str] = {

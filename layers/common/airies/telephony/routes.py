@@ -19,6 +19,7 @@ from airies.accounts.auth import Caller, current_caller
 from airies.accounts.models import Account
 from airies.conversations.routes import service as conversation_service
 from airies.core.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from airies.core.schemas import request_body
 from airies.telephony import signatures, twiml
 from airies.telephony.schemas import CallCreate, PhoneNumberCreate, PhoneNumberOut, PhoneNumberUpdate
 from airies.telephony.service import Form, TelephonyService, call_out, number_out
@@ -28,6 +29,11 @@ router = APIRouter(tags=["telephony"])
 MAX_WEBHOOK_BYTES = 16_384
 FORM_TYPE = "application/x-www-form-urlencoded"
 TWIML_TYPE = "application/xml"
+# The carrier's form, read by the route itself (to check its signature over every field).
+TWILIO_FORM = request_body(
+    {FORM_TYPE: {"type": "object", "additionalProperties": {"type": "string"}}},
+    "Twilio's form-encoded webhook fields (CallSid, From, To, CallStatus, ...), signed in X-Twilio-Signature",
+)
 
 
 def telephony(request: Request, session: Session) -> TelephonyService:
@@ -42,17 +48,20 @@ def telephony(request: Request, session: Session) -> TelephonyService:
 def import_phone_number(
     body: PhoneNumberCreate, request: Request, caller: Caller = Depends(current_caller)
 ) -> PhoneNumberOut:
+    """Import a number the business owns at Twilio (or from the platform account) and point its webhooks at Airies."""
     return number_out(telephony(request, caller.session).import_number(caller.account_id, body))
 
 
 @router.get("/phone-numbers")
 def list_phone_numbers(request: Request, caller: Caller = Depends(current_caller)) -> dict[str, list[PhoneNumberOut]]:
+    """The account's phone numbers."""
     numbers = telephony(request, caller.session).list_numbers(caller.account_id)
     return {"data": [number_out(number) for number in numbers]}
 
 
 @router.get("/phone-numbers/{number_id}")
 def get_phone_number(number_id: str, request: Request, caller: Caller = Depends(current_caller)) -> PhoneNumberOut:
+    """One phone number with its agent."""
     return number_out(telephony(request, caller.session).get_number(caller.account_id, number_id))
 
 
@@ -60,12 +69,14 @@ def get_phone_number(number_id: str, request: Request, caller: Caller = Depends(
 def update_phone_number(
     number_id: str, body: PhoneNumberUpdate, request: Request, caller: Caller = Depends(current_caller)
 ) -> PhoneNumberOut:
+    """Reassign a number to another agent or change its label; its Twilio webhooks are set again."""
     svc = telephony(request, caller.session)
     return number_out(svc.update_number(caller.account_id, number_id, body))
 
 
 @router.delete("/phone-numbers/{number_id}", status_code=204)
 def delete_phone_number(number_id: str, request: Request, caller: Caller = Depends(current_caller)) -> Response:
+    """Remove a number; its webhooks at Twilio are cleared."""
     telephony(request, caller.session).delete_number(caller.account_id, number_id)
     return Response(status_code=204)
 
@@ -73,6 +84,7 @@ def delete_phone_number(number_id: str, request: Request, caller: Caller = Depen
 # -- outbound calls (secret key) --------------------------------------------------------------------------------------
 @router.post("/calls", status_code=201)
 def create_call(body: CallCreate, request: Request, caller: Caller = Depends(current_caller)) -> dict[str, Any]:
+    """Place an outbound call from one of the account's numbers to the agent's caller (limits checked first)."""
     svc = telephony(request, caller.session)
     call = svc.place_call(caller.account_id, body, conversation_service(request, caller))
     return call_out(call).wire()
@@ -80,6 +92,7 @@ def create_call(body: CallCreate, request: Request, caller: Caller = Depends(cur
 
 @router.get("/calls/{call_id}")
 def get_call(call_id: str, request: Request, caller: Caller = Depends(current_caller)) -> dict[str, Any]:
+    """One phone call with its status and conversation."""
     return call_out(telephony(request, caller.session).get_call(caller.account_id, call_id)).wire()
 
 
@@ -112,8 +125,9 @@ def _signed(request: Request, svc: TelephonyService) -> tuple[str, str | None]:
     return url, request.headers.get(signatures.SIGNATURE_HEADER)
 
 
-@router.post(signatures.VOICE_PATH, response_class=Response)
+@router.post(signatures.VOICE_PATH, response_class=Response, openapi_extra=TWILIO_FORM)
 async def twilio_voice(request: Request) -> Response:
+    """Twilio's voice webhook (public, signed): answers TwiML connecting the caller to the number's agent."""
     form = await read_form(request)
     answer = await run_in_threadpool(_answer_voice, request, form)
     return Response(answer, media_type=TWIML_TYPE)
@@ -135,8 +149,9 @@ def _answer_voice(request: Request, form: Form) -> str:
         return svc.answer_inbound(number, form, conversation_service(request, caller))
 
 
-@router.post(signatures.STATUS_PATH, status_code=204, response_class=Response)
+@router.post(signatures.STATUS_PATH, status_code=204, response_class=Response, openapi_extra=TWILIO_FORM)
 async def twilio_status(request: Request) -> Response:
+    """Twilio's call status callback (public, signed): keeps the conversation's status in step."""
     form = await read_form(request)
     await run_in_threadpool(_apply_status, request, form)
     return Response(status_code=204)

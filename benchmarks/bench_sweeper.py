@@ -4,9 +4,10 @@ Each size (live sessions, stale items) gets a fresh moto table built from templa
 (``airies.local.template``, as the local stack builds it, sparse ``live-sessions`` index included) and a fresh
 SQLite database. Seeded:
 
-* ``live`` live sessions opened through ``SessionStore.open_session`` (the code the ``$connect`` route runs), each
-  with its active conversation row; half of them due (``sweep_at`` in the past), half not (a deadline ahead).
-  A due session had recent activity, so the sweeper only looks at it and writes its next deadline back.
+* ``live`` live sessions, each with its active conversation row: the first opened by ``SessionStore.open_session``
+  (the code the ``$connect`` route runs), the others copies of its session and connection items with their own
+  keys, index shard and deadline; half of them due (``sweep_at`` in the past), half not (a deadline ahead). A due
+  session had recent activity, so the sweeper only looks at it and writes its next deadline back.
 * ``stale`` items the sweeper must never read: ended sessions (no ``live_shard``/``sweep_at``) and old caller
   audio chunks (``chunk_bytes`` each, 8,000 = 250 ms of 16 kHz PCM16), nine chunks per ended session.
 

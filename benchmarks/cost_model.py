@@ -6,11 +6,17 @@ from a stated assumption (``Assumptions``; us-east-1 list prices, November 2026)
 
 * Lambda time of real vendors: a turn keeps its invocation open while STT, the LLM and TTS answer, 3-5 s with real
   vendors (``turn_lambda_seconds``) instead of the doubles' fraction of a second.
-* The sweeper, both ways: the current code Scans the whole table every minute, so each 8 KB audio chunk is read
-  about once per minute of its 2-hour TTL; the template's sparse ``live-sessions`` index lets it Query only due
-  sessions (16 shard queries a minute, shared by all live calls, plus one read per due session).
-* Deleting used chunks: a DeleteItem costs write units by item size (8 per 8 KB chunk), as much as the put; with
-  no scan reading them, a short TTL removes them for free. Both are priced, the cheaper one is in the total.
+* The sweeper as the code runs it: each minute it Queries the 16 shards of the sparse ``live-sessions`` index
+  (shared by all live calls); a live call is due about once a minute (its silence deadline passes between two
+  runs), so its session is read (one consistent read per 4 KB) and its next deadline written back (the session
+  item's write units, plus two index writes: ``sweep_at`` is the index's sort key). Stale items (chunks, ended
+  sessions) are never read: ``bench_sweeper`` shows its reads flat with table size. For comparison the total is
+  also printed with the sweeper that Scanned the whole table every minute, reading each 8 KB chunk about once
+  per minute of its former 2-hour TTL.
+* Chunks as configured: a turn's used chunks are deleted when ``AIRIES_WS_DELETE_USED_CHUNKS`` is set
+  (``Assumptions.delete_used_chunks``, off by default as in the settings): a DeleteItem costs write units by
+  item size (8 per 8 KB chunk), as much as the put. Otherwise their short TTL removes them for free and the
+  delete is priced beside the total.
 * NAT gateway: data processed both ways for vendor traffic (caller audio to STT, TTS audio back, LLM tokens) and
   for the agent audio posted to the WebSocket management API (a public endpoint); the gateway's hourly charge is a
   fixed monthly cost, printed separately and amortised at ``monthly_minutes``.
@@ -25,6 +31,7 @@ unit-tested (tests/unit/test_bench_cost_model.py).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -54,8 +61,11 @@ class Assumptions:
     turn_lambda_seconds: float = 4.0  # 3-5 s of Lambda time per turn with real vendors
     lambda_gb: float = 0.5  # VoiceMessageFunction MemorySize
     chunk_kb: float = 8.0  # a 250 ms caller audio chunk, base64 in DynamoDB
-    scan_minutes_per_chunk: float = 120.0  # the current sweeper reads a chunk every minute of its 2-hour TTL
+    scan_minutes_per_chunk: float = 120.0  # a scanning sweeper read a chunk every minute of its former 2-hour TTL
     sweeper_shards: int = 16  # live-sessions index partitions queried each minute
+    sweeps_per_call_minute: float = 1.0  # a live call is due about once a run (silence deadline 30 s, runs 60 s)
+    session_item_kb: float = 2.0  # a live session item (state, counters, the agent config as JSON)
+    delete_used_chunks: bool = False  # AIRIES_WS_DELETE_USED_CHUNKS
     concurrent_calls: int = 100  # calls sharing one sweeper run (fixed costs per minute are split across them)
     sweeper_seconds: float = 0.3  # one sweeper run of 100 due-or-not sessions, 512 MB
     caller_audio_kb_per_min: float = 960.0  # 16 kHz PCM16 while speaking (half the minute) to the STT vendor
@@ -88,8 +98,9 @@ class Measured:
 
 
 def breakdown(m: Measured, a: Assumptions = Assumptions(), p: Prices = Prices()) -> dict[str, Any]:
-    """USD per conversation minute, line by line; ``total`` is what the template's design costs (index sweeper,
-    chunks left to a short TTL), ``total_with_current_sweeper`` what the code costs while the sweeper scans."""
+    """USD per conversation minute, line by line; ``total`` is what the code costs (the sweeper queries the
+    index; used chunks deleted or left to their short TTL as ``delete_used_chunks`` says),
+    ``total_with_scanning_sweeper`` what it cost while the sweeper scanned the table."""
     per_min = 1.0 / m.minutes
     turns_per_min = m.turns * per_min
     chunks_per_min = m.stored_chunks * per_min
@@ -108,11 +119,17 @@ def breakdown(m: Measured, a: Assumptions = Assumptions(), p: Prices = Prices())
     ) * per_min
     lines["sqs (usage events)"] = m.sqs_requests * p.sqs_request * per_min
 
-    # The sweeper with the live-sessions index: shard queries shared by the live calls, one read per due session.
+    # The sweeper: shard queries (eventually consistent, 0.5 unit each) shared by the live calls; per due call a
+    # consistent read of its session and the write of its next deadline (item + old and new index entries).
     shared_queries = a.sweeper_shards * 0.5 * p.ddb_read_unit / a.concurrent_calls
-    due_reads = 1.0 * p.ddb_read_unit  # each live call is due about once a minute (silence or duration check)
+    due_reads = a.sweeps_per_call_minute * math.ceil(a.session_item_kb / 4) * p.ddb_read_unit
+    reschedule = a.sweeps_per_call_minute * (math.ceil(a.session_item_kb) + 2) * p.ddb_write_unit
     sweeper_lambda = (p.lambda_request + a.sweeper_seconds * 0.5 * p.lambda_gb_s) / a.concurrent_calls
-    lines["sweeper (index query, per call)"] = shared_queries + due_reads + sweeper_lambda
+    lines["sweeper (index query, per call)"] = shared_queries + due_reads + reschedule + sweeper_lambda
+
+    explicit_delete = chunks_per_min * a.chunk_kb * p.ddb_write_unit
+    if a.delete_used_chunks:
+        lines["dynamodb (delete used chunks: AIRIES_WS_DELETE_USED_CHUNKS)"] = explicit_delete
 
     lines["nat gateway data (vendors both ways + agent audio to the management API)"] = (
         (
@@ -134,9 +151,11 @@ def breakdown(m: Measured, a: Assumptions = Assumptions(), p: Prices = Prices())
     lines["snapstart restores"] = a.restores_per_minute * a.lambda_gb * p.snapstart_restore_gb
 
     total = sum(lines.values())
-    # What the current code adds: the sweeper's full-table scan reads every chunk once a minute for its TTL.
+    # The comparison: a sweeper that Scanned the table read every chunk once a minute for its (2-hour) TTL.
     scan = chunks_per_min * a.scan_minutes_per_chunk * (a.chunk_kb / 4) * 0.5 * p.ddb_read_unit
-    explicit_delete = chunks_per_min * a.chunk_kb * p.ddb_write_unit
+    not_in_total = {"a sweeper scanning the table (before the index; chunks kept 2 hours)": round(scan, 8)}
+    if not a.delete_used_chunks:
+        not_in_total["explicit delete of used chunks (a short TTL does it free)"] = round(explicit_delete, 8)
     fixed_monthly = {
         "nat gateways (hours)": a.nat_gateways * p.nat_hour * 24 * 30,
         "snapstart cache (API 1 GB + voice 0.5 GB, one version each)": 1.5 * 30 * 24 * 3600 * p.snapstart_cache_gb_s,
@@ -145,11 +164,8 @@ def breakdown(m: Measured, a: Assumptions = Assumptions(), p: Prices = Prices())
     return {
         "usd_per_minute": {k: round(v, 8) for k, v in lines.items()},
         "total": round(total, 8),
-        "total_with_current_sweeper": round(total + scan, 8),
-        "not_in_total": {
-            "current sweeper scan of chunks (until it queries the index)": round(scan, 8),
-            "explicit delete of used chunks (a short TTL does it free)": round(explicit_delete, 8),
-        },
+        "total_with_scanning_sweeper": round(total + scan, 8),
+        "not_in_total": not_in_total,
         "fixed_monthly_usd": {k: round(v, 2) for k, v in fixed_monthly.items()},
         "fixed_per_minute_at_monthly_minutes": round(fixed_per_minute, 8),
         "total_with_fixed": round(total + fixed_per_minute, 8),
@@ -161,10 +177,13 @@ def print_breakdown(result: dict[str, Any], target: float) -> None:
     print("  AWS cost per conversation minute (USD), with what the doubles cannot show:")
     for name, value in result["usd_per_minute"].items():
         print(f"    {name:<82} {value:.6f}")
-    print(f"    {'total (template design: index sweeper, chunks expire by TTL)':<82} {result['total']:.6f}")
+    chunks = "deleted once used" if result["assumptions"]["delete_used_chunks"] else "expire by TTL"
+    print(f"    {f'total (index sweeper, chunks {chunks})':<82} {result['total']:.6f}")
     for name, value in result["not_in_total"].items():
         print(f"    + {name:<80} {value:.6f}")
-    print(f"    {'total with the current scanning sweeper':<82} {result['total_with_current_sweeper']:.6f}")
+    print(
+        f"    {'total with a sweeper scanning the table (for comparison)':<82} {result['total_with_scanning_sweeper']:.6f}"
+    )
     fixed = ", ".join(f"{k} ${v}" for k, v in result["fixed_monthly_usd"].items())
     minutes = result["assumptions"]["monthly_minutes"]
     print(

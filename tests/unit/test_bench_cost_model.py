@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from airies.core.config import Settings
 from benchmarks.cost_model import Assumptions, Measured, Prices, breakdown
 
 # Ten simulated minutes shaped like the conversation benchmark's (4 audio frames a second, ~5 turns a minute).
@@ -35,12 +36,12 @@ def test_real_vendor_latency_replaces_the_doubles_turn_time() -> None:
 
 def test_the_scanning_sweeper_grows_with_chunks_and_is_kept_out_of_the_design_total() -> None:
     result = breakdown(BASE)
-    scan = result["not_in_total"]["current sweeper scan of chunks (until it queries the index)"]
+    scan = result["not_in_total"]["a sweeper scanning the table (before the index; chunks kept 2 hours)"]
     doubled = breakdown(replace(BASE, stored_chunks=2 * BASE.stored_chunks))
-    assert doubled["not_in_total"]["current sweeper scan of chunks (until it queries the index)"] == pytest.approx(
-        2 * scan, rel=1e-6
-    )
-    assert result["total_with_current_sweeper"] == pytest.approx(result["total"] + scan, abs=1e-8)
+    assert doubled["not_in_total"][
+        "a sweeper scanning the table (before the index; chunks kept 2 hours)"
+    ] == pytest.approx(2 * scan, rel=1e-6)
+    assert result["total_with_scanning_sweeper"] == pytest.approx(result["total"] + scan, abs=1e-8)
     # 112 chunks a minute, each 8 KB read 120 times by eventually consistent scans: ~$0.0014 a minute.
     assert 0.001 < scan < 0.002
     # The index sweeper does not depend on chunks at all.
@@ -83,3 +84,29 @@ def test_every_line_is_in_the_total() -> None:
         "snapstart",
     ):
         assert part in names
+
+
+def test_the_index_sweeper_line_reads_and_reschedules_each_due_call() -> None:
+    """16 shared shard queries, then per due call: its 2 KB session read once (consistent) and written back (2 write
+    units) with its old and new index entries (1 each)."""
+    a, p = Assumptions(), Prices()
+    line = breakdown(BASE)["usd_per_minute"]["sweeper (index query, per call)"]
+    expected = (
+        16 * 0.5 * p.ddb_read_unit / 100
+        + 1 * p.ddb_read_unit
+        + (2 + 2) * p.ddb_write_unit
+        + (p.lambda_request + a.sweeper_seconds * 0.5 * p.lambda_gb_s) / 100
+    )
+    assert line == pytest.approx(expected, abs=1e-8)  # lines are rounded to 8 decimals
+    twice = breakdown(BASE, replace(a, sweeps_per_call_minute=2.0))["usd_per_minute"]["sweeper (index query, per call)"]
+    assert twice - line == pytest.approx(p.ddb_read_unit + 4 * p.ddb_write_unit, abs=2e-8)
+
+
+def test_used_chunks_are_deleted_in_the_total_only_when_configured() -> None:
+    assert Assumptions().delete_used_chunks is Settings.model_fields["ws_delete_used_chunks"].default
+    kept = breakdown(BASE)
+    deleted = breakdown(BASE, replace(Assumptions(), delete_used_chunks=True))
+    delete = kept["not_in_total"]["explicit delete of used chunks (a short TTL does it free)"]
+    assert deleted["usd_per_minute"]["dynamodb (delete used chunks: AIRIES_WS_DELETE_USED_CHUNKS)"] == delete
+    assert "explicit delete of used chunks (a short TTL does it free)" not in deleted["not_in_total"]
+    assert deleted["total"] == pytest.approx(kept["total"] + delete, abs=1e-7)

@@ -43,6 +43,7 @@ help:
 	@echo "make web     build the web app (web/ -> layers/common/airies/webapp/dist) when its sources changed"
 	@echo "make test    install, lint, then every test (SQLite, PostgreSQL, PostgreSQL 16 + pgvector) with coverage per capability"
 	@echo "make bench   benchmarks (cold init per function, warm API latency) -> benchmarks/results/"
+	@echo "make bench-pipecat   Airies against Pipecat side by side (TURNS, ROUNDS, MAX_LOAD; docs/benchmarks.md)"
 	@echo "make lint    ruff + import-linter (layers, no cycles) + mypy + cfn-lint + checkov"
 	@echo "make format  ruff format + ruff check --fix"
 	@echo "make build   sam validate + sam build (arm64 layers); each function's unzipped size against the 250 MB limit"
@@ -172,7 +173,7 @@ clean:
 		-type d -name __pycache__ -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV) $(TOOLS_VENV) $(SAM_VENV) $(CHECKOV_VENV)
+	rm -rf $(VENV) $(TOOLS_VENV) $(SAM_VENV) $(CHECKOV_VENV) $(PIPECAT_VENV)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Capability targets (add yours below, one small section each)
@@ -218,3 +219,19 @@ chromium:
 		echo "Chromium (browser tests) is missing: installing it with apt-get"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+# Benchmark: Airies against Pipecat, same injected latencies, interleaved in one run (docs/benchmarks.md). Pipecat is
+# not a project dependency: it lives in its own virtual environment. Knobs: TURNS, ROUNDS, MAX_LOAD, BENCH_PIPECAT_ARGS.
+PIPECAT_VENV ?= .venv-pipecat
+PIPECAT_VERSION := 1.14.0
+PIPECAT_STAMP := $(PIPECAT_VENV)/.pipecat-$(PIPECAT_VERSION)
+.PHONY: bench-pipecat
+
+$(PIPECAT_STAMP):
+	$(PYTHON) -m venv $(PIPECAT_VENV)
+	$(PIPECAT_VENV)/bin/pip install $(PIP_QUIET) 'pipecat-ai[openai]==$(PIPECAT_VERSION)'
+	@touch $@
+
+bench-pipecat: install espeak $(PIPECAT_STAMP)
+	$(PY) -m benchmarks.vs_pipecat --pipecat-python $(PIPECAT_VENV)/bin/python --turns $(or $(TURNS),16) \
+		--rounds $(or $(ROUNDS),4) --max-load $(or $(MAX_LOAD),1.0) $(BENCH_PIPECAT_ARGS)

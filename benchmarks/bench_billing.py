@@ -175,7 +175,7 @@ def _per_account(database: Any, sample: int = 200) -> dict[str, float]:
 
 def _deductions(database: Any, accounts: list[str]) -> dict[str, Any]:
     """THREADS threads deduct 1 micro-credit each time for DEDUCT_SECONDS; thread t uses accounts[t % len]."""
-    from airies.billing.ledger import UsageService
+    from airies.billing.usage import UsageService
 
     service = UsageService(database)
     counts = [0] * THREADS
@@ -213,7 +213,7 @@ def _deductions(database: Any, accounts: list[str]) -> dict[str, Any]:
 def run(args: Any = None) -> dict[str, Any]:
     from sqlalchemy import text
 
-    from airies.billing.ledger import UsageService
+    from airies.billing.usage import UsageService
     from airies.core.database import Database
     from airies.migrations.runner import upgrade_head
 

@@ -13,7 +13,7 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel
 
-from airies.billing.ledger import build_usage_service
+from airies.billing.usage import build_usage_service
 from airies.core.config import get_settings
 from airies.core.database import get_database
 from airies.core.events import parse_event

@@ -14,8 +14,8 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 from pydantic import Json
 
-from airies.billing.ledger import build_usage_service
 from airies.billing.schemas import UsageEvent
+from airies.billing.usage import build_usage_service
 from airies.core.config import get_settings
 from airies.core.database import get_database
 from airies.core.observability import lambda_handler, logger

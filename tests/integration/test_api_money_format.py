@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from airies.billing.ledger import UsageService
 from airies.billing.schemas import UsageEvent
+from airies.billing.usage import UsageService
 from airies.conversations import protocol as wp
 from airies.conversations.live import ended_summary
 from airies.conversations.models import Conversation

@@ -22,7 +22,13 @@ UPLOADS = {
     ("post", "/widget/{publishable_key}/conversations"),
 }
 # Actions that take no body at all.
-NO_BODY = {("post", "/agents/{agent_id}/deploy"), ("post", "/conversations/{conversation_id}/token")}
+NO_BODY = {
+    ("post", "/agents/{agent_id}/deploy"),
+    ("post", "/conversations/{conversation_id}/token"),
+    ("post", "/webhooks/endpoint/rotate-secret"),
+    ("post", "/agents/{agent_id}/webhook/rotate-secret"),
+    ("post", "/webhooks/deliveries/{event_id}/redeliver"),
+}
 ERROR_REF = "#/components/schemas/ErrorResponse"
 
 

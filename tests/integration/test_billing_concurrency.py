@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from airies.accounts.models import Account
-from airies.billing.ledger import UsageService
 from airies.billing.models import CreditLedgerEntry, UsageEventRecord
 from airies.billing.schemas import MICROS_PER_CREDIT, UsageEvent
+from airies.billing.usage import UsageService
 from airies.core.database import Database
 from airies.core.errors import PaymentRequiredError
 from airies.core.ids import new_id

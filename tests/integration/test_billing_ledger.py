@@ -12,9 +12,9 @@ from sqlalchemy import func
 
 import airies.billing.pricing as pricing_module
 from airies.accounts.models import Account
-from airies.billing.ledger import UsageService
 from airies.billing.pricing import Pricing
 from airies.billing.schemas import MICROS_PER_CREDIT, UsageEvent
+from airies.billing.usage import UsageService
 from airies.core.errors import PaymentRequiredError
 from airies.core.ids import new_id
 

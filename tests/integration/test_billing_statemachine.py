@@ -25,9 +25,9 @@ from moto.awslambda_simple.models import LambdaSimpleBackend
 from sqlalchemy import select
 
 from airies.accounts.models import Account
-from airies.billing.ledger import UsageService
 from airies.billing.models import Invoice
 from airies.billing.schemas import UsageEvent
+from airies.billing.usage import UsageService
 from airies.core.ids import new_id
 from airies.local.invoke import (
     LambdaContext,

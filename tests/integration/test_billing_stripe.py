@@ -488,7 +488,7 @@ def charge(pi: str, amount: int, refunded: int, refunds: list[tuple[str, int]] |
 
 
 def ledger_matches_balance(client: TestClient, auth: dict, database) -> None:
-    from airies.billing.ledger import UsageService
+    from airies.billing.usage import UsageService
 
     shown = client.get("/api/v1/billing/balance", headers=auth).json()
     assert UsageService(database).ledger_sum(shown["account_id"]) == shown["balance_micros"]
@@ -523,8 +523,8 @@ def test_partial_then_full_refund_takes_back_exactly_the_refunded_credits_once(s
 
 
 def test_refund_of_spent_credits_never_passes_the_floor_and_is_owed_until_the_next_top_up(stripe_client, database):
-    from airies.billing.ledger import UsageService
     from airies.billing.schemas import MICROS_PER_CREDIT
+    from airies.billing.usage import UsageService
 
     auth = signup(stripe_client)
     account_id = stripe_client.get("/api/v1/billing/balance", headers=auth).json()["account_id"]

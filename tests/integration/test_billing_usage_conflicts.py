@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from airies.billing.ledger import USAGE_CONFLICTS_METRIC, UsageService, usage_body_hash
+from airies.billing.metering import USAGE_CONFLICTS_METRIC, usage_body_hash
 from airies.billing.schemas import UsageEvent
+from airies.billing.usage import UsageService
 from airies.core.metrics import MonitoringService
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -60,7 +61,7 @@ def test_a_key_seen_with_another_body_keeps_the_first_and_records_the_conflict( 
     balance = client.get("/api/v1/billing/balance", headers=auth).json()["balance"]
     capsys.readouterr()
 
-    with caplog.at_level(logging.WARNING, logger="airies.billing.ledger"):
+    with caplog.at_level(logging.WARNING, logger="airies.billing.metering"):
         result = usage.track_usage([other])
     assert (result.accepted, result.duplicates, result.conflicts, result.charged_micros) == (0, 0, 1, 0)
     assert client.get("/api/v1/billing/balance", headers=auth).json()["balance"] == balance  # not charged

@@ -11,9 +11,11 @@ import boto3
 from moto import mock_aws
 from sqlalchemy import func, select
 
-from airies.billing.ledger import SqsUsagePublisher, UsageService
+from airies.billing.invoicing import InvoicingService
+from airies.billing.metering import SqsUsagePublisher
 from airies.billing.models import UsageEventRecord
 from airies.billing.schemas import UsageEvent
+from airies.billing.usage import UsageService
 from airies.local.invoke import LambdaContext, _clear_container_caches, load_handler, patched_environ, resolve_function
 from airies.local.template import function_environment
 from tests.conftest import signup
@@ -141,7 +143,8 @@ def test_usage_routes_summary_events_and_tenancy(client, auth, database):
     total = sum(Decimal(e["amount"]) for e in ledger)
     assert str(total) == client.get("/api/v1/billing/balance", headers=auth).json()["balance"]
 
-    invoice = svc.generate_invoice(other_id, now.strftime("%Y-%m"))
+    with database.session() as s:
+        invoice = InvoicingService(s).prepare_invoice(other_id, now.strftime("%Y-%m"))
     assert client.get(f"/api/v1/billing/invoices/{invoice.id}", headers=auth).status_code == 404
     mine = client.get(f"/api/v1/billing/invoices/{invoice.id}", headers=other)
     assert mine.status_code == 200 and mine.json()["status"] == "no_charge"  # free tier usage is never invoiced

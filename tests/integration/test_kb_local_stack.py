@@ -12,8 +12,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from airies.billing.ledger import SqsUsagePublisher, build_usage_service
+from airies.billing.metering import SqsUsagePublisher
 from airies.billing.schemas import UsageComponent, UsageEvent
+from airies.billing.usage import build_usage_service
 from airies.core.config import get_settings
 from airies.core.database import get_database
 from airies.knowledge.service import build_knowledge_service

@@ -299,6 +299,17 @@ def test_caller_goodbye_ends_without_llm(client, auth, double):
     assert double.chat_requests == []
 
 
+@pytest.mark.parametrize("said", ["that is all_done", "ALL DONE!", "I’m all done, thanks"])
+def test_caller_end_call_phrase_matches_as_on_a_call(client, auth, double, said):
+    """The call's phrase rule (airies.core.text): whole words, case, punctuation and underscores ignored."""
+    agent_id = create_agent(client, auth, end_call_phrases=["all done"])
+    turns = [{"user": said, "expect_end_call": True}, {"user": "all doneness", "expect_end_call": False}]
+    response = client.post(f"/api/v1/agents/{agent_id}/test", json={"turns": turns[:1]}, headers=auth)
+    assert response.json()["turns"][0]["end_call_reason"] == "caller_end_call_phrase"
+    response = client.post(f"/api/v1/agents/{agent_id}/test", json={"turns": turns[1:]}, headers=auth)
+    assert response.json()["turns"][0]["end_call"] is False
+
+
 def test_published_version_is_tested_when_asked(client, auth, double):
     agent_id = create_agent(client, auth)
     assert (

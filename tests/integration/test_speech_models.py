@@ -14,6 +14,7 @@ import pytest
 from moto import mock_aws
 
 from airies.agents.schemas import AgentConfig
+from airies.agents.service import prepare_deployed_agents
 from airies.conversations.service import VoiceSTT
 from airies.conversations.turns import TurnEngines
 from airies.core.storage import StorageService
@@ -23,7 +24,6 @@ from airies.voice.service import (
     domain_phrases,
     expected_phrases_for_agent,
     offline_recogniser,
-    prepare_deployed_agents,
     prepare_speech_model,
 )
 from airies.voice.speech_models import SpeechModelCache, forget_models_in_memory

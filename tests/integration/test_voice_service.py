@@ -1,11 +1,10 @@
 """VoiceService: provider choice, offline engines (a real eSpeak NG -> PocketSphinx round trip), sentence
-splitting, fallback voices and the streaming utterance pipeline."""
+splitting and fallback voices."""
 
 from __future__ import annotations
 
 import asyncio
 
-import numpy as np
 import pytest
 
 from airies.core.config import Settings
@@ -170,29 +169,6 @@ def test_fallback_voice_is_used_when_the_primary_fails_before_audio(tmp_path):
         assert audio and service.last_tts_provider == "espeak"
 
 
-def test_process_audio_stream_yields_speech_start_and_transcribed_utterances(tmp_path):
-    service = build_voice_service(offline(tmp_path))
-    phrases = ["I want to cancel my subscription", "Yes that works for me"]
-    speech_a = run(service.synthesize_all(phrases[0], voice={"provider": "espeak", "voice_id": "en-us"}))
-    speech_b = run(service.synthesize_all(phrases[1], voice={"provider": "espeak", "voice_id": "en-us"}))
-    silence = b"\x00\x00" * 16000
-    audio = silence + speech_a + silence + speech_b + silence
-
-    async def chunks():  # type: ignore[no-untyped-def]
-        for offset in range(0, len(audio), 3200):  # 100 ms chunks, as a WebSocket would deliver them
-            yield audio[offset : offset + 3200]
-
-    async def collect_events():  # type: ignore[no-untyped-def]
-        return [e async for e in service.process_audio_stream(chunks(), 16000, expected_phrases=phrases)]
-
-    events = run(collect_events())
-    assert [e.kind for e in events] == ["speech_start", "utterance", "speech_start", "utterance"]
-    texts = [e.transcript.text for e in events if e.kind == "utterance"]
-    assert "cancel" in texts[0] and "subscription" in texts[0]
-    assert "works" in texts[1]
-    assert events[0].start_seconds == pytest.approx(1.0, abs=0.8)  # eSpeak adds its own lead-in silence
-
-
 def test_expected_phrases_for_agent_collects_domain_text():
     from airies.agents.schemas import AgentConfig
 
@@ -209,11 +185,3 @@ def test_expected_phrases_for_agent_collects_domain_text():
 
 async def _collect(stream) -> list[bytes]:  # type: ignore[no-untyped-def]
     return [chunk async for chunk in stream]
-
-
-def test_enhance_via_service_rejects_truncated_pcm(tmp_path):
-    service = build_voice_service(offline(tmp_path))
-    with pytest.raises(BadRequestError):
-        service.enhance_audio_quality(b"\x00\x00\x00", 16000)
-    loud = (np.ones(1600) * 100).astype(np.int16).tobytes()
-    assert len(service.enhance_audio_quality(loud, 16000)) == len(loud)

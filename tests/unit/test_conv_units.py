@@ -19,6 +19,7 @@ from airies.conversations.turns import (
     SentenceSegmenter,
     SpokenSentence,
     TurnInput,
+    TurnMode,
     TurnRunner,
     chunk_activity,
     contains_phrase,
@@ -190,7 +191,7 @@ def test_turn_sends_provider_requests_before_posts_and_checks_barge_in_after_eac
 
     engines = fake_engines(llm=fake_llm, tts=Tts(chunk_ms=250, ms_per_char=60))
     engines.llm = llm
-    inp = TurnInput(turn_id="turn_1", seq=1, mode="text", account_id="acc", conversation_id="conv", text="hi")
+    inp = TurnInput(turn_id="turn_1", seq=1, mode=TurnMode.TEXT, account_id="acc", conversation_id="conv", text="hi")
     result = asyncio.run(TurnRunner(engines).run(AgentConfig(name="x"), [], inp, Sink()))
     assert result.status == "completed" and result.agent_text == "Hello there. Bye now."
     assert events.index("llm") < events.index("send transcript")
@@ -227,7 +228,7 @@ def test_voice_runtime_drops_stale_connections_after_a_snapstart_restore(monkeyp
     import types
     from pathlib import Path
 
-    from airies.conversations import live as websocket
+    from airies.conversations import live_runtime as websocket
     from airies.core.config import Settings
 
     registered: list[object] = []
@@ -292,7 +293,9 @@ def test_a_turn_that_needs_no_history_still_waits_for_its_read() -> None:
         async def cancelled(self) -> tuple[bool, int | None]:
             return False, None
 
-    inp = TurnInput(turn_id="turn_1", seq=1, mode="text", account_id="acc", conversation_id="c", text="ok goodbye")
+    inp = TurnInput(
+        turn_id="turn_1", seq=1, mode=TurnMode.TEXT, account_id="acc", conversation_id="c", text="ok goodbye"
+    )
     engines = fake_engines(tts=FakeTTS(ms_per_char=1))
 
     async def turn() -> tuple[Any, list[str]]:

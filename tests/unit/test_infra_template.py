@@ -154,7 +154,7 @@ RUNTIME_NEEDS: dict[str, dict[str, set[str]]] = {
     # accounts' own sealed keys}. Every function that builds the conversation or WebSocket service reads the token key.
     "ApiFunction": {
         "secrets": {WS_TOKEN, PROVIDER_KEYS, BILLING_KEYS},
-        "send": {"UsageQueue", "ScrapeQueue"},
+        "send": {"UsageQueue", "ScrapeQueue", "WebhookQueue"},
         "kms": {"decrypt"},
     },
     "VoiceConnectFunction": {"secrets": {WS_TOKEN}, "send": set(), "kms": set()},
@@ -166,6 +166,8 @@ RUNTIME_NEEDS: dict[str, dict[str, set[str]]] = {
     "ScrapeWorkerFunction": {"secrets": {PROVIDER_KEYS}, "send": {"UsageQueue"}, "kms": {"decrypt"}},
     "StripeWebhookFunction": {"secrets": {BILLING_KEYS}, "send": set(), "kms": set()},
     "BillingInvoiceFunction": {"secrets": {BILLING_KEYS}, "send": set(), "kms": set()},
+    # opens endpoints' sealed signing secrets; enqueues its own next attempt and the dead letter
+    "WebhookFunction": {"secrets": set(), "send": {"WebhookQueue", "WebhookDeadLetterQueue"}, "kms": {"decrypt"}},
 }
 
 

@@ -8,6 +8,8 @@ from decimal import Decimal
 import pytest
 
 from airies.core.config import Settings
+from airies.llm import catalog
+from airies.llm.cost import token_cost
 from airies.llm.router import PrefixSuppressor
 from airies.llm.service import build_llm_service, calculate_token_cost
 from airies.llm.vendors.base import LLMRequest, StreamEnd, TextDelta, ToolCallDelta, Usage
@@ -122,6 +124,15 @@ def test_token_cost_is_exact():
     assert calculate_token_cost("openai", "gpt-4o-mini", usage) == Decimal("0.00042")
     assert calculate_token_cost("openai", "gpt-4o", Usage(prompt_tokens=1_000_000)) == Decimal("2.5")
     assert calculate_token_cost("nobody", "nothing", usage) == 0
+
+
+def test_token_cost_clamps_cached_tokens_to_the_prompt():
+    mini = catalog.llm_model("openai", "gpt-4o-mini")
+    # more cached than prompt tokens (an upstream quirk): the whole prompt at the cached price, nothing negative
+    over = Usage(prompt_tokens=1_000, cached_tokens=1_500)
+    assert token_cost(mini, over) == Decimal("0.000075") == token_cost(mini, Usage(1_000, 0, 1_000))
+    assert token_cost(mini, Usage(prompt_tokens=1_000, cached_tokens=-5)) == Decimal("0.00015")
+    assert token_cost(None, over) == 0
 
 
 def test_token_estimates_work_offline():

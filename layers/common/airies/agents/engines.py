@@ -17,7 +17,9 @@ from typing import Any
 from airies.agents.schemas import AgentConfig
 from airies.llm import catalog
 from airies.llm.vendors.offline import OFFLINE_PROVIDER
-from airies.voice.service import OFFLINE_STT, OFFLINE_TTS, engine_for
+from airies.voice import catalog as voice_catalog
+from airies.voice.service import engine_for
+from airies.voice.vendors import OFFLINE_STT, OFFLINE_TTS
 
 OFFLINE_ENGINES = {"stt": OFFLINE_STT, "llm": OFFLINE_PROVIDER, "tts": OFFLINE_TTS}
 OFFLINE_NAMES = {OFFLINE_STT: "PocketSphinx (offline)", OFFLINE_TTS: "eSpeak NG (offline)"}
@@ -67,9 +69,9 @@ def _voice_warnings(field: str, provider: str, offline: str, configured: Configu
 
 def engine_warnings(config: AgentConfig, configured: ConfiguredEngines) -> list[dict[str, str]]:
     warnings = _llm_warnings(config, configured)
-    if config.transcriber.provider in catalog.stt_providers():
+    if config.transcriber.provider in voice_catalog.stt_providers():
         warnings += _voice_warnings("transcriber.provider", config.transcriber.provider, OFFLINE_STT, configured)
-    tts = catalog.tts_providers()
+    tts = voice_catalog.tts_providers()
     if config.voice.provider in tts:
         warnings += _voice_warnings("voice.provider", config.voice.provider, OFFLINE_TTS, configured)
     for index, fallback in enumerate(config.voice.fallback_voices):

@@ -17,7 +17,8 @@ from airies.agents.schemas import (
     AgentVersionOut,
     ValidationResult,
 )
-from airies.agents.service import AgentService, errors_of
+from airies.agents.service import AgentAnalytics, AgentService, errors_of
+from airies.agents.testing import run_agent_test
 from airies.core.schemas import Limit, Page, StrictModel
 from airies.voice.service import prepare_speech_model, speech_model_cache
 from airies.voice.speech_models import SpeechModelCache
@@ -164,8 +165,6 @@ def test_agent(
     agent_id: str, body: AgentTestRequest, request: Request, caller: Caller = Depends(current_caller)
 ) -> dict[str, Any]:
     """Run scripted test conversations against the agent and report which expectations held."""
-    from airies.agents.testing import run_agent_test
-
     state = request.app.state
     return run_agent_test(caller.session, state.settings, state.database, caller.account_id, agent_id, body)
 
@@ -173,11 +172,11 @@ def test_agent(
 @router.get("/{agent_id}/analytics")
 def agent_analytics(
     agent_id: str,
+    request: Request,
     caller: Caller = Depends(current_caller),
     period: Literal["24h", "7d", "30d", "90d"] = "7d",
 ) -> dict[str, Any]:
     """The agent's conversation statistics over a period."""
-    from airies.conversations.service import get_agent_analytics
-
     agent_service(caller).get(caller.account_id, agent_id)
-    return get_agent_analytics(caller.session, caller.account_id, agent_id, period)
+    analytics: AgentAnalytics = request.app.state.agent_analytics  # the conversations capability's, wired by the edge
+    return analytics(caller.session, caller.account_id, agent_id, period)

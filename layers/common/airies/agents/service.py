@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import func, or_, select
@@ -15,16 +15,19 @@ from airies.agents.engines import ConfiguredEngines, engine_warnings
 from airies.agents.models import Agent, AgentVersion
 from airies.agents.schemas import AgentConfig
 from airies.agents.templates import TEMPLATES
+from airies.core.config import Settings
+from airies.core.database import Database
 from airies.core.errors import BadRequestError, NotFoundError, ValidationFailedError
 from airies.core.ids import new_id
 from airies.core.models import utcnow
+from airies.knowledge.models import KnowledgeBase
 from airies.llm import catalog
 from airies.llm.custom_endpoints import account_endpoint_models
 from airies.llm.service import configured_llm_providers
-from airies.voice.service import configured_voice_vendors
-
-if TYPE_CHECKING:
-    from airies.core.config import Settings
+from airies.voice import catalog as voice_catalog
+from airies.voice.models import Voice
+from airies.voice.service import configured_voice_vendors, prepare_speech_model
+from airies.voice.speech_models import SpeechModelCache
 
 # (session, account_id, ids) -> the subset of ids that exist and belong to the account
 KnowledgeBaseOwnership = Callable[[Session, str, list[str]], set[str]]
@@ -32,6 +35,9 @@ KnowledgeBaseOwnership = Callable[[Session, str, list[str]], set[str]]
 AccountVoices = Callable[[Session, str, str], set[str]]
 # (session, account_id) -> the models of the account's own LLM endpoints (provider "custom:<name>")
 AccountLLMModels = Callable[[Session, str], list[catalog.LLMModel]]
+# (session, account_id, agent_id, period) -> the agent's call analytics: the conversations capability answers it
+# (the API edge passes ``airies.conversations.service.get_agent_analytics``)
+AgentAnalytics = Callable[[Session, str, str, str], dict[str, Any]]
 # (session, account_id) -> the LLM providers and voice vendors the account can call (keys, endpoints)
 ConfiguredEngineLookup = Callable[[Session, str], ConfiguredEngines]
 
@@ -48,23 +54,43 @@ def configured_engine_lookup(settings: Settings) -> ConfiguredEngineLookup:
 
 
 def owned_knowledge_base_ids(session: Session, account_id: str, ids: list[str]) -> set[str]:
-    from airies.knowledge import models as knowledge
-
-    model = getattr(knowledge, "KnowledgeBase", None)
-    if model is None or not ids:
+    if not ids:
         return set()
-    rows = session.scalars(select(model.id).where(model.account_id == account_id, model.id.in_(ids)))
-    return set(rows)
+    query = select(KnowledgeBase.id).where(KnowledgeBase.account_id == account_id, KnowledgeBase.id.in_(ids))
+    return set(session.scalars(query))
 
 
 def account_voice_ids(session: Session, account_id: str, provider: str) -> set[str]:
-    from airies.voice import models as voice
-
-    model = getattr(voice, "Voice", None)
-    if model is None:
-        return set()
-    rows = session.scalars(select(model.voice_id).where(model.account_id == account_id, model.provider == provider))
+    rows = session.scalars(select(Voice.voice_id).where(Voice.account_id == account_id, Voice.provider == provider))
     return set(rows)
+
+
+def agents_using_provider(session: Session, account_id: str, provider: str) -> list[str]:
+    """Agents whose draft or current published config routes to LLM ``provider`` (as provider or fallback)."""
+    drafts = session.execute(select(Agent.id, Agent.draft_config).where(Agent.account_id == account_id))
+    published = session.execute(
+        select(Agent.id, AgentVersion.config)
+        .join(AgentVersion, (AgentVersion.agent_id == Agent.id) & (AgentVersion.version == Agent.current_version))
+        .where(Agent.account_id == account_id)
+    )
+    return sorted({agent_id for agent_id, config in [*drafts, *published] if provider in _llm_providers(config)})
+
+
+def _llm_providers(config: dict[str, Any]) -> set[str]:
+    llm = config.get("llm") or {}
+    return {str(llm.get("provider"))} | {str(fb.get("provider")) for fb in llm.get("fallbacks") or []}
+
+
+def prepare_deployed_agents(cache: SpeechModelCache, database: Database) -> int:
+    """Offline recogniser models for the current version of every deployed agent (``make run`` at start-up: agents
+    deployed before models were built, or by another process). Returns how many are ready."""
+    with database.session() as session:
+        rows = session.execute(
+            select(AgentVersion.account_id, AgentVersion.config).join(
+                Agent, (Agent.id == AgentVersion.agent_id) & (Agent.current_version == AgentVersion.version)
+            )
+        ).all()
+    return sum(prepare_speech_model(cache, account_id, config) for account_id, config in rows)
 
 
 def estimate_tokens(text: str) -> int:
@@ -145,7 +171,7 @@ class AgentValidator:
                         )
                     )
 
-        tts = catalog.tts_providers()
+        tts = voice_catalog.tts_providers()
         voice_providers = [("voice", config.voice.provider, config.voice.voice_id)] + [
             (f"voice.fallback_voices.{i}", fb.provider, fb.voice_id)
             for i, fb in enumerate(config.voice.fallback_voices)
@@ -154,7 +180,7 @@ class AgentValidator:
             if provider not in tts:
                 problems.append(_problem(f"{field}.provider", "unknown_provider", f"unknown TTS provider '{provider}'"))
                 continue
-            known = catalog.builtin_voice_ids(provider) | self.account_voices(self.session, account_id, provider)
+            known = voice_catalog.builtin_voice_ids(provider) | self.account_voices(self.session, account_id, provider)
             if voice_id not in known:
                 problems.append(
                     _problem(
@@ -164,7 +190,7 @@ class AgentValidator:
         if config.voice.model and config.voice.model not in tts.get(config.voice.provider, {}).get("models", []):
             problems.append(_problem("voice.model", "unknown_model", f"unknown TTS model '{config.voice.model}'"))
 
-        stt = catalog.stt_providers()
+        stt = voice_catalog.stt_providers()
         if config.transcriber.provider not in stt:
             problems.append(
                 _problem(

@@ -11,13 +11,14 @@
   instead of hanging the request. A turn with no expectations passes when it got a reply.
 * ``use_draft`` (default true) runs the draft; false runs the published version (409 if there is none).
 
-A turn is built exactly as a call turn is (``airies.conversations.turns``: system prompt + knowledge passages + the
+A turn is built exactly as a call turn is (``airies.agents.prompts``: system prompt + knowledge passages + the
 voice-call instruction, the ``end_call`` tool, history): the agent's first message opens the history when the agent
 speaks first; a user turn containing one of the agent's end-call phrases is answered with its end-call message
 without calling the LLM (as on a call); the call also ends when the model calls ``end_call`` or says an end-call
 phrase. Turns after the call ended are reported as skipped (failed). Knowledge passages come from an injectable
 retriever ``(account_id, knowledge_base_ids, query) -> list[str | {"text": ...}]``; by default the knowledge
-capability's ``build_knowledge_service(...).retrieve_for_agent`` when it is installed, else none.
+capability's ``build_knowledge_service(...).retrieve_for_agent``. End-call phrases match as on a call
+(``airies.core.text.contains_phrase``).
 Returned per turn: reply, tool calls, end_call, TTFT and total latency, usage (with ``engines``: the configured LLM
 provider and the one that answered, see ``airies.agents.engines``), exact cost, provider and model.
 """
@@ -27,80 +28,34 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import re
 import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
+import regex
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from airies.agents.engines import engine_report
+from airies.agents.models import AgentVersion
+from airies.agents.prompts import END_CALL_TOOL, build_messages
 from airies.agents.schemas import AgentConfig, AgentTestRequest, AgentTestTurn, FirstMessageMode
 from airies.agents.service import AgentService
 from airies.core.config import Settings
 from airies.core.errors import ConflictError, ValidationFailedError
 from airies.core.money import format_usd
+from airies.core.text import contains_phrase
+from airies.knowledge.service import build_knowledge_service
+from airies.llm.router import run_async
 from airies.llm.service import LLMService, build_llm_service
 from airies.llm.vendors.base import LLMRequest, StreamEnd, TextDelta
 
 Retriever = Callable[[str, list[str], str], "Awaitable[list[Any]] | list[Any]"]
 
-_FALLBACK_END_CALL_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "end_call",
-        "description": "Hang up the call. Use it only when the caller is done or asks to end the call.",
-        "parameters": {"type": "object", "properties": {"reason": {"type": "string"}}, "required": []},
-    },
-}
 
-
-def _normalise(text: str) -> str:
-    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
-
-
-def _contains_phrase(text: str, phrases: list[str]) -> str | None:
-    hay = f" {_normalise(text)} "
-    for phrase in phrases:
-        needle = _normalise(phrase)
-        if needle and f" {needle} " in hay:
-            return phrase
-    return None
-
-
-def _call_turn_parts() -> tuple[dict[str, Any], Callable[..., list[dict[str, Any]]] | None]:
-    """The conversation capability's tool and prompt builder, so a test turn is a call turn; local fallbacks."""
-    try:
-        from airies.conversations.turns import END_CALL_TOOL, build_messages
-
-        return END_CALL_TOOL, build_messages
-    except Exception:  # not installed (or broken): still test, with the same shape built here
-        return _FALLBACK_END_CALL_TOOL, None
-
-
-def _messages(
-    config: AgentConfig, history: list[dict[str, Any]], user: str, passages: list[Any]
-) -> list[dict[str, Any]]:
-    _tool, builder = _call_turn_parts()
-    dict_passages = [passage_dict(p) for p in passages]
-    if builder is not None:
-        return builder(config, history, user, dict_passages)
-    system = config.system_prompt
-    if dict_passages:
-        system += "\n\nAnswer from these knowledge base passages when they are relevant.\n" + "\n\n".join(
-            f"[{i + 1}] {p.get('text', '')}" for i, p in enumerate(dict_passages)
-        )
-    return [{"role": "system", "content": system}, *history, {"role": "user", "content": user}]
-
-
-def default_retriever(settings: Settings, database: Any) -> Retriever | None:
-    """The knowledge capability's ``retrieve_for_agent`` (built lazily: most tests have no knowledge base)."""
-    try:
-        from airies.knowledge.service import build_knowledge_service
-    except Exception:  # not installed
-        return None
+def default_retriever(settings: Settings, database: Any) -> Retriever:
+    """The knowledge capability's ``retrieve_for_agent`` (built on first use: most tests have no knowledge base)."""
 
     def retrieve(account_id: str, kb_ids: list[str], query: str) -> list[Any]:
         return build_knowledge_service(settings, database).retrieve_for_agent(account_id, kb_ids, query)
@@ -149,8 +104,6 @@ REGEX_TIMEOUT_S = 0.25
 
 
 def _compile(pattern: str) -> Any:
-    import regex
-
     return regex.compile(pattern, regex.IGNORECASE)  # VERSION0: the syntax and semantics of ``re``
 
 
@@ -175,8 +128,6 @@ def validate_expectations(turns: list[AgentTestTurn]) -> None:
         if len(turn.expect_regex) > MAX_REGEX_LENGTH:
             problems.append({"field": field, "code": "too_long", "message": f"at most {MAX_REGEX_LENGTH} characters"})
             continue
-        import regex
-
         try:
             _compile(turn.expect_regex)
         except (regex.error, ValueError, OverflowError) as exc:
@@ -208,8 +159,6 @@ class AgentTestService:
         agent = AgentService(self.session).get(account_id, agent_id)
         if use_draft:
             return AgentConfig.model_validate(agent.draft_config), "draft", None
-        from airies.agents.models import AgentVersion
-
         if agent.current_version is None:
             raise ConflictError("agent has no published version: deploy it or test the draft (use_draft=true)")
         version = self.session.scalars(
@@ -243,7 +192,6 @@ class AgentTestService:
         validate_expectations(turns)
         config, source, version = self.load_config(account_id, agent_id, body.use_draft)
         llm = self.llm or build_llm_service(self.settings, self.database, account_id, session=self.session)
-        tool, _builder = _call_turn_parts()
 
         history: list[dict[str, Any]] = []
         if config.first_message and config.first_message_mode == FirstMessageMode.assistant_speaks_first:
@@ -266,7 +214,7 @@ class AgentTestService:
                     }
                 )
                 continue
-            outcome = await self._turn(llm, account_id, config, history, turn.user, tool)
+            outcome = await self._turn(llm, account_id, config, history, turn.user)
             ended = outcome["end_call"]
             used_model = outcome.pop("is_language_model")
             if used_model is not None:
@@ -321,10 +269,9 @@ class AgentTestService:
         config: AgentConfig,
         history: list[dict[str, Any]],
         user: str,
-        tool: dict[str, Any],
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        phrase = _contains_phrase(user, config.end_call_phrases)
+        phrase = contains_phrase(user, config.end_call_phrases)
         if phrase is not None:  # as on a call: the caller said goodbye, the agent answers without the LLM
             return {
                 "reply": config.end_call_message or "",
@@ -352,10 +299,10 @@ class AgentTestService:
             passages, retrieval_error = [], f"{type(exc).__name__}: {exc}"[:200]
         request = LLMRequest(
             model=config.llm.model,
-            messages=_messages(config, history, user, passages),
+            messages=build_messages(config, history, user, passages),
             temperature=config.llm.temperature,
             max_tokens=config.llm.max_tokens,
-            tools=[tool],
+            tools=[END_CALL_TOOL],
             provider=config.llm.provider,
             fallbacks=tuple((fb.provider, fb.model) for fb in config.llm.fallbacks),
             metadata={
@@ -378,7 +325,7 @@ class AgentTestService:
         end_reason = None
         if any(c["name"] == "end_call" for c in tool_calls):
             end_reason = "assistant_end_call_tool"
-        elif _contains_phrase(reply, config.end_call_phrases):
+        elif contains_phrase(reply, config.end_call_phrases):
             end_reason = "assistant_end_call_phrase"
         return {
             "reply": reply,
@@ -417,7 +364,5 @@ def run_agent_test(
     session: Session, settings: Settings, database: Any, account_id: str, agent_id: str, body: AgentTestRequest
 ) -> dict[str, Any]:
     """Sync entry point for the (sync) agents router."""
-    from airies.llm.router import run_async
-
     service = AgentTestService(session, settings, database=database)
     return run_async(service.run, account_id, agent_id, body)

@@ -7,6 +7,7 @@ from fastapi import APIRouter, FastAPI
 from airies import __version__
 from airies.accounts import routes as accounts
 from airies.agents import routes as agents
+from airies.agents.service import agents_using_provider
 from airies.api import health
 from airies.api.errors import install_error_handlers
 from airies.api.middleware import RequestGuardMiddleware
@@ -16,12 +17,14 @@ from airies.api.publishable_guard import PublishableKeyGuard
 from airies.billing import routes as billing
 from airies.conversations import recording_routes as recordings
 from airies.conversations import routes as conversations
+from airies.conversations.service import get_agent_analytics
 from airies.core.config import Settings, get_settings
 from airies.core.database import Database, get_database
 from airies.knowledge import routes as knowledge
 from airies.llm import routes as llm
 from airies.voice import routes as voices
 from airies.webapp import install_webapp
+from airies.webhooks import routes as webhooks
 from airies.widget import routes as widget
 
 
@@ -41,12 +44,15 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.settings = settings
     app.state.database = database
     app.state.logger = logger
+    # Capabilities that answer questions of a capability below them (agents -> conversations, llm -> agents).
+    app.state.agent_analytics = get_agent_analytics
+    app.state.endpoint_users = agents_using_provider
     install_error_handlers(app)
     install_provider_key_vendors()
     install_openapi(app, settings)
 
     api = APIRouter(prefix=settings.api_base_path)
-    routers = (health, accounts, agents, llm, voices, conversations, recordings, knowledge, billing, widget)
+    routers = (health, accounts, agents, llm, voices, conversations, recordings, knowledge, billing, widget, webhooks)
     for module in routers:
         api.include_router(module.router)
     app.include_router(api)

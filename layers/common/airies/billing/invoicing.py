@@ -11,7 +11,7 @@ What is billed: the credits of usage the balance did not cover (``credits - cove
 ``invoice_overage``; covered usage is listed on the invoice at zero so every number traces to its events.
 
 Late usage is billed once, on the next invoice. An event recorded after its period's invoice was created (e.g.
-redriven from the DLQ) is flagged ``late`` when it is recorded (``UsageService`` checks for the invoice under a
+redriven from the DLQ) is flagged ``late`` when it is recorded (``metering`` checks for the invoice under a
 lock that keeps it from being created meanwhile). An invoice bills its period's own events (not late) by period,
 without touching them, plus every late uncovered event of an earlier period not billed yet, which it marks
 (``usage_events.invoice_id``): a marked event is never billed again, by a re-run or by an out-of-order run.
@@ -28,12 +28,14 @@ from typing import Any
 from sqlalchemy import and_, func, literal_column, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from airies.billing.ledger import UsageService, keyset_page, micro_to_quantity, month_period, period_bounds
+from airies.billing.ledger import Ledger, keyset_page, micro_to_quantity, month_period, period_bounds
 from airies.billing.models import BillingAccount, Invoice, UsageEventRecord
+from airies.billing.payments import PaymentService
 from airies.billing.pricing import Pricing, get_pricing
-from airies.billing.schemas import InvoiceLineOut, InvoiceOut, micros_to_credits
+from airies.billing.schemas import micros_to_credits
+from airies.billing.vendors import build_payment_provider
 from airies.billing.vendors.base import InvoiceLineSpec, PaymentProvider
-from airies.core.errors import NotFoundError
+from airies.core.errors import NotAvailableError, NotFoundError
 from airies.core.ids import new_id
 from airies.core.models import utcnow
 
@@ -136,7 +138,7 @@ class InvoicingService:
         self.pricing = pricing or get_pricing()
         self.clock = clock or utcnow
         self.notifier = notifier
-        self.usage = UsageService(pricing=self.pricing, clock=self.clock)
+        self.usage = Ledger(pricing=self.pricing, clock=self.clock)
         self.invoiceable_tiers = sorted(name for name, tier in self.pricing.tiers.items() if tier.invoice_overage)
 
     def resolve_period(self, period: str | None) -> str:
@@ -273,7 +275,7 @@ class InvoicingService:
         now = self.clock()
         invoice_id = new_id("inv")
         inserted = self.session.execute(
-            self.usage._insert(self.session, Invoice)
+            self.usage.insert(self.session, Invoice)
             .values(
                 id=invoice_id,
                 account_id=account_id,
@@ -320,7 +322,7 @@ class InvoicingService:
         the server), under a lock that keeps per-account runs out meanwhile; it computes exactly what
         ``prepare_invoice`` computes (a test compares the two). Elsewhere it runs ``prepare_invoice`` per account.
         """
-        if self.usage._is_pg(self.session):
+        if self.usage.is_pg(self.session):
             return self._prepare_bulk_sql(period)
         done = set(self.session.scalars(select(Invoice.account_id).where(Invoice.period == period)))
         created = 0
@@ -383,8 +385,6 @@ class InvoicingService:
     # -- step 3: Stripe ---------------------------------------------------------------------------------
     def _provider(self) -> PaymentProvider:
         if self.provider is None:
-            from airies.core.errors import NotAvailableError
-
             raise NotAvailableError(
                 "payments are not configured: set AIRIES_STRIPE_SECRET_KEY", code="stripe_not_configured"
             )
@@ -395,8 +395,6 @@ class InvoicingService:
         if invoice.status == "no_charge" or invoice.stripe_invoice_id:
             return invoice  # nothing to bill, or already created: never create twice
         provider = self._provider()
-        from airies.billing.payments import PaymentService
-
         payments = PaymentService(self.session, provider, usage=self.usage, pricing=self.pricing, clock=self.clock)
         customer_id = payments.ensure_customer(invoice.account_id)
         billing = self.session.get(BillingAccount, invoice.account_id)
@@ -486,22 +484,6 @@ class InvoicingService:
         }
 
 
-def invoice_out(invoice: Invoice) -> InvoiceOut:
-    return InvoiceOut(
-        id=invoice.id,
-        period_start=invoice.period_start,
-        period_end=invoice.period_end,
-        status=invoice.status,
-        currency=invoice.currency,
-        amount_cents=invoice.amount_cents,
-        total_credits=micros_to_credits(invoice.total_credits_micros),
-        lines=[InvoiceLineOut(**line) for line in invoice.lines],
-        stripe_invoice_id=invoice.stripe_invoice_id,
-        hosted_invoice_url=invoice.hosted_invoice_url,
-        created_at=invoice.created_at,
-    )
-
-
 def eventbridge_notifier(bus_name: str, *, region: str | None = None, endpoint_url: str | None = None) -> Callable:
     """Publish ``InvoiceIssued`` to an EventBridge bus (email/Slack fan-out is a rule away)."""
     client: Any = None
@@ -530,8 +512,6 @@ def eventbridge_notifier(bus_name: str, *, region: str | None = None, endpoint_u
 def build_invoicing_service(
     settings: Any, session: Session, *, provider: PaymentProvider | None = None
 ) -> InvoicingService:
-    from airies.billing.vendors import build_payment_provider
-
     notifier = None
     if settings.billing_event_bus:
         notifier = eventbridge_notifier(

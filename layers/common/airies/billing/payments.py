@@ -45,10 +45,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from airies.accounts.models import Account
-from airies.billing.ledger import UsageService
+from airies.billing.ledger import Ledger
 from airies.billing.models import BillingAccount, Invoice, Payment, StripeEvent
 from airies.billing.pricing import Pricing, get_pricing
 from airies.billing.schemas import TopUpOut, micros_to_credits
+from airies.billing.vendors import build_payment_provider
 from airies.billing.vendors.base import (
     PaymentIntentInfo,
     PaymentProvider,
@@ -82,7 +83,7 @@ class PaymentService:
         session: Session,
         provider: PaymentProvider | None,
         *,
-        usage: UsageService | None = None,
+        usage: Ledger | None = None,
         pricing: Pricing | None = None,
         plans: dict[str, str | None] | None = None,
         clock: Callable[[], datetime] | None = None,
@@ -90,7 +91,7 @@ class PaymentService:
         self.session = session
         self.provider = provider
         self.pricing = pricing or get_pricing()
-        self.usage = usage or UsageService(pricing=self.pricing, clock=clock)
+        self.usage = usage or Ledger(pricing=self.pricing, clock=clock)
         self.plans = plans or {}
         self.clock = clock or utcnow
 
@@ -270,7 +271,7 @@ class PaymentService:
         return self.subscription_view(account_id)
 
     def subscription_view(self, account_id: str) -> dict[str, Any]:
-        row = self.usage._load(self.session, account_id)
+        row = self.usage.load(self.session, account_id)
         return {
             "tier": row.tier,
             "subscription_id": row.subscription_id,
@@ -345,7 +346,7 @@ class PaymentService:
 
     def process_event(self, event: WebhookEvent) -> dict[str, Any]:
         handled = event.type in HANDLED_EVENTS
-        insert = self.usage._insert(self.session, StripeEvent)
+        insert = self.usage.insert(self.session, StripeEvent)
         gate = self.session.execute(
             insert.values(
                 id=event.id,
@@ -430,7 +431,7 @@ class PaymentService:
             return account_id, False
         info = self._require_provider().retrieve_subscription(subscription_id)
         self._apply_subscription(account_id, info, tier=None, event_created=event.created, fresh=True)
-        row = self.usage._load(self.session, account_id)
+        row = self.usage.load(self.session, account_id)
         reason = obj.get("billing_reason")
         if row.subscription_id != subscription_id or info.status != "active" or reason not in GRANTING_INVOICE_REASONS:
             return account_id, False
@@ -651,8 +652,6 @@ def build_payment_service(
     settings: Any, session: Session, *, provider: PaymentProvider | None = None
 ) -> PaymentService:
     """The PaymentService of a request/invocation; ``provider`` defaults to Stripe when configured."""
-    from airies.billing.vendors import build_payment_provider
-
     return PaymentService(
         session,
         provider if provider is not None else build_payment_provider(settings),

@@ -11,10 +11,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from airies.accounts.auth import Caller, current_caller
-from airies.billing.invoicing import InvoicingService, invoice_out
-from airies.billing.ledger import UsageService, summary_period
+from airies.billing.invoicing import InvoicingService
 from airies.billing.payments import WebhookRejected, build_payment_service
 from airies.billing.pricing import get_pricing
+from airies.billing.reports import summary_period
 from airies.billing.schemas import (
     BalanceOut,
     InvoiceOut,
@@ -26,6 +26,7 @@ from airies.billing.schemas import (
     UsageSummaryOut,
     credits_to_micros,
 )
+from airies.billing.usage import UsageService
 from airies.core.errors import BadRequestError
 from airies.core.money import format_usd, micros_to_credits
 from airies.core.schemas import Limit, Page, request_body
@@ -170,13 +171,15 @@ def invoices(
 ) -> Page[InvoiceOut]:
     """The account's monthly invoices, a page at a time."""
     items, next_cursor = InvoicingService(caller.session).list_invoices(caller.account_id, limit=limit, cursor=cursor)
-    return Page(data=[invoice_out(i) for i in items], next_cursor=next_cursor, has_more=next_cursor is not None)
+    return Page(
+        data=[InvoiceOut.model_validate(i) for i in items], next_cursor=next_cursor, has_more=next_cursor is not None
+    )
 
 
 @router.get("/billing/invoices/{invoice_id}")
 def invoice(invoice_id: str, caller: Caller = Depends(current_caller)) -> InvoiceOut:
     """One invoice with its lines."""
-    return invoice_out(InvoicingService(caller.session).get(invoice_id, caller.account_id))
+    return InvoiceOut.model_validate(InvoicingService(caller.session).get(invoice_id, caller.account_id))
 
 
 @router.post(

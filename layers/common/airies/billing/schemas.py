@@ -9,10 +9,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from airies.core.errors import PaymentRequiredError, RateLimitedError
 from airies.core.money import MICROS_PER_CREDIT, CreditAmount, UsdAmount, micros_to_credits
 from airies.core.schemas import StrictModel
 
@@ -93,8 +94,6 @@ class LimitCheck(BaseModel):
         """Raise the API error matching ``reason`` (402 for money/plan limits, 429 for concurrency)."""
         if self.allowed:
             return
-        from airies.core.errors import PaymentRequiredError, RateLimitedError
-
         details = self.model_dump()
         if self.reason == "concurrent_conversation_limit":
             error = RateLimitedError(self.message or "limit reached", details=details)
@@ -121,10 +120,20 @@ class BalanceOut(BaseModel):
     subscription: dict[str, Any] | None = None
 
 
+def _micros_to_credits(value: Any) -> Any:
+    return micros_to_credits(value) if isinstance(value, int) else value
+
+
+# Credits read from a row's ``*_micros`` column (``validation_alias``): the decimal string of that integer.
+CreditsOfMicros = Annotated[CreditAmount, BeforeValidator(_micros_to_credits)]
+
+
 class LedgerEntryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # built from rows as they are
+
     id: str
     entry_type: str
-    amount: CreditAmount
+    amount: CreditsOfMicros = Field(validation_alias="amount_micros")
     amount_micros: int
     description: str | None
     reference_type: str | None
@@ -209,7 +218,7 @@ class InvoiceOut(BaseModel):
     status: str
     currency: str
     amount_cents: int
-    total_credits: CreditAmount
+    total_credits: CreditsOfMicros = Field(validation_alias="total_credits_micros")
     lines: list[InvoiceLineOut]
     stripe_invoice_id: str | None
     hosted_invoice_url: str | None

@@ -13,6 +13,7 @@ from fastapi.responses import PlainTextResponse
 
 from airies.accounts.auth import Caller, current_caller
 from airies.conversations import protocol as wp
+from airies.conversations.live_sessions import LiveSessions
 from airies.conversations.models import Conversation, ConversationTurn
 from airies.conversations.schemas import (
     ConversationCreate,
@@ -32,6 +33,7 @@ from airies.conversations.service import (
     billing_usage_sink,
     default_recorder,
 )
+from airies.conversations.sessions import build_session_store
 from airies.core.errors import BadRequestError, ConflictError, PayloadTooLargeError, UnsupportedMediaTypeError
 from airies.core.schemas import BINARY, Limit, Page, request_body
 
@@ -61,18 +63,15 @@ def service(request: Request, caller: Caller) -> ConversationService:
     )
 
 
-def live_sessions(request: Request) -> Any:
-    """The WebSocket side of the conversations (live-session store + the connection poster), to end a live call
-    when its conversation is ended or deleted over REST. Built on first use; tests may inject
-    ``app.state.live_sessions``. On AWS the API function needs the state table and ManageConnections."""
+def live_sessions(request: Request) -> LiveSessions:
+    """The live-sessions facade (live-session store + the connection poster), to end a live call when its
+    conversation is ended or deleted over REST. Built on first use; tests may inject ``app.state.live_sessions``.
+    On AWS the API function needs the state table and ManageConnections."""
     state = request.app.state
-    live = getattr(state, "live_sessions", None)
+    live: LiveSessions | None = getattr(state, "live_sessions", None)
     if live is None:
-        from airies.conversations.live import WebSocketService
-        from airies.conversations.sessions import build_session_store
-
         settings = state.settings
-        live = state.live_sessions = WebSocketService(settings, state.database, build_session_store(settings))
+        live = state.live_sessions = LiveSessions(settings, state.database, build_session_store(settings))
     return live
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import hashlib
 import hmac
 import json
@@ -32,7 +33,7 @@ from airies.agents.service import AgentService
 from airies.conversations import protocol as wp
 from airies.conversations.models import Conversation, ConversationTurn
 from airies.conversations.schemas import ConversationCreate, ConversationUpdate
-from airies.conversations.turns import TurnEngines, TurnInput, TurnResult, TurnRunner
+from airies.conversations.turns import TurnEngines, TurnInput, TurnMode, TurnResult, TurnRunner
 from airies.core.config import Settings
 from airies.core.errors import (
     BadRequestError,
@@ -143,10 +144,16 @@ class VoiceTTS:
     def __init__(self, voice: Any, config: AgentConfig) -> None:
         self.voice = voice
         self.config = config
+        self._name = config.voice.provider
 
     @property
     def name(self) -> str:
-        return getattr(self.voice, "last_tts_provider", None) or self.config.voice.provider
+        """The provider that spoke last (a fallback voice, say), else the configured one."""
+        return getattr(self.voice, "last_tts_provider", None) or self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
 
     async def synthesize(self, text: str, options: TTSOptions) -> AsyncIterator[bytes]:
         async for chunk in self.voice.text_to_speech(
@@ -197,7 +204,8 @@ def build_engines(
 
 def billing_usage_sink(settings: Settings, session: Session | None) -> UsageSink | None:
     """Usage to the billing ledger: through SQS when the queue is configured (AWS), else tracked in this unit of work."""
-    from airies.billing.ledger import SqsUsagePublisher, build_usage_service
+    from airies.billing.metering import SqsUsagePublisher
+    from airies.billing.usage import build_usage_service
 
     if settings.usage_queue_url:
         publisher = SqsUsagePublisher(
@@ -213,7 +221,7 @@ def billing_usage_sink(settings: Settings, session: Session | None) -> UsageSink
 
 
 def billing_credit_gate(settings: Settings, session: Session | None) -> CreditGate | None:
-    from airies.billing.ledger import build_usage_service
+    from airies.billing.usage import build_usage_service
 
     service = build_usage_service(settings)
 
@@ -291,7 +299,7 @@ def billing_start_check(
     settings: Settings, session: Session, account_id: str, holding: HoldingCallers | None = None
 ) -> None:
     """Before a conversation starts: credits, plan minutes and concurrent conversations (402/429 when refused)."""
-    from airies.billing.ledger import build_usage_service
+    from airies.billing.usage import build_usage_service
 
     active = live_conversation_count(settings, session, account_id, holding)
     check = build_usage_service(settings).check_usage_limits(
@@ -396,9 +404,17 @@ class ConversationService:
         self._engines = engines
         self.usage_sink = usage_sink
         self.credit_gate = credit_gate
-        self.tokens = tokens or ConversationTokens(token_secret(settings), ttl_seconds=settings.ws_token_ttl_seconds)
+        self._tokens = tokens
         self.recorder = recorder
         self.clock = clock
+
+    @property
+    def tokens(self) -> ConversationTokens:
+        """Built on first use: ending or reading a conversation never fetches the token secret."""
+        if self._tokens is None:
+            secret = token_secret(self.settings)
+            self._tokens = ConversationTokens(secret, ttl_seconds=self.settings.ws_token_ttl_seconds)
+        return self._tokens
 
     def engines_for(self, account_id: str, config: AgentConfig) -> TurnEngines:
         if self._engines is not None:
@@ -447,6 +463,60 @@ class ConversationService:
             raise NotFoundError("conversation", conversation_id)
         return conversation
 
+    def end_reason(self, account_id: str, conversation_id: str) -> str:
+        """Why a conversation ended, as stored (``api_request`` when it says nothing, or is gone)."""
+        reason = self.session.scalar(
+            select(Conversation.end_reason).where(
+                Conversation.id == conversation_id, Conversation.account_id == account_id
+            )
+        )
+        return reason or "api_request"
+
+    def closed_among(self, conversation_ids: builtins.list[str]) -> dict[str, str]:
+        """Of these conversations (any account: the sweeper's view), those ended (-> their end reason) or gone
+        (-> ``deleted``)."""
+        found: dict[str, tuple[str, str | None]] = {}
+        for start in range(0, len(conversation_ids), 500):
+            batch = conversation_ids[start : start + 500]
+            for cid, status, reason in self.session.execute(
+                select(Conversation.id, Conversation.status, Conversation.end_reason).where(Conversation.id.in_(batch))
+            ):
+                found[cid] = (status, reason)
+        closed: dict[str, str] = {}
+        for cid in conversation_ids:
+            if cid not in found:
+                closed[cid] = "deleted"
+            elif found[cid][0] == "ended":
+                closed[cid] = found[cid][1] or "api_request"
+        return closed
+
+    def abandoned(self, *, limit: int = 500) -> builtins.list[tuple[str, str, str]]:
+        """Open conversations to close (the sweeper's view, any account), as (account_id, id, reason): WebSocket
+        ones never connected within the token's life (``never_connected``), and active ones older than the live
+        state's life (``stale``)."""
+        now = utcnow().timestamp()
+        cutoff_created = now - self.settings.ws_token_ttl_seconds - 60
+        cutoff_active = now - self.settings.ws_state_ttl_seconds
+        rows = self.session.execute(
+            select(
+                Conversation.account_id,
+                Conversation.id,
+                Conversation.status,
+                Conversation.channel,
+                Conversation.started_at,
+            )
+            .where(Conversation.status.in_(("created", "active")))
+            .limit(limit)
+        ).all()
+        found: builtins.list[tuple[str, str, str]] = []
+        for account_id, conversation_id, status, channel, started_at in rows:
+            started = started_at.timestamp()
+            if status == "created" and started < cutoff_created and channel == "websocket":
+                found.append((account_id, conversation_id, "never_connected"))
+            elif status == "active" and started < cutoff_active:
+                found.append((account_id, conversation_id, "stale"))
+        return found
+
     def config_for(self, conversation: Conversation) -> AgentConfig:
         agent_id = conversation.agent_id
         if agent_id is None:
@@ -464,7 +534,7 @@ class ConversationService:
         cursor: str | None = None,
         agent_id: str | None = None,
         status: str | None = None,
-    ) -> tuple[list[Conversation], str | None]:
+    ) -> tuple[builtins.list[Conversation], str | None]:
         query = select(Conversation).where(Conversation.account_id == account_id)
         if cursor:
             query = query.where(Conversation.id < cursor)
@@ -565,7 +635,7 @@ class ConversationService:
         return round(max((until - conversation.started_at).total_seconds(), 0.0), 3)
 
     # -- turns ----------------------------------------------------------------------------------------------------
-    def history_messages(self, conversation_id: str) -> list[dict[str, str]]:
+    def history_messages(self, conversation_id: str) -> builtins.list[dict[str, str]]:
         """LLM history from stored turns: the agent's side is what the caller actually received."""
         turns = list(
             self.session.scalars(
@@ -575,7 +645,7 @@ class ConversationService:
                 .limit(HISTORY_TURNS)
             )
         )
-        messages: list[dict[str, str]] = []
+        messages: builtins.list[dict[str, str]] = []
         for turn in reversed(turns):
             if turn.user_text:
                 messages.append({"role": "user", "content": turn.user_text})
@@ -704,8 +774,15 @@ class ConversationService:
         return self.credit_gate(account_id)
 
     async def _http_turn(
-        self, account_id: str, conversation_id: str, *, mode: str, text: str | None, pcm: bytes | None, speak: bool
-    ) -> tuple[ConversationTurn, TurnResult, list[dict[str, Any]]]:
+        self,
+        account_id: str,
+        conversation_id: str,
+        *,
+        mode: TurnMode,
+        text: str | None,
+        pcm: bytes | None,
+        speak: bool,
+    ) -> tuple[ConversationTurn, TurnResult, builtins.list[dict[str, Any]]]:
         conversation = self.get(account_id, conversation_id)
         if conversation.status == "ended":
             raise ConflictError("this conversation has ended", code="conversation_ended")
@@ -745,13 +822,15 @@ class ConversationService:
 
     async def process_message(
         self, account_id: str, conversation_id: str, text: str, *, with_audio: bool = False
-    ) -> tuple[ConversationTurn, TurnResult, list[dict[str, Any]]]:
+    ) -> tuple[ConversationTurn, TurnResult, builtins.list[dict[str, Any]]]:
         """A text turn over HTTP: the reply text (and its audio if asked)."""
-        return await self._http_turn(account_id, conversation_id, mode="text", text=text, pcm=None, speak=with_audio)
+        return await self._http_turn(
+            account_id, conversation_id, mode=TurnMode.TEXT, text=text, pcm=None, speak=with_audio
+        )
 
     async def handle_audio_input(
         self, account_id: str, conversation_id: str, pcm16: bytes
-    ) -> tuple[ConversationTurn, TurnResult, list[dict[str, Any]]]:
+    ) -> tuple[ConversationTurn, TurnResult, builtins.list[dict[str, Any]]]:
         """An uploaded utterance (PCM16 16 kHz mono): transcript plus the reply's text and audio."""
         if not pcm16 or len(pcm16) % 2:
             raise BadRequestError("audio must be non-empty PCM16 (an even number of bytes)", code="bad_audio")
@@ -760,41 +839,10 @@ class ConversationService:
             from airies.core.errors import PayloadTooLargeError
 
             raise PayloadTooLargeError(f"an utterance may be at most {self.settings.ws_max_utterance_seconds} s")
-        return await self._http_turn(account_id, conversation_id, mode="audio", text=None, pcm=pcm16, speak=True)
-
-    async def generate_audio_response(self, account_id: str, config: AgentConfig, text: str) -> bytes:
-        """The agent's voice saying ``text`` (PCM16 16 kHz): the turn pipeline's own speech path (sentence by
-        sentence, the agent's voice options and fallback voices), with a fixed reply and no LLM call."""
-        engines = self.engines_for(account_id, config)
-        if engines.tts is None:
-            from airies.core.errors import NotAvailableError
-
-            raise NotAvailableError("no text-to-speech engine is configured")
-        runner = TurnRunner(engines, out_chunk_ms=self.settings.ws_out_chunk_ms)
-        result = await runner.run(
-            config,
-            [],
-            TurnInput(
-                turn_id=new_id("turn"),
-                seq=0,
-                mode="none",
-                account_id=account_id,
-                conversation_id="",
-                scripted_reply=text,
-            ),
-            ListSink(),
-        )
-        return result.agent_pcm
-
-    def process_interruption(
-        self, account_id: str, conversation_id: str, store: Any, played_ms: int | None
-    ) -> str | None:
-        """Barge-in from outside the socket (e.g. a REST call): mark the live turn cancelled."""
-        self.get(account_id, conversation_id)
-        return store.cancel_turn(conversation_id, played_ms)
+        return await self._http_turn(account_id, conversation_id, mode=TurnMode.AUDIO, text=None, pcm=pcm16, speak=True)
 
     # -- reads ----------------------------------------------------------------------------------------------------
-    def get_conversation_history(self, account_id: str, conversation_id: str) -> list[ConversationTurn]:
+    def get_conversation_history(self, account_id: str, conversation_id: str) -> builtins.list[ConversationTurn]:
         self.get(account_id, conversation_id)
         return list(
             self.session.scalars(

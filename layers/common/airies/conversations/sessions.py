@@ -66,6 +66,7 @@ class LiveSession:
     first_turn: str | None = None  # the turn that speaks the agent's first message, once claimed
     first_done: bool = False  # that turn is over (spoken, cut short, or refused)
     spoken: str | None = None  # JSON: the last finished turn's sentences and their audio offsets (late barge-in)
+    running: set[str] = field(default_factory=set)  # turns claimed whose invocation has not finished yet
 
     def caller_gone(self, now: float, resume_window_s: float) -> bool:
         """No connection, and none came back within the resume window since the last one dropped (or, for a
@@ -113,6 +114,7 @@ class LiveSession:
             first_turn=s("first_turn"),
             first_done=b("first_done"),
             spoken=s("spoken"),
+            running=set(item.get("running", {}).get("SS", [])),
         )
 
 
@@ -352,6 +354,7 @@ class SessionStore:
             ":one": {"N": "1"},
             ":zero": {"N": "0"},
             ":ended": {"S": ENDED},
+            ":run": {"SS": [turn_id]},
         }
         activity = ""
         if caller_activity:  # the silence timer restarts only when the caller did something
@@ -373,7 +376,7 @@ class SessionStore:
             self._key(conversation_id),
             "SET #st = :thinking, turn_id = :turn, speech_ms = :zero, silence_ms = :zero, barge_ms = :zero"
             + activity
-            + " REMOVE played_ms ADD utt :one, turn_seq :one",
+            + " REMOVE played_ms ADD utt :one, turn_seq :one, running :run",
             values,
             ExpressionAttributeNames={"#st": "state"},
             ConditionExpression=condition,
@@ -402,14 +405,15 @@ class SessionStore:
         )
 
     def finish_turn(self, conversation_id: str, turn_id: str, spoken: str | None = None) -> LiveSession | None:
-        """Back to listening, unless a newer turn already took over (or the conversation ended): then None.
-        ``spoken`` (the turn's sentences and their audio offsets) is kept until the next turn starts, for a barge-in
+        """The turn's invocation is done with it (stored or not): it leaves ``running``. Back to listening, unless
+        a newer turn already took over (or the conversation ended): then None. ``spoken`` (the turn's sentences and their audio offsets) is kept until the next turn starts, for a barge-in
         that arrives after the turn's last frame. The answer says whether the turn was cancelled meanwhile."""
         values: dict[str, Any] = {
             ":listening": {"S": LISTENING},
             ":turn": {"S": turn_id},
             ":now": {"N": repr(self.clock())},
             ":ended": {"S": ENDED},
+            ":run": {"SS": [turn_id]},
         }
         expr = "SET #st = :listening, last_activity = :now"
         if spoken is not None:
@@ -417,13 +421,31 @@ class SessionStore:
             values[":spoken"] = {"S": spoken}
         attrs = self._update(
             self._key(conversation_id),
-            expr,
+            expr + " DELETE running :run",
             values,
             ExpressionAttributeNames={"#st": "state"},
             ConditionExpression="turn_id = :turn AND #st <> :ended",
             ReturnValues="ALL_NEW",
         )
-        return LiveSession.from_item(attrs) if attrs else None
+        if attrs is None:  # a newer turn took over, or the call ended (and may be waiting for this turn)
+            self._update(
+                self._key(conversation_id),
+                "DELETE running :run",
+                {":run": {"SS": [turn_id]}},
+                ConditionExpression="attribute_exists(pk)",
+            )
+            return None
+        return LiveSession.from_item(attrs)
+
+    def wait_for_turns(self, conversation_id: str, *, timeout_s: float) -> LiveSession | None:
+        """Wait (at most ``timeout_s``) until no turn of the conversation is running: each claimed turn leaves the
+        ``running`` set once its invocation has stored it. Returns the session as last read."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            session = self.get(conversation_id)
+            if session is None or not session.running or time.monotonic() >= deadline:
+                return session
+            time.sleep(0.05)
 
     def cancel_turn(
         self, conversation_id: str, played_ms: int | None = None, *, turn_id: str | None = None

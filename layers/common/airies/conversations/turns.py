@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any, Protocol
 
 from airies.agents.engines import turn_engines
@@ -161,6 +162,14 @@ def chunk_activity(pcm16: bytes, sample_rate: int = wp.SAMPLE_RATE, *, aggressiv
 
 
 # --- the turn --------------------------------------------------------------------------------------------------
+class TurnMode(StrEnum):
+    """What a turn starts from (stored as the turn's ``input_mode``)."""
+
+    AUDIO = "audio"  # the caller's utterance: transcribed first
+    TEXT = "text"  # typed text
+    NONE = "none"  # nothing from the caller: a scripted reply, or the model speaks first
+
+
 class TurnSink(Protocol):
     async def send(self, message: dict[str, Any]) -> bool:
         """Deliver one frame; False when the caller is gone."""
@@ -183,7 +192,7 @@ class TurnEngines:
 class TurnInput:
     turn_id: str
     seq: int
-    mode: str  # audio | text | none
+    mode: TurnMode
     account_id: str
     conversation_id: str
     pcm: bytes | None = None
@@ -207,7 +216,7 @@ class SpokenSentence:
 class TurnResult:
     turn_id: str
     seq: int
-    mode: str
+    mode: TurnMode
     user_text: str | None
     agent_text_generated: str
     agent_text: str  # what the caller actually received
@@ -390,7 +399,7 @@ class TurnRunner:
             )
 
         # 1. speech to text
-        if inp.mode == "audio":
+        if inp.mode == TurnMode.AUDIO:
             if self.engines.stt is None:
                 return result("failed", error={"code": "stt_unavailable", "message": "no speech-to-text engine"})
             start = self.clock()
@@ -474,9 +483,9 @@ class TurnRunner:
                 except (asyncio.CancelledError, Exception):
                     pass
         if producer is not None and producer.done() and not producer.cancelled() and producer.exception():
-            exc = producer.exception()
+            failure = producer.exception()
             if status == "completed" and not state.generated:
-                return result("failed", error={"code": "llm_failed", "message": str(exc)})
+                return result("failed", error={"code": "llm_failed", "message": str(failure)})
         if (
             state.end_call is None
             and status == "completed"
@@ -586,7 +595,9 @@ class TurnRunner:
                 usage["tts_provider"] = getattr(tts, "name", config.voice.provider)
 
     @staticmethod
-    async def _pump(tts: TTSProvider, sentence: str, options: TTSOptions, out: asyncio.Queue) -> None:  # type: ignore[type-arg]
+    async def _pump(
+        tts: TTSProvider, sentence: str, options: TTSOptions, out: asyncio.Queue[bytes | BaseException | None]
+    ) -> None:
         try:
             async for chunk in tts.synthesize(sentence, options):
                 await out.put(chunk)
@@ -604,8 +615,8 @@ class TurnRunner:
         latency: dict[str, float | None],
         t0: float,
         sentence: str,
-        audio: asyncio.Queue,  # type: ignore[type-arg]
-        pump: asyncio.Task | None,  # type: ignore[type-arg]
+        audio: asyncio.Queue[bytes | BaseException | None],
+        pump: asyncio.Task[None] | None,
         start: float,
         usage: dict[str, Any],
     ) -> str | None:
@@ -665,7 +676,7 @@ class TurnRunner:
             return "gone"
         if latency["first_audio_ms"] is None:
             latency["first_audio_ms"] = self._ms(t0)
-            latency["first_audio_before_llm_end"] = state.llm_done_at is None  # type: ignore[assignment]
+            latency["first_audio_before_llm_end"] = state.llm_done_at is None
         state.audio_seq += 1
         state.agent_pcm += piece
         state.audio_ms += len(piece) / wp.BYTES_PER_MS

@@ -138,6 +138,15 @@ class Settings(BaseSettings):
     stripe_plan_pay_as_you_go: str | None = None
     billing_event_bus: str | None = None  # EventBridge bus for invoice notifications; unset: not sent
 
+    # Server messages (webhooks). Without a queue URL events are stored but wait for a worker (tests inject a queue).
+    webhook_queue_url: str | None = None
+    webhook_dead_letter_queue_url: str | None = None  # where an event lands after its last attempt
+    webhook_timeout_s: float = 10.0
+    webhook_max_age_s: int = 86_400  # retries stop this long after the first attempt (then failed + DLQ)
+    webhook_max_client_error_attempts: int = 3  # a 4xx other than 408/410/429 is retried this often only
+    webhook_retry_base_s: int = 30  # first backoff; doubles per attempt (with jitter), capped at 4 hours
+    webhook_max_response_bytes: int = 65_536  # read at most this much of a receiver's answer
+
     # Knowledge bases. Defaults run offline: hashing embedder + embedded vector store, files under
     # data_dir when no documents bucket is set (moto/AWS set AIRIES_KB_DOCUMENTS_BUCKET).
     kb_documents_bucket: str | None = None

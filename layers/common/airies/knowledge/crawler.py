@@ -18,6 +18,7 @@ from urllib.parse import urldefrag, urljoin, urlsplit
 from urllib.robotparser import RobotFileParser
 
 from airies.core.url_guard import URLGuard, URLNotAllowed, url_guard
+from airies.knowledge.extraction import extract_text_from_html
 
 MAX_PAGE_BYTES = 5 * 1024 * 1024
 MAX_REDIRECTS = 5
@@ -171,8 +172,6 @@ class Crawler:
         return robots is None or robots.can_fetch(self.user_agent, url)
 
     def crawl(self, start_urls: list[str], *, max_depth: int, max_pages: int) -> Iterator[CrawledPage]:
-        from airies.knowledge.extraction import extract_text_from_html
-
         sites = {_site(u) for u in start_urls}
         queue: deque[tuple[str, int]] = deque((normalise_url(u), 0) for u in start_urls)
         seen = {url for url, _ in queue}

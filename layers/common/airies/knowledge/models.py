@@ -39,6 +39,11 @@ class KnowledgeBase(TimestampMixin, Base):
     token_count: Mapped[int] = mapped_column(BigInteger, default=0)
     embeddings_updated_at: Mapped[datetime | None]
 
+    @property
+    def lexical_only(self) -> bool:
+        """Similarity is word overlap, not meaning: the hashing embedder."""
+        return self.embedding_provider == "hashing"
+
 
 class KnowledgeDocument(TimestampMixin, Base):
     __tablename__ = "knowledge_documents"

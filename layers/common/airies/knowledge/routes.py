@@ -13,7 +13,6 @@ from starlette.concurrency import run_in_threadpool
 from airies.accounts.auth import Caller, authenticate, current_caller
 from airies.core.errors import BadRequestError, PayloadTooLargeError, ValidationFailedError
 from airies.core.schemas import BINARY, Limit, Offset, Page, request_body
-from airies.knowledge.models import KnowledgeBase, KnowledgeDocument, KnowledgeScrapeJob
 from airies.knowledge.schemas import (
     ChunkOut,
     DocumentCreate,
@@ -42,43 +41,13 @@ def service(request: Request, caller: Caller = Depends(current_caller)) -> Knowl
     return base.bind(caller.session)
 
 
-def kb_out(kb: KnowledgeBase) -> KnowledgeBaseOut:
-    return KnowledgeBaseOut(
-        id=kb.id,
-        name=kb.name,
-        description=kb.description,
-        embedding_provider=kb.embedding_provider,
-        embedding_model=kb.embedding_model,
-        embedding_dimensions=kb.embedding_dimensions,
-        lexical_only=kb.embedding_provider == "hashing",
-        vector_store=kb.vector_store,
-        chunk_size=kb.chunk_size,
-        chunk_overlap=kb.chunk_overlap,
-        status=kb.status,
-        document_count=kb.document_count,
-        chunk_count=kb.chunk_count,
-        token_count=kb.token_count,
-        embeddings_updated_at=kb.embeddings_updated_at,
-        created_at=kb.created_at,
-        updated_at=kb.updated_at,
-    )
-
-
-def doc_out(doc: KnowledgeDocument) -> DocumentOut:
-    return DocumentOut.model_validate(doc)
-
-
-def job_out(job: KnowledgeScrapeJob) -> ScrapeJobOut:
-    return ScrapeJobOut.model_validate(job)
-
-
 @router.post("", status_code=201)
 def create_knowledge_base(
     body: KnowledgeBaseCreate, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
 ) -> KnowledgeBaseOut:
     """Create a knowledge base."""
     fields = body.model_dump(exclude={"name"})
-    return kb_out(svc.create_knowledge_base(caller.account_id, body.name, **fields))
+    return KnowledgeBaseOut.model_validate(svc.create_knowledge_base(caller.account_id, body.name, **fields))
 
 
 @router.get("")
@@ -90,7 +59,11 @@ def list_knowledge_bases(
 ) -> Page[KnowledgeBaseOut]:
     """The account's knowledge bases."""
     rows, next_cursor = svc.list_knowledge_bases(caller.account_id, limit=limit, cursor=cursor)
-    return Page(data=[kb_out(kb) for kb in rows], next_cursor=next_cursor, has_more=next_cursor is not None)
+    return Page(
+        data=[KnowledgeBaseOut.model_validate(kb) for kb in rows],
+        next_cursor=next_cursor,
+        has_more=next_cursor is not None,
+    )
 
 
 @router.get("/{kb_id}")
@@ -98,7 +71,7 @@ def get_knowledge_base(
     kb_id: str, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
 ) -> KnowledgeBaseOut:
     """One knowledge base with its document counts."""
-    return kb_out(svc.get_knowledge_base(caller.account_id, kb_id))
+    return KnowledgeBaseOut.model_validate(svc.get_knowledge_base(caller.account_id, kb_id))
 
 
 @router.put("/{kb_id}")
@@ -109,7 +82,9 @@ def update_knowledge_base(
     svc: KnowledgeService = Depends(service),
 ) -> KnowledgeBaseOut:
     """Change a knowledge base's name, description or settings."""
-    return kb_out(svc.update_knowledge_base(caller.account_id, kb_id, body.model_dump(exclude_unset=True)))
+    return KnowledgeBaseOut.model_validate(
+        svc.update_knowledge_base(caller.account_id, kb_id, body.model_dump(exclude_unset=True))
+    )
 
 
 @router.delete("/{kb_id}", status_code=204)
@@ -206,7 +181,7 @@ def _create_document_sync(request: Request, kb_id: str, spec: DocumentCreate, da
                 expires_in=presigned.expires_in,
                 max_bytes=settings.kb_max_document_bytes,
             )
-            return DocumentCreated(document=doc_out(doc), upload=upload)
+            return DocumentCreated(document=DocumentOut.model_validate(doc), upload=upload)
         if len(data) > settings.kb_inline_upload_max_bytes:
             raise PayloadTooLargeError(
                 f"inline uploads are limited to {settings.kb_inline_upload_max_bytes} bytes; "
@@ -215,7 +190,7 @@ def _create_document_sync(request: Request, kb_id: str, spec: DocumentCreate, da
         doc = svc.add_document_content(
             account.id, kb_id, filename=spec.filename, content_type=spec.content_type, data=data
         )
-        return DocumentCreated(document=doc_out(doc))
+        return DocumentCreated(document=DocumentOut.model_validate(doc))
 
 
 @router.put("/{kb_id}/documents/{doc_id}", openapi_extra=_DOCUMENT_BODY)
@@ -234,7 +209,7 @@ async def update_document(request: Request, kb_id: str, doc_id: str) -> Document
         with state.database.session() as session:
             caller = authenticate(request, session)
             svc = service(request, caller)
-            return doc_out(
+            return DocumentOut.model_validate(
                 svc.update_document(caller.account_id, kb_id, doc_id, data=data, content_type=spec.content_type)
             )
 
@@ -252,7 +227,9 @@ def list_documents(
 ) -> Page[DocumentOut]:
     """The knowledge base's documents."""
     rows, next_cursor = svc.list_documents(caller.account_id, kb_id, limit=limit, cursor=cursor, status=status)
-    return Page(data=[doc_out(d) for d in rows], next_cursor=next_cursor, has_more=next_cursor is not None)
+    return Page(
+        data=[DocumentOut.model_validate(d) for d in rows], next_cursor=next_cursor, has_more=next_cursor is not None
+    )
 
 
 @router.get("/{kb_id}/documents/{doc_id}")
@@ -260,7 +237,7 @@ def get_document(
     kb_id: str, doc_id: str, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
 ) -> DocumentOut:
     """One document with its processing status."""
-    return doc_out(svc.get_document(caller.account_id, kb_id, doc_id))
+    return DocumentOut.model_validate(svc.get_document(caller.account_id, kb_id, doc_id))
 
 
 @router.delete("/{kb_id}/documents/{doc_id}", status_code=204)
@@ -307,7 +284,7 @@ def create_scrape_job(
         caller.account_id, kb_id, body.start_urls, max_depth=body.max_depth, max_pages=body.max_pages
     )
     svc.start_scrape_job(job)
-    return job_out(svc.get_scrape_job(caller.account_id, kb_id, job.id))
+    return ScrapeJobOut.model_validate(svc.get_scrape_job(caller.account_id, kb_id, job.id))
 
 
 @router.get("/{kb_id}/scrape-jobs")
@@ -315,7 +292,7 @@ def list_scrape_jobs(
     kb_id: str, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
 ) -> dict[str, list[ScrapeJobOut]]:
     """The knowledge base's scrape jobs."""
-    return {"data": [job_out(j) for j in svc.list_scrape_jobs(caller.account_id, kb_id)]}
+    return {"data": [ScrapeJobOut.model_validate(j) for j in svc.list_scrape_jobs(caller.account_id, kb_id)]}
 
 
 @router.get("/{kb_id}/scrape-jobs/{job_id}")
@@ -323,7 +300,7 @@ def get_scrape_job(
     kb_id: str, job_id: str, caller: Caller = Depends(current_caller), svc: KnowledgeService = Depends(service)
 ) -> ScrapeJobOut:
     """One scrape job with its progress."""
-    return job_out(svc.get_scrape_job(caller.account_id, kb_id, job_id))
+    return ScrapeJobOut.model_validate(svc.get_scrape_job(caller.account_id, kb_id, job_id))
 
 
 @router.post("/{kb_id}/reembed")
@@ -342,4 +319,4 @@ def reembed(
         embedding_model=body.embedding_model,
         embedding_dimensions=body.embedding_dimensions,
     )
-    return kb_out(kb)
+    return KnowledgeBaseOut.model_validate(kb)

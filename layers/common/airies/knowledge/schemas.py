@@ -29,6 +29,7 @@ class KnowledgeBaseUpdate(StrictModel):
 
 
 class KnowledgeBaseOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # built from rows as they are
     id: str
     name: str
     description: str | None

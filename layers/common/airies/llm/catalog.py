@@ -84,8 +84,3 @@ def stt_providers() -> dict[str, dict[str, Any]]:
 
 def tts_providers() -> dict[str, dict[str, Any]]:
     return {entry["provider"]: entry for entry in _load("voice_catalog.json")["tts"]}
-
-
-def builtin_voice_ids(provider: str) -> set[str]:
-    entry = tts_providers().get(provider)
-    return {voice["voice_id"] for voice in entry.get("voices", [])} if entry else set()

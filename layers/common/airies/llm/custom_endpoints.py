@@ -17,6 +17,7 @@ the endpoint, so it cannot change; an endpoint that an agent's draft or publishe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,6 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from airies.agents.models import Agent, AgentVersion
 from airies.core.config import Settings
 from airies.core.errors import ConflictError, NotFoundError, ProviderError, ValidationFailedError
 from airies.core.ids import new_id
@@ -40,15 +40,14 @@ PROVIDER_PREFIX = "custom:"
 MAX_MODELS = 500
 MAX_MODEL_ID_LENGTH = 200
 NO_KEY = "not-needed"  # what the SDK sends to an endpoint that takes no key
+# (session, account_id, provider) -> ids of the account's agents configured to call ``provider``: the agents
+# capability answers it (the API edge passes ``airies.agents.service.agents_using_provider``).
+EndpointUsers = Callable[[Session, str, str], list[str]]
 
 
 def provider_name(endpoint_name: str) -> str:
     """The provider name agents use for the endpoint: ``custom:<name>``."""
     return f"{PROVIDER_PREFIX}{endpoint_name}"
-
-
-def is_custom_provider(provider: str) -> bool:
-    return provider.startswith(PROVIDER_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -272,9 +271,10 @@ class CustomEndpointService:
         self.session.flush()
         return row
 
-    def delete(self, account_id: str, endpoint_id: str) -> None:
+    def delete(self, account_id: str, endpoint_id: str, *, users_of: EndpointUsers) -> None:
+        """Delete an endpoint no agent uses (409 ``endpoint_in_use`` naming the agents that do)."""
         row = self.get(account_id, endpoint_id)
-        users = self.agents_using(account_id, provider_name(row.name))
+        users = users_of(self.session, account_id, provider_name(row.name))
         if users:
             raise ConflictError(
                 f"agents use this endpoint: {', '.join(users)}; point them elsewhere first",
@@ -283,18 +283,3 @@ class CustomEndpointService:
             )
         self.session.delete(row)
         self.session.flush()
-
-    def agents_using(self, account_id: str, provider: str) -> list[str]:
-        """Agents whose draft or current published config routes to ``provider`` (as provider or fallback)."""
-        drafts = self.session.execute(select(Agent.id, Agent.draft_config).where(Agent.account_id == account_id))
-        published = self.session.execute(
-            select(Agent.id, AgentVersion.config)
-            .join(AgentVersion, (AgentVersion.agent_id == Agent.id) & (AgentVersion.version == Agent.current_version))
-            .where(Agent.account_id == account_id)
-        )
-        return sorted({agent_id for agent_id, config in [*drafts, *published] if provider in _llm_providers(config)})
-
-
-def _llm_providers(config: dict[str, Any]) -> set[str]:
-    llm = config.get("llm") or {}
-    return {str(llm.get("provider"))} | {str(fb.get("provider")) for fb in llm.get("fallbacks") or []}

@@ -54,6 +54,8 @@ from airies.core.config import Settings
 from airies.core.errors import NotAvailableError, ProviderError, RateLimitedError
 from airies.core.money import format_usd
 from airies.llm import catalog
+from airies.llm.cost import token_cost
+from airies.llm.models import ProviderHealth
 from airies.llm.vendors.base import (
     LLMEvent,
     LLMProvider,
@@ -61,7 +63,6 @@ from airies.llm.vendors.base import (
     LLMResponse,
     StreamEnd,
     TextDelta,
-    ToolCall,
     ToolCallDelta,
     Usage,
 )
@@ -98,23 +99,6 @@ class RouterConfig:
             max_retry_after_wait_s=settings.llm_max_retry_after_wait_s,
             flush_interval_s=settings.llm_health_flush_interval_s,
         )
-
-
-MILLION = Decimal(1_000_000)
-
-
-def token_cost(model: catalog.LLMModel | None, usage: Usage) -> Decimal:
-    """Exact USD cost: uncached prompt, cached prompt and completion tokens at their per-million prices."""
-    if model is None:
-        return Decimal(0)
-    cached = min(usage.cached_tokens, usage.prompt_tokens)
-    uncached = usage.prompt_tokens - cached
-    total = (
-        Decimal(uncached) * Decimal(str(model.input_per_mtok))
-        + Decimal(cached) * Decimal(str(model.cached_input_per_mtok))
-        + Decimal(usage.completion_tokens) * Decimal(str(model.output_per_mtok))
-    )
-    return total / MILLION
 
 
 def account_health_key(provider: str, account_id: str | None) -> str:
@@ -351,8 +335,6 @@ class DatabaseHealthStore:
     def _merge_once(self, updates: dict[str, ProviderStats]) -> dict[str, dict[str, Any]]:
         from sqlalchemy import select
         from sqlalchemy.orm import Session
-
-        from airies.llm.models import ProviderHealth
 
         engine = self.database.engine
         dialect = engine.dialect.name
@@ -966,7 +948,7 @@ class LLMRouter:
                             details="timeout",
                         ) from None
                 else:
-                    response = await _collect(self._attempt(current, routed, attempt))
+                    response = await collect_response(self._attempt(current, routed, attempt))
             except ProviderError as exc:
                 last_error = exc
                 attempt.error, attempt.reason = exc.message, (exc.details or {}).get("reason")
@@ -1000,7 +982,7 @@ def run_async(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return asyncio.run(fn(*args, **kwargs))
 
 
-async def _collect(events: AsyncIterator[LLMEvent]) -> LLMResponse:
+async def collect_response(events: AsyncIterator[LLMEvent]) -> LLMResponse:
     parts: list[str] = []
     end: StreamEnd | None = None
     async for event in events:
@@ -1011,10 +993,3 @@ async def _collect(events: AsyncIterator[LLMEvent]) -> LLMResponse:
     if end is None:
         raise ProviderError("stream ended without a result", provider="unknown", retryable=True, details="dropped")
     return LLMResponse(text="".join(parts), tool_calls=tuple(end.tool_calls), end=end)
-
-
-def collect_tool_calls(events: list[LLMEvent]) -> tuple[ToolCall, ...]:
-    for event in events:
-        if isinstance(event, StreamEnd):
-            return tuple(event.tool_calls)
-    return ()

@@ -158,5 +158,6 @@ def update_custom_endpoint(
 @router.delete("/llm/custom-endpoints/{endpoint_id}", status_code=204)
 def delete_custom_endpoint(endpoint_id: str, request: Request, caller: Caller = Depends(current_caller)) -> Response:
     """Delete a custom LLM endpoint."""
-    custom_endpoints(request, caller).delete(caller.account_id, endpoint_id)
+    users_of = request.app.state.endpoint_users  # the agents capability's answer, wired by the API edge
+    custom_endpoints(request, caller).delete(caller.account_id, endpoint_id, users_of=users_of)
     return Response(status_code=204)

@@ -19,12 +19,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
 from airies.accounts.provider_keys import (
-    PROVIDER_KINDS,
     ProviderKeyService,
     register_key_validator,
     register_provider_status,
@@ -35,20 +34,19 @@ from airies.core.money import format_usd
 from airies.core.secrets import get_platform_secret
 from airies.core.url_guard import URLGuard, url_guard
 from airies.llm import catalog
+from airies.llm.cost import token_cost
 from airies.llm.custom_endpoints import CustomEndpointService, endpoint_catalog, provider_name
 from airies.llm.router import (
     DatabaseHealthStore,
     HealthTracker,
     LLMRouter,
     RouterConfig,
-    token_cost,
+    collect_response,
 )
 from airies.llm.vendors.base import LLMEvent, LLMProvider, LLMRequest, LLMResponse, Usage
 from airies.llm.vendors.offline import OFFLINE_PROVIDER, OfflineResponder
 from airies.llm.vendors.openai_compat import OpenAICompatibleProvider
-
-LLM_VENDORS = ("openai", "groq", "deepinfra")
-
+from airies.llm.vendors.table import LLM_VENDORS
 
 # ---------------------------------------------------------------------------------------------------------------
 # catalog (data file + the custom endpoint's models)
@@ -92,7 +90,7 @@ def _provider(
         if provider is None:
             import openai  # noqa: F401  -- pay the SDK import here, not inside the first request's TTFT
 
-            provider = OpenAICompatibleProvider(
+            provider = LLM_VENDORS.get(name, OpenAICompatibleProvider)(
                 name,
                 base_url=base_url,
                 api_key=api_key,
@@ -231,9 +229,7 @@ class LLMService:
     ) -> LLMResponse:
         """The whole reply at once. ``stream=True`` collects a stream instead of a non-streaming call."""
         if stream:
-            from airies.llm.router import _collect
-
-            return await _collect(self.router.stream(request))
+            return await collect_response(self.router.stream(request))
         return await self.router.complete(request)
 
     def get_available_models(self) -> list[dict[str, Any]]:
@@ -374,7 +370,7 @@ def build_llm_service(
 # registrations: LLM key validators and the LLM rows of GET /api/v1/providers
 # ---------------------------------------------------------------------------------------------------------------
 async def validate_llm_key(provider: str, api_key: str, settings: Settings) -> bool:
-    probe = OpenAICompatibleProvider(
+    probe = LLM_VENDORS[provider](
         provider,
         base_url=vendor_base_url(settings, provider),
         api_key=api_key,
@@ -384,15 +380,15 @@ async def validate_llm_key(provider: str, api_key: str, settings: Settings) -> b
     return await probe.validate_api_key(api_key)
 
 
-def _llm_validator(provider: str):  # type: ignore[no-untyped-def]
+def _llm_validator(provider: str) -> Callable[[str, Settings], Awaitable[bool]]:
     async def validate(api_key: str, settings: Settings) -> bool:
         return await validate_llm_key(provider, api_key, settings)
 
     return validate
 
 
-for _vendor in LLM_VENDORS:
-    register_key_validator(_vendor, _llm_validator(_vendor), kind="llm")
+# The LLM vendors' key probes (provider -> validator), from the vendor table.
+KEY_VALIDATORS = {vendor: _llm_validator(vendor) for vendor in LLM_VENDORS}
 
 
 def llm_provider_status(settings: Settings, database: Any = None) -> list[dict[str, Any]]:
@@ -405,5 +401,11 @@ def llm_provider_status(settings: Settings, database: Any = None) -> list[dict[s
     return rows
 
 
-register_provider_status("llm", llm_provider_status)
-assert PROVIDER_KINDS["openai"] == "llm"
+def register_with_provider_keys() -> None:
+    """Hand the key probes and the status rows of ``GET /api/v1/providers`` to the accounts' provider-key registry."""
+    for vendor, validator in KEY_VALIDATORS.items():
+        register_key_validator(vendor, validator, kind="llm")
+    register_provider_status("llm", llm_provider_status)
+
+
+register_with_provider_keys()

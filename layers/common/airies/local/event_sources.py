@@ -109,6 +109,7 @@ def start_queue_workers(stack: LocalStack) -> None:
             idle = True
             for source, url, arn, handler in workers:
                 batch = min(source.batch_size, 10)
+                # System attributes as Lambda's event source passes them (Powertools' SQS models require them).
                 messages = sqs.receive_message(
                     QueueUrl=url, MaxNumberOfMessages=batch, MessageSystemAttributeNames=["All"]
                 ).get("Messages", [])

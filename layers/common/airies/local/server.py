@@ -39,7 +39,7 @@ from aws_lambda_powertools import Logger
 import airies.local as local_package
 from airies.accounts.service import AccountService
 from airies.api.app import create_app
-from airies.billing.ledger import build_usage_service
+from airies.billing.usage import build_usage_service
 from airies.core.config import Settings
 from airies.core.database import get_database
 from airies.local.invoke import kept_api_key, log_as_function

@@ -7,8 +7,9 @@ from __future__ import annotations
 import sys
 import threading
 
+from airies.agents.service import prepare_deployed_agents
 from airies.local.server import LocalStack, on_startup
-from airies.voice.service import prepare_deployed_agents, speech_model_cache
+from airies.voice.service import speech_model_cache
 
 
 @on_startup

@@ -14,18 +14,23 @@ Provider choice (``build_voice_service``):
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
-import re
+import shutil
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
-from airies.agents.models import Agent, AgentVersion
+from airies.accounts import provider_keys
+from airies.accounts.provider_keys import get_account_provider_credentials
+from airies.core.config import Settings
+from airies.core.database import Database
 from airies.core.errors import (
     BadRequestError,
     NotAvailableError,
@@ -34,55 +39,34 @@ from airies.core.errors import (
     ProviderError,
     ValidationFailedError,
 )
+from airies.core.ids import new_id
+from airies.core.secrets import get_platform_secret
 from airies.core.storage import StorageService
+from airies.core.text import split_sentences
+from airies.voice import catalog
+from airies.voice.audio.formats import SUPPORTED_RATES, duration_seconds
+from airies.voice.models import Voice
 from airies.voice.speech_models import ModelBuilder, SpeechModelCache
 from airies.voice.stt.base import STTOptions, STTProvider, Transcript
-from airies.voice.tts.base import TTSOptions, TTSProvider, VoiceInfo
-
-if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
-    from airies.core.config import Settings
-    from airies.core.database import Database
-    from airies.voice.models import Voice
+from airies.voice.stt.pocketsphinx import PocketSphinxSTT
+from airies.voice.tts.base import TTSOptions, TTSProvider, VoiceInfo, parse_output_format
+from airies.voice.vendors import (
+    CLOUD_VENDORS,
+    OFFLINE_STT,
+    OFFLINE_STT_ENGINE,
+    OFFLINE_TTS,
+    OFFLINE_TTS_ENGINE,
+    STT_VENDORS,
+    TTS_VENDORS,
+    KeyValidator,
+    VoiceVendor,
+)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-OFFLINE_STT = "pocketsphinx"
-OFFLINE_TTS = "espeak"
-OUTPUT_FORMATS = (
-    "pcm_8000",
-    "pcm_16000",
-    "pcm_22050",
-    "pcm_24000",
-    "pcm_44100",
-    "pcm_48000",
-    "ulaw_8000",
-    "mp3_44100_128",
-)
 MAX_CLONE_SAMPLES = 25
-VENDORS = ("deepgram", "whisper", "elevenlabs", "azure")
 MAX_CLONE_SAMPLE_BYTES = 10 * 1024 * 1024
-
-
-def parse_output_format(output_format: str) -> tuple[str, int]:
-    """'pcm_16000' -> ('pcm', 16000); 'ulaw_8000' -> ('ulaw', 8000); 'mp3_44100_128' -> ('mp3', 44100)."""
-    if output_format not in OUTPUT_FORMATS:
-        raise ValidationFailedError(
-            f"unsupported output_format '{output_format}'",
-            details=[
-                {"field": "output_format", "code": "unsupported", "message": f"one of {', '.join(OUTPUT_FORMATS)}"}
-            ],
-        )
-    codec, rate, *_ = output_format.split("_")
-    return codec, int(rate)
-
-
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+|\n{2,}")
-
-
-def split_sentences(text: str) -> list[str]:
-    return [part.strip() for part in _SENTENCE_END.split(text) if part and part.strip()]
 
 
 def split_for_tts(text: str, max_chars: int, *, first_alone: bool = True) -> list[str]:
@@ -124,28 +108,6 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
     if isinstance(obj, Mapping):
         return obj.get(name, default)
     return getattr(obj, name, default)
-
-
-class VoiceCloner(Protocol):
-    """Implemented by TTS providers that support instant voice cloning (ElevenLabs)."""
-
-    async def clone_voice(
-        self, name: str, samples: Sequence[tuple[str, bytes]], *, description: str | None = None
-    ) -> VoiceInfo: ...
-
-    async def delete_voice(self, voice_id: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class AudioStreamEvent:
-    """What ``process_audio_stream`` yields: speech started, or one finished utterance with its transcript."""
-
-    kind: Literal["speech_start", "utterance"]
-    at_seconds: float
-    start_seconds: float
-    transcript: Transcript | None = None
-    audio: bytes = b""
-    end_seconds: float | None = None
 
 
 @dataclass
@@ -205,8 +167,6 @@ class VoiceService:
         """404 when ``requested`` names no speech-to-text provider (configured here or known to the catalog)."""
         if not requested or requested in self.stt_providers:
             return
-        from airies.llm import catalog
-
         if requested not in catalog.stt_providers():
             raise NotFoundError("STT provider", requested)
 
@@ -242,8 +202,6 @@ class VoiceService:
     # ------------------------------------------------------------------ speech to text
 
     def check_audio(self, pcm16: bytes, sample_rate: int) -> float:
-        from airies.voice.audio.codecs import SUPPORTED_RATES, duration_seconds  # numpy: lazily, off the API cold start
-
         if not pcm16:
             raise BadRequestError("audio is empty", code="empty_audio")
         if len(pcm16) % 2:
@@ -376,8 +334,6 @@ class VoiceService:
 
     async def get_available_voices(self, provider: str | None = None) -> dict[str, dict[str, Any]]:
         """Voices per TTS provider: live lists (cached per container) plus the account's own voices."""
-        from airies.llm import catalog
-
         names = list(self.available_providers()["tts"])
         if provider is not None:
             if provider not in catalog.tts_providers():
@@ -409,8 +365,6 @@ class VoiceService:
 
     async def check_voice(self, provider: str, voice_id: str) -> None:
         """404 unless ``voice_id`` is a voice of ``provider`` this account may use (built-in, live or its own)."""
-        from airies.llm import catalog
-
         if provider not in catalog.tts_providers():
             raise NotFoundError("TTS provider", provider)
         self.tts_provider(provider, strict=True)  # 501 when the provider is not configured
@@ -442,10 +396,6 @@ class VoiceService:
         ]
 
     def list_account_voices(self, provider: str | None = None) -> list[Voice]:
-        from sqlalchemy import select
-
-        from airies.voice.models import Voice
-
         session, account_id = self._require_account()
         query = select(Voice).where(Voice.account_id == account_id, Voice.deleted_at.is_(None))
         if provider:
@@ -467,9 +417,6 @@ class VoiceService:
         labels: Mapping[str, str] | None = None,
     ) -> Voice:
         """Instant voice cloning: the provider creates the voice; it is recorded as the account's own."""
-        from airies.core.ids import new_id
-        from airies.voice.models import Voice
-
         session, account_id = self._require_account()
         name = (name or "").strip()
         if not name or len(name) > 200:
@@ -508,10 +455,6 @@ class VoiceService:
         return row
 
     def get_account_voice(self, voice_id: str) -> Voice:
-        from sqlalchemy import or_, select
-
-        from airies.voice.models import Voice
-
         session, account_id = self._require_account()
         row = session.scalars(
             select(Voice).where(
@@ -539,61 +482,6 @@ class VoiceService:
         session.delete(row)
         session.flush()
 
-    # ------------------------------------------------------------------ audio
-
-    def enhance_audio_quality(self, pcm16: bytes, sample_rate: int) -> bytes:
-        from airies.voice.audio.codecs import AudioFormatError
-        from airies.voice.audio.enhance import enhance_audio_quality
-
-        try:
-            return enhance_audio_quality(pcm16, sample_rate)
-        except AudioFormatError as exc:
-            raise BadRequestError(str(exc), code="invalid_audio") from exc
-
-    async def process_audio_stream(
-        self,
-        chunks: AsyncIterable[bytes],
-        sample_rate: int = 16000,
-        *,
-        transcriber: Any = None,
-        expected_phrases: Sequence[str] = (),
-        silence_ms: int = 500,
-        enhance: bool = True,
-        min_utterance_ms: int = 200,
-    ) -> AsyncIterator[AudioStreamEvent]:
-        """Caller audio in (PCM16 chunks), events out: ``speech_start``, then ``utterance`` with a transcript
-        after ``silence_ms`` of trailing silence. Utterances shorter than ``min_utterance_ms`` are dropped."""
-        from airies.voice.audio.vad import EndOfUtteranceDetector
-
-        detector = EndOfUtteranceDetector(sample_rate=sample_rate, silence_ms=silence_ms)
-
-        async def handle(events: list[Any]) -> AsyncIterator[AudioStreamEvent]:
-            for event in events:
-                if event.kind == "speech_start":
-                    yield AudioStreamEvent("speech_start", event.at_seconds, event.start_seconds)
-                    continue
-                if event.duration_seconds * 1000 < min_utterance_ms:
-                    continue
-                audio = self.enhance_audio_quality(event.audio, sample_rate) if enhance else event.audio
-                transcript = await self.speech_to_text(
-                    audio, sample_rate, transcriber=transcriber, expected_phrases=expected_phrases
-                )
-                yield AudioStreamEvent(
-                    "utterance",
-                    event.at_seconds,
-                    event.start_seconds,
-                    transcript=transcript,
-                    audio=event.audio,
-                    end_seconds=event.end_seconds,
-                )
-
-        async for chunk in chunks:
-            async for out in handle(detector.feed(chunk)):
-                yield out
-            await asyncio.sleep(0)
-        async for out in handle(detector.flush()):
-            yield out
-
 
 def _check_sample(filename: str, data: bytes) -> None:
     from airies.voice.audio.codecs import AudioFormatError, read_wav, sniff_format
@@ -614,24 +502,13 @@ def _check_sample(filename: str, data: bytes) -> None:
 
 
 def platform_key(settings: Settings, provider: str) -> str | None:
-    """The platform's key for a provider: Settings first, then the secrets helper (when it exists)."""
-    attr = {
-        "deepgram": "deepgram_api_key",
-        "elevenlabs": "elevenlabs_api_key",
-        "whisper": "whisper_api_key",
-        "azure": "azure_speech_key",
-    }[provider]
-    value = getattr(settings, attr, None)
-    if not value and provider == "whisper":
-        value = getattr(settings, "openai_api_key", None)
-    if value:
-        return str(value.get_secret_value() if hasattr(value, "get_secret_value") else value)
-    try:
-        from airies.core.secrets import get_platform_secret
-    except ImportError:
-        return None
-    # Secret names follow the Settings fields (AIRIES_<NAME> locally; SSM/Secrets Manager entries on AWS).
-    names = {"whisper": ("whisper_api_key", "openai_api_key")}.get(provider, (attr,))
+    """The platform's key for a cloud voice vendor: its Settings fields first, then the platform secrets of the same
+    names (``AIRIES_<NAME>`` locally; SSM/Secrets Manager entries on AWS)."""
+    names = CLOUD_VENDORS[provider].settings_keys
+    for name in names:
+        value = getattr(settings, name, None)
+        if value:
+            return str(value.get_secret_value() if hasattr(value, "get_secret_value") else value)
     for name in names:
         try:
             secret = get_platform_secret(name, settings)
@@ -642,25 +519,13 @@ def platform_key(settings: Settings, provider: str) -> str | None:
     return None
 
 
-def account_key(
-    session: Session | None, account_id: str | None, provider: str, settings: Settings | None = None
-) -> str | None:
-    credentials = account_credentials(session, account_id, provider, settings)
-    return credentials[0] if credentials else None
-
-
 def account_credentials(
     session: Session | None, account_id: str | None, provider: str, settings: Settings | None = None
 ) -> tuple[str, dict[str, str]] | None:
     """The account's own key for a voice vendor and the options stored with it (Azure: ``region``), or None."""
     if session is None or account_id is None:
         return None
-    try:
-        from airies.accounts.provider_keys import get_account_provider_credentials
-    except ImportError:
-        return None
-    names = {"whisper": ("whisper", "openai"), "azure": ("azure", "azure_speech")}.get(provider, (provider,))
-    for name in names:
+    for name in CLOUD_VENDORS[provider].account_keys:
         try:
             credentials = get_account_provider_credentials(session, account_id, name, settings)
         except Exception:  # no stored key / unknown provider name / undecryptable
@@ -673,7 +538,9 @@ def account_credentials(
 def configured_voice_vendors(settings: Settings, session: Session | None, account_id: str | None) -> set[str]:
     """The cloud STT/TTS vendors with a key for this account (its own, else the platform's): the ones
     ``build_voice_service`` makes available, found without building them."""
-    return {p for p in VENDORS if account_credentials(session, account_id, p, settings) or platform_key(settings, p)}
+    return {
+        p for p in CLOUD_VENDORS if account_credentials(session, account_id, p, settings) or platform_key(settings, p)
+    }
 
 
 # Provider instances per container, keyed by their construction arguments: SDK clients, the PocketSphinx
@@ -682,16 +549,20 @@ _PROVIDERS: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
 MAX_CACHED_PROVIDERS = 64
 
 
-def _cached(cls: Any, *args: Any, **kwargs: Any) -> Any:
-    key = (cls, args, tuple(sorted(kwargs.items())))
-    provider = _PROVIDERS.get(key)
+def _cached(key: tuple[Any, ...], build: Callable[[], T]) -> T:
+    provider: T | None = _PROVIDERS.get(key)
     if provider is None:
-        provider = _PROVIDERS[key] = cls(*args, **kwargs)
+        provider = _PROVIDERS[key] = build()
         while len(_PROVIDERS) > MAX_CACHED_PROVIDERS:
             _PROVIDERS.popitem(last=False)
     else:
         _PROVIDERS.move_to_end(key)
     return provider
+
+
+def _vendor(vendor: VoiceVendor[T], name: str, api_key: str, settings: Settings, options: dict[str, str]) -> T:
+    key = (name, api_key, tuple(sorted(options.items())), settings.model_dump_json())
+    return _cached(key, lambda: vendor.build(api_key, settings, options))
 
 
 def build_voice_service(
@@ -707,57 +578,33 @@ def build_voice_service(
     """
     if session is None and database is not None and account_id is not None:
         with database.session() as lookup:
-            credentials = {p: account_credentials(lookup, account_id, p, settings) for p in VENDORS}
+            credentials = {p: account_credentials(lookup, account_id, p, settings) for p in CLOUD_VENDORS}
     else:
-        credentials = {p: account_credentials(session, account_id, p, settings) for p in VENDORS}
-    keys = {p: found[0] if found else None for p, found in credentials.items()}
-    uses_account_key = any(keys.values())
-    # An account's Azure key is used in the region stored with it; the platform's key in the platform's region.
-    azure_region = (credentials["azure"] or ("", {}))[1].get("region") or settings.azure_speech_region
-    for provider in keys:
-        keys[provider] = keys[provider] or platform_key(settings, provider)
+        credentials = {p: account_credentials(session, account_id, p, settings) for p in CLOUD_VENDORS}
+    uses_account_key = any(credentials.values())
 
-    timeout = settings.voice_provider_timeout_seconds
+    def key_and_options(name: str) -> tuple[str | None, dict[str, str]]:
+        own = credentials[name]
+        return (own[0], own[1]) if own else (platform_key(settings, name), {})
+
     stt: dict[str, STTProvider] = {}
+    for name, stt_vendor in STT_VENDORS.items():
+        api_key, options = key_and_options(name)
+        if api_key:
+            stt[name] = _vendor(stt_vendor, name, api_key, settings, options)
     tts: dict[str, TTSProvider] = {}
-    if keys["deepgram"]:
-        from airies.voice.stt.deepgram import DeepgramSTT
-
-        stt["deepgram"] = _cached(DeepgramSTT, keys["deepgram"], base_url=settings.deepgram_base_url, timeout=timeout)
-    if keys["whisper"]:
-        from airies.voice.stt.whisper import WhisperSTT
-
-        base = settings.whisper_base_url or getattr(settings, "openai_base_url", None)
-        stt["whisper"] = _cached(WhisperSTT, keys["whisper"], base_url=base, timeout=timeout)
-    if keys["elevenlabs"]:
-        from airies.voice.tts.elevenlabs import ElevenLabsTTS
-
-        tts["elevenlabs"] = _cached(
-            ElevenLabsTTS, keys["elevenlabs"], base_url=settings.elevenlabs_base_url, timeout=timeout
-        )
-    if keys["azure"]:
-        from airies.voice.tts.azure import AzureTTS
-
-        tts["azure"] = _cached(
-            AzureTTS,
-            keys["azure"],
-            region=azure_region,
-            base_url=settings.azure_speech_base_url,
-            timeout=timeout,
-        )
-
-    def offline_stt() -> STTProvider:
-        return offline_recogniser()
+    for name, tts_vendor in TTS_VENDORS.items():
+        api_key, options = key_and_options(name)
+        if api_key:
+            tts[name] = _vendor(tts_vendor, name, api_key, settings, options)
 
     def offline_tts() -> TTSProvider:
-        from airies.voice.tts.espeak import EspeakTTS
-
-        return _cached(EspeakTTS, binary=settings.espeak_binary)
+        return _cached((OFFLINE_TTS, settings.espeak_binary), lambda: OFFLINE_TTS_ENGINE(binary=settings.espeak_binary))
 
     return VoiceService(
         stt_providers=stt,
         tts_providers=tts,
-        offline_stt_factory=offline_stt,
+        offline_stt_factory=offline_recogniser,
         offline_tts_factory=offline_tts,
         offline_fallback=settings.voice_offline_fallback,
         session=session,
@@ -771,11 +618,9 @@ def build_voice_service(
     )
 
 
-def offline_recogniser() -> Any:
+def offline_recogniser() -> PocketSphinxSTT:
     """The container's PocketSphinx engine (NotAvailableError when the package is not installed)."""
-    from airies.voice.stt.pocketsphinx import PocketSphinxSTT
-
-    return _cached(PocketSphinxSTT)
+    return _cached((OFFLINE_STT,), OFFLINE_STT_ENGINE)
 
 
 def speech_model_cache(settings: Settings, builder: ModelBuilder | None = None) -> SpeechModelCache:
@@ -789,15 +634,6 @@ def speech_model_cache(settings: Settings, builder: ModelBuilder | None = None) 
         storage,
         builder or (lambda phrases: offline_recogniser().build_model(phrases)),
     )
-
-
-def replace_voice(voice: Any, **changes: Any) -> Any:
-    """Copy a voice config (pydantic model, dataclass or dict) with some fields changed."""
-    if isinstance(voice, Mapping):
-        return {**voice, **changes}
-    if hasattr(voice, "model_copy"):
-        return voice.model_copy(update=changes)
-    return replace(voice, **changes)
 
 
 def domain_phrases(expected_phrases: Sequence[str], keywords: Sequence[str]) -> list[str]:
@@ -820,18 +656,6 @@ def prepare_speech_model(cache: SpeechModelCache, account_id: str, config: Any) 
         return False
 
 
-def prepare_deployed_agents(cache: SpeechModelCache, database: Database) -> int:
-    """Models for the current version of every deployed agent (``make run`` at start-up: agents deployed before
-    models were built, or by another process). Returns how many are ready."""
-    with database.session() as session:
-        rows = session.execute(
-            select(AgentVersion.account_id, AgentVersion.config).join(
-                Agent, (Agent.id == AgentVersion.agent_id) & (Agent.current_version == AgentVersion.version)
-            )
-        ).all()
-    return sum(prepare_speech_model(cache, account_id, config) for account_id, config in rows)
-
-
 def expected_phrases_for_agent(config: Any) -> tuple[str, ...]:
     """Domain text for the offline recogniser from an agent config: what the caller is likely to say
     (keywords, end-call and interruption phrases) and the words of the conversation (first message, prompt)."""
@@ -849,50 +673,10 @@ def expected_phrases_for_agent(config: Any) -> tuple[str, ...]:
     return tuple(p for p in phrases if p and not (p in seen or seen.add(p)))
 
 
-# ---------------------------------------------------------------------- key validators and status rows
-
-
-async def _validate_deepgram(api_key: str, settings: Settings) -> bool:
-    """A key is good when Deepgram lists the projects it can see."""
-
-    base = (settings.deepgram_base_url or "https://api.deepgram.com").rstrip("/")
-    return await _probe("deepgram", f"{base}/v1/projects", {"Authorization": f"Token {api_key}"}, settings)
-
-
-async def _validate_elevenlabs(api_key: str, settings: Settings) -> bool:
-    base = (settings.elevenlabs_base_url or "https://api.elevenlabs.io").rstrip("/")
-    return await _probe("elevenlabs", f"{base}/v1/user", {"xi-api-key": api_key}, settings)
-
-
-async def _validate_azure(api_key: str, settings: Settings) -> bool:
-    base = (
-        settings.azure_speech_base_url or f"https://{settings.azure_speech_region}.tts.speech.microsoft.com"
-    ).rstrip("/")
-    return await _probe(
-        "azure", f"{base}/cognitiveservices/voices/list", {"Ocp-Apim-Subscription-Key": api_key}, settings
-    )
-
-
-async def _probe(provider: str, url: str, headers: dict[str, str], settings: Settings) -> bool:
-    import httpx
-
-    from airies.core.vendor_errors import http_provider_error, transport_error
-
-    try:
-        async with httpx.AsyncClient(timeout=settings.voice_provider_timeout_seconds) as client:
-            response = await client.get(url, headers=headers)
-    except httpx.HTTPError as exc:
-        raise transport_error(provider, exc) from exc
-    if response.status_code in (401, 403):
-        return False
-    if response.status_code >= 400:
-        raise http_provider_error(provider, response.status_code, response.text, dict(response.headers))
-    return True
-
-
 def voice_provider_status(settings: Settings) -> list[dict[str, Any]]:
     rows = []
-    for provider, kind in (("deepgram", "stt"), ("whisper", "stt"), ("elevenlabs", "tts"), ("azure", "tts")):
+    kinds = {**{name: "stt" for name in STT_VENDORS}, **{name: "tts" for name in TTS_VENDORS}}
+    for provider, kind in kinds.items():
         configured = bool(platform_key(settings, provider))
         rows.append(
             {
@@ -920,27 +704,27 @@ def voice_provider_status(settings: Settings) -> list[dict[str, Any]]:
 
 def offline_stt_available() -> bool:
     """PocketSphinx is importable (checked without importing it: it loads a 40 MB model on first use)."""
-    import importlib.util
-
     return importlib.util.find_spec("pocketsphinx") is not None
 
 
 def offline_tts_available(settings: Settings) -> bool:
     """The eSpeak NG binary is on PATH (or the configured path exists and is executable)."""
-    import shutil
-
     return shutil.which(settings.espeak_binary) is not None
 
 
-def _register() -> None:
-    try:
-        from airies.accounts import provider_keys
-    except ImportError:  # the LLM capability's key registry is not installed
-        return
-    provider_keys.register_key_validator("deepgram", _validate_deepgram, kind="stt")
-    provider_keys.register_key_validator("elevenlabs", _validate_elevenlabs, kind="tts")
-    provider_keys.register_key_validator("azure", _validate_azure, kind="speech")
+# ---------------------------------------------------------------------- provider keys
+
+# The voice vendors' key probes (provider -> (validator, provider-key kind)), from the vendor tables.
+KEY_VALIDATORS: dict[str, tuple[KeyValidator, str]] = {
+    name: (vendor.validate, vendor.key_kind) for name, vendor in CLOUD_VENDORS.items() if vendor.validate is not None
+}
+
+
+def register_with_provider_keys() -> None:
+    """Hand the key probes and the status rows of ``GET /api/v1/providers`` to the accounts' provider-key registry."""
+    for name, (validator, kind) in KEY_VALIDATORS.items():
+        provider_keys.register_key_validator(name, validator, kind=kind)
     provider_keys.register_provider_status("voice", voice_provider_status)
 
 
-_register()
+register_with_provider_keys()

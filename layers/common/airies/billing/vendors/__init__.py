@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from airies.billing.vendors.base import PaymentProvider
-    from airies.core.config import Settings
+from airies.billing.vendors.base import PaymentProvider
+from airies.billing.vendors.stripe import StripePaymentProvider
+from airies.core.config import Settings
+from airies.core.secrets import get_platform_secret
 
 
 def build_payment_provider(settings: Settings) -> PaymentProvider | None:
     """Stripe when a secret key or a webhook secret is configured (settings, env, or the platform secret); else None."""
-    from airies.core.secrets import get_platform_secret
-
     api_key = settings.stripe_secret_key or get_platform_secret("stripe_secret_key", settings)
     webhook_secret = settings.stripe_webhook_secret or get_platform_secret("stripe_webhook_secret", settings)
     if not api_key and not webhook_secret:
         return None
-    from airies.billing.vendors.stripe import StripePaymentProvider
-
     return StripePaymentProvider(
         api_key,
         webhook_secret=webhook_secret,

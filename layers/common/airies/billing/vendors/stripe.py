@@ -21,7 +21,8 @@ from airies.billing.vendors.base import (
     WebhookSignatureError,
 )
 from airies.billing.vendors.stripe_events import parse_stripe_event
-from airies.core.errors import ProviderError
+from airies.core.errors import NotAvailableError, ProviderError
+from airies.core.secrets import get_platform_secret
 
 if TYPE_CHECKING:
     from airies.core.config import Settings
@@ -89,8 +90,6 @@ class StripePaymentProvider:
     def v1(self) -> Any:
         if self._client is None:
             if not self._api_key:
-                from airies.core.errors import NotAvailableError
-
                 raise NotAvailableError(
                     "Stripe is not configured: set AIRIES_STRIPE_SECRET_KEY", code="stripe_not_configured"
                 )
@@ -349,8 +348,6 @@ async def validate_key(api_key: str, settings: Settings) -> bool:
 def provider_status(settings: Settings) -> list[dict[str, Any]]:
     configured = bool(settings.stripe_secret_key)
     if not configured:
-        from airies.core.secrets import get_platform_secret
-
         try:
             configured = bool(get_platform_secret("stripe_secret_key", settings))
         except Exception:  # an unreachable secret store means "not configured" here, not a failed request

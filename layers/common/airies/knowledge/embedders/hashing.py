@@ -19,6 +19,8 @@ import numpy as np
 
 from airies.knowledge.embedders.base import EmbeddingResult, approx_tokens, normalise_rows
 
+MODELS = {"hashing-v1": (4096, True)}  # any dimension up to 4096
+
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 # Very common English words carry little signal for retrieval; they are down-weighted, not dropped.
 _STOPWORDS = frozenset(

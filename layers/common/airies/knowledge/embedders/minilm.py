@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 
 from airies.core.errors import NotAvailableError
-from airies.knowledge.embedders.base import EmbeddingResult, normalise_rows
+from airies.knowledge.embedders.base import EmbeddingResult, approx_tokens, normalise_rows
+
+MODELS = {"all-MiniLM-L6-v2": (384, False)}
 
 _MODEL: Any = None
 
@@ -41,8 +43,6 @@ class MiniLMEmbedder:
     lexical_only = False
 
     def embed(self, texts: list[str]) -> EmbeddingResult:
-        from airies.knowledge.embedders.base import approx_tokens
-
         model = _load()
         matrix = np.asarray(model.encode(texts, batch_size=self.max_batch), dtype=np.float32)
         return EmbeddingResult(vectors=normalise_rows(matrix), tokens=sum(approx_tokens(t) for t in texts), requests=0)

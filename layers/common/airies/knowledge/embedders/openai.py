@@ -14,11 +14,15 @@ from typing import Any
 import numpy as np
 
 from airies.core.errors import ProviderError
-from airies.knowledge.embedders import KNOWN_MODELS
-from airies.knowledge.embedders.base import EmbeddingResult, normalise_rows
+from airies.knowledge.embedders.base import EmbeddingResult, approx_tokens, normalise_rows
 
-# Known native dimensions; text-embedding-3-* also accept a smaller ``dimensions``.
-MODEL_DIMENSIONS = {model: largest for model, (largest, _) in KNOWN_MODELS["openai"].items()}
+# model -> its native (largest) dimension, and whether a smaller ``dimensions`` may be asked for.
+MODELS = {
+    "text-embedding-3-small": (1536, True),
+    "text-embedding-3-large": (3072, True),
+    "text-embedding-ada-002": (1536, False),
+}
+MODEL_DIMENSIONS = {model: largest for model, (largest, _) in MODELS.items()}
 # OpenAI: at most 2048 inputs and 300k tokens per request; stay well inside both.
 MAX_INPUTS_PER_REQUEST = 256
 MAX_TOKENS_PER_REQUEST = 200_000
@@ -57,8 +61,6 @@ class OpenAIEmbedder:
         self._client = client
 
     def _batches(self, texts: list[str]) -> list[list[str]]:
-        from airies.knowledge.embedders.base import approx_tokens
-
         batches: list[list[str]] = []
         current: list[str] = []
         tokens = 0

@@ -7,6 +7,7 @@ A query never returns a vector of another account or knowledge base, whatever th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -58,3 +59,21 @@ class VectorStore(Protocol):
     def delete(self, account_id: str, knowledge_base_id: str, ids: list[str]) -> None: ...
 
     def count(self, account_id: str, knowledge_base_id: str) -> int: ...
+
+
+def vector_records(
+    account_id: str, kb_id: str, keys: Sequence[tuple[str, str, int]], vectors: np.ndarray
+) -> list[VectorRecord]:
+    """Store records of one knowledge base: ``keys`` are (chunk id, document id, chunk index), row n of ``vectors``
+    belongs to ``keys[n]``."""
+    return [
+        VectorRecord(
+            id=cid,
+            values=vectors[n],
+            account_id=account_id,
+            knowledge_base_id=kb_id,
+            document_id=doc_id,
+            chunk_index=index,
+        )
+        for n, (cid, doc_id, index) in enumerate(keys)
+    ]

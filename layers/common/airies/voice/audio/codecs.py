@@ -1,4 +1,4 @@
-"""PCM16 / μ-law / WAV conversions, resampling, framing and durations, all vectorised with numpy.
+"""PCM16 / μ-law / WAV conversions, resampling and framing, vectorised with numpy (numpy-free parts: ``formats``).
 
 Audio everywhere in the platform is little-endian signed 16-bit mono PCM ("PCM16") unless a name says
 otherwise; telephony is G.711 μ-law at 8 kHz.
@@ -6,21 +6,20 @@ otherwise; telephony is G.711 μ-law at 8 kHz.
 
 from __future__ import annotations
 
-import io
 import struct
-import wave
 from collections.abc import Iterator
 from fractions import Fraction
 from functools import cache
 
 import numpy as np
 
-SUPPORTED_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
-
-
-class AudioFormatError(ValueError):
-    """The bytes are not the audio they claim to be (empty, truncated, wrong container or sample format)."""
-
+# Re-exported: the numpy-free part of the audio helpers (``formats``), so ``codecs`` stays the one import for audio.
+from airies.voice.audio.formats import SUPPORTED_RATES as SUPPORTED_RATES
+from airies.voice.audio.formats import AudioFormatError as AudioFormatError
+from airies.voice.audio.formats import duration_seconds as duration_seconds
+from airies.voice.audio.formats import frame_bytes as frame_bytes
+from airies.voice.audio.formats import sniff_format as sniff_format
+from airies.voice.audio.formats import write_wav as write_wav
 
 # ---------------------------------------------------------------- PCM16 <-> numpy
 
@@ -35,11 +34,6 @@ def array_to_pcm16(samples: np.ndarray) -> bytes:
     if samples.dtype != np.int16:
         samples = np.clip(np.rint(samples), -32768, 32767).astype("<i2")
     return samples.astype("<i2", copy=False).tobytes()
-
-
-def duration_seconds(pcm16: bytes | int, sample_rate: int) -> float:
-    n_bytes = pcm16 if isinstance(pcm16, int) else len(pcm16)
-    return n_bytes / 2 / sample_rate
 
 
 # ---------------------------------------------------------------- G.711 μ-law
@@ -126,48 +120,7 @@ def resample_pcm16(pcm16: bytes, src_rate: int, dst_rate: int) -> bytes:
     return array_to_pcm16(resample_array(pcm16_to_array(pcm16), src_rate, dst_rate))
 
 
-class StreamResampler:
-    """Resampling for a live stream of chunks (8k <-> 16k <-> 24k <-> 48k): filter state carries across chunks,
-    so chunk boundaries leave no clicks. Output lags the input by half the filter (about 1.5 ms for 8k -> 16k)."""
-
-    def __init__(self, src_rate: int, dst_rate: int) -> None:
-        ratio = Fraction(dst_rate, src_rate)
-        self.up, self.down = ratio.numerator, ratio.denominator
-        if self.up > 8 or self.down > 8:
-            raise AudioFormatError(f"streaming resampling {src_rate} -> {dst_rate} Hz is not supported")
-        self.src_rate, self.dst_rate = src_rate, dst_rate
-        factor = max(self.up, self.down)
-        self._h = _lowpass(0.5 / factor * 0.92, 24 * factor + 1) * self.up
-        self._tail = np.zeros(self._h.size - 1, dtype=np.float32)
-        self._skip = 0  # high-rate samples to skip before the next kept one (decimation phase)
-        self._odd = b""
-
-    def process(self, pcm16: bytes) -> bytes:
-        pcm16 = self._odd + pcm16
-        if len(pcm16) % 2:
-            self._odd, pcm16 = pcm16[-1:], pcm16[:-1]
-        else:
-            self._odd = b""
-        if self.up == self.down == 1 or not pcm16:
-            return pcm16
-        x = pcm16_to_array(pcm16).astype(np.float32)
-        if self.up > 1:
-            stuffed = np.zeros(x.size * self.up, dtype=np.float32)
-            stuffed[:: self.up] = x
-            x = stuffed
-        buffer = np.concatenate([self._tail, x])
-        y = np.convolve(buffer, self._h, mode="valid")  # one output per new high-rate sample
-        self._tail = buffer[-(self._h.size - 1) :]
-        kept = y[self._skip :: self.down]
-        self._skip = (self._skip - y.size) % self.down
-        return array_to_pcm16(kept)
-
-
 # ---------------------------------------------------------------- framing
-
-
-def frame_bytes(sample_rate: int, frame_ms: int) -> int:
-    return sample_rate * frame_ms // 1000 * 2
 
 
 def chunk_frames(pcm16: bytes, sample_rate: int, frame_ms: int = 20, *, pad: bool = False) -> Iterator[bytes]:
@@ -182,16 +135,6 @@ def chunk_frames(pcm16: bytes, sample_rate: int, frame_ms: int = 20, *, pad: boo
 
 
 # ---------------------------------------------------------------- WAV
-
-
-def write_wav(pcm16: bytes, sample_rate: int, channels: int = 1) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as wav:
-        wav.setnchannels(channels)
-        wav.setsampwidth(2)
-        wav.setframerate(sample_rate)
-        wav.writeframes(pcm16)
-    return buf.getvalue()
 
 
 STREAMING_SIZE = 0x7FFF0000  # writers that stream (espeak-ng --stdout) put a placeholder size here
@@ -248,18 +191,3 @@ def read_wav(data: bytes) -> tuple[bytes, int]:
     if samples.size == 0:
         raise AudioFormatError("WAV file holds no audio")
     return array_to_pcm16(samples), rate
-
-
-def sniff_format(data: bytes) -> str:
-    """Best-effort container detection for uploads: 'wav', 'mp3', 'ogg', 'flac', 'webm' or 'unknown'."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
-        return "wav"
-    if data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and (data[1] & 0xE0) == 0xE0):
-        return "mp3"
-    if data[:4] == b"OggS":
-        return "ogg"
-    if data[:4] == b"fLaC":
-        return "flac"
-    if data[:4] == b"\x1a\x45\xdf\xa3":
-        return "webm"
-    return "unknown"

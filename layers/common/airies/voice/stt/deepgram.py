@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from airies.core.config import Settings
 from airies.core.errors import ProviderError
 from airies.core.vendor_clients import SdkVendor
 from airies.core.vendor_errors import http_provider_error, transport_error
-from airies.voice.audio.codecs import duration_seconds, write_wav
+from airies.voice.audio.formats import duration_seconds, write_wav
 from airies.voice.stt.base import STTOptions, Transcript, Word
 
 DEFAULT_MODEL = "nova-3"
@@ -15,6 +17,10 @@ DEFAULT_MODEL = "nova-3"
 
 class DeepgramSTT(SdkVendor):
     name = "deepgram"
+
+    @classmethod
+    def from_settings(cls, api_key: str, settings: Settings, options: Mapping[str, str]) -> DeepgramSTT:
+        return cls(api_key, base_url=settings.deepgram_base_url, timeout=settings.voice_provider_timeout_seconds)
 
     def _build_client(self) -> Any:
         from deepgram import AsyncDeepgramClient  # lazy: ~30 MB of SDK

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from airies.core.config import Settings
 from airies.core.vendor_clients import SdkVendor
 from airies.core.vendor_errors import http_provider_error, transport_error
-from airies.voice.audio.codecs import duration_seconds, write_wav
+from airies.voice.audio.formats import duration_seconds, write_wav
 from airies.voice.stt.base import STTOptions, Transcript, Word
 
 DEFAULT_MODEL = "whisper-1"
@@ -15,6 +17,11 @@ WORD_TIMESTAMP_MODELS = {"whisper-1"}  # only whisper-1 returns verbose_json wit
 
 class WhisperSTT(SdkVendor):
     name = "whisper"
+
+    @classmethod
+    def from_settings(cls, api_key: str, settings: Settings, options: Mapping[str, str]) -> WhisperSTT:
+        base_url = settings.whisper_base_url or settings.openai_base_url
+        return cls(api_key, base_url=base_url, timeout=settings.voice_provider_timeout_seconds)
 
     def _build_client(self) -> Any:
         from openai import AsyncOpenAI

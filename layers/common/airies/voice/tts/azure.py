@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
+from airies.core.config import Settings
 from airies.core.errors import NotFoundError
 from airies.core.vendor_clients import LoopBoundClient
 from airies.core.vendor_errors import http_provider_error, transport_error
@@ -35,6 +36,16 @@ def build_ssml(text: str, voice_id: str, speed: float = 1.0) -> str:
 
 class AzureTTS:
     name = "azure"
+
+    @classmethod
+    def from_settings(cls, api_key: str, settings: Settings, options: Mapping[str, str]) -> AzureTTS:
+        """An account's key is used in the region stored with it; the platform's key in the platform's region."""
+        return cls(
+            api_key,
+            region=options.get("region") or settings.azure_speech_region,
+            base_url=settings.azure_speech_base_url,
+            timeout=settings.voice_provider_timeout_seconds,
+        )
 
     def __init__(
         self, api_key: str, *, region: str = "eastus", base_url: str | None = None, timeout: float = 20.0

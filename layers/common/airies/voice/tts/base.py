@@ -6,6 +6,32 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from airies.core.errors import ValidationFailedError
+
+OUTPUT_FORMATS = (
+    "pcm_8000",
+    "pcm_16000",
+    "pcm_22050",
+    "pcm_24000",
+    "pcm_44100",
+    "pcm_48000",
+    "ulaw_8000",
+    "mp3_44100_128",
+)
+
+
+def parse_output_format(output_format: str) -> tuple[str, int]:
+    """'pcm_16000' -> ('pcm', 16000); 'ulaw_8000' -> ('ulaw', 8000); 'mp3_44100_128' -> ('mp3', 44100)."""
+    if output_format not in OUTPUT_FORMATS:
+        raise ValidationFailedError(
+            f"unsupported output_format '{output_format}'",
+            details=[
+                {"field": "output_format", "code": "unsupported", "message": f"one of {', '.join(OUTPUT_FORMATS)}"}
+            ],
+        )
+    codec, rate, *_ = output_format.split("_")
+    return codec, int(rate)
+
 
 @dataclass(frozen=True)
 class TTSOptions:

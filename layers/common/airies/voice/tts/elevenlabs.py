@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+from airies.core.config import Settings
 from airies.core.errors import NotFoundError
 from airies.core.vendor_clients import SdkVendor
 from airies.core.vendor_errors import http_provider_error, transport_error
@@ -16,6 +17,10 @@ CUSTOM_CATEGORIES = {"cloned", "generated", "professional"}
 
 class ElevenLabsTTS(SdkVendor):
     name = "elevenlabs"
+
+    @classmethod
+    def from_settings(cls, api_key: str, settings: Settings, options: Mapping[str, str]) -> ElevenLabsTTS:
+        return cls(api_key, base_url=settings.elevenlabs_base_url, timeout=settings.voice_provider_timeout_seconds)
 
     def _build_client(self) -> Any:
         from elevenlabs.client import AsyncElevenLabs  # lazy: ~60 MB of SDK

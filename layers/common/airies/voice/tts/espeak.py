@@ -11,23 +11,15 @@ import shutil
 from collections.abc import AsyncIterator
 
 from airies.core.errors import NotAvailableError, ProviderError, ValidationFailedError
-from airies.voice.audio.codecs import (
-    AudioFormatError,
-    chunk_frames,
-    pcm16_to_ulaw,
-    read_wav,
-    resample_pcm16,
-)
-from airies.voice.tts.base import TTSOptions, VoiceInfo
+from airies.core.text import split_sentences
+from airies.voice.audio.formats import AudioFormatError, frame_bytes
+from airies.voice.tts.base import TTSOptions, VoiceInfo, parse_output_format
 
-ESPEAK_RATE = 22050
 DEFAULT_WPM = 175
 CHUNK_MS = 100
 
 
 def _sentences(text: str) -> list[str]:
-    from airies.voice.service import split_sentences  # the one sentence splitter
-
     return split_sentences(text) or [text]
 
 
@@ -69,24 +61,27 @@ class EspeakTTS:
         """One piece of text -> (PCM16, 22050)."""
         wpm = max(80, min(450, round(DEFAULT_WPM * speed)))
         wav = await self._run("--stdout", "-v", voice, "-s", str(wpm), "--stdin", stdin=text.encode())
+        # numpy on first speech, not on import: the vendor table (API cold start, layers without numpy) loads this
+        from airies.voice.audio import codecs
+
         try:
-            return read_wav(wav)
+            return codecs.read_wav(wav)
         except AudioFormatError as exc:
             raise ProviderError("espeak-ng produced no audio", provider=self.name, details=str(exc)) from exc
 
     async def synthesize(self, text: str, options: TTSOptions) -> AsyncIterator[bytes]:
-        from airies.voice.service import parse_output_format
-
         codec, rate = parse_output_format(options.output_format)
         if codec == "mp3":
             raise NotAvailableError("eSpeak NG produces PCM/μ-law only; ask for pcm_16000 or ulaw_8000")
         await self._check_voice(options.voice_id)
+        from airies.voice.audio.codecs import chunk_frames, pcm16_to_ulaw, resample_pcm16  # numpy: see speak_pcm
+
         for sentence in _sentences(text):
             pcm, src_rate = await self.speak_pcm(sentence, options.voice_id, options.speed)
             pcm = resample_pcm16(pcm, src_rate, rate)
             for chunk in chunk_frames(pcm, rate, CHUNK_MS, pad=False):
                 yield pcm16_to_ulaw(chunk) if codec == "ulaw" else chunk
-            tail = len(pcm) % (rate * CHUNK_MS // 1000 * 2)
+            tail = len(pcm) % frame_bytes(rate, CHUNK_MS)
             if tail:
                 yield pcm16_to_ulaw(pcm[-tail:]) if codec == "ulaw" else pcm[-tail:]
 

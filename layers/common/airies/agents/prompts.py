@@ -1,0 +1,38 @@
+"""What an agent sends its LLM on every turn, on a call and in an agent test alike: the messages (system prompt,
+knowledge passages, the voice-call instruction, history, the caller's words) and the ``end_call`` tool."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airies.agents.schemas import AgentConfig
+
+END_CALL_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "end_call",
+        "description": "Hang up the call. Use it only when the caller is done or asks to end the call.",
+        "parameters": {
+            "type": "object",
+            "properties": {"reason": {"type": "string", "description": "why the call ends"}},
+            "required": [],
+        },
+    },
+}
+
+
+def build_messages(
+    config: AgentConfig, history: list[dict[str, str]], user_text: str | None, passages: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    system = config.system_prompt
+    if passages:
+        context = "\n\n".join(f"[{i + 1}] {p.get('text', '')}" for i, p in enumerate(passages))
+        system += (
+            "\n\nAnswer from these knowledge base passages when they are relevant; say so when they do not cover "
+            f"the question.\n{context}"
+        )
+    system += "\n\nYou are speaking on a voice call: answer in short spoken sentences, no markdown or lists."
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}, *history]
+    if user_text:
+        messages.append({"role": "user", "content": user_text})
+    return messages

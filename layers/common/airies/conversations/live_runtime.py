@@ -1,0 +1,328 @@
+"""What every live module shares: the dependencies of a live call, per-container caches, and the way out to the
+caller (``post_to_connection`` through the API Gateway Management API).
+
+Read the live side in this order: ``sessions`` (the live state in DynamoDB), this module, ``lifecycle`` (ending a
+call), ``barge_in``, ``orchestrator`` (one turn: claim, assemble audio, run, record, end), ``sweeping`` (timers and
+abandoned calls), ``endpointing`` (caller audio -> end of utterance), ``socket_edge`` (the WebSocket events), then
+``live`` (the service the Lambda handlers build) and ``live_sessions`` (the facade REST and the sweeper use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy.orm import Session
+
+from airies.agents.schemas import AgentConfig
+from airies.conversations import protocol as wp
+from airies.conversations.service import (
+    ConversationService,
+    ConversationTokens,
+    CreditGate,
+    UsageSink,
+    billing_credit_gate,
+    billing_usage_sink,
+    build_engines,
+    token_secret,
+)
+from airies.conversations.sessions import LiveSession, SessionStore
+from airies.conversations.turns import TurnEngines
+from airies.core.config import Settings
+from airies.core.database import Database
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Work overlapped with the invocation's thread: buffer writes, claiming a turn while the database is read, the
+# audio read. Threads start lazily; the local gateway runs many invocations per process, hence more than 2.
+background = ThreadPoolExecutor(max_workers=8, thread_name_prefix="voice-io")
+
+_loops = threading.local()
+_loop_generation = 0  # bumped by reset_after_restore: every thread builds a fresh loop on its next turn
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` without a new event loop and thread pool per turn: each thread keeps its own (a Lambda
+    container has one; the local gateway runs invocations on several threads). Saves creating the loop and the
+    ``to_thread`` workers on the turn's critical path, and joining them after it."""
+    loop: asyncio.AbstractEventLoop | None = getattr(_loops, "loop", None)
+    if loop is not None and getattr(_loops, "generation", 0) != _loop_generation:
+        stale, loop = loop, None  # built before a SnapStart snapshot: its executor threads are not to be trusted
+        if not stale.is_closed() and not stale.is_running():
+            stale.close()
+    if loop is None or loop.is_closed():
+        loop = _loops.loop = asyncio.new_event_loop()
+        _loops.generation = _loop_generation
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=8, thread_name_prefix="voice-turn"))
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        # As asyncio.run does: nothing of this turn keeps running into the next one.
+        pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        asyncio.set_event_loop(None)
+
+
+# --- posting to the caller -----------------------------------------------------------------------------------------
+class Poster(Protocol):
+    def post(self, connection_id: str, data: bytes) -> bool:
+        """Deliver a frame; False when the connection is gone (410)."""
+        ...
+
+    def close(self, connection_id: str) -> None: ...
+
+
+class ApiGatewayPoster:
+    """``post_to_connection`` through the API Gateway Management API (locally: the gateway's stand-in)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.posts = 0
+
+    def post(self, connection_id: str, data: bytes) -> bool:
+        self.posts += 1
+        try:
+            self.client.post_to_connection(ConnectionId=connection_id, Data=data)
+        except self.client.exceptions.GoneException:
+            return False
+        return True
+
+    def close(self, connection_id: str) -> None:
+        try:
+            self.client.delete_connection(ConnectionId=connection_id)
+        except self.client.exceptions.GoneException:
+            pass
+
+
+_management_clients: dict[str, Any] = {}
+
+
+def reset_after_restore() -> None:
+    """SnapStart: what a snapshot froze is stale after restore. Drop the cached API Gateway Management clients
+    (their pooled HTTPS connections and credentials) and make every thread build a new event loop."""
+    global _loop_generation
+    _management_clients.clear()
+    _loop_generation += 1
+
+
+def management_poster(settings: Settings, endpoint: str) -> ApiGatewayPoster:
+    """One client per endpoint per container (building a boto3 client costs ~100 ms)."""
+    if endpoint not in _management_clients:
+        import boto3  # lazy: boto3 costs ~100 ms to import
+        from botocore.config import Config
+
+        _management_clients[endpoint] = boto3.client(
+            "apigatewaymanagementapi",
+            endpoint_url=endpoint,
+            region_name=settings.aws_region,
+            config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2}),
+        )
+    return ApiGatewayPoster(_management_clients[endpoint])
+
+
+def endpoint_from_event(settings: Settings, event: dict[str, Any]) -> str:
+    if settings.ws_management_url:
+        return settings.ws_management_url
+    if not settings.on_aws:  # the local gateway serves the management API next to the HTTP API
+        return f"{settings.public_api_url.rstrip('/')}/ws-management"
+    ctx = event.get("requestContext", {})
+    return f"https://{ctx.get('domainName')}/{ctx.get('stage')}"
+
+
+@dataclass
+class Frame:
+    """A parsed ``$default`` event."""
+
+    connection_id: str
+    conversation_id: str
+    account_id: str
+    endpoint: str
+    received_at: float
+
+
+class SocketSink:
+    """TurnSink that broadcasts to the conversation's connections and asks DynamoDB before every post."""
+
+    def __init__(
+        self, store: SessionStore, poster: Poster, conversation_id: str, turn_id: str, connections: set[str]
+    ) -> None:
+        self.store = store
+        self.poster = poster
+        self.conversation_id = conversation_id
+        self.turn_id = turn_id
+        self.connections = set(connections)
+        self.speaking = False
+        self.speaking_update: Future[bool] | None = None
+
+    async def send(self, message: dict[str, Any]) -> bool:
+        delivered = await asyncio.to_thread(self.broadcast, message)
+        if delivered and message.get("type") == "audio" and not self.speaking:
+            # The live state says "speaking" from the first audio the caller gets (thinking until then). Written
+            # off the critical path; ``settle`` waits for it before the turn goes back to listening.
+            self.speaking = True
+            self.speaking_update = background.submit(self.store.set_speaking, self.conversation_id, self.turn_id)
+        return delivered > 0
+
+    def settle(self) -> None:
+        """Wait for the thinking -> speaking write (long done by the end of a turn), so it never lands after the
+        turn's return to listening. Its failure only loses the label."""
+        if self.speaking_update is not None:
+            try:
+                self.speaking_update.result()
+            except Exception:
+                log.warning("set_speaking failed for %s", self.turn_id, exc_info=True)
+
+    def broadcast(self, message: dict[str, Any]) -> int:
+        """Post to every connection; a 410 drops that connection only. Returns how many got it."""
+        data = wp.encode(message)
+        delivered = 0
+        for connection_id in sorted(self.connections):
+            if self.poster.post(connection_id, data):
+                delivered += 1
+            else:
+                self.connections.discard(connection_id)
+                self.store.drop_connection(connection_id, self.conversation_id)
+        return delivered
+
+    async def cancelled(self) -> tuple[bool, int | None]:
+        return await asyncio.to_thread(self.store.turn_status, self.conversation_id, self.turn_id)
+
+
+# --- per-container caches -------------------------------------------------------------------------------------------
+HEARD_FRAMES_MAX = 4000  # per conversation (~17 min of 250 ms frames): past it the container stops keeping audio
+
+
+class BoundedCache(dict[str, T]):
+    """A dict that forgets its oldest entry past ``limit`` (hints only: every decision is a conditional write)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key: str, value: T) -> T:
+        if key not in self and len(self) >= self.limit:
+            self.pop(next(iter(self)))
+        self[key] = value
+        return value
+
+
+class HeardFrames:
+    """Per conversation, the numbered audio frames this container handled since the last turn: seq -> the bytes
+    stored in DynamoDB, or None for a frame that was not stored. A caller's frames mostly reach one warm container;
+    when it saw every frame of an utterance, the turn skips the DynamoDB Query."""
+
+    def __init__(self) -> None:
+        self.frames: BoundedCache[dict[int, bytes | None]] = BoundedCache(1_000)
+
+    def hear(self, conversation_id: str, seq: int, stored: bytes | None) -> None:
+        frames = self.frames.get(conversation_id)
+        if frames is None:
+            frames = self.frames.put(conversation_id, {})
+        if len(frames) >= HEARD_FRAMES_MAX:
+            frames.clear()  # the cache is an optimisation: a gap only sends the turn back to DynamoDB
+        frames[seq] = stored
+
+    def audio(self, conversation_id: str, first: int, last: int) -> bytes | None:
+        """The utterance's stored audio for seqs [first, last] if this container handled every one of them."""
+        frames = self.frames.get(conversation_id)
+        if frames is None or first < 0:
+            return None
+        try:
+            return b"".join(pcm for pcm in (frames[seq] for seq in range(first, last + 1)) if pcm is not None)
+        except KeyError:
+            return None
+
+    def forget(self, conversation_id: str, up_to: int) -> None:
+        frames = self.frames.get(conversation_id)
+        if frames:
+            for seq in [q for q in frames if q <= up_to]:
+                del frames[seq]
+
+    def clear(self) -> None:
+        self.frames.clear()
+
+
+# --- the shared dependencies ----------------------------------------------------------------------------------------
+EngineFactory = Callable[[Session, str, AgentConfig], TurnEngines]
+
+
+class Recorder(Protocol):
+    def store_turn(self, conversation: Any, result: Any) -> dict[str, Any]: ...
+
+
+class LiveRuntime:
+    """The dependencies of a live call (injected: tests and the benchmark pass doubles) and what a warm container
+    remembers between invocations."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        store: SessionStore,
+        *,
+        poster_factory: Callable[[str], Poster] | None = None,
+        engines: EngineFactory | None = None,
+        usage_sink: Callable[[Session], UsageSink | None] | None = None,
+        credit_gate: Callable[[Session], CreditGate | None] | None = None,
+        recorder: Recorder | None = None,
+        tokens: ConversationTokens | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.store = store
+        self.poster_factory: Callable[[str], Poster] = poster_factory or (
+            lambda endpoint: management_poster(settings, endpoint)
+        )
+        self.engines: EngineFactory = engines or (
+            lambda session, account_id, config: build_engines(settings, session, account_id, config, database)
+        )
+        self.usage_sink = usage_sink or (lambda session: billing_usage_sink(settings, session))
+        self.credit_gate = credit_gate or (lambda session: billing_credit_gate(settings, session))
+        self.recorder = recorder
+        self._tokens = tokens
+        self.clock = clock
+        # connection -> conversation never changes for a connection's life: warm containers skip the lookup.
+        self.connections: BoundedCache[dict[str, str]] = BoundedCache(10_000)
+        self.configs: BoundedCache[AgentConfig] = BoundedCache(10_000)
+        self.heard = HeardFrames()
+
+    @property
+    def tokens(self) -> ConversationTokens:
+        """Built on first use: ending a call or sweeping never needs the token secret."""
+        if self._tokens is None:
+            secret = token_secret(self.settings)
+            self._tokens = ConversationTokens(secret, ttl_seconds=self.settings.ws_token_ttl_seconds)
+        return self._tokens
+
+    def config(self, session: LiveSession) -> AgentConfig:
+        """The conversation's agent config (a published version: immutable), parsed once per container."""
+        config = self.configs.get(session.conversation_id)
+        if config is None:
+            config = self.configs.put(session.conversation_id, AgentConfig.model_validate(session.config))
+        return config
+
+    def poster_for(self, session: LiveSession) -> Poster | None:
+        """A poster to the API Gateway endpoint the session's connections came through (None if not known)."""
+        return self.poster_factory(session.endpoint) if session.endpoint else None
+
+    def conversations(self, session: Session) -> ConversationService:
+        return ConversationService(
+            session,
+            self.settings,
+            usage_sink=self.usage_sink(session),
+            credit_gate=self.credit_gate(session),
+            tokens=self._tokens,
+            recorder=self.recorder,
+        )

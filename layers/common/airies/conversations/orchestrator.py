@@ -1,0 +1,291 @@
+"""One live turn, in five steps: claim it, assemble the caller's audio, run it, record it, end it.
+
+Frames run concurrently (API Gateway invokes once per frame), so a turn starts with a conditional write that
+claims the utterance in the live state: of two invocations that both saw its end, one runs the turn. The database
+reads and the audio read overlap that claim; the turn itself (``turns.TurnRunner``) streams to the caller through
+a ``SocketSink``; the row is written through ``ConversationService``. Whatever happens once the utterance is
+claimed, the live session goes back to listening.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session
+
+from airies.agents.schemas import AgentConfig
+from airies.conversations import protocol as wp
+from airies.conversations.barge_in import BargeIn, spoken_record
+from airies.conversations.lifecycle import Lifecycle
+from airies.conversations.live_runtime import LiveRuntime, Poster, SocketSink, background, run_async
+from airies.conversations.models import Conversation
+from airies.conversations.service import ConversationService
+from airies.conversations.sessions import LiveSession
+from airies.conversations.turns import TurnEngines, TurnInput, TurnMode, TurnResult, TurnRunner
+from airies.core.errors import ConflictError, NotFoundError
+from airies.core.ids import new_id
+
+OUT_OF_CREDIT_MESSAGE = "I'm sorry, this account has run out of credits, so I have to end the call now. Goodbye."
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """Where the caller's audio of an audio turn is: the buffered chunks of the current utterance up to
+    ``end_seq``, plus ``tail``, the chunk that ended it (handed over before it is stored)."""
+
+    end_seq: int | None = None  # its last chunk's seq; None: whatever is buffered
+    numbered: bool = True  # the client numbers its chunks: a missing one inside the range is waited for
+    tail: bytes = b""
+    # (min speech ms, min stored trailing silence ms): claim only if the stored VAD counters say it ended
+    vad: tuple[float, float] | None = None
+
+    @property
+    def buffered_up_to(self) -> int | None:
+        """The last seq to read from the buffer (the tail is not there yet)."""
+        return self.end_seq - 1 if (self.end_seq is not None and self.tail) else self.end_seq
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    mode: TurnMode
+    text: str | None = None  # TEXT: what the caller typed
+    scripted: str | None = None  # NONE: a fixed reply (first message, reminder); None lets the model speak first
+    utterance: Utterance = field(default_factory=Utterance)  # AUDIO
+    expected_utt: int | None = None  # claim only if this is still the current utterance (idempotent starts)
+    endpointing_ms: float = 0.0
+    eou_at: float = field(default_factory=time.perf_counter)  # when the turn's trigger arrived (latency origin)
+    end_after: str | None = None  # end the call after this turn, with this reason
+    turn_id: str = field(default_factory=lambda: new_id("turn"))
+
+
+@dataclass
+class _Claim:
+    """The claim's conditional write and the audio read, both in flight while the database is read."""
+
+    claimed: Future[LiveSession | None]
+    heard: bytes | None = None  # the utterance, from this container's cache
+    fetch: Future[tuple[bytes, int]] | None = None  # else its read from DynamoDB
+
+
+@dataclass
+class _Prepared:
+    config: AgentConfig
+    engines: TurnEngines
+    inp: TurnInput
+    sink: SocketSink
+
+
+@dataclass
+class _Outcome:
+    result: TurnResult | None = None
+    sink: SocketSink | None = None
+    closed: str | None = None  # the conversation was ended or deleted elsewhere: so is the live session
+    end_after: str | None = None
+    stored: bool = False
+
+
+class TurnOrchestrator:
+    def __init__(self, runtime: LiveRuntime, lifecycle: Lifecycle, barge_in: BargeIn) -> None:
+        self.runtime = runtime
+        self.store = runtime.store
+        self.lifecycle = lifecycle
+        self.barge_in = barge_in
+
+    def run(self, session: LiveSession, poster: Poster, request: TurnRequest) -> TurnResult | None:
+        """Run one turn of the live call; None when another invocation took the utterance or the call ended."""
+        claim = self._claim(session, request)
+        outcome = _Outcome(end_after=request.end_after)
+        try:
+            with self.runtime.database.session() as db:
+                # The database reads of the turn run while the claim is in flight (wasted only when another
+                # invocation won the utterance): the claim's round trip is then off the critical path.
+                service = self.runtime.conversations(db)
+                conversation, outcome.closed = self._open_conversation(service, session)
+                if conversation is not None:
+                    prepared = self._prepare(db, service, session, poster, request, claim, outcome)
+                    if prepared is None:
+                        return None  # another invocation already took this utterance, or the conversation ended
+                    outcome.result = self._execute(service, prepared)
+                    outcome.closed = self._record(service, conversation, session, outcome.result)
+        finally:
+            # Whatever happened once the utterance was claimed (a failed read, engine or config, a provider
+            # outage, a refused turn), the session goes back to listening: stuck in "thinking", the server VAD
+            # would never end the next utterance and the silence timer would never fire.
+            finished = self._release(session.conversation_id, request.turn_id, claim, outcome)
+        return self._end(session.conversation_id, poster, request.turn_id, outcome, finished)
+
+    # -- 1. claim ------------------------------------------------------------------------------------------------
+    def _claim(self, session: LiveSession, request: TurnRequest) -> _Claim:
+        cid = session.conversation_id
+        utterance = request.utterance
+        upper = utterance.buffered_up_to
+        heard, fetch = None, None
+        if request.mode == TurnMode.AUDIO:
+            if utterance.numbered and upper is not None:
+                heard = self.runtime.heard.audio(cid, session.seg_start, upper)
+            if heard is None:  # read the buffered audio while the turn is claimed
+                fetch = self._fetch_audio(cid, session.seg_start, upper, utterance.numbered)
+        claimed = background.submit(
+            self.store.begin_turn,
+            cid,
+            request.turn_id,
+            expected_utt=request.expected_utt,
+            caller_activity=request.mode != TurnMode.NONE,
+            end_seq=utterance.end_seq,
+            vad=utterance.vad,
+        )
+        time.sleep(0)  # hand the GIL to the claim's thread so its request leaves before the database work below
+        return _Claim(claimed, heard, fetch)
+
+    def _fetch_audio(self, cid: str, first: int, upper: int | None, numbered: bool) -> Future[tuple[bytes, int]]:
+        return background.submit(self.store.utterance_audio, cid, first, upper, wait_s=0.6 if numbered else 0.0)
+
+    @staticmethod
+    def _open_conversation(
+        service: ConversationService, session: LiveSession
+    ) -> tuple[Conversation | None, str | None]:
+        """The conversation row, or why the call is over (ended over REST or by the sweeper, or deleted)."""
+        try:
+            conversation = service.get(session.account_id, session.conversation_id)
+        except NotFoundError:
+            return None, "deleted"
+        if conversation.status == "ended":
+            return None, conversation.end_reason or "api_request"
+        return conversation, None
+
+    def _prepare(
+        self,
+        db: Session,
+        service: ConversationService,
+        session: LiveSession,
+        poster: Poster,
+        request: TurnRequest,
+        claim: _Claim,
+        outcome: _Outcome,
+    ) -> _Prepared | None:
+        config = self.runtime.config(session)
+        allowed, reason, _message = service.check_credit(session.account_id)
+        engines = self.runtime.engines(db, session.account_id, config)
+        previous = claim.claimed.result()
+        if previous is None:
+            return None
+        pcm = (
+            self._assemble_audio(session, request.utterance, claim, previous)
+            if request.mode == TurnMode.AUDIO
+            else None
+        )
+        outcome.sink = SocketSink(self.store, poster, session.conversation_id, request.turn_id, previous.connections)
+        mode, scripted = request.mode, request.scripted
+        if not allowed:
+            mode, scripted, outcome.end_after = TurnMode.NONE, OUT_OF_CREDIT_MESSAGE, reason or "insufficient_credits"
+        if mode == TurnMode.AUDIO and not pcm:
+            raise wp.ProtocolError("no_audio", "no audio was buffered for this utterance")
+        inp = TurnInput(
+            turn_id=request.turn_id,
+            seq=previous.turn_seq + 1,  # the old values: turn_seq + 1 is this turn's
+            mode=mode,
+            account_id=previous.account_id,
+            conversation_id=session.conversation_id,
+            pcm=pcm,
+            text=request.text,
+            endpointing_ms=request.endpointing_ms,
+            eou_at=request.eou_at,
+            scripted_reply=scripted,
+        )
+        return _Prepared(config, engines, inp, outcome.sink)
+
+    # -- 2. assemble audio ---------------------------------------------------------------------------------------
+    def _assemble_audio(
+        self, session: LiveSession, utterance: Utterance, claim: _Claim, previous: LiveSession
+    ) -> bytes:
+        """The utterance's audio: from this container's cache or DynamoDB, plus the chunk that ended it."""
+        cid = session.conversation_id
+        upper = utterance.buffered_up_to
+        heard, fetch = claim.heard, claim.fetch
+        if heard is not None and previous.seg_start != session.seg_start:  # the cache was read for a stale start
+            heard, fetch = None, self._fetch_audio(cid, previous.seg_start, upper, utterance.numbered)
+        last = upper if upper is not None else -1
+        pcm: bytes | None = heard
+        if pcm is None and fetch is not None:
+            pcm, last = fetch.result()
+        if utterance.end_seq is None:
+            self.store.set_segment_start(cid, last + 1)
+        self.runtime.heard.forget(cid, utterance.end_seq if utterance.end_seq is not None else last)
+        return (pcm or b"") + utterance.tail
+
+    # -- 3. run --------------------------------------------------------------------------------------------------
+    def _execute(self, service: ConversationService, prepared: _Prepared) -> TurnResult:
+        runner = TurnRunner(prepared.engines, out_chunk_ms=self.runtime.settings.ws_out_chunk_ms)
+        cid = prepared.inp.conversation_id
+        # History is read from the database on a thread while the speech is transcribed.
+        return run_async(
+            runner.run(prepared.config, lambda: service.history_messages(cid), prepared.inp, prepared.sink)
+        )
+
+    # -- 4. record -----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _record(
+        service: ConversationService, conversation: Conversation, session: LiveSession, result: TurnResult
+    ) -> str | None:
+        """Store the turn (billed through the service). Returns why the call is over if the turn was refused."""
+        if result.status == "no_speech":
+            return None
+        try:
+            service.record_turn(conversation, result)
+        except ConflictError as exc:  # the conversation ended before this turn started
+            if exc.code != "conversation_ended":
+                raise
+            return service.end_reason(session.account_id, session.conversation_id)
+        except NotFoundError:  # deleted while the turn ran
+            return "deleted"
+        return None
+
+    def _release(self, cid: str, turn_id: str, claim: _Claim, outcome: _Outcome) -> LiveSession | None:
+        """Back to listening if the claim went through (a no-op when a newer turn took over or the call ended),
+        keeping a stored turn's sentences for a late barge-in. Returns the session as the turn left it (None: not
+        this turn's)."""
+        if outcome.sink is not None:
+            outcome.sink.settle()
+        result = outcome.result
+        outcome.stored = result is not None and result.status == "completed" and outcome.closed is None
+        record = spoken_record(turn_id, result.spoken) if outcome.stored and result is not None else None
+        try:
+            claimed = claim.claimed.result() is not None
+        except Exception:
+            return None
+        return self.store.finish_turn(cid, turn_id, record) if claimed else None
+
+    # -- 5. end --------------------------------------------------------------------------------------------------
+    def _end(
+        self, cid: str, poster: Poster, turn_id: str, outcome: _Outcome, finished: LiveSession | None
+    ) -> TurnResult | None:
+        """``turn_end`` to the connections, a late barge-in cut, and the end of the call if the turn ends it."""
+        if outcome.closed is not None:
+            # No turn_end: the turn was not stored. The caller gets "ended" and the socket closes.
+            self.lifecycle.end(cid, outcome.closed, poster)
+            return None
+        result, sink = outcome.result, outcome.sink
+        assert result is not None and sink is not None
+        frame = wp.turn_end(
+            turn_id,
+            seq=result.seq,
+            status=result.status,
+            user_text=result.user_text,
+            agent_text=result.agent_text,
+            interrupted=result.interrupted,
+            latency=result.latency,
+            usage={k: v for k, v in result.usage.items() if k not in ("tts_errors",)},
+            cost=result.cost,
+            error=result.error,
+        )
+        if sink.connections:
+            sink.broadcast(frame)
+        if finished is not None and finished.cancelled == turn_id and finished.played_ms is not None and outcome.stored:
+            # An interrupt landed after the turn's last barge-in check: cut it now, as one after turn_end would be.
+            self.barge_in.cut_finished_turn(finished, turn_id, poster)
+        ending = outcome.end_after or result.end_call
+        if ending:
+            self.lifecycle.end(cid, ending, poster, active_until=self.runtime.clock())
+        return result

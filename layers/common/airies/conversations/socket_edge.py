@@ -1,0 +1,216 @@
+"""The WebSocket events: ``$connect`` checks the conversation token and opens the live session; ``$default`` (one
+invocation per frame, concurrently) parses a frame and hands it on; ``$disconnect`` forgets the connection. A 410
+Gone on a post drops that one connection; the conversation and its other connections carry on."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from typing import Any
+
+from airies.agents.schemas import FirstMessageMode
+from airies.conversations import protocol as wp
+from airies.conversations.barge_in import BargeIn
+from airies.conversations.endpointing import Endpointing
+from airies.conversations.lifecycle import Lifecycle
+from airies.conversations.live_runtime import Frame, LiveRuntime, Poster, endpoint_from_event
+from airies.conversations.orchestrator import TurnOrchestrator, TurnRequest, Utterance
+from airies.conversations.sessions import ENDED, LiveSession, SessionEnded
+from airies.conversations.sweeping import Sweeper
+from airies.conversations.turns import TurnMode
+from airies.core.errors import AiriesError, NotFoundError, UnauthorizedError
+from airies.core.ids import new_id
+
+log = logging.getLogger(__name__)
+
+# How long a typed turn waits for the first message another invocation is speaking (posts run ~20x real time).
+FIRST_MESSAGE_WAIT_S = 10.0
+
+
+def _refused(status: int, code: str, message: str) -> dict[str, Any]:
+    """A refused ``$connect`` handshake, with the reason as an ``error`` frame body."""
+    return {"statusCode": status, "body": wp.encode(wp.error(code, message)).decode()}
+
+
+class SocketEdge:
+    def __init__(
+        self,
+        runtime: LiveRuntime,
+        lifecycle: Lifecycle,
+        barge_in: BargeIn,
+        orchestrator: TurnOrchestrator,
+        sweeper: Sweeper,
+        endpointing: Endpointing,
+    ) -> None:
+        self.runtime = runtime
+        self.store = runtime.store
+        self.lifecycle = lifecycle
+        self.barge_in = barge_in
+        self.orchestrator = orchestrator
+        self.sweeper = sweeper
+        self.endpointing = endpointing
+
+    # -- $connect / $disconnect ------------------------------------------------------------------------------------
+    def handle_connection(self, event: dict[str, Any]) -> dict[str, Any]:
+        ctx = event.get("requestContext", {})
+        connection_id = ctx.get("connectionId", "")
+        if ctx.get("eventType") == "DISCONNECT" or ctx.get("routeKey") == "$disconnect":
+            self.runtime.connections.pop(connection_id, None)
+            known = self.store.connection(connection_id)
+            self.store.drop_connection(connection_id, known["conversation_id"] if known else None)
+            return {"statusCode": 200}
+        params = event.get("queryStringParameters") or {}
+        try:
+            claims = self.runtime.tokens.verify(params.get("token"), params.get("conversation_id"))
+        except UnauthorizedError as exc:
+            return _refused(401, exc.code, exc.message)
+        conversation_id, account_id = claims["c"], claims["a"]
+        with self.runtime.database.session() as db:
+            service = self.runtime.conversations(db)
+            try:
+                conversation = service.get(account_id, conversation_id)
+            except NotFoundError:
+                return _refused(403, "invalid_token", "unknown conversation")
+            if conversation.status == "ended":
+                return _refused(410, "conversation_ended", "conversation has ended")
+            try:
+                config = service.config_for(conversation)  # the agent may have been deleted since the start
+            except AiriesError as exc:
+                return _refused(exc.status_code, exc.code, exc.message)
+            try:
+                self.store.open_session(
+                    conversation_id,
+                    account_id=account_id,
+                    agent_id=conversation.agent_id,
+                    agent_version=conversation.agent_version,
+                    config=config.model_dump(mode="json"),
+                    connection_id=connection_id,
+                    endpoint=endpoint_from_event(self.runtime.settings, event),
+                )
+            except SessionEnded:
+                return _refused(410, "conversation_ended", "conversation has ended")
+            service.mark_active(conversation)
+        return {"statusCode": 200}
+
+    # -- $default ------------------------------------------------------------------------------------------------
+    def handle_message(self, event: dict[str, Any]) -> dict[str, Any]:
+        ctx = event.get("requestContext", {})
+        connection_id = ctx.get("connectionId", "")
+        endpoint = endpoint_from_event(self.runtime.settings, event)
+        poster = self.runtime.poster_factory(endpoint)
+        known = self.runtime.connections.get(connection_id) or self.store.connection(connection_id)
+        if known is None:
+            poster.post(
+                connection_id, wp.encode(wp.error("conversation_ended", "this connection has no live conversation"))
+            )
+            poster.close(connection_id)
+            return {"statusCode": 200}
+        self.runtime.connections.put(connection_id, known)
+        frame = Frame(connection_id, known["conversation_id"], known["account_id"], endpoint, time.perf_counter())
+        body = event.get("body")
+        if event.get("isBase64Encoded") and body:
+            body = base64.b64decode(body)
+        try:
+            message = wp.parse_client_frame(body)
+            if not isinstance(message, wp.AudioFrame) and not self.store.allow_control_frame(
+                frame.conversation_id, self.runtime.settings.ws_control_frames_per_second
+            ):
+                raise wp.ProtocolError("rate_limited", "too many control frames; slow down")
+            self.dispatch(frame, poster, message)
+        except (wp.ProtocolError, AiriesError) as exc:
+            poster.post(connection_id, wp.encode(wp.error(exc.code, exc.message, exc.details)))
+        except Exception:
+            # A bug or an outage (database, DynamoDB): the caller hears about it, the details stay in the log.
+            log.exception("frame of %s failed", frame.conversation_id)
+            try:
+                poster.post(connection_id, wp.encode(wp.error("internal_error", "internal error; please retry")))
+            except Exception:
+                log.exception("could not report the failure to %s", connection_id)
+        return {"statusCode": 200}
+
+    def dispatch(self, ctx: Frame, poster: Poster, message: wp.ClientFrame) -> None:
+        cid = ctx.conversation_id
+        if isinstance(message, wp.AudioFrame):
+            self.endpointing.handle_audio(ctx, poster, message)
+            return
+        session = self.store.get(cid)
+        if session is None or session.state == ENDED:
+            raise wp.ProtocolError("conversation_ended", "this conversation has ended")
+        if isinstance(message, wp.PingFrame):
+            poster.post(ctx.connection_id, wp.encode(wp.pong()))
+            self.sweeper.check_timers(session, poster)
+        elif isinstance(message, wp.StartFrame):
+            self._start(ctx, poster, session)
+        elif isinstance(message, wp.TextFrame):
+            self._after_first_message(session, poster)
+            self.orchestrator.run(
+                session, poster, TurnRequest(TurnMode.TEXT, text=message.text, eou_at=ctx.received_at)
+            )
+        elif isinstance(message, wp.EndOfUtteranceFrame):
+            if session.speech_ms <= 0:
+                raise wp.ProtocolError("no_audio", "no speech was received since the last turn")
+            request = TurnRequest(
+                TurnMode.AUDIO,
+                utterance=Utterance(end_seq=message.last_seq),
+                expected_utt=session.utt,
+                eou_at=ctx.received_at,
+            )
+            self.orchestrator.run(session, poster, request)
+        elif isinstance(message, wp.InterruptFrame):
+            self.barge_in.handle_interrupt(ctx, poster, message)
+        elif isinstance(message, wp.EndFrame):
+            self.lifecycle.end(cid, "caller_ended", poster, active_until=self.runtime.clock())
+
+    # -- start and the first message -----------------------------------------------------------------------------
+    def _start(self, ctx: Frame, poster: Poster, session: LiveSession) -> None:
+        # Frames run concurrently: a text frame sent right after "start" may already have begun its turn, so neither
+        # "resumed" nor the first message is read off the turn state; each is claimed once, atomically.
+        resumed = not self.store.claim_start(ctx.conversation_id)
+        poster.post(
+            ctx.connection_id,
+            wp.encode(
+                wp.ready(
+                    ctx.conversation_id, agent_id=session.agent_id, agent_version=session.agent_version, resumed=resumed
+                )
+            ),
+        )
+        self._speak_first_message(session, poster)
+
+    def _owes_first_message(self, session: LiveSession) -> bool:
+        config = self.runtime.config(session)
+        if config.first_message_mode == FirstMessageMode.assistant_generates_first:
+            return True
+        return config.first_message_mode == FirstMessageMode.assistant_speaks_first and bool(config.first_message)
+
+    def _speak_first_message(self, session: LiveSession, poster: Poster) -> None:
+        """The agent's first message, once per conversation: whoever claims it (the first ``start``, or a text
+        frame that got there first) speaks it. None once a turn has run (the caller spoke before any ``start``)."""
+        if session.first_turn is not None or session.turn_seq > 0 or not self._owes_first_message(session):
+            return
+        turn_id = new_id("turn")
+        if not self.store.claim_first_message(session.conversation_id, turn_id):
+            return
+        config = self.runtime.config(session)
+        scripted = (
+            config.first_message if config.first_message_mode == FirstMessageMode.assistant_speaks_first else None
+        )
+        try:
+            request = TurnRequest(TurnMode.NONE, scripted=scripted, expected_utt=session.utt, turn_id=turn_id)
+            self.orchestrator.run(session, poster, request)
+        finally:
+            self.store.first_message_over(session.conversation_id)
+
+    def _after_first_message(self, session: LiveSession, poster: Poster) -> None:
+        """A typed turn comes after the agent's first message, never instead of it: the first message is spoken
+        here if nobody has claimed it yet, or waited for (at most ``FIRST_MESSAGE_WAIT_S``) while another
+        invocation speaks it. Caller audio is not held back: speaking over the first message interrupts it."""
+        if session.first_done or not self._owes_first_message(session):
+            return
+        self._speak_first_message(session, poster)
+        deadline = time.monotonic() + FIRST_MESSAGE_WAIT_S
+        while time.monotonic() < deadline:
+            current = self.store.get(session.conversation_id)
+            if current is None or current.state == ENDED or current.first_turn is None or current.first_done:
+                return  # over, or nobody speaks it (the caller spoke before any "start")
+            time.sleep(0.05)

@@ -1,0 +1,100 @@
+"""Timers and sweeping: max duration and the silence timeout (one reminder, then end), checked on the caller's
+frames and by the scheduled sweeper, which also ends calls abandoned by their caller, ended or deleted elsewhere,
+and closes conversation rows that never connected or went stale."""
+
+from __future__ import annotations
+
+import logging
+
+from airies.conversations.lifecycle import Lifecycle
+from airies.conversations.live_runtime import LiveRuntime, Poster
+from airies.conversations.orchestrator import TurnOrchestrator, TurnRequest
+from airies.conversations.sessions import ENDED, LISTENING, LiveSession
+from airies.conversations.turns import TurnMode
+
+log = logging.getLogger(__name__)
+
+
+class Sweeper:
+    def __init__(self, runtime: LiveRuntime, lifecycle: Lifecycle, orchestrator: TurnOrchestrator) -> None:
+        self.runtime = runtime
+        self.store = runtime.store
+        self.lifecycle = lifecycle
+        self.orchestrator = orchestrator
+
+    def check_timers(self, session: LiveSession, poster: Poster | None = None) -> str | None:
+        """Max duration and silence timeout (one reminder, then end). Returns what it did, if anything."""
+        if session.state == ENDED:
+            return None
+        config = self.runtime.config(session)
+        now = self.runtime.clock()
+        poster = poster or self.runtime.poster_for(session)
+        if session.started_at and now - session.started_at >= config.max_duration_seconds:
+            self.lifecycle.end(session.conversation_id, "max_duration", poster)
+            return "max_duration"
+        if session.state != LISTENING or not session.last_activity:
+            return None
+        if now - session.last_activity < config.silence_timeout_seconds:
+            return None
+        if not session.reminder_sent and config.silence_reminder_message:
+            if self.store.mark_reminded(session.conversation_id, session.last_activity) and poster is not None:
+                fresh = self.store.get(session.conversation_id)
+                if fresh is not None:
+                    reminder = TurnRequest(
+                        TurnMode.NONE, scripted=config.silence_reminder_message, expected_utt=fresh.utt
+                    )
+                    self.orchestrator.run(fresh, poster, reminder)
+            return "reminder"
+        self.lifecycle.end(session.conversation_id, "silence_timeout", poster)
+        return "silence_timeout"
+
+    def sweep(self) -> dict[str, int]:
+        """Scheduled: timers of every live session, sessions abandoned by their caller (no connection came back
+        within the resume window) or whose conversation was ended or deleted elsewhere, stale DB rows. One failing
+        session never stops the sweep (counted as ``errors``, logged)."""
+        done: dict[str, int] = {}
+
+        def count(action: str | None) -> None:
+            if action:
+                done[action] = done.get(action, 0) + 1
+
+        now = self.runtime.clock()
+        sessions = self.store.active_sessions()
+        closed = self._closed_elsewhere([s.conversation_id for s in sessions])
+        for session in sessions:
+            try:
+                if session.conversation_id in closed:
+                    self.lifecycle.end(session.conversation_id, closed[session.conversation_id], None)
+                    count("closed_elsewhere")
+                elif session.caller_gone(now, self.runtime.settings.ws_resume_window_seconds):
+                    self.lifecycle.end(session.conversation_id, "caller_disconnected", None)
+                    count("caller_disconnected")
+                else:
+                    count(self.check_timers(session))
+            except Exception:
+                log.exception("sweep: session %s failed", session.conversation_id)
+                count("errors")
+        # Conversations never connected (token expired) or whose live state expired: close the rows.
+        with self.runtime.database.session() as db:
+            abandoned = self.runtime.conversations(db).abandoned()
+        for account_id, conversation_id, reason in abandoned:
+            try:  # one unit of work per row: a failure leaves the others to end
+                with self.runtime.database.session() as db:
+                    self.runtime.conversations(db).end_conversation(account_id, conversation_id, reason)
+                count(reason)
+            except Exception:
+                log.exception("sweep: ending %s failed", conversation_id)
+                count("errors")
+        return done
+
+    def _closed_elsewhere(self, conversation_ids: list[str]) -> dict[str, str]:
+        """Of these live conversations, those whose row is ended (-> its end reason) or gone (-> ``deleted``): a
+        REST end or delete whose live-session close did not get through is caught up within one sweep."""
+        if not conversation_ids:
+            return {}
+        try:
+            with self.runtime.database.session() as db:
+                return self.runtime.conversations(db).closed_among(conversation_ids)
+        except Exception:
+            log.exception("sweep: could not read the conversations of the live sessions")
+            return {}

@@ -100,7 +100,7 @@ VOICES = ("en-us", "en-us+klatt2", "en-us+f2")  # eSpeak NG's default voice and 
 
 async def recognition() -> dict[str, Any]:
     from airies.core.config import Settings
-    from airies.voice.service import build_voice_service
+    from airies.voice.factory import build_voice_service
 
     service = build_voice_service(Settings(deepgram_api_key=None, elevenlabs_api_key=None))
     out: dict[str, Any] = {"sentences": {"domain": len(DOMAIN), "held_out": len(HELD_OUT)}, "examples": []}

@@ -36,7 +36,8 @@ async def _measure(base_url: str, runs: int) -> dict[str, Any]:
     import openai
 
     from airies.core.config import Settings
-    from airies.llm.router import HealthTracker, RouterConfig
+    from airies.llm.health import HealthTracker
+    from airies.llm.router_config import RouterConfig
     from airies.llm.service import build_llm_service
     from airies.llm.vendors.base import LLMRequest, TextDelta
 

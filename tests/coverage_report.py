@@ -20,6 +20,9 @@ FLOORS = {
     "agents": 90.0,
 }
 
+# The LLM router is these modules of llm/: routing and failover, its settings, provider health, continuation.
+LLM_ROUTER_MODULES = {"router.py", "router_config.py", "health.py", "continuation.py"}
+
 
 def _group(path: str) -> list[str]:
     parts = PurePosixPath(path).parts
@@ -27,7 +30,7 @@ def _group(path: str) -> list[str]:
     if len(inner) == 1:
         return ["(package)"]
     groups = [inner[0]]
-    if inner[0] == "llm" and inner[1] == "router.py":
+    if inner[0] == "llm" and inner[1] in LLM_ROUTER_MODULES:
         groups.append("llm.router")
     return groups
 

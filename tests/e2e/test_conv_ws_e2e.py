@@ -212,7 +212,8 @@ def test_spoken_conversation_with_offline_engines(database, settings, moto_endpo
         # the agent's model (built at deploy from all of its phrases), makes of the whole recording (PocketSphinx
         # may drop words of eSpeak speech: that is the engine, not us).
         from airies.agents.schemas import AgentConfig
-        from airies.voice.service import build_voice_service, expected_phrases_for_agent
+        from airies.voice.factory import build_voice_service
+        from airies.voice.speech_models import expected_phrases_for_agent
 
         config = AgentConfig.model_validate(client.get(f"/api/v1/agents/{agent_id}", headers=auth).json()["config"])
         direct = asyncio.run(

@@ -20,6 +20,8 @@ UPLOADS = {
     ("put", "/knowledge-bases/{kb_id}/documents/{doc_id}"),
     ("post", "/billing/webhooks/stripe"),
     ("post", "/widget/{publishable_key}/conversations"),
+    ("post", "/telephony/twilio/voice"),
+    ("post", "/telephony/twilio/status"),
 }
 # Actions that take no body at all.
 NO_BODY = {

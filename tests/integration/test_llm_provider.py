@@ -141,7 +141,8 @@ def test_provider_repr_hides_key(double):
 
 def test_custom_openai_compatible_endpoint(double, tmp_path):
     from airies.core.config import Settings
-    from airies.llm.router import HealthTracker, RouterConfig
+    from airies.llm.health import HealthTracker
+    from airies.llm.router_config import RouterConfig
     from airies.llm.service import build_llm_service
 
     settings = Settings(

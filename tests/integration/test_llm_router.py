@@ -9,14 +9,10 @@ import pytest
 
 from airies.core.errors import ProviderError, RateLimitedError
 from airies.llm import catalog
-from airies.llm.router import (
-    CONTINUE_INSTRUCTION,
-    DatabaseHealthStore,
-    HealthTracker,
-    LLMRouter,
-    RouterConfig,
-    account_health_key,
-)
+from airies.llm.continuation import CONTINUE_INSTRUCTION
+from airies.llm.health import DatabaseHealthStore, HealthTracker
+from airies.llm.router import LLMRouter
+from airies.llm.router_config import RouterConfig, account_health_key
 from airies.llm.vendors.base import LLMRequest, StreamEnd, TextDelta, ToolCallDelta
 from airies.llm.vendors.openai_compat import OpenAICompatibleProvider
 from tests.doubles.openai_server import OpenAIDouble, Reply

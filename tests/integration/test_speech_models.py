@@ -19,14 +19,14 @@ from airies.conversations.service import VoiceSTT
 from airies.conversations.turns import TurnEngines
 from airies.core.storage import StorageService
 from airies.voice.audio.codecs import read_wav, resample_pcm16
-from airies.voice.service import (
-    build_voice_service,
+from airies.voice.factory import build_voice_service, offline_recogniser
+from airies.voice.speech_models import (
+    SpeechModelCache,
     domain_phrases,
     expected_phrases_for_agent,
-    offline_recogniser,
+    forget_models_in_memory,
     prepare_speech_model,
 )
-from airies.voice.speech_models import SpeechModelCache, forget_models_in_memory
 from airies.voice.stt.pocketsphinx import DomainModel, domain_digest
 from tests.doubles.conv_engines import FakeLLM, FakeTTS, silence
 from tests.integration.test_conv_handlers import Harness, frames_of, types

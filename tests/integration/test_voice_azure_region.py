@@ -11,7 +11,8 @@ from airies.accounts.models import Account
 from airies.accounts.provider_keys import get_account_provider_credentials
 from airies.core.config import Settings
 from airies.llm.models import ProviderKey
-from airies.voice.service import build_voice_service, clear_voice_cache
+from airies.voice.factory import build_voice_service
+from airies.voice.service import clear_voice_cache
 from tests.conftest import signup
 from tests.doubles.azure_tts_server import AzureTTSServer
 

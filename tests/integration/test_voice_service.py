@@ -10,12 +10,9 @@ import pytest
 from airies.core.config import Settings
 from airies.core.errors import BadRequestError, NotAvailableError, PayloadTooLargeError, ValidationFailedError
 from airies.voice.audio import codecs
-from airies.voice.service import (
-    build_voice_service,
-    clear_voice_cache,
-    expected_phrases_for_agent,
-    split_for_tts,
-)
+from airies.voice.factory import build_voice_service
+from airies.voice.service import clear_voice_cache, split_for_tts
+from airies.voice.speech_models import expected_phrases_for_agent
 from tests.doubles.deepgram_server import DeepgramServer
 from tests.doubles.elevenlabs_server import ElevenLabsServer
 

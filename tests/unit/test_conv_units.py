@@ -16,18 +16,17 @@ from airies.agents.schemas import AgentConfig
 from airies.conversations import protocol as wp
 from airies.conversations.service import ConversationTokens
 from airies.conversations.turns import (
-    SentenceSegmenter,
     SpokenSentence,
     TurnInput,
     TurnMode,
     TurnRunner,
     chunk_activity,
-    contains_phrase,
     heard_text,
     price_usage,
-    segment_text,
 )
+from airies.core.aio import run_sync
 from airies.core.errors import UnauthorizedError
+from airies.core.text import SentenceSegmenter, contains_phrase, split_sentences
 from airies.llm.vendors.base import LLMEvent, LLMRequest
 from tests.doubles.conv_engines import FakeLLM, FakeTTS, fake_engines, silence
 
@@ -97,7 +96,7 @@ def test_segmenter_cuts_early_but_not_inside_abbreviations_or_numbers() -> None:
     assert first.push("Well, thanks for calling the clinic today, how ") == [
         "Well, thanks for calling the clinic today,"
     ]
-    assert segment_text("One. Two; three: four") == ["One.", "Two;", "three:", "four"]
+    assert split_sentences("One. Two; three: four") == ["One.", "Two;", "three:", "four"]
     assert SentenceSegmenter().push("No boundary yet") == []
 
 
@@ -255,13 +254,13 @@ def test_voice_runtime_drops_stale_connections_after_a_snapstart_restore(monkeyp
     )
     runtime.set_service(service)
     websocket._management_clients["https://example"] = object()
-    loop_before = websocket.run_async(_loop())  # this thread's kept event loop
-    assert websocket.run_async(_loop()) is loop_before
+    loop_before = run_sync(_loop)  # this thread's kept event loop
+    assert run_sync(_loop) is loop_before
     runtime.after_restore()
     assert service.database.disposed == 1
     assert store.client is not old_client and type(store.client).__name__ == "DynamoDB"
     assert websocket._management_clients == {}
-    loop_after = websocket.run_async(_loop())
+    loop_after = run_sync(_loop)
     assert loop_after is not loop_before and loop_before.is_closed()
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from airies.core.config import Settings
 from airies.llm import catalog
+from airies.llm.continuation import PrefixSuppressor
 from airies.llm.cost import token_cost
-from airies.llm.router import PrefixSuppressor
 from airies.llm.service import build_llm_service, calculate_token_cost
 from airies.llm.vendors.base import LLMRequest, StreamEnd, TextDelta, ToolCallDelta, Usage
 from airies.llm.vendors.offline import NO_MODEL_REPLY, OfflineResponder

@@ -20,8 +20,8 @@ from airies.agents.schemas import (
 from airies.agents.service import AgentAnalytics, AgentService, errors_of
 from airies.agents.testing import run_agent_test
 from airies.core.schemas import Limit, Page, StrictModel
-from airies.voice.service import prepare_speech_model, speech_model_cache
-from airies.voice.speech_models import SpeechModelCache
+from airies.voice.factory import speech_model_cache
+from airies.voice.speech_models import SpeechModelCache, prepare_speech_model
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 

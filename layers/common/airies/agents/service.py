@@ -25,9 +25,9 @@ from airies.llm import catalog
 from airies.llm.custom_endpoints import account_endpoint_models
 from airies.llm.service import configured_llm_providers
 from airies.voice import catalog as voice_catalog
+from airies.voice.factory import configured_voice_vendors
 from airies.voice.models import Voice
-from airies.voice.service import configured_voice_vendors, prepare_speech_model
-from airies.voice.speech_models import SpeechModelCache
+from airies.voice.speech_models import SpeechModelCache, prepare_speech_model
 
 # (session, account_id, ids) -> the subset of ids that exist and belong to the account
 KnowledgeBaseOwnership = Callable[[Session, str, list[str]], set[str]]

@@ -42,12 +42,12 @@ from airies.agents.models import AgentVersion
 from airies.agents.prompts import END_CALL_TOOL, build_messages
 from airies.agents.schemas import AgentConfig, AgentTestRequest, AgentTestTurn, FirstMessageMode
 from airies.agents.service import AgentService
+from airies.core.aio import run_sync
 from airies.core.config import Settings
 from airies.core.errors import ConflictError, ValidationFailedError
 from airies.core.money import format_usd
 from airies.core.text import contains_phrase
 from airies.knowledge.service import build_knowledge_service
-from airies.llm.router import run_async
 from airies.llm.service import LLMService, build_llm_service
 from airies.llm.vendors.base import LLMRequest, StreamEnd, TextDelta
 
@@ -365,4 +365,4 @@ def run_agent_test(
 ) -> dict[str, Any]:
     """Sync entry point for the (sync) agents router."""
     service = AgentTestService(session, settings, database=database)
-    return run_async(service.run, account_id, agent_id, body)
+    return run_sync(service.run, account_id, agent_id, body)

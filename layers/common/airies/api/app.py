@@ -22,6 +22,7 @@ from airies.core.config import Settings, get_settings
 from airies.core.database import Database, get_database
 from airies.knowledge import routes as knowledge
 from airies.llm import routes as llm
+from airies.telephony import routes as telephony
 from airies.voice import routes as voices
 from airies.webapp import install_webapp
 from airies.webhooks import routes as webhooks
@@ -52,7 +53,20 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     install_openapi(app, settings)
 
     api = APIRouter(prefix=settings.api_base_path)
-    routers = (health, accounts, agents, llm, voices, conversations, recordings, knowledge, billing, widget, webhooks)
+    routers = (
+        health,
+        accounts,
+        agents,
+        llm,
+        voices,
+        conversations,
+        recordings,
+        knowledge,
+        billing,
+        widget,
+        webhooks,
+        telephony,
+    )
     for module in routers:
         api.include_router(module.router)
     app.include_router(api)

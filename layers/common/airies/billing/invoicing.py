@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, func, literal_column, or_, select, text, update
+from sqlalchemy import CursorResult, and_, func, literal_column, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from airies.billing.ledger import Ledger, keyset_page, micro_to_quantity, month_period, period_bounds
@@ -35,6 +35,7 @@ from airies.billing.pricing import Pricing, get_pricing
 from airies.billing.schemas import micros_to_credits
 from airies.billing.vendors import build_payment_provider
 from airies.billing.vendors.base import InvoiceLineSpec, PaymentProvider
+from airies.core.config import Settings
 from airies.core.errors import NotAvailableError, NotFoundError
 from airies.core.ids import new_id
 from airies.core.models import utcnow
@@ -198,7 +199,7 @@ class InvoicingService:
             .values(invoice_id=invoice_id)
             .execution_options(synchronize_session=False)
         )
-        return result.rowcount or 0
+        return cast(CursorResult[Any], result).rowcount or 0
 
     def _aggregate(self, period: str, account_ids: Iterable[str] | None = None) -> dict[str, list[tuple]]:
         """Read-only preview (the benchmark's Python path): per account, the line groups an invoice run of the
@@ -357,7 +358,7 @@ class InvoicingService:
                 "now": now,
             },
         )
-        return result.rowcount or 0
+        return cast(CursorResult[Any], result).rowcount or 0
 
     def _find(self, account_id: str, period: str) -> Invoice | None:
         return self.session.execute(
@@ -510,7 +511,7 @@ def eventbridge_notifier(bus_name: str, *, region: str | None = None, endpoint_u
 
 
 def build_invoicing_service(
-    settings: Any, session: Session, *, provider: PaymentProvider | None = None
+    settings: Settings, session: Session, *, provider: PaymentProvider | None = None
 ) -> InvoicingService:
     notifier = None
     if settings.billing_event_bus:

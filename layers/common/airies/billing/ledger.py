@@ -543,6 +543,7 @@ class Ledger:
                         CreditLedgerEntry.account_id == account_id
                     )
                 )
+                or 0
             )
 
     def list_ledger(

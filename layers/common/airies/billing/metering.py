@@ -128,8 +128,8 @@ def track_usage(ledger: Ledger, events: Iterable[UsageEvent], *, session: Sessio
         # A fixed order (accounts, then keys): concurrent batches lock rows and unique-index entries in the
         # same order on PostgreSQL, so overlapping redeliveries wait for each other instead of deadlocking.
         for account_id in sorted(by_account):
-            batch = [by_account[account_id][key] for key in sorted(by_account[account_id])]
-            result = _track_account(ledger, s, account_id, batch, repeats.get(account_id, []))
+            ordered = [by_account[account_id][key] for key in sorted(by_account[account_id])]
+            result = _track_account(ledger, s, account_id, ordered, repeats.get(account_id, []))
             for i, value in enumerate(
                 (
                     result.accepted,
@@ -345,6 +345,7 @@ def minutes_used_from_events(ledger: Ledger, account_id: str, now: datetime, *, 
                     UsageEventRecord.occurred_at < end,
                 )
             )
+            or 0
         )
 
 

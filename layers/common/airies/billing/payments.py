@@ -58,6 +58,7 @@ from airies.billing.vendors.base import (
     WebhookSignatureError,
 )
 from airies.billing.vendors.stripe_events import HANDLED_EVENT_OBJECTS, InvalidStripeEvent
+from airies.core.config import Settings
 from airies.core.errors import BadRequestError, ConflictError, NotAvailableError, NotFoundError
 from airies.core.ids import new_id
 from airies.core.models import utcnow
@@ -640,7 +641,7 @@ def _invoice_metadata(obj: dict[str, Any]) -> dict[str, Any]:
     return {**(details.get("metadata") or {}), **(obj.get("metadata") or {})}
 
 
-def plans_from_settings(settings: Any) -> dict[str, str | None]:
+def plans_from_settings(settings: Settings) -> dict[str, str | None]:
     return {
         "pro": settings.stripe_plan_pro,
         "enterprise": settings.stripe_plan_enterprise,
@@ -649,7 +650,7 @@ def plans_from_settings(settings: Any) -> dict[str, str | None]:
 
 
 def build_payment_service(
-    settings: Any, session: Session, *, provider: PaymentProvider | None = None
+    settings: Settings, session: Session, *, provider: PaymentProvider | None = None
 ) -> PaymentService:
     """The PaymentService of a request/invocation; ``provider`` defaults to Stripe when configured."""
     return PaymentService(

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, literal_column, select
+from sqlalchemy import Table, func, literal_column, select
 from sqlalchemy.orm import Session
 
 from airies.billing.ledger import Ledger, micro_to_quantity, month_period, period_bounds
@@ -191,11 +191,12 @@ def rollup_day(ledger: Ledger, day: str, *, session: Session | None = None) -> i
             .group_by(*[literal_column(str(i + 1)) for i in range(len(dims))])
         )
         results = s.execute(q).all()
-        s.execute(UsageDaily.__table__.delete().where(UsageDaily.day == day))
+        daily = cast(Table, UsageDaily.__table__)  # a declarative model's table
+        s.execute(daily.delete().where(UsageDaily.day == day))
         now = ledger.clock()
         if results:
             s.execute(
-                UsageDaily.__table__.insert(),
+                daily.insert(),
                 [
                     {
                         "id": new_id("usd"),

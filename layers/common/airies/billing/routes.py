@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from sqlalchemy.orm import Session
 
 from airies.accounts.auth import Caller, current_caller
 from airies.billing.invoicing import InvoicingService
-from airies.billing.payments import WebhookRejected, build_payment_service
+from airies.billing.payments import PaymentService, WebhookRejected, build_payment_service
 from airies.billing.pricing import get_pricing
 from airies.billing.reports import summary_period
 from airies.billing.schemas import (
@@ -38,7 +39,7 @@ def _usage() -> UsageService:
     return UsageService()
 
 
-def _payments(request: Request, caller_session: Any) -> Any:
+def _payments(request: Request, caller_session: Session) -> PaymentService:
     provider = getattr(request.app.state, "payment_provider", None)
     return build_payment_service(request.app.state.settings, caller_session, provider=provider)
 

@@ -11,7 +11,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from airies.core.errors import PaymentRequiredError, RateLimitedError
 from airies.core.money import MICROS_PER_CREDIT, CreditAmount, UsdAmount, micros_to_credits
@@ -133,7 +133,7 @@ class LedgerEntryOut(BaseModel):
 
     id: str
     entry_type: str
-    amount: CreditsOfMicros = Field(validation_alias="amount_micros")
+    amount: CreditsOfMicros = Field(validation_alias=AliasChoices("amount_micros"))
     amount_micros: int
     description: str | None
     reference_type: str | None
@@ -218,7 +218,7 @@ class InvoiceOut(BaseModel):
     status: str
     currency: str
     amount_cents: int
-    total_credits: CreditsOfMicros = Field(validation_alias="total_credits_micros")
+    total_credits: CreditsOfMicros = Field(validation_alias=AliasChoices("total_credits_micros"))
     lines: list[InvoiceLineOut]
     stripe_invoice_id: str | None
     hosted_invoice_url: str | None

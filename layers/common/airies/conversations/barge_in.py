@@ -12,8 +12,11 @@ import json
 from airies.conversations import protocol as wp
 from airies.conversations.lifecycle import Lifecycle
 from airies.conversations.live_runtime import Frame, LiveRuntime, Poster
-from airies.conversations.sessions import LISTENING, LiveSession
+from airies.conversations.sessions import LISTENING, SPEAKING, LiveSession
 from airies.conversations.turns import SpokenSentence, heard_reply
+
+# Words in caller speech, estimated from its duration (~150 words a minute): ``interruption.min_words`` of speech.
+MS_PER_WORD = 400
 
 
 def spoken_record(turn_id: str, sentences: list[SpokenSentence]) -> str:
@@ -42,12 +45,21 @@ class BargeIn:
         return self.store.cancel_turn(conversation_id, played_ms)
 
     def voice_interrupts(self, session: LiveSession, speech_ms: float) -> bool:
-        """Does the caller's voice, counted into ``session`` while the agent thinks or speaks, interrupt the
-        agent? It does once ``interruption.voice_seconds`` of speech was heard (this chunk being speech)."""
+        """Does the caller's voice, counted into ``session`` while the agent thinks or speaks, interrupt the agent?
+
+        Only on a speech chunk, once the speech heard since the turn began reaches ``interruption.voice_seconds``
+        and the words it holds (estimated from its duration: the server's VAD transcribes nothing) reach
+        ``min_words``; and not within ``backoff_seconds`` of the agent starting to speak (its first audio frame).
+        """
         interruption = self.runtime.config(session).interruption
         if not interruption.enabled or speech_ms <= 0:
             return False
-        return session.barge_ms >= max(interruption.voice_seconds * 1000, 1)
+        needed_ms = max(interruption.voice_seconds * 1000, interruption.min_words * MS_PER_WORD, 1)
+        if session.barge_ms < needed_ms:
+            return False
+        if session.state == SPEAKING and session.speaking_at:
+            return self.runtime.clock() - session.speaking_at >= interruption.backoff_seconds
+        return True
 
     def handle_interrupt(self, ctx: Frame, poster: Poster, message: wp.InterruptFrame) -> None:
         """An ``interrupt`` frame. Naming an older turn than the last one is an error."""

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -34,6 +33,7 @@ from airies.conversations.service import (
 )
 from airies.conversations.sessions import LiveSession, SessionStore
 from airies.conversations.turns import TurnEngines
+from airies.core.aio import reset_event_loops
 from airies.core.config import Settings
 from airies.core.database import Database
 
@@ -43,35 +43,6 @@ T = TypeVar("T")
 # Work overlapped with the invocation's thread: buffer writes, claiming a turn while the database is read, the
 # audio read. Threads start lazily; the local gateway runs many invocations per process, hence more than 2.
 background = ThreadPoolExecutor(max_workers=8, thread_name_prefix="voice-io")
-
-_loops = threading.local()
-_loop_generation = 0  # bumped by reset_after_restore: every thread builds a fresh loop on its next turn
-
-
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` without a new event loop and thread pool per turn: each thread keeps its own (a Lambda
-    container has one; the local gateway runs invocations on several threads). Saves creating the loop and the
-    ``to_thread`` workers on the turn's critical path, and joining them after it."""
-    loop: asyncio.AbstractEventLoop | None = getattr(_loops, "loop", None)
-    if loop is not None and getattr(_loops, "generation", 0) != _loop_generation:
-        stale, loop = loop, None  # built before a SnapStart snapshot: its executor threads are not to be trusted
-        if not stale.is_closed() and not stale.is_running():
-            stale.close()
-    if loop is None or loop.is_closed():
-        loop = _loops.loop = asyncio.new_event_loop()
-        _loops.generation = _loop_generation
-        loop.set_default_executor(ThreadPoolExecutor(max_workers=8, thread_name_prefix="voice-turn"))
-    asyncio.set_event_loop(loop)
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        # As asyncio.run does: nothing of this turn keeps running into the next one.
-        pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
-        for task in pending:
-            task.cancel()
-        if pending:
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        asyncio.set_event_loop(None)
 
 
 # --- posting to the caller -----------------------------------------------------------------------------------------
@@ -111,9 +82,8 @@ _management_clients: dict[str, Any] = {}
 def reset_after_restore() -> None:
     """SnapStart: what a snapshot froze is stale after restore. Drop the cached API Gateway Management clients
     (their pooled HTTPS connections and credentials) and make every thread build a new event loop."""
-    global _loop_generation
     _management_clients.clear()
-    _loop_generation += 1
+    reset_event_loops()
 
 
 def management_poster(settings: Settings, endpoint: str) -> ApiGatewayPoster:
@@ -242,6 +212,11 @@ class HeardFrames:
             return b"".join(pcm for pcm in (frames[seq] for seq in range(first, last + 1)) if pcm is not None)
         except KeyError:
             return None
+
+    def stored(self, conversation_id: str, first: int, last: int) -> list[int]:
+        """Of seqs [first, last], those this container stored in DynamoDB."""
+        frames = self.frames.get(conversation_id) or {}
+        return [seq for seq in range(max(first, 0), last + 1) if frames.get(seq) is not None]
 
     def forget(self, conversation_id: str, up_to: int) -> None:
         frames = self.frames.get(conversation_id)

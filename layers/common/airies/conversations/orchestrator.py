@@ -19,11 +19,12 @@ from airies.agents.schemas import AgentConfig
 from airies.conversations import protocol as wp
 from airies.conversations.barge_in import BargeIn, spoken_record
 from airies.conversations.lifecycle import Lifecycle
-from airies.conversations.live_runtime import LiveRuntime, Poster, SocketSink, background, run_async
+from airies.conversations.live_runtime import LiveRuntime, Poster, SocketSink, background
 from airies.conversations.models import Conversation
 from airies.conversations.service import ConversationService
 from airies.conversations.sessions import LiveSession
 from airies.conversations.turns import TurnEngines, TurnInput, TurnMode, TurnResult, TurnRunner
+from airies.core.aio import run_sync
 from airies.core.errors import ConflictError, NotFoundError
 from airies.core.ids import new_id
 
@@ -66,7 +67,7 @@ class _Claim:
 
     claimed: Future[LiveSession | None]
     heard: bytes | None = None  # the utterance, from this container's cache
-    fetch: Future[tuple[bytes, int]] | None = None  # else its read from DynamoDB
+    fetch: Future[tuple[bytes, int, list[int]]] | None = None  # else its read from DynamoDB
 
 
 @dataclass
@@ -139,7 +140,9 @@ class TurnOrchestrator:
         time.sleep(0)  # hand the GIL to the claim's thread so its request leaves before the database work below
         return _Claim(claimed, heard, fetch)
 
-    def _fetch_audio(self, cid: str, first: int, upper: int | None, numbered: bool) -> Future[tuple[bytes, int]]:
+    def _fetch_audio(
+        self, cid: str, first: int, upper: int | None, numbered: bool
+    ) -> Future[tuple[bytes, int, list[int]]]:
         return background.submit(self.store.utterance_audio, cid, first, upper, wait_s=0.6 if numbered else 0.0)
 
     @staticmethod
@@ -200,7 +203,9 @@ class TurnOrchestrator:
     def _assemble_audio(
         self, session: LiveSession, utterance: Utterance, claim: _Claim, previous: LiveSession
     ) -> bytes:
-        """The utterance's audio: from this container's cache or DynamoDB, plus the chunk that ended it."""
+        """The utterance's audio: from this container's cache or DynamoDB, plus the chunk that ended it. With
+        ``ws_delete_used_chunks`` the chunks read are then deleted, off the critical path (else, and for a chunk
+        that comes late, their short TTL removes them)."""
         cid = session.conversation_id
         upper = utterance.buffered_up_to
         heard, fetch = claim.heard, claim.fetch
@@ -208,11 +213,16 @@ class TurnOrchestrator:
             heard, fetch = None, self._fetch_audio(cid, previous.seg_start, upper, utterance.numbered)
         last = upper if upper is not None else -1
         pcm: bytes | None = heard
-        if pcm is None and fetch is not None:
-            pcm, last = fetch.result()
+        used: list[int] = []
+        if pcm is not None:
+            used = self.runtime.heard.stored(cid, previous.seg_start, last)
+        elif fetch is not None:
+            pcm, last, used = fetch.result()
         if utterance.end_seq is None:
             self.store.set_segment_start(cid, last + 1)
         self.runtime.heard.forget(cid, utterance.end_seq if utterance.end_seq is not None else last)
+        if used and self.runtime.settings.ws_delete_used_chunks:
+            background.submit(self.store.delete_chunks, cid, used)
         return (pcm or b"") + utterance.tail
 
     # -- 3. run --------------------------------------------------------------------------------------------------
@@ -220,9 +230,7 @@ class TurnOrchestrator:
         runner = TurnRunner(prepared.engines, out_chunk_ms=self.runtime.settings.ws_out_chunk_ms)
         cid = prepared.inp.conversation_id
         # History is read from the database on a thread while the speech is transcribed.
-        return run_async(
-            runner.run(prepared.config, lambda: service.history_messages(cid), prepared.inp, prepared.sink)
-        )
+        return run_sync(runner.run, prepared.config, lambda: service.history_messages(cid), prepared.inp, prepared.sink)
 
     # -- 4. record -----------------------------------------------------------------------------------------------
     @staticmethod

@@ -170,7 +170,7 @@ def build_engines(
 ) -> TurnEngines:
     """The production engines: the LLM, voice and knowledge capabilities behind the turn pipeline's interfaces."""
     from airies.llm.service import build_llm_service
-    from airies.voice.service import build_voice_service
+    from airies.voice.factory import build_voice_service
 
     llm_service = build_llm_service(settings, session=session, account_id=account_id)
     voice = build_voice_service(settings, account_id=account_id, session=session)

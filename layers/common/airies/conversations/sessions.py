@@ -7,6 +7,10 @@ One table, keys ``pk``/``sk``, TTL on ``ttl``:
 - ``conv#<conversation_id>`` / ``chunk#<utterance>#<seq>``  caller audio of the utterance being spoken
 - ``conv#<conversation_id>`` / ``rate#<second>``  control-frame counter (flood guard)
 
+A live session item also carries ``live_shard`` and ``sweep_at`` (epoch seconds, no later than its next deadline:
+silence, max duration, abandonment): the sparse index ``live-sessions`` lets the sweeper Query the sessions that
+are due instead of scanning the table. Ending a session removes both.
+
 Every transition is a conditional update, so concurrent ``$default`` invocations (API Gateway runs one
 per frame) never start two turns for one utterance, and an interrupt marks the running turn cancelled
 for the invocation that is speaking it to see before its next post.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +33,11 @@ LISTENING, THINKING, SPEAKING, ENDED = "listening", "thinking", "speaking", "end
 # attribute with one value, and a refused chunk changes nothing.
 FLOOD_RATIO = 1.5
 FLOOD_BURST_MS = 5000.0
+LIVE_SHARDS = 16  # the live-sessions index's partitions: live#0..live#15
+
+
+def live_shard(conversation_id: str) -> str:
+    return f"live#{zlib.crc32(conversation_id.encode()) % LIVE_SHARDS}"
 
 
 def _num(value: Any, default: float = 0) -> float:
@@ -67,6 +77,7 @@ class LiveSession:
     first_done: bool = False  # that turn is over (spoken, cut short, or refused)
     spoken: str | None = None  # JSON: the last finished turn's sentences and their audio offsets (late barge-in)
     running: set[str] = field(default_factory=set)  # turns claimed whose invocation has not finished yet
+    speaking_at: float = 0.0  # when the current turn's first audio reached the caller (voice barge-in's backoff)
 
     def caller_gone(self, now: float, resume_window_s: float) -> bool:
         """No connection, and none came back within the resume window since the last one dropped (or, for a
@@ -115,16 +126,30 @@ class LiveSession:
             first_done=b("first_done"),
             spoken=s("spoken"),
             running=set(item.get("running", {}).get("SS", [])),
+            speaking_at=_num(item.get("speaking_at")),
         )
 
 
 class SessionStore:
     """Typed access to the state table through a low-level boto3 DynamoDB client (fast to build, no resource layer)."""
 
-    def __init__(self, client: Any, table: str, *, ttl_seconds: int = 7200, clock: Any = time.time) -> None:
+    def __init__(
+        self,
+        client: Any,
+        table: str,
+        *,
+        ttl_seconds: int = 7200,
+        chunk_ttl_seconds: int = 300,
+        index: str = "live-sessions",
+        resume_window_s: float = 30.0,
+        clock: Any = time.time,
+    ) -> None:
         self.client = client
         self.table = table
         self.ttl_seconds = ttl_seconds
+        self.chunk_ttl_seconds = chunk_ttl_seconds
+        self.index = index
+        self.resume_window_s = resume_window_s
         self.clock = clock
         self.ops = {"read": 0, "write": 0}  # counted for the cost model
 
@@ -142,6 +167,18 @@ class SessionStore:
             AttributeDefinitions=[
                 {"AttributeName": "pk", "AttributeType": "S"},
                 {"AttributeName": "sk", "AttributeType": "S"},
+                {"AttributeName": "live_shard", "AttributeType": "S"},
+                {"AttributeName": "sweep_at", "AttributeType": "N"},
+            ],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": self.index,
+                    "KeySchema": [
+                        {"AttributeName": "live_shard", "KeyType": "HASH"},
+                        {"AttributeName": "sweep_at", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "KEYS_ONLY"},
+                }
             ],
             BillingMode="PAY_PER_REQUEST",
         )
@@ -173,8 +210,10 @@ class SessionStore:
         config: dict[str, Any],
         connection_id: str,
         endpoint: str | None = None,
+        first_deadline: float | None = None,
     ) -> tuple[LiveSession, bool]:
-        """Attach a connection; creates the session on first connect. Returns (session, resumed)."""
+        """Attach a connection; creates the session on first connect. Returns (session, resumed).
+        ``first_deadline``: the new session's first ``sweep_at`` (default: now)."""
         now = self.clock()
         self.ops["write"] += 1
         self.client.put_item(
@@ -199,13 +238,15 @@ class SessionStore:
             ":ttl": self._ttl(),
             ":ended": {"S": ENDED},
             ":fm": {"N": repr(FLOOD_RATIO * 1000 * now)},
+            ":shard": {"S": live_shard(conversation_id)},
+            ":due": {"N": repr(first_deadline if first_deadline is not None else now)},
         }
         expr = (
             "ADD conns :conn SET account_id = :acc, config = if_not_exists(config, :cfg), "
             "agent_version = if_not_exists(agent_version, :ver), started_at = if_not_exists(started_at, :now), "
             "last_activity = :now, #st = if_not_exists(#st, :listening), utt = if_not_exists(utt, :zero), "
             "turn_seq = if_not_exists(turn_seq, :zero), audio_ms = if_not_exists(audio_ms, :zero), #ttl = :ttl, "
-            "flood_mark = if_not_exists(flood_mark, :fm)"
+            "flood_mark = if_not_exists(flood_mark, :fm), live_shard = :shard, sweep_at = if_not_exists(sweep_at, :due)"
         )
         names = {"#st": "state", "#ttl": "ttl"}
         if endpoint:
@@ -265,8 +306,14 @@ class SessionStore:
         if conversation_id:
             self._update(
                 self._key(conversation_id),
-                "DELETE conns :c SET disconnected_at = :now",
-                {":c": {"SS": [connection_id]}, ":now": {"N": repr(self.clock())}},
+                # Abandonment is due a resume window from now (earlier than any deadline is fine: the sweeper
+                # reschedules a session that is not due yet).
+                "DELETE conns :c SET disconnected_at = :now, sweep_at = :abandon",
+                {
+                    ":c": {"SS": [connection_id]},
+                    ":now": {"N": repr(self.clock())},
+                    ":abandon": {"N": repr(self.clock() + self.resume_window_s)},
+                },
                 ConditionExpression="attribute_exists(pk)",
             )
 
@@ -300,7 +347,7 @@ class SessionStore:
         """Mark ended once; returns the session if this call ended it, None if it was already ended (or unknown)."""
         attrs = self._update(
             self._key(conversation_id),
-            "SET #st = :ended, end_reason = :r, cancelled = if_not_exists(turn_id, :none)",
+            "SET #st = :ended, end_reason = :r, cancelled = if_not_exists(turn_id, :none) REMOVE live_shard, sweep_at",
             {":ended": {"S": ENDED}, ":r": {"S": reason}, ":none": {"S": "-"}},
             ExpressionAttributeNames={"#st": "state"},
             ConditionExpression="attribute_exists(pk) AND #st <> :ended",
@@ -395,8 +442,13 @@ class SessionStore:
         return (
             self._update(
                 self._key(conversation_id),
-                "SET #st = :speaking",
-                {":speaking": {"S": SPEAKING}, ":thinking": {"S": THINKING}, ":turn": {"S": turn_id}},
+                "SET #st = :speaking, speaking_at = :now",
+                {
+                    ":speaking": {"S": SPEAKING},
+                    ":thinking": {"S": THINKING},
+                    ":turn": {"S": turn_id},
+                    ":now": {"N": repr(self.clock())},
+                },
                 ExpressionAttributeNames={"#st": "state"},
                 ConditionExpression="turn_id = :turn AND #st = :thinking "
                 "AND (attribute_not_exists(cancelled) OR cancelled <> :turn)",
@@ -563,14 +615,15 @@ class SessionStore:
                 "pk": {"S": f"conv#{conversation_id}"},
                 "sk": {"S": f"chunk#{seq:09d}"},
                 "data": {"B": pcm},
-                "ttl": self._ttl(),
+                "ttl": {"N": str(int(self.clock()) + self.chunk_ttl_seconds)},  # short: a turn reads it within seconds
             },
         )
 
     def utterance_audio(
         self, conversation_id: str, start_seq: int, end_seq: int | None, *, wait_s: float = 0.6
-    ) -> tuple[bytes, int]:
-        """The buffered chunks with seq in [start_seq, end_seq], in order, and the highest seq found.
+    ) -> tuple[bytes, int, list[int]]:
+        """The buffered chunks with seq in [start_seq, end_seq], in order: their audio, the highest seq found and
+        the seqs read (for ``delete_chunks``).
 
         API Gateway runs one invocation per frame, concurrently, so the chunk that ended an utterance can be
         processed before an earlier one is stored: missing seqs inside the range are waited for (briefly).
@@ -582,7 +635,7 @@ class SessionStore:
             seqs = sorted(chunks)
             complete = bool(seqs) and seqs == list(range(seqs[0], (end_seq if end_seq is not None else seqs[-1]) + 1))
             if complete or time.monotonic() >= deadline:
-                return b"".join(chunks[q] for q in seqs), (seqs[-1] if seqs else start_seq - 1)
+                return b"".join(chunks[q] for q in seqs), (seqs[-1] if seqs else start_seq - 1), seqs
             time.sleep(0.03)
 
     def _chunks(self, conversation_id: str, lo: int, hi: int) -> dict[int, bytes]:
@@ -621,22 +674,55 @@ class SessionStore:
         )
         return attrs is not None and int(attrs["n"]["N"]) <= limit
 
-    def active_sessions(self) -> list[LiveSession]:
-        """Every live session (the sweeper's scan; the table holds only live state, so it stays small)."""
-        sessions: list[LiveSession] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "FilterExpression": "sk = :s AND #st <> :ended",
-            "ExpressionAttributeValues": {":s": {"S": "session"}, ":ended": {"S": ENDED}},
-            "ExpressionAttributeNames": {"#st": "state"},
-        }
-        while True:
-            self.ops["read"] += 1
-            page = self.client.scan(**kwargs)
-            sessions += [LiveSession.from_item(item) for item in page.get("Items", [])]
-            if "LastEvaluatedKey" not in page:
-                return sessions
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    def due_sessions(self, now: float, *, limit: int) -> list[LiveSession]:
+        """Live sessions whose ``sweep_at`` has come (at most ``limit``): a Query of each shard of the sparse
+        live-sessions index, paged, starting at a shard that turns every minute so a full run leaves none behind
+        for long. The index holds keys only: the sessions are then read in batches."""
+        conversation_ids: list[str] = []
+        first = int(now // 60) % LIVE_SHARDS
+        for offset in range(LIVE_SHARDS):
+            kwargs: dict[str, Any] = {
+                "TableName": self.table,
+                "IndexName": self.index,
+                "KeyConditionExpression": "live_shard = :shard AND sweep_at <= :now",
+                "ExpressionAttributeValues": {
+                    ":shard": {"S": f"live#{(first + offset) % LIVE_SHARDS}"},
+                    ":now": {"N": repr(now)},
+                },
+            }
+            while len(conversation_ids) < limit:
+                kwargs["Limit"] = limit - len(conversation_ids)
+                self.ops["read"] += 1
+                page = self.client.query(**kwargs)
+                conversation_ids += [item["pk"]["S"].split("#", 1)[1] for item in page.get("Items", [])]
+                if "LastEvaluatedKey" not in page:
+                    break
+                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        sessions = self.get_many(conversation_ids)
+        return [
+            sessions[cid] for cid in dict.fromkeys(conversation_ids) if cid in sessions and sessions[cid].state != ENDED
+        ]
+
+    def reschedule(self, conversation_id: str, sweep_at: float) -> None:
+        """The session's next deadline (for the sweeper's index); nothing for a session that has ended."""
+        self._update(
+            self._key(conversation_id),
+            "SET sweep_at = :at",
+            {":at": {"N": repr(sweep_at)}},
+            ConditionExpression="attribute_exists(live_shard)",
+        )
+
+    def delete_chunks(self, conversation_id: str, seqs: list[int]) -> None:
+        """Delete the caller audio chunks a turn used (their short TTL is the backstop)."""
+        keys = [self._key(conversation_id, f"chunk#{seq:09d}") for seq in sorted(set(seqs))]
+        for start in range(0, len(keys), 25):
+            requests = [{"DeleteRequest": {"Key": key}} for key in keys[start : start + 25]]
+            pending: dict[str, Any] = {self.table: requests}
+            for _ in range(5):  # unprocessed deletes are retried a few times, then left to the TTL
+                self.ops["write"] += 1
+                pending = self.client.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+                if not pending:
+                    break
 
 
 class AudioFlood(Exception):
@@ -661,7 +747,12 @@ def dynamodb_client(settings: Settings) -> Any:
 
 def build_session_store(settings: Settings, client: Any = None) -> SessionStore:
     store = SessionStore(
-        client or dynamodb_client(settings), settings.ws_state_table, ttl_seconds=settings.ws_state_ttl_seconds
+        client or dynamodb_client(settings),
+        settings.ws_state_table,
+        ttl_seconds=settings.ws_state_ttl_seconds,
+        chunk_ttl_seconds=settings.ws_audio_chunk_ttl_seconds,
+        index=settings.ws_sessions_index,
+        resume_window_s=settings.ws_resume_window_seconds,
     )
     if not settings.on_aws:
         store.ensure_table()

@@ -66,6 +66,8 @@ class SocketEdge:
         except UnauthorizedError as exc:
             return _refused(401, exc.code, exc.message)
         conversation_id, account_id = claims["c"], claims["a"]
+        if params.get("relay"):  # a carrier's text relay (Twilio ConversationRelay): not spoken by this edge yet
+            return _refused(501, "relay_not_available", "the phone relay protocol is not available yet")
         with self.runtime.database.session() as db:
             service = self.runtime.conversations(db)
             try:
@@ -87,6 +89,8 @@ class SocketEdge:
                     config=config.model_dump(mode="json"),
                     connection_id=connection_id,
                     endpoint=endpoint_from_event(self.runtime.settings, event),
+                    first_deadline=self.runtime.clock()
+                    + min(config.silence_timeout_seconds, config.max_duration_seconds),
                 )
             except SessionEnded:
                 return _refused(410, "conversation_ended", "conversation has ended")

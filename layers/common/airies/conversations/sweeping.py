@@ -1,6 +1,10 @@
 """Timers and sweeping: max duration and the silence timeout (one reminder, then end), checked on the caller's
 frames and by the scheduled sweeper, which also ends calls abandoned by their caller, ended or deleted elsewhere,
-and closes conversation rows that never connected or went stale."""
+and closes conversation rows that never connected or went stale.
+
+The sweeper reads only the live sessions that are due (``SessionStore.due_sessions``: a Query of the sparse
+live-sessions index by ``sweep_at``, bounded per run) and writes each one's next deadline back.
+"""
 
 from __future__ import annotations
 
@@ -59,7 +63,7 @@ class Sweeper:
                 done[action] = done.get(action, 0) + 1
 
         now = self.runtime.clock()
-        sessions = self.store.active_sessions()
+        sessions = self.store.due_sessions(now, limit=self.runtime.settings.sweeper_max_sessions_per_run)
         closed = self._closed_elsewhere([s.conversation_id for s in sessions])
         for session in sessions:
             try:
@@ -70,7 +74,10 @@ class Sweeper:
                     self.lifecycle.end(session.conversation_id, "caller_disconnected", None)
                     count("caller_disconnected")
                 else:
-                    count(self.check_timers(session))
+                    action = self.check_timers(session)
+                    count(action)
+                    if action in (None, "reminder"):
+                        self.store.reschedule(session.conversation_id, self.next_deadline(session, now, action))
             except Exception:
                 log.exception("sweep: session %s failed", session.conversation_id)
                 count("errors")
@@ -87,9 +94,25 @@ class Sweeper:
                 count("errors")
         return done
 
+    def next_deadline(self, session: LiveSession, now: float, action: str | None = None) -> float:
+        """When the sweeper must look at this session next: its max duration, its silence timeout (from the
+        reminder just sent), or the end of its resume window when no connection is left; never before the next run.
+        Activity only moves a deadline later, so an early one merely costs a look."""
+        config = self.runtime.config(session)
+        last_activity = now if action == "reminder" else session.last_activity
+        deadlines = [last_activity + config.silence_timeout_seconds]
+        if session.started_at:
+            deadlines.append(session.started_at + config.max_duration_seconds)
+        if not session.connections:
+            deadlines.append(
+                (session.disconnected_at or session.last_activity) + self.runtime.settings.ws_resume_window_seconds
+            )
+        return max(min(deadlines), now + 1)
+
     def _closed_elsewhere(self, conversation_ids: list[str]) -> dict[str, str]:
         """Of these live conversations, those whose row is ended (-> its end reason) or gone (-> ``deleted``): a
-        REST end or delete whose live-session close did not get through is caught up within one sweep."""
+        REST end or delete whose live-session close did not get through is caught up at the session's next
+        deadline."""
         if not conversation_ids:
             return {}
         try:

@@ -8,7 +8,6 @@ The LLM stream and speech synthesis overlap: the first sentence is spoken while 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,9 +19,10 @@ from airies.agents.engines import turn_engines
 from airies.agents.schemas import AgentConfig
 from airies.conversations import protocol as wp
 from airies.core.money import format_usd
+from airies.core.text import SentenceSegmenter, contains_phrase, split_sentences
 from airies.llm import catalog
 from airies.llm.vendors.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCallDelta
-from airies.voice.service import expected_phrases_for_agent
+from airies.voice.speech_models import expected_phrases_for_agent
 from airies.voice.stt.base import STTOptions, STTProvider, Transcript
 from airies.voice.tts.base import TTSOptions, TTSProvider
 
@@ -42,102 +42,6 @@ END_CALL_TOOL = {
         },
     },
 }
-
-
-# --- sentence segmentation -------------------------------------------------------------------------------------
-_ABBREVIATIONS = {
-    "mr",
-    "mrs",
-    "ms",
-    "dr",
-    "prof",
-    "sr",
-    "jr",
-    "st",
-    "vs",
-    "etc",
-    "e.g",
-    "i.e",
-    "inc",
-    "ltd",
-    "co",
-    "no",
-    "approx",
-    "dept",
-    "est",
-    "min",
-    "max",
-    "ave",
-    "blvd",
-    "rd",
-    "u.s",
-    "a.m",
-    "p.m",
-}
-_BOUNDARY = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|[;:](?=\s)|\n+")
-
-
-class SentenceSegmenter:
-    """Cuts a token stream into speakable sentences as early as it safely can.
-
-    Ends a sentence at . ! ? … ; : or a newline followed by whitespace, but not after an abbreviation
-    ("Dr. Smith"), a decimal ("3.5") or an initial ("J. R."). The first segment may also end at a comma once
-    it has ``first_comma_words`` words, because the first audio is what the caller waits for; any segment
-    is cut at a comma once it exceeds ``max_chars`` so TTS never waits on a run-on sentence.
-    """
-
-    def __init__(self, *, first_comma_words: int = 6, max_chars: int = 220) -> None:
-        self.buffer = ""
-        self.first_comma_words = first_comma_words
-        self.max_chars = max_chars
-        self.emitted = 0
-
-    def push(self, text: str) -> list[str]:
-        self.buffer += text
-        out: list[str] = []
-        while True:
-            cut = self._find_cut()
-            if cut is None:
-                break
-            sentence, self.buffer = self.buffer[:cut].strip(), self.buffer[cut:].lstrip()
-            if sentence:
-                out.append(sentence)
-                self.emitted += 1
-        return out
-
-    def flush(self) -> list[str]:
-        rest, self.buffer = self.buffer.strip(), ""
-        if rest:
-            self.emitted += 1
-            return [rest]
-        return []
-
-    def _find_cut(self) -> int | None:
-        for match in _BOUNDARY.finditer(self.buffer):
-            end = match.end()
-            if match.group().startswith(".") and self._is_abbreviation(match.start()):
-                continue
-            return end
-        limit_words = self.first_comma_words if self.emitted == 0 else None
-        for match in re.finditer(r",(?=\s)", self.buffer):
-            head = self.buffer[: match.end()]
-            if (limit_words and len(head.split()) >= limit_words) or len(head) >= self.max_chars:
-                return match.end()
-        return None
-
-    def _is_abbreviation(self, dot: int) -> bool:
-        word = re.search(r"([A-Za-z.]+)$", self.buffer[:dot])
-        if not word:
-            return False
-        token = word.group(1).lower().rstrip(".")
-        if token in _ABBREVIATIONS:
-            return True
-        return len(token) == 1 and token.isalpha() and self.buffer[dot - 1].isupper()  # an initial: "J."
-
-
-def segment_text(text: str) -> list[str]:
-    seg = SentenceSegmenter(first_comma_words=0)
-    return seg.push(text) + seg.flush()
 
 
 # --- voice activity per chunk ----------------------------------------------------------------------------------
@@ -232,19 +136,6 @@ class TurnResult:
     error: dict[str, Any] | None = None
     passages: int = 0
     spoken: list[SpokenSentence] = field(default_factory=list)  # per sentence, where its audio starts and ends
-
-
-def normalise(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
-
-
-def contains_phrase(text: str, phrases: list[str]) -> str | None:
-    hay = f" {normalise(text)} "
-    for phrase in phrases:
-        needle = normalise(phrase)
-        if needle and f" {needle} " in hay:
-            return phrase
-    return None
 
 
 def heard_text(sentences: list[SpokenSentence], heard_ms: float) -> str:
@@ -430,7 +321,7 @@ class TurnRunner:
         producer: asyncio.Task[None] | None = None
         if reply is not None:
             state.generated = reply
-            for sentence in segment_text(reply):
+            for sentence in split_sentences(reply):
                 segments.put_nowait(sentence)
             segments.put_nowait(None)
         else:
@@ -534,7 +425,7 @@ class TurnRunner:
                 segments.put_nowait(sentence)
             if state.end_call == "end_call_tool" and not state.generated.strip() and config.end_call_message:
                 state.generated = config.end_call_message
-                for sentence in segment_text(config.end_call_message):
+                for sentence in split_sentences(config.end_call_message):
                     segments.put_nowait(sentence)
         finally:
             segments.put_nowait(None)

@@ -122,6 +122,12 @@ class Settings(BaseSettings):
     ws_out_chunk_ms: int = 250  # server audio frames: barge-in stops within one of these
     ws_control_frames_per_second: int = 10
     ws_max_utterance_seconds: int = 30
+    ws_sessions_index: str = "live-sessions"  # sparse index of live sessions by next deadline: the sweeper's Query
+    ws_audio_chunk_ttl_seconds: int = 300  # caller audio chunks expire this long after they were stored
+    # Delete a turn's chunks once it used them: caller audio gone at once, for the write units of a second write
+    # (docs/deployment.md, cost); off, the short TTL removes them for free.
+    ws_delete_used_chunks: bool = False
+    sweeper_max_sessions_per_run: int = 2000
     conversation_recordings_prefix: str = "recordings"
 
     # Usage, credits and billing. Without a queue URL usage is tracked in-process (direct publisher).
@@ -146,6 +152,13 @@ class Settings(BaseSettings):
     webhook_max_client_error_attempts: int = 3  # a 4xx other than 408/410/429 is retried this often only
     webhook_retry_base_s: int = 30  # first backoff; doubles per attempt (with jitter), capped at 4 hours
     webhook_max_response_bytes: int = 65_536  # read at most this much of a receiver's answer
+    # Telephony (Twilio). The platform's own Twilio account, for numbers imported without the business's own
+    # credentials: the SID here, the auth token locally from AIRIES_TWILIO_AUTH_TOKEN, on AWS through
+    # get_platform_secret("twilio_auth_token"). twilio_api_base points the SDK at a local double.
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_api_base: str | None = None
+    twilio_timeout_s: float = 10.0
 
     # Knowledge bases. Defaults run offline: hashing embedder + embedded vector store, files under
     # data_dir when no documents bucket is set (moto/AWS set AIRIES_KB_DOCUMENTS_BUCKET).

@@ -27,6 +27,7 @@ from airies.core.database import Database
 from airies.core.errors import NotAvailableError
 from airies.core.models import utcnow
 from airies.core.storage import StorageService
+from airies.knowledge.crawler import Fetcher
 from airies.knowledge.embedders import build_embedder
 from airies.knowledge.embedders.base import Embedder, EmbeddingResult
 from airies.knowledge.vector_stores import VECTOR_STORES, StoreWiring
@@ -51,13 +52,13 @@ class KnowledgeContext:
         database: Database,
         settings: Settings,
         *,
-        storage: Any = None,
+        storage: StorageService | None = None,
         embedder_factory: Callable[[str, str, int], Embedder] | None = None,
         store_factory: Callable[[str], VectorStore] | None = None,
         usage_publisher: UsagePublisher | None = None,
         sqs_client: Any = None,
         sfn_client: Any = None,
-        fetcher: Any = None,
+        fetcher: Fetcher | None = None,
         session: Session | None = None,
     ) -> None:
         self.database = database
@@ -119,7 +120,7 @@ class KnowledgeContext:
 
     # -- vendors ----------------------------------------------------------------------------------------------
     @property
-    def storage(self) -> Any:
+    def storage(self) -> StorageService:
         if self._storage is None:
             self._storage = StorageService(
                 self.settings.kb_documents_bucket or self.settings.storage_bucket,

@@ -11,12 +11,12 @@ or in the older scrape-only alias ``kb_scrape_allowed_private_hosts`` are exempt
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urldefrag, urljoin, urlsplit
 from urllib.robotparser import RobotFileParser
 
+from airies.core.config import Settings
 from airies.core.url_guard import URLGuard, URLNotAllowed, url_guard
 from airies.knowledge.extraction import extract_text_from_html
 
@@ -41,6 +41,15 @@ class FetchResult:
     headers: dict[str, str]
     body: bytes
     url: str
+
+
+class _Robots(RobotFileParser):
+    # Set by RobotFileParser itself (no robots.txt to honour, or none to trust); the stubs do not declare them.
+    allow_all: bool
+    disallow_all: bool
+
+
+Fetcher = Callable[[str], FetchResult]  # url -> the response (HttpxFetcher; tests pass a local one)
 
 
 class HttpxFetcher:
@@ -77,12 +86,12 @@ class UnresolvableHost(ConnectionError):
     """DNS has no address for the host: the page is ``unreachable`` (not ``blocked_address``)."""
 
 
-def scrape_guard(settings: Any) -> URLGuard:
+def scrape_guard(settings: Settings) -> URLGuard:
     """The URL guard of scrape jobs: the platform's allow-list plus the older scrape-only one."""
     return url_guard(settings, extra_allowed_hosts=settings.kb_scrape_allowed_private_hosts)
 
 
-def validate_start_url(url: str, settings: Any, *, field: str = "start_urls") -> None:
+def validate_start_url(url: str, settings: Settings, *, field: str = "start_urls") -> None:
     """Refuse a start URL the URL guard refuses (422 ``url_not_allowed``) before a job is saved. A name DNS cannot
     resolve now is accepted: the job reports that page as ``unreachable``."""
     try:
@@ -106,7 +115,7 @@ def _site(url: str) -> str:
 
 
 class Crawler:
-    def __init__(self, settings: Any, fetcher: Any = None) -> None:
+    def __init__(self, settings: Settings, fetcher: Fetcher | None = None) -> None:
         self.settings = settings
         self.user_agent = settings.kb_scrape_user_agent
         self.guard = scrape_guard(settings)
@@ -149,7 +158,7 @@ class Crawler:
     def _robots_for(self, url: str) -> RobotFileParser | None:
         site = _site(url)
         if site not in self._robots:
-            parser = RobotFileParser()
+            parser = _Robots()
             try:
                 result = self._get(site + "/robots.txt")
             except BlockedAddress:

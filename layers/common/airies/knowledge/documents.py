@@ -87,6 +87,13 @@ def _refuse_while_reembedding(kb: KnowledgeBase) -> None:
         )
 
 
+def _stored_key(doc: KnowledgeDocument) -> str:
+    """The object key of a document with stored content: every document but a web page that failed."""
+    if doc.storage_key is None:
+        raise BadRequestError("this document has no stored content (a failed web page)")
+    return doc.storage_key
+
+
 def upload_document(
     ctx: KnowledgeContext,
     account_id: str,
@@ -113,7 +120,7 @@ def upload_document(
         session.flush()
     presigned = ctx.storage.presigned_post(
         account_id,
-        doc.storage_key,
+        _stored_key(doc),
         max_bytes=ctx.settings.kb_max_document_bytes,
         content_type=normalised,
         expires_in=ctx.settings.kb_presign_expires_s,
@@ -153,7 +160,7 @@ def add_document_content(
         doc.content_sha256 = hashlib.sha256(data).hexdigest()
         session.add(doc)
         session.flush()
-    ctx.storage.upload_bytes(account_id, doc.storage_key, data, content_type=normalised)
+    ctx.storage.upload_bytes(account_id, _stored_key(doc), data, content_type=normalised)
     if process:
         etag = hashlib.md5(data, usedforsecurity=False).hexdigest()  # what S3 reports for a single PUT
         ingestion.process_document(ctx.pipeline(), doc.id, etag=etag, data=data)

@@ -171,7 +171,7 @@ def check_signature(data: bytes, content_type: str) -> None:
 
 def open_pdf(data: bytes, *, max_pages: int = 2000) -> Any:
     """A ``PdfReader`` whose page count is checked; encrypted, corrupt and empty PDFs are rejected here."""
-    from pypdf import PdfReader
+    from pypdf import PasswordType, PdfReader
 
     check_signature(data, PDF)
     try:
@@ -180,7 +180,7 @@ def open_pdf(data: bytes, *, max_pages: int = 2000) -> Any:
             try:
                 opened = reader.decrypt("")  # owner-password-only PDFs open with an empty user password
             except Exception:
-                opened = 0
+                opened = PasswordType.NOT_DECRYPTED
             if not opened:
                 raise DocumentRejected("encrypted_pdf", "the PDF is password-protected; upload an unencrypted copy")
         count = len(reader.pages)
@@ -275,7 +275,7 @@ def extract_text_from_html(html: str) -> ExtractedDocument:
 
     soup = BeautifulSoup(html, "html.parser")
     title = strip_control_characters(soup.title.get_text(" ", strip=True)) if soup.title else None
-    links = [a["href"] for a in soup.find_all("a", href=True)]
+    links = [str(a["href"]) for a in soup.find_all("a", href=True)]  # href is single-valued: always a str
     for tag in soup.find_all(_DROP_TAGS):
         tag.decompose()
     if soup.head:

@@ -21,11 +21,11 @@ import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote_plus
 
 import numpy as np
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import CursorResult, delete, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
 from airies.billing.schemas import UsageComponent, UsageEvent
@@ -42,9 +42,10 @@ from airies.core.errors import (
 from airies.core.models import utcnow
 from airies.knowledge import extraction as dp
 from airies.knowledge.bases import check_kb_size, refresh_counts
-from airies.knowledge.chunking import iter_chunks
+from airies.knowledge.chunking import Chunk, iter_chunks
 from airies.knowledge.context import KnowledgeContext
 from airies.knowledge.models import KnowledgeBase, KnowledgeChunk, KnowledgeDocument
+from airies.knowledge.tasks import IngestionExecution
 from airies.knowledge.vector_stores.base import vector_records
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,11 @@ def _start_state_machine(ctx: KnowledgeContext, arn: str, doc_id: str, etag: str
     # The execution name is the dedup key: a duplicate event for the same object version cannot start a second run.
     name = re.sub(r"[^A-Za-z0-9_-]", "", f"{doc_id}-{(etag or 'noetag')[:32]}")[:80]
     try:
-        ctx.sfn.start_execution(stateMachineArn=arn, name=name, input=json.dumps({"document_id": doc_id, "etag": etag}))
+        ctx.sfn.start_execution(
+            stateMachineArn=arn,
+            name=name,
+            input=json.dumps(IngestionExecution(document_id=doc_id, etag=etag).model_dump()),
+        )
     except ctx.sfn.exceptions.ExecutionAlreadyExists:
         return "skipped:execution_exists"
     return "started"
@@ -160,13 +165,13 @@ def process_document(
     batch_size = max(1, ctx.settings.kb_stream_batch_chunks)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-embed")
     futures: list[Future[None]] = []
-    chunks: list[Any] = []
+    chunks: list[Chunk] = []
     try:
         try:
             if data is None:
                 data = _download(ctx, doc)
             pages, paged, page_count = _open_pages(ctx, doc, data)
-            batch: list[Any] = []
+            batch: list[Chunk] = []
             for chunk in iter_chunks(pages, kb.chunk_size, kb.chunk_overlap, paged=paged):
                 chunks.append(chunk)
                 batch.append(chunk)
@@ -197,11 +202,11 @@ def process_document(
     return "ready"
 
 
-def _vector_ids(doc: KnowledgeDocument, chunks: Sequence[Any]) -> list[str]:
+def _vector_ids(doc: KnowledgeDocument, chunks: Sequence[Chunk]) -> list[str]:
     return [chunk_id(doc.id, c.index) for c in chunks]
 
 
-def _after_error(ctx: KnowledgeContext, doc: KnowledgeDocument, chunks: Sequence[Any], exc: Exception) -> str:
+def _after_error(ctx: KnowledgeContext, doc: KnowledgeDocument, chunks: Sequence[Chunk], exc: Exception) -> str:
     """An attempt that raised. Its vectors go either way. A permanent error (bad data, a bug, a configuration
     no retry can fix) ends the document ``failed`` with the reason and returns "failed" (the message is
     acknowledged); a transient one releases the document and re-raises, so the message is redelivered, until
@@ -280,7 +285,9 @@ def _open_pages(ctx: KnowledgeContext, doc: KnowledgeDocument, data: bytes) -> t
     return iter(extracted.pages), False, extracted.page_count
 
 
-def _embed_and_upsert(ctx: KnowledgeContext, kb: KnowledgeBase, doc: KnowledgeDocument, chunks: Sequence[Any]) -> None:
+def _embed_and_upsert(
+    ctx: KnowledgeContext, kb: KnowledgeBase, doc: KnowledgeDocument, chunks: Sequence[Chunk]
+) -> None:
     vectors = generate_embeddings(ctx, kb, [c.text for c in chunks])
     keys = [(chunk_id(doc.id, c.index), doc.id, c.index) for c in chunks]
     ctx.store(kb.vector_store, doc.account_id).upsert(
@@ -289,7 +296,7 @@ def _embed_and_upsert(ctx: KnowledgeContext, kb: KnowledgeBase, doc: KnowledgeDo
 
 
 def _drop_stale_vectors(
-    ctx: KnowledgeContext, kb: KnowledgeBase, doc: KnowledgeDocument, old_ids: Sequence[str], chunks: Sequence[Any]
+    ctx: KnowledgeContext, kb: KnowledgeBase, doc: KnowledgeDocument, old_ids: Sequence[str], chunks: Sequence[Chunk]
 ) -> None:
     """Vectors of the previous version's chunks that the new version no longer has."""
     new_ids = {chunk_id(doc.id, c.index) for c in chunks}
@@ -301,24 +308,27 @@ def _drop_stale_vectors(
 def _claim(ctx: KnowledgeContext, document_id: str) -> KnowledgeDocument | None:
     cutoff = ctx.lease_cutoff()
     with ctx.database.session() as session:
-        claimed = session.execute(
-            update(KnowledgeDocument)
-            .where(
-                KnowledgeDocument.id == document_id,
-                or_(
-                    KnowledgeDocument.status != "processing",
-                    KnowledgeDocument.processing_started_at.is_(None),
-                    KnowledgeDocument.processing_started_at < cutoff,
-                ),
-            )
-            .values(
-                status="processing",
-                processing_started_at=utcnow(),
-                attempts=KnowledgeDocument.attempts + 1,
-                error=None,
-                error_code=None,
-                updated_at=utcnow(),
-            )
+        claimed = cast(
+            CursorResult[Any],
+            session.execute(
+                update(KnowledgeDocument)
+                .where(
+                    KnowledgeDocument.id == document_id,
+                    or_(
+                        KnowledgeDocument.status != "processing",
+                        KnowledgeDocument.processing_started_at.is_(None),
+                        KnowledgeDocument.processing_started_at < cutoff,
+                    ),
+                )
+                .values(
+                    status="processing",
+                    processing_started_at=utcnow(),
+                    attempts=KnowledgeDocument.attempts + 1,
+                    error=None,
+                    error_code=None,
+                    updated_at=utcnow(),
+                )
+            ),
         ).rowcount
         if not claimed:
             return None
@@ -375,7 +385,7 @@ def _settle(
             query = query.where(KnowledgeDocument.status == "processing")
         if vector_ids is not None:
             values = {**values, "chunk_count": 0, "token_count": 0}
-        if not session.execute(query.values(**values, updated_at=utcnow())).rowcount:
+        if not cast(CursorResult[Any], session.execute(query.values(**values, updated_at=utcnow()))).rowcount:
             return
         if vector_ids is not None:
             session.execute(delete(KnowledgeChunk).where(KnowledgeChunk.document_id == document_id))
@@ -414,6 +424,8 @@ def prepare_document(
 
 
 def _download(ctx: KnowledgeContext, doc: KnowledgeDocument) -> bytes:
+    if doc.storage_key is None:  # a web page that failed: nothing was stored
+        raise dp.DocumentRejected("missing_object", "the document has no stored content")
     try:
         return ctx.storage.download(doc.account_id, doc.storage_key)
     except NotFoundError as exc:
@@ -421,7 +433,7 @@ def _download(ctx: KnowledgeContext, doc: KnowledgeDocument) -> bytes:
 
 
 def _replace_chunks(
-    ctx: KnowledgeContext, doc: KnowledgeDocument, chunks: Sequence[Any], pages: int, sha: str
+    ctx: KnowledgeContext, doc: KnowledgeDocument, chunks: Sequence[Chunk], pages: int, sha: str
 ) -> list[str]:
     with ctx.database.session() as session:
         old_ids = list(session.scalars(select(KnowledgeChunk.id).where(KnowledgeChunk.document_id == doc.id)))

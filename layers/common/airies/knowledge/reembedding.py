@@ -7,10 +7,10 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any, cast
 
 import numpy as np
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import CursorResult, func, or_, select, update
 
 from airies.billing.schemas import UsageComponent, UsageEvent
 from airies.core.errors import ConflictError, NotFoundError
@@ -23,6 +23,8 @@ from airies.knowledge.models import KnowledgeBase, KnowledgeChunk, KnowledgeDocu
 from airies.knowledge.vector_stores.base import VectorRecord, vector_records
 
 log = logging.getLogger(__name__)
+
+ChunkKey = tuple[str, str, int]  # (chunk id, document id, chunk index)
 
 
 def update_embeddings(
@@ -69,14 +71,17 @@ def update_embeddings(
 def _claim_reembed(ctx: KnowledgeContext, account_id: str, kb_id: str) -> None:
     cutoff = ctx.lease_cutoff()
     with ctx.database.session() as session:
-        claimed = session.execute(
-            update(KnowledgeBase)
-            .where(
-                KnowledgeBase.id == kb_id,
-                KnowledgeBase.account_id == account_id,
-                or_(KnowledgeBase.status != "reembedding", KnowledgeBase.updated_at < cutoff),
-            )
-            .values(status="reembedding", updated_at=utcnow())
+        claimed = cast(
+            CursorResult[Any],
+            session.execute(
+                update(KnowledgeBase)
+                .where(
+                    KnowledgeBase.id == kb_id,
+                    KnowledgeBase.account_id == account_id,
+                    or_(KnowledgeBase.status != "reembedding", KnowledgeBase.updated_at < cutoff),
+                )
+                .values(status="reembedding", updated_at=utcnow())
+            ),
         ).rowcount
     if not claimed:
         raise ConflictError("the knowledge base is already being re-embedded", code="reembedding")
@@ -115,12 +120,12 @@ def _end_reembed(ctx: KnowledgeContext, account_id: str, kb_id: str) -> None:
 
 
 def _embed_all(
-    ctx: KnowledgeContext, account_id: str, kb_id: str, embedder: Embedder, spool: Any
-) -> tuple[list[Any], int]:
+    ctx: KnowledgeContext, account_id: str, kb_id: str, embedder: Embedder, spool: IO[bytes]
+) -> tuple[list[ChunkKey], int]:
     """Embed every chunk of the knowledge base into ``spool`` (float32 rows in chunk-id order); returns the
     (id, document id, chunk index) of each row and the tokens embedded. Nothing in the store changes."""
     batch = max(1, ctx.settings.kb_embed_batch_chunks)
-    chunks: list[Any] = []
+    chunks: list[ChunkKey] = []
     tokens = 0
     last = ""
     while True:
@@ -153,8 +158,8 @@ def _swap_vectors(
     store_name: str,
     old_dims: int,
     choice: tuple[str, str, int],
-    chunks: list[Any],
-    spool: Any,
+    chunks: list[ChunkKey],
+    spool: IO[bytes],
 ) -> None:
     provider, model, dims = choice
     size = max(1, ctx.settings.kb_embed_batch_chunks)

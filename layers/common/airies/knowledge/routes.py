@@ -119,7 +119,7 @@ async def _document_request(request: Request, *, require_filename: bool = True) 
             raw = json.dumps(body).encode()
         spec = DocumentCreate.model_validate_json(raw)
     except ValueError as exc:
-        errors = getattr(exc, "errors", lambda: [])()
+        errors: list[dict[str, Any]] = getattr(exc, "errors", lambda: [])()
         raise ValidationFailedError(
             "invalid document request",
             details=[

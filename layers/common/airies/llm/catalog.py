@@ -6,13 +6,9 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, lru_cache
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from airies.core.config import Settings
-
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+from airies.core.config import DATA_DIR, Settings
 
 
 @dataclass(frozen=True)

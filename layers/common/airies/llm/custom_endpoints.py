@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from airies.core.aio import run_sync
 from airies.core.config import Settings
 from airies.core.errors import ConflictError, NotFoundError, ProviderError, ValidationFailedError
 from airies.core.ids import new_id
@@ -33,7 +34,6 @@ from airies.core.secrets import EnvelopeCipher, Sealed, get_cipher
 from airies.core.url_guard import URLGuard, URLNotAllowed, url_guard
 from airies.llm import catalog
 from airies.llm.models import LLMCustomEndpoint
-from airies.llm.router import run_async
 from airies.llm.vendors.openai_compat import OpenAICompatibleProvider
 
 PROVIDER_PREFIX = "custom:"
@@ -225,7 +225,7 @@ class CustomEndpointService:
         stream_usage: bool = True,
     ) -> LLMCustomEndpoint:
         self._check_new_name(account_id, name)
-        models = run_async(self.probe, base_url, api_key)
+        models = run_sync(self.probe, base_url, api_key)
         row = LLMCustomEndpoint(
             id=new_id("lce"),
             account_id=account_id,
@@ -259,7 +259,7 @@ class CustomEndpointService:
         row = self.get(account_id, endpoint_id)
         base_url = changes.get("base_url", row.base_url)
         api_key = changes["api_key"] if "api_key" in changes else self.api_key(row)
-        models = run_async(self.probe, base_url, api_key)
+        models = run_sync(self.probe, base_url, api_key)
         row.base_url = base_url
         row.models = models
         if "api_key" in changes:

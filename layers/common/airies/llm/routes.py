@@ -10,9 +10,9 @@ from pydantic import Field
 
 from airies.accounts.auth import Caller, current_caller
 from airies.accounts.provider_keys import PROVIDER_KINDS, STATUS_REPORTERS, ProviderKeyService
+from airies.core.aio import run_sync
 from airies.core.schemas import StrictModel
 from airies.llm.custom_endpoints import CustomEndpointService, endpoint_out
-from airies.llm.router import run_async
 from airies.llm.service import build_llm_service
 
 router = APIRouter(tags=["llm"])
@@ -108,7 +108,7 @@ def put_provider_key(
     service = ProviderKeyService(caller.session, request.app.state.settings)
     service.kind_of(provider)  # 404 before any outbound call
     options = service.check_options(provider, body.model_dump(include={"region", "index_host"}, exclude_none=True))
-    run_async(service.validate, provider, body.api_key, options)
+    run_sync(service.validate, provider, body.api_key, options)
     return service.store(caller.account_id, provider, body.api_key, options)
 
 

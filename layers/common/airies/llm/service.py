@@ -20,8 +20,11 @@ import contextlib
 import hashlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
 from decimal import Decimal
 from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
 
 from airies.accounts.provider_keys import (
     ProviderKeyService,
@@ -29,20 +32,17 @@ from airies.accounts.provider_keys import (
     register_provider_status,
 )
 from airies.core.config import Settings
+from airies.core.database import unit_of_work
 from airies.core.errors import NotFoundError
 from airies.core.money import format_usd
-from airies.core.secrets import get_platform_secret
+from airies.core.secrets import platform_key
 from airies.core.url_guard import URLGuard, url_guard
 from airies.llm import catalog
 from airies.llm.cost import token_cost
 from airies.llm.custom_endpoints import CustomEndpointService, endpoint_catalog, provider_name
-from airies.llm.router import (
-    DatabaseHealthStore,
-    HealthTracker,
-    LLMRouter,
-    RouterConfig,
-    collect_response,
-)
+from airies.llm.health import DatabaseHealthStore, HealthTracker
+from airies.llm.router import LLMRouter, collect_response
+from airies.llm.router_config import RouterConfig
 from airies.llm.vendors.base import LLMEvent, LLMProvider, LLMRequest, LLMResponse, Usage
 from airies.llm.vendors.offline import OFFLINE_PROVIDER, OfflineResponder
 from airies.llm.vendors.openai_compat import OpenAICompatibleProvider
@@ -109,14 +109,10 @@ def vendor_base_url(settings: Settings, vendor: str) -> str:
     return str(getattr(settings, f"{vendor}_base_url"))
 
 
-def platform_key(settings: Settings, vendor: str) -> str | None:
-    return getattr(settings, f"{vendor}_api_key", None) or get_platform_secret(f"{vendor}_api_key", settings)
-
-
 def platform_providers(settings: Settings) -> dict[str, LLMProvider]:
     providers: dict[str, LLMProvider] = {}
     for vendor in LLM_VENDORS:
-        key = platform_key(settings, vendor)
+        key = platform_key(settings, f"{vendor}_api_key")
         if key:
             models = [m.model for m in catalog.llm_models() if m.provider == vendor]
             providers[vendor] = _provider(
@@ -124,7 +120,7 @@ def platform_providers(settings: Settings) -> dict[str, LLMProvider]:
             )
     if settings.llm_custom_base_url:
         name = settings.llm_custom_name
-        key = settings.llm_custom_api_key or get_platform_secret("llm_custom_api_key", settings)
+        key = platform_key(settings, "llm_custom_api_key")
         models = [m.model for m in custom_models(settings)]
         providers[name] = _provider(
             settings,
@@ -174,7 +170,7 @@ def account_providers(
 def configured_llm_providers(settings: Settings, session: Any, account_id: str) -> set[str]:
     """The LLM providers ``build_llm_service`` would give this account (platform keys, the operator's custom
     endpoint, the account's own keys and endpoints), found without building them (no key decrypted, no SDK)."""
-    names = {vendor for vendor in LLM_VENDORS if platform_key(settings, vendor)}
+    names = {vendor for vendor in LLM_VENDORS if platform_key(settings, f"{vendor}_api_key")}
     if settings.llm_custom_base_url:
         names.add(settings.llm_custom_name)
     for row in ProviderKeyService(session, settings).list(account_id):
@@ -306,8 +302,6 @@ class _EngineDatabase:
     """The bits of ``Database`` the health store needs, from a session's engine (when only a session is given)."""
 
     def __init__(self, engine: Any) -> None:
-        from sqlalchemy.orm import sessionmaker
-
         self.engine = engine
         self.url = str(engine.url)
         self.session_factory = sessionmaker(engine, expire_on_commit=False)
@@ -316,22 +310,8 @@ class _EngineDatabase:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    def session(self) -> Any:
-        from contextlib import contextmanager
-
-        @contextmanager
-        def unit_of_work():  # type: ignore[no-untyped-def]
-            session = self.session_factory()
-            try:
-                yield session
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
-            finally:
-                session.close()
-
-        return unit_of_work()
+    def session(self) -> AbstractContextManager[Session]:
+        return unit_of_work(self.session_factory)
 
 
 def build_llm_service(

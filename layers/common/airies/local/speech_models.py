@@ -9,7 +9,7 @@ import threading
 
 from airies.agents.service import prepare_deployed_agents
 from airies.local.server import LocalStack, on_startup
-from airies.voice.service import speech_model_cache
+from airies.voice.factory import speech_model_cache
 
 
 @on_startup

@@ -7,6 +7,7 @@ from airies.conversations import models as conversations  # noqa: F401
 from airies.core.models import Base
 from airies.knowledge import models as knowledge  # noqa: F401
 from airies.llm import models as llm  # noqa: F401
+from airies.telephony import models as telephony  # noqa: F401
 from airies.voice import models as voice  # noqa: F401
 from airies.webhooks import models as webhooks  # noqa: F401
 from airies.widget import models as widget  # noqa: F401

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from pathlib import Path
 from typing import Any
 
-DATA_FILE = Path(__file__).resolve().parents[1] / "data" / "voice_catalog.json"
+from airies.core.config import DATA_DIR
+
+DATA_FILE = DATA_DIR / "voice_catalog.json"
 
 
 @cache

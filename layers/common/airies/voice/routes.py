@@ -11,8 +11,9 @@ from pydantic import Field
 from airies.accounts.auth import Caller, current_caller
 from airies.core.errors import BadRequestError, UnsupportedMediaTypeError
 from airies.core.schemas import BINARY, StrictModel, request_body
+from airies.voice.factory import build_voice_service
 from airies.voice.models import Voice
-from airies.voice.service import MAX_CLONE_SAMPLE_BYTES, VoiceService, build_voice_service
+from airies.voice.service import MAX_CLONE_SAMPLE_BYTES, VoiceService
 from airies.voice.stt.base import Transcript
 from airies.voice.tts.base import VoiceInfo
 

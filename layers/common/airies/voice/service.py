@@ -1,7 +1,7 @@
-"""Voice decisions: which STT/TTS provider serves a request, input limits, sentence splitting,
-voice fallbacks, cloned voices per account and the streaming utterance pipeline.
+"""Voice decisions: which STT/TTS provider serves a request, input limits, splitting text for TTS requests,
+voice fallbacks and cloned voices per account. ``voice/factory.py`` builds the service for an account.
 
-Provider choice (``build_voice_service``):
+Provider choice (``build_voice_service`` gives the providers, the service picks per request):
 - a cloud provider is available when its key is configured: the account's own key (provider_keys)
   first, then the platform key (Settings / ``get_platform_secret``);
 - the agent's configured provider (``transcriber.provider`` / ``voice.provider``) is used when available;
@@ -14,23 +14,14 @@ Provider choice (``build_voice_service``):
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import logging
-import shutil
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from airies.accounts import provider_keys
-from airies.accounts.provider_keys import get_account_provider_credentials
-from airies.core.config import Settings
-from airies.core.database import Database
 from airies.core.errors import (
     BadRequestError,
     NotAvailableError,
@@ -40,29 +31,19 @@ from airies.core.errors import (
     ValidationFailedError,
 )
 from airies.core.ids import new_id
-from airies.core.secrets import get_platform_secret
-from airies.core.storage import StorageService
 from airies.core.text import split_sentences
 from airies.voice import catalog
 from airies.voice.audio.formats import SUPPORTED_RATES, duration_seconds
+from airies.voice.configs import config_field
 from airies.voice.models import Voice
-from airies.voice.speech_models import ModelBuilder, SpeechModelCache
+from airies.voice.speech_models import SpeechModelCache, domain_phrases
 from airies.voice.stt.base import STTOptions, STTProvider, Transcript
-from airies.voice.stt.pocketsphinx import PocketSphinxSTT
 from airies.voice.tts.base import TTSOptions, TTSProvider, VoiceInfo, parse_output_format
 from airies.voice.vendors import (
-    CLOUD_VENDORS,
     OFFLINE_STT,
-    OFFLINE_STT_ENGINE,
     OFFLINE_TTS,
-    OFFLINE_TTS_ENGINE,
-    STT_VENDORS,
-    TTS_VENDORS,
-    KeyValidator,
-    VoiceVendor,
 )
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_CLONE_SAMPLES = 25
@@ -99,15 +80,6 @@ def engine_for(requested: str, configured: Collection[str], offline: str, offlin
     if requested in configured or requested == offline:
         return requested
     return offline if offline_fallback else None
-
-
-def _get(obj: Any, name: str, default: Any = None) -> Any:
-    """Read a field from a pydantic model, dataclass or dict (callers pass "config-like" objects)."""
-    if obj is None:
-        return default
-    if isinstance(obj, Mapping):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
 
 
 @dataclass
@@ -232,14 +204,14 @@ class VoiceService:
         was deployed before models were built, or building failed) the turn decodes with the general model.
         """
         self.check_audio(pcm16, sample_rate)
-        provider = self.stt_provider(_get(transcriber, "provider"))
-        model = _get(transcriber, "model")
-        if provider.name != _get(transcriber, "provider"):
+        provider = self.stt_provider(config_field(transcriber, "provider"))
+        model = config_field(transcriber, "model")
+        if provider.name != config_field(transcriber, "provider"):
             model = None  # a model name belongs to the provider that was asked for
         options = STTOptions(
             model=model,
-            language=_get(transcriber, "language", "en") or "en",
-            keywords=tuple(_get(transcriber, "keywords", ()) or ()),
+            language=config_field(transcriber, "language", "en") or "en",
+            keywords=tuple(config_field(transcriber, "keywords", ()) or ()),
             expected_phrases=tuple(p for p in expected_phrases if p and p.strip()),
         )
         if provider.name == OFFLINE_STT and self.speech_models is not None:
@@ -254,8 +226,11 @@ class VoiceService:
     def _tts_attempts(
         self, voice: Any, output_format: str, strict: bool = False
     ) -> list[tuple[TTSProvider, TTSOptions]]:
-        primary = (_get(voice, "provider"), _get(voice, "voice_id"))
-        fallbacks = [(_get(fb, "provider"), _get(fb, "voice_id")) for fb in (_get(voice, "fallback_voices") or [])]
+        primary = (config_field(voice, "provider"), config_field(voice, "voice_id"))
+        fallbacks = [
+            (config_field(fb, "provider"), config_field(fb, "voice_id"))
+            for fb in (config_field(voice, "fallback_voices") or [])
+        ]
         if strict:
             fallbacks = []
         attempts: list[tuple[TTSProvider, TTSOptions]] = []
@@ -279,12 +254,12 @@ class VoiceService:
             same_provider = provider.name == provider_name
             options = TTSOptions(
                 voice_id=voice_id,
-                model=_get(voice, "model") if index == 0 and same_provider else None,
+                model=config_field(voice, "model") if index == 0 and same_provider else None,
                 output_format=output_format,
-                speed=float(_get(voice, "speed", 1.0) or 1.0),
-                stability=float(_get(voice, "stability", 0.5)),
-                similarity_boost=float(_get(voice, "similarity_boost", 0.75)),
-                style=float(_get(voice, "style", 0.0)),
+                speed=float(config_field(voice, "speed", 1.0) or 1.0),
+                stability=float(config_field(voice, "stability", 0.5)),
+                similarity_boost=float(config_field(voice, "similarity_boost", 0.75)),
+                style=float(config_field(voice, "style", 0.0)),
             )
             attempts.append((provider, options))
         if not attempts:
@@ -496,235 +471,3 @@ def _check_sample(filename: str, data: bytes) -> None:
             read_wav(data)
         except AudioFormatError as exc:
             raise BadRequestError(f"sample '{filename}': {exc}", code="invalid_audio") from exc
-
-
-# ---------------------------------------------------------------------- factory
-
-
-def platform_key(settings: Settings, provider: str) -> str | None:
-    """The platform's key for a cloud voice vendor: its Settings fields first, then the platform secrets of the same
-    names (``AIRIES_<NAME>`` locally; SSM/Secrets Manager entries on AWS)."""
-    names = CLOUD_VENDORS[provider].settings_keys
-    for name in names:
-        value = getattr(settings, name, None)
-        if value:
-            return str(value.get_secret_value() if hasattr(value, "get_secret_value") else value)
-    for name in names:
-        try:
-            secret = get_platform_secret(name, settings)
-        except Exception:  # an unreachable secret store means "not configured" here, not a failed request
-            secret = None
-        if secret:
-            return str(secret)
-    return None
-
-
-def account_credentials(
-    session: Session | None, account_id: str | None, provider: str, settings: Settings | None = None
-) -> tuple[str, dict[str, str]] | None:
-    """The account's own key for a voice vendor and the options stored with it (Azure: ``region``), or None."""
-    if session is None or account_id is None:
-        return None
-    for name in CLOUD_VENDORS[provider].account_keys:
-        try:
-            credentials = get_account_provider_credentials(session, account_id, name, settings)
-        except Exception:  # no stored key / unknown provider name / undecryptable
-            credentials = None
-        if credentials and credentials[0]:
-            return str(credentials[0]), dict(credentials[1])
-    return None
-
-
-def configured_voice_vendors(settings: Settings, session: Session | None, account_id: str | None) -> set[str]:
-    """The cloud STT/TTS vendors with a key for this account (its own, else the platform's): the ones
-    ``build_voice_service`` makes available, found without building them."""
-    return {
-        p for p in CLOUD_VENDORS if account_credentials(session, account_id, p, settings) or platform_key(settings, p)
-    }
-
-
-# Provider instances per container, keyed by their construction arguments: SDK clients, the PocketSphinx
-# decoder and its domain models are reused across invocations. Bounded: accounts' own keys add entries.
-_PROVIDERS: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-MAX_CACHED_PROVIDERS = 64
-
-
-def _cached(key: tuple[Any, ...], build: Callable[[], T]) -> T:
-    provider: T | None = _PROVIDERS.get(key)
-    if provider is None:
-        provider = _PROVIDERS[key] = build()
-        while len(_PROVIDERS) > MAX_CACHED_PROVIDERS:
-            _PROVIDERS.popitem(last=False)
-    else:
-        _PROVIDERS.move_to_end(key)
-    return provider
-
-
-def _vendor(vendor: VoiceVendor[T], name: str, api_key: str, settings: Settings, options: dict[str, str]) -> T:
-    key = (name, api_key, tuple(sorted(options.items())), settings.model_dump_json())
-    return _cached(key, lambda: vendor.build(api_key, settings, options))
-
-
-def build_voice_service(
-    settings: Settings,
-    database: Database | None = None,
-    account_id: str | None = None,
-    *,
-    session: Session | None = None,
-) -> VoiceService:
-    """Pick providers from the configured keys (account keys override platform keys).
-
-    ``session`` (or ``database``, opened for the key lookup only) enables account keys and cloned voices.
-    """
-    if session is None and database is not None and account_id is not None:
-        with database.session() as lookup:
-            credentials = {p: account_credentials(lookup, account_id, p, settings) for p in CLOUD_VENDORS}
-    else:
-        credentials = {p: account_credentials(session, account_id, p, settings) for p in CLOUD_VENDORS}
-    uses_account_key = any(credentials.values())
-
-    def key_and_options(name: str) -> tuple[str | None, dict[str, str]]:
-        own = credentials[name]
-        return (own[0], own[1]) if own else (platform_key(settings, name), {})
-
-    stt: dict[str, STTProvider] = {}
-    for name, stt_vendor in STT_VENDORS.items():
-        api_key, options = key_and_options(name)
-        if api_key:
-            stt[name] = _vendor(stt_vendor, name, api_key, settings, options)
-    tts: dict[str, TTSProvider] = {}
-    for name, tts_vendor in TTS_VENDORS.items():
-        api_key, options = key_and_options(name)
-        if api_key:
-            tts[name] = _vendor(tts_vendor, name, api_key, settings, options)
-
-    def offline_tts() -> TTSProvider:
-        return _cached((OFFLINE_TTS, settings.espeak_binary), lambda: OFFLINE_TTS_ENGINE(binary=settings.espeak_binary))
-
-    return VoiceService(
-        stt_providers=stt,
-        tts_providers=tts,
-        offline_stt_factory=offline_recogniser,
-        offline_tts_factory=offline_tts,
-        offline_fallback=settings.voice_offline_fallback,
-        session=session,
-        account_id=account_id,
-        max_audio_seconds=float(settings.max_transcription_seconds),
-        max_tts_chars=settings.max_tts_chars,
-        voice_cache_ttl=float(settings.voice_cache_ttl_seconds),
-        cache_namespace=f"account:{account_id}" if uses_account_key and account_id else "platform",
-        default_offline_voice=settings.espeak_default_voice,
-        speech_models=speech_model_cache(settings),
-    )
-
-
-def offline_recogniser() -> PocketSphinxSTT:
-    """The container's PocketSphinx engine (NotAvailableError when the package is not installed)."""
-    return _cached((OFFLINE_STT,), OFFLINE_STT_ENGINE)
-
-
-def speech_model_cache(settings: Settings, builder: ModelBuilder | None = None) -> SpeechModelCache:
-    """The offline recogniser's models: ``<data_dir>/speech-models`` and the storage bucket (on AWS, or where an
-    AWS endpoint such as the local stack's moto is configured: never a real bucket from a developer's machine);
-    built with the container's PocketSphinx engine unless another ``builder`` is given."""
-    reachable = settings.on_aws or bool(settings.aws_endpoint_url)
-    storage = StorageService.from_settings(settings) if settings.storage_bucket and reachable else None
-    return SpeechModelCache(
-        Path(settings.data_dir) / "speech-models",
-        storage,
-        builder or (lambda phrases: offline_recogniser().build_model(phrases)),
-    )
-
-
-def domain_phrases(expected_phrases: Sequence[str], keywords: Sequence[str]) -> list[str]:
-    """What the offline recogniser's domain model is built from: the expected phrases and the keywords."""
-    return [*expected_phrases, *keywords]
-
-
-def prepare_speech_model(cache: SpeechModelCache, account_id: str, config: Any) -> bool:
-    """Build (or find) the offline recogniser's model of an agent config, as its turns will ask for it. Never
-    raises: without a model the agent's turns decode with the general model. True when a model is ready."""
-    if not offline_stt_available():  # the Lambda layer ships no PocketSphinx: its calls use a cloud recogniser
-        return False
-    phrases = domain_phrases(
-        expected_phrases_for_agent(config), tuple(_get(_get(config, "transcriber"), "keywords", None) or ())
-    )
-    try:
-        return cache.ensure(account_id, phrases) is not None
-    except Exception:
-        log.exception("building the speech model of an agent of %s failed", account_id)
-        return False
-
-
-def expected_phrases_for_agent(config: Any) -> tuple[str, ...]:
-    """Domain text for the offline recogniser from an agent config: what the caller is likely to say
-    (keywords, end-call and interruption phrases) and the words of the conversation (first message, prompt)."""
-    phrases: list[str] = []
-    phrases += list(_get(_get(config, "metadata"), "expected_phrases", None) or [])
-    phrases += list(_get(_get(config, "transcriber"), "keywords", None) or [])
-    phrases += list(_get(config, "end_call_phrases", None) or [])
-    interruption = _get(config, "interruption")
-    phrases += list(_get(interruption, "acknowledgement_phrases", None) or [])
-    phrases += list(_get(interruption, "interruption_phrases", None) or [])
-    for text in (_get(config, "first_message"), _get(config, "system_prompt")):
-        if text:
-            phrases += split_sentences(str(text))[:200]
-    seen: set[str] = set()
-    return tuple(p for p in phrases if p and not (p in seen or seen.add(p)))
-
-
-def voice_provider_status(settings: Settings) -> list[dict[str, Any]]:
-    rows = []
-    kinds = {**{name: "stt" for name in STT_VENDORS}, **{name: "tts" for name in TTS_VENDORS}}
-    for provider, kind in kinds.items():
-        configured = bool(platform_key(settings, provider))
-        rows.append(
-            {
-                "provider": provider,
-                "kind": kind,
-                "configured": configured,
-                "status": "configured" if configured else "not_configured",
-            }
-        )
-    for provider, kind, available, missing in (
-        (OFFLINE_STT, "stt", offline_stt_available(), "the pocketsphinx package is not installed"),
-        (OFFLINE_TTS, "tts", offline_tts_available(settings), f"'{settings.espeak_binary}' is not on PATH"),
-    ):
-        row: dict[str, Any] = {
-            "provider": provider,
-            "kind": kind,
-            "configured": available,
-            "status": "offline" if available else "not_installed",
-        }
-        if not available:
-            row["reason"] = missing
-        rows.append(row)
-    return rows
-
-
-def offline_stt_available() -> bool:
-    """PocketSphinx is importable (checked without importing it: it loads a 40 MB model on first use)."""
-    return importlib.util.find_spec("pocketsphinx") is not None
-
-
-def offline_tts_available(settings: Settings) -> bool:
-    """The eSpeak NG binary is on PATH (or the configured path exists and is executable)."""
-    return shutil.which(settings.espeak_binary) is not None
-
-
-# ---------------------------------------------------------------------- provider keys
-
-# The voice vendors' key probes (provider -> (validator, provider-key kind)), from the vendor tables.
-KEY_VALIDATORS: dict[str, tuple[KeyValidator, str]] = {
-    name: (vendor.validate, vendor.key_kind) for name, vendor in CLOUD_VENDORS.items() if vendor.validate is not None
-}
-
-
-def register_with_provider_keys() -> None:
-    """Hand the key probes and the status rows of ``GET /api/v1/providers`` to the accounts' provider-key registry."""
-    for name, (validator, kind) in KEY_VALIDATORS.items():
-        provider_keys.register_key_validator(name, validator, kind=kind)
-    provider_keys.register_provider_status("voice", voice_provider_status)
-
-
-register_with_provider_keys()

@@ -15,6 +15,7 @@ model instead of waiting for a build. :meth:`SpeechModelCache.ensure` builds wha
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import threading
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from airies.core.errors import AiriesError
+from airies.core.text import split_sentences
+from airies.voice.configs import config_field
 from airies.voice.stt.pocketsphinx import DomainModel, domain_digest
 
 log = logging.getLogger(__name__)
@@ -124,3 +127,46 @@ class SpeechModelCache:
             partial.replace(path)
         except OSError:
             log.warning("could not write speech model %s to %s", model.digest, self.directory, exc_info=True)
+
+
+def domain_phrases(expected_phrases: Sequence[str], keywords: Sequence[str]) -> list[str]:
+    """What the offline recogniser's domain model is built from: the expected phrases and the keywords."""
+    return [*expected_phrases, *keywords]
+
+
+def prepare_speech_model(cache: SpeechModelCache, account_id: str, config: Any) -> bool:
+    """Build (or find) the offline recogniser's model of an agent config, as its turns will ask for it. Never
+    raises: without a model the agent's turns decode with the general model. True when a model is ready."""
+    if not offline_stt_available():  # the Lambda layer ships no PocketSphinx: its calls use a cloud recogniser
+        return False
+    phrases = domain_phrases(
+        expected_phrases_for_agent(config),
+        tuple(config_field(config_field(config, "transcriber"), "keywords", None) or ()),
+    )
+    try:
+        return cache.ensure(account_id, phrases) is not None
+    except Exception:
+        log.exception("building the speech model of an agent of %s failed", account_id)
+        return False
+
+
+def expected_phrases_for_agent(config: Any) -> tuple[str, ...]:
+    """Domain text for the offline recogniser from an agent config: what the caller is likely to say
+    (keywords, end-call and interruption phrases) and the words of the conversation (first message, prompt)."""
+    phrases: list[str] = []
+    phrases += list(config_field(config_field(config, "metadata"), "expected_phrases", None) or [])
+    phrases += list(config_field(config_field(config, "transcriber"), "keywords", None) or [])
+    phrases += list(config_field(config, "end_call_phrases", None) or [])
+    interruption = config_field(config, "interruption")
+    phrases += list(config_field(interruption, "acknowledgement_phrases", None) or [])
+    phrases += list(config_field(interruption, "interruption_phrases", None) or [])
+    for text in (config_field(config, "first_message"), config_field(config, "system_prompt")):
+        if text:
+            phrases += split_sentences(str(text))[:200]
+    seen: set[str] = set()
+    return tuple(p for p in phrases if p and not (p in seen or seen.add(p)))
+
+
+def offline_stt_available() -> bool:
+    """PocketSphinx is importable (checked without importing it: it loads a 40 MB model on first use)."""
+    return importlib.util.find_spec("pocketsphinx") is not None

@@ -63,13 +63,13 @@ def pinecone_credentials(wiring: StoreWiring) -> tuple[str, str]:
         if options.get("index_host"):  # the account's own host: checked again before every use
             url_guard(settings).check(as_url(own_host), field="index_host")
         return key, own_host
-    key = settings.pinecone_api_key or get_platform_secret("pinecone_api_key", settings)
-    if not (key and host):
+    platform_key = settings.pinecone_api_key or get_platform_secret("pinecone_api_key", settings)
+    if not (platform_key and host):
         raise NotAvailableError(
             "Pinecone needs an API key (the account's own, AIRIES_PINECONE_API_KEY or the platform's "
             "provider-keys secret) and AIRIES_PINECONE_INDEX_HOST"
         )
-    return key, host
+    return platform_key, host
 
 
 def _pinecone(wiring: StoreWiring) -> VectorStore:

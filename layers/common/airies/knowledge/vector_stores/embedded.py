@@ -13,9 +13,10 @@ import threading
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import CursorResult, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from airies.core.ids import new_id
@@ -50,13 +51,16 @@ class EmbeddedVectorStore:
 
     def _touch(self, session: Session, account_id: str, knowledge_base_id: str, dimensions: int | None) -> None:
         revision = new_id("rev")
-        updated = session.execute(
-            update(KnowledgeVectorCollection)
-            .where(
-                KnowledgeVectorCollection.knowledge_base_id == knowledge_base_id,
-                KnowledgeVectorCollection.account_id == account_id,
-            )
-            .values(revision=revision)
+        updated = cast(
+            CursorResult[Any],
+            session.execute(
+                update(KnowledgeVectorCollection)
+                .where(
+                    KnowledgeVectorCollection.knowledge_base_id == knowledge_base_id,
+                    KnowledgeVectorCollection.account_id == account_id,
+                )
+                .values(revision=revision)
+            ),
         ).rowcount
         if not updated:
             session.add(

@@ -1,0 +1,82 @@
+"""TwiML answers, built with the SDK's TwiML classes: the ConversationRelay connection of an agent's call, and the
+polite refusal of a call that cannot be answered."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+from airies.agents.schemas import AgentConfig, FirstMessageMode
+
+# Agent config provider -> ConversationRelay's name for it. Others (eSpeak, Azure) have no relay equivalent:
+# the relay then speaks with Twilio's default voice and transcriber.
+TTS_PROVIDERS = {"elevenlabs": "ElevenLabs", "google": "Google", "amazon": "Amazon"}
+STT_PROVIDERS = {"deepgram": "Deepgram", "google": "Google"}
+# ConversationRelay takes a BCP-47 tag with a region: a bare language gets its most common one.
+DEFAULT_REGIONS = {
+    "en": "en-US",
+    "es": "es-ES",
+    "fr": "fr-FR",
+    "de": "de-DE",
+    "it": "it-IT",
+    "pt": "pt-BR",
+    "nl": "nl-NL",
+    "ja": "ja-JP",
+}
+MAX_HINTS = 100
+UNAVAILABLE = "Sorry, this number cannot take your call right now. Please try again later. Goodbye."
+RELAY_PROTOCOL = "twilio"  # the relay URL's ``relay`` parameter: the WebSocket edge speaks ConversationRelay
+
+
+def relay_url(ws_url: str, conversation_id: str, token: str) -> str:
+    query = urlencode({"conversation_id": conversation_id, "token": token, "relay": RELAY_PROTOCOL})
+    return f"{ws_url}?{query}"
+
+
+def relay_language(language: str) -> str:
+    return language if "-" in language else DEFAULT_REGIONS.get(language.lower(), language)
+
+
+def hints(config: AgentConfig) -> str | None:
+    """The phrases the agent expects (transcriber keywords) and its end-call phrases, comma-separated."""
+    phrases = [p.strip() for p in (*config.transcriber.keywords, *config.end_call_phrases) if p.strip()]
+    unique = list(dict.fromkeys(p.replace(",", " ") for p in phrases))[:MAX_HINTS]
+    return ",".join(unique) or None
+
+
+def welcome_greeting(config: AgentConfig, override: str | None = None) -> str | None:
+    if override:
+        return override
+    if config.first_message_mode == FirstMessageMode.assistant_speaks_first and config.first_message:
+        return config.first_message
+    return None
+
+
+def relay_twiml(config: AgentConfig, url: str, *, first_message: str | None = None) -> str:
+    """``<Connect><ConversationRelay .../></Connect>`` with the agent's greeting, language, voice, transcriber,
+    hints, interruption and DTMF settings."""
+    response = VoiceResponse()
+    connect = Connect()
+    tts = TTS_PROVIDERS.get(config.voice.provider)
+    connect.conversation_relay(
+        url=url,
+        welcome_greeting=welcome_greeting(config, first_message),
+        language=relay_language(config.transcriber.language),
+        tts_provider=tts,
+        voice=config.voice.voice_id if tts else None,
+        transcription_provider=STT_PROVIDERS.get(config.transcriber.provider),
+        hints=hints(config),
+        interruptible="any" if config.interruption.enabled else "none",
+        dtmf_detection=True,
+    )
+    response.append(connect)
+    return str(response.to_xml())
+
+
+def unavailable_twiml(message: str = UNAVAILABLE) -> str:
+    """A polite ``<Say>`` and ``<Hangup/>``: an unknown number, an unassigned one, or an account without credit."""
+    response = VoiceResponse()
+    response.say(message)
+    response.hangup()
+    return str(response.to_xml())

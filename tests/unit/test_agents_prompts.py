@@ -1,0 +1,20 @@
+"""The messages and the end_call tool of a turn: one builder for calls and agent tests."""
+
+from __future__ import annotations
+
+from airies.agents.prompts import END_CALL_TOOL, build_messages
+from airies.agents.schemas import AgentConfig
+from airies.conversations import turns
+
+
+def test_a_turn_is_built_the_same_on_a_call_and_in_an_agent_test() -> None:
+    config = AgentConfig(name="Desk", system_prompt="You are the receptionist.")
+    history = [{"role": "assistant", "content": "Hello!"}]
+    passages = [{"text": "Open 9 to 5."}]
+    messages = build_messages(config, history, "When are you open?", passages)
+    assert messages[0]["role"] == "system" and "[1] Open 9 to 5." in messages[0]["content"]
+    assert messages[0]["content"].endswith("answer in short spoken sentences, no markdown or lists.")
+    assert messages[1:] == [*history, {"role": "user", "content": "When are you open?"}]
+    assert build_messages(config, [], None, [])[-1]["role"] == "system"  # no user turn: nothing appended
+    assert turns.build_messages(config, history, "When are you open?", passages) == messages
+    assert turns.END_CALL_TOOL == END_CALL_TOOL

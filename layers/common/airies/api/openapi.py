@@ -22,13 +22,15 @@ from airies.core.config import Settings
 from airies.core.schemas import ErrorResponse
 
 SECURITY_SCHEME = "bearerAuth"
-# Operations (method, path without the base path) that take no API key: the health check, sign-up, Stripe's webhook
-# (signed by Stripe) and the widget's (its publishable key is in the path).
+# Operations (method, path without the base path) that take no API key: the health check, sign-up, the vendors'
+# webhooks (signed by Stripe and Twilio) and the widget's (its publishable key is in the path).
 PUBLIC_OPERATIONS = frozenset(
     {
         ("get", "/health"),
         ("post", "/accounts"),
         ("post", "/billing/webhooks/stripe"),
+        ("post", "/telephony/twilio/voice"),
+        ("post", "/telephony/twilio/status"),
         ("post", "/widget/{publishable_key}/conversations"),
         ("post", "/telephony/twilio/voice"),
         ("post", "/telephony/twilio/status"),

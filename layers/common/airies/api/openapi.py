@@ -32,8 +32,6 @@ PUBLIC_OPERATIONS = frozenset(
         ("post", "/telephony/twilio/voice"),
         ("post", "/telephony/twilio/status"),
         ("post", "/widget/{publishable_key}/conversations"),
-        ("post", "/telephony/twilio/voice"),
-        ("post", "/telephony/twilio/status"),
     }
 )
 ERRORS: dict[str, str] = {

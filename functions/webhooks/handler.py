@@ -14,6 +14,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 from pydantic import Json
 
+from airies.core.bootstrap import PerContainer
 from airies.core.config import get_settings
 from airies.core.database import get_database
 from airies.core.metrics import MonitoringService
@@ -28,23 +29,23 @@ class DeliveryRecord(SqsRecordModel):
 
 monitoring = MonitoringService(metrics=metrics, logger=logger)
 processor = BatchProcessor(event_type=EventType.SQS, model=DeliveryRecord)
-_deliverer: WebhookDeliverer | None = None
 
 
-def deliverer() -> WebhookDeliverer:
-    global _deliverer
-    if _deliverer is None:  # built at the first record, not at import (cold start)
-        settings = get_settings()
-        queue = build_delivery_queue(settings)
-        if queue is None:
-            raise RuntimeError("AIRIES_WEBHOOK_QUEUE_URL is not set: retries would have nowhere to go")
-        _deliverer = WebhookDeliverer(get_database(settings), settings, queue)
-    return _deliverer
+def _build_deliverer() -> WebhookDeliverer:
+    # Built at the first record, not at import (cold start).
+    settings = get_settings()
+    queue = build_delivery_queue(settings)
+    if queue is None:
+        raise RuntimeError("AIRIES_WEBHOOK_QUEUE_URL is not set: retries would have nowhere to go")
+    return WebhookDeliverer(get_database(settings), settings, queue)
+
+
+deliverer = PerContainer(_build_deliverer)
 
 
 def record_handler(record: DeliveryRecord) -> str:
     message = record.body
-    outcome = deliverer().handle(message)
+    outcome = deliverer.get().handle(message)
     response = outcome.response
     # Our own description of the answer only: a receiver's body is never read into logs.
     logger.info(

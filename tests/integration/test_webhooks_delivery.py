@@ -112,8 +112,8 @@ def worker(database, settings, receiver):
         try:
             yield lambda messages: handler(sqs_event(messages), LambdaContext(SPEC))
         finally:
-            if module._deliverer is not None:
-                module._deliverer.close()
+            if module.deliverer.built is not None:
+                module.deliverer.built.close()
             _clear_container_caches()
 
 

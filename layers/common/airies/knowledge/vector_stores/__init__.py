@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from airies.core.config import Settings
-from airies.core.database import Database
+from airies.core.database import Database, database_ssl_context
 from airies.core.errors import NotAvailableError
 from airies.core.secrets import get_platform_secret
 from airies.core.url_guard import as_url, url_guard
@@ -46,7 +46,8 @@ def _embedded(wiring: StoreWiring) -> VectorStore:
 
 def _pgvector(wiring: StoreWiring) -> VectorStore:
     url = wiring.settings.kb_pgvector_database_url
-    return PgVectorStore(Database(url) if url else wiring.database)
+    # A separate pgvector database gets the same TLS as the platform's (on by default outside the local stage).
+    return PgVectorStore(Database(url, ssl_context=database_ssl_context(wiring.settings)) if url else wiring.database)
 
 
 def pinecone_credentials(wiring: StoreWiring) -> tuple[str, str]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from airies.accounts.auth import Caller, SessionDep, current_caller
@@ -20,6 +20,8 @@ class SignupRequest(StrictModel):
 
 
 class AccountOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     name: str
     email: str
@@ -42,14 +44,7 @@ class ApiKeyCreate(StrictModel):
 
 
 def account_out(account: Account) -> AccountOut:
-    return AccountOut(
-        id=account.id,
-        name=account.name,
-        email=account.email,
-        plan=account.plan,
-        status=account.status,
-        created_at=account.created_at,
-    )
+    return AccountOut.model_validate(account)
 
 
 def key_out(key: ApiKey) -> ApiKeyOut:

@@ -110,11 +110,17 @@ class TurnOrchestrator:
                         return None  # another invocation already took this utterance, or the conversation ended
                     outcome.result = self._execute(service, prepared)
                     outcome.closed = self._record(service, conversation, session, outcome.result)
+        except Exception:
+            if self.runtime.turn_metrics is not None:
+                self.runtime.turn_metrics.failed()
+            raise
         finally:
             # Whatever happened once the utterance was claimed (a failed read, engine or config, a provider
             # outage, a refused turn), the session goes back to listening: stuck in "thinking", the server VAD
             # would never end the next utterance and the silence timer would never fire.
             finished = self._release(session.conversation_id, request.turn_id, claim, outcome)
+        if outcome.result is not None and self.runtime.turn_metrics is not None:
+            self.runtime.turn_metrics.turn(outcome.result)
         return self._end(session.conversation_id, poster, request.turn_id, outcome, finished)
 
     # -- 1. claim ------------------------------------------------------------------------------------------------

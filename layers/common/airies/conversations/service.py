@@ -805,21 +805,21 @@ class ConversationService:
         self.mark_active(conversation)
         runner = TurnRunner(self.engines_for(account_id, config), out_chunk_ms=self.settings.ws_out_chunk_ms)
         sink = ListSink()
-        result = await runner.run(
-            config,
-            self.history_messages(conversation.id),
-            TurnInput(
-                turn_id=new_id("turn"),
-                seq=self.next_seq(conversation.id),
-                mode=mode,
-                account_id=account_id,
-                conversation_id=conversation.id,
-                text=text,
-                pcm=pcm,
-                speak=speak,
-            ),
-            sink,
+        history = self.history_messages(conversation.id)
+        inp = TurnInput(
+            turn_id=new_id("turn"),
+            seq=self.next_seq(conversation.id),
+            mode=mode,
+            account_id=account_id,
+            conversation_id=conversation.id,
+            text=text,
+            pcm=pcm,
+            speak=speak,
         )
+        # No transaction stays open while the providers run (it would pin a pooled connection idle in
+        # transaction for seconds): the reads above are committed, the turn is recorded in a new one.
+        self.session.commit()
+        result = await runner.run(config, history, inp, sink)
         if self.turn_metrics is not None:
             self.turn_metrics.turn(result)
         if result.status == "failed":

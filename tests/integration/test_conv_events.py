@@ -188,3 +188,25 @@ def test_a_retried_publish_stores_one_event_per_key(database, settings, receiver
     finally:
         deliverer.close()
     assert results[0] == "delivered" and set(results[1:]) <= {"stale"} and len(receiver.received) == 1
+
+
+def test_the_report_links_each_recorded_side_with_a_presigned_url() -> None:
+    import boto3
+
+    from airies.conversations.models import ConversationTurn
+    from airies.conversations.service import S3Recorder
+
+    with mock_aws():
+        recorder = S3Recorder(boto3.client("s3", region_name="us-east-1"), "recordings-bucket")
+        events = ConversationEvents(None, presign=recorder.presign)
+        side = {"bucket": "recordings-bucket", "seconds": 1.0}
+        turns = [
+            ConversationTurn(
+                recording={"caller": {**side, "key": "r/1-caller.wav"}, "agent": {**side, "key": "r/1-agent.wav"}}
+            ),
+            ConversationTurn(recording={"error": "recording_failed"}),
+        ]
+        recorded = events.recording_urls(Conversation(recording_enabled=True), turns)
+        assert events.recording_urls(Conversation(recording_enabled=False), turns) == []
+    assert len(recorded) == 2 and "r/1-caller.wav" in recorded[0] and "r/1-agent.wav" in recorded[1]
+    assert all("X-Amz-Expires=86400" in url or "Expires=" in url for url in recorded)

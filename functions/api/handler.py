@@ -10,12 +10,15 @@ from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventV2
 from mangum import Mangum
 
 from airies.api.app import create_app
+from airies.conversations.turn_metrics import TurnMetrics
 from airies.core.bootstrap import after_snapstart_restore
 from airies.core.errors import error_body
 from airies.core.events import MalformedEvent, parse_event
-from airies.core.observability import lambda_handler, logger
+from airies.core.metrics import MonitoringService
+from airies.core.observability import lambda_handler, logger, metrics
 
 app = create_app(logger=logger)
+app.state.turn_metrics = TurnMetrics(MonitoringService(metrics=metrics, logger=logger))  # REST turns, per invocation
 _asgi = Mangum(app, lifespan="off")
 
 

@@ -13,11 +13,14 @@ from airies.core.config import get_settings
 from airies.core.database import get_database
 from airies.core.events import AnyObject, parse_event
 from airies.core.observability import lambda_handler, logger, metrics
+from airies.webhooks.service import build_webhook_publisher
 
 
 def build_service() -> WebSocketService:
     settings = get_settings()
-    return WebSocketService(settings, get_database(settings), build_session_store(settings))
+    database = get_database(settings)
+    publisher = build_webhook_publisher(settings, database)  # the calls it ends send conversation.ended
+    return WebSocketService(settings, database, build_session_store(settings), publisher=publisher)
 
 
 service = PerContainer(build_service)

@@ -9,18 +9,28 @@ from airies.conversations import live
 from airies.conversations.live import WebSocketService
 from airies.conversations.service import build_recorder
 from airies.conversations.sessions import build_session_store, dynamodb_client
+from airies.conversations.turn_metrics import TurnMetrics
 from airies.core.aio import reset_event_loops
 from airies.core.bootstrap import PerContainer, after_snapstart_restore
 from airies.core.config import get_settings
 from airies.core.database import get_database
+from airies.core.metrics import MonitoringService
+from airies.core.observability import logger, metrics
+from airies.webhooks.service import build_webhook_publisher
 
 log = logging.getLogger(__name__)
 
 
 def build_service() -> WebSocketService:
     settings = get_settings()
+    database = get_database(settings)
     built = WebSocketService(
-        settings, get_database(settings), build_session_store(settings), recorder=build_recorder(settings)
+        settings,
+        database,
+        build_session_store(settings),
+        recorder=build_recorder(settings),
+        publisher=build_webhook_publisher(settings, database),
+        turn_metrics=TurnMetrics(MonitoringService(metrics=metrics, logger=logger)),  # flushed per invocation
     )
     settle()
     return built

@@ -159,8 +159,16 @@ RUNTIME_NEEDS: dict[str, dict[str, set[str]]] = {
     },
     "VoiceConnectFunction": {"secrets": {WS_TOKEN}, "send": set(), "kms": set()},
     "VoiceDisconnectFunction": {"secrets": {WS_TOKEN}, "send": set(), "kms": set()},
-    "VoiceMessageFunction": {"secrets": {WS_TOKEN, PROVIDER_KEYS}, "send": {"UsageQueue"}, "kms": {"decrypt"}},
-    "SessionSweeperFunction": {"secrets": {WS_TOKEN, PROVIDER_KEYS}, "send": {"UsageQueue"}, "kms": {"decrypt"}},
+    "VoiceMessageFunction": {
+        "secrets": {WS_TOKEN, PROVIDER_KEYS},
+        "send": {"UsageQueue", "WebhookQueue"},  # usage, and the conversation events
+        "kms": {"decrypt"},
+    },
+    "SessionSweeperFunction": {
+        "secrets": {WS_TOKEN, PROVIDER_KEYS},
+        "send": {"UsageQueue", "WebhookQueue"},  # usage, and the conversation events
+        "kms": {"decrypt"},
+    },
     "IngestionFunction": {"secrets": {PROVIDER_KEYS}, "send": {"UsageQueue"}, "kms": {"decrypt"}},
     "IngestionTaskFunction": {"secrets": {PROVIDER_KEYS}, "send": {"UsageQueue"}, "kms": {"decrypt"}},
     "ScrapeWorkerFunction": {"secrets": {PROVIDER_KEYS}, "send": {"UsageQueue"}, "kms": {"decrypt"}},

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from airies.conversations.endpointing import Endpointing
+from airies.conversations.events import EventPublisher
 from airies.conversations.lifecycle import ended_summary
 from airies.conversations.live_runtime import (
     ApiGatewayPoster,
@@ -29,6 +30,7 @@ from airies.conversations.live_sessions import LiveSessions
 from airies.conversations.service import ConversationService, ConversationTokens, CreditGate, UsageSink
 from airies.conversations.sessions import LiveSession, SessionStore
 from airies.conversations.socket_edge import SocketEdge
+from airies.conversations.turn_metrics import TurnMetrics
 from airies.core.config import Settings
 from airies.core.database import Database
 
@@ -57,6 +59,8 @@ class WebSocketService(LiveSessions):
         credit_gate: Callable[[Session], CreditGate | None] | None = None,
         recorder: Recorder | None = None,
         tokens: ConversationTokens | None = None,
+        publisher: EventPublisher | None = None,
+        turn_metrics: TurnMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(
@@ -69,6 +73,8 @@ class WebSocketService(LiveSessions):
             credit_gate=credit_gate,
             recorder=recorder,
             tokens=tokens,
+            publisher=publisher,
+            turn_metrics=turn_metrics,
             clock=clock,
         )
         self.endpointing = Endpointing(self.runtime, self.orchestrator, self.barge_in, self.sweeper)

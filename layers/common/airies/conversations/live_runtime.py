@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from airies.agents.schemas import AgentConfig
 from airies.conversations import protocol as wp
+from airies.conversations.events import EventPublisher
 from airies.conversations.service import (
     ConversationService,
     ConversationTokens,
@@ -32,6 +33,7 @@ from airies.conversations.service import (
     token_secret,
 )
 from airies.conversations.sessions import LiveSession, SessionStore
+from airies.conversations.turn_metrics import TurnMetrics
 from airies.conversations.turns import TurnEngines
 from airies.core.aio import reset_event_loops
 from airies.core.config import Settings
@@ -235,6 +237,8 @@ EngineFactory = Callable[[Session, str, AgentConfig], TurnEngines]
 class Recorder(Protocol):
     def store_turn(self, conversation: Any, result: Any) -> dict[str, Any]: ...
 
+    def presign(self, stored: dict[str, Any], expires_in: int) -> str: ...
+
 
 class LiveRuntime:
     """The dependencies of a live call (injected: tests and the benchmark pass doubles) and what a warm container
@@ -252,9 +256,13 @@ class LiveRuntime:
         credit_gate: Callable[[Session], CreditGate | None] | None = None,
         recorder: Recorder | None = None,
         tokens: ConversationTokens | None = None,
+        publisher: EventPublisher | None = None,
+        turn_metrics: TurnMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.publisher = publisher
+        self.turn_metrics = turn_metrics
         self.database = database
         self.store = store
         self.poster_factory: Callable[[str], Poster] = poster_factory or (
@@ -300,4 +308,5 @@ class LiveRuntime:
             credit_gate=self.credit_gate(session),
             tokens=self._tokens,
             recorder=self.recorder,
+            publisher=self.publisher,
         )

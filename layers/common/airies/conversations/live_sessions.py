@@ -14,6 +14,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from airies.conversations.barge_in import BargeIn
+from airies.conversations.events import EventPublisher
 from airies.conversations.lifecycle import Lifecycle
 from airies.conversations.live_runtime import EngineFactory, LiveRuntime, Poster, Recorder
 from airies.conversations.models import Conversation
@@ -21,6 +22,7 @@ from airies.conversations.orchestrator import TurnOrchestrator
 from airies.conversations.service import ConversationTokens, CreditGate, UsageSink
 from airies.conversations.sessions import SessionStore
 from airies.conversations.sweeping import Sweeper
+from airies.conversations.turn_metrics import TurnMetrics
 from airies.core.config import Settings
 from airies.core.database import Database
 
@@ -38,6 +40,8 @@ class LiveSessions:
         credit_gate: Callable[[Session], CreditGate | None] | None = None,
         recorder: Recorder | None = None,
         tokens: ConversationTokens | None = None,
+        publisher: EventPublisher | None = None,
+        turn_metrics: TurnMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """Nothing is built or fetched here (no client, no secret): each dependency on first use."""
@@ -51,6 +55,8 @@ class LiveSessions:
             credit_gate=credit_gate,
             recorder=recorder,
             tokens=tokens,
+            publisher=publisher,
+            turn_metrics=turn_metrics,
             clock=clock,
         )
         self.lifecycle = Lifecycle(self.runtime)

@@ -99,6 +99,9 @@ class TurnOrchestrator:
         claim = self._claim(session, request)
         outcome = _Outcome(end_after=request.end_after)
         try:
+            # No transaction stays open while STT, the LLM and TTS run (it would pin a pooled, proxied connection
+            # idle in transaction for seconds): short units of work before the provider calls and after them.
+            prepared: _Prepared | None = None
             with self.runtime.database.session() as db:
                 # The database reads of the turn run while the claim is in flight (wasted only when another
                 # invocation won the utterance): the claim's round trip is then off the critical path.
@@ -108,13 +111,21 @@ class TurnOrchestrator:
                     prepared = self._prepare(db, service, session, poster, request, claim, outcome)
                     if prepared is None:
                         return None  # another invocation already took this utterance, or the conversation ended
-                    outcome.result = self._execute(service, prepared)
-                    outcome.closed = self._record(service, conversation, session, outcome.result)
+            if prepared is not None:
+                outcome.result = self._execute(prepared)
+                with self.runtime.database.session() as db:
+                    outcome.closed = self._record(self.runtime.conversations(db), session, outcome.result)
+        except Exception:
+            if self.runtime.turn_metrics is not None:
+                self.runtime.turn_metrics.failed()
+            raise
         finally:
             # Whatever happened once the utterance was claimed (a failed read, engine or config, a provider
             # outage, a refused turn), the session goes back to listening: stuck in "thinking", the server VAD
             # would never end the next utterance and the silence timer would never fire.
             finished = self._release(session.conversation_id, request.turn_id, claim, outcome)
+        if outcome.result is not None and self.runtime.turn_metrics is not None:
+            self.runtime.turn_metrics.turn(outcome.result)
         return self._end(session.conversation_id, poster, request.turn_id, outcome, finished)
 
     # -- 1. claim ------------------------------------------------------------------------------------------------
@@ -226,21 +237,26 @@ class TurnOrchestrator:
         return (pcm or b"") + utterance.tail
 
     # -- 3. run --------------------------------------------------------------------------------------------------
-    def _execute(self, service: ConversationService, prepared: _Prepared) -> TurnResult:
+    def _execute(self, prepared: _Prepared) -> TurnResult:
         runner = TurnRunner(prepared.engines, out_chunk_ms=self.runtime.settings.ws_out_chunk_ms)
         cid = prepared.inp.conversation_id
-        # History is read from the database on a thread while the speech is transcribed.
-        return run_sync(runner.run, prepared.config, lambda: service.history_messages(cid), prepared.inp, prepared.sink)
+        # History is read on a thread while the speech is transcribed, in a unit of work of its own.
+        return run_sync(runner.run, prepared.config, lambda: self._history(cid), prepared.inp, prepared.sink)
+
+    def _history(self, conversation_id: str) -> list[dict[str, str]]:
+        with self.runtime.database.session() as db:
+            return ConversationService(db, self.runtime.settings).history_messages(conversation_id)
 
     # -- 4. record -----------------------------------------------------------------------------------------------
     @staticmethod
-    def _record(
-        service: ConversationService, conversation: Conversation, session: LiveSession, result: TurnResult
-    ) -> str | None:
-        """Store the turn (billed through the service). Returns why the call is over if the turn was refused."""
+    def _record(service: ConversationService, session: LiveSession, result: TurnResult) -> str | None:
+        """Store the turn (billed through the service). Returns why the call is over if the turn was refused.
+
+        The row is read again: it may have been ended or deleted over REST while the turn ran."""
         if result.status == "no_speech":
             return None
         try:
+            conversation = service.get(session.account_id, session.conversation_id, for_update=True)
             service.record_turn(conversation, result)
         except ConflictError as exc:  # the conversation ended before this turn started
             if exc.code != "conversation_ended":

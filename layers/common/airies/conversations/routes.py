@@ -13,6 +13,7 @@ from fastapi.responses import PlainTextResponse
 
 from airies.accounts.auth import Caller, current_caller
 from airies.conversations import protocol as wp
+from airies.conversations.events import EventPublisher
 from airies.conversations.live_sessions import LiveSessions
 from airies.conversations.models import Conversation, ConversationTurn
 from airies.conversations.schemas import (
@@ -36,6 +37,7 @@ from airies.conversations.service import (
 from airies.conversations.sessions import build_session_store
 from airies.core.errors import BadRequestError, ConflictError, PayloadTooLargeError, UnsupportedMediaTypeError
 from airies.core.schemas import BINARY, Limit, Page, request_body
+from airies.webhooks.service import build_webhook_publisher
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
 log = logging.getLogger(__name__)
@@ -60,7 +62,18 @@ def service(request: Request, caller: Caller) -> ConversationService:
         ),
         database=request.app.state.database,
         tokens=getattr(state, "conversation_tokens", None),  # tests may inject (a clock)
+        publisher=webhook_publisher(request),
+        turn_metrics=getattr(state, "turn_metrics", None),  # the Lambda handler's (its invocation flushes them)
     )
+
+
+def webhook_publisher(request: Request) -> EventPublisher:
+    """The server-message publisher (one per app; tests may inject ``app.state.webhook_publisher``)."""
+    state = request.app.state
+    publisher: EventPublisher | None = getattr(state, "webhook_publisher", None)
+    if publisher is None:
+        publisher = state.webhook_publisher = build_webhook_publisher(state.settings, state.database)
+    return publisher
 
 
 def live_sessions(request: Request) -> LiveSessions:
@@ -71,7 +84,9 @@ def live_sessions(request: Request) -> LiveSessions:
     live: LiveSessions | None = getattr(state, "live_sessions", None)
     if live is None:
         settings = state.settings
-        live = state.live_sessions = LiveSessions(settings, state.database, build_session_store(settings))
+        live = state.live_sessions = LiveSessions(
+            settings, state.database, build_session_store(settings), publisher=webhook_publisher(request)
+        )
     return live
 
 

@@ -31,8 +31,10 @@ from airies.agents.models import Agent
 from airies.agents.schemas import AgentConfig
 from airies.agents.service import AgentService
 from airies.conversations import protocol as wp
+from airies.conversations.events import ConversationEvents, EventPublisher
 from airies.conversations.models import Conversation, ConversationTurn
 from airies.conversations.schemas import ConversationCreate, ConversationUpdate
+from airies.conversations.turn_metrics import TurnMetrics
 from airies.conversations.turns import TurnEngines, TurnInput, TurnMode, TurnResult, TurnRunner
 from airies.core.config import Settings
 from airies.core.errors import (
@@ -395,9 +397,14 @@ class ConversationService:
         recorder: Any = None,
         start_check: Callable[[Session, str], None] | None = None,
         database: Any = None,
+        publisher: EventPublisher | None = None,
+        turn_metrics: TurnMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.session = session
+        self.turn_metrics = turn_metrics
+        presign = recorder.presign if recorder is not None else None
+        self.events = ConversationEvents(publisher, presign=presign)
         self.start_check = start_check
         self.database = database
         self.settings = settings
@@ -448,6 +455,7 @@ class ConversationService:
         )
         self.session.add(conversation)
         self.session.flush()
+        self.events.started(self.session, conversation)
         token, expires = self.tokens.issue(conversation.id, account_id)
         return conversation, token, expires
 
@@ -612,6 +620,7 @@ class ConversationService:
         conversation.ended_at = now
         conversation.end_reason = reason[:40]
         self.session.flush()
+        self.events.ended(self.session, conversation)
         if self.usage_sink is not None and conversation.duration_seconds > 0:
             try:
                 self.usage_sink([minutes_event(conversation)])
@@ -714,6 +723,7 @@ class ConversationService:
         conversation.usage = totals
         self.session.flush()
         self._publish_turn_usage(conversation, result)
+        self.events.turn_stored(self.session, conversation, turn)
         return turn
 
     def cut_turn(self, account_id: str, conversation_id: str, turn_id: str, heard: str) -> ConversationTurn | None:
@@ -795,21 +805,23 @@ class ConversationService:
         self.mark_active(conversation)
         runner = TurnRunner(self.engines_for(account_id, config), out_chunk_ms=self.settings.ws_out_chunk_ms)
         sink = ListSink()
-        result = await runner.run(
-            config,
-            self.history_messages(conversation.id),
-            TurnInput(
-                turn_id=new_id("turn"),
-                seq=self.next_seq(conversation.id),
-                mode=mode,
-                account_id=account_id,
-                conversation_id=conversation.id,
-                text=text,
-                pcm=pcm,
-                speak=speak,
-            ),
-            sink,
+        history = self.history_messages(conversation.id)
+        inp = TurnInput(
+            turn_id=new_id("turn"),
+            seq=self.next_seq(conversation.id),
+            mode=mode,
+            account_id=account_id,
+            conversation_id=conversation.id,
+            text=text,
+            pcm=pcm,
+            speak=speak,
         )
+        # No transaction stays open while the providers run (it would pin a pooled connection idle in
+        # transaction for seconds): the reads above are committed, the turn is recorded in a new one.
+        self.session.commit()
+        result = await runner.run(config, history, inp, sink)
+        if self.turn_metrics is not None:
+            self.turn_metrics.turn(result)
         if result.status == "failed":
             from airies.core.errors import ProviderError
 
@@ -1015,6 +1027,15 @@ class S3Recorder:
                 keys[side] = {"bucket": self.bucket, "key": key, "seconds": round(len(pcm) / wp.BYTES_PER_MS / 1000, 3)}
         return keys
 
+    def presign(self, stored: dict[str, Any], expires_in: int) -> str:
+        """A presigned GET of one stored side (``store_turn``'s record)."""
+        url: str = self.client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": stored["bucket"], "Key": stored["key"], "ResponseContentType": "audio/wav"},
+            ExpiresIn=expires_in,
+        )
+        return url
+
 
 def build_recorder(settings: Settings) -> S3Recorder:
     import boto3
@@ -1035,6 +1056,12 @@ class LazyRecorder:
             self._recorder = self.factory()
         recording: dict[str, Any] = self._recorder.store_turn(conversation, result)
         return recording
+
+    def presign(self, stored: dict[str, Any], expires_in: int) -> str:
+        if self._recorder is None:
+            self._recorder = self.factory()
+        url: str = self._recorder.presign(stored, expires_in)
+        return url
 
 
 def default_recorder(settings: Settings) -> LazyRecorder:

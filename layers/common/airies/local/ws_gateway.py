@@ -40,6 +40,7 @@ from airies.conversations.service import ConversationService
 from airies.conversations.sessions import build_session_store
 from airies.core.config import PROJECT_ROOT, Settings
 from airies.core.database import Database
+from airies.webhooks.service import build_webhook_publisher
 
 # uvicorn's WebSocket implementation for the local stack. wsproto completes a refused handshake once the denial
 # response (status + JSON body) is sent; uvicorn's default websockets-sansio protocol sends the same response but
@@ -291,7 +292,12 @@ def mount(app: Any, stack: Any) -> LocalWsGateway:
     gateway.domain = f"127.0.0.1:{stack.port}"
 
     def sweep_forever() -> None:
-        service = WebSocketService(stack.settings, stack.database, build_session_store(stack.settings))
+        service = WebSocketService(
+            stack.settings,
+            stack.database,
+            build_session_store(stack.settings),
+            publisher=build_webhook_publisher(stack.settings, stack.database),
+        )
         while not stack.stopping.wait(15):  # EventBridge runs it every minute on AWS; sooner here is harmless
             try:
                 service.sweep()

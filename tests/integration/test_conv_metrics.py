@@ -1,0 +1,94 @@
+"""The EMF document a voice turn emits through VoiceMessageFunction's handler (what the alarms and dashboard read)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from moto import mock_aws
+
+from airies.conversations.turn_metrics import TurnMetrics
+from airies.core import observability
+from airies.core.metrics import MonitoringService
+from airies.local.invoke import LambdaContext, _clear_container_caches, load_handler, patched_environ, resolve_function
+from airies.local.template import function_environment
+from tests.doubles.conv_engines import FakeLLM, fake_engines
+from tests.integration.test_conv_handlers import Harness
+
+LATENCIES = {
+    "FirstAudioLatency": "first_audio_ms",
+    "TurnDuration": "total_ms",
+    "SttLatency": "stt_ms",
+    "LlmFirstTokenLatency": "llm_first_token_ms",
+    "TtsFirstByteLatency": "tts_first_byte_ms",
+}
+
+
+def emf_documents(out: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{") and '"_aws"' in line]
+
+
+def message_event(connection_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A full API Gateway WebSocket message event (the handler parses it with Powertools)."""
+    now = time.time()
+    request_id = uuid.uuid4().hex
+    return {
+        "requestContext": {
+            "routeKey": "$default",
+            "eventType": "MESSAGE",
+            "messageDirection": "IN",
+            "messageId": request_id[:16],
+            "connectionId": connection_id,
+            "connectedAt": int(now * 1000),
+            "requestTimeEpoch": int(now * 1000),
+            "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+            "requestId": request_id,
+            "extendedRequestId": request_id,
+            "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
+            "stage": "test",
+            "apiId": "abc123",
+            "identity": {"sourceIp": "127.0.0.1"},
+        },
+        "body": json.dumps(body),
+        "isBase64Encoded": False,
+    }
+
+
+def test_a_voice_turn_emits_its_latencies_and_counts_as_emf(database, settings, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    spec, ctx = resolve_function("VoiceMessageFunction")
+    env = {**function_environment(spec, ctx), "DATABASE_URL": database.url}
+    with mock_aws(), patched_environ(env):
+        h = Harness(database, settings, fake_engines(llm=FakeLLM(reply="We open at nine.")))
+        # As voice_runtime.build_service wires it: the handlers' Powertools Metrics, flushed per invocation.
+        h.service.runtime.turn_metrics = TurnMetrics(
+            MonitoringService(metrics=observability.metrics, logger=observability.logger)
+        )
+        cid, token = h.start()
+        conn, _ = h.connect(cid, token)
+        _clear_container_caches()
+        handler, module = load_handler(spec)
+        module.service.__globals__["set_service"](h.service)  # voice_runtime's, as the local gateway hands it in
+        try:
+            capsys.readouterr()
+            handler(message_event(conn, {"action": "text", "text": "When do you open?"}), LambdaContext(spec))
+        finally:
+            _clear_container_caches()
+        out = capsys.readouterr().out
+        turns = h.turns(cid)  # the first message (spoken before the caller's first turn) and the answer
+    (doc,) = [d for d in emf_documents(out) if "TurnDuration" in d]
+    directive = doc["_aws"]["CloudWatchMetrics"][0]
+    assert directive["Namespace"] == observability.metrics.namespace
+    assert doc["service"] == "airies" and directive["Dimensions"] == [["service"]]
+    units = {m["Name"]: m["Unit"] for m in directive["Metrics"]}
+    for name, stage in LATENCIES.items():
+        if name == "SttLatency":
+            assert name not in units  # a text turn transcribes nothing
+            continue
+        measured = [t.latency[stage] for t in turns if t.latency.get(stage) is not None]
+        assert units[name] == "Milliseconds" and measured and doc[name] in (measured, measured[0])
+    assert [t.user_text for t in turns][-1] == "When do you open?"
+    assert units["TurnsCompleted"] == "Count" and doc["TurnsCompleted"] in ([1.0] * len(turns), float(len(turns)))
+    assert "TurnsFailed" not in units and "BargeIns" not in units

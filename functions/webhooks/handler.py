@@ -60,7 +60,7 @@ def record_handler(record: DeliveryRecord) -> str:
         },
     )
     if response is not None:
-        monitoring.increment_counter("WebhookAttempts")
+        monitoring.increment_counter("WebhookDeliveries")
         monitoring.track_histogram("WebhookLatency", response.latency_ms)
     if outcome.result == "failed":
         monitoring.increment_counter("WebhooksFailed")

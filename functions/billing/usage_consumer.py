@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 from pydantic import Json
@@ -18,7 +19,7 @@ from airies.billing.schemas import UsageEvent
 from airies.billing.usage import build_usage_service
 from airies.core.config import get_settings
 from airies.core.database import get_database
-from airies.core.observability import lambda_handler, logger
+from airies.core.observability import lambda_handler, logger, metrics
 
 
 class UsageMessage(SqsRecordModel):
@@ -32,6 +33,8 @@ processor = BatchProcessor(event_type=EventType.SQS, model=UsageMessage, logger=
 
 def record_handler(record: UsageMessage) -> dict[str, Any]:
     result = usage.track_usage([record.body])  # its own transaction: one bad message never rolls back the others
+    if result.accepted:  # a redelivered event is a duplicate: booked once, counted once
+        metrics.add_metric(name="UsageEventsBooked", unit=MetricUnit.Count, value=result.accepted)
     return {"accepted": result.accepted, "duplicates": result.duplicates}
 
 

@@ -1,6 +1,6 @@
 """IngestionTaskFunction: the Lambda tasks of the ingestion state machine (large documents).
 
-Input ``{"task": "prepare"|"embed"|"finalise"|"fail", "document_id": ..., ...}`` (one model per task below); each
+Input ``{"task": "prepare"|"embed"|"finalise"|"fail", "document_id": ..., ...}`` (``airies.knowledge.tasks``); each
 task is one stage of ``KnowledgeService`` so the state machine and the inline path run the same code. A provider
 failure is raised as ``ProviderRetryableError`` (retried by the state machine) or ``ProviderRejectedError`` (caught at
 once); an input of no known shape as ``MalformedEvent``.
@@ -9,44 +9,16 @@ once); an input of no known shape as ``MalformedEvent``.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field, TypeAdapter
+from aws_lambda_powertools.metrics import MetricUnit
 
 from airies.core.bootstrap import PerContainer
 from airies.core.events import parse_event
-from airies.core.observability import lambda_handler, logger
+from airies.core.observability import lambda_handler, logger, metrics
 from airies.core.stepfunctions import step_errors
 from airies.knowledge.service import build_knowledge_service
-
-
-class PrepareTask(BaseModel):
-    task: Literal["prepare"]
-    document_id: str
-    etag: str | None = None
-
-
-class EmbedTask(BaseModel):
-    task: Literal["embed"]
-    document_id: str
-    start: int
-    end: int
-
-
-class FinaliseTask(BaseModel):
-    task: Literal["finalise"]
-    document_id: str
-    etag: str | None = None
-
-
-class FailTask(BaseModel):
-    task: Literal["fail"]
-    document_id: str
-    error: Any = None  # the Catch's {"Error", "Cause"}
-
-
-IngestionTask = Annotated[PrepareTask | EmbedTask | FinaliseTask | FailTask, Field(discriminator="task")]
-TASKS: TypeAdapter[IngestionTask] = TypeAdapter(IngestionTask)
+from airies.knowledge.tasks import INGESTION_TASKS, EmbedTask, FinaliseTask, IngestionTask, PrepareTask
 
 service = PerContainer(build_knowledge_service)  # built at the first task, not at import (cold start)
 
@@ -64,7 +36,7 @@ def _error_reason(error: Any) -> str:
 
 @lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    task = parse_event(TASKS, event, source="ingestion task")
+    task = parse_event(INGESTION_TASKS, event, source="ingestion task")
     logger.append_keys(document_id=task.document_id, task=task.task)
     with step_errors():
         return run_task(task)
@@ -73,12 +45,17 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def run_task(task: IngestionTask) -> dict[str, Any]:
     svc = service.get()
     if isinstance(task, PrepareTask):
-        return svc.prepare_document(task.document_id, etag=task.etag).to_dict()
+        prepared = svc.prepare_document(task.document_id, etag=task.etag)
+        if (prepared.reason or "").startswith("failed:"):  # rejected while preparing: the Choice state ends the run
+            metrics.add_metric(name="DocumentsFailed", unit=MetricUnit.Count, value=1)
+        return prepared.to_dict()
     if isinstance(task, EmbedTask):
         count = svc.embed_chunk_range(task.document_id, task.start, task.end)
         return {"document_id": task.document_id, "embedded": count}
     if isinstance(task, FinaliseTask):
         svc.finalise_document(task.document_id, etag=task.etag)
+        metrics.add_metric(name="DocumentsIngested", unit=MetricUnit.Count, value=1)
         return {"document_id": task.document_id, "status": "ready"}
     svc.fail_document(task.document_id, "processing_failed", _error_reason(task.error))
+    metrics.add_metric(name="DocumentsFailed", unit=MetricUnit.Count, value=1)
     return {"document_id": task.document_id, "status": "failed"}

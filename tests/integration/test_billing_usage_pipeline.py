@@ -60,7 +60,8 @@ def sqs_event(messages: list[tuple[str, str]]) -> dict:
     }
 
 
-def test_sqs_publisher_and_consumer_count_redelivered_events_once(client, auth, database):
+def test_sqs_publisher_and_consumer_count_redelivered_events_once(client, auth, database, capsys, monkeypatch):
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
     account_id = account_of(client, auth)
     events = [usage(account_id, f"turn-{i}:in") for i in range(12)]
     with mock_aws():
@@ -82,6 +83,7 @@ def test_sqs_publisher_and_consumer_count_redelivered_events_once(client, auth, 
         handler, module = load_handler(spec)
         try:
             # The batch, then a redelivery of part of it plus one poison message.
+            capsys.readouterr()
             first = handler(sqs_event(bodies[:10]), LambdaContext(spec))
             second = handler(sqs_event([*bodies[5:], ("poison", "{not json")]), LambdaContext(spec))
         finally:
@@ -89,6 +91,14 @@ def test_sqs_publisher_and_consumer_count_redelivered_events_once(client, auth, 
             _clear_container_caches()
     assert first == {"batchItemFailures": []}
     assert second == {"batchItemFailures": [{"itemIdentifier": "poison"}]}
+    # The EMF metric counts what was booked: 10, then the 2 new events of the redelivered batch (not its duplicates).
+    booked = [
+        sum(doc["UsageEventsBooked"]) if isinstance(doc["UsageEventsBooked"], list) else doc["UsageEventsBooked"]
+        for doc in map(
+            json.loads, filter(lambda line: '"UsageEventsBooked"' in line, capsys.readouterr().out.split("\n"))
+        )
+    ]
+    assert booked == [10, 2]
     with database.session() as s:
         count = s.scalar(select(func.count()).where(UsageEventRecord.account_id == account_id))
     assert count == 12

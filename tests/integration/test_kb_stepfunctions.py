@@ -111,7 +111,14 @@ def _wait(sfn, arn: str) -> dict:
     raise AssertionError("the state machine did not finish in 60 s")
 
 
-def test_large_document_goes_through_the_state_machine(machine):
+def emitted(out: str, name: str) -> int:
+    """How many of the EMF metric ``name`` the handlers printed."""
+    docs = [json.loads(line) for line in out.splitlines() if f'"{name}"' in line and '"_aws"' in line]
+    return int(sum(sum(v) if isinstance(v, list) else v for v in (d[name] for d in docs)))
+
+
+def test_large_document_goes_through_the_state_machine(machine, capsys, monkeypatch):
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
     m = machine
     service = m["service"]
     account = new_account(m["database"])
@@ -138,6 +145,8 @@ def test_large_document_goes_through_the_state_machine(machine):
     assert ready.page_count == 12
     hit = service.query_knowledge_base(account, kb.id, "what does error code E70 mean", top_k=3)
     assert any("E70" in h.text for h in hit)
+    out = capsys.readouterr().out
+    assert emitted(out, "DocumentsIngested") == 1 and emitted(out, "DocumentsFailed") == 0
 
     # A duplicated event for the same object version starts no second execution.
     again = m["handler"].handler(sqs_event(messages), FakeLambdaContext())
@@ -145,7 +154,8 @@ def test_large_document_goes_through_the_state_machine(machine):
     assert len(m["sfn"].list_executions(stateMachineArn=m["arn"])["executions"]) == 1
 
 
-def test_rejected_large_document_ends_failed_through_the_choice_state(machine):
+def test_rejected_large_document_ends_failed_through_the_choice_state(machine, capsys, monkeypatch):
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
     m = machine
     service = m["service"]
     account = new_account(m["database"])
@@ -160,6 +170,8 @@ def test_rejected_large_document_ends_failed_through_the_choice_state(machine):
     failed = service.get_document(account, kb.id, doc.id)
     assert (failed.status, failed.error_code) == ("failed", "corrupt_pdf")
     assert [c["task"] for c in m["calls"]] == ["prepare"]
+    out = capsys.readouterr().out
+    assert emitted(out, "DocumentsFailed") == 1 and emitted(out, "DocumentsIngested") == 0
 
 
 def _upload_large(m) -> tuple[str, str, str]:

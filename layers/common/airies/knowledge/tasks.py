@@ -53,9 +53,9 @@ class FailTask(_Input):
 
 
 IngestionTask = Annotated[PrepareTask | EmbedTask | FinaliseTask | FailTask, Field(discriminator="task")]
-_INGESTION_TASK: TypeAdapter[PrepareTask | EmbedTask | FinaliseTask | FailTask] = TypeAdapter(IngestionTask)
+INGESTION_TASKS: TypeAdapter[PrepareTask | EmbedTask | FinaliseTask | FailTask] = TypeAdapter(IngestionTask)
 
 
 def parse_ingestion_task(payload: dict[str, Any]) -> PrepareTask | EmbedTask | FinaliseTask | FailTask:
     """The task a Task state sent; ``pydantic.ValidationError`` for an unknown task or a missing field."""
-    return _INGESTION_TASK.validate_python(payload)
+    return INGESTION_TASKS.validate_python(payload)

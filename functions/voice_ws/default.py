@@ -7,6 +7,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.parser.models import APIGatewayWebSocketMessageEventModel
 from voice_runtime import service
 
+from airies.conversations.live_runtime import turn_deadline
 from airies.core.events import MalformedEvent, parse_event
 from airies.core.observability import lambda_handler, logger
 
@@ -18,4 +19,6 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     except MalformedEvent:
         return {"statusCode": 400}
     logger.append_keys(connection_id=request.request_context.connection_id)
-    return service().handle_message(event)
+    ws = service()
+    with turn_deadline(context.get_remaining_time_in_millis(), ws.settings.turn_deadline_margin_ms):
+        return ws.handle_message(event)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 import uuid
 from typing import Any
 from urllib.parse import quote
@@ -23,6 +24,7 @@ from airies.accounts.service import AccountService
 from airies.agents.schemas import AgentCreate
 from airies.agents.service import AgentService
 from airies.conversations.live import ApiGatewayPoster, WebSocketService
+from airies.conversations.live_runtime import invocation_deadline, turn_deadline
 from airies.conversations.live_sessions import LiveSessions
 from airies.conversations.models import Conversation, ConversationTurn
 from airies.conversations.schemas import ConversationCreate
@@ -319,6 +321,36 @@ def test_barge_in_stops_within_one_chunk_and_history_keeps_what_was_heard(aws, d
     assert turn.agent_text_generated.startswith("First sentence here.")
     assert "never heard" not in turn.agent_text and len(turn.agent_text) < len("First sentence here. Second")
     assert h.conversation(cid).interruption_count == 1
+
+
+def test_a_turn_out_of_invocation_time_is_cut_stored_billed_and_released(aws, database, settings) -> None:
+    holder: dict[str, Any] = {}
+
+    def on_chunk(n: int) -> None:
+        if n == 2:  # the invocation runs out of time while the reply is spoken
+            time.sleep(max(0.0, holder["deadline"] - time.monotonic()) + 0.05)
+
+    tts = FakeTTS(chunk_ms=250, on_chunk=on_chunk)
+    llm = FakeLLM(reply="First sentence here. Second sentence is long and will be cut. Third one never heard.")
+    h = Harness(database, settings, fake_engines(llm=llm, tts=tts), first_message_mode="assistant_waits_for_user")
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    # What the voice handler does with the Lambda context: 3 s left after a 5 s margin.
+    with turn_deadline(remaining_ms=8_000, margin_ms=5_000):
+        holder["deadline"] = invocation_deadline.get()
+        h.send(conn, {"action": "text", "text": "tell me"})
+    frames = frames_of(conn)
+    kinds = types(frames)
+    assert kinds.count("audio") >= 1 and "interrupted" in kinds
+    assert "audio" not in kinds[kinds.index("interrupted") :]
+    assert frames[-1]["type"] == "turn_end" and frames[-1]["status"] == "interrupted"
+    turn = h.turns(cid)[-1]
+    assert turn.interrupted and turn.agent_text == frames[kinds.index("interrupted")]["heard_text"]
+    assert "never heard" not in turn.agent_text
+    assert turn.usage["prompt_tokens"] == 120 and turn.usage["tts_characters"] > 0  # the work done is billed
+    # Released: the next frame's turn (a fresh invocation, no deadline) runs to the end.
+    h.send(conn, {"action": "text", "text": "again"})
+    assert h.turns(cid)[-1].status == "completed"
 
 
 def test_interrupt_with_played_ms_keeps_only_played_words(aws, database, settings) -> None:

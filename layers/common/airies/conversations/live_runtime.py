@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -123,6 +125,23 @@ class Frame:
     received_at: float
 
 
+# The invocation's deadline (``time.monotonic()``), set by the voice handler from the Lambda context: past it a turn
+# posts nothing more and ends as cut (interrupted, with what was sent), so it is stored, billed and released before
+# the function times out instead of being killed mid-reply.
+invocation_deadline: ContextVar[float | None] = ContextVar("invocation_deadline", default=None)
+
+
+@contextmanager
+def turn_deadline(remaining_ms: int | None, margin_ms: int) -> Iterator[None]:
+    """Turns started inside stop ``margin_ms`` before ``remaining_ms`` from now (None: no deadline)."""
+    deadline = None if remaining_ms is None else time.monotonic() + max(remaining_ms - margin_ms, 0) / 1000
+    token = invocation_deadline.set(deadline)
+    try:
+        yield
+    finally:
+        invocation_deadline.reset(token)
+
+
 class SocketSink:
     """TurnSink that broadcasts to the conversation's connections and asks DynamoDB before every post."""
 
@@ -136,6 +155,7 @@ class SocketSink:
         self.connections = set(connections)
         self.speaking = False
         self.speaking_update: Future[bool] | None = None
+        self.deadline = invocation_deadline.get()
 
     async def send(self, message: dict[str, Any]) -> bool:
         delivered = await asyncio.to_thread(self.broadcast, message)
@@ -168,6 +188,8 @@ class SocketSink:
         return delivered
 
     async def cancelled(self) -> tuple[bool, int | None]:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return True, None  # out of invocation time: cut here, as a barge-in would
         return await asyncio.to_thread(self.store.turn_status, self.conversation_id, self.turn_id)
 
 

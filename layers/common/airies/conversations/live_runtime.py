@@ -156,6 +156,7 @@ class SocketSink:
         self.speaking = False
         self.speaking_update: Future[bool] | None = None
         self.deadline = invocation_deadline.get()
+        self.out_of_time = False  # the turn was cut at the deadline (not by the caller)
 
     async def send(self, message: dict[str, Any]) -> bool:
         delivered = await asyncio.to_thread(self.broadcast, message)
@@ -189,6 +190,7 @@ class SocketSink:
 
     async def cancelled(self) -> tuple[bool, int | None]:
         if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.out_of_time = True
             return True, None  # out of invocation time: cut here, as a barge-in would
         return await asyncio.to_thread(self.store.turn_status, self.conversation_id, self.turn_id)
 

@@ -125,7 +125,8 @@ class TurnOrchestrator:
             # would never end the next utterance and the silence timer would never fire.
             finished = self._release(session.conversation_id, request.turn_id, claim, outcome)
         if outcome.result is not None and self.runtime.turn_metrics is not None:
-            self.runtime.turn_metrics.turn(outcome.result)
+            out_of_time = outcome.sink is not None and outcome.sink.out_of_time
+            self.runtime.turn_metrics.turn(outcome.result, out_of_time=out_of_time)
         return self._end(session.conversation_id, poster, request.turn_id, outcome, finished)
 
     # -- 1. claim ------------------------------------------------------------------------------------------------

@@ -21,27 +21,28 @@ LATENCY_METRICS = {
 TURNS_COMPLETED = "TurnsCompleted"
 TURNS_FAILED = "TurnsFailed"
 BARGE_INS = "BargeIns"
-# statuses of a turn that did not deliver its reply (a turn cut at the invocation's deadline included)
-FAILED_STATUSES = frozenset({"failed", "deadline"})
+# statuses of a turn that did not deliver its reply
+FAILED_STATUSES = frozenset({"failed"})
 
 
 class TurnMetrics:
     def __init__(self, monitoring: MonitoringService) -> None:
         self.monitoring = monitoring
 
-    def turn(self, result: TurnResult) -> None:
-        """One finished turn: its latency stages, then whether it completed, failed or was barged in on."""
+    def turn(self, result: TurnResult, *, out_of_time: bool = False) -> None:
+        """One finished turn: its latency stages, then whether it completed, failed (a turn cut at the invocation's
+        deadline included: it is stored as interrupted, but nobody barged in) or was barged in on."""
         if result.status in ("no_speech", "gone"):
             return  # nothing was answered: no turn to measure
         for stage, name in LATENCY_METRICS.items():
             value = result.latency.get(stage)
             if isinstance(value, int | float) and not isinstance(value, bool):
                 self.monitoring.track_histogram(name, float(value))
-        if result.status in FAILED_STATUSES:
+        if result.status in FAILED_STATUSES or out_of_time:
             self.monitoring.increment_counter(TURNS_FAILED)
         else:
             self.monitoring.increment_counter(TURNS_COMPLETED)
-        if result.interrupted:
+        if result.interrupted and not out_of_time:
             self.monitoring.increment_counter(BARGE_INS)
 
     def failed(self) -> None:

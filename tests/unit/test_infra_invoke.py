@@ -173,8 +173,8 @@ def test_api_logs_under_the_local_stack_carry_the_api_functions_name() -> None:
 
     specs = function_specs(load_template())
     stream = io.StringIO()
-    api_logger = Logger(service="airies-log-test", stream=stream)
-    usage_logger = Logger(service="airies-log-test")  # the UsageFunction module's logger: same service
+    api_logger = Logger(service="airies-log-test", stream=stream, level="INFO")
+    usage_logger = Logger(service="airies-log-test", level="INFO")  # the UsageFunction module's logger: same service
 
     @usage_logger.inject_lambda_context(clear_state=True)
     def usage_handler(event: dict, context: object) -> None:

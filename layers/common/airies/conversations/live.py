@@ -8,14 +8,11 @@ live call through the smaller ``live_sessions.LiveSessions``.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from airies.conversations.endpointing import Endpointing
-from airies.conversations.events import EventPublisher
 from airies.conversations.lifecycle import ended_summary
 from airies.conversations.live_runtime import (
     ApiGatewayPoster,
@@ -27,10 +24,9 @@ from airies.conversations.live_runtime import (
     reset_after_restore,
 )
 from airies.conversations.live_sessions import LiveSessions
-from airies.conversations.service import ConversationService, ConversationTokens, CreditGate, UsageSink
+from airies.conversations.service import ConversationService
 from airies.conversations.sessions import LiveSession, SessionStore
 from airies.conversations.socket_edge import SocketEdge
-from airies.conversations.turn_metrics import TurnMetrics
 from airies.core.config import Settings
 from airies.core.database import Database
 
@@ -47,36 +43,7 @@ __all__ = [
 class WebSocketService(LiveSessions):
     """The live-sessions facade plus the socket edge: endpointing and the WebSocket events."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        database: Database,
-        store: SessionStore,
-        *,
-        poster_factory: Callable[[str], Poster] | None = None,
-        engines: EngineFactory | None = None,
-        usage_sink: Callable[[Session], UsageSink | None] | None = None,
-        credit_gate: Callable[[Session], CreditGate | None] | None = None,
-        recorder: Recorder | None = None,
-        tokens: ConversationTokens | None = None,
-        publisher: EventPublisher | None = None,
-        turn_metrics: TurnMetrics | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        super().__init__(
-            settings,
-            database,
-            store,
-            poster_factory=poster_factory,
-            engines=engines,
-            usage_sink=usage_sink,
-            credit_gate=credit_gate,
-            recorder=recorder,
-            tokens=tokens,
-            publisher=publisher,
-            turn_metrics=turn_metrics,
-            clock=clock,
-        )
+    def _wire(self) -> None:
         self.endpointing = Endpointing(self.runtime, self.orchestrator, self.barge_in, self.sweeper)
         self.edge = SocketEdge(
             self.runtime, self.lifecycle, self.barge_in, self.orchestrator, self.sweeper, self.endpointing

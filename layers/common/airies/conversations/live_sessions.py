@@ -63,6 +63,10 @@ class LiveSessions:
         self.barge_in = BargeIn(self.runtime, self.lifecycle)
         self.orchestrator = TurnOrchestrator(self.runtime, self.lifecycle, self.barge_in)
         self.sweeper = Sweeper(self.runtime, self.lifecycle, self.orchestrator)
+        self._wire()
+
+    def _wire(self) -> None:
+        """Parts a subclass builds on the ones above (the WebSocket service: endpointing and the socket edge)."""
 
     def close_live_session(self, conversation_id: str, reason: str, conversation: Conversation | None = None) -> bool:
         """End the live session of a conversation ended or deleted outside the socket: every connection gets

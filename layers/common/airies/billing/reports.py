@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from sqlalchemy import Table, func, literal_column, select
 from sqlalchemy.orm import Session
@@ -63,42 +63,42 @@ def list_usage_events(
 
 
 def _event_out(e: UsageEventRecord) -> UsageEventOut:
-    return UsageEventOut(
-        id=e.id,
-        idempotency_key=e.idempotency_key,
-        occurred_at=e.occurred_at,
-        component=e.component,
-        quantity=micro_to_quantity(e.quantity_micro),
-        provider=e.provider,
-        model=e.model,
-        agent_id=e.agent_id,
-        conversation_id=e.conversation_id,
-        turn_id=e.turn_id,
-        cost_usd=Decimal(e.cost_picousd) / 10**12,
-        credits=micros_to_credits(e.credits_micros),
-        covered=micros_to_credits(e.covered_micros),
-        priced=e.priced,
-    )
+    return _usage_out(e, Decimal(e.cost_picousd) / 10**12, e.credits_micros, e.covered_micros, priced=e.priced)
 
 
 def _conflict_out(c: UsageEventConflict) -> UsageEventOut:
+    # A refused event: nothing charged.
+    return _usage_out(c, Decimal(0), 0, 0, priced=False, status="conflict", conflicts_with=c.usage_event_id)
+
+
+def _usage_out(
+    row: UsageEventRecord | UsageEventConflict,
+    cost_usd: Decimal,
+    credits_micros: int,
+    covered_micros: int,
+    *,
+    priced: bool,
+    status: Literal["recorded", "conflict"] = "recorded",
+    conflicts_with: str | None = None,
+) -> UsageEventOut:
+    """The fields a recorded and a refused event share, with what each was charged."""
     return UsageEventOut(
-        id=c.id,
-        idempotency_key=c.idempotency_key,
-        occurred_at=c.occurred_at,
-        component=c.component,
-        quantity=micro_to_quantity(c.quantity_micro),
-        provider=c.provider,
-        model=c.model,
-        agent_id=c.agent_id,
-        conversation_id=c.conversation_id,
-        turn_id=c.turn_id,
-        cost_usd=Decimal(0),
-        credits=micros_to_credits(0),
-        covered=micros_to_credits(0),
-        priced=False,
-        status="conflict",
-        conflicts_with=c.usage_event_id,
+        id=row.id,
+        idempotency_key=row.idempotency_key,
+        occurred_at=row.occurred_at,
+        component=row.component,
+        quantity=micro_to_quantity(row.quantity_micro),
+        provider=row.provider,
+        model=row.model,
+        agent_id=row.agent_id,
+        conversation_id=row.conversation_id,
+        turn_id=row.turn_id,
+        cost_usd=cost_usd,
+        credits=micros_to_credits(credits_micros),
+        covered=micros_to_credits(covered_micros),
+        priced=priced,
+        status=status,
+        conflicts_with=conflicts_with,
     )
 
 

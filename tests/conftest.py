@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, text
 
 from airies.core.config import Settings
 from airies.core.database import Database
+from airies.local.moto_lock import linearize_in_process_moto
 from airies.migrations.models import metadata
 from airies.migrations.runner import upgrade_head
 
@@ -26,6 +27,7 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Airies")
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+linearize_in_process_moto()  # a turn calls DynamoDB from several threads; moto's backends need one at a time
 
 
 def _pg_url(name: str) -> str:

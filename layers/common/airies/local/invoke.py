@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moto import mock_aws
 from sqlalchemy import select
 
 from airies.accounts.models import Account, ApiKey
@@ -36,6 +37,7 @@ from airies.accounts.service import AccountService, generate_key, hash_key
 from airies.core import database as engine
 from airies.core.config import PROJECT_ROOT, get_settings
 from airies.core.database import Database
+from airies.local.moto_lock import linearize_in_process_moto
 from airies.local.template import (
     DEFAULT_ENV_FILE,
     DEFAULT_TEMPLATE,
@@ -355,8 +357,7 @@ def run_sample_event(
             env["DATABASE_URL"] = database_url
         if "aws" in meta.needs:
             if not os.environ.get("AWS_ENDPOINT_URL"):
-                from moto import mock_aws
-
+                linearize_in_process_moto()
                 stack.enter_context(patched_environ(_FAKE_AWS))
                 stack.enter_context(mock_aws())
             _, ctx = resolve_function(logical_id, template_path, env_file)

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+from airies.local.moto_lock import MOTO_LOCK
+
 WRITE_METHODS = ("PUT", "POST", "DELETE")
 
 
@@ -182,20 +184,21 @@ class _MirroringApp:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         mirror = self.server.mirror
         target = written_target(environ) if mirror is not None else None
-        if mirror is None or target is None:
-            return self.app(environ, start_response)
         status: list[int] = []
 
         def recording_start_response(code: str, headers: Any, exc_info: Any = None) -> Any:
             status.append(int(code.split(" ", 1)[0]))
             return start_response(code, headers, exc_info)
 
-        result = self.app(environ, recording_start_response)
-        body = b"".join(result)  # moto answers in full: the write has happened once its body exists
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-        if status and status[0] < 300:
+        # moto's backends are not safe under concurrent requests (airies.local.moto_lock); the body is produced under
+        # the lock, the mirror (which reads back through this server) syncs after it
+        with MOTO_LOCK:
+            result = self.app(environ, recording_start_response)
+            body = b"".join(result)  # moto answers in full: the write has happened once its body exists
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        if mirror is not None and target is not None and status and status[0] < 300:
             mirror.sync(*target)
         return [body]
 

@@ -45,6 +45,9 @@ class Conversation(TimestampMixin, Base):
     usage: Mapped[dict[str, Any]]
     cost_usd: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))
     recording_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # post-call analysis: None until it runs; status pending | completed | failed | skipped
+    analysis: Mapped[dict[str, Any] | None]
+    analysis_status: Mapped[str | None] = mapped_column(String(20))
 
 
 class ConversationTurn(Base):
@@ -71,5 +74,6 @@ class ConversationTurn(Base):
     cost: Mapped[dict[str, Any]]
     cost_usd: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))
     recording: Mapped[dict[str, Any]]
+    tool_calls: Mapped[list[Any] | None]  # each call: name, arguments, result (capped), status, duration
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     ended_at: Mapped[datetime] = mapped_column(default=utcnow)

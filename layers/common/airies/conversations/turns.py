@@ -105,6 +105,14 @@ class SpokenSentence:
     complete: bool
 
 
+@dataclass(frozen=True)
+class TransferRequest:
+    """The agent's ``transfer_call``: where the call goes (E.164 number or SIP URI) and what is said first."""
+
+    destination: str
+    message: str = ""
+
+
 @dataclass
 class TurnResult:
     turn_id: str
@@ -120,6 +128,7 @@ class TurnResult:
     cost: dict[str, str]
     cost_usd: Decimal
     end_call: str | None = None
+    transfer: TransferRequest | None = None  # set when the agent hands the call over (phone calls)
     agent_pcm: bytes = b""
     user_pcm: bytes = b""
     error: dict[str, Any] | None = None

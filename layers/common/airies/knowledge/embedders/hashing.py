@@ -14,10 +14,12 @@ import itertools
 import math
 import re
 from collections import Counter
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from airies.knowledge.embedders.base import EmbeddingResult, approx_tokens, normalise_rows
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MODELS = {"hashing-v1": (4096, True)}  # any dimension up to 4096
 
@@ -91,6 +93,8 @@ class HashingEmbedder:
         cached = self._cache.get(token)
         if cached is not None:
             return cached
+        import numpy as np  # lazy, as in base.normalise_rows: numpy stays off cold starts that never embed
+
         pieces: list[tuple[str, float]] = [("w:" + token, 1.0)]
         if len(token) > 3 and not token.isdigit() and "_" not in token:
             padded = f"<{token}>"
@@ -110,6 +114,8 @@ class HashingEmbedder:
         return indexes, values
 
     def _vector(self, text: str) -> np.ndarray:
+        import numpy as np  # lazy, as in base.normalise_rows: numpy stays off cold starts that never embed
+
         words = _WORD.findall(text.lower())
         counts = Counter(words)
         counts.update(f"{a}_{b}" for a, b in itertools.pairwise(words) if a not in _STOPWORDS or b not in _STOPWORDS)
@@ -126,6 +132,8 @@ class HashingEmbedder:
         return np.bincount(np.concatenate(all_indexes), np.concatenate(all_values), minlength=self.dimensions)
 
     def embed(self, texts: list[str]) -> EmbeddingResult:
+        import numpy as np  # lazy, as in base.normalise_rows: numpy stays off cold starts that never embed
+
         matrix = np.zeros((len(texts), self.dimensions), dtype=np.float32)
         for row, text in enumerate(texts):
             matrix[row] = self._vector(text)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from airies.core.errors import NotAvailableError
 from airies.knowledge.embedders.base import EmbeddingResult, approx_tokens, normalise_rows
 
@@ -43,6 +41,8 @@ class MiniLMEmbedder:
     lexical_only = False
 
     def embed(self, texts: list[str]) -> EmbeddingResult:
+        import numpy as np  # lazy, as in base.normalise_rows
+
         model = _load()
         matrix = np.asarray(model.encode(texts, batch_size=self.max_batch), dtype=np.float32)
         return EmbeddingResult(vectors=normalise_rows(matrix), tokens=sum(approx_tokens(t) for t in texts), requests=0)

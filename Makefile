@@ -129,8 +129,17 @@ pytest: install
 # ---------------------------------------------------------------------------------------------------------------------
 # Benchmarks (not tests: figures, not pass/fail; needs PostgreSQL for the warm API benchmark)
 # ---------------------------------------------------------------------------------------------------------------------
-bench: install
-	$(PY) -m benchmarks $(BENCH_ARGS)
+# The cold-start benchmark imports each function with exactly what Lambda has: the layers' requirements + boto3 (the
+# runtime's), without the development tools that some libraries import when present.
+LAMBDA_VENV ?= .venv-lambda
+LAMBDA_STAMP := $(LAMBDA_VENV)/.airies-lambda-deps
+$(LAMBDA_STAMP): layers/common/requirements.txt $(wildcard layers/deps/*.txt)
+	$(PYTHON) -m venv $(LAMBDA_VENV)
+	$(LAMBDA_VENV)/bin/pip install $(PIP_QUIET) boto3==1.44.5 -r layers/common/requirements.txt $(addprefix -r ,$(wildcard layers/deps/*.txt))
+	touch $@
+
+bench: install $(LAMBDA_STAMP)
+	AIRIES_BENCH_LAMBDA_PYTHON=$(LAMBDA_VENV)/bin/python $(PY) -m benchmarks $(BENCH_ARGS)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Build and deploy (SAM). `make build` runs offline; deploy, changeset and migrate need AWS credentials of the stage's
@@ -173,7 +182,7 @@ clean:
 		-type d -name __pycache__ -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV) $(TOOLS_VENV) $(SAM_VENV) $(CHECKOV_VENV) $(PIPECAT_VENV)
+	rm -rf $(VENV) $(TOOLS_VENV) $(SAM_VENV) $(CHECKOV_VENV) $(PIPECAT_VENV) $(LAMBDA_VENV)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Capability targets (add yours below, one small section each)

@@ -88,9 +88,9 @@ def first_party_costs(roots: list[Node]) -> list[dict[str, Any]]:
     return costs
 
 
-def profile(code: str, env: dict[str, str] | None) -> list[Node]:
+def profile(code: str, env: dict[str, str] | None, *, python: str = sys.executable) -> list[Node]:
     completed = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", code],
+        [python, "-X", "importtime", "-c", code],
         capture_output=True, text=True, env=env, cwd=harness.ROOT, timeout=120, check=False,
     )  # fmt: skip
     if completed.returncode != 0:

@@ -1238,3 +1238,25 @@ def test_a_hang_up_while_a_turn_runs_ends_the_call_once_that_turn_is_stored(aws,
     conversation = h.conversation(cid)
     assert (conversation.status, conversation.turn_count) == ("ended", 1)
     assert h.store.get(cid).running == set()
+
+
+# --- engines kept per container ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("ttl_seconds", "builds"), [(60, 1), (0, 5)])  # 5 turns: 2 first messages, 3 replies
+def test_a_containers_turns_share_their_engines_until_they_expire(aws, database, settings, ttl_seconds, builds) -> None:
+    h = Harness(database, settings.model_copy(update={"ws_engines_ttl_seconds": ttl_seconds}), fake_engines())
+    built: list[str] = []
+
+    def factory(session: Any, account_id: str, config: Any) -> Any:
+        built.append(account_id)
+        return fake_engines()
+
+    h.service.engines = factory
+    for _ in range(2):  # two conversations of the same agent version
+        cid, token = h.start()
+        conn, _ = h.connect(cid, token)
+        h.send(conn, {"action": "start"})
+        h.send(conn, {"action": "text", "text": "When do you open?"})
+        assert frames_of(conn)[-1]["type"] == "turn_end"
+    h.send(conn, {"action": "text", "text": "And on Sundays?"})
+    assert frames_of(conn)[-1]["type"] == "turn_end"
+    assert built == [h.account_id] * builds

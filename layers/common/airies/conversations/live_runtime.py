@@ -32,6 +32,7 @@ from airies.conversations.service import (
     billing_credit_gate,
     billing_usage_sink,
     build_engines,
+    reset_usage_publishers,
     token_secret,
 )
 from airies.conversations.sessions import LiveSession, SessionStore
@@ -85,8 +86,10 @@ _management_clients: dict[str, Any] = {}
 
 def reset_after_restore() -> None:
     """SnapStart: what a snapshot froze is stale after restore. Drop the cached API Gateway Management clients
-    (their pooled HTTPS connections and credentials) and make every thread build a new event loop."""
+    (their pooled HTTPS connections and credentials) and the usage publishers' SQS clients, and make every thread
+    build a new event loop."""
     _management_clients.clear()
+    reset_usage_publishers()
     reset_event_loops()
 
 
@@ -303,6 +306,8 @@ class LiveRuntime:
         # connection -> conversation never changes for a connection's life: warm containers skip the lookup.
         self.connections: BoundedCache[dict[str, str]] = BoundedCache(10_000)
         self.configs: BoundedCache[AgentConfig] = BoundedCache(10_000)
+        # (account, agent, version) -> (the factory that built them, expiry on time.monotonic(), the engines)
+        self.built_engines: BoundedCache[tuple[EngineFactory, float, TurnEngines]] = BoundedCache(256)
         self.heard = HeardFrames()
 
     @property
@@ -319,6 +324,20 @@ class LiveRuntime:
         if config is None:
             config = self.configs.put(session.conversation_id, AgentConfig.model_validate(session.config))
         return config
+
+    def turn_engines(self, db: Session, session: LiveSession, config: AgentConfig) -> TurnEngines:
+        """A turn's engines, built once per agent version and account per container and kept
+        ``ws_engines_ttl_seconds`` (the router's and the SDKs' clients, and their open connections, with them).
+        Built again when the factory was swapped (tests) or the entry expired."""
+        key = f"{session.account_id}|{session.agent_id}|{session.agent_version}"
+        factory = self.engines
+        now = time.monotonic()
+        cached = self.built_engines.get(key)
+        if cached is not None and cached[0] is factory and now < cached[1]:
+            return cached[2]
+        engines = factory(db, session.account_id, config)
+        self.built_engines.put(key, (factory, now + self.settings.ws_engines_ttl_seconds, engines))
+        return engines
 
     def poster_for(self, session: LiveSession) -> Poster | None:
         """A poster to the API Gateway endpoint the session's connections came through (None if not known)."""

@@ -182,7 +182,7 @@ class TurnOrchestrator:
     ) -> _Prepared | None:
         config = self.runtime.config(session)
         allowed, reason, _message = service.check_credit(session.account_id)
-        engines = self.runtime.engines(db, session.account_id, config)
+        engines = self.runtime.turn_engines(db, session, config)
         previous = claim.claimed.result()
         if previous is None:
             return None

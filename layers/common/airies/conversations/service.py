@@ -204,15 +204,28 @@ def build_engines(
     )
 
 
+# (queue URL, region, endpoint) -> the SQS usage publisher of this container: its boto3 client costs ~10 ms of CPU
+# to build, once, not once per turn.
+_usage_publishers: dict[tuple[str, str | None, str | None], Any] = {}
+
+
+def reset_usage_publishers() -> None:
+    """SnapStart: the cached SQS clients' pooled connections are stale after restore."""
+    _usage_publishers.clear()
+
+
 def billing_usage_sink(settings: Settings, session: Session | None) -> UsageSink | None:
     """Usage to the billing ledger: through SQS when the queue is configured (AWS), else tracked in this unit of work."""
     from airies.billing.metering import SqsUsagePublisher
     from airies.billing.usage import build_usage_service
 
     if settings.usage_queue_url:
-        publisher = SqsUsagePublisher(
-            settings.usage_queue_url, region=settings.aws_region, endpoint_url=settings.aws_endpoint_url
-        )
+        key = (settings.usage_queue_url, settings.aws_region, settings.aws_endpoint_url)
+        publisher = _usage_publishers.get(key)
+        if publisher is None:
+            publisher = _usage_publishers[key] = SqsUsagePublisher(
+                settings.usage_queue_url, region=settings.aws_region, endpoint_url=settings.aws_endpoint_url
+            )
         return publisher.publish
     service = build_usage_service(settings)
 

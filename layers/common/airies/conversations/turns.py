@@ -539,10 +539,11 @@ class TurnRunner:
         """Post the turn's next audio frame (numbered ``state.audio_seq``); an outcome ends the turn."""
         if await self._was_cancelled(sink, state):
             return await self._interrupted(inp, sink, state)
-        sent = await sink.send(wp.audio(inp.turn_id, state.audio_seq, piece))
-        # The check for the next post starts once this one is out: it does not compete with it, and it is
-        # fresher; the next frame's audio takes longer to come than a DynamoDB read.
+        # The check for the next post runs alongside this one, not after it: a post waits for the slower of the
+        # two, never their sum. It starts after this post's check answered, so an interrupt that lands now is
+        # seen before the post after the next one: at most one frame leaves after it.
         self._prefetch_check(sink, state)
+        sent = await sink.send(wp.audio(inp.turn_id, state.audio_seq, piece))
         if not sent:
             return "gone"
         if latency["first_audio_ms"] is None:
@@ -556,7 +557,7 @@ class TurnRunner:
 
     @staticmethod
     async def _was_cancelled(sink: TurnSink, state: _TurnState) -> bool:
-        """Barge-in check before a post, pipelined: it was started after the previous post (``_prefetch_check``)
+        """Barge-in check before a post, pipelined: it was started with the previous post (``_prefetch_check``)
         and has usually answered by now.
 
         A check started before an interrupt landed can miss it, the following one cannot: the turn stops

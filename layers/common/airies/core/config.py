@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     ws_max_utterance_seconds: int = 30
     ws_sessions_index: str = "live-sessions"  # sparse index of live sessions by next deadline: the sweeper's Query
     ws_audio_chunk_ttl_seconds: int = 300  # caller audio chunks expire this long after they were stored
+    # A container keeps a turn's engines (LLM router, STT/TTS clients, with the account's provider keys) per agent
+    # version and account this long: a provider key changed over REST reaches running calls within it.
+    ws_engines_ttl_seconds: int = 60
     # A voice turn stops posting this long before its invocation's deadline, and is stored (cut) and billed.
     turn_deadline_margin_ms: int = 5_000
     # Delete a turn's chunks once it used them: caller audio gone at once, for the write units of a second write

@@ -7,11 +7,12 @@ Structural limits live here (types, ranges, lengths); checks that need data
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from airies.core.schemas import Metadata, StrictModel
 
@@ -85,6 +86,80 @@ class EndpointingConfig(StrictModel):
     silence_ms: int = Field(500, ge=100, le=5000)
 
 
+SUMMARY_PROMPT = (
+    "Summarise the call in two to four sentences: why the caller called, what the agent did, and how it ended."
+)
+STRUCTURED_DATA_PROMPT = "Extract the requested fields from the call. Use null for anything the call did not say."
+SUCCESS_EVALUATION_PROMPT = "Judge whether the agent achieved the call's goal: it answered what the caller asked."
+# A JSON Schema of structured data is the tenant's input: bounded in size (as JSON text) when it is saved.
+MAX_JSON_SCHEMA_CHARS = 20_000
+
+
+class AnalysisSummary(StrictModel):
+    enabled: bool = True
+    prompt: str = Field(SUMMARY_PROMPT, min_length=1, max_length=10_000)
+
+
+class AnalysisStructuredData(StrictModel):
+    enabled: bool = False
+    # A JSON Schema (draft 2020-12) of the data to extract; its top level is an object. Required when enabled.
+    json_schema: dict[str, Any] | None = None
+    prompt: str = Field(STRUCTURED_DATA_PROMPT, min_length=1, max_length=10_000)
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            check_json_schema(value)
+        return value
+
+    @model_validator(mode="after")
+    def _schema_when_enabled(self) -> AnalysisStructuredData:
+        if self.enabled and self.json_schema is None:
+            raise ValueError("json_schema is required when structured data is enabled")
+        return self
+
+
+class AnalysisSuccessEvaluation(StrictModel):
+    enabled: bool = False
+    # pass_fail: true or false; numeric_1_10: an integer score from 1 to 10; verdict: a few written sentences
+    rubric: Literal["pass_fail", "numeric_1_10", "verdict"] = "pass_fail"
+    prompt: str = Field(SUCCESS_EVALUATION_PROMPT, min_length=1, max_length=10_000)
+
+
+class AnalysisPlan(StrictModel):
+    """What runs after every call of the agent (the post-call analysis); each part is one LLM request."""
+
+    summary: AnalysisSummary = Field(default_factory=AnalysisSummary)
+    structured_data: AnalysisStructuredData = Field(default_factory=AnalysisStructuredData)
+    success_evaluation: AnalysisSuccessEvaluation = Field(default_factory=AnalysisSuccessEvaluation)
+
+    def enabled_steps(self) -> list[str]:
+        parts = {
+            "summary": self.summary.enabled,
+            "structured_data": self.structured_data.enabled,
+            "success_evaluation": self.success_evaluation.enabled,
+        }
+        return [name for name, enabled in parts.items() if enabled]
+
+
+def check_json_schema(schema: dict[str, Any]) -> None:
+    """Refuse what cannot be used as the structured data's schema: not a valid draft 2020-12 schema, a top level
+    that is not an object, or a schema too large to put in a prompt (a ``ValueError`` says why)."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    if len(json.dumps(schema)) > MAX_JSON_SCHEMA_CHARS:
+        raise ValueError(f"the schema is larger than {MAX_JSON_SCHEMA_CHARS} characters of JSON")
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        where = "/".join(str(part) for part in exc.path) or "(top level)"
+        raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
+    if schema.get("type") != "object":
+        raise ValueError('the schema\'s top level must be {"type": "object", ...}')
+
+
 class AgentConfig(StrictModel):
     name: str = Field(min_length=1, max_length=200)
     description: str | None = Field(None, max_length=2000)
@@ -104,6 +179,7 @@ class AgentConfig(StrictModel):
     interruption: InterruptionConfig = Field(default_factory=InterruptionConfig)
     endpointing: EndpointingConfig = Field(default_factory=EndpointingConfig)
     recording_enabled: bool = False
+    analysis: AnalysisPlan = Field(default_factory=AnalysisPlan)
     metadata: Metadata = Field(default_factory=dict)
 
     @field_validator("end_call_phrases", "knowledge_base_ids")
@@ -140,6 +216,7 @@ class AgentUpdate(StrictModel):
     interruption: dict[str, Any] | None = None
     endpointing: dict[str, Any] | None = None
     recording_enabled: bool | None = None
+    analysis: dict[str, Any] | None = None
     metadata: Metadata | None = None
 
 

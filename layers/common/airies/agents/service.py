@@ -225,10 +225,14 @@ class AgentValidator:
         return problems
 
 
+# Objects a partial update replaces instead of merging: free-form maps whose keys the sender owns.
+REPLACED_WHOLE = frozenset({"metadata", "json_schema"})
+
+
 def _deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(base)
     for key, value in patch.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "metadata":
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in REPLACED_WHOLE:
             merged[key] = _deep_merge(merged[key], value)
         else:
             merged[key] = value

@@ -18,6 +18,7 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from airies.conversations.models import Conversation, ConversationTurn
+from airies.conversations.post_call import PostCallStarter
 from airies.core.money import format_usd
 from airies.webhooks.payloads import end_of_call_report
 
@@ -91,10 +92,24 @@ def cost_components(turns: Sequence[ConversationTurn]) -> dict[str, Decimal]:
     return parts
 
 
+def analysis_report(conversation: Conversation) -> dict[str, Any] | None:
+    """The analysis in the end-of-call report: its status and result (None when no analysis ran)."""
+    if conversation.analysis_status is None:
+        return None
+    return {"status": conversation.analysis_status, **(conversation.analysis or {})}
+
+
 class ConversationEvents:
-    def __init__(self, publisher: EventPublisher | None, *, presign: Presigner | None = None) -> None:
+    def __init__(
+        self,
+        publisher: EventPublisher | None,
+        *,
+        presign: Presigner | None = None,
+        post_call: PostCallStarter | None = None,
+    ) -> None:
         self.publisher = publisher
         self.presign = presign
+        self.post_call = post_call
 
     def _after_commit(self, session: Session, conversation: Conversation, event_type: str, key: str, data: Any) -> None:
         publisher = self.publisher
@@ -143,6 +158,11 @@ class ConversationEvents:
         self._after_commit(session, conversation, TRANSCRIPT_UPDATED, f"{turn.id}:{TRANSCRIPT_UPDATED}", update)
 
     def ended(self, session: Session, conversation: Conversation) -> None:
+        """With a post-call analysis, start it once the end has committed: it sends ``conversation.ended`` (with
+        the analysis) when it is done. Without one, or for a conversation being deleted, send the report now."""
+        if self.post_call is not None and conversation.end_reason != "deleted":
+            self._start_post_call(session, conversation, self.post_call)
+            return
         if self.publisher is None:
             return
         try:
@@ -151,6 +171,18 @@ class ConversationEvents:
             log.exception("end-of-call report failed for %s", conversation.id)
             return
         self._after_commit(session, conversation, ENDED, f"{conversation.id}:{ENDED}", data)
+
+    def _start_post_call(self, session: Session, conversation: Conversation, post_call: PostCallStarter) -> None:
+        conversation.analysis_status = "pending"
+        account_id, conversation_id = conversation.account_id, conversation.id
+
+        def start(_session: Session) -> None:
+            try:
+                post_call.start(account_id, conversation_id)
+            except Exception:  # the call has ended: its caller must not see this failure
+                log.exception("post-call analysis not started for %s", conversation_id)
+
+        event.listen(session, "after_commit", start, once=True)
 
     def report(self, session: Session, conversation: Conversation) -> dict[str, Any]:
         turns = list(
@@ -170,6 +202,7 @@ class ConversationEvents:
             cost_by_component=cost_components(turns),
             turn_latencies=[latency_stages(turn.latency) for turn in turns],
             recording_urls=self.recording_urls(conversation, turns),
+            analysis=analysis_report(conversation),
         )
 
     def recording_urls(self, conversation: Conversation, turns: Sequence[ConversationTurn]) -> list[str]:

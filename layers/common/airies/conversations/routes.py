@@ -209,7 +209,12 @@ def get_conversation(
     svc = service(request, caller)
     conversation = svc.get(caller.account_id, conversation_id)
     turns = svc.get_conversation_history(caller.account_id, conversation_id)
-    return ConversationDetail(**conversation_out(conversation), turns=[turn_out(t) for t in turns])
+    return ConversationDetail(
+        **conversation_out(conversation),
+        turns=[turn_out(t) for t in turns],
+        analysis_status=conversation.analysis_status,
+        analysis=conversation.analysis,
+    )
 
 
 @router.put("/{conversation_id}")

@@ -102,3 +102,7 @@ class ConversationStarted(ConversationOut):
 
 class ConversationDetail(ConversationOut):
     turns: list[TurnOut]
+    # The post-call analysis: pending | completed | failed | skipped (None: none runs for this conversation), and
+    # its result (summary, structured_data, success_evaluation, steps, cost_usd, ...; see docs/analysis.md).
+    analysis_status: str | None = None
+    analysis: dict[str, Any] | None = None

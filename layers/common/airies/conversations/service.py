@@ -33,6 +33,7 @@ from airies.agents.service import AgentService
 from airies.conversations import protocol as wp
 from airies.conversations.events import ConversationEvents, EventPublisher
 from airies.conversations.models import Conversation, ConversationTurn
+from airies.conversations.post_call import PostCallStarter, post_call_starter
 from airies.conversations.schemas import ConversationCreate, ConversationUpdate
 from airies.conversations.turn_metrics import TurnMetrics
 from airies.conversations.turns import TurnEngines, TurnInput, TurnMode, TurnResult, TurnRunner
@@ -396,6 +397,9 @@ class ListSink:
         return False, None
 
 
+ANALYSIS_FINAL = frozenset({"completed", "failed", "skipped"})  # analysis_status values no later run replaces
+
+
 # --- the service --------------------------------------------------------------------------------------------------
 class ConversationService:
     def __init__(
@@ -413,11 +417,15 @@ class ConversationService:
         publisher: EventPublisher | None = None,
         turn_metrics: TurnMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        post_call: PostCallStarter | None = None,
     ) -> None:
+        """``post_call``: what starts the post-call analysis when a conversation ends (default: from settings, see
+        ``airies.conversations.post_call``)."""
         self.session = session
         self.turn_metrics = turn_metrics
         presign = recorder.presign if recorder is not None else None
-        self.events = ConversationEvents(publisher, presign=presign)
+        post_call = post_call if post_call is not None else post_call_starter(settings)
+        self.events = ConversationEvents(publisher, presign=presign, post_call=post_call)
         self.start_check = start_check
         self.database = database
         self.settings = settings
@@ -482,6 +490,26 @@ class ConversationService:
         conversation = self.session.scalar(query)
         if conversation is None:
             raise NotFoundError("conversation", conversation_id)
+        return conversation
+
+    def find(self, account_id: str, conversation_id: str, *, for_update: bool = False) -> Conversation | None:
+        try:
+            return self.get(account_id, conversation_id, for_update=for_update)
+        except NotFoundError:
+            return None
+
+    def store_analysis(
+        self, account_id: str, conversation_id: str, status: str, analysis: dict[str, Any]
+    ) -> Conversation | None:
+        """Keep a post-call analysis result unless one is stored already (the first result wins: a retried
+        analysis never replaces what was billed and sent). None when the conversation is gone."""
+        conversation = self.find(account_id, conversation_id, for_update=True)
+        if conversation is None:
+            return None
+        if conversation.analysis_status in ANALYSIS_FINAL:
+            return conversation
+        conversation.analysis, conversation.analysis_status = analysis, status
+        self.session.flush()
         return conversation
 
     def end_reason(self, account_id: str, conversation_id: str) -> str:

@@ -170,6 +170,9 @@ class Settings(BaseSettings):
     kb_documents_bucket: str | None = None
     kb_scrape_queue_url: str | None = None  # unset: scrape jobs run inline in the API process
     kb_ingestion_state_machine_arn: str | None = None  # unset: large documents are processed inline too
+    # The post-call analysis (AnalysisStateMachine), started when a conversation ends; unset: a runner registered in
+    # the process (the local stack) runs it, else there is none and conversation.ended is sent as the call ends.
+    analysis_state_machine_arn: str | None = None
     kb_embedding_provider: str = "hashing"  # hashing (offline, lexical) | openai | minilm
     kb_embedding_model: str | None = None  # default per provider
     kb_embedding_dimensions: int | None = None  # default per model

@@ -20,8 +20,12 @@ class LLMRequest:
     max_tokens: int = 300
     tools: list[dict[str, Any]] | None = None  # OpenAI "tools" format
     tool_choice: str | dict[str, Any] | None = None
+    # OpenAI ``response_format``, e.g. ``{"type": "json_object"}``: the reply is one JSON object (the caller still
+    # validates it). The offline responder answers JSON when ``metadata["json_schema"]`` is set.
+    response_format: dict[str, Any] | None = None
     # Free-form context for the router and the offline responder; never sent to a provider. Keys read here:
-    #   first_message: str, knowledge_passages: list[str], end_call_phrases: list[str], end_call_message: str
+    #   first_message: str, knowledge_passages: list[str], end_call_phrases: list[str], end_call_message: str,
+    #   json_schema: dict (the JSON reply's schema), transcript_summary: bool (summarise the transcript in messages)
     metadata: dict[str, Any] = field(default_factory=dict)
     # Routing: the preferred provider (None = weighted choice within the model class), explicit fallbacks
     # tried before class peers, and the class itself when ``model`` is not in the catalog ("fast", "smart").

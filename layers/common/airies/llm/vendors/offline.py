@@ -3,6 +3,10 @@
 It is NOT a language model and says so: every ``StreamEnd.metadata`` has ``{"is_language_model": False,
 "offline_reason": ...}``. It answers deterministically, in this order:
 
+0. Requests that are not a conversation (the post-call analysis): ``json_example`` when ``metadata["json_schema"]``
+   is set (a JSON value satisfying the schema, ``airies.llm.json_example``); ``transcript_summary`` when
+   ``metadata["transcript_summary"]`` is set (what the caller said first and the agent said last, from the
+   ``Caller:``/``Agent:`` lines of the last user message).
 1. ``end_call``: the last message is a user turn containing one of ``metadata["end_call_phrases"]``
    (default ``["goodbye", "bye bye"]``, whole words, case-insensitive) -> ``metadata["end_call_message"]``
    (default ``"Goodbye!"``); if the request offers a tool named ``end_call`` it also emits that tool call
@@ -26,6 +30,7 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from airies.llm.json_example import example_for
 from airies.llm.vendors.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCall, ToolCallDelta
 from airies.llm.vendors.openai_compat import estimate_usage
 
@@ -147,6 +152,21 @@ def _has_phrase(text: str, phrases: list[str] | tuple[str, ...]) -> bool:
     return False
 
 
+def summarise_transcript(text: str) -> str:
+    """A deterministic summary of ``Caller:``/``Agent:`` lines: how many of each, the first and the last words."""
+    lines = [line.strip() for line in text.splitlines()]
+    caller = [line.split(":", 1)[1].strip() for line in lines if line.startswith("Caller:")]
+    agent = [line.split(":", 1)[1].strip() for line in lines if line.startswith("Agent:")]
+    if not caller and not agent:
+        return "Nothing was said on the call."
+    parts = [f"The caller spoke {len(caller)} times and the agent {len(agent)} times."]
+    if caller:
+        parts.append(f'The caller first said: "{caller[0]}".')
+    if agent:
+        parts.append(f'The agent last said: "{agent[-1]}".')
+    return " ".join(parts)
+
+
 class OfflineResponder:
     name = OFFLINE_PROVIDER
     key_source = "none"
@@ -156,6 +176,10 @@ class OfflineResponder:
         meta = request.metadata
         user_turns = [m for m in request.messages if m.get("role") == "user"]
         last = request.messages[-1] if request.messages else {}
+        if meta.get("json_schema") is not None:
+            return json.dumps(example_for(meta["json_schema"])), "json_example", {}
+        if meta.get("transcript_summary"):
+            return summarise_transcript(_text_of(last)), "transcript_summary", {}
         if last.get("role") == "user":
             phrases = meta.get("end_call_phrases") or DEFAULT_END_CALL_PHRASES
             if _has_phrase(_text_of(last), phrases):

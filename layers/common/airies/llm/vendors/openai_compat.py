@@ -92,6 +92,8 @@ class OpenAICompatibleProvider:
             params["tools"] = request.tools
             if request.tool_choice is not None:
                 params["tool_choice"] = request.tool_choice
+        if request.response_format is not None:
+            params["response_format"] = request.response_format
         return params
 
     # -- streaming ----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from airies.core.schemas import Metadata, StrictModel
+from airies.tools.schemas import MAX_TOOLS, BuiltinTools, ToolConfig, unique_tool_names
 
 # Shared by the full config and its partial update, so both accept the same range.
 MaxDurationSeconds = Annotated[int, Field(ge=10, le=43200, description="longest call, in seconds (12 h at most)")]
@@ -180,7 +181,15 @@ class AgentConfig(StrictModel):
     endpointing: EndpointingConfig = Field(default_factory=EndpointingConfig)
     recording_enabled: bool = False
     analysis: AnalysisPlan = Field(default_factory=AnalysisPlan)
+    # Custom functions on the business's server, and the built-ins beside end_call (docs/tools.md).
+    tools: list[ToolConfig] = Field(default_factory=list, max_length=MAX_TOOLS)
+    builtin_tools: BuiltinTools = Field(default_factory=BuiltinTools)
     metadata: Metadata = Field(default_factory=dict)
+
+    @field_validator("tools")
+    @classmethod
+    def _unique_tools(cls, value: list[ToolConfig]) -> list[ToolConfig]:
+        return unique_tool_names(value)
 
     @field_validator("end_call_phrases", "knowledge_base_ids")
     @classmethod
@@ -217,6 +226,8 @@ class AgentUpdate(StrictModel):
     endpointing: dict[str, Any] | None = None
     recording_enabled: bool | None = None
     analysis: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None  # replaces the whole list
+    builtin_tools: dict[str, Any] | None = None
     metadata: Metadata | None = None
 
 

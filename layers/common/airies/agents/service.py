@@ -21,6 +21,7 @@ from airies.core.database import Database
 from airies.core.errors import BadRequestError, NotFoundError, ValidationFailedError
 from airies.core.ids import new_id
 from airies.core.models import utcnow
+from airies.core.url_guard import URLGuard, URLNotAllowed, url_guard
 from airies.knowledge.models import KnowledgeBase
 from airies.llm import catalog
 from airies.llm.custom_endpoints import account_endpoint_models
@@ -128,8 +129,11 @@ class AgentValidator:
         llm_model: Callable[[str, str], catalog.LLMModel | None] = catalog.llm_model,
         account_llm_models: AccountLLMModels = account_endpoint_models,
         configured_engines: ConfiguredEngineLookup | None = None,
+        tool_url_guard: URLGuard | None = None,
     ) -> None:
         self.session = session
+        # Tool URLs are the tenant's input: checked (DNS included) when saved, and again on every call.
+        self.tool_url_guard = tool_url_guard or URLGuard(https_only=True)
         self.knowledge_bases = knowledge_bases
         self.account_voices = account_voices
         self.llm_model = llm_model
@@ -220,8 +224,27 @@ class AgentValidator:
             problems.append(
                 _problem("first_message", "missing", "first_message is required when the assistant speaks first")
             )
+        problems += self.tool_problems(config)
         if self.configured_engines is not None:
             problems += engine_warnings(config, self.configured_engines(self.session, account_id))
+        return problems
+
+    def tool_problems(self, config: AgentConfig) -> list[dict[str, str]]:
+        problems: list[dict[str, str]] = []
+        for i, tool in enumerate(config.tools):
+            field = f"tools.{i}.server.url"
+            try:
+                self.tool_url_guard.check(tool.server.url, field=field)
+            except URLNotAllowed as exc:
+                problems.append(_problem(field, exc.reason, exc.message))
+        if config.builtin_tools.query_knowledge_base.enabled and not config.knowledge_base_ids:
+            problems.append(
+                _problem(
+                    "builtin_tools.query_knowledge_base.enabled",
+                    "no_knowledge_base",
+                    "query_knowledge_base needs at least one knowledge base in knowledge_base_ids",
+                )
+            )
         return problems
 
 
@@ -248,6 +271,7 @@ class AgentService:
             session,
             llm_model=catalog.llm_model_lookup(settings),
             configured_engines=configured_engine_lookup(settings) if settings is not None else None,
+            tool_url_guard=url_guard(settings) if settings is not None else None,
         )
 
     # -- reads -------------------------------------------------------------------------------

@@ -1,0 +1,273 @@
+"""Calling an agent's custom tools on the business's server.
+
+``ToolRunner(guard, secret=...)``: ``await runner.call_many(calls)`` runs one turn's tool calls concurrently. Each
+call: the LLM's arguments are parsed and validated against the tool's JSON Schema (invalid: never sent, the LLM is
+told why), then POSTed as JSON ``{conversation_id, turn_id, tool_call_id, name, arguments}`` to ``server.url``,
+signed like the server messages (``Airies-Signature``, ``airies.webhooks.signing``), through the URL guard (every
+connection and every redirect checked again), waiting at most ``server.timeout_ms``. The answer is read up to
+``max_response_bytes`` (more: the call failed). A 2xx answer's ``result`` (a JSON object's ``result`` member, else
+the whole body) goes back to the LLM. An ``async`` tool is sent and not waited for.
+
+Logs carry the tool name, status, HTTP status, duration and sizes: never the arguments or the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from jsonschema import Draft202012Validator
+
+from airies.core.url_guard import URLGuard, URLNotAllowed
+from airies.tools.schemas import ToolConfig
+from airies.webhooks.signing import SIGNATURE_HEADER, signature_header
+
+log = logging.getLogger(__name__)
+
+TOOL_CALL_ID_HEADER = "Airies-Tool-Call-Id"
+MAX_RESPONSE_BYTES = 64 * 1024  # the most of a server's answer that is read
+MAX_RESULT_CHARS = 4000  # the most of a result handed to the LLM and stored on the turn
+MAX_REDIRECTS = 3
+USER_AGENT = "Airies-Tools/1"
+
+# () -> the signing secret of the agent's server (None: requests go unsigned); called once per runner, on a thread.
+SecretLookup = Callable[[], str | None]
+
+
+@dataclass(frozen=True)
+class ToolInvocation:
+    """One tool call the LLM made in a turn (``arguments``: the raw JSON text it wrote)."""
+
+    conversation_id: str
+    turn_id: str
+    tool_call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass
+class ToolOutcome:
+    """What came of one call. ``result`` is what the LLM reads back (capped); ``status``: completed, failed,
+    timeout, refused (never sent: bad arguments or a refused URL), sent (an async tool), canned (an agent test's)."""
+
+    tool_call_id: str
+    name: str
+    arguments: Any
+    status: str
+    result: str
+    duration_ms: float
+    http_status: int | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("completed", "sent", "canned")
+
+    def record(self) -> dict[str, Any]:
+        """As stored on the turn (``ConversationTurn.tool_calls``) and published in ``tool.called``."""
+        data: dict[str, Any] = {
+            "id": self.tool_call_id,
+            "name": self.name,
+            "arguments": self.arguments,
+            "result": self.result,
+            "status": self.status,
+            "duration_ms": self.duration_ms,
+        }
+        if self.http_status is not None:
+            data["http_status"] = self.http_status
+        if self.error:
+            data["error"] = self.error
+        data.update(self.extra)
+        return data
+
+
+def cap(text: str, limit: int = MAX_RESULT_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def parse_arguments(raw: str) -> tuple[Any, str | None]:
+    """(arguments, problem): the LLM's JSON text as a value; an empty text is ``{}``."""
+    if not raw.strip():
+        return {}, None
+    try:
+        return json.loads(raw), None
+    except json.JSONDecodeError as exc:
+        return raw, f"the arguments are not JSON ({exc.msg})"
+
+
+def argument_problem(schema: Mapping[str, Any], arguments: Any) -> str | None:
+    """The first way ``arguments`` break the tool's JSON Schema, or None."""
+    errors = sorted(Draft202012Validator(schema).iter_errors(arguments), key=lambda e: list(e.path))
+    if not errors:
+        return None
+    where = "/".join(str(part) for part in errors[0].path) or "(root)"
+    return f"invalid arguments at {where}: {errors[0].message}"
+
+
+def result_text(body: bytes, content_type: str) -> str:
+    """What the LLM reads of a server's answer: a JSON object's ``result`` member, else the whole body."""
+    text = body.decode("utf-8", errors="replace")
+    if "json" in content_type or text.lstrip().startswith(("{", "[")):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return text
+        if isinstance(value, dict) and "result" in value:
+            value = value["result"]
+        return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return text
+
+
+class ToolRunner:
+    def __init__(
+        self,
+        guard: URLGuard,
+        *,
+        secret: SecretLookup | None = None,
+        canned: Mapping[str, Any] | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.guard = guard
+        self._secret_lookup = secret
+        self._secret: asyncio.Future[str | None] | None = None
+        self.canned = dict(canned or {})  # tool name -> the result to answer without calling the server
+        self.max_response_bytes = max_response_bytes
+        self.clock = clock
+        self.background: set[asyncio.Task[Any]] = set()  # async tools in flight
+
+    async def secret(self) -> str | None:
+        if self._secret_lookup is None:
+            return None
+        if self._secret is None:
+            self._secret = asyncio.ensure_future(asyncio.to_thread(self._secret_lookup))
+        return await self._secret
+
+    def _ms(self, start: float) -> float:
+        return round((self.clock() - start) * 1000, 2)
+
+    async def call_many(self, calls: Iterable[tuple[ToolConfig, ToolInvocation]]) -> list[ToolOutcome]:
+        """One turn's calls, concurrently, through one connection pool; outcomes in the calls' order."""
+        calls = list(calls)
+        if not calls:
+            return []
+        async with self.client() as http:
+            return list(await asyncio.gather(*(self.call(tool, invocation, http) for tool, invocation in calls)))
+
+    async def call(self, tool: ToolConfig, invocation: ToolInvocation, http: httpx.AsyncClient) -> ToolOutcome:
+        start = self.clock()
+        arguments, problem = parse_arguments(invocation.arguments)
+        if problem is None:
+            problem = argument_problem(tool.parameters, arguments)
+
+        def outcome(status: str, result: str, **kwargs: Any) -> ToolOutcome:
+            done = ToolOutcome(
+                invocation.tool_call_id, tool.name, arguments, status, cap(result), self._ms(start), **kwargs
+            )
+            log.info(
+                "tool call",
+                extra={
+                    "tool": tool.name,
+                    "tool_call_id": invocation.tool_call_id,
+                    "status": done.status,
+                    "http_status": done.http_status,
+                    "duration_ms": done.duration_ms,
+                    "result_chars": len(done.result),
+                },
+            )
+            return done
+
+        if problem is not None:
+            return outcome("refused", f"The call was not made: {problem}.", error=problem)
+        if tool.name in self.canned:
+            canned = self.canned[tool.name]
+            return outcome("canned", canned if isinstance(canned, str) else json.dumps(canned))
+        body = json.dumps(
+            {
+                "conversation_id": invocation.conversation_id,
+                "turn_id": invocation.turn_id,
+                "tool_call_id": invocation.tool_call_id,
+                "name": tool.name,
+                "arguments": arguments,
+            },
+            separators=(",", ":"),
+        ).encode()
+        headers = {
+            **tool.server.headers,
+            "content-type": "application/json",
+            TOOL_CALL_ID_HEADER: invocation.tool_call_id,
+        }
+        secret = await self.secret()
+        if secret:
+            headers[SIGNATURE_HEADER] = signature_header(secret, body)
+        if tool.async_:
+            task = asyncio.ensure_future(self._post_alone(tool, body, headers))
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
+            return outcome("sent", "The request was sent; its answer is not awaited.")
+        try:
+            status, answer, content_type = await asyncio.wait_for(
+                self._post(http, tool, body, headers), tool.server.timeout_ms / 1000
+            )
+        except TimeoutError:
+            return outcome("timeout", f"The server did not answer within {tool.server.timeout_ms} ms.", error="timeout")
+        except URLNotAllowed as exc:
+            return outcome("refused", "The tool's server address is not allowed.", error=exc.message)
+        except _TooLarge:
+            return outcome(
+                "failed", "The server's answer was too large.", error=f"answer over {self.max_response_bytes} bytes"
+            )
+        except httpx.HTTPError as exc:
+            return outcome("failed", "The server could not be reached.", error=type(exc).__name__)
+        if not 200 <= status < 300:
+            return outcome("failed", f"The server answered HTTP {status}.", http_status=status, error=f"http {status}")
+        return outcome("completed", result_text(answer, content_type), http_status=status)
+
+    async def _post(
+        self, http: httpx.AsyncClient, tool: ToolConfig, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, bytes, str]:
+        timeout = tool.server.timeout_ms / 1000
+        async with http.stream("POST", tool.server.url, content=body, headers=headers, timeout=timeout) as response:
+            received = bytearray()
+            async for chunk in response.aiter_bytes():
+                received += chunk
+                if len(received) > self.max_response_bytes:
+                    raise _TooLarge
+            return response.status_code, bytes(received), response.headers.get("content-type", "")
+
+    def client(self) -> httpx.AsyncClient:
+        """A guarded client: redirects followed (each hop checked again by the guard), at most ``MAX_REDIRECTS``."""
+        return self.guard.async_client(
+            follow_redirects=True, max_redirects=MAX_REDIRECTS, headers={"user-agent": USER_AGENT}
+        )
+
+    async def _post_alone(self, tool: ToolConfig, body: bytes, headers: dict[str, str]) -> None:
+        """An async tool's request, on a client of its own (the turn's may close first); its answer is dropped."""
+        try:
+            async with self.client() as http:
+                status, _, _ = await asyncio.wait_for(
+                    self._post(http, tool, body, headers), tool.server.timeout_ms / 1000
+                )
+            log.info("async tool call answered", extra={"tool": tool.name, "http_status": status})
+        except Exception as exc:  # nobody waits for it: logged (without its content) and dropped
+            log.warning("async tool call failed", extra={"tool": tool.name, "error": type(exc).__name__})
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Wait for async tools still in flight (a request outlives its turn only until this returns)."""
+        if self.background:
+            await asyncio.wait(set(self.background), timeout=timeout)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+# (tool calls) -> their outcomes: what a turn calls (``ToolRunner.call_many``)
+ToolCaller = Callable[[list[tuple[ToolConfig, ToolInvocation]]], Awaitable[list[ToolOutcome]]]

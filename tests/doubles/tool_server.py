@@ -1,0 +1,91 @@
+"""A business's tool server: a real HTTP server on 127.0.0.1:0 that receives the platform's tool calls, checks each
+one's signature, and answers from a per-tool responder.
+
+Behaviour per request (set on the double): ``delay`` (slow: seconds before answering), ``status`` (failing: e.g.
+500), ``oversize`` (pad the answer to that many bytes), ``redirect_to`` (answer 307 with that Location, e.g. a
+private address). ``responders[name](arguments) -> body`` makes the answer (default ``{"result": {"ok": true}}``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from airies.webhooks.signing import verify
+from tests.doubles._wire import LocalHttpServer
+
+
+@dataclass
+class ToolRequest:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    verified: bool
+    received_at: float  # time.perf_counter() when the request was read (benchmarks)
+
+    @property
+    def call(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+
+class ToolServer(LocalHttpServer):
+    def __init__(self, secret: str = "") -> None:
+        self.secret = secret
+        self.delay = 0.0
+        self.status = 200
+        self.oversize = 0
+        self.redirect_to: str | None = None
+        self.responders: dict[str, Callable[[Any], Any]] = {}
+        self.received: list[ToolRequest] = []
+        self._lock = threading.Lock()
+
+    @property
+    def tool_url(self) -> str:
+        return f"{self.url}/tools"
+
+    @property
+    def host(self) -> str:
+        return self.url.removeprefix("http://")
+
+    def calls(self, name: str | None = None) -> list[dict[str, Any]]:
+        return [r.call for r in self.received if name is None or r.call.get("name") == name]
+
+    def serve(self, handler: BaseHTTPRequestHandler) -> None:
+        raw = handler.rfile.read(int(handler.headers.get("content-length") or 0))
+        received = time.perf_counter()
+        headers = {k.lower(): v for k, v in handler.headers.items()}
+        verified = bool(self.secret) and verify(self.secret, headers.get("airies-signature", ""), raw)
+        with self._lock:
+            self.received.append(ToolRequest(handler.path, headers, raw, verified, received))
+        if self.delay:
+            time.sleep(self.delay)
+        if self.redirect_to:
+            self._send(handler, 307, b"", {"location": self.redirect_to})
+            return
+        try:
+            call = json.loads(raw)
+            responder = self.responders.get(call.get("name"), lambda arguments: {"result": {"ok": True}})
+            body = json.dumps(responder(call.get("arguments"))).encode()
+        except ValueError:
+            self._send(handler, 400, b'{"error": "not JSON"}', {})
+            return
+        if self.oversize:
+            body = json.dumps({"result": "x" * self.oversize}).encode()
+        self._send(handler, self.status, body, {"content-type": "application/json"})
+
+    @staticmethod
+    def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str]) -> None:
+        try:
+            handler.send_response(status)
+            for key, value in headers.items():
+                handler.send_header(key, value)
+            handler.send_header("content-length", str(len(body)))
+            handler.end_headers()
+            handler.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass

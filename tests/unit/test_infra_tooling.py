@@ -100,7 +100,11 @@ def test_cold_start_benchmark_runs_end_to_end() -> None:
     result = bench_cold_start.run(argparse.Namespace(runs=1))
     assert result["baseline"]["median_ms"] > 0
     assert "ApiFunction" in result["functions"]
-    assert {t["name"] for t in result["targets"]} >= {"ApiFunction cold init / import boto3"}
+    assert {t["name"] for t in result["targets"]} >= {"ApiFunction cold init / its stack's floor"}
+    api = result["functions"]["ApiFunction"]
+    assert api["floor"] == bench_cold_start.API_FLOOR
+    assert result["functions"]["VoiceConnectFunction"]["floor"] == bench_cold_start.DB_FLOOR
+    assert api["ratio_to_floor"] == round(api["median_ms"] / result["floors"][api["floor"]]["median_ms"], 2)
 
 
 IMPORTTIME = """\

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moto import mock_aws
 from sqlalchemy import select
 
 from airies.accounts.models import Account, ApiKey
@@ -357,6 +356,8 @@ def run_sample_event(
             env["DATABASE_URL"] = database_url
         if "aws" in meta.needs:
             if not os.environ.get("AWS_ENDPOINT_URL"):
+                from moto import mock_aws  # moto is not in the functions' layers (the layer firewall runs this)
+
                 linearize_in_process_moto()
                 stack.enter_context(patched_environ(_FAKE_AWS))
                 stack.enter_context(mock_aws())

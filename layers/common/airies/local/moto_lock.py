@@ -12,19 +12,19 @@ import functools
 import threading
 from typing import Any
 
-from moto.core.botocore_stubber import BotocoreStubber
-
 MOTO_LOCK = threading.RLock()
 
 
 def linearize_in_process_moto() -> None:
     """Make ``moto.mock_aws`` handle one request at a time (idempotent; every later ``mock_aws`` is covered)."""
+    from moto.core.botocore_stubber import BotocoreStubber  # moto is a test tool: not in the functions' layers
+
     original = BotocoreStubber.process_request
     if getattr(original, "linearized", False):
         return
 
     @functools.wraps(original)
-    def process_request(self: BotocoreStubber, request: Any) -> Any:
+    def process_request(self: Any, request: Any) -> Any:
         with MOTO_LOCK:
             return original(self, request)
 

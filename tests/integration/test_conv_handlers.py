@@ -29,7 +29,7 @@ from airies.conversations.live_sessions import LiveSessions
 from airies.conversations.models import Conversation, ConversationTurn
 from airies.conversations.schemas import ConversationCreate
 from airies.conversations.service import ConversationService, ConversationTokens
-from airies.conversations.sessions import SessionStore
+from airies.conversations.sessions import ControlFlood, SessionStore
 from airies.core.errors import NotFoundError
 from tests.doubles.conv_engines import FakeLLM, FakeSTT, FakeTTS, fake_engines, silence, tone
 
@@ -1260,3 +1260,27 @@ def test_a_containers_turns_share_their_engines_until_they_expire(aws, database,
     h.send(conn, {"action": "text", "text": "And on Sundays?"})
     assert frames_of(conn)[-1]["type"] == "turn_end"
     assert built == [h.account_id] * builds
+
+
+def test_control_frames_are_counted_per_second_across_containers(aws, database, settings) -> None:
+    h = Harness(database, settings, fake_engines(), first_message_mode="assistant_waits_for_user")
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+
+    def pings(n: int) -> list[str | None]:
+        before = len(frames_of(conn))
+        for _ in range(n):
+            h.send(conn, {"action": "ping"})
+        return [f.get("code") for f in frames_of(conn)[before:]]
+
+    assert pings(6) == [None] * 6
+    other = SessionStore(h.store.client, h.store.table, clock=h.clock)  # another container: no count seen yet
+    assert other.count_control_frame(cid, 10) is not None  # the 7th of this second
+    assert pings(4) == [None] * 3 + ["rate_limited"]
+    with pytest.raises(ControlFlood):
+        other.count_control_frame(cid, 10)
+    h.clock.now += 1  # a new second: the count starts again, in either container
+    assert pings(10) == [None] * 10 and pings(1) == ["rate_limited"]
+    h.clock.now += 1
+    assert other.count_control_frame(cid, 10).conversation_id == cid
+    assert other.count_control_frame("conv_unknown", 10) is None

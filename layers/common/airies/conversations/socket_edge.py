@@ -16,7 +16,7 @@ from airies.conversations.endpointing import Endpointing
 from airies.conversations.lifecycle import Lifecycle
 from airies.conversations.live_runtime import Frame, LiveRuntime, Poster, endpoint_from_event
 from airies.conversations.orchestrator import TurnOrchestrator, TurnRequest, Utterance
-from airies.conversations.sessions import ENDED, LiveSession, SessionEnded
+from airies.conversations.sessions import ENDED, ControlFlood, LiveSession, SessionEnded
 from airies.conversations.sweeping import Sweeper
 from airies.conversations.turns import TurnMode
 from airies.core.errors import AiriesError, NotFoundError, UnauthorizedError
@@ -117,10 +117,6 @@ class SocketEdge:
             body = base64.b64decode(body)
         try:
             message = wp.parse_client_frame(body)
-            if not isinstance(message, wp.AudioFrame) and not self.store.allow_control_frame(
-                frame.conversation_id, self.runtime.settings.ws_control_frames_per_second
-            ):
-                raise wp.ProtocolError("rate_limited", "too many control frames; slow down")
             self.dispatch(frame, poster, message)
         except (wp.ProtocolError, AiriesError) as exc:
             poster.post(connection_id, wp.encode(wp.error(exc.code, exc.message, exc.details)))
@@ -138,7 +134,10 @@ class SocketEdge:
         if isinstance(message, wp.AudioFrame):
             self.endpointing.handle_audio(ctx, poster, message)
             return
-        session = self.store.get(cid)
+        try:  # the flood guard's count returns the live state: one write, no separate read
+            session = self.store.count_control_frame(cid, self.runtime.settings.ws_control_frames_per_second)
+        except ControlFlood as exc:
+            raise wp.ProtocolError("rate_limited", "too many control frames; slow down") from exc
         if session is None or session.state == ENDED:
             raise wp.ProtocolError("conversation_ended", "this conversation has ended")
         if isinstance(message, wp.PingFrame):

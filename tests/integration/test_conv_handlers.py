@@ -1284,3 +1284,31 @@ def test_control_frames_are_counted_per_second_across_containers(aws, database, 
     h.clock.now += 1
     assert other.count_control_frame(cid, 10).conversation_id == cid
     assert other.count_control_frame("conv_unknown", 10) is None
+
+
+def test_a_typed_turn_asks_the_model_while_it_is_claimed_and_drops_it_if_the_claim_is_lost(
+    aws, database, settings
+) -> None:
+    llm = FakeLLM(first_token_s=0.5)
+    tts = FakeTTS()
+    h = Harness(database, settings, fake_engines(llm=llm, tts=tts), first_message_mode="assistant_waits_for_user")
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    h.send(conn, {"action": "text", "text": "first"})  # claimed: stored, numbered 1
+    assert frames_of(conn)[-1]["type"] == "turn_end" and frames_of(conn)[-1]["seq"] == 1
+    spoken = len(tts.sentences)
+    begin_turn = h.store.begin_turn
+    asked: list[int] = []
+
+    def ended_meanwhile(conversation_id: str, turn_id: str, **kwargs: Any) -> Any:
+        time.sleep(0.2)  # the claim is still in flight when the model is asked
+        asked.append(len(llm.requests))
+        h.store.end(conversation_id, "caller_ended")  # another invocation ended the call first
+        return begin_turn(conversation_id, turn_id, **kwargs)
+
+    h.store.begin_turn = ended_meanwhile  # type: ignore[method-assign]
+    before = len(frames_of(conn))
+    h.send(conn, {"action": "text", "text": "second"})
+    assert asked == [2]  # the request had left before the claim answered
+    assert frames_of(conn)[before:] == []  # a lost claim posts nothing: no transcript, no audio, no turn_end
+    assert [t.user_text for t in h.turns(cid)] == ["first"] and len(tts.sentences) == spoken  # nothing stored, said

@@ -146,16 +146,26 @@ def turn_deadline(remaining_ms: int | None, margin_ms: int) -> Iterator[None]:
 
 
 class SocketSink:
-    """TurnSink that broadcasts to the conversation's connections and asks DynamoDB before every post."""
+    """TurnSink that broadcasts to the conversation's connections and asks DynamoDB before every post.
+
+    ``connections``: the connections, or the turn's claim still in flight (its old values hold them): the first
+    post waits for it, and a lost claim (None) posts nothing (``lost``)."""
 
     def __init__(
-        self, store: SessionStore, poster: Poster, conversation_id: str, turn_id: str, connections: set[str]
+        self,
+        store: SessionStore,
+        poster: Poster,
+        conversation_id: str,
+        turn_id: str,
+        connections: set[str] | Future[LiveSession | None],
     ) -> None:
         self.store = store
         self.poster = poster
         self.conversation_id = conversation_id
         self.turn_id = turn_id
-        self.connections = set(connections)
+        self.claim = connections if isinstance(connections, Future) else None
+        self.connections = set() if isinstance(connections, Future) else set(connections)
+        self.lost = False
         self.speaking = False
         self.speaking_update: Future[bool] | None = None
         self.deadline = invocation_deadline.get()
@@ -181,6 +191,14 @@ class SocketSink:
 
     def broadcast(self, message: dict[str, Any]) -> int:
         """Post to every connection; a 410 drops that connection only. Returns how many got it."""
+        if self.claim is not None:
+            claimed, self.claim = self.claim.result(), None
+            if claimed is None:
+                self.lost = True
+            else:
+                self.connections = set(claimed.connections)
+        if self.lost:
+            return 0
         data = wp.encode(message)
         delivered = 0
         for connection_id in sorted(self.connections):

@@ -113,6 +113,8 @@ class TurnOrchestrator:
                         return None  # another invocation already took this utterance, or the conversation ended
             if prepared is not None:
                 outcome.result = self._execute(prepared)
+                if not self._claimed(claim, outcome):
+                    return None  # another invocation took the turn while the model was asked: nothing is stored
                 with self.runtime.database.session() as db:
                     outcome.closed = self._record(self.runtime.conversations(db), session, outcome.result)
         except Exception:
@@ -183,23 +185,33 @@ class TurnOrchestrator:
         config = self.runtime.config(session)
         allowed, reason, _message = service.check_credit(session.account_id)
         engines = self.runtime.turn_engines(db, session, config)
-        previous = claim.claimed.result()
-        if previous is None:
-            return None
+        mode, scripted = request.mode, request.scripted
+        if not allowed:
+            mode, scripted, outcome.end_after = TurnMode.NONE, OUT_OF_CREDIT_MESSAGE, reason or "insufficient_credits"
+        if mode == TurnMode.TEXT:
+            # A typed turn needs nothing of the claim before the model is asked: the LLM request leaves while the
+            # claim is in flight, and the turn's first post (the caller's transcript, before any synthesis) waits
+            # for it. A lost claim posts nothing, cancels the request and stores nothing (``_claimed``).
+            previous = session
+            outcome.sink = SocketSink(self.store, poster, session.conversation_id, request.turn_id, claim.claimed)
+        else:
+            claimed = claim.claimed.result()
+            if claimed is None:
+                return None
+            previous = claimed
+            outcome.sink = SocketSink(
+                self.store, poster, session.conversation_id, request.turn_id, previous.connections
+            )
         pcm = (
             self._assemble_audio(session, request.utterance, claim, previous)
             if request.mode == TurnMode.AUDIO
             else None
         )
-        outcome.sink = SocketSink(self.store, poster, session.conversation_id, request.turn_id, previous.connections)
-        mode, scripted = request.mode, request.scripted
-        if not allowed:
-            mode, scripted, outcome.end_after = TurnMode.NONE, OUT_OF_CREDIT_MESSAGE, reason or "insufficient_credits"
         if mode == TurnMode.AUDIO and not pcm:
             raise wp.ProtocolError("no_audio", "no audio was buffered for this utterance")
         inp = TurnInput(
             turn_id=request.turn_id,
-            seq=previous.turn_seq + 1,  # the old values: turn_seq + 1 is this turn's
+            seq=previous.turn_seq + 1,  # the old values: turn_seq + 1 is this turn's (a typed turn's: ``_claimed``)
             mode=mode,
             account_id=previous.account_id,
             conversation_id=session.conversation_id,
@@ -247,6 +259,17 @@ class TurnOrchestrator:
     def _history(self, conversation_id: str) -> list[dict[str, str]]:
         with self.runtime.database.session() as db:
             return ConversationService(db, self.runtime.settings).history_messages(conversation_id)
+
+    @staticmethod
+    def _claimed(claim: _Claim, outcome: _Outcome) -> bool:
+        """After the run: did the claim go through? Its old values number the turn. False: the turn is dropped."""
+        previous = claim.claimed.result()
+        if previous is None:
+            outcome.result = None
+            return False
+        if outcome.result is not None:
+            outcome.result.seq = previous.turn_seq + 1
+        return True
 
     # -- 4. record -----------------------------------------------------------------------------------------------
     @staticmethod

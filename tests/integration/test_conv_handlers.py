@@ -1310,5 +1310,29 @@ def test_a_typed_turn_asks_the_model_while_it_is_claimed_and_drops_it_if_the_cla
     before = len(frames_of(conn))
     h.send(conn, {"action": "text", "text": "second"})
     assert asked == [2]  # the request had left before the claim answered
-    assert frames_of(conn)[before:] == []  # a lost claim posts nothing: no transcript, no audio, no turn_end
+    # A lost claim posts no transcript, audio or turn_end: the frame's answer is why it was refused.
+    assert [(f["type"], f.get("code")) for f in frames_of(conn)[before:]] == [("error", "conversation_ended")]
     assert [t.user_text for t in h.turns(cid)] == ["first"] and len(tts.sentences) == spoken  # nothing stored, said
+
+
+def test_a_typed_turn_counts_its_frame_in_its_claim(aws, database, settings) -> None:
+    h = Harness(database, settings, fake_engines(), first_message_mode="assistant_waits_for_user")
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    h.send(conn, {"action": "ping"})  # 1 control frame this second; the container now knows the live state
+    for k in range(9):  # 2..10: each counted by its turn's claim
+        h.send(conn, {"action": "text", "text": f"question {k}"})
+        assert frames_of(conn)[-1]["type"] == "turn_end"
+    h.send(conn, {"action": "text", "text": "one too many"})
+    assert frames_of(conn)[-1]["code"] == "rate_limited"
+    assert len(h.turns(cid)) == 9 and h.store.get(cid).state == "listening"
+
+    def count() -> int:
+        item = h.store.client.get_item(TableName=h.store.table, Key=h.store._key(cid))["Item"]
+        return int(item["ctl_n"]["N"])
+
+    h.clock.now += 1
+    other = SessionStore(h.store.client, h.store.table, clock=h.clock)  # another container counts first
+    assert other.count_control_frame(cid, 10) is not None and count() == 1
+    h.send(conn, {"action": "text", "text": "a new second"})  # this container guessed a fresh count: it retries
+    assert frames_of(conn)[-1]["type"] == "turn_end" and count() == 2 and len(h.turns(cid)) == 10

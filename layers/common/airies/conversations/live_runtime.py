@@ -324,6 +324,9 @@ class LiveRuntime:
         # connection -> conversation never changes for a connection's life: warm containers skip the lookup.
         self.connections: BoundedCache[dict[str, str]] = BoundedCache(10_000)
         self.configs: BoundedCache[AgentConfig] = BoundedCache(10_000)
+        # Per conversation, the live state this container's last control frame read (a hint: a typed turn's
+        # claim is still a conditional write, and the frame's count goes with it).
+        self.live_hints: BoundedCache[LiveSession] = BoundedCache(10_000)
         # (account, agent, version) -> (the factory that built them, expiry on time.monotonic(), the engines)
         self.built_engines: BoundedCache[tuple[EngineFactory, float, TurnEngines]] = BoundedCache(256)
         self.heard = HeardFrames()

@@ -22,7 +22,7 @@ from airies.conversations.lifecycle import Lifecycle
 from airies.conversations.live_runtime import LiveRuntime, Poster, SocketSink, background
 from airies.conversations.models import Conversation
 from airies.conversations.service import ConversationService
-from airies.conversations.sessions import LiveSession
+from airies.conversations.sessions import ENDED, ControlFlood, LiveSession
 from airies.conversations.turns import TurnEngines, TurnInput, TurnMode, TurnResult, TurnRunner
 from airies.core.aio import run_sync
 from airies.core.errors import ConflictError, NotFoundError
@@ -59,6 +59,8 @@ class TurnRequest:
     eou_at: float = field(default_factory=time.perf_counter)  # when the turn's trigger arrived (latency origin)
     end_after: str | None = None  # end the call after this turn, with this reason
     turn_id: str = field(default_factory=lambda: new_id("turn"))
+    # The frame's flood-guard count, made by the claim's write (the frame was not counted yet): per second
+    count_limit: int | None = None
 
 
 @dataclass
@@ -142,17 +144,42 @@ class TurnOrchestrator:
                 heard = self.runtime.heard.audio(cid, session.seg_start, upper)
             if heard is None:  # read the buffered audio while the turn is claimed
                 fetch = self._fetch_audio(cid, session.seg_start, upper, utterance.numbered)
-        claimed = background.submit(
-            self.store.begin_turn,
+        claimed = background.submit(self._begin, cid, request)
+        time.sleep(0)  # hand the GIL to the claim's thread so its request leaves before the database work below
+        return _Claim(claimed, heard, fetch)
+
+    def _begin(self, cid: str, request: TurnRequest) -> LiveSession | None:
+        """The claim's conditional write (with the frame's count when ``request.count_limit`` is set)."""
+        utterance = request.utterance
+        activity = request.mode != TurnMode.NONE
+        limit = request.count_limit
+        previous = self.store.begin_turn(
             cid,
             request.turn_id,
             expected_utt=request.expected_utt,
-            caller_activity=request.mode != TurnMode.NONE,
+            caller_activity=activity,
+            end_seq=utterance.end_seq,
+            vad=utterance.vad,
+            count_limit=limit,
+        )
+        if previous is not None or limit is None:
+            return previous
+        # Refused with the count: a flood, a call that ended, or a wrong guess of the second's count. The count
+        # alone tells (and counts the frame), then the claim is made as usual.
+        try:
+            session = self.store.count_control_frame(cid, limit)
+        except ControlFlood as exc:
+            raise wp.ProtocolError("rate_limited", "too many control frames; slow down") from exc
+        if session is None or session.state == ENDED:
+            raise wp.ProtocolError("conversation_ended", "this conversation has ended")
+        return self.store.begin_turn(
+            cid,
+            request.turn_id,
+            expected_utt=request.expected_utt,
+            caller_activity=activity,
             end_seq=utterance.end_seq,
             vad=utterance.vad,
         )
-        time.sleep(0)  # hand the GIL to the claim's thread so its request leaves before the database work below
-        return _Claim(claimed, heard, fetch)
 
     def _fetch_audio(
         self, cid: str, first: int, upper: int | None, numbered: bool

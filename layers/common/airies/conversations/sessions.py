@@ -390,11 +390,16 @@ class SessionStore:
         caller_activity: bool = True,
         end_seq: int | None = None,
         vad: tuple[float, float] | None = None,
+        count_limit: int | None = None,
     ) -> LiveSession | None:
         """Start a turn: listening/speaking -> thinking. A running turn is cancelled (the caller spoke over it).
 
         ``expected_utt`` makes audio-triggered starts idempotent: the client's end_of_utterance and the
         server VAD may both fire for one utterance, only the first starts a turn.
+
+        ``count_limit``: the frame that starts the turn is also counted by the flood guard in the same write (as
+        ``count_control_frame`` would, in the second this container's last count points to). None then also when
+        the count refused it or that guess was wrong: the caller counts it alone to tell.
         """
         values: dict[str, Any] = {
             ":thinking": {"S": THINKING},
@@ -420,11 +425,23 @@ class SessionStore:
         if expected_utt is not None:
             condition += " AND utt = :utt"
             values[":utt"] = {"N": str(expected_utt)}
+        counted = ""
+        second = int(self.clock())
+        if count_limit is not None:
+            values[":s"] = {"N": str(second)}
+            if self.counted_seconds.get(conversation_id) == second:
+                counted = ", ctl_n :one"
+                condition += " AND ctl_s = :s AND ctl_n < :limit"
+                values[":limit"] = {"N": str(count_limit)}
+            else:
+                activity += ", ctl_s = :s, ctl_n = :one"
+                condition += " AND (attribute_not_exists(ctl_s) OR ctl_s <> :s)"
         attrs = self._update(
             self._key(conversation_id),
             "SET #st = :thinking, turn_id = :turn, speech_ms = :zero, silence_ms = :zero, barge_ms = :zero"
             + activity
-            + " REMOVE played_ms ADD utt :one, turn_seq :one, running :run",
+            + " REMOVE played_ms ADD utt :one, turn_seq :one, running :run"
+            + counted,
             values,
             ExpressionAttributeNames={"#st": "state"},
             ConditionExpression=condition,
@@ -432,6 +449,8 @@ class SessionStore:
         )
         if attrs is None:
             return None
+        if count_limit is not None:
+            self._counted(conversation_id, second)
         previous = LiveSession.from_item(attrs)
         if previous.state in (THINKING, SPEAKING) and previous.turn_id:
             self._update(self._key(conversation_id), "SET cancelled = :old", {":old": {"S": previous.turn_id}})
@@ -688,13 +707,16 @@ class SessionStore:
                 self._key(conversation_id), expr, values, ConditionExpression=condition, ReturnValues="ALL_NEW"
             )
             if attrs is not None:
-                if len(self.counted_seconds) >= 10_000:
-                    self.counted_seconds.clear()  # a hint only
-                self.counted_seconds[conversation_id] = second
+                self._counted(conversation_id, second)
                 return LiveSession.from_item(attrs)
         if self.get(conversation_id) is None:  # refused by both: no session, or this second's count is full
             return None
         raise ControlFlood(conversation_id)
+
+    def _counted(self, conversation_id: str, second: int) -> None:
+        if len(self.counted_seconds) >= 10_000:
+            self.counted_seconds.clear()  # a hint only
+        self.counted_seconds[conversation_id] = second
 
     def due_sessions(self, now: float, *, limit: int) -> list[LiveSession]:
         """Live sessions whose ``sweep_at`` has come (at most ``limit``): a Query of each shard of the sparse

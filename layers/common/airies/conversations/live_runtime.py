@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -350,11 +351,16 @@ class LiveRuntime:
         """A turn's engines, built once per agent version and account per container and kept
         ``ws_engines_ttl_seconds`` (the router's and the SDKs' clients, and their open connections, with them).
         Built again when the factory was swapped (tests) or the entry expired."""
-        key = f"{session.account_id}|{session.agent_id}|{session.agent_version}"
+        # Per thread too: the engines remember which TTS provider spoke last, so turns running at once (the local
+        # gateway's threads; a Lambda container runs one) never share them.
+        key = f"{threading.get_ident()}|{session.account_id}|{session.agent_id}|{session.agent_version}"
         factory = self.engines
         now = time.monotonic()
         cached = self.built_engines.get(key)
         if cached is not None and cached[0] is factory and now < cached[1]:
+            start_turn = getattr(cached[2].tts, "start_turn", None)
+            if callable(start_turn):
+                start_turn()
             return cached[2]
         engines = factory(db, session.account_id, config)
         self.built_engines.put(key, (factory, now + self.settings.ws_engines_ttl_seconds, engines))

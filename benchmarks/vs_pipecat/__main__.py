@@ -30,11 +30,11 @@ ROUTES = ("text", "audio")
 class Driver:
     """A worker process speaking one JSON object per line on stdin/stdout; its stderr goes to a log file."""
 
-    def __init__(self, name: str, argv: list[str], cwd: Path, log: Path) -> None:
+    def __init__(self, name: str, argv: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.log = log.open("w")
         self.proc = subprocess.Popen(
-            argv, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True
+            argv, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env
         )
 
     def receive(self) -> dict[str, Any]:
@@ -105,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="discarded turns per system, route and context")
     parser.add_argument("--gap-s", type=float, default=0.3, help="pause after each turn")
     parser.add_argument("--out", type=Path, default=harness.RESULTS_DIR / "vs_pipecat")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another Airies checkout (e.g. git worktree add ../airies-base main), measured beside this one",
+    )
     args = parser.parse_args(argv)
     contexts = [int(c) for c in args.contexts.split(",")]
     routes = args.routes.split(",")
@@ -162,7 +168,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         drivers.append(airies)
         log(f"airies ready: {airies.receive()}")
+        airies_drivers = {"A": airies}
         units = [("P", "text")] + [("A", route) for route in routes]
+        if args.baseline is not None:
+            checkout = args.baseline.resolve()
+            env = {**os.environ, "PYTHONPATH": f"{checkout / 'layers' / 'common'}{os.pathsep}{checkout}"}
+            baseline = Driver(
+                "airies baseline",
+                [sys.executable, "-m", "benchmarks.vs_pipecat.airies_driver", base_url],
+                checkout,
+                out / "airies-baseline.log",
+                env,
+            )
+            drivers.append(baseline)
+            log(f"airies baseline ({checkout}) ready: {baseline.receive()}")
+            airies_drivers["B"] = baseline
+            units += [("B", route) for route in routes]
 
         def block(system: str, route: str, messages: int, tags: list[str]) -> list[dict[str, Any]]:
             if system == "P":
@@ -172,12 +193,15 @@ def main(argv: list[str] | None = None) -> int:
                     row["route"] = "text"
                 return rows
             command = {"cmd": "block", "messages": messages, "route": route, "tags": tags, "gap_s": args.gap_s}
-            return list(airies.call(command)["rows"])
+            return list(airies_drivers[system].call(command)["rows"])
 
         if any(c > 4 for c in contexts):
-            started = time.monotonic()
-            airies.call({"cmd": "prefill", "turns": prefill})
-            log(f"airies: long conversation filled with {prefill} turns in {time.monotonic() - started:.0f} s")
+            for driver in airies_drivers.values():
+                started = time.monotonic()
+                driver.call({"cmd": "prefill", "turns": prefill})
+                log(
+                    f"{driver.name}: long conversation filled with {prefill} turns in {time.monotonic() - started:.0f} s"
+                )
         for messages in contexts:
             for system, route in units:
                 block(system, route, messages, [f"w.{system}.{route}.{messages}.{i}" for i in range(args.warmup)])

@@ -17,7 +17,7 @@ from benchmarks.vs_pipecat.reply import FIRST_SENTENCE_END, REPLY_TOKENS, TOKEN_
 
 INJECTED_FIRST_AUDIO_MS = TTFT_MS + FIRST_SENTENCE_END * TOKEN_MS + TTS_MS  # 515
 INJECTED_LAST_AUDIO_MS = TTFT_MS + (len(REPLY_TOKENS) - 1) * TOKEN_MS + TTS_MS  # 935
-SYSTEMS = {"A": "Airies", "P": "Pipecat"}
+SYSTEMS = {"A": "Airies", "B": "Airies baseline", "P": "Pipecat"}  # B: another checkout (``--baseline``)
 
 
 def turn_metrics(row: dict[str, Any], server: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +114,7 @@ def summarize(cells: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     for key, cell in summary.items():
         system, _route, messages = key.split(".")
         baseline = next((c for k, c in summary.items() if k.startswith("P.") and k.endswith(f".{messages}")), None)
-        if system != "A" or baseline is None:
+        if system not in ("A", "B") or baseline is None:
             continue
         cell["ratio_to_pipecat"] = {
             f"overhead_{q}": ratio(cell["overhead_ms"][q], baseline["overhead_ms"][q]) for q in ("p50", "p95")
@@ -148,9 +148,12 @@ def table(summary: dict[str, Any]) -> str:
         "ratio p95 | end of reply p50, Airies / Pipecat (ms) | CPU per turn p50, Airies / Pipecat (ms) | turns |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    airies = sorted((k for k in summary if k.startswith("A.")), key=lambda k: (int(k.split(".")[2]), k.split(".")[1]))
+    airies = sorted(
+        (k for k in summary if k.startswith(("A.", "B."))), key=lambda k: (int(k.split(".")[2]), k.split(".")[1], k)
+    )
     for key in airies:
-        _, route, messages = key.split(".")
+        system, route, messages = key.split(".")
+        route = route if system == "A" else f"{route} (baseline)"
         cell = summary[key]
         base = next((c for k, c in summary.items() if k.startswith("P.") and k.endswith(f".{messages}")), {})
         ratios = cell.get("ratio_to_pipecat", {})

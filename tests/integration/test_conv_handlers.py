@@ -29,7 +29,7 @@ from airies.conversations.live_sessions import LiveSessions
 from airies.conversations.models import Conversation, ConversationTurn
 from airies.conversations.schemas import ConversationCreate
 from airies.conversations.service import ConversationService, ConversationTokens
-from airies.conversations.sessions import SessionStore
+from airies.conversations.sessions import ControlFlood, SessionStore
 from airies.core.errors import NotFoundError
 from tests.doubles.conv_engines import FakeLLM, FakeSTT, FakeTTS, fake_engines, silence, tone
 
@@ -1260,3 +1260,79 @@ def test_a_containers_turns_share_their_engines_until_they_expire(aws, database,
     h.send(conn, {"action": "text", "text": "And on Sundays?"})
     assert frames_of(conn)[-1]["type"] == "turn_end"
     assert built == [h.account_id] * builds
+
+
+def test_control_frames_are_counted_per_second_across_containers(aws, database, settings) -> None:
+    h = Harness(database, settings, fake_engines(), first_message_mode="assistant_waits_for_user")
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+
+    def pings(n: int) -> list[str | None]:
+        before = len(frames_of(conn))
+        for _ in range(n):
+            h.send(conn, {"action": "ping"})
+        return [f.get("code") for f in frames_of(conn)[before:]]
+
+    assert pings(6) == [None] * 6
+    other = SessionStore(h.store.client, h.store.table, clock=h.clock)  # another container: no count seen yet
+    assert other.count_control_frame(cid, 10) is not None  # the 7th of this second
+    assert pings(4) == [None] * 3 + ["rate_limited"]
+    with pytest.raises(ControlFlood):
+        other.count_control_frame(cid, 10)
+    h.clock.now += 1  # a new second: the count starts again, in either container
+    assert pings(10) == [None] * 10 and pings(1) == ["rate_limited"]
+    h.clock.now += 1
+    assert other.count_control_frame(cid, 10).conversation_id == cid
+    assert other.count_control_frame("conv_unknown", 10) is None
+
+
+def test_a_typed_turn_asks_the_model_while_it_is_claimed_and_drops_it_if_the_claim_is_lost(
+    aws, database, settings
+) -> None:
+    llm = FakeLLM(first_token_s=0.5)
+    tts = FakeTTS()
+    h = Harness(database, settings, fake_engines(llm=llm, tts=tts), first_message_mode="assistant_waits_for_user")
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    h.send(conn, {"action": "text", "text": "first"})  # claimed: stored, numbered 1
+    assert frames_of(conn)[-1]["type"] == "turn_end" and frames_of(conn)[-1]["seq"] == 1
+    spoken = len(tts.sentences)
+    begin_turn = h.store.begin_turn
+    asked: list[int] = []
+
+    def ended_meanwhile(conversation_id: str, turn_id: str, **kwargs: Any) -> Any:
+        time.sleep(0.2)  # the claim is still in flight when the model is asked
+        asked.append(len(llm.requests))
+        h.store.end(conversation_id, "caller_ended")  # another invocation ended the call first
+        return begin_turn(conversation_id, turn_id, **kwargs)
+
+    h.store.begin_turn = ended_meanwhile  # type: ignore[method-assign]
+    before = len(frames_of(conn))
+    h.send(conn, {"action": "text", "text": "second"})
+    assert asked == [2]  # the request had left before the claim answered
+    # A lost claim posts no transcript, audio or turn_end: the frame's answer is why it was refused.
+    assert [(f["type"], f.get("code")) for f in frames_of(conn)[before:]] == [("error", "conversation_ended")]
+    assert [t.user_text for t in h.turns(cid)] == ["first"] and len(tts.sentences) == spoken  # nothing stored, said
+
+
+def test_a_typed_turn_counts_its_frame_in_its_claim(aws, database, settings) -> None:
+    h = Harness(database, settings, fake_engines(), first_message_mode="assistant_waits_for_user")
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    h.send(conn, {"action": "ping"})  # 1 control frame this second; the container now knows the live state
+    for k in range(9):  # 2..10: each counted by its turn's claim
+        h.send(conn, {"action": "text", "text": f"question {k}"})
+        assert frames_of(conn)[-1]["type"] == "turn_end"
+    h.send(conn, {"action": "text", "text": "one too many"})
+    assert frames_of(conn)[-1]["code"] == "rate_limited"
+    assert len(h.turns(cid)) == 9 and h.store.get(cid).state == "listening"
+
+    def count() -> int:
+        item = h.store.client.get_item(TableName=h.store.table, Key=h.store._key(cid))["Item"]
+        return int(item["ctl_n"]["N"])
+
+    h.clock.now += 1
+    other = SessionStore(h.store.client, h.store.table, clock=h.clock)  # another container counts first
+    assert other.count_control_frame(cid, 10) is not None and count() == 1
+    h.send(conn, {"action": "text", "text": "a new second"})  # this container guessed a fresh count: it retries
+    assert frames_of(conn)[-1]["type"] == "turn_end" and count() == 2 and len(h.turns(cid)) == 10

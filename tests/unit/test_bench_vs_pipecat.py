@@ -119,6 +119,18 @@ def test_table_has_one_row_per_airies_cell_beside_pipecat() -> None:
     assert lines[3].startswith("| 4 | text | 49.0 / 58.0 / 59.0 | 24.5 / 29.0 / 29.5 | 2.00× | 2.00× |")
 
 
+def test_a_baseline_checkout_is_compared_with_pipecat_and_listed_beside_airies() -> None:
+    rows = [turn("B", "text", f"c{i}", overhead=80 + i, end=600, cpu=300) for i in range(20)]
+    rows += [turn("A", "text", "a", overhead=40)]
+    rows += [turn("P", "text", f"p{i}", overhead=20 + i / 2, end=10, cpu=100) for i in range(20)]
+    cells, _ = analysis.collect(rows, [server(r, 4) for r in rows])
+    summary = analysis.summarize(cells)
+    assert summary["B.text.4"]["ratio_to_pipecat"]["overhead_p95"] == round(98 / 29, 2)  # nearest-rank p95s
+    lines = analysis.table(summary).splitlines()
+    assert [line.split(" | ")[1] for line in lines[2:]] == ["text", "text (baseline)"]
+    assert analysis.breakdown(summary).splitlines()[3].startswith("| Airies baseline text 4 |")
+
+
 def test_breakdown_lists_every_cell_with_airies_aws_figures() -> None:
     lines = analysis.breakdown(synthetic_summary()).splitlines()
     assert [line.split(" | ")[0] for line in lines[2:]] == [

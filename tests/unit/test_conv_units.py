@@ -14,7 +14,7 @@ import pytest
 
 from airies.agents.schemas import AgentConfig
 from airies.conversations import protocol as wp
-from airies.conversations.service import ConversationTokens
+from airies.conversations.service import ConversationTokens, VoiceTTS
 from airies.conversations.turns import (
     SpokenSentence,
     TurnInput,
@@ -28,6 +28,7 @@ from airies.core.aio import run_sync
 from airies.core.errors import UnauthorizedError
 from airies.core.text import SentenceSegmenter, contains_phrase, split_sentences
 from airies.llm.vendors.base import LLMEvent, LLMRequest
+from airies.voice.tts.base import TTSOptions
 from tests.doubles.conv_engines import FakeLLM, FakeTTS, fake_engines, silence
 
 
@@ -318,3 +319,23 @@ def test_a_turn_that_needs_no_history_still_waits_for_its_read() -> None:
     result, read_when_returned = asyncio.run(turn())
     assert result.end_call == "caller_end_call_phrase"
     assert read_when_returned == ["done"]
+
+
+def test_kept_tts_engines_report_only_the_current_turns_provider() -> None:
+    class Voice:
+        last_tts_provider: str | None = None
+
+        async def text_to_speech(self, text: str, **kwargs: Any) -> AsyncIterator[bytes]:
+            self.last_tts_provider = "azure"  # a fallback voice spoke
+            yield b"\x00\x00"
+
+    async def speak(tts: VoiceTTS) -> None:
+        async for _ in tts.synthesize("Hello.", TTSOptions(voice_id="v")):
+            pass
+
+    tts = VoiceTTS(Voice(), AgentConfig(name="x"))
+    configured = tts.name
+    asyncio.run(speak(tts))
+    assert tts.name == "azure" != configured
+    tts.start_turn()  # the same engines, the next turn: nothing spoken yet
+    assert tts.name == configured

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -146,16 +147,26 @@ def turn_deadline(remaining_ms: int | None, margin_ms: int) -> Iterator[None]:
 
 
 class SocketSink:
-    """TurnSink that broadcasts to the conversation's connections and asks DynamoDB before every post."""
+    """TurnSink that broadcasts to the conversation's connections and asks DynamoDB before every post.
+
+    ``connections``: the connections, or the turn's claim still in flight (its old values hold them): the first
+    post waits for it, and a lost claim (None) posts nothing (``lost``)."""
 
     def __init__(
-        self, store: SessionStore, poster: Poster, conversation_id: str, turn_id: str, connections: set[str]
+        self,
+        store: SessionStore,
+        poster: Poster,
+        conversation_id: str,
+        turn_id: str,
+        connections: set[str] | Future[LiveSession | None],
     ) -> None:
         self.store = store
         self.poster = poster
         self.conversation_id = conversation_id
         self.turn_id = turn_id
-        self.connections = set(connections)
+        self.claim = connections if isinstance(connections, Future) else None
+        self.connections = set() if isinstance(connections, Future) else set(connections)
+        self.lost = False
         self.speaking = False
         self.speaking_update: Future[bool] | None = None
         self.deadline = invocation_deadline.get()
@@ -181,6 +192,14 @@ class SocketSink:
 
     def broadcast(self, message: dict[str, Any]) -> int:
         """Post to every connection; a 410 drops that connection only. Returns how many got it."""
+        if self.claim is not None:
+            claimed, self.claim = self.claim.result(), None
+            if claimed is None:
+                self.lost = True
+            else:
+                self.connections = set(claimed.connections)
+        if self.lost:
+            return 0
         data = wp.encode(message)
         delivered = 0
         for connection_id in sorted(self.connections):
@@ -306,6 +325,9 @@ class LiveRuntime:
         # connection -> conversation never changes for a connection's life: warm containers skip the lookup.
         self.connections: BoundedCache[dict[str, str]] = BoundedCache(10_000)
         self.configs: BoundedCache[AgentConfig] = BoundedCache(10_000)
+        # Per conversation, the live state this container's last control frame read (a hint: a typed turn's
+        # claim is still a conditional write, and the frame's count goes with it).
+        self.live_hints: BoundedCache[LiveSession] = BoundedCache(10_000)
         # (account, agent, version) -> (the factory that built them, expiry on time.monotonic(), the engines)
         self.built_engines: BoundedCache[tuple[EngineFactory, float, TurnEngines]] = BoundedCache(256)
         self.heard = HeardFrames()
@@ -329,11 +351,16 @@ class LiveRuntime:
         """A turn's engines, built once per agent version and account per container and kept
         ``ws_engines_ttl_seconds`` (the router's and the SDKs' clients, and their open connections, with them).
         Built again when the factory was swapped (tests) or the entry expired."""
-        key = f"{session.account_id}|{session.agent_id}|{session.agent_version}"
+        # Per thread too: the engines remember which TTS provider spoke last, so turns running at once (the local
+        # gateway's threads; a Lambda container runs one) never share them.
+        key = f"{threading.get_ident()}|{session.account_id}|{session.agent_id}|{session.agent_version}"
         factory = self.engines
         now = time.monotonic()
         cached = self.built_engines.get(key)
         if cached is not None and cached[0] is factory and now < cached[1]:
+            start_turn = getattr(cached[2].tts, "start_turn", None)
+            if callable(start_turn):
+                start_turn()
             return cached[2]
         engines = factory(db, session.account_id, config)
         self.built_engines.put(key, (factory, now + self.settings.ws_engines_ttl_seconds, engines))

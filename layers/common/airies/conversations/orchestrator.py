@@ -22,7 +22,7 @@ from airies.conversations.lifecycle import Lifecycle
 from airies.conversations.live_runtime import LiveRuntime, Poster, SocketSink, background
 from airies.conversations.models import Conversation
 from airies.conversations.service import ConversationService
-from airies.conversations.sessions import LiveSession
+from airies.conversations.sessions import ENDED, ControlFlood, LiveSession
 from airies.conversations.turns import TurnEngines, TurnInput, TurnMode, TurnResult, TurnRunner
 from airies.core.aio import run_sync
 from airies.core.errors import ConflictError, NotFoundError
@@ -59,6 +59,8 @@ class TurnRequest:
     eou_at: float = field(default_factory=time.perf_counter)  # when the turn's trigger arrived (latency origin)
     end_after: str | None = None  # end the call after this turn, with this reason
     turn_id: str = field(default_factory=lambda: new_id("turn"))
+    # The frame's flood-guard count, made by the claim's write (the frame was not counted yet): per second
+    count_limit: int | None = None
 
 
 @dataclass
@@ -113,6 +115,8 @@ class TurnOrchestrator:
                         return None  # another invocation already took this utterance, or the conversation ended
             if prepared is not None:
                 outcome.result = self._execute(prepared)
+                if not self._claimed(claim, outcome):
+                    return None  # another invocation took the turn while the model was asked: nothing is stored
                 with self.runtime.database.session() as db:
                     outcome.closed = self._record(self.runtime.conversations(db), session, outcome.result)
         except Exception:
@@ -140,17 +144,42 @@ class TurnOrchestrator:
                 heard = self.runtime.heard.audio(cid, session.seg_start, upper)
             if heard is None:  # read the buffered audio while the turn is claimed
                 fetch = self._fetch_audio(cid, session.seg_start, upper, utterance.numbered)
-        claimed = background.submit(
-            self.store.begin_turn,
+        claimed = background.submit(self._begin, cid, request)
+        time.sleep(0)  # hand the GIL to the claim's thread so its request leaves before the database work below
+        return _Claim(claimed, heard, fetch)
+
+    def _begin(self, cid: str, request: TurnRequest) -> LiveSession | None:
+        """The claim's conditional write (with the frame's count when ``request.count_limit`` is set)."""
+        utterance = request.utterance
+        activity = request.mode != TurnMode.NONE
+        limit = request.count_limit
+        previous = self.store.begin_turn(
             cid,
             request.turn_id,
             expected_utt=request.expected_utt,
-            caller_activity=request.mode != TurnMode.NONE,
+            caller_activity=activity,
+            end_seq=utterance.end_seq,
+            vad=utterance.vad,
+            count_limit=limit,
+        )
+        if previous is not None or limit is None:
+            return previous
+        # Refused with the count: a flood, a call that ended, or a wrong guess of the second's count. The count
+        # alone tells (and counts the frame), then the claim is made as usual.
+        try:
+            session = self.store.count_control_frame(cid, limit)
+        except ControlFlood as exc:
+            raise wp.ProtocolError("rate_limited", "too many control frames; slow down") from exc
+        if session is None or session.state == ENDED:
+            raise wp.ProtocolError("conversation_ended", "this conversation has ended")
+        return self.store.begin_turn(
+            cid,
+            request.turn_id,
+            expected_utt=request.expected_utt,
+            caller_activity=activity,
             end_seq=utterance.end_seq,
             vad=utterance.vad,
         )
-        time.sleep(0)  # hand the GIL to the claim's thread so its request leaves before the database work below
-        return _Claim(claimed, heard, fetch)
 
     def _fetch_audio(
         self, cid: str, first: int, upper: int | None, numbered: bool
@@ -183,23 +212,33 @@ class TurnOrchestrator:
         config = self.runtime.config(session)
         allowed, reason, _message = service.check_credit(session.account_id)
         engines = self.runtime.turn_engines(db, session, config)
-        previous = claim.claimed.result()
-        if previous is None:
-            return None
+        mode, scripted = request.mode, request.scripted
+        if not allowed:
+            mode, scripted, outcome.end_after = TurnMode.NONE, OUT_OF_CREDIT_MESSAGE, reason or "insufficient_credits"
+        if mode == TurnMode.TEXT:
+            # A typed turn needs nothing of the claim before the model is asked: the LLM request leaves while the
+            # claim is in flight, and the turn's first post (the caller's transcript, before any synthesis) waits
+            # for it. A lost claim posts nothing, cancels the request and stores nothing (``_claimed``).
+            previous = session
+            outcome.sink = SocketSink(self.store, poster, session.conversation_id, request.turn_id, claim.claimed)
+        else:
+            claimed = claim.claimed.result()
+            if claimed is None:
+                return None
+            previous = claimed
+            outcome.sink = SocketSink(
+                self.store, poster, session.conversation_id, request.turn_id, previous.connections
+            )
         pcm = (
             self._assemble_audio(session, request.utterance, claim, previous)
             if request.mode == TurnMode.AUDIO
             else None
         )
-        outcome.sink = SocketSink(self.store, poster, session.conversation_id, request.turn_id, previous.connections)
-        mode, scripted = request.mode, request.scripted
-        if not allowed:
-            mode, scripted, outcome.end_after = TurnMode.NONE, OUT_OF_CREDIT_MESSAGE, reason or "insufficient_credits"
         if mode == TurnMode.AUDIO and not pcm:
             raise wp.ProtocolError("no_audio", "no audio was buffered for this utterance")
         inp = TurnInput(
             turn_id=request.turn_id,
-            seq=previous.turn_seq + 1,  # the old values: turn_seq + 1 is this turn's
+            seq=previous.turn_seq + 1,  # the old values: turn_seq + 1 is this turn's (a typed turn's: ``_claimed``)
             mode=mode,
             account_id=previous.account_id,
             conversation_id=session.conversation_id,
@@ -247,6 +286,17 @@ class TurnOrchestrator:
     def _history(self, conversation_id: str) -> list[dict[str, str]]:
         with self.runtime.database.session() as db:
             return ConversationService(db, self.runtime.settings).history_messages(conversation_id)
+
+    @staticmethod
+    def _claimed(claim: _Claim, outcome: _Outcome) -> bool:
+        """After the run: did the claim go through? Its old values number the turn. False: the turn is dropped."""
+        previous = claim.claimed.result()
+        if previous is None:
+            outcome.result = None
+            return False
+        if outcome.result is not None:
+            outcome.result.seq = previous.turn_seq + 1
+        return True
 
     # -- 4. record -----------------------------------------------------------------------------------------------
     @staticmethod

@@ -158,6 +158,11 @@ class VoiceTTS:
     def name(self, value: str) -> None:
         self._name = value
 
+    def start_turn(self) -> None:
+        """Engines kept for the next turn: the provider an earlier turn spoke with is not this turn's."""
+        if getattr(self.voice, "last_tts_provider", None) is not None:
+            self.voice.last_tts_provider = None
+
     async def synthesize(self, text: str, options: TTSOptions) -> AsyncIterator[bytes]:
         async for chunk in self.voice.text_to_speech(
             text, voice=self.config.voice, output_format=options.output_format

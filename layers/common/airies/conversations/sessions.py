@@ -3,9 +3,9 @@
 One table, keys ``pk``/``sk``, TTL on ``ttl``:
 
 - ``conn#<connection_id>`` / ``conn``       which conversation a WebSocket connection belongs to
-- ``conv#<conversation_id>`` / ``session``  live state: connections, state machine, VAD counters, current turn
+- ``conv#<conversation_id>`` / ``session``  live state: connections, state machine, VAD counters, current turn,
+  the control frames of the current second (flood guard)
 - ``conv#<conversation_id>`` / ``chunk#<utterance>#<seq>``  caller audio of the utterance being spoken
-- ``conv#<conversation_id>`` / ``rate#<second>``  control-frame counter (flood guard)
 
 A live session item also carries ``live_shard`` and ``sweep_at`` (epoch seconds, no later than its next deadline:
 silence, max duration, abandonment): the sparse index ``live-sessions`` lets the sweeper Query the sessions that
@@ -152,6 +152,7 @@ class SessionStore:
         self.resume_window_s = resume_window_s
         self.clock = clock
         self.ops = {"read": 0, "write": 0}  # counted for the cost model
+        self.counted_seconds: dict[str, int] = {}  # conversation -> the second its last control frame was counted in
 
     # -- setup ---------------------------------------------------------------------------------------------------
     def ensure_table(self) -> None:
@@ -389,11 +390,16 @@ class SessionStore:
         caller_activity: bool = True,
         end_seq: int | None = None,
         vad: tuple[float, float] | None = None,
+        count_limit: int | None = None,
     ) -> LiveSession | None:
         """Start a turn: listening/speaking -> thinking. A running turn is cancelled (the caller spoke over it).
 
         ``expected_utt`` makes audio-triggered starts idempotent: the client's end_of_utterance and the
         server VAD may both fire for one utterance, only the first starts a turn.
+
+        ``count_limit``: the frame that starts the turn is also counted by the flood guard in the same write (as
+        ``count_control_frame`` would, in the second this container's last count points to). None then also when
+        the count refused it or that guess was wrong: the caller counts it alone to tell.
         """
         values: dict[str, Any] = {
             ":thinking": {"S": THINKING},
@@ -419,11 +425,23 @@ class SessionStore:
         if expected_utt is not None:
             condition += " AND utt = :utt"
             values[":utt"] = {"N": str(expected_utt)}
+        counted = ""
+        second = int(self.clock())
+        if count_limit is not None:
+            values[":s"] = {"N": str(second)}
+            if self.counted_seconds.get(conversation_id) == second:
+                counted = ", ctl_n :one"
+                condition += " AND ctl_s = :s AND ctl_n < :limit"
+                values[":limit"] = {"N": str(count_limit)}
+            else:
+                activity += ", ctl_s = :s, ctl_n = :one"
+                condition += " AND (attribute_not_exists(ctl_s) OR ctl_s <> :s)"
         attrs = self._update(
             self._key(conversation_id),
             "SET #st = :thinking, turn_id = :turn, speech_ms = :zero, silence_ms = :zero, barge_ms = :zero"
             + activity
-            + " REMOVE played_ms ADD utt :one, turn_seq :one, running :run",
+            + " REMOVE played_ms ADD utt :one, turn_seq :one, running :run"
+            + counted,
             values,
             ExpressionAttributeNames={"#st": "state"},
             ConditionExpression=condition,
@@ -431,6 +449,8 @@ class SessionStore:
         )
         if attrs is None:
             return None
+        if count_limit is not None:
+            self._counted(conversation_id, second)
         previous = LiveSession.from_item(attrs)
         if previous.state in (THINKING, SPEAKING) and previous.turn_id:
             self._update(self._key(conversation_id), "SET cancelled = :old", {":old": {"S": previous.turn_id}})
@@ -662,17 +682,41 @@ class SessionStore:
     def set_segment_start(self, conversation_id: str, seq: int) -> None:
         self._update(self._key(conversation_id), "SET seg_start = :s", {":s": {"N": str(seq)}})
 
-    def allow_control_frame(self, conversation_id: str, limit: int) -> bool:
-        """Flood guard for control frames: a per-second counter item that expires by itself."""
+    def count_control_frame(self, conversation_id: str, limit: int) -> LiveSession | None:
+        """Flood guard for control frames, and the frame's read of the live state, in one conditional write: the
+        session item counts the control frames of the current second (``ctl_s``, ``ctl_n``) and is returned as
+        updated. None when there is no live session. Raises :class:`ControlFlood` (and counts nothing) past
+        ``limit`` frames in a second.
+
+        A second's first frame starts the count, the next ones add to it: two different updates. The one tried
+        first is the one this container's last count points to, so a frame usually costs one write."""
         second = int(self.clock())
-        attrs = self._update(
-            self._key(conversation_id, f"rate#{second}"),
-            "ADD n :one SET #ttl = :ttl",
-            {":one": {"N": "1"}, ":ttl": {"N": str(second + 120)}},
-            ExpressionAttributeNames={"#ttl": "ttl"},
-            ReturnValues="UPDATED_NEW",
+        fresh = (
+            "SET ctl_s = :s, ctl_n = :one",
+            "attribute_exists(pk) AND (attribute_not_exists(ctl_s) OR ctl_s <> :s)",
+            {":s": {"N": str(second)}, ":one": {"N": "1"}},
         )
-        return attrs is not None and int(attrs["n"]["N"]) <= limit
+        more = (
+            "ADD ctl_n :one",
+            "ctl_s = :s AND ctl_n < :limit",
+            {":s": {"N": str(second)}, ":one": {"N": "1"}, ":limit": {"N": str(limit)}},
+        )
+        attempts = (more, fresh) if self.counted_seconds.get(conversation_id) == second else (fresh, more)
+        for expr, condition, values in attempts:
+            attrs = self._update(
+                self._key(conversation_id), expr, values, ConditionExpression=condition, ReturnValues="ALL_NEW"
+            )
+            if attrs is not None:
+                self._counted(conversation_id, second)
+                return LiveSession.from_item(attrs)
+        if self.get(conversation_id) is None:  # refused by both: no session, or this second's count is full
+            return None
+        raise ControlFlood(conversation_id)
+
+    def _counted(self, conversation_id: str, second: int) -> None:
+        if len(self.counted_seconds) >= 10_000:
+            self.counted_seconds.clear()  # a hint only
+        self.counted_seconds[conversation_id] = second
 
     def due_sessions(self, now: float, *, limit: int) -> list[LiveSession]:
         """Live sessions whose ``sweep_at`` has come (at most ``limit``): a Query of each shard of the sparse
@@ -730,6 +774,14 @@ class AudioFlood(Exception):
 
     def __init__(self, conversation_id: str) -> None:
         super().__init__(f"audio for {conversation_id} is arriving faster than real time")
+        self.conversation_id = conversation_id
+
+
+class ControlFlood(Exception):
+    """More control frames in a second than allowed: the frame was refused and not counted."""
+
+    def __init__(self, conversation_id: str) -> None:
+        super().__init__(f"too many control frames for {conversation_id}")
         self.conversation_id = conversation_id
 
 

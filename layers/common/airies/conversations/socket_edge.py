@@ -16,7 +16,7 @@ from airies.conversations.endpointing import Endpointing
 from airies.conversations.lifecycle import Lifecycle
 from airies.conversations.live_runtime import Frame, LiveRuntime, Poster, endpoint_from_event
 from airies.conversations.orchestrator import TurnOrchestrator, TurnRequest, Utterance
-from airies.conversations.sessions import ENDED, LiveSession, SessionEnded
+from airies.conversations.sessions import ENDED, ControlFlood, LiveSession, SessionEnded
 from airies.conversations.sweeping import Sweeper
 from airies.conversations.turns import TurnMode
 from airies.core.errors import AiriesError, NotFoundError, UnauthorizedError
@@ -117,10 +117,6 @@ class SocketEdge:
             body = base64.b64decode(body)
         try:
             message = wp.parse_client_frame(body)
-            if not isinstance(message, wp.AudioFrame) and not self.store.allow_control_frame(
-                frame.conversation_id, self.runtime.settings.ws_control_frames_per_second
-            ):
-                raise wp.ProtocolError("rate_limited", "too many control frames; slow down")
             self.dispatch(frame, poster, message)
         except (wp.ProtocolError, AiriesError) as exc:
             poster.post(connection_id, wp.encode(wp.error(exc.code, exc.message, exc.details)))
@@ -138,9 +134,21 @@ class SocketEdge:
         if isinstance(message, wp.AudioFrame):
             self.endpointing.handle_audio(ctx, poster, message)
             return
-        session = self.store.get(cid)
+        limit = self.runtime.settings.ws_control_frames_per_second
+        if isinstance(message, wp.TextFrame) and (hint := self._typed_turn_hint(cid)) is not None:
+            # Nothing to read first: the frame's count is part of the turn's claim, in flight while the model is
+            # asked; a refused count or an ended call comes back as the frame's error, and the turn is dropped.
+            request = TurnRequest(TurnMode.TEXT, text=message.text, eou_at=ctx.received_at, count_limit=limit)
+            self.orchestrator.run(hint, poster, request)
+            return
+        try:  # the flood guard's count returns the live state: one write, no separate read
+            session = self.store.count_control_frame(cid, limit)
+        except ControlFlood as exc:
+            raise wp.ProtocolError("rate_limited", "too many control frames; slow down") from exc
         if session is None or session.state == ENDED:
+            self.runtime.live_hints.pop(cid, None)
             raise wp.ProtocolError("conversation_ended", "this conversation has ended")
+        self.runtime.live_hints.put(cid, session)
         if isinstance(message, wp.PingFrame):
             poster.post(ctx.connection_id, wp.encode(wp.pong()))
             self.sweeper.check_timers(session, poster)
@@ -165,6 +173,14 @@ class SocketEdge:
             self.barge_in.handle_interrupt(ctx, poster, message)
         elif isinstance(message, wp.EndFrame):
             self.lifecycle.end(cid, "caller_ended", poster, active_until=self.runtime.clock())
+
+    def _typed_turn_hint(self, conversation_id: str) -> LiveSession | None:
+        """The live state this container saw last, if a typed turn can start from it without reading it again:
+        the call was live and owes no first message before the turn (both only ever become true)."""
+        hint = self.runtime.live_hints.get(conversation_id)
+        if hint is None or hint.state == ENDED or (not hint.first_done and self._owes_first_message(hint)):
+            return None
+        return hint
 
     # -- start and the first message -----------------------------------------------------------------------------
     def _start(self, ctx: Frame, poster: Poster, session: LiveSession) -> None:

@@ -166,7 +166,7 @@ def test_background_work_cannot_take_the_concurrency_of_live_calls(template: dic
     mapped = {m["Properties"]["FunctionName"]["Ref"] for m in mappings.values()}
     assert {"UsageFunction", "IngestionFunction", "ScrapeWorkerFunction"} <= mapped
     fns = functions(template)
-    for name in ("IngestionTaskFunction", "BillingInvoiceFunction"):  # invoked by state machines
+    for name in ("IngestionTaskFunction", "BillingInvoiceFunction", "AnalysisFunction"):  # invoked by state machines
         assert isinstance(fns[name]["Properties"]["ReservedConcurrentExecutions"], int), name
     voice = fns["VoiceMessageFunction"]["Properties"]["ReservedConcurrentExecutions"]
     assert voice["Fn::If"][0] == "HasVoiceReservedConcurrency"

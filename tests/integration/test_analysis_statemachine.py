@@ -8,104 +8,63 @@ invoker. The LLM is the OpenAI wire double; the conversation is made and ended t
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
-from unittest.mock import patch
 
-import boto3
 import pytest
-from moto import mock_aws
-from moto.awslambda_simple.models import LambdaSimpleBackend
 from sqlalchemy import select
 
 from airies.core.config import Settings
-from airies.local.invoke import LambdaContext, _clear_container_caches, load_handler, patched_environ, resolve_function
-from airies.local.template import function_environment, state_machine_definition
 from airies.webhooks.models import WebhookDelivery
 from airies.webhooks.schemas import EndpointPut
 from airies.webhooks.service import WebhookService
 from tests.doubles.openai_server import OpenAIDouble, Reply
 from tests.integration import test_conv_api as conv
 from tests.integration.test_analysis import PLAN, SUMMARY, VALID, analysis_usage, detail, ended_call
+from tests.sfn_support import StateMachineHarness
 
 engines = conv.engines
 live_sessions = conv.live_sessions
 
 
-class Harness:
-    """moto + the state machine + Lambda invocations routed to the in-process handler."""
+class Harness(StateMachineHarness):
+    """The analysis state machine, its tasks run by AnalysisFunction's handler; the LLM is the OpenAI double.
+    ``fail_tasks``: how many of a task's next invocations fail with a transient Lambda-reported error."""
 
     def __init__(self, database, openai: OpenAIDouble) -> None:  # type: ignore[no-untyped-def]
-        self.spec, self.ctx = resolve_function("AnalysisFunction")
-        self.env = {
-            **function_environment(self.spec, self.ctx),
-            "DATABASE_URL": database.url,
-            "AIRIES_OPENAI_API_KEY": "sk-test",
-            "AIRIES_OPENAI_BASE_URL": openai.base_url,
-            "AIRIES_USAGE_QUEUE_URL": "",  # usage straight into the ledger, as the local stack does
-            "AIRIES_WEBHOOK_QUEUE_URL": "",  # events stored; nothing delivers them here
-        }
-        self.database = database
-        self.invocations: list[dict[str, Any]] = []
-        self.fail_tasks: dict[str, int] = {}  # task -> how many of its next invocations fail with a Lambda fault
+        super().__init__(
+            "AnalysisFunction",
+            "AnalysisStateMachine",
+            {
+                "DATABASE_URL": database.url,
+                "AIRIES_OPENAI_API_KEY": "sk-test",
+                "AIRIES_OPENAI_BASE_URL": openai.base_url,
+                "AIRIES_USAGE_QUEUE_URL": "",  # usage straight into the ledger, as the local stack does
+                "AIRIES_WEBHOOK_QUEUE_URL": "",  # events stored; nothing delivers them here
+            },
+        )
+        self.fail_tasks: dict[str, int] = {}
 
-    def routed_invoke(self, function_name, qualifier, body, headers, response_headers) -> bytes:  # type: ignore[no-untyped-def]
-        event = json.loads(body)
-        self.invocations.append(event)
-        if self.fail_tasks.get(event.get("task"), 0) > 0:
-            self.fail_tasks[event["task"]] -= 1
-            response_headers["x-amz-function-error"] = "Unhandled"
-            return json.dumps({"errorType": "OperationalError", "errorMessage": "connection lost"}).encode()
-        try:
-            result = self.handler(event, LambdaContext(self.spec))
-        except Exception as exc:  # what the Lambda runtime reports for an unhandled error
-            response_headers["x-amz-function-error"] = "Unhandled"
-            return json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}).encode()
-        return json.dumps(result, default=str).encode()
-
-    def __enter__(self) -> Harness:
-        self._env = patched_environ(self.env)
-        self._env.__enter__()
-        _clear_container_caches()
-        self.handler, self.module = load_handler(self.spec)
-        self._aws = mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}})
-        self._aws.__enter__()
-        self._patch = patch.object(LambdaSimpleBackend, "invoke", self.routed_invoke)
-        self._patch.__enter__()
-        self.sfn = boto3.client("stepfunctions", region_name="us-east-1")
-        definition = state_machine_definition(self.ctx, self.ctx.resources["AnalysisStateMachine"])
-        assert "${" not in definition
-        # Retry intervals of seconds: moto waits them out; the test shortens them, keeping every other field.
-        fast = json.loads(definition)
+    def definition(self, text: str) -> str:
+        # Retry waits of seconds: moto waits them out; shortened here, every other field kept.
+        fast = json.loads(text)
         for state in fast["States"].values():
             for retry in state.get("Retry", []):
                 retry["IntervalSeconds"] = 1
                 retry["BackoffRate"] = 1
-        self.arn = self.sfn.create_state_machine(
-            name="analysis", definition=json.dumps(fast), roleArn="arn:aws:iam::123456789012:role/sfn"
-        )["stateMachineArn"]
-        return self
+        return json.dumps(fast)
 
-    def __exit__(self, *exc: Any) -> None:
-        self._patch.__exit__(*exc)
-        self._aws.__exit__(*exc)
-        self._env.__exit__(*exc)
-        _clear_container_caches()
+    def routed_invoke(self, function_name, qualifier, body, headers, response_headers) -> bytes:  # type: ignore[no-untyped-def]
+        task = json.loads(body).get("task")
+        if self.fail_tasks.get(task, 0) > 0:
+            self.fail_tasks[task] -= 1
+            self.invocations.append(json.loads(body))
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps({"errorType": "OperationalError", "errorMessage": "connection lost"}).encode()
+        return super().routed_invoke(function_name, qualifier, body, headers, response_headers)
 
-    def run(self, account_id: str, conversation_id: str, timeout: float = 120) -> dict[str, Any]:
-        payload = {"account_id": account_id, "conversation_id": conversation_id}
-        execution = self.sfn.start_execution(
-            stateMachineArn=self.arn, name=f"run-{uuid.uuid4().hex[:12]}", input=json.dumps(payload)
-        )["executionArn"]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            described = self.sfn.describe_execution(executionArn=execution)
-            if described["status"] != "RUNNING":
-                return described
-            time.sleep(0.2)
-        raise AssertionError("state machine did not finish")
+    def run_for(self, account_id: str, conversation_id: str) -> dict[str, Any]:
+        return self.run({"account_id": account_id, "conversation_id": conversation_id})
 
 
 @pytest.fixture
@@ -144,7 +103,7 @@ def test_the_state_machine_analyses_bills_once_and_sends_the_report(client, auth
 
     with Harness(database, openai) as harness:
         harness.fail_tasks["analyse"] = 1  # a transient Lambda fault: retried
-        result = harness.run(account_id, cid)
+        result = harness.run_for(account_id, cid)
         assert result["status"] == "SUCCEEDED", result
         assert [e["task"] for e in harness.invocations] == ["analyse", "analyse", "publish"]
         body = detail(client, auth, cid)
@@ -157,7 +116,7 @@ def test_the_state_machine_analyses_bills_once_and_sends_the_report(client, auth
         requests = len(openai.chat_requests)
 
         # A second execution of the same conversation (a redriven start): nothing asked, billed or sent twice.
-        again = harness.run(account_id, cid)
+        again = harness.run_for(account_id, cid)
         assert again["status"] == "SUCCEEDED", again
         assert len(openai.chat_requests) == requests
         assert [r.idempotency_key for r in analysis_usage(database, cid)] == [r.idempotency_key for r in billed]
@@ -172,7 +131,7 @@ def test_a_provider_that_keeps_failing_stores_failed_and_still_sends_the_report(
     account_id = client.get("/api/v1/accounts/me", headers=auth).json()["id"]
     endpoint_for(database, settings, account_id)
     with Harness(database, openai) as harness:
-        result = harness.run(account_id, cid)
+        result = harness.run_for(account_id, cid)
         assert result["status"] == "SUCCEEDED", result
         tasks = [e["task"] for e in harness.invocations]
         assert tasks == ["analyse"] * 4 + ["fail", "publish"]  # the first try and three retries

@@ -54,7 +54,7 @@ def test_the_offline_responder_answers_json_from_the_schema_and_summarises() -> 
     assert as_json.end.metadata["offline_reason"] == "json_example" and as_json.end.usage.completion_tokens > 0
     summary = offline.decide(LLMRequest(model="m", messages=messages, metadata={"transcript_summary": True}))
     assert summary[0] == (
-        'The caller spoke 2 times and the agent 2 times. The caller first said: "goodbye, I want a refund". '
+        'The caller spoke twice and the agent twice. The caller first said: "goodbye, I want a refund". '
         'The agent last said: "Goodbye!".'
     )
 

@@ -259,3 +259,20 @@ def test_no_step_enabled_or_nothing_said_is_skipped(client, auth, engines, inlin
 def test_without_a_runner_nothing_is_pending(client, auth, engines) -> None:  # type: ignore[no-untyped-def]
     body = detail(client, auth, ended_call(client, auth))
     assert body["analysis_status"] is None and body["analysis"] is None
+
+
+class Broken:
+    def start(self, account_id: str, conversation_id: str) -> None:
+        raise RuntimeError("Step Functions is down")
+
+
+def test_when_the_analysis_cannot_start_the_report_is_sent_at_once(client, auth, engines, database, settings) -> None:  # type: ignore[no-untyped-def]
+    account_id = with_endpoint(client, auth, database, settings)
+    post_call.register_in_process(Broken())
+    try:
+        cid = ended_call(client, auth)  # the call still ends
+    finally:
+        post_call.register_in_process(None)
+    assert detail(client, auth, cid)["analysis_status"] == "pending"
+    (report,) = ended_reports(database, account_id)
+    assert report["conversation_id"] == cid and report["analysis"] == {"status": "pending"}

@@ -73,9 +73,9 @@ def test_answers_are_parsed_fenced_or_not_and_checked() -> None:
 
 def test_the_plan_checks_its_schema() -> None:
     assert AnalysisPlan().enabled_steps() == ["summary"]
-    with pytest.raises(ValidationError, match="top level must be"):
+    with pytest.raises(ValidationError, match="must be a JSON Schema of an object"):
         AnalysisStructuredData(json_schema={"type": "string"})
-    with pytest.raises(ValidationError, match="larger than"):
+    with pytest.raises(ValidationError, match="at most 20 KiB as JSON"):
         AnalysisStructuredData(json_schema={"type": "object", "description": "x" * 30_000})
     with pytest.raises(ValidationError, match="required when structured data is enabled"):
         AnalysisStructuredData(enabled=True)

@@ -8,7 +8,6 @@ once); an input of no known shape as ``MalformedEvent``.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -16,22 +15,11 @@ from aws_lambda_powertools.metrics import MetricUnit
 from airies.core.bootstrap import PerContainer
 from airies.core.events import parse_event
 from airies.core.observability import lambda_handler, logger, metrics
-from airies.core.stepfunctions import step_errors
+from airies.core.stepfunctions import caught_error_reason, step_errors
 from airies.knowledge.service import build_knowledge_service
 from airies.knowledge.tasks import INGESTION_TASKS, EmbedTask, FinaliseTask, IngestionTask, PrepareTask
 
 service = PerContainer(build_knowledge_service)  # built at the first task, not at import (cold start)
-
-
-def _error_reason(error: Any) -> str:
-    if isinstance(error, dict):
-        cause = error.get("Cause") or ""
-        try:
-            cause = json.loads(cause).get("errorMessage", cause)
-        except (ValueError, AttributeError):
-            pass
-        return f"{error.get('Error', 'error')}: {cause}"[:2000]
-    return str(error)[:2000]
 
 
 @lambda_handler
@@ -56,6 +44,6 @@ def run_task(task: IngestionTask) -> dict[str, Any]:
         svc.finalise_document(task.document_id, etag=task.etag)
         metrics.add_metric(name="DocumentsIngested", unit=MetricUnit.Count, value=1)
         return {"document_id": task.document_id, "status": "ready"}
-    svc.fail_document(task.document_id, "processing_failed", _error_reason(task.error))
+    svc.fail_document(task.document_id, "processing_failed", caught_error_reason(task.error))
     metrics.add_metric(name="DocumentsFailed", unit=MetricUnit.Count, value=1)
     return {"document_id": task.document_id, "status": "failed"}

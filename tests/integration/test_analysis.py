@@ -16,6 +16,9 @@ from sqlalchemy import select
 from airies.analysis.service import PostCallAnalysis, build_post_call_analysis
 from airies.billing.models import BillingAccount, UsageEventRecord
 from airies.conversations import post_call
+from airies.webhooks.models import WebhookDelivery
+from airies.webhooks.schemas import EndpointPut
+from airies.webhooks.service import WebhookService
 from tests.doubles.openai_server import OpenAIDouble, Reply
 from tests.integration import test_conv_api as conv
 from tests.integration.test_conv_api import deployed_agent, start
@@ -110,8 +113,32 @@ def scripted(*json_answers: str) -> Any:
     return respond
 
 
-def test_a_valid_answer_is_stored_returned_and_reported(client, auth, engines, openai, inline, database) -> None:  # type: ignore[no-untyped-def]
+def ended_reports(database, account_id: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    with database.session() as s:
+        rows = s.scalars(
+            select(WebhookDelivery).where(
+                WebhookDelivery.account_id == account_id, WebhookDelivery.event_type == "conversation.ended"
+            )
+        )
+        return [r.payload["data"] for r in rows]
+
+
+def with_endpoint(client, auth, database, settings) -> str:  # type: ignore[no-untyped-def]
+    """An account-wide endpoint wanting conversation.ended (stored only: no queue delivers it here)."""
+    account_id = client.get("/api/v1/accounts/me", headers=auth).json()["id"]
+    settings.url_guard_allowed_hosts = "127.0.0.1"
+    with database.session() as session:
+        WebhookService(session, settings, queue=None).put_endpoint(
+            account_id, None, EndpointPut(url="http://127.0.0.1:9/hook", events=["conversation.ended"])
+        )
+    return account_id
+
+
+def test_a_valid_answer_is_stored_returned_and_reported(
+    client, auth, engines, openai, inline, database, settings
+) -> None:  # type: ignore[no-untyped-def]
     openai.responder = scripted(VALID)
+    account_id = with_endpoint(client, auth, database, settings)
     cid = ended_call(client, auth)
     body = detail(client, auth, cid)
     assert body["analysis_status"] == "completed", body["analysis"]
@@ -129,6 +156,20 @@ def test_a_valid_answer_is_stored_returned_and_reported(client, auth, engines, o
     assert sent["response_format"] == {"type": "json_object"} and sent["temperature"] == 0.0
     assert sent["model"] == "gpt-4o-mini" and "Caller: Do you ship to France?" in sent["messages"][-1]["content"]
     assert json.dumps(SCHEMA, sort_keys=True) in sent["messages"][0]["content"]
+    (report,) = ended_reports(database, account_id)  # sent once the analysis is stored, with it
+    assert report["conversation_id"] == cid and report["analysis"] == {"status": "completed", **analysis}
+
+
+def test_a_deleted_conversation_reports_at_once_without_analysis(
+    client, auth, engines, inline, database, settings
+) -> None:  # type: ignore[no-untyped-def]
+    account_id = with_endpoint(client, auth, database, settings)
+    cid = start(client, auth, deployed_agent(client, auth))["id"]
+    client.post(f"/api/v1/conversations/{cid}/message", json={"text": "Hello"}, headers=auth)
+    assert client.delete(f"/api/v1/conversations/{cid}", headers=auth).status_code == 204
+    assert inline.started == []
+    (report,) = ended_reports(database, account_id)
+    assert report["conversation_id"] == cid and report["end_reason"] == "deleted" and report["analysis"] is None
 
 
 def test_an_invalid_answer_is_asked_again_once(client, auth, engines, openai, inline) -> None:  # type: ignore[no-untyped-def]
@@ -218,3 +259,20 @@ def test_no_step_enabled_or_nothing_said_is_skipped(client, auth, engines, inlin
 def test_without_a_runner_nothing_is_pending(client, auth, engines) -> None:  # type: ignore[no-untyped-def]
     body = detail(client, auth, ended_call(client, auth))
     assert body["analysis_status"] is None and body["analysis"] is None
+
+
+class Broken:
+    def start(self, account_id: str, conversation_id: str) -> None:
+        raise RuntimeError("Step Functions is down")
+
+
+def test_when_the_analysis_cannot_start_the_report_is_sent_at_once(client, auth, engines, database, settings) -> None:  # type: ignore[no-untyped-def]
+    account_id = with_endpoint(client, auth, database, settings)
+    post_call.register_in_process(Broken())
+    try:
+        cid = ended_call(client, auth)  # the call still ends
+    finally:
+        post_call.register_in_process(None)
+    assert detail(client, auth, cid)["analysis_status"] == "pending"
+    (report,) = ended_reports(database, account_id)
+    assert report["conversation_id"] == cid and report["analysis"] == {"status": "pending"}

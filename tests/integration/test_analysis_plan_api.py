@@ -40,7 +40,7 @@ def test_an_invalid_schema_is_refused_with_422_and_nothing_stored(client, auth):
     agent = _create(client, auth)
     for bad, why in (
         ({"type": "object", "properties": {"x": {"type": "strnig"}}}, "not a valid JSON Schema"),
-        ({"type": "array", "items": {"type": "string"}}, "top level"),
+        ({"type": "array", "items": {"type": "string"}}, "JSON Schema of an object"),
         ({"type": "object", "required": "x"}, "not a valid JSON Schema"),
     ):
         response = client.put(

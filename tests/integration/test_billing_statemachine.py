@@ -16,12 +16,8 @@ import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
-from unittest.mock import patch
 
-import boto3
 import pytest
-from moto import mock_aws
-from moto.awslambda_simple.models import LambdaSimpleBackend
 from sqlalchemy import select
 
 from airies.accounts.models import Account
@@ -29,15 +25,9 @@ from airies.billing.models import Invoice
 from airies.billing.schemas import UsageEvent
 from airies.billing.usage import UsageService
 from airies.core.ids import new_id
-from airies.local.invoke import (
-    LambdaContext,
-    _clear_container_caches,
-    load_handler,
-    patched_environ,
-    resolve_function,
-)
-from airies.local.template import function_environment, state_machine_definition
+from airies.local.template import state_machine_definition
 from tests.doubles.stripe_server import StripeInvoiceDouble
+from tests.sfn_support import StateMachineHarness
 
 OCT = datetime(2026, 10, 20, 12, 0, tzinfo=UTC)
 
@@ -63,68 +53,22 @@ def use(svc: UsageService, account_id: str, key: str, minutes: str) -> None:
     )
 
 
-class Harness:
-    """moto + the state machine + Lambda invocations routed to the in-process handler."""
+class Harness(StateMachineHarness):
+    """The invoicing state machine, its tasks run by BillingInvoiceFunction's handler; Stripe is the double."""
 
     def __init__(self, database, stripe: StripeInvoiceDouble) -> None:
+        super().__init__(
+            "BillingInvoiceFunction",
+            "BillingInvoiceStateMachine",
+            {
+                "DATABASE_URL": database.url,
+                "AIRIES_STRIPE_SECRET_KEY": stripe.api_key,
+                "AIRIES_STRIPE_API_BASE": stripe.url,
+                "AIRIES_STRIPE_MAX_NETWORK_RETRIES": "0",
+                "AIRIES_BILLING_EVENT_BUS": "",
+            },
+        )
         self.database = database
-        self.spec, self.ctx = resolve_function("BillingInvoiceFunction")
-        self.env = {
-            **function_environment(self.spec, self.ctx),
-            "DATABASE_URL": database.url,
-            "AIRIES_STRIPE_SECRET_KEY": stripe.api_key,
-            "AIRIES_STRIPE_API_BASE": stripe.url,
-            "AIRIES_STRIPE_MAX_NETWORK_RETRIES": "0",
-            "AIRIES_BILLING_EVENT_BUS": "",
-        }
-        self.invocations: list[dict[str, Any]] = []
-
-    def routed_invoke(self, function_name, qualifier, body, headers, response_headers) -> bytes:
-        event = json.loads(body)
-        self.invocations.append(event)
-        try:
-            result = self.handler(event, LambdaContext(self.spec))
-        except Exception as exc:  # what the Lambda runtime reports for an unhandled error
-            response_headers["x-amz-function-error"] = "Unhandled"
-            return json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}).encode()
-        return json.dumps(result, default=str).encode()
-
-    def __enter__(self) -> Harness:
-        self._env = patched_environ(self.env)
-        self._env.__enter__()
-        _clear_container_caches()  # a cold start: settings and database come from this test's environment
-        self.handler, self.module = load_handler(self.spec)
-        self._aws = mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}})
-        self._aws.__enter__()
-        self._patch = patch.object(LambdaSimpleBackend, "invoke", self.routed_invoke)
-        self._patch.__enter__()
-        self.sfn = boto3.client("stepfunctions", region_name="us-east-1")
-        resource = self.ctx.resources["BillingInvoiceStateMachine"]
-        definition = state_machine_definition(self.ctx, resource)
-        assert "${" not in definition
-        self.arn = self.sfn.create_state_machine(
-            name="billing-invoices", definition=definition, roleArn="arn:aws:iam::123456789012:role/sfn"
-        )["stateMachineArn"]
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._patch.__exit__(*exc)
-        self._aws.__exit__(*exc)
-        self.module.database.dispose()
-        self._env.__exit__(*exc)
-        _clear_container_caches()
-
-    def run(self, payload: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
-        execution = self.sfn.start_execution(
-            stateMachineArn=self.arn, name=f"run-{uuid.uuid4().hex[:12]}", input=json.dumps(payload)
-        )["executionArn"]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            described = self.sfn.describe_execution(executionArn=execution)
-            if described["status"] != "RUNNING":
-                return described
-            time.sleep(0.2)
-        raise AssertionError("state machine did not finish")
 
 
 def invoices(database) -> dict[str, Invoice]:

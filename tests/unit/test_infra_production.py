@@ -166,7 +166,7 @@ def test_background_work_cannot_take_the_concurrency_of_live_calls(template: dic
     mapped = {m["Properties"]["FunctionName"]["Ref"] for m in mappings.values()}
     assert {"UsageFunction", "IngestionFunction", "ScrapeWorkerFunction"} <= mapped
     fns = functions(template)
-    for name in ("IngestionTaskFunction", "BillingInvoiceFunction"):  # invoked by state machines
+    for name in ("IngestionTaskFunction", "BillingInvoiceFunction", "AnalysisFunction"):  # invoked by state machines
         assert isinstance(fns[name]["Properties"]["ReservedConcurrentExecutions"], int), name
     voice = fns["VoiceMessageFunction"]["Properties"]["ReservedConcurrentExecutions"]
     assert voice["Fn::If"][0] == "HasVoiceReservedConcurrency"
@@ -525,11 +525,11 @@ def test_invoicing_runs_one_child_execution_per_page(template: dict) -> None:
 def test_gateway_and_interface_endpoints_are_conditional(template: dict) -> None:
     endpoints = resources(template, "AWS::EC2::VPCEndpoint")
     services = {sub_text(e["Properties"]["ServiceName"]).rsplit(".", 1)[1]: e for e in endpoints.values()}
-    assert {"s3", "dynamodb", "secretsmanager", "sqs"} <= set(services)
+    assert {"s3", "dynamodb", "secretsmanager", "sqs", "states"} <= set(services)
     for service in ("s3", "dynamodb"):
         assert services[service]["Condition"] == "HasGatewayEndpoints"
         assert services[service]["Properties"]["VpcEndpointType"] == "Gateway"
-    for service in ("secretsmanager", "sqs"):
+    for service in ("secretsmanager", "sqs", "states"):
         assert services[service]["Condition"] == "HasInterfaceEndpoints"
         assert services[service]["Properties"]["PrivateDnsEnabled"] is True
 

@@ -171,6 +171,8 @@ RUNTIME_NEEDS: dict[str, dict[str, set[str]]] = {
     },
     "IngestionFunction": {"secrets": {PROVIDER_KEYS}, "send": {"UsageQueue"}, "kms": {"decrypt"}},
     "IngestionTaskFunction": {"secrets": {PROVIDER_KEYS}, "send": {"UsageQueue"}, "kms": {"decrypt"}},
+    # the account's LLM keys; usage, and conversation.ended with the analysis
+    "AnalysisFunction": {"secrets": {PROVIDER_KEYS}, "send": {"UsageQueue", "WebhookQueue"}, "kms": {"decrypt"}},
     "ScrapeWorkerFunction": {"secrets": {PROVIDER_KEYS}, "send": {"UsageQueue"}, "kms": {"decrypt"}},
     "StripeWebhookFunction": {"secrets": {BILLING_KEYS}, "send": set(), "kms": set()},
     "BillingInvoiceFunction": {"secrets": {BILLING_KEYS}, "send": set(), "kms": set()},

@@ -21,8 +21,20 @@ interface Conversation {
   interruption_count: number;
   cost_usd: Decimalish;
   recording_enabled: boolean;
-  analysis?: Record<string, unknown> | null;
+  analysis?: Analysis | null;
+  analysis_status?: string | null;
   metadata: Record<string, unknown>;
+}
+
+/** The post-call analysis (docs/analysis.md): each part null when it failed or did not run. */
+interface Analysis {
+  summary?: string | null;
+  structured_data?: Record<string, unknown> | null;
+  success_evaluation?: Record<string, unknown> | null;
+  cost_usd?: Decimalish;
+  offline?: boolean;
+  error?: string;
+  reason?: string;
 }
 
 interface Turn {
@@ -136,6 +148,52 @@ export function Conversations() {
   );
 }
 
+function AnalysisView({ status, analysis }: { status: string; analysis: Analysis | null }) {
+  const evaluation = analysis?.success_evaluation;
+  return (
+    <div data-testid="conversation-analysis">
+      <h2>Analysis</h2>
+      <dl class="facts">
+        <dt>Status</dt>
+        <dd>
+          <StatusBadge status={status} />
+          {analysis?.offline && <span class="muted small"> offline responder (placeholder content)</span>}
+        </dd>
+        {(analysis?.error || analysis?.reason) && (
+          <>
+            <dt>Why</dt>
+            <dd>{analysis?.error ?? analysis?.reason}</dd>
+          </>
+        )}
+        {analysis?.summary && (
+          <>
+            <dt>Summary</dt>
+            <dd>{analysis.summary}</dd>
+          </>
+        )}
+        {evaluation && (
+          <>
+            <dt>Success</dt>
+            <dd>
+              {"success" in evaluation && String(evaluation.success)}
+              {"score" in evaluation && `${String(evaluation.score)} / 10`}
+              {"verdict" in evaluation && String(evaluation.verdict)}
+              {"reason" in evaluation && <span class="muted"> · {String(evaluation.reason)}</span>}
+            </dd>
+          </>
+        )}
+        {analysis?.cost_usd !== undefined && (
+          <>
+            <dt>Cost</dt>
+            <dd>{usd(analysis.cost_usd)}</dd>
+          </>
+        )}
+      </dl>
+      {analysis?.structured_data && <pre class="json">{JSON.stringify(analysis.structured_data, null, 2)}</pre>}
+    </div>
+  );
+}
+
 export function ConversationDetail({ id }: { id: string }) {
   const [conversation, error] = useLoad(() => api<Conversation & { turns: Turn[] }>(`/conversations/${id}`), [id]);
   const [cost] = useLoad(() => api<Cost>(`/conversations/${id}/cost`), [id]);
@@ -195,11 +253,8 @@ export function ConversationDetail({ id }: { id: string }) {
           </p>
         </>
       )}
-      {conversation.analysis && (
-        <>
-          <h2>Analysis</h2>
-          <pre class="json">{JSON.stringify(conversation.analysis, null, 2)}</pre>
-        </>
+      {conversation.analysis_status && (
+        <AnalysisView status={conversation.analysis_status} analysis={conversation.analysis ?? null} />
       )}
       <h2>Transcript</h2>
       <ol class="turns" data-testid="conversation-transcript">

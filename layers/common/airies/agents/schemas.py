@@ -7,14 +7,13 @@ Structural limits live here (types, ranges, lengths); checks that need data
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from airies.core.schemas import Metadata, StrictModel
+from airies.core.schemas import Metadata, StrictModel, check_object_schema
 from airies.tools.schemas import MAX_TOOLS, BuiltinTools, ToolConfig, unique_tool_names
 
 # Shared by the full config and its partial update, so both accept the same range.
@@ -93,7 +92,7 @@ SUMMARY_PROMPT = (
 STRUCTURED_DATA_PROMPT = "Extract the requested fields from the call. Use null for anything the call did not say."
 SUCCESS_EVALUATION_PROMPT = "Judge whether the agent achieved the call's goal: it answered what the caller asked."
 # A JSON Schema of structured data is the tenant's input: bounded in size (as JSON text) when it is saved.
-MAX_JSON_SCHEMA_CHARS = 20_000
+MAX_JSON_SCHEMA_BYTES = 20_480
 
 
 class AnalysisSummary(StrictModel):
@@ -145,20 +144,9 @@ class AnalysisPlan(StrictModel):
 
 
 def check_json_schema(schema: dict[str, Any]) -> None:
-    """Refuse what cannot be used as the structured data's schema: not a valid draft 2020-12 schema, a top level
-    that is not an object, or a schema too large to put in a prompt (a ``ValueError`` says why)."""
-    from jsonschema import Draft202012Validator
-    from jsonschema.exceptions import SchemaError
-
-    if len(json.dumps(schema)) > MAX_JSON_SCHEMA_CHARS:
-        raise ValueError(f"the schema is larger than {MAX_JSON_SCHEMA_CHARS} characters of JSON")
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        where = "/".join(str(part) for part in exc.path) or "(top level)"
-        raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
-    if schema.get("type") != "object":
-        raise ValueError('the schema\'s top level must be {"type": "object", ...}')
+    """Refuse what cannot be used as the structured data's schema: not a valid draft 2020-12 schema, not of an
+    object, or too large to put in a prompt (a ``ValueError`` says why)."""
+    check_object_schema(schema, name="json_schema", max_bytes=MAX_JSON_SCHEMA_BYTES)
 
 
 class AgentConfig(StrictModel):

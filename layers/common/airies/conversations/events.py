@@ -173,14 +173,30 @@ class ConversationEvents:
         self._after_commit(session, conversation, ENDED, f"{conversation.id}:{ENDED}", data)
 
     def _start_post_call(self, session: Session, conversation: Conversation, post_call: PostCallStarter) -> None:
+        """Mark the analysis pending and start it after the commit. Should the start fail, the report (analysis
+        ``{"status": "pending"}``) is sent at once instead, so the receiver still hears that the call ended."""
         conversation.analysis_status = "pending"
-        account_id, conversation_id = conversation.account_id, conversation.id
+        account_id, agent_id, conversation_id = conversation.account_id, conversation.agent_id, conversation.id
+        publisher = self.publisher
+        fallback: dict[str, Any] | None = None
+        if publisher is not None:
+            try:
+                fallback = self.report(session, conversation)
+            except Exception:
+                log.exception("end-of-call report failed for %s", conversation_id)
 
         def start(_session: Session) -> None:
             try:
                 post_call.start(account_id, conversation_id)
+                return
             except Exception:  # the call has ended: its caller must not see this failure
                 log.exception("post-call analysis not started for %s", conversation_id)
+            if publisher is not None and fallback is not None:
+                try:
+                    key = f"{conversation_id}:{ENDED}"
+                    publisher.publish(account_id, agent_id, ENDED, fallback, idempotency_key=key)
+                except Exception:
+                    log.exception("conversation event not published", extra={"event_type": ENDED})
 
         event.listen(session, "after_commit", start, once=True)
 

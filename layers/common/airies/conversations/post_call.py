@@ -17,6 +17,7 @@ import logging
 import re
 from typing import Any, Protocol
 
+from airies.core.bootstrap import after_snapstart_restore
 from airies.core.config import Settings
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,7 @@ class StepFunctionsPostCall:
     @property
     def client(self) -> Any:
         if self._client is None:
-            import boto3  # only when a conversation ends
-
-            self._client = boto3.client("stepfunctions", region_name=self.region, endpoint_url=self.endpoint_url)
+            self._client = _sfn_client(self.region, self.endpoint_url)
         return self._client
 
     def start(self, account_id: str, conversation_id: str) -> None:
@@ -49,6 +48,21 @@ class StepFunctionsPostCall:
         except self.client.exceptions.ExecutionAlreadyExists:
             log.info("post-call analysis already started for %s", conversation_id)
 
+
+_clients: dict[tuple[str, str | None], Any] = {}
+
+
+def _sfn_client(region: str, endpoint_url: str | None) -> Any:
+    """One Step Functions client per container (a client takes tens of milliseconds to build)."""
+    key = (region, endpoint_url)
+    if key not in _clients:
+        import boto3  # only when a conversation ends
+
+        _clients[key] = boto3.client("stepfunctions", region_name=region, endpoint_url=endpoint_url)
+    return _clients[key]
+
+
+after_snapstart_restore(_clients.clear)  # a snapshot's pooled connections are stale after a restore
 
 _in_process: list[PostCallStarter] = []
 

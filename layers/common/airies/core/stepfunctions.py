@@ -6,8 +6,10 @@ backoff and never retry ``ProviderRejectedError``: a provider that refused a req
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from airies.core.errors import ProviderError
 
@@ -29,3 +31,16 @@ def step_errors() -> Iterator[None]:
     except ProviderError as exc:
         kind = ProviderRetryableError if exc.retryable else ProviderRejectedError
         raise kind(f"{exc.message} ({exc.details})") from exc
+
+
+def caught_error_reason(error: Any, limit: int = 2000) -> str:
+    """What a Catch put in the state's input (``{"Error", "Cause"}``; a Lambda error's Cause is its JSON), as one
+    line: ``"<Error>: <message>"``."""
+    if isinstance(error, dict):
+        cause = error.get("Cause") or ""
+        try:
+            cause = json.loads(cause).get("errorMessage", cause)
+        except (ValueError, AttributeError):
+            pass
+        return f"{error.get('Error', 'error')}: {cause}"[:limit]
+    return str(error)[:limit]

@@ -6,15 +6,12 @@ Structural rules live here (names, sizes, a valid JSON Schema of parameters, the
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Literal
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from airies.core.schemas import StrictModel
+from airies.core.schemas import StrictModel, check_object_schema
 
 # Names the platform answers itself: a custom tool cannot take them.
 BUILTIN_TOOL_NAMES = ("end_call", "transfer_call", "query_knowledge_base")
@@ -96,16 +93,7 @@ class ToolConfig(StrictModel):
 
 def check_parameters_schema(value: dict[str, Any]) -> dict[str, Any]:
     """A tool's ``parameters``: a valid JSON Schema (draft 2020-12) of an object, at most 16 KiB as JSON."""
-    if len(json.dumps(value, default=str)) > MAX_PARAMETERS_BYTES:
-        raise ValueError(f"parameters may be at most {MAX_PARAMETERS_BYTES // 1024} KiB as JSON")
-    try:
-        Draft202012Validator.check_schema(value)
-    except SchemaError as exc:
-        where = "/".join(str(part) for part in exc.path) or "(root)"
-        raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from exc
-    if value.get("type") != "object":
-        raise ValueError('parameters must be a JSON Schema of an object ("type": "object")')
-    return value
+    return check_object_schema(value, name="parameters", max_bytes=MAX_PARAMETERS_BYTES)
 
 
 class TransferCallTool(StrictModel):

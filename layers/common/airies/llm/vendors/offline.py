@@ -152,6 +152,10 @@ def _has_phrase(text: str, phrases: list[str] | tuple[str, ...]) -> bool:
     return False
 
 
+def _times(count: int) -> str:
+    return {0: "never", 1: "once", 2: "twice"}.get(count, f"{count} times")
+
+
 def summarise_transcript(text: str) -> str:
     """A deterministic summary of ``Caller:``/``Agent:`` lines: how many of each, the first and the last words."""
     lines = [line.strip() for line in text.splitlines()]
@@ -159,7 +163,7 @@ def summarise_transcript(text: str) -> str:
     agent = [line.split(":", 1)[1].strip() for line in lines if line.startswith("Agent:")]
     if not caller and not agent:
         return "Nothing was said on the call."
-    parts = [f"The caller spoke {len(caller)} times and the agent {len(agent)} times."]
+    parts = [f"The caller spoke {_times(len(caller))} and the agent {_times(len(agent))}."]
     if caller:
         parts.append(f'The caller first said: "{caller[0]}".')
     if agent:

@@ -48,7 +48,7 @@ def run(runner: ToolRunner, *calls):
 
 def test_a_call_is_posted_signed_and_its_result_returned(server):
     server.responders["check_order"] = lambda arguments: {"result": {"status": "shipped", "id": arguments["order_id"]}}
-    runner = ToolRunner(guard_for(server), secret=lambda: SECRET)
+    runner = ToolRunner(guard_for(server), secret=lambda conversation_id: SECRET)
     [outcome] = run(runner, (tool(server), call()))
     assert outcome.status == "completed" and outcome.http_status == 200
     assert json.loads(outcome.result) == {"status": "shipped", "id": "A1"}
@@ -66,7 +66,7 @@ def test_a_call_is_posted_signed_and_its_result_returned(server):
 
 
 def test_a_wrong_secret_does_not_verify(server):
-    runner = ToolRunner(guard_for(server), secret=lambda: "whsec_other")
+    runner = ToolRunner(guard_for(server), secret=lambda conversation_id: "whsec_other")
     run(runner, (tool(server), call()))
     assert not server.received[0].verified
 

@@ -52,6 +52,8 @@ class TurnOut(BaseModel):
     cost: dict[str, UsdAmount]  # stt, llm, tts, total
     cost_usd: UsdAmount
     recording: dict[str, Any]
+    # The turn's tool calls: {id, name, arguments, result (capped), status, duration_ms, http_status?, error?}
+    tool_calls: list[dict[str, Any]] = Field(default_factory=list)
     started_at: datetime
     ended_at: datetime
 

@@ -36,8 +36,9 @@ MAX_RESULT_CHARS = 4000  # the most of a result handed to the LLM and stored on 
 MAX_REDIRECTS = 3
 USER_AGENT = "Airies-Tools/1"
 
-# () -> the signing secret of the agent's server (None: requests go unsigned); called once per runner, on a thread.
-SecretLookup = Callable[[], str | None]
+# (conversation id) -> the signing secret of the conversation's agent (its server-message endpoint's, else the
+# account's; None: requests go unsigned). Called once per conversation and runner, on a thread.
+SecretLookup = Callable[[str], str | None]
 
 
 @dataclass(frozen=True)
@@ -137,18 +138,19 @@ class ToolRunner:
     ) -> None:
         self.guard = guard
         self._secret_lookup = secret
-        self._secret: asyncio.Future[str | None] | None = None
+        self._secrets: dict[str, asyncio.Future[str | None]] = {}
         self.canned = dict(canned or {})  # tool name -> the result to answer without calling the server
         self.max_response_bytes = max_response_bytes
         self.clock = clock
         self.background: set[asyncio.Task[Any]] = set()  # async tools in flight
 
-    async def secret(self) -> str | None:
-        if self._secret_lookup is None:
+    async def secret(self, conversation_id: str) -> str | None:
+        lookup = self._secret_lookup
+        if lookup is None:
             return None
-        if self._secret is None:
-            self._secret = asyncio.ensure_future(asyncio.to_thread(self._secret_lookup))
-        return await self._secret
+        if conversation_id not in self._secrets:
+            self._secrets[conversation_id] = asyncio.ensure_future(asyncio.to_thread(lookup, conversation_id))
+        return await self._secrets[conversation_id]
 
     def _ms(self, start: float) -> float:
         return round((self.clock() - start) * 1000, 2)
@@ -204,7 +206,7 @@ class ToolRunner:
             "content-type": "application/json",
             TOOL_CALL_ID_HEADER: invocation.tool_call_id,
         }
-        secret = await self.secret()
+        secret = await self.secret(invocation.conversation_id)
         if secret:
             headers[SIGNATURE_HEADER] = signature_header(secret, body)
         if tool.async_:

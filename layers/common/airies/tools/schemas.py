@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal
+from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
@@ -150,6 +150,3 @@ def unique_tool_names(tools: list[ToolConfig]) -> list[ToolConfig]:
             raise ValueError(f"tool name '{tool.name}' is used twice")
         seen.add(tool.name)
     return tools
-
-
-ToolStatus = Literal["completed", "failed", "timeout", "sent", "refused", "canned"]

@@ -24,7 +24,7 @@ from airies.core.text import SentenceSegmenter, contains_phrase, split_sentences
 from airies.llm import catalog
 from airies.llm.cost import token_cost
 from airies.llm.vendors.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCall, ToolCallDelta, Usage
-from airies.tools.dispatch import ToolDispatcher, tool_messages
+from airies.tools.dispatch import MAX_TOOL_ROUNDS, ToolDispatcher, tool_messages
 from airies.tools.runner import ToolCaller, ToolOutcome
 from airies.voice import catalog as voice_catalog
 from airies.voice.speech_models import expected_phrases_for_agent
@@ -34,8 +34,6 @@ from airies.voice.tts.base import TTSOptions, TTSProvider
 LLMStreamer = Callable[[LLMRequest], AsyncIterator[LLMEvent]]
 # (account_id, knowledge_base_ids, query) -> passages [{"text", "score", "source", ...}]
 Retriever = Callable[[str, list[str], str], Awaitable[list[dict[str, Any]]]]
-# Rounds of tool calls in one turn: the LLM calls tools, reads their results, and may call again at most this often.
-MAX_TOOL_ROUNDS = 3
 
 # --- voice activity per chunk ----------------------------------------------------------------------------------
 _VAD: Any = None

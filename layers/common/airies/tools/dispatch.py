@@ -24,6 +24,8 @@ from airies.tools.builtins import QUERY_KNOWLEDGE_BASE, TRANSFER_CALL, TRANSFER_
 from airies.tools.runner import ToolCaller, ToolInvocation, ToolOutcome, cap, parse_arguments
 from airies.tools.schemas import BuiltinTools, ToolConfig
 
+# Rounds of tool calls in one turn: the LLM calls tools, reads their results, and may call again at most this often.
+MAX_TOOL_ROUNDS = 3
 # (account_id, knowledge_base_ids, query) -> passages [{"text", "document_name", ...}]
 Retriever = Callable[[str, list[str], str], Awaitable[list[dict[str, Any]]]]
 

@@ -1,5 +1,6 @@
 """A business's tool server: a real HTTP server on 127.0.0.1:0 that receives the platform's tool calls, checks each
-one's signature, and answers from a per-tool responder.
+one's signature with the verification snippet of docs/webhooks.md (the one docs/tools.md points to), and answers
+from a per-tool responder.
 
 Behaviour per request (set on the double): ``delay`` (slow: seconds before answering), ``status`` (failing: e.g.
 500), ``oversize`` (pad the answer to that many bytes), ``redirect_to`` (answer 307 with that Location, e.g. a
@@ -16,8 +17,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from airies.webhooks.signing import verify
 from tests.doubles._wire import LocalHttpServer
+from tests.doubles.webhook_receiver import documented_verifier
 
 
 @dataclass
@@ -42,6 +43,7 @@ class ToolServer(LocalHttpServer):
         self.redirect_to: str | None = None
         self.responders: dict[str, Callable[[Any], Any]] = {}
         self.received: list[ToolRequest] = []
+        self.verify = documented_verifier()
         self._lock = threading.Lock()
 
     @property
@@ -59,7 +61,7 @@ class ToolServer(LocalHttpServer):
         raw = handler.rfile.read(int(handler.headers.get("content-length") or 0))
         received = time.perf_counter()
         headers = {k.lower(): v for k, v in handler.headers.items()}
-        verified = bool(self.secret) and verify(self.secret, headers.get("airies-signature", ""), raw)
+        verified = bool(self.secret) and self.verify(self.secret, headers.get("airies-signature", ""), raw)
         with self._lock:
             self.received.append(ToolRequest(handler.path, headers, raw, verified, received))
         if self.delay:

@@ -25,7 +25,7 @@ import httpx
 from jsonschema import Draft202012Validator
 
 from airies.core.url_guard import URLGuard, URLNotAllowed
-from airies.tools.schemas import ToolConfig
+from airies.tools.schemas import MAX_TIMEOUT_MS, ToolConfig
 from airies.webhooks.signing import SIGNATURE_HEADER, signature_header
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,7 @@ class ToolRunner:
         except Exception as exc:  # nobody waits for it: logged (without its content) and dropped
             log.warning("async tool call failed", extra={"tool": tool.name, "error": type(exc).__name__})
 
-    async def drain(self, timeout: float = 5.0) -> None:
+    async def drain(self, timeout: float = MAX_TIMEOUT_MS / 1000) -> None:
         """Wait for async tools still in flight (a request outlives its turn only until this returns)."""
         if self.background:
             await asyncio.wait(set(self.background), timeout=timeout)

@@ -17,7 +17,7 @@ It is NOT a language model and says so: every ``StreamEnd.metadata`` has ``{"is_
    its name with ``_`` and ``-`` read as spaces, as whole words, case-insensitive ("please check order A1" names
    ``check_order``; the first tool named wins) -> no text, one call of that tool (id ``call_offline_<n>``, ``n``
    the number of user turns so far). Its arguments, for each ``required`` property (all properties when none is
-   required): the first ``enum`` value; a number or integer: the first number in the user's text (else 0); a
+   required): the first ``enum`` value; a number or integer: the first number standing alone in the user's text (else 0); a
    boolean: true; a string: the first word of the text that contains a digit (an order number), else the words
    after the tool's name, else the whole text. ``StreamEnd.metadata["tool_call"]`` names the tool.
 4. ``first_message``: no user turn yet -> ``metadata["first_message"]`` (when given and non-empty).
@@ -176,7 +176,7 @@ def summarise_transcript(text: str) -> str:
     return " ".join(parts)
 
 
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w])")  # a number standing alone (not "A12")
 TOOL_RESULT_PREFIX = "Here is what I found: "
 MAX_TOOL_RESULT_CHARS = 300
 
@@ -201,8 +201,9 @@ def offline_arguments(function: dict[str, Any], text: str) -> dict[str, Any]:
     properties: dict[str, Any] = parameters.get("properties") or {}
     wanted = parameters.get("required") or list(properties)
     words = text.split()
-    after = text.lower().split(" ".join(_WORD.findall(_name_words(str(function.get("name"))).lower())), 1)
-    rest = after[1].strip(" ?.!,") if len(after) == 2 else ""
+    name = r"[\s_-]+".join(re.escape(word) for word in _WORD.findall(_name_words(str(function.get("name"))).lower()))
+    said = re.search(name, text, flags=re.IGNORECASE) if name else None
+    rest = text[said.end() :].strip(" ?.!,") if said else ""
     arguments: dict[str, Any] = {}
     for name in wanted:
         spec = properties.get(name) or {}

@@ -10,6 +10,7 @@ private address). ``responders[name](arguments) -> body`` makes the answer (defa
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ class ToolRequest:
     body: bytes
     verified: bool
     received_at: float  # time.perf_counter() when the request was read (benchmarks)
+    answered_at: float = 0.0  # time.perf_counter() just before the answer was written
 
     @property
     def call(self) -> dict[str, Any]:
@@ -58,12 +60,16 @@ class ToolServer(LocalHttpServer):
         return [r.call for r in self.received if name is None or r.call.get("name") == name]
 
     def serve(self, handler: BaseHTTPRequestHandler) -> None:
+        # Headers and body go out in separate writes: without this, Nagle and delayed ACKs hold the body ~40 ms on
+        # a kept-alive connection (as a real server's single write would not).
+        handler.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         raw = handler.rfile.read(int(handler.headers.get("content-length") or 0))
         received = time.perf_counter()
         headers = {k.lower(): v for k, v in handler.headers.items()}
         verified = bool(self.secret) and self.verify(self.secret, headers.get("airies-signature", ""), raw)
+        request = ToolRequest(handler.path, headers, raw, verified, received)
         with self._lock:
-            self.received.append(ToolRequest(handler.path, headers, raw, verified, received))
+            self.received.append(request)
         if self.delay:
             time.sleep(self.delay)
         if self.redirect_to:
@@ -78,6 +84,7 @@ class ToolServer(LocalHttpServer):
             return
         if self.oversize:
             body = json.dumps({"result": "x" * self.oversize}).encode()
+        request.answered_at = time.perf_counter()
         self._send(handler, self.status, body, {"content-type": "application/json"})
 
     @staticmethod

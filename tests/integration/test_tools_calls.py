@@ -73,7 +73,7 @@ def socket_engines(openai: OpenAIDouble, server: ToolServer, settings: Settings)
         URLGuard(https_only=False, allowed_hosts=parse_allowed_hosts(settings.url_guard_allowed_hosts)),
         secret=lambda conversation_id: SECRET,
     )
-    return TurnEngines(llm=llm.stream, stt=FakeSTT(), tts=FakeTTS(), tools=runner.call_many, drain=runner.drain)
+    return TurnEngines(llm=llm.stream, stt=FakeSTT(), tts=FakeTTS(), tools=runner)
 
 
 def test_a_websocket_call_runs_a_tool_and_answers_from_its_result(aws, database, settings, openai, tool_server):

@@ -200,18 +200,15 @@ def build_engines(
             ]
 
     tools = None
-    drain = None
     if config.tools:
         secret = tool_secret_lookup(settings, database, account_id) if database is not None else None
-        runner = ToolRunner(url_guard(settings), secret=secret)
-        tools, drain = runner.call_many, runner.drain
+        tools = ToolRunner(url_guard(settings), secret=secret)
     return TurnEngines(
         llm=llm_service.stream_response,
         stt=VoiceSTT(voice, config),
         tts=VoiceTTS(voice, config),
         retrieve=retrieve,
         tools=tools,
-        drain=drain,
     )
 
 

@@ -25,7 +25,7 @@ from airies.llm import catalog
 from airies.llm.cost import token_cost
 from airies.llm.vendors.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCall, ToolCallDelta, Usage
 from airies.tools.dispatch import MAX_TOOL_ROUNDS, ToolDispatcher, tool_messages
-from airies.tools.runner import ToolCaller, ToolOutcome
+from airies.tools.runner import ToolOutcome, ToolRunner
 from airies.voice import catalog as voice_catalog
 from airies.voice.speech_models import expected_phrases_for_agent
 from airies.voice.stt.base import STTOptions, STTProvider, Transcript
@@ -81,8 +81,7 @@ class TurnEngines:
     stt: STTProvider | None = None
     tts: TTSProvider | None = None
     retrieve: Retriever | None = None
-    tools: ToolCaller | None = None  # the agent's custom tools (``airies.tools.runner.ToolRunner.call_many``)
-    drain: Callable[[], Awaitable[None]] | None = None  # waits for async tools still in flight at the turn's end
+    tools: ToolRunner | None = None  # runs the agent's custom tools on the business's server
 
 
 @dataclass
@@ -212,11 +211,13 @@ class TurnRunner:
     ) -> TurnResult:
         """``history`` may be a callable: it is then loaded on a thread while speech is transcribed."""
         history_task = asyncio.ensure_future(asyncio.to_thread(history)) if callable(history) else None
+        if self.engines.tools is not None and inp.scripted_reply is None:
+            self.engines.tools.prefetch(inp.conversation_id)  # the signing secret, read while the turn runs
         try:
             return await self._run(config, history, history_task, inp, sink)
         finally:
-            if self.engines.drain is not None:
-                await self.engines.drain()
+            if self.engines.tools is not None:
+                await self.engines.tools.drain()  # async tools still in flight: bounded by their timeout
             if history_task is not None and not history_task.done():
                 # A turn that needs no history (a scripted reply, no speech, a failure) still waits for the read:
                 # it runs on the caller's database session, which the caller uses next (storing the turn).
@@ -463,7 +464,7 @@ class TurnRunner:
             config.tools,
             config.builtin_tools,
             config.knowledge_base_ids,
-            caller=self.engines.tools,
+            caller=self.engines.tools.call_many if self.engines.tools is not None else None,
             retrieve=self.engines.retrieve,
             can_transfer=inp.can_transfer,
             clock=self.clock,

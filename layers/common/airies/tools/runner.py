@@ -25,6 +25,7 @@ import httpx
 from jsonschema import Draft202012Validator
 
 from airies.core.url_guard import URLGuard, URLNotAllowed
+from airies.core.vendor_clients import LoopBoundClient
 from airies.tools.schemas import MAX_TIMEOUT_MS, ToolConfig
 from airies.webhooks.signing import SIGNATURE_HEADER, signature_header
 
@@ -126,6 +127,22 @@ def result_text(body: bytes, content_type: str) -> str:
     return text
 
 
+# Guarded clients shared by every runner with the same guard rules: one per event loop, so connections to a tool
+# server are kept alive from turn to turn (no new TCP and TLS handshake per call) and the TLS context is built once.
+_clients: dict[tuple[Any, ...], LoopBoundClient[httpx.AsyncClient]] = {}
+
+
+def shared_clients(guard: URLGuard) -> LoopBoundClient[httpx.AsyncClient]:
+    key = (guard.https_only, guard.allowed_hosts, guard.resolver)
+    if key not in _clients:
+        _clients[key] = LoopBoundClient(
+            lambda: guard.async_client(
+                follow_redirects=True, max_redirects=MAX_REDIRECTS, headers={"user-agent": USER_AGENT}
+            )
+        )
+    return _clients[key]
+
+
 class ToolRunner:
     def __init__(
         self,
@@ -137,6 +154,7 @@ class ToolRunner:
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.guard = guard
+        self.clients = shared_clients(guard)
         self._secret_lookup = secret
         self._secrets: dict[str, asyncio.Future[str | None]] = {}
         self.canned = dict(canned or {})  # tool name -> the result to answer without calling the server
@@ -144,24 +162,38 @@ class ToolRunner:
         self.clock = clock
         self.background: set[asyncio.Task[Any]] = set()  # async tools in flight
 
-    async def secret(self, conversation_id: str) -> str | None:
+    def prefetch(self, conversation_id: str) -> None:
+        """Start reading the signing secret now (on a thread), so a tool call does not wait for it later."""
         lookup = self._secret_lookup
-        if lookup is None:
+        if lookup is not None and conversation_id not in self._secrets:
+            self._secrets[conversation_id] = asyncio.ensure_future(
+                asyncio.to_thread(self._read_secret, conversation_id)
+            )
+
+    def _read_secret(self, conversation_id: str) -> str | None:
+        assert self._secret_lookup is not None
+        try:
+            return self._secret_lookup(conversation_id)
+        except Exception:  # the call goes out unsigned: a receiver that verifies refuses it, and the LLM is told
+            log.exception("tool signing secret not read", extra={"conversation_id": conversation_id})
             return None
-        if conversation_id not in self._secrets:
-            self._secrets[conversation_id] = asyncio.ensure_future(asyncio.to_thread(lookup, conversation_id))
+
+    async def secret(self, conversation_id: str) -> str | None:
+        if self._secret_lookup is None:
+            return None
+        self.prefetch(conversation_id)
         return await self._secrets[conversation_id]
 
     def _ms(self, start: float) -> float:
         return round((self.clock() - start) * 1000, 2)
 
     async def call_many(self, calls: Iterable[tuple[ToolConfig, ToolInvocation]]) -> list[ToolOutcome]:
-        """One turn's calls, concurrently, through one connection pool; outcomes in the calls' order."""
+        """One turn's calls, concurrently, on the guarded client of this event loop; outcomes in the calls' order."""
         calls = list(calls)
         if not calls:
             return []
-        async with self.client() as http:
-            return list(await asyncio.gather(*(self.call(tool, invocation, http) for tool, invocation in calls)))
+        http = self.clients.get()
+        return list(await asyncio.gather(*(self.call(tool, invocation, http) for tool, invocation in calls)))
 
     async def call(self, tool: ToolConfig, invocation: ToolInvocation, http: httpx.AsyncClient) -> ToolOutcome:
         start = self.clock()
@@ -210,7 +242,7 @@ class ToolRunner:
         if secret:
             headers[SIGNATURE_HEADER] = signature_header(secret, body)
         if tool.async_:
-            task = asyncio.ensure_future(self._post_alone(tool, body, headers))
+            task = asyncio.ensure_future(self._post_alone(http, tool, body, headers))
             self.background.add(task)
             task.add_done_callback(self.background.discard)
             return outcome("sent", "The request was sent; its answer is not awaited.")
@@ -244,19 +276,12 @@ class ToolRunner:
                     raise _TooLarge
             return response.status_code, bytes(received), response.headers.get("content-type", "")
 
-    def client(self) -> httpx.AsyncClient:
-        """A guarded client: redirects followed (each hop checked again by the guard), at most ``MAX_REDIRECTS``."""
-        return self.guard.async_client(
-            follow_redirects=True, max_redirects=MAX_REDIRECTS, headers={"user-agent": USER_AGENT}
-        )
-
-    async def _post_alone(self, tool: ToolConfig, body: bytes, headers: dict[str, str]) -> None:
-        """An async tool's request, on a client of its own (the turn's may close first); its answer is dropped."""
+    async def _post_alone(
+        self, http: httpx.AsyncClient, tool: ToolConfig, body: bytes, headers: dict[str, str]
+    ) -> None:
+        """An async tool's request: nobody waits for its answer, which is dropped."""
         try:
-            async with self.client() as http:
-                status, _, _ = await asyncio.wait_for(
-                    self._post(http, tool, body, headers), tool.server.timeout_ms / 1000
-                )
+            status, _, _ = await asyncio.wait_for(self._post(http, tool, body, headers), tool.server.timeout_ms / 1000)
             log.info("async tool call answered", extra={"tool": tool.name, "http_status": status})
         except Exception as exc:  # nobody waits for it: logged (without its content) and dropped
             log.warning("async tool call failed", extra={"tool": tool.name, "error": type(exc).__name__})

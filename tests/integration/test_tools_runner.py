@@ -156,3 +156,12 @@ def test_canned_results_skip_the_server(server):
     [outcome] = run(runner, (tool(server), call()))
     assert outcome.status == "canned" and json.loads(outcome.result) == {"status": "delivered"}
     assert server.received == []
+
+
+def test_a_schema_that_cannot_be_applied_refuses_the_call(server):
+    remote = ToolConfig.model_validate(
+        {**tool(server).model_dump(), "parameters": {"type": "object", "$ref": "https://example.com/schema.json"}}
+    )
+    [outcome] = run(ToolRunner(guard_for(server)), (remote, call()))
+    assert outcome.status == "refused" and "cannot be applied" in outcome.result
+    assert server.received == []

@@ -106,7 +106,10 @@ def parse_arguments(raw: str) -> tuple[Any, str | None]:
 
 def argument_problem(schema: Mapping[str, Any], arguments: Any) -> str | None:
     """The first way ``arguments`` break the tool's JSON Schema, or None."""
-    errors = sorted(Draft202012Validator(schema).iter_errors(arguments), key=lambda e: list(e.path))
+    try:
+        errors = sorted(Draft202012Validator(schema).iter_errors(arguments), key=lambda e: str(list(e.path)))
+    except Exception as exc:  # e.g. a "$ref" nothing resolves (remote references are never fetched)
+        return f"the tool's parameters schema cannot be applied ({type(exc).__name__})"
     if not errors:
         return None
     where = "/".join(str(part) for part in errors[0].path) or "(root)"

@@ -71,7 +71,8 @@ class TurnResponse(BaseModel):
     transcript: str | None
     reply: str
     end_call: bool  # the call ended with this turn
-    end_reason: str | None  # why it ended: caller_end_call_phrase, assistant_end_call_phrase, end_call_tool, transferred
+    # why it ended: caller_end_call_phrase, assistant_end_call_phrase, end_call_tool, transferred
+    end_reason: str | None
     audio: TurnAudioOut | None
 
 

@@ -165,3 +165,26 @@ def test_a_schema_that_cannot_be_applied_refuses_the_call(server):
     [outcome] = run(ToolRunner(guard_for(server)), (remote, call()))
     assert outcome.status == "refused" and "cannot be applied" in outcome.result
     assert server.received == []
+
+
+def test_one_runner_serves_turns_on_several_event_loops(server):
+    """A container keeps a turn's engines for a while and runs turns on more than one event loop."""
+    reads: list[str] = []
+
+    def lookup(conversation_id: str) -> str:
+        reads.append(conversation_id)
+        return SECRET
+
+    runner = ToolRunner(guard_for(server), secret=lookup)
+    async_tool = ToolConfig.model_validate({**tool(server).model_dump(), "async": True})
+
+    async def turn() -> list:
+        runner.prefetch("conv_1")
+        outcomes = await runner.call_many([(tool(server), call()), (async_tool, call(call_id="call_2"))])
+        await runner.drain()
+        return outcomes
+
+    for _ in range(3):  # a new loop each time, as asyncio.run makes
+        assert [o.status for o in asyncio.run(turn())] == ["completed", "sent"]
+    assert reads == ["conv_1"]  # read once, kept for the runner's life
+    assert len(server.received) == 6 and all(r.verified for r in server.received)

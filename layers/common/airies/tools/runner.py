@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,7 +160,12 @@ class ToolRunner:
         self.guard = guard
         self.clients = shared_clients(guard)
         self._secret_lookup = secret
-        self._secrets: dict[str, asyncio.Future[str | None]] = {}
+        # A container keeps a turn's engines (this runner among them) for a while and runs turns on several event
+        # loops: a secret being read is a future of the loop that started it; a secret read is kept per conversation.
+        self._secrets: dict[str, str | None] = {}
+        self._reading: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Future[str | None]]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.canned = dict(canned or {})  # tool name -> the result to answer without calling the server
         self.max_response_bytes = max_response_bytes
         self.clock = clock
@@ -167,25 +173,35 @@ class ToolRunner:
 
     def prefetch(self, conversation_id: str) -> None:
         """Start reading the signing secret now (on a thread), so a tool call does not wait for it later."""
-        lookup = self._secret_lookup
-        if lookup is not None and conversation_id not in self._secrets:
-            self._secrets[conversation_id] = asyncio.ensure_future(
-                asyncio.to_thread(self._read_secret, conversation_id)
-            )
+        if self._secret_lookup is None or conversation_id in self._secrets:
+            return
+        reading = self._reading.setdefault(asyncio.get_running_loop(), {})
+        if conversation_id not in reading:
+            reading[conversation_id] = asyncio.ensure_future(asyncio.to_thread(self._read_secret, conversation_id))
 
     def _read_secret(self, conversation_id: str) -> str | None:
         assert self._secret_lookup is not None
         try:
-            return self._secret_lookup(conversation_id)
+            secret = self._secret_lookup(conversation_id)
         except Exception:  # the call goes out unsigned: a receiver that verifies refuses it, and the LLM is told
             log.exception("tool signing secret not read", extra={"conversation_id": conversation_id})
             return None
+        self._secrets[conversation_id] = secret
+        return secret
 
     async def secret(self, conversation_id: str) -> str | None:
         if self._secret_lookup is None:
             return None
+        if conversation_id in self._secrets:
+            return self._secrets[conversation_id]
         self.prefetch(conversation_id)
-        return await self._secrets[conversation_id]
+        reading = self._reading[asyncio.get_running_loop()]
+        future = reading[conversation_id]
+        try:
+            return await future
+        finally:
+            if reading.get(conversation_id) is future:
+                del reading[conversation_id]
 
     def _ms(self, start: float) -> float:
         return round((self.clock() - start) * 1000, 2)
@@ -291,8 +307,10 @@ class ToolRunner:
 
     async def drain(self, timeout: float = MAX_TIMEOUT_MS / 1000) -> None:
         """Wait for async tools still in flight (a request outlives its turn only until this returns)."""
-        if self.background:
-            await asyncio.wait(set(self.background), timeout=timeout)
+        loop = asyncio.get_running_loop()
+        mine = {task for task in self.background if task.get_loop() is loop}  # another loop's are its own turns'
+        if mine:
+            await asyncio.wait(mine, timeout=timeout)
 
 
 class _TooLarge(Exception):

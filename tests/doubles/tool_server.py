@@ -1,5 +1,6 @@
 """A business's tool server: a real HTTP server on 127.0.0.1:0 that receives the platform's tool calls, checks each
-one's signature, and answers from a per-tool responder.
+one's signature with the verification snippet of docs/webhooks.md (the one docs/tools.md points to), and answers
+from a per-tool responder.
 
 Behaviour per request (set on the double): ``delay`` (slow: seconds before answering), ``status`` (failing: e.g.
 500), ``oversize`` (pad the answer to that many bytes), ``redirect_to`` (answer 307 with that Location, e.g. a
@@ -9,6 +10,7 @@ private address). ``responders[name](arguments) -> body`` makes the answer (defa
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -16,8 +18,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from airies.webhooks.signing import verify
 from tests.doubles._wire import LocalHttpServer
+from tests.doubles.webhook_receiver import documented_verifier
 
 
 @dataclass
@@ -27,6 +29,7 @@ class ToolRequest:
     body: bytes
     verified: bool
     received_at: float  # time.perf_counter() when the request was read (benchmarks)
+    answered_at: float = 0.0  # time.perf_counter() just before the answer was written
 
     @property
     def call(self) -> dict[str, Any]:
@@ -42,6 +45,7 @@ class ToolServer(LocalHttpServer):
         self.redirect_to: str | None = None
         self.responders: dict[str, Callable[[Any], Any]] = {}
         self.received: list[ToolRequest] = []
+        self.verify = documented_verifier()
         self._lock = threading.Lock()
 
     @property
@@ -56,12 +60,16 @@ class ToolServer(LocalHttpServer):
         return [r.call for r in self.received if name is None or r.call.get("name") == name]
 
     def serve(self, handler: BaseHTTPRequestHandler) -> None:
+        # Headers and body go out in separate writes: without this, Nagle and delayed ACKs hold the body ~40 ms on
+        # a kept-alive connection (as a real server's single write would not).
+        handler.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         raw = handler.rfile.read(int(handler.headers.get("content-length") or 0))
         received = time.perf_counter()
         headers = {k.lower(): v for k, v in handler.headers.items()}
-        verified = bool(self.secret) and verify(self.secret, headers.get("airies-signature", ""), raw)
+        verified = bool(self.secret) and self.verify(self.secret, headers.get("airies-signature", ""), raw)
+        request = ToolRequest(handler.path, headers, raw, verified, received)
         with self._lock:
-            self.received.append(ToolRequest(handler.path, headers, raw, verified, received))
+            self.received.append(request)
         if self.delay:
             time.sleep(self.delay)
         if self.redirect_to:
@@ -76,6 +84,7 @@ class ToolServer(LocalHttpServer):
             return
         if self.oversize:
             body = json.dumps({"result": "x" * self.oversize}).encode()
+        request.answered_at = time.perf_counter()
         self._send(handler, self.status, body, {"content-type": "application/json"})
 
     @staticmethod

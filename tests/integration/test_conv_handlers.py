@@ -110,7 +110,7 @@ class Harness:
         )
         with database.session() as s:
             account, _ = AccountService(s).signup(name="Co", email=f"{uuid.uuid4().hex[:8]}@ex.com")
-            agents = AgentService(s)
+            agents = AgentService(s, settings=self.settings)  # its URL guard checks tool URLs
             agent = agents.create(account.id, AgentCreate(**{**AGENT, **kwargs}))
             agents.deploy(account.id, agent.id)
             self.account_id, self.agent_id = account.id, agent.id

@@ -48,7 +48,7 @@ def run(runner: ToolRunner, *calls):
 
 def test_a_call_is_posted_signed_and_its_result_returned(server):
     server.responders["check_order"] = lambda arguments: {"result": {"status": "shipped", "id": arguments["order_id"]}}
-    runner = ToolRunner(guard_for(server), secret=lambda: SECRET)
+    runner = ToolRunner(guard_for(server), secret=lambda conversation_id: SECRET)
     [outcome] = run(runner, (tool(server), call()))
     assert outcome.status == "completed" and outcome.http_status == 200
     assert json.loads(outcome.result) == {"status": "shipped", "id": "A1"}
@@ -66,7 +66,7 @@ def test_a_call_is_posted_signed_and_its_result_returned(server):
 
 
 def test_a_wrong_secret_does_not_verify(server):
-    runner = ToolRunner(guard_for(server), secret=lambda: "whsec_other")
+    runner = ToolRunner(guard_for(server), secret=lambda conversation_id: "whsec_other")
     run(runner, (tool(server), call()))
     assert not server.received[0].verified
 
@@ -156,3 +156,35 @@ def test_canned_results_skip_the_server(server):
     [outcome] = run(runner, (tool(server), call()))
     assert outcome.status == "canned" and json.loads(outcome.result) == {"status": "delivered"}
     assert server.received == []
+
+
+def test_a_schema_that_cannot_be_applied_refuses_the_call(server):
+    remote = ToolConfig.model_validate(
+        {**tool(server).model_dump(), "parameters": {"type": "object", "$ref": "https://example.com/schema.json"}}
+    )
+    [outcome] = run(ToolRunner(guard_for(server)), (remote, call()))
+    assert outcome.status == "refused" and "cannot be applied" in outcome.result
+    assert server.received == []
+
+
+def test_one_runner_serves_turns_on_several_event_loops(server):
+    """A container keeps a turn's engines for a while and runs turns on more than one event loop."""
+    reads: list[str] = []
+
+    def lookup(conversation_id: str) -> str:
+        reads.append(conversation_id)
+        return SECRET
+
+    runner = ToolRunner(guard_for(server), secret=lookup)
+    async_tool = ToolConfig.model_validate({**tool(server).model_dump(), "async": True})
+
+    async def turn() -> list:
+        runner.prefetch("conv_1")
+        outcomes = await runner.call_many([(tool(server), call()), (async_tool, call(call_id="call_2"))])
+        await runner.drain()
+        return outcomes
+
+    for _ in range(3):  # a new loop each time, as asyncio.run makes
+        assert [o.status for o in asyncio.run(turn())] == ["completed", "sent"]
+    assert reads == ["conv_1"]  # read once, kept for the runner's life
+    assert len(server.received) == 6 and all(r.verified for r in server.received)

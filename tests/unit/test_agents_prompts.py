@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from airies.agents.prompts import END_CALL_TOOL, build_messages
+from airies.agents.prompts import END_CALL_TOOL, agent_tools, build_messages
 from airies.agents.schemas import AgentConfig
 from airies.conversations import turns
 
@@ -18,4 +18,5 @@ def test_a_turn_is_built_the_same_on_a_call_and_in_an_agent_test() -> None:
     assert build_messages(config, [], None, [])[-1]["role"] == "system"  # no user turn: nothing appended
     # Calls build their turn with the same builder and tool (one source, not a copy).
     assert turns.build_messages is build_messages
-    assert turns.END_CALL_TOOL is END_CALL_TOOL
+    assert turns.agent_tools is agent_tools
+    assert agent_tools(config) == [END_CALL_TOOL]  # no tools of its own: end_call only

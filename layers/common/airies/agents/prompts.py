@@ -1,11 +1,13 @@
 """What an agent sends its LLM on every turn, on a call and in an agent test alike: the messages (system prompt,
-knowledge passages, the voice-call instruction, history, the caller's words) and the ``end_call`` tool."""
+knowledge passages, the voice-call instruction, history, the caller's words) and the tools (``end_call``, the
+agent's own, its enabled built-ins)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from airies.agents.schemas import AgentConfig
+from airies.tools.builtins import tool_definitions
 
 END_CALL_TOOL = {
     "type": "function",
@@ -19,6 +21,11 @@ END_CALL_TOOL = {
         },
     },
 }
+
+
+def agent_tools(config: AgentConfig) -> list[dict[str, Any]]:
+    """The tools the LLM is offered: ``end_call``, the agent's custom tools and its enabled built-ins."""
+    return [END_CALL_TOOL, *tool_definitions(config.tools, config.builtin_tools)]
 
 
 def build_messages(

@@ -264,13 +264,20 @@ class AgentTestTurn(StrictModel):
     expect_not_contains: list[str] = Field(default_factory=list)
     expect_regex: str | None = None
     expect_tool_called: str | None = None
+    # With expect_tool_called: the call's arguments must hold these keys with these values (other keys may differ).
+    expect_tool_arguments: dict[str, Any] | None = None
     expect_end_call: bool | None = None
+    # Canned results for this turn's tool calls (tool name -> result), over the test's own: no server is called.
+    tool_results: dict[str, Any] = Field(default_factory=dict, max_length=20)
 
 
 class AgentTestRequest(StrictModel):
     message: str | None = Field(None, min_length=1, max_length=4000)
     turns: list[AgentTestTurn] = Field(default_factory=list, max_length=50)
     use_draft: bool = True
+    # Canned results for the agent's custom tools (tool name -> result, any JSON): the tool's server is not called,
+    # so a business can test its agent without its server. A tool without one is called on its server.
+    tool_results: dict[str, Any] = Field(default_factory=dict, max_length=20)
 
 
 VoiceConfig.model_rebuild()

@@ -2,8 +2,13 @@
 
 * Text test: ``{"message": "..."}`` -> one turn.
 * Scripted test: ``{"turns": [{"user": ..., "expect_contains": [...], "expect_not_contains": [...],
-  "expect_regex": ..., "expect_tool_called": "name", "expect_end_call": true|false}, ...]}`` -> pass/fail per turn
-  and per check. Checks are case-insensitive for contains / not contains; the regex is searched with
+  "expect_regex": ..., "expect_tool_called": "name", "expect_tool_arguments": {...}, "expect_end_call": true|false,
+  "tool_results": {...}}, ...], "tool_results": {...}}`` -> pass/fail per turn and per check.
+  ``expect_tool_arguments`` passes when a call of ``expect_tool_called`` has those keys with those values.
+  ``tool_results`` (tool name -> result) are canned answers for the agent's custom tools: the server is not called
+  (a turn's own override the test's). Tools without one are called on their server as on a call (signed with the
+  agent's server-message secret, through the URL guard); their results go back to the LLM as on a call
+  (``airies.tools.dispatch``), and each call is reported with its status and result. Checks are case-insensitive for contains / not contains; the regex is searched with
   IGNORECASE. The pattern is user input run against model output, so its work is bounded: it is compiled (and
   rejected with 422 when invalid or longer than ``MAX_REGEX_LENGTH``) before any LLM call, searched in at most
   ``MAX_REGEX_SUBJECT_CHARS`` of the reply, and stopped after ``REGEX_TIMEOUT_S`` (the ``regex`` package's
@@ -39,7 +44,7 @@ from sqlalchemy.orm import Session
 
 from airies.agents.engines import engine_report
 from airies.agents.models import AgentVersion
-from airies.agents.prompts import END_CALL_TOOL, build_messages
+from airies.agents.prompts import agent_tools, build_messages
 from airies.agents.schemas import AgentConfig, AgentTestRequest, AgentTestTurn, FirstMessageMode
 from airies.agents.service import AgentService
 from airies.core.aio import run_sync
@@ -48,9 +53,13 @@ from airies.core.database import Database
 from airies.core.errors import ConflictError, ValidationFailedError
 from airies.core.money import format_usd
 from airies.core.text import contains_phrase
+from airies.core.url_guard import url_guard
 from airies.knowledge.service import build_knowledge_service
 from airies.llm.service import LLMService, build_llm_service
-from airies.llm.vendors.base import LLMRequest, StreamEnd, TextDelta
+from airies.llm.vendors.base import LLMRequest, StreamEnd, TextDelta, ToolCall
+from airies.tools.dispatch import MAX_TOOL_ROUNDS, ToolDispatcher, tool_messages
+from airies.tools.runner import ToolRunner
+from airies.webhooks.service import WebhookService
 
 Retriever = Callable[[str, list[str], str], "Awaitable[list[Any]] | list[Any]"]
 
@@ -75,7 +84,9 @@ def passage_dict(passage: Any) -> dict[str, Any]:
     return {"text": str(getattr(passage, "text", passage))}
 
 
-def check_turn(turn: AgentTestTurn, reply: str, tool_names: list[str], end_call: bool) -> list[dict[str, Any]]:
+def check_turn(
+    turn: AgentTestTurn, reply: str, tool_calls: list[dict[str, Any]], end_call: bool
+) -> list[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
     lowered = reply.lower()
     for expected in turn.expect_contains:
@@ -85,13 +96,16 @@ def check_turn(turn: AgentTestTurn, reply: str, tool_names: list[str], end_call:
     if turn.expect_regex is not None:
         checks.append(regex_check(turn.expect_regex, reply))
     if turn.expect_tool_called is not None:
-        checks.append(
-            {
-                "check": "tool_called",
-                "expected": turn.expect_tool_called,
-                "passed": turn.expect_tool_called in tool_names,
-            }
-        )
+        called = [c for c in tool_calls if c["name"] == turn.expect_tool_called]
+        checks.append({"check": "tool_called", "expected": turn.expect_tool_called, "passed": bool(called)})
+        if turn.expect_tool_arguments is not None:
+            wanted = turn.expect_tool_arguments
+            matches = any(
+                isinstance(c["arguments"], dict)
+                and all(k in c["arguments"] and c["arguments"][k] == v for k, v in wanted.items())
+                for c in called
+            )
+            checks.append({"check": "tool_arguments", "expected": wanted, "passed": matches})
     if turn.expect_end_call is not None:
         checks.append(
             {"check": "end_call", "expected": turn.expect_end_call, "passed": end_call == turn.expect_end_call}
@@ -171,13 +185,19 @@ class AgentTestService:
         ).one()
         return AgentConfig.model_validate(version.config), "version", version.version
 
-    async def _retrieve(self, account_id: str, config: AgentConfig, query: str) -> list[Any]:
-        if not self.retriever or not config.knowledge_base_ids:
+    async def _retrieve_passages(self, account_id: str, kb_ids: list[str], query: str) -> list[dict[str, Any]]:
+        """``query_knowledge_base``: the retriever of the test, as the built-in calls it."""
+        if not self.retriever:
             return []
-        result = self.retriever(account_id, list(config.knowledge_base_ids), query)
+        result = self.retriever(account_id, kb_ids, query)
         if inspect.isawaitable(result):
             result = await result
         return [passage_dict(passage) for passage in result or []]
+
+    async def _retrieve(self, account_id: str, config: AgentConfig, query: str) -> list[Any]:
+        if not config.knowledge_base_ids:
+            return []
+        return await self._retrieve_passages(account_id, list(config.knowledge_base_ids), query)
 
     async def run(self, account_id: str, agent_id: str, body: AgentTestRequest) -> dict[str, Any]:
         turns = list(body.turns)
@@ -215,12 +235,14 @@ class AgentTestService:
                     }
                 )
                 continue
-            outcome = await self._turn(llm, account_id, config, history, turn.user)
+            canned = {**body.tool_results, **turn.tool_results}
+            tools = self._tool_runner(account_id, agent_id, config, canned)
+            outcome = await self._turn(llm, account_id, config, history, turn.user, tools, index)
             ended = outcome["end_call"]
             used_model = outcome.pop("is_language_model")
             if used_model is not None:
                 is_language_model = is_language_model and used_model
-            checks = check_turn(turn, outcome["reply"], [c["name"] for c in outcome["tool_calls"]], outcome["end_call"])
+            checks = check_turn(turn, outcome["reply"], outcome["tool_calls"], outcome["end_call"])
             usage = outcome["usage"]
             for key in totals:
                 totals[key] += usage.get(key, 0)
@@ -263,6 +285,18 @@ class AgentTestService:
             },
         }
 
+    def _tool_runner(
+        self, account_id: str, agent_id: str, config: AgentConfig, canned: dict[str, Any]
+    ) -> ToolRunner | None:
+        """The runner of the agent's custom tools (canned results first); the signing secret is read now, on this
+        thread and session, only when a tool may reach its server."""
+        if not config.tools:
+            return None
+        secret = None
+        if any(tool.name not in canned for tool in config.tools):
+            secret = WebhookService(self.session, self.settings, queue=None).signing_secret_for(account_id, agent_id)
+        return ToolRunner(url_guard(self.settings), secret=lambda _conversation_id: secret, canned=canned)
+
     async def _turn(
         self,
         llm: LLMService,
@@ -270,6 +304,8 @@ class AgentTestService:
         config: AgentConfig,
         history: list[dict[str, Any]],
         user: str,
+        tools: ToolRunner | None = None,
+        index: int = 0,
     ) -> dict[str, Any]:
         started = time.perf_counter()
         phrase = contains_phrase(user, config.end_call_phrases)
@@ -295,7 +331,8 @@ class AgentTestService:
             }
         retrieval_error = None
         try:
-            passages = await self._retrieve(account_id, config, user)
+            on_demand = config.builtin_tools.query_knowledge_base.enabled  # as on a call: the LLM asks for it
+            passages = [] if on_demand else await self._retrieve(account_id, config, user)
         except Exception as exc:  # as on a call: answer without retrieval rather than fail the turn
             passages, retrieval_error = [], f"{type(exc).__name__}: {exc}"[:200]
         request = LLMRequest(
@@ -303,7 +340,7 @@ class AgentTestService:
             messages=build_messages(config, history, user, passages),
             temperature=config.llm.temperature,
             max_tokens=config.llm.max_tokens,
-            tools=[END_CALL_TOOL],
+            tools=agent_tools(config),
             provider=config.llm.provider,
             fallbacks=tuple((fb.provider, fb.model) for fb in config.llm.fallbacks),
             metadata={
@@ -313,16 +350,53 @@ class AgentTestService:
                 "end_call_message": config.end_call_message,
             },
         )
+        dispatcher = ToolDispatcher(
+            config.tools,
+            config.builtin_tools,
+            config.knowledge_base_ids,
+            caller=tools.call_many if tools is not None else None,
+            retrieve=self._retrieve_passages,
+        )
         parts: list[str] = []
-        end: StreamEnd | None = None
-        async for event in llm.stream_response(request, account_id=account_id):
-            if isinstance(event, TextDelta):
-                parts.append(event.text)
-            elif isinstance(event, StreamEnd):
-                end = event
-        assert end is not None  # the router always finishes with a StreamEnd or raises
-        reply = "".join(parts).strip()
-        tool_calls = [{"id": c.id, "name": c.name, "arguments": _json_or_text(c.arguments)} for c in end.tool_calls]
+        tool_calls: list[dict[str, Any]] = []
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}
+        cost = Decimal(0)
+        first_end: StreamEnd | None = None
+        for tool_round in range(MAX_TOOL_ROUNDS + 1):
+            end: StreamEnd | None = None
+            said: list[str] = []
+            async for event in llm.stream_response(request, account_id=account_id):
+                if isinstance(event, TextDelta):
+                    said.append(event.text)
+                elif isinstance(event, StreamEnd):
+                    end = event
+            assert end is not None  # the router always finishes with a StreamEnd or raises
+            first_end = first_end or end
+            parts += said
+            for key in usage:
+                usage[key] += getattr(end.usage, key)
+            cost += end.cost
+            calls = list(end.tool_calls)
+            actionable: list[ToolCall] = [c for c in calls if c.name != "end_call"]
+            tool_calls += [
+                {"id": c.id, "name": c.name, "arguments": _json_or_text(c.arguments)}
+                for c in calls
+                if c.name == "end_call"
+            ]
+            if not actionable or tool_round == MAX_TOOL_ROUNDS:
+                break
+            parts += [f" {message} " for message in dispatcher.waiting_messages(actionable)]
+            done = await dispatcher.run(
+                actionable, account_id=account_id, conversation_id="agent_test", turn_id=f"agent_test_turn_{index}"
+            )
+            tool_calls += [outcome.record() for outcome in done.outcomes]
+            parts += [f" {message} " for message in done.say]
+            if any(c.name == "end_call" for c in calls):
+                break
+            messages = [*request.messages, *tool_messages("".join(said), actionable, done.outcomes)]
+            request = dataclasses.replace(request, messages=messages)
+        assert end is not None and first_end is not None
+        reply = " ".join("".join(parts).split())
         end_reason = None
         if any(c["name"] == "end_call" for c in tool_calls):
             end_reason = "assistant_end_call_tool"
@@ -334,17 +408,15 @@ class AgentTestService:
             "end_call": end_reason is not None,
             "end_call_reason": end_reason,
             "latency": {
-                "ttft_ms": None if end.ttft_ms is None else round(end.ttft_ms, 2),
+                "ttft_ms": None if first_end.ttft_ms is None else round(first_end.ttft_ms, 2),
                 "total_ms": round((time.perf_counter() - started) * 1000, 2),
             },
             "usage": {
-                "prompt_tokens": end.usage.prompt_tokens,
-                "completion_tokens": end.usage.completion_tokens,
-                "cached_tokens": end.usage.cached_tokens,
+                **usage,
                 "estimated": end.usage.estimated,
                 "engines": {"llm": engine_report("llm", config.llm.provider, end.provider)},
             },
-            "cost_usd": format_usd(end.cost),
+            "cost_usd": format_usd(cost),
             "provider": end.provider,
             "model": end.model,
             "passages": len(passages),

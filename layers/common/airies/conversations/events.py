@@ -1,4 +1,5 @@
-"""Server messages of a conversation: ``conversation.started``, ``turn.completed``, ``transcript.updated`` and
+"""Server messages of a conversation: ``conversation.started``, ``turn.completed``, ``transcript.updated``,
+``tool.called`` (one per tool call of a stored turn) and
 ``conversation.ended`` (the end-of-call report), handed to an injected publisher (the webhooks capability's).
 
 An event is published only once the unit of work that caused it has committed (never for a rolled-back change, and
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 STARTED = "conversation.started"
 TURN_COMPLETED = "turn.completed"
 TRANSCRIPT_UPDATED = "transcript.updated"
+TOOL_CALLED = "tool.called"
 ENDED = "conversation.ended"
 COST_COMPONENTS = ("stt", "llm", "tts")
 # Recording links in the end-of-call report outlive the call's delivery window (retries run for about a day).
@@ -156,6 +158,10 @@ class ConversationEvents:
         self._after_commit(session, conversation, TURN_COMPLETED, f"{turn.id}:{TURN_COMPLETED}", completed)
         update = {"conversation_id": conversation.id, "turn_id": turn.id, "transcript": transcript_entries(turn)}
         self._after_commit(session, conversation, TRANSCRIPT_UPDATED, f"{turn.id}:{TRANSCRIPT_UPDATED}", update)
+        for call in turn.tool_calls or []:
+            called = {"conversation_id": conversation.id, "turn_id": turn.id, **call}
+            key = f"{turn.id}:{str(call.get('id'))[:100]}:{TOOL_CALLED}"
+            self._after_commit(session, conversation, TOOL_CALLED, key, called)
 
     def ended(self, session: Session, conversation: Conversation) -> None:
         """With a post-call analysis, start it once the end has committed: it sends ``conversation.ended`` (with

@@ -145,6 +145,7 @@ def turn_out(t: ConversationTurn) -> TurnOut:
         cost=t.cost,
         cost_usd=t.cost_usd or Decimal(0),
         recording=t.recording,
+        tool_calls=t.tool_calls or [],
         started_at=t.started_at,
         ended_at=t.ended_at,
     )

@@ -52,6 +52,8 @@ class TurnOut(BaseModel):
     cost: dict[str, UsdAmount]  # stt, llm, tts, total
     cost_usd: UsdAmount
     recording: dict[str, Any]
+    # The turn's tool calls: {id, name, arguments, result (capped), status, duration_ms, http_status?, error?}
+    tool_calls: list[dict[str, Any]] = Field(default_factory=list)
     started_at: datetime
     ended_at: datetime
 
@@ -69,7 +71,8 @@ class TurnResponse(BaseModel):
     transcript: str | None
     reply: str
     end_call: bool  # the call ended with this turn
-    end_reason: str | None  # why it ended: caller_end_call_phrase, assistant_end_call_phrase, end_call_tool
+    # why it ended: caller_end_call_phrase, assistant_end_call_phrase, end_call_tool, transferred
+    end_reason: str | None
     audio: TurnAudioOut | None
 
 

@@ -49,6 +49,8 @@ from airies.core.ids import new_id
 from airies.core.models import utcnow
 from airies.core.money import format_usd
 from airies.core.schemas import check_metadata
+from airies.core.url_guard import url_guard
+from airies.tools.runner import ToolRunner
 from airies.voice.stt.base import STTOptions, Transcript
 from airies.voice.tts.base import TTSOptions
 
@@ -202,12 +204,34 @@ def build_engines(
                 for c in chunks
             ]
 
+    tools = None
+    if config.tools:
+        secret = tool_secret_lookup(settings, database, account_id) if database is not None else None
+        tools = ToolRunner(url_guard(settings), secret=secret)
     return TurnEngines(
         llm=llm_service.stream_response,
         stt=VoiceSTT(voice, config),
         tts=VoiceTTS(voice, config),
         retrieve=retrieve,
+        tools=tools,
     )
+
+
+def tool_secret_lookup(settings: Settings, database: Any, account_id: str) -> Callable[[str], str | None]:
+    """(conversation id) -> the secret that signs its tool calls: its agent's server-message secret, else the
+    account's (``WebhookService.signing_secret_for``); read in a unit of work of its own (it runs on a thread)."""
+    from airies.webhooks.service import WebhookService
+
+    def lookup(conversation_id: str) -> str | None:
+        with database.session() as db:
+            agent_id = db.scalar(
+                select(Conversation.agent_id).where(
+                    Conversation.id == conversation_id, Conversation.account_id == account_id
+                )
+            )
+            return WebhookService(db, settings, queue=None).signing_secret_for(account_id, agent_id)
+
+    return lookup
 
 
 # (queue URL, region, endpoint) -> the SQS usage publisher of this container: its boto3 client costs ~10 ms of CPU
@@ -753,6 +777,7 @@ class ConversationService:
             cost=result.cost,
             cost_usd=result.cost_usd,
             recording=recording,
+            tool_calls=result.tool_calls or None,
             started_at=started_at,
             ended_at=now,
         )

@@ -10,20 +10,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Protocol
 
 from airies.agents.engines import turn_engines
-from airies.agents.prompts import END_CALL_TOOL, build_messages
+from airies.agents.prompts import agent_tools, build_messages
 from airies.agents.schemas import AgentConfig
 from airies.conversations import protocol as wp
 from airies.core.money import format_usd
 from airies.core.text import SentenceSegmenter, contains_phrase, split_sentences
 from airies.llm import catalog
 from airies.llm.cost import token_cost
-from airies.llm.vendors.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCallDelta, Usage
+from airies.llm.vendors.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCall, ToolCallDelta, Usage
+from airies.tools.dispatch import MAX_TOOL_ROUNDS, ToolDispatcher, tool_messages
+from airies.tools.runner import ToolOutcome, ToolRunner
 from airies.voice import catalog as voice_catalog
 from airies.voice.speech_models import expected_phrases_for_agent
 from airies.voice.stt.base import STTOptions, STTProvider, Transcript
@@ -79,6 +81,7 @@ class TurnEngines:
     stt: STTProvider | None = None
     tts: TTSProvider | None = None
     retrieve: Retriever | None = None
+    tools: ToolRunner | None = None  # runs the agent's custom tools on the business's server
 
 
 @dataclass
@@ -95,6 +98,7 @@ class TurnInput:
     # A fixed reply (first message, reminder, end-call message, out-of-credit notice): no LLM call.
     scripted_reply: str | None = None
     speak: bool = True  # synthesise audio (False: a text-only HTTP turn)
+    can_transfer: bool = False  # the channel can hand the call over (telephony): transfer_call ends the call
 
 
 @dataclass
@@ -134,6 +138,7 @@ class TurnResult:
     error: dict[str, Any] | None = None
     passages: int = 0
     spoken: list[SpokenSentence] = field(default_factory=list)  # per sentence, where its audio starts and ends
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # ``ToolOutcome.record()`` per call, in order
 
 
 def heard_text(sentences: list[SpokenSentence], heard_ms: float) -> str:
@@ -206,9 +211,13 @@ class TurnRunner:
     ) -> TurnResult:
         """``history`` may be a callable: it is then loaded on a thread while speech is transcribed."""
         history_task = asyncio.ensure_future(asyncio.to_thread(history)) if callable(history) else None
+        if self.engines.tools is not None and inp.scripted_reply is None:
+            self.engines.tools.prefetch(inp.conversation_id)  # the signing secret, read while the turn runs
         try:
             return await self._run(config, history, history_task, inp, sink)
         finally:
+            if self.engines.tools is not None:
+                await self.engines.tools.drain()  # async tools still in flight: bounded by their timeout
             if history_task is not None and not history_task.done():
                 # A turn that needs no history (a scripted reply, no speech, a failure) still waits for the read:
                 # it runs on the caller's database session, which the caller uses next (storing the turn).
@@ -231,6 +240,7 @@ class TurnRunner:
             "tts_first_byte_ms": None,
             "first_audio_ms": None,
             "llm_total_ms": None,
+            "tool_ms": None,
             "total_ms": None,
         }
         usage: dict[str, Any] = {
@@ -262,6 +272,8 @@ class TurnRunner:
                 cost=cost,
                 cost_usd=total,
                 end_call=state.end_call,
+                transfer=state.transfer,
+                tool_calls=[outcome.record() for outcome in state.tool_outcomes],
                 agent_pcm=bytes(state.agent_pcm),
                 user_pcm=inp.pcm or b"",
                 error=error,
@@ -306,7 +318,8 @@ class TurnRunner:
             segments.put_nowait(None)
         else:
             passages: list[dict[str, Any]] = []
-            if config.knowledge_base_ids and self.engines.retrieve is not None and user_text:
+            on_demand = config.builtin_tools.query_knowledge_base.enabled  # the LLM asks when it needs to
+            if config.knowledge_base_ids and self.engines.retrieve is not None and user_text and not on_demand:
                 start = self.clock()
                 try:
                     passages = await self.engines.retrieve(inp.account_id, list(config.knowledge_base_ids), user_text)
@@ -321,7 +334,7 @@ class TurnRunner:
                 messages=build_messages(config, history, user_text, passages),  # type: ignore[arg-type]
                 temperature=config.llm.temperature,
                 max_tokens=config.llm.max_tokens,
-                tools=[END_CALL_TOOL],
+                tools=agent_tools(config),
                 provider=config.llm.provider,
                 fallbacks=tuple((fb.provider, fb.model) for fb in config.llm.fallbacks),
                 metadata={
@@ -334,7 +347,7 @@ class TurnRunner:
                     "end_call_message": config.end_call_message or "",
                 },
             )
-            producer = asyncio.create_task(self._produce(request, segments, state, latency, usage, config))
+            producer = asyncio.create_task(self._produce(request, segments, state, latency, usage, config, inp))
             await asyncio.sleep(0)  # the LLM request leaves before the transcript post's SDK work holds the GIL
 
         try:
@@ -374,41 +387,102 @@ class TurnRunner:
         latency: dict[str, float | None],
         usage: dict[str, Any],
         config: AgentConfig,
+        inp: TurnInput,
     ) -> None:
+        """The reply, streamed into ``segments``; when the LLM calls tools, they run (their waiting messages spoken
+        meanwhile), their results go back to the LLM and the reply streams on, for at most ``MAX_TOOL_ROUNDS``."""
         start = self.clock()
         segmenter = SentenceSegmenter()
         try:
-            async for event in self.engines.llm(request):
-                if isinstance(event, TextDelta):
-                    if latency["llm_first_token_ms"] is None and event.text:
-                        latency["llm_first_token_ms"] = self._ms(start)
-                    state.generated += event.text
-                    for sentence in segmenter.push(event.text):
-                        segments.put_nowait(sentence)
-                elif isinstance(event, ToolCallDelta):
-                    if event.name == "end_call":
-                        state.end_call = "end_call_tool"
-                elif isinstance(event, StreamEnd):
-                    latency["llm_total_ms"] = self._ms(start)
-                    state.llm_done_at = self.clock()
-                    usage.update(
-                        prompt_tokens=event.usage.prompt_tokens,
-                        completion_tokens=event.usage.completion_tokens,
-                        cached_tokens=event.usage.cached_tokens,
-                        llm_provider=event.provider,
-                        llm_model=event.model,
-                        tokens_estimated=event.usage.estimated,
-                    )
-                    if any(call.name == "end_call" for call in event.tool_calls):
-                        state.end_call = "end_call_tool"
+            for tool_round in range(MAX_TOOL_ROUNDS + 1):
+                calls: tuple[ToolCall, ...] = ()
+                round_start = len(state.generated)
+                async for event in self.engines.llm(request):
+                    if isinstance(event, TextDelta):
+                        if latency["llm_first_token_ms"] is None and event.text:
+                            latency["llm_first_token_ms"] = self._ms(start)
+                        state.generated += event.text
+                        for sentence in segmenter.push(event.text):
+                            segments.put_nowait(sentence)
+                    elif isinstance(event, ToolCallDelta):
+                        if event.name == "end_call":
+                            state.end_call = "end_call_tool"
+                    elif isinstance(event, StreamEnd):
+                        latency["llm_total_ms"] = self._ms(start)
+                        state.llm_done_at = self.clock()
+                        for key, value in (
+                            ("prompt_tokens", event.usage.prompt_tokens),
+                            ("completion_tokens", event.usage.completion_tokens),
+                            ("cached_tokens", event.usage.cached_tokens),
+                        ):
+                            usage[key] = usage.get(key, 0) + value
+                        usage.update(
+                            llm_provider=event.provider,
+                            llm_model=event.model,
+                            tokens_estimated=bool(usage.get("tokens_estimated")) or event.usage.estimated,
+                        )
+                        calls = event.tool_calls
+                        if any(call.name == "end_call" for call in calls):
+                            state.end_call = "end_call_tool"
+                actionable = [call for call in calls if call.name != "end_call"]
+                if not actionable or tool_round == MAX_TOOL_ROUNDS:
+                    break
+                for sentence in segmenter.flush():  # what the LLM said before calling is heard before the wait
+                    segments.put_nowait(sentence)
+                said = state.generated[round_start:]
+                outcomes = await self._call_tools(actionable, config, inp, segments, state, latency)
+                if state.transfer is not None or state.end_call is not None:
+                    break  # the call is over: nothing more to ask the LLM
+                request = replace(request, messages=[*request.messages, *tool_messages(said, actionable, outcomes)])
+                segmenter = SentenceSegmenter()
             for sentence in segmenter.flush():
                 segments.put_nowait(sentence)
             if state.end_call == "end_call_tool" and not state.generated.strip() and config.end_call_message:
-                state.generated = config.end_call_message
-                for sentence in split_sentences(config.end_call_message):
-                    segments.put_nowait(sentence)
+                self._say(config.end_call_message, segments, state)
         finally:
             segments.put_nowait(None)
+
+    @staticmethod
+    def _say(text: str, segments: asyncio.Queue[str | None], state: _TurnState) -> None:
+        """A fixed line (a tool's waiting or failure message) in the reply, spoken after what came before."""
+        state.generated += ("" if not state.generated or state.generated.endswith(" ") else " ") + text
+        for sentence in split_sentences(text):
+            segments.put_nowait(sentence)
+
+    async def _call_tools(
+        self,
+        calls: list[ToolCall],
+        config: AgentConfig,
+        inp: TurnInput,
+        segments: asyncio.Queue[str | None],
+        state: _TurnState,
+        latency: dict[str, float | None],
+    ) -> list[ToolOutcome]:
+        """One round of tool calls (``airies.tools.dispatch``), the waiting messages spoken while they run."""
+        start = self.clock()
+        dispatcher = ToolDispatcher(
+            config.tools,
+            config.builtin_tools,
+            config.knowledge_base_ids,
+            caller=self.engines.tools.call_many if self.engines.tools is not None else None,
+            retrieve=self.engines.retrieve,
+            can_transfer=inp.can_transfer,
+            clock=self.clock,
+        )
+        for message in dispatcher.waiting_messages(calls):
+            self._say(message, segments, state)
+        done = await dispatcher.run(
+            calls, account_id=inp.account_id, conversation_id=inp.conversation_id, turn_id=inp.turn_id
+        )
+        state.tool_outcomes += done.outcomes
+        state.passages += done.passages
+        if done.transfer is not None:
+            state.transfer = TransferRequest(*done.transfer)
+            state.end_call = "transferred"
+        for message in done.say:
+            self._say(message, segments, state)
+        latency["tool_ms"] = round((latency["tool_ms"] or 0.0) + (self.clock() - start) * 1000, 2)
+        return done.outcomes
 
     async def _speak(
         self,
@@ -589,6 +663,8 @@ class _TurnState:
     audio_ms: float = 0.0
     played_ms: int | None = None
     end_call: str | None = None
+    transfer: TransferRequest | None = None
+    tool_outcomes: list[ToolOutcome] = field(default_factory=list)
     llm_done_at: float | None = None
     was_interrupted: bool = False
     passages: int = 0

@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,8 @@ import httpx
 from jsonschema import Draft202012Validator
 
 from airies.core.url_guard import URLGuard, URLNotAllowed
-from airies.tools.schemas import ToolConfig
+from airies.core.vendor_clients import LoopBoundClient
+from airies.tools.schemas import MAX_TIMEOUT_MS, ToolConfig
 from airies.webhooks.signing import SIGNATURE_HEADER, signature_header
 
 log = logging.getLogger(__name__)
@@ -36,8 +38,9 @@ MAX_RESULT_CHARS = 4000  # the most of a result handed to the LLM and stored on 
 MAX_REDIRECTS = 3
 USER_AGENT = "Airies-Tools/1"
 
-# () -> the signing secret of the agent's server (None: requests go unsigned); called once per runner, on a thread.
-SecretLookup = Callable[[], str | None]
+# (conversation id) -> the signing secret of the conversation's agent (its server-message endpoint's, else the
+# account's; None: requests go unsigned). Called once per conversation and runner, on a thread.
+SecretLookup = Callable[[str], str | None]
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,10 @@ def parse_arguments(raw: str) -> tuple[Any, str | None]:
 
 def argument_problem(schema: Mapping[str, Any], arguments: Any) -> str | None:
     """The first way ``arguments`` break the tool's JSON Schema, or None."""
-    errors = sorted(Draft202012Validator(schema).iter_errors(arguments), key=lambda e: list(e.path))
+    try:
+        errors = sorted(Draft202012Validator(schema).iter_errors(arguments), key=lambda e: str(list(e.path)))
+    except Exception as exc:  # e.g. a "$ref" nothing resolves (remote references are never fetched)
+        return f"the tool's parameters schema cannot be applied ({type(exc).__name__})"
     if not errors:
         return None
     where = "/".join(str(part) for part in errors[0].path) or "(root)"
@@ -125,6 +131,22 @@ def result_text(body: bytes, content_type: str) -> str:
     return text
 
 
+# Guarded clients shared by every runner with the same guard rules: one per event loop, so connections to a tool
+# server are kept alive from turn to turn (no new TCP and TLS handshake per call) and the TLS context is built once.
+_clients: dict[tuple[Any, ...], LoopBoundClient[httpx.AsyncClient]] = {}
+
+
+def shared_clients(guard: URLGuard) -> LoopBoundClient[httpx.AsyncClient]:
+    key = (guard.https_only, guard.allowed_hosts, guard.resolver)
+    if key not in _clients:
+        _clients[key] = LoopBoundClient(
+            lambda: guard.async_client(
+                follow_redirects=True, max_redirects=MAX_REDIRECTS, headers={"user-agent": USER_AGENT}
+            )
+        )
+    return _clients[key]
+
+
 class ToolRunner:
     def __init__(
         self,
@@ -136,30 +158,61 @@ class ToolRunner:
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.guard = guard
+        self.clients = shared_clients(guard)
         self._secret_lookup = secret
-        self._secret: asyncio.Future[str | None] | None = None
+        # A container keeps a turn's engines (this runner among them) for a while and runs turns on several event
+        # loops: a secret being read is a future of the loop that started it; a secret read is kept per conversation.
+        self._secrets: dict[str, str | None] = {}
+        self._reading: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Future[str | None]]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.canned = dict(canned or {})  # tool name -> the result to answer without calling the server
         self.max_response_bytes = max_response_bytes
         self.clock = clock
         self.background: set[asyncio.Task[Any]] = set()  # async tools in flight
 
-    async def secret(self) -> str | None:
+    def prefetch(self, conversation_id: str) -> None:
+        """Start reading the signing secret now (on a thread), so a tool call does not wait for it later."""
+        if self._secret_lookup is None or conversation_id in self._secrets:
+            return
+        reading = self._reading.setdefault(asyncio.get_running_loop(), {})
+        if conversation_id not in reading:
+            reading[conversation_id] = asyncio.ensure_future(asyncio.to_thread(self._read_secret, conversation_id))
+
+    def _read_secret(self, conversation_id: str) -> str | None:
+        assert self._secret_lookup is not None
+        try:
+            secret = self._secret_lookup(conversation_id)
+        except Exception:  # the call goes out unsigned: a receiver that verifies refuses it, and the LLM is told
+            log.exception("tool signing secret not read", extra={"conversation_id": conversation_id})
+            return None
+        self._secrets[conversation_id] = secret
+        return secret
+
+    async def secret(self, conversation_id: str) -> str | None:
         if self._secret_lookup is None:
             return None
-        if self._secret is None:
-            self._secret = asyncio.ensure_future(asyncio.to_thread(self._secret_lookup))
-        return await self._secret
+        if conversation_id in self._secrets:
+            return self._secrets[conversation_id]
+        self.prefetch(conversation_id)
+        reading = self._reading[asyncio.get_running_loop()]
+        future = reading[conversation_id]
+        try:
+            return await future
+        finally:
+            if reading.get(conversation_id) is future:
+                del reading[conversation_id]
 
     def _ms(self, start: float) -> float:
         return round((self.clock() - start) * 1000, 2)
 
     async def call_many(self, calls: Iterable[tuple[ToolConfig, ToolInvocation]]) -> list[ToolOutcome]:
-        """One turn's calls, concurrently, through one connection pool; outcomes in the calls' order."""
+        """One turn's calls, concurrently, on the guarded client of this event loop; outcomes in the calls' order."""
         calls = list(calls)
         if not calls:
             return []
-        async with self.client() as http:
-            return list(await asyncio.gather(*(self.call(tool, invocation, http) for tool, invocation in calls)))
+        http = self.clients.get()
+        return list(await asyncio.gather(*(self.call(tool, invocation, http) for tool, invocation in calls)))
 
     async def call(self, tool: ToolConfig, invocation: ToolInvocation, http: httpx.AsyncClient) -> ToolOutcome:
         start = self.clock()
@@ -204,11 +257,11 @@ class ToolRunner:
             "content-type": "application/json",
             TOOL_CALL_ID_HEADER: invocation.tool_call_id,
         }
-        secret = await self.secret()
+        secret = await self.secret(invocation.conversation_id)
         if secret:
             headers[SIGNATURE_HEADER] = signature_header(secret, body)
         if tool.async_:
-            task = asyncio.ensure_future(self._post_alone(tool, body, headers))
+            task = asyncio.ensure_future(self._post_alone(http, tool, body, headers))
             self.background.add(task)
             task.add_done_callback(self.background.discard)
             return outcome("sent", "The request was sent; its answer is not awaited.")
@@ -242,27 +295,22 @@ class ToolRunner:
                     raise _TooLarge
             return response.status_code, bytes(received), response.headers.get("content-type", "")
 
-    def client(self) -> httpx.AsyncClient:
-        """A guarded client: redirects followed (each hop checked again by the guard), at most ``MAX_REDIRECTS``."""
-        return self.guard.async_client(
-            follow_redirects=True, max_redirects=MAX_REDIRECTS, headers={"user-agent": USER_AGENT}
-        )
-
-    async def _post_alone(self, tool: ToolConfig, body: bytes, headers: dict[str, str]) -> None:
-        """An async tool's request, on a client of its own (the turn's may close first); its answer is dropped."""
+    async def _post_alone(
+        self, http: httpx.AsyncClient, tool: ToolConfig, body: bytes, headers: dict[str, str]
+    ) -> None:
+        """An async tool's request: nobody waits for its answer, which is dropped."""
         try:
-            async with self.client() as http:
-                status, _, _ = await asyncio.wait_for(
-                    self._post(http, tool, body, headers), tool.server.timeout_ms / 1000
-                )
+            status, _, _ = await asyncio.wait_for(self._post(http, tool, body, headers), tool.server.timeout_ms / 1000)
             log.info("async tool call answered", extra={"tool": tool.name, "http_status": status})
         except Exception as exc:  # nobody waits for it: logged (without its content) and dropped
             log.warning("async tool call failed", extra={"tool": tool.name, "error": type(exc).__name__})
 
-    async def drain(self, timeout: float = 5.0) -> None:
+    async def drain(self, timeout: float = MAX_TIMEOUT_MS / 1000) -> None:
         """Wait for async tools still in flight (a request outlives its turn only until this returns)."""
-        if self.background:
-            await asyncio.wait(set(self.background), timeout=timeout)
+        loop = asyncio.get_running_loop()
+        mine = {task for task in self.background if task.get_loop() is loop}  # another loop's are its own turns'
+        if mine:
+            await asyncio.wait(mine, timeout=timeout)
 
 
 class _TooLarge(Exception):

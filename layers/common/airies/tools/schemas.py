@@ -7,7 +7,7 @@ Structural rules live here (names, sizes, a valid JSON Schema of parameters, the
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -138,6 +138,3 @@ def unique_tool_names(tools: list[ToolConfig]) -> list[ToolConfig]:
             raise ValueError(f"tool name '{tool.name}' is used twice")
         seen.add(tool.name)
     return tools
-
-
-ToolStatus = Literal["completed", "failed", "timeout", "sent", "refused", "canned"]

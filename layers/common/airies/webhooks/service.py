@@ -123,6 +123,12 @@ class WebhookService:
         sealed = Sealed(endpoint.secret_ciphertext, endpoint.secret_encrypted_data_key, endpoint.secret_key_ref)
         return self.cipher.open(sealed, secret_context(endpoint))
 
+    def signing_secret_for(self, account_id: str, agent_id: str | None) -> str | None:
+        """The secret that signs what goes to this agent's server: its own endpoint's, else the account default's
+        (None when neither exists). Tool calls are signed with it too."""
+        endpoint = (self._endpoint(account_id, agent_id) if agent_id else None) or self._endpoint(account_id, None)
+        return self.signing_secret(endpoint) if endpoint is not None else None
+
     def put_endpoint(self, account_id: str, agent_id: str | None, body: EndpointPut) -> tuple[EndpointOut, bool]:
         """Create or replace the endpoint; (endpoint, created). A new endpoint's answer carries its secret."""
         if agent_id is not None:

@@ -11,12 +11,21 @@ It is NOT a language model and says so: every ``StreamEnd.metadata`` has ``{"is_
    (default ``["goodbye", "bye bye"]``, whole words, case-insensitive) -> ``metadata["end_call_message"]``
    (default ``"Goodbye!"``); if the request offers a tool named ``end_call`` it also emits that tool call
    (arguments ``{}``), as a language model would. ``StreamEnd.metadata["end_call"] = True``.
-2. ``first_message``: no user turn yet -> ``metadata["first_message"]`` (when given and non-empty).
-3. ``knowledge_passage``: ``metadata["knowledge_passages"]`` (``list[str]`` or ``list[{"text": ...}]``, filled by
+2. ``tool_result``: the last message is a tool result (the platform ran the tools this responder called) ->
+   ``"Here is what I found: "`` and the results of that round, each as the tool answered (at most 300 characters).
+3. ``tool_call``: the last message is a user turn that names one of the request's tools (other than ``end_call``):
+   its name with ``_`` and ``-`` read as spaces, as whole words, case-insensitive ("please check order A1" names
+   ``check_order``; the first tool named wins) -> no text, one call of that tool (id ``call_offline_<n>``, ``n``
+   the number of user turns so far). Its arguments, for each ``required`` property (all properties when none is
+   required): the first ``enum`` value; a number or integer: the first number standing alone in the user's text (else 0); a
+   boolean: true; a string: the first word of the text that contains a digit (an order number), else the words
+   after the tool's name, else the whole text. ``StreamEnd.metadata["tool_call"]`` names the tool.
+4. ``first_message``: no user turn yet -> ``metadata["first_message"]`` (when given and non-empty).
+5. ``knowledge_passage``: ``metadata["knowledge_passages"]`` (``list[str]`` or ``list[{"text": ...}]``, filled by
    the conversation capability from the agent's knowledge bases) -> the passage sharing the most content words with the last user
    turn (score = shared distinct words / sqrt(words in passage); ties -> the earlier passage; stop words ignored).
    Needs at least one shared word. ``StreamEnd.metadata["passage_index"]`` says which passage.
-4. ``no_model``: otherwise ``NO_MODEL_REPLY``.
+6. ``no_model``: otherwise ``NO_MODEL_REPLY``.
 
 It streams word by word (``"Hello "``, ``"there."``) like a provider, with estimated usage and zero cost.
 """
@@ -171,6 +180,52 @@ def summarise_transcript(text: str) -> str:
     return " ".join(parts)
 
 
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w])")  # a number standing alone (not "A12")
+TOOL_RESULT_PREFIX = "Here is what I found: "
+MAX_TOOL_RESULT_CHARS = 300
+
+
+def _name_words(name: str) -> str:
+    return name.replace("_", " ").replace("-", " ")
+
+
+def named_tool(text: str, tools: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first offered function (not ``end_call``) whose name the text says, as whole words."""
+    for tool in tools:
+        function = tool.get("function") or {}
+        name = str(function.get("name") or "")
+        if name and name != "end_call" and _has_phrase(text, [_name_words(name)]):
+            return function
+    return None
+
+
+def offline_arguments(function: dict[str, Any], text: str) -> dict[str, Any]:
+    """Arguments for ``function`` from the user's text, by the rule in the module docstring."""
+    parameters = function.get("parameters") or {}
+    properties: dict[str, Any] = parameters.get("properties") or {}
+    wanted = parameters.get("required") or list(properties)
+    words = text.split()
+    name = r"[\s_-]+".join(re.escape(word) for word in _WORD.findall(_name_words(str(function.get("name"))).lower()))
+    said = re.search(name, text, flags=re.IGNORECASE) if name else None
+    rest = text[said.end() :].strip(" ?.!,") if said else ""
+    arguments: dict[str, Any] = {}
+    for name in wanted:
+        spec = properties.get(name) or {}
+        kind = spec.get("type")
+        if spec.get("enum"):
+            arguments[name] = spec["enum"][0]
+        elif kind in ("number", "integer"):
+            found = _NUMBER.search(text)
+            number = float(found.group()) if found else 0
+            arguments[name] = int(number) if kind == "integer" else number
+        elif kind == "boolean":
+            arguments[name] = True
+        else:
+            token = next((w.strip("?.!,;:") for w in words if any(ch.isdigit() for ch in w)), None)
+            arguments[name] = token or rest or text
+    return arguments
+
+
 class OfflineResponder:
     name = OFFLINE_PROVIDER
     key_source = "none"
@@ -188,6 +243,19 @@ class OfflineResponder:
             phrases = meta.get("end_call_phrases") or DEFAULT_END_CALL_PHRASES
             if _has_phrase(_text_of(last), phrases):
                 return str(meta.get("end_call_message") or DEFAULT_GOODBYE), "end_call", {"end_call": True}
+        if last.get("role") == "tool":
+            results: list[str] = []
+            for message in reversed(request.messages):
+                if message.get("role") != "tool":
+                    break
+                results.insert(0, _text_of(message)[:MAX_TOOL_RESULT_CHARS])
+            return TOOL_RESULT_PREFIX + " ".join(results), "tool_result", {}
+        if last.get("role") == "user" and request.tools:
+            function = named_tool(_text_of(last), request.tools)
+            if function is not None:
+                arguments = offline_arguments(function, _text_of(last))
+                call = {"id": f"call_offline_{len(user_turns)}", "name": function["name"], "arguments": arguments}
+                return "", "tool_call", {"tool_call": call}
         if not user_turns and meta.get("first_message"):
             return str(meta["first_message"]), "first_message", {}
         passages = [text for text in (passage_text(p) for p in meta.get("knowledge_passages") or []) if text.strip()]
@@ -200,7 +268,7 @@ class OfflineResponder:
     async def stream(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
         started = time.perf_counter()
         reply, reason, extra = self.decide(request)
-        words = reply.split(" ")
+        words = reply.split(" ") if reply else []
         ttft_ms = None
         for position, word in enumerate(words):
             piece = word if position == len(words) - 1 else word + " "
@@ -215,6 +283,12 @@ class OfflineResponder:
             call = ToolCall(id="call_offline_end_call", name="end_call", arguments=json.dumps({}))
             yield ToolCallDelta(index=0, id=call.id, name=call.name, arguments=call.arguments)
             tool_calls = (call,)
+        elif reason == "tool_call":
+            wanted = extra.pop("tool_call")
+            call = ToolCall(id=wanted["id"], name=wanted["name"], arguments=json.dumps(wanted["arguments"]))
+            yield ToolCallDelta(index=0, id=call.id, name=call.name, arguments=call.arguments)
+            tool_calls = (call,)
+            extra["tool_call"] = call.name
         yield StreamEnd(
             usage=estimate_usage(request, reply),
             finish_reason="tool_calls" if tool_calls else "stop",

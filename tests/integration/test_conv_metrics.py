@@ -12,10 +12,13 @@ from moto import mock_aws
 from airies.conversations.turn_metrics import TurnMetrics
 from airies.core import observability
 from airies.core.metrics import MonitoringService
+from airies.llm.vendors.base import LLMRequest
 from airies.local.invoke import LambdaContext, _clear_container_caches, load_handler, patched_environ, resolve_function
 from airies.local.template import function_environment
 from tests.doubles.conv_engines import FakeLLM, fake_engines
+from tests.doubles.openai_server import OpenAIDouble, Reply
 from tests.integration.test_conv_handlers import Harness
+from tests.integration.test_llm_router import make_router
 
 LATENCIES = {
     "FirstAudioLatency": "first_audio_ms",
@@ -92,3 +95,38 @@ def test_a_voice_turn_emits_its_latencies_and_counts_as_emf(database, settings, 
     assert [t.user_text for t in turns][-1] == "When do you open?"
     assert units["TurnsCompleted"] == "Count" and doc["TurnsCompleted"] in ([1.0] * len(turns), float(len(turns)))
     assert "TurnsFailed" not in units and "BargeIns" not in units
+
+
+def test_a_turn_the_router_moved_to_its_fallback_counts_a_provider_failover(
+    database, settings, capsys, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The real router over two OpenAI-wire doubles: the primary answers 503, the fallback the reply. The turn keeps
+    how many attempts failed over, and its EMF document counts them as ProviderFailovers."""
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    with OpenAIDouble() as primary, OpenAIDouble() as fallback, mock_aws():
+        primary.script(Reply(status=503))
+        fallback.script(Reply(text="We open at nine."))
+        router = make_router(primary, fallback)
+
+        def routed(request: LLMRequest) -> Any:
+            pinned = LLMRequest(
+                model="gpt-4o-mini", provider="openai", messages=request.messages, max_tokens=request.max_tokens
+            )
+            return router.stream(pinned)
+
+        h = Harness(database, settings, fake_engines(llm=routed), first_message_mode="assistant_waits_for_user")
+        h.service.runtime.turn_metrics = TurnMetrics(
+            MonitoringService(metrics=observability.metrics, logger=observability.logger)
+        )
+        cid, token = h.start()
+        conn, _ = h.connect(cid, token)
+        capsys.readouterr()
+        h.send(conn, {"action": "text", "text": "When do you open?"})
+        observability.metrics.flush_metrics()
+        out = capsys.readouterr().out
+        (turn,) = h.turns(cid)
+    assert turn.agent_text == "We open at nine." and turn.usage["llm_provider"] == "groq"
+    assert turn.usage["llm_failovers"] == 1
+    (doc,) = [d for d in emf_documents(out) if "TurnDuration" in d]
+    units = {m["Name"]: m["Unit"] for m in doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert units["ProviderFailovers"] == "Count" and doc["ProviderFailovers"] in (1.0, [1.0])

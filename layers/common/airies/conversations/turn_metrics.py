@@ -21,6 +21,7 @@ LATENCY_METRICS = {
 TURNS_COMPLETED = "TurnsCompleted"
 TURNS_FAILED = "TurnsFailed"
 BARGE_INS = "BargeIns"
+PROVIDER_FAILOVERS = "ProviderFailovers"  # LLM requests the router moved to a fallback provider
 # statuses of a turn that did not deliver its reply
 FAILED_STATUSES = frozenset({"failed"})
 
@@ -44,6 +45,9 @@ class TurnMetrics:
             self.monitoring.increment_counter(TURNS_COMPLETED)
         if result.interrupted and not out_of_time:
             self.monitoring.increment_counter(BARGE_INS)
+        failovers = result.usage.get("llm_failovers") or 0
+        if failovers:
+            self.monitoring.increment_counter(PROVIDER_FAILOVERS, by=failovers)
 
     def failed(self) -> None:
         """A turn that raised before it had a result (a failed read, engine or config)."""

@@ -421,6 +421,9 @@ class TurnRunner:
                             llm_model=event.model,
                             tokens_estimated=bool(usage.get("tokens_estimated")) or event.usage.estimated,
                         )
+                        # the router's attempts before the provider that answered (ProviderFailovers metric)
+                        failovers = max(0, len(event.metadata.get("attempts") or ()) - 1)
+                        usage["llm_failovers"] = usage.get("llm_failovers", 0) + failovers
                         calls = event.tool_calls
                         if any(call.name == "end_call" for call in calls):
                             state.end_call = "end_call_tool"

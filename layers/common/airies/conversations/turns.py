@@ -20,6 +20,7 @@ from airies.agents.prompts import agent_tools, build_messages
 from airies.agents.schemas import AgentConfig
 from airies.conversations import protocol as wp
 from airies.core.money import format_usd
+from airies.core.observability import provider_span, traced_stream
 from airies.core.text import SentenceSegmenter, contains_phrase, split_sentences
 from airies.llm import catalog
 from airies.llm.cost import token_cost
@@ -293,7 +294,8 @@ class TurnRunner:
                 expected_phrases=expected_phrases_for_agent(config),  # the recogniser's domain: the whole agent
             )
             try:
-                transcript: Transcript = await self.engines.stt.transcribe(inp.pcm or b"", wp.SAMPLE_RATE, options)
+                with provider_span("stt", getattr(self.engines.stt, "name", config.transcriber.provider)):
+                    transcript: Transcript = await self.engines.stt.transcribe(inp.pcm or b"", wp.SAMPLE_RATE, options)
             except Exception as exc:  # provider failures end the turn, never the conversation
                 return result("failed", error={"code": "stt_failed", "message": str(exc)})
             latency["stt_ms"] = self._ms(start)
@@ -397,7 +399,7 @@ class TurnRunner:
             for tool_round in range(MAX_TOOL_ROUNDS + 1):
                 calls: tuple[ToolCall, ...] = ()
                 round_start = len(state.generated)
-                async for event in self.engines.llm(request):
+                async for event in traced_stream("llm", config.llm.provider, self.engines.llm(request)):
                     if isinstance(event, TextDelta):
                         if latency["llm_first_token_ms"] is None and event.text:
                             latency["llm_first_token_ms"] = self._ms(start)
@@ -547,7 +549,7 @@ class TurnRunner:
         tts: TTSProvider, sentence: str, options: TTSOptions, out: asyncio.Queue[bytes | BaseException | None]
     ) -> None:
         try:
-            async for chunk in tts.synthesize(sentence, options):
+            async for chunk in traced_stream("tts", getattr(tts, "name", "tts"), tts.synthesize(sentence, options)):
                 await out.put(chunk)
             await out.put(None)
         except asyncio.CancelledError:

@@ -26,6 +26,7 @@ from airies.core.config import Settings
 from airies.core.database import Database
 from airies.core.errors import NotAvailableError
 from airies.core.models import utcnow
+from airies.core.observability import provider_span
 from airies.core.storage import StorageService
 from airies.knowledge.crawler import Fetcher
 from airies.knowledge.embedders import build_embedder
@@ -140,7 +141,8 @@ class KnowledgeContext:
 
     def embed(self, embedder: Embedder, texts: list[str]) -> EmbeddingResult:
         """``embedder.embed`` counted in ``counters`` (ingestion and re-embed)."""
-        result = embedder.embed(texts)
+        with provider_span("embeddings", getattr(embedder, "provider", type(embedder).__name__)):
+            result = embedder.embed(texts)
         self.counters.embed_requests += result.requests
         self.counters.embed_calls += 1
         self.counters.embedding_tokens += result.tokens

@@ -15,6 +15,7 @@ import numpy as np
 from sqlalchemy import select
 
 from airies.core.errors import BadRequestError, NotFoundError
+from airies.core.observability import provider_span
 from airies.knowledge.context import KnowledgeContext
 from airies.knowledge.models import KnowledgeBase, KnowledgeChunk, KnowledgeDocument
 
@@ -81,8 +82,11 @@ def _search(
     for kb in kbs:
         key = (kb.embedding_provider, kb.embedding_model, kb.embedding_dimensions)
         if key not in query_vectors:  # one embedding per model, however many knowledge bases share it
-            query_vectors[key] = ctx.embedder(*key).embed([query]).vectors[0]
-        for match in ctx.store(kb.vector_store, account_id).query(account_id, kb.id, query_vectors[key], top_k):
+            with provider_span("embeddings", kb.embedding_provider):
+                query_vectors[key] = ctx.embedder(*key).embed([query]).vectors[0]
+        with provider_span("vector_store", kb.vector_store):
+            found = ctx.store(kb.vector_store, account_id).query(account_id, kb.id, query_vectors[key], top_k)
+        for match in found:
             if match.score >= threshold:
                 matches.append((match.score, kb.id, match))
     matches.sort(key=lambda item: -item[0])

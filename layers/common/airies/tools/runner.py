@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 from jsonschema import Draft202012Validator
 
+from airies.core.observability import provider_span
 from airies.core.url_guard import URLGuard, URLNotAllowed
 from airies.core.vendor_clients import LoopBoundClient
 from airies.tools.schemas import MAX_TIMEOUT_MS, ToolConfig
@@ -287,6 +288,12 @@ class ToolRunner:
         self, http: httpx.AsyncClient, tool: ToolConfig, body: bytes, headers: dict[str, str]
     ) -> tuple[int, bytes, str]:
         timeout = tool.server.timeout_ms / 1000
+        with provider_span("tool", tool.name):
+            return await self._stream_post(http, tool, body, headers, timeout)
+
+    async def _stream_post(
+        self, http: httpx.AsyncClient, tool: ToolConfig, body: bytes, headers: dict[str, str], timeout: float
+    ) -> tuple[int, bytes, str]:
         async with http.stream("POST", tool.server.url, content=body, headers=headers, timeout=timeout) as response:
             received = bytearray()
             async for chunk in response.aiter_bytes():

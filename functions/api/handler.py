@@ -16,9 +16,12 @@ from airies.core.errors import error_body
 from airies.core.events import MalformedEvent, parse_event
 from airies.core.metrics import MonitoringService
 from airies.core.observability import lambda_handler, logger, metrics
+from airies.knowledge.metrics import DocumentMetrics
 
 app = create_app(logger=logger)
-app.state.turn_metrics = TurnMetrics(MonitoringService(metrics=metrics, logger=logger))  # REST turns, per invocation
+monitoring = MonitoringService(metrics=metrics, logger=logger)  # flushed per invocation
+app.state.turn_metrics = TurnMetrics(monitoring)  # REST turns
+app.state.document_metrics = DocumentMetrics(monitoring)  # inline document uploads
 _asgi = Mangum(app, lifespan="off")
 
 

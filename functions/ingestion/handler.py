@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 from pydantic import BaseModel, Json
 
 from airies.core.bootstrap import PerContainer
+from airies.core.metrics import MonitoringService
 from airies.core.observability import lambda_handler, logger, metrics
+from airies.knowledge.metrics import DocumentMetrics
 from airies.knowledge.service import build_knowledge_service
 
 
@@ -51,9 +52,9 @@ class IngestionMessage(SqsRecordModel):
     body: Json[S3TestEvent | S3Notification]  # type: ignore[assignment]
 
 
-DOCUMENT_METRICS = {"ready": "DocumentsIngested", "failed": "DocumentsFailed"}
 processor = BatchProcessor(event_type=EventType.SQS, model=IngestionMessage, logger=logger)
 service = PerContainer(build_knowledge_service)  # built at the first record, not at import (cold start)
+documents = DocumentMetrics(MonitoringService(metrics=metrics, logger=logger))  # flushed per invocation
 
 
 def record_handler(record: IngestionMessage) -> list[str]:
@@ -66,8 +67,7 @@ def record_handler(record: IngestionMessage) -> list[str]:
         obj = s3_record.s3.object
         outcome = service.get().handle_object_created(obj.key, size=obj.size, etag=obj.eTag)
         logger.info("document event", extra={"key": obj.key, "outcome": outcome})
-        if outcome in DOCUMENT_METRICS:  # processed here; a large one is counted by the state machine's tasks
-            metrics.add_metric(name=DOCUMENT_METRICS[outcome], unit=MetricUnit.Count, value=1)
+        documents.outcome(outcome)  # processed here; a large one is counted by the state machine's tasks
         outcomes.append(outcome)
     return outcomes
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools.metrics import MetricUnit
-
 from airies.core.bootstrap import PerContainer
 from airies.core.events import parse_event
+from airies.core.metrics import MonitoringService
 from airies.core.observability import lambda_handler, logger, metrics
 from airies.core.stepfunctions import caught_error_reason, step_errors
+from airies.knowledge.metrics import DocumentMetrics
 from airies.knowledge.service import build_knowledge_service
 from airies.knowledge.tasks import INGESTION_TASKS, EmbedTask, FinaliseTask, IngestionTask, PrepareTask
 
 service = PerContainer(build_knowledge_service)  # built at the first task, not at import (cold start)
+documents = DocumentMetrics(MonitoringService(metrics=metrics, logger=logger))  # flushed per invocation
 
 
 @lambda_handler
@@ -35,15 +36,15 @@ def run_task(task: IngestionTask) -> dict[str, Any]:
     if isinstance(task, PrepareTask):
         prepared = svc.prepare_document(task.document_id, etag=task.etag)
         if (prepared.reason or "").startswith("failed:"):  # rejected while preparing: the Choice state ends the run
-            metrics.add_metric(name="DocumentsFailed", unit=MetricUnit.Count, value=1)
+            documents.outcome("failed")
         return prepared.to_dict()
     if isinstance(task, EmbedTask):
         count = svc.embed_chunk_range(task.document_id, task.start, task.end)
         return {"document_id": task.document_id, "embedded": count}
     if isinstance(task, FinaliseTask):
         svc.finalise_document(task.document_id, etag=task.etag)
-        metrics.add_metric(name="DocumentsIngested", unit=MetricUnit.Count, value=1)
+        documents.outcome("ready")
         return {"document_id": task.document_id, "status": "ready"}
     svc.fail_document(task.document_id, "processing_failed", caught_error_reason(task.error))
-    metrics.add_metric(name="DocumentsFailed", unit=MetricUnit.Count, value=1)
+    documents.outcome("failed")
     return {"document_id": task.document_id, "status": "failed"}

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from airies.accounts.auth import Caller, authenticate, current_caller
 from airies.core.errors import BadRequestError, PayloadTooLargeError, ValidationFailedError
 from airies.core.schemas import BINARY, Limit, Offset, Page, request_body
+from airies.knowledge.metrics import DocumentMetrics
 from airies.knowledge.schemas import (
     ChunkOut,
     DocumentCreate,
@@ -190,7 +191,16 @@ def _create_document_sync(request: Request, kb_id: str, spec: DocumentCreate, da
         doc = svc.add_document_content(
             account.id, kb_id, filename=spec.filename, content_type=spec.content_type, data=data
         )
+        count_outcome(request, doc.status)
         return DocumentCreated(document=DocumentOut.model_validate(doc))
+
+
+def count_outcome(request: Request, status: str) -> None:
+    """An inline document processed in the API counts like one processed by the ingestion functions (the Lambda
+    handler sets ``document_metrics``; its invocation flushes them)."""
+    document_metrics: DocumentMetrics | None = getattr(request.app.state, "document_metrics", None)
+    if document_metrics is not None:
+        document_metrics.outcome(status)
 
 
 @router.put("/{kb_id}/documents/{doc_id}", openapi_extra=_DOCUMENT_BODY)
@@ -209,9 +219,9 @@ async def update_document(request: Request, kb_id: str, doc_id: str) -> Document
         with state.database.session() as session:
             caller = authenticate(request, session)
             svc = service(request, caller)
-            return DocumentOut.model_validate(
-                svc.update_document(caller.account_id, kb_id, doc_id, data=data, content_type=spec.content_type)
-            )
+            doc = svc.update_document(caller.account_id, kb_id, doc_id, data=data, content_type=spec.content_type)
+            count_outcome(request, doc.status)
+            return DocumentOut.model_validate(doc)
 
     return await run_in_threadpool(run)
 

@@ -13,10 +13,9 @@ from airies.core.errors import BadRequestError, UnsupportedMediaTypeError
 from airies.core.schemas import BINARY, StrictModel, request_body
 from airies.voice.audio.formats import AudioFormatError, sniff_format, write_wav
 from airies.voice.factory import build_voice_service
-from airies.voice.models import Voice
+from airies.voice.schemas import VoiceInfoOut, VoiceList, VoiceOut
 from airies.voice.service import MAX_CLONE_SAMPLE_BYTES, VoiceService
 from airies.voice.stt.base import Transcript
-from airies.voice.tts.base import VoiceInfo
 
 router = APIRouter(tags=["voices"])
 
@@ -26,32 +25,6 @@ PREVIEW_MAX_CHARS = 500
 
 def voice_service(request: Request, caller: Caller = Depends(current_caller)) -> VoiceService:
     return build_voice_service(request.app.state.settings, account_id=caller.account_id, session=caller.session)
-
-
-def voice_info_out(voice: VoiceInfo) -> dict[str, Any]:
-    return {
-        "voice_id": voice.voice_id,
-        "name": voice.name,
-        "provider": voice.provider,
-        "language": voice.language,
-        "custom": voice.custom,
-        "preview_url": voice.preview_url,
-    }
-
-
-def voice_row_out(row: Voice) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "voice_id": row.voice_id,
-        "provider": row.provider,
-        "name": row.name,
-        "description": row.description,
-        "language": row.language,
-        "kind": row.kind,
-        "sample_count": row.sample_count,
-        "labels": row.labels,
-        "created_at": row.created_at,
-    }
 
 
 def transcript_out(transcript: Transcript) -> dict[str, Any]:
@@ -79,15 +52,15 @@ async def list_voices(
     data = []
     for entry in providers.values():
         row = {k: v for k, v in entry.items() if k != "voices"}
-        row["voices"] = [voice_info_out(v) for v in entry["voices"]]
+        row["voices"] = [VoiceInfoOut.model_validate(v).model_dump() for v in entry["voices"]]
         data.append(row)
     return {"data": data}
 
 
 @router.get("/voices/mine")
-def list_my_voices(service: VoiceService = Depends(voice_service)) -> dict[str, Any]:
+def list_my_voices(service: VoiceService = Depends(voice_service)) -> VoiceList:
     """The account's cloned voices."""
-    return {"data": [voice_row_out(row) for row in service.list_account_voices()]}
+    return VoiceList(data=[VoiceOut.model_validate(row) for row in service.list_account_voices()])
 
 
 @router.post("/voices/clone", status_code=201)
@@ -97,14 +70,14 @@ async def clone_voice(
     description: str | None = Form(None, max_length=1000),
     provider: str = Form("elevenlabs", max_length=40),
     service: VoiceService = Depends(voice_service),
-) -> dict[str, Any]:
+) -> VoiceOut:
     """Clone a voice from audio samples (multipart form)."""
     samples: list[tuple[str, bytes]] = []
     for upload in files:
         data = await upload.read(MAX_CLONE_SAMPLE_BYTES + 1)
         samples.append((upload.filename or f"sample{len(samples) + 1}", data))
     row = await service.clone_voice(name, samples, provider=provider, description=description)
-    return voice_row_out(row)
+    return VoiceOut.model_validate(row)
 
 
 @router.delete("/voices/{voice_id}", status_code=204)

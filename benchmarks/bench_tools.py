@@ -79,7 +79,9 @@ async def _measure(server: Any, runs: int) -> dict[str, Any]:
     guard = URLGuard(https_only=False, allowed_hosts=parse_allowed_hosts(server.host))
 
     async def tool_turn(index: int) -> tuple[float, float]:
-        runner = ToolRunner(guard, secret=lambda conversation_id: "whsec_bench")  # one runner per turn, as on a call
+        runner = ToolRunner(
+            guard, secret=lambda conversation_id: "whsec_bench"
+        )  # a new runner per turn: the worst case
         engines = TurnEngines(llm=llm, tools=runner)
         inp = TurnInput(f"turn_{index}", 1, TurnMode.TEXT, "acct", "conv", text="Where is A1?", speak=False)
         result = await TurnRunner(engines).run(config, [], inp, ListSink())

@@ -43,6 +43,7 @@ class ToolServer(LocalHttpServer):
         self.status = 200
         self.oversize = 0
         self.redirect_to: str | None = None
+        self.extra_headers: dict[str, str] = {}  # added to every answer (e.g. a Set-Cookie)
         self.responders: dict[str, Callable[[Any], Any]] = {}
         self.received: list[ToolRequest] = []
         self.verify = documented_verifier()
@@ -85,7 +86,7 @@ class ToolServer(LocalHttpServer):
         if self.oversize:
             body = json.dumps({"result": "x" * self.oversize}).encode()
         request.answered_at = time.perf_counter()
-        self._send(handler, self.status, body, {"content-type": "application/json"})
+        self._send(handler, self.status, body, {"content-type": "application/json", **self.extra_headers})
 
     @staticmethod
     def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str]) -> None:

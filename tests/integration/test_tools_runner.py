@@ -188,3 +188,16 @@ def test_one_runner_serves_turns_on_several_event_loops(server):
         assert [o.status for o in asyncio.run(turn())] == ["completed", "sent"]
     assert reads == ["conv_1"]  # read once, kept for the runner's life
     assert len(server.received) == 6 and all(r.verified for r in server.received)
+
+
+def test_a_cookie_one_server_sets_never_travels_with_a_later_call(server):
+    server.extra_headers = {"set-cookie": "session=account-a; Path=/"}
+
+    async def two_calls() -> None:
+        runner = ToolRunner(guard_for(server))  # runners share the client of the event loop
+        await runner.call_many([(tool(server), call())])
+        await ToolRunner(guard_for(server)).call_many([(tool(server), call(call_id="call_2"))])
+
+    asyncio.run(two_calls())
+    assert len(server.received) == 2
+    assert "cookie" not in server.received[1].headers

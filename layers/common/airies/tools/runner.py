@@ -20,6 +20,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
@@ -137,12 +138,22 @@ def result_text(body: bytes, content_type: str) -> str:
 _clients: dict[tuple[Any, ...], LoopBoundClient[httpx.AsyncClient]] = {}
 
 
+def no_cookies() -> CookieJar:
+    """A cookie jar that keeps nothing: the client is shared by every account's tools, so a cookie one tool server
+    sets must never travel with another account's call to the same host. (A jar, not ``httpx.Cookies``: httpx
+    copies the latter into a jar of its own, policy lost.)"""
+    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+
+
 def shared_clients(guard: URLGuard) -> LoopBoundClient[httpx.AsyncClient]:
     key = (guard.https_only, guard.allowed_hosts, guard.resolver)
     if key not in _clients:
         _clients[key] = LoopBoundClient(
             lambda: guard.async_client(
-                follow_redirects=True, max_redirects=MAX_REDIRECTS, headers={"user-agent": USER_AGENT}
+                follow_redirects=True,
+                max_redirects=MAX_REDIRECTS,
+                headers={"user-agent": USER_AGENT},
+                cookies=no_cookies(),
             )
         )
     return _clients[key]

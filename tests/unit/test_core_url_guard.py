@@ -152,9 +152,11 @@ def test_settings_allow_lists_merge():
 class Site(LocalHttpServer):
     """Answers 200 "ok", or a redirect to ``redirect_to``; records every request."""
 
-    def __init__(self, redirect_to: str | None = None) -> None:
+    def __init__(self, redirect_to: str | None = None, set_cookie: str | None = None) -> None:
         self.redirect_to = redirect_to
+        self.set_cookie = set_cookie
         self.requests: list[str] = []
+        self.cookies: list[str | None] = []
 
     @property
     def port(self) -> int:
@@ -162,6 +164,7 @@ class Site(LocalHttpServer):
 
     def serve(self, handler: BaseHTTPRequestHandler) -> None:
         self.requests.append(handler.path)
+        self.cookies.append(handler.headers.get("cookie"))
         if self.redirect_to:
             handler.send_response(302)
             handler.send_header("location", self.redirect_to)
@@ -169,6 +172,8 @@ class Site(LocalHttpServer):
             handler.end_headers()
             return
         handler.send_response(200)
+        if self.set_cookie:
+            handler.send_header("set-cookie", self.set_cookie)
         handler.send_header("content-length", "2")
         handler.end_headers()
         handler.wfile.write(b"ok")
@@ -182,6 +187,17 @@ def test_guarded_client_refuses_private_addresses_and_allows_listed_ones():
         with guard(allowed=f"127.0.0.1:{site.port}").client() as http:
             assert http.get(site.url + "/").text == "ok"
         assert site.requests == ["/"]
+
+
+def test_a_guarded_client_sends_no_cookie_a_server_set():
+    """One client serves every tenant's URLs (webhooks, tools): a cookie must not carry one tenant's session to the
+    next request, whoever makes it."""
+    with Site(set_cookie="session=tenant-a; Path=/") as site:
+        checker = guard(allowed=f"127.0.0.1:{site.port}")
+        with checker.client() as http:
+            assert http.get(site.url + "/a").text == "ok"
+            assert http.get(site.url + "/b").text == "ok"
+        assert site.cookies == [None, None]
 
 
 def test_every_redirect_is_checked():

@@ -34,6 +34,7 @@ import socket
 import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -292,11 +293,21 @@ class URLGuard:
         return AsyncGuardedTransport(self, verify=verify, limits=limits)
 
     def client(self, **kwargs: Any) -> httpx.Client:
-        """An ``httpx.Client`` whose every connection goes through this guard (kwargs: timeout, headers, ...)."""
+        """An ``httpx.Client`` whose every connection goes through this guard (kwargs: timeout, headers, ...).
+        It keeps no cookies unless given a jar: one client serves many tenants' URLs (webhooks, tools), and a cookie
+        one tenant's server sets must never travel with another tenant's request to the same host."""
+        kwargs.setdefault("cookies", no_cookies())
         return httpx.Client(transport=self.transport(), trust_env=False, **kwargs)
 
     def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
+        kwargs.setdefault("cookies", no_cookies())
         return httpx.AsyncClient(transport=self.async_transport(), trust_env=False, **kwargs)
+
+
+def no_cookies() -> CookieJar:
+    """A cookie jar that keeps nothing. (A jar, not ``httpx.Cookies``: httpx copies the latter into a jar of its
+    own, policy lost.)"""
+    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
 
 
 def url_guard(settings: Settings, *, extra_allowed_hosts: str = "") -> URLGuard:

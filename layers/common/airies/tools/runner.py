@@ -20,14 +20,13 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
 from jsonschema import Draft202012Validator
 
 from airies.core.observability import provider_span
-from airies.core.url_guard import URLGuard, URLNotAllowed
+from airies.core.url_guard import URLGuard, URLNotAllowed, no_cookies
 from airies.core.vendor_clients import LoopBoundClient
 from airies.tools.schemas import MAX_TIMEOUT_MS, ToolConfig
 from airies.webhooks.signing import SIGNATURE_HEADER, signature_header
@@ -136,13 +135,6 @@ def result_text(body: bytes, content_type: str) -> str:
 # Guarded clients shared by every runner with the same guard rules: one per event loop, so connections to a tool
 # server are kept alive from turn to turn (no new TCP and TLS handshake per call) and the TLS context is built once.
 _clients: dict[tuple[Any, ...], LoopBoundClient[httpx.AsyncClient]] = {}
-
-
-def no_cookies() -> CookieJar:
-    """A cookie jar that keeps nothing: the client is shared by every account's tools, so a cookie one tool server
-    sets must never travel with another account's call to the same host. (A jar, not ``httpx.Cookies``: httpx
-    copies the latter into a jar of its own, policy lost.)"""
-    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
 
 
 def shared_clients(guard: URLGuard) -> LoopBoundClient[httpx.AsyncClient]:

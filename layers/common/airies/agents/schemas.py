@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from airies.core.schemas import Metadata, StrictModel, check_object_schema
+from airies.core.json_schemas import check_object_schema
+from airies.core.schemas import Metadata, StrictModel
 from airies.tools.schemas import MAX_TOOLS, BuiltinTools, ToolConfig, unique_tool_names
 
 # Shared by the full config and its partial update, so both accept the same range.

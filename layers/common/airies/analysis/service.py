@@ -37,6 +37,7 @@ from airies.core.aio import run_sync
 from airies.core.config import Settings
 from airies.core.database import Database
 from airies.core.errors import AiriesError, ProviderError
+from airies.core.json_schemas import best_schema_error
 from airies.core.models import utcnow
 from airies.core.money import format_usd
 from airies.llm.service import build_llm_service
@@ -94,16 +95,13 @@ class StepResult:
 
 def parse_json(text: str, schema: dict[str, Any]) -> Any:
     """The JSON value of an answer (a fenced code block is unwrapped), valid against ``schema``."""
-    from jsonschema import Draft202012Validator
-    from jsonschema.exceptions import best_match
-
     stripped = text.strip()
     fenced = _FENCE.match(stripped)
     try:
         value = json.loads(fenced.group(1) if fenced else stripped)
     except ValueError as exc:
         raise InvalidOutput(f"the answer is not JSON ({exc.args[0][:100]})") from None
-    error = best_match(Draft202012Validator(schema).iter_errors(value))
+    error = best_schema_error(schema, value)
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path) or "(top level)"
         raise InvalidOutput(f"the answer does not match the schema at {where}: {error.message[:200]}")

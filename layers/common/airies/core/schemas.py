@@ -27,24 +27,6 @@ METADATA_MAX_KEYS = 50
 METADATA_MAX_BYTES = 16_384
 
 
-def check_object_schema(value: dict[str, Any], *, name: str, max_bytes: int) -> dict[str, Any]:
-    """A JSON Schema the account supplies for a JSON object (tool parameters, extracted data): valid (draft
-    2020-12), of an object, at most ``max_bytes`` as JSON; a ``ValueError`` says which rule it breaks."""
-    from jsonschema import Draft202012Validator  # only where an agent is saved
-    from jsonschema.exceptions import SchemaError
-
-    if len(json.dumps(value, default=str)) > max_bytes:
-        raise ValueError(f"{name} may be at most {max_bytes // 1024} KiB as JSON")
-    try:
-        Draft202012Validator.check_schema(value)
-    except SchemaError as exc:
-        where = "/".join(str(part) for part in exc.path) or "(root)"
-        raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
-    if value.get("type") != "object":
-        raise ValueError(f'{name} must be a JSON Schema of an object ("type": "object")')
-    return value
-
-
 def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
     """The one limit of a client's free-form metadata: on create, and on the merged result of an update. Its numbers
     must be JSON numbers (NaN and infinities are not; PostgreSQL refuses them in a JSON column)."""

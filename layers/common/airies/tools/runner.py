@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from jsonschema import Draft202012Validator
 
+from airies.core.json_schemas import schema_errors
 from airies.core.observability import provider_span
 from airies.core.url_guard import URLGuard, URLNotAllowed, no_cookies
 from airies.core.vendor_clients import LoopBoundClient
@@ -109,7 +109,7 @@ def parse_arguments(raw: str) -> tuple[Any, str | None]:
 def argument_problem(schema: Mapping[str, Any], arguments: Any) -> str | None:
     """The first way ``arguments`` break the tool's JSON Schema, or None."""
     try:
-        errors = sorted(Draft202012Validator(schema).iter_errors(arguments), key=lambda e: str(list(e.path)))
+        errors = schema_errors(schema, arguments)
     except Exception as exc:  # e.g. a "$ref" nothing resolves (remote references are never fetched)
         return f"the tool's parameters schema cannot be applied ({type(exc).__name__})"
     if not errors:

@@ -11,7 +11,8 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from airies.core.schemas import StrictModel, check_object_schema
+from airies.core.json_schemas import check_object_schema
+from airies.core.schemas import StrictModel
 
 # Names the platform answers itself: a custom tool cannot take them.
 BUILTIN_TOOL_NAMES = ("end_call", "transfer_call", "query_knowledge_base")

@@ -14,8 +14,6 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-import regex
-
 if TYPE_CHECKING:
     from jsonschema.exceptions import ValidationError
 
@@ -24,7 +22,8 @@ MAX_PATTERN_SUBJECT_CHARS = 10_000
 
 
 def _pattern(validator: Any, pattern: str, instance: Any, schema: Mapping[str, Any]) -> Iterator[ValidationError]:
-    from jsonschema.exceptions import ValidationError  # loaded with the validator (tenant_validator)
+    import regex  # loaded with the validator (tenant_validator), like jsonschema
+    from jsonschema.exceptions import ValidationError
 
     if not validator.is_type(instance, "string"):
         return
@@ -52,6 +51,7 @@ def tenant_validator() -> Any:
 def _refused_keyword(schema: Any, path: str = "") -> str | None:
     """Where a keyword this validator cannot bound appears (``patternProperties``), or a ``pattern`` that does not
     compile; None when there is none."""
+    import regex  # only where an agent is saved
     if isinstance(schema, dict):
         for key, value in schema.items():
             where = f"{path}/{key}" if path else key

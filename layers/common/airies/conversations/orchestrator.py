@@ -21,6 +21,7 @@ from airies.conversations.barge_in import BargeIn, spoken_record
 from airies.conversations.lifecycle import Lifecycle
 from airies.conversations.live_runtime import LiveRuntime, Poster, SocketSink, background
 from airies.conversations.models import Conversation
+from airies.conversations.relay_protocol import TRANSFERRED
 from airies.conversations.service import ConversationService
 from airies.conversations.sessions import ENDED, ControlFlood, LiveSession
 from airies.conversations.turns import TurnEngines, TurnInput, TurnMode, TurnResult, TurnRunner
@@ -58,6 +59,7 @@ class TurnRequest:
     endpointing_ms: float = 0.0
     eou_at: float = field(default_factory=time.perf_counter)  # when the turn's trigger arrived (latency origin)
     end_after: str | None = None  # end the call after this turn, with this reason
+    stream_text: bool = False  # a carrier's relay: the reply's text as the LLM writes it, no speech (it speaks)
     turn_id: str = field(default_factory=lambda: new_id("turn"))
     # The frame's flood-guard count, made by the claim's write (the frame was not counted yet): per second
     count_limit: int | None = None
@@ -247,6 +249,8 @@ class TurnOrchestrator:
             endpointing_ms=request.endpointing_ms,
             eou_at=request.eou_at,
             scripted_reply=scripted,
+            speak=not request.stream_text,
+            stream_text=request.stream_text,
         )
         return _Prepared(config, engines, inp, outcome.sink)
 
@@ -363,4 +367,8 @@ class TurnOrchestrator:
         ending = outcome.end_after or result.end_call
         if ending:
             self.lifecycle.end(cid, ending, poster, active_until=self.runtime.clock())
+        elif result.transfer is not None and result.status == "completed":
+            # The agent hands the call over: the relay ends with the destination, the carrier dials it.
+            transfer = {"destination": result.transfer.destination}
+            self.lifecycle.end(cid, TRANSFERRED, poster, active_until=self.runtime.clock(), transfer=transfer)
         return result

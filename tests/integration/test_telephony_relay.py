@@ -128,7 +128,8 @@ class Phone:
         return dict(response.json())
 
     def turns(self, conversation_id: str) -> list[dict[str, Any]]:
-        return list(self.conversation(conversation_id)["turns"])
+        """The caller's turns and their replies (the greeting's turn left out)."""
+        return [t for t in self.conversation(conversation_id)["turns"] if t["input_mode"] != "none"]
 
 
 @pytest.fixture
@@ -171,7 +172,11 @@ def test_prompts_stream_tokens_and_record_phone_turns(phone: Phone) -> None:
 
     relay.prompt("And on Saturday?")
     assert relay.reply_of(relay.new_frames()) == REPLY
-    turns = phone.turns(cid)
+    greeting, *turns = phone.conversation(cid)["turns"]
+    # the greeting the relay spoke is the agent's first turn (recorded, posted nowhere), once
+    assert (greeting["input_mode"], greeting["agent_text"]) == ("none", PHONE_AGENT["first_message"])
+    relay.setup()
+    assert len(phone.conversation(cid)["turns"]) == 3
     assert [(t["input_mode"], t["user_text"], t["agent_text"]) for t in turns] == [
         ("text", "When do you open?", REPLY),
         ("text", "And on Saturday?", REPLY),
@@ -183,8 +188,10 @@ def test_prompts_stream_tokens_and_record_phone_turns(phone: Phone) -> None:
     # the second turn's LLM call saw the first as history
     llm = phone.engines.llm
     assert isinstance(llm, FakeLLM)
-    assert {"role": "user", "content": "When do you open?"} in llm.requests[-1].messages
-    assert phone.conversation(cid)["turn_count"] == 2
+    messages = llm.requests[-1].messages
+    assert messages[1] == {"role": "assistant", "content": PHONE_AGENT["first_message"]}
+    assert {"role": "user", "content": "When do you open?"} in messages
+    assert phone.conversation(cid)["turn_count"] == 3
 
 
 def test_interrupt_keeps_what_the_relay_spoke(phone: Phone) -> None:
@@ -359,3 +366,28 @@ def test_without_a_verifier_the_relay_is_not_available(phone: Phone) -> None:
     response = relay.connect()
     assert response["statusCode"] == 501 and json.loads(response["body"])["code"] == "relay_not_available"
     assert phone.conversation(cid)["status"] == "created"
+
+
+def test_outbound_call_relay_records_its_own_greeting(phone: Phone) -> None:
+    phone.agent()
+    greeting = "Hello, this is Acme calling about your renewal."
+    body = {"agent_id": phone.agent_id, "to": "+442079460000", "from": phone.number["phone_number"]}
+    response = phone.client.post("/api/v1/calls", json={**body, "first_message": greeting}, headers=phone.auth)
+    assert response.status_code == 201, response.text
+    call = response.json()
+    url = relay_of(phone.twilio.calls[call["call_sid"]]["form"]["Twiml"][0]).get("url") or ""
+    relay = RelayClient(
+        phone.service,
+        url,
+        phone.number["auth_token"],
+        frames_of,
+        account_sid=phone.number["carrier_account_sid"],
+        call_sid=call["call_sid"],
+    )
+    assert relay.connect()["statusCode"] == 200
+    relay.setup(direction="outbound-api")
+    relay.prompt("Yes, go on.")
+    assert relay.reply_of(relay.new_frames()) == REPLY
+    first, second = phone.conversation(call["conversation_id"])["turns"]
+    assert (first["input_mode"], first["agent_text"]) == ("none", greeting)
+    assert (second["user_text"], second["agent_text"]) == ("Yes, go on.", REPLY)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
+from airies.agents.schemas import AgentConfig, FirstMessageMode
 from airies.conversations import relay_protocol as rp
 from airies.conversations.barge_in import BargeIn
 from airies.conversations.lifecycle import TURN_SETTLE_S, Lifecycle
@@ -30,11 +31,13 @@ from airies.conversations.protocol import ProtocolError
 from airies.conversations.sessions import ENDED, LiveSession
 from airies.conversations.turns import TurnMode
 from airies.core.errors import AiriesError, NotFoundError
+from airies.core.ids import new_id
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "x-twilio-signature"
 PHONE_METADATA_KEY = "phone"
+FIRST_MESSAGE_KEY = "first_message"  # in the phone metadata: an outbound call's own greeting
 
 
 class HandshakeVerifier(Protocol):
@@ -42,6 +45,26 @@ class HandshakeVerifier(Protocol):
         """Raise an ``AiriesError`` (403 for a forged or missing signature) unless ``signature`` signs ``url`` with
         the carrier credentials of the conversation's phone call."""
         ...
+
+
+def welcome_greeting(config: AgentConfig, override: str | None = None) -> str | None:
+    """What the relay says when the call connects (its ``welcomeGreeting``): the call's own first message, else the
+    agent's when the agent speaks first."""
+    if override:
+        return override
+    if config.first_message_mode == FirstMessageMode.assistant_speaks_first and config.first_message:
+        return config.first_message
+    return None
+
+
+class _Silent:
+    """A poster that posts nothing: the relay speaks the greeting itself, the platform only records it."""
+
+    def post(self, connection_id: str, data: bytes) -> bool:
+        return True
+
+    def close(self, connection_id: str) -> None:
+        return None
 
 
 def header(event: dict[str, Any], name: str) -> str | None:
@@ -104,7 +127,9 @@ class RelayEdge:
             log.warning("the relay of %s reported an error: %s", ctx.conversation_id, message.description)
 
     def _setup(self, session: LiveSession, message: rp.SetupMessage) -> None:
-        """The carrier's first message: its call must be the conversation's (when the call's id is known yet)."""
+        """The carrier's first message: its call must be the conversation's (when the call's id is known yet).
+        The greeting the relay speaks is recorded once as the agent's first turn (posted nowhere), so the
+        transcript and the LLM's history have it as a web call's first message."""
         with self.runtime.database.session() as db:
             try:
                 conversation = self.runtime.conversations(db).get(session.account_id, session.conversation_id)
@@ -117,6 +142,19 @@ class RelayEdge:
                 "call_mismatch", "this relay's call is not the conversation's", {"call_sid": message.call_sid}
             )
         self.store.touch(session.conversation_id)
+        greeting = welcome_greeting(self.runtime.config(session), phone.get(FIRST_MESSAGE_KEY))
+        if not greeting or session.turn_seq > 0:
+            return
+        turn_id = new_id("turn")
+        if not self.store.claim_first_message(session.conversation_id, turn_id):
+            return
+        try:
+            request = TurnRequest(
+                TurnMode.NONE, scripted=greeting, expected_utt=session.utt, turn_id=turn_id, stream_text=True
+            )
+            self.orchestrator.run(session, _Silent(), request)
+        finally:
+            self.store.first_message_over(session.conversation_id)
 
     def _turn(self, ctx: Frame, poster: Poster, session: LiveSession, text: str) -> None:
         request = TurnRequest(TurnMode.TEXT, text=text, eou_at=ctx.received_at, stream_text=True)
@@ -131,6 +169,6 @@ class RelayEdge:
         else:
             turn_id = session.turn_id
         if turn_id is None:
-            return  # nothing was said yet (the carrier's greeting is its own)
+            return  # nothing was said yet
         heard = message.utterance_until_interrupt.strip()
         self.barge_in.keep_heard(session.account_id, cid, turn_id, heard, poster, exact=True)

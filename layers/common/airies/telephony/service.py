@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from airies.agents.service import AgentService
 from airies.conversations.models import Conversation
-from airies.conversations.relay import PHONE_METADATA_KEY
+from airies.conversations.relay import FIRST_MESSAGE_KEY, PHONE_METADATA_KEY
 from airies.conversations.relay_protocol import relay_url
 from airies.conversations.schemas import CallerInfo, ConversationCreate, ConversationUpdate
 from airies.conversations.service import ConversationService
@@ -373,6 +373,7 @@ class TelephonyService:
             ) from exc
         conversation, token, _ = conversations.start_conversation(account_id, create)
         answer = self._relay(conversations, conversation, token, body.first_message)
+        greeting = {FIRST_MESSAGE_KEY: body.first_message} if body.first_message else {}
         call_sid = carrier.place_call(
             OutboundCall(
                 to=body.to,
@@ -385,7 +386,7 @@ class TelephonyService:
         conversations.update(
             account_id,
             conversation.id,
-            ConversationUpdate(metadata={PHONE_METADATA_KEY: {**phone, "call_sid": call_sid}}),
+            ConversationUpdate(metadata={PHONE_METADATA_KEY: {**phone, "call_sid": call_sid, **greeting}}),
         )
         return self._record_call(number, conversation.id, call_sid, "outbound", body.from_, body.to)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
 
-from airies.agents.schemas import AgentConfig, FirstMessageMode
+from airies.agents.schemas import AgentConfig
+from airies.conversations.relay import welcome_greeting
 
 # Agent config provider -> ConversationRelay's name for it. Others (eSpeak, Azure) have no relay equivalent:
 # the relay then speaks with Twilio's default voice and transcriber.
@@ -35,14 +36,6 @@ def hints(config: AgentConfig) -> str | None:
     phrases = [p.strip() for p in (*config.transcriber.keywords, *config.end_call_phrases) if p.strip()]
     unique = list(dict.fromkeys(p.replace(",", " ") for p in phrases))[:MAX_HINTS]
     return ",".join(unique) or None
-
-
-def welcome_greeting(config: AgentConfig, override: str | None = None) -> str | None:
-    if override:
-        return override
-    if config.first_message_mode == FirstMessageMode.assistant_speaks_first and config.first_message:
-        return config.first_message
-    return None
 
 
 def relay_twiml(config: AgentConfig, url: str, *, first_message: str | None = None, action: str | None = None) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -16,7 +17,9 @@ from urllib.parse import parse_qsl, urlsplit
 import boto3
 import pytest
 from moto import mock_aws
+from sqlalchemy import select
 
+from airies.billing.models import UsageEventRecord
 from airies.conversations.live import WebSocketService
 from airies.conversations.relay_protocol import dtmf_text
 from airies.conversations.service import ConversationTokens
@@ -33,6 +36,7 @@ from tests.integration.test_telephony_api import (
     PHONE_AGENT,
     PUBLIC_API,
     PUBLIC_WS,
+    STATUS_URL,
     VOICE_URL,
     import_number,
     inbound_form,
@@ -391,3 +395,52 @@ def test_outbound_call_relay_records_its_own_greeting(phone: Phone) -> None:
     first, second = phone.conversation(call["conversation_id"])["turns"]
     assert (first["input_mode"], first["agent_text"]) == ("none", greeting)
     assert (second["user_text"], second["agent_text"]) == ("Yes, go on.", REPLY)
+
+
+# -- carrier minutes ---------------------------------------------------------------------------------------------------
+def test_carrier_minutes_are_booked_once_when_the_call_completes(phone: Phone) -> None:
+    phone.agent()
+    relay, cid = phone.connected()
+    relay.prompt("When do you open?")
+    turns_cost = Decimal(phone.client.get(f"/api/v1/conversations/{cid}/cost", headers=phone.auth).json()["total"])
+    status = {
+        "CallSid": relay.call_sid,
+        "AccountSid": relay.account_sid,
+        "From": relay.from_,
+        "To": relay.to,
+        "CallStatus": "completed",
+        "CallDuration": "61",  # Twilio bills whole minutes: 2
+    }
+    for _ in range(2):  # Twilio retries a callback: booked once
+        assert post_signed(phone.client, STATUS_URL, status, phone.number["auth_token"]).status_code == 204
+    cost = phone.client.get(f"/api/v1/conversations/{cid}/cost", headers=phone.auth).json()
+    per_minute = Decimal("0.07") + Decimal("0.0085")  # pricing.json: twilio/conversation_relay + twilio/voice_inbound
+    assert cost["components"]["telephony"] == f"{2 * per_minute:.9f}" == "0.157000000"
+    assert Decimal(cost["total"]) == turns_cost + 2 * per_minute and cost["usage"]["telephony_minutes"] == 2
+    conversation = phone.conversation(cid)
+    assert conversation["status"] == "ended" and Decimal(conversation["cost_usd"]) == Decimal(cost["total"])
+    with phone.database.session() as session:
+        rows = session.scalars(
+            select(UsageEventRecord).where(
+                UsageEventRecord.conversation_id == cid, UsageEventRecord.component == "telephony_minutes"
+            )
+        ).all()
+        booked = sorted((r.provider, r.model, r.quantity_micro, r.cost_picousd, r.credits_micros > 0) for r in rows)
+    assert booked == [
+        ("twilio", "conversation_relay", 2_000_000, 140_000_000_000, True),
+        ("twilio", "voice_inbound", 2_000_000, 17_000_000_000, True),
+    ]
+
+
+def test_a_call_that_never_connected_books_no_minutes(phone: Phone) -> None:
+    phone.agent()
+    relay, cid = phone.call()
+    status = {
+        "CallSid": relay.call_sid,
+        "AccountSid": relay.account_sid,
+        "CallStatus": "no-answer",
+        "CallDuration": "0",
+    }
+    assert post_signed(phone.client, STATUS_URL, status, phone.number["auth_token"]).status_code == 204
+    cost = phone.client.get(f"/api/v1/conversations/{cid}/cost", headers=phone.auth).json()
+    assert cost["components"]["telephony"] == "0.000000000" and cost["usage"]["telephony_minutes"] == 0

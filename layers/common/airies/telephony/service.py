@@ -441,6 +441,11 @@ class TelephonyService:
             )
         if status in FINAL_STATUSES:
             call.ended_at = utcnow()
+            if conversation is not None and call.duration_seconds:
+                products = ["conversation_relay", f"voice_{call.direction}"]
+                conversations.book_phone_minutes(
+                    conversation, carrier=CARRIER, products=products, seconds=call.duration_seconds
+                )
             if conversation is not None:
                 conversations.end_conversation(
                     call.account_id, conversation.id, FINAL_STATUSES[status], active_until=call.ended_at

@@ -110,8 +110,8 @@ class RelayEdge:
         return None
 
     # -- $default --------------------------------------------------------------------------------------------------
-    def dispatch(self, ctx: Frame, poster: Poster, message: rp.RelayMessage) -> None:
-        session = self.store.get(ctx.conversation_id)
+    def dispatch(self, ctx: Frame, poster: Poster, message: rp.RelayMessage, session: LiveSession | None) -> None:
+        """One message from the carrier; ``session``: the live state, as read when it arrived."""
         if session is None or session.state == ENDED:
             raise ProtocolError("conversation_ended", "this conversation has ended")
         if isinstance(message, rp.SetupMessage):

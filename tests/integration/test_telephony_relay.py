@@ -444,3 +444,13 @@ def test_a_call_that_never_connected_books_no_minutes(phone: Phone) -> None:
     assert post_signed(phone.client, STATUS_URL, status, phone.number["auth_token"]).status_code == 204
     cost = phone.client.get(f"/api/v1/conversations/{cid}/cost", headers=phone.auth).json()
     assert cost["components"]["telephony"] == "0.000000000" and cost["usage"]["telephony_minutes"] == 0
+
+
+def test_a_call_ended_over_rest_ends_the_relay(phone: Phone) -> None:
+    phone.agent()
+    relay, cid = phone.connected()
+    phone.client.app.state.live_sessions = phone.service  # the API's facade to live calls, with the harness poster
+    response = phone.client.put(f"/api/v1/conversations/{cid}", json={"status": "ended"}, headers=phone.auth)
+    assert response.status_code == 200, response.text
+    assert relay.new_frames() == [{"type": "end"}]  # in the relay's words, not protocol v1's "ended"
+    assert phone.store.connection(relay.connection_id) is None

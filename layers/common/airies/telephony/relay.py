@@ -18,9 +18,9 @@ from airies.core.database import Database
 from airies.core.errors import ForbiddenError
 from airies.telephony.models import PhoneCall, PhoneNumber
 from airies.telephony.service import TelephonyService
+from airies.tools.schemas import TRANSFER_DESTINATION_PATTERN
 
-E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
-SIP_URI = re.compile(r"^sips?:[^@\s<>\"]+@[A-Za-z0-9.\-]+(:[0-9]{1,5})?(;[^\s<>\"]*)?$")
+DIALLABLE = re.compile(TRANSFER_DESTINATION_PATTERN)  # an E.164 number or a SIP URI, as transfer_call's config
 
 
 class RelayHandshake:
@@ -55,4 +55,4 @@ def transfer_destination(handoff: str | None) -> str | None:
     if not isinstance(destination, str):
         return None
     destination = destination.strip()
-    return destination if E164.match(destination) or SIP_URI.match(destination) else None
+    return destination if DIALLABLE.match(destination) else None

@@ -7,6 +7,7 @@ messages answered with an error and nothing stored, forged handshakes refused.""
 from __future__ import annotations
 
 import json
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -31,7 +32,7 @@ from tests.doubles.conv_engines import FakeLLM, fake_engines
 from tests.doubles.relay_client import RelayClient
 from tests.doubles.twilio_server import TwilioDouble, new_sid
 from tests.integration.test_conv_api import deployed_agent
-from tests.integration.test_conv_handlers import ENDPOINT, ClosingPoster, frames_of
+from tests.integration.test_conv_handlers import ENDPOINT, Clock, ClosingPoster, frames_of
 from tests.integration.test_telephony_api import (
     PHONE_AGENT,
     PUBLIC_API,
@@ -80,7 +81,8 @@ class Phone:
 
     def __init__(self, client: Any, auth: dict[str, str], twilio: TwilioDouble, database: Any, settings: Settings):
         self.client, self.auth, self.twilio, self.database, self.settings = client, auth, twilio, database, settings
-        self.store = SessionStore(boto3.client("dynamodb", region_name="us-east-1"), "relay-test")
+        self.clock = Clock(time.time())
+        self.store = SessionStore(boto3.client("dynamodb", region_name="us-east-1"), "relay-test", clock=self.clock)
         self.store.ensure_table()
         self.poster = ClosingPoster(
             boto3.client("apigatewaymanagementapi", endpoint_url=ENDPOINT, region_name="us-east-1")
@@ -96,6 +98,7 @@ class Phone:
             credit_gate=lambda session: lambda account_id: (True, None, None),
             tokens=ConversationTokens(SECRET.encode(), ttl_seconds=300),
             relay_verifier=RelayHandshake(settings, database),
+            clock=self.clock,
         )
 
     def agent(self, **config: Any) -> None:
@@ -454,3 +457,22 @@ def test_a_call_ended_over_rest_ends_the_relay(phone: Phone) -> None:
     assert response.status_code == 200, response.text
     assert relay.new_frames() == [{"type": "end"}]  # in the relay's words, not protocol v1's "ended"
     assert phone.store.connection(relay.connection_id) is None
+
+
+def test_a_silence_reminder_on_a_phone_call_is_text_the_relay_speaks(phone: Phone) -> None:
+    phone.agent()
+    relay, cid = phone.connected()
+    phone.clock.now += 31  # past the agent's 30 s silence timeout
+    session = phone.store.get(cid)
+    assert session is not None
+    assert phone.service.check_timers(session) == "reminder"
+    frames = relay.new_frames()
+    assert relay.reply_of(frames) == "Are you still there?" and frames[-1] == {
+        "type": "text",
+        "token": "",
+        "last": True,
+    }
+    tts = phone.engines.tts
+    assert tts is not None and tts.sentences == []  # nothing synthesised on our side
+    reminder = phone.conversation(cid)["turns"][-1]
+    assert reminder["agent_text"] == "Are you still there?" and reminder["usage"]["tts_characters"] == 0

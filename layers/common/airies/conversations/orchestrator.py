@@ -249,8 +249,10 @@ class TurnOrchestrator:
             endpointing_ms=request.endpointing_ms,
             eou_at=request.eou_at,
             scripted_reply=scripted,
-            speak=not request.stream_text,
-            stream_text=request.stream_text,
+            # Every turn of a carrier relay's call (a silence reminder, the out-of-credit notice too) is text the
+            # relay speaks: nothing is synthesised here.
+            speak=not (request.stream_text or session.protocol),
+            stream_text=request.stream_text or bool(session.protocol),
         )
         return _Prepared(config, engines, inp, outcome.sink)
 

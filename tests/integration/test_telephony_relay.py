@@ -249,7 +249,7 @@ def test_end_call_sends_end_and_ends_the_conversation(phone: Phone) -> None:
 
 @pytest.mark.parametrize("destination", ["+14155550123", "sip:frontdesk@pbx.example.com"])
 def test_transfer_ends_the_relay_and_the_action_url_dials(phone: Phone, destination: str) -> None:
-    phone.agent()
+    phone.agent(builtin_tools={"transfer_call": {"enabled": True, "destinations": [destination]}})
     phone.engines.llm = transfer_llm(destination)
     relay, cid = phone.connected()
     relay.prompt("Can I talk to a person?")

@@ -21,7 +21,6 @@ from airies.conversations.barge_in import BargeIn, spoken_record
 from airies.conversations.lifecycle import Lifecycle
 from airies.conversations.live_runtime import LiveRuntime, Poster, SocketSink, background
 from airies.conversations.models import Conversation
-from airies.conversations.relay_protocol import TRANSFERRED
 from airies.conversations.service import ConversationService
 from airies.conversations.sessions import ENDED, ControlFlood, LiveSession
 from airies.conversations.turns import TurnEngines, TurnInput, TurnMode, TurnResult, TurnRunner
@@ -250,9 +249,10 @@ class TurnOrchestrator:
             eou_at=request.eou_at,
             scripted_reply=scripted,
             # Every turn of a carrier relay's call (a silence reminder, the out-of-credit notice too) is text the
-            # relay speaks: nothing is synthesised here.
+            # relay speaks: nothing is synthesised here. A phone call can be handed over (transfer_call).
             speak=not (request.stream_text or session.protocol),
             stream_text=request.stream_text or bool(session.protocol),
+            can_transfer=bool(session.protocol),
         )
         return _Prepared(config, engines, inp, outcome.sink)
 
@@ -368,9 +368,7 @@ class TurnOrchestrator:
             self.barge_in.cut_finished_turn(finished, turn_id, poster)
         ending = outcome.end_after or result.end_call
         if ending:
-            self.lifecycle.end(cid, ending, poster, active_until=self.runtime.clock())
-        elif result.transfer is not None and result.status == "completed":
-            # The agent hands the call over: the relay ends with the destination, the carrier dials it.
-            transfer = {"destination": result.transfer.destination}
-            self.lifecycle.end(cid, TRANSFERRED, poster, active_until=self.runtime.clock(), transfer=transfer)
+            # A transfer names where the call goes: a carrier's relay ends with it and the carrier dials it.
+            transfer = {"destination": result.transfer.destination} if result.transfer is not None else None
+            self.lifecycle.end(cid, ending, poster, active_until=self.runtime.clock(), transfer=transfer)
         return result

@@ -28,7 +28,7 @@ from airies.conversations.lifecycle import TURN_SETTLE_S, Lifecycle
 from airies.conversations.live_runtime import Frame, LiveRuntime, Poster
 from airies.conversations.orchestrator import TurnOrchestrator, TurnRequest
 from airies.conversations.protocol import ProtocolError
-from airies.conversations.sessions import ENDED, LiveSession
+from airies.conversations.sessions import ENDED, ControlFlood, LiveSession
 from airies.conversations.turns import TurnMode
 from airies.core.errors import AiriesError, NotFoundError
 from airies.core.ids import new_id
@@ -110,21 +110,42 @@ class RelayEdge:
         return None
 
     # -- $default --------------------------------------------------------------------------------------------------
-    def dispatch(self, ctx: Frame, poster: Poster, message: rp.RelayMessage, session: LiveSession | None) -> None:
-        """One message from the carrier; ``session``: the live state, as read when it arrived."""
+    def dispatch(self, ctx: Frame, poster: Poster, message: rp.RelayMessage) -> None:
+        """One message from the carrier. Each counts against the control-frame limit, as a web call's control
+        frames do; a caller turn (``prompt``, ``dtmf``) counts it in the turn's claim, from the live state this
+        container last saw, with nothing read first (as a web call's typed turn)."""
+        cid = ctx.conversation_id
+        limit = self.runtime.settings.ws_control_frames_per_second
+        text = self._turn_text(message)
+        hint = self.runtime.live_hints.get(cid)
+        if text is not None and hint is not None and hint.state != ENDED:
+            self._turn(ctx, poster, hint, text, count_limit=limit)
+            return
+        try:  # the flood guard's count returns the live state: one write, no separate read
+            session = self.store.count_control_frame(cid, limit)
+        except ControlFlood as exc:
+            raise ProtocolError("rate_limited", "too many control frames; slow down") from exc
         if session is None or session.state == ENDED:
+            self.runtime.live_hints.pop(cid, None)
             raise ProtocolError("conversation_ended", "this conversation has ended")
-        if isinstance(message, rp.SetupMessage):
+        self.runtime.live_hints.put(cid, session)
+        if text is not None:
+            self._turn(ctx, poster, session, text)
+        elif isinstance(message, rp.SetupMessage):
             self._setup(session, message)
-        elif isinstance(message, rp.PromptMessage):
-            if message.last and message.voice_prompt:
-                self._turn(ctx, poster, session, message.voice_prompt)
-        elif isinstance(message, rp.DtmfMessage):
-            self._turn(ctx, poster, session, rp.dtmf_text(message.digit))
         elif isinstance(message, rp.InterruptMessage):
             self._interrupt(poster, session, message)
-        else:
-            log.warning("the relay of %s reported an error: %s", ctx.conversation_id, message.description)
+        elif isinstance(message, rp.ErrorMessage):
+            log.warning("the relay of %s reported an error: %s", cid, message.description)
+
+    @staticmethod
+    def _turn_text(message: rp.RelayMessage) -> str | None:
+        """The caller turn's text a message carries (None: it is no caller turn; a partial prompt is none)."""
+        if isinstance(message, rp.PromptMessage) and message.last and message.voice_prompt:
+            return message.voice_prompt
+        if isinstance(message, rp.DtmfMessage):
+            return rp.dtmf_text(message.digit)
+        return None
 
     def _setup(self, session: LiveSession, message: rp.SetupMessage) -> None:
         """The carrier's first message: its call must be the conversation's (when the call's id is known yet).
@@ -156,8 +177,12 @@ class RelayEdge:
         finally:
             self.store.first_message_over(session.conversation_id)
 
-    def _turn(self, ctx: Frame, poster: Poster, session: LiveSession, text: str) -> None:
-        request = TurnRequest(TurnMode.TEXT, text=text, eou_at=ctx.received_at, stream_text=True)
+    def _turn(
+        self, ctx: Frame, poster: Poster, session: LiveSession, text: str, *, count_limit: int | None = None
+    ) -> None:
+        request = TurnRequest(
+            TurnMode.TEXT, text=text, eou_at=ctx.received_at, stream_text=True, count_limit=count_limit
+        )
         self.orchestrator.run(session, poster, request)
 
     def _interrupt(self, poster: Poster, session: LiveSession, message: rp.InterruptMessage) -> None:

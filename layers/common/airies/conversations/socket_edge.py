@@ -14,7 +14,7 @@ from airies.conversations import protocol as wp
 from airies.conversations.barge_in import BargeIn
 from airies.conversations.endpointing import Endpointing
 from airies.conversations.lifecycle import Lifecycle
-from airies.conversations.live_runtime import Frame, LiveRuntime, Poster, background, endpoint_from_event, speaking
+from airies.conversations.live_runtime import Frame, LiveRuntime, Poster, endpoint_from_event, speaking
 from airies.conversations.orchestrator import TurnOrchestrator, TurnRequest, Utterance
 from airies.conversations.relay import RelayEdge
 from airies.conversations.relay_protocol import parse_relay_message

@@ -16,6 +16,7 @@ from airies.core.config import get_settings
 from airies.core.database import get_database
 from airies.core.metrics import MonitoringService
 from airies.core.observability import logger, metrics
+from airies.telephony.relay import RelayHandshake
 from airies.webhooks.service import build_webhook_publisher
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ def build_service() -> WebSocketService:
         recorder=build_recorder(settings),
         publisher=build_webhook_publisher(settings, database),
         turn_metrics=TurnMetrics(MonitoringService(metrics=metrics, logger=logger)),  # flushed per invocation
+        relay_verifier=RelayHandshake(settings, database),  # phone calls: Twilio ConversationRelay
     )
     settle()
     return built

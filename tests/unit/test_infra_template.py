@@ -157,7 +157,8 @@ RUNTIME_NEEDS: dict[str, dict[str, set[str]]] = {
         "send": {"UsageQueue", "ScrapeQueue", "WebhookQueue"},
         "kms": {"decrypt"},
     },
-    "VoiceConnectFunction": {"secrets": {WS_TOKEN}, "send": set(), "kms": set()},
+    # a phone relay's handshake is signed with the number's Twilio auth token: sealed, or the platform's
+    "VoiceConnectFunction": {"secrets": {WS_TOKEN, PROVIDER_KEYS}, "send": set(), "kms": {"decrypt"}},
     "VoiceDisconnectFunction": {"secrets": {WS_TOKEN}, "send": set(), "kms": set()},
     "VoiceMessageFunction": {
         "secrets": {WS_TOKEN, PROVIDER_KEYS},

@@ -50,6 +50,7 @@ COMPONENT_LABELS = {
     "storage_gb_hours": ("Storage", "GB-hours"),
     "kb_pages": ("Knowledge base pages", "pages"),
     "embedding_tokens": ("Embeddings", "tokens"),
+    "telephony_minutes": ("Phone carrier minutes", "minutes"),
 }
 
 

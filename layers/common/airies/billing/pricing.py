@@ -1,6 +1,6 @@
 """Pricing as data: provider cost per unit and per-tier credits, markup, grants and limits.
 
-Sources (read, never copied): ``data/pricing.json`` (tiers, platform costs), ``data/llm_models.json``
+Sources (read, never copied): ``data/pricing.json`` (tiers, platform and phone carrier costs), ``data/llm_models.json``
 (LLM USD per million tokens) and ``data/voice_catalog.json`` (STT USD per minute, TTS USD per 1k chars).
 Every number is parsed straight into Decimal (``parse_float=Decimal``) so no float ever touches money.
 """
@@ -73,6 +73,11 @@ class Pricing:
         self.usd_per_credit = Decimal(str(pricing["usd_per_credit"]))
         self.platform_costs = {k: Decimal(str(v)) for k, v in pricing["platform_costs_usd"].items()}
         self.embedding_costs = {k: Decimal(str(v)) for k, v in pricing["embedding_costs_usd_per_mtok"].items()}
+        self.telephony_costs = {
+            k: Decimal(str(v))
+            for k, v in pricing.get("telephony_costs_usd_per_minute", {}).items()
+            if not k.startswith("_")
+        }
         self.tiers = {name: self._tier(name, spec) for name, spec in pricing["tiers"].items()}
         self.llm = {(m["provider"], m["model"]): m for m in llm_catalog["models"]}
         self.stt = {p["provider"]: p for p in voice_catalog["stt"]}
@@ -125,6 +130,8 @@ class Pricing:
             key = f"{provider}/{model}"
             per_mtok = self.embedding_costs.get(key, self.embedding_costs.get("default"))
             return None if per_mtok is None else per_mtok / _MILLION
+        if c is UsageComponent.TELEPHONY_MINUTES:
+            return self.telephony_costs.get(f"{provider}/{model}")
         cost = self.platform_costs.get(c.value)
         return cost
 

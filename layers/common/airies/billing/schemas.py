@@ -30,6 +30,7 @@ class UsageComponent(StrEnum):
     STORAGE_GB_HOURS = "storage_gb_hours"
     KB_PAGES = "kb_pages"
     EMBEDDING_TOKENS = "embedding_tokens"
+    TELEPHONY_MINUTES = "telephony_minutes"  # a phone call's carrier minutes (provider: carrier, model: product)
 
 
 class UsageEvent(BaseModel):

@@ -89,9 +89,24 @@ class BargeIn:
         if sentences is None:
             return
         heard = heard_reply(sentences, session.played_ms)
+        self.keep_heard(session.account_id, session.conversation_id, turn_id, heard, poster)
+
+    def keep_heard(
+        self,
+        account_id: str,
+        conversation_id: str,
+        turn_id: str,
+        heard: str,
+        poster: Poster | None,
+        *,
+        exact: bool = False,
+    ) -> None:
+        """Store only ``heard`` as the turn's agent text (so the next turn's LLM history is what the caller heard)
+        and tell the connections (``interrupted``). ``exact``: ``heard`` is the truth (a carrier's relay reports
+        what it spoke), so it also shortens a turn that was cut while it was being posted."""
         with self.runtime.database.session() as db:
-            turn = self.runtime.conversations(db).cut_turn(session.account_id, session.conversation_id, turn_id, heard)
+            turn = self.runtime.conversations(db).cut_turn(account_id, conversation_id, turn_id, heard, exact=exact)
             if turn is None:
                 return
             heard = turn.agent_text or ""  # a turn cut before keeps its first cut
-        self.lifecycle.broadcast(session.conversation_id, wp.interrupted(turn_id, heard), poster)
+        self.lifecycle.broadcast(conversation_id, wp.interrupted(turn_id, heard), poster)

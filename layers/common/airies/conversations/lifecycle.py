@@ -38,14 +38,21 @@ class Lifecycle:
         self.store = runtime.store
 
     def end(
-        self, conversation_id: str, reason: str, poster: Poster | None, *, active_until: float | None = None
+        self,
+        conversation_id: str,
+        reason: str,
+        poster: Poster | None,
+        *,
+        active_until: float | None = None,
+        transfer: dict[str, str] | None = None,
     ) -> bool:
         """End once: live state, the DB row (bills the minutes), an ``ended`` frame, then close the sockets.
 
         Minutes are billed to ``active_until`` (epoch seconds): the caller's last activity on the live session
         unless given (an explicit hang-up or end-call bills to now). A conversation deleted meanwhile, or a
         database failure, still ends the live session and closes the sockets (the summary is then zero, and the
-        sweeper closes a row left open); it never raises past the live-state write.
+        sweeper closes a row left open); it never raises past the live-state write. ``transfer``: where the agent
+        handed the call (the ``ended`` frame carries it; a carrier's relay dials it).
         """
         session = self.store.end(conversation_id, reason)
         if session is None:
@@ -67,6 +74,8 @@ class Lifecycle:
                 summary = ended_summary(conversation)
         except Exception:
             log.exception("ending conversation %s in the database failed", conversation_id)
+        if transfer is not None:
+            summary = {**summary, "transfer": transfer}
         self.notify_ended(session, reason, summary, poster)
         return True
 

@@ -24,6 +24,7 @@ from airies.conversations.live_runtime import (
     reset_after_restore,
 )
 from airies.conversations.live_sessions import LiveSessions
+from airies.conversations.relay import HandshakeVerifier, RelayEdge
 from airies.conversations.service import ConversationService
 from airies.conversations.sessions import LiveSession, SessionStore
 from airies.conversations.socket_edge import SocketEdge
@@ -41,12 +42,20 @@ __all__ = [
 
 
 class WebSocketService(LiveSessions):
-    """The live-sessions facade plus the socket edge: endpointing and the WebSocket events."""
+    """The live-sessions facade plus the socket edge: endpointing, a carrier's relay and the WebSocket events.
+
+    ``relay_verifier`` checks a carrier relay's signed handshake (the telephony capability's, composed by the
+    edge that builds the service); without one, relay connections are refused (501 ``relay_not_available``)."""
+
+    def __init__(self, *args: Any, relay_verifier: HandshakeVerifier | None = None, **kwargs: Any) -> None:
+        self.relay_verifier = relay_verifier
+        super().__init__(*args, **kwargs)
 
     def _wire(self) -> None:
         self.endpointing = Endpointing(self.runtime, self.orchestrator, self.barge_in, self.sweeper)
+        self.relay = RelayEdge(self.runtime, self.lifecycle, self.barge_in, self.orchestrator, self.relay_verifier)
         self.edge = SocketEdge(
-            self.runtime, self.lifecycle, self.barge_in, self.orchestrator, self.sweeper, self.endpointing
+            self.runtime, self.lifecycle, self.barge_in, self.orchestrator, self.sweeper, self.endpointing, self.relay
         )
 
     # -- what the handlers and the restore hook reach ------------------------------------------------------------

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from airies.agents.schemas import AgentConfig
 from airies.conversations import protocol as wp
 from airies.conversations.events import EventPublisher
+from airies.conversations.relay_protocol import RelayPoster
 from airies.conversations.service import (
     ConversationService,
     ConversationTokens,
@@ -107,6 +108,11 @@ def management_poster(settings: Settings, endpoint: str) -> ApiGatewayPoster:
             config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2}),
         )
     return ApiGatewayPoster(_management_clients[endpoint])
+
+
+def speaking(poster: Poster, protocol: str | None) -> Poster:
+    """``poster`` for a connection that speaks ``protocol`` (None: protocol v1, as is)."""
+    return RelayPoster(poster) if protocol else poster
 
 
 def endpoint_from_event(settings: Settings, event: dict[str, Any]) -> str:
@@ -367,8 +373,11 @@ class LiveRuntime:
         return engines
 
     def poster_for(self, session: LiveSession) -> Poster | None:
-        """A poster to the API Gateway endpoint the session's connections came through (None if not known)."""
-        return self.poster_factory(session.endpoint) if session.endpoint else None
+        """A poster to the API Gateway endpoint the session's connections came through (None if not known); for a
+        carrier's relay, one that speaks the relay's messages."""
+        if not session.endpoint:
+            return None
+        return speaking(self.poster_factory(session.endpoint), session.protocol)
 
     def conversations(self, session: Session) -> ConversationService:
         return ConversationService(

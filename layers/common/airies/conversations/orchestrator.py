@@ -58,6 +58,7 @@ class TurnRequest:
     endpointing_ms: float = 0.0
     eou_at: float = field(default_factory=time.perf_counter)  # when the turn's trigger arrived (latency origin)
     end_after: str | None = None  # end the call after this turn, with this reason
+    stream_text: bool = False  # a carrier's relay: the reply's text as the LLM writes it, no speech (it speaks)
     turn_id: str = field(default_factory=lambda: new_id("turn"))
     # The frame's flood-guard count, made by the claim's write (the frame was not counted yet): per second
     count_limit: int | None = None
@@ -247,6 +248,11 @@ class TurnOrchestrator:
             endpointing_ms=request.endpointing_ms,
             eou_at=request.eou_at,
             scripted_reply=scripted,
+            # Every turn of a carrier relay's call (a silence reminder, the out-of-credit notice too) is text the
+            # relay speaks: nothing is synthesised here. A phone call can be handed over (transfer_call).
+            speak=not (request.stream_text or session.protocol),
+            stream_text=request.stream_text or bool(session.protocol),
+            can_transfer=bool(session.protocol),
         )
         return _Prepared(config, engines, inp, outcome.sink)
 
@@ -362,5 +368,7 @@ class TurnOrchestrator:
             self.barge_in.cut_finished_turn(finished, turn_id, poster)
         ending = outcome.end_after or result.end_call
         if ending:
-            self.lifecycle.end(cid, ending, poster, active_until=self.runtime.clock())
+            # A transfer names where the call goes: a carrier's relay ends with it and the carrier dials it.
+            transfer = {"destination": result.transfer.destination} if result.transfer is not None else None
+            self.lifecycle.end(cid, ending, poster, active_until=self.runtime.clock(), transfer=transfer)
         return result

@@ -412,6 +412,34 @@ def minutes_event(conversation: Conversation) -> Any:
     )
 
 
+PHONE_USAGE_KEY = "telephony"  # in a conversation's usage: its carrier minutes and their cost
+
+
+def phone_minutes(seconds: int) -> int:
+    """The minutes a carrier bills for a call of ``seconds``: whole minutes, rounded up."""
+    return -(-seconds // 60)
+
+
+def phone_minutes_events(conversation: Conversation, carrier: str, products: list[str], minutes: int) -> list[Any]:
+    """A phone call's carrier minutes as usage events, one per product (the relay, the voice leg); keyed by the
+    conversation and product, so a repeated status callback books nothing twice."""
+    from airies.billing.schemas import UsageComponent, UsageEvent
+
+    return [
+        UsageEvent(
+            idempotency_key=f"{conversation.id}:{UsageComponent.TELEPHONY_MINUTES.value}:{product}",
+            account_id=conversation.account_id,
+            component=UsageComponent.TELEPHONY_MINUTES,
+            quantity=Decimal(minutes),
+            provider=carrier,
+            model=product,
+            agent_id=conversation.agent_id,
+            conversation_id=conversation.id,
+        )
+        for product in products
+    ]
+
+
 class ListSink:
     """A TurnSink that collects frames (the HTTP routes: no socket, never cancelled)."""
 
@@ -797,9 +825,13 @@ class ConversationService:
         self.events.turn_stored(self.session, conversation, turn)
         return turn
 
-    def cut_turn(self, account_id: str, conversation_id: str, turn_id: str, heard: str) -> ConversationTurn | None:
+    def cut_turn(
+        self, account_id: str, conversation_id: str, turn_id: str, heard: str, *, exact: bool = False
+    ) -> ConversationTurn | None:
         """A barge-in that arrived after the turn was stored: keep only ``heard`` as the agent's text (what the
-        history and the next LLM call see) and count the interruption once. None when the turn is not stored."""
+        history and the next LLM call see) and count the interruption once. None when the turn is not stored.
+        ``exact``: ``heard`` is known exactly (a carrier's relay says what it spoke), so it also replaces the text
+        of a turn already cut, when it is shorter."""
         query = select(ConversationTurn).where(
             ConversationTurn.id == turn_id,
             ConversationTurn.conversation_id == conversation_id,
@@ -808,6 +840,10 @@ class ConversationService:
         if self.session.get_bind().dialect.name == "postgresql":
             query = query.with_for_update()
         turn = self.session.scalar(query)
+        if turn is not None and turn.interrupted and exact and len(heard) < len(turn.agent_text or ""):
+            turn.agent_text = heard
+            self.session.flush()
+            return turn
         if turn is None or turn.interrupted:
             return turn
         conversation = self.get(account_id, conversation_id, for_update=True)
@@ -948,9 +984,42 @@ class ConversationService:
             lines.append(f"[ended: {conversation.end_reason}]")
         return "\n".join(lines) + "\n"
 
+    def book_phone_minutes(
+        self, conversation: Conversation, *, carrier: str, products: builtins.list[str], seconds: int
+    ) -> Decimal | None:
+        """Once per phone call, when the carrier reports its duration: the carrier's per-minute prices (each
+        product's, from the pricing table) for its billed minutes become the conversation's ``telephony`` cost
+        component, and usage events. Returns the cost booked (None: already booked, or nothing to book)."""
+        from airies.billing.pricing import get_pricing
+        from airies.billing.schemas import UsageComponent
+
+        usage = dict(conversation.usage or {})
+        if PHONE_USAGE_KEY in usage or seconds <= 0:
+            return None
+        minutes = phone_minutes(seconds)
+        pricing = get_pricing()
+        cost = Decimal(0)
+        for product in products:
+            unit = pricing.provider_unit_cost(UsageComponent.TELEPHONY_MINUTES.value, carrier, product)
+            cost += (unit or Decimal(0)) * minutes
+        cost = cost.quantize(Decimal("0.000000001"))
+        usage[PHONE_USAGE_KEY] = {"carrier": carrier, "minutes": minutes, "cost_usd": format_usd(cost)}
+        conversation.usage = usage
+        conversation.cost_usd = (conversation.cost_usd or Decimal(0)) + cost
+        self.session.flush()
+        if self.usage_sink is not None:
+            try:
+                self.usage_sink(phone_minutes_events(conversation, carrier, products, minutes))
+            except Exception:  # billing is retried by its queue; the callback must still be answered
+                log.exception("usage publish failed for the phone minutes of %s", conversation.id)
+        return cost
+
     def calculate_conversation_cost(self, account_id: str, conversation_id: str) -> dict[str, Any]:
-        """Exact provider cost of a conversation, by component, from its stored turns."""
+        """Exact provider cost of a conversation, by component: speech, LLM and voice from its stored turns, and
+        the phone carrier's minutes (``telephony``) once a phone call has been booked."""
+        conversation = self.get(account_id, conversation_id)
         turns = self.get_conversation_history(account_id, conversation_id)
+        phone = (conversation.usage or {}).get(PHONE_USAGE_KEY) or {}
         parts = {"stt": Decimal(0), "llm": Decimal(0), "tts": Decimal(0)}
         usage = {
             "stt_seconds": 0.0,
@@ -964,13 +1033,18 @@ class ConversationService:
                 parts[key] += Decimal(str((turn.cost or {}).get(key, "0")))
             for key in usage:
                 usage[key] += (turn.usage or {}).get(key, 0) or 0
+        parts["telephony"] = Decimal(str(phone.get("cost_usd", "0")))
         total = sum(parts.values(), Decimal(0))
         return {
             "conversation_id": conversation_id,
             "currency": "USD",
             "components": {k: format_usd(v) for k, v in parts.items()},
             "total": format_usd(total),
-            "usage": {**usage, "stt_seconds": round(usage["stt_seconds"], 3)},
+            "usage": {
+                **usage,
+                "stt_seconds": round(usage["stt_seconds"], 3),
+                "telephony_minutes": phone.get("minutes", 0),
+            },
             "turns": len(turns),
         }
 

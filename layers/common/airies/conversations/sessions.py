@@ -78,6 +78,7 @@ class LiveSession:
     spoken: str | None = None  # JSON: the last finished turn's sentences and their audio offsets (late barge-in)
     running: set[str] = field(default_factory=set)  # turns claimed whose invocation has not finished yet
     speaking_at: float = 0.0  # when the current turn's first audio reached the caller (voice barge-in's backoff)
+    protocol: str | None = None  # None: protocol v1; a carrier relay's name (``relay_protocol``) for a phone call
 
     def caller_gone(self, now: float, resume_window_s: float) -> bool:
         """No connection, and none came back within the resume window since the last one dropped (or, for a
@@ -127,6 +128,7 @@ class LiveSession:
             spoken=s("spoken"),
             running=set(item.get("running", {}).get("SS", [])),
             speaking_at=_num(item.get("speaking_at")),
+            protocol=s("protocol"),
         )
 
 
@@ -212,22 +214,24 @@ class SessionStore:
         connection_id: str,
         endpoint: str | None = None,
         first_deadline: float | None = None,
+        protocol: str | None = None,
     ) -> tuple[LiveSession, bool]:
         """Attach a connection; creates the session on first connect. Returns (session, resumed).
-        ``first_deadline``: the new session's first ``sweep_at`` (default: now)."""
+        ``first_deadline``: the new session's first ``sweep_at`` (default: now). ``protocol``: what the connection
+        speaks when it is not protocol v1 (a carrier's relay), kept on the connection and the session."""
         now = self.clock()
         self.ops["write"] += 1
-        self.client.put_item(
-            TableName=self.table,
-            Item={
-                "pk": {"S": f"conn#{connection_id}"},
-                "sk": {"S": "conn"},
-                "conversation_id": {"S": conversation_id},
-                "account_id": {"S": account_id},
-                "connected_at": {"N": repr(now)},
-                "ttl": self._ttl(),
-            },
-        )
+        item = {
+            "pk": {"S": f"conn#{connection_id}"},
+            "sk": {"S": "conn"},
+            "conversation_id": {"S": conversation_id},
+            "account_id": {"S": account_id},
+            "connected_at": {"N": repr(now)},
+            "ttl": self._ttl(),
+        }
+        if protocol:
+            item["protocol"] = {"S": protocol}
+        self.client.put_item(TableName=self.table, Item=item)
         values: dict[str, Any] = {
             ":conn": {"SS": [connection_id]},
             ":acc": {"S": account_id},
@@ -256,6 +260,10 @@ class SessionStore:
         if agent_id:
             expr += ", agent_id = :agent"
             values[":agent"] = {"S": agent_id}
+        if protocol:
+            expr += ", #proto = :protocol"
+            values[":protocol"] = {"S": protocol}
+            names["#proto"] = "protocol"
         expr += " REMOVE disconnected_at"  # a connection is back: the resume window no longer runs
         attrs = self._update(
             self._key(conversation_id),
@@ -298,7 +306,10 @@ class SessionStore:
         ).get("Item")
         if not item:
             return None
-        return {"conversation_id": item["conversation_id"]["S"], "account_id": item["account_id"]["S"]}
+        found = {"conversation_id": item["conversation_id"]["S"], "account_id": item["account_id"]["S"]}
+        if "protocol" in item:
+            found["protocol"] = item["protocol"]["S"]
+        return found
 
     def drop_connection(self, connection_id: str, conversation_id: str | None = None) -> None:
         """Forget one connection (disconnect or 410 Gone): the conversation and its other connections stay."""

@@ -14,8 +14,10 @@ from airies.conversations import protocol as wp
 from airies.conversations.barge_in import BargeIn
 from airies.conversations.endpointing import Endpointing
 from airies.conversations.lifecycle import Lifecycle
-from airies.conversations.live_runtime import Frame, LiveRuntime, Poster, endpoint_from_event
+from airies.conversations.live_runtime import Frame, LiveRuntime, Poster, endpoint_from_event, speaking
 from airies.conversations.orchestrator import TurnOrchestrator, TurnRequest, Utterance
+from airies.conversations.relay import RelayEdge
+from airies.conversations.relay_protocol import parse_relay_message
 from airies.conversations.sessions import ENDED, ControlFlood, LiveSession, SessionEnded
 from airies.conversations.sweeping import Sweeper
 from airies.conversations.turns import TurnMode
@@ -42,6 +44,7 @@ class SocketEdge:
         orchestrator: TurnOrchestrator,
         sweeper: Sweeper,
         endpointing: Endpointing,
+        relay: RelayEdge,
     ) -> None:
         self.runtime = runtime
         self.store = runtime.store
@@ -50,6 +53,7 @@ class SocketEdge:
         self.orchestrator = orchestrator
         self.sweeper = sweeper
         self.endpointing = endpointing
+        self.relay = relay
 
     # -- $connect / $disconnect ------------------------------------------------------------------------------------
     def handle_connection(self, event: dict[str, Any]) -> dict[str, Any]:
@@ -66,8 +70,11 @@ class SocketEdge:
         except UnauthorizedError as exc:
             return _refused(401, exc.code, exc.message)
         conversation_id, account_id = claims["c"], claims["a"]
-        if params.get("relay"):  # a carrier's text relay (Twilio ConversationRelay): not spoken by this edge yet
-            return _refused(501, "relay_not_available", "the phone relay protocol is not available yet")
+        protocol = params.get("relay") or None  # a carrier's text relay (Twilio ConversationRelay)
+        if protocol is not None:
+            refused = self.relay.check_handshake(event, claims, protocol)
+            if refused is not None:
+                return _refused(*refused)
         with self.runtime.database.session() as db:
             service = self.runtime.conversations(db)
             try:
@@ -91,6 +98,7 @@ class SocketEdge:
                     endpoint=endpoint_from_event(self.runtime.settings, event),
                     first_deadline=self.runtime.clock()
                     + min(config.silence_timeout_seconds, config.max_duration_seconds),
+                    protocol=protocol,
                 )
             except SessionEnded:
                 return _refused(410, "conversation_ended", "conversation has ended")
@@ -104,6 +112,8 @@ class SocketEdge:
         endpoint = endpoint_from_event(self.runtime.settings, event)
         poster = self.runtime.poster_factory(endpoint)
         known = self.runtime.connections.get(connection_id) or self.store.connection(connection_id)
+        protocol = known.get("protocol") if known is not None else None
+        poster = speaking(poster, protocol)
         if known is None:
             poster.post(
                 connection_id, wp.encode(wp.error("conversation_ended", "this connection has no live conversation"))
@@ -116,6 +126,9 @@ class SocketEdge:
         if event.get("isBase64Encoded") and body:
             body = base64.b64decode(body)
         try:
+            if protocol is not None:  # a carrier relay's connection: its messages are the relay's
+                self.relay.dispatch(frame, poster, parse_relay_message(body))
+                return {"statusCode": 200}
             message = wp.parse_client_frame(body)
             self.dispatch(frame, poster, message)
         except (wp.ProtocolError, AiriesError) as exc:

@@ -100,6 +100,8 @@ class TurnInput:
     scripted_reply: str | None = None
     speak: bool = True  # synthesise audio (False: a text-only HTTP turn)
     can_transfer: bool = False  # the channel can hand the call over (telephony): transfer_call ends the call
+    # Post the reply's text as the LLM writes it, token by token, and synthesise nothing: a carrier's relay speaks it.
+    stream_text: bool = False
 
 
 @dataclass
@@ -251,7 +253,7 @@ class TurnRunner:
             "cached_tokens": 0,
             "tts_characters": 0,
         }
-        state = _TurnState()
+        state = _TurnState(stream=inp.stream_text)
         user_text = inp.text
 
         def result(status: str, *, error: dict[str, Any] | None = None) -> TurnResult:
@@ -315,7 +317,7 @@ class TurnRunner:
         producer: asyncio.Task[None] | None = None
         if reply is not None:
             state.generated = reply
-            for sentence in split_sentences(reply):
+            for sentence in state.pieces(reply):
                 segments.put_nowait(sentence)
             segments.put_nowait(None)
         else:
@@ -404,8 +406,11 @@ class TurnRunner:
                         if latency["llm_first_token_ms"] is None and event.text:
                             latency["llm_first_token_ms"] = self._ms(start)
                         state.generated += event.text
-                        for sentence in segmenter.push(event.text):
-                            segments.put_nowait(sentence)
+                        if state.stream:
+                            segments.put_nowait(event.text)
+                        else:
+                            for sentence in segmenter.push(event.text):
+                                segments.put_nowait(sentence)
                     elif isinstance(event, ToolCallDelta):
                         if event.name == "end_call":
                             state.end_call = "end_call_tool"
@@ -450,8 +455,9 @@ class TurnRunner:
     @staticmethod
     def _say(text: str, segments: asyncio.Queue[str | None], state: _TurnState) -> None:
         """A fixed line (a tool's waiting or failure message) in the reply, spoken after what came before."""
-        state.generated += ("" if not state.generated or state.generated.endswith(" ") else " ") + text
-        for sentence in split_sentences(text):
+        separator = "" if not state.generated or state.generated.endswith(" ") else " "
+        state.generated += separator + text
+        for sentence in state.pieces(separator + text if state.stream else text):
             segments.put_nowait(sentence)
 
     async def _call_tools(
@@ -500,7 +506,7 @@ class TurnRunner:
         usage: dict[str, Any],
         t0: float,
     ) -> str:
-        tts = self.engines.tts if inp.speak else None
+        tts = self.engines.tts if inp.speak and not inp.stream_text else None
         options = TTSOptions(
             voice_id=config.voice.voice_id,
             model=config.voice.model,
@@ -570,8 +576,10 @@ class TurnRunner:
         start: float,
         usage: dict[str, Any],
     ) -> str | None:
-        if not await sink.send(wp.agent_text(inp.turn_id, sentence + " ")):
+        if not await sink.send(wp.agent_text(inp.turn_id, sentence if state.stream else sentence + " ")):
             return "gone"
+        if state.stream and latency.get("first_text_ms") is None:
+            latency["first_text_ms"] = self._ms(t0)
         spoken = SpokenSentence(sentence, state.audio_ms, state.audio_ms, complete=False)
         state.sentences.append(spoken)
         if pump is None:
@@ -675,6 +683,11 @@ class _TurnState:
     passages: int = 0
     check: asyncio.Future[tuple[bool, int | None]] | None = None
     audio_seq: int = 0
+    stream: bool = False  # the reply goes out as the LLM's tokens (TurnInput.stream_text), not sentences
+
+    def pieces(self, text: str) -> list[str]:
+        """A fixed line, as it is posted: one piece when streaming text, else its sentences."""
+        return [text] if self.stream else split_sentences(text)
 
     def known_cancelled(self) -> bool:
         """The prefetched barge-in check has already answered "cancelled" (no need to start synthesis)."""
@@ -684,6 +697,8 @@ class _TurnState:
         return check.result()[0]
 
     def delivered_text(self, spoken: bool) -> str:
+        if self.stream:
+            return "".join(s.text for s in self.sentences).strip()
         if not spoken:
             return " ".join(s.text for s in self.sentences)
         if not self.was_interrupted:

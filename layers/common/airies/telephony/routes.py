@@ -2,8 +2,8 @@
 
 With the account's secret key: ``/phone-numbers`` (import a Twilio number, list, read, reassign, delete) and
 ``/calls`` (place an outbound call, read it). Public, signed by Twilio with the number's auth token:
-``/telephony/twilio/voice`` (an inbound call: answers TwiML) and ``/telephony/twilio/status`` (call status
-callbacks). Webhooks are form-encoded; a forged or missing signature is 403 and nothing is written.
+``/telephony/twilio/voice`` (an inbound call: answers TwiML), ``/telephony/twilio/status`` (call status
+callbacks) and ``/telephony/twilio/relay-action`` (the relay ended: dial a transfer, or hang up). Webhooks are form-encoded; a forged or missing signature is 403 and nothing is written.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from airies.conversations.routes import service as conversation_service
 from airies.core.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 from airies.core.schemas import request_body
 from airies.telephony import signatures, twiml
+from airies.telephony.relay import transfer_destination
 from airies.telephony.schemas import CallCreate, PhoneNumberCreate, PhoneNumberOut, PhoneNumberUpdate
-from airies.telephony.service import Form, TelephonyService, call_out, number_out
+from airies.telephony.service import Form, TelephonyService, call_out, first, number_out
 
 router = APIRouter(tags=["telephony"])
 # Twilio's webhook forms are a few hundred bytes; anything near this is not Twilio.
@@ -168,3 +169,22 @@ def _apply_status(request: Request, form: Form) -> None:
         assert account is not None  # the call row cascades with its account
         caller = Caller(account=account, session=session, settings=settings)
         svc.apply_status(call, form, conversation_service(request, caller))
+
+
+@router.post(signatures.ACTION_PATH, response_class=Response, openapi_extra=TWILIO_FORM)
+async def twilio_relay_action(request: Request) -> Response:
+    """ConversationRelay's ``<Connect>`` action (public, signed): the relay ended; ``<Dial>`` the destination the
+    agent transferred the call to (its ``HandoffData``), or hang up."""
+    form = await read_form(request)
+    answer = await run_in_threadpool(_answer_action, request, form)
+    return Response(answer, media_type=TWIML_TYPE)
+
+
+def _answer_action(request: Request, form: Form) -> str:
+    with request.app.state.database.session() as session:
+        svc = telephony(request, session)
+        url, signature = _signed(request, svc)
+        _call, number = svc.call_for(form)
+        svc.verify(number, url, form, signature)
+        destination = transfer_destination(first(form, "HandoffData"))
+        return twiml.dial_twiml(destination) if destination else twiml.hangup_twiml()

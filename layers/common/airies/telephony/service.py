@@ -20,6 +20,8 @@ from sqlalchemy.orm import Session
 
 from airies.agents.service import AgentService
 from airies.conversations.models import Conversation
+from airies.conversations.relay import FIRST_MESSAGE_KEY, PHONE_METADATA_KEY
+from airies.conversations.relay_protocol import relay_url
 from airies.conversations.schemas import CallerInfo, ConversationCreate, ConversationUpdate
 from airies.conversations.service import ConversationService
 from airies.core.config import Settings
@@ -52,7 +54,6 @@ FINAL_STATUSES = {
     "canceled": "call_canceled",
 }
 CALL_STATUSES = frozenset({"queued", "initiated", "ringing", "in-progress", *FINAL_STATUSES})
-PHONE_METADATA_KEY = "phone"
 
 
 def first(form: Form, name: str) -> str | None:
@@ -328,8 +329,8 @@ class TelephonyService:
         self, conversations: ConversationService, conversation: Conversation, token: str, first: str | None = None
     ) -> str:
         config = conversations.config_for(conversation)
-        url = twiml.relay_url(self.settings.public_ws_url, conversation.id, token)
-        return twiml.relay_twiml(config, url, first_message=first)
+        url = relay_url(self.settings.public_ws_url, conversation.id, token)
+        return twiml.relay_twiml(config, url, first_message=first, action=self.webhook_url(signatures.ACTION_PATH))
 
     def _record_call(
         self, number: PhoneNumber, conversation_id: str, call_sid: str | None, direction: str, from_: str, to: str
@@ -372,6 +373,7 @@ class TelephonyService:
             ) from exc
         conversation, token, _ = conversations.start_conversation(account_id, create)
         answer = self._relay(conversations, conversation, token, body.first_message)
+        greeting = {FIRST_MESSAGE_KEY: body.first_message} if body.first_message else {}
         call_sid = carrier.place_call(
             OutboundCall(
                 to=body.to,
@@ -384,7 +386,7 @@ class TelephonyService:
         conversations.update(
             account_id,
             conversation.id,
-            ConversationUpdate(metadata={PHONE_METADATA_KEY: {**phone, "call_sid": call_sid}}),
+            ConversationUpdate(metadata={PHONE_METADATA_KEY: {**phone, "call_sid": call_sid, **greeting}}),
         )
         return self._record_call(number, conversation.id, call_sid, "outbound", body.from_, body.to)
 
@@ -396,7 +398,12 @@ class TelephonyService:
 
     # -- status callbacks -----------------------------------------------------------------------------------------
     def call_for_status(self, form: Form) -> tuple[PhoneCall, PhoneNumber]:
-        fields = required(form, "CallSid", "AccountSid", "CallStatus")
+        required(form, "CallStatus")
+        return self.call_for(form)
+
+    def call_for(self, form: Form) -> tuple[PhoneCall, PhoneNumber]:
+        """The call a carrier request is about (its ``CallSid``, in the carrier account that sent it), or 404."""
+        fields = required(form, "CallSid", "AccountSid")
         call = self.session.scalar(select(PhoneCall).where(PhoneCall.call_sid == fields["CallSid"]))
         number = self.session.get(PhoneNumber, call.phone_number_id) if call and call.phone_number_id else None
         if call is None or number is None or number.carrier_account_sid != fields["AccountSid"]:
@@ -434,6 +441,11 @@ class TelephonyService:
             )
         if status in FINAL_STATUSES:
             call.ended_at = utcnow()
+            if conversation is not None and call.duration_seconds:
+                products = ["conversation_relay", f"voice_{call.direction}"]
+                conversations.book_phone_minutes(
+                    conversation, carrier=CARRIER, products=products, seconds=call.duration_seconds
+                )
             if conversation is not None:
                 conversations.end_conversation(
                     call.account_id, conversation.id, FINAL_STATUSES[status], active_until=call.ended_at

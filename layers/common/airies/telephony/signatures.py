@@ -16,6 +16,7 @@ from airies.telephony.vendors import CARRIERS
 
 VOICE_PATH = "/telephony/twilio/voice"
 STATUS_PATH = "/telephony/twilio/status"
+ACTION_PATH = "/telephony/twilio/relay-action"  # the ConversationRelay <Connect> action: the relay has ended
 SIGNATURE_HEADER = "x-twilio-signature"
 
 

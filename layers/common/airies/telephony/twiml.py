@@ -3,11 +3,10 @@ polite refusal of a call that cannot be answered."""
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
+from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
 
-from twilio.twiml.voice_response import Connect, VoiceResponse
-
-from airies.agents.schemas import AgentConfig, FirstMessageMode
+from airies.agents.schemas import AgentConfig
+from airies.conversations.relay import welcome_greeting
 
 # Agent config provider -> ConversationRelay's name for it. Others (eSpeak, Azure) have no relay equivalent:
 # the relay then speaks with Twilio's default voice and transcriber.
@@ -26,12 +25,6 @@ DEFAULT_REGIONS = {
 }
 MAX_HINTS = 100
 UNAVAILABLE = "Sorry, this number cannot take your call right now. Please try again later. Goodbye."
-RELAY_PROTOCOL = "twilio"  # the relay URL's ``relay`` parameter: the WebSocket edge speaks ConversationRelay
-
-
-def relay_url(ws_url: str, conversation_id: str, token: str) -> str:
-    query = urlencode({"conversation_id": conversation_id, "token": token, "relay": RELAY_PROTOCOL})
-    return f"{ws_url}?{query}"
 
 
 def relay_language(language: str) -> str:
@@ -45,19 +38,12 @@ def hints(config: AgentConfig) -> str | None:
     return ",".join(unique) or None
 
 
-def welcome_greeting(config: AgentConfig, override: str | None = None) -> str | None:
-    if override:
-        return override
-    if config.first_message_mode == FirstMessageMode.assistant_speaks_first and config.first_message:
-        return config.first_message
-    return None
-
-
-def relay_twiml(config: AgentConfig, url: str, *, first_message: str | None = None) -> str:
+def relay_twiml(config: AgentConfig, url: str, *, first_message: str | None = None, action: str | None = None) -> str:
     """``<Connect><ConversationRelay .../></Connect>`` with the agent's greeting, language, voice, transcriber,
-    hints, interruption and DTMF settings."""
+    hints, interruption and DTMF settings; ``action``: what the carrier requests when the relay ends (a transfer
+    is dialled there)."""
     response = VoiceResponse()
-    connect = Connect()
+    connect = Connect(action=action) if action else Connect()
     tts = TTS_PROVIDERS.get(config.voice.provider)
     connect.conversation_relay(
         url=url,
@@ -71,6 +57,24 @@ def relay_twiml(config: AgentConfig, url: str, *, first_message: str | None = No
         dtmf_detection=True,
     )
     response.append(connect)
+    return str(response.to_xml())
+
+
+def dial_twiml(destination: str) -> str:
+    """``<Dial>`` the destination of a transfer: a phone number, or ``<Sip>`` for a SIP URI."""
+    response = VoiceResponse()
+    dial = Dial()
+    if destination.startswith(("sip:", "sips:")):
+        dial.sip(destination)
+    else:
+        dial.number(destination)
+    response.append(dial)
+    return str(response.to_xml())
+
+
+def hangup_twiml() -> str:
+    response = VoiceResponse()
+    response.hangup()
     return str(response.to_xml())
 
 

@@ -52,6 +52,7 @@ def _refused_keyword(schema: Any, path: str = "") -> str | None:
     """Where a keyword this validator cannot bound appears (``patternProperties``), or a ``pattern`` that does not
     compile; None when there is none."""
     import regex  # only where an agent is saved
+
     if isinstance(schema, dict):
         for key, value in schema.items():
             where = f"{path}/{key}" if path else key

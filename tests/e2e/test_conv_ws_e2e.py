@@ -148,12 +148,16 @@ class LiveStack:
 
 async def recv_until(ws: Any, stop: Any, timeout: float = 30.0) -> list[dict[str, Any]]:
     frames: list[dict[str, Any]] = []
-    async with asyncio.timeout(timeout):
-        while True:
-            frame = json.loads(await ws.recv())
-            frames.append(frame)
-            if stop(frame):
-                return frames
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = json.loads(await ws.recv())
+                frames.append(frame)
+                if stop(frame):
+                    return frames
+    except TimeoutError:
+        seen = [{k: v for k, v in f.items() if k != "audio"} for f in frames]
+        raise AssertionError(f"no awaited frame within {timeout} s; received: {seen}") from None
 
 
 def pcm_frames(pcm: bytes, ms: int = 200) -> list[str]:

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # How long a typed turn waits for the first message another invocation is speaking (posts run ~20x real time).
 FIRST_MESSAGE_WAIT_S = 10.0
+# How long an end_of_utterance waits for audio frames sent just before it (frames run concurrently).
+EOU_AUDIO_WAIT_S = 0.5
 
 
 def _refused(status: int, code: str, message: str) -> dict[str, Any]:
@@ -173,6 +175,7 @@ class SocketEdge:
                 session, poster, TurnRequest(TurnMode.TEXT, text=message.text, eou_at=ctx.received_at)
             )
         elif isinstance(message, wp.EndOfUtteranceFrame):
+            session = self._speech_landed(session)
             if session.speech_ms <= 0:
                 raise wp.ProtocolError("no_audio", "no speech was received since the last turn")
             request = TurnRequest(
@@ -186,6 +189,19 @@ class SocketEdge:
             self.barge_in.handle_interrupt(ctx, poster, message)
         elif isinstance(message, wp.EndFrame):
             self.lifecycle.end(cid, "caller_ended", poster, active_until=self.runtime.clock())
+
+    def _speech_landed(self, session: LiveSession) -> LiveSession:
+        """The live state once the caller's speech is counted. Frames run concurrently, so an end_of_utterance
+        sent right after the last audio frames can be handled before they are counted: wait for them a little
+        (at most EOU_AUDIO_WAIT_S) instead of answering no_audio to a caller who spoke."""
+        deadline = time.monotonic() + EOU_AUDIO_WAIT_S
+        while session.speech_ms <= 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+            latest = self.store.get(session.conversation_id)
+            if latest is None:
+                break
+            session = latest
+        return session
 
     def _typed_turn_hint(self, conversation_id: str) -> LiveSession | None:
         """The live state this container saw last, if a typed turn can start from it without reading it again:

@@ -109,14 +109,25 @@ def run(args: Any = None) -> dict[str, Any]:
     return result
 
 
+# ``python -m moto.server`` answers every request with ``Connection: close`` (werkzeug's HTTP/1.0 handler), so each
+# boto3 call would open a TCP connection; on AWS, botocore keeps its connections open. The server is run with
+# HTTP/1.1 keep-alive instead, unless ``keep_alive=False``.
+MOTO_KEEP_ALIVE = (
+    "import sys, moto.server as server; server.MotoRequestHandler.protocol_version = 'HTTP/1.1'; "
+    "server.main(sys.argv[1:])"
+)
+
+
 @contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """``python -m moto.server`` in a child process on a free local port; yields its endpoint URL."""
+def moto_server(*, keep_alive: bool = True) -> Iterator[str]:
+    """moto's server in a child process on a free local port (HTTP/1.1 keep-alive unless ``keep_alive=False``);
+    yields its endpoint URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    server = ("-c", MOTO_KEEP_ALIVE) if keep_alive else ("-m", "moto.server")
     child = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, *server, "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -109,13 +109,42 @@ def run(args: Any = None) -> dict[str, Any]:
     return result
 
 
-# ``python -m moto.server`` answers every request with ``Connection: close`` (werkzeug's HTTP/1.0 handler), so each
-# boto3 call would open a TCP connection; on AWS, botocore keeps its connections open. The server is run with
-# HTTP/1.1 keep-alive instead, unless ``keep_alive=False``.
-MOTO_KEEP_ALIVE = (
-    "import sys, moto.server as server; server.MotoRequestHandler.protocol_version = 'HTTP/1.1'; "
-    "server.main(sys.argv[1:])"
-)
+# ``python -m moto.server`` answers every request with ``Connection: close`` (werkzeug's development server always
+# adds it, then drains the socket after each response, which would eat a kept-alive client's next request), so each
+# boto3 call would open a TCP connection; on AWS, botocore keeps its connections open. The server is run with HTTP/1.1
+# keep-alive instead (moto reads every request's body whole, so there is nothing to drain), unless
+# ``keep_alive=False``.
+MOTO_KEEP_ALIVE = """
+import sys
+import types
+import moto.server as server
+import werkzeug.serving as serving
+
+
+class KeepAlive(server.MotoRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # the status line, headers and body go out in separate writes
+
+    def send_header(self, keyword, value):
+        if keyword.lower() != "connection":
+            super().send_header(keyword, value)
+
+
+class NoDrain:
+    def register(self, *args):
+        pass
+
+    def select(self, timeout=None):
+        return []
+
+    def close(self):
+        pass
+
+
+serving.selectors = types.SimpleNamespace(DefaultSelector=NoDrain, EVENT_READ=1)
+server.MotoRequestHandler = KeepAlive
+server.main(sys.argv[1:])
+"""
 
 
 @contextlib.contextmanager

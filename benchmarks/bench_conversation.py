@@ -109,14 +109,54 @@ def run(args: Any = None) -> dict[str, Any]:
     return result
 
 
+# ``python -m moto.server`` answers every request with ``Connection: close`` (werkzeug's development server always
+# adds it, then drains the socket after each response, which would eat a kept-alive client's next request), so each
+# boto3 call would open a TCP connection; on AWS, botocore keeps its connections open. The server is run with HTTP/1.1
+# keep-alive instead (moto reads every request's body whole, so there is nothing to drain), unless
+# ``keep_alive=False``.
+MOTO_KEEP_ALIVE = """
+import sys
+import types
+import moto.server as server
+import werkzeug.serving as serving
+
+
+class KeepAlive(server.MotoRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # the status line, headers and body go out in separate writes
+
+    def send_header(self, keyword, value):
+        if keyword.lower() != "connection":
+            super().send_header(keyword, value)
+
+
+class NoDrain:
+    def register(self, *args):
+        pass
+
+    def select(self, timeout=None):
+        return []
+
+    def close(self):
+        pass
+
+
+serving.selectors = types.SimpleNamespace(DefaultSelector=NoDrain, EVENT_READ=1)
+server.MotoRequestHandler = KeepAlive
+server.main(sys.argv[1:])
+"""
+
+
 @contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """``python -m moto.server`` in a child process on a free local port; yields its endpoint URL."""
+def moto_server(*, keep_alive: bool = True) -> Iterator[str]:
+    """moto's server in a child process on a free local port (HTTP/1.1 keep-alive unless ``keep_alive=False``);
+    yields its endpoint URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    server = ("-c", MOTO_KEEP_ALIVE) if keep_alive else ("-m", "moto.server")
     child = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, *server, "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -287,6 +287,26 @@ def test_explicit_end_of_utterance_is_idempotent_with_vad(aws, database, setting
     assert frames_of(conn)[-1]["type"] == "error" and frames_of(conn)[-1]["code"] == "no_audio"
 
 
+def test_end_of_utterance_after_this_containers_audio_claims_the_turn_in_one_write(aws, database, settings) -> None:
+    stt = FakeSTT()
+    h = Harness(database, settings, fake_engines(stt=stt), first_message_mode="assistant_waits_for_user")
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    h.audio(conn, tone(400))
+    calls: list[tuple[str, str]] = []
+    h.store.client.meta.events.register(
+        "before-call.dynamodb.*", lambda model, params, **_: calls.append((model.name, repr(params)))
+    )
+    h.send(conn, {"action": "end_of_utterance"})
+    assert len(stt.calls) == 1 and types(frames_of(conn))[-1] == "turn_end"
+    turn_id = frames_of(conn)[-1]["turn_id"]
+    # The frame's count and the turn's claim are one conditional write: no count or read of the session first.
+    first = next(c for c in calls if c[0] in ("GetItem", "UpdateItem", "PutItem"))
+    assert first[0] == "UpdateItem" and turn_id in first[1]
+    h.send(conn, {"action": "end_of_utterance"})  # the same utterance again: no second turn
+    assert len(stt.calls) == 1
+
+
 def test_barge_in_stops_within_one_chunk_and_history_keeps_what_was_heard(aws, database, settings) -> None:
     holder: dict[str, Any] = {}
 

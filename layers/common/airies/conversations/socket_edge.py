@@ -156,6 +156,18 @@ class SocketEdge:
             request = TurnRequest(TurnMode.TEXT, text=message.text, eou_at=ctx.received_at, count_limit=limit)
             self.orchestrator.run(hint, poster, request)
             return
+        if isinstance(message, wp.EndOfUtteranceFrame) and (heard := self._utterance_hint(cid)) is not None:
+            # The caller's audio went through this container: the utterance it ends is known, so the turn is
+            # claimed from that (the frame counted with the claim) instead of counting and reading first.
+            request = TurnRequest(
+                TurnMode.AUDIO,
+                utterance=Utterance(end_seq=message.last_seq),
+                expected_utt=heard.utt,
+                eou_at=ctx.received_at,
+                count_limit=limit,
+            )
+            self.orchestrator.run(heard, poster, request)
+            return
         try:  # the flood guard's count returns the live state: one write, no separate read
             session = self.store.count_control_frame(cid, limit)
         except ControlFlood as exc:
@@ -209,6 +221,15 @@ class SocketEdge:
         hint = self.runtime.live_hints.get(conversation_id)
         if hint is None or hint.state == ENDED or (not hint.first_done and self._owes_first_message(hint)):
             return None
+        return hint
+
+    def _utterance_hint(self, conversation_id: str) -> LiveSession | None:
+        """The live state as this container's last audio chunk left it, if it holds the caller's speech (the
+        claim checks the utterance is still the current one; a turn started since makes it lose)."""
+        hint = self.endpointing.vad_hints.get(conversation_id)
+        if hint is None or hint.state == ENDED or hint.speech_ms <= 0:
+            return None
+        self.endpointing.vad_hints.pop(conversation_id, None)
         return hint
 
     # -- start and the first message -----------------------------------------------------------------------------

@@ -29,12 +29,11 @@ from urllib.parse import urlencode
 from airies.conversations import protocol as wp
 from airies.media_bridge import messages as tm
 from airies.media_bridge.config import BridgeConfig
+from airies.telephony import media_streams
 from airies.voice.audio.codecs import pcm16_to_ulaw, resample_pcm16, ulaw_to_pcm16
 from airies.voice.audio.vad import voiced_frames
 
 END_MARK = "end"
-BARGE_IN_PARAMETER = "barge_in_ms"
-BACKOFF_PARAMETER = "backoff_ms"
 VAD_FRAME_MS = tm.FRAME_MS
 
 
@@ -95,15 +94,15 @@ class MediaCall:
     def start(self, start: tm.Start) -> str:
         """Bind the call to its conversation: the API URL to open (the conversation's id and token come from the
         TwiML ``<Parameter>``s)."""
-        conversation_id = start.parameters.get(tm.CONVERSATION_PARAMETER, "")
-        token = start.parameters.get(tm.TOKEN_PARAMETER, "")
+        conversation_id = start.parameters.get(media_streams.CONVERSATION_PARAMETER, "")
+        token = start.parameters.get(media_streams.TOKEN_PARAMETER, "")
         if not conversation_id or not token:
             raise tm.BadMessage(
-                f"start.customParameters must carry {tm.CONVERSATION_PARAMETER} and {tm.TOKEN_PARAMETER}"
+                f"start.customParameters must carry {media_streams.CONVERSATION_PARAMETER} and {media_streams.TOKEN_PARAMETER}"
             )
         self.stream_sid, self.call_sid, self.conversation_id = start.stream_sid, start.call_sid, conversation_id
-        self.barge_in_ms = _int_parameter(start.parameters, BARGE_IN_PARAMETER, self.config.barge_in_ms)
-        self.backoff_ms = _int_parameter(start.parameters, BACKOFF_PARAMETER, self.config.backoff_ms)
+        self.barge_in_ms = _int_parameter(start.parameters, media_streams.BARGE_IN_PARAMETER, self.config.barge_in_ms)
+        self.backoff_ms = _int_parameter(start.parameters, media_streams.BACKOFF_PARAMETER, self.config.backoff_ms)
         query = urlencode({"conversation_id": conversation_id, "token": token})
         return f"{self.config.api_ws_url}{'&' if '?' in self.config.api_ws_url else '?'}{query}"
 

@@ -23,8 +23,6 @@ FRAME_BYTES = SAMPLE_RATE * FRAME_MS // 1000  # 160 bytes of μ-law: one byte a 
 ULAW_SILENCE = b"\xff"  # μ-law code of the zero sample
 ENCODING = "audio/x-mulaw"
 MAX_MESSAGE_BYTES = 64 * 1024  # Twilio's messages are under 1 KB; the agent's never reach it
-CONVERSATION_PARAMETER = "conversation_id"
-TOKEN_PARAMETER = "token"
 EVENTS = ("connected", "start", "media", "mark", "dtmf", "stop")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +20,7 @@ from airies.media_bridge.config import BridgeConfig
 from airies.media_bridge.server import MediaBridge
 from airies.voice.audio.codecs import pcm16_to_ulaw, read_wav, resample_pcm16
 from tests.doubles.twilio_media_client import TwilioMediaStream
-from tests.local_stack import LocalServer, local_server
+from tests.local_stack import LocalServer, free_port, local_server
 
 pytestmark = pytest.mark.slow
 KEY = "ak_live_devkey_for_media_bridge_01"
@@ -215,3 +216,32 @@ def test_the_agent_ending_the_call_closes_the_stream_after_its_last_words(stack:
 
     run_with_bridge(server, scenario)
     assert conversation(server, conv["id"])["end_reason"] == "api_request"
+
+
+def test_make_run_starts_the_bridge_beside_the_stack(tmp_path: Path) -> None:
+    bridge_port = free_port()
+    env = {
+        "AIRIES_LOCAL_MEDIA_BRIDGE_PORT": str(bridge_port),
+        "AIRIES_MEDIA_BRIDGE_URL": "wss://bridge.example.test/twilio",
+    }
+    with local_server(tmp_path, KEY, env=env) as server:
+        assert f"media bridge ws://127.0.0.1:{bridge_port}/twilio" in server.log.read_text()
+        health = httpx.get(f"http://127.0.0.1:{bridge_port}/health", timeout=10)
+        assert health.status_code == 200 and health.json()["active_calls"] == 0
+        with api(server) as http:
+            agent = http.post(
+                "/api/v1/agents",
+                json={"name": "Line", "first_message": "Hello.", "voice": {"provider": "espeak", "voice_id": "en-us"}},
+            ).json()
+            assert http.post(f"/api/v1/agents/{agent['id']}/deploy").status_code == 201
+        conv = start_conversation(server, agent["id"])
+
+        async def call() -> None:
+            url = f"ws://127.0.0.1:{bridge_port}/twilio"
+            async with TwilioMediaStream(url, parameters(conv)) as stream:
+                await played_through(stream, 0.3)  # the greeting came through the stack's own bridge
+                await stream.stop()
+                await stream.wait_for(stream.closed.is_set)
+
+        asyncio.run(call())
+        assert conversation(server, conv["id"])["end_reason"] == "caller_ended"

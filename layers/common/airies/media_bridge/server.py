@@ -212,7 +212,7 @@ class MediaBridge:
         server = await self.start()
         stop = asyncio.get_running_loop().create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):  # ECS stops a task with SIGTERM: drain, then exit
-            with contextlib.suppress(NotImplementedError, RuntimeError):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread (make run)
                 asyncio.get_running_loop().add_signal_handler(sig, stop.set_result, None)
         log.info("media bridge on %s:%d%s -> %s", self.config.host, self.port, self.config.path, self.config.api_ws_url)
         await stop

@@ -11,6 +11,7 @@ import pytest
 from airies.core.config import PROJECT_ROOT
 from airies.local.template import load_template
 from airies.media_bridge.config import BridgeConfig
+from benchmarks.cost_media_streams import Bridge, Call
 
 TEMPLATE = PROJECT_ROOT / "template.yaml"
 DOCKERFILE = PROJECT_ROOT / "infra" / "media-bridge" / "Dockerfile"
@@ -144,3 +145,15 @@ def test_the_dockerfile_runs_the_bridge_as_an_unprivileged_arm64_image() -> None
     assert "HEALTHCHECK" in text and "/health" in text
     requirements = (DOCKERFILE.parent / "requirements.txt").read_text().split()
     assert any(line.startswith("websockets==") for line in requirements)
+
+
+def test_the_cost_model_prices_the_bridge_that_is_deployed(template: dict) -> None:
+    resources = bridge(template)
+    task = resources["MediaBridgeTaskDefinition"]["Properties"]
+    (container,) = task["ContainerDefinitions"]
+    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    priced = Bridge()
+    assert (priced.vcpu, priced.memory_gb) == (int(task["Cpu"]) / 1024, int(task["Memory"]) / 1024)
+    assert priced.calls_per_task == int(env["AIRIES_BRIDGE_MAX_CALLS"])
+    assert priced.min_tasks == template["Parameters"]["MediaBridgeMinTasks"]["Default"]
+    assert Call().chunk_ms == BridgeConfig(api_ws_url="ws://x").chunk_ms

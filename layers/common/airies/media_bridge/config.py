@@ -1,4 +1,4 @@
-"""The bridge's settings, from the environment (``AIRIES_BRIDGE_*``), as the ECS task definition sets them."""
+"""The bridge's settings, from the environment (``VARIABLES``), as the ECS task definition sets them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-PREFIX = "AIRIES_BRIDGE_"
+# Each setting's variable (docs/configuration.md, "Media bridge").
+VARIABLES = {
+    "api_ws_url": "AIRIES_BRIDGE_API_WS_URL",
+    "host": "AIRIES_BRIDGE_HOST",
+    "port": "AIRIES_BRIDGE_PORT",
+    "path": "AIRIES_BRIDGE_PATH",
+    "health_path": "AIRIES_BRIDGE_HEALTH_PATH",
+    "chunk_ms": "AIRIES_BRIDGE_CHUNK_MS",
+    "mark_every_ms": "AIRIES_BRIDGE_MARK_EVERY_MS",
+    "barge_in_ms": "AIRIES_BRIDGE_BARGE_IN_MS",
+    "backoff_ms": "AIRIES_BRIDGE_BACKOFF_MS",
+    "start_timeout_s": "AIRIES_BRIDGE_START_TIMEOUT_S",
+    "connect_timeout_s": "AIRIES_BRIDGE_CONNECT_TIMEOUT_S",
+    "end_grace_s": "AIRIES_BRIDGE_END_GRACE_S",
+    "max_calls": "AIRIES_BRIDGE_MAX_CALLS",
+    "vad_aggressiveness": "AIRIES_BRIDGE_VAD_AGGRESSIVENESS",
+}
 
 
 class ConfigError(ValueError):
@@ -38,22 +54,23 @@ class BridgeConfig:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for item in fields(cls):
-            raw = env.get(PREFIX + item.name.upper())
+            variable = VARIABLES[item.name]
+            raw = env.get(variable)
             if raw is None or raw == "":
                 continue
             kind = item.type if isinstance(item.type, type) else {"int": int, "float": float}.get(str(item.type), str)
             try:
                 values[item.name] = kind(raw)
             except ValueError as exc:
-                raise ConfigError(f"{PREFIX}{item.name.upper()}={raw!r} is not a valid {kind.__name__}") from exc
+                raise ConfigError(f"{variable}={raw!r} is not a valid {kind.__name__}") from exc
         values.update(overrides)
         if not values.get("api_ws_url"):
-            raise ConfigError(f"{PREFIX}API_WS_URL is required: the voice WebSocket API (wss://...)")
+            raise ConfigError(f"{VARIABLES['api_ws_url']} is required: the voice WebSocket API (wss://...)")
         config = cls(**values)
         if not config.api_ws_url.startswith(("ws://", "wss://")):
-            raise ConfigError(f"{PREFIX}API_WS_URL must be a ws:// or wss:// URL, not {config.api_ws_url!r}")
+            raise ConfigError(f"{VARIABLES['api_ws_url']} must be a ws:// or wss:// URL, not {config.api_ws_url!r}")
         if not 80 <= config.chunk_ms <= 250 or config.chunk_ms % 20:
-            raise ConfigError(f"{PREFIX}CHUNK_MS must be a multiple of 20 between 80 and 250")
+            raise ConfigError(f"{VARIABLES['chunk_ms']} must be a multiple of 20 between 80 and 250")
         if config.mark_every_ms < 20 or config.mark_every_ms % 20:
-            raise ConfigError(f"{PREFIX}MARK_EVERY_MS must be a multiple of 20")
+            raise ConfigError(f"{VARIABLES['mark_every_ms']} must be a multiple of 20")
         return config

@@ -5,7 +5,6 @@ default. The real twilio SDK against the local Twilio double, webhooks signed as
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,19 +25,14 @@ from tests.integration.test_telephony_api import (
     inbound_form,
     post_signed,
     relay_of,
+    twilio,  # noqa: F401  (the Twilio double fixture)
 )
 
 BRIDGE = "wss://bridge.example.test/twilio"
 
 
 @pytest.fixture
-def twilio() -> Iterator[TwilioDouble]:
-    with TwilioDouble() as double:
-        yield double
-
-
-@pytest.fixture
-def settings(tmp_path: Path, twilio: TwilioDouble) -> Settings:
+def settings(tmp_path: Path, twilio: TwilioDouble) -> Settings:  # noqa: F811
     return Settings(
         stage="local",
         data_dir=tmp_path,
@@ -59,7 +53,7 @@ def stream_of(twiml: str) -> tuple[str, dict[str, str]]:
     return stream.get("url", ""), {p.get("name", ""): p.get("value", "") for p in stream if p.tag == "Parameter"}
 
 
-def test_media_stream_numbers_connect_calls_to_the_bridge(client, auth, twilio, settings) -> None:  # type: ignore[no-untyped-def]
+def test_media_stream_numbers_connect_calls_to_the_bridge(client, auth, twilio, settings) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     agent_id = deployed_agent(client, auth, **{**PHONE_AGENT, "interruption": {"voice_seconds": 0.3}})
     number = import_number(client, auth, twilio, agent_id=agent_id, telephony_mode="media_stream")
     assert number["telephony_mode"] == "media_stream"
@@ -83,7 +77,7 @@ def test_media_stream_numbers_connect_calls_to_the_bridge(client, auth, twilio, 
     assert relay_of(relayed.text).get("url", "").startswith(PUBLIC_WS)
 
 
-def test_an_agent_that_cannot_be_interrupted_streams_with_barge_in_off(client, auth, twilio) -> None:  # type: ignore[no-untyped-def]
+def test_an_agent_that_cannot_be_interrupted_streams_with_barge_in_off(client, auth, twilio) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     agent_id = deployed_agent(client, auth, **PHONE_AGENT)  # interruption disabled
     number = import_number(client, auth, twilio, agent_id=agent_id)
     assert number["telephony_mode"] == "relay"  # the default
@@ -95,7 +89,7 @@ def test_an_agent_that_cannot_be_interrupted_streams_with_barge_in_off(client, a
     assert parameters["barge_in_ms"] == "0"
 
 
-def test_outbound_media_stream_calls_dial_the_bridge(client, auth, twilio, database) -> None:  # type: ignore[no-untyped-def]
+def test_outbound_media_stream_calls_dial_the_bridge(client, auth, twilio, database) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     agent_id = deployed_agent(client, auth, **PHONE_AGENT)
     import_number(client, auth, twilio, agent_id=agent_id, telephony_mode="media_stream")
     body = {"agent_id": agent_id, "to": "+442079460000", "from": NUMBER}
@@ -110,7 +104,7 @@ def test_outbound_media_stream_calls_dial_the_bridge(client, auth, twilio, datab
 
 
 @pytest.mark.parametrize("mode", ["media", "MEDIA_STREAM", "", 1])
-def test_unknown_modes_are_422(client, auth, twilio, mode) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_modes_are_422(client, auth, twilio, mode) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     account_sid, token = twilio.add_account()
     twilio.add_number(account_sid, NUMBER)
     payload = {"phone_number": NUMBER, "twilio": {"account_sid": account_sid, "auth_token": token}}
@@ -121,17 +115,10 @@ def test_unknown_modes_are_422(client, auth, twilio, mode) -> None:  # type: ign
 
 class TestWithoutTheBridge:
     @pytest.fixture
-    def settings(self, tmp_path: Path, twilio: TwilioDouble) -> Settings:
-        return Settings(
-            stage="local",
-            data_dir=tmp_path,
-            allow_public_signup=True,
-            twilio_api_base=twilio.url,
-            public_api_url=PUBLIC_API,
-            public_ws_url=PUBLIC_WS,
-        )
+    def settings(self, settings: Settings) -> Settings:
+        return settings.model_copy(update={"media_bridge_url": None})
 
-    def test_media_stream_mode_is_409_and_nothing_changes(self, client, auth, twilio) -> None:  # type: ignore[no-untyped-def]
+    def test_media_stream_mode_is_409_and_nothing_changes(self, client, auth, twilio) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
         account_sid, token = twilio.add_account()
         twilio.add_number(account_sid, NUMBER)
         payload = {"phone_number": NUMBER, "twilio": {"account_sid": account_sid, "auth_token": token}}

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -20,6 +22,7 @@ from airies.media_bridge.config import BridgeConfig
 from airies.media_bridge.server import MediaBridge
 from airies.voice.audio.codecs import pcm16_to_ulaw, read_wav, resample_pcm16
 from tests.doubles.twilio_media_client import TwilioMediaStream
+from tests.doubles.twilio_server import TwilioDouble, new_sid, twilio_signature
 from tests.local_stack import LocalServer, free_port, local_server
 
 pytestmark = pytest.mark.slow
@@ -218,30 +221,62 @@ def test_the_agent_ending_the_call_closes_the_stream_after_its_last_words(stack:
     assert conversation(server, conv["id"])["end_reason"] == "api_request"
 
 
-def test_make_run_starts_the_bridge_beside_the_stack(tmp_path: Path) -> None:
+def test_make_run_starts_the_bridge_and_a_media_stream_number_s_call_reaches_it(tmp_path: Path) -> None:
+    """The whole chain: a number in telephony mode media_stream, Twilio's signed voice webhook answered with
+    <Connect><Stream>, and the stream (at the URL and with the parameters of that TwiML) through make run's bridge."""
     bridge_port = free_port()
-    env = {
-        "AIRIES_LOCAL_MEDIA_BRIDGE_PORT": str(bridge_port),
-        "AIRIES_MEDIA_BRIDGE_URL": "wss://bridge.example.test/twilio",
-    }
-    with local_server(tmp_path, KEY, env=env) as server:
-        assert f"media bridge ws://127.0.0.1:{bridge_port}/twilio" in server.log.read_text()
-        health = httpx.get(f"http://127.0.0.1:{bridge_port}/health", timeout=10)
-        assert health.status_code == 200 and health.json()["active_calls"] == 0
-        with api(server) as http:
-            agent = http.post(
-                "/api/v1/agents",
-                json={"name": "Line", "first_message": "Hello.", "voice": {"provider": "espeak", "voice_id": "en-us"}},
-            ).json()
-            assert http.post(f"/api/v1/agents/{agent['id']}/deploy").status_code == 201
-        conv = start_conversation(server, agent["id"])
+    with TwilioDouble() as twilio:
+        env = {
+            "AIRIES_LOCAL_MEDIA_BRIDGE_PORT": str(bridge_port),
+            "AIRIES_MEDIA_BRIDGE_URL": f"ws://127.0.0.1:{bridge_port}/twilio",
+            "AIRIES_TWILIO_API_BASE": twilio.url,
+        }
+        with local_server(tmp_path, KEY, env=env) as server:
+            assert f"media bridge ws://127.0.0.1:{bridge_port}/twilio" in server.log.read_text()
+            health = httpx.get(f"http://127.0.0.1:{bridge_port}/health", timeout=10)
+            assert health.status_code == 200 and health.json()["active_calls"] == 0
+            account_sid, auth_token = twilio.add_account()
+            twilio.add_number(account_sid, "+14155550100")
+            with api(server) as http:
+                agent = http.post(
+                    "/api/v1/agents",
+                    json={
+                        "name": "Line",
+                        "first_message": "Hello.",
+                        "voice": {"provider": "espeak", "voice_id": "en-us"},
+                    },
+                ).json()
+                assert http.post(f"/api/v1/agents/{agent['id']}/deploy").status_code == 201
+                number = http.post(
+                    "/api/v1/phone-numbers",
+                    json={
+                        "phone_number": "+14155550100",
+                        "twilio": {"account_sid": account_sid, "auth_token": auth_token},
+                        "agent_id": agent["id"],
+                        "telephony_mode": "media_stream",
+                    },
+                ).json()
+            form = {"CallSid": new_sid("CA"), "AccountSid": account_sid, "From": "+14155550199", "To": "+14155550100"}
+            answer = httpx.post(
+                number["voice_url"],
+                content=urlencode(form),
+                headers={
+                    "content-type": "application/x-www-form-urlencoded",
+                    "x-twilio-signature": twilio_signature(auth_token, number["voice_url"], form),
+                },
+                timeout=30,
+            )
+            assert answer.status_code == 200, answer.text
+            stream = ET.fromstring(answer.text).find("./Connect/Stream")
+            assert stream is not None
+            url = stream.get("url", "")
+            params = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
 
-        async def call() -> None:
-            url = f"ws://127.0.0.1:{bridge_port}/twilio"
-            async with TwilioMediaStream(url, parameters(conv)) as stream:
-                await played_through(stream, 0.3)  # the greeting came through the stack's own bridge
-                await stream.stop()
-                await stream.wait_for(stream.closed.is_set)
+            async def call() -> None:
+                async with TwilioMediaStream(url, params, account_sid=account_sid, call_sid=form["CallSid"]) as line:
+                    await played_through(line, 0.3)  # the greeting came through the stack's own bridge
+                    await line.stop()
+                    await line.wait_for(line.closed.is_set)
 
-        asyncio.run(call())
-        assert conversation(server, conv["id"])["end_reason"] == "caller_ended"
+            asyncio.run(call())
+            assert conversation(server, params["conversation_id"])["end_reason"] == "caller_ended"

@@ -79,6 +79,14 @@ def hangup_twiml() -> str:
     return str(response.to_xml())
 
 
+def unavailable_twiml(message: str = UNAVAILABLE) -> str:
+    """A polite ``<Say>`` and ``<Hangup/>``: an unknown number, an unassigned one, or an account without credit."""
+    response = VoiceResponse()
+    response.say(message)
+    response.hangup()
+    return str(response.to_xml())
+
+
 def stream_twiml(config: AgentConfig, bridge_url: str, conversation_id: str, token: str) -> str:
     """``<Connect><Stream>`` to the media bridge: the conversation and its token, and the agent's barge-in settings,
     as ``<Parameter>``s (Twilio hands them to the bridge in ``start``, never in a URL). The agent speaks its first
@@ -99,12 +107,4 @@ def stream_twiml(config: AgentConfig, bridge_url: str, conversation_id: str, tok
     for name, value in parameters.items():
         stream.parameter(name=name, value=value)
     response.append(connect)
-    return str(response.to_xml())
-
-
-def unavailable_twiml(message: str = UNAVAILABLE) -> str:
-    """A polite ``<Say>`` and ``<Hangup/>``: an unknown number, an unassigned one, or an account without credit."""
-    response = VoiceResponse()
-    response.say(message)
-    response.hangup()
     return str(response.to_xml())

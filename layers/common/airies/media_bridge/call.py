@@ -1,11 +1,13 @@
 """One phone call through the bridge, without I/O: Twilio's messages and the API's frames in, what to send out.
 
 Caller audio: Twilio's 20 ms μ-law frames are collected into ``chunk_ms`` chunks, decoded and resampled to PCM16
-16 kHz, and sent as ``audio`` frames; the server's VAD ends each utterance, as for any client that streams.
+16 kHz (one ``StreamResampler`` per call: no click at chunk edges), and sent as ``audio`` frames; the server's VAD
+ends each utterance, as for any client that streams.
 
-Agent audio: each ``audio`` frame (PCM16 16 kHz) is resampled to 8 kHz, μ-law encoded and cut into 20 ms ``media``
-messages, with a ``mark`` every ``mark_every_ms`` named ``{turn_id}:{ms}``. Twilio echoes a mark once the audio
-before it has played, so the bridge knows how much of each turn the caller heard (``played_ms``).
+Agent audio: each ``audio`` frame (PCM16 16 kHz) is resampled to 8 kHz (one stream per turn), μ-law encoded and cut
+into 20 ms ``media`` messages, with a ``mark`` every ``mark_every_ms`` named ``{turn_id}:{ms}``. Twilio echoes a
+mark once the audio before it has played, so the bridge knows how much of each turn the caller heard
+(``played_ms``).
 
 Barge-in: while agent audio is still playing at Twilio, caller speech (webrtcvad) of the stream's ``barge_in_ms``
 (the agent's ``interruption.voice_seconds``; 0: the agent cannot be interrupted), after ``backoff_ms`` of playing,
@@ -30,7 +32,7 @@ from airies.conversations import protocol as wp
 from airies.media_bridge import messages as tm
 from airies.media_bridge.config import BridgeConfig
 from airies.telephony import media_streams
-from airies.voice.audio.codecs import pcm16_to_ulaw, resample_pcm16, ulaw_to_pcm16
+from airies.voice.audio.codecs import StreamResampler, pcm16_to_ulaw, ulaw_to_pcm16
 from airies.voice.audio.vad import voiced_frames
 
 END_MARK = "end"
@@ -61,12 +63,18 @@ class _Playback:
     """One agent turn at Twilio: audio sent (ms, whole 20 ms frames) and played (the last mark echoed)."""
 
     turn_id: str
+    sample_rate: int = wp.SAMPLE_RATE
     sent_ms: int = 0
     played_ms: int = 0
     marked_ms: int = 0  # the ms of the last mark sent
     rest: bytes = b""  # μ-law under one frame, sent with the next audio or padded at the turn's end
     cleared: bool = False
+    complete: bool = False  # its last frame was sent (``turn_end``)
     first_played_at: float | None = None
+    resampler: StreamResampler = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.resampler = StreamResampler(self.sample_rate, tm.SAMPLE_RATE)
 
 
 class MediaCall:
@@ -82,6 +90,7 @@ class MediaCall:
         self.backoff_ms = config.backoff_ms
         self.seq = 0
         self._caller = bytearray()
+        self._upsampler = StreamResampler(tm.SAMPLE_RATE, wp.SAMPLE_RATE)  # one stream: no click between chunks
         self._chunk_bytes = tm.SAMPLE_RATE * config.chunk_ms // 1000
         self._speech_ms = 0
         self.playback: _Playback | None = None
@@ -131,7 +140,7 @@ class MediaCall:
                 self._listen_for_barge_in(pcm8, out)
             else:
                 self._speech_ms = 0
-            pcm16 = resample_pcm16(pcm8, tm.SAMPLE_RATE, wp.SAMPLE_RATE)
+            pcm16 = self._upsampler.feed(pcm8)
             out.api.append({"action": "audio", "seq": self.seq, "data": base64.b64encode(pcm16).decode()})
             self.seq += 1
         return out
@@ -206,10 +215,10 @@ class MediaCall:
         if playback is None or playback.turn_id != turn_id:
             if playback is not None:
                 out = self._flush(playback.turn_id)
-            playback = self.playback = _Playback(turn_id)
-        if playback.cleared or len(pcm16) % 2:
+            playback = self.playback = _Playback(turn_id, sample_rate)
+        if playback.cleared or playback.complete or len(pcm16) % 2 or sample_rate != playback.sample_rate:
             return out
-        ulaw = playback.rest + pcm16_to_ulaw(resample_pcm16(pcm16, sample_rate, tm.SAMPLE_RATE))
+        ulaw = playback.rest + pcm16_to_ulaw(playback.resampler.feed(pcm16))
         whole = len(ulaw) - len(ulaw) % tm.FRAME_BYTES
         playback.rest = ulaw[whole:]
         self._send_frames(playback, ulaw[:whole], out)
@@ -227,10 +236,12 @@ class MediaCall:
         """The turn's audio is complete: its last partial frame (padded with silence) and a last mark."""
         out = Outcome()
         playback = self.playback
-        if playback is None or playback.turn_id != turn_id or playback.cleared:
+        if playback is None or playback.turn_id != turn_id or playback.cleared or playback.complete:
             return out
+        playback.complete = True
+        playback.rest += pcm16_to_ulaw(playback.resampler.flush())
         if playback.rest:
-            padded = playback.rest + tm.ULAW_SILENCE * (tm.FRAME_BYTES - len(playback.rest))
+            padded = playback.rest + tm.ULAW_SILENCE * (-len(playback.rest) % tm.FRAME_BYTES)
             playback.rest = b""
             self._send_frames(playback, padded, out)
         if playback.marked_ms < playback.sent_ms:

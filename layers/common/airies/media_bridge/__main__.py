@@ -16,6 +16,9 @@ def main() -> int:
         level=os.environ.get("AIRIES_BRIDGE_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # websockets logs every handshake at INFO, the load balancer's health checks ("connection rejected (200 OK)")
+    # included; the bridge logs each call itself.
+    logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
         config = BridgeConfig.from_env()
     except ConfigError as exc:

@@ -5,6 +5,7 @@ default. The real twilio SDK against the local Twilio double, webhooks signed as
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -67,8 +68,11 @@ def test_media_stream_numbers_connect_calls_to_the_bridge(client, auth, twilio, 
     assert claims["c"] == parameters["conversation_id"]
     conversation = client.get(f"/api/v1/conversations/{parameters['conversation_id']}", headers=auth).json()
     assert conversation["agent_id"] == agent_id and conversation["metadata"]["source"] == "phone"
-    done = {**form, "CallStatus": "completed", "CallDuration": "42"}
+    done = {**form, "CallStatus": "completed", "CallDuration": "61"}
     assert post_signed(client, STATUS_URL, done, number["auth_token"]).status_code == 204
+    # Twilio's minutes: the voice leg only (2 whole minutes at pricing.json's twilio/voice_inbound), no relay
+    cost = client.get(f"/api/v1/conversations/{parameters['conversation_id']}/cost", headers=auth).json()
+    assert cost["components"]["telephony"] == f"{2 * Decimal('0.0085'):.9f}" and cost["usage"]["telephony_minutes"] == 2
 
     # back to the relay: the same number answers ConversationRelay again
     updated = client.put(f"/api/v1/phone-numbers/{number['id']}", json={"telephony_mode": "relay"}, headers=auth)

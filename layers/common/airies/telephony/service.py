@@ -481,7 +481,10 @@ class TelephonyService:
         if status in FINAL_STATUSES:
             call.ended_at = utcnow()
             if conversation is not None and call.duration_seconds:
-                products = ["conversation_relay", f"voice_{call.direction}"]
+                # A media_stream call uses no ConversationRelay: its voice leg only (STT and TTS are its turns').
+                number = self.session.get(PhoneNumber, call.phone_number_id) if call.phone_number_id else None
+                streams = number is not None and number.telephony_mode == media_streams.MEDIA_STREAM
+                products = [*([] if streams else ["conversation_relay"]), f"voice_{call.direction}"]
                 conversations.book_phone_minutes(
                     conversation, carrier=CARRIER, products=products, seconds=call.duration_seconds
                 )

@@ -40,6 +40,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make run     create .venv, install, build the web app, migrate, serve http://127.0.0.1:$(PORT) (prints a dev API key)"
+	@echo "              BRIDGE=1 also runs the media bridge (Twilio Media Streams) on ws://127.0.0.1:$(BRIDGE_PORT)/twilio"
 	@echo "make web     build the web app (web/ -> layers/common/airies/webapp/dist) when its sources changed"
 	@echo "make test    install, lint, then every test (SQLite, PostgreSQL, PostgreSQL 16 + pgvector) with coverage per capability"
 	@echo "make bench   benchmarks (cold init per function, warm API latency) -> benchmarks/results/"
@@ -93,9 +94,13 @@ espeak:
 # ---------------------------------------------------------------------------------------------------------------------
 # Run (the local stack: uvicorn + moto server + SQLite under .data unless DATABASE_URL is set)
 # ---------------------------------------------------------------------------------------------------------------------
+# BRIDGE=1: the media bridge (Twilio Media Streams) beside the stack on ws://127.0.0.1:$(BRIDGE_PORT)/twilio.
+BRIDGE ?=
+BRIDGE_PORT ?= 8765
 run: install espeak web
 	$(PY) -m airies.migrations.runner
-	PORT=$(PORT) $(PY) -m airies.local.server
+	PORT=$(PORT) $(if $(BRIDGE),AIRIES_LOCAL_MEDIA_BRIDGE_PORT=$(BRIDGE_PORT) \
+	  AIRIES_MEDIA_BRIDGE_URL=$${AIRIES_MEDIA_BRIDGE_URL:-ws://127.0.0.1:$(BRIDGE_PORT)/twilio}) $(PY) -m airies.local.server
 
 serve: run
 

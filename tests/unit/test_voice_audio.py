@@ -142,3 +142,22 @@ def test_silence_and_noise_are_never_voiced():
     rng = np.random.default_rng(7)
     noise = rng.normal(0, 20, rate * 2).astype(np.int16).tobytes()  # about -64 dBFS hiss
     assert _voiced_seconds(b"\x00\x00" * rate + noise, rate).size == 0
+
+
+@pytest.mark.parametrize(("src", "dst", "chunk_ms"), [(8000, 16000, 200), (16000, 8000, 250), (16000, 8000, 200)])
+def test_stream_resampling_in_chunks_equals_the_whole_stream_delayed(src: int, dst: int, chunk_ms: int) -> None:
+    rng = np.random.default_rng(3)
+    t = np.arange(2 * src) / src
+    signal = codecs.array_to_pcm16(8000 * np.sin(2 * np.pi * 440 * t) + 500 * rng.standard_normal(t.size))
+    whole = codecs.pcm16_to_array(codecs.resample_pcm16(signal, src, dst)).astype(np.int32)
+    size = src * chunk_ms // 1000 * 2
+    stream = codecs.StreamResampler(src, dst)
+    chunks = [stream.feed(signal[i : i + size]) for i in range(0, len(signal), size)]
+    assert all(len(c) == size * dst // src for c in chunks)  # each chunk's own length, no sample lost or added
+    out = codecs.pcm16_to_array(b"".join([*chunks, stream.flush()])).astype(np.int32)
+    delay = codecs.StreamResampler.HISTORY * dst // src
+    assert np.array_equal(out[delay : delay + whole.size], whole)  # no click at any chunk's edge
+    naive = codecs.pcm16_to_array(
+        b"".join(codecs.resample_pcm16(signal[i : i + size], src, dst) for i in range(0, len(signal), size))
+    ).astype(np.int32)
+    assert np.abs(naive - whole).max() > 100  # what chunk-by-chunk resampling does at the edges

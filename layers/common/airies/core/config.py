@@ -164,6 +164,9 @@ class Settings(BaseSettings):
     twilio_auth_token: str | None = None
     twilio_api_base: str | None = None
     twilio_timeout_s: float = 10.0
+    # The media bridge's public stream URL (wss://bridge.example.com/twilio): numbers in telephony mode
+    # media_stream connect their calls there. Unset: no number can use that mode.
+    media_bridge_url: str | None = None
 
     # Knowledge bases. Defaults run offline: hashing embedder + embedded vector store, files under
     # data_dir when no documents bucket is set (moto/AWS set AIRIES_KB_DOCUMENTS_BUCKET).

@@ -132,7 +132,9 @@ def _clear_container_caches() -> None:
 
 @contextlib.contextmanager
 def patched_environ(values: Mapping[str, str | None]) -> Iterator[None]:
-    saved = dict(os.environ)
+    """Set ``values`` for the invocation, then put back exactly the keys it changed, one by one: the environment is
+    never cleared, because other threads of ``make run`` (the voice handlers) read it meanwhile."""
+    saved = {key: os.environ.get(key) for key in values}
     try:
         for key, value in values.items():
             if value is None:
@@ -141,8 +143,11 @@ def patched_environ(values: Mapping[str, str | None]) -> Iterator[None]:
                 os.environ[key] = value
         yield
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _purge_modules_under(code_dir: str) -> None:

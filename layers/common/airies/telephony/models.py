@@ -35,6 +35,8 @@ class PhoneNumber(TimestampMixin, Base):
     friendly_name: Mapped[str | None] = mapped_column(String(100))
     voice_url: Mapped[str] = mapped_column(String(500))
     status_callback_url: Mapped[str] = mapped_column(String(500))
+    # relay (Twilio ConversationRelay) | media_stream (Twilio Media Streams through the media bridge)
+    telephony_mode: Mapped[str] = mapped_column(String(20), default="relay", server_default="relay")
 
 
 class PhoneCall(TimestampMixin, Base):

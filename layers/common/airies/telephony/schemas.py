@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from airies.core.schemas import Metadata, StrictModel
+from airies.telephony.media_streams import TelephonyMode
 
 E164 = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{6,14}$", description="a phone number in E.164, e.g. +14155550100")]
 # A callee: a phone number in E.164 or a SIP URI (a PBX behind a Twilio SIP domain or trunk).
@@ -36,6 +37,11 @@ class PhoneNumberCreate(StrictModel):
     twilio: TwilioCredentialsIn | None = None
     agent_id: AgentId | None = None
     friendly_name: str | None = Field(None, min_length=1, max_length=100)
+    telephony_mode: TelephonyMode = Field(
+        "relay",
+        description="relay: Twilio ConversationRelay (Twilio's STT and voice); media_stream: Twilio Media Streams "
+        "through the media bridge (the agent's own STT and voice; needs AIRIES_MEDIA_BRIDGE_URL)",
+    )
 
 
 class PhoneNumberUpdate(StrictModel):
@@ -43,6 +49,7 @@ class PhoneNumberUpdate(StrictModel):
 
     agent_id: AgentId | None = None
     friendly_name: str | None = Field(None, min_length=1, max_length=100)
+    telephony_mode: TelephonyMode | None = None
 
 
 class PhoneNumberOut(BaseModel):
@@ -55,6 +62,7 @@ class PhoneNumberOut(BaseModel):
     friendly_name: str | None
     voice_url: str
     status_callback_url: str
+    telephony_mode: str
     created_at: datetime
     updated_at: datetime
 

@@ -35,7 +35,7 @@ from airies.core.errors import (
 from airies.core.ids import new_id
 from airies.core.models import utcnow
 from airies.core.secrets import EnvelopeCipher, Sealed, get_cipher, platform_key
-from airies.telephony import signatures, twiml
+from airies.telephony import media_streams, signatures, twiml
 from airies.telephony.models import PhoneCall, PhoneNumber
 from airies.telephony.schemas import CallCreate, CallOut, PhoneNumberCreate, PhoneNumberOut, PhoneNumberUpdate
 from airies.telephony.vendors import CARRIERS
@@ -85,6 +85,7 @@ def number_out(number: PhoneNumber) -> PhoneNumberOut:
         friendly_name=number.friendly_name,
         voice_url=number.voice_url,
         status_callback_url=number.status_callback_url,
+        telephony_mode=number.telephony_mode,
         created_at=number.created_at,
         updated_at=number.updated_at,
     )
@@ -188,6 +189,16 @@ class TelephonyService:
         if agent_id is not None:
             AgentService(self.session).get(account_id, agent_id)  # 404 for a foreign or unknown agent
 
+    def _check_mode(self, mode: str | None) -> None:
+        """A number may stream raw media only when the platform runs the media bridge."""
+        if mode == media_streams.MEDIA_STREAM and not self.settings.media_bridge_url:
+            raise ConflictError(
+                "telephony_mode media_stream needs the media bridge, which this platform does not run "
+                "(AIRIES_MEDIA_BRIDGE_URL is not set)",
+                code="media_bridge_not_configured",
+                details=[{"field": "telephony_mode", "code": "media_bridge_not_configured", "message": "use relay"}],
+            )
+
     def get_number(self, account_id: str, number_id: str) -> PhoneNumber:
         number = self.session.scalar(
             select(PhoneNumber).where(PhoneNumber.id == number_id, PhoneNumber.account_id == account_id)
@@ -206,6 +217,7 @@ class TelephonyService:
     def import_number(self, account_id: str, body: PhoneNumberCreate) -> PhoneNumber:
         """Find the number in the Twilio account, point its voice and status webhooks at us, then store it."""
         self._check_agent(account_id, body.agent_id)
+        self._check_mode(body.telephony_mode)
         if self.session.scalar(select(PhoneNumber.id).where(PhoneNumber.number == body.phone_number)):
             raise ConflictError("this phone number is already imported", code="phone_number_taken")
         if body.twilio is not None:
@@ -240,6 +252,7 @@ class TelephonyService:
             credentials="own" if body.twilio is not None else "platform",
             agent_id=body.agent_id,
             friendly_name=body.friendly_name,
+            telephony_mode=body.telephony_mode,
             voice_url=voice,
             status_callback_url=status,
             created_at=now,
@@ -263,12 +276,16 @@ class TelephonyService:
         sent = body.model_fields_set
         if "agent_id" in sent:
             self._check_agent(account_id, body.agent_id)
+        if body.telephony_mode is not None:
+            self._check_mode(body.telephony_mode)
         voice, status = self.webhook_url(signatures.VOICE_PATH), self.webhook_url(signatures.STATUS_PATH)
         self._carrier_for(number).configure_number(number.carrier_number_sid, voice_url=voice, status_callback=status)
         if "agent_id" in sent:
             number.agent_id = body.agent_id
         if "friendly_name" in sent:
             number.friendly_name = body.friendly_name
+        if body.telephony_mode is not None:
+            number.telephony_mode = body.telephony_mode
         number.voice_url, number.status_callback_url = voice, status
         number.updated_at = utcnow()
         self.session.flush()
@@ -307,7 +324,7 @@ class TelephonyService:
         if call is not None:  # the carrier retried the webhook: the same conversation, a fresh token
             conversation = conversations.get(number.account_id, call.conversation_id)
             token, _ = conversations.tokens.issue(conversation.id, number.account_id)
-            return self._relay(conversations, conversation, token)
+            return self._connect(number, conversations, conversation, token)
         phone = {"direction": "inbound", "call_sid": fields["CallSid"], "from": fields["From"], "to": fields["To"]}
         try:
             with self.session.begin_nested():  # a refused start leaves nothing behind
@@ -323,7 +340,24 @@ class TelephonyService:
             log.info("inbound call %s on %s refused: %s", fields["CallSid"], number.id, exc.code)
             return twiml.unavailable_twiml()
         self._record_call(number, conversation.id, fields["CallSid"], "inbound", fields["From"], fields["To"])
-        return self._relay(conversations, conversation, token)
+        return self._connect(number, conversations, conversation, token)
+
+    def _connect(
+        self,
+        number: PhoneNumber,
+        conversations: ConversationService,
+        conversation: Conversation,
+        token: str,
+        first: str | None = None,
+    ) -> str:
+        """The TwiML that connects a call to its conversation: the media bridge for a media_stream number (while
+        the bridge is configured; else the relay, logged), ConversationRelay otherwise."""
+        if number.telephony_mode == media_streams.MEDIA_STREAM:
+            if self.settings.media_bridge_url:
+                config = conversations.config_for(conversation)
+                return twiml.stream_twiml(config, self.settings.media_bridge_url, conversation.id, token)
+            log.warning("%s streams media but the media bridge is not configured: the relay answers", number.id)
+        return self._relay(conversations, conversation, token, first)
 
     def _relay(
         self, conversations: ConversationService, conversation: Conversation, token: str, first: str | None = None
@@ -371,8 +405,13 @@ class TelephonyService:
             raise ValidationFailedError(
                 "metadata is too large", details=[{"field": "metadata", "code": "too_large", "message": str(exc)}]
             ) from exc
+        if body.first_message and number.telephony_mode == media_streams.MEDIA_STREAM:
+            raise ValidationFailedError(
+                "first_message overrides are spoken by the relay: a media_stream number speaks the agent's own",
+                details=[{"field": "first_message", "code": "not_supported", "message": "media_stream number"}],
+            )
         conversation, token, _ = conversations.start_conversation(account_id, create)
-        answer = self._relay(conversations, conversation, token, body.first_message)
+        answer = self._connect(number, conversations, conversation, token, body.first_message)
         greeting = {FIRST_MESSAGE_KEY: body.first_message} if body.first_message else {}
         call_sid = carrier.place_call(
             OutboundCall(
@@ -442,7 +481,10 @@ class TelephonyService:
         if status in FINAL_STATUSES:
             call.ended_at = utcnow()
             if conversation is not None and call.duration_seconds:
-                products = ["conversation_relay", f"voice_{call.direction}"]
+                # A media_stream call uses no ConversationRelay: its voice leg only (STT and TTS are its turns').
+                number = self.session.get(PhoneNumber, call.phone_number_id) if call.phone_number_id else None
+                streams = number is not None and number.telephony_mode == media_streams.MEDIA_STREAM
+                products = [*([] if streams else ["conversation_relay"]), f"voice_{call.direction}"]
                 conversations.book_phone_minutes(
                     conversation, carrier=CARRIER, products=products, seconds=call.duration_seconds
                 )

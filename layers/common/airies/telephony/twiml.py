@@ -7,6 +7,7 @@ from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
 
 from airies.agents.schemas import AgentConfig
 from airies.conversations.relay import welcome_greeting
+from airies.telephony import media_streams
 
 # Agent config provider -> ConversationRelay's name for it. Others (eSpeak, Azure) have no relay equivalent:
 # the relay then speaks with Twilio's default voice and transcriber.
@@ -83,4 +84,27 @@ def unavailable_twiml(message: str = UNAVAILABLE) -> str:
     response = VoiceResponse()
     response.say(message)
     response.hangup()
+    return str(response.to_xml())
+
+
+def stream_twiml(config: AgentConfig, bridge_url: str, conversation_id: str, token: str) -> str:
+    """``<Connect><Stream>`` to the media bridge: the conversation and its token, and the agent's barge-in settings,
+    as ``<Parameter>``s (Twilio hands them to the bridge in ``start``, never in a URL). The agent speaks its first
+    message itself once the bridge connects."""
+    interruption = config.interruption
+    barge_in_ms = (
+        max(round(interruption.voice_seconds * 1000), interruption.min_words * 400, 20) if interruption.enabled else 0
+    )
+    response = VoiceResponse()
+    connect = Connect()
+    stream = connect.stream(url=bridge_url)
+    parameters = {
+        media_streams.CONVERSATION_PARAMETER: conversation_id,
+        media_streams.TOKEN_PARAMETER: token,
+        media_streams.BARGE_IN_PARAMETER: str(barge_in_ms),
+        media_streams.BACKOFF_PARAMETER: str(round(interruption.backoff_seconds * 1000)),
+    }
+    for name, value in parameters.items():
+        stream.parameter(name=name, value=value)
+    response.append(connect)
     return str(response.to_xml())

@@ -120,6 +120,43 @@ def resample_pcm16(pcm16: bytes, src_rate: int, dst_rate: int) -> bytes:
     return array_to_pcm16(resample_array(pcm16_to_array(pcm16), src_rate, dst_rate))
 
 
+class StreamResampler:
+    """``resample_pcm16`` for a stream cut into chunks, without a click at every chunk's edges.
+
+    Each chunk alone would be filtered as if silence surrounded it. Here each chunk is filtered with the samples
+    around it (``HISTORY`` input samples of the previous chunks before it, and its own last ``HISTORY`` samples held
+    back until the next chunk arrives), so the output equals the whole stream's, delayed by ``HISTORY`` input samples
+    (4 ms at 8 kHz, 2 ms at 16 kHz). For the small-ratio rates (8/16/24/48 kHz); others resample chunk by chunk.
+    """
+
+    HISTORY = 32  # input samples: at least half the FIR's length, in input samples, for every small ratio
+
+    def __init__(self, src_rate: int, dst_rate: int) -> None:
+        for rate in (src_rate, dst_rate):
+            if rate not in SUPPORTED_RATES:
+                raise AudioFormatError(f"unsupported sample rate {rate} Hz (supported: {SUPPORTED_RATES})")
+        self.src_rate, self.dst_rate = src_rate, dst_rate
+        ratio = Fraction(dst_rate, src_rate)
+        self._down = ratio.denominator
+        self._streams = src_rate != dst_rate and ratio.numerator <= 8 and self.HISTORY % ratio.denominator == 0
+        self._buffer = np.zeros(2 * self.HISTORY, dtype=np.float32)  # history, then the samples held back
+
+    def feed(self, pcm16: bytes) -> bytes:
+        if not self._streams:
+            return resample_pcm16(pcm16, self.src_rate, self.dst_rate)
+        x = np.concatenate([self._buffer, pcm16_to_array(pcm16).astype(np.float32)])
+        usable = (x.size - 2 * self.HISTORY) // self._down * self._down  # whole output samples only
+        end = self.HISTORY + usable
+        y = resample_array(x[: end + self.HISTORY], self.src_rate, self.dst_rate)
+        scale = y.size / (end + self.HISTORY)
+        self._buffer = x[end - self.HISTORY :]
+        return array_to_pcm16(y[round(self.HISTORY * scale) : round(end * scale)])
+
+    def flush(self) -> bytes:
+        """The end of the stream: the samples held back (followed by a little silence)."""
+        return self.feed(bytes(4 * self.HISTORY)) if self._streams else b""
+
+
 # ---------------------------------------------------------------- framing
 
 

@@ -88,7 +88,11 @@ def database(request: pytest.FixtureRequest) -> Iterator[Database]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(stage="local", data_dir=tmp_path, allow_public_signup=True)
+    # The queues are pinned: a test's usage and events go straight to the ledger and the events table, whatever an
+    # in-process invocation (a state machine's task on a worker thread) has set in the environment meanwhile.
+    return Settings(
+        stage="local", data_dir=tmp_path, allow_public_signup=True, usage_queue_url=None, webhook_queue_url=None
+    )
 
 
 @pytest.fixture

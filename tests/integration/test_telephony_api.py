@@ -53,6 +53,8 @@ def twilio() -> Iterator[TwilioDouble]:
 def settings(tmp_path: Path, twilio: TwilioDouble) -> Settings:
     return Settings(
         stage="local",
+        usage_queue_url=None,  # usage straight into the ledger (tests/conftest.py says why it is pinned)
+        webhook_queue_url=None,
         data_dir=tmp_path,
         allow_public_signup=True,
         twilio_api_base=twilio.url,

@@ -36,6 +36,8 @@ BRIDGE = "wss://bridge.example.test/twilio"
 def settings(tmp_path: Path, twilio: TwilioDouble) -> Settings:  # noqa: F811
     return Settings(
         stage="local",
+        usage_queue_url=None,  # usage straight into the ledger (tests/conftest.py says why it is pinned)
+        webhook_queue_url=None,
         data_dir=tmp_path,
         allow_public_signup=True,
         twilio_api_base=twilio.url,

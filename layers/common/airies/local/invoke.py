@@ -22,6 +22,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -132,22 +133,40 @@ def _clear_container_caches() -> None:
 
 @contextlib.contextmanager
 def patched_environ(values: Mapping[str, str | None]) -> Iterator[None]:
-    """Set ``values`` for the invocation, then put back exactly the keys it changed, one by one: the environment is
-    never cleared, because other threads of ``make run`` (the voice handlers) read it meanwhile."""
-    saved = {key: os.environ.get(key) for key in values}
-    try:
+    """Set ``values`` for the invocation, then put back the keys it changed, one by one: the environment is never
+    cleared, because other threads of ``make run`` (the voice handlers) read it meanwhile.
+
+    Invocations overlap (a state machine's tasks, the local gateway's frames run on threads): a key goes back to the
+    value it had before the first of the overlapping patches that set it, once the last of them ends, so no value set
+    for one invocation outlives them all."""
+    with _ENV_LOCK:
         for key, value in values.items():
+            if _ENV_DEPTH.get(key, 0) == 0:
+                _ENV_BEFORE[key] = os.environ.get(key)
+            _ENV_DEPTH[key] = _ENV_DEPTH.get(key, 0) + 1
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+    try:
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        with _ENV_LOCK:
+            for key in values:
+                _ENV_DEPTH[key] -= 1
+                if _ENV_DEPTH[key] > 0:
+                    continue
+                del _ENV_DEPTH[key]
+                before = _ENV_BEFORE.pop(key)
+                if before is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = before
+
+
+_ENV_LOCK = threading.Lock()
+_ENV_DEPTH: dict[str, int] = {}  # key -> patches that set it and have not ended
+_ENV_BEFORE: dict[str, str | None] = {}  # key -> its value before the first of them
 
 
 def _purge_modules_under(code_dir: str) -> None:

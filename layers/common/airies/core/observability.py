@@ -112,8 +112,15 @@ def provider_span(kind: str, provider: str) -> Iterator[None]:
             _close_span(tracer.provider, span)
 
 
-async def traced_stream(kind: str, provider: str, events: AsyncIterator[Item]) -> AsyncIterator[Item]:
-    """``events`` (a provider's stream: LLM tokens, TTS audio) inside one :func:`provider_span`."""
+def traced_stream(kind: str, provider: str, events: AsyncIterator[Item]) -> AsyncIterator[Item]:
+    """``events`` (a provider's stream: LLM tokens, TTS audio) inside one :func:`provider_span`; the stream itself
+    when tracing is off, so no token of a turn pays for a wrapper it does not need."""
+    if tracer is None:
+        return events
+    return _spanned(kind, provider, events)
+
+
+async def _spanned(kind: str, provider: str, events: AsyncIterator[Item]) -> AsyncIterator[Item]:
     with provider_span(kind, provider):
         async for event in events:
             yield event

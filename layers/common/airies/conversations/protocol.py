@@ -122,27 +122,51 @@ CLIENT_ACTIONS = ("start", "audio", "end_of_utterance", "text", "interrupt", "en
 
 def parse_client_frame(body: str | bytes | None) -> ClientFrame:
     """Parse one client frame or raise ProtocolError with a stable code."""
+    frame: ClientFrame = parse_tagged_json(
+        body,
+        _client_frame,
+        tag="action",
+        allowed=CLIENT_ACTIONS,
+        noun="frame",
+        unknown_code="unknown_action",
+        kind_label="action",
+    )
+    return frame
+
+
+def parse_tagged_json(
+    body: str | bytes | None,
+    adapter: TypeAdapter[Any],
+    *,
+    tag: str,
+    allowed: tuple[str, ...],
+    noun: str,
+    unknown_code: str,
+    kind_label: str,
+) -> Any:
+    """One JSON object whose ``tag`` field names its kind, validated by ``adapter``; every way it can be wrong is a
+    ``ProtocolError`` with a stable code (the client protocol's frames, a carrier relay's messages)."""
     if body is None or body == "" or body == b"":
-        raise ProtocolError("malformed_json", "empty frame")
+        raise ProtocolError("malformed_json", f"empty {noun}")
     if len(body) > MAX_FRAME_BYTES:
-        raise ProtocolError("frame_too_large", f"frames must be at most {MAX_FRAME_BYTES} bytes")
+        raise ProtocolError("frame_too_large", f"{noun}s must be at most {MAX_FRAME_BYTES} bytes")
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError("malformed_json", "frame is not valid JSON") from exc
+        raise ProtocolError("malformed_json", f"{noun} is not valid JSON") from exc
     if not isinstance(payload, dict):
-        raise ProtocolError("malformed_json", "frame must be a JSON object")
-    action = payload.get("action")
-    if action not in CLIENT_ACTIONS:
-        raise ProtocolError("unknown_action", f"unknown action {action!r}", {"allowed": list(CLIENT_ACTIONS)})
+        raise ProtocolError("malformed_json", f"{noun} must be a JSON object")
+    kind = payload.get(tag)
+    if kind not in allowed:
+        raise ProtocolError(unknown_code, f"unknown {kind_label} {kind!r}", {"allowed": list(allowed)})
     try:
-        return _client_frame.validate_python(payload)
+        return adapter.validate_python(payload)
     except ValidationError as exc:
         problems = [
-            {"field": ".".join(str(p) for p in e["loc"][1:]) or "frame", "code": e["type"], "message": e["msg"]}
+            {"field": ".".join(str(p) for p in e["loc"][1:]) or noun, "code": e["type"], "message": e["msg"]}
             for e in exc.errors()
         ]
-        raise ProtocolError("invalid_frame", f"invalid '{action}' frame", problems) from exc
+        raise ProtocolError(f"invalid_{noun}", f"invalid '{kind}' {noun}", problems) from exc
 
 
 # --- server -> client ------------------------------------------------------------------------------------------

@@ -18,10 +18,9 @@ import json
 from typing import Annotated, Any, Literal, Protocol
 from urllib.parse import urlencode
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from airies.conversations import protocol as wp
-from airies.conversations.protocol import ProtocolError
 
 TWILIO = "twilio"  # the relay URL's ``relay`` parameter and the live session's ``protocol``
 RELAY_PROTOCOLS = frozenset({TWILIO})
@@ -86,27 +85,16 @@ RELAY_TYPES = ("setup", "prompt", "interrupt", "dtmf", "error")
 
 def parse_relay_message(body: str | bytes | None) -> RelayMessage:
     """Parse one message from the carrier or raise ``ProtocolError`` with a stable code (as protocol v1 does)."""
-    if body is None or body == "" or body == b"":
-        raise ProtocolError("malformed_json", "empty message")
-    if len(body) > wp.MAX_FRAME_BYTES:
-        raise ProtocolError("frame_too_large", f"messages must be at most {wp.MAX_FRAME_BYTES} bytes")
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError("malformed_json", "message is not valid JSON") from exc
-    if not isinstance(payload, dict):
-        raise ProtocolError("malformed_json", "message must be a JSON object")
-    kind = payload.get("type")
-    if kind not in RELAY_TYPES:
-        raise ProtocolError("unknown_type", f"unknown relay message type {kind!r}", {"allowed": list(RELAY_TYPES)})
-    try:
-        return _relay_message.validate_python(payload)
-    except ValidationError as exc:
-        problems = [
-            {"field": ".".join(str(p) for p in e["loc"][1:]) or "message", "code": e["type"], "message": e["msg"]}
-            for e in exc.errors()
-        ]
-        raise ProtocolError("invalid_message", f"invalid '{kind}' message", problems) from exc
+    message: RelayMessage = wp.parse_tagged_json(
+        body,
+        _relay_message,
+        tag="type",
+        allowed=RELAY_TYPES,
+        noun="message",
+        unknown_code="unknown_type",
+        kind_label="relay message type",
+    )
+    return message
 
 
 # --- server -> carrier ---------------------------------------------------------------------------------------------

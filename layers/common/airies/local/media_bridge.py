@@ -11,8 +11,6 @@ import os
 import threading
 
 from airies.local.server import LocalStack, on_startup
-from airies.media_bridge.config import BridgeConfig
-from airies.media_bridge.server import MediaBridge
 
 PORT_VARIABLE = "AIRIES_LOCAL_MEDIA_BRIDGE_PORT"
 
@@ -22,6 +20,10 @@ def start_media_bridge(stack: LocalStack) -> None:
     port = os.environ.get(PORT_VARIABLE)
     if not port:
         return
+    # only with BRIDGE=1: every `make run` imports this module, and the bridge brings websockets and webrtcvad
+    from airies.media_bridge.config import BridgeConfig
+    from airies.media_bridge.server import MediaBridge
+
     config = BridgeConfig.from_env(api_ws_url=f"ws://127.0.0.1:{stack.port}/ws", host="127.0.0.1", port=int(port))
     bridge = MediaBridge(config)
     thread = threading.Thread(target=asyncio.run, args=(bridge.serve_forever(),), name="media-bridge", daemon=True)

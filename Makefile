@@ -138,9 +138,9 @@ pytest: install
 # runtime's), without the development tools that some libraries import when present.
 LAMBDA_VENV ?= .venv-lambda
 LAMBDA_STAMP := $(LAMBDA_VENV)/.airies-lambda-deps
-$(LAMBDA_STAMP): layers/common/requirements.txt $(wildcard layers/deps/*.txt)
+$(LAMBDA_STAMP): pyproject.toml layers/common/requirements.txt $(wildcard layers/deps/*.txt)
 	$(PYTHON) -m venv $(LAMBDA_VENV)
-	$(LAMBDA_VENV)/bin/pip install $(PIP_QUIET) boto3==1.44.5 -r layers/common/requirements.txt $(addprefix -r ,$(wildcard layers/deps/*.txt))
+	$(LAMBDA_VENV)/bin/pip install $(PIP_QUIET) "$$(grep -o '"boto3==[^"]*"' pyproject.toml | tr -d '"')" -r layers/common/requirements.txt $(addprefix -r ,$(wildcard layers/deps/*.txt))
 	touch $@
 
 bench: install $(LAMBDA_STAMP)

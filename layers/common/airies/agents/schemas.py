@@ -70,6 +70,10 @@ class TranscriberConfig(StrictModel):
     keywords: list[str] = Field(default_factory=list, max_length=100)
 
 
+# A spoken word's duration, to hold ``min_words`` against speech measured in milliseconds.
+MS_PER_WORD = 400
+
+
 class InterruptionConfig(StrictModel):
     enabled: bool = True
     # Words the caller must say before the agent yields (0 = any detected speech).
@@ -80,6 +84,11 @@ class InterruptionConfig(StrictModel):
         default_factory=lambda: ["okay", "right", "uh-huh", "yeah", "mm-hmm"], max_length=50
     )
     interruption_phrases: list[str] = Field(default_factory=lambda: ["stop", "wait", "hold on"], max_length=50)
+
+    def speech_needed_ms(self) -> float:
+        """Speech the caller must make over the agent before it yields: ``voice_seconds``, and ``min_words`` at
+        MS_PER_WORD each (a voice activity detector counts speech, not words), wherever barge-in is detected."""
+        return max(self.voice_seconds * 1000, self.min_words * MS_PER_WORD)
 
 
 class EndpointingConfig(StrictModel):

@@ -15,9 +15,6 @@ from airies.conversations.live_runtime import Frame, LiveRuntime, Poster
 from airies.conversations.sessions import LISTENING, SPEAKING, LiveSession
 from airies.conversations.turns import SpokenSentence, heard_reply
 
-# Words in caller speech, estimated from its duration (~150 words a minute): ``interruption.min_words`` of speech.
-MS_PER_WORD = 400
-
 
 def spoken_record(turn_id: str, sentences: list[SpokenSentence]) -> str:
     """A finished turn's sentences with their audio offsets, as kept in the live session."""
@@ -54,7 +51,7 @@ class BargeIn:
         interruption = self.runtime.config(session).interruption
         if not interruption.enabled or speech_ms <= 0:
             return False
-        needed_ms = max(interruption.voice_seconds * 1000, interruption.min_words * MS_PER_WORD, 1)
+        needed_ms = max(interruption.speech_needed_ms(), 1)
         if session.barge_ms < needed_ms:
             return False
         if session.state == SPEAKING and session.speaking_at:

@@ -92,9 +92,8 @@ def stream_twiml(config: AgentConfig, bridge_url: str, conversation_id: str, tok
     as ``<Parameter>``s (Twilio hands them to the bridge in ``start``, never in a URL). The agent speaks its first
     message itself once the bridge connects."""
     interruption = config.interruption
-    barge_in_ms = (
-        max(round(interruption.voice_seconds * 1000), interruption.min_words * 400, 20) if interruption.enabled else 0
-    )
+    # at least one of the bridge's 20 ms frames; 0: the agent cannot be interrupted
+    barge_in_ms = max(round(interruption.speech_needed_ms()), 20) if interruption.enabled else 0
     response = VoiceResponse()
     connect = Connect()
     stream = connect.stream(url=bridge_url)

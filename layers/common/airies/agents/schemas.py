@@ -291,3 +291,13 @@ class AgentTestRequest(StrictModel):
 
 
 VoiceConfig.model_rebuild()
+
+
+def welcome_greeting(config: AgentConfig, override: str | None = None) -> str | None:
+    """What a carrier's relay says when the call connects (its ``welcomeGreeting``): the call's own first message,
+    else the agent's when the agent speaks first."""
+    if override:
+        return override
+    if config.first_message_mode == FirstMessageMode.assistant_speaks_first and config.first_message:
+        return config.first_message
+    return None

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from airies.agents.schemas import AgentConfig, FirstMessageMode
+from airies.agents.schemas import welcome_greeting
 from airies.conversations import relay_protocol as rp
 from airies.conversations.barge_in import BargeIn
 from airies.conversations.lifecycle import TURN_SETTLE_S, Lifecycle
@@ -45,16 +45,6 @@ class HandshakeVerifier(Protocol):
         """Raise an ``AiriesError`` (403 for a forged or missing signature) unless ``signature`` signs ``url`` with
         the carrier credentials of the conversation's phone call."""
         ...
-
-
-def welcome_greeting(config: AgentConfig, override: str | None = None) -> str | None:
-    """What the relay says when the call connects (its ``welcomeGreeting``): the call's own first message, else the
-    agent's when the agent speaks first."""
-    if override:
-        return override
-    if config.first_message_mode == FirstMessageMode.assistant_speaks_first and config.first_message:
-        return config.first_message
-    return None
 
 
 class _Silent:

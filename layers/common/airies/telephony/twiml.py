@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
 
-from airies.agents.schemas import AgentConfig
-from airies.conversations.relay import welcome_greeting
+from airies.agents.schemas import AgentConfig, welcome_greeting
 from airies.telephony import media_streams
 
 # Agent config provider -> ConversationRelay's name for it. Others (eSpeak, Azure) have no relay equivalent:

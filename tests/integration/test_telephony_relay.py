@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from airies.billing.models import UsageEventRecord
 from airies.conversations.live import WebSocketService
-from airies.conversations.relay_protocol import dtmf_text
+from airies.conversations.protocol import dtmf_text
 from airies.conversations.service import ConversationTokens
 from airies.conversations.sessions import SessionStore
 from airies.core.config import Settings

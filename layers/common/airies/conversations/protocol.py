@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -167,6 +168,18 @@ def parse_tagged_json(
             for e in exc.errors()
         ]
         raise ProtocolError(f"invalid_{noun}", f"invalid '{kind}' {noun}", problems) from exc
+
+
+def connection_url(ws_url: str, conversation_id: str, token: str, **extra: str) -> str:
+    """The WebSocket URL a call connects to: the conversation and its token (``extra``: e.g. a relay's ``relay``)."""
+    query = urlencode({"conversation_id": conversation_id, "token": token, **extra})
+    return f"{ws_url}{'&' if '?' in ws_url else '?'}{query}"
+
+
+def dtmf_text(digit: str) -> str:
+    """How a key the caller pressed on a phone reaches the agent: a caller turn with this text (relay and media
+    stream calls alike)."""
+    return f"(the caller pressed {digit} on the keypad)"
 
 
 # --- server -> client ------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ the edge is built with (the telephony capability's: it knows the call's carrier 
   connection was bound to the conversation by the signed handshake.
 - ``prompt`` with ``last: true``: a caller turn (partial prompts, ``last: false``, are not asked for and are
   ignored).
-- ``dtmf``: a caller turn whose text is ``relay_protocol.dtmf_text(digit)``.
+- ``dtmf``: a caller turn whose text is ``protocol.dtmf_text(digit)``.
 - ``interrupt``: the turn being posted stops; the stored agent text becomes ``utteranceUntilInterrupt``, what the
   carrier actually spoke before the caller cut in (the barge-in's own cut, with the exact text).
 - the agent ends the call: ``end``; it transfers the call: ``end`` with ``handoffData`` naming the destination.
@@ -27,7 +27,7 @@ from airies.conversations.barge_in import BargeIn
 from airies.conversations.lifecycle import TURN_SETTLE_S, Lifecycle
 from airies.conversations.live_runtime import Frame, LiveRuntime, Poster
 from airies.conversations.orchestrator import TurnOrchestrator, TurnRequest
-from airies.conversations.protocol import ProtocolError
+from airies.conversations.protocol import ProtocolError, dtmf_text
 from airies.conversations.sessions import ENDED, ControlFlood, LiveSession
 from airies.conversations.turns import TurnMode
 from airies.core.errors import AiriesError, NotFoundError
@@ -134,7 +134,7 @@ class RelayEdge:
         if isinstance(message, rp.PromptMessage) and message.last and message.voice_prompt:
             return message.voice_prompt
         if isinstance(message, rp.DtmfMessage):
-            return rp.dtmf_text(message.digit)
+            return dtmf_text(message.digit)
         return None
 
     def _setup(self, session: LiveSession, message: rp.SetupMessage) -> None:

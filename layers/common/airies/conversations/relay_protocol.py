@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from typing import Annotated, Any, Literal, Protocol
-from urllib.parse import urlencode
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -30,12 +29,7 @@ TRANSFERRED = "transferred"  # the end reason of a call handed over by the agent
 def relay_url(ws_url: str, conversation_id: str, token: str, protocol: str = TWILIO) -> str:
     """The WebSocket URL a carrier's relay connects to (and signs): the conversation and its token, as a web call
     has them, and ``relay`` naming the protocol."""
-    return f"{ws_url}?{urlencode({'conversation_id': conversation_id, 'token': token, 'relay': protocol})}"
-
-
-def dtmf_text(digit: str) -> str:
-    """How a key the caller pressed reaches the agent: a caller turn with this text."""
-    return f"(the caller pressed {digit} on the keypad)"
+    return wp.connection_url(ws_url, conversation_id, token, relay=protocol)
 
 
 class _Message(BaseModel):

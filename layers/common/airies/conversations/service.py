@@ -538,7 +538,7 @@ class ConversationService:
         return conversation, token, expires
 
     def ws_url(self, conversation_id: str, token: str) -> str:
-        return f"{self.settings.public_ws_url}?conversation_id={conversation_id}&token={token}"
+        return wp.connection_url(self.settings.public_ws_url, conversation_id, token)
 
     def get(self, account_id: str, conversation_id: str, *, for_update: bool = False) -> Conversation:
         query = select(Conversation).where(Conversation.id == conversation_id, Conversation.account_id == account_id)

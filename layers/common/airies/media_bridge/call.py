@@ -26,7 +26,6 @@ import binascii
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
 
 from airies.conversations import protocol as wp
 from airies.media_bridge import messages as tm
@@ -37,11 +36,6 @@ from airies.voice.audio.vad import voiced_frames
 
 END_MARK = "end"
 VAD_FRAME_MS = tm.FRAME_MS
-
-
-def dtmf_text(digit: str) -> str:
-    """How a key the caller pressed reaches the agent: a typed caller turn (as on the ConversationRelay path)."""
-    return f"(the caller pressed {digit} on the keypad)"
 
 
 def _int_parameter(parameters: dict[str, str], name: str, default: int) -> int:
@@ -112,8 +106,7 @@ class MediaCall:
         self.stream_sid, self.call_sid, self.conversation_id = start.stream_sid, start.call_sid, conversation_id
         self.barge_in_ms = _int_parameter(start.parameters, media_streams.BARGE_IN_PARAMETER, self.config.barge_in_ms)
         self.backoff_ms = _int_parameter(start.parameters, media_streams.BACKOFF_PARAMETER, self.config.backoff_ms)
-        query = urlencode({"conversation_id": conversation_id, "token": token})
-        return f"{self.config.api_ws_url}{'&' if '?' in self.config.api_ws_url else '?'}{query}"
+        return wp.connection_url(self.config.api_ws_url, conversation_id, token)
 
     def from_twilio(self, message: tm.Message) -> Outcome:
         if isinstance(message, tm.Media):
@@ -121,7 +114,7 @@ class MediaCall:
         if isinstance(message, tm.Mark):
             return self.mark_played(message.name)
         if isinstance(message, tm.Dtmf):
-            return Outcome(api=[{"action": "text", "text": dtmf_text(message.digit)}])
+            return Outcome(api=[{"action": "text", "text": wp.dtmf_text(message.digit)}])
         if isinstance(message, tm.Stop):
             self.stopped = True
             return Outcome(api=[] if self.ended else [{"action": "end"}], ended=True)

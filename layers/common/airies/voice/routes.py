@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
@@ -13,7 +14,7 @@ from airies.core.errors import BadRequestError, UnsupportedMediaTypeError
 from airies.core.schemas import BINARY, StrictModel, request_body
 from airies.voice.audio.formats import AudioFormatError, sniff_format, write_wav
 from airies.voice.factory import build_voice_service
-from airies.voice.schemas import VoiceInfoOut, VoiceList, VoiceOut
+from airies.voice.schemas import VoiceList, VoiceOut
 from airies.voice.service import MAX_CLONE_SAMPLE_BYTES, VoiceService
 from airies.voice.stt.base import Transcript
 
@@ -52,7 +53,7 @@ async def list_voices(
     data = []
     for entry in providers.values():
         row = {k: v for k, v in entry.items() if k != "voices"}
-        row["voices"] = [VoiceInfoOut.model_validate(v).model_dump() for v in entry["voices"]]
+        row["voices"] = [asdict(v) for v in entry["voices"]]
         data.append(row)
     return {"data": data}
 

@@ -1,4 +1,4 @@
-"""Response shapes of the voices capability, read straight from the vendor's ``VoiceInfo`` and the ``Voice`` row."""
+"""Response shapes of the voices capability, read straight from the ``Voice`` row."""
 
 from __future__ import annotations
 
@@ -6,19 +6,6 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-
-
-class VoiceInfoOut(BaseModel):
-    """A voice a provider offers (``airies.voice.tts.base.VoiceInfo``)."""
-
-    model_config = ConfigDict(from_attributes=True)
-
-    voice_id: str
-    name: str
-    provider: str
-    language: str | None = None
-    custom: bool = False
-    preview_url: str | None = None
 
 
 class VoiceOut(BaseModel):

@@ -168,7 +168,7 @@ def _apply_status(request: Request, form: Form) -> None:
         account = session.get(Account, call.account_id)
         assert account is not None  # the call row cascades with its account
         caller = Caller(account=account, session=session, settings=settings)
-        svc.apply_status(call, form, conversation_service(request, caller))
+        svc.apply_status(call, number, form, conversation_service(request, caller))
 
 
 @router.post(signatures.ACTION_PATH, response_class=Response, openapi_extra=TWILIO_FORM)

@@ -449,7 +449,9 @@ class TelephonyService:
             raise NotFoundError("call", fields["CallSid"])
         return call, number
 
-    def apply_status(self, call: PhoneCall, form: Form, conversations: ConversationService) -> PhoneCall:
+    def apply_status(
+        self, call: PhoneCall, number: PhoneNumber, form: Form, conversations: ConversationService
+    ) -> PhoneCall:
         """A verified status callback: the call row, the conversation's phone metadata and, at the end, the
         conversation itself (ended with the call's outcome as its reason)."""
         status = required(form, "CallStatus")["CallStatus"]
@@ -482,8 +484,7 @@ class TelephonyService:
             call.ended_at = utcnow()
             if conversation is not None and call.duration_seconds:
                 # A media_stream call uses no ConversationRelay: its voice leg only (STT and TTS are its turns').
-                number = self.session.get(PhoneNumber, call.phone_number_id) if call.phone_number_id else None
-                streams = number is not None and number.telephony_mode == media_streams.MEDIA_STREAM
+                streams = number.telephony_mode == media_streams.MEDIA_STREAM
                 products = [*([] if streams else ["conversation_relay"]), f"voice_{call.direction}"]
                 conversations.book_phone_minutes(
                     conversation, carrier=CARRIER, products=products, seconds=call.duration_seconds

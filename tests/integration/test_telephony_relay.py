@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,6 @@ from urllib.parse import parse_qsl, urlsplit
 
 import boto3
 import pytest
-from moto import mock_aws
 from sqlalchemy import select
 
 from airies.billing.models import UsageEventRecord
@@ -32,7 +31,13 @@ from tests.doubles.conv_engines import FakeLLM, fake_engines
 from tests.doubles.relay_client import RelayClient
 from tests.doubles.twilio_server import TwilioDouble, new_sid
 from tests.integration.test_conv_api import deployed_agent
-from tests.integration.test_conv_handlers import ENDPOINT, Clock, ClosingPoster, frames_of
+from tests.integration.test_conv_handlers import (  # noqa: F401  (aws: the moto fixture)
+    ENDPOINT,
+    Clock,
+    ClosingPoster,
+    aws,
+    frames_of,
+)
 from tests.integration.test_telephony_api import (
     PHONE_AGENT,
     PUBLIC_API,
@@ -43,6 +48,8 @@ from tests.integration.test_telephony_api import (
     inbound_form,
     post_signed,
     relay_of,
+    telephony_settings,
+    twilio,  # noqa: F401  (the Twilio double fixture)
 )
 
 ACTION_URL = f"{PUBLIC_API}/api/v1/telephony/twilio/relay-action"
@@ -51,38 +58,15 @@ REPLY = "We open at nine on weekdays. Anything else?"
 
 
 @pytest.fixture
-def twilio() -> Iterator[TwilioDouble]:
-    with TwilioDouble() as double:
-        yield double
-
-
-@pytest.fixture
-def settings(tmp_path: Path, twilio: TwilioDouble) -> Settings:
-    return Settings(
-        stage="local",
-        usage_queue_url=None,  # usage straight into the ledger (tests/conftest.py says why it is pinned)
-        webhook_queue_url=None,
-        data_dir=tmp_path,
-        allow_public_signup=True,
-        twilio_api_base=twilio.url,
-        public_api_url=PUBLIC_API,
-        public_ws_url=PUBLIC_WS,
-        ws_management_url=ENDPOINT,
-        ws_token_secret=SECRET,
-    )
-
-
-@pytest.fixture
-def aws() -> Iterator[None]:
-    with mock_aws():
-        yield
+def settings(tmp_path: Path, twilio: TwilioDouble) -> Settings:  # noqa: F811
+    return telephony_settings(tmp_path, twilio, ws_management_url=ENDPOINT, ws_token_secret=SECRET)
 
 
 class Phone:
     """One account with an agent on an imported number, and the live edge a relay connects to."""
 
-    def __init__(self, client: Any, auth: dict[str, str], twilio: TwilioDouble, database: Any, settings: Settings):
-        self.client, self.auth, self.twilio, self.database, self.settings = client, auth, twilio, database, settings
+    def __init__(self, client: Any, auth: dict[str, str], double: TwilioDouble, database: Any, settings: Settings):
+        self.client, self.auth, self.twilio, self.database, self.settings = client, auth, double, database, settings
         self.clock = Clock(time.time())
         self.store = SessionStore(boto3.client("dynamodb", region_name="us-east-1"), "relay-test", clock=self.clock)
         self.store.ensure_table()
@@ -142,7 +126,7 @@ class Phone:
 
 
 @pytest.fixture
-def phone(aws, client, auth, twilio, database, settings) -> Phone:  # type: ignore[no-untyped-def]
+def phone(aws, client, auth, twilio, database, settings) -> Phone:  # type: ignore[no-untyped-def]  # noqa: F811
     return Phone(client, auth, twilio, database, settings)
 
 

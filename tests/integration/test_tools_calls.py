@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from moto import mock_aws
 
 from airies.conversations.turns import TurnEngines
 from airies.core.config import Settings
@@ -23,7 +22,7 @@ from tests.doubles.openai_server import OpenAIDouble, Reply
 from tests.doubles.tool_server import ToolServer
 from tests.doubles.webhook_receiver import WebhookReceiver
 from tests.integration.test_conv_events import ListQueue, deliver_all, received
-from tests.integration.test_conv_handlers import Harness, frames_of, types
+from tests.integration.test_conv_handlers import Harness, aws, frames_of, types  # noqa: F401  (aws: a fixture)
 
 SECRET = "whsec_calltest"
 
@@ -76,7 +75,8 @@ def socket_engines(openai: OpenAIDouble, server: ToolServer, settings: Settings)
     return TurnEngines(llm=llm.stream, stt=FakeSTT(), tts=FakeTTS(), tools=runner)
 
 
-def test_a_websocket_call_runs_a_tool_and_answers_from_its_result(aws, database, settings, openai, tool_server):
+@pytest.mark.usefixtures("aws")
+def test_a_websocket_call_runs_a_tool_and_answers_from_its_result(database, settings, openai, tool_server):
     tool_server.responders["check_order"] = lambda arguments: {
         "result": {"order": arguments["order_id"], "eta": "Monday"}
     }
@@ -118,7 +118,8 @@ def test_a_websocket_call_runs_a_tool_and_answers_from_its_result(aws, database,
     assert stored["duration_ms"] >= 0 and turn.latency["tool_ms"] >= stored["duration_ms"] - 1
 
 
-def test_a_failing_tool_speaks_its_failure_message_and_the_llm_is_told(aws, database, settings, openai, tool_server):
+@pytest.mark.usefixtures("aws")
+def test_a_failing_tool_speaks_its_failure_message_and_the_llm_is_told(database, settings, openai, tool_server):
     tool_server.status = 500
     openai.script(
         Reply(text="", tool_calls=[{"id": "call_b", "name": "check_order", "arguments": '{"order_id": "B2"}'}]),
@@ -141,7 +142,8 @@ def test_a_failing_tool_speaks_its_failure_message_and_the_llm_is_told(aws, data
     assert turn.tool_calls[0]["status"] == "failed" and turn.tool_calls[0]["http_status"] == 500
 
 
-def test_transfer_on_a_web_call_is_answered_not_available(aws, database, settings, openai, tool_server):
+@pytest.mark.usefixtures("aws")
+def test_transfer_on_a_web_call_is_answered_not_available(database, settings, openai, tool_server):
     openai.script(
         Reply(
             text="",
@@ -163,12 +165,6 @@ def test_transfer_on_a_web_call_is_answered_not_available(aws, database, setting
     assert "not available on this channel" in openai.requests[1].body["messages"][-1]["content"]
     [turn] = h.turns(cid)
     assert turn.tool_calls[0]["status"] == "unavailable" and h.conversation(cid).status != "ended"
-
-
-@pytest.fixture
-def aws():
-    with mock_aws():
-        yield
 
 
 # -- REST /message with the production engines (offline responder, guarded runner, signed with the agent's secret) --

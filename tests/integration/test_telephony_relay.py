@@ -98,15 +98,18 @@ class Phone:
         assert answer.status_code == 200, answer.text
         url = relay_of(answer.text).get("url") or ""
         conversation_id = dict(parse_qsl(urlsplit(url).query))["conversation_id"]
-        relay = RelayClient(
+        return self.relay(url, call_sid=form["CallSid"]), conversation_id
+
+    def relay(self, url: str, call_sid: str | None = None) -> RelayClient:
+        """A relay client for ``url`` on this number's account (a fresh call SID unless one is given)."""
+        return RelayClient(
             self.service,
             url,
             self.number["auth_token"],
             frames_of,
             account_sid=self.number["carrier_account_sid"],
-            call_sid=form["CallSid"],
+            call_sid=call_sid,
         )
-        return relay, conversation_id
 
     def connected(self) -> tuple[RelayClient, str]:
         relay, conversation_id = self.call()
@@ -339,9 +342,7 @@ def test_a_web_conversation_cannot_open_a_relay(phone: Phone) -> None:
     assert response.status_code == 201, response.text
     started = response.json()
     url = f"{PUBLIC_WS}?conversation_id={started['id']}&token={started['token']}&relay=twilio"
-    relay = RelayClient(
-        phone.service, url, phone.number["auth_token"], frames_of, account_sid=phone.number["carrier_account_sid"]
-    )
+    relay = phone.relay(url)
     answer = relay.connect()
     assert answer["statusCode"] == 403 and json.loads(answer["body"])["code"] == "not_a_phone_call"
 
@@ -369,14 +370,7 @@ def test_outbound_call_relay_records_its_own_greeting(phone: Phone) -> None:
     assert response.status_code == 201, response.text
     call = response.json()
     url = relay_of(phone.twilio.calls[call["call_sid"]]["form"]["Twiml"][0]).get("url") or ""
-    relay = RelayClient(
-        phone.service,
-        url,
-        phone.number["auth_token"],
-        frames_of,
-        account_sid=phone.number["carrier_account_sid"],
-        call_sid=call["call_sid"],
-    )
+    relay = phone.relay(url, call_sid=call["call_sid"])
     assert relay.connect()["statusCode"] == 200
     relay.setup(direction="outbound-api")
     relay.prompt("Yes, go on.")

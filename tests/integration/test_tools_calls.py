@@ -20,8 +20,8 @@ from airies.webhooks.service import WebhookPublisher
 from tests.doubles.conv_engines import FakeSTT, FakeTTS
 from tests.doubles.openai_server import OpenAIDouble, Reply
 from tests.doubles.tool_server import ToolServer
-from tests.doubles.webhook_receiver import WebhookReceiver
-from tests.integration.test_conv_events import ListQueue, deliver_all, received
+from tests.doubles.webhook_receiver import ListQueue, WebhookReceiver
+from tests.integration.test_conv_events import deliver_all, received
 from tests.integration.test_conv_handlers import Harness, aws, frames_of, types  # noqa: F401  (aws: a fixture)
 
 SECRET = "whsec_calltest"

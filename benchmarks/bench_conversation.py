@@ -44,6 +44,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +78,7 @@ REPLY = (
 def run(args: Any = None) -> dict[str, Any]:
     sys.path.insert(0, str(harness.ROOT))
     turns = getattr(args, "runs", None) or DEFAULT_TURNS
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
-    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    aws_env_defaults()
     modes = os.environ.get("BENCH_CONV_AWS", "both")
     if modes not in ("server", "inprocess", "both"):
         raise ValueError(f"BENCH_CONV_AWS must be server, inprocess or both, not {modes!r}")
@@ -181,23 +178,31 @@ def moto_server(*, keep_alive: bool = True) -> Iterator[str]:
 
 
 class CountingPoster:
-    """The real API Gateway poster (moto), counting messages and 32 KB units, noting when audio first goes out."""
+    """The real API Gateway poster (moto), counting messages and 32 KB units, noting in ``first_at`` when the first
+    frame starting with one of ``starts`` went out: once posted, or as the post is issued (``stamp_before_post``)."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(
+        self, inner: Any, starts: tuple[bytes, ...] = (b'{"type":"audio"',), *, stamp_before_post: bool = False
+    ) -> None:
         self.inner = inner
+        self.starts = starts
+        self.stamp_before_post = stamp_before_post
         self.messages = 0
         self.units = 0
         self.bytes_out = 0
-        self.first_audio_at: float | None = None
+        self.first_at: float | None = None
 
     def post(self, connection_id: str, data: bytes) -> bool:
+        watched = self.first_at is None and data.startswith(self.starts)
+        if watched and self.stamp_before_post:
+            self.first_at = time.perf_counter()
         ok = self.inner.post(connection_id, data)
-        if self.first_audio_at is None and data.startswith(b'{"type":"audio"'):
-            self.first_audio_at = time.perf_counter()
+        if watched and not self.stamp_before_post:
+            self.first_at = time.perf_counter()
         self.messages += 1
         self.units += max(1, math.ceil(len(data) / 32768))
         self.bytes_out += len(data)
-        return ok
+        return bool(ok)
 
     def close(self, connection_id: str) -> None:
         self.inner.close(connection_id)
@@ -319,34 +324,149 @@ def spoken(text: str) -> bytes:
     return resample_pcm16(pcm, rate, 16000)
 
 
+WS_DOMAIN = "bench.execute-api.us-east-1.amazonaws.com"
+MANAGEMENT_URL = f"https://{WS_DOMAIN}/prod"
+TOKEN_SECRET = b"b" * 32
+
+
+def aws_env_defaults() -> None:
+    """Credentials and region for boto3 against moto, Powertools tracing off and its logs quiet (unless set)."""
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+
+
+def bench_database(prefix: str) -> tuple[Any, str, str]:
+    """A migrated database (``BENCH_DATABASE_URL``, else SQLite in a new temporary folder): it, its URL, the folder."""
+    from airies.core.database import Database
+    from airies.migrations.runner import upgrade_head
+
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    url = os.environ.get("BENCH_DATABASE_URL") or f"sqlite:///{tmp}/bench.db"
+    upgrade_head(url)
+    return Database(url, pool_size=2), url, tmp
+
+
+@dataclass
+class VoiceStack:
+    settings: Any
+    database: Any
+    tokens: Any
+    service: Any
+    dispatch: Any  # the functions/voice_ws handlers by route
+    usage_batches: dict[str, int]  # SQS batches the usage events would take (10 a batch)
+
+
+def voice_stack(
+    database: Any,
+    tmp: str,
+    store: Any,
+    poster: Any,
+    engines: Any,
+    *,
+    settings: dict[str, Any] | None = None,
+    **service: Any,
+) -> VoiceStack:
+    """The live edge as built on Lambda, on ``store`` and ``poster`` (moto) with ``engines`` (the doubles): the real
+    billing credit check, usage events counted in SQS batches, and the ``functions/voice_ws`` handlers loaded and
+    handed this service. ``settings``: more Settings fields; ``service``: more WebSocketService arguments."""
+    from airies.conversations.live import WebSocketService
+    from airies.conversations.service import ConversationTokens, billing_credit_gate
+    from airies.core.config import Settings
+    from airies.local.ws_gateway import load_voice_handlers
+
+    config = Settings(
+        stage="local",
+        data_dir=tmp,
+        ws_token_secret=TOKEN_SECRET.decode(),
+        ws_management_url=MANAGEMENT_URL,
+        **(settings or {}),
+    )
+    usage_batches = {"n": 0}
+    tokens = ConversationTokens(TOKEN_SECRET)
+    live = WebSocketService(
+        config,
+        database,
+        store,
+        poster_factory=lambda endpoint: poster,
+        engines=lambda session, account_id, agent_config: engines,
+        usage_sink=lambda session: (
+            lambda events: usage_batches.__setitem__("n", usage_batches["n"] + math.ceil(len(events) / 10))
+        ),
+        credit_gate=lambda session: billing_credit_gate(config, session),  # the real one: it is on the path
+        tokens=tokens,
+        **service,
+    )
+    dispatch = load_voice_handlers()
+    import voice_runtime
+
+    voice_runtime.set_service(live)
+    voice_runtime.settle()  # as voice_runtime.service() does after a cold start
+    return VoiceStack(config, database, tokens, live, dispatch, usage_batches)
+
+
+def started_conversations(stack: VoiceStack, count: int) -> list[tuple[str, str]]:
+    """A new account with a deployed agent that waits for the caller, and ``count`` conversations started with it:
+    each one's id and token."""
+    from airies.accounts.service import AccountService
+    from airies.agents.schemas import AgentCreate
+    from airies.agents.service import AgentService
+    from airies.conversations.schemas import ConversationCreate
+    from airies.conversations.service import ConversationService
+
+    with stack.database.session() as s:
+        account, _ = AccountService(s).signup(name="Bench", email=f"bench-{uuid.uuid4().hex[:8]}@example.com")
+        agents = AgentService(s)
+        agent = agents.create(
+            account.id,
+            AgentCreate(
+                name="Bench",
+                first_message_mode="assistant_waits_for_user",
+                voice={"provider": "elevenlabs", "voice_id": "21m00Tcm4TlvDq8ikWAM"},
+                transcriber={"provider": "deepgram", "model": "nova-3"},
+            ),
+        )
+        agents.deploy(account.id, agent.id)
+        conversations = ConversationService(s, stack.settings, tokens=stack.tokens)
+        started = []
+        for _ in range(count):
+            conversation, token, _ = conversations.start_conversation(account.id, ConversationCreate(agent_id=agent.id))
+            started.append((conversation.id, token))
+        return started
+
+
+def request_context(connection_id: str, route: str, event_type: str) -> dict[str, Any]:
+    """The request context API Gateway sends (the handlers parse it with the Powertools WebSocket models)."""
+    return {
+        "domainName": WS_DOMAIN,
+        "stage": "prod",
+        "connectionId": connection_id,
+        "apiId": "bench",
+        "requestId": "bench",
+        "extendedRequestId": "bench",
+        "requestTime": "06/Dec/2026:00:00:00 +0000",
+        "requestTimeEpoch": 1796515200000,
+        "connectedAt": 1796515200000,
+        "identity": {"sourceIp": "127.0.0.1"},
+        "messageDirection": "IN",
+        "messageId": "bench",
+        "routeKey": route,
+        "eventType": event_type,
+    }
+
+
 def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
     """One measured session; ``endpoint``: a moto server's URL, or None for moto in-process (``mock_aws``)."""
     import boto3
     from botocore.config import Config
 
-    from airies.accounts.service import AccountService
-    from airies.agents.schemas import AgentCreate
-    from airies.agents.service import AgentService
-    from airies.conversations.live import ApiGatewayPoster, WebSocketService
-    from airies.conversations.schemas import ConversationCreate
-    from airies.conversations.service import ConversationService, ConversationTokens, billing_credit_gate
+    from airies.conversations.live import ApiGatewayPoster
     from airies.conversations.sessions import SessionStore
-    from airies.core.config import Settings
-    from airies.core.database import Database
-    from airies.local.ws_gateway import load_voice_handlers
-    from airies.migrations.runner import upgrade_head
     from tests.doubles.conv_engines import FakeLLM, FakeSTT, FakeTTS, fake_engines, silence
 
-    tmp = tempfile.mkdtemp(prefix="bench-conv-")
-    url = os.environ.get("BENCH_DATABASE_URL") or f"sqlite:///{tmp}/bench.db"
-    upgrade_head(url)
-    database = Database(url, pool_size=2)
-    settings = Settings(
-        stage="local",
-        data_dir=tmp,
-        ws_token_secret="b" * 32,
-        ws_management_url="https://bench.execute-api.us-east-1.amazonaws.com/prod",
-    )
+    database, url, tmp = bench_database("bench-conv-")
     # As built on Lambda (sessions.dynamodb_client, websocket.management_poster), pointed at moto.
     ddb = boto3.client("dynamodb", region_name="us-east-1", endpoint_url=endpoint)
     # The client streams in real time; the handlers see a clock that advances with the audio sent.
@@ -357,7 +477,7 @@ def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
         ApiGatewayPoster(
             boto3.client(
                 "apigatewaymanagementapi",
-                endpoint_url=endpoint or settings.ws_management_url,
+                endpoint_url=endpoint or MANAGEMENT_URL,
                 region_name="us-east-1",
                 config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2}),
             )
@@ -374,46 +494,11 @@ def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
     # API Gateway does not have. Dropping it between turns, through a client outside the measurement, keeps
     # the post round trip flat over the run.
     moto_reset = boto3.client(
-        "apigatewaymanagementapi", endpoint_url=endpoint or settings.ws_management_url, region_name="us-east-1"
+        "apigatewaymanagementapi", endpoint_url=endpoint or MANAGEMENT_URL, region_name="us-east-1"
     )
-    usage_batches = {"n": 0}
-    tokens = ConversationTokens(b"b" * 32)
-    service = WebSocketService(
-        settings,
-        database,
-        store,
-        poster_factory=lambda endpoint: poster,
-        engines=lambda session, account_id, config: engines,
-        usage_sink=lambda session: (
-            lambda events: usage_batches.__setitem__("n", usage_batches["n"] + math.ceil(len(events) / 10))
-        ),
-        credit_gate=lambda session: billing_credit_gate(settings, session),  # the real one: it is on the path
-        tokens=tokens,
-        clock=lambda: sim["t"],
-    )
-    dispatch = load_voice_handlers()
-    import voice_runtime
-
-    voice_runtime.set_service(service)
-    voice_runtime.settle()  # as voice_runtime.service() does after a cold start
-
-    with database.session() as s:
-        account, _ = AccountService(s).signup(name="Bench", email=f"bench-{uuid.uuid4().hex[:8]}@example.com")
-        agents = AgentService(s)
-        agent = agents.create(
-            account.id,
-            AgentCreate(
-                name="Bench",
-                first_message_mode="assistant_waits_for_user",
-                voice={"provider": "elevenlabs", "voice_id": "21m00Tcm4TlvDq8ikWAM"},
-                transcriber={"provider": "deepgram", "model": "nova-3"},
-            ),
-        )
-        agents.deploy(account.id, agent.id)
-        conversation, token, _ = ConversationService(s, settings, tokens=tokens).start_conversation(
-            account.id, ConversationCreate(agent_id=agent.id)
-        )
-        cid = conversation.id
+    stack = voice_stack(database, tmp, store, poster, engines, clock=lambda: sim["t"])
+    dispatch, usage_batches = stack.dispatch, stack.usage_batches
+    [(cid, token)] = started_conversations(stack, 1)
 
     # Every AWS SDK call (start, end, service), to find the ones the first audio waited for.
     sdk_calls: list[tuple[float, float, str, str]] = []
@@ -446,29 +531,14 @@ def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
             lam["turn_seconds"] += took
         return start
 
-    # The request context API Gateway sends (the handlers parse it with the Powertools WebSocket models).
-    ctx = {
-        "domainName": "bench.execute-api.us-east-1.amazonaws.com",
-        "stage": "prod",
-        "connectionId": connection_id,
-        "apiId": "bench",
-        "requestId": "bench",
-        "extendedRequestId": "bench",
-        "requestTime": "06/Dec/2026:00:00:00 +0000",
-        "requestTimeEpoch": 1796515200000,
-        "connectedAt": 1796515200000,
-        "identity": {"sourceIp": "127.0.0.1"},
-        "messageDirection": "IN",
-        "messageId": "bench",
-    }
     invoke(
         "$connect",
         {
             "queryStringParameters": {"conversation_id": cid, "token": token},
-            "headers": {"Host": ctx["domainName"]},
-            "multiValueHeaders": {"Host": [ctx["domainName"]]},
+            "headers": {"Host": WS_DOMAIN},
+            "multiValueHeaders": {"Host": [WS_DOMAIN]},
             "isBase64Encoded": False,
-            "requestContext": {**ctx, "routeKey": "$connect", "eventType": "CONNECT"},
+            "requestContext": request_context(connection_id, "$connect", "CONNECT"),
         },
     )
 
@@ -481,7 +551,7 @@ def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
             {
                 "body": raw,
                 "isBase64Encoded": False,
-                "requestContext": {**ctx, "routeKey": "$default", "eventType": "MESSAGE"},
+                "requestContext": request_context(connection_id, "$default", "MESSAGE"),
             },
         )
 
@@ -493,7 +563,7 @@ def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
     streamed_ms = 0.0
     for _ in range(turns):
         moto_reset.delete_connection(ConnectionId=connection_id)
-        poster.first_audio_at = None
+        poster.first_at = None
         trigger = None
         for pcm in (speech, pause):
             for offset in range(0, len(pcm), CHUNK_MS * 32):
@@ -503,18 +573,18 @@ def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
                 seq += 1
                 streamed_ms += len(piece) / 32
                 sim["t"] += len(piece) / 32 / 1000
-                if poster.first_audio_at is not None and trigger is None:
+                if poster.first_at is not None and trigger is None:
                     trigger = started  # this frame's trailing silence ended the utterance and ran the turn
-        if trigger is None or poster.first_audio_at is None:
+        if trigger is None or poster.first_at is None:
             sent = ddb.get_item(TableName="bench-ws-state", Key={"pk": {"S": f"conv#{cid}"}, "sk": {"S": "session"}})
             raise RuntimeError(f"no turn ran; posts so far {poster.messages}; session {sent.get('Item')}")
-        overheads.append((poster.first_audio_at - trigger) * 1000 - INJECTED_MS)
-        critical.append(critical_aws(sdk_calls, (trigger, poster.first_audio_at), waits.spans))
+        overheads.append((poster.first_at - trigger) * 1000 - INJECTED_MS)
+        critical.append(critical_aws(sdk_calls, (trigger, poster.first_at), waits.spans))
         for a, b, _, operation in sdk_calls:
             round_trips.setdefault(operation, []).append((b - a) * 1000)
         sdk_calls.clear()
         waits.spans.clear()
-        first_before_end.append(poster.first_audio_at < llm.finished_at[-1])
+        first_before_end.append(poster.first_at < llm.finished_at[-1])
         # The agent speaks while the client keeps streaming (silent) audio: count those frames too.
         agent_ms = len(REPLY) * 65
         for _ in range(int(agent_ms // CHUNK_MS)):

@@ -12,7 +12,6 @@ Target: median TTFT overhead (router - direct, paired per iteration) < 2 ms.
 from __future__ import annotations
 
 import asyncio
-import statistics
 import sys
 import time
 from typing import Any
@@ -22,14 +21,6 @@ from benchmarks import harness
 WARMUP = 30
 DEFAULT_RUNS = 300
 REPLY = "Our opening hours are nine to six from Monday to Saturday, and we are closed on Sundays."
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    return {
-        "p50_ms": round(harness.percentile(values, 50), 3),
-        "p95_ms": round(harness.percentile(values, 95), 3),
-        "mean_ms": round(statistics.fmean(values), 3),
-    }
 
 
 async def _measure(base_url: str, runs: int) -> dict[str, Any]:
@@ -109,12 +100,12 @@ async def _measure(base_url: str, runs: int) -> dict[str, Any]:
     build_account_ms = _build_with_account_keys(settings, service.router.tracker)
     return {
         "runs": runs,
-        "direct_ttft": _stats(direct_ms),
-        "router_ttft": _stats(router_ms),
-        "overhead_paired": _stats(paired),
+        "direct_ttft": harness.latency_stats(direct_ms),
+        "router_ttft": harness.latency_stats(router_ms),
+        "overhead_paired": harness.latency_stats(paired),
         "overhead_of_medians_ms": round(harness.median(router_ms) - harness.median(direct_ms), 3),
-        "build_llm_service": _stats(build_ms),
-        "build_llm_service_with_account_key_sqlite": _stats(build_account_ms),
+        "build_llm_service": harness.latency_stats(build_ms),
+        "build_llm_service_with_account_key_sqlite": harness.latency_stats(build_account_ms),
     }
 
 

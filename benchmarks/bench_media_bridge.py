@@ -81,14 +81,6 @@ def media_message(stream_sid: str, chunk: int, payload: bytes) -> str:
     return json.dumps({"event": "media", "sequenceNumber": str(chunk + 2), "streamSid": stream_sid, "media": media})
 
 
-def stats(values: list[float]) -> dict[str, float]:
-    return {
-        "p50_ms": round(harness.percentile(values, 50), 3),
-        "p95_ms": round(harness.percentile(values, 95), 3),
-        "mean_ms": round(sum(values) / len(values), 3),
-    }
-
-
 async def measure(chunks: int) -> dict[str, Any]:
     from websockets.asyncio.client import connect
     from websockets.asyncio.server import serve
@@ -154,8 +146,11 @@ async def measure(chunks: int) -> dict[str, Any]:
             bridge.server.close()
             await bridge.server.wait_closed()
     return {
-        "caller_chunk": {"bridge": stats(caller_bridge), "direct": stats(caller_direct)},
-        "agent_frame": {"bridge": stats(agent_bridge), "direct": stats(agent_direct)},
+        "caller_chunk": {
+            "bridge": harness.latency_stats(caller_bridge),
+            "direct": harness.latency_stats(caller_direct),
+        },
+        "agent_frame": {"bridge": harness.latency_stats(agent_bridge), "direct": harness.latency_stats(agent_direct)},
     }
 
 

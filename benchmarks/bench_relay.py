@@ -30,15 +30,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 import time
-import uuid
 from typing import Any
 
 from benchmarks import cost_model, harness
-from benchmarks.bench_conversation import moto_server
+from benchmarks.bench_conversation import (
+    WS_DOMAIN,
+    CountingPoster,
+    aws_env_defaults,
+    bench_database,
+    moto_server,
+    request_context,
+    started_conversations,
+    voice_stack,
+)
 
 DEFAULT_TURNS = 40
 LLM_FIRST_TOKEN_S = 0.250
@@ -54,30 +60,6 @@ ASSUMED_DDB_MS = 5.0
 TIMED_DDB = ("count_control_frame", "get", "begin_turn", "turn_status")
 REPLY = "Sure. Our clinic opens at nine in the morning on weekdays, and at ten on Saturdays. Anything else?"
 QUESTION = "What time do you open on Saturday?"
-
-
-class TimingPoster:
-    """The real API Gateway poster (moto), counting messages and 32 KB units, noting when the first reply text of
-    a turn went out (a relay ``text`` token, or a web ``agent_text`` frame), as the post is issued."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.messages = 0
-        self.units = 0
-        self.bytes_out = 0
-        self.first_text_at: float | None = None
-
-    def post(self, connection_id: str, data: bytes) -> bool:
-        if self.first_text_at is None and data.startswith((b'{"type":"text"', b'{"type":"agent_text"')):
-            self.first_text_at = time.perf_counter()  # the token leaves our code (the post's round trip follows)
-        ok = self.inner.post(connection_id, data)
-        self.messages += 1
-        self.units += max(1, math.ceil(len(data) / 32768))
-        self.bytes_out += len(data)
-        return bool(ok)
-
-    def close(self, connection_id: str) -> None:
-        self.inner.close(connection_id)
 
 
 def critical_wait(
@@ -101,11 +83,7 @@ def critical_wait(
 def run(args: Any = None) -> dict[str, Any]:
     sys.path.insert(0, str(harness.ROOT))
     turns = getattr(args, "runs", None) or DEFAULT_TURNS
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
-    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    aws_env_defaults()
     with moto_server() as endpoint:
         result = _run(turns, endpoint)
     result["aws"] = "moto server, separate process"
@@ -116,31 +94,11 @@ def _run(turns: int, endpoint: str) -> dict[str, Any]:
     import boto3
     from botocore.config import Config
 
-    from airies.accounts.service import AccountService
-    from airies.agents.schemas import AgentCreate
-    from airies.agents.service import AgentService
-    from airies.conversations.live import ApiGatewayPoster, WebSocketService
-    from airies.conversations.schemas import ConversationCreate
-    from airies.conversations.service import ConversationService, ConversationTokens, billing_credit_gate
+    from airies.conversations.live import ApiGatewayPoster
     from airies.conversations.sessions import SessionStore
-    from airies.core.config import Settings
-    from airies.core.database import Database
-    from airies.local.ws_gateway import load_voice_handlers
-    from airies.migrations.runner import upgrade_head
     from tests.doubles.conv_engines import FakeLLM, FakeSTT, FakeTTS, fake_engines
 
-    tmp = tempfile.mkdtemp(prefix="bench-relay-")
-    url = os.environ.get("BENCH_DATABASE_URL") or f"sqlite:///{tmp}/bench.db"
-    upgrade_head(url)
-    database = Database(url, pool_size=2)
-    settings = Settings(
-        stage="local",
-        data_dir=tmp,
-        ws_token_secret="b" * 32,
-        ws_management_url="https://bench.execute-api.us-east-1.amazonaws.com/prod",
-        public_ws_url="wss://bench.execute-api.us-east-1.amazonaws.com/prod",
-        ws_control_frames_per_second=1000,
-    )
+    database, url, tmp = bench_database("bench-relay-")
     ddb = boto3.client("dynamodb", region_name="us-east-1", endpoint_url=endpoint)
     store = SessionStore(ddb, "bench-relay-state")
     store.ensure_table()
@@ -164,7 +122,10 @@ def _run(turns: int, endpoint: str) -> dict[str, Any]:
         region_name="us-east-1",
         config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2}),
     )
-    poster = TimingPoster(ApiGatewayPoster(management))
+    # The first reply text of a turn (a relay ``text`` token, or a web ``agent_text`` frame), as the post is issued.
+    poster = CountingPoster(
+        ApiGatewayPoster(management), (b'{"type":"text"', b'{"type":"agent_text"'), stamp_before_post=True
+    )
     llm = FakeLLM(reply=REPLY, first_token_s=LLM_FIRST_TOKEN_S, per_token_s=LLM_PER_TOKEN_S)
     engines = fake_engines(stt=FakeSTT(), llm=llm, tts=FakeTTS())
     llm_called: list[float] = []
@@ -174,72 +135,25 @@ def _run(turns: int, endpoint: str) -> dict[str, Any]:
         return llm(request)
 
     engines.llm = timed_llm
-    usage_batches = {"n": 0}
-    tokens = ConversationTokens(b"b" * 32)
-    service = WebSocketService(
-        settings,
+    stack = voice_stack(
         database,
+        tmp,
         store,
-        poster_factory=lambda endpoint: poster,
-        engines=lambda session, account_id, config: engines,
-        usage_sink=lambda session: (
-            lambda events: usage_batches.__setitem__("n", usage_batches["n"] + math.ceil(len(events) / 10))
-        ),
-        credit_gate=lambda session: billing_credit_gate(settings, session),  # the real one: it is on the path
-        tokens=tokens,
+        poster,
+        engines,
+        settings={"public_ws_url": f"wss://{WS_DOMAIN}/prod", "ws_control_frames_per_second": 1000},
         relay_verifier=lambda conversation_id, account_id, url, signature: None,  # not on the measured path
     )
-    dispatch = load_voice_handlers()
-    import voice_runtime
-
-    voice_runtime.set_service(service)
-    voice_runtime.settle()
-
-    with database.session() as s:
-        account, _ = AccountService(s).signup(name="Bench", email=f"bench-{uuid.uuid4().hex[:8]}@example.com")
-        agents = AgentService(s)
-        agent = agents.create(
-            account.id,
-            AgentCreate(
-                name="Bench",
-                first_message_mode="assistant_waits_for_user",
-                voice={"provider": "elevenlabs", "voice_id": "21m00Tcm4TlvDq8ikWAM"},
-                transcriber={"provider": "deepgram", "model": "nova-3"},
-            ),
-        )
-        agents.deploy(account.id, agent.id)
-        conversations = ConversationService(s, settings, tokens=tokens)
-        calls = {
-            name: conversations.start_conversation(account.id, ConversationCreate(agent_id=agent.id))
-            for name in ("relay", "web")
-        }
-        started = {name: (conversation.id, token) for name, (conversation, token, _) in calls.items()}
+    dispatch, usage_batches = stack.dispatch, stack.usage_batches
+    started = dict(zip(("relay", "web"), started_conversations(stack, 2), strict=True))
 
     lam = {"invocations": 0, "seconds": 0.0}
     ws_in_units = 0
 
-    def context(connection_id: str, route: str, event_type: str) -> dict[str, Any]:
-        return {
-            "domainName": "bench.execute-api.us-east-1.amazonaws.com",
-            "stage": "prod",
-            "connectionId": connection_id,
-            "apiId": "bench",
-            "requestId": "bench",
-            "extendedRequestId": "bench",
-            "requestTime": "06/Dec/2026:00:00:00 +0000",
-            "requestTimeEpoch": 1796515200000,
-            "connectedAt": 1796515200000,
-            "identity": {"sourceIp": "127.0.0.1"},
-            "messageDirection": "IN",
-            "messageId": "bench",
-            "routeKey": route,
-            "eventType": event_type,
-        }
-
     def connect(name: str, connection_id: str) -> None:
         cid, token = started[name]
         query = {"conversation_id": cid, "token": token, **({"relay": "twilio"} if name == "relay" else {})}
-        headers = {"Host": "bench.execute-api.us-east-1.amazonaws.com", "X-Twilio-Signature": "bench"}
+        headers = {"Host": WS_DOMAIN, "X-Twilio-Signature": "bench"}
         answer = dispatch(
             "$connect",
             {
@@ -247,7 +161,7 @@ def _run(turns: int, endpoint: str) -> dict[str, Any]:
                 "headers": headers,
                 "multiValueHeaders": {k: [v] for k, v in headers.items()},
                 "isBase64Encoded": False,
-                "requestContext": context(connection_id, "$connect", "CONNECT"),
+                "requestContext": request_context(connection_id, "$connect", "CONNECT"),
             },
         )
         if answer.get("statusCode") != 200:
@@ -259,7 +173,7 @@ def _run(turns: int, endpoint: str) -> dict[str, Any]:
         event = {
             "body": raw,
             "isBase64Encoded": False,
-            "requestContext": context(connection_id, "$default", "MESSAGE"),
+            "requestContext": request_context(connection_id, "$default", "MESSAGE"),
         }
         start = time.perf_counter()
         dispatch("$default", event)
@@ -287,17 +201,17 @@ def _run(turns: int, endpoint: str) -> dict[str, Any]:
             ("web", web_conn, {"action": "text", "text": QUESTION}),
         ):
             management.delete_connection(ConnectionId=connection_id)  # moto keeps every posted byte; drop them
-            poster.first_text_at = None
+            poster.first_at = None
             units, sent, out = poster.units, poster.messages, poster.bytes_out
             w, r = store.ops["write"], store.ops["read"]
             ddb_calls.clear()
             start = send(connection_id, body, count=name == "relay")
-            if poster.first_text_at is None:
+            if poster.first_at is None:
                 raise RuntimeError(f"the {name} turn posted no text")
-            overheads[name].append((poster.first_text_at - start) * 1000 - LLM_FIRST_TOKEN_S * 1000)
+            overheads[name].append((poster.first_at - start) * 1000 - LLM_FIRST_TOKEN_S * 1000)
             before_llm[name].append((llm_called[-1] - start) * 1000)
             if name == "relay":
-                waited, trips = critical_wait(ddb_calls, start, llm_called[-1], poster.first_text_at)
+                waited, trips = critical_wait(ddb_calls, start, llm_called[-1], poster.first_at)
                 critical_ddb.append(waited * 1000)
                 critical_trips.append(trips)
                 relay_bytes += poster.bytes_out - out
@@ -423,7 +337,6 @@ def _run(turns: int, endpoint: str) -> dict[str, Any]:
                 OVERHEAD_TARGET_MS,
                 "ms",
             ),
-            # per 1,000 minutes: the harness rounds to 3 decimals
-            harness.target("AWS cost per 1,000 phone minutes (our side)", total * 1000, COST_TARGET * 1000, "USD"),
+            harness.target("AWS cost per phone minute (our side)", total, COST_TARGET, "USD", digits=6),
         ],
     }

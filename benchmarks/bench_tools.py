@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import statistics
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -28,14 +27,6 @@ from benchmarks import harness
 
 WARMUP = 20
 DEFAULT_RUNS = 300
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    return {
-        "p50_ms": round(harness.percentile(values, 50), 3),
-        "p95_ms": round(harness.percentile(values, 95), 3),
-        "mean_ms": round(statistics.fmean(values), 3),
-    }
 
 
 async def _measure(server: Any, runs: int) -> dict[str, Any]:
@@ -130,12 +121,12 @@ async def _measure(server: Any, runs: int) -> dict[str, Any]:
     await bare.aclose()
     figures = {
         "runs": runs,
-        "tool_out": _stats(out),
-        "tool_back": _stats(back),
-        "tool_round_trip_overhead": _stats(total),
-        "baseline_out": _stats(base_out),
-        "baseline_back": _stats(base_back),
-        "baseline_total": _stats(base_total),
+        "tool_out": harness.latency_stats(out),
+        "tool_back": harness.latency_stats(back),
+        "tool_round_trip_overhead": harness.latency_stats(total),
+        "baseline_out": harness.latency_stats(base_out),
+        "baseline_back": harness.latency_stats(base_back),
+        "baseline_total": harness.latency_stats(base_total),
     }
     figures["ratio_p95"] = round(
         figures["tool_round_trip_overhead"]["p95_ms"] / max(figures["baseline_total"]["p95_ms"], 1e-6), 2

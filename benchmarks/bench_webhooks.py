@@ -123,17 +123,6 @@ def _sqs_event(messages: list[Any]) -> dict[str, Any]:
     }
 
 
-class _ListQueue:
-    def __init__(self) -> None:
-        self.messages: list[Any] = []
-
-    def send(self, message: Any, delay_s: int = 0) -> None:
-        self.messages.append(message)
-
-    def dead_letter(self, message: Any, reason: str) -> None:
-        raise RuntimeError(f"dead-lettered: {reason}")
-
-
 def measure_throughput(events: int, batch: int) -> dict[str, Any]:
     import httpx
 
@@ -145,15 +134,12 @@ def measure_throughput(events: int, batch: int) -> dict[str, Any]:
     from airies.webhooks.delivery import WebhookDeliverer
     from airies.webhooks.schemas import EndpointPut
     from airies.webhooks.service import WebhookService
-    from tests.doubles.webhook_receiver import WebhookReceiver
+    from tests.doubles.webhook_receiver import ListQueue, WebhookReceiver
 
     folder = Path(tempfile.mkdtemp(prefix="bench-webhooks-"))
     url = f"sqlite:///{folder / 'bench.db'}"
     upgrade_head(url)
     with WebhookReceiver() as receiver:
-        # Answer in one segment: http.server writes headers and body apart, and with Nagle on the second write waits
-        # for the client's delayed ACK (~40 ms), which would measure the receiver instead of the delivery.
-        receiver._server.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[union-attr]
         settings = Settings(stage="local", data_dir=folder, database_url=url, url_guard_allowed_hosts=receiver.host)
         database = Database(url)
         from airies.accounts.models import Account
@@ -165,7 +151,7 @@ def measure_throughput(events: int, batch: int) -> dict[str, Any]:
                 "acc_bench", None, EndpointPut(url=receiver.url, events=["turn.completed"])
             )
             receiver.secret = endpoint.secret or ""
-        queue = _ListQueue()
+        queue = ListQueue()
         data = {
             "conversation_id": "conv_bench",
             "turn_id": "turn_bench",
@@ -261,20 +247,20 @@ def run(args: Any = None) -> dict[str, Any]:
         "ratio_to_baseline": ratio,
         "cost_per_conversation": cost,
         "targets": [
-            {
-                "name": "webhook delivery time per event (one function, sequential batches)",
-                "value": round(figures["delivery_ms_per_event"], 2),
-                "limit": TARGET_MS_PER_EVENT,
-                "unit": "ms",
-                "ok": figures["delivery_ms_per_event"] <= TARGET_MS_PER_EVENT,
-            },
-            {
-                "name": "added AWS cost per conversation (webhooks + analysis)",
-                "value": round(cost["total"], 8),
-                "limit": TARGET_COST_PER_CONVERSATION,
-                "unit": "USD",
-                "ok": cost["total"] <= TARGET_COST_PER_CONVERSATION,
-            },
+            harness.target(
+                "webhook delivery time per event (one function, sequential batches)",
+                figures["delivery_ms_per_event"],
+                TARGET_MS_PER_EVENT,
+                "ms",
+                digits=2,
+            ),
+            harness.target(
+                "added AWS cost per conversation (webhooks + analysis)",
+                cost["total"],
+                TARGET_COST_PER_CONVERSATION,
+                "USD",
+                digits=8,
+            ),
         ],
     }
 

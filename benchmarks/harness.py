@@ -85,5 +85,15 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     return path
 
 
-def target(name: str, value: float, limit: float, unit: str) -> dict[str, Any]:
-    return {"name": name, "value": round(value, 3), "limit": limit, "unit": unit, "ok": value <= limit}
+def latency_stats(values: Sequence[float]) -> dict[str, float]:
+    """p50, p95 and mean of latencies in milliseconds, to 3 decimals."""
+    return {
+        "p50_ms": round(percentile(values, 50), 3),
+        "p95_ms": round(percentile(values, 95), 3),
+        "mean_ms": round(statistics.fmean(values), 3),
+    }
+
+
+def target(name: str, value: float, limit: float, unit: str, *, digits: int = 3) -> dict[str, Any]:
+    """One target for the results: ``value`` (rounded to ``digits``) is ok when at most ``limit``."""
+    return {"name": name, "value": round(value, digits), "limit": limit, "unit": unit, "ok": value <= limit}

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
 from airies.core.config import PROJECT_ROOT
+from airies.webhooks.schemas import DeliveryMessage
 
 DOC = PROJECT_ROOT / "docs" / "webhooks.md"
 
@@ -40,6 +41,19 @@ class Received:
     @property
     def event(self) -> dict[str, Any]:
         return json.loads(self.body)
+
+
+class ListQueue:
+    """The delivery queue, in memory: the caller hands each message to the worker itself."""
+
+    def __init__(self) -> None:
+        self.messages: list[DeliveryMessage] = []
+
+    def send(self, message: DeliveryMessage, delay_s: int = 0) -> None:
+        self.messages.append(message)
+
+    def dead_letter(self, message: DeliveryMessage, reason: str) -> None:
+        raise AssertionError(f"dead-lettered: {reason}")
 
 
 class WebhookReceiver:
@@ -99,6 +113,9 @@ class WebhookReceiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Answer in one segment: http.server writes headers and body apart, and with Nagle on the second write
+            # waits for the client's delayed ACK (~40 ms), which would time the receiver instead of the delivery.
+            disable_nagle_algorithm = True
 
             def do_POST(self) -> None:
                 receiver._answer(self)

@@ -19,27 +19,14 @@ from airies.conversations.service import ConversationService
 from airies.core.config import Settings
 from airies.webhooks.delivery import WebhookDeliverer
 from airies.webhooks.models import WebhookDelivery
-from airies.webhooks.schemas import DeliveryMessage, EndpointPut
+from airies.webhooks.schemas import EndpointPut
 from airies.webhooks.service import WebhookPublisher, WebhookService
 from tests.doubles.conv_engines import FakeLLM, fake_engines
-from tests.doubles.webhook_receiver import WebhookReceiver
+from tests.doubles.webhook_receiver import ListQueue, WebhookReceiver
 from tests.integration.test_conv_api import deployed_agent, engines, live_sessions, start  # noqa: F401
 from tests.integration.test_conv_handlers import Harness, frames_of
 
 EVENTS = ["conversation.started", "conversation.ended", "turn.completed", "transcript.updated"]
-
-
-class ListQueue:
-    """The delivery queue, in memory: the test hands each message to the worker itself."""
-
-    def __init__(self) -> None:
-        self.messages: list[DeliveryMessage] = []
-
-    def send(self, message: DeliveryMessage, delay_s: int = 0) -> None:
-        self.messages.append(message)
-
-    def dead_letter(self, message: DeliveryMessage, reason: str) -> None:
-        raise AssertionError(f"dead-lettered: {reason}")
 
 
 @pytest.fixture

@@ -49,8 +49,8 @@ def twilio() -> Iterator[TwilioDouble]:
         yield double
 
 
-@pytest.fixture
-def settings(tmp_path: Path, twilio: TwilioDouble) -> Settings:
+def telephony_settings(tmp_path: Path, twilio: TwilioDouble, **extra: Any) -> Settings:
+    """Settings for a platform whose Twilio is the double and whose public URLs are the test ones."""
     return Settings(
         stage="local",
         usage_queue_url=None,  # usage straight into the ledger (tests/conftest.py says why it is pinned)
@@ -60,7 +60,13 @@ def settings(tmp_path: Path, twilio: TwilioDouble) -> Settings:
         twilio_api_base=twilio.url,
         public_api_url=PUBLIC_API,
         public_ws_url=PUBLIC_WS,
+        **extra,
     )
+
+
+@pytest.fixture
+def settings(tmp_path: Path, twilio: TwilioDouble) -> Settings:
+    return telephony_settings(tmp_path, twilio)
 
 
 def import_number(client, auth, twilio: TwilioDouble, number: str = NUMBER, **body: Any) -> dict:  # type: ignore[no-untyped-def]

@@ -17,7 +17,6 @@ from tests.integration.test_conv_api import deployed_agent
 from tests.integration.test_telephony_api import (
     NUMBER,
     PHONE_AGENT,
-    PUBLIC_API,
     PUBLIC_WS,
     STATUS_URL,
     VOICE_URL,
@@ -26,6 +25,7 @@ from tests.integration.test_telephony_api import (
     inbound_form,
     post_signed,
     relay_of,
+    telephony_settings,
     twilio,  # noqa: F401  (the Twilio double fixture)
 )
 
@@ -34,17 +34,7 @@ BRIDGE = "wss://bridge.example.test/twilio"
 
 @pytest.fixture
 def settings(tmp_path: Path, twilio: TwilioDouble) -> Settings:  # noqa: F811
-    return Settings(
-        stage="local",
-        usage_queue_url=None,  # usage straight into the ledger (tests/conftest.py says why it is pinned)
-        webhook_queue_url=None,
-        data_dir=tmp_path,
-        allow_public_signup=True,
-        twilio_api_base=twilio.url,
-        public_api_url=PUBLIC_API,
-        public_ws_url=PUBLIC_WS,
-        media_bridge_url=BRIDGE,
-    )
+    return telephony_settings(tmp_path, twilio, media_bridge_url=BRIDGE)
 
 
 def stream_of(twiml: str) -> tuple[str, dict[str, str]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,6 @@ from urllib.parse import parse_qsl, urlsplit
 
 import boto3
 import pytest
-from moto import mock_aws
 from sqlalchemy import select
 
 from airies.billing.models import UsageEventRecord
@@ -32,7 +31,13 @@ from tests.doubles.conv_engines import FakeLLM, fake_engines
 from tests.doubles.relay_client import RelayClient
 from tests.doubles.twilio_server import TwilioDouble, new_sid
 from tests.integration.test_conv_api import deployed_agent
-from tests.integration.test_conv_handlers import ENDPOINT, Clock, ClosingPoster, frames_of
+from tests.integration.test_conv_handlers import (  # noqa: F401  (aws: the moto fixture)
+    ENDPOINT,
+    Clock,
+    ClosingPoster,
+    aws,
+    frames_of,
+)
 from tests.integration.test_telephony_api import (
     PHONE_AGENT,
     PUBLIC_API,
@@ -43,6 +48,8 @@ from tests.integration.test_telephony_api import (
     inbound_form,
     post_signed,
     relay_of,
+    telephony_settings,
+    twilio,  # noqa: F401  (the Twilio double fixture)
 )
 
 ACTION_URL = f"{PUBLIC_API}/api/v1/telephony/twilio/relay-action"
@@ -51,38 +58,15 @@ REPLY = "We open at nine on weekdays. Anything else?"
 
 
 @pytest.fixture
-def twilio() -> Iterator[TwilioDouble]:
-    with TwilioDouble() as double:
-        yield double
-
-
-@pytest.fixture
-def settings(tmp_path: Path, twilio: TwilioDouble) -> Settings:
-    return Settings(
-        stage="local",
-        usage_queue_url=None,  # usage straight into the ledger (tests/conftest.py says why it is pinned)
-        webhook_queue_url=None,
-        data_dir=tmp_path,
-        allow_public_signup=True,
-        twilio_api_base=twilio.url,
-        public_api_url=PUBLIC_API,
-        public_ws_url=PUBLIC_WS,
-        ws_management_url=ENDPOINT,
-        ws_token_secret=SECRET,
-    )
-
-
-@pytest.fixture
-def aws() -> Iterator[None]:
-    with mock_aws():
-        yield
+def settings(tmp_path: Path, twilio: TwilioDouble) -> Settings:  # noqa: F811
+    return telephony_settings(tmp_path, twilio, ws_management_url=ENDPOINT, ws_token_secret=SECRET)
 
 
 class Phone:
     """One account with an agent on an imported number, and the live edge a relay connects to."""
 
-    def __init__(self, client: Any, auth: dict[str, str], twilio: TwilioDouble, database: Any, settings: Settings):
-        self.client, self.auth, self.twilio, self.database, self.settings = client, auth, twilio, database, settings
+    def __init__(self, client: Any, auth: dict[str, str], double: TwilioDouble, database: Any, settings: Settings):
+        self.client, self.auth, self.twilio, self.database, self.settings = client, auth, double, database, settings
         self.clock = Clock(time.time())
         self.store = SessionStore(boto3.client("dynamodb", region_name="us-east-1"), "relay-test", clock=self.clock)
         self.store.ensure_table()
@@ -114,15 +98,18 @@ class Phone:
         assert answer.status_code == 200, answer.text
         url = relay_of(answer.text).get("url") or ""
         conversation_id = dict(parse_qsl(urlsplit(url).query))["conversation_id"]
-        relay = RelayClient(
+        return self.relay(url, call_sid=form["CallSid"]), conversation_id
+
+    def relay(self, url: str, call_sid: str | None = None) -> RelayClient:
+        """A relay client for ``url`` on this number's account (a fresh call SID unless one is given)."""
+        return RelayClient(
             self.service,
             url,
             self.number["auth_token"],
             frames_of,
             account_sid=self.number["carrier_account_sid"],
-            call_sid=form["CallSid"],
+            call_sid=call_sid,
         )
-        return relay, conversation_id
 
     def connected(self) -> tuple[RelayClient, str]:
         relay, conversation_id = self.call()
@@ -142,7 +129,7 @@ class Phone:
 
 
 @pytest.fixture
-def phone(aws, client, auth, twilio, database, settings) -> Phone:  # type: ignore[no-untyped-def]
+def phone(aws, client, auth, twilio, database, settings) -> Phone:  # type: ignore[no-untyped-def]  # noqa: F811
     return Phone(client, auth, twilio, database, settings)
 
 
@@ -355,9 +342,7 @@ def test_a_web_conversation_cannot_open_a_relay(phone: Phone) -> None:
     assert response.status_code == 201, response.text
     started = response.json()
     url = f"{PUBLIC_WS}?conversation_id={started['id']}&token={started['token']}&relay=twilio"
-    relay = RelayClient(
-        phone.service, url, phone.number["auth_token"], frames_of, account_sid=phone.number["carrier_account_sid"]
-    )
+    relay = phone.relay(url)
     answer = relay.connect()
     assert answer["statusCode"] == 403 and json.loads(answer["body"])["code"] == "not_a_phone_call"
 
@@ -385,14 +370,7 @@ def test_outbound_call_relay_records_its_own_greeting(phone: Phone) -> None:
     assert response.status_code == 201, response.text
     call = response.json()
     url = relay_of(phone.twilio.calls[call["call_sid"]]["form"]["Twiml"][0]).get("url") or ""
-    relay = RelayClient(
-        phone.service,
-        url,
-        phone.number["auth_token"],
-        frames_of,
-        account_sid=phone.number["carrier_account_sid"],
-        call_sid=call["call_sid"],
-    )
+    relay = phone.relay(url, call_sid=call["call_sid"])
     assert relay.connect()["statusCode"] == 200
     relay.setup(direction="outbound-api")
     relay.prompt("Yes, go on.")

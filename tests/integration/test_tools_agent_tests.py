@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from airies.core.config import Settings
-from airies.llm.service import reset_health_trackers
 from tests.doubles.openai_server import OpenAIDouble, Reply
 from tests.doubles.tool_server import ToolServer
+from tests.integration.test_llm_api import fresh_health  # noqa: F401  (autouse: fresh provider health per test)
 
 
 @pytest.fixture
@@ -36,13 +36,6 @@ def settings(tmp_path: Path, double: OpenAIDouble, tool_server: ToolServer) -> S
         openai_base_url=double.base_url,
         url_guard_allowed_hosts=tool_server.host,
     )
-
-
-@pytest.fixture(autouse=True)
-def fresh_health():
-    reset_health_trackers()
-    yield
-    reset_health_trackers()
 
 
 def agent(client, auth, server: ToolServer) -> str:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from moto import mock_aws
 
 from airies.conversations.turns import TurnEngines
 from airies.core.config import Settings
@@ -21,9 +20,9 @@ from airies.webhooks.service import WebhookPublisher
 from tests.doubles.conv_engines import FakeSTT, FakeTTS
 from tests.doubles.openai_server import OpenAIDouble, Reply
 from tests.doubles.tool_server import ToolServer
-from tests.doubles.webhook_receiver import WebhookReceiver
-from tests.integration.test_conv_events import ListQueue, deliver_all, received
-from tests.integration.test_conv_handlers import Harness, frames_of, types
+from tests.doubles.webhook_receiver import ListQueue, WebhookReceiver
+from tests.integration.test_conv_events import deliver_all, received
+from tests.integration.test_conv_handlers import Harness, aws, frames_of, types  # noqa: F401  (aws: a fixture)
 
 SECRET = "whsec_calltest"
 
@@ -76,7 +75,25 @@ def socket_engines(openai: OpenAIDouble, server: ToolServer, settings: Settings)
     return TurnEngines(llm=llm.stream, stt=FakeSTT(), tts=FakeTTS(), tools=runner)
 
 
-def test_a_websocket_call_runs_a_tool_and_answers_from_its_result(aws, database, settings, openai, tool_server):
+def connected_call(
+    database: Any, settings: Settings, openai: OpenAIDouble, server: ToolServer, **agent: Any
+) -> tuple[Harness, str, str]:
+    """A web call connected to an agent that waits for the caller, its LLM the wire double and its tools guarded:
+    the harness, the conversation's id and the connection's id."""
+    h = Harness(
+        database,
+        settings,
+        socket_engines(openai, server, settings),
+        first_message_mode="assistant_waits_for_user",
+        **agent,
+    )
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    return h, cid, conn
+
+
+@pytest.mark.usefixtures("aws")
+def test_a_websocket_call_runs_a_tool_and_answers_from_its_result(database, settings, openai, tool_server):
     tool_server.responders["check_order"] = lambda arguments: {
         "result": {"order": arguments["order_id"], "eta": "Monday"}
     }
@@ -86,15 +103,7 @@ def test_a_websocket_call_runs_a_tool_and_answers_from_its_result(aws, database,
         ),
         Reply(text="Order A1 arrives Monday."),
     )
-    h = Harness(
-        database,
-        settings,
-        socket_engines(openai, tool_server, settings),
-        first_message_mode="assistant_waits_for_user",
-        tools=[order_tool(tool_server)],
-    )
-    cid, token = h.start()
-    conn, _ = h.connect(cid, token)
+    h, cid, conn = connected_call(database, settings, openai, tool_server, tools=[order_tool(tool_server)])
     h.send(conn, {"action": "text", "text": "Where is my order A1?"})
     frames = frames_of(conn)
     said = [f["delta"].strip() for f in frames if f["type"] == "agent_text"]
@@ -118,21 +127,14 @@ def test_a_websocket_call_runs_a_tool_and_answers_from_its_result(aws, database,
     assert stored["duration_ms"] >= 0 and turn.latency["tool_ms"] >= stored["duration_ms"] - 1
 
 
-def test_a_failing_tool_speaks_its_failure_message_and_the_llm_is_told(aws, database, settings, openai, tool_server):
+@pytest.mark.usefixtures("aws")
+def test_a_failing_tool_speaks_its_failure_message_and_the_llm_is_told(database, settings, openai, tool_server):
     tool_server.status = 500
     openai.script(
         Reply(text="", tool_calls=[{"id": "call_b", "name": "check_order", "arguments": '{"order_id": "B2"}'}]),
         Reply(text="Please try again later."),
     )
-    h = Harness(
-        database,
-        settings,
-        socket_engines(openai, tool_server, settings),
-        first_message_mode="assistant_waits_for_user",
-        tools=[order_tool(tool_server)],
-    )
-    cid, token = h.start()
-    conn, _ = h.connect(cid, token)
+    h, cid, conn = connected_call(database, settings, openai, tool_server, tools=[order_tool(tool_server)])
     h.send(conn, {"action": "text", "text": "Where is B2?"})
     said = [f["delta"].strip() for f in frames_of(conn) if f["type"] == "agent_text"]
     assert said == ["One moment while I check.", "Sorry, I could not check.", "Please try again later."]
@@ -141,7 +143,8 @@ def test_a_failing_tool_speaks_its_failure_message_and_the_llm_is_told(aws, data
     assert turn.tool_calls[0]["status"] == "failed" and turn.tool_calls[0]["http_status"] == 500
 
 
-def test_transfer_on_a_web_call_is_answered_not_available(aws, database, settings, openai, tool_server):
+@pytest.mark.usefixtures("aws")
+def test_transfer_on_a_web_call_is_answered_not_available(database, settings, openai, tool_server):
     openai.script(
         Reply(
             text="",
@@ -149,26 +152,13 @@ def test_transfer_on_a_web_call_is_answered_not_available(aws, database, setting
         ),
         Reply(text="I cannot transfer you from here."),
     )
-    h = Harness(
-        database,
-        settings,
-        socket_engines(openai, tool_server, settings),
-        first_message_mode="assistant_waits_for_user",
-        builtin_tools={"transfer_call": {"enabled": True, "destinations": ["+15551234567"]}},
-    )
-    cid, token = h.start()
-    conn, _ = h.connect(cid, token)
+    transfer = {"transfer_call": {"enabled": True, "destinations": ["+15551234567"]}}
+    h, cid, conn = connected_call(database, settings, openai, tool_server, builtin_tools=transfer)
     h.send(conn, {"action": "text", "text": "Get me a human"})
     assert "transfer_call" in [t["function"]["name"] for t in openai.requests[0].body["tools"]]
     assert "not available on this channel" in openai.requests[1].body["messages"][-1]["content"]
     [turn] = h.turns(cid)
     assert turn.tool_calls[0]["status"] == "unavailable" and h.conversation(cid).status != "ended"
-
-
-@pytest.fixture
-def aws():
-    with mock_aws():
-        yield
 
 
 # -- REST /message with the production engines (offline responder, guarded runner, signed with the agent's secret) --

@@ -22,7 +22,7 @@ from airies.conversations.lifecycle import Lifecycle
 from airies.conversations.live_runtime import LiveRuntime, Poster, SocketSink, background
 from airies.conversations.models import Conversation
 from airies.conversations.service import ConversationService
-from airies.conversations.sessions import ENDED, ControlFlood, LiveSession
+from airies.conversations.sessions import LiveSession
 from airies.conversations.turns import TurnEngines, TurnInput, TurnMode, TurnResult, TurnRunner
 from airies.core.aio import run_sync
 from airies.core.errors import ConflictError, NotFoundError
@@ -167,12 +167,7 @@ class TurnOrchestrator:
             return previous
         # Refused with the count: a flood, a call that ended, or a wrong guess of the second's count. The count
         # alone tells (and counts the frame), then the claim is made as usual.
-        try:
-            session = self.store.count_control_frame(cid, limit)
-        except ControlFlood as exc:
-            raise wp.ProtocolError("rate_limited", "too many control frames; slow down") from exc
-        if session is None or session.state == ENDED:
-            raise wp.ProtocolError("conversation_ended", "this conversation has ended")
+        self.runtime.counted_session(cid, limit)
         return self.store.begin_turn(
             cid,
             request.turn_id,

@@ -90,6 +90,14 @@ class _Outcome:
     stored: bool = False
 
 
+# The frame's count refused the turn (a flood, a call already over): a refused frame, not a failed turn.
+REFUSED_FRAME_CODES = frozenset({"rate_limited", "conversation_ended"})
+
+
+def _refused_frame(exc: Exception) -> bool:
+    return isinstance(exc, wp.ProtocolError) and exc.code in REFUSED_FRAME_CODES
+
+
 class TurnOrchestrator:
     def __init__(self, runtime: LiveRuntime, lifecycle: Lifecycle, barge_in: BargeIn) -> None:
         self.runtime = runtime
@@ -120,8 +128,8 @@ class TurnOrchestrator:
                     return None  # another invocation took the turn while the model was asked: nothing is stored
                 with self.runtime.database.session() as db:
                     outcome.closed = self._record(self.runtime.conversations(db), session, outcome.result)
-        except Exception:
-            if self.runtime.turn_metrics is not None:
+        except Exception as exc:
+            if self.runtime.turn_metrics is not None and not _refused_frame(exc):
                 self.runtime.turn_metrics.failed()
             raise
         finally:

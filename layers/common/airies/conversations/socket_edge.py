@@ -199,14 +199,12 @@ class SocketEdge:
         """The live state once the caller's speech is counted. Frames run concurrently, so an end_of_utterance
         sent right after the last audio frames can be handled before they are counted: wait for them a little
         (at most EOU_AUDIO_WAIT_S) instead of answering no_audio to a caller who spoke."""
-        deadline = time.monotonic() + EOU_AUDIO_WAIT_S
-        while session.speech_ms <= 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-            latest = self.store.get(session.conversation_id)
-            if latest is None:
-                break
-            session = latest
-        return session
+        if session.speech_ms > 0:
+            return session
+        latest = self.store.wait_until(
+            session.conversation_id, lambda live: live.speech_ms > 0, EOU_AUDIO_WAIT_S, interval_s=0.02
+        )
+        return latest if latest is not None else session
 
     def _utterance_hint(self, conversation_id: str) -> LiveSession | None:
         """The live state as this container's last audio chunk left it, if it holds the caller's speech (the

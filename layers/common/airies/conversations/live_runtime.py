@@ -34,7 +34,6 @@ from airies.conversations.service import (
     billing_credit_gate,
     billing_usage_sink,
     build_engines,
-    reset_usage_publishers,
     token_secret,
 )
 from airies.conversations.sessions import ENDED, ControlFlood, LiveSession, SessionStore
@@ -88,10 +87,9 @@ _management_clients: dict[str, Any] = {}
 
 def reset_after_restore() -> None:
     """SnapStart: what a snapshot froze is stale after restore. Drop the cached API Gateway Management clients
-    (their pooled HTTPS connections and credentials) and the usage publishers' SQS clients, and make every thread
-    build a new event loop."""
+    (their pooled HTTPS connections and credentials) and make every thread build a new event loop (the usage
+    publishers' SQS clients are dropped by their own restore hook, in ``service``)."""
     _management_clients.clear()
-    reset_usage_publishers()
     reset_event_loops()
 
 

@@ -204,10 +204,16 @@ class SocketSink:
                 self.connections = set(claimed.connections)
         if self.lost:
             return 0
-        data = wp.encode(message)
+        # A relay connection's poster translates the frame before it is encoded; others get it encoded once.
+        relay = self.poster if isinstance(self.poster, RelayPoster) else None
+        data = wp.encode(message) if relay is None else b""
         delivered = 0
         for connection_id in sorted(self.connections):
-            if self.poster.post(connection_id, data):
+            if (
+                relay.post_message(connection_id, message)
+                if relay is not None
+                else self.poster.post(connection_id, data)
+            ):
                 delivered += 1
             else:
                 self.connections.discard(connection_id)

@@ -17,7 +17,7 @@ from airies.local.invoke import LambdaContext, _clear_container_caches, load_han
 from airies.local.template import function_environment
 from tests.doubles.conv_engines import FakeLLM, fake_engines
 from tests.doubles.openai_server import OpenAIDouble, Reply
-from tests.integration.test_conv_handlers import Harness
+from tests.integration.test_conv_handlers import Harness, frames_of
 from tests.integration.test_llm_router import make_router
 
 LATENCIES = {
@@ -130,3 +130,25 @@ def test_a_turn_the_router_moved_to_its_fallback_counts_a_provider_failover(
     (doc,) = [d for d in emf_documents(out) if "TurnDuration" in d]
     units = {m["Name"]: m["Unit"] for m in doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
     assert units["ProviderFailovers"] == "Count" and doc["ProviderFailovers"] in (1.0, [1.0])
+
+
+def test_a_typed_turn_the_flood_guard_refuses_is_no_failed_turn(database, settings, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A text frame over the control-frame limit is refused by its turn's claim: an error frame, not a failed turn."""
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    with mock_aws():
+        h = Harness(database, settings, fake_engines(), first_message_mode="assistant_waits_for_user")
+        h.service.runtime.turn_metrics = TurnMetrics(
+            MonitoringService(metrics=observability.metrics, logger=observability.logger)
+        )
+        cid, token = h.start()
+        conn, _ = h.connect(cid, token)
+        for _ in range(10):  # the second's 10 control frames (the clock stands still); the live state is now known
+            h.send(conn, {"action": "ping"})
+        capsys.readouterr()
+        h.send(conn, {"action": "text", "text": "When do you open?"})
+        observability.metrics.flush_metrics()
+        out = capsys.readouterr().out
+        refused = frames_of(conn)[-1]
+        assert h.turns(cid) == []
+    assert refused["type"] == "error" and refused["code"] == "rate_limited"
+    assert not [d for d in emf_documents(out) if "TurnsFailed" in d]

@@ -6,10 +6,13 @@ messages answered with an error and nothing stored, forged handshakes refused.""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -57,6 +60,41 @@ SECRET = "k" * 32
 REPLY = "We open at nine on weekdays. Anything else?"
 
 
+class CountingPoster(ClosingPoster):
+    """The harness poster, telling who waits when its posts reach a count."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.posted = threading.Condition()
+
+    def post(self, connection_id: str, data: bytes) -> bool:
+        try:
+            return super().post(connection_id, data)
+        finally:
+            with self.posted:
+                self.posted.notify_all()
+
+    def wait_for(self, posts: int) -> None:
+        with self.posted:
+            self.posted.wait_for(lambda: self.posts >= posts, timeout=10)
+
+
+@dataclass
+class PacedLLM(FakeLLM):
+    """A model slower than the posts: each word is written once the one before it was posted to the relay."""
+
+    poster: CountingPoster | None = None
+
+    async def __call__(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+        base = self.poster.posts if self.poster is not None else 0
+        written = 0
+        async for event in super().__call__(request):
+            if isinstance(event, TextDelta) and written and self.poster is not None:
+                await asyncio.to_thread(self.poster.wait_for, base + written)
+            written += isinstance(event, TextDelta)
+            yield event
+
+
 @pytest.fixture
 def settings(tmp_path: Path, twilio: TwilioDouble) -> Settings:  # noqa: F811
     return telephony_settings(tmp_path, twilio, ws_management_url=ENDPOINT, ws_token_secret=SECRET)
@@ -70,10 +108,10 @@ class Phone:
         self.clock = Clock(time.time())
         self.store = SessionStore(boto3.client("dynamodb", region_name="us-east-1"), "relay-test", clock=self.clock)
         self.store.ensure_table()
-        self.poster = ClosingPoster(
+        self.poster = CountingPoster(
             boto3.client("apigatewaymanagementapi", endpoint_url=ENDPOINT, region_name="us-east-1")
         )
-        self.engines = fake_engines(llm=FakeLLM(reply=REPLY))
+        self.engines = fake_engines(llm=PacedLLM(reply=REPLY, poster=self.poster))
         self.service = WebSocketService(
             settings,
             database,

@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.orm import Session
 
-from airies.agents.schemas import AgentConfig
+from airies.agents.schemas import AgentConfig, FirstMessageMode
 from airies.conversations import protocol as wp
 from airies.conversations.events import EventPublisher
 from airies.conversations.relay_protocol import RelayPoster
@@ -34,10 +34,9 @@ from airies.conversations.service import (
     billing_credit_gate,
     billing_usage_sink,
     build_engines,
-    reset_usage_publishers,
     token_secret,
 )
-from airies.conversations.sessions import LiveSession, SessionStore
+from airies.conversations.sessions import ENDED, ControlFlood, LiveSession, SessionStore
 from airies.conversations.turn_metrics import TurnMetrics
 from airies.conversations.turns import TurnEngines
 from airies.core.aio import reset_event_loops
@@ -88,10 +87,9 @@ _management_clients: dict[str, Any] = {}
 
 def reset_after_restore() -> None:
     """SnapStart: what a snapshot froze is stale after restore. Drop the cached API Gateway Management clients
-    (their pooled HTTPS connections and credentials) and the usage publishers' SQS clients, and make every thread
-    build a new event loop."""
+    (their pooled HTTPS connections and credentials) and make every thread build a new event loop (the usage
+    publishers' SQS clients are dropped by their own restore hook, in ``service``)."""
     _management_clients.clear()
-    reset_usage_publishers()
     reset_event_loops()
 
 
@@ -206,10 +204,16 @@ class SocketSink:
                 self.connections = set(claimed.connections)
         if self.lost:
             return 0
-        data = wp.encode(message)
+        # A relay connection's poster translates the frame before it is encoded; others get it encoded once.
+        relay = self.poster if isinstance(self.poster, RelayPoster) else None
+        data = wp.encode(message) if relay is None else b""
         delivered = 0
         for connection_id in sorted(self.connections):
-            if self.poster.post(connection_id, data):
+            if (
+                relay.post_message(connection_id, message)
+                if relay is not None
+                else self.poster.post(connection_id, data)
+            ):
                 delivered += 1
             else:
                 self.connections.discard(connection_id)
@@ -352,6 +356,38 @@ class LiveRuntime:
         if config is None:
             config = self.configs.put(session.conversation_id, AgentConfig.model_validate(session.config))
         return config
+
+    def counted_session(self, conversation_id: str, limit: int) -> LiveSession:
+        """Count one control frame against the flood guard (``limit`` per second) and return the live state the
+        count read (one write, no separate read), kept as this container's hint. ``ProtocolError``: ``rate_limited``
+        for a flood, ``conversation_ended`` when the call is over."""
+        try:
+            session = self.store.count_control_frame(conversation_id, limit)
+        except ControlFlood as exc:
+            raise wp.ProtocolError("rate_limited", "too many control frames; slow down") from exc
+        if session is None or session.state == ENDED:
+            self.live_hints.pop(conversation_id, None)
+            raise wp.ProtocolError("conversation_ended", "this conversation has ended")
+        return self.live_hints.put(conversation_id, session)
+
+    def owes_first_message(self, session: LiveSession) -> bool:
+        """The agent speaks first: a fixed first message, or one the model writes."""
+        config = self.config(session)
+        if config.first_message_mode == FirstMessageMode.assistant_generates_first:
+            return True
+        return config.first_message_mode == FirstMessageMode.assistant_speaks_first and bool(config.first_message)
+
+    def typed_turn_hint(self, conversation_id: str, *, first_message: bool = True) -> LiveSession | None:
+        """The live state this container saw last, if a typed turn can start from it without reading it again:
+        the call was live and (``first_message``: the turn comes after the agent's first message) owes no first
+        message before the turn (both only ever become true). A carrier's relay speaks its greeting itself and
+        passes ``first_message=False``: its prompts never wait for one."""
+        hint = self.live_hints.get(conversation_id)
+        if hint is None or hint.state == ENDED:
+            return None
+        if first_message and not hint.first_done and self.owes_first_message(hint):
+            return None
+        return hint
 
     def turn_engines(self, db: Session, session: LiveSession, config: AgentConfig) -> TurnEngines:
         """A turn's engines, built once per agent version and account per container and kept

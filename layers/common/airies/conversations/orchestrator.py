@@ -22,7 +22,7 @@ from airies.conversations.lifecycle import Lifecycle
 from airies.conversations.live_runtime import LiveRuntime, Poster, SocketSink, background
 from airies.conversations.models import Conversation
 from airies.conversations.service import ConversationService
-from airies.conversations.sessions import ENDED, ControlFlood, LiveSession
+from airies.conversations.sessions import LiveSession
 from airies.conversations.turns import TurnEngines, TurnInput, TurnMode, TurnResult, TurnRunner
 from airies.core.aio import run_sync
 from airies.core.errors import ConflictError, NotFoundError
@@ -90,6 +90,14 @@ class _Outcome:
     stored: bool = False
 
 
+# The frame's count refused the turn (a flood, a call already over): a refused frame, not a failed turn.
+REFUSED_FRAME_CODES = frozenset({"rate_limited", "conversation_ended"})
+
+
+def _refused_frame(exc: Exception) -> bool:
+    return isinstance(exc, wp.ProtocolError) and exc.code in REFUSED_FRAME_CODES
+
+
 class TurnOrchestrator:
     def __init__(self, runtime: LiveRuntime, lifecycle: Lifecycle, barge_in: BargeIn) -> None:
         self.runtime = runtime
@@ -120,8 +128,8 @@ class TurnOrchestrator:
                     return None  # another invocation took the turn while the model was asked: nothing is stored
                 with self.runtime.database.session() as db:
                     outcome.closed = self._record(self.runtime.conversations(db), session, outcome.result)
-        except Exception:
-            if self.runtime.turn_metrics is not None:
+        except Exception as exc:
+            if self.runtime.turn_metrics is not None and not _refused_frame(exc):
                 self.runtime.turn_metrics.failed()
             raise
         finally:
@@ -167,12 +175,7 @@ class TurnOrchestrator:
             return previous
         # Refused with the count: a flood, a call that ended, or a wrong guess of the second's count. The count
         # alone tells (and counts the frame), then the claim is made as usual.
-        try:
-            session = self.store.count_control_frame(cid, limit)
-        except ControlFlood as exc:
-            raise wp.ProtocolError("rate_limited", "too many control frames; slow down") from exc
-        if session is None or session.state == ENDED:
-            raise wp.ProtocolError("conversation_ended", "this conversation has ended")
+        self.runtime.counted_session(cid, limit)
         return self.store.begin_turn(
             cid,
             request.turn_id,

@@ -28,7 +28,7 @@ from airies.conversations.lifecycle import TURN_SETTLE_S, Lifecycle
 from airies.conversations.live_runtime import Frame, LiveRuntime, Poster
 from airies.conversations.orchestrator import TurnOrchestrator, TurnRequest
 from airies.conversations.protocol import ProtocolError, dtmf_text
-from airies.conversations.sessions import ENDED, ControlFlood, LiveSession
+from airies.conversations.sessions import LiveSession
 from airies.conversations.turns import TurnMode
 from airies.core.errors import AiriesError, NotFoundError
 from airies.core.ids import new_id
@@ -107,18 +107,12 @@ class RelayEdge:
         cid = ctx.conversation_id
         limit = self.runtime.settings.ws_control_frames_per_second
         text = self._turn_text(message)
-        hint = self.runtime.live_hints.get(cid)
-        if text is not None and hint is not None and hint.state != ENDED:
+        # The relay speaks its greeting itself (``_setup`` records it): a prompt never waits for a first message.
+        hint = self.runtime.typed_turn_hint(cid, first_message=False)
+        if text is not None and hint is not None:
             self._turn(ctx, poster, hint, text, count_limit=limit)
             return
-        try:  # the flood guard's count returns the live state: one write, no separate read
-            session = self.store.count_control_frame(cid, limit)
-        except ControlFlood as exc:
-            raise ProtocolError("rate_limited", "too many control frames; slow down") from exc
-        if session is None or session.state == ENDED:
-            self.runtime.live_hints.pop(cid, None)
-            raise ProtocolError("conversation_ended", "this conversation has ended")
-        self.runtime.live_hints.put(cid, session)
+        session = self.runtime.counted_session(cid, limit)  # the flood guard's count returns the live state
         if text is not None:
             self._turn(ctx, poster, session, text)
         elif isinstance(message, rp.SetupMessage):

@@ -134,7 +134,11 @@ class RelayPoster:
         self.inner = inner
 
     def post(self, connection_id: str, data: bytes) -> bool:
-        message = to_relay(json.loads(data))
+        """An encoded protocol v1 frame (a turn's frames come through ``post_message``, never encoded first)."""
+        return self.post_message(connection_id, json.loads(data))
+
+    def post_message(self, connection_id: str, frame: dict[str, Any]) -> bool:
+        message = to_relay(frame)
         if message is None:
             return True
         return bool(self.inner.post(connection_id, wp.encode(message)))

@@ -37,6 +37,7 @@ from airies.conversations.post_call import PostCallStarter, post_call_starter
 from airies.conversations.schemas import ConversationCreate, ConversationUpdate
 from airies.conversations.turn_metrics import TurnMetrics
 from airies.conversations.turns import TurnEngines, TurnInput, TurnMode, TurnResult, TurnRunner
+from airies.core.bootstrap import after_snapstart_restore
 from airies.core.config import Settings
 from airies.core.errors import (
     BadRequestError,
@@ -237,11 +238,7 @@ def tool_secret_lookup(settings: Settings, database: Any, account_id: str) -> Ca
 # (queue URL, region, endpoint) -> the SQS usage publisher of this container: its boto3 client costs ~10 ms of CPU
 # to build, once, not once per turn.
 _usage_publishers: dict[tuple[str, str | None, str | None], Any] = {}
-
-
-def reset_usage_publishers() -> None:
-    """SnapStart: the cached SQS clients' pooled connections are stale after restore."""
-    _usage_publishers.clear()
+after_snapstart_restore(_usage_publishers.clear)  # a snapshot's pooled connections are stale after a restore
 
 
 def billing_usage_sink(settings: Settings, session: Session | None) -> UsageSink | None:

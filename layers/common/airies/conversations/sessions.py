@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -520,15 +521,26 @@ class SessionStore:
             return None
         return LiveSession.from_item(attrs)
 
-    def wait_for_turns(self, conversation_id: str, *, timeout_s: float) -> LiveSession | None:
-        """Wait (at most ``timeout_s``) until no turn of the conversation is running: each claimed turn leaves the
-        ``running`` set once its invocation has stored it. Returns the session as last read."""
+    def wait_until(
+        self,
+        conversation_id: str,
+        predicate: Callable[[LiveSession], bool],
+        timeout_s: float,
+        interval_s: float = 0.05,
+    ) -> LiveSession | None:
+        """Read the live state every ``interval_s`` until ``predicate`` holds for it, the session is gone (None) or
+        ``timeout_s`` has passed. Returns the session as last read."""
         deadline = time.monotonic() + timeout_s
         while True:
             session = self.get(conversation_id)
-            if session is None or not session.running or time.monotonic() >= deadline:
+            if session is None or predicate(session) or time.monotonic() >= deadline:
                 return session
-            time.sleep(0.05)
+            time.sleep(interval_s)
+
+    def wait_for_turns(self, conversation_id: str, *, timeout_s: float) -> LiveSession | None:
+        """Wait (at most ``timeout_s``) until no turn of the conversation is running: each claimed turn leaves the
+        ``running`` set once its invocation has stored it. Returns the session as last read."""
+        return self.wait_until(conversation_id, lambda session: not session.running, timeout_s)
 
     def cancel_turn(
         self, conversation_id: str, played_ms: int | None = None, *, turn_id: str | None = None

@@ -18,7 +18,7 @@ from airies.conversations.live_runtime import Frame, LiveRuntime, Poster, endpoi
 from airies.conversations.orchestrator import TurnOrchestrator, TurnRequest, Utterance
 from airies.conversations.relay import RelayEdge
 from airies.conversations.relay_protocol import parse_relay_message
-from airies.conversations.sessions import ENDED, ControlFlood, LiveSession, SessionEnded
+from airies.conversations.sessions import ENDED, LiveSession, SessionEnded
 from airies.conversations.sweeping import Sweeper
 from airies.conversations.turns import TurnMode
 from airies.core.errors import AiriesError, NotFoundError, UnauthorizedError
@@ -150,7 +150,7 @@ class SocketEdge:
             self.endpointing.handle_audio(ctx, poster, message)
             return
         limit = self.runtime.settings.ws_control_frames_per_second
-        if isinstance(message, wp.TextFrame) and (hint := self._typed_turn_hint(cid)) is not None:
+        if isinstance(message, wp.TextFrame) and (hint := self.runtime.typed_turn_hint(cid)) is not None:
             # Nothing to read first: the frame's count is part of the turn's claim, in flight while the model is
             # asked; a refused count or an ended call comes back as the frame's error, and the turn is dropped.
             request = TurnRequest(TurnMode.TEXT, text=message.text, eou_at=ctx.received_at, count_limit=limit)
@@ -168,14 +168,7 @@ class SocketEdge:
             )
             self.orchestrator.run(heard, poster, request)
             return
-        try:  # the flood guard's count returns the live state: one write, no separate read
-            session = self.store.count_control_frame(cid, limit)
-        except ControlFlood as exc:
-            raise wp.ProtocolError("rate_limited", "too many control frames; slow down") from exc
-        if session is None or session.state == ENDED:
-            self.runtime.live_hints.pop(cid, None)
-            raise wp.ProtocolError("conversation_ended", "this conversation has ended")
-        self.runtime.live_hints.put(cid, session)
+        session = self.runtime.counted_session(cid, limit)  # the flood guard's count returns the live state
         if isinstance(message, wp.PingFrame):
             poster.post(ctx.connection_id, wp.encode(wp.pong()))
             self.sweeper.check_timers(session, poster)
@@ -206,22 +199,12 @@ class SocketEdge:
         """The live state once the caller's speech is counted. Frames run concurrently, so an end_of_utterance
         sent right after the last audio frames can be handled before they are counted: wait for them a little
         (at most EOU_AUDIO_WAIT_S) instead of answering no_audio to a caller who spoke."""
-        deadline = time.monotonic() + EOU_AUDIO_WAIT_S
-        while session.speech_ms <= 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-            latest = self.store.get(session.conversation_id)
-            if latest is None:
-                break
-            session = latest
-        return session
-
-    def _typed_turn_hint(self, conversation_id: str) -> LiveSession | None:
-        """The live state this container saw last, if a typed turn can start from it without reading it again:
-        the call was live and owes no first message before the turn (both only ever become true)."""
-        hint = self.runtime.live_hints.get(conversation_id)
-        if hint is None or hint.state == ENDED or (not hint.first_done and self._owes_first_message(hint)):
-            return None
-        return hint
+        if session.speech_ms > 0:
+            return session
+        latest = self.store.wait_until(
+            session.conversation_id, lambda live: live.speech_ms > 0, EOU_AUDIO_WAIT_S, interval_s=0.02
+        )
+        return latest if latest is not None else session
 
     def _utterance_hint(self, conversation_id: str) -> LiveSession | None:
         """The live state as this container's last audio chunk left it, if it holds the caller's speech (the
@@ -247,16 +230,10 @@ class SocketEdge:
         )
         self._speak_first_message(session, poster)
 
-    def _owes_first_message(self, session: LiveSession) -> bool:
-        config = self.runtime.config(session)
-        if config.first_message_mode == FirstMessageMode.assistant_generates_first:
-            return True
-        return config.first_message_mode == FirstMessageMode.assistant_speaks_first and bool(config.first_message)
-
     def _speak_first_message(self, session: LiveSession, poster: Poster) -> None:
         """The agent's first message, once per conversation: whoever claims it (the first ``start``, or a text
         frame that got there first) speaks it. None once a turn has run (the caller spoke before any ``start``)."""
-        if session.first_turn is not None or session.turn_seq > 0 or not self._owes_first_message(session):
+        if session.first_turn is not None or session.turn_seq > 0 or not self.runtime.owes_first_message(session):
             return
         turn_id = new_id("turn")
         if not self.store.claim_first_message(session.conversation_id, turn_id):
@@ -275,7 +252,7 @@ class SocketEdge:
         """A typed turn comes after the agent's first message, never instead of it: the first message is spoken
         here if nobody has claimed it yet, or waited for (at most ``FIRST_MESSAGE_WAIT_S``) while another
         invocation speaks it. Caller audio is not held back: speaking over the first message interrupts it."""
-        if session.first_done or not self._owes_first_message(session):
+        if session.first_done or not self.runtime.owes_first_message(session):
             return
         self._speak_first_message(session, poster)
         deadline = time.monotonic() + FIRST_MESSAGE_WAIT_S

@@ -100,7 +100,8 @@ class TurnInput:
     scripted_reply: str | None = None
     speak: bool = True  # synthesise audio (False: a text-only HTTP turn)
     can_transfer: bool = False  # the channel can hand the call over (telephony): transfer_call ends the call
-    # Post the reply's text as the LLM writes it, token by token, and synthesise nothing: a carrier's relay speaks it.
+    # Post the reply's text as the LLM writes it (each post: the tokens written since the last) and synthesise
+    # nothing: a carrier's relay speaks it.
     stream_text: bool = False
 
 
@@ -523,10 +524,15 @@ class TurnRunner:
         if tts is not None:
             usage["tts_provider"] = getattr(tts, "name", config.voice.provider)
             usage["tts_model"] = config.voice.model
-        while True:
+        finished = False
+        while not finished:
             sentence = await segments.get()
             if sentence is None:
                 return "completed"
+            if state.stream:
+                # Every token already waiting goes out in one post: one barge-in check and one post per post, not
+                # per LLM token, when the model writes faster than a post leaves.
+                sentence, finished = self._waiting(sentence, segments)
             audio: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
             pump = None
             start = self.clock()
@@ -549,6 +555,18 @@ class TurnRunner:
                     pump.cancel()
             if tts is not None:
                 usage["tts_provider"] = getattr(tts, "name", config.voice.provider)
+        return "completed"
+
+    @staticmethod
+    def _waiting(first: str, segments: asyncio.Queue[str | None]) -> tuple[str, bool]:
+        """``first`` and the pieces queued behind it, joined; True when the end of the reply (None) was among them."""
+        pieces = [first]
+        while not segments.empty():
+            piece = segments.get_nowait()
+            if piece is None:
+                return "".join(pieces), True
+            pieces.append(piece)
+        return "".join(pieces), False
 
     @staticmethod
     async def _pump(

@@ -72,7 +72,8 @@ def test_answers_are_parsed_fenced_or_not_and_checked() -> None:
 
 
 def test_the_plan_checks_its_schema() -> None:
-    assert AnalysisPlan().enabled_steps() == ["summary"]
+    plan = AnalysisPlan()
+    assert plan.summary.enabled and not plan.structured_data.enabled and not plan.success_evaluation.enabled
     with pytest.raises(ValidationError, match="must be a JSON Schema of an object"):
         AnalysisStructuredData(json_schema={"type": "string"})
     with pytest.raises(ValidationError, match="at most 20 KiB as JSON"):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import itertools
+import subprocess
+import sys
 import unicodedata
 import zipfile
 
@@ -264,3 +266,10 @@ def test_aws_errors_are_transient_when_throttled_or_5xx():
     assert is_transient(client_error("SlowDown", 503)) and is_transient(client_error("InternalError", 500))
     assert not is_transient(client_error("AccessDenied", 403))
     assert is_transient(EndpointConnectionError(endpoint_url="https://s3.amazonaws.com"))
+
+
+def test_the_api_loads_without_numpy():
+    """Embedding and vector maths import numpy when first used: an API cold start that never embeds skips it."""
+    code = "import sys, airies.api.app\nprint('numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -120,7 +120,8 @@ class AnalysisStructuredData(StrictModel):
     @classmethod
     def _valid_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
-            check_json_schema(value)
+            # Not a valid draft 2020-12 schema, not of an object, or too large to put in a prompt: a ValueError.
+            check_object_schema(value, name="json_schema", max_bytes=MAX_JSON_SCHEMA_BYTES)
         return value
 
     @model_validator(mode="after")
@@ -143,20 +144,6 @@ class AnalysisPlan(StrictModel):
     summary: AnalysisSummary = Field(default_factory=AnalysisSummary)
     structured_data: AnalysisStructuredData = Field(default_factory=AnalysisStructuredData)
     success_evaluation: AnalysisSuccessEvaluation = Field(default_factory=AnalysisSuccessEvaluation)
-
-    def enabled_steps(self) -> list[str]:
-        parts = {
-            "summary": self.summary.enabled,
-            "structured_data": self.structured_data.enabled,
-            "success_evaluation": self.success_evaluation.enabled,
-        }
-        return [name for name, enabled in parts.items() if enabled]
-
-
-def check_json_schema(schema: dict[str, Any]) -> None:
-    """Refuse what cannot be used as the structured data's schema: not a valid draft 2020-12 schema, not of an
-    object, or too large to put in a prompt (a ``ValueError`` says why)."""
-    check_object_schema(schema, name="json_schema", max_bytes=MAX_JSON_SCHEMA_BYTES)
 
 
 class AgentConfig(StrictModel):

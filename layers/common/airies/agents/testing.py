@@ -223,6 +223,8 @@ class AgentTestService:
         total_cost = Decimal(0)
         ttfts: list[float] = []
         is_language_model = True
+        canned_per_turn = [{**body.tool_results, **turn.tool_results} for turn in turns]
+        tools = self._tool_runner(account_id, agent_id, config, canned_per_turn)
         for index, turn in enumerate(turns):
             if ended:
                 results.append(
@@ -235,8 +237,8 @@ class AgentTestService:
                     }
                 )
                 continue
-            canned = {**body.tool_results, **turn.tool_results}
-            tools = self._tool_runner(account_id, agent_id, config, canned)
+            if tools is not None:
+                tools.canned = canned_per_turn[index]
             outcome = await self._turn(llm, account_id, config, history, turn.user, tools, index)
             ended = outcome["end_call"]
             used_model = outcome.pop("is_language_model")
@@ -286,16 +288,16 @@ class AgentTestService:
         }
 
     def _tool_runner(
-        self, account_id: str, agent_id: str, config: AgentConfig, canned: dict[str, Any]
+        self, account_id: str, agent_id: str, config: AgentConfig, canned_per_turn: list[dict[str, Any]]
     ) -> ToolRunner | None:
-        """The runner of the agent's custom tools (canned results first); the signing secret is read now, on this
-        thread and session, only when a tool may reach its server."""
+        """The runner of the agent's custom tools for every turn (each turn sets its canned results on it); the
+        signing secret is read now, on this thread and session, only when a tool of some turn may reach its server."""
         if not config.tools:
             return None
         secret = None
-        if any(tool.name not in canned for tool in config.tools):
+        if any(tool.name not in canned for canned in canned_per_turn for tool in config.tools):
             secret = WebhookService(self.session, self.settings, queue=None).signing_secret_for(account_id, agent_id)
-        return ToolRunner(url_guard(self.settings), secret=lambda _conversation_id: secret, canned=canned)
+        return ToolRunner(url_guard(self.settings), secret=lambda _conversation_id: secret)
 
     async def _turn(
         self,

@@ -21,10 +21,9 @@ import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote_plus
 
-import numpy as np
 from sqlalchemy import CursorResult, delete, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
@@ -47,6 +46,9 @@ from airies.knowledge.context import KnowledgeContext
 from airies.knowledge.models import KnowledgeBase, KnowledgeChunk, KnowledgeDocument
 from airies.knowledge.tasks import IngestionExecution
 from airies.knowledge.vector_stores.base import vector_records
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 

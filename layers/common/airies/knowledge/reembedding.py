@@ -9,7 +9,6 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO, Any, cast
 
-import numpy as np
 from sqlalchemy import CursorResult, func, or_, select, update
 
 from airies.billing.schemas import UsageComponent, UsageEvent
@@ -124,6 +123,8 @@ def _embed_all(
 ) -> tuple[list[ChunkKey], int]:
     """Embed every chunk of the knowledge base into ``spool`` (float32 rows in chunk-id order); returns the
     (id, document id, chunk index) of each row and the tokens embedded. Nothing in the store changes."""
+    import numpy as np  # lazy, as in embedders.base.normalise_rows: numpy stays off cold starts that never embed
+
     batch = max(1, ctx.settings.kb_embed_batch_chunks)
     chunks: list[ChunkKey] = []
     tokens = 0
@@ -165,6 +166,8 @@ def _swap_vectors(
     size = max(1, ctx.settings.kb_embed_batch_chunks)
 
     def batches() -> Iterator[list[VectorRecord]]:
+        import numpy as np  # lazy, as in embedders.base.normalise_rows: numpy stays off cold starts that never embed
+
         spool.seek(0)
         for start in range(0, len(chunks), size):
             part = chunks[start : start + size]

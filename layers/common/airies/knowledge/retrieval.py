@@ -9,15 +9,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from sqlalchemy import select
 
 from airies.core.errors import BadRequestError, NotFoundError
 from airies.core.observability import provider_span
 from airies.knowledge.context import KnowledgeContext
 from airies.knowledge.models import KnowledgeBase, KnowledgeChunk, KnowledgeDocument
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)

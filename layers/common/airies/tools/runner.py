@@ -26,7 +26,7 @@ import httpx
 
 from airies.core.json_schemas import schema_errors
 from airies.core.observability import provider_span
-from airies.core.url_guard import URLGuard, URLNotAllowed, no_cookies
+from airies.core.url_guard import URLGuard, URLNotAllowed
 from airies.core.vendor_clients import LoopBoundClient
 from airies.tools.schemas import MAX_TIMEOUT_MS, ToolConfig
 from airies.webhooks.signing import SIGNATURE_HEADER, signature_header
@@ -145,7 +145,6 @@ def shared_clients(guard: URLGuard) -> LoopBoundClient[httpx.AsyncClient]:
                 follow_redirects=True,
                 max_redirects=MAX_REDIRECTS,
                 headers={"user-agent": USER_AGENT},
-                cookies=no_cookies(),
             )
         )
     return _clients[key]

@@ -126,7 +126,7 @@ class WebhookService:
     def signing_secret_for(self, account_id: str, agent_id: str | None) -> str | None:
         """The secret that signs what goes to this agent's server: its own endpoint's, else the account default's
         (None when neither exists). Tool calls are signed with it too."""
-        endpoint = (self._endpoint(account_id, agent_id) if agent_id else None) or self._endpoint(account_id, None)
+        endpoint = self.endpoint_for(account_id, agent_id)
         return self.signing_secret(endpoint) if endpoint is not None else None
 
     def put_endpoint(self, account_id: str, agent_id: str | None, body: EndpointPut) -> tuple[EndpointOut, bool]:

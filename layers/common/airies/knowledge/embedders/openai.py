@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from airies.core.errors import ProviderError
 from airies.knowledge.embedders.base import EmbeddingResult, approx_tokens, normalise_rows
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # model -> its native (largest) dimension, and whether a smaller ``dimensions`` may be asked for.
 MODELS = {
@@ -29,6 +30,8 @@ MAX_TOKENS_PER_REQUEST = 200_000
 
 
 def _decode(embedding: str | list[float]) -> np.ndarray:
+    import numpy as np  # lazy, as in base.normalise_rows: numpy stays off cold starts that never embed
+
     if isinstance(embedding, str):
         return np.frombuffer(base64.b64decode(embedding), dtype="<f4")
     return np.asarray(embedding, dtype=np.float32)  # a server that ignored encoding_format
@@ -76,6 +79,7 @@ class OpenAIEmbedder:
         return batches
 
     def embed(self, texts: list[str]) -> EmbeddingResult:
+        import numpy as np  # lazy, as in base.normalise_rows: numpy stays off cold starts that never embed
         import openai
 
         rows: list[np.ndarray] = []

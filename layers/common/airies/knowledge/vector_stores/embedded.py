@@ -13,15 +13,17 @@ import threading
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import numpy as np
 from sqlalchemy import CursorResult, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from airies.core.ids import new_id
 from airies.knowledge.models import KnowledgeVector, KnowledgeVectorCollection
 from airies.knowledge.vector_stores.base import StoreStats, VectorMatch, VectorRecord
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SessionScope = Callable[[], AbstractContextManager[Session]]
 
@@ -106,6 +108,8 @@ class EmbeddedVectorStore:
                 self.upsert(records)
 
     def upsert(self, records: list[VectorRecord]) -> None:
+        import numpy as np  # lazy, as in embedders.base.normalise_rows: numpy stays off cold starts that never embed
+
         if not records:
             return
         account_id, kb_id = records[0].account_id, records[0].knowledge_base_id
@@ -166,6 +170,8 @@ class EmbeddedVectorStore:
             )
 
     def _matrix(self, session: Session, account_id: str, knowledge_base_id: str) -> _Matrix | None:
+        import numpy as np  # lazy, as in embedders.base.normalise_rows: numpy stays off cold starts that never embed
+
         revision = session.scalar(
             select(KnowledgeVectorCollection.revision).where(
                 KnowledgeVectorCollection.knowledge_base_id == knowledge_base_id,
@@ -203,6 +209,8 @@ class EmbeddedVectorStore:
         return entry
 
     def query(self, account_id: str, knowledge_base_id: str, vector: np.ndarray, top_k: int) -> list[VectorMatch]:
+        import numpy as np  # lazy, as in embedders.base.normalise_rows: numpy stays off cold starts that never embed
+
         self.stats.query_requests += 1
         with self._scope() as session:
             entry = self._matrix(session, account_id, knowledge_base_id)

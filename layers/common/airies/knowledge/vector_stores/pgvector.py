@@ -10,13 +10,16 @@ runs the same idempotent DDL for a database that gained the extension later.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import numpy as np
 from sqlalchemy import Connection, text
 
 from airies.core.database import Database
 from airies.core.errors import NotAvailableError
 from airies.knowledge.vector_stores.base import StoreStats, VectorMatch, VectorRecord
+
+if TYPE_CHECKING:
+    import numpy as np
 
 HNSW_DIMENSIONS = (384, 512, 1536)  # pgvector's HNSW indexes at most 2,000 dims; others are scanned exactly
 
@@ -44,6 +47,8 @@ INSTALLED_SQL = "SELECT 1 FROM pg_extension WHERE extname = 'vector'"
 
 
 def _literal(vector: np.ndarray) -> str:
+    import numpy as np  # lazy, as in embedders.base.normalise_rows: numpy stays off cold starts that never embed
+
     return "[" + ",".join(f"{x:.7g}" for x in np.asarray(vector, dtype=np.float32)) + "]"
 
 

@@ -6,7 +6,7 @@ per phone minute of the two ways to take it in, our side only (Twilio's own fees
 (b) a small long-lived bridge on ECS Fargate that holds Twilio's WebSocket, aggregates frames into our protocol's
     200 ms chunks and forwards those to the WebSocket API (which then does per chunk what (a) does per frame).
 
-Both pay the agent's audio back to the caller (sent in 250 ms chunks while the agent speaks) and the data transfer
+Both pay the agent's audio back to the caller (sent in 750 ms frames while the agent speaks) and the data transfer
 out of that audio. API Gateway, Lambda and DynamoDB prices are the conversation cost model's (``cost_model.Prices``,
 us-east-1 list prices); the Fargate and load balancer prices are below, each with its source.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from airies.conversations.protocol import MAX_OUT_CHUNK_MS
 from benchmarks.cost_model import Prices
 
 # AWS Fargate, Linux/ARM (Graviton), us-east-1: https://aws.amazon.com/fargate/pricing/
@@ -35,7 +36,7 @@ GB = 1024**3
 class Call:
     frame_ms: int = 20  # Twilio Media Streams: one mu-law frame per message
     chunk_ms: int = 200  # our protocol's caller audio chunk (what the bridge forwards)
-    agent_chunk_ms: int = 250  # the agent's audio back to the caller, per message
+    agent_chunk_ms: int = MAX_OUT_CHUNK_MS  # the agent's audio back to the caller, per message
     agent_talk_fraction: float = 0.5  # the agent speaks half the call
     frame_lambda_ms: float = 15.0  # one invocation: parse, read the live session, append to the buffer
     lambda_gb: float = 0.5

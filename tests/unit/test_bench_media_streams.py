@@ -13,12 +13,14 @@ def test_direct_frames_cost_per_minute() -> None:
     assert lines["api_gateway_messages_in"] == pytest.approx(3000 * 1.00 / 1e6)
     assert lines["lambda_requests"] == pytest.approx(3000 * 0.20 / 1e6)
     assert lines["dynamodb_writes"] == pytest.approx(3000 * 0.625 / 1e6)
-    assert sum(lines.values()) == pytest.approx(0.00631, abs=0.00001)
+    # the agent speaks half the minute, in 750 ms frames: 40 messages
+    assert lines["api_gateway_messages_out"] == pytest.approx(40 * 1.00 / 1e6)
+    assert sum(lines.values()) == pytest.approx(0.00623, abs=0.00001)
 
 
 def test_bridge_costs_less_and_shares_its_fixed_cost() -> None:
     one, ten, hundred = (sum(per_minute_bridge(n).values()) for n in (1, 10, 100))
-    assert one == pytest.approx(0.00227, abs=0.00001) and ten == pytest.approx(0.00163, abs=0.00001)
+    assert one == pytest.approx(0.00219, abs=0.00001) and ten == pytest.approx(0.00155, abs=0.00001)
     assert one > ten > hundred
     assert hundred < sum(per_minute_direct().values()) / 3 and one < 0.01
     # the always-on tasks scale out past min_tasks: 100 calls need 4 tasks of 25

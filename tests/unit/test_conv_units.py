@@ -217,6 +217,63 @@ def test_turn_sends_provider_requests_before_posts_and_checks_barge_in_after_eac
         assert "check" in events[before + 1 : after]
 
 
+def test_the_next_sentence_is_synthesised_while_this_one_is_posted_and_no_further_ahead() -> None:
+    """The next sentence's TTS first byte is waited out while this sentence's frames leave, not after its last one;
+    and only one sentence ahead: a barge-in wastes at most one sentence of synthesis."""
+    events: list[str] = []
+
+    class SlowSink:
+        async def send(self, message: dict[str, Any]) -> bool:
+            if message["type"] == "audio":
+                await asyncio.sleep(0.02)  # a post_to_connection round trip
+            events.append(f"send {message['type']}")
+            return True
+
+        async def cancelled(self) -> tuple[bool, int | None]:
+            return False, None
+
+    class Tts(FakeTTS):
+        def synthesize(self, text: str, options: Any) -> AsyncIterator[bytes]:
+            events.append(f"tts {text}")
+            return super().synthesize(text, options)
+
+    reply = "One two three four. Five six seven eight. Nine ten eleven twelve."
+    engines = fake_engines(llm=FakeLLM(reply=reply), tts=Tts(first_byte_s=0.05, chunk_ms=250, ms_per_char=60))
+    inp = TurnInput(turn_id="turn_1", seq=1, mode=TurnMode.TEXT, account_id="acc", conversation_id="conv", text="hi")
+    result = asyncio.run(TurnRunner(engines).run(AgentConfig(name="x"), [], inp, SlowSink()))
+    assert result.status == "completed" and result.agent_text == reply
+    texts = [i for i, e in enumerate(events) if e == "send agent_text"]
+    second, third = events.index("tts Five six seven eight."), events.index("tts Nine ten eleven twelve.")
+    assert second < texts[1] and events[texts[0] + 1 : second].count("send audio") < 2  # started with sentence one
+    assert texts[1] < third < texts[2]  # not before sentence two is being spoken: one ahead at most
+    assert result.usage["tts_characters"] == len(reply) - 2  # each sentence once (the spaces between are not spoken)
+
+
+def test_the_agents_audio_is_coalesced_into_frames_of_at_most_750_ms() -> None:
+    """After the turn's first frame (sent at once), audio goes out in frames of ``AIRIES_WS_OUT_CHUNK_MS`` (750 ms
+    by default): one 32 KB API Gateway unit each, a third of the posts and barge-in reads 250 ms frames need."""
+    frames: list[dict[str, Any]] = []
+
+    class Sink:
+        async def send(self, message: dict[str, Any]) -> bool:
+            if message["type"] == "audio":
+                frames.append(message)
+            return True
+
+        async def cancelled(self) -> tuple[bool, int | None]:
+            return False, None
+
+    engines = fake_engines(llm=FakeLLM(reply="A sentence long enough to take a few seconds to say."))
+    inp = TurnInput(turn_id="turn_1", seq=1, mode=TurnMode.TEXT, account_id="acc", conversation_id="conv", text="hi")
+    result = asyncio.run(TurnRunner(engines).run(AgentConfig(name="x"), [], inp, Sink()))
+    sizes = [len(base64.b64decode(frame["data"])) for frame in frames]
+    assert sum(sizes) == len(result.agent_pcm) and len(sizes) >= 3
+    assert sizes[0] == 100 * wp.BYTES_PER_MS  # the TTS's first chunk, at once
+    assert set(sizes[1:-1]) == {750 * wp.BYTES_PER_MS} and 0 < sizes[-1] <= 750 * wp.BYTES_PER_MS
+    assert all(len(json.dumps(frame)) <= wp.MAX_FRAME_BYTES for frame in frames)
+    assert [frame["seq"] for frame in frames] == list(range(len(frames)))
+
+
 def test_audio_chunks_under_80_ms_are_refused_unless_they_end_the_utterance() -> None:
     def parse(pcm: bytes, **extra: object) -> wp.AudioFrame:
         message = wp.parse_client_frame(frame(action="audio", data=base64.b64encode(pcm).decode(), **extra))

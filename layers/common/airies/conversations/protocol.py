@@ -30,7 +30,9 @@ MIN_CHUNK_MS = 80
 MIN_CHUNK_BYTES = MIN_CHUNK_MS * BYTES_PER_MS  # 2,560
 MAX_FRAME_BYTES = 32 * 1024  # API Gateway WebSocket frame
 MAX_TEXT_CHARS = 4000
-OUT_CHUNK_BYTES = 200 * BYTES_PER_MS  # server audio frames: 200 ms, base64 ~8.5 KB
+# The agent's audio frames: 750 ms of PCM16 is 24,000 bytes, 32,000 in base64, so a frame is still one 32 KB
+# unit (API Gateway meters messages in 32 KB units), and a reply needs a third of the posts 250 ms frames would.
+MAX_OUT_CHUNK_MS = 750
 
 
 class ProtocolError(Exception):

@@ -35,6 +35,9 @@ from airies.voice.tts.base import TTSOptions, TTSProvider
 LLMStreamer = Callable[[LLMRequest], AsyncIterator[LLMEvent]]
 # (account_id, knowledge_base_ids, query) -> passages [{"text", "score", "source", ...}]
 Retriever = Callable[[str, list[str], str], Awaitable[list[dict[str, Any]]]]
+# Sentences synthesised ahead of the one being spoken. One hides the next sentence's TTS first byte behind this
+# one's posts; more would bill synthesis that a barge-in is likelier to waste.
+SYNTHESIS_AHEAD = 1
 
 # --- voice activity per chunk ----------------------------------------------------------------------------------
 _VAD: Any = None
@@ -197,7 +200,11 @@ def price_usage(usage: dict[str, Any]) -> tuple[dict[str, str], Decimal]:
 
 class TurnRunner:
     def __init__(
-        self, engines: TurnEngines, *, out_chunk_ms: int = 250, clock: Callable[[], float] = time.perf_counter
+        self,
+        engines: TurnEngines,
+        *,
+        out_chunk_ms: int = wp.MAX_OUT_CHUNK_MS,
+        clock: Callable[[], float] = time.perf_counter,
     ):
         self.engines = engines
         self.out_chunk_bytes = max(wp.BYTES_PER_MS * 20, out_chunk_ms * wp.BYTES_PER_MS)
@@ -524,38 +531,73 @@ class TurnRunner:
         if tts is not None:
             usage["tts_provider"] = getattr(tts, "name", config.voice.provider)
             usage["tts_model"] = config.voice.model
-        finished = False
-        while not finished:
-            sentence = await segments.get()
-            if sentence is None:
-                return "completed"
-            if state.stream:
-                # Every token already waiting goes out in one post: one barge-in check and one post per post, not
-                # per LLM token, when the model writes faster than a post leaves.
-                sentence, finished = self._waiting(sentence, segments)
-            audio: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
-            pump = None
-            start = self.clock()
-            if tts is not None and not state.known_cancelled():
-                # Synthesis starts first, before the barge-in check is awaited and the sentence's text posted:
-                # the TTS first byte is the longest wait left, and those posts' SDK work would delay its start.
-                pump = asyncio.create_task(self._pump(tts, sentence, options, audio))
-                await asyncio.sleep(0)
-            try:
+        # Sentences are synthesised ahead of the one being posted (``SYNTHESIS_AHEAD``): the next sentence's TTS
+        # first byte is waited out while this one's frames leave, not after its last frame.
+        ready: asyncio.Queue[_Synthesis | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(1 + SYNTHESIS_AHEAD)
+        feeder = asyncio.create_task(self._synthesize(tts, options, segments, ready, slots, state, usage))
+        current: _Synthesis | None = None
+        try:
+            while True:
+                current = await ready.get()
+                if current is None:
+                    return "completed"
                 if await self._was_cancelled(sink, state):
                     return await self._interrupted(inp, sink, state)
-                if pump is not None:
-                    usage["tts_characters"] += len(sentence)
                 self._prefetch_check(sink, state)
-                outcome = await self._speak_sentence(inp, sink, state, latency, t0, sentence, audio, pump, start, usage)
+                outcome = await self._speak_sentence(
+                    inp, sink, state, latency, t0, current.sentence, current.audio, current.pump, current.start, usage
+                )
                 if outcome:
                     return outcome
-            finally:
-                if pump is not None and not pump.done():
-                    pump.cancel()
-            if tts is not None:
-                usage["tts_provider"] = getattr(tts, "name", config.voice.provider)
-        return "completed"
+                slots.release()
+                if tts is not None:
+                    usage["tts_provider"] = getattr(tts, "name", config.voice.provider)
+        finally:
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
+            unspoken: list[_Synthesis | None] = [current]
+            while not ready.empty():
+                unspoken.append(ready.get_nowait())
+            for synthesis in unspoken:
+                if synthesis is not None and synthesis.pump is not None and not synthesis.pump.done():
+                    synthesis.pump.cancel()
+
+    async def _synthesize(
+        self,
+        tts: TTSProvider | None,
+        options: TTSOptions,
+        segments: asyncio.Queue[str | None],
+        ready: asyncio.Queue[_Synthesis | None],
+        slots: asyncio.Semaphore,
+        state: _TurnState,
+        usage: dict[str, Any],
+    ) -> None:
+        """Each sentence of the reply, its synthesis started, into ``ready``; at most ``SYNTHESIS_AHEAD`` ahead of
+        the sentence being spoken. Synthesis starts before the barge-in check is awaited and the sentence's text
+        posted: the TTS first byte is the longest wait left, and those posts' SDK work would delay its start."""
+        try:
+            while True:
+                await slots.acquire()
+                sentence = await segments.get()
+                if sentence is None:
+                    return
+                finished = False
+                if state.stream:
+                    # Every token already waiting goes out in one post: one barge-in check and one post per post,
+                    # not per LLM token, when the model writes faster than a post leaves.
+                    sentence, finished = self._waiting(sentence, segments)
+                audio: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+                pump = None
+                if tts is not None and not state.known_cancelled():
+                    pump = asyncio.create_task(self._pump(tts, sentence, options, audio))
+                    usage["tts_characters"] += len(sentence)  # what the vendor is asked for is what it bills
+                ready.put_nowait(_Synthesis(sentence, audio, pump, self.clock()))
+                await asyncio.sleep(0)  # the request leaves before the speaker's posts take the thread
+                if finished:
+                    return
+        finally:
+            ready.put_nowait(None)
 
     @staticmethod
     def _waiting(first: str, segments: asyncio.Queue[str | None]) -> tuple[str, bool]:
@@ -684,6 +726,16 @@ class TurnRunner:
         state.was_interrupted = True
         await sink.send(wp.interrupted(inp.turn_id, state.delivered_text(inp.speak)))
         return "interrupted"
+
+
+@dataclass
+class _Synthesis:
+    """A sentence of the reply and its audio as the TTS produces it (``pump`` is None when nothing is spoken)."""
+
+    sentence: str
+    audio: asyncio.Queue[bytes | BaseException | None]
+    pump: asyncio.Task[None] | None
+    start: float
 
 
 @dataclass

@@ -150,4 +150,14 @@ describe("CallSession barge-in", () => {
     expect(socket.interrupts().slice(1)).toEqual([{ action: "interrupt", played_ms: 1200, turn_id: "turn_b" }]);
   });
 
+  it("fails the call, saying why, when a turn's cost is a JSON number instead of a decimal string", async () => {
+    const states: [string, string | undefined][] = [];
+    const { socket } = await liveCall((state, detail) => states.push([state, detail]));
+    const turnEnd = (total: unknown) =>
+      ({ type: "turn_end", turn_id: "turn_a", seq: 1, status: "completed", cost: { total } }) as ServerFrame;
+    socket.receive(turnEnd("0.000001250"));
+    socket.receive(turnEnd(0.1));
+    expect(states.at(-1)?.[0]).toBe("failed");
+    expect(states.at(-1)?.[1]).toMatch(/protocol error.*decimal string/);
+  });
 });

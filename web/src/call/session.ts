@@ -275,7 +275,12 @@ export class CallSession {
       case "turn_end":
         this.endTurnAudio(frame.turn_id);
         if (frame.cost?.total !== undefined && frame.cost.total !== null) {
-          this.costTotal = addDecimal(this.costTotal, frame.cost.total);
+          try {
+            this.costTotal = addDecimal(this.costTotal, frame.cost.total);
+          } catch (error) {
+            this.fail(error instanceof Error ? error.message : String(error)); // not a decimal string: not our protocol
+            return;
+          }
           this.options.onCost?.(this.costTotal);
         }
         break;

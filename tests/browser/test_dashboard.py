@@ -65,10 +65,11 @@ def test_sign_in_build_an_agent_call_it_and_find_the_call(page: Page, server: Lo
     page.get_by_test_id("call-button").click()
     expect(page.get_by_test_id("call-state")).to_have_text("live", timeout=30_000)
     transcript = page.get_by_test_id("transcript")
-    expect(transcript.locator("[data-role='user']", has_text=CALLER_SENTENCE).first).to_be_visible(
-        timeout=CALL_TIMEOUT_MS
-    )
-    expect(transcript.locator("[data-role='agent']", has_text="We are open")).to_be_visible(timeout=CALL_TIMEOUT_MS)
+    caller = transcript.locator("[data-role='user']", has_text=CALLER_SENTENCE).first
+    expect(caller).to_be_visible(timeout=CALL_TIMEOUT_MS)
+    # The agent's reply to it: the agent line of the same turn (its text is cut to what was heard once interrupted).
+    reply = transcript.locator(f"[data-role='agent'][data-turn-id='{caller.get_attribute('data-turn-id')}']")
+    expect(reply).to_be_visible(timeout=CALL_TIMEOUT_MS)
     # Agent audio was played: the playback worklet's output peak (what reached the speakers), not just received.
     expect(page.get_by_test_id("output-peak")).to_have_text(AUDIBLE_PEAK, timeout=CALL_TIMEOUT_MS)
     # Each completed turn's waterfall, with numbers.
@@ -76,8 +77,7 @@ def test_sign_in_build_an_agent_call_it_and_find_the_call(page: Page, server: Lo
     assert page.get_by_test_id("waterfall-value").count() >= 2
     # The caller speaks over the long reply: the agent is interrupted, and says so. (The greeting may be cut too:
     # the caller's first words can land while it still plays, after its turn_end.)
-    reply = transcript.locator("[data-role='agent']", has_text="We are open")
-    expect(reply.get_by_test_id("interrupted").first).to_be_visible(timeout=CALL_TIMEOUT_MS)
+    expect(reply.get_by_test_id("interrupted")).to_be_visible(timeout=CALL_TIMEOUT_MS)
     expect(page.get_by_test_id("barge-ins")).to_contain_text(re.compile(r"\d+ ms"))
     shot(page, artifacts, "04-talk")
     conversation_id = page.get_by_test_id("conversation-link").inner_text()
@@ -89,6 +89,14 @@ def test_sign_in_build_an_agent_call_it_and_find_the_call(page: Page, server: Lo
     detail = httpx.get(f"{server.base}/api/v1/conversations/{conversation_id}", headers=headers, timeout=30).json()
     interrupted = [t for t in detail["turns"] if t["interrupted"]]
     assert interrupted and all(len(t["agent_text"]) < len(AGENT_REPLY) for t in interrupted)
+    # The live transcript agrees: each interrupted reply reads as the caller heard it (the `interrupted` frame's
+    # heard_text), not as it was generated, and its waterfall is labelled interrupted too.
+    for turn in interrupted:
+        line = transcript.locator(f"[data-role='agent'][data-turn-id='{turn['id']}']")
+        expect(line.get_by_test_id("line-text")).to_have_text(turn["agent_text"])
+        expect(line.get_by_test_id("interrupted")).to_be_visible()
+        waterfall = page.locator(f"[data-testid='turn-latency'][data-turn-id='{turn['id']}']")
+        expect(waterfall.get_by_test_id("turn-status")).to_have_text("interrupted")
 
     page.get_by_role("link", name="Conversations").click()
     row = page.get_by_test_id("conversation-list").locator("tr", has_text=conversation_id)

@@ -6,9 +6,19 @@ import base64
 import json
 from decimal import Decimal
 
+import pytest
+
 from airies.__main__ import main as airies_main
 from airies.conversations import protocol as wp
-from airies.local.call_client import FRAME_BYTES, Turn, audio_frames, decimal_of, format_waterfall, parse_args
+from airies.local.call_client import (
+    FRAME_BYTES,
+    CallError,
+    Turn,
+    audio_frames,
+    decimal_of,
+    format_waterfall,
+    parse_args,
+)
 
 
 def _sizes(frames: list[dict]) -> list[int]:
@@ -39,9 +49,16 @@ def test_waterfall_lines_carry_each_stage_and_first_audio() -> None:
     assert format_waterfall({}) == ["    (no latency recorded)"]
 
 
-def test_costs_add_exactly_from_strings_or_numbers() -> None:
-    total = sum((decimal_of(v) for v in ("0.000001250", 0.1, "0.2", None)), Decimal(0))
+def test_costs_add_exactly_from_decimal_strings() -> None:
+    total = sum((decimal_of(v) for v in ("0.000001250", "0.1", "0.2", None)), Decimal(0))
     assert total == Decimal("0.300001250")
+    assert f"{decimal_of('0.000000240'):f}" == "0.000000240"  # the server's digits, trailing zeros kept
+
+
+@pytest.mark.parametrize("value", [0.1, 1, True, "1e-7", "NaN", "abc", "", {"usd": "0.1"}])
+def test_an_amount_that_is_not_a_decimal_string_is_a_protocol_error(value: object) -> None:
+    with pytest.raises(CallError, match="protocol error: an amount must be a decimal string"):
+        decimal_of(value)
 
 
 def test_turns_keep_the_order_given_across_options() -> None:

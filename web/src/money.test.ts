@@ -15,12 +15,13 @@ describe("money", () => {
     expect(usd("-2.50")).toBe("-$2.50");
   });
 
-  it("accepts JSON numbers from servers that still send them", () => {
-    expect(decimalText(0.00125)).toBe("0.00125");
-    expect(decimalText(1e-7)).toBe("0.0000001");
-    expect(decimalText(1.5e-9)).toBe("0.0000000015");
-    expect(addDecimal(0.1, "0.2")).toBe("0.3");
+  it("refuses amounts that are not decimal strings: a JSON number is a protocol error", () => {
+    expect(() => decimalText(0.00125 as unknown as string)).toThrow(/protocol error.*decimal string.*number 0\.00125/);
+    expect(() => addDecimal(0.1 as unknown as string, "0.2")).toThrow(/protocol error/);
+    expect(() => usd(1e-7 as unknown as string)).toThrow(/protocol error/);
+    expect(() => decimalText("1e-7")).toThrow(/not a decimal amount/);
     expect(decimalText(null)).toBe("0");
+    expect(decimalText(undefined)).toBe("0");
   });
 
   it("compares exactly and refuses what is not a number", () => {

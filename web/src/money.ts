@@ -1,30 +1,20 @@
-// Money and usage arrive as exact decimal strings (older servers sent some as JSON numbers). They are shown as
-// sent, and added with integer arithmetic on their digits: never through floats.
+// Money and usage arrive as exact fixed-point decimal strings ("0.001250"; docs/api.md, "Money"). They are shown as
+// sent, and added with integer arithmetic on their digits: never through floats. Anything else (a JSON number, an
+// exponent, text) is a protocol error and is refused, never rounded into a figure.
 
-export type Decimalish = string | number | null | undefined;
+/** An amount as the API sends it; absent (null or missing) counts as zero. */
+export type Amount = string | null | undefined;
 
-const DECIMAL = /^(-)?(\d*)(?:\.(\d*))?$/;
+const DECIMAL = /^(-)?(\d+)(?:\.(\d+))?$/;
 
-/** The exact decimal text of an API value ("0.001250"); a JSON number becomes its shortest round-trip text. */
-export function decimalText(value: Decimalish): string {
-  if (value === null || value === undefined || value === "") return "0";
-  if (typeof value === "number") {
-    if (!Number.isFinite(value)) throw new Error(`not a finite amount: ${value}`);
-    // Shortest text that round-trips; exponent form ("1e-7") is expanded so the digits stay exact.
-    return expandExponent(String(value));
+/** The exact decimal text of an API amount ("0.001250"). */
+export function decimalText(value: Amount): string {
+  if (value === null || value === undefined) return "0";
+  if (typeof value !== "string") {
+    throw new Error(`protocol error: an amount must be a decimal string, got the JSON ${typeof value} ${String(value)}`);
   }
-  return value.trim();
-}
-
-function expandExponent(text: string): string {
-  const match = /^(-?)(\d)(?:\.(\d+))?e([+-]\d+)$/.exec(text);
-  if (!match) return text;
-  const [, sign, lead, frac = "", exp] = match;
-  const digits = lead + frac;
-  const point = 1 + Number(exp);
-  if (point <= 0) return `${sign}0.${"0".repeat(-point)}${digits}`;
-  if (point >= digits.length) return sign + digits + "0".repeat(point - digits.length);
-  return `${sign}${digits.slice(0, point)}.${digits.slice(point)}`;
+  if (!DECIMAL.test(value)) throw new Error(`protocol error: not a decimal amount: ${JSON.stringify(value)}`);
+  return value;
 }
 
 interface Scaled {
@@ -32,12 +22,9 @@ interface Scaled {
   scale: number;
 }
 
-function parse(value: Decimalish): Scaled {
-  const text = decimalText(value);
-  const match = DECIMAL.exec(text);
-  if (!match || (match[2] === "" && (match[3] ?? "") === "")) throw new Error(`not a decimal amount: ${text}`);
-  const [, sign, whole, frac = ""] = match;
-  const units = BigInt((whole || "0") + frac);
+function parse(value: Amount): Scaled {
+  const [, sign, whole, frac = ""] = DECIMAL.exec(decimalText(value))!;
+  const units = BigInt(whole + frac);
   return { units: sign ? -units : units, scale: frac.length };
 }
 
@@ -52,7 +39,7 @@ function render({ units, scale }: Scaled): string {
 }
 
 /** a + b, exactly, with as many decimals as the more precise of the two. */
-export function addDecimal(a: Decimalish, b: Decimalish): string {
+export function addDecimal(a: Amount, b: Amount): string {
   const x = parse(a);
   const y = parse(b);
   const scale = Math.max(x.scale, y.scale);
@@ -60,28 +47,28 @@ export function addDecimal(a: Decimalish, b: Decimalish): string {
   return render({ units, scale });
 }
 
-export function sumDecimals(values: Decimalish[]): string {
+export function sumDecimals(values: Amount[]): string {
   return values.reduce<string>((total, value) => addDecimal(total, value), "0");
 }
 
 /** Compare two amounts exactly: -1, 0 or 1. */
-export function compareDecimal(a: Decimalish, b: Decimalish): number {
+export function compareDecimal(a: Amount, b: Amount): number {
   const diff = parse(addDecimal(a, negate(b))).units;
   return diff === 0n ? 0 : diff < 0n ? -1 : 1;
 }
 
-function negate(value: Decimalish): string {
+function negate(value: Amount): string {
   const text = decimalText(value);
   return text.startsWith("-") ? text.slice(1) : `-${text}`;
 }
 
 /** "$0.001250": the API's digits, with a currency sign. */
-export function usd(value: Decimalish): string {
+export function usd(value: Amount): string {
   const text = decimalText(value);
   return text.startsWith("-") ? `-$${text.slice(1)}` : `$${text}`;
 }
 
 /** A value for chart geometry only (bar heights); never used for a figure that is displayed. */
-export function magnitude(value: Decimalish): number {
+export function magnitude(value: Amount): number {
   return Number(decimalText(value));
 }

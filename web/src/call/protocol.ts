@@ -1,5 +1,5 @@
-// Protocol v1 of the voice WebSocket (docs/protocol.md). Money may come as decimal strings or numbers.
-import type { Decimalish } from "../money";
+// Protocol v1 of the voice WebSocket (docs/protocol.md). Money comes as decimal strings (docs/api.md, "Money").
+import type { Amount } from "../money";
 
 export const SAMPLE_RATE = 16_000;
 export const FRAME_MS = 200;
@@ -19,10 +19,10 @@ export interface Latency {
 }
 
 export interface TurnCost {
-  stt?: Decimalish;
-  llm?: Decimalish;
-  tts?: Decimalish;
-  total?: Decimalish;
+  stt?: Amount;
+  llm?: Amount;
+  tts?: Amount;
+  total?: Amount;
 }
 
 export type ServerFrame =

@@ -64,7 +64,6 @@ export class CallSession {
   private micPeak = 0;
   private micReportedAt = 0;
   private pingTimer: number | null = null;
-  private interruptWithTurnId = true; // servers whose interrupt frame has no turn_id refuse it: then sent without
   private pendingFlush: ((value: { turnId: string | null; playedSamples: number }) => void) | null = null;
 
   constructor(private readonly options: CallOptions) {}
@@ -238,13 +237,10 @@ export class CallSession {
   }
 
   private sendInterrupt(turnId: string | null, playedMs: number): void {
-    const frame: Record<string, unknown> = { action: "interrupt", played_ms: playedMs };
-    if (turnId && this.interruptWithTurnId) frame.turn_id = turnId;
-    this.lastInterrupt = { played_ms: playedMs };
-    this.send(frame);
+    // Always names the turn that was playing: an interrupt that arrives after the next turn has started is then
+    // refused (`turn_not_current`) instead of cutting a turn the caller has not heard yet.
+    this.send({ action: "interrupt", played_ms: playedMs, ...(turnId ? { turn_id: turnId } : {}) });
   }
-
-  private lastInterrupt: { played_ms: number } | null = null;
 
   private onPlaybackMessage(message: Stats | { type: "flushed"; turnId: string | null; playedSamples: number }): void {
     if (message.type === "flushed") {
@@ -279,7 +275,12 @@ export class CallSession {
       case "turn_end":
         this.endTurnAudio(frame.turn_id);
         if (frame.cost?.total !== undefined && frame.cost.total !== null) {
-          this.costTotal = addDecimal(this.costTotal, frame.cost.total);
+          try {
+            this.costTotal = addDecimal(this.costTotal, frame.cost.total);
+          } catch (error) {
+            this.fail(error instanceof Error ? error.message : String(error)); // not a decimal string: not our protocol
+            return;
+          }
           this.options.onCost?.(this.costTotal);
         }
         break;
@@ -288,12 +289,8 @@ export class CallSession {
         this.playback?.port.postMessage({ type: "flush" });
         break;
       case "error":
-        // A server that does not know the interrupt frame's turn_id refuses the frame: say it again without it.
-        if (this.interruptWithTurnId && this.lastInterrupt && JSON.stringify(frame.details ?? "").includes("turn_id")) {
-          this.interruptWithTurnId = false;
-          this.send({ action: "interrupt", ...this.lastInterrupt });
-          return;
-        }
+        // Reported as it is (onFrame); nothing is sent again. `turn_not_current` means an interrupt came too late
+        // for its turn: it is dropped, and the current turn plays on.
         break;
       case "ended":
         this.flushCapture();

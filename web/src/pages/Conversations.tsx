@@ -4,7 +4,7 @@ import type { Latency, TurnCost } from "../call/protocol";
 import { Waterfall } from "../components/Waterfall";
 import { ErrorBox, Link, StatusBadge, useLoad } from "../components/ui";
 import { dateTime, seconds } from "../format";
-import { type Decimalish, usd } from "../money";
+import { type Amount, usd } from "../money";
 import type { Agent } from "./Agents";
 
 interface Conversation {
@@ -19,7 +19,7 @@ interface Conversation {
   duration_seconds: number;
   turn_count: number;
   interruption_count: number;
-  cost_usd: Decimalish;
+  cost_usd: Amount;
   recording_enabled: boolean;
   analysis?: Analysis | null;
   analysis_status?: string | null;
@@ -31,7 +31,7 @@ interface Analysis {
   summary?: string | null;
   structured_data?: Record<string, unknown> | null;
   success_evaluation?: Record<string, unknown> | null;
-  cost_usd?: Decimalish;
+  cost_usd?: Amount;
   offline?: boolean;
   error?: string;
   reason?: string;
@@ -47,7 +47,7 @@ interface Turn {
   status: string;
   latency: Latency;
   cost: TurnCost;
-  cost_usd: Decimalish;
+  cost_usd: Amount;
   recording: { caller?: { seconds: number }; agent?: { seconds: number }; error?: string };
   tool_calls?: { name: string; arguments?: unknown; result?: unknown }[];
   started_at: string;

@@ -45,35 +45,55 @@ export function Talk({ agentId }: { agentId?: string }) {
   const [microphone, setMicrophone] = useState(true);
   const [micLevel, setMicLevel] = useState(0);
   const session = useRef<CallSession | null>(null);
+  const interruptedTurns = useRef(new Set<string>());
 
   useEffect(() => {
     if (!selected && agents?.data.length) setSelected(agents.data[0].id);
   }, [agents]);
   useEffect(() => () => session.current?.close(), []);
 
+  /** The agent's line of an interrupted turn shows only what the caller heard; its waterfall says interrupted. */
+  function markInterrupted(turnId: string, heard: string | undefined) {
+    interruptedTurns.current.add(turnId);
+    setLines((all) => {
+      const index = all.findIndex((line) => line.role === "agent" && line.turnId === turnId);
+      if (index < 0) return heard ? [...all, { turnId, role: "agent", text: heard, interrupted: true }] : all;
+      const next = all.slice();
+      next[index] = { ...next[index], text: heard ?? next[index].text, interrupted: true };
+      return next;
+    });
+    setTurns((all) => all.map((turn) => (turn.turnId === turnId ? { ...turn, status: "interrupted" } : turn)));
+  }
+
   function onFrame(frame: ServerFrame) {
     if (frame.type === "transcript") {
-      setLines((all) => [...all, { turnId: frame.turn_id, role: "user", text: frame.text }]);
+      setLines((all) => {
+        // One line per turn: a later transcript of the same turn replaces the earlier one.
+        const index = all.findIndex((line) => line.role === "user" && line.turnId === frame.turn_id);
+        if (index < 0) return [...all, { turnId: frame.turn_id, role: "user", text: frame.text }];
+        const next = all.slice();
+        next[index] = { ...next[index], text: frame.text };
+        return next;
+      });
     } else if (frame.type === "agent_text") {
       setLines((all) => {
         const index = all.findIndex((line) => line.role === "agent" && line.turnId === frame.turn_id);
+        if (interruptedTurns.current.has(frame.turn_id)) return all; // cut: the caller never hears the rest
         if (index < 0) return [...all, { turnId: frame.turn_id, role: "agent", text: frame.delta }];
         const next = all.slice();
         next[index] = { ...next[index], text: `${next[index].text} ${frame.delta}`.trim() };
         return next;
       });
     } else if (frame.type === "interrupted") {
-      setLines((all) =>
-        all.map((line) => (line.role === "agent" && line.turnId === frame.turn_id ? { ...line, interrupted: true } : line)),
-      );
+      markInterrupted(frame.turn_id, frame.heard_text);
     } else if (frame.type === "turn_end") {
-      setTurns((all) => [...all, { turnId: frame.turn_id, status: frame.status, latency: frame.latency, cost: frame.cost }]);
-      if (frame.status === "interrupted") {
-        setLines((all) =>
-          all.map((line) => (line.role === "agent" && line.turnId === frame.turn_id ? { ...line, interrupted: true } : line)),
-        );
-      }
-    } else if (frame.type === "error") {
+      const turnId = frame.turn_id;
+      // An `interrupted` that came first (the barge-in landed before the turn ended) keeps the turn interrupted.
+      const status = interruptedTurns.current.has(turnId) ? "interrupted" : frame.status;
+      setTurns((all) => [...all, { turnId, status, latency: frame.latency, cost: frame.cost }]);
+      if (frame.status === "interrupted") markInterrupted(turnId, frame.agent_text); // agent_text: what was received
+    } else if (frame.type === "error" && frame.code !== "turn_not_current") {
+      // turn_not_current: a barge-in that reached the server after the next turn began; dropped, nothing to show.
       setDetail(`${frame.code}: ${frame.message}`);
     }
   }
@@ -82,6 +102,7 @@ export function Talk({ agentId }: { agentId?: string }) {
     setError(null);
     setLines([]);
     setTurns([]);
+    interruptedTurns.current = new Set();
     setCost("0");
     setBargeIns([]);
     setPlayback(null);
@@ -185,8 +206,9 @@ export function Talk({ agentId }: { agentId?: string }) {
           <h2>Transcript</h2>
           <ol class="transcript" data-testid="transcript">
             {lines.map((line, index) => (
-              <li key={index} class={`line line-${line.role}`} data-role={line.role}>
-                <span class="who">{line.role === "user" ? "You" : "Agent"}</span> {line.text}
+              <li key={index} class={`line line-${line.role}`} data-role={line.role} data-turn-id={line.turnId}>
+                <span class="who">{line.role === "user" ? "You" : "Agent"}</span>{" "}
+                <span data-testid="line-text">{line.text}</span>
                 {line.interrupted && (
                   <span class="badge badge-warn" data-testid="interrupted">
                     interrupted
@@ -218,9 +240,9 @@ export function Talk({ agentId }: { agentId?: string }) {
         <div>
           <h2>Latency per turn</h2>
           {turns.map((turn, index) => (
-            <div class="turn-latency" key={turn.turnId} data-testid="turn-latency">
+            <div class="turn-latency" key={turn.turnId} data-testid="turn-latency" data-turn-id={turn.turnId}>
               <div class="small">
-                turn {index + 1} · {turn.status} · {usd(turn.cost?.total ?? "0")}
+                turn {index + 1} · <span data-testid="turn-status">{turn.status}</span> · {usd(turn.cost?.total ?? "0")}
               </div>
               <Waterfall latency={turn.latency} />
             </div>

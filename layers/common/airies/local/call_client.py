@@ -19,11 +19,12 @@ import asyncio
 import base64
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -45,6 +46,7 @@ WATERFALL = (
     ("first_audio_ms", "first audio"),
 )
 BAR_WIDTH = 40
+_DECIMAL = re.compile(r"-?\d+(\.\d+)?")
 
 
 class CallError(Exception):
@@ -142,11 +144,14 @@ def audio_frames(pcm: bytes, first_seq: int) -> list[dict[str, Any]]:
 
 
 def decimal_of(value: Any) -> Decimal:
-    """Money from the server (decimal strings, or JSON numbers from older servers), exactly."""
-    try:
-        return Decimal(str(value)) if value is not None else Decimal(0)
-    except InvalidOperation:
+    """Money from the server, exactly: a fixed-point decimal string (docs/api.md, "Money"); absent is zero.
+
+    Anything else, a JSON number included, is a protocol error (``CallError``), never rounded into a figure."""
+    if value is None:
         return Decimal(0)
+    if not isinstance(value, str) or not _DECIMAL.fullmatch(value):
+        raise CallError(f"protocol error: an amount must be a decimal string, got {json.dumps(value)}")
+    return Decimal(value)
 
 
 def format_waterfall(latency: dict[str, Any]) -> list[str]:
@@ -270,7 +275,7 @@ class CallClient:
             self.report.turns.append(frame)
             cost = frame.get("cost") or {}
             self.report.total_cost += decimal_of(cost.get("total"))
-            parts = ", ".join(f"{k} ${cost[k]}" for k in ("stt", "llm", "tts") if k in cost)
+            parts = ", ".join(f"{k} ${decimal_of(cost[k]):f}" for k in ("stt", "llm", "tts") if k in cost)
             self.say(f"  turn {len(self.report.turns)} {frame.get('status')}: cost ${cost.get('total', '0')} ({parts})")
             for line in format_waterfall(frame.get("latency") or {}):
                 self.say(line)

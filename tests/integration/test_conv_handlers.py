@@ -1187,6 +1187,56 @@ def test_an_interrupt_after_turn_end_keeps_only_what_was_played(aws, database, s
     assert h.turns(cid)[0].agent_text == "First sentence here. Second"  # unchanged
 
 
+@pytest.mark.parametrize("client_first", [False, True], ids=["after_stored", "before_stored"])
+def test_a_turn_cut_by_voice_is_cut_again_to_what_the_client_then_says_it_played(
+    aws, database, settings, client_first: bool
+) -> None:
+    """The server's VAD cuts the reply while it is posted (it knows nothing of playback: everything posted counts as
+    heard); the client's own interrupt, with ``played_ms``, comes after and cuts the stored text to what was played,
+    whether it lands before or after the turn is stored."""
+    h = Harness(
+        database,
+        settings,
+        fake_engines(llm=FakeLLM(reply=LONG_REPLY), tts=FakeTTS(chunk_ms=250)),
+        first_message_mode="assistant_waits_for_user",
+    )
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    check = h.store.turn_status
+
+    def voice_after_four_frames(conversation_id: str, turn_id: str) -> tuple[bool, int | None]:
+        # The caller's voice, once the first frame of the second sentence is out (the server's VAD: no played_ms)
+        if types(frames_of(conn)).count("audio") >= 4:
+            h.store.cancel_turn(conversation_id, None)
+        return check(conversation_id, turn_id)
+
+    h.store.turn_status = voice_after_four_frames  # type: ignore[method-assign]
+    if client_first:  # the client's interrupt lands before the turn is stored and back to listening
+        finish = h.store.finish_turn
+
+        def client_then_finish(conversation_id: str, turn_id: str, spoken: str | None = None) -> Any:
+            assert h.store.cancel_finished_turn(conversation_id, turn_id, 1500) is not None
+            return finish(conversation_id, turn_id, spoken)
+
+        h.store.finish_turn = client_then_finish  # type: ignore[method-assign]
+    h.send(conn, {"action": "text", "text": "tell me"})
+    end = frames_of(conn)[-1] if not client_first else next(f for f in frames_of(conn) if f["type"] == "turn_end")
+    posted = end["agent_text"]  # the VAD's cut: everything posted counts as heard
+    assert end["status"] == "interrupted" and posted.startswith("First sentence here. Second sentence")
+    if not client_first:
+        h.send(conn, {"action": "interrupt", "turn_id": end["turn_id"], "played_ms": 1500})
+    cut = frames_of(conn)[-1]
+    # 1,500 ms played: the first sentence (1,200 ms) and the share of the second's posted audio played
+    heard = cut["heard_text"]
+    assert cut["type"] == "interrupted" and heard.startswith("First sentence here. Second")
+    assert len(heard) < len(posted)
+    turn = h.turns(cid)[-1]
+    assert (turn.agent_text, turn.status) == (heard, "interrupted")
+    assert h.conversation(cid).interruption_count == 1
+    h.send(conn, {"action": "interrupt", "turn_id": end["turn_id"], "played_ms": 100})  # the first played_ms
+    assert h.turns(cid)[-1].agent_text == heard
+
+
 def test_an_interrupt_after_the_last_check_but_before_the_turn_ends_cuts_it(aws, database, settings) -> None:
     h = Harness(
         database,

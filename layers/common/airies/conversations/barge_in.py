@@ -86,7 +86,9 @@ class BargeIn:
         if sentences is None:
             return
         heard = heard_reply(sentences, session.played_ms)
-        self.keep_heard(session.account_id, session.conversation_id, turn_id, heard, poster)
+        # exact: the first played_ms of the turn (the store's condition) also shortens a turn the server's VAD cut
+        # with everything posted counted as heard.
+        self.keep_heard(session.account_id, session.conversation_id, turn_id, heard, poster, exact=True)
 
     def keep_heard(
         self,

@@ -333,7 +333,9 @@ class TurnOrchestrator:
         if outcome.sink is not None:
             outcome.sink.settle()
         result = outcome.result
-        outcome.stored = result is not None and result.status == "completed" and outcome.closed is None
+        # An interrupted turn keeps its sentences too: cut by the server's VAD (which knows nothing of playback),
+        # it is cut again to the client's played_ms when that comes.
+        outcome.stored = result is not None and result.status in ("completed", "interrupted") and outcome.closed is None
         record = spoken_record(turn_id, result.spoken) if outcome.stored and result is not None else None
         try:
             claimed = claim.claimed.result() is not None
@@ -366,8 +368,15 @@ class TurnOrchestrator:
         )
         if sink.connections:
             sink.broadcast(frame)
-        if finished is not None and finished.cancelled == turn_id and finished.played_ms is not None and outcome.stored:
-            # An interrupt landed after the turn's last barge-in check: cut it now, as one after turn_end would be.
+        if (
+            finished is not None
+            and finished.cancelled == turn_id
+            and finished.played_ms is not None
+            and outcome.stored
+            and result.played_ms is None
+        ):
+            # An interrupt (or the played_ms of one, after a cut by voice) landed after the turn's last barge-in
+            # check: cut it now, as one after turn_end would be.
             self.barge_in.cut_finished_turn(finished, turn_id, poster)
         ending = outcome.end_after or result.end_call
         if ending:

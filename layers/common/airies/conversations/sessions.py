@@ -572,14 +572,15 @@ class SessionStore:
 
     def cancel_finished_turn(self, conversation_id: str, turn_id: str, played_ms: int) -> LiveSession | None:
         """Barge-in after the turn's last frame: the turn is over but still the last one (no newer turn started)
-        and not cut yet. Returns the session (with the turn's ``spoken`` record), or None."""
+        and not cut to a played_ms yet (a cut by the server's VAD has none). Returns the session (with the turn's
+        ``spoken`` record), or None."""
         attrs = self._update(
             self._key(conversation_id),
             "SET cancelled = :turn, played_ms = :played",
             {":turn": {"S": turn_id}, ":played": {"N": str(played_ms)}, ":listening": {"S": LISTENING}},
             ExpressionAttributeNames={"#st": "state"},
             ConditionExpression="turn_id = :turn AND #st = :listening "
-            "AND (attribute_not_exists(cancelled) OR cancelled <> :turn)",
+            "AND (attribute_not_exists(cancelled) OR cancelled <> :turn OR attribute_not_exists(played_ms))",
             ReturnValues="ALL_NEW",
         )
         return LiveSession.from_item(attrs) if attrs else None

@@ -146,6 +146,7 @@ class TurnResult:
     passages: int = 0
     spoken: list[SpokenSentence] = field(default_factory=list)  # per sentence, where its audio starts and ends
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # ``ToolOutcome.record()`` per call, in order
+    played_ms: int | None = None  # an interrupted turn: what the client said it played (None: not said)
 
 
 def heard_text(sentences: list[SpokenSentence], heard_ms: float) -> str:
@@ -290,6 +291,7 @@ class TurnRunner:
                 error=error,
                 passages=state.passages,
                 spoken=list(state.sentences),
+                played_ms=state.played_ms,
             )
 
         # 1. speech to text

@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session
 
 from airies.agents.engines import engine_report
 from airies.agents.models import AgentVersion
-from airies.agents.prompts import agent_tools, build_messages
+from airies.agents.prompts import llm_request
 from airies.agents.schemas import AgentConfig, AgentTestRequest, AgentTestTurn, FirstMessageMode
 from airies.agents.service import AgentService
 from airies.core.aio import run_sync
@@ -56,8 +56,8 @@ from airies.core.text import contains_phrase
 from airies.core.url_guard import url_guard
 from airies.knowledge.service import build_knowledge_service
 from airies.llm.service import LLMService, build_llm_service
-from airies.llm.vendors.base import LLMRequest, StreamEnd, TextDelta, ToolCall
-from airies.tools.dispatch import MAX_TOOL_ROUNDS, ToolDispatcher, tool_messages
+from airies.llm.vendors.base import StreamEnd, TextDelta
+from airies.tools.dispatch import RoundResult, ToolDispatcher, ToolWait, tool_rounds
 from airies.tools.runner import ToolRunner
 from airies.webhooks.service import WebhookService
 
@@ -337,21 +337,7 @@ class AgentTestService:
             passages = [] if on_demand else await self._retrieve(account_id, config, user)
         except Exception as exc:  # as on a call: answer without retrieval rather than fail the turn
             passages, retrieval_error = [], f"{type(exc).__name__}: {exc}"[:200]
-        request = LLMRequest(
-            model=config.llm.model,
-            messages=build_messages(config, history, user, passages),
-            temperature=config.llm.temperature,
-            max_tokens=config.llm.max_tokens,
-            tools=agent_tools(config),
-            provider=config.llm.provider,
-            fallbacks=tuple((fb.provider, fb.model) for fb in config.llm.fallbacks),
-            metadata={
-                "first_message": config.first_message,
-                "knowledge_passages": passages,
-                "end_call_phrases": list(config.end_call_phrases),
-                "end_call_message": config.end_call_message,
-            },
-        )
+        request = llm_request(config, history, user, passages)
         dispatcher = ToolDispatcher(
             config.tools,
             config.builtin_tools,
@@ -364,39 +350,35 @@ class AgentTestService:
         usage = {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}
         cost = Decimal(0)
         first_end: StreamEnd | None = None
-        for tool_round in range(MAX_TOOL_ROUNDS + 1):
-            end: StreamEnd | None = None
-            said: list[str] = []
-            async for event in llm.stream_response(request, account_id=account_id):
-                if isinstance(event, TextDelta):
-                    said.append(event.text)
-                elif isinstance(event, StreamEnd):
-                    end = event
-            assert end is not None  # the router always finishes with a StreamEnd or raises
-            first_end = first_end or end
-            parts += said
-            for key in usage:
-                usage[key] += getattr(end.usage, key)
-            cost += end.cost
-            calls = list(end.tool_calls)
-            actionable: list[ToolCall] = [c for c in calls if c.name != "end_call"]
-            tool_calls += [
-                {"id": c.id, "name": c.name, "arguments": _json_or_text(c.arguments)}
-                for c in calls
-                if c.name == "end_call"
-            ]
-            if not actionable or tool_round == MAX_TOOL_ROUNDS:
-                break
-            parts += [f" {message} " for message in dispatcher.waiting_messages(actionable)]
-            done = await dispatcher.run(
-                actionable, account_id=account_id, conversation_id="agent_test", turn_id=f"agent_test_turn_{index}"
-            )
-            tool_calls += [outcome.record() for outcome in done.outcomes]
-            parts += [f" {message} " for message in done.say]
-            if any(c.name == "end_call" for c in calls):
-                break
-            messages = [*request.messages, *tool_messages("".join(said), actionable, done.outcomes)]
-            request = dataclasses.replace(request, messages=messages)
+        end: StreamEnd | None = None
+        rounds = tool_rounds(
+            request,
+            lambda req: llm.stream_response(req, account_id=account_id),
+            dispatcher,
+            account_id=account_id,
+            conversation_id="agent_test",
+            turn_id=f"agent_test_turn_{index}",
+        )
+        async for event in rounds:
+            if isinstance(event, TextDelta):
+                parts.append(event.text)
+            elif isinstance(event, StreamEnd):
+                end = event
+                first_end = first_end or end
+                for key in usage:
+                    usage[key] += getattr(end.usage, key)
+                cost += end.cost
+                tool_calls += [
+                    {"id": c.id, "name": c.name, "arguments": _json_or_text(c.arguments)}
+                    for c in end.tool_calls
+                    if c.name == "end_call"
+                ]
+            elif isinstance(event, ToolWait):
+                parts += [f" {message} " for message in event.messages]
+            elif isinstance(event, RoundResult):
+                tool_calls += [outcome.record() for outcome in event.outcomes]
+                parts += [f" {message} " for message in event.say]
+        # the router always finishes with a StreamEnd or raises
         assert end is not None and first_end is not None
         reply = " ".join("".join(parts).split())
         end_reason = None

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Protocol
 
 from airies.agents.engines import turn_engines
-from airies.agents.prompts import agent_tools, build_messages
+from airies.agents.prompts import llm_request
 from airies.agents.schemas import AgentConfig
 from airies.conversations import protocol as wp
 from airies.core.money import format_usd
@@ -24,15 +24,14 @@ from airies.core.observability import provider_span, traced_stream
 from airies.core.text import SentenceSegmenter, contains_phrase, split_sentences
 from airies.llm import catalog
 from airies.llm.cost import token_cost
-from airies.llm.vendors.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCall, ToolCallDelta, Usage
-from airies.tools.dispatch import MAX_TOOL_ROUNDS, ToolDispatcher, tool_messages
+from airies.llm.vendors.base import LLMRequest, StreamEnd, TextDelta, ToolCallDelta, Usage
+from airies.tools.dispatch import LLMStreamer, RoundResult, ToolDispatcher, ToolWait, tool_rounds
 from airies.tools.runner import ToolOutcome, ToolRunner
 from airies.voice import catalog as voice_catalog
 from airies.voice.speech_models import expected_phrases_for_agent
 from airies.voice.stt.base import STTOptions, STTProvider, Transcript
 from airies.voice.tts.base import TTSOptions, TTSProvider
 
-LLMStreamer = Callable[[LLMRequest], AsyncIterator[LLMEvent]]
 # (account_id, knowledge_base_ids, query) -> passages [{"text", "score", "source", ...}]
 Retriever = Callable[[str, list[str], str], Awaitable[list[dict[str, Any]]]]
 # Sentences synthesised ahead of the one being spoken. One hides the next sentence's TTS first byte behind this
@@ -343,24 +342,8 @@ class TurnRunner:
                 state.passages = len(passages)
             if history_task is not None:
                 history = await history_task
-            request = LLMRequest(
-                model=config.llm.model,
-                messages=build_messages(config, history, user_text, passages),  # type: ignore[arg-type]
-                temperature=config.llm.temperature,
-                max_tokens=config.llm.max_tokens,
-                tools=agent_tools(config),
-                provider=config.llm.provider,
-                fallbacks=tuple((fb.provider, fb.model) for fb in config.llm.fallbacks),
-                metadata={
-                    "account_id": inp.account_id,
-                    "conversation_id": inp.conversation_id,
-                    "turn_id": inp.turn_id,
-                    "knowledge_passages": passages,
-                    "first_message": config.first_message or "",
-                    "end_call_phrases": list(config.end_call_phrases),
-                    "end_call_message": config.end_call_message or "",
-                },
-            )
+            ids = {"account_id": inp.account_id, "conversation_id": inp.conversation_id, "turn_id": inp.turn_id}
+            request = llm_request(config, history, user_text, passages, metadata=ids)  # type: ignore[arg-type]
             producer = asyncio.create_task(self._produce(request, segments, state, latency, usage, config, inp))
             await asyncio.sleep(0)  # the LLM request leaves before the transcript post's SDK work holds the GIL
 
@@ -407,54 +390,66 @@ class TurnRunner:
         meanwhile), their results go back to the LLM and the reply streams on, for at most ``MAX_TOOL_ROUNDS``."""
         start = self.clock()
         segmenter = SentenceSegmenter()
+        dispatcher = ToolDispatcher(
+            config.tools,
+            config.builtin_tools,
+            config.knowledge_base_ids,
+            caller=self.engines.tools.call_many if self.engines.tools is not None else None,
+            retrieve=self.engines.retrieve,
+            can_transfer=inp.can_transfer,
+            clock=self.clock,
+        )
+        rounds = tool_rounds(
+            request,
+            lambda req: traced_stream("llm", config.llm.provider, self.engines.llm(req)),
+            dispatcher,
+            account_id=inp.account_id,
+            conversation_id=inp.conversation_id,
+            turn_id=inp.turn_id,
+        )
+        tools_start = start
         try:
-            for tool_round in range(MAX_TOOL_ROUNDS + 1):
-                calls: tuple[ToolCall, ...] = ()
-                round_start = len(state.generated)
-                async for event in traced_stream("llm", config.llm.provider, self.engines.llm(request)):
-                    if isinstance(event, TextDelta):
-                        if latency["llm_first_token_ms"] is None and event.text:
-                            latency["llm_first_token_ms"] = self._ms(start)
-                        state.generated += event.text
-                        if state.stream:
-                            segments.put_nowait(event.text)
-                        else:
-                            for sentence in segmenter.push(event.text):
-                                segments.put_nowait(sentence)
-                    elif isinstance(event, ToolCallDelta):
-                        if event.name == "end_call":
-                            state.end_call = "end_call_tool"
-                    elif isinstance(event, StreamEnd):
-                        latency["llm_total_ms"] = self._ms(start)
-                        state.llm_done_at = self.clock()
-                        for key, value in (
-                            ("prompt_tokens", event.usage.prompt_tokens),
-                            ("completion_tokens", event.usage.completion_tokens),
-                            ("cached_tokens", event.usage.cached_tokens),
-                        ):
-                            usage[key] = usage.get(key, 0) + value
-                        usage.update(
-                            llm_provider=event.provider,
-                            llm_model=event.model,
-                            tokens_estimated=bool(usage.get("tokens_estimated")) or event.usage.estimated,
-                        )
-                        # the router's attempts before the provider that answered (ProviderFailovers metric)
-                        failovers = max(0, len(event.metadata.get("attempts") or ()) - 1)
-                        usage["llm_failovers"] = usage.get("llm_failovers", 0) + failovers
-                        calls = event.tool_calls
-                        if any(call.name == "end_call" for call in calls):
-                            state.end_call = "end_call_tool"
-                actionable = [call for call in calls if call.name != "end_call"]
-                if not actionable or tool_round == MAX_TOOL_ROUNDS:
-                    break
-                for sentence in segmenter.flush():  # what the LLM said before calling is heard before the wait
-                    segments.put_nowait(sentence)
-                said = state.generated[round_start:]
-                outcomes = await self._call_tools(actionable, config, inp, segments, state, latency)
-                if state.transfer is not None or state.end_call is not None:
-                    break  # the call is over: nothing more to ask the LLM
-                request = replace(request, messages=[*request.messages, *tool_messages(said, actionable, outcomes)])
-                segmenter = SentenceSegmenter()
+            async for event in rounds:
+                if isinstance(event, TextDelta):
+                    if latency["llm_first_token_ms"] is None and event.text:
+                        latency["llm_first_token_ms"] = self._ms(start)
+                    state.generated += event.text
+                    if state.stream:
+                        segments.put_nowait(event.text)
+                    else:
+                        for sentence in segmenter.push(event.text):
+                            segments.put_nowait(sentence)
+                elif isinstance(event, ToolCallDelta):
+                    if event.name == "end_call":
+                        state.end_call = "end_call_tool"
+                elif isinstance(event, StreamEnd):
+                    latency["llm_total_ms"] = self._ms(start)
+                    state.llm_done_at = self.clock()
+                    for key, value in (
+                        ("prompt_tokens", event.usage.prompt_tokens),
+                        ("completion_tokens", event.usage.completion_tokens),
+                        ("cached_tokens", event.usage.cached_tokens),
+                    ):
+                        usage[key] = usage.get(key, 0) + value
+                    usage.update(
+                        llm_provider=event.provider,
+                        llm_model=event.model,
+                        tokens_estimated=bool(usage.get("tokens_estimated")) or event.usage.estimated,
+                    )
+                    # the router's attempts before the provider that answered (ProviderFailovers metric)
+                    failovers = max(0, len(event.metadata.get("attempts") or ()) - 1)
+                    usage["llm_failovers"] = usage.get("llm_failovers", 0) + failovers
+                    if any(call.name == "end_call" for call in event.tool_calls):
+                        state.end_call = "end_call_tool"
+                elif isinstance(event, ToolWait):  # the waiting messages are spoken while the tools run
+                    for sentence in segmenter.flush():  # what the LLM said before calling is heard before the wait
+                        segments.put_nowait(sentence)
+                    segmenter = SentenceSegmenter()
+                    tools_start = self.clock()
+                    for message in event.messages:
+                        self._say(message, segments, state)
+                elif isinstance(event, RoundResult):
+                    self._tools_done(event, segments, state, latency, tools_start)
             for sentence in segmenter.flush():
                 segments.put_nowait(sentence)
             if state.end_call == "end_call_tool" and not state.generated.strip() and config.end_call_message:
@@ -470,31 +465,15 @@ class TurnRunner:
         for sentence in state.pieces(separator + text if state.stream else text):
             segments.put_nowait(sentence)
 
-    async def _call_tools(
+    def _tools_done(
         self,
-        calls: list[ToolCall],
-        config: AgentConfig,
-        inp: TurnInput,
+        done: RoundResult,
         segments: asyncio.Queue[str | None],
         state: _TurnState,
         latency: dict[str, float | None],
-    ) -> list[ToolOutcome]:
-        """One round of tool calls (``airies.tools.dispatch``), the waiting messages spoken while they run."""
-        start = self.clock()
-        dispatcher = ToolDispatcher(
-            config.tools,
-            config.builtin_tools,
-            config.knowledge_base_ids,
-            caller=self.engines.tools.call_many if self.engines.tools is not None else None,
-            retrieve=self.engines.retrieve,
-            can_transfer=inp.can_transfer,
-            clock=self.clock,
-        )
-        for message in dispatcher.waiting_messages(calls):
-            self._say(message, segments, state)
-        done = await dispatcher.run(
-            calls, account_id=inp.account_id, conversation_id=inp.conversation_id, turn_id=inp.turn_id
-        )
+        start: float,
+    ) -> None:
+        """A round of tool calls (``airies.tools.dispatch``) is over: its outcomes kept, its failure messages said."""
         state.tool_outcomes += done.outcomes
         state.passages += done.passages
         if done.transfer is not None:
@@ -503,7 +482,6 @@ class TurnRunner:
         for message in done.say:
             self._say(message, segments, state)
         latency["tool_ms"] = round((latency["tool_ms"] or 0.0) + (self.clock() - start) * 1000, 2)
-        return done.outcomes
 
     async def _speak(
         self,

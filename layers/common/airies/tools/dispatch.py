@@ -8,6 +8,9 @@
   ``transfer`` is set (destination, message) and the call is over; elsewhere the LLM is told it is not available.
 * ``query_knowledge_base``: ``retrieve(account_id, knowledge_base_ids, query)``; the passages go back as JSON.
 * anything else: refused (the LLM is told there is no such tool).
+
+``tool_rounds`` is the loop around it: the LLM answers, its tool calls run, their results go back to it and it answers
+again, for at most ``MAX_TOOL_ROUNDS`` rounds.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from airies.llm.vendors.base import ToolCall
+from airies.llm.vendors.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCall, ToolCallDelta
 from airies.tools.builtins import QUERY_KNOWLEDGE_BASE, TRANSFER_CALL, TRANSFER_NOT_AVAILABLE
 from airies.tools.runner import ToolCaller, ToolInvocation, ToolOutcome, cap, parse_arguments
 from airies.tools.schemas import BuiltinTools, ToolConfig
@@ -28,6 +31,7 @@ from airies.tools.schemas import BuiltinTools, ToolConfig
 MAX_TOOL_ROUNDS = 3
 # (account_id, knowledge_base_ids, query) -> passages [{"text", "document_name", ...}]
 Retriever = Callable[[str, list[str], str], Awaitable[list[dict[str, Any]]]]
+LLMStreamer = Callable[[LLMRequest], AsyncIterator[LLMEvent]]
 
 
 @dataclass
@@ -36,6 +40,14 @@ class RoundResult:
     say: list[str] = field(default_factory=list)  # failure messages, then the transfer message
     transfer: tuple[str, str] | None = None  # (destination, message) when the call is handed over
     passages: int = 0
+
+
+@dataclass(frozen=True)
+class ToolWait:
+    """A round's tools are about to run: ``messages`` are to be said while they do."""
+
+    calls: list[ToolCall]
+    messages: list[str]
 
 
 def tool_messages(said: str, calls: Sequence[ToolCall], outcomes: Sequence[ToolOutcome]) -> list[dict[str, Any]]:
@@ -160,3 +172,42 @@ class ToolDispatcher:
             found = [{"text": p.get("text", ""), "source": p.get("document_name")} for p in passages]
             return outcome("completed", json.dumps(found) if found else "Nothing relevant was found.")
         return outcome("refused", f"There is no tool named {call.name}.", error="unknown_tool")
+
+
+async def tool_rounds(
+    request: LLMRequest,
+    stream: LLMStreamer,
+    dispatcher: ToolDispatcher,
+    *,
+    account_id: str,
+    conversation_id: str,
+    turn_id: str,
+) -> AsyncIterator[LLMEvent | ToolWait | RoundResult]:
+    """The LLM's reply, its tools run: the LLM's events as they come (one ``StreamEnd`` a round); when it calls tools
+    other than ``end_call``, a ``ToolWait`` before they run and the round's ``RoundResult`` after, then the LLM answers
+    again with their results. Stops when nothing is left to run, after ``MAX_TOOL_ROUNDS`` rounds of tools, or after
+    a round that ends the call (``end_call`` among its calls, or a transfer)."""
+    for tool_round in range(MAX_TOOL_ROUNDS + 1):
+        said: list[str] = []
+        calls: tuple[ToolCall, ...] = ()
+        ending = False  # end_call, streamed or in the StreamEnd
+        async for event in stream(request):
+            if isinstance(event, TextDelta):
+                said.append(event.text)
+            elif isinstance(event, ToolCallDelta):
+                ending = ending or event.name == "end_call"
+            elif isinstance(event, StreamEnd):
+                calls = event.tool_calls
+                ending = ending or any(call.name == "end_call" for call in calls)
+            yield event
+        actionable = [call for call in calls if call.name != "end_call"]
+        if not actionable or tool_round == MAX_TOOL_ROUNDS:
+            return
+        yield ToolWait(actionable, dispatcher.waiting_messages(actionable))
+        done = await dispatcher.run(actionable, account_id=account_id, conversation_id=conversation_id, turn_id=turn_id)
+        yield done
+        if done.transfer is not None or ending:
+            return  # the call is over: nothing more to ask the LLM
+        request = replace(
+            request, messages=[*request.messages, *tool_messages("".join(said), actionable, done.outcomes)]
+        )

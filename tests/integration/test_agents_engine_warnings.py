@@ -86,6 +86,42 @@ def test_keys_of_the_platform_or_the_account_silence_the_warning(client, auth, s
     assert "transcriber.provider" in other
 
 
+def test_reading_an_agent_finds_its_warnings_in_one_key_query_and_decrypts_nothing(
+    client, auth, settings, database, monkeypatch
+):
+    """A warm ``GET /agents/{id}`` (the API's hot path) asks which providers have a stored key once, names only:
+    not one query and one decryption per voice vendor."""
+    from sqlalchemy import event
+
+    account_id = client.get("/api/v1/accounts/me", headers=auth).json()["id"]
+    with database.session() as session:
+        for provider, key in (("deepgram", "account-deepgram-key-0001"), ("elevenlabs", "account-eleven-key-0001")):
+            ProviderKeyService(session, settings).store(account_id, provider, key)
+    agent = client.post("/api/v1/agents", json=AGENT, headers=auth).json()
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    def no_decryption(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("a key was decrypted to read an agent")
+
+    monkeypatch.setattr(ProviderKeyService, "get_with_options", no_decryption)
+    event.listen(database.engine, "before_cursor_execute", count)
+    try:
+        read = client.get(f"/api/v1/agents/{agent['id']}", headers=auth)
+    finally:
+        event.remove(database.engine, "before_cursor_execute", count)
+    assert read.status_code == 200, read.text
+    assert {w["field"] for w in read.json()["warnings"]} == {
+        "llm.provider",
+        "llm.fallbacks.0.provider",
+        "voice.fallback_voices.0.provider",
+    }
+    assert sum("provider_keys" in statement for statement in statements) == 1
+    assert len(statements) <= 6, statements
+
+
 def test_without_the_offline_fallback_the_warning_says_calls_fail(client, auth, settings):
     settings.voice_offline_fallback = False
     problems = problems_by_field(client.post("/api/v1/agents/validate", json=AGENT, headers=auth).json())

@@ -267,6 +267,11 @@ def get_account_provider_key(
     return ProviderKeyService(session, settings or get_settings()).get(account_id, provider)
 
 
+def stored_providers(session: Session, account_id: str) -> set[str]:
+    """The providers this account has a key stored for: names only, nothing decrypted (one query)."""
+    return set(session.scalars(select(ProviderKey.provider).where(ProviderKey.account_id == account_id)))
+
+
 def get_account_provider_credentials(
     session: Session, account_id: str, provider: str, settings: Settings | None = None
 ) -> tuple[str, dict[str, str]] | None:

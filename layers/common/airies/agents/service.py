@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from airies.accounts.provider_keys import stored_providers
 from airies.agents.engines import ConfiguredEngines, engine_warnings
 from airies.agents.models import Agent, AgentVersion
 from airies.agents.schemas import AgentConfig
@@ -46,9 +47,10 @@ ConfiguredEngineLookup = Callable[[Session, str], ConfiguredEngines]
 
 def configured_engine_lookup(settings: Settings) -> ConfiguredEngineLookup:
     def lookup(session: Session, account_id: str) -> ConfiguredEngines:
+        stored = stored_providers(session, account_id)  # one query for both kinds
         return ConfiguredEngines(
-            llm=frozenset(configured_llm_providers(settings, session, account_id)),
-            voice=frozenset(configured_voice_vendors(settings, session, account_id)),
+            llm=frozenset(configured_llm_providers(settings, session, account_id, stored)),
+            voice=frozenset(configured_voice_vendors(settings, stored)),
             offline_fallback=settings.voice_offline_fallback,
         )
 

@@ -177,15 +177,14 @@ def account_providers(
     return providers, endpoint_catalog(endpoints)
 
 
-def configured_llm_providers(settings: Settings, session: Session, account_id: str) -> set[str]:
+def configured_llm_providers(settings: Settings, session: Session, account_id: str, stored: set[str]) -> set[str]:
     """The LLM providers ``build_llm_service`` would give this account (platform keys, the operator's custom
-    endpoint, the account's own keys and endpoints), found without building them (no key decrypted, no SDK)."""
+    endpoint, the account's own keys among the providers it has ``stored`` keys for, and its endpoints), found
+    without building them (no key decrypted, no SDK)."""
     names = {vendor for vendor in LLM_VENDORS if platform_key(settings, f"{vendor}_api_key")}
     if settings.llm_custom_base_url:
         names.add(settings.llm_custom_name)
-    for row in ProviderKeyService(session, settings).list(account_id):
-        if row["provider"] in LLM_VENDORS:
-            names.add(row["provider"])
+    names.update(stored.intersection(LLM_VENDORS))
     names.update(provider_name(row.name) for row in CustomEndpointService(session, settings).list(account_id))
     return names
 

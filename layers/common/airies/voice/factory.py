@@ -59,13 +59,14 @@ def account_credentials(
     return None
 
 
-def configured_voice_vendors(settings: Settings, session: Session | None, account_id: str | None) -> set[str]:
-    """The cloud STT/TTS vendors with a key for this account (its own, else the platform's): the ones
-    ``build_voice_service`` makes available, found without building them."""
+def configured_voice_vendors(settings: Settings, stored: set[str]) -> set[str]:
+    """The cloud STT/TTS vendors with a key for this account (its own, among the providers it has ``stored`` keys
+    for, else the platform's): the ones ``build_voice_service`` makes available, found without building them or
+    decrypting a key."""
     return {
         p
-        for p in CLOUD_VENDORS
-        if account_credentials(session, account_id, p, settings) or vendor_platform_key(settings, p)
+        for p, vendor in CLOUD_VENDORS.items()
+        if stored.intersection(vendor.account_keys) or vendor_platform_key(settings, p)
     }
 
 

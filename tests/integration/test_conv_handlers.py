@@ -1204,13 +1204,15 @@ def test_a_turn_cut_by_voice_is_cut_again_to_what_the_client_then_says_it_played
     conn, _ = h.connect(cid, token)
     check = h.store.turn_status
 
-    def voice_after_four_frames(conversation_id: str, turn_id: str) -> tuple[bool, int | None]:
+    def voice_in_the_second_sentence(conversation_id: str, turn_id: str) -> tuple[bool, int | None]:
         # The caller's voice, once the first frame of the second sentence is out (the server's VAD: no played_ms)
-        if types(frames_of(conn)).count("audio") >= 4:
+        kinds = types(frames_of(conn))
+        texts = [i for i, kind in enumerate(kinds) if kind == "agent_text"]
+        if len(texts) >= 2 and "audio" in kinds[texts[1] :]:
             h.store.cancel_turn(conversation_id, None)
         return check(conversation_id, turn_id)
 
-    h.store.turn_status = voice_after_four_frames  # type: ignore[method-assign]
+    h.store.turn_status = voice_in_the_second_sentence  # type: ignore[method-assign]
     if client_first:  # the client's interrupt lands before the turn is stored and back to listening
         finish = h.store.finish_turn
 

@@ -249,29 +249,45 @@ def test_the_next_sentence_is_synthesised_while_this_one_is_posted_and_no_furthe
     assert result.usage["tts_characters"] == len(reply) - 2  # each sentence once (the spaces between are not spoken)
 
 
-def test_the_agents_audio_is_coalesced_into_frames_of_at_most_750_ms() -> None:
-    """After the turn's first frame (sent at once), audio goes out in frames of ``AIRIES_WS_OUT_CHUNK_MS`` (750 ms
-    by default): one 32 KB API Gateway unit each, a third of the posts and barge-in reads 250 ms frames need."""
+def _audio_frames(tts: FakeTTS, reply: str) -> tuple[list[int], Any]:
+    """The sizes of the agent's audio frames for ``reply`` (and the turn's result)."""
     frames: list[dict[str, Any]] = []
 
     class Sink:
         async def send(self, message: dict[str, Any]) -> bool:
             if message["type"] == "audio":
                 frames.append(message)
+                assert len(json.dumps(message)) <= wp.MAX_FRAME_BYTES  # one API Gateway frame
             return True
 
         async def cancelled(self) -> tuple[bool, int | None]:
             return False, None
 
-    engines = fake_engines(llm=FakeLLM(reply="A sentence long enough to take a few seconds to say."))
+    engines = fake_engines(llm=FakeLLM(reply=reply), tts=tts)
     inp = TurnInput(turn_id="turn_1", seq=1, mode=TurnMode.TEXT, account_id="acc", conversation_id="conv", text="hi")
     result = asyncio.run(TurnRunner(engines).run(AgentConfig(name="x"), [], inp, Sink()))
-    sizes = [len(base64.b64decode(frame["data"])) for frame in frames]
-    assert sum(sizes) == len(result.agent_pcm) and len(sizes) >= 3
-    assert sizes[0] == 100 * wp.BYTES_PER_MS  # the TTS's first chunk, at once
-    assert set(sizes[1:-1]) == {750 * wp.BYTES_PER_MS} and 0 < sizes[-1] <= 750 * wp.BYTES_PER_MS
-    assert all(len(json.dumps(frame)) <= wp.MAX_FRAME_BYTES for frame in frames)
     assert [frame["seq"] for frame in frames] == list(range(len(frames)))
+    sizes = [len(base64.b64decode(frame["data"])) // wp.BYTES_PER_MS for frame in frames]  # in ms
+    assert sum(sizes) * wp.BYTES_PER_MS == len(result.agent_pcm)
+    return sizes, result
+
+
+def test_the_agents_audio_is_coalesced_into_frames_of_at_most_750_ms() -> None:
+    """After the turn's first frame (sent at once), a vendor that streams fast gets frames that grow with the audio
+    already ahead of playback, up to ``AIRIES_WS_OUT_CHUNK_MS`` (750 ms by default): one 32 KB API Gateway unit each,
+    about a third of the posts and barge-in reads 250 ms frames need."""
+    sizes, _ = _audio_frames(FakeTTS(), "A sentence long enough to take a few seconds to say.")  # 3,060 ms
+    assert sizes[0] == 100  # the TTS's first chunk, at once
+    assert max(sizes) == 750 and sizes.count(750) >= 3
+    assert sizes[:-1] == sorted(sizes[:-1])  # growing with the lead, never past 750 ms
+    assert len(sizes) <= 8  # 250 ms frames: 13
+
+
+def test_a_vendor_streaming_in_real_time_gets_small_frames_so_playback_never_runs_dry() -> None:
+    """A frame waits only for as much audio as is already ahead of the caller's playback: with a vendor that
+    streams in real time that is about one of its chunks, never 750 ms the player would not have."""
+    sizes, _ = _audio_frames(FakeTTS(chunk_ms=100, per_chunk_s=0.1), "Real time speech for two.")  # 1,500 ms
+    assert sizes and max(sizes) <= 200, sizes
 
 
 def test_audio_chunks_under_80_ms_are_refused_unless_they_end_the_utterance() -> None:

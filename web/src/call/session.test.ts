@@ -150,6 +150,26 @@ describe("CallSession barge-in", () => {
     expect(socket.interrupts().slice(1)).toEqual([{ action: "interrupt", played_ms: 1200, turn_id: "turn_b" }]);
   });
 
+  it("tells the server what was played of a turn the server cut by voice", async () => {
+    const { socket, playback } = await liveCall();
+    playback.playing = { turnId: "turn_a", playedSamples: (700 * RATE) / 1000 };
+    socket.receive({ type: "interrupted", turn_id: "turn_a", heard_text: "Everything posted was" });
+    await tick();
+    expect(socket.interrupts()).toEqual([{ action: "interrupt", played_ms: 700, turn_id: "turn_a" }]);
+    // The server's answer (the shorter heard text) is not reported again.
+    socket.receive({ type: "interrupted", turn_id: "turn_a", heard_text: "Everything" });
+    await tick();
+    expect(socket.interrupts()).toHaveLength(1);
+  });
+
+  it("does not report a turn cut by the server after it played to its end", async () => {
+    const { socket, playback } = await liveCall();
+    playback.playing = { turnId: null, playedSamples: 0 };
+    socket.receive({ type: "interrupted", turn_id: "turn_a", heard_text: "All of it" });
+    await tick();
+    expect(socket.interrupts()).toEqual([]);
+  });
+
   it("fails the call, saying why, when a turn's cost is a JSON number instead of a decimal string", async () => {
     const states: [string, string | undefined][] = [];
     const { socket } = await liveCall((state, detail) => states.push([state, detail]));

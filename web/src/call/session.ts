@@ -220,13 +220,7 @@ export class CallSession {
     this.bargingIn = true;
     this.overlapMs = 0;
     try {
-      const { turnId, playedSamples } = await new Promise<{ turnId: string | null; playedSamples: number }>(
-        (resolve) => {
-          this.pendingFlush = resolve;
-          this.playback!.port.postMessage({ type: "flush" });
-        },
-      );
-      const playedMs = Math.round((playedSamples / (this.context?.sampleRate ?? SAMPLE_RATE)) * 1000);
+      const { turnId, playedMs } = await this.flushPlayback();
       if (turnId) this.interrupted.add(turnId);
       this.agentBusy = false;
       this.sendInterrupt(turnId, playedMs);
@@ -234,6 +228,28 @@ export class CallSession {
     } finally {
       this.bargingIn = false;
     }
+  }
+
+  /** The server cut `turnId`: stop its audio and, if it was playing, tell the server how much of it was played. */
+  private async reportPlayed(turnId: string): Promise<void> {
+    if (!this.playback) return;
+    this.bargingIn = true;
+    try {
+      const { turnId: playing, playedMs } = await this.flushPlayback();
+      this.agentBusy = false;
+      if (playing === turnId) this.sendInterrupt(turnId, playedMs); // played to its end: all of it was heard
+    } finally {
+      this.bargingIn = false;
+    }
+  }
+
+  /** Drop the queued agent audio; the turn that was playing and how much of it the speakers got. */
+  private flushPlayback(): Promise<{ turnId: string | null; playedMs: number }> {
+    return new Promise((resolve) => {
+      this.pendingFlush = ({ turnId, playedSamples }) =>
+        resolve({ turnId, playedMs: Math.round((playedSamples / (this.context?.sampleRate ?? SAMPLE_RATE)) * 1000) });
+      this.playback!.port.postMessage({ type: "flush" });
+    });
   }
 
   private sendInterrupt(turnId: string | null, playedMs: number): void {
@@ -285,8 +301,14 @@ export class CallSession {
         }
         break;
       case "interrupted":
+        if (!this.interrupted.has(frame.turn_id) && !this.bargingIn) {
+          // The server cut the turn (its VAD heard the caller) and counted everything posted as heard: say what
+          // was played, so the stored reply and the next LLM context are only that.
+          void this.reportPlayed(frame.turn_id);
+        } else {
+          this.playback?.port.postMessage({ type: "flush" });
+        }
         this.interrupted.add(frame.turn_id);
-        this.playback?.port.postMessage({ type: "flush" });
         break;
       case "error":
         // Reported as it is (onFrame); nothing is sent again. `turn_not_current` means an interrupt came too late

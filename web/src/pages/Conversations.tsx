@@ -249,7 +249,7 @@ export function ConversationDetail({ id }: { id: string }) {
           </table>
           <p class="muted small">
             {cost.usage.stt_seconds} s transcribed · {cost.usage.prompt_tokens} prompt + {cost.usage.completion_tokens}{" "}
-            completion tokens · {cost.usage.tts_characters} characters spoken
+            completion tokens · {cost.usage.tts_characters} characters synthesised
           </p>
         </>
       )}

@@ -91,7 +91,10 @@ export function Talk({ agentId }: { agentId?: string }) {
       // An `interrupted` that came first (the barge-in landed before the turn ended) keeps the turn interrupted.
       const status = interruptedTurns.current.has(turnId) ? "interrupted" : frame.status;
       setTurns((all) => [...all, { turnId, status, latency: frame.latency, cost: frame.cost }]);
-      if (frame.status === "interrupted") markInterrupted(turnId, frame.agent_text); // agent_text: what was received
+      // agent_text: what was received; an `interrupted` frame that came first (a later cut) already says less
+      if (frame.status === "interrupted" && !interruptedTurns.current.has(turnId)) {
+        markInterrupted(turnId, frame.agent_text);
+      }
     } else if (frame.type === "error" && frame.code !== "turn_not_current") {
       // turn_not_current: a barge-in that reached the server after the next turn began; dropped, nothing to show.
       setDetail(`${frame.code}: ${frame.message}`);

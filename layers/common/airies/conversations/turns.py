@@ -37,6 +37,8 @@ Retriever = Callable[[str, list[str], str], Awaitable[list[dict[str, Any]]]]
 # Sentences synthesised ahead of the one being spoken. One hides the next sentence's TTS first byte behind this
 # one's posts; more would bill synthesis that a barge-in is likelier to waste.
 SYNTHESIS_AHEAD = 1
+# The smallest agent audio frame after the first, unless the sentence ends: smaller ones cost a post each for little.
+MIN_OUT_CHUNK_MS = 100
 
 # --- voice activity per chunk ----------------------------------------------------------------------------------
 _VAD: Any = None
@@ -514,13 +516,14 @@ class TurnRunner:
         # Sentences are synthesised ahead of the one being posted (``SYNTHESIS_AHEAD``): the next sentence's TTS
         # first byte is waited out while this one's frames leave, not after its last frame.
         ready: asyncio.Queue[_Synthesis | None] = asyncio.Queue()
-        slots = asyncio.Semaphore(1 + SYNTHESIS_AHEAD)
+        slots = asyncio.Semaphore(1 + (SYNTHESIS_AHEAD if tts is not None else 0))  # text only: nothing to hide
         feeder = asyncio.create_task(self._synthesize(tts, options, segments, ready, slots, state, usage))
         current: _Synthesis | None = None
         try:
             while True:
                 current = await ready.get()
                 if current is None:
+                    await feeder  # the reply's end, or the feeder's failure: raised here, not lost
                     return "completed"
                 if await self._was_cancelled(sink, state):
                     return await self._interrupted(inp, sink, state)
@@ -638,7 +641,7 @@ class TurnRunner:
             pending += item
             # The first audio of a turn leaves at once; later audio is coalesced into fewer, larger frames
             # (each WebSocket message costs money; a frame is also the barge-in granularity).
-            while len(pending) >= (self.out_chunk_bytes if state.audio_seq else 2):
+            while len(pending) >= self._frame_bytes(state):
                 size = min(self.out_chunk_bytes, len(pending) - len(pending) % 2)
                 piece, pending = bytes(pending[:size]), pending[size:]
                 outcome = await self._post_audio(inp, sink, state, spoken, piece, latency, t0)
@@ -652,6 +655,17 @@ class TurnRunner:
                 return outcome
         spoken.complete = True
         return None
+
+    def _frame_bytes(self, state: _TurnState) -> int:
+        """How much audio the next frame waits for. The turn's first frame leaves at once. Later ones wait for as
+        much as the audio already posted is ahead of the caller's playback (which starts with the first frame),
+        between ``MIN_OUT_CHUNK_MS`` and ``out_chunk``: a vendor that streams near real time never lets the
+        client's player run dry while a frame fills, and one that streams fast gets full frames."""
+        if not state.audio_seq or state.first_audio_at is None:
+            return 2
+        lead_ms = state.audio_ms - (self.clock() - state.first_audio_at) * 1000
+        wait_ms = min(max(lead_ms, MIN_OUT_CHUNK_MS), self.out_chunk_bytes / wp.BYTES_PER_MS)
+        return int(wait_ms) * wp.BYTES_PER_MS
 
     async def _post_audio(
         self,
@@ -676,6 +690,8 @@ class TurnRunner:
         if latency["first_audio_ms"] is None:
             latency["first_audio_ms"] = self._ms(t0)
             latency["first_audio_before_llm_end"] = state.llm_done_at is None
+        if state.first_audio_at is None:
+            state.first_audio_at = self.clock()
         state.audio_seq += 1
         state.agent_pcm += piece
         state.audio_ms += len(piece) / wp.BYTES_PER_MS
@@ -733,6 +749,7 @@ class _TurnState:
     passages: int = 0
     check: asyncio.Future[tuple[bool, int | None]] | None = None
     audio_seq: int = 0
+    first_audio_at: float | None = None  # when the turn's first audio frame was posted: the caller's playback starts
     stream: bool = False  # the reply goes out as the LLM's tokens (TurnInput.stream_text), not sentences
 
     def pieces(self, text: str) -> list[str]:

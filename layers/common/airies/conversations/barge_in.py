@@ -86,9 +86,7 @@ class BargeIn:
         if sentences is None:
             return
         heard = heard_reply(sentences, session.played_ms)
-        # exact: the first played_ms of the turn (the store's condition) also shortens a turn the server's VAD cut
-        # with everything posted counted as heard.
-        self.keep_heard(session.account_id, session.conversation_id, turn_id, heard, poster, exact=True)
+        self.keep_heard(session.account_id, session.conversation_id, turn_id, heard, poster)
 
     def keep_heard(
         self,
@@ -97,15 +95,14 @@ class BargeIn:
         turn_id: str,
         heard: str,
         poster: Poster | None,
-        *,
-        exact: bool = False,
     ) -> None:
         """Store only ``heard`` as the turn's agent text (so the next turn's LLM history is what the caller heard)
-        and tell the connections (``interrupted``). ``exact``: ``heard`` is the truth (a carrier's relay reports
-        what it spoke), so it also shortens a turn that was cut while it was being posted."""
+        and tell the connections (``interrupted``). Callers pass what was played: a carrier's relay says what it
+        spoke; a client's first ``played_ms`` (the store's condition) also shortens a turn the server's VAD cut with
+        everything posted counted as heard."""
         with self.runtime.database.session() as db:
-            turn = self.runtime.conversations(db).cut_turn(account_id, conversation_id, turn_id, heard, exact=exact)
+            turn = self.runtime.conversations(db).cut_turn(account_id, conversation_id, turn_id, heard)
             if turn is None:
                 return
-            heard = turn.agent_text or ""  # a turn cut before keeps its first cut
+            heard = turn.agent_text or ""  # a turn cut before to less keeps that
         self.lifecycle.broadcast(conversation_id, wp.interrupted(turn_id, heard), poster)

@@ -180,4 +180,4 @@ class RelayEdge:
         if turn_id is None:
             return  # nothing was said yet
         heard = message.utterance_until_interrupt.strip()
-        self.barge_in.keep_heard(session.account_id, cid, turn_id, heard, poster, exact=True)
+        self.barge_in.keep_heard(session.account_id, cid, turn_id, heard, poster)

@@ -822,13 +822,10 @@ class ConversationService:
         self.events.turn_stored(self.session, conversation, turn)
         return turn
 
-    def cut_turn(
-        self, account_id: str, conversation_id: str, turn_id: str, heard: str, *, exact: bool = False
-    ) -> ConversationTurn | None:
+    def cut_turn(self, account_id: str, conversation_id: str, turn_id: str, heard: str) -> ConversationTurn | None:
         """A barge-in that arrived after the turn was stored: keep only ``heard`` as the agent's text (what the
         history and the next LLM call see) and count the interruption once. None when the turn is not stored.
-        ``exact``: ``heard`` is known exactly (a carrier's relay says what it spoke), so it also replaces the text
-        of a turn already cut, when it is shorter."""
+        A turn already cut keeps the shorter text: what was played is never more than what was posted."""
         query = select(ConversationTurn).where(
             ConversationTurn.id == turn_id,
             ConversationTurn.conversation_id == conversation_id,
@@ -837,11 +834,12 @@ class ConversationService:
         if self.session.get_bind().dialect.name == "postgresql":
             query = query.with_for_update()
         turn = self.session.scalar(query)
-        if turn is not None and turn.interrupted and exact and len(heard) < len(turn.agent_text or ""):
-            turn.agent_text = heard
-            self.session.flush()
-            return turn
-        if turn is None or turn.interrupted:
+        if turn is None:
+            return None
+        if turn.interrupted:
+            if len(heard) < len(turn.agent_text or ""):
+                turn.agent_text = heard
+                self.session.flush()
             return turn
         conversation = self.get(account_id, conversation_id, for_update=True)
         turn.agent_text = heard

@@ -661,7 +661,7 @@ class TurnRunner:
         much as the audio already posted is ahead of the caller's playback (which starts with the first frame),
         between ``MIN_OUT_CHUNK_MS`` and ``out_chunk``: a vendor that streams near real time never lets the
         client's player run dry while a frame fills, and one that streams fast gets full frames."""
-        if not state.audio_seq or state.first_audio_at is None:
+        if state.first_audio_at is None:
             return 2
         lead_ms = state.audio_ms - (self.clock() - state.first_audio_at) * 1000
         wait_ms = min(max(lead_ms, MIN_OUT_CHUNK_MS), self.out_chunk_bytes / wp.BYTES_PER_MS)
@@ -687,11 +687,10 @@ class TurnRunner:
         sent = await sink.send(wp.audio(inp.turn_id, state.audio_seq, piece))
         if not sent:
             return "gone"
-        if latency["first_audio_ms"] is None:
-            latency["first_audio_ms"] = self._ms(t0)
-            latency["first_audio_before_llm_end"] = state.llm_done_at is None
         if state.first_audio_at is None:
             state.first_audio_at = self.clock()
+            latency["first_audio_ms"] = self._ms(t0)
+            latency["first_audio_before_llm_end"] = state.llm_done_at is None
         state.audio_seq += 1
         state.agent_pcm += piece
         state.audio_ms += len(piece) / wp.BYTES_PER_MS

@@ -11,6 +11,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -1145,16 +1146,33 @@ def test_a_text_frame_while_the_first_message_is_spoken_waits_for_it(aws, databa
 LONG_REPLY = "First sentence here. Second sentence is long and will be cut. Third one never heard."
 
 
-def test_an_interrupt_after_turn_end_keeps_only_what_was_played(aws, database, settings) -> None:
-    llm = FakeLLM(reply=LONG_REPLY)
+def long_reply_call(database: Any, settings: Any, llm: FakeLLM | None = None) -> tuple[Harness, str, Any]:
+    """A connected call whose agent answers ``LONG_REPLY`` (60 ms of audio a character, in 250 ms TTS chunks)."""
     h = Harness(
         database,
         settings,
-        fake_engines(llm=llm, tts=FakeTTS(chunk_ms=250)),
+        fake_engines(llm=llm or FakeLLM(reply=LONG_REPLY), tts=FakeTTS(chunk_ms=250)),
         first_message_mode="assistant_waits_for_user",
     )
     cid, token = h.start()
     conn, _ = h.connect(cid, token)
+    return h, cid, conn
+
+
+def before_finish(h: Harness, step: Callable[[str, str], None]) -> None:
+    """Run ``step(conversation_id, turn_id)`` after the turn posted its last frame, before it is back to listening."""
+    finish = h.store.finish_turn
+
+    def stepped(conversation_id: str, turn_id: str, spoken: str | None = None) -> Any:
+        step(conversation_id, turn_id)
+        return finish(conversation_id, turn_id, spoken)
+
+    h.store.finish_turn = stepped  # type: ignore[method-assign]
+
+
+def test_an_interrupt_after_turn_end_keeps_only_what_was_played(aws, database, settings) -> None:
+    llm = FakeLLM(reply=LONG_REPLY)
+    h, cid, conn = long_reply_call(database, settings, llm)
     h.send(conn, {"action": "text", "text": "tell me"})
     end = frames_of(conn)[-1]
     assert end["type"] == "turn_end" and end["status"] == "completed" and end["agent_text"] == LONG_REPLY
@@ -1194,14 +1212,7 @@ def test_a_turn_cut_by_voice_is_cut_again_to_what_the_client_then_says_it_played
     """The server's VAD cuts the reply while it is posted (it knows nothing of playback: everything posted counts as
     heard); the client's own interrupt, with ``played_ms``, comes after and cuts the stored text to what was played,
     whether it lands before or after the turn is stored."""
-    h = Harness(
-        database,
-        settings,
-        fake_engines(llm=FakeLLM(reply=LONG_REPLY), tts=FakeTTS(chunk_ms=250)),
-        first_message_mode="assistant_waits_for_user",
-    )
-    cid, token = h.start()
-    conn, _ = h.connect(cid, token)
+    h, cid, conn = long_reply_call(database, settings)
     check = h.store.turn_status
 
     def voice_in_the_second_sentence(conversation_id: str, turn_id: str) -> tuple[bool, int | None]:
@@ -1214,13 +1225,11 @@ def test_a_turn_cut_by_voice_is_cut_again_to_what_the_client_then_says_it_played
 
     h.store.turn_status = voice_in_the_second_sentence  # type: ignore[method-assign]
     if client_first:  # the client's interrupt lands before the turn is stored and back to listening
-        finish = h.store.finish_turn
 
-        def client_then_finish(conversation_id: str, turn_id: str, spoken: str | None = None) -> Any:
+        def client_interrupts(conversation_id: str, turn_id: str) -> None:
             assert h.store.cancel_finished_turn(conversation_id, turn_id, 1500) is not None
-            return finish(conversation_id, turn_id, spoken)
 
-        h.store.finish_turn = client_then_finish  # type: ignore[method-assign]
+        before_finish(h, client_interrupts)
     h.send(conn, {"action": "text", "text": "tell me"})
     end = frames_of(conn)[-1] if not client_first else next(f for f in frames_of(conn) if f["type"] == "turn_end")
     posted = end["agent_text"]  # the VAD's cut: everything posted counts as heard
@@ -1240,22 +1249,12 @@ def test_a_turn_cut_by_voice_is_cut_again_to_what_the_client_then_says_it_played
 
 
 def test_an_interrupt_after_the_last_check_but_before_the_turn_ends_cuts_it(aws, database, settings) -> None:
-    h = Harness(
-        database,
-        settings,
-        fake_engines(llm=FakeLLM(reply=LONG_REPLY), tts=FakeTTS(chunk_ms=250)),
-        first_message_mode="assistant_waits_for_user",
-    )
-    cid, token = h.start()
-    conn, _ = h.connect(cid, token)
-    finish = h.store.finish_turn
+    h, cid, conn = long_reply_call(database, settings)
 
-    def interrupted_first(conversation_id: str, turn_id: str, spoken: str | None = None) -> Any:
-        # The interrupt lands after the turn posted its last frame, before the turn is back to listening.
+    def interrupts(conversation_id: str, turn_id: str) -> None:
         assert h.store.cancel_turn(conversation_id, 1300, turn_id=turn_id) == turn_id
-        return finish(conversation_id, turn_id, spoken)
 
-    h.store.finish_turn = interrupted_first  # type: ignore[method-assign]
+    before_finish(h, interrupts)
     h.send(conn, {"action": "text", "text": "tell me"})
     frames = frames_of(conn)
     assert types(frames)[-2:] == ["turn_end", "interrupted"] and frames[-1]["heard_text"] == "First sentence here."

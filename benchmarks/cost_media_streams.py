@@ -6,7 +6,7 @@ per phone minute of the two ways to take it in, our side only (Twilio's own fees
 (b) a small long-lived bridge on ECS Fargate that holds Twilio's WebSocket, aggregates frames into our protocol's
     200 ms chunks and forwards those to the WebSocket API (which then does per chunk what (a) does per frame).
 
-Both pay the agent's audio back to the caller (sent in 750 ms frames while the agent speaks) and the data transfer
+Both pay the agent's audio back to the caller (sent in frames of up to 3,000 ms while the agent speaks) and the data transfer
 out of that audio. API Gateway, Lambda and DynamoDB prices are the conversation cost model's (``cost_model.Prices``,
 us-east-1 list prices); the Fargate and load balancer prices are below, each with its source.
 
@@ -15,9 +15,10 @@ us-east-1 list prices); the Fargate and load balancer prices are below, each wit
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from airies.conversations.protocol import MAX_OUT_CHUNK_MS
+from airies.conversations.protocol import BYTES_PER_MS, MAX_FRAME_BYTES, MAX_OUT_CHUNK_MS
 from benchmarks.cost_model import Prices
 
 # AWS Fargate, Linux/ARM (Graviton), us-east-1: https://aws.amazon.com/fargate/pricing/
@@ -29,6 +30,7 @@ ALB_LCU_HOUR = 0.008
 ALB_LCU_GB_PER_HOUR = 1.0  # one LCU processes 1 GB an hour for instance/IP targets (the dimension that binds here)
 
 MB = 1024**2
+AUDIO_FRAME_FIELDS_BYTES = 200  # an audio frame's JSON besides its data: type, turn id, seq, encoding, rate
 GB = 1024**3
 
 
@@ -46,6 +48,11 @@ class Call:
     audio_bytes_per_second: float = 8000.0  # mu-law, one direction
     json_overhead: float = 1.4  # base64 (4/3) plus the JSON envelope of each media message
 
+    @property
+    def agent_units_per_message(self) -> int:
+        """32 KB units API Gateway meters an agent audio frame in: base64 PCM16 plus its JSON fields."""
+        return math.ceil((self.agent_chunk_ms * BYTES_PER_MS * 4 / 3 + AUDIO_FRAME_FIELDS_BYTES) / MAX_FRAME_BYTES)
+
 
 @dataclass(frozen=True)
 class Bridge:
@@ -58,11 +65,11 @@ class Bridge:
 def per_minute_direct(call: Call = Call(), p: Prices = Prices()) -> dict[str, float]:
     """(a): USD per phone minute, by line."""
     frames = 60_000 / call.frame_ms
-    agent_messages = 60_000 / call.agent_chunk_ms * call.agent_talk_fraction
+    agent_units = 60_000 / call.agent_chunk_ms * call.agent_talk_fraction * call.agent_units_per_message
     audio_out_gb = call.audio_bytes_per_second * 60 * call.agent_talk_fraction * call.json_overhead / GB
     return {
         "api_gateway_messages_in": frames * p.ws_message,
-        "api_gateway_messages_out": agent_messages * p.ws_message,
+        "api_gateway_messages_out": agent_units * p.ws_message,
         "api_gateway_connection_minute": p.ws_connection_minute,
         "lambda_requests": frames * p.lambda_request,
         "lambda_duration": frames * call.frame_lambda_ms / 1000 * call.lambda_gb * p.lambda_gb_s,
@@ -79,7 +86,7 @@ def per_minute_bridge(
     """(b) at ``concurrent_calls`` average concurrent phone calls: USD per phone minute, by line. The bridge's
     always-on tasks and the load balancer's hour are shared by the calls of that minute."""
     chunks = 60_000 / call.chunk_ms
-    agent_messages = 60_000 / call.agent_chunk_ms * call.agent_talk_fraction
+    agent_units = 60_000 / call.agent_chunk_ms * call.agent_talk_fraction * call.agent_units_per_message
     tasks = max(bridge.min_tasks, -(-concurrent_calls // bridge.calls_per_task))
     task_hour = bridge.vcpu * FARGATE_ARM_VCPU_HOUR + bridge.memory_gb * FARGATE_ARM_GB_HOUR
     both_ways_gb_per_hour = call.audio_bytes_per_second * 3600 * (1 + call.agent_talk_fraction) * call.json_overhead
@@ -91,7 +98,7 @@ def per_minute_bridge(
         "load_balancer_hour": ALB_HOUR / 60 / concurrent_calls,
         "load_balancer_lcu": lcu_hours * ALB_LCU_HOUR / 60,
         "api_gateway_messages_in": chunks * p.ws_message,
-        "api_gateway_messages_out": agent_messages * p.ws_message,
+        "api_gateway_messages_out": agent_units * p.ws_message,
         "api_gateway_connection_minute": p.ws_connection_minute,
         "lambda_requests": chunks * p.lambda_request,
         "lambda_duration": chunks * call.frame_lambda_ms / 1000 * call.lambda_gb * p.lambda_gb_s,

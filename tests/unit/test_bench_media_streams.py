@@ -13,8 +13,11 @@ def test_direct_frames_cost_per_minute() -> None:
     assert lines["api_gateway_messages_in"] == pytest.approx(3000 * 1.00 / 1e6)
     assert lines["lambda_requests"] == pytest.approx(3000 * 0.20 / 1e6)
     assert lines["dynamodb_writes"] == pytest.approx(3000 * 0.625 / 1e6)
-    # the agent speaks half the minute, in 750 ms frames: 40 messages
+    # the agent speaks half the minute, in 3,000 ms frames: 10 messages of four 32 KB units, what 40 frames of
+    # 750 ms (one unit each) would cost
+    assert Call().agent_units_per_message == 4 and Call(agent_chunk_ms=750).agent_units_per_message == 1
     assert lines["api_gateway_messages_out"] == pytest.approx(40 * 1.00 / 1e6)
+    assert per_minute_direct(Call(agent_chunk_ms=750))["api_gateway_messages_out"] == pytest.approx(40 * 1.00 / 1e6)
     assert sum(lines.values()) == pytest.approx(0.00623, abs=0.00001)
 
 

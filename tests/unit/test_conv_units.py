@@ -257,7 +257,7 @@ def _audio_frames(tts: FakeTTS, reply: str) -> tuple[list[int], Any]:
         async def send(self, message: dict[str, Any]) -> bool:
             if message["type"] == "audio":
                 frames.append(message)
-                assert len(json.dumps(message)) <= wp.MAX_FRAME_BYTES  # one API Gateway frame
+                assert len(json.dumps(message)) <= wp.MAX_MESSAGE_BYTES  # one API Gateway message
             return True
 
         async def cancelled(self) -> tuple[bool, int | None]:
@@ -272,20 +272,35 @@ def _audio_frames(tts: FakeTTS, reply: str) -> tuple[list[int], Any]:
     return sizes, result
 
 
-def test_the_agents_audio_is_coalesced_into_frames_of_at_most_750_ms() -> None:
+def test_the_agents_audio_is_coalesced_into_frames_that_grow_with_the_lead_up_to_3000_ms() -> None:
     """After the turn's first frame (sent at once), a vendor that streams fast gets frames that grow with the audio
-    already ahead of playback, up to ``AIRIES_WS_OUT_CHUNK_MS`` (750 ms by default): one 32 KB API Gateway unit each,
-    about a third of the posts and barge-in reads 250 ms frames need."""
-    sizes, _ = _audio_frames(FakeTTS(), "A sentence long enough to take a few seconds to say.")  # 3,060 ms
+    already ahead of playback, up to ``AIRIES_WS_OUT_CHUNK_MS`` (3,000 ms by default: one 128 KB API Gateway
+    message): the sentences synthesised ahead of playback leave in a few large frames."""
+    sentence = "A sentence long enough to take a few seconds to say."  # 3,060 ms
+    sizes, _ = _audio_frames(FakeTTS(), sentence)
     assert sizes[0] == 100  # the TTS's first chunk, at once
-    assert max(sizes) == 750 and sizes.count(750) >= 3
-    assert sizes[:-1] == sorted(sizes[:-1])  # growing with the lead, never past 750 ms
-    assert len(sizes) <= 8  # 250 ms frames: 13
+    assert sizes[:-1] == sorted(sizes[:-1]) and max(sizes) < 3000  # growing with the lead, which is still short
+    sizes, _ = _audio_frames(FakeTTS(), " ".join([sentence] * 4))
+    assert max(sizes) == wp.MAX_OUT_CHUNK_MS == 3000 and sizes.count(3000) >= 3  # the later sentences
+    assert len(sizes) <= 13  # 750 ms frames: 20, 250 ms frames: 52
+    largest = wp.audio("turn_" + "x" * 60, 999_999, b"\x00" * (wp.MAX_OUT_CHUNK_MS * wp.BYTES_PER_MS))
+    assert len(json.dumps(largest)) <= wp.MAX_MESSAGE_BYTES  # with a long turn id and sequence number
+
+
+def test_a_frame_holds_no_more_than_is_ahead_of_playback_when_the_vendor_sends_a_sentence_at_once() -> None:
+    """A TTS that hands over a whole sentence in one chunk does not get one 3-second first frame: the first holds
+    750 ms and each later one at most what the caller's player already has queued, so on a slow link the next
+    frame arrives before the player runs dry."""
+    sizes, _ = _audio_frames(FakeTTS(chunk_ms=20_000), "A sentence long enough to take a few seconds to say. " * 2)
+    assert sizes[0] == 750
+    queued = [sum(sizes[:i]) for i in range(1, len(sizes))]  # posted before each frame: at most the lead
+    assert all(size <= max(750, lead) for size, lead in zip(sizes[1:], queued, strict=True)), sizes
+    assert max(sizes) == 3000
 
 
 def test_a_vendor_streaming_in_real_time_gets_small_frames_so_playback_never_runs_dry() -> None:
     """A frame waits only for as much audio as is already ahead of the caller's playback: with a vendor that
-    streams in real time that is about one of its chunks, never 750 ms the player would not have."""
+    streams in real time that is about one of its chunks, never a large frame the player would not have."""
     sizes, _ = _audio_frames(FakeTTS(chunk_ms=100, per_chunk_s=0.1), "Real time speech for two.")  # 1,500 ms
     assert sizes and max(sizes) <= 200, sizes
 

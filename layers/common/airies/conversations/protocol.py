@@ -28,11 +28,13 @@ MAX_CHUNK_BYTES = MAX_CHUNK_MS * BYTES_PER_MS  # 8,000
 # under the documented 100 ms so clients that cut 100 ms frames with a rounding error are not refused.
 MIN_CHUNK_MS = 80
 MIN_CHUNK_BYTES = MIN_CHUNK_MS * BYTES_PER_MS  # 2,560
-MAX_FRAME_BYTES = 32 * 1024  # API Gateway WebSocket frame
+MAX_FRAME_BYTES = 32 * 1024  # API Gateway WebSocket frame (and the unit its messages are metered in)
+MAX_MESSAGE_BYTES = 128 * 1024  # API Gateway WebSocket message: up to four frames, reassembled by the client
 MAX_TEXT_CHARS = 4000
-# The agent's audio frames: 750 ms of PCM16 is 24,000 bytes, 32,000 in base64, so a frame is still one 32 KB
-# unit (API Gateway meters messages in 32 KB units), and a reply needs a third of the posts 250 ms frames would.
-MAX_OUT_CHUNK_MS = 750
+# The agent's audio frames: 3,000 ms of PCM16 is 96,000 bytes, 128,000 in base64, so a frame with its other fields
+# is still one API Gateway message. It is metered as four 32 KB units, what four 750 ms frames cost, and a long
+# reply needs a quarter of their posts and barge-in reads (the turn runner decides how large each frame is).
+MAX_OUT_CHUNK_MS = 3000
 
 
 class ProtocolError(Exception):

@@ -39,6 +39,9 @@ Retriever = Callable[[str, list[str], str], Awaitable[list[dict[str, Any]]]]
 SYNTHESIS_AHEAD = 1
 # The smallest agent audio frame after the first, unless the sentence ends: smaller ones cost a post each for little.
 MIN_OUT_CHUNK_MS = 100
+# The most a frame holds while the caller's player has less than this queued (the first frame among them): a large
+# frame takes a slow link longer to carry, so frames grow only with the audio already ahead of playback.
+START_OUT_CHUNK_MS = 750
 
 # --- voice activity per chunk ----------------------------------------------------------------------------------
 _VAD: Any = None
@@ -640,9 +643,12 @@ class TurnRunner:
                 latency["tts_first_byte_ms"] = self._ms(start)
             pending += item
             # The first audio of a turn leaves at once; later audio is coalesced into fewer, larger frames
-            # (each WebSocket message costs money; a frame is also the barge-in granularity).
-            while len(pending) >= self._frame_bytes(state):
-                size = min(self.out_chunk_bytes, len(pending) - len(pending) % 2)
+            # (each post costs a round trip and a barge-in read; a frame is also the barge-in granularity).
+            while True:
+                least, most = self._frame_bounds(state)
+                if len(pending) < least:
+                    break
+                size = min(most, len(pending) - len(pending) % 2)
                 piece, pending = bytes(pending[:size]), pending[size:]
                 outcome = await self._post_audio(inp, sink, state, spoken, piece, latency, t0)
                 if outcome:
@@ -656,16 +662,20 @@ class TurnRunner:
         spoken.complete = True
         return None
 
-    def _frame_bytes(self, state: _TurnState) -> int:
-        """How much audio the next frame waits for. The turn's first frame leaves at once. Later ones wait for as
-        much as the audio already posted is ahead of the caller's playback (which starts with the first frame),
-        between ``MIN_OUT_CHUNK_MS`` and ``out_chunk``: a vendor that streams near real time never lets the
-        client's player run dry while a frame fills, and one that streams fast gets full frames."""
+    def _frame_bounds(self, state: _TurnState) -> tuple[int, int]:
+        """The least and the most audio (bytes) the next frame carries. The turn's first frame leaves at once with
+        what there is, up to ``START_OUT_CHUNK_MS``. Later ones wait for as much audio as the audio already posted
+        is ahead of the caller's playback (which starts with the first frame), at least ``MIN_OUT_CHUNK_MS``: a
+        vendor that streams near real time never lets the player run dry while a frame fills. They hold at most
+        that lead or ``START_OUT_CHUNK_MS``, whichever is more, up to ``out_chunk``: frames grow as the player's
+        queue does, and the tail of a reply synthesised ahead of playback leaves in few large frames."""
+        largest_ms = self.out_chunk_bytes / wp.BYTES_PER_MS
         if state.first_audio_at is None:
-            return 2
+            return 2, int(min(START_OUT_CHUNK_MS, largest_ms)) * wp.BYTES_PER_MS
         lead_ms = state.audio_ms - (self.clock() - state.first_audio_at) * 1000
-        wait_ms = min(max(lead_ms, MIN_OUT_CHUNK_MS), self.out_chunk_bytes / wp.BYTES_PER_MS)
-        return int(wait_ms) * wp.BYTES_PER_MS
+        least_ms = min(max(lead_ms, MIN_OUT_CHUNK_MS), largest_ms)
+        most_ms = min(max(lead_ms, START_OUT_CHUNK_MS), largest_ms)
+        return int(least_ms) * wp.BYTES_PER_MS, int(most_ms) * wp.BYTES_PER_MS
 
     async def _post_audio(
         self,

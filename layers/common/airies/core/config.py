@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     # A call whose last connection dropped may reconnect (resume) this long; after it the call no longer counts
     # against the plan's concurrent conversations and the sweeper ends it (caller_disconnected).
     ws_resume_window_seconds: int = 30
-    ws_out_chunk_ms: int = Field(750, ge=100, le=750)  # the agent's audio frames: barge-in stops within one
+    ws_out_chunk_ms: int = Field(3000, ge=100, le=3000)  # the largest agent audio frame (one 128 KB message)
     ws_control_frames_per_second: int = 10
     ws_max_utterance_seconds: int = 30
     ws_sessions_index: str = "live-sessions"  # sparse index of live sessions by next deadline: the sweeper's Query

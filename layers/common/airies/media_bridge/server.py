@@ -35,7 +35,7 @@ from airies.media_bridge.config import BridgeConfig
 log = logging.getLogger("airies.media_bridge")
 POLICY_VIOLATION = 1008  # WebSocket close codes
 INTERNAL_ERROR = 1011
-API_MAX_FRAME = 2**20  # the API's frames are under 32 KB (API Gateway's limit)
+API_MAX_FRAME = 2**20  # the API's messages are at most 128 KB (API Gateway's limit)
 
 
 class MediaBridge:

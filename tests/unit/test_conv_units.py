@@ -29,7 +29,7 @@ from airies.core.errors import UnauthorizedError
 from airies.core.text import SentenceSegmenter, contains_phrase, split_sentences
 from airies.llm.vendors.base import LLMEvent, LLMRequest
 from airies.voice.tts.base import TTSOptions
-from tests.doubles.conv_engines import FakeLLM, FakeTTS, fake_engines, silence
+from tests.doubles.conv_engines import FakeLLM, FakeSTT, FakeTTS, fake_engines, silence
 
 
 def frame(**fields: object) -> str:
@@ -372,9 +372,10 @@ async def _loop() -> object:
 
 
 def test_a_turn_that_needs_no_history_still_waits_for_its_read() -> None:
-    """The history is read on a thread with the caller's database session while the turn starts; a turn that ends
-    without it (a caller's end-call phrase: a scripted goodbye) must not return while that read still runs, or the
-    caller's next use of the session (storing the turn) races it (on PostgreSQL: a corrupted protocol exchange)."""
+    """The history is read on a thread with the caller's database session while the speech is transcribed; a turn
+    that ends without it (a caller's end-call phrase: a scripted goodbye) must not return while that read still
+    runs, or the caller's next use of the session (storing the turn) races it (on PostgreSQL: a corrupted protocol
+    exchange)."""
     import threading
     import time
 
@@ -396,9 +397,9 @@ def test_a_turn_that_needs_no_history_still_waits_for_its_read() -> None:
             return False, None
 
     inp = TurnInput(
-        turn_id="turn_1", seq=1, mode=TurnMode.TEXT, account_id="acc", conversation_id="c", text="ok goodbye"
+        turn_id="turn_1", seq=1, mode=TurnMode.AUDIO, account_id="acc", conversation_id="c", pcm=silence(500)
     )
-    engines = fake_engines(tts=FakeTTS(ms_per_char=1))
+    engines = fake_engines(stt=FakeSTT(text="ok goodbye"), tts=FakeTTS(ms_per_char=1))
 
     async def turn() -> tuple[Any, list[str]]:
         result = await TurnRunner(engines).run(AgentConfig(name="x"), history, inp, Sink())
@@ -407,6 +408,52 @@ def test_a_turn_that_needs_no_history_still_waits_for_its_read() -> None:
     result, read_when_returned = asyncio.run(turn())
     assert result.end_call == "caller_end_call_phrase"
     assert read_when_returned == ["done"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "knowledge", "on_a_thread"),
+    [(TurnMode.TEXT, False, False), (TurnMode.TEXT, True, True), (TurnMode.AUDIO, False, True)],
+)
+def test_the_history_is_read_on_a_thread_only_when_other_work_hides_it(
+    mode: TurnMode, knowledge: bool, on_a_thread: bool
+) -> None:
+    """Speech to transcribe or passages to retrieve first: the history is read beside them, on a thread. A typed
+    turn of an agent without knowledge has nothing to hide the read behind: it is read where the request is built,
+    and the thread's hand-off is not paid before the LLM is asked."""
+    import threading
+
+    readers: list[int] = []
+
+    def history() -> list[dict[str, str]]:
+        readers.append(threading.get_ident())
+        return [{"role": "user", "content": "earlier"}, {"role": "assistant", "content": "reply"}]
+
+    async def retrieve(account_id: str, kb_ids: list[str], query: str) -> list[dict[str, Any]]:
+        return [{"text": "a passage", "score": 0.9, "source": "doc"}]
+
+    llm = FakeLLM(reply="Fine.")
+    engines = fake_engines(stt=FakeSTT(text="hello"), llm=llm, tts=FakeTTS(ms_per_char=1), retrieve=retrieve)
+    config = AgentConfig(name="x", knowledge_base_ids=["kb_1"] if knowledge else [])
+    inp = TurnInput(
+        turn_id="turn_1", seq=1, mode=mode, account_id="acc", conversation_id="c", text="hello", pcm=silence(500)
+    )
+
+    async def turn() -> tuple[Any, int]:
+        result = await TurnRunner(engines).run(config, history, inp, _QuietSink())
+        return result, threading.get_ident()
+
+    result, loop_thread = asyncio.run(turn())
+    assert result.status == "completed" and len(readers) == 1
+    assert (readers[0] != loop_thread) is on_a_thread
+    assert llm.requests[0].messages[1]["content"] == "earlier"  # the history reached the request either way
+
+
+class _QuietSink:
+    async def send(self, message: dict[str, Any]) -> bool:
+        return True
+
+    async def cancelled(self) -> tuple[bool, int | None]:
+        return False, None
 
 
 def test_kept_tts_engines_report_only_the_current_turns_provider() -> None:

@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from airies.accounts.models import Account
 from airies.billing.ledger import Ledger, micro_to_quantity
-from airies.billing.metering import minutes_used
+from airies.billing.metering import minutes_in_period
 from airies.billing.schemas import MICROS_PER_CREDIT, LimitCheck, micros_to_credits
 from airies.core.errors import PaymentRequiredError
 
@@ -33,7 +33,7 @@ def check_usage_limits(
         account_status = s.scalar(select(Account.status).where(Account.id == account_id))
         if active_conversations is None and ledger.active_conversations is not None and starting_conversation:
             active_conversations = ledger.active_conversations(s, account_id)
-        used_micro = minutes_used(ledger, s, account_id, now)
+        used_micro = minutes_in_period(row.minutes_period, row.minutes_used_micro, now)  # the row just read
         # Credits owed for refunded/disputed payments reduce what may be started (they are settled by a top-up).
         available = row.balance_micros + tier.overdraft_micros - row.owed_micros
         base = {

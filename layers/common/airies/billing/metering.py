@@ -327,9 +327,12 @@ def minutes_used(ledger: Ledger, s: Session, account_id: str, now: datetime) -> 
             BillingAccount.account_id == account_id
         )
     ).one_or_none()
-    if row is None or row[0] != month_period(now):
-        return 0
-    return int(row[1])
+    return 0 if row is None else minutes_in_period(row[0], row[1], now)
+
+
+def minutes_in_period(period: str | None, used_micro: int, now: datetime) -> int:
+    """A billing row's minutes counter, in micro-minutes: zero when it counts an earlier month."""
+    return int(used_micro) if period == month_period(now) else 0
 
 
 def minutes_used_from_events(ledger: Ledger, account_id: str, now: datetime, *, session: Session | None = None) -> int:

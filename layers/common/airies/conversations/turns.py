@@ -225,8 +225,10 @@ class TurnRunner:
         inp: TurnInput,
         sink: TurnSink,
     ) -> TurnResult:
-        """``history`` may be a callable: it is then loaded on a thread while speech is transcribed."""
-        history_task = asyncio.ensure_future(asyncio.to_thread(history)) if callable(history) else None
+        """``history`` may be a callable: it is then loaded on a thread while speech is transcribed or passages are
+        retrieved, else when the LLM request is built (a thread's hand-off would cost more than it hides)."""
+        overlapped = inp.mode == TurnMode.AUDIO or (self.engines.retrieve is not None and self._retrieves_first(config))
+        history_task = asyncio.ensure_future(asyncio.to_thread(history)) if callable(history) and overlapped else None
         if self.engines.tools is not None and inp.scripted_reply is None:
             self.engines.tools.prefetch(inp.conversation_id)  # the signing secret, read while the turn runs
         try:
@@ -336,8 +338,7 @@ class TurnRunner:
             segments.put_nowait(None)
         else:
             passages: list[dict[str, Any]] = []
-            on_demand = config.builtin_tools.query_knowledge_base.enabled  # the LLM asks when it needs to
-            if config.knowledge_base_ids and self.engines.retrieve is not None and user_text and not on_demand:
+            if self.engines.retrieve is not None and self._retrieves_first(config) and user_text:
                 start = self.clock()
                 try:
                     passages = await self.engines.retrieve(inp.account_id, list(config.knowledge_base_ids), user_text)
@@ -347,6 +348,8 @@ class TurnRunner:
                 state.passages = len(passages)
             if history_task is not None:
                 history = await history_task
+            elif callable(history):
+                history = history()
             ids = {"account_id": inp.account_id, "conversation_id": inp.conversation_id, "turn_id": inp.turn_id}
             request = llm_request(config, history, user_text, passages, metadata=ids)  # type: ignore[arg-type]
             producer = asyncio.create_task(self._produce(request, segments, state, latency, usage, config, inp))
@@ -380,6 +383,11 @@ class TurnRunner:
         ):
             state.end_call = "assistant_end_call_phrase"
         return result(status)
+
+    @staticmethod
+    def _retrieves_first(config: AgentConfig) -> bool:
+        """The agent's passages are retrieved before the LLM is asked (else the LLM asks for them, as a tool)."""
+        return bool(config.knowledge_base_ids) and not config.builtin_tools.query_knowledge_base.enabled
 
     async def _produce(
         self,

@@ -351,7 +351,7 @@ class TurnRunner:
             elif callable(history):
                 history = history()
             ids = {"account_id": inp.account_id, "conversation_id": inp.conversation_id, "turn_id": inp.turn_id}
-            request = llm_request(config, history, user_text, passages, metadata=ids)  # type: ignore[arg-type]
+            request = llm_request(config, history, user_text, passages, metadata=ids)
             producer = asyncio.create_task(self._produce(request, segments, state, latency, usage, config, inp))
             await asyncio.sleep(0)  # the LLM request leaves before the transcript post's SDK work holds the GIL
 

@@ -298,6 +298,28 @@ def test_a_frame_holds_no_more_than_is_ahead_of_playback_when_the_vendor_sends_a
     assert max(sizes) == 3000
 
 
+def test_every_barge_in_read_of_a_turn_is_one_it_waits_for() -> None:
+    """One check before each sentence and one before each frame, each started alongside the post before it; the
+    turn's last frame starts none (no post follows it to stop): a read nobody uses would compete with that post."""
+    events: list[str] = []
+
+    class Sink:
+        async def send(self, message: dict[str, Any]) -> bool:
+            events.append(message["type"])
+            return True
+
+        async def cancelled(self) -> tuple[bool, int | None]:
+            events.append("check")
+            return False, None
+
+    reply = "One two three four five. Six seven eight nine ten. Eleven twelve thirteen."
+    engines = fake_engines(llm=FakeLLM(reply=reply), tts=FakeTTS())
+    inp = TurnInput(turn_id="turn_1", seq=1, mode=TurnMode.TEXT, account_id="acc", conversation_id="conv", text="hi")
+    result = asyncio.run(TurnRunner(engines).run(AgentConfig(name="x"), [], inp, Sink()))
+    assert result.status == "completed" and events.count("agent_text") == 3 and events.count("audio") > 3
+    assert events.count("check") == events.count("agent_text") + events.count("audio")
+
+
 def test_a_vendor_streaming_in_real_time_gets_small_frames_so_playback_never_runs_dry() -> None:
     """A frame waits only for as much audio as is already ahead of the caller's playback: with a vendor that
     streams in real time that is about one of its chunks, never a large frame the player would not have."""

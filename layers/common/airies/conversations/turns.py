@@ -575,6 +575,7 @@ class TurnRunner:
                 await slots.acquire()
                 sentence = await segments.get()
                 if sentence is None:
+                    state.reply_synthesised = True
                     return
                 finished = False
                 if state.stream:
@@ -587,8 +588,10 @@ class TurnRunner:
                     pump = asyncio.create_task(self._pump(tts, sentence, options, audio))
                     usage["tts_characters"] += len(sentence)  # what the vendor is asked for is what it bills
                 ready.put_nowait(_Synthesis(sentence, audio, pump, self.clock()))
+                state.synthesised += 1
                 await asyncio.sleep(0)  # the request leaves before the speaker's posts take the thread
                 if finished:
+                    state.reply_synthesised = True
                     return
         finally:
             ready.put_nowait(None)
@@ -664,7 +667,8 @@ class TurnRunner:
         if len(pending) % 2:
             pending = pending[:-1]
         if pending:
-            outcome = await self._post_audio(inp, sink, state, spoken, bytes(pending), latency, t0)
+            last = state.speaking_last()  # the turn's last frame: no barge-in check for a frame after it
+            outcome = await self._post_audio(inp, sink, state, spoken, bytes(pending), latency, t0, last=last)
             if outcome:
                 return outcome
         spoken.complete = True
@@ -694,14 +698,18 @@ class TurnRunner:
         piece: bytes,
         latency: dict[str, float | None],
         t0: float,
+        *,
+        last: bool = False,
     ) -> str | None:
         """Post the turn's next audio frame (numbered ``state.audio_seq``); an outcome ends the turn."""
         if await self._was_cancelled(sink, state):
             return await self._interrupted(inp, sink, state)
         # The check for the next post runs alongside this one, not after it: a post waits for the slower of the
         # two, never their sum. It starts after this post's check answered, so an interrupt that lands now is
-        # seen before the post after the next one: at most one frame leaves after it.
-        self._prefetch_check(sink, state)
+        # seen before the post after the next one: at most one frame leaves after it. The turn's last frame has
+        # no next post: a check would be a read nobody uses, competing with that post.
+        if not last:
+            self._prefetch_check(sink, state)
         sent = await sink.send(wp.audio(inp.turn_id, state.audio_seq, piece))
         if not sent:
             return "gone"
@@ -767,11 +775,17 @@ class _TurnState:
     check: asyncio.Future[tuple[bool, int | None]] | None = None
     audio_seq: int = 0
     first_audio_at: float | None = None  # when the turn's first audio frame was posted: the caller's playback starts
+    synthesised: int = 0  # sentences handed to the speaker (their synthesis started, or text only)
+    reply_synthesised: bool = False  # the reply's last sentence was among them
     stream: bool = False  # the reply goes out as the LLM's tokens (TurnInput.stream_text), not sentences
 
     def pieces(self, text: str) -> list[str]:
         """A fixed line, as it is posted: one piece when streaming text, else its sentences."""
         return [text] if self.stream else split_sentences(text)
+
+    def speaking_last(self) -> bool:
+        """The sentence being spoken is the reply's last."""
+        return self.reply_synthesised and len(self.sentences) == self.synthesised
 
     def known_cancelled(self) -> bool:
         """The prefetched barge-in check has already answered "cancelled" (no need to start synthesis)."""

@@ -28,6 +28,7 @@ from sqlalchemy import update
 
 from airies.core.config import Settings
 from airies.core.database import Database
+from airies.core.guarded_http import guarded_client
 from airies.core.models import utcnow
 from airies.core.secrets import EnvelopeCipher, Sealed, get_cipher
 from airies.core.url_guard import URLGuard, URLNotAllowed, url_guard
@@ -98,8 +99,8 @@ class WebhookDeliverer:
     @property
     def http(self) -> httpx.Client:
         if self._http is None:
-            self._http = self.guard.client(
-                timeout=httpx.Timeout(self.settings.webhook_timeout_s), follow_redirects=False
+            self._http = guarded_client(
+                self.guard, timeout=httpx.Timeout(self.settings.webhook_timeout_s), follow_redirects=False
             )
         return self._http
 

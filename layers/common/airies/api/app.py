@@ -66,7 +66,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         webhooks,
         telephony,
     )
-    for module in routers:  # straight into the app: FastAPI builds every route again at each include (cold start)
+    # Each straight into the app, with the prefix: including a router without one (the old intermediate router)
+    # makes FastAPI build every included route's context to check its path, ~90 ms of the API's init thrown away.
+    for module in routers:
         app.include_router(module.router, prefix=settings.api_base_path)
     install_webapp(app, settings)
     app.add_middleware(PublishableKeyGuard, widget_prefix=f"{settings.api_base_path}/widget/")

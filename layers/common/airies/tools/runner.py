@@ -140,8 +140,9 @@ _clients: dict[tuple[Any, ...], LoopBoundClient[httpx.AsyncClient]] = {}
 
 
 def _guarded_http() -> ModuleType:
-    """``airies.core.guarded_http`` (httpx and httpcore, ~45 ms), imported when a runner first builds its client: not at
-    the cold start of every function that imports the turn pipeline (which holds a runner), most never call a tool."""
+    """``airies.core.guarded_http`` (httpx and httpcore, ~45 ms), imported when a runner first builds its client, for
+    cold start: every function that imports the turn pipeline (which holds a runner) imports this module, and most
+    never call a tool."""
     from airies.core import guarded_http
 
     return guarded_http

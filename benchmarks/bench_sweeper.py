@@ -11,7 +11,7 @@ SQLite database. Seeded:
 * ``stale`` items the sweeper must never read: ended sessions (no ``live_shard``/``sweep_at``) and old caller
   audio chunks (``chunk_bytes`` each, 8,000 = 250 ms of 16 kHz PCM16), nine chunks per ended session.
 
-Then the real sweeper path runs once (``WebSocketService.sweep``, as ``functions/sweeper/handler.py`` calls it).
+Then the real sweeper path runs once (``LiveSessions.sweep``, as ``functions/sweeper/handler.py`` calls it).
 A botocore hook on the sweeper's DynamoDB client counts every call, the items each response returned and their
 read units by DynamoDB's rules (Query: the returned items' total size rounded up to 4 KB, half for eventually
 consistent reads; GetItem/BatchGetItem: each item rounded up to 4 KB). The criterion is items and read units,

@@ -6,7 +6,7 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from airies.conversations.live import WebSocketService
+from airies.conversations.live_sessions import LiveSessions
 from airies.conversations.sessions import build_session_store
 from airies.core.bootstrap import PerContainer
 from airies.core.config import get_settings
@@ -16,11 +16,12 @@ from airies.core.observability import lambda_handler, logger, metrics
 from airies.webhooks.service import build_webhook_publisher
 
 
-def build_service() -> WebSocketService:
+def build_service() -> LiveSessions:
+    """The live sessions without the WebSocket edge (endpointing, the socket and relay events): a sweep needs none."""
     settings = get_settings()
     database = get_database(settings)
     publisher = build_webhook_publisher(settings, database)  # the calls it ends send conversation.ended
-    return WebSocketService(settings, database, build_session_store(settings), publisher=publisher)
+    return LiveSessions(settings, database, build_session_store(settings), publisher=publisher)
 
 
 service = PerContainer(build_service)

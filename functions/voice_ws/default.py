@@ -10,6 +10,13 @@ from voice_runtime import service
 from airies.conversations.live_runtime import turn_deadline
 from airies.core.events import MalformedEvent, parse_event
 from airies.core.observability import lambda_handler, logger
+from airies.llm import service as llm_service
+from airies.voice import factory as voice_factory
+
+# SnapStart: this function's init runs once, into the snapshot, so the modules a turn's engines are built from
+# (``conversations.service.build_engines``) load here, not in a caller's first turn. $connect and $disconnect,
+# without SnapStart and without turns, leave them out.
+SNAPSHOT_MODULES = (llm_service, voice_factory)
 
 
 @lambda_handler

@@ -19,7 +19,8 @@ from airies.core.config import get_settings
 from airies.core.database import get_database
 from airies.core.metrics import MonitoringService
 from airies.core.observability import lambda_handler, logger, metrics
-from airies.webhooks.delivery import WebhookDeliverer, build_delivery_queue
+from airies.webhooks.delivery import WebhookDeliverer
+from airies.webhooks.queue import build_delivery_queue
 from airies.webhooks.schemas import DeliveryMessage
 
 

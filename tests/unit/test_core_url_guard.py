@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from airies.core.config import Settings
+from airies.core.guarded_http import guarded_async_client, guarded_client
 from airies.core.url_guard import URLGuard, URLNotAllowed, address_problem, parse_allowed_hosts, url_guard
 from tests.doubles._wire import LocalHttpServer
 
@@ -181,10 +182,10 @@ class Site(LocalHttpServer):
 
 def test_guarded_client_refuses_private_addresses_and_allows_listed_ones():
     with Site() as site:
-        with guard().client() as http:
+        with guarded_client(guard()) as http:
             assert refusal(lambda: http.get(site.url + "/")).reason == "blocked_address"
         assert site.requests == []
-        with guard(allowed=f"127.0.0.1:{site.port}").client() as http:
+        with guarded_client(guard(allowed=f"127.0.0.1:{site.port}")) as http:
             assert http.get(site.url + "/").text == "ok"
         assert site.requests == ["/"]
 
@@ -194,7 +195,7 @@ def test_a_guarded_client_sends_no_cookie_a_server_set():
     next request, whoever makes it."""
     with Site(set_cookie="session=tenant-a; Path=/") as site:
         checker = guard(allowed=f"127.0.0.1:{site.port}")
-        with checker.client() as http:
+        with guarded_client(checker) as http:
             assert http.get(site.url + "/a").text == "ok"
             assert http.get(site.url + "/b").text == "ok"
         assert site.cookies == [None, None]
@@ -209,7 +210,7 @@ def test_every_redirect_is_checked():
     ):
         allowed = f"127.0.0.1:{outer.port},127.0.0.1:{via_dns.port}"
         checker = guard(allowed=allowed, dns={"internal.test": ["127.0.0.1"]})
-        with checker.client(follow_redirects=True) as http:
+        with guarded_client(checker, follow_redirects=True) as http:
             assert refusal(lambda: http.get(outer.url + "/")).reason == "blocked_address"
             assert refusal(lambda: http.get(via_dns.url + "/")).reason == "blocked_address"
         assert outer.requests == ["/"] and via_dns.requests == ["/"]
@@ -221,7 +222,7 @@ def test_connections_go_to_the_address_that_was_checked():
     is never asked, so a second, different DNS answer cannot be used behind the guard's back."""
     with Site() as site:
         checker = guard(allowed="llm.example.test", dns={"llm.example.test": ["127.0.0.1"]})
-        with checker.client() as http:
+        with guarded_client(checker) as http:
             assert http.get(f"http://llm.example.test:{site.port}/v1").text == "ok"
         assert site.requests == ["/v1"]
 
@@ -232,7 +233,7 @@ def test_a_name_that_changes_its_answer_after_the_check_is_refused_when_used():
     with Site() as site:
         url = f"http://rebind.example.com:{site.port}/"
         assert checker.check(url).addresses == ("93.184.216.34",)
-        with checker.client() as http:
+        with guarded_client(checker) as http:
             assert refusal(lambda: http.get(url)).reason == "blocked_address"
         assert site.requests == []
 
@@ -240,12 +241,12 @@ def test_a_name_that_changes_its_answer_after_the_check_is_refused_when_used():
 def test_async_client_and_unresolvable_names():
     async def run() -> None:
         with Site() as site:
-            async with guard().async_client() as http:
+            async with guarded_async_client(guard()) as http:
                 with pytest.raises(URLNotAllowed):
                     await http.get(site.url + "/")
                 with pytest.raises(httpx.ConnectError, match="cannot resolve"):
                     await http.get("http://no-such-host.test/")
-            async with guard(allowed=f"127.0.0.1:{site.port}").async_client() as http:
+            async with guarded_async_client(guard(allowed=f"127.0.0.1:{site.port}")) as http:
                 assert (await http.get(site.url + "/")).text == "ok"
             assert site.requests == ["/"]
             checker = guard(dns={"innocent.example.com": ["10.0.0.1"]})

@@ -7,7 +7,8 @@ import sys
 
 from airies.core.config import Settings
 from airies.voice import catalog
-from airies.voice.vendors import CLOUD_VENDORS, OFFLINE_STT, OFFLINE_TTS, STT_VENDORS, TTS_VENDORS
+from airies.voice.catalog import OFFLINE_STT, OFFLINE_TTS
+from airies.voice.vendors import CLOUD_VENDORS, STT_VENDORS, TTS_VENDORS
 
 
 def test_every_vendor_is_in_its_table_under_its_own_name() -> None:

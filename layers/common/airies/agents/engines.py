@@ -16,10 +16,9 @@ from typing import Any
 
 from airies.agents.schemas import AgentConfig
 from airies.llm import catalog
-from airies.llm.vendors.offline import OFFLINE_PROVIDER
+from airies.llm.catalog import OFFLINE_PROVIDER
 from airies.voice import catalog as voice_catalog
-from airies.voice.service import engine_for
-from airies.voice.vendors import OFFLINE_STT, OFFLINE_TTS
+from airies.voice.catalog import OFFLINE_STT, OFFLINE_TTS, engine_for
 
 OFFLINE_ENGINES = {"stt": OFFLINE_STT, "llm": OFFLINE_PROVIDER, "tts": OFFLINE_TTS}
 OFFLINE_NAMES = {OFFLINE_STT: "PocketSphinx (offline)", OFFLINE_TTS: "eSpeak NG (offline)"}

@@ -17,9 +17,10 @@ from airies.agents.engines import ConfiguredEngines, engine_warnings
 from airies.agents.models import Agent, AgentVersion
 from airies.agents.schemas import AgentConfig
 from airies.agents.templates import TEMPLATES
+from airies.agents.versions import get_agent, published_version
 from airies.core.config import Settings
 from airies.core.database import Database
-from airies.core.errors import BadRequestError, NotFoundError, ValidationFailedError
+from airies.core.errors import NotFoundError, ValidationFailedError
 from airies.core.ids import new_id
 from airies.core.models import utcnow
 from airies.core.url_guard import URLGuard, URLNotAllowed, url_guard
@@ -278,10 +279,7 @@ class AgentService:
 
     # -- reads -------------------------------------------------------------------------------
     def get(self, account_id: str, agent_id: str) -> Agent:
-        agent = self.session.scalar(select(Agent).where(Agent.id == agent_id, Agent.account_id == account_id))
-        if agent is None:
-            raise NotFoundError("agent", agent_id)
-        return agent
+        return get_agent(self.session, account_id, agent_id)
 
     def list(
         self,
@@ -318,16 +316,7 @@ class AgentService:
         )
 
     def published_version(self, account_id: str, agent_id: str, version: int | None = None) -> AgentVersion:
-        agent = self.get(account_id, agent_id)
-        wanted = version or agent.current_version
-        if wanted is None:
-            raise BadRequestError("agent has no published version: deploy it first", code="agent_not_deployed")
-        record = self.session.scalar(
-            select(AgentVersion).where(AgentVersion.agent_id == agent_id, AgentVersion.version == wanted)
-        )
-        if record is None:
-            raise NotFoundError("agent_version", str(wanted))
-        return record
+        return published_version(self.session, account_id, agent_id, version)
 
     # -- writes ------------------------------------------------------------------------------
     def _checked(self, account_id: str, config: AgentConfig) -> dict[str, Any]:

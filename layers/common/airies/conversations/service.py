@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from airies.agents.models import Agent
 from airies.agents.schemas import AgentConfig
-from airies.agents.service import AgentService
+from airies.agents.versions import get_agent, published_version
 from airies.conversations import protocol as wp
 from airies.conversations.events import ConversationEvents, EventPublisher
 from airies.conversations.models import Conversation, ConversationTurn
@@ -505,9 +505,8 @@ class ConversationService:
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start_conversation(self, account_id: str, body: ConversationCreate) -> tuple[Conversation, str, datetime]:
-        agents = AgentService(self.session)
-        agents.get(account_id, body.agent_id)  # 404 for foreign or unknown agents
-        version = agents.published_version(account_id, body.agent_id, body.agent_version)
+        get_agent(self.session, account_id, body.agent_id)  # 404 for foreign or unknown agents
+        version = published_version(self.session, account_id, body.agent_id, body.agent_version)
         config = AgentConfig.model_validate(version.config)
         if self.start_check is not None:
             self.start_check(self.session, account_id)
@@ -624,9 +623,7 @@ class ConversationService:
         agent_id = conversation.agent_id
         if agent_id is None:
             raise ConflictError("the agent of this conversation was deleted", code="agent_deleted")
-        version = AgentService(self.session).published_version(
-            conversation.account_id, agent_id, conversation.agent_version
-        )
+        version = published_version(self.session, conversation.account_id, agent_id, conversation.agent_version)
         return AgentConfig.model_validate(version.config)
 
     def list(

@@ -17,6 +17,7 @@ from urllib.parse import urldefrag, urljoin, urlsplit
 from urllib.robotparser import RobotFileParser
 
 from airies.core.config import Settings
+from airies.core.guarded_http import guarded_client
 from airies.core.url_guard import URLGuard, URLNotAllowed, url_guard
 from airies.knowledge.extraction import extract_text_from_html
 
@@ -56,8 +57,11 @@ class HttpxFetcher:
     """GET through the URL guard's client: the connection goes only to an address that passed the guard."""
 
     def __init__(self, user_agent: str, timeout: float, guard: URLGuard) -> None:
-        self._client = guard.client(
-            follow_redirects=False, timeout=timeout, headers={"User-Agent": user_agent, "Accept": "text/html,*/*;q=0.5"}
+        self._client = guarded_client(
+            guard,
+            follow_redirects=False,
+            timeout=timeout,
+            headers={"User-Agent": user_agent, "Accept": "text/html,*/*;q=0.5"},
         )
 
     def __call__(self, url: str) -> FetchResult:

@@ -10,6 +10,8 @@ from typing import Any
 
 from airies.core.config import DATA_DIR, Settings
 
+OFFLINE_PROVIDER = "offline"  # the offline responder (``vendors.offline``): needs no key, is not a language model
+
 
 @dataclass(frozen=True)
 class LLMModel:

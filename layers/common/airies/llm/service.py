@@ -36,13 +36,14 @@ from airies.core.money import format_usd
 from airies.core.secrets import platform_key
 from airies.core.url_guard import URLGuard, url_guard
 from airies.llm import catalog
+from airies.llm.catalog import OFFLINE_PROVIDER
 from airies.llm.cost import token_cost
 from airies.llm.custom_endpoints import CustomEndpointService, endpoint_catalog, provider_name
 from airies.llm.health import DatabaseHealthStore, HealthTracker
 from airies.llm.router import LLMRouter, collect_response
 from airies.llm.router_config import RouterConfig
 from airies.llm.vendors.base import LLMEvent, LLMProvider, LLMRequest, LLMResponse, Usage
-from airies.llm.vendors.offline import OFFLINE_PROVIDER, OfflineResponder
+from airies.llm.vendors.offline import OfflineResponder
 from airies.llm.vendors.openai_compat import OpenAICompatibleProvider
 from airies.llm.vendors.table import LLM_VENDORS
 

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from airies.agents.service import AgentService
+from airies.agents.versions import get_agent
 from airies.conversations.models import Conversation
 from airies.conversations.relay import FIRST_MESSAGE_KEY, PHONE_METADATA_KEY
 from airies.conversations.relay_protocol import relay_url
@@ -187,7 +187,7 @@ class TelephonyService:
     # -- phone numbers --------------------------------------------------------------------------------------------
     def _check_agent(self, account_id: str, agent_id: str | None) -> None:
         if agent_id is not None:
-            AgentService(self.session).get(account_id, agent_id)  # 404 for a foreign or unknown agent
+            get_agent(self.session, account_id, agent_id)  # 404 for a foreign or unknown agent
 
     def _check_mode(self, mode: str | None) -> None:
         """A number may stream raw media only when the platform runs the media bridge."""

@@ -20,9 +20,8 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import httpx
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from airies.core.json_schemas import schema_errors
 from airies.core.observability import provider_span
@@ -30,6 +29,9 @@ from airies.core.url_guard import URLGuard, URLNotAllowed
 from airies.core.vendor_clients import LoopBoundClient
 from airies.tools.schemas import MAX_TIMEOUT_MS, ToolConfig
 from airies.webhooks.signing import SIGNATURE_HEADER, signature_header
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +139,21 @@ def result_text(body: bytes, content_type: str) -> str:
 _clients: dict[tuple[Any, ...], LoopBoundClient[httpx.AsyncClient]] = {}
 
 
+def _guarded_http() -> ModuleType:
+    """``airies.core.guarded_http`` (httpx and httpcore, ~45 ms), imported when a runner first builds its client, for
+    cold start: every function that imports the turn pipeline (which holds a runner) imports this module, and most
+    never call a tool."""
+    from airies.core import guarded_http
+
+    return guarded_http
+
+
 def shared_clients(guard: URLGuard) -> LoopBoundClient[httpx.AsyncClient]:
     key = (guard.https_only, guard.allowed_hosts, guard.resolver)
     if key not in _clients:
         _clients[key] = LoopBoundClient(
-            lambda: guard.async_client(
+            lambda: _guarded_http().guarded_async_client(
+                guard,
                 follow_redirects=True,
                 max_redirects=MAX_REDIRECTS,
                 headers={"user-agent": USER_AGENT},
@@ -280,7 +292,7 @@ class ToolRunner:
             return outcome(
                 "failed", "The server's answer was too large.", error=f"answer over {self.max_response_bytes} bytes"
             )
-        except httpx.HTTPError as exc:
+        except _guarded_http().HTTPError as exc:  # loaded with the client this call was given
             return outcome("failed", "The server could not be reached.", error=type(exc).__name__)
         if not 200 <= status < 300:
             return outcome("failed", f"The server answered HTTP {status}.", http_status=status, error=f"http {status}")

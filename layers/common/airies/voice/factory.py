@@ -18,6 +18,7 @@ from airies.core.config import Settings
 from airies.core.database import Database
 from airies.core.secrets import platform_key
 from airies.core.storage import StorageService
+from airies.voice.catalog import OFFLINE_STT, OFFLINE_TTS
 from airies.voice.service import VoiceService
 from airies.voice.speech_models import ModelBuilder, SpeechModelCache, offline_stt_available
 from airies.voice.stt.base import STTProvider
@@ -25,9 +26,7 @@ from airies.voice.stt.pocketsphinx import PocketSphinxSTT
 from airies.voice.tts.base import TTSProvider
 from airies.voice.vendors import (
     CLOUD_VENDORS,
-    OFFLINE_STT,
     OFFLINE_STT_ENGINE,
-    OFFLINE_TTS,
     OFFLINE_TTS_ENGINE,
     STT_VENDORS,
     TTS_VENDORS,

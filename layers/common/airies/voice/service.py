@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -34,15 +34,12 @@ from airies.core.ids import new_id
 from airies.core.text import split_sentences
 from airies.voice import catalog
 from airies.voice.audio.formats import SUPPORTED_RATES, AudioFormatError, duration_seconds, sniff_format
+from airies.voice.catalog import OFFLINE_STT, OFFLINE_TTS
 from airies.voice.configs import config_field
 from airies.voice.models import Voice
 from airies.voice.speech_models import SpeechModelCache, domain_phrases
 from airies.voice.stt.base import STTOptions, STTProvider, Transcript
 from airies.voice.tts.base import TTSOptions, TTSProvider, VoiceInfo, parse_output_format
-from airies.voice.vendors import (
-    OFFLINE_STT,
-    OFFLINE_TTS,
-)
 
 T = TypeVar("T")
 
@@ -72,14 +69,6 @@ def split_for_tts(text: str, max_chars: int, *, first_alone: bool = True) -> lis
         else:
             requests.append(piece)
     return requests
-
-
-def engine_for(requested: str, configured: Collection[str], offline: str, offline_fallback: bool) -> str | None:
-    """The engine that serves a call for provider ``requested``: itself when it has a key (or is the offline engine
-    itself), else the offline engine when the fallback is on, else None (the call fails: 501)."""
-    if requested in configured or requested == offline:
-        return requested
-    return offline if offline_fallback else None
 
 
 @dataclass
@@ -148,7 +137,7 @@ class VoiceService:
         self.check_stt_provider(requested)
         if not requested:
             return next(iter(self.stt_providers.values())) if self.stt_providers else self._offline_stt_provider()
-        engine = engine_for(requested, self.stt_providers, OFFLINE_STT, self.offline_fallback)
+        engine = catalog.engine_for(requested, self.stt_providers, OFFLINE_STT, self.offline_fallback)
         if engine is None:
             raise NotAvailableError(f"speech-to-text provider '{requested}' is not configured (no API key)")
         return self.stt_providers.get(engine) or self._offline_stt_provider()
@@ -157,7 +146,7 @@ class VoiceService:
         """The requested TTS provider when configured; else the offline engine (if allowed and not ``strict``)."""
         if not requested:
             return next(iter(self.tts_providers.values())) if self.tts_providers else self._offline_tts_provider()
-        engine = engine_for(requested, self.tts_providers, OFFLINE_TTS, self.offline_fallback and not strict)
+        engine = catalog.engine_for(requested, self.tts_providers, OFFLINE_TTS, self.offline_fallback and not strict)
         if engine is None:
             raise NotAvailableError(f"text-to-speech provider '{requested}' is not configured (no API key)")
         return self.tts_providers.get(engine) or self._offline_tts_provider()

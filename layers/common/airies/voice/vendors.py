@@ -2,7 +2,7 @@
 
 To add a vendor: one module under ``stt/`` or ``tts/`` (a class with the kind's interface and a ``from_settings``
 constructor) and one line in its table (with its key probe when the vendor has a cheap authenticated request).
-Nothing registers itself on import. The offline engines (``OFFLINE_STT``, ``OFFLINE_TTS``) need no key; the cloud
+Nothing registers itself on import. The offline engines (``catalog.OFFLINE_STT``, ``OFFLINE_TTS``) need no key; the cloud
 vendors serve an account with its own key (``account_keys``: the names it may be stored under) or the platform's
 (``settings_keys``: the Settings fields, which are also the platform secrets' names).
 """
@@ -92,7 +92,5 @@ TTS_VENDORS: dict[str, VoiceVendor[TTSProvider]] = {
 }
 CLOUD_VENDORS: dict[str, VoiceVendor[STTProvider] | VoiceVendor[TTSProvider]] = {**STT_VENDORS, **TTS_VENDORS}
 
-OFFLINE_STT = "pocketsphinx"
-OFFLINE_TTS = "espeak"
 OFFLINE_STT_ENGINE = PocketSphinxSTT
 OFFLINE_TTS_ENGINE = EspeakTTS

@@ -1,4 +1,4 @@
-"""Delivering server messages: the queue between publisher and worker, the backoff, and the worker itself.
+"""Delivering server messages: the backoff and the worker (the queue between publisher and worker: ``queue``).
 
 At-least-once: every attempt is one queue message ``{delivery_id, attempt, client_errors, not_before}``. The worker
 POSTs, then records attempt ``n`` only if the row still says ``n - 1`` attempts (so a duplicate or stale message is a
@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urljoin
 
 import httpx
@@ -28,51 +28,18 @@ from sqlalchemy import update
 
 from airies.core.config import Settings
 from airies.core.database import Database
+from airies.core.guarded_http import guarded_client
 from airies.core.models import utcnow
 from airies.core.secrets import EnvelopeCipher, Sealed, get_cipher
 from airies.core.url_guard import URLGuard, URLNotAllowed, url_guard
-from airies.webhooks.models import WebhookDelivery, WebhookEndpoint
+from airies.webhooks.models import WebhookDelivery, WebhookEndpoint, secret_context
+from airies.webhooks.queue import MAX_DELAY_HOP_S, DeliveryQueue
 from airies.webhooks.schemas import DeliveryMessage
 from airies.webhooks.signing import EVENT_ID_HEADER, EVENT_TYPE_HEADER, SIGNATURE_HEADER, signature_header
 
-MAX_DELAY_HOP_S = 900  # SQS DelaySeconds maximum
 MAX_BACKOFF_S = 4 * 3600
 MAX_REDIRECTS = 3
 USER_AGENT = "Airies-Webhooks/1.0"
-
-
-class DeliveryQueue(Protocol):
-    def send(self, message: DeliveryMessage, delay_s: int = 0) -> None: ...
-
-    def dead_letter(self, message: DeliveryMessage, reason: str) -> None: ...
-
-
-class SqsDeliveryQueue:
-    """The delivery queue on AWS (and under ``make run``, where moto serves the template's queues)."""
-
-    def __init__(self, client: Any, queue_url: str, dead_letter_queue_url: str | None = None) -> None:
-        self.client = client
-        self.queue_url = queue_url
-        self.dead_letter_queue_url = dead_letter_queue_url
-
-    def send(self, message: DeliveryMessage, delay_s: int = 0) -> None:
-        delay = max(0, min(MAX_DELAY_HOP_S, int(delay_s)))
-        self.client.send_message(QueueUrl=self.queue_url, MessageBody=message.model_dump_json(), DelaySeconds=delay)
-
-    def dead_letter(self, message: DeliveryMessage, reason: str) -> None:
-        if self.dead_letter_queue_url:
-            body = json.dumps({**message.model_dump(), "reason": reason})
-            self.client.send_message(QueueUrl=self.dead_letter_queue_url, MessageBody=body)
-
-
-def build_delivery_queue(settings: Settings) -> DeliveryQueue | None:
-    """The configured queue; None without ``AIRIES_WEBHOOK_QUEUE_URL`` (events are stored, nothing delivers them)."""
-    if not settings.webhook_queue_url:
-        return None
-    import boto3  # imported only where a queue is configured: it weighs on cold starts
-
-    client = boto3.client("sqs", region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url)
-    return SqsDeliveryQueue(client, settings.webhook_queue_url, settings.webhook_dead_letter_queue_url)
 
 
 def backoff_s(attempt: int, base_s: float, rng: Callable[[], float] = random.random) -> float:
@@ -84,10 +51,6 @@ def backoff_s(attempt: int, base_s: float, rng: Callable[[], float] = random.ran
 def payload_body(payload: dict[str, Any]) -> bytes:
     """The exact bytes sent (and signed): compact JSON, keys in a stable order."""
     return json.dumps(payload, separators=(",", ":"), sort_keys=True, default=str).encode("utf-8")
-
-
-def secret_context(endpoint: WebhookEndpoint) -> dict[str, str]:
-    return {"account_id": endpoint.account_id, "endpoint_id": endpoint.id, "purpose": "airies-webhook-secret"}
 
 
 @dataclass(frozen=True)
@@ -136,8 +99,8 @@ class WebhookDeliverer:
     @property
     def http(self) -> httpx.Client:
         if self._http is None:
-            self._http = self.guard.client(
-                timeout=httpx.Timeout(self.settings.webhook_timeout_s), follow_redirects=False
+            self._http = guarded_client(
+                self.guard, timeout=httpx.Timeout(self.settings.webhook_timeout_s), follow_redirects=False
             )
         return self._http
 

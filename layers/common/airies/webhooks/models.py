@@ -62,3 +62,8 @@ class WebhookDelivery(Base):
     delivered_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+def secret_context(endpoint: WebhookEndpoint) -> dict[str, str]:
+    """The encryption context an endpoint's signing secret is sealed under."""
+    return {"account_id": endpoint.account_id, "endpoint_id": endpoint.id, "purpose": "airies-webhook-secret"}

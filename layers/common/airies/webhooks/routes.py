@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from airies.accounts.auth import Caller, current_caller
 from airies.core.schemas import Limit, Page
-from airies.webhooks.delivery import DeliveryQueue, build_delivery_queue
+from airies.webhooks.queue import DeliveryQueue, build_delivery_queue
 from airies.webhooks.schemas import (
     DeliveryDetail,
     DeliveryOut,

@@ -31,8 +31,8 @@ from airies.core.ids import new_id
 from airies.core.models import utcnow
 from airies.core.secrets import EnvelopeCipher, Sealed, get_cipher
 from airies.core.url_guard import URLGuard, url_guard
-from airies.webhooks.delivery import DeliveryQueue, build_delivery_queue, secret_context
-from airies.webhooks.models import ACCOUNT_SCOPE, WebhookDelivery, WebhookEndpoint, agents_table
+from airies.webhooks.models import ACCOUNT_SCOPE, WebhookDelivery, WebhookEndpoint, agents_table, secret_context
+from airies.webhooks.queue import DeliveryQueue, build_delivery_queue
 from airies.webhooks.schemas import (
     EVENT_TYPES,
     TEST_EVENT,

@@ -39,11 +39,11 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from airies.llm.catalog import OFFLINE_PROVIDER
 from airies.llm.json_example import example_for
 from airies.llm.vendors.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCall, ToolCallDelta
 from airies.llm.vendors.openai_compat import estimate_usage
 
-OFFLINE_PROVIDER = "offline"
 OFFLINE_MODEL = "offline-responder"
 NO_MODEL_REPLY = "No language model is configured for this agent, so I can only give prepared answers."
 DEFAULT_END_CALL_PHRASES = ("goodbye", "bye bye")

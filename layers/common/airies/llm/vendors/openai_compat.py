@@ -20,6 +20,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from airies.core.errors import ProviderError
+from airies.core.guarded_http import guarded_async_client
 from airies.core.url_guard import URLGuard, URLNotAllowed
 from airies.core.vendor_clients import LoopBoundClient
 from airies.llm.vendors.base import (
@@ -76,7 +77,7 @@ class OpenAICompatibleProvider:
 
         timeout = openai.Timeout(self.read_timeout, connect=self.connect_timeout, pool=self.connect_timeout)
         # Any: the SDK types its own vendored httpx client; the guard's httpx client is what it accepts at run time
-        http_client: Any = self.url_guard.async_client() if self.url_guard is not None else None
+        http_client: Any = guarded_async_client(self.url_guard) if self.url_guard is not None else None
         return openai.AsyncOpenAI(
             api_key=api_key, base_url=self.base_url, timeout=timeout, max_retries=0, http_client=http_client
         )

@@ -1,0 +1,44 @@
+"""What the live functions' init imports: $connect, $disconnect and the sweeper load neither the HTTP client nor the
+modules of what a call only reaches later, or never (the agent validator, the LLM and voice vendors); the voice
+messages' function (SnapStart: its init is the snapshot) loads what a turn's engines are built from."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+
+from airies.core.config import PROJECT_ROOT
+
+NOT_AT_INIT = (
+    "httpx",
+    "httpcore",
+    "airies.accounts.provider_keys",
+    "airies.agents.service",
+    "airies.core.guarded_http",
+    "airies.llm.service",
+    "airies.llm.vendors.openai_compat",
+    "airies.voice.vendors",
+    "airies.webhooks.delivery",
+)
+
+
+def loaded_at_init(*handlers: str) -> list[str]:
+    """Of ``NOT_AT_INIT``, the modules loaded by importing these handler modules (voice_ws or sweeper)."""
+    functions = PROJECT_ROOT / "functions"
+    code = (
+        "import sys\n"
+        f"sys.path[:0] = [{str(functions / 'voice_ws')!r}, {str(functions / 'sweeper')!r}]\n"
+        f"import {', '.join(handlers)}\n"
+        f"print(sorted(m for m in {NOT_AT_INIT!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return list(ast.literal_eval(out.strip()))
+
+
+def test_connect_disconnect_and_the_sweeper_load_without_httpx_or_what_a_call_reaches_later() -> None:
+    assert loaded_at_init("connect", "disconnect", "handler") == []
+
+
+def test_the_voice_messages_snapshot_holds_the_engines_modules() -> None:
+    assert {"airies.llm.service", "airies.voice.vendors", "httpx"} <= set(loaded_at_init("default"))

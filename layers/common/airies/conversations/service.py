@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from airies.agents.models import Agent
 from airies.agents.schemas import AgentConfig
-from airies.agents.versions import get_agent, published_version
+from airies.agents.versions import published_version
 from airies.conversations import protocol as wp
 from airies.conversations.events import ConversationEvents, EventPublisher
 from airies.conversations.models import Conversation, ConversationTurn
@@ -505,7 +505,7 @@ class ConversationService:
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start_conversation(self, account_id: str, body: ConversationCreate) -> tuple[Conversation, str, datetime]:
-        get_agent(self.session, account_id, body.agent_id)  # 404 for foreign or unknown agents
+        # 404 for foreign or unknown agents, 400 for one never deployed: one read of the agent, one of the version.
         version = published_version(self.session, account_id, body.agent_id, body.agent_version)
         config = AgentConfig.model_validate(version.config)
         if self.start_check is not None:

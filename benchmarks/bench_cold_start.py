@@ -13,6 +13,9 @@ requirements and boto3, as on Lambda), else this one: a development environment 
 Target: every function within 1.3x of its stack's floor (what FastAPI + Mangum, or a database function's
 SQLAlchemy ORM + settings + Powertools cost to import before any of our code runs), measured in the same run.
 Bytecode caches are warm (one discarded warm-up run): see docs/benchmarks.md for what that means on Lambda.
+
+For the functions with SnapStart, also: the snapshot's init (a primed function builds its service there, which a
+restored container's first invocation then does not) and the after-restore hooks a restored container runs.
 """
 
 from __future__ import annotations
@@ -69,6 +72,52 @@ def _handler_snippet(spec: Any) -> str:
     return harness.timed_snippet([*(str(p) for p in spec.layer_dirs), str(spec.code_uri)], body)
 
 
+# SnapStart: Lambda runs a function's init once per published version, into the snapshot, with
+# AWS_LAMBDA_INITIALIZATION_TYPE=snap-start (a primed function builds its service then); a restored container runs
+# only the after-restore hooks before its first invocation. AIRIES_STAGE names a deployed stage, as on Lambda (a
+# local stage would create its DynamoDB table while building). A stand-in snapshot_restore_py collects the hooks.
+SNAPSHOT_ENV = {"AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start", "AIRIES_STAGE": "bench"}
+
+
+def _snapshot_snippet(spec: Any) -> str:
+    """Child code: the snapshot's init, then the restore hooks; prints both in ms, one per line."""
+    return "\n".join(
+        [
+            "import sys, time, types",
+            *(
+                f"sys.path.insert(0, {str(p)!r})"
+                for p in reversed([*(str(d) for d in spec.layer_dirs), str(spec.code_uri)])
+            ),
+            "_hooks = []",
+            "sys.modules['snapshot_restore_py'] = types.SimpleNamespace(register_after_restore=_hooks.append)",
+            "import importlib.util",
+            "_t0 = time.perf_counter()",
+            f"_spec = importlib.util.spec_from_file_location('_cold_handler', {str(spec.module_path)!r})",
+            "_mod = importlib.util.module_from_spec(_spec)",
+            "_spec.loader.exec_module(_mod)",
+            "_t1 = time.perf_counter()",
+            "for _hook in _hooks: _hook()",
+            "print((_t1 - _t0) * 1000.0)",
+            "print((time.perf_counter() - _t1) * 1000.0)",
+        ]
+    )
+
+
+def _snapshot_ms(spec: Any, env: dict[str, str]) -> tuple[float, float]:
+    completed = subprocess.run(
+        [LAMBDA_PYTHON, "-c", _snapshot_snippet(spec)],
+        capture_output=True,
+        text=True,
+        env={**env, **SNAPSHOT_ENV},
+        timeout=120,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"snapshot init failed ({completed.returncode}):\n{completed.stderr[-3000:]}")
+    init_ms, hooks_ms = completed.stdout.strip().splitlines()[-2:]
+    return float(init_ms), float(hooks_ms)
+
+
 def run(args: Any) -> dict[str, Any]:
     from airies.local.template import function_specs, local_context
 
@@ -93,6 +142,12 @@ def run(args: Any) -> dict[str, Any]:
     for _ in range(runs):  # interleaved, so drift on a shared machine hits every series alike
         for name, (code, env) in jobs.items():
             samples[name].append(harness.fresh_process_ms(code, env=env, python=LAMBDA_PYTHON))
+
+    snapstart = [lid for lid in specs if ctx.template["Resources"][lid]["Properties"].get("SnapStart")]
+    snapshots: dict[str, list[tuple[float, float]]] = {lid: [] for lid in snapstart}
+    for _ in range(runs):
+        for logical_id in snapstart:
+            snapshots[logical_id].append(_snapshot_ms(specs[logical_id], jobs[logical_id][1] or {}))
 
     baseline = harness.median(samples["import boto3"])
     print(f"  {'':<28}{'median ms':>10}{'min ms':>9}{'x boto3':>9}{'x floor':>9}")
@@ -121,6 +176,17 @@ def run(args: Any) -> dict[str, Any]:
         targets.append(
             harness.target(f"{logical_id} cold init / its stack's floor", to_floor, TARGET_RATIO_TO_FLOOR, "x")
         )
+    if snapstart:
+        print(f"  SnapStart: {'':<17}{'on-demand init':>15}{'snapshot init':>15}{'restore hooks':>15}  (median ms)")
+    for logical_id in snapstart:
+        init_ms = harness.median([init for init, _ in snapshots[logical_id]])
+        hooks_ms = harness.median([hooks for _, hooks in snapshots[logical_id]])
+        functions[logical_id]["snapstart"] = {
+            "snapshot_init_median_ms": round(init_ms, 1),
+            "built_ahead_ms": round(init_ms - functions[logical_id]["median_ms"], 1),
+            "restore_hooks_median_ms": round(hooks_ms, 1),
+        }
+        print(f"  {logical_id:<28}{functions[logical_id]['median_ms']:>15.1f}{init_ms:>15.1f}{hooks_ms:>15.1f}")
     for logical_id, spec in specs.items():  # name the causes of every miss (python -X importtime, one process)
         if functions[logical_id]["ratio_to_floor"] <= TARGET_RATIO_TO_FLOOR:
             continue

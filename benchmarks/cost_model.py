@@ -23,7 +23,8 @@ from a stated assumption (``Assumptions``; us-east-1 list prices, November 2026)
 * Data transfer out: the agent audio the WebSocket API sends to callers.
 * CloudWatch Logs ingestion (Lambda's own lines and Powertools logs per invocation, EMF metrics per turn) and
   X-Ray traces (default sampling: 1 per second, then 5 percent).
-* SnapStart: a restore per new execution environment (``restores_per_minute``); the snapshot cache is fixed.
+* SnapStart: a restore per new execution environment of each voice function with SnapStart (``restores_per_minute``);
+  the snapshot cache is fixed.
 
 Run through ``python -m benchmarks conversation`` (which prints the full breakdown); ``breakdown`` is pure and
 unit-tested (tests/unit/test_bench_cost_model.py).
@@ -74,7 +75,8 @@ class Assumptions:
     log_bytes_per_invocation: float = 700.0  # START/END/REPORT lines + one Powertools line at INFO
     emf_bytes_per_turn: float = 1500.0  # one EMF document per turn (latencies, usage)
     xray_sampled_fraction: float = 0.05
-    restores_per_minute: float = 0.05  # one new voice environment per 20 conversation minutes
+    restores_per_minute: float = 0.05  # one new voice environment per 20 conversation minutes, per function
+    snapstart_voice_functions: int = 2  # VoiceMessageFunction and VoiceConnectFunction restore, 512 MB each
     nat_gateways: int = 2  # one per AZ
     monthly_minutes: float = 1_000_000.0  # conversation minutes a month that share the fixed costs
 
@@ -148,7 +150,9 @@ def breakdown(m: Measured, a: Assumptions = Assumptions(), p: Prices = Prices())
         * p.logs_ingest_gb
     )
     lines["x-ray traces (5% sampled)"] = m.lambda_invocations * per_min * a.xray_sampled_fraction * p.xray_trace
-    lines["snapstart restores"] = a.restores_per_minute * a.lambda_gb * p.snapstart_restore_gb
+    lines["snapstart restores"] = (
+        a.snapstart_voice_functions * a.restores_per_minute * a.lambda_gb * p.snapstart_restore_gb
+    )
 
     total = sum(lines.values())
     # The comparison: a sweeper that Scanned the table read every chunk once a minute for its (2-hour) TTL.
@@ -158,7 +162,9 @@ def breakdown(m: Measured, a: Assumptions = Assumptions(), p: Prices = Prices())
         not_in_total["explicit delete of used chunks (a short TTL does it free)"] = round(explicit_delete, 8)
     fixed_monthly = {
         "nat gateways (hours)": a.nat_gateways * p.nat_hour * 24 * 30,
-        "snapstart cache (API 1 GB + voice 0.5 GB, one version each)": 1.5 * 30 * 24 * 3600 * p.snapstart_cache_gb_s,
+        "snapstart cache (API 1 GB + $connect and $default 0.5 GB each, one version each)": (
+            (1.0 + a.snapstart_voice_functions * a.lambda_gb) * 30 * 24 * 3600 * p.snapstart_cache_gb_s
+        ),
     }
     fixed_per_minute = sum(fixed_monthly.values()) / a.monthly_minutes
     return {

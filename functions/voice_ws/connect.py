@@ -1,4 +1,7 @@
-"""VoiceConnectFunction ($connect): checks the conversation token; a non-200 refuses the WebSocket handshake."""
+"""VoiceConnectFunction ($connect): checks the conversation token; a non-200 refuses the WebSocket handshake.
+
+A caller waits for this function when a call starts, so it runs with SnapStart: ``voice_runtime`` builds the service
+into the snapshot."""
 
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ from airies.llm import service as llm_service
 from airies.voice import factory as voice_factory
 
 # SnapStart: this function's init runs once, into the snapshot, so the modules a turn's engines are built from
-# (``conversations.service.build_engines``) load here, not in a caller's first turn. $connect and $disconnect,
-# without SnapStart and without turns, leave them out.
+# (``conversations.service.build_engines``) load here, not in a caller's first turn. $connect and $disconnect run
+# no turns and leave them out.
 SNAPSHOT_MODULES = (llm_service, voice_factory)
 
 

@@ -1,4 +1,8 @@
-"""Built once per container and shared by the $connect, $default and $disconnect handlers."""
+"""Built once per container and shared by the $connect, $default and $disconnect handlers.
+
+$connect and $default run with SnapStart: the service is built while Lambda takes the snapshot (``prime_for_snapshot``
+at the end of this module), so a restored container's first frame does not import boto3 and build the clients, and
+``after_restore`` gives the built service fresh clients and connections."""
 
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ from airies.core.database import get_database
 from airies.core.metrics import MonitoringService
 from airies.core.observability import logger, metrics
 from airies.telephony.relay import RelayHandshake
-from airies.webhooks.service import build_webhook_publisher
+from airies.webhooks.queue import build_delivery_queue
+from airies.webhooks.service import WebhookPublisher, build_webhook_publisher
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +62,10 @@ def set_service(value: WebSocketService | None) -> None:
 
 
 def after_restore() -> None:
-    """SnapStart: the snapshot froze open sockets. Pooled database connections, the boto3 clients' HTTPS pools
-    (DynamoDB state table, S3 recorder, API Gateway Management API) and the per-thread event loops are stale after
-    restore: drop them, so the first invocation opens fresh ones (the modules, models and parsed configuration the
-    snapshot saved are kept)."""
+    """SnapStart: what the snapshot froze is stale after restore: pooled database connections, the boto3 clients
+    (DynamoDB state table, S3 recorder, webhook queue, API Gateway Management API: their HTTPS pools and the
+    credentials they resolved) and the per-thread event loops. Drop or rebuild them, so the first invocation opens
+    fresh ones (the modules, models and parsed configuration the snapshot saved are kept)."""
     live.reset_after_restore()  # management clients, event loops
     reset_event_loops()
     current = runtime.built
@@ -77,6 +82,13 @@ def after_restore() -> None:
             current.recorder = build_recorder(current.settings)
         except Exception:
             log.exception("could not rebuild the S3 recorder after restore")
+    publisher = current.publisher
+    if isinstance(publisher, WebhookPublisher) and publisher.queue is not None:
+        try:
+            publisher.queue = build_delivery_queue(current.settings)
+        except Exception:
+            log.exception("could not rebuild the webhook queue's client after restore")
 
 
 after_snapstart_restore(after_restore)
+runtime.prime_for_snapshot()

@@ -375,7 +375,11 @@ def test_voice_runtime_drops_stale_connections_after_a_snapstart_restore(monkeyp
     old_client = object()
     store = types.SimpleNamespace(client=old_client)
     service = types.SimpleNamespace(
-        settings=Settings(stage="local", aws_region="us-east-1"), database=Database(), store=store, recorder=None
+        settings=Settings(stage="local", aws_region="us-east-1"),
+        database=Database(),
+        store=store,
+        recorder=None,
+        publisher=None,
     )
     runtime.set_service(service)
     websocket._management_clients["https://example"] = object()
@@ -391,6 +395,53 @@ def test_voice_runtime_drops_stale_connections_after_a_snapstart_restore(monkeyp
 
 async def _loop() -> object:
     return asyncio.get_running_loop()
+
+
+def _load_voice_runtime(name: str) -> Any:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "functions" / "voice_ws" / "voice_runtime.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("initialization", ["snap-start", "on-demand"])
+def test_voice_runtime_builds_its_service_into_a_snapstart_snapshot(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, tmp_path: Any, initialization: str
+) -> None:
+    """While SnapStart initializes (and only then), importing the voice functions' runtime builds the service, so
+    a restored container's first frame finds it built; after the restore its clients are new ones."""
+    from moto import mock_aws
+
+    from airies.core.config import get_settings
+    from airies.webhooks.service import WebhookPublisher
+
+    monkeypatch.setenv("AWS_LAMBDA_INITIALIZATION_TYPE", initialization)
+    monkeypatch.setenv("AIRIES_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'airies.db'}")
+    monkeypatch.setenv("AIRIES_WEBHOOK_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/webhooks")
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    get_settings.cache_clear()  # the container's settings are read from this environment, not an earlier test's
+    request.addfinalizer(get_settings.cache_clear)
+    with mock_aws():
+        runtime = _load_voice_runtime(f"_test_voice_runtime_{initialization.replace('-', '_')}")
+        built = runtime.runtime.built
+        if initialization != "snap-start":
+            assert built is None  # an on-demand container builds it in its first invocation
+            return
+        assert built is not None and isinstance(built.publisher, WebhookPublisher)
+        store_client, queue = built.store.client, built.publisher.queue
+        assert queue is not None
+        runtime.after_restore()
+        assert runtime.service() is built  # the snapshot's service is kept
+        assert built.store.client is not store_client and built.publisher.queue is not queue
+        built.database.dispose()
 
 
 def test_a_turn_that_needs_no_history_still_waits_for_its_read() -> None:

@@ -78,6 +78,23 @@ def test_api_function_snapstart_and_default_stage(template: dict) -> None:
     assert "HttpApiUrl" in template["Outputs"]
 
 
+def test_the_calls_latency_critical_voice_functions_restore_from_a_snapshot(template: dict) -> None:
+    """$connect (a caller waits for it when a call starts) and the frames' function run with SnapStart, and the
+    WebSocket API invokes their published alias: an unqualified ARN would run $LATEST, which SnapStart never
+    snapshots. $disconnect keeps no caller waiting."""
+    resources = template["Resources"]
+    for function, integration, permission in (
+        ("VoiceConnectFunction", "VoiceConnectIntegration", "VoiceConnectPermission"),
+        ("VoiceMessageFunction", "VoiceMessageIntegration", "VoiceMessagePermission"),
+    ):
+        properties = resources[function]["Properties"]
+        assert properties["SnapStart"] == {"ApplyOn": "PublishedVersions"}, function
+        alias = f"{function}Alias{properties['AutoPublishAlias']}"
+        assert "${" + alias + "}" in resources[integration]["Properties"]["IntegrationUri"]["Fn::Sub"], integration
+        assert resources[permission]["Properties"]["FunctionName"] == {"Ref": alias}, permission
+    assert "SnapStart" not in resources["VoiceDisconnectFunction"]["Properties"]
+
+
 def test_layer_build_is_the_makefile(template: dict) -> None:
     layer = template["Resources"]["CommonLayer"]
     assert layer["Metadata"]["BuildMethod"] == "makefile"

@@ -1,18 +1,30 @@
 """What a Lambda container builds once: per-container singletons and SnapStart restore hooks.
 
 A handler module declares ``service = PerContainer(build_service)`` and calls ``service.get()`` in its handler: the
-first invocation of a container (or the SnapStart snapshot) builds it, later ones reuse it. Tests and the local
-stack hand in an instance built with their own doubles through ``set``.
+first invocation of a container builds it, later ones reuse it. A function with SnapStart also calls
+``service.prime_for_snapshot()`` at import: when Lambda initializes a published version for its snapshot, the
+service is built then, so every container restored from the snapshot starts with it (boto3, its clients, the wired
+service) instead of building it in a caller's first invocation. Tests and the local stack hand in an instance built
+with their own doubles through ``set``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+# AWS_LAMBDA_INITIALIZATION_TYPE while Lambda initializes a published version to take its SnapStart snapshot
+# (otherwise "on-demand" or "provisioned-concurrency"; unset outside Lambda).
+SNAPSHOT_INITIALIZATION = "snap-start"
+
+
+def initializing_snapshot() -> bool:
+    return os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == SNAPSHOT_INITIALIZATION
 
 
 class PerContainer(Generic[T]):
@@ -26,6 +38,12 @@ class PerContainer(Generic[T]):
         if self._value is None:
             self._value = self._build()
         return self._value
+
+    def prime_for_snapshot(self) -> None:
+        """Build now if this init is SnapStart's: what the snapshot holds, no restored container builds again.
+        Building opens no connection and reads no secret (both happen at first use), so the snapshot holds none."""
+        if initializing_snapshot():
+            self.get()
 
     @property
     def built(self) -> T | None:

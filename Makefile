@@ -168,6 +168,7 @@ stage-check: install
 deploy: stage-check $(SAM)
 	$(SAM_ENV) $(SAM) build --template template.yaml --config-env $(STAGE)
 	$(SAM_ENV) $(SAM) deploy --config-env $(STAGE) --no-confirm-changeset --no-fail-on-empty-changeset
+	$(PY) -m airies.local.deploy prune $(STAGE)
 	$(PY) -m airies.local.build_report
 
 changeset: stage-check $(SAM)

@@ -1,18 +1,17 @@
 """Built once per container and shared by the $connect, $default and $disconnect handlers.
 
 $connect and $default run with SnapStart: the service is built while Lambda takes the snapshot (``prime_for_snapshot``
-at the end of this module), so a restored container's first frame does not import boto3 and build the clients, and
-``after_restore`` gives the built service fresh clients and connections."""
+at the end of this module), so a restored container does not import boto3 and build the clients in a call's
+handshake or first frame. ``after_restore`` drops what a restored container must open afresh."""
 
 from __future__ import annotations
 
 import gc
-import logging
 
 from airies.conversations import live
 from airies.conversations.live import WebSocketService
 from airies.conversations.service import build_recorder
-from airies.conversations.sessions import build_session_store, dynamodb_client
+from airies.conversations.sessions import build_session_store
 from airies.conversations.turn_metrics import TurnMetrics
 from airies.core.aio import reset_event_loops
 from airies.core.bootstrap import PerContainer, after_snapstart_restore
@@ -21,10 +20,7 @@ from airies.core.database import get_database
 from airies.core.metrics import MonitoringService
 from airies.core.observability import logger, metrics
 from airies.telephony.relay import RelayHandshake
-from airies.webhooks.queue import build_delivery_queue
-from airies.webhooks.service import WebhookPublisher, build_webhook_publisher
-
-log = logging.getLogger(__name__)
+from airies.webhooks.service import build_webhook_publisher
 
 
 def build_service() -> WebSocketService:
@@ -62,32 +58,15 @@ def set_service(value: WebSocketService | None) -> None:
 
 
 def after_restore() -> None:
-    """SnapStart: what the snapshot froze is stale after restore: pooled database connections, the boto3 clients
-    (DynamoDB state table, S3 recorder, webhook queue, API Gateway Management API: their HTTPS pools and the
-    credentials they resolved) and the per-thread event loops. Drop or rebuild them, so the first invocation opens
-    fresh ones (the modules, models and parsed configuration the snapshot saved are kept)."""
+    """SnapStart: pooled database connections, the API Gateway Management API clients and the per-thread event
+    loops are stale after a restore: drop them, so the first invocation opens fresh ones. The service built into
+    the snapshot is kept: its AWS clients sent no request before the snapshot (no pooled connection to go stale),
+    and the execution role's credentials they resolved refresh themselves."""
     live.reset_after_restore()  # management clients, event loops
     reset_event_loops()
     current = runtime.built
-    if current is None:
-        return
-    current.database.dispose()
-    try:
-        current.store.client = dynamodb_client(current.settings)
-    except Exception:  # keep the old client rather than fail the restore; botocore reconnects on error
-        log.exception("could not rebuild the DynamoDB client after restore")
-    recorder = current.recorder
-    if recorder is not None and hasattr(recorder, "client"):
-        try:
-            current.recorder = build_recorder(current.settings)
-        except Exception:
-            log.exception("could not rebuild the S3 recorder after restore")
-    publisher = current.publisher
-    if isinstance(publisher, WebhookPublisher) and publisher.queue is not None:
-        try:
-            publisher.queue = build_delivery_queue(current.settings)
-        except Exception:
-            log.exception("could not rebuild the webhook queue's client after restore")
+    if current is not None:
+        current.database.dispose()
 
 
 after_snapstart_restore(after_restore)

@@ -22,7 +22,7 @@ from moto import mock_aws
 from sqlalchemy import select
 
 from airies.accounts.service import AccountService
-from airies.agents.schemas import AgentCreate
+from airies.agents.schemas import AgentConfig, AgentCreate
 from airies.agents.service import AgentService
 from airies.conversations.live import ApiGatewayPoster, WebSocketService
 from airies.conversations.live_runtime import invocation_deadline, turn_deadline
@@ -206,6 +206,12 @@ def test_first_message_text_turn_and_history(aws, database, settings) -> None:
     cid, token = h.start()
     conn, response = h.connect(cid, token)
     assert response["statusCode"] == 200
+    # The live session keeps the published config without its defaults (every session write is billed by size).
+    with h.database.session() as s:
+        published = ConversationService(s, h.settings, tokens=h.tokens).config_for(h.conversation(cid))
+    stored = h.store.get(cid).config
+    assert stored == published.compact_json() and AgentConfig.model_validate(stored) == published
+    assert len(json.dumps(stored)) < len(json.dumps(published.model_dump(mode="json"))) // 2
     h.send(conn, {"action": "start"})
     frames = frames_of(conn)
     assert frames[0]["type"] == "ready" and frames[0]["conversation_id"] == cid

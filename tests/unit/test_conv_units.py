@@ -387,7 +387,7 @@ def test_voice_runtime_drops_stale_connections_after_a_snapstart_restore(monkeyp
     assert run_sync(_loop) is loop_before
     runtime.after_restore()
     assert service.database.disposed == 1
-    assert store.client is not old_client and type(store.client).__name__ == "DynamoDB"
+    assert store.client is old_client  # built into the snapshot, it never sent a request: nothing pooled to drop
     assert websocket._management_clients == {}
     loop_after = run_sync(_loop)
     assert loop_after is not loop_before and loop_before.is_closed()
@@ -414,19 +414,25 @@ def test_voice_runtime_builds_its_service_into_a_snapstart_snapshot(
     monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, tmp_path: Any, initialization: str
 ) -> None:
     """While SnapStart initializes (and only then), importing the voice functions' runtime builds the service, so
-    a restored container's first frame finds it built; after the restore its clients are new ones."""
-    from moto import mock_aws
+    a restored container's handshake or first frame finds it built. Building connects to no database: the
+    database here refuses every connection. After the restore the snapshot's service is kept, its pool dropped."""
+    import gc
 
+    from moto import mock_aws
+    from sqlalchemy.exc import DBAPIError
+
+    from airies.core import database as database_module
     from airies.core.config import get_settings
-    from airies.webhooks.service import WebhookPublisher
 
     monkeypatch.setenv("AWS_LAMBDA_INITIALIZATION_TYPE", initialization)
     monkeypatch.setenv("AIRIES_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'airies.db'}")
+    monkeypatch.setenv("DATABASE_URL", "postgresql+pg8000://postgres@127.0.0.1:9/refuses")  # nothing listens on 9
     monkeypatch.setenv("AIRIES_WEBHOOK_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/webhooks")
     for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setattr(gc, "freeze", lambda: None)  # the build's settle() would freeze this test process's heap
+    monkeypatch.setattr(database_module, "_databases", {})  # the container-wide engines, this test's own
     get_settings.cache_clear()  # the container's settings are read from this environment, not an earlier test's
     request.addfinalizer(get_settings.cache_clear)
     with mock_aws():
@@ -435,13 +441,13 @@ def test_voice_runtime_builds_its_service_into_a_snapstart_snapshot(
         if initialization != "snap-start":
             assert built is None  # an on-demand container builds it in its first invocation
             return
-        assert built is not None and isinstance(built.publisher, WebhookPublisher)
-        store_client, queue = built.store.client, built.publisher.queue
-        assert queue is not None
+        publisher = built.runtime.publisher
+        assert publisher is not None and publisher.queue is not None
+        store_client = built.store.client
+        with pytest.raises(DBAPIError), built.database.session() as session:  # the database was never reached
+            session.connection()
         runtime.after_restore()
-        assert runtime.service() is built  # the snapshot's service is kept
-        assert built.store.client is not store_client and built.publisher.queue is not queue
-        built.database.dispose()
+        assert runtime.service() is built and built.store.client is store_client
 
 
 def test_a_turn_that_needs_no_history_still_waits_for_its_read() -> None:

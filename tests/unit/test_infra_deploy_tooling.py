@@ -6,12 +6,20 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from airies.core.config import PROJECT_ROOT
 from airies.local import build_report
-from airies.local.deploy import SAMCONFIG, DeployConfigError, check, parameter_overrides
+from airies.local.deploy import (
+    SAMCONFIG,
+    DeployConfigError,
+    check,
+    parameter_overrides,
+    prune_versions,
+    snapstart_functions,
+)
 from airies.local.template import load_template
 
 FILLED = """
@@ -102,3 +110,65 @@ def test_build_report_adds_each_functions_layers_and_fails_over_the_limit(tmp_pa
 
     missing = build_tree(tmp_path / "partial", {"CommonLayer": mb})
     assert build_report.main(["--build-dir", str(missing)]) == 1
+
+
+def _function_with_versions(client: Any, name: str, versions: int) -> None:
+    import io
+    import zipfile
+
+    import boto3
+
+    role = boto3.client("iam", region_name="us-east-1").create_role(
+        RoleName=f"{name}-role", AssumeRolePolicyDocument="{}"
+    )["Role"]["Arn"]
+    package = io.BytesIO()
+    with zipfile.ZipFile(package, "w") as archive:
+        archive.writestr("handler.py", "def handler(event, context):\n    return event\n")
+    client.create_function(
+        FunctionName=name,
+        Runtime="python3.12",
+        Role=role,
+        Handler="handler.handler",
+        Code={"ZipFile": package.getvalue()},
+    )
+    for n in range(versions):
+        client.update_function_configuration(FunctionName=name, Description=f"deploy {n}")
+        client.publish_version(FunctionName=name)
+
+
+def _versions(client: Any, name: str) -> list[str]:
+    return [v["Version"] for v in client.list_versions_by_function(FunctionName=name)["Versions"]]
+
+
+def test_prune_deletes_the_superseded_snapstart_versions_but_the_aliased_and_newest() -> None:
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        client = boto3.client("lambda", region_name="us-east-1")
+        _function_with_versions(client, "voice-connect", 6)
+        client.create_alias(FunctionName="voice-connect", Name="live", FunctionVersion="4")  # rolled back to 4
+        assert prune_versions(client, "voice-connect") == ["1", "2", "3"]
+        assert _versions(client, "voice-connect") == ["$LATEST", "4", "5", "6"]
+        assert prune_versions(client, "voice-connect") == []  # nothing left to prune: idempotent
+
+
+def test_prune_keeps_every_version_a_weighted_alias_routes_to() -> None:
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        client = boto3.client("lambda", region_name="us-east-1")
+        _function_with_versions(client, "api", 5)
+        client.create_alias(
+            FunctionName="api", Name="live", FunctionVersion="5", RoutingConfig={"AdditionalVersionWeights": {"1": 0.1}}
+        )
+        assert prune_versions(client, "api", keep_newest=1) == ["2", "3", "4"]
+        assert _versions(client, "api") == ["$LATEST", "1", "5"]
+
+
+def test_the_functions_pruned_are_the_templates_snapstart_ones() -> None:
+    functions = snapstart_functions(load_template())
+    assert {"ApiFunction", "VoiceConnectFunction", "VoiceMessageFunction"} <= set(functions)
+    assert "VoiceDisconnectFunction" not in functions and "MigrateFunction" not in functions
+    assert "-m airies.local.deploy prune $(STAGE)" in (PROJECT_ROOT / "Makefile").read_text(encoding="utf-8")

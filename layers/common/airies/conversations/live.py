@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from airies.conversations.endpointing import Endpointing
-from airies.conversations.events import EventPublisher
 from airies.conversations.lifecycle import ended_summary
 from airies.conversations.live_runtime import (
     ApiGatewayPoster,
@@ -79,10 +78,6 @@ class WebSocketService(LiveSessions):
     @recorder.setter
     def recorder(self, value: Recorder | None) -> None:
         self.runtime.recorder = value
-
-    @property
-    def publisher(self) -> EventPublisher | None:
-        return self.runtime.publisher
 
     @property
     def engines(self) -> EngineFactory:

@@ -95,7 +95,7 @@ class SocketEdge:
                     account_id=account_id,
                     agent_id=conversation.agent_id,
                     agent_version=conversation.agent_version,
-                    config=config.model_dump(mode="json"),
+                    config=config.compact_json(),
                     connection_id=connection_id,
                     endpoint=endpoint_from_event(self.runtime.settings, event),
                     first_deadline=self.runtime.clock()

@@ -41,7 +41,9 @@ class PerContainer(Generic[T]):
 
     def prime_for_snapshot(self) -> None:
         """Build now if this init is SnapStart's: what the snapshot holds, no restored container builds again.
-        Building opens no connection and reads no secret (both happen at first use), so the snapshot holds none."""
+        Nothing built here may connect to a database or read a secret (both wait for first use), so the snapshot
+        holds no connection and no password; boto3 clients resolve the execution role's credentials, which
+        refresh themselves after a restore."""
         if initializing_snapshot():
             self.get()
 

@@ -2,8 +2,11 @@
 
     python -m airies.local.deploy check STAGE      # samconfig.toml has a filled-in deploy environment for STAGE
     python -m airies.local.deploy migrate STAGE    # invoke the stack's MigrateFunction (alembic upgrade head)
+    python -m airies.local.deploy prune STAGE      # delete the SnapStart functions' superseded versions
 
-``migrate`` needs AWS credentials for the stage's account; it reads the function's name from the stack's outputs.
+``migrate`` and ``prune`` need AWS credentials for the stage's account; they read the stack's outputs and resources.
+``prune`` runs after every ``make deploy``: each deploy publishes a new version of every function with SnapStart
+(``AutoPublishAlias``), and AWS bills each published version's snapshot cache for as long as it is kept.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from airies.core.config import PROJECT_ROOT
+from airies.local.template import load_template
 
 SAMCONFIG = PROJECT_ROOT / "samconfig.toml"
 PLACEHOLDER = "REPLACE_ME"
@@ -74,15 +78,63 @@ def migrate(stage: str, path: Path = SAMCONFIG, session: Any = None) -> dict[str
     return result
 
 
+# Versions kept besides the ones an alias points at: the newest, so that moving the alias back is a rollback.
+KEEP_NEWEST_VERSIONS = 2
+
+
+def snapstart_functions(template: dict[str, Any]) -> list[str]:
+    """The logical ids of the template's functions that run with SnapStart."""
+    return sorted(
+        logical_id
+        for logical_id, resource in template.get("Resources", {}).items()
+        if resource.get("Type") == "AWS::Serverless::Function" and resource.get("Properties", {}).get("SnapStart")
+    )
+
+
+def prune_versions(client: Any, function_name: str, keep_newest: int = KEEP_NEWEST_VERSIONS) -> list[str]:
+    """Delete the function's published versions that no alias points at, but the ``keep_newest`` newest; returns
+    the deleted version numbers, oldest first."""
+    versions: list[int] = []
+    for page in client.get_paginator("list_versions_by_function").paginate(FunctionName=function_name):
+        versions += [int(v["Version"]) for v in page["Versions"] if v["Version"] != "$LATEST"]
+    aliased: set[int] = set()
+    for page in client.get_paginator("list_aliases").paginate(FunctionName=function_name):
+        for alias in page["Aliases"]:
+            if alias["FunctionVersion"].isdigit():
+                aliased.add(int(alias["FunctionVersion"]))
+            for weighted in alias.get("RoutingConfig", {}).get("AdditionalVersionWeights", {}):
+                aliased.add(int(weighted))
+    kept = aliased | set(sorted(versions)[-keep_newest:] if keep_newest > 0 else [])
+    deleted = [str(v) for v in sorted(versions) if v not in kept]
+    for version in deleted:
+        client.delete_function(FunctionName=function_name, Qualifier=version)
+    return deleted
+
+
+def prune(stage: str, path: Path = SAMCONFIG, session: Any = None) -> dict[str, list[str]]:
+    import boto3
+
+    parameters = deploy_parameters(stage, path)
+    region = tomllib.loads(path.read_text(encoding="utf-8"))[stage]["global"]["parameters"]["region"]
+    session = session or boto3.session.Session(region_name=region)
+    template = load_template()
+    resources = session.client("cloudformation").describe_stack_resources(StackName=parameters["stack_name"])
+    physical = {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in resources["StackResources"]}
+    client = session.client("lambda")
+    return {name: prune_versions(client, physical[name]) for name in snapstart_functions(template) if name in physical}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["check", "migrate"])
+    parser.add_argument("command", choices=["check", "migrate", "prune"])
     parser.add_argument("stage")
     args = parser.parse_args(argv)
     try:
         if args.command == "check":
             check(args.stage)
             print(f"samconfig.toml: {args.stage} is ready to deploy")
+        elif args.command == "prune":
+            print(json.dumps({"deleted_versions": prune(args.stage)}))
         else:
             print(json.dumps(migrate(args.stage)))
     except DeployConfigError as exc:

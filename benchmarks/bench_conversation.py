@@ -597,7 +597,7 @@ def _run(turns: int, endpoint: str | None) -> dict[str, Any]:
     session_item = ddb.get_item(TableName="bench-ws-state", Key={"pk": {"S": f"conv#{cid}"}, "sk": {"S": "session"}})[
         "Item"
     ]
-    session_kb = math.ceil(len(json.dumps(session_item)) / 1024)
+    session_kb = math.ceil(harness.item_bytes(session_item) / 1024)  # DynamoDB's size: names + values
     writes, reads = store.ops["write"], store.ops["read"]
     # Units: chunk puts ~6.5-8 KB each -> 8 WRU; session updates bill the item size; everything else is 1 unit.
     stored_chunks = store.ops.get("chunk_write", 0)

@@ -262,7 +262,7 @@ def _run(turns: int, endpoint: str) -> dict[str, Any]:
     session_item = ddb.get_item(
         TableName="bench-relay-state", Key={"pk": {"S": f"conv#{started['relay'][0]}"}, "sk": {"S": "session"}}
     )["Item"]
-    session_kb = math.ceil(len(json.dumps(session_item)) / 1024)
+    session_kb = math.ceil(harness.item_bytes(session_item) / 1024)  # DynamoDB's size: names + values
     wru = relay_ops["write"] * session_kb
     rru = relay_ops["read"] * max(1, math.ceil(session_kb / 4))
     p = cost_model.Prices()

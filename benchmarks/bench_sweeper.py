@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from airies.conversations.sessions import live_shard
+from airies.conversations.sessions import CONFIG_SK, live_shard
 from benchmarks import harness
 
 DEFAULT_SIZES = "50x0,50x50000,500x0,500x50000"
@@ -52,44 +52,10 @@ WRITE_OPERATIONS = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"}
 # -- DynamoDB accounting ----------------------------------------------------------------------------------------
 
 
-def _number_bytes(text: str) -> int:
-    digits = text.lstrip("-").replace(".", "").strip("0") or "0"
-    return math.ceil(len(digits) / 2) + 1
-
-
-def value_bytes(value: dict[str, Any]) -> int:
-    """Size of one attribute value as DynamoDB bills it (wire format, e.g. ``{"S": "x"}``)."""
-    kind, inner = next(iter(value.items()))
-    if kind == "S":
-        return len(inner.encode())
-    if kind == "N":
-        return _number_bytes(inner)
-    if kind == "B":
-        return len(inner)
-    if kind in ("BOOL", "NULL"):
-        return 1
-    if kind == "SS":
-        return sum(len(s.encode()) for s in inner)
-    if kind == "NS":
-        return sum(_number_bytes(n) for n in inner)
-    if kind == "BS":
-        return sum(len(b) for b in inner)
-    if kind == "L":
-        return 3 + sum(1 + value_bytes(v) for v in inner)
-    if kind == "M":
-        return 3 + sum(1 + len(k.encode()) + value_bytes(v) for k, v in inner.items())
-    raise ValueError(f"unknown DynamoDB type {kind}")
-
-
-def item_bytes(item: dict[str, Any]) -> int:
-    """Size of an item: attribute names plus values."""
-    return sum(len(name.encode()) + value_bytes(value) for name, value in item.items())
-
-
 def read_units(items: list[dict[str, Any]], *, consistent: bool, one_read: bool) -> float:
     """Read units of a response. ``one_read``: a Query/Scan page, billed on the items' total size (at least one
     4 KB unit); otherwise every item is billed on its own (GetItem, BatchGetItem)."""
-    sizes = [item_bytes(item) for item in items]
+    sizes = [harness.item_bytes(item) for item in items]
     units = max(1, math.ceil(sum(sizes) / 4096)) if one_read else sum(max(1, math.ceil(s / 4096)) for s in sizes)
     return units if consistent else units / 2
 
@@ -173,9 +139,10 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 
 def _live_items(
-    ids: list[str], session: dict[str, Any], connection: dict[str, Any], now: float
+    ids: list[str], session: dict[str, Any], config: dict[str, Any], connection: dict[str, Any], now: float
 ) -> Iterator[dict[str, Any]]:
-    """Copies of a live session item and its connection item; every other one due (the first copied is not)."""
+    """Copies of a live session item, its config item and its connection item; every other one due (the first
+    copied is not)."""
     for n, cid in enumerate(ids, start=1):
         conn = f"conn{n:08d}="
         yield {
@@ -185,6 +152,7 @@ def _live_items(
             "live_shard": {"S": live_shard(cid)},
             "sweep_at": {"N": repr(now - 5 if n % 2 == 0 else now + 600)},
         }
+        yield {**config, "pk": {"S": f"conv#{cid}"}}
         yield {**connection, "pk": {"S": f"conn#{conn}"}, "conversation_id": {"S": cid}}
 
 
@@ -228,7 +196,7 @@ def _batch_write(client: Any, table: str, items: Iterator[dict[str, Any]]) -> tu
     for item in items:
         batch.append(item)
         count += 1
-        size += item_bytes(item)
+        size += harness.item_bytes(item)
         if len(batch) == 25:
             flush()
     if batch:
@@ -318,6 +286,7 @@ def measure(live: int, stale: int, *, chunk_bytes: int = CHUNK_BYTES) -> dict[st
         # The first live session is opened by the $connect code; the others are copies of its item (moto applies
         # an update expression slowly, a put quickly), each with its own keys, index shard, deadline, connection.
         sample: dict[str, Any] = {}
+        sample_config: dict[str, Any] = {}
         if ids:
             store.open_session(
                 ids[0],
@@ -330,12 +299,14 @@ def measure(live: int, stale: int, *, chunk_bytes: int = CHUNK_BYTES) -> dict[st
                 first_deadline=now - 5,
             )
             sample = client.get_item(TableName=table, Key=store._key(ids[0]))["Item"]
+            sample_config = client.get_item(TableName=table, Key=store._key(ids[0], CONFIG_SK))["Item"]
             connection = client.get_item(TableName=table, Key={"pk": {"S": "conn#conn00000000="}, "sk": {"S": "conn"}})
         due = (live + 1) // 2  # every other session, the first included
-        _batch_write(client, table, _live_items(ids[1:], sample, connection.get("Item", {}) if ids else {}, now))
+        copies = _live_items(ids[1:], sample, sample_config, connection.get("Item", {}) if ids else {}, now)
+        _batch_write(client, table, copies)
         stale_count, stale_bytes = _batch_write(client, table, _stale_items(stale, now, chunk_bytes))
         seed_s = time.perf_counter() - seed_started
-        session_bytes = item_bytes(sample)
+        session_bytes = harness.item_bytes(sample)
 
         service = WebSocketService(settings, database, store, tokens=tokens, clock=clock)
         with counting(client) as counter:
@@ -344,8 +315,8 @@ def measure(live: int, stale: int, *, chunk_bytes: int = CHUNK_BYTES) -> dict[st
             sweep_s = time.perf_counter() - started
     database.dispose()
     # What one full-table Scan reads: every item (live sessions, their connection items, the stale ones).
-    table_items = 2 * live + stale_count
-    scan_bytes = live * (session_bytes + 120) + stale_bytes
+    table_items = 3 * live + stale_count  # per live call: its session, config and connection items
+    scan_bytes = live * (session_bytes + harness.item_bytes(sample_config) + 120) + stale_bytes
     return {
         "live": live,
         "stale": stale,

@@ -7,6 +7,7 @@ A benchmark module is ``benchmarks/bench_<name>.py`` with ``run(args) -> dict``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -97,3 +98,38 @@ def latency_stats(values: Sequence[float]) -> dict[str, float]:
 def target(name: str, value: float, limit: float, unit: str, *, digits: int = 3) -> dict[str, Any]:
     """One target for the results: ``value`` (rounded to ``digits``) is ok when at most ``limit``."""
     return {"name": name, "value": round(value, digits), "limit": limit, "unit": unit, "ok": value <= limit}
+
+
+# --- DynamoDB item sizes (what a read or write unit is billed on) ------------------------------------------------
+def _number_bytes(text: str) -> int:
+    digits = text.lstrip("-").replace(".", "").strip("0") or "0"
+    return math.ceil(len(digits) / 2) + 1
+
+
+def value_bytes(value: dict[str, Any]) -> int:
+    """Size of one attribute value as DynamoDB bills it (wire format, e.g. ``{"S": "x"}``)."""
+    kind, inner = next(iter(value.items()))
+    if kind == "S":
+        return len(inner.encode())
+    if kind == "N":
+        return _number_bytes(inner)
+    if kind == "B":
+        return len(inner)
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind == "SS":
+        return sum(len(s.encode()) for s in inner)
+    if kind == "NS":
+        return sum(_number_bytes(n) for n in inner)
+    if kind == "BS":
+        return sum(len(b) for b in inner)
+    if kind == "L":
+        return 3 + sum(1 + value_bytes(v) for v in inner)
+    if kind == "M":
+        return 3 + sum(1 + len(k.encode()) + value_bytes(v) for k, v in inner.items())
+    raise ValueError(f"unknown DynamoDB type {kind}")
+
+
+def item_bytes(item: dict[str, Any]) -> int:
+    """Size of an item: attribute names plus values."""
+    return sum(len(name.encode()) + value_bytes(value) for name, value in item.items())

@@ -206,12 +206,17 @@ def test_first_message_text_turn_and_history(aws, database, settings) -> None:
     cid, token = h.start()
     conn, response = h.connect(cid, token)
     assert response["statusCode"] == 200
-    # The live session keeps the published config without its defaults (every session write is billed by size).
+    # The live session keeps the published config in an item of its own, without its defaults: DynamoDB bills
+    # every write of the session item (one per caller frame) by the item's size.
     with h.database.session() as s:
         published = ConversationService(s, h.settings, tokens=h.tokens).config_for(h.conversation(cid))
-    stored = h.store.get(cid).config
+    stored = h.store.config(cid)
     assert stored == published.compact_json() and AgentConfig.model_validate(stored) == published
     assert len(json.dumps(stored)) < len(json.dumps(published.model_dump(mode="json"))) // 2
+    session_item = h.store.client.get_item(
+        TableName=h.store.table, Key={"pk": {"S": f"conv#{cid}"}, "sk": {"S": "session"}}
+    )["Item"]
+    assert "config" not in session_item and h.store.get(cid).config == {}
     h.send(conn, {"action": "start"})
     frames = frames_of(conn)
     assert frames[0]["type"] == "ready" and frames[0]["conversation_id"] == cid

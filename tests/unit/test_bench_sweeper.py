@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.bench_sweeper import flatness, item_bytes, measure, parse_sizes, read_units
+from benchmarks.bench_sweeper import flatness, measure, parse_sizes, read_units
+from benchmarks.harness import item_bytes
 
 
 def test_item_sizes_and_read_units_follow_dynamodb_rules() -> None:
@@ -27,14 +28,16 @@ def test_sizes_parse_from_the_knob() -> None:
 def test_the_sweeper_reads_the_same_with_or_without_stale_items() -> None:
     empty = measure(6, 0, chunk_bytes=512)
     crowded = measure(6, 120, chunk_bytes=512)
-    # The counting sees the sweeper's path: index queries, then the due sessions read in a batch and rescheduled.
+    # The counting sees the sweeper's path: index queries, then the due sessions read in a batch and rescheduled;
+    # a container reads each due conversation's agent config once (its own item, then cached).
     assert empty["calls"]["Query"] == 16 and empty["items_by_operation"]["BatchGetItem"] == 3
+    assert empty["items_by_operation"]["GetItem"] == 3
     assert empty["due"] == 3 and empty["write_calls"] == 3 and empty["actions"] == {}
     assert "Scan" not in empty["calls"]
     assert crowded["table_items"] == empty["table_items"] + 120
     assert crowded["full_scan_read_units_estimate"] > empty["full_scan_read_units_estimate"]
     # Flat: stale items add no read.
-    assert crowded["items_read"] == empty["items_read"] == 3 + 3
+    assert crowded["items_read"] == empty["items_read"] == 3 + 3 + 3
     assert crowded["read_units"] == empty["read_units"]
     ratio = flatness([empty, crowded])
     assert ratio == [{"live": 6, "stale": 120, "items_read_ratio": 1.0, "read_units_ratio": 1.0}]

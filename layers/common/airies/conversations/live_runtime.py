@@ -36,7 +36,7 @@ from airies.conversations.service import (
     build_engines,
     token_secret,
 )
-from airies.conversations.sessions import ENDED, ControlFlood, LiveSession, SessionStore
+from airies.conversations.sessions import ENDED, ControlFlood, LiveSession, SessionEnded, SessionStore
 from airies.conversations.turn_metrics import TurnMetrics
 from airies.conversations.turns import TurnEngines
 from airies.core.aio import reset_event_loops
@@ -351,10 +351,13 @@ class LiveRuntime:
         return self._tokens
 
     def config(self, session: LiveSession) -> AgentConfig:
-        """The conversation's agent config (a published version: immutable), parsed once per container."""
+        """The conversation's agent config (a published version: immutable), read and parsed once per container."""
         config = self.configs.get(session.conversation_id)
         if config is None:
-            config = self.configs.put(session.conversation_id, AgentConfig.model_validate(session.config))
+            stored = session.config or self.store.config(session.conversation_id)
+            if stored is None:
+                raise SessionEnded(session.conversation_id)  # its config expired with it: the call is over
+            config = self.configs.put(session.conversation_id, AgentConfig.model_validate(stored))
         return config
 
     def counted_session(self, conversation_id: str, limit: int) -> LiveSession:

@@ -37,6 +37,9 @@ FLOOD_BURST_MS = 5000.0
 LIVE_SHARDS = 16  # the live-sessions index's partitions: live#0..live#15
 
 
+CONFIG_SK = "config"  # sort key of a conversation's agent config item (beside "session" and "chunk#...")
+
+
 def live_shard(conversation_id: str) -> str:
     return f"live#{zlib.crc32(conversation_id.encode()) % LIVE_SHARDS}"
 
@@ -53,7 +56,7 @@ class LiveSession:
     account_id: str
     agent_id: str | None
     agent_version: int
-    config: dict[str, Any]
+    config: dict[str, Any]  # empty: kept in the config item (``SessionStore.config``); sessions opened before kept it
     state: str
     connections: set[str] = field(default_factory=set)
     utt: int = 0
@@ -233,10 +236,20 @@ class SessionStore:
         if protocol:
             item["protocol"] = {"S": protocol}
         self.client.put_item(TableName=self.table, Item=item)
+        # The agent's config lives in an item of its own, written once per connect and read once per container:
+        # the session item is written on every caller frame, and DynamoDB bills each write by the item's size (a
+        # config carries the whole system prompt). The first connect's config stays (a published version's).
+        self.ops["write"] += 1
+        self.client.update_item(
+            TableName=self.table,
+            Key=self._key(conversation_id, CONFIG_SK),
+            UpdateExpression="SET config = if_not_exists(config, :cfg), #ttl = :ttl",
+            ExpressionAttributeNames={"#ttl": "ttl"},
+            ExpressionAttributeValues={":cfg": {"S": json.dumps(config, separators=(",", ":"))}, ":ttl": self._ttl()},
+        )
         values: dict[str, Any] = {
             ":conn": {"SS": [connection_id]},
             ":acc": {"S": account_id},
-            ":cfg": {"S": json.dumps(config, separators=(",", ":"))},
             ":ver": {"N": str(agent_version)},
             ":now": {"N": repr(now)},
             ":listening": {"S": LISTENING},
@@ -248,7 +261,7 @@ class SessionStore:
             ":due": {"N": repr(first_deadline if first_deadline is not None else now)},
         }
         expr = (
-            "ADD conns :conn SET account_id = :acc, config = if_not_exists(config, :cfg), "
+            "ADD conns :conn SET account_id = :acc, "
             "agent_version = if_not_exists(agent_version, :ver), started_at = if_not_exists(started_at, :now), "
             "last_activity = :now, #st = if_not_exists(#st, :listening), utt = if_not_exists(utt, :zero), "
             "turn_seq = if_not_exists(turn_seq, :zero), audio_ms = if_not_exists(audio_ms, :zero), #ttl = :ttl, "
@@ -284,6 +297,18 @@ class SessionStore:
         self.ops["read"] += 1
         item = self.client.get_item(TableName=self.table, Key=self._key(conversation_id), ConsistentRead=consistent)
         return LiveSession.from_item(item["Item"]) if "Item" in item else None
+
+    def config(self, conversation_id: str) -> dict[str, Any] | None:
+        """The agent config the conversation's first connect stored; None when there is none (never connected, or
+        expired with its session)."""
+        self.ops["read"] += 1
+        item = self.client.get_item(
+            TableName=self.table, Key=self._key(conversation_id, CONFIG_SK), ConsistentRead=True
+        ).get("Item")
+        if not item or "config" not in item:
+            return None
+        loaded: dict[str, Any] = json.loads(item["config"]["S"])
+        return loaded
 
     def get_many(self, conversation_ids: list[str]) -> dict[str, LiveSession]:
         """The live sessions of these conversations (those that have one), read in batches of 100."""

@@ -553,3 +553,33 @@ def test_kept_tts_engines_report_only_the_current_turns_provider() -> None:
     assert tts.name == "azure" != configured
     tts.start_turn()  # the same engines, the next turn: nothing spoken yet
     assert tts.name == configured
+
+
+def test_a_live_calls_config_is_read_from_its_own_item_once_per_container() -> None:
+    """The session item carries no config (its own item does; a session opened before kept one inline, read as
+    such); a container reads the item once; none at all means the call's state is gone, so the call is over."""
+    from airies.conversations.live_runtime import LiveRuntime
+    from airies.conversations.sessions import LiveSession
+    from airies.core.config import Settings
+
+    class Store:
+        def __init__(self) -> None:
+            self.reads: list[str] = []
+            self.items = {"conv_a": {"name": "Front desk", "silence_timeout_seconds": 12}}
+
+        def config(self, conversation_id: str) -> dict[str, Any] | None:
+            self.reads.append(conversation_id)
+            return self.items.get(conversation_id)
+
+    def session(cid: str, config: dict[str, Any] | None = None) -> LiveSession:
+        return LiveSession(cid, "acc", "agent", 1, config or {}, "listening")
+
+    store = Store()
+    runtime = LiveRuntime(Settings(stage="local"), database=None, store=store)  # type: ignore[arg-type]
+    assert runtime.config(session("conv_a")).silence_timeout_seconds == 12
+    assert runtime.config(session("conv_a")).name == "Front desk" and store.reads == ["conv_a"]
+    inline = runtime.config(session("conv_old", {"name": "Inline", "silence_timeout_seconds": 20}))
+    assert inline.name == "Inline" and store.reads == ["conv_a"]
+    with pytest.raises(wp.ProtocolError) as ended:
+        runtime.config(session("conv_gone"))
+    assert ended.value.code == "conversation_ended"

@@ -36,7 +36,7 @@ from airies.conversations.service import (
     build_engines,
     token_secret,
 )
-from airies.conversations.sessions import ENDED, ControlFlood, LiveSession, SessionEnded, SessionStore
+from airies.conversations.sessions import ENDED, ControlFlood, LiveSession, SessionStore
 from airies.conversations.turn_metrics import TurnMetrics
 from airies.conversations.turns import TurnEngines
 from airies.core.aio import reset_event_loops
@@ -355,8 +355,8 @@ class LiveRuntime:
         config = self.configs.get(session.conversation_id)
         if config is None:
             stored = session.config or self.store.config(session.conversation_id)
-            if stored is None:
-                raise SessionEnded(session.conversation_id)  # its config expired with it: the call is over
+            if stored is None:  # expired with the call's state: the call is over
+                raise wp.ProtocolError("conversation_ended", "this conversation has ended")
             config = self.configs.put(session.conversation_id, AgentConfig.model_validate(stored))
         return config
 

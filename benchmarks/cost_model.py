@@ -65,7 +65,7 @@ class Assumptions:
     scan_minutes_per_chunk: float = 120.0  # a scanning sweeper read a chunk every minute of its former 2-hour TTL
     sweeper_shards: int = 16  # live-sessions index partitions queried each minute
     sweeps_per_call_minute: float = 1.0  # a live call is due about once a run (silence deadline 30 s, runs 60 s)
-    session_item_kb: float = 2.0  # a live session item (state, counters, the agent config as JSON)
+    session_item_kb: float = 2.0  # a live session item (state, counters; its agent config is an item of its own)
     delete_used_chunks: bool = False  # AIRIES_WS_DELETE_USED_CHUNKS
     concurrent_calls: int = 100  # calls sharing one sweeper run (fixed costs per minute are split across them)
     sweeper_seconds: float = 0.3  # one sweeper run of 100 due-or-not sessions, 512 MB

@@ -1418,3 +1418,16 @@ def test_a_typed_turn_counts_its_frame_in_its_claim(aws, database, settings) -> 
     assert other.count_control_frame(cid, 10) is not None and count() == 1
     h.send(conn, {"action": "text", "text": "a new second"})  # this container guessed a fresh count: it retries
     assert frames_of(conn)[-1]["type"] == "turn_end" and count() == 2 and len(h.turns(cid)) == 10
+
+
+def test_the_sweeper_ends_a_live_call_whose_config_item_is_gone(aws, database, settings) -> None:
+    """The session and its config item share a TTL; should the config be gone alone, the call cannot be timed:
+    the sweeper ends it (``stale``) instead of failing on it at every run."""
+    h = Harness(database, settings, fake_engines(), first_message_mode="assistant_waits_for_user")
+    cid, token = h.start()
+    assert h.connect(cid, token)[1]["statusCode"] == 200
+    h.store.client.delete_item(TableName=h.store.table, Key={"pk": {"S": f"conv#{cid}"}, "sk": {"S": "config"}})
+    h.clock.now += 11  # due: silence_timeout_seconds (10)
+    assert h.service.sweep() == {"stale": 1}
+    assert h.store.get(cid).state == "ended" and h.conversation(cid).end_reason == "stale"
+    assert h.service.sweep() == {}  # ended: no longer due

@@ -178,8 +178,7 @@ class AgentConfig(StrictModel):
 
     def compact_json(self) -> dict[str, Any]:
         """What differs from the defaults, as JSON: ``model_validate`` restores the same config from it. A live
-        session keeps the config this way: DynamoDB bills every write of the session item (each frame's counts,
-        the turn's claim) by the item's size, and the defaults alone are about 1.7 KB."""
+        call's config item is stored this way (the defaults alone are about 1.7 KB)."""
         return self.model_dump(mode="json", exclude_defaults=True)
 
     @field_validator("end_call_phrases", "knowledge_base_ids")

@@ -4,7 +4,9 @@ One table, keys ``pk``/``sk``, TTL on ``ttl``:
 
 - ``conn#<connection_id>`` / ``conn``       which conversation a WebSocket connection belongs to
 - ``conv#<conversation_id>`` / ``session``  live state: connections, state machine, VAD counters, current turn,
-  the control frames of the current second (flood guard)
+  the control frames of the current second (flood guard). Written on every caller frame and billed by its size,
+  so it carries no agent config:
+- ``conv#<conversation_id>`` / ``config``   the agent config the first connect stored (``SessionStore.config``)
 - ``conv#<conversation_id>`` / ``chunk#<utterance>#<seq>``  caller audio of the utterance being spoken
 
 A live session item also carries ``live_shard`` and ``sweep_at`` (epoch seconds, no later than its next deadline:
@@ -236,17 +238,6 @@ class SessionStore:
         if protocol:
             item["protocol"] = {"S": protocol}
         self.client.put_item(TableName=self.table, Item=item)
-        # The agent's config lives in an item of its own, written once per connect and read once per container:
-        # the session item is written on every caller frame, and DynamoDB bills each write by the item's size (a
-        # config carries the whole system prompt). The first connect's config stays (a published version's).
-        self.ops["write"] += 1
-        self.client.update_item(
-            TableName=self.table,
-            Key=self._key(conversation_id, CONFIG_SK),
-            UpdateExpression="SET config = if_not_exists(config, :cfg), #ttl = :ttl",
-            ExpressionAttributeNames={"#ttl": "ttl"},
-            ExpressionAttributeValues={":cfg": {"S": json.dumps(config, separators=(",", ":"))}, ":ttl": self._ttl()},
-        )
         values: dict[str, Any] = {
             ":conn": {"SS": [connection_id]},
             ":acc": {"S": account_id},
@@ -290,6 +281,17 @@ class SessionStore:
         if attrs is None:
             self.drop_connection(connection_id)
             raise SessionEnded(conversation_id)
+        # The agent's config lives in an item of its own, written at each connect (with the session's TTL) and read
+        # once per container: the session item is written on every caller frame, and DynamoDB bills each write by
+        # the item's size (a config carries the whole system prompt). The first connect's config stays.
+        self.ops["write"] += 1
+        self.client.update_item(
+            TableName=self.table,
+            Key=self._key(conversation_id, CONFIG_SK),
+            UpdateExpression="SET config = if_not_exists(config, :cfg), #ttl = :ttl",
+            ExpressionAttributeNames={"#ttl": "ttl"},
+            ExpressionAttributeValues={":cfg": {"S": json.dumps(config, separators=(",", ":"))}, ":ttl": self._ttl()},
+        )
         session = LiveSession.from_item(attrs)
         return session, len(session.connections) > 1 or session.turn_seq > 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from airies.conversations import protocol as wp
 from airies.conversations.lifecycle import Lifecycle
 from airies.conversations.live_runtime import LiveRuntime, Poster
 from airies.conversations.orchestrator import TurnOrchestrator, TurnRequest
@@ -73,6 +74,9 @@ class Sweeper:
                 elif session.caller_gone(now, self.runtime.settings.ws_resume_window_seconds):
                     self.lifecycle.end(session.conversation_id, "caller_disconnected", None)
                     count("caller_disconnected")
+                elif not self._has_config(session):  # its state expired: nothing to time a call by
+                    self.lifecycle.end(session.conversation_id, "stale", None)
+                    count("stale")
                 else:
                     action = self.check_timers(session)
                     count(action)
@@ -93,6 +97,13 @@ class Sweeper:
                 log.exception("sweep: ending %s failed", conversation_id)
                 count("errors")
         return done
+
+    def _has_config(self, session: LiveSession) -> bool:
+        try:
+            self.runtime.config(session)
+        except wp.ProtocolError:
+            return False
+        return True
 
     def next_deadline(self, session: LiveSession, now: float, action: str | None = None) -> float:
         """When the sweeper must look at this session next: its max duration, its silence timeout (from the

@@ -185,7 +185,7 @@ def test_a_turn_never_builds_a_model(aws, database, settings, tmp_path) -> None:
     assert builder.calls == [] and looked_up == [None]
     looked_up.clear()
     # Once deployed with its model, later turns use it; still nothing is built during a turn.
-    config = AgentConfig.model_validate(h.store.get(cid).config)
+    config = AgentConfig.model_validate(h.store.config(cid))
     assert prepare_speech_model(cache, h.account_id, config) and len(builder.calls) == 1
     speak(h, conn, spoken("I would like to book an appointment", tmp_path), seq)
     transcript = [f for f in frames_of(conn) if f["type"] == "transcript"][-1]["text"]
@@ -200,7 +200,7 @@ def test_a_caller_saying_goodbye_ends_the_call(aws, database, settings, tmp_path
     h = offline_stt_harness(aws, database, settings, cache, transcriber={"provider": "pocketsphinx", "model": "en-us"})
     cid, token = h.start()
     conn, _ = h.connect(cid, token)
-    config = AgentConfig.model_validate(h.store.get(cid).config)
+    config = AgentConfig.model_validate(h.store.config(cid))
     assert "goodbye" in config.end_call_phrases and not config.metadata.get("expected_phrases")
     assert prepare_speech_model(cache, h.account_id, config)  # as the deploy does
     speak(h, conn, spoken("goodbye", tmp_path))

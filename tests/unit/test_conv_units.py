@@ -583,3 +583,35 @@ def test_a_live_calls_config_is_read_from_its_own_item_once_per_container() -> N
     with pytest.raises(wp.ProtocolError) as ended:
         runtime.config(session("conv_gone"))
     assert ended.value.code == "conversation_ended"
+
+
+def test_a_frame_starts_the_config_read_so_it_runs_beside_the_frames_first_call() -> None:
+    """``prefetch_config`` reads the config item on the I/O pool; ``config`` takes that read (one read in all), and
+    a container that has the config reads nothing."""
+    import threading
+
+    from airies.conversations.live_runtime import LiveRuntime
+    from airies.conversations.sessions import LiveSession
+    from airies.core.config import Settings
+
+    release = threading.Event()
+
+    class Store:
+        def __init__(self) -> None:
+            self.reads: list[tuple[str, str]] = []
+
+        def config(self, conversation_id: str) -> dict[str, Any] | None:
+            self.reads.append((conversation_id, threading.current_thread().name))
+            release.wait(5)
+            return {"name": "Front desk"}
+
+    store = Store()
+    runtime = LiveRuntime(Settings(stage="local"), database=None, store=store)  # type: ignore[arg-type]
+    runtime.prefetch_config("conv_a")
+    runtime.prefetch_config("conv_a")  # one read in flight per conversation
+    release.set()
+    config = runtime.config(LiveSession("conv_a", "acc", "agent", 1, {}, "listening"))
+    assert config.name == "Front desk"
+    assert len(store.reads) == 1 and store.reads[0][1].startswith("voice-io")
+    runtime.prefetch_config("conv_a")  # cached: nothing read
+    assert len(store.reads) == 1 and "conv_a" not in runtime.config_reads

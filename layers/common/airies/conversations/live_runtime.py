@@ -341,6 +341,9 @@ class LiveRuntime:
         # (account, agent, version) -> (the factory that built them, expiry on time.monotonic(), the engines)
         self.built_engines: BoundedCache[tuple[EngineFactory, float, TurnEngines]] = BoundedCache(256)
         self.heard = HeardFrames()
+        # Per conversation, the read of its config item a frame started (``prefetch_config``) and ``config`` takes.
+        self.config_reads: BoundedCache[Future[dict[str, Any] | None]] = BoundedCache(10_000)
+        self._config_reads_lock = threading.Lock()
 
     @property
     def tokens(self) -> ConversationTokens:
@@ -350,11 +353,24 @@ class LiveRuntime:
             self._tokens = ConversationTokens(secret, ttl_seconds=self.settings.ws_token_ttl_seconds)
         return self._tokens
 
+    def prefetch_config(self, conversation_id: str) -> None:
+        """Start reading the conversation's config item unless this container has it: the frame's first DynamoDB
+        call (its count, its claim) then runs beside the read instead of before it."""
+        if conversation_id in self.configs:
+            return
+        with self._config_reads_lock:
+            if conversation_id not in self.config_reads:
+                self.config_reads.put(conversation_id, background.submit(self.store.config, conversation_id))
+
     def config(self, session: LiveSession) -> AgentConfig:
         """The conversation's agent config (a published version: immutable), read and parsed once per container."""
         config = self.configs.get(session.conversation_id)
         if config is None:
-            stored = session.config or self.store.config(session.conversation_id)
+            with self._config_reads_lock:
+                started = self.config_reads.pop(session.conversation_id, None)
+            stored = session.config or (
+                started.result() if started is not None else self.store.config(session.conversation_id)
+            )
             if stored is None:  # expired with the call's state: the call is over
                 raise wp.ProtocolError("conversation_ended", "this conversation has ended")
             config = self.configs.put(session.conversation_id, AgentConfig.model_validate(stored))

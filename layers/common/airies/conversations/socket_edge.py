@@ -123,6 +123,7 @@ class SocketEdge:
             poster.close(connection_id)
             return {"statusCode": 200}
         self.runtime.connections.put(connection_id, known)
+        self.runtime.prefetch_config(known["conversation_id"])
         frame = Frame(connection_id, known["conversation_id"], known["account_id"], endpoint, time.perf_counter())
         body = event.get("body")
         if event.get("isBase64Encoded") and body:

@@ -25,6 +25,7 @@ import subprocess
 import sys
 from typing import Any
 
+from airies.local.deploy import snapstart_functions
 from benchmarks import harness, importtime
 
 DEFAULT_RUNS = 7
@@ -60,16 +61,20 @@ def _function_env(spec: Any, ctx: Any) -> dict[str, str]:
     return env
 
 
+HANDLER_LOAD = [  # the handler file's import and module-level init, as Lambda's init phase runs them
+    "import importlib.util",
+    "_spec = importlib.util.spec_from_file_location('_cold_handler', {path!r})",
+    "_mod = importlib.util.module_from_spec(_spec)",
+    "_spec.loader.exec_module(_mod)",
+]
+
+
+def _load_lines(spec: Any) -> list[str]:
+    return [line.format(path=str(spec.module_path)) for line in HANDLER_LOAD]
+
+
 def _handler_snippet(spec: Any) -> str:
-    body = "\n".join(
-        [
-            "import importlib.util",
-            f"_spec = importlib.util.spec_from_file_location('_cold_handler', {str(spec.module_path)!r})",
-            "_mod = importlib.util.module_from_spec(_spec)",
-            "_spec.loader.exec_module(_mod)",
-        ]
-    )
-    return harness.timed_snippet([*(str(p) for p in spec.layer_dirs), str(spec.code_uri)], body)
+    return harness.timed_snippet([*(str(p) for p in spec.layer_dirs), str(spec.code_uri)], "\n".join(_load_lines(spec)))
 
 
 # SnapStart: Lambda runs a function's init once per published version, into the snapshot, with
@@ -93,11 +98,8 @@ def _snapshot_snippet(spec: Any) -> str:
             ),
             "_hooks = []",
             "sys.modules['snapshot_restore_py'] = types.SimpleNamespace(register_after_restore=_hooks.append)",
-            "import importlib.util",
             "_t0 = time.perf_counter()",
-            f"_spec = importlib.util.spec_from_file_location('_cold_handler', {str(spec.module_path)!r})",
-            "_mod = importlib.util.module_from_spec(_spec)",
-            "_spec.loader.exec_module(_mod)",
+            *_load_lines(spec),
             "_t1 = time.perf_counter()",
             "for _hook in _hooks: _hook()",
             "print((_t1 - _t0) * 1000.0)",
@@ -147,7 +149,7 @@ def run(args: Any) -> dict[str, Any]:
         for name, (code, env) in jobs.items():
             samples[name].append(harness.fresh_process_ms(code, env=env, python=LAMBDA_PYTHON))
 
-    snapstart = [lid for lid in specs if ctx.template["Resources"][lid]["Properties"].get("SnapStart")]
+    snapstart = [lid for lid in snapstart_functions(ctx.template) if lid in specs]
     snapshots: dict[tuple[str, str], list[tuple[float, float]]] = {
         (lid, kind): [] for lid in snapstart for kind in SNAPSHOT_INITIALIZATIONS
     }

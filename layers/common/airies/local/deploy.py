@@ -61,13 +61,18 @@ def check(stage: str, path: Path = SAMCONFIG) -> dict[str, str]:
     return overrides
 
 
-def migrate(stage: str, path: Path = SAMCONFIG, session: Any = None) -> dict[str, Any]:
+def _stack_session(stage: str, path: Path, session: Any) -> tuple[Any, str]:
+    """A boto3 session in the stage's region (unless one is given) and the stage's stack name, from samconfig."""
     import boto3
 
     parameters = deploy_parameters(stage, path)
     region = tomllib.loads(path.read_text(encoding="utf-8"))[stage]["global"]["parameters"]["region"]
-    session = session or boto3.session.Session(region_name=region)
-    stack = session.client("cloudformation").describe_stacks(StackName=parameters["stack_name"])["Stacks"][0]
+    return session or boto3.session.Session(region_name=region), str(parameters["stack_name"])
+
+
+def migrate(stage: str, path: Path = SAMCONFIG, session: Any = None) -> dict[str, Any]:
+    session, stack_name = _stack_session(stage, path, session)
+    stack = session.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"][0]
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
     response = session.client("lambda").invoke(
         FunctionName=outputs["MigrateFunctionName"], Payload=json.dumps({"action": "upgrade"}).encode()
@@ -112,13 +117,9 @@ def prune_versions(client: Any, function_name: str, keep_newest: int = KEEP_NEWE
 
 
 def prune(stage: str, path: Path = SAMCONFIG, session: Any = None) -> dict[str, list[str]]:
-    import boto3
-
-    parameters = deploy_parameters(stage, path)
-    region = tomllib.loads(path.read_text(encoding="utf-8"))[stage]["global"]["parameters"]["region"]
-    session = session or boto3.session.Session(region_name=region)
+    session, stack_name = _stack_session(stage, path, session)
     template = load_template()
-    resources = session.client("cloudformation").describe_stack_resources(StackName=parameters["stack_name"])
+    resources = session.client("cloudformation").describe_stack_resources(StackName=stack_name)
     physical = {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in resources["StackResources"]}
     client = session.client("lambda")
     return {name: prune_versions(client, physical[name]) for name in snapstart_functions(template) if name in physical}

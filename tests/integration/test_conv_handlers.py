@@ -28,6 +28,7 @@ from airies.conversations.live import ApiGatewayPoster, WebSocketService
 from airies.conversations.live_runtime import invocation_deadline, turn_deadline
 from airies.conversations.live_sessions import LiveSessions
 from airies.conversations.models import Conversation, ConversationTurn
+from airies.conversations.orchestrator import OUT_OF_CREDIT_MESSAGE
 from airies.conversations.schemas import ConversationCreate
 from airies.conversations.service import ConversationService, ConversationTokens
 from airies.conversations.sessions import ControlFlood, SessionStore
@@ -319,6 +320,61 @@ def test_end_of_utterance_after_this_containers_audio_claims_the_turn_in_one_wri
     assert len(stt.calls) == 1
 
 
+def test_an_utterance_this_container_heard_is_transcribed_while_it_is_claimed(aws, database, settings) -> None:
+    """The end_of_utterance after this container's audio: STT and the model are asked while the claim is in
+    flight, and the turn's first post waits for it; a lost claim posts nothing and stores nothing."""
+    stt = FakeSTT(text="where is my order")
+    llm = FakeLLM(first_token_s=0.3)
+    h = Harness(database, settings, fake_engines(stt=stt, llm=llm), first_message_mode="assistant_waits_for_user")
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    begin_turn = h.store.begin_turn
+    asked: list[tuple[int, int]] = []
+    lose = [False]
+
+    def slow_claim(conversation_id: str, turn_id: str, **kwargs: Any) -> Any:
+        time.sleep(0.2)  # the claim is still in flight when STT and the model are asked
+        asked.append((len(stt.calls), len(llm.requests)))
+        if lose[0]:
+            h.store.end(conversation_id, "caller_ended")  # another invocation ended the call first
+        return begin_turn(conversation_id, turn_id, **kwargs)
+
+    h.store.begin_turn = slow_claim  # type: ignore[method-assign]
+    seq = h.audio(conn, tone(400))
+    h.send(conn, {"action": "end_of_utterance", "last_seq": seq - 1})
+    assert asked == [(1, 1)] and types(frames_of(conn))[-1] == "turn_end"
+    assert [t.user_text for t in h.turns(cid)] == ["where is my order"]
+    lose[0] = True
+    seq = h.audio(conn, tone(400), seq)
+    before = len(frames_of(conn))
+    h.send(conn, {"action": "end_of_utterance", "last_seq": seq - 1})
+    assert asked[-1] == (2, 2)  # asked ahead of the claim, which lost: no transcript, audio or turn_end
+    assert [(f["type"], f.get("code")) for f in frames_of(conn)[before:]] == [("error", "conversation_ended")]
+    assert len(h.turns(cid)) == 1 and not llm.finished_at[1:]
+
+
+def test_a_turn_run_ahead_on_audio_that_began_elsewhere_runs_again_on_the_claimed_chunks(
+    aws, database, settings
+) -> None:
+    """The audio this container held began where its last view of the live state said; if the claim shows the
+    utterance began elsewhere, the turn run ahead posts nothing and runs again on the buffered chunks the claim
+    names (read from DynamoDB): one transcript, one stored turn, from the right audio."""
+    heard: list[bytes] = []
+    stt = FakeSTT(text=lambda pcm: heard.append(pcm) or f"transcription {len(heard)}")
+    h = Harness(database, settings, fake_engines(stt=stt), first_message_mode="assistant_waits_for_user")
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    seq = h.audio(conn, tone(200) + tone(400, freq=660))  # chunks 0, 1, 2 (200 ms each)
+    h.store.set_segment_start(cid, 1)  # elsewhere, the utterance was made to start at chunk 1 (same utterance)
+    h.send(conn, {"action": "end_of_utterance", "last_seq": seq - 1})
+    assert heard[0] == tone(200) + tone(400, freq=660)  # ahead, from this container's cache
+    assert heard[1:] == [tone(400, freq=660)]  # again, from the chunks the claim named
+    frames = frames_of(conn)
+    assert [f["text"] for f in frames if f["type"] == "transcript"] == ["transcription 2"]
+    assert types(frames).count("turn_end") == 1
+    assert [t.user_text for t in h.turns(cid)] == ["transcription 2"]
+
+
 def test_barge_in_stops_within_one_chunk_and_history_keeps_what_was_heard(aws, database, settings) -> None:
     holder: dict[str, Any] = {}
 
@@ -434,7 +490,9 @@ def test_llm_end_call_tool_ends_after_reply(aws, database, settings) -> None:
 
 
 def test_out_of_credits_ends_politely(aws, database, settings) -> None:
-    llm = FakeLLM()
+    """A typed turn asks the model while its credit is read; out of credit, that request is cancelled before any
+    of its reply is said or billed, and the caller hears the notice instead."""
+    llm = FakeLLM(first_token_s=0.3)
     h = Harness(database, settings, fake_engines(llm=llm), first_message_mode="assistant_waits_for_user")
     cid, token = h.start()
     conn, _ = h.connect(cid, token)
@@ -442,9 +500,12 @@ def test_out_of_credits_ends_politely(aws, database, settings) -> None:
     h.send(conn, {"action": "text", "text": "one more question"})
     frames = frames_of(conn)
     said = "".join(f["delta"] for f in frames if f["type"] == "agent_text")
-    assert "run out of credits" in said and "audio" in types(frames)
+    assert said.strip() == OUT_OF_CREDIT_MESSAGE and "audio" in types(frames)
     assert frames[-1]["type"] == "ended" and frames[-1]["reason"] == "insufficient_credits"
-    assert not llm.requests
+    assert len(llm.requests) <= 1 and not llm.finished_at  # asked at most once, and cut before its reply
+    (turn,) = h.turns(cid)
+    assert turn.agent_text == OUT_OF_CREDIT_MESSAGE and turn.usage["prompt_tokens"] == 0
+    assert types(frames).count("transcript") == 1 and types(frames).count("turn_end") == 1
 
 
 def test_silence_timeout_reminds_once_then_ends(aws, database, settings) -> None:
@@ -742,7 +803,9 @@ def test_minutes_are_billed_to_the_live_sessions_last_activity(aws, database, se
 
 @pytest.mark.parametrize("how", ["ended", "deleted"])
 def test_a_turn_of_a_conversation_closed_elsewhere_ends_the_live_session(aws, database, settings, how) -> None:
-    llm = FakeLLM()
+    """The live session outlived its row (its close failed): a typed turn's request, sent while the row is read,
+    is cut before any of its reply, and the call ends."""
+    llm = FakeLLM(first_token_s=0.3)
     h = Harness(database, settings, fake_engines(llm=llm), first_message_mode="assistant_waits_for_user")
     cid, token = h.start()
     conn, _ = h.connect(cid, token)
@@ -753,7 +816,7 @@ def test_a_turn_of_a_conversation_closed_elsewhere_ends_the_live_session(aws, da
     h.send(conn, {"action": "text", "text": "are you there?"})
     frames = frames_of(conn)
     assert types(frames) == ["ended"] and frames[0]["reason"] == ("api_request" if how == "ended" else "deleted")
-    assert not llm.requests  # no provider ran
+    assert len(llm.requests) <= 1 and not llm.finished_at  # cut before its reply
     assert closed_by_server(conn) and h.store.get(cid).state == "ended"
     assert h.turns(cid) == []
 

@@ -171,3 +171,26 @@ def test_custom_openai_compatible_endpoint(double, tmp_path):
     body = double.chat_requests[-1].body
     assert body["model"] == "llama3.2" and "stream_options" not in body
     assert double.chat_requests[-1].headers["authorization"] == "Bearer not-needed"
+
+
+def test_the_body_carries_the_messages_tools_and_choice_as_built(double):
+    """Messages and tools go into the JSON body unchanged, whatever they hold (tool calls, tool results, content
+    parts), streamed or not; the SDK's own parameters are still set."""
+    messages = [
+        {"role": "system", "content": "You answer questions about the clinic."},
+        {"role": "user", "content": [{"type": "text", "text": "What are your hours?"}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"hours": "9-5"}'},
+    ]
+    req = LLMRequest(model="gpt-4o-mini", messages=messages, tools=TOOLS, tool_choice="auto", max_tokens=50)
+    double.script(Reply(text="Nine to five."), Reply(text="Nine to five."))
+    asyncio.run(collect(provider(double), req))
+    asyncio.run(provider(double).complete(req))
+    for sent, streamed in zip(double.chat_requests, (True, False), strict=True):
+        assert sent.body["messages"] == messages and sent.body["tools"] == TOOLS
+        assert sent.body["tool_choice"] == "auto" and sent.body["max_tokens"] == 50
+        assert sent.body["model"] == "gpt-4o-mini" and bool(sent.body.get("stream")) is streamed

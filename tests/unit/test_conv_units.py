@@ -320,6 +320,37 @@ def test_every_barge_in_read_of_a_turn_is_one_it_waits_for() -> None:
     assert events.count("check") == events.count("agent_text") + events.count("audio")
 
 
+def test_the_turns_first_audio_frame_is_posted_with_no_barge_in_read_beside_it() -> None:
+    """The first frame is the latency the caller hears: no read competes with its post. The check for the frame
+    after it starts once it is out, and every later frame still waits for a check started after the post before."""
+    in_flight = [0]
+    posts: list[int] = []  # reads in flight while each audio frame was posted
+    events: list[str] = []
+
+    class Sink:
+        async def send(self, message: dict[str, Any]) -> bool:
+            if message["type"] == "audio":
+                await asyncio.sleep(0)  # a read started alongside has begun by now
+                posts.append(in_flight[0])
+                await asyncio.sleep(0.005)
+            events.append(message["type"])
+            return True
+
+        async def cancelled(self) -> tuple[bool, int | None]:
+            in_flight[0] += 1
+            events.append("check")
+            await asyncio.sleep(0.002)
+            in_flight[0] -= 1
+            return False, None
+
+    engines = fake_engines(llm=FakeLLM(reply="One two three four five six seven."), tts=FakeTTS())
+    inp = TurnInput(turn_id="turn_1", seq=1, mode=TurnMode.TEXT, account_id="acc", conversation_id="conv", text="hi")
+    result = asyncio.run(TurnRunner(engines).run(AgentConfig(name="x"), [], inp, Sink()))
+    assert result.status == "completed" and len(posts) >= 3
+    assert posts[0] == 0 and max(posts[1:-1]) == 1  # later frames keep their read alongside
+    assert events.count("check") == events.count("agent_text") + len(posts)  # still one read per post after it
+
+
 def test_a_vendor_streaming_in_real_time_gets_small_frames_so_playback_never_runs_dry() -> None:
     """A frame waits only for as much audio as is already ahead of the caller's playback: with a vendor that
     streams in real time that is about one of its chunks, never a large frame the player would not have."""

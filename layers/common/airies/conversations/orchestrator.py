@@ -20,7 +20,6 @@ from airies.conversations import protocol as wp
 from airies.conversations.barge_in import BargeIn, spoken_record
 from airies.conversations.lifecycle import Lifecycle
 from airies.conversations.live_runtime import LiveRuntime, Poster, SocketSink, background
-from airies.conversations.models import Conversation
 from airies.conversations.service import ConversationService
 from airies.conversations.sessions import LiveSession
 from airies.conversations.turns import TurnEngines, TurnInput, TurnMode, TurnResult, TurnRunner
@@ -66,11 +65,22 @@ class TurnRequest:
 
 @dataclass
 class _Claim:
-    """The claim's conditional write and the audio read, both in flight while the database is read."""
+    """The claim's conditional write and the audio read, both in flight while the database is read.
 
-    claimed: Future[LiveSession | None]
+    ``ahead``: the turn needs nothing of the claim's answer before STT or the model is asked (a typed turn, or an
+    utterance whose audio this container holds), so it runs while the claim is in flight, and the turn's gates
+    (is the conversation still open, has the account credit) are read on the claim's thread once it answers,
+    while the providers work. The turn's posts wait for ``confirmed``: the claim's old values if it went through,
+    the gates passed and the utterance starts where the held audio does; else None, and nothing is posted."""
+
+    ahead: bool
     heard: bytes | None = None  # the utterance, from this container's cache
     fetch: Future[tuple[bytes, int, list[int]]] | None = None  # else its read from DynamoDB
+    claimed: Future[LiveSession | None] = field(default_factory=Future)
+    confirmed: Future[LiveSession | None] | None = None
+    refusal: tuple[str, str] | None = None  # a gate said no: ("closed" | "credit", reason)
+    gate_error: Exception | None = None  # a gate could not be read (raised once the session is released)
+    used: list[int] = field(default_factory=list)  # buffered chunks the turn consumed: deleted once it is claimed
 
 
 @dataclass
@@ -98,6 +108,26 @@ def _refused_frame(exc: Exception) -> bool:
     return isinstance(exc, wp.ProtocolError) and exc.code in REFUSED_FRAME_CODES
 
 
+def _confirmed(claim: _Claim, seg_start: int | None) -> Future[LiveSession | None]:
+    """The claim's answer for a turn run ahead of it: None unless the claim went through, its gates passed and
+    (``seg_start`` given) the utterance it claimed starts there."""
+    confirmed: Future[LiveSession | None] = Future()
+
+    def settle(done: Future[LiveSession | None]) -> None:
+        try:
+            previous = done.result()
+        except BaseException as exc:
+            confirmed.set_exception(exc)
+            return
+        if previous is None or claim.refusal is not None or claim.gate_error is not None:
+            confirmed.set_result(None)
+        else:
+            confirmed.set_result(previous if seg_start is None or previous.seg_start == seg_start else None)
+
+    claim.claimed.add_done_callback(settle)
+    return confirmed
+
+
 class TurnOrchestrator:
     def __init__(self, runtime: LiveRuntime, lifecycle: Lifecycle, barge_in: BargeIn) -> None:
         self.runtime = runtime
@@ -117,17 +147,20 @@ class TurnOrchestrator:
                 # The database reads of the turn run while the claim is in flight (wasted only when another
                 # invocation won the utterance): the claim's round trip is then off the critical path.
                 service = self.runtime.conversations(db)
-                conversation, outcome.closed = self._open_conversation(service, session)
-                if conversation is not None:
+                if not claim.ahead:
+                    outcome.closed = self._closed(service, session)
+                if outcome.closed is None:
                     prepared = self._prepare(db, service, session, poster, request, claim, outcome)
                     if prepared is None:
                         return None  # another invocation already took this utterance, or the conversation ended
             if prepared is not None:
                 outcome.result = self._execute(prepared)
-                if not self._claimed(claim, outcome):
-                    return None  # another invocation took the turn while the model was asked: nothing is stored
-                with self.runtime.database.session() as db:
-                    outcome.closed = self._record(self.runtime.conversations(db), session, outcome.result)
+                if not self._claimed(claim, outcome) and not self._run_again(session, poster, request, claim, outcome):
+                    return None  # another invocation took the turn while it ran: nothing was posted or stored
+                if outcome.result is not None:
+                    self._delete_used(session.conversation_id, claim)
+                    with self.runtime.database.session() as db:
+                        outcome.closed = self._record(self.runtime.conversations(db), session, outcome.result)
         except Exception as exc:
             if self.runtime.turn_metrics is not None and not _refused_frame(exc):
                 self.runtime.turn_metrics.failed()
@@ -142,6 +175,28 @@ class TurnOrchestrator:
             self.runtime.turn_metrics.turn(outcome.result, out_of_time=out_of_time)
         return self._end(session.conversation_id, poster, request.turn_id, outcome, finished)
 
+    def _run_again(
+        self, session: LiveSession, poster: Poster, request: TurnRequest, claim: _Claim, outcome: _Outcome
+    ) -> bool:
+        """A turn run ahead of its claim posted nothing and was dropped. False if another invocation took the
+        utterance; else the claim went through and: the conversation is over (``outcome.closed``), or the turn
+        runs again on the claimed values, its gates read first (out of credit: the notice instead of a reply; an
+        utterance that began elsewhere than the audio this container held: its buffered chunks, from DynamoDB)."""
+        if claim.claimed.result() is None:
+            return False
+        if claim.gate_error is not None:
+            raise claim.gate_error
+        if claim.refusal is not None and claim.refusal[0] == "closed":
+            outcome.closed = claim.refusal[1]
+            return True
+        with self.runtime.database.session() as db:
+            service = self.runtime.conversations(db)
+            prepared = self._prepare(db, service, session, poster, request, claim, outcome, ahead=False)
+        if prepared is None:
+            return False
+        outcome.result = self._execute(prepared)
+        return self._claimed(claim, outcome)
+
     # -- 1. claim ------------------------------------------------------------------------------------------------
     def _claim(self, session: LiveSession, request: TurnRequest) -> _Claim:
         cid = session.conversation_id
@@ -153,9 +208,32 @@ class TurnOrchestrator:
                 heard = self.runtime.heard.audio(cid, session.seg_start, upper)
             if heard is None:  # read the buffered audio while the turn is claimed
                 fetch = self._fetch_audio(cid, session.seg_start, upper, utterance.numbered)
-        claimed = background.submit(self._begin, cid, request)
-        time.sleep(0)  # hand the GIL to the claim's thread so its request leaves before the database work below
-        return _Claim(claimed, heard, fetch)
+        claim = _Claim(request.mode == TurnMode.TEXT or heard is not None, heard, fetch)
+        if claim.ahead:
+            claim.claimed = background.submit(self._begin_ahead, session, request, claim)
+            claim.confirmed = _confirmed(claim, session.seg_start if request.mode == TurnMode.AUDIO else None)
+        else:
+            claim.claimed = background.submit(self._begin, cid, request)
+            time.sleep(0)  # hand the GIL to the claim's thread: its request leaves before the database work below
+        return claim
+
+    def _begin_ahead(self, session: LiveSession, request: TurnRequest, claim: _Claim) -> LiveSession | None:
+        """The claim, then, if it went through, the turn's gates (on this thread, while the providers work)."""
+        previous = self._begin(session.conversation_id, request)
+        if previous is not None:
+            try:
+                with self.runtime.database.session() as db:
+                    service = self.runtime.conversations(db)
+                    closed = self._closed(service, session)
+                    if closed is not None:
+                        claim.refusal = ("closed", closed)
+                    else:
+                        allowed, reason, _message = service.check_credit(session.account_id)
+                        if not allowed:
+                            claim.refusal = ("credit", reason or "insufficient_credits")
+            except Exception as exc:  # raised by the turn once the claim is released: the session must not stick
+                claim.gate_error = exc
+        return previous
 
     def _begin(self, cid: str, request: TurnRequest) -> LiveSession | None:
         """The claim's conditional write (with the frame's count when ``request.count_limit`` is set)."""
@@ -191,17 +269,15 @@ class TurnOrchestrator:
         return background.submit(self.store.utterance_audio, cid, first, upper, wait_s=0.6 if numbered else 0.0)
 
     @staticmethod
-    def _open_conversation(
-        service: ConversationService, session: LiveSession
-    ) -> tuple[Conversation | None, str | None]:
-        """The conversation row, or why the call is over (ended over REST or by the sweeper, or deleted)."""
+    def _closed(service: ConversationService, session: LiveSession) -> str | None:
+        """Why the call is over (ended over REST or by the sweeper, or deleted); None while it is open."""
         try:
             conversation = service.get(session.account_id, session.conversation_id)
         except NotFoundError:
-            return None, "deleted"
+            return "deleted"
         if conversation.status == "ended":
-            return None, conversation.end_reason or "api_request"
-        return conversation, None
+            return conversation.end_reason or "api_request"
+        return None
 
     def _prepare(
         self,
@@ -212,24 +288,32 @@ class TurnOrchestrator:
         request: TurnRequest,
         claim: _Claim,
         outcome: _Outcome,
+        *,
+        ahead: bool = True,
     ) -> _Prepared | None:
+        """The turn's input and sink. ``ahead``: a turn that needs nothing of its claim's answer before the model
+        (or STT) is asked runs while the claim is in flight."""
         config = self.runtime.config(session)
-        allowed, reason, _message = service.check_credit(session.account_id)
+        ahead = ahead and claim.ahead
+        allowed, reason = True, None
+        if not ahead:  # else read on the claim's thread (``_begin_ahead``)
+            allowed, reason, _message = service.check_credit(session.account_id)
         engines = self.runtime.turn_engines(db, session, config)
         mode, scripted = request.mode, request.scripted
         if not allowed:
             mode, scripted, outcome.end_after = TurnMode.NONE, OUT_OF_CREDIT_MESSAGE, reason or "insufficient_credits"
-        if mode == TurnMode.TEXT:
-            # A typed turn needs nothing of the claim before the model is asked: the LLM request leaves while the
-            # claim is in flight, and the turn's first post (the caller's transcript, before any synthesis) waits
-            # for it. A lost claim posts nothing, cancels the request and stores nothing (``_claimed``).
+        if ahead:
+            # The STT and LLM requests leave while the claim is in flight; the turn's first post (the caller's
+            # transcript, before any synthesis) waits for its confirmation. Unconfirmed, the turn posts nothing,
+            # its requests are cancelled and nothing is stored (``_claimed``, then ``_run_again``).
             previous = session
-            outcome.sink = SocketSink(self.store, poster, session.conversation_id, request.turn_id, claim.claimed)
+            assert claim.confirmed is not None
+            outcome.sink = SocketSink(self.store, poster, session.conversation_id, request.turn_id, claim.confirmed)
         else:
             claimed = claim.claimed.result()
             if claimed is None:
                 return None
-            previous = claimed
+            previous, claim.confirmed = claimed, claim.claimed
             outcome.sink = SocketSink(
                 self.store, poster, session.conversation_id, request.turn_id, previous.connections
             )
@@ -242,7 +326,7 @@ class TurnOrchestrator:
             raise wp.ProtocolError("no_audio", "no audio was buffered for this utterance")
         inp = TurnInput(
             turn_id=request.turn_id,
-            seq=previous.turn_seq + 1,  # the old values: turn_seq + 1 is this turn's (a typed turn's: ``_claimed``)
+            seq=previous.turn_seq + 1,  # the old values (of a turn run ahead of its claim: ``_claimed``)
             mode=mode,
             account_id=previous.account_id,
             conversation_id=session.conversation_id,
@@ -281,9 +365,14 @@ class TurnOrchestrator:
         if utterance.end_seq is None:
             self.store.set_segment_start(cid, last + 1)
         self.runtime.heard.forget(cid, utterance.end_seq if utterance.end_seq is not None else last)
-        if used and self.runtime.settings.ws_delete_used_chunks:
-            background.submit(self.store.delete_chunks, cid, used)
+        claim.used = used
         return (pcm or b"") + utterance.tail
+
+    def _delete_used(self, cid: str, claim: _Claim) -> None:
+        """With ``ws_delete_used_chunks``, the chunks a claimed turn consumed are deleted, off the critical path
+        (not before the claim answers: the invocation that won the utterance may still read them)."""
+        if claim.used and self.runtime.settings.ws_delete_used_chunks:
+            background.submit(self.store.delete_chunks, cid, claim.used)
 
     # -- 3. run --------------------------------------------------------------------------------------------------
     def _execute(self, prepared: _Prepared) -> TurnResult:
@@ -298,8 +387,9 @@ class TurnOrchestrator:
 
     @staticmethod
     def _claimed(claim: _Claim, outcome: _Outcome) -> bool:
-        """After the run: did the claim go through? Its old values number the turn. False: the turn is dropped."""
-        previous = claim.claimed.result()
+        """After the run: did the claim go through for what the turn ran on? Its old values number the turn. False:
+        the turn is dropped."""
+        previous = (claim.confirmed or claim.claimed).result()
         if previous is None:
             outcome.result = None
             return False

@@ -707,16 +707,21 @@ class TurnRunner:
         # The check for the next post runs alongside this one, not after it: a post waits for the slower of the
         # two, never their sum. It starts after this post's check answered, so an interrupt that lands now is
         # seen before the post after the next one: at most one frame leaves after it. The turn's last frame has
-        # no next post: a check would be a read nobody uses, competing with that post.
-        if not last:
+        # no next post: a check would be a read nobody uses, competing with that post. The turn's first frame is
+        # the latency the caller hears: it leaves alone, and the next frame's check starts once it is posted (that
+        # frame then has the first one's audio, at least MIN_OUT_CHUNK_MS, of playback to leave in).
+        first = state.first_audio_at is None
+        if not last and not first:
             self._prefetch_check(sink, state)
         sent = await sink.send(wp.audio(inp.turn_id, state.audio_seq, piece))
         if not sent:
             return "gone"
-        if state.first_audio_at is None:
+        if first:
             state.first_audio_at = self.clock()
             latency["first_audio_ms"] = self._ms(t0)
             latency["first_audio_before_llm_end"] = state.llm_done_at is None
+            if not last:
+                self._prefetch_check(sink, state)
         state.audio_seq += 1
         state.agent_pcm += piece
         state.audio_ms += len(piece) / wp.BYTES_PER_MS

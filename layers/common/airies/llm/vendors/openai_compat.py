@@ -83,14 +83,20 @@ class OpenAICompatibleProvider:
         )
 
     def _params(self, request: LLMRequest) -> dict[str, Any]:
+        # The messages and tools go into the JSON body as they are (``extra_body`` is merged into it unchanged).
+        # Passed as parameters, the SDK walks every message and schema against its parameter types to rename
+        # aliased keys, which chat parameters have none of: on a turn's critical path, 4.9 ms at 42 messages and
+        # 0.5 ms at 4 (benchmarks/vs_pipecat).
+        body: dict[str, Any] = {"messages": request.messages}
         params: dict[str, Any] = {
             "model": request.model,
-            "messages": request.messages,
+            "messages": [],
             "temperature": request.temperature,
             "max_tokens": request.max_tokens,
+            "extra_body": body,
         }
         if request.tools:
-            params["tools"] = request.tools
+            body["tools"] = request.tools
             if request.tool_choice is not None:
                 params["tool_choice"] = request.tool_choice
         if request.response_format is not None:

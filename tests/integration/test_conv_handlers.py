@@ -324,7 +324,7 @@ def test_an_utterance_this_container_heard_is_transcribed_while_it_is_claimed(aw
     """The end_of_utterance after this container's audio: STT and the model are asked while the claim is in
     flight, and the turn's first post waits for it; a lost claim posts nothing and stores nothing."""
     stt = FakeSTT(text="where is my order")
-    llm = FakeLLM(first_token_s=0.3)
+    llm = FakeLLM(first_token_s=1.0)
     h = Harness(database, settings, fake_engines(stt=stt, llm=llm), first_message_mode="assistant_waits_for_user")
     cid, token = h.start()
     conn, _ = h.connect(cid, token)
@@ -492,7 +492,7 @@ def test_llm_end_call_tool_ends_after_reply(aws, database, settings) -> None:
 def test_out_of_credits_ends_politely(aws, database, settings) -> None:
     """A typed turn asks the model while its credit is read; out of credit, that request is cancelled before any
     of its reply is said or billed, and the caller hears the notice instead."""
-    llm = FakeLLM(first_token_s=0.3)
+    llm = FakeLLM(first_token_s=1.0)
     h = Harness(database, settings, fake_engines(llm=llm), first_message_mode="assistant_waits_for_user")
     cid, token = h.start()
     conn, _ = h.connect(cid, token)
@@ -805,7 +805,7 @@ def test_minutes_are_billed_to_the_live_sessions_last_activity(aws, database, se
 def test_a_turn_of_a_conversation_closed_elsewhere_ends_the_live_session(aws, database, settings, how) -> None:
     """The live session outlived its row (its close failed): a typed turn's request, sent while the row is read,
     is cut before any of its reply, and the call ends."""
-    llm = FakeLLM(first_token_s=0.3)
+    llm = FakeLLM(first_token_s=1.0)
     h = Harness(database, settings, fake_engines(llm=llm), first_message_mode="assistant_waits_for_user")
     cid, token = h.start()
     conn, _ = h.connect(cid, token)
@@ -827,8 +827,10 @@ def test_a_turn_refused_when_stored_ends_the_live_session_without_turn_end(aws, 
 
     h: Harness
 
-    def reply(request: Any) -> str:
-        # While the model answers, the conversation is ended (before this turn began) or deleted elsewhere.
+    def close_elsewhere(n: int) -> None:
+        # While the reply is spoken, the conversation is ended (before this turn began) or deleted elsewhere.
+        if n != 1:  # the reply's first chunk
+            return
         if how == "ended":
             end_row(h, cid, "api_request")
             with h.database.session() as s:
@@ -836,11 +838,9 @@ def test_a_turn_refused_when_stored_ends_the_live_session_without_turn_end(aws, 
                 row.ended_at = row.ended_at - timedelta(hours=1)
         else:
             delete_row(h, cid)
-        return "Sure, one moment."
 
-    h = Harness(
-        database, settings, fake_engines(llm=FakeLLM(reply=reply)), first_message_mode="assistant_waits_for_user"
-    )
+    engines = fake_engines(llm=FakeLLM(reply="Sure, one moment."), tts=FakeTTS(on_chunk=close_elsewhere))
+    h = Harness(database, settings, engines, first_message_mode="assistant_waits_for_user")
     cid, token = h.start()
     conn, _ = h.connect(cid, token)
     h.send(conn, {"action": "text", "text": "book me in"})

@@ -154,7 +154,8 @@ class SocketSink:
     """TurnSink that broadcasts to the conversation's connections and asks DynamoDB before every post.
 
     ``connections``: the connections, or the turn's claim still in flight (its old values hold them): the first
-    post waits for it, and a lost claim (None) posts nothing (``lost``)."""
+    post waits for it, and a lost claim (None) posts nothing (``lost``). ``start_claim``: called before that wait
+    (a claim deferred until the turn's first post)."""
 
     def __init__(
         self,
@@ -163,12 +164,14 @@ class SocketSink:
         conversation_id: str,
         turn_id: str,
         connections: set[str] | Future[LiveSession | None],
+        start_claim: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.poster = poster
         self.conversation_id = conversation_id
         self.turn_id = turn_id
         self.claim = connections if isinstance(connections, Future) else None
+        self.start_claim = start_claim
         self.connections = set() if isinstance(connections, Future) else set(connections)
         self.lost = False
         self.speaking = False
@@ -197,6 +200,8 @@ class SocketSink:
     def broadcast(self, message: dict[str, Any]) -> int:
         """Post to every connection; a 410 drops that connection only. Returns how many got it."""
         if self.claim is not None:
+            if self.start_claim is not None:
+                self.start_claim()
             claimed, self.claim = self.claim.result(), None
             if claimed is None:
                 self.lost = True

@@ -9,7 +9,10 @@ claimed, the live session goes back to listening.
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -81,6 +84,24 @@ class _Claim:
     refusal: tuple[str, str] | None = None  # a gate said no: ("closed" | "credit", reason)
     gate_error: Exception | None = None  # a gate could not be read (raised once the session is released)
     used: list[int] = field(default_factory=list)  # buffered chunks the turn consumed: deleted once it is claimed
+    deferred: Callable[[], LiveSession | None] | None = None  # the claim's write, until ``start`` submits it
+
+    def start(self) -> None:
+        """Submit a deferred claim (once: later calls, and calls for a claim already submitted, do nothing)."""
+        with _DEFERRED_CLAIMS:
+            write, self.deferred = self.deferred, None
+        if write is not None:
+            background.submit(_settle, self.claimed, write)
+
+
+_DEFERRED_CLAIMS = threading.Lock()
+
+
+def _settle(future: Future[LiveSession | None], write: Callable[[], LiveSession | None]) -> None:
+    try:
+        future.set_result(write())
+    except BaseException as exc:
+        future.set_exception(exc)
 
 
 @dataclass
@@ -210,8 +231,12 @@ class TurnOrchestrator:
                 fetch = self._fetch_audio(cid, session.seg_start, upper, utterance.numbered)
         claim = _Claim(request.mode == TurnMode.TEXT or heard is not None, heard, fetch)
         if claim.ahead:
-            claim.claimed = background.submit(self._begin_ahead, session, request, claim)
             claim.confirmed = _confirmed(claim, session.seg_start if request.mode == TurnMode.AUDIO else None)
+            claim.deferred = functools.partial(self._begin_ahead, session, request, claim)
+            if request.mode == TurnMode.AUDIO:
+                claim.start()  # in flight while speech is transcribed
+            # A typed turn's claim is written once the LLM request has left (its first post, ``SocketSink``): the
+            # write's SDK work on the I/O thread would otherwise hold the GIL while the request is built.
         else:
             claim.claimed = background.submit(self._begin, cid, request)
             time.sleep(0)  # hand the GIL to the claim's thread: its request leaves before the database work below
@@ -308,7 +333,9 @@ class TurnOrchestrator:
             # its requests are cancelled and nothing is stored (``_claimed``, then ``_run_again``).
             previous = session
             assert claim.confirmed is not None
-            outcome.sink = SocketSink(self.store, poster, session.conversation_id, request.turn_id, claim.confirmed)
+            outcome.sink = SocketSink(
+                self.store, poster, session.conversation_id, request.turn_id, claim.confirmed, claim.start
+            )
         else:
             claimed = claim.claimed.result()
             if claimed is None:
@@ -389,6 +416,7 @@ class TurnOrchestrator:
     def _claimed(claim: _Claim, outcome: _Outcome) -> bool:
         """After the run: did the claim go through for what the turn ran on? Its old values number the turn. False:
         the turn is dropped."""
+        claim.start()  # a turn that never posted never started its deferred claim
         previous = (claim.confirmed or claim.claimed).result()
         if previous is None:
             outcome.result = None
@@ -427,6 +455,7 @@ class TurnOrchestrator:
         # it is cut again to the client's played_ms when that comes.
         outcome.stored = result is not None and result.status in ("completed", "interrupted") and outcome.closed is None
         record = spoken_record(turn_id, result.spoken) if outcome.stored and result is not None else None
+        claim.start()
         try:
             claimed = claim.claimed.result() is not None
         except Exception:

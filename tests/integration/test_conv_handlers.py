@@ -1483,6 +1483,24 @@ def test_a_typed_turn_counts_its_frame_in_its_claim(aws, database, settings) -> 
     assert frames_of(conn)[-1]["type"] == "turn_end" and count() == 2 and len(h.turns(cid)) == 10
 
 
+def test_a_flood_of_typed_turns_asks_the_model_no_more_often_than_the_flood_limit(aws, database, settings) -> None:
+    """A typed turn asks the model before its claim counts the frame; past the flood limit of frames this container
+    handled for the call in the second, the frame is counted (and refused) before anything is asked."""
+    llm = FakeLLM()
+    h = Harness(database, settings, fake_engines(llm=llm), first_message_mode="assistant_waits_for_user")
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    h.send(conn, {"action": "ping"})  # the container now knows the live state: typed turns start from it
+    for k in range(14):
+        h.send(conn, {"action": "text", "text": f"question {k}"})
+    codes = [f.get("code") for f in frames_of(conn) if f["type"] == "error"]
+    assert codes == ["rate_limited"] * 5 and len(h.turns(cid)) == 9  # 10 frames a second: the ping and 9 turns
+    assert len(llm.requests) == 9  # a refused frame asked nothing
+    h.clock.now += 1
+    h.send(conn, {"action": "text", "text": "a new second"})
+    assert frames_of(conn)[-1]["type"] == "turn_end" and len(llm.requests) == 10
+
+
 def test_the_sweeper_ends_a_live_call_whose_config_item_is_gone(aws, database, settings) -> None:
     """The session and its config item share a TTL; should the config be gone alone, the call cannot be timed:
     the sweeper ends it (``stale``) instead of failing on it at every run."""

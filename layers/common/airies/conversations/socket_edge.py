@@ -151,7 +151,12 @@ class SocketEdge:
             self.endpointing.handle_audio(ctx, poster, message)
             return
         limit = self.runtime.settings.ws_control_frames_per_second
-        if isinstance(message, wp.TextFrame) and (hint := self.runtime.typed_turn_hint(cid)) is not None:
+        seen = self.runtime.control_frame_seen(cid)
+        if (
+            isinstance(message, wp.TextFrame)
+            and seen <= limit
+            and (hint := self.runtime.typed_turn_hint(cid)) is not None
+        ):
             # Nothing to read first: the frame's count is part of the turn's claim, in flight while the model is
             # asked; a refused count or an ended call comes back as the frame's error, and the turn is dropped.
             request = TurnRequest(TurnMode.TEXT, text=message.text, eou_at=ctx.received_at, count_limit=limit)

@@ -7,6 +7,7 @@ uses botocore's Stubber because moto never raises GoneException.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import threading
 import time
@@ -28,10 +29,11 @@ from airies.conversations.live import ApiGatewayPoster, WebSocketService
 from airies.conversations.live_runtime import invocation_deadline, turn_deadline
 from airies.conversations.live_sessions import LiveSessions
 from airies.conversations.models import Conversation, ConversationTurn
-from airies.conversations.orchestrator import OUT_OF_CREDIT_MESSAGE
+from airies.conversations.orchestrator import OUT_OF_CREDIT_MESSAGE, TurnRequest, Utterance
 from airies.conversations.schemas import ConversationCreate
 from airies.conversations.service import ConversationService, ConversationTokens
 from airies.conversations.sessions import ControlFlood, SessionStore
+from airies.conversations.turns import TurnMode
 from airies.core.errors import NotFoundError
 from tests.doubles.conv_engines import FakeLLM, FakeSTT, FakeTTS, fake_engines, silence, tone
 
@@ -351,6 +353,34 @@ def test_an_utterance_this_container_heard_is_transcribed_while_it_is_claimed(aw
     assert asked[-1] == (2, 2)  # asked ahead of the claim, which lost: no transcript, audio or turn_end
     assert [(f["type"], f.get("code")) for f in frames_of(conn)[before:]] == [("error", "conversation_ended")]
     assert len(h.turns(cid)) == 1 and not llm.finished_at[1:]
+
+
+@pytest.mark.parametrize("state", ["listening", "speaking"])
+def test_an_utterance_ended_while_the_agent_answers_is_claimed_before_it_is_transcribed(
+    aws, database, settings, state
+) -> None:
+    """A turn run ahead writes its claim once its provider requests have left, unless the agent is still answering:
+    the claim is what cancels that answer, so it does not wait for STT."""
+    transcribed: list[int] = []
+    stt = FakeSTT(text=lambda pcm: transcribed.append(1) or "hello", latency_s=0.2)
+    h = Harness(database, settings, fake_engines(stt=stt), first_message_mode="assistant_waits_for_user")
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    seq = h.audio(conn, tone(400))
+    hint = h.service.edge._utterance_hint(cid)  # the live state as this container's last chunk left it
+    assert hint is not None and hint.state == "listening"
+    begin_turn = h.store.begin_turn
+    claimed_after: list[int] = []
+
+    def claim(conversation_id: str, turn_id: str, **kwargs: Any) -> Any:
+        claimed_after.append(len(transcribed))
+        return begin_turn(conversation_id, turn_id, **kwargs)
+
+    h.store.begin_turn = claim  # type: ignore[method-assign]
+    request = TurnRequest(TurnMode.AUDIO, utterance=Utterance(end_seq=seq - 1), expected_utt=hint.utt, count_limit=10)
+    h.service.orchestrator.run(dataclasses.replace(hint, state=state), h.poster, request)
+    assert claimed_after == ([0] if state == "speaking" else [1])
+    assert [t.user_text for t in h.turns(cid)] == ["hello"]
 
 
 def test_a_turn_run_ahead_on_audio_that_began_elsewhere_runs_again_on_the_claimed_chunks(

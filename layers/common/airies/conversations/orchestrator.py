@@ -24,7 +24,7 @@ from airies.conversations.barge_in import BargeIn, spoken_record
 from airies.conversations.lifecycle import Lifecycle
 from airies.conversations.live_runtime import LiveRuntime, Poster, SocketSink, background
 from airies.conversations.service import ConversationService
-from airies.conversations.sessions import LiveSession
+from airies.conversations.sessions import SPEAKING, THINKING, LiveSession
 from airies.conversations.turns import TurnEngines, TurnInput, TurnMode, TurnResult, TurnRunner
 from airies.core.aio import run_sync
 from airies.core.errors import ConflictError, NotFoundError
@@ -232,11 +232,12 @@ class TurnOrchestrator:
         claim = _Claim(request.mode == TurnMode.TEXT or heard is not None, heard, fetch)
         if claim.ahead:
             claim.confirmed = _confirmed(claim, session.seg_start if request.mode == TurnMode.AUDIO else None)
+            # The claim is written once the turn's provider requests have left (its first post, ``SocketSink``):
+            # the write's SDK work on the I/O thread would otherwise hold the GIL while they are built. Unless the
+            # agent is still answering: the claim is what cancels that turn, so it does not wait for STT.
             claim.deferred = functools.partial(self._begin_ahead, session, request, claim)
-            if request.mode == TurnMode.AUDIO:
-                claim.start()  # in flight while speech is transcribed
-            # A typed turn's claim is written once the LLM request has left (its first post, ``SocketSink``): the
-            # write's SDK work on the I/O thread would otherwise hold the GIL while the request is built.
+            if request.mode == TurnMode.AUDIO and session.state in (THINKING, SPEAKING):
+                claim.start()
         else:
             claim.claimed = background.submit(self._begin, cid, request)
             time.sleep(0)  # hand the GIL to the claim's thread: its request leaves before the database work below

@@ -4,7 +4,9 @@ tasks need. The container's Dockerfile runs the module the tests drive."""
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -145,6 +147,46 @@ def test_the_dockerfile_runs_the_bridge_as_an_unprivileged_arm64_image() -> None
     assert "HEALTHCHECK" in text and "/health" in text
     requirements = (DOCKERFILE.parent / "requirements.txt").read_text().split()
     assert any(line.startswith("websockets==") for line in requirements)
+
+
+def test_the_image_holds_every_airies_module_the_bridge_imports() -> None:
+    """The Dockerfile copies modules one by one: each one the bridge reaches through its imports must be there."""
+    package = PROJECT_ROOT / "layers" / "common"
+    copied = [
+        PurePosixPath(src)
+        for line in DOCKERFILE.read_text().splitlines()
+        if line.startswith("COPY layers/common/")
+        for src in line.split()[1:-1]
+    ]
+
+    def is_copied(path: Path) -> bool:
+        relative = PurePosixPath(path.relative_to(PROJECT_ROOT).as_posix())
+        return any(relative == src or src in relative.parents for src in copied)
+
+    def module_file(name: str) -> Path:
+        base = package.joinpath(*name.split("."))
+        return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+    seen: set[str] = set()
+    todo = [f"airies.media_bridge.{p.stem}" for p in (package / "airies" / "media_bridge").glob("*.py")]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = module_file(name)
+        assert is_copied(path), f"{name} is imported by the bridge but not copied into its image"
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(2, len(parts))]  # the packages' __init__ run too
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("airies"):
+                todo.append(node.module)
+                todo += [
+                    f"{node.module}.{a.name}" for a in node.names if module_file(f"{node.module}.{a.name}").exists()
+                ]
+            elif isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.startswith("airies.")]
+    assert "airies.core.limits" in seen and "airies.conversations.protocol" in seen
 
 
 def test_the_cost_model_prices_the_bridge_that_is_deployed(template: dict) -> None:

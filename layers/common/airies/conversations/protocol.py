@@ -19,6 +19,8 @@ from urllib.parse import urlencode
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from airies.core.limits import AGENT_FRAME_MAX_MS
+
 PROTOCOL_VERSION = 1
 SAMPLE_RATE = 16_000
 BYTES_PER_MS = SAMPLE_RATE * 2 // 1000  # 32 bytes of PCM16 per millisecond
@@ -31,10 +33,8 @@ MIN_CHUNK_BYTES = MIN_CHUNK_MS * BYTES_PER_MS  # 2,560
 MAX_FRAME_BYTES = 32 * 1024  # API Gateway WebSocket frame (and the unit its messages are metered in)
 MAX_MESSAGE_BYTES = 128 * 1024  # API Gateway WebSocket message: up to four frames, reassembled by the client
 MAX_TEXT_CHARS = 4000
-# The agent's audio frames: 3,000 ms of PCM16 is 96,000 bytes, 128,000 in base64, so a frame with its other fields
-# is still one API Gateway message. It is metered as four 32 KB units, what four 750 ms frames cost, and a long
-# reply needs a quarter of their posts and barge-in reads (the turn runner decides how large each frame is).
-MAX_OUT_CHUNK_MS = 3000
+# The agent's audio frames: at most one API Gateway message each (the turn runner decides how large each one is).
+MAX_OUT_CHUNK_MS = AGENT_FRAME_MAX_MS
 
 
 class ProtocolError(Exception):

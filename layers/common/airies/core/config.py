@@ -17,6 +17,8 @@ from urllib.parse import quote
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from airies.core.limits import AGENT_FRAME_MAX_MS
+
 PROJECT_ROOT = Path(__file__).resolve().parents[4]
 # The data files shipped inside the package (catalogs, prices): airies/data. Not the runtime Settings.data_dir.
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
@@ -119,7 +121,7 @@ class Settings(BaseSettings):
     # A call whose last connection dropped may reconnect (resume) this long; after it the call no longer counts
     # against the plan's concurrent conversations and the sweeper ends it (caller_disconnected).
     ws_resume_window_seconds: int = 30
-    ws_out_chunk_ms: int = Field(3000, ge=100, le=3000)  # the largest agent audio frame (one 128 KB message)
+    ws_out_chunk_ms: int = Field(AGENT_FRAME_MAX_MS, ge=100, le=AGENT_FRAME_MAX_MS)  # the largest agent audio frame
     ws_control_frames_per_second: int = 10
     ws_max_utterance_seconds: int = 30
     ws_sessions_index: str = "live-sessions"  # sparse index of live sessions by next deadline: the sweeper's Query

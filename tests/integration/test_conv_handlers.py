@@ -538,6 +538,31 @@ def test_out_of_credits_ends_politely(aws, database, settings) -> None:
     assert types(frames).count("transcript") == 1 and types(frames).count("turn_end") == 1
 
 
+def test_a_gate_that_cannot_be_read_fails_the_turn_and_the_call_listens_again(aws, database, settings) -> None:
+    """A typed turn's credit is read on its claim's thread while the model works; if that read fails, nothing of the
+    turn is said or stored, the caller gets an error and the session goes back to listening."""
+    llm = FakeLLM(first_token_s=1.0)
+    h = Harness(database, settings, fake_engines(llm=llm), first_message_mode="assistant_waits_for_user")
+    cid, token = h.start()
+    conn, _ = h.connect(cid, token)
+    h.send(conn, {"action": "text", "text": "first"})
+    gate = h.service.runtime.credit_gate
+
+    def unavailable(account_id: str) -> Any:
+        raise RuntimeError("the billing database is unavailable")
+
+    h.service.runtime.credit_gate = lambda session: unavailable
+    before = len(frames_of(conn))
+    h.send(conn, {"action": "text", "text": "second"})
+    assert [(f["type"], f.get("code")) for f in frames_of(conn)[before:]] == [("error", "internal_error")]
+    assert not llm.finished_at[1:] and [t.user_text for t in h.turns(cid)] == ["first"]
+    assert h.store.get(cid).state == "listening"
+    h.service.runtime.credit_gate = gate
+    h.send(conn, {"action": "text", "text": "third"})
+    assert frames_of(conn)[-1]["type"] == "turn_end"
+    assert [t.user_text for t in h.turns(cid)] == ["first", "third"]
+
+
 def test_silence_timeout_reminds_once_then_ends(aws, database, settings) -> None:
     h = Harness(database, settings, fake_engines(), first_message_mode="assistant_waits_for_user")
     cid, token = h.start()

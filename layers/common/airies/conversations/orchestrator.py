@@ -165,8 +165,8 @@ class TurnOrchestrator:
             # idle in transaction for seconds): short units of work before the provider calls and after them.
             prepared: _Prepared | None = None
             with self.runtime.database.session() as db:
-                # The database reads of the turn run while the claim is in flight (wasted only when another
-                # invocation won the utterance): the claim's round trip is then off the critical path.
+                # A turn that waits for its claim reads its gates while the claim is in flight (wasted only when
+                # another invocation won the utterance); one run ahead reads them on the claim's thread.
                 service = self.runtime.conversations(db)
                 if not claim.ahead:
                     outcome.closed = self._closed(service, session)

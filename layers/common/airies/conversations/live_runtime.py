@@ -343,9 +343,6 @@ class LiveRuntime:
         # Per conversation, the live state this container's last control frame read (a hint: a typed turn's
         # claim is still a conditional write, and the frame's count goes with it).
         self.live_hints: BoundedCache[LiveSession] = BoundedCache(10_000)
-        # Per conversation, (the second, the control frames this container handled in it): a typed turn asks the
-        # model before its claim counts the frame, so past the flood limit here it is counted (and refused) first.
-        self.frames_seen: BoundedCache[tuple[int, int]] = BoundedCache(10_000)
         # (account, agent, version) -> (the factory that built them, expiry on time.monotonic(), the engines)
         self.built_engines: BoundedCache[tuple[EngineFactory, float, TurnEngines]] = BoundedCache(256)
         self.heard = HeardFrames()
@@ -403,14 +400,6 @@ class LiveRuntime:
         if config.first_message_mode == FirstMessageMode.assistant_generates_first:
             return True
         return config.first_message_mode == FirstMessageMode.assistant_speaks_first and bool(config.first_message)
-
-    def control_frame_seen(self, conversation_id: str) -> int:
-        """Count a control frame this container handles; returns how many it handled for the call this second."""
-        second = int(self.clock())
-        last = self.frames_seen.get(conversation_id)
-        count = last[1] + 1 if last is not None and last[0] == second else 1
-        self.frames_seen.put(conversation_id, (second, count))
-        return count
 
     def typed_turn_hint(self, conversation_id: str, *, first_message: bool = True) -> LiveSession | None:
         """The live state this container saw last, if a typed turn can start from it without reading it again:

@@ -160,7 +160,8 @@ class SessionStore:
         self.resume_window_s = resume_window_s
         self.clock = clock
         self.ops = {"read": 0, "write": 0}  # counted for the cost model
-        self.counted_seconds: dict[str, int] = {}  # conversation -> the second its last control frame was counted in
+        # conversation -> (the second its last control frame was counted in, that second's count as the write saw it)
+        self.counted: dict[str, tuple[int, int]] = {}
 
     # -- setup ---------------------------------------------------------------------------------------------------
     def ensure_table(self) -> None:
@@ -468,7 +469,7 @@ class SessionStore:
         second = int(self.clock())
         if count_limit is not None:
             values[":s"] = {"N": str(second)}
-            if self.counted_seconds.get(conversation_id) == second:
+            if self._counted_in(conversation_id, second):
                 counted = ", ctl_n :one"
                 condition += " AND ctl_s = :s AND ctl_n < :limit"
                 values[":limit"] = {"N": str(count_limit)}
@@ -488,8 +489,8 @@ class SessionStore:
         )
         if attrs is None:
             return None
-        if count_limit is not None:
-            self._counted(conversation_id, second)
+        if count_limit is not None:  # the old values: this frame made the count one more (or one, a new second)
+            self._counted(conversation_id, second, int(attrs.get("ctl_n", {}).get("N", "0")) + 1 if counted else 1)
         previous = LiveSession.from_item(attrs)
         if previous.state in (THINKING, SPEAKING) and previous.turn_id:
             self._update(self._key(conversation_id), "SET cancelled = :old", {":old": {"S": previous.turn_id}})
@@ -752,22 +753,34 @@ class SessionStore:
             "ctl_s = :s AND ctl_n < :limit",
             {":s": {"N": str(second)}, ":one": {"N": "1"}, ":limit": {"N": str(limit)}},
         )
-        attempts = (more, fresh) if self.counted_seconds.get(conversation_id) == second else (fresh, more)
+        attempts = (more, fresh) if self._counted_in(conversation_id, second) else (fresh, more)
         for expr, condition, values in attempts:
             attrs = self._update(
                 self._key(conversation_id), expr, values, ConditionExpression=condition, ReturnValues="ALL_NEW"
             )
             if attrs is not None:
-                self._counted(conversation_id, second)
+                self._counted(conversation_id, second, int(attrs["ctl_n"]["N"]))
                 return LiveSession.from_item(attrs)
         if self.get(conversation_id) is None:  # refused by both: no session, or this second's count is full
             return None
+        self._counted(conversation_id, second, limit)
         raise ControlFlood(conversation_id)
 
-    def _counted(self, conversation_id: str, second: int) -> None:
-        if len(self.counted_seconds) >= 10_000:
-            self.counted_seconds.clear()  # a hint only
-        self.counted_seconds[conversation_id] = second
+    def count_full(self, conversation_id: str, limit: int) -> bool:
+        """This container's last count of the call's control frames says the current second is full (a hint: the
+        count itself is a conditional write). A typed turn asks the model before its claim counts the frame, so a
+        frame that would be refused is counted first instead."""
+        known = self.counted.get(conversation_id)
+        return known is not None and known[0] == int(self.clock()) and known[1] >= limit
+
+    def _counted_in(self, conversation_id: str, second: int) -> bool:
+        known = self.counted.get(conversation_id)
+        return known is not None and known[0] == second
+
+    def _counted(self, conversation_id: str, second: int, count: int) -> None:
+        if len(self.counted) >= 10_000:
+            self.counted.clear()  # a hint only
+        self.counted[conversation_id] = (second, count)
 
     def due_sessions(self, now: float, *, limit: int) -> list[LiveSession]:
         """Live sessions whose ``sweep_at`` has come (at most ``limit``): a Query of each shard of the sparse

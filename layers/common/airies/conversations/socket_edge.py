@@ -151,10 +151,9 @@ class SocketEdge:
             self.endpointing.handle_audio(ctx, poster, message)
             return
         limit = self.runtime.settings.ws_control_frames_per_second
-        seen = self.runtime.control_frame_seen(cid)
         if (
             isinstance(message, wp.TextFrame)
-            and seen <= limit
+            and not self.store.count_full(cid, limit)
             and (hint := self.runtime.typed_turn_hint(cid)) is not None
         ):
             # Nothing to read first: the frame's count is part of the turn's claim, in flight while the model is

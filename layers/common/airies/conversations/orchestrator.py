@@ -86,6 +86,10 @@ class _Claim:
     used: list[int] = field(default_factory=list)  # buffered chunks the turn consumed: deleted once it is claimed
     deferred: Callable[[], LiveSession | None] | None = None  # the claim's write, until ``start`` submits it
 
+    def closed(self) -> str | None:
+        """Why the call is over, if a gate said so."""
+        return self.refusal[1] if self.refusal is not None and self.refusal[0] == "closed" else None
+
     def start(self) -> None:
         """Submit a deferred claim (once: later calls, and calls for a claim already submitted, do nothing)."""
         with _DEFERRED_CLAIMS:
@@ -169,7 +173,8 @@ class TurnOrchestrator:
                 # another invocation won the utterance); one run ahead reads them on the claim's thread.
                 service = self.runtime.conversations(db)
                 if not claim.ahead:
-                    outcome.closed = self._closed(service, session)
+                    claim.refusal = self._gates(service, session)
+                outcome.closed = claim.closed()
                 if outcome.closed is None:
                     prepared = self._prepare(db, service, session, poster, request, claim, outcome)
                     if prepared is None:
@@ -207,8 +212,8 @@ class TurnOrchestrator:
             return False
         if claim.gate_error is not None:
             raise claim.gate_error
-        if claim.refusal is not None and claim.refusal[0] == "closed":
-            outcome.closed = claim.refusal[1]
+        outcome.closed = claim.closed()
+        if outcome.closed is not None:
             return True
         with self.runtime.database.session() as db:
             service = self.runtime.conversations(db)
@@ -249,14 +254,7 @@ class TurnOrchestrator:
         if previous is not None:
             try:
                 with self.runtime.database.session() as db:
-                    service = self.runtime.conversations(db)
-                    closed = self._closed(service, session)
-                    if closed is not None:
-                        claim.refusal = ("closed", closed)
-                    else:
-                        allowed, reason, _message = service.check_credit(session.account_id)
-                        if not allowed:
-                            claim.refusal = ("credit", reason or "insufficient_credits")
+                    claim.refusal = self._gates(self.runtime.conversations(db), session)
             except Exception as exc:  # raised by the turn once the claim is released: the session must not stick
                 claim.gate_error = exc
         return previous
@@ -295,15 +293,17 @@ class TurnOrchestrator:
         return background.submit(self.store.utterance_audio, cid, first, upper, wait_s=0.6 if numbered else 0.0)
 
     @staticmethod
-    def _closed(service: ConversationService, session: LiveSession) -> str | None:
-        """Why the call is over (ended over REST or by the sweeper, or deleted); None while it is open."""
+    def _gates(service: ConversationService, session: LiveSession) -> tuple[str, str] | None:
+        """What keeps the turn from being answered: ("closed", why the call is over: ended over REST or by the
+        sweeper, or deleted), ("credit", why the account may not run it); None when it may run."""
         try:
             conversation = service.get(session.account_id, session.conversation_id)
         except NotFoundError:
-            return "deleted"
+            return "closed", "deleted"
         if conversation.status == "ended":
-            return conversation.end_reason or "api_request"
-        return None
+            return "closed", conversation.end_reason or "api_request"
+        allowed, reason, _message = service.check_credit(session.account_id)
+        return None if allowed else ("credit", reason or "insufficient_credits")
 
     def _prepare(
         self,
@@ -321,13 +321,12 @@ class TurnOrchestrator:
         (or STT) is asked runs while the claim is in flight."""
         config = self.runtime.config(session)
         ahead = ahead and claim.ahead
-        allowed, reason = True, None
-        if not ahead:  # else read on the claim's thread (``_begin_ahead``)
-            allowed, reason, _message = service.check_credit(session.account_id)
         engines = self.runtime.turn_engines(db, session, config)
         mode, scripted = request.mode, request.scripted
-        if not allowed:
-            mode, scripted, outcome.end_after = TurnMode.NONE, OUT_OF_CREDIT_MESSAGE, reason or "insufficient_credits"
+        # The gates were read (before, or on the claim's thread for a turn that ran ahead and is run again); a turn
+        # that runs ahead has not read them yet.
+        if not ahead and claim.refusal is not None and claim.refusal[0] == "credit":
+            mode, scripted, outcome.end_after = TurnMode.NONE, OUT_OF_CREDIT_MESSAGE, claim.refusal[1]
         if ahead:
             # The STT and LLM requests leave while the claim is in flight; the turn's first post (the caller's
             # transcript, before any synthesis) waits for its confirmation. Unconfirmed, the turn posts nothing,

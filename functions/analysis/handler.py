@@ -8,6 +8,10 @@ stack's in-process runner run the same code. A transient provider failure is rai
 
 from __future__ import annotations
 
+from airies.core import bootstrap
+
+bootstrap.pause_collector_for_init()  # before the imports (airies.core.bootstrap says why)
+
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -53,3 +57,6 @@ def run_task(task: AnalysisTask) -> dict[str, Any]:
         metrics.add_metric(name="AnalysesFailed", unit=MetricUnit.Count, value=1)
         return {"status": status}
     return {"event_id": svc.publish_ended(task.account_id, task.conversation_id)}
+
+
+bootstrap.init_done()  # the module's last statement: its init is over

@@ -3,6 +3,10 @@ snapshot). An invocation that is not an HTTP API (payload v2) request gets 400 `
 
 from __future__ import annotations
 
+from airies.core import bootstrap
+
+bootstrap.pause_collector_for_init()  # before the imports (airies.core.bootstrap says why)
+
 import json
 from typing import Any
 
@@ -42,3 +46,5 @@ def _reopen_connections_after_restore() -> None:
 
 
 after_snapstart_restore(_reopen_connections_after_restore)
+
+bootstrap.init_done()  # the module's last statement: its init is over

@@ -9,6 +9,10 @@ period are safe. Errors are raised (Step Functions sees the exception class name
 
 from __future__ import annotations
 
+from airies.core import bootstrap
+
+bootstrap.pause_collector_for_init()  # before the imports (airies.core.bootstrap says why)
+
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
@@ -184,3 +188,6 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     result = run_action(task)
     logger.info("billing step done", extra={"result": result if len(str(result)) < 2000 else "..."})
     return result
+
+
+bootstrap.init_done()  # the module's last statement: its init is over

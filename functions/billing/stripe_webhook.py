@@ -8,6 +8,10 @@ An invocation that is not an HTTP API v2 request gets 400 ``invalid_request`` (l
 
 from __future__ import annotations
 
+from airies.core import bootstrap
+
+bootstrap.pause_collector_for_init()  # before the imports (airies.core.bootstrap says why)
+
 import base64
 import json
 from typing import Any
@@ -48,3 +52,6 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return _response(exc.status_code, exc.to_dict())
     logger.info("stripe event", extra=result)
     return _response(200, result)
+
+
+bootstrap.init_done()  # the module's last statement: its init is over

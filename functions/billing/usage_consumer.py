@@ -8,6 +8,10 @@ once.
 
 from __future__ import annotations
 
+from airies.core import bootstrap
+
+bootstrap.pause_collector_for_init()  # before the imports (airies.core.bootstrap says why)
+
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -41,3 +45,6 @@ def record_handler(record: UsageMessage) -> dict[str, Any]:
 @lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+
+
+bootstrap.init_done()  # the module's last statement: its init is over

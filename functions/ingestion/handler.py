@@ -7,6 +7,10 @@ documents and their messages succeed.
 
 from __future__ import annotations
 
+from airies.core import bootstrap
+
+bootstrap.pause_collector_for_init()  # before the imports (airies.core.bootstrap says why)
+
 from typing import Any, Literal
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
@@ -75,3 +79,6 @@ def record_handler(record: IngestionMessage) -> list[str]:
 @lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+
+
+bootstrap.init_done()  # the module's last statement: its init is over

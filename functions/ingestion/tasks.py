@@ -8,6 +8,10 @@ once); an input of no known shape as ``MalformedEvent``.
 
 from __future__ import annotations
 
+from airies.core import bootstrap
+
+bootstrap.pause_collector_for_init()  # before the imports (airies.core.bootstrap says why)
+
 from typing import Any
 
 from airies.core.bootstrap import PerContainer
@@ -48,3 +52,6 @@ def run_task(task: IngestionTask) -> dict[str, Any]:
     svc.fail_document(task.document_id, "processing_failed", caught_error_reason(task.error))
     documents.outcome("failed")
     return {"document_id": task.document_id, "status": "failed"}
+
+
+bootstrap.init_done()  # the module's last statement: its init is over

@@ -14,6 +14,10 @@ left as it is: migrations only move forward, and the older code must keep workin
 
 from __future__ import annotations
 
+from airies.core import bootstrap
+
+bootstrap.pause_collector_for_init()  # before the imports (airies.core.bootstrap says why)
+
 import json
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -135,3 +139,6 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if isinstance(request, UpgradeRequest):
         return migrate(get_settings().resolved_database_url())
     return handle_custom_resource(request, context)
+
+
+bootstrap.init_done()  # the module's last statement: its init is over

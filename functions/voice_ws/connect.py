@@ -5,6 +5,10 @@ into the snapshot."""
 
 from __future__ import annotations
 
+from airies.core import bootstrap
+
+bootstrap.pause_collector_for_init()  # before the imports (airies.core.bootstrap says why)
+
 from typing import Any
 
 from aws_lambda_powertools.utilities.parser.models import APIGatewayWebSocketConnectEventModel
@@ -22,3 +26,6 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return {"statusCode": 400}
     logger.append_keys(connection_id=request.request_context.connection_id)
     return service().handle_connection(event)
+
+
+bootstrap.init_done()  # the module's last statement: its init is over

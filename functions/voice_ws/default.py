@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from airies.core import bootstrap
+
+bootstrap.pause_collector_for_init()  # before the imports (airies.core.bootstrap says why)
+
 from typing import Any
 
 from aws_lambda_powertools.utilities.parser.models import APIGatewayWebSocketMessageEventModel
@@ -29,3 +33,6 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     ws = service()
     with turn_deadline(context.get_remaining_time_in_millis(), ws.settings.turn_deadline_margin_ms):
         return ws.handle_message(event)
+
+
+bootstrap.init_done()  # the module's last statement: its init is over

@@ -6,10 +6,16 @@ first invocation of a container builds it, later ones reuse it. A function with 
 service is built then, so every container restored from the snapshot starts with it (boto3, its clients, the wired
 service) instead of building it in a caller's first invocation. Tests and the local stack hand in an instance built
 with their own doubles through ``set``.
+
+Every handler module begins with ``pause_collector_for_init()`` and ends with ``init_done()``: an init builds
+thousands of long-lived objects (modules, SQLAlchemy mappers, pydantic validators) and frees almost none, so the
+cyclic garbage collector's passes over the growing heap during the imports are pure cost (7-17% of an init,
+measured in the cold-start benchmark).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Callable
@@ -21,6 +27,24 @@ log = logging.getLogger(__name__)
 # AWS_LAMBDA_INITIALIZATION_TYPE while Lambda initializes a published version to take its SnapStart snapshot
 # (otherwise "on-demand" or "provisioned-concurrency"; unset outside Lambda).
 SNAPSHOT_INITIALIZATION = "snap-start"
+
+
+# Set by Lambda for its runtime interface client; unset in tests, benchmarks and the local stack.
+LAMBDA_RUNTIME_API = "AWS_LAMBDA_RUNTIME_API"
+
+
+def pause_collector_for_init() -> None:
+    """First statement of a handler module: no garbage-collector passes while the init imports and builds."""
+    gc.disable()
+
+
+def init_done() -> None:
+    """Last statement of a handler module. On Lambda, what the init built is frozen out of the collector's sight
+    first: a full collection otherwise walks all of it and pauses an invocation. A test process's heap is left as
+    it is (freezing it would keep its garbage for good)."""
+    if os.environ.get(LAMBDA_RUNTIME_API):
+        gc.freeze()
+    gc.enable()
 
 
 def initializing_snapshot() -> bool:

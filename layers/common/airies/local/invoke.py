@@ -34,6 +34,7 @@ from sqlalchemy import select
 
 from airies.accounts.models import Account, ApiKey
 from airies.accounts.service import AccountService, generate_key, hash_key
+from airies.core import bootstrap
 from airies.core import database as engine
 from airies.core.config import PROJECT_ROOT, get_settings
 from airies.core.database import Database
@@ -197,6 +198,9 @@ def load_handler(spec: FunctionSpec) -> tuple[Callable[[Any, Any], Any], Any]:
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
         module_spec.loader.exec_module(module)
+    except BaseException:
+        bootstrap.init_done()  # the module paused the garbage collector for its init and did not get to resume it
+        raise
     finally:
         # Sibling modules of this CodeUri must not shadow another function's siblings of the same name.
         _purge_modules_under(code_dir)

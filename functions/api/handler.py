@@ -15,6 +15,7 @@ from mangum import Mangum
 
 from airies.api.app import create_app
 from airies.conversations.turn_metrics import TurnMetrics
+from airies.core import aws
 from airies.core.bootstrap import after_snapstart_restore
 from airies.core.errors import error_body
 from airies.core.events import MalformedEvent, parse_event
@@ -46,5 +47,8 @@ def _reopen_connections_after_restore() -> None:
 
 
 after_snapstart_restore(_reopen_connections_after_restore)
+# The snapshot loads boto3, the secret readers and the service models the routes call, so a restored container's
+# first request reads the database secret without importing or building any of them.
+aws.prime_for_snapshot()
 
 bootstrap.init_done()  # the module's last statement: its init is over

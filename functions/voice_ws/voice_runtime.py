@@ -13,6 +13,7 @@ from airies.conversations.live import WebSocketService
 from airies.conversations.service import build_recorder
 from airies.conversations.sessions import build_session_store
 from airies.conversations.turn_metrics import TurnMetrics
+from airies.core import aws
 from airies.core.aio import reset_event_loops
 from airies.core.bootstrap import PerContainer, after_snapstart_restore
 from airies.core.config import get_settings
@@ -71,3 +72,4 @@ def after_restore() -> None:
 
 after_snapstart_restore(after_restore)
 runtime.prime_for_snapshot()
+aws.prime_for_snapshot()  # the database secret's reader: a restored container's first connection reads it

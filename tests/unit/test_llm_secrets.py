@@ -10,6 +10,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from airies.core import aws
 from airies.core.config import Settings
 from airies.core.secrets import DecryptionError, EnvelopeCipher, Sealed, get_platform_secret
 
@@ -18,11 +19,9 @@ CONTEXT = {"account_id": "acc_1", "provider": "groq"}
 
 @pytest.fixture(autouse=True)
 def clear_parameter_cache():
-    from aws_lambda_powertools.utilities import parameters
-
-    parameters.clear_caches()
+    aws.forget_providers()  # each case's secrets, not the previous case's cached values
     yield
-    parameters.clear_caches()
+    aws.forget_providers()
 
 
 def test_local_key_file_envelope(tmp_path):

@@ -17,6 +17,7 @@ from urllib.parse import quote
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from airies.core import aws
 from airies.core.limits import AGENT_FRAME_MAX_MS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[4]
@@ -226,10 +227,7 @@ SECRET_CACHE_SECONDS = 300
 
 
 def _read_secret(secret_id: str, refresh: bool) -> dict[str, Any]:
-    # Imported here: Powertools Parameters pulls in boto3, which the local path never needs.
-    from aws_lambda_powertools.utilities import parameters
-
-    secret = parameters.get_secret(secret_id, transform="json", max_age=SECRET_CACHE_SECONDS, force_fetch=refresh)
+    secret = aws.secrets_provider().get(secret_id, transform="json", max_age=SECRET_CACHE_SECONDS, force_fetch=refresh)
     return json.loads(secret) if isinstance(secret, str) else dict(secret)
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from airies.core import aws
 from airies.core.config import Settings, get_settings
 
 SECRET_CACHE_SECONDS = 300
@@ -60,7 +61,7 @@ def get_platform_secret(name: str, settings: Settings | None = None) -> str | No
         return env_value
     if not settings.on_aws or not settings.provider_keys_secret_name:
         return None
-    from aws_lambda_powertools.utilities import parameters  # boto3: only on AWS
+    from aws_lambda_powertools.utilities.parameters import GetParameterError  # boto3: only on AWS
 
     # Several sources may be listed, comma-separated (e.g. "airies/provider-keys,airies/billing"): first hit wins.
     for source in (part.strip() for part in settings.provider_keys_secret_name.split(",")):
@@ -70,11 +71,11 @@ def get_platform_secret(name: str, settings: Settings | None = None) -> str | No
         try:
             if source.startswith("/"):
                 path = f"{source.rstrip('/')}/{name}"
-                value = parameters.get_parameter(path, decrypt=True, max_age=SECRET_CACHE_SECONDS)
+                value = aws.ssm_provider().get(path, decrypt=True, max_age=SECRET_CACHE_SECONDS)
             else:
-                secret = parameters.get_secret(source, transform="json", max_age=SECRET_CACHE_SECONDS)
+                secret = aws.secrets_provider().get(source, transform="json", max_age=SECRET_CACHE_SECONDS)
                 value = secret.get(name) if isinstance(secret, dict) else None
-        except parameters.exceptions.GetParameterError:
+        except GetParameterError:
             continue
         if value:
             return str(value)

@@ -1,5 +1,6 @@
-"""ApiFunction: the HTTP API (FastAPI behind Mangum). Everything is built once per container (in the SnapStart
-snapshot). An invocation that is not an HTTP API (payload v2) request gets 400 ``invalid_request`` (logged)."""
+"""ApiFunction: the HTTP API (FastAPI behind Mangum). The app is built once per container; each capability's routes
+by the first request that needs them (``airies.api.lazy_routes``), or all of them in the SnapStart snapshot. An
+invocation that is not an HTTP API (payload v2) request gets 400 ``invalid_request`` (logged)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventV2
 from mangum import Mangum
 
 from airies.api.app import create_app
+from airies.api.lazy_routes import load_all
 from airies.conversations.turn_metrics import TurnMetrics
 from airies.core import aws
 from airies.core.bootstrap import after_snapstart_restore
@@ -50,5 +52,7 @@ after_snapstart_restore(_reopen_connections_after_restore)
 # The snapshot loads boto3, the secret readers and the service models the routes call, so a restored container's
 # first request reads the database secret without importing or building any of them.
 aws.prime_for_snapshot()
+if bootstrap.initializing_snapshot():
+    load_all(app)  # every capability's routes in the snapshot: a restored container's first request builds none
 
 bootstrap.init_done()  # the module's last statement: its init is over

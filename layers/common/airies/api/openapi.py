@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
+from airies.api.lazy_routes import load_all
 from airies.core.config import Settings
 from airies.core.schemas import ErrorResponse
 
@@ -99,6 +100,7 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
 
     def openapi() -> dict[str, Any]:
         if "schema" not in cached:
+            load_all(app)  # every capability's routes, not only those a request has built in so far
             cached["schema"] = build_openapi(app, settings)
         return cached["schema"]
 

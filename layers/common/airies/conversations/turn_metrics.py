@@ -7,8 +7,12 @@ buffers them and the handler's ``log_metrics`` flushes them as one EMF document 
 
 from __future__ import annotations
 
-from airies.conversations.turns import TurnResult
+from typing import TYPE_CHECKING
+
 from airies.core.metrics import MonitoringService
+
+if TYPE_CHECKING:  # only annotations: the API's init (which builds the metrics) does not load the turn pipeline
+    from airies.conversations.turns import TurnResult
 
 # latency stage of a turn (TurnResult.latency) -> metric name (milliseconds)
 LATENCY_METRICS = {

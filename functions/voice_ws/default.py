@@ -14,13 +14,12 @@ from voice_runtime import service
 from airies.conversations.live_runtime import turn_deadline
 from airies.core.events import MalformedEvent, parse_event
 from airies.core.observability import lambda_handler, logger
-from airies.llm import service as llm_service
-from airies.voice import factory as voice_factory
 
-# SnapStart: this function's init runs once, into the snapshot, so the modules a turn's engines are built from
-# (``conversations.service.build_engines``) load here, not in a caller's first turn. $connect and $disconnect run
-# no turns and leave them out.
-SNAPSHOT_MODULES = (llm_service, voice_factory)
+if bootstrap.initializing_snapshot():
+    # The modules a turn's engines are built from (``conversations.service.build_engines`` imports them at a
+    # container's first turn) load into the SnapStart snapshot, not in a caller's first turn after a restore.
+    from airies.llm import service as llm_service  # noqa: F401
+    from airies.voice import factory as voice_factory  # noqa: F401
 
 
 @lambda_handler

@@ -1,0 +1,68 @@
+"""What a SnapStart function's init builds into the snapshot, against an on-demand init of the same handler: each
+in a fresh interpreter, with the function's template environment (the first-use state of a process is the point)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from airies.core.config import PROJECT_ROOT
+from airies.local.invoke import resolve_function
+from airies.local.template import function_environment
+
+PROBE = """
+import importlib.util, json, sys
+for entry in reversed(PATHS):
+    sys.path.insert(0, entry)
+spec = importlib.util.spec_from_file_location("_handler", HANDLER)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+from airies.api.lazy_routes import placeholders
+from airies.core import aws
+app = getattr(module, "app", None)
+print(json.dumps({
+    "capabilities_built": None if app is None else sum(p.routes is not None for p in placeholders(app)),
+    "secret_reader_built": bool(aws._providers),
+    "boto3_imported": "boto3" in sys.modules,
+    "turn_engines_loaded": "airies.llm.service" in sys.modules and "airies.voice.factory" in sys.modules,
+}))
+"""
+
+
+def _init(function: str, initialization: str) -> dict[str, object]:
+    spec, ctx = resolve_function(function)
+    env = {key: value for key, value in function_environment(spec, ctx).items() if value is not None}
+    env.update(
+        {
+            "PATH": "/usr/bin:/bin",
+            "AWS_LAMBDA_INITIALIZATION_TYPE": initialization,
+            "AIRIES_STAGE": "snapshot-test",  # a deployed stage: the local one would create its table while building
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "DATABASE_URL": "sqlite:///:memory:",
+        }
+    )
+    paths = [str(path) for path in (*spec.layer_dirs, spec.code_uri)]
+    code = f"PATHS = {paths!r}\nHANDLER = {str(spec.module_path)!r}\n{PROBE}"
+    completed = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return dict(json.loads(completed.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("function", ["ApiFunction", "VoiceConnectFunction", "VoiceMessageFunction"])
+def test_a_snapshot_holds_what_an_on_demand_init_leaves_to_first_use(function: str) -> None:
+    on_demand = _init(function, "on-demand")
+    snapshot = _init(function, "snap-start")
+    assert on_demand["secret_reader_built"] is False and snapshot["secret_reader_built"] is True
+    assert snapshot["boto3_imported"] is True
+    if function == "ApiFunction":
+        assert on_demand["capabilities_built"] == 0 and on_demand["boto3_imported"] is False
+        assert snapshot["capabilities_built"] == 11
+    if function == "VoiceMessageFunction":  # a turn's engines: at the first turn, or in the snapshot
+        assert on_demand["turn_engines_loaded"] is False and snapshot["turn_engines_loaded"] is True

@@ -15,7 +15,7 @@ from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventV2
 from mangum import Mangum
 
 from airies.api.app import create_app
-from airies.api.lazy_routes import load_all
+from airies.api.lazy_routes import load_all, warm_routes
 from airies.conversations.turn_metrics import TurnMetrics
 from airies.core import aws
 from airies.core.bootstrap import after_snapstart_restore
@@ -52,7 +52,8 @@ after_snapstart_restore(_reopen_connections_after_restore)
 # The snapshot loads boto3, the secret readers and the service models the routes call, so a restored container's
 # first request reads the database secret without importing or building any of them.
 aws.prime_for_snapshot()
-if bootstrap.initializing_snapshot():
-    load_all(app)  # every capability's routes in the snapshot: a restored container's first request builds none
+if bootstrap.initializing_snapshot():  # in the snapshot, not in a restored container's first request:
+    load_all(app)  # every capability's routes
+    warm_routes(app, app.state.settings.api_base_path)  # and FastAPI's preparation of them
 
 bootstrap.init_done()  # the module's last statement: its init is over

@@ -4,13 +4,15 @@ place its router holds in the route list: the app answers exactly as if it had b
 from __future__ import annotations
 
 import threading
+import time
 
-from fastapi import FastAPI
+import pytest
+from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from airies.api.app import CAPABILITIES
-from airies.api.lazy_routes import CapabilityRoutes, load_all, placeholders
+from airies.api.lazy_routes import CapabilityRoutes, load_all, placeholders, route_path
 from tests.conftest import signup
 
 BASE = "/api/v1"
@@ -85,19 +87,46 @@ def test_the_openapi_document_lists_every_capability_on_a_fresh_app(client: Test
 
 
 def test_requests_on_several_threads_build_a_capability_once(app: FastAPI) -> None:
-    (agents,) = [p for p in placeholders(app) if p.name == "agents"]
+    loads: list[str] = []
+
+    def slow_load(_app: FastAPI) -> APIRouter:
+        loads.append(threading.current_thread().name)
+        time.sleep(0.05)  # a router import: long enough for every thread to arrive meanwhile
+        router = APIRouter()
+        router.add_api_route("/slow/ping", lambda: {"ok": True}, methods=["GET"])
+        return router
+
+    slow = CapabilityRoutes(app, "slow", ("slow",), slow_load, prefix=BASE, lock=threading.Lock())
+    app.router.routes.append(slow)
     before = len(app.router.routes)
     barrier = threading.Barrier(4)
 
     def build() -> None:
         barrier.wait()
-        agents.build()
+        slow.build()
 
     threads = [threading.Thread(target=build) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert agents.routes
-    assert len(app.router.routes) == before + len(agents.routes)
-    assert sum(isinstance(route, CapabilityRoutes) for route in app.router.routes) == len(CAPABILITIES)
+    assert len(loads) == 1
+    assert slow.routes and len(app.router.routes) == before + len(slow.routes)
+    with TestClient(app) as client:
+        assert client.get(f"{BASE}/slow/ping").json() == {"ok": True}
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path", "expected"),
+    [
+        ("/api/v1/agents", "", "/api/v1/agents"),
+        ("/prod/api/v1/agents", "/prod", "/api/v1/agents"),
+        ("/prod/api/v1/agents", "/prod/", "/api/v1/agents"),
+        ("/api/v1/agents", "/ap", "/api/v1/agents"),  # a root path that is only a prefix of the first segment
+        ("/prod", "/prod", "/"),
+    ],
+)
+def test_the_route_path_drops_the_root_path_only_at_a_segment_boundary(
+    path: str, root_path: str, expected: str
+) -> None:
+    assert route_path({"type": "http", "path": path, "root_path": root_path}) == expected

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from airies.api.app import CAPABILITIES
 from airies.core.config import PROJECT_ROOT
 from airies.local.invoke import resolve_function
 from airies.local.template import function_environment
@@ -63,6 +64,6 @@ def test_a_snapshot_holds_what_an_on_demand_init_leaves_to_first_use(function: s
     assert snapshot["boto3_imported"] is True
     if function == "ApiFunction":
         assert on_demand["capabilities_built"] == 0 and on_demand["boto3_imported"] is False
-        assert snapshot["capabilities_built"] == 11
+        assert snapshot["capabilities_built"] == len(CAPABILITIES)
     if function == "VoiceMessageFunction":  # a turn's engines: at the first turn, or in the snapshot
         assert on_demand["turn_engines_loaded"] is False and snapshot["turn_engines_loaded"] is True

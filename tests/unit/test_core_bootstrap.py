@@ -108,6 +108,9 @@ def test_an_init_that_fails_does_not_leave_the_collector_paused(tmp_path: Path) 
         environment={},
         events={},
     )
-    with pytest.raises(ImportError, match="a missing package"):
-        load_handler(spec)
-    assert gc.isenabled()
+    try:
+        with pytest.raises(ImportError, match="a missing package"):
+            load_handler(spec)
+        assert gc.isenabled()
+    finally:
+        gc.enable()  # the rest of the session runs with the collector, whatever this test found

@@ -37,9 +37,11 @@ def _agents(app: FastAPI) -> APIRouter:
 
 def _llm(app: FastAPI) -> APIRouter:
     from airies.agents.service import agents_using_provider
+    from airies.api.provider_keys import install_provider_key_vendors
     from airies.llm.routes import router
 
     app.state.endpoint_users = agents_using_provider  # llm -> agents
+    install_provider_key_vendors()  # the key validators and status rows its provider-key routes read
     return router
 
 
@@ -91,13 +93,6 @@ def _telephony(_app: FastAPI) -> APIRouter:
     return router
 
 
-def _provider_key_vendors() -> None:
-    """Accounts' provider-key tables, which several capabilities' routes read (idempotent)."""
-    from airies.api.provider_keys import install_provider_key_vendors
-
-    install_provider_key_vendors()
-
-
 # In route order: name, the first path segments (after the base path) the router serves, its loader.
 CAPABILITIES: tuple[tuple[str, tuple[str, ...], Callable[[FastAPI], APIRouter]], ...] = (
     ("accounts", ("accounts", "api-keys"), _accounts),
@@ -138,11 +133,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.include_router(health.router, prefix=settings.api_base_path)
     lock = threading.Lock()  # the local server may route on several threads
     for name, segments, load in CAPABILITIES:
-        app.router.routes.append(
-            CapabilityRoutes(
-                app, name, segments, load, prefix=settings.api_base_path, before_build=_provider_key_vendors, lock=lock
-            )
-        )
+        app.router.routes.append(CapabilityRoutes(app, name, segments, load, prefix=settings.api_base_path, lock=lock))
     install_webapp(app, settings)
     app.add_middleware(PublishableKeyGuard, widget_prefix=f"{settings.api_base_path}/widget/")
     app.add_middleware(RequestGuardMiddleware, max_bytes=settings.max_request_bytes, logger=logger)

@@ -69,4 +69,4 @@ def prime_for_snapshot() -> None:
     secrets_provider()
     ssm_provider()
     for service in SNAPSHOT_SERVICES:
-        boto3.client(service)  # the default session keeps the model, the endpoint rules and the client class
+        boto3.client(service)  # the default session's loader keeps the service model and the endpoint rules

@@ -1,10 +1,12 @@
 """What the live functions' init imports: $connect, $disconnect and the sweeper load neither the HTTP client nor the
 modules of what a call only reaches later, or never (the agent validator, the LLM and voice vendors); the voice
-messages' function (SnapStart: its init is the snapshot) loads what a turn's engines are built from."""
+messages' function loads what a turn's engines are built from while SnapStart initializes (its snapshot), and at
+its first turn otherwise."""
 
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 
@@ -23,8 +25,9 @@ NOT_AT_INIT = (
 )
 
 
-def loaded_at_init(*handlers: str) -> list[str]:
-    """Of ``NOT_AT_INIT``, the modules loaded by importing these handler modules (voice_ws or sweeper)."""
+def loaded_at_init(*handlers: str, initialization: str = "on-demand") -> list[str]:
+    """Of ``NOT_AT_INIT``, the modules loaded by importing these handler modules (voice_ws or sweeper), in an init
+    of the given type (``AWS_LAMBDA_INITIALIZATION_TYPE``)."""
     functions = PROJECT_ROOT / "functions"
     code = (
         "import sys\n"
@@ -32,7 +35,17 @@ def loaded_at_init(*handlers: str) -> list[str]:
         f"import {', '.join(handlers)}\n"
         f"print(sorted(m for m in {NOT_AT_INIT!r} if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    env = {**os.environ, "AWS_LAMBDA_INITIALIZATION_TYPE": initialization}
+    if initialization == "snap-start":  # the snapshot builds the service: as for a deployed stage (no local table)
+        env.update(
+            {
+                "AIRIES_STAGE": "snapshot-test",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+            }
+        )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     return list(ast.literal_eval(out.strip()))
 
 
@@ -41,4 +54,7 @@ def test_connect_disconnect_and_the_sweeper_load_without_httpx_or_what_a_call_re
 
 
 def test_the_voice_messages_snapshot_holds_the_engines_modules() -> None:
-    assert {"airies.llm.service", "airies.voice.vendors", "httpx"} <= set(loaded_at_init("default"))
+    assert {"airies.llm.service", "airies.voice.vendors", "httpx"} <= set(
+        loaded_at_init("default", initialization="snap-start")
+    )
+    assert loaded_at_init("default") == []  # an on-demand container loads them at its first turn

@@ -26,7 +26,7 @@ from airies.core import aws
 app = getattr(module, "app", None)
 print(json.dumps({
     "capabilities_built": None if app is None else sum(p.routes is not None for p in placeholders(app)),
-    "secret_reader_built": bool(aws._providers),
+    "secret_reader_built": aws.SECRETS.built is not None and aws.PARAMETERS.built is not None,
     "boto3_imported": "boto3" in sys.modules,
     "turn_engines_loaded": "airies.llm.service" in sys.modules and "airies.voice.factory" in sys.modules,
 }))

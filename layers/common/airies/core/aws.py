@@ -13,47 +13,48 @@ container loads (Powertools' own default providers each open a new session, ~45 
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
-from airies.core.bootstrap import initializing_snapshot
+from airies.core.bootstrap import PerContainer, initializing_snapshot
 
 # The service models a SnapStart function's snapshot loads into the default session besides the secret readers'
 # (Secrets Manager, Parameter Store): those the API and the voice functions call in a request (provider keys,
 # recordings, queues, live sessions, state machines, the invoice schedule).
 SNAPSHOT_SERVICES = ("kms", "s3", "sqs", "dynamodb", "stepfunctions", "events")
 
-_lock = threading.Lock()
-_providers: dict[str, Any] = {}
+
+def _secrets_reader() -> Any:
+    import boto3
+    from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+    return SecretsProvider(boto3_client=boto3.client("secretsmanager"))
 
 
-def _provider(kind: str) -> Any:
-    with _lock:
-        if kind not in _providers:
-            import boto3
-            from aws_lambda_powertools.utilities.parameters import SecretsProvider, SSMProvider
+def _parameters_reader() -> Any:
+    import boto3
+    from aws_lambda_powertools.utilities.parameters import SSMProvider
 
-            if kind == "secrets":
-                _providers[kind] = SecretsProvider(boto3_client=boto3.client("secretsmanager"))
-            else:
-                _providers[kind] = SSMProvider(boto3_client=boto3.client("ssm"))
-        return _providers[kind]
+    return SSMProvider(boto3_client=boto3.client("ssm"))
+
+
+SECRETS = PerContainer(_secrets_reader)
+PARAMETERS = PerContainer(_parameters_reader)
 
 
 def secrets_provider() -> Any:
     """Secrets Manager, through Powertools' ``SecretsProvider`` (``get(name, transform=, max_age=, force_fetch=)``)."""
-    return _provider("secrets")
+    return SECRETS.get()
 
 
 def ssm_provider() -> Any:
     """Parameter Store, through Powertools' ``SSMProvider``."""
-    return _provider("ssm")
+    return PARAMETERS.get()
 
 
 def forget_providers() -> None:
     """Drop both readers and what they cached (tests that change the secrets between cases)."""
-    with _lock:
-        _providers.clear()
+    SECRETS.set(None)
+    PARAMETERS.set(None)
 
 
 def prime_for_snapshot() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import threading
 from collections.abc import Callable
 
@@ -19,94 +21,47 @@ from airies.core.database import Database, get_database
 from airies.webapp import install_webapp
 
 
-# Each capability's router, imported by the first request under one of its path segments (``lazy_routes``). A
-# loader also wires what its routes ask of another capability through ``app.state``.
-def _accounts(_app: FastAPI) -> APIRouter:
-    from airies.accounts.routes import router
-
-    return router
-
-
-def _agents(app: FastAPI) -> APIRouter:
-    from airies.agents.routes import router
+# What a capability's routes ask of another capability, wired through ``app.state`` when its routes are built.
+def _wire_agents(app: FastAPI) -> None:
     from airies.conversations.service import get_agent_analytics
 
     app.state.agent_analytics = get_agent_analytics  # agents -> conversations
-    return router
 
 
-def _llm(app: FastAPI) -> APIRouter:
+def _wire_llm(app: FastAPI) -> None:
     from airies.agents.service import agents_using_provider
     from airies.api.provider_keys import install_provider_key_vendors
-    from airies.llm.routes import router
 
     app.state.endpoint_users = agents_using_provider  # llm -> agents
     install_provider_key_vendors()  # the key validators and status rows its provider-key routes read
-    return router
 
 
-def _voices(_app: FastAPI) -> APIRouter:
-    from airies.voice.routes import router
+WIRING: dict[str, Callable[[FastAPI], None]] = {"airies.agents.routes": _wire_agents, "airies.llm.routes": _wire_llm}
 
-    return router
-
-
-def _conversations(_app: FastAPI) -> APIRouter:
-    from airies.conversations.routes import router
-
-    return router
-
-
-def _recordings(_app: FastAPI) -> APIRouter:
-    from airies.conversations.recording_routes import router
-
-    return router
-
-
-def _knowledge(_app: FastAPI) -> APIRouter:
-    from airies.knowledge.routes import router
-
-    return router
-
-
-def _billing(_app: FastAPI) -> APIRouter:
-    from airies.billing.routes import router
-
-    return router
-
-
-def _widget(_app: FastAPI) -> APIRouter:
-    from airies.widget.routes import router
-
-    return router
-
-
-def _webhooks(_app: FastAPI) -> APIRouter:
-    from airies.webhooks.routes import router
-
-    return router
-
-
-def _telephony(_app: FastAPI) -> APIRouter:
-    from airies.telephony.routes import router
-
-    return router
-
-
-# In route order: name, the first path segments (after the base path) the router serves, its loader.
-CAPABILITIES: tuple[tuple[str, tuple[str, ...], Callable[[FastAPI], APIRouter]], ...] = (
-    ("accounts", ("accounts", "api-keys"), _accounts),
-    ("agents", ("agents",), _agents),
-    ("llm", ("providers", "llm", "provider-keys"), _llm),
-    ("voices", ("voices", "transcriptions"), _voices),
-    ("conversations", ("conversations",), _conversations),
-    ("recordings", ("conversations",), _recordings),
-    ("knowledge", ("knowledge-bases",), _knowledge),
-    ("billing", ("usage", "billing"), _billing),
-    ("widget", ("publishable-keys", "widget"), _widget),
-    ("webhooks", ("webhooks", "agents"), _webhooks),
-    ("telephony", ("phone-numbers", "calls", "telephony"), _telephony),
+# In route order: name, the first path segments (after the base path) its router serves, the module of its
+# ``router``, imported by the first request under one of the segments (``lazy_routes``).
+CAPABILITIES: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("accounts", ("accounts", "api-keys"), "airies.accounts.routes"),
+    ("agents", ("agents",), "airies.agents.routes"),
+    ("llm", ("providers", "llm", "provider-keys"), "airies.llm.routes"),
+    ("voices", ("voices", "transcriptions"), "airies.voice.routes"),
+    ("conversations", ("conversations",), "airies.conversations.routes"),
+    ("recordings", ("conversations",), "airies.conversations.recording_routes"),
+    ("knowledge", ("knowledge-bases",), "airies.knowledge.routes"),
+    ("billing", ("usage", "billing"), "airies.billing.routes"),
+    ("widget", ("publishable-keys", "widget"), "airies.widget.routes"),
+    ("webhooks", ("webhooks", "agents"), "airies.webhooks.routes"),
+    ("telephony", ("phone-numbers", "calls", "telephony"), "airies.telephony.routes"),
 )
+
+
+def load_router(module: str, app: FastAPI) -> APIRouter:
+    """A capability's router, with what its routes ask of another capability wired into ``app``."""
+    wire = WIRING.get(module)
+    if wire is not None:
+        wire(app)
+    router: APIRouter = importlib.import_module(module).router
+    return router
 
 
 def create_app(settings: Settings | None = None, database: Database | None = None, logger: object = None) -> FastAPI:
@@ -132,7 +87,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     # makes FastAPI build every included route's context to check its path, ~90 ms thrown away.
     app.include_router(health.router, prefix=settings.api_base_path)
     lock = threading.Lock()  # the local server may route on several threads
-    for name, segments, load in CAPABILITIES:
+    for name, segments, module in CAPABILITIES:
+        load = functools.partial(load_router, module)
         app.router.routes.append(CapabilityRoutes(app, name, segments, load, prefix=settings.api_base_path, lock=lock))
     install_webapp(app, settings)
     app.add_middleware(PublishableKeyGuard, widget_prefix=f"{settings.api_base_path}/widget/")

@@ -33,7 +33,7 @@ async def _measure(server: Any, runs: int) -> dict[str, Any]:
     import httpx
 
     from airies.agents.schemas import AgentConfig
-    from airies.conversations.service import ListSink
+    from airies.conversations.http_turns import ListSink
     from airies.conversations.turns import TurnEngines, TurnInput, TurnMode, TurnRunner
     from airies.core.url_guard import URLGuard, parse_allowed_hosts
     from airies.llm.vendors.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolCall, Usage

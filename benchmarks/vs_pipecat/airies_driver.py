@@ -41,9 +41,10 @@ from airies.accounts.service import AccountService  # noqa: E402
 from airies.agents.schemas import AgentCreate  # noqa: E402
 from airies.agents.service import AgentService  # noqa: E402
 from airies.conversations import service as conversations_service  # noqa: E402
+from airies.conversations.engines import build_engines  # noqa: E402
 from airies.conversations.live import ApiGatewayPoster, WebSocketService  # noqa: E402
 from airies.conversations.schemas import ConversationCreate  # noqa: E402
-from airies.conversations.service import ConversationService, ConversationTokens, build_engines  # noqa: E402
+from airies.conversations.service import ConversationService, ConversationTokens  # noqa: E402
 from airies.conversations.sessions import SessionStore  # noqa: E402
 from airies.core.config import Settings  # noqa: E402
 from airies.core.database import Database  # noqa: E402

@@ -12,10 +12,13 @@ bootstrap.pause_collector_for_init()  # before the imports (airies.core.bootstra
 from typing import Any
 
 from aws_lambda_powertools.utilities.parser.models import APIGatewayWebSocketConnectEventModel
-from voice_runtime import service
+from voice_runtime import service, start
 
 from airies.core.events import MalformedEvent, parse_event
 from airies.core.observability import lambda_handler, logger
+from airies.telephony.relay import RelayHandshake
+
+start(relay_handshake=RelayHandshake)  # phone calls: Twilio ConversationRelay's handshake
 
 
 @lambda_handler

@@ -9,14 +9,16 @@ bootstrap.pause_collector_for_init()  # before the imports (airies.core.bootstra
 from typing import Any
 
 from aws_lambda_powertools.utilities.parser.models import APIGatewayWebSocketMessageEventModel
-from voice_runtime import service
+from voice_runtime import service, start
 
 from airies.conversations.live_runtime import turn_deadline
 from airies.core.events import MalformedEvent, parse_event
 from airies.core.observability import lambda_handler, logger
 
+start()  # no relay handshake: only $connect checks one
+
 if bootstrap.initializing_snapshot():
-    # The modules a turn's engines are built from (``conversations.service.build_engines`` imports them at a
+    # The modules a turn's engines are built from (``conversations.engines.build_engines`` imports them at a
     # container's first turn) load into the SnapStart snapshot, not in a caller's first turn after a restore.
     from airies.llm import service as llm_service  # noqa: F401
     from airies.voice import factory as voice_factory  # noqa: F401

@@ -9,10 +9,12 @@ bootstrap.pause_collector_for_init()  # before the imports (airies.core.bootstra
 from typing import Any
 
 from aws_lambda_powertools.utilities.parser.models import APIGatewayWebSocketDisconnectEventModel
-from voice_runtime import service
+from voice_runtime import service, start
 
 from airies.core.events import MalformedEvent, parse_event
 from airies.core.observability import lambda_handler, logger
+
+start()  # no relay handshake: only $connect checks one
 
 
 @lambda_handler

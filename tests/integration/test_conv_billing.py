@@ -18,10 +18,11 @@ from airies.accounts.service import AccountService
 from airies.agents.schemas import AgentCreate
 from airies.agents.service import AgentService
 from airies.billing.schemas import UsageComponent
+from airies.conversations.http_turns import HttpTurns
 from airies.conversations.live import WebSocketService
 from airies.conversations.models import Conversation, ConversationTurn
 from airies.conversations.schemas import ConversationCreate
-from airies.conversations.service import ConversationService, ConversationTokens, conversation_analytics
+from airies.conversations.service import ConversationTokens, conversation_analytics
 from airies.conversations.sessions import SessionStore
 from airies.conversations.turns import TurnResult
 from airies.core.errors import ConflictError, NotFoundError
@@ -54,8 +55,8 @@ class Rig:
             self.account_id = account.id
             self.agent_id = agent.id
 
-    def service(self, session: Any) -> ConversationService:
-        return ConversationService(
+    def service(self, session: Any) -> HttpTurns:
+        return HttpTurns(
             session,
             self.settings,
             tokens=TOKENS,

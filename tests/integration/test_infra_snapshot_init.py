@@ -24,11 +24,15 @@ spec.loader.exec_module(module)
 from airies.api.lazy_routes import placeholders
 from airies.core import aws
 app = getattr(module, "app", None)
+voice = sys.modules.get("voice_runtime")
+voice_service = None if voice is None else voice.runtime.built
 print(json.dumps({
     "capabilities_built": None if app is None else sum(p.routes is not None for p in placeholders(app)),
     "secret_reader_built": aws.SECRETS.built is not None and aws.PARAMETERS.built is not None,
     "boto3_imported": "boto3" in sys.modules,
     "turn_engines_loaded": "airies.llm.service" in sys.modules and "airies.voice.factory" in sys.modules,
+    "telephony_loaded": "airies.telephony.service" in sys.modules,
+    "relay_verifier_built": None if voice_service is None else voice_service.relay_verifier is not None,
 }))
 """
 
@@ -67,3 +71,16 @@ def test_a_snapshot_holds_what_an_on_demand_init_leaves_to_first_use(function: s
         assert snapshot["capabilities_built"] == len(CAPABILITIES)
     if function == "VoiceMessageFunction":  # a turn's engines: at the first turn, or in the snapshot
         assert on_demand["turn_engines_loaded"] is False and snapshot["turn_engines_loaded"] is True
+    if function == "VoiceConnectFunction":  # the service in the snapshot checks a phone relay's handshake
+        assert on_demand["relay_verifier_built"] is None and snapshot["relay_verifier_built"] is True
+    if function == "VoiceMessageFunction":
+        assert snapshot["relay_verifier_built"] is False
+
+
+@pytest.mark.parametrize(
+    ("function", "loads_telephony"),
+    [("VoiceConnectFunction", True), ("VoiceMessageFunction", False), ("VoiceDisconnectFunction", False)],
+)
+def test_only_the_connect_function_loads_the_telephony_capability(function: str, loads_telephony: bool) -> None:
+    """A phone relay's handshake is checked in $connect alone; the other voice functions' inits go without it."""
+    assert _init(function, "on-demand")["telephony_loaded"] is loads_telephony

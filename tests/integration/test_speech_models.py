@@ -15,7 +15,7 @@ from moto import mock_aws
 
 from airies.agents.schemas import AgentConfig
 from airies.agents.service import prepare_deployed_agents
-from airies.conversations.service import VoiceSTT
+from airies.conversations.engines import VoiceSTT
 from airies.conversations.turns import TurnEngines
 from airies.core.storage import StorageService
 from airies.voice.audio.codecs import read_wav, resample_pcm16

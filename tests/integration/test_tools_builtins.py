@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from airies.agents.schemas import AgentConfig
-from airies.conversations.service import ListSink
+from airies.conversations.http_turns import ListSink
 from airies.conversations.turns import TransferRequest, TurnEngines, TurnInput, TurnMode, TurnResult, TurnRunner
 from airies.llm.vendors.base import StreamEnd, ToolCall, Usage
 from airies.llm.vendors.offline import OfflineResponder

@@ -14,7 +14,8 @@ import pytest
 
 from airies.agents.schemas import AgentConfig
 from airies.conversations import protocol as wp
-from airies.conversations.service import ConversationTokens, VoiceTTS
+from airies.conversations.engines import VoiceTTS
+from airies.conversations.service import ConversationTokens
 from airies.conversations.turns import (
     SpokenSentence,
     TurnInput,
@@ -454,6 +455,7 @@ def test_voice_runtime_builds_its_service_into_a_snapstart_snapshot(
 
     from airies.core import database as database_module
     from airies.core.config import get_settings
+    from airies.telephony.relay import RelayHandshake
 
     monkeypatch.setenv("AWS_LAMBDA_INITIALIZATION_TYPE", initialization)
     monkeypatch.setenv("AIRIES_DATA_DIR", str(tmp_path))
@@ -468,12 +470,14 @@ def test_voice_runtime_builds_its_service_into_a_snapstart_snapshot(
     request.addfinalizer(get_settings.cache_clear)
     with mock_aws():
         runtime = _load_voice_runtime(f"_test_voice_runtime_{initialization.replace('-', '_')}")
+        runtime.start(relay_handshake=RelayHandshake)  # as $connect's init does
         built = runtime.runtime.built
         if initialization != "snap-start":
             assert built is None  # an on-demand container builds it in its first invocation
             return
         publisher = built.runtime.publisher
         assert publisher is not None and publisher.queue is not None
+        assert isinstance(built.relay_verifier, RelayHandshake)
         store_client = built.store.client
         with pytest.raises(DBAPIError), built.database.session() as session:  # the database was never reached
             session.connection()
@@ -646,3 +650,15 @@ def test_a_frame_starts_the_config_read_so_it_runs_beside_the_frames_first_call(
     assert len(store.reads) == 1 and store.reads[0][1].startswith("voice-io")
     runtime.prefetch_config("conv_a")  # cached: nothing read
     assert len(store.reads) == 1 and "conv_a" not in runtime.config_reads
+
+
+def test_the_voice_runtime_keeps_the_relay_handshake_whatever_order_the_handlers_start_in() -> None:
+    """The local gateway loads $connect, $default and $disconnect into one process: a later handler's ``start()``
+    (which names no relay handshake) must not take away the one $connect's gave."""
+    from airies.telephony.relay import RelayHandshake
+
+    runtime = _load_voice_runtime("_test_voice_runtime_start_order")
+    assert runtime._relay_handshake is None
+    runtime.start(relay_handshake=RelayHandshake)
+    runtime.start()
+    assert runtime._relay_handshake is RelayHandshake

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from airies.agents.schemas import AgentConfig, FirstMessageMode
 from airies.conversations import protocol as wp
+from airies.conversations.engines import build_engines
 from airies.conversations.events import EventPublisher
 from airies.conversations.relay_protocol import RelayPoster
 from airies.conversations.service import (
@@ -33,7 +34,6 @@ from airies.conversations.service import (
     UsageSink,
     billing_credit_gate,
     billing_usage_sink,
-    build_engines,
     token_secret,
 )
 from airies.conversations.sessions import ENDED, ControlFlood, LiveSession, SessionStore

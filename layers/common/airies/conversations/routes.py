@@ -14,6 +14,7 @@ from fastapi.responses import PlainTextResponse
 from airies.accounts.auth import Caller, current_caller
 from airies.conversations import protocol as wp
 from airies.conversations.events import EventPublisher
+from airies.conversations.http_turns import HttpTurns
 from airies.conversations.live_sessions import LiveSessions
 from airies.conversations.models import Conversation, ConversationTurn
 from airies.conversations.schemas import (
@@ -28,7 +29,6 @@ from airies.conversations.schemas import (
     TurnResponse,
 )
 from airies.conversations.service import (
-    ConversationService,
     billing_credit_gate,
     billing_start_check,
     billing_usage_sink,
@@ -43,14 +43,14 @@ router = APIRouter(prefix="/conversations", tags=["conversations"])
 log = logging.getLogger(__name__)
 
 
-def service(request: Request, caller: Caller) -> ConversationService:
+def service(request: Request, caller: Caller) -> HttpTurns:
     settings = request.app.state.settings
     state = request.app.state
     engines = getattr(state, "conversation_engines", None)  # tests and the local stack may inject
     recorder = getattr(state, "conversation_recorder", None)  # tests may inject; else S3, as on the WebSocket
     if recorder is None:
         recorder = state.conversation_recorder = default_recorder(settings)  # built on first recorded turn
-    return ConversationService(
+    return HttpTurns(
         caller.session,
         settings,
         engines=engines,

@@ -7,7 +7,6 @@ capabilities (LLM, voice, knowledge, billing), each injected so tests pass local
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import builtins
 import hashlib
@@ -18,11 +17,11 @@ import os
 import secrets
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -34,9 +33,7 @@ from airies.conversations import protocol as wp
 from airies.conversations.events import ConversationEvents, EventPublisher
 from airies.conversations.models import Conversation, ConversationTurn
 from airies.conversations.post_call import PostCallStarter, post_call_starter
-from airies.conversations.schemas import ConversationCreate, ConversationUpdate
 from airies.conversations.turn_metrics import TurnMetrics
-from airies.conversations.turns import TurnEngines, TurnInput, TurnMode, TurnResult, TurnRunner
 from airies.core.bootstrap import after_snapstart_restore
 from airies.core.config import Settings
 from airies.core.errors import (
@@ -50,10 +47,12 @@ from airies.core.ids import new_id
 from airies.core.models import utcnow
 from airies.core.money import format_usd
 from airies.core.schemas import check_metadata
-from airies.core.url_guard import url_guard
-from airies.tools.runner import ToolRunner
-from airies.voice.stt.base import STTOptions, Transcript
-from airies.voice.tts.base import TTSOptions
+
+if TYPE_CHECKING:
+    # Request bodies (the API and telephony build them) and a turn's result (the turn pipeline makes it): this
+    # module only passes them on, so the functions that end, sweep or analyse conversations load neither.
+    from airies.conversations.schemas import ConversationCreate, ConversationUpdate
+    from airies.conversations.turns import TurnResult
 
 log = logging.getLogger(__name__)
 
@@ -121,118 +120,6 @@ def token_secret(settings: Settings) -> bytes:
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_hex(32))
     return path.read_text().strip().encode()
-
-
-# --- adapters to the other capabilities ----------------------------------------------------------------------------
-class VoiceSTT:
-    """STTProvider over the voice capability's service (provider choice, account keys, offline fallback). A turn
-    uses the offline recogniser's prebuilt model only: building one is deploy-time work, never a turn's."""
-
-    def __init__(self, voice: Any, config: AgentConfig) -> None:
-        self.voice = voice
-        self.config = config
-        self.name = config.transcriber.provider
-
-    async def transcribe(self, pcm16: bytes, sample_rate: int, options: STTOptions) -> Transcript:
-        transcript: Transcript = await self.voice.speech_to_text(
-            pcm16,
-            sample_rate,
-            transcriber=self.config.transcriber,
-            expected_phrases=options.expected_phrases,
-            prebuilt_only=True,
-        )
-        return transcript
-
-
-class VoiceTTS:
-    """TTSProvider over the voice capability's service (fallback voices; reports the provider actually used)."""
-
-    def __init__(self, voice: Any, config: AgentConfig) -> None:
-        self.voice = voice
-        self.config = config
-        self._name = config.voice.provider
-
-    @property
-    def name(self) -> str:
-        """The provider that spoke last (a fallback voice, say), else the configured one."""
-        return getattr(self.voice, "last_tts_provider", None) or self._name
-
-    @name.setter
-    def name(self, value: str) -> None:
-        self._name = value
-
-    def start_turn(self) -> None:
-        """Engines kept for the next turn: the provider an earlier turn spoke with is not this turn's."""
-        if getattr(self.voice, "last_tts_provider", None) is not None:
-            self.voice.last_tts_provider = None
-
-    async def synthesize(self, text: str, options: TTSOptions) -> AsyncIterator[bytes]:
-        async for chunk in self.voice.text_to_speech(
-            text, voice=self.config.voice, output_format=options.output_format
-        ):
-            yield chunk
-
-    async def list_voices(self) -> list[Any]:
-        return []
-
-
-def build_engines(
-    settings: Settings, session: Session | None, account_id: str, config: AgentConfig, database: Any = None
-) -> TurnEngines:
-    """The production engines: the LLM, voice and knowledge capabilities behind the turn pipeline's interfaces."""
-    from airies.llm.service import build_llm_service
-    from airies.voice.factory import build_voice_service
-
-    llm_service = build_llm_service(settings, session=session, account_id=account_id)
-    voice = build_voice_service(settings, account_id=account_id, session=session)
-    retrieve = None
-    if config.knowledge_base_ids:
-        from airies.knowledge.service import build_knowledge_service
-
-        knowledge = build_knowledge_service(settings, database)
-
-        async def retrieve(account: str, kb_ids: list[str], query: str) -> list[dict[str, Any]]:
-            chunks = await asyncio.to_thread(knowledge.retrieve_for_agent, account, kb_ids, query)
-            return [
-                {
-                    "text": c.text,
-                    "score": c.score,
-                    "document_id": c.document_id,
-                    "document_name": c.document_name,
-                    "knowledge_base_id": c.knowledge_base_id,
-                    "chunk_id": c.chunk_id,
-                }
-                for c in chunks
-            ]
-
-    tools = None
-    if config.tools:
-        secret = tool_secret_lookup(settings, database, account_id) if database is not None else None
-        tools = ToolRunner(url_guard(settings), secret=secret)
-    return TurnEngines(
-        llm=llm_service.stream_response,
-        stt=VoiceSTT(voice, config),
-        tts=VoiceTTS(voice, config),
-        retrieve=retrieve,
-        tools=tools,
-    )
-
-
-def tool_secret_lookup(settings: Settings, database: Any, account_id: str) -> Callable[[str], str | None]:
-    """(conversation id) -> the secret that signs its tool calls: its agent's server-message secret, else the
-    account's (``WebhookService.signing_secret_for``); read in a unit of work of its own (it runs on a thread)."""
-    from airies.webhooks.service import WebhookService
-
-    def lookup(conversation_id: str) -> str | None:
-        with database.session() as db:
-            agent_id = db.scalar(
-                select(Conversation.agent_id).where(
-                    Conversation.id == conversation_id, Conversation.account_id == account_id
-                )
-            )
-            return WebhookService(db, settings, queue=None).signing_secret_for(account_id, agent_id)
-
-    return lookup
 
 
 # (queue URL, region, endpoint) -> the SQS usage publisher of this container: its boto3 client costs ~10 ms of CPU
@@ -437,20 +324,6 @@ def phone_minutes_events(conversation: Conversation, carrier: str, products: lis
     ]
 
 
-class ListSink:
-    """A TurnSink that collects frames (the HTTP routes: no socket, never cancelled)."""
-
-    def __init__(self) -> None:
-        self.frames: list[dict[str, Any]] = []
-
-    async def send(self, message: dict[str, Any]) -> bool:
-        self.frames.append(message)
-        return True
-
-    async def cancelled(self) -> tuple[bool, int | None]:
-        return False, None
-
-
 ANALYSIS_FINAL = frozenset({"completed", "failed", "skipped"})  # analysis_status values no later run replaces
 
 
@@ -461,7 +334,6 @@ class ConversationService:
         session: Session,
         settings: Settings,
         *,
-        engines: Callable[[AgentConfig], TurnEngines] | None = None,
         usage_sink: UsageSink | None = None,
         credit_gate: CreditGate | None = None,
         tokens: ConversationTokens | None = None,
@@ -483,7 +355,6 @@ class ConversationService:
         self.start_check = start_check
         self.database = database
         self.settings = settings
-        self._engines = engines
         self.usage_sink = usage_sink
         self.credit_gate = credit_gate
         self._tokens = tokens
@@ -497,11 +368,6 @@ class ConversationService:
             secret = token_secret(self.settings)
             self._tokens = ConversationTokens(secret, ttl_seconds=self.settings.ws_token_ttl_seconds)
         return self._tokens
-
-    def engines_for(self, account_id: str, config: AgentConfig) -> TurnEngines:
-        if self._engines is not None:
-            return self._engines(config)
-        return build_engines(self.settings, self.session, account_id, config, self.database)
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start_conversation(self, account_id: str, body: ConversationCreate) -> tuple[Conversation, str, datetime]:
@@ -881,76 +747,6 @@ class ConversationService:
         if self.credit_gate is None:
             return True, None, None
         return self.credit_gate(account_id)
-
-    async def _http_turn(
-        self,
-        account_id: str,
-        conversation_id: str,
-        *,
-        mode: TurnMode,
-        text: str | None,
-        pcm: bytes | None,
-        speak: bool,
-    ) -> tuple[ConversationTurn, TurnResult, builtins.list[dict[str, Any]]]:
-        conversation = self.get(account_id, conversation_id)
-        if conversation.status == "ended":
-            raise ConflictError("this conversation has ended", code="conversation_ended")
-        allowed, reason, message = self.check_credit(account_id)
-        if not allowed:
-            from airies.core.errors import PaymentRequiredError
-
-            raise PaymentRequiredError(message or "insufficient credits", code=reason or "insufficient_credits")
-        config = self.config_for(conversation)
-        self.mark_active(conversation)
-        runner = TurnRunner(self.engines_for(account_id, config), out_chunk_ms=self.settings.ws_out_chunk_ms)
-        sink = ListSink()
-        history = self.history_messages(conversation.id)
-        inp = TurnInput(
-            turn_id=new_id("turn"),
-            seq=self.next_seq(conversation.id),
-            mode=mode,
-            account_id=account_id,
-            conversation_id=conversation.id,
-            text=text,
-            pcm=pcm,
-            speak=speak,
-        )
-        # No transaction stays open while the providers run (it would pin a pooled connection idle in
-        # transaction for seconds): the reads above are committed, the turn is recorded in a new one.
-        self.session.commit()
-        result = await runner.run(config, history, inp, sink)
-        if self.turn_metrics is not None:
-            self.turn_metrics.turn(result)
-        if result.status == "failed":
-            from airies.core.errors import ProviderError
-
-            err = result.error or {}
-            raise ProviderError(err.get("message", "turn failed"), provider=err.get("code", "pipeline"))
-        turn = self.record_turn(conversation, result)
-        if result.end_call:
-            self.end_conversation(account_id, conversation.id, result.end_call)
-        return turn, result, sink.frames
-
-    async def process_message(
-        self, account_id: str, conversation_id: str, text: str, *, with_audio: bool = False
-    ) -> tuple[ConversationTurn, TurnResult, builtins.list[dict[str, Any]]]:
-        """A text turn over HTTP: the reply text (and its audio if asked)."""
-        return await self._http_turn(
-            account_id, conversation_id, mode=TurnMode.TEXT, text=text, pcm=None, speak=with_audio
-        )
-
-    async def handle_audio_input(
-        self, account_id: str, conversation_id: str, pcm16: bytes
-    ) -> tuple[ConversationTurn, TurnResult, builtins.list[dict[str, Any]]]:
-        """An uploaded utterance (PCM16 16 kHz mono): transcript plus the reply's text and audio."""
-        if not pcm16 or len(pcm16) % 2:
-            raise BadRequestError("audio must be non-empty PCM16 (an even number of bytes)", code="bad_audio")
-        limit = self.settings.ws_max_utterance_seconds * wp.SAMPLE_RATE * 2
-        if len(pcm16) > limit:
-            from airies.core.errors import PayloadTooLargeError
-
-            raise PayloadTooLargeError(f"an utterance may be at most {self.settings.ws_max_utterance_seconds} s")
-        return await self._http_turn(account_id, conversation_id, mode=TurnMode.AUDIO, text=None, pcm=pcm16, speak=True)
 
     # -- reads ----------------------------------------------------------------------------------------------------
     def get_conversation_history(self, account_id: str, conversation_id: str) -> builtins.list[ConversationTurn]:

@@ -1,7 +1,7 @@
 """What the live functions' init imports: $connect, $disconnect and the sweeper load neither the HTTP client nor the
 modules of what a call only reaches later, or never (the agent validator, the LLM and voice vendors); the voice
 messages' function loads what a turn's engines are built from while SnapStart initializes (its snapshot), and at
-its first turn otherwise."""
+its first turn otherwise. The analysis function loads the conversation service without the turn pipeline."""
 
 from __future__ import annotations
 
@@ -58,3 +58,18 @@ def test_the_voice_messages_snapshot_holds_the_engines_modules() -> None:
         loaded_at_init("default", initialization="snap-start")
     )
     assert loaded_at_init("default") == []  # an on-demand container loads them at its first turn
+
+
+def test_the_analysis_function_loads_neither_the_turn_pipeline_nor_the_conversation_request_bodies() -> None:
+    """It reads, ends and analyses conversations: the conversation service without what runs a turn."""
+    pipeline = ("airies.conversations.turns", "airies.conversations.engines", "airies.conversations.schemas")
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(PROJECT_ROOT / 'functions' / 'analysis')!r})\n"
+        "import handler\n"
+        "assert 'airies.conversations.service' in sys.modules\n"
+        f"print(sorted(m for m in {pipeline!r} if m in sys.modules))"
+    )
+    env = {**os.environ, "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert ast.literal_eval(out.strip()) == []

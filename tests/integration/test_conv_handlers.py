@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import random
 import threading
 import time
 import uuid
@@ -32,7 +33,7 @@ from airies.conversations.models import Conversation, ConversationTurn
 from airies.conversations.orchestrator import OUT_OF_CREDIT_MESSAGE, TurnRequest, Utterance
 from airies.conversations.schemas import ConversationCreate
 from airies.conversations.service import ConversationService, ConversationTokens
-from airies.conversations.sessions import ControlFlood, SessionStore
+from airies.conversations.sessions import CONFIG_PART_BYTES, CONFIG_TEXT_BYTES, ControlFlood, SessionStore
 from airies.conversations.turns import TurnMode
 from airies.core.errors import NotFoundError
 from tests.doubles.conv_engines import FakeLLM, FakeSTT, FakeTTS, fake_engines, silence, tone
@@ -244,6 +245,53 @@ def test_first_message_text_turn_and_history(aws, database, settings) -> None:
     assert messages[1] == {"role": "assistant", "content": "Hello, thanks for calling."}
     assert messages[-1] == {"role": "user", "content": "When do you open?"}
     assert h.conversation(cid).status == "active" and h.conversation(cid).turn_count == 2
+
+
+def _long_prompt(kind: str) -> str:
+    """Just under the 200,000-character limit, 3 bytes a character in UTF-8: repeated text (compresses into one
+    item) or random ideographs (still over an item's size once compressed)."""
+    if kind == "repeated":
+        return "日本語のお問い合わせ。" * 18_000
+    rng = random.Random(7)
+    return "".join(chr(rng.randrange(0x4E00, 0x9FFF)) for _ in range(199_000))
+
+
+@pytest.mark.parametrize("kind", ["repeated", "random"])
+def test_a_config_over_dynamodbs_item_size_connects_and_runs_its_turns(aws, database, settings, kind: str) -> None:
+    """A valid agent config can be larger than the 400 KB DynamoDB accepts in one item (a long system prompt in a
+    script of 3 bytes a character): the call still connects, and the config read back, as a container that did not
+    take the connect reads it, is the published one."""
+    prompt = _long_prompt(kind)
+    assert len(prompt.encode()) > 400_000
+    llm = FakeLLM(reply="Certainly.")
+    h = Harness(database, settings, fake_engines(llm=llm), system_prompt=prompt)
+    cid, token = h.start()
+    conn, response = h.connect(cid, token)
+    assert response["statusCode"] == 200
+    assert h.connect(cid, token)[1]["statusCode"] == 200  # a second connect stores the same config again
+    stored = h.store.config(cid)
+    assert stored is not None and stored["system_prompt"] == prompt
+    items = h.store.client.query(
+        TableName=h.store.table,
+        KeyConditionExpression="pk = :pk AND begins_with(sk, :sk)",
+        ExpressionAttributeValues={":pk": {"S": f"conv#{cid}"}, ":sk": {"S": "config"}},
+    )["Items"]
+    assert len(items) == (1 if kind == "repeated" else 2)
+    h.send(conn, {"action": "text", "text": "Can you help?"})
+    assert types(frames_of(conn))[-1] == "turn_end" and frames_of(conn)[-1]["status"] == "completed"
+    assert llm.requests[-1].messages[0]["content"].startswith(prompt[:1000])
+
+
+@pytest.mark.parametrize("size", [CONFIG_TEXT_BYTES - 1000, CONFIG_TEXT_BYTES + 1000, 3 * CONFIG_PART_BYTES])
+def test_the_config_item_round_trips_at_every_size_and_survives_a_rewrite(aws, size: int) -> None:
+    """Each side of the text/packed boundary and a config of several parts (incompressible): stored, stored again
+    (a later connect), read back equal."""
+    store = SessionStore(boto3.client("dynamodb", region_name="us-east-1"), f"ws-{uuid.uuid4().hex[:6]}")
+    store.ensure_table()
+    config = {"system_prompt": base64.b64encode(random.Random(size).randbytes(size * 3 // 4)).decode()}
+    for _ in range(2):
+        store._store_config("conv_1", json.dumps(config))
+        assert store.config("conv_1") == config
 
 
 def test_server_vad_ends_utterance_and_transcribes(aws, database, settings) -> None:

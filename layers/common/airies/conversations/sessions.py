@@ -6,7 +6,8 @@ One table, keys ``pk``/``sk``, TTL on ``ttl``:
 - ``conv#<conversation_id>`` / ``session``  live state: connections, state machine, VAD counters, current turn,
   the control frames of the current second (flood guard). Written on every caller frame and billed by its size,
   so it carries no agent config:
-- ``conv#<conversation_id>`` / ``config``   the agent config the first connect stored (``SessionStore.config``)
+- ``conv#<conversation_id>`` / ``config``   the agent config the first connect stored (``SessionStore.config``);
+  a long one compressed, and its rest in ``config#001``, ``config#002``... when that is still over an item's size
 - ``conv#<conversation_id>`` / ``chunk#<utterance>#<seq>``  caller audio of the utterance being spoken
 
 A live session item also carries ``live_shard`` and ``sweep_at`` (epoch seconds, no later than its next deadline:
@@ -40,6 +41,13 @@ LIVE_SHARDS = 16  # the live-sessions index's partitions: live#0..live#15
 
 
 CONFIG_SK = "config"  # sort key of a conversation's agent config item (beside "session" and "chunk#...")
+# What one config item holds of the config: DynamoDB refuses an item over 400 KB (its key, attribute names and TTL
+# included), and a valid config can be larger (a system prompt of 200,000 characters is up to 800 KB in UTF-8).
+# 250 KB leaves room for the rest, and fits even counted as base64 (as moto counts a binary value).
+CONFIG_PART_BYTES = 250_000
+# A config up to this size is kept as JSON text, rewritten in place at each connect: under half the item limit, so
+# the rewrite fits even where the old value is counted beside the new one (moto counts so). Larger ones are packed.
+CONFIG_TEXT_BYTES = 180_000
 
 
 def live_shard(conversation_id: str) -> str:
@@ -285,14 +293,7 @@ class SessionStore:
         # The agent's config lives in an item of its own, written at each connect (with the session's TTL) and read
         # once per container: the session item is written on every caller frame, and DynamoDB bills each write by
         # the item's size (a config carries the whole system prompt). The first connect's config stays.
-        self.ops["write"] += 1
-        self.client.update_item(
-            TableName=self.table,
-            Key=self._key(conversation_id, CONFIG_SK),
-            UpdateExpression="SET config = if_not_exists(config, :cfg), #ttl = :ttl",
-            ExpressionAttributeNames={"#ttl": "ttl"},
-            ExpressionAttributeValues={":cfg": {"S": json.dumps(config, separators=(",", ":"))}, ":ttl": self._ttl()},
-        )
+        self._store_config(conversation_id, json.dumps(config, separators=(",", ":"), ensure_ascii=False))
         session = LiveSession.from_item(attrs)
         return session, len(session.connections) > 1 or session.turn_seq > 0
 
@@ -308,10 +309,73 @@ class SessionStore:
         item = self.client.get_item(
             TableName=self.table, Key=self._key(conversation_id, CONFIG_SK), ConsistentRead=True
         ).get("Item")
-        if not item or "config" not in item:
+        if not item:
             return None
-        loaded: dict[str, Any] = json.loads(item["config"]["S"])
-        return loaded
+        if "config" in item:
+            loaded: dict[str, Any] = json.loads(item["config"]["S"])
+            return loaded
+        if "packed" not in item:
+            return None
+        parts = int(item["parts"]["N"])
+        rest = self._config_parts(conversation_id) if parts > 1 else []
+        if len(rest) != parts - 1:  # expired while read: the call is over
+            return None
+        unpacked: dict[str, Any] = json.loads(zlib.decompress(item["packed"]["B"] + b"".join(rest)))
+        return unpacked
+
+    def _store_config(self, conversation_id: str, text: str) -> None:
+        """The config item, its TTL renewed. Every connect of a conversation stores the same config (its agent
+        version is fixed), so a rewrite changes nothing but the TTL. ``text`` is UTF-8 JSON, not escaped to ASCII:
+        DynamoDB bills a write by the item's bytes, and an escaped ideograph is 6 of them instead of 3."""
+        encoded = text.encode()
+        if len(encoded) <= CONFIG_TEXT_BYTES:  # nearly every config
+            self.ops["write"] += 1
+            self.client.update_item(
+                TableName=self.table,
+                Key=self._key(conversation_id, CONFIG_SK),
+                UpdateExpression="SET config = if_not_exists(config, :cfg), #ttl = :ttl",
+                ExpressionAttributeNames={"#ttl": "ttl"},
+                ExpressionAttributeValues={":cfg": {"S": text}, ":ttl": self._ttl()},
+            )
+            return
+        packed = zlib.compress(encoded, 6)
+        chunks = [packed[i : i + CONFIG_PART_BYTES] for i in range(0, len(packed), CONFIG_PART_BYTES)]
+        ttl = self._ttl()
+        # The parts after the first are written before the head that names them: a reader that finds the head finds
+        # every part.
+        for number, chunk in enumerate(chunks[1:], start=1):
+            self.ops["write"] += 1
+            self.client.put_item(
+                TableName=self.table,
+                Item={**self._key(conversation_id, f"{CONFIG_SK}#{number:03d}"), "part": {"B": chunk}, "ttl": ttl},
+            )
+        self.ops["write"] += 1
+        self.client.put_item(
+            TableName=self.table,
+            Item={
+                **self._key(conversation_id, CONFIG_SK),
+                "packed": {"B": chunks[0]},
+                "parts": {"N": str(len(chunks))},
+                "ttl": ttl,
+            },
+        )
+
+    def _config_parts(self, conversation_id: str) -> list[bytes]:
+        """A long config's parts after the head, in order."""
+        parts: list[bytes] = []
+        query: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+            "ExpressionAttributeValues": {":pk": {"S": f"conv#{conversation_id}"}, ":prefix": {"S": f"{CONFIG_SK}#"}},
+            "ConsistentRead": True,
+        }
+        while True:
+            self.ops["read"] += 1
+            page = self.client.query(**query)
+            parts += [item["part"]["B"] for item in page.get("Items", [])]
+            if "LastEvaluatedKey" not in page:
+                return parts
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def get_many(self, conversation_ids: list[str]) -> dict[str, LiveSession]:
         """The live sessions of these conversations (those that have one), read in batches of 100."""

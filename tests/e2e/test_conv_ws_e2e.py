@@ -291,7 +291,10 @@ def test_wire_doubles_turn_and_barge_in(database, settings, moto_endpoint) -> No
             assert "interrupted" in kinds
             after = kinds[kinds.index("interrupted") + 1 :]
             assert "audio" not in after  # nothing posted after the interruption
-            assert kinds[: kinds.index("interrupted")].count("audio") <= 1  # stopped within one chunk
+            # Stopped within a chunk of the interrupt reaching the server: one chunk may already be on the wire when
+            # the interrupt leaves the client, and one more may go out once the server holds it (the bound the
+            # handler tests check at the moment the interrupt is stored).
+            assert kinds[: kinds.index("interrupted")].count("audio") <= 2
             end = rest[-1]
             assert end["status"] == "interrupted" and end["usage"]["llm_provider"] == "openai"
             assert oa.requests and dg.requests and el.requests

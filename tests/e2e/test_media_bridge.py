@@ -117,7 +117,10 @@ def test_a_phone_call_through_the_bridge(stack: tuple[LocalServer, str]) -> None
             await stream.stop()
             await stream.wait_for(stream.closed.is_set)  # the bridge ends the stream: the call ends
             assert stream.clears == 0
-            assert bridge.active == 0
+        # The bridge's handler counts the call out just after the close handshake this side has already seen.
+        async with asyncio.timeout(5):
+            while bridge.active:
+                await asyncio.sleep(0.02)
 
     run_with_bridge(server, scenario)
     detail = conversation(server, conv["id"])

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -362,20 +362,29 @@ class SessionStore:
 
     def _config_parts(self, conversation_id: str) -> list[bytes]:
         """A long config's parts after the head, in order."""
-        parts: list[bytes] = []
-        query: dict[str, Any] = {
+        return [
+            item["part"]["B"]
+            for item in self._query(
+                "pk = :pk AND begins_with(sk, :prefix)",
+                {":pk": self._key(conversation_id)["pk"], ":prefix": {"S": f"{CONFIG_SK}#"}},
+            )
+        ]
+
+    def _query(self, condition: str, values: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The items of a strongly consistent Query on the table, every page (each one read counted)."""
+        kwargs: dict[str, Any] = {
             "TableName": self.table,
-            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
-            "ExpressionAttributeValues": {":pk": {"S": f"conv#{conversation_id}"}, ":prefix": {"S": f"{CONFIG_SK}#"}},
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeValues": values,
             "ConsistentRead": True,
         }
         while True:
             self.ops["read"] += 1
-            page = self.client.query(**query)
-            parts += [item["part"]["B"] for item in page.get("Items", [])]
+            page = self.client.query(**kwargs)
+            yield from page.get("Items", [])
             if "LastEvaluatedKey" not in page:
-                return parts
-            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def get_many(self, conversation_ids: list[str]) -> dict[str, LiveSession]:
         """The live sessions of these conversations (those that have one), read in batches of 100."""
@@ -775,25 +784,15 @@ class SessionStore:
             time.sleep(0.03)
 
     def _chunks(self, conversation_id: str, lo: int, hi: int) -> dict[int, bytes]:
-        out: dict[int, bytes] = {}
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :lo AND :hi",
-            "ExpressionAttributeValues": {
-                ":pk": {"S": f"conv#{conversation_id}"},
+        items = self._query(
+            "pk = :pk AND sk BETWEEN :lo AND :hi",
+            {
+                ":pk": self._key(conversation_id)["pk"],
                 ":lo": {"S": f"chunk#{max(lo, 0):09d}"},
                 ":hi": {"S": f"chunk#{hi:09d}"},
             },
-            "ConsistentRead": True,
-        }
-        while True:
-            self.ops["read"] += 1
-            page = self.client.query(**kwargs)
-            for item in page.get("Items", []):
-                out[int(item["sk"]["S"].split("#", 1)[1])] = item["data"]["B"]
-            if "LastEvaluatedKey" not in page:
-                return out
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        )
+        return {int(item["sk"]["S"].split("#", 1)[1]): item["data"]["B"] for item in items}
 
     def set_segment_start(self, conversation_id: str, seq: int) -> None:
         self._update(self._key(conversation_id), "SET seg_start = :s", {":s": {"N": str(seq)}})

@@ -1,10 +1,10 @@
 """Built once per container and shared by the $connect, $default and $disconnect handlers.
 
-$connect and $default run with SnapStart: the service is built while Lambda takes the snapshot (``prime_for_snapshot``
-at the end of this module), so a restored container does not import boto3 and build the clients in a call's
+$connect and $default run with SnapStart: the service is built while Lambda takes the snapshot (in :func:`start`,
+which ends each handler's imports), so a restored container does not import boto3 and build the clients in a call's
 handshake or first frame. ``after_restore`` drops what a restored container must open afresh.
 
-Each handler module ends its imports with :func:`start`, naming the parts only it needs: a phone relay's handshake
+Each handler names in :func:`start` the parts only it needs: a phone relay's handshake
 is checked in $connect alone, so only VoiceConnectFunction loads the telephony capability (~45 ms of its init)."""
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ from airies.conversations.turns import TurnEngines, TurnInput, TurnMode, TurnRes
 from airies.core.errors import BadRequestError, ConflictError
 from airies.core.ids import new_id
 
-EngineFactory = Callable[[AgentConfig], TurnEngines]
+# (config) -> engines: tests' and the local stack's doubles (the live runtime's factory also takes the session)
+EnginesForConfig = Callable[[AgentConfig], TurnEngines]
 
 
 class ListSink:
@@ -37,7 +38,7 @@ class HttpTurns(ConversationService):
     """``engines``: what runs a turn (tests and the local stack inject doubles); default, the production engines of
     the conversation's account."""
 
-    def __init__(self, *args: Any, engines: EngineFactory | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, engines: EnginesForConfig | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._engines = engines
 

@@ -32,7 +32,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return {"statusCode": 400}
     logger.append_keys(connection_id=request.request_context.connection_id)
     ws = service()
-    with turn_deadline(context.get_remaining_time_in_millis(), ws.settings.turn_deadline_margin_ms):
+    with turn_deadline(context, ws.settings.turn_deadline_margin_ms):
         return ws.handle_message(event)
 
 

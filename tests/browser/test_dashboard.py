@@ -94,8 +94,11 @@ def test_sign_in_build_an_agent_call_it_and_find_the_call(page: Page, server: Lo
     # heard_text), not as it was generated, and its waterfall is labelled interrupted too.
     for turn in interrupted:
         line = transcript.locator(f"[data-role='agent'][data-turn-id='{turn['id']}']")
-        expect(line.get_by_test_id("line-text")).to_have_text(turn["agent_text"])
-        expect(line.get_by_test_id("interrupted")).to_be_visible()
+        if turn["agent_text"]:
+            expect(line.get_by_test_id("line-text")).to_have_text(turn["agent_text"])
+            expect(line.get_by_test_id("interrupted")).to_be_visible()
+        else:  # cut before any of it was heard (the hang-up can land while the reply is still being thought of)
+            expect(line).to_have_count(0)
         waterfall = page.locator(f"[data-testid='turn-latency'][data-turn-id='{turn['id']}']")
         expect(waterfall.get_by_test_id("turn-status")).to_have_text("interrupted")
 

@@ -27,7 +27,7 @@ from airies.accounts.service import AccountService
 from airies.agents.schemas import AgentConfig, AgentCreate
 from airies.agents.service import AgentService
 from airies.conversations.live import ApiGatewayPoster, WebSocketService
-from airies.conversations.live_runtime import invocation_deadline, turn_deadline
+from airies.conversations.live_runtime import turn_deadline
 from airies.conversations.live_sessions import LiveSessions
 from airies.conversations.models import Conversation, ConversationTurn
 from airies.conversations.orchestrator import OUT_OF_CREDIT_MESSAGE, TurnRequest, Utterance
@@ -57,6 +57,16 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@dataclasses.dataclass
+class InvocationClock:
+    """The Lambda context's clock, set by the test."""
+
+    remaining_ms: int
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
 
 
 CLOSED: dict[str, list[dict[str, Any]]] = {}  # frames of connections the service closed (moto drops their data)
@@ -490,20 +500,22 @@ def test_barge_in_stops_within_one_chunk_and_history_keeps_what_was_heard(aws, d
 
 
 def test_a_turn_out_of_invocation_time_is_cut_stored_billed_and_released(aws, database, settings) -> None:
-    holder: dict[str, Any] = {}
+    invocation = InvocationClock(remaining_ms=8_000)
 
     def on_chunk(n: int) -> None:
-        if n == 2:  # the invocation runs out of time while the reply is spoken
-            time.sleep(max(0.0, holder["deadline"] - time.monotonic()) + 0.05)
+        if n == 2:  # the invocation runs out of time once the caller has the reply's first audio
+            waited = time.monotonic() + 10
+            while "audio" not in types(frames_of(conn)) and time.monotonic() < waited:
+                time.sleep(0.01)
+            invocation.remaining_ms = 4_000
 
     tts = FakeTTS(chunk_ms=250, on_chunk=on_chunk)
     llm = FakeLLM(reply="First sentence here. Second sentence is long and will be cut. Third one never heard.")
     h = Harness(database, settings, fake_engines(llm=llm, tts=tts), first_message_mode="assistant_waits_for_user")
     cid, token = h.start()
     conn, _ = h.connect(cid, token)
-    # What the voice handler does with the Lambda context: 3 s left after a 5 s margin.
-    with turn_deadline(remaining_ms=8_000, margin_ms=5_000):
-        holder["deadline"] = invocation_deadline.get()
+    # What the voice handler does with the Lambda context: the turn stops 5 s before the invocation's end.
+    with turn_deadline(invocation, margin_ms=5_000):
         h.send(conn, {"action": "text", "text": "tell me"})
     frames = frames_of(conn)
     kinds = types(frames)

@@ -133,17 +133,34 @@ class Frame:
     received_at: float
 
 
-# The invocation's deadline (``time.monotonic()``), set by the voice handler from the Lambda context: past it a turn
-# posts nothing more and ends as cut (interrupted, with what was sent), so it is stored, billed and released before
-# the function times out instead of being killed mid-reply.
-invocation_deadline: ContextVar[float | None] = ContextVar("invocation_deadline", default=None)
+class RemainingTime(Protocol):
+    """The Lambda context's clock: what is left of the invocation."""
+
+    def get_remaining_time_in_millis(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class InvocationDeadline:
+    """Passed once less than ``margin_ms`` is left of the invocation, by the Lambda context's own clock (asked at
+    every check, so a slow start of the turn cannot move it)."""
+
+    context: RemainingTime
+    margin_ms: int
+
+    def passed(self) -> bool:
+        return self.context.get_remaining_time_in_millis() <= self.margin_ms
+
+
+# The invocation's deadline, set by the voice handler from the Lambda context: past it a turn posts nothing more and
+# ends as cut (interrupted, with what was sent), so it is stored, billed and released before the function times out
+# instead of being killed mid-reply.
+invocation_deadline: ContextVar[InvocationDeadline | None] = ContextVar("invocation_deadline", default=None)
 
 
 @contextmanager
-def turn_deadline(remaining_ms: int | None, margin_ms: int) -> Iterator[None]:
-    """Turns started inside stop ``margin_ms`` before ``remaining_ms`` from now (None: no deadline)."""
-    deadline = None if remaining_ms is None else time.monotonic() + max(remaining_ms - margin_ms, 0) / 1000
-    token = invocation_deadline.set(deadline)
+def turn_deadline(context: RemainingTime | None, margin_ms: int) -> Iterator[None]:
+    """Turns started inside stop when ``context`` has less than ``margin_ms`` left (None: no deadline)."""
+    token = invocation_deadline.set(None if context is None else InvocationDeadline(context, margin_ms))
     try:
         yield
     finally:
@@ -226,7 +243,7 @@ class SocketSink:
         return delivered
 
     async def cancelled(self) -> tuple[bool, int | None]:
-        if self.deadline is not None and time.monotonic() >= self.deadline:
+        if self.deadline is not None and self.deadline.passed():
             self.out_of_time = True
             return True, None  # out of invocation time: cut here, as a barge-in would
         return await asyncio.to_thread(self.store.turn_status, self.conversation_id, self.turn_id)

@@ -25,7 +25,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from starlette.requests import Request
@@ -40,6 +39,8 @@ from airies.conversations.service import ConversationService
 from airies.conversations.sessions import build_session_store
 from airies.core.config import PROJECT_ROOT, Settings
 from airies.core.database import Database
+from airies.local.invoke import LambdaContext
+from airies.local.template import function_specs, load_template
 from airies.webhooks.service import build_webhook_publisher
 
 # uvicorn's WebSocket implementation for the local stack. wsproto completes a refused handshake once the denial
@@ -54,8 +55,16 @@ Dispatch = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 
 def load_voice_handlers(code_dir: Path | None = None) -> Dispatch:
-    """Import functions/voice_ws/{connect,default,disconnect}.py once (one warm "container") and route to them."""
-    code_dir = code_dir or PROJECT_ROOT / "functions" / "voice_ws"
+    """Import functions/voice_ws/{connect,default,disconnect}.py once (one warm "container") and route to them.
+
+    Each invocation gets its function's Lambda context: its name, memory and a clock counting down its timeout from
+    the template, so a turn is cut at the deadline it would be on AWS."""
+    code_dir = (code_dir or PROJECT_ROOT / "functions" / "voice_ws").resolve()
+    functions = {
+        spec.module_path.stem: spec
+        for spec in function_specs(load_template()).values()
+        if spec.code_uri.resolve() == code_dir
+    }
     if str(code_dir) not in sys.path:
         sys.path.insert(0, str(code_dir))
     handlers: dict[str, Callable[..., Any]] = {}
@@ -69,17 +78,7 @@ def load_voice_handlers(code_dir: Path | None = None) -> Dispatch:
 
     def dispatch(route: str, event: dict[str, Any]) -> dict[str, Any]:
         function = FUNCTIONS.get(route, "default")
-        context = SimpleNamespace(
-            function_name=f"airies-local-voice-{function}",
-            function_version="$LATEST",
-            invoked_function_arn=f"arn:aws:lambda:us-east-1:123456789012:function:airies-local-voice-{function}",
-            memory_limit_in_mb=512,
-            aws_request_id=str(uuid.uuid4()),
-            log_group_name="/aws/lambda/local",
-            log_stream_name="local",
-            get_remaining_time_in_millis=lambda: 29_000,
-        )
-        return handlers[function](event, context)
+        return handlers[function](event, LambdaContext(functions[function]))
 
     return dispatch
 

@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, text
 
 from airies.core.config import Settings
 from airies.core.database import Database
+from airies.llm.service import reset_health_trackers
 from airies.local.moto_lock import linearize_in_process_moto
 from airies.migrations.models import metadata
 from airies.migrations.runner import upgrade_head
@@ -82,7 +83,11 @@ def database(request: pytest.FixtureRequest) -> Iterator[Database]:
     if url not in _databases:
         _databases[url] = Database(url, pool_size=5, max_overflow=10)
     db = _databases[url]
+    # Provider health lives per container and per database URL, and every test shares these URLs: a breaker one
+    # test opened must not route the next test's calls.
+    reset_health_trackers()
     yield db
+    reset_health_trackers()
     _truncate(db)
 
 

@@ -9,13 +9,14 @@ bootstrap.pause_collector_for_init()  # before the imports (airies.core.bootstra
 from typing import Any
 
 from aws_lambda_powertools.utilities.parser.models import APIGatewayWebSocketMessageEventModel
-from voice_runtime import service, start
+from voice_runtime import start, turn_service
 
+from airies.conversations.live import WebSocketService
 from airies.conversations.live_runtime import turn_deadline
 from airies.core.events import MalformedEvent, parse_event
 from airies.core.observability import lambda_handler, logger
 
-start()  # no relay handshake: only $connect checks one
+start(turns=WebSocketService)  # no relay handshake: only $connect checks one
 
 if bootstrap.initializing_snapshot():
     # The modules a turn's engines are built from (``conversations.engines.build_engines`` imports them at a
@@ -31,7 +32,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     except MalformedEvent:
         return {"statusCode": 400}
     logger.append_keys(connection_id=request.request_context.connection_id)
-    ws = service()
+    ws = turn_service()
     with turn_deadline(context, ws.settings.turn_deadline_margin_ms):
         return ws.handle_message(event)
 

@@ -65,7 +65,7 @@ def test_a_voice_turn_emits_its_latencies_and_counts_as_emf(database, settings, 
     env = {**function_environment(spec, ctx), "DATABASE_URL": database.url}
     with mock_aws(), patched_environ(env):
         h = Harness(database, settings, fake_engines(llm=FakeLLM(reply="We open at nine.")))
-        # As voice_runtime.build_service wires it: the handlers' Powertools Metrics, flushed per invocation.
+        # As WebSocketService.for_lambda wires it: the handlers' Powertools Metrics, flushed per invocation.
         h.service.runtime.turn_metrics = TurnMetrics(
             MonitoringService(metrics=observability.metrics, logger=observability.logger)
         )
@@ -73,7 +73,7 @@ def test_a_voice_turn_emits_its_latencies_and_counts_as_emf(database, settings, 
         conn, _ = h.connect(cid, token)
         _clear_container_caches()
         handler, module = load_handler(spec)
-        module.service.__globals__["set_service"](h.service)  # voice_runtime's, as the local gateway hands it in
+        module.turn_service.__globals__["set_service"](h.service)  # voice_runtime's, as the local gateway hands it in
         try:
             capsys.readouterr()
             handler(message_event(conn, {"action": "text", "text": "When do you open?"}), LambdaContext(spec))

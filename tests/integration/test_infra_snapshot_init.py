@@ -32,6 +32,7 @@ print(json.dumps({
     "boto3_imported": "boto3" in sys.modules,
     "turn_engines_loaded": "airies.llm.service" in sys.modules and "airies.voice.factory" in sys.modules,
     "telephony_loaded": "airies.telephony.service" in sys.modules,
+    "turn_pipeline_loaded": "airies.conversations.turns" in sys.modules,
     "relay_verifier_built": None if voice_service is None else voice_service.relay_verifier is not None,
 }))
 """
@@ -84,3 +85,15 @@ def test_a_snapshot_holds_what_an_on_demand_init_leaves_to_first_use(function: s
 def test_only_the_connect_function_loads_the_telephony_capability(function: str, loads_telephony: bool) -> None:
     """A phone relay's handshake is checked in $connect alone; the other voice functions' inits go without it."""
     assert _init(function, "on-demand")["telephony_loaded"] is loads_telephony
+
+
+@pytest.mark.parametrize(
+    ("function", "runs_turns"),
+    [("VoiceConnectFunction", False), ("VoiceMessageFunction", True), ("VoiceDisconnectFunction", False)],
+)
+@pytest.mark.parametrize("initialization", ["on-demand", "snap-start"])
+def test_only_the_message_function_loads_the_turn_pipeline(
+    function: str, runs_turns: bool, initialization: str
+) -> None:
+    """$connect and $disconnect run no turn: neither their init nor the service built into a snapshot loads it."""
+    assert _init(function, initialization)["turn_pipeline_loaded"] is runs_turns

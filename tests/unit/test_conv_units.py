@@ -14,7 +14,10 @@ import pytest
 
 from airies.agents.schemas import AgentConfig
 from airies.conversations import protocol as wp
+from airies.conversations.connections import ConnectionService
 from airies.conversations.engines import VoiceTTS
+from airies.conversations.live import WebSocketService
+from airies.conversations.live_runtime import no_turns
 from airies.conversations.service import ConversationTokens
 from airies.conversations.turns import (
     SpokenSentence,
@@ -471,13 +474,21 @@ def test_voice_runtime_builds_its_service_into_a_snapstart_snapshot(
     with mock_aws():
         runtime = _load_voice_runtime(f"_test_voice_runtime_{initialization.replace('-', '_')}")
         runtime.start(relay_handshake=RelayHandshake)  # as $connect's init does
+        turns = _load_voice_runtime(f"_test_voice_runtime_turns_{initialization.replace('-', '_')}")
+        turns.start(turns=WebSocketService)  # as $default's init does
         built = runtime.runtime.built
         if initialization != "snap-start":
-            assert built is None  # an on-demand container builds it in its first invocation
+            assert built is None and turns.runtime.built is None  # an on-demand container builds it when invoked
             return
-        publisher = built.runtime.publisher
-        assert publisher is not None and publisher.queue is not None
+        # $connect's service opens sessions and runs no turn; $default's runs them and publishes their events.
+        assert type(built) is ConnectionService and built.runtime.engines is no_turns
         assert isinstance(built.relay_verifier, RelayHandshake)
+        with pytest.raises(RuntimeError):
+            runtime.turn_service()
+        turn_service = turns.turn_service()
+        assert isinstance(turn_service, WebSocketService) and turn_service.relay_verifier is None
+        publisher = turn_service.runtime.publisher
+        assert publisher is not None and publisher.queue is not None
         store_client = built.store.client
         with pytest.raises(DBAPIError), built.database.session() as session:  # the database was never reached
             session.connection()
@@ -652,13 +663,14 @@ def test_a_frame_starts_the_config_read_so_it_runs_beside_the_frames_first_call(
     assert len(store.reads) == 1 and "conv_a" not in runtime.config_reads
 
 
-def test_the_voice_runtime_keeps_the_relay_handshake_whatever_order_the_handlers_start_in() -> None:
+def test_the_voice_runtime_keeps_every_part_whatever_order_the_handlers_start_in() -> None:
     """The local gateway loads $connect, $default and $disconnect into one process: a later handler's ``start()``
-    (which names no relay handshake) must not take away the one $connect's gave."""
+    must not take away the relay handshake $connect's gave, nor the turns $default's gave."""
     from airies.telephony.relay import RelayHandshake
 
     runtime = _load_voice_runtime("_test_voice_runtime_start_order")
     assert runtime._relay_handshake is None
     runtime.start(relay_handshake=RelayHandshake)
+    runtime.start(turns=WebSocketService)
     runtime.start()
-    assert runtime._relay_handshake is RelayHandshake
+    assert runtime._relay_handshake is RelayHandshake and runtime._turns is WebSocketService

@@ -3,8 +3,9 @@ caller (``post_to_connection`` through the API Gateway Management API).
 
 Read the live side in this order: ``sessions`` (the live state in DynamoDB), this module, ``lifecycle`` (ending a
 call), ``barge_in``, ``orchestrator`` (one turn: claim, assemble audio, run, record, end), ``sweeping`` (timers and
-abandoned calls), ``endpointing`` (caller audio -> end of utterance), ``socket_edge`` (the WebSocket events), then
-``live`` (the service the Lambda handlers build) and ``live_sessions`` (the facade REST and the sweeper use).
+abandoned calls), ``endpointing`` (caller audio -> end of utterance), ``connections`` ($connect and $disconnect),
+``socket_edge`` (the frames), ``relay`` (a phone carrier's messages), then ``live`` (the service $default builds)
+and ``live_sessions`` (the facade REST and the sweeper use).
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 from sqlalchemy.orm import Session
 
 from airies.agents.schemas import AgentConfig, FirstMessageMode
 from airies.conversations import protocol as wp
-from airies.conversations.engines import build_engines
 from airies.conversations.events import EventPublisher
 from airies.conversations.relay_protocol import RelayPoster
 from airies.conversations.service import (
@@ -38,10 +38,12 @@ from airies.conversations.service import (
 )
 from airies.conversations.sessions import ENDED, ControlFlood, LiveSession, SessionStore
 from airies.conversations.turn_metrics import TurnMetrics
-from airies.conversations.turns import TurnEngines
 from airies.core.aio import reset_event_loops
 from airies.core.config import Settings
 from airies.core.database import Database
+
+if TYPE_CHECKING:  # the engines are built by the parts that run turns (``live_sessions``), not here
+    from airies.conversations.turns import TurnEngines
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -309,7 +311,12 @@ class HeardFrames:
 
 
 # --- the shared dependencies ----------------------------------------------------------------------------------------
-EngineFactory = Callable[[Session, str, AgentConfig], TurnEngines]
+EngineFactory: TypeAlias = "Callable[[Session, str, AgentConfig], TurnEngines]"
+
+
+def no_turns(session: Session, account_id: str, config: AgentConfig) -> TurnEngines:
+    """The engine factory of a runtime that runs no turns (the connection handlers')."""
+    raise RuntimeError("this live runtime was built without turn engines")
 
 
 class Recorder(Protocol):
@@ -346,9 +353,7 @@ class LiveRuntime:
         self.poster_factory: Callable[[str], Poster] = poster_factory or (
             lambda endpoint: management_poster(settings, endpoint)
         )
-        self.engines: EngineFactory = engines or (
-            lambda session, account_id, config: build_engines(settings, session, account_id, config, database)
-        )
+        self.engines: EngineFactory = engines or no_turns
         self.usage_sink = usage_sink or (lambda session: billing_usage_sink(settings, session))
         self.credit_gate = credit_gate or (lambda session: billing_credit_gate(settings, session))
         self.recorder = recorder

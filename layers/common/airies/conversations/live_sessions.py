@@ -14,6 +14,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from airies.conversations.barge_in import BargeIn
+from airies.conversations.engines import build_engines
 from airies.conversations.events import EventPublisher
 from airies.conversations.lifecycle import Lifecycle
 from airies.conversations.live_runtime import EngineFactory, LiveRuntime, Poster, Recorder
@@ -50,7 +51,8 @@ class LiveSessions:
             database,
             store,
             poster_factory=poster_factory,
-            engines=engines,
+            engines=engines
+            or (lambda session, account_id, config: build_engines(settings, session, account_id, config, database)),
             usage_sink=usage_sink,
             credit_gate=credit_gate,
             recorder=recorder,

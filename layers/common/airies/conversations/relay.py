@@ -2,9 +2,9 @@
 
 The carrier transcribes the caller and speaks the agent, so a phone turn is a text turn through the same turn
 service as a web call (claimed, run, stored with its latency, usage and cost, billed), with its reply posted as
-``text`` tokens as the LLM writes them (``relay_protocol`` maps the frames). The handshake carries the
-conversation token (as a web call's) and the carrier's signature of the URL, checked by the ``HandshakeVerifier``
-the edge is built with (the telephony capability's: it knows the call's carrier credentials).
+``text`` tokens as the LLM writes them (``relay_protocol`` maps the frames). The handshake, checked at
+``$connect`` (``connections``), carries the conversation token (as a web call's) and the carrier's signature of the
+URL.
 
 - ``setup``: the call, checked against the conversation's (its call SID); nothing else is needed: the
   connection was bound to the conversation by the signed handshake.
@@ -19,7 +19,6 @@ the edge is built with (the telephony capability's: it knows the call's carrier 
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
 
 from airies.agents.schemas import welcome_greeting
 from airies.conversations import relay_protocol as rp
@@ -30,21 +29,10 @@ from airies.conversations.orchestrator import TurnOrchestrator, TurnRequest
 from airies.conversations.protocol import ProtocolError, dtmf_text
 from airies.conversations.sessions import LiveSession
 from airies.conversations.turns import TurnMode
-from airies.core.errors import AiriesError, NotFoundError
+from airies.core.errors import NotFoundError
 from airies.core.ids import new_id
 
 log = logging.getLogger(__name__)
-
-SIGNATURE_HEADER = "x-twilio-signature"
-PHONE_METADATA_KEY = "phone"
-FIRST_MESSAGE_KEY = "first_message"  # in the phone metadata: an outbound call's own greeting
-
-
-class HandshakeVerifier(Protocol):
-    def __call__(self, conversation_id: str, account_id: str, url: str, signature: str | None) -> None:
-        """Raise an ``AiriesError`` (403 for a forged or missing signature) unless ``signature`` signs ``url`` with
-        the carrier credentials of the conversation's phone call."""
-        ...
 
 
 class _Silent:
@@ -57,14 +45,6 @@ class _Silent:
         return None
 
 
-def header(event: dict[str, Any], name: str) -> str | None:
-    """A request header of an API Gateway event, whatever its case."""
-    for key, value in (event.get("headers") or {}).items():
-        if key.lower() == name:
-            return str(value)
-    return None
-
-
 class RelayEdge:
     def __init__(
         self,
@@ -72,32 +52,12 @@ class RelayEdge:
         lifecycle: Lifecycle,
         barge_in: BargeIn,
         orchestrator: TurnOrchestrator,
-        verifier: HandshakeVerifier | None,
     ) -> None:
         self.runtime = runtime
         self.store = runtime.store
         self.lifecycle = lifecycle
         self.barge_in = barge_in
         self.orchestrator = orchestrator
-        self.verifier = verifier
-
-    # -- $connect --------------------------------------------------------------------------------------------------
-    def check_handshake(
-        self, event: dict[str, Any], claims: dict[str, Any], protocol: str
-    ) -> tuple[int, str, str] | None:
-        """Why a relay handshake (its token already checked) is refused, as (status, code, message); None opens it.
-        The carrier signs the URL the TwiML named, rebuilt here from the public WebSocket URL (never the Host)."""
-        if self.verifier is None:
-            return 501, "relay_not_available", "the phone relay is not configured here"
-        if protocol not in rp.RELAY_PROTOCOLS:
-            return 400, "unknown_relay", f"unknown relay {protocol!r}"
-        params = event.get("queryStringParameters") or {}
-        url = rp.relay_url(self.runtime.settings.public_ws_url, claims["c"], str(params.get("token")))
-        try:
-            self.verifier(claims["c"], claims["a"], url, header(event, SIGNATURE_HEADER))
-        except AiriesError as exc:
-            return exc.status_code, exc.code, exc.message
-        return None
 
     # -- $default --------------------------------------------------------------------------------------------------
     def dispatch(self, ctx: Frame, poster: Poster, message: rp.RelayMessage) -> None:
@@ -140,14 +100,14 @@ class RelayEdge:
                 conversation = self.runtime.conversations(db).get(session.account_id, session.conversation_id)
             except NotFoundError as exc:
                 raise ProtocolError("conversation_ended", "this conversation is gone") from exc
-            phone = (conversation.metadata_ or {}).get(PHONE_METADATA_KEY) or {}
+            phone = (conversation.metadata_ or {}).get(rp.PHONE_METADATA_KEY) or {}
         expected = phone.get("call_sid")
         if expected and expected != message.call_sid:
             raise ProtocolError(
                 "call_mismatch", "this relay's call is not the conversation's", {"call_sid": message.call_sid}
             )
         self.store.touch(session.conversation_id)
-        greeting = welcome_greeting(self.runtime.config(session), phone.get(FIRST_MESSAGE_KEY))
+        greeting = welcome_greeting(self.runtime.config(session), phone.get(rp.FIRST_MESSAGE_KEY))
         if not greeting or session.turn_seq > 0:
             return
         turn_id = new_id("turn")

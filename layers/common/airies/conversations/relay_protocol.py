@@ -24,6 +24,8 @@ from airies.conversations import protocol as wp
 TWILIO = "twilio"  # the relay URL's ``relay`` parameter and the live session's ``protocol``
 RELAY_PROTOCOLS = frozenset({TWILIO})
 TRANSFERRED = "transferred"  # the end reason of a call handed over by the agent's transfer_call
+PHONE_METADATA_KEY = "phone"  # the conversation's metadata about its phone call
+FIRST_MESSAGE_KEY = "first_message"  # in the phone metadata: an outbound call's own greeting
 
 
 def relay_url(ws_url: str, conversation_id: str, token: str, protocol: str = TWILIO) -> str:

@@ -1,6 +1,6 @@
-"""The WebSocket events: ``$connect`` checks the conversation token and opens the live session; ``$default`` (one
-invocation per frame, concurrently) parses a frame and hands it on; ``$disconnect`` forgets the connection. A 410
-Gone on a post drops that one connection; the conversation and its other connections carry on."""
+"""The WebSocket frames: ``$default`` (one invocation per frame, concurrently) parses a frame and hands it on
+(``$connect`` and ``$disconnect`` are in ``connections``). A 410 Gone on a post drops that one connection; the
+conversation and its other connections carry on."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from airies.conversations.live_runtime import Frame, LiveRuntime, Poster, endpoi
 from airies.conversations.orchestrator import TurnOrchestrator, TurnRequest, Utterance
 from airies.conversations.relay import RelayEdge
 from airies.conversations.relay_protocol import parse_relay_message
-from airies.conversations.sessions import ENDED, LiveSession, SessionEnded
+from airies.conversations.sessions import ENDED, LiveSession
 from airies.conversations.sweeping import Sweeper
 from airies.conversations.turns import TurnMode
-from airies.core.errors import AiriesError, NotFoundError, UnauthorizedError
+from airies.core.errors import AiriesError
 from airies.core.ids import new_id
 
 log = logging.getLogger(__name__)
@@ -30,11 +30,6 @@ log = logging.getLogger(__name__)
 FIRST_MESSAGE_WAIT_S = 10.0
 # How long an end_of_utterance waits for audio frames sent just before it (frames run concurrently).
 EOU_AUDIO_WAIT_S = 0.5
-
-
-def _refused(status: int, code: str, message: str) -> dict[str, Any]:
-    """A refused ``$connect`` handshake, with the reason as an ``error`` frame body."""
-    return {"statusCode": status, "body": wp.encode(wp.error(code, message)).decode()}
 
 
 class SocketEdge:
@@ -56,56 +51,6 @@ class SocketEdge:
         self.sweeper = sweeper
         self.endpointing = endpointing
         self.relay = relay
-
-    # -- $connect / $disconnect ------------------------------------------------------------------------------------
-    def handle_connection(self, event: dict[str, Any]) -> dict[str, Any]:
-        ctx = event.get("requestContext", {})
-        connection_id = ctx.get("connectionId", "")
-        if ctx.get("eventType") == "DISCONNECT" or ctx.get("routeKey") == "$disconnect":
-            self.runtime.connections.pop(connection_id, None)
-            known = self.store.connection(connection_id)
-            self.store.drop_connection(connection_id, known["conversation_id"] if known else None)
-            return {"statusCode": 200}
-        params = event.get("queryStringParameters") or {}
-        try:
-            claims = self.runtime.tokens.verify(params.get("token"), params.get("conversation_id"))
-        except UnauthorizedError as exc:
-            return _refused(401, exc.code, exc.message)
-        conversation_id, account_id = claims["c"], claims["a"]
-        protocol = params.get("relay") or None  # a carrier's text relay (Twilio ConversationRelay)
-        if protocol is not None:
-            refused = self.relay.check_handshake(event, claims, protocol)
-            if refused is not None:
-                return _refused(*refused)
-        with self.runtime.database.session() as db:
-            service = self.runtime.conversations(db)
-            try:
-                conversation = service.get(account_id, conversation_id)
-            except NotFoundError:
-                return _refused(403, "invalid_token", "unknown conversation")
-            if conversation.status == "ended":
-                return _refused(410, "conversation_ended", "conversation has ended")
-            try:
-                config = service.config_for(conversation)  # the agent may have been deleted since the start
-            except AiriesError as exc:
-                return _refused(exc.status_code, exc.code, exc.message)
-            try:
-                self.store.open_session(
-                    conversation_id,
-                    account_id=account_id,
-                    agent_id=conversation.agent_id,
-                    agent_version=conversation.agent_version,
-                    config=config.compact_json(),
-                    connection_id=connection_id,
-                    endpoint=endpoint_from_event(self.runtime.settings, event),
-                    first_deadline=self.runtime.clock()
-                    + min(config.silence_timeout_seconds, config.max_duration_seconds),
-                    protocol=protocol,
-                )
-            except SessionEnded:
-                return _refused(410, "conversation_ended", "conversation has ended")
-            service.mark_active(conversation)
-        return {"statusCode": 200}
 
     # -- $default ------------------------------------------------------------------------------------------------
     def handle_message(self, event: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """The telephony side of a carrier's relay: who may open one (the signed WebSocket handshake) and where a call the
 agent transferred goes (the ``<Connect>`` action's ``<Dial>``).
 
-The live edge (``conversations.relay``) speaks the relay; it is built with :class:`RelayHandshake` by the edges
-that build the WebSocket service, so the check needs the call's carrier credentials without the conversations
-capability knowing about phone numbers.
+The live edge (``conversations.relay``) speaks the relay; ``$connect``'s (``conversations.connections``) is built
+with :class:`RelayHandshake` by the edges that build the WebSocket service, so the check needs the call's carrier
+credentials without the conversations capability knowing about phone numbers.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ DIALLABLE = re.compile(TRANSFER_DESTINATION_PATTERN)  # an E.164 number or a SIP
 
 
 class RelayHandshake:
-    """``conversations.relay.HandshakeVerifier``: the relay's ``X-Twilio-Signature`` signs its URL with the auth
+    """``conversations.connections.HandshakeVerifier``: the relay's ``X-Twilio-Signature`` signs its URL with the auth
     token of the number the conversation's call came through (or was placed from)."""
 
     def __init__(self, settings: Settings, database: Database) -> None:

@@ -20,8 +20,7 @@ from sqlalchemy.orm import Session
 
 from airies.agents.versions import get_agent
 from airies.conversations.models import Conversation
-from airies.conversations.relay import FIRST_MESSAGE_KEY, PHONE_METADATA_KEY
-from airies.conversations.relay_protocol import relay_url
+from airies.conversations.relay_protocol import FIRST_MESSAGE_KEY, PHONE_METADATA_KEY, relay_url
 from airies.conversations.schemas import CallerInfo, ConversationCreate, ConversationUpdate
 from airies.conversations.service import ConversationService
 from airies.core.config import Settings

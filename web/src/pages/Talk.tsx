@@ -52,11 +52,13 @@ export function Talk({ agentId }: { agentId?: string }) {
   }, [agents]);
   useEffect(() => () => session.current?.close(), []);
 
-  /** The agent's line of an interrupted turn shows only what the caller heard; its waterfall says interrupted. */
+  /** The agent's line of an interrupted turn shows only what the caller heard (no line when nothing was heard, as
+   * when no text had come yet); its waterfall says interrupted. */
   function markInterrupted(turnId: string, heard: string | undefined) {
     interruptedTurns.current.add(turnId);
     setLines((all) => {
       const index = all.findIndex((line) => line.role === "agent" && line.turnId === turnId);
+      if (heard === "") return index < 0 ? all : all.filter((_, i) => i !== index);
       if (index < 0) return heard ? [...all, { turnId, role: "agent", text: heard, interrupted: true }] : all;
       const next = all.slice();
       next[index] = { ...next[index], text: heard ?? next[index].text, interrupted: true };

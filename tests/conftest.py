@@ -87,7 +87,6 @@ def database(request: pytest.FixtureRequest) -> Iterator[Database]:
     # test opened must not route the next test's calls.
     reset_health_trackers()
     yield db
-    reset_health_trackers()
     _truncate(db)
 
 

@@ -8,6 +8,7 @@ VoiceConnectFunction and VoiceDisconnectFunction containers build, and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from airies.conversations import protocol as wp
@@ -18,22 +19,13 @@ from airies.core.config import Settings
 from airies.core.database import Database
 from airies.core.errors import AiriesError, NotFoundError, UnauthorizedError
 
-SIGNATURE_HEADER = "x-twilio-signature"
-
 
 class HandshakeVerifier(Protocol):
-    def __call__(self, conversation_id: str, account_id: str, url: str, signature: str | None) -> None:
-        """Raise an ``AiriesError`` (403 for a forged or missing signature) unless ``signature`` signs ``url`` with
-        the carrier credentials of the conversation's phone call."""
+    def __call__(self, conversation_id: str, account_id: str, url: str, headers: Mapping[str, str]) -> None:
+        """Raise an ``AiriesError`` (403 for a forged or missing signature) unless the handshake's ``headers``
+        (names in lower case) carry a signature of ``url`` with the carrier credentials of the conversation's phone
+        call. The carrier's capability knows which header that is."""
         ...
-
-
-def header(event: dict[str, Any], name: str) -> str | None:
-    """A request header of an API Gateway event, whatever its case."""
-    for key, value in (event.get("headers") or {}).items():
-        if key.lower() == name:
-            return str(value)
-    return None
 
 
 def _refused(status: int, code: str, message: str) -> dict[str, Any]:
@@ -112,7 +104,8 @@ class ConnectionEdge:
         params = event.get("queryStringParameters") or {}
         url = rp.relay_url(self.runtime.settings.public_ws_url, claims["c"], str(params.get("token")))
         try:
-            self.verifier(claims["c"], claims["a"], url, header(event, SIGNATURE_HEADER))
+            headers = {str(name).lower(): str(value) for name, value in (event.get("headers") or {}).items()}
+            self.verifier(claims["c"], claims["a"], url, headers)
         except AiriesError as exc:
             return exc.status_code, exc.code, exc.message
         return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 
 from sqlalchemy import select
 
@@ -18,6 +19,7 @@ from airies.core.database import Database
 from airies.core.errors import ForbiddenError
 from airies.telephony.models import PhoneCall, PhoneNumber
 from airies.telephony.service import TelephonyService
+from airies.telephony.signatures import SIGNATURE_HEADER
 from airies.tools.schemas import TRANSFER_DESTINATION_PATTERN
 
 DIALLABLE = re.compile(TRANSFER_DESTINATION_PATTERN)  # an E.164 number or a SIP URI, as transfer_call's config
@@ -31,7 +33,7 @@ class RelayHandshake:
         self.settings = settings
         self.database = database
 
-    def __call__(self, conversation_id: str, account_id: str, url: str, signature: str | None) -> None:
+    def __call__(self, conversation_id: str, account_id: str, url: str, headers: Mapping[str, str]) -> None:
         with self.database.session() as session:
             call = session.scalar(
                 select(PhoneCall).where(
@@ -41,7 +43,7 @@ class RelayHandshake:
             number = session.get(PhoneNumber, call.phone_number_id) if call and call.phone_number_id else None
             if number is None:
                 raise ForbiddenError("this conversation is not a phone call", code="not_a_phone_call")
-            TelephonyService(session, self.settings).verify(number, url, {}, signature)
+            TelephonyService(session, self.settings).verify(number, url, {}, headers.get(SIGNATURE_HEADER))
 
 
 def transfer_destination(handoff: str | None) -> str | None:

@@ -1,6 +1,6 @@
 """UsageFunction: the usage SQS consumer. Each message is one ``UsageEvent`` (JSON).
 
-Powertools batch processing with the Parser model below reports partial failures, so only the failed messages (a
+Processed as a partial batch (airies.core.sqs_batch) with the Parser model below, so only the failed messages (a
 fault, or a body that is not a ``UsageEvent``: logged) are redelivered (and, after maxReceiveCount, land in the
 dead-letter queue). Redelivery is harmless: events are idempotent by key, so a message processed twice is counted
 once.
@@ -15,7 +15,6 @@ bootstrap.pause_collector_for_init()  # before the imports (airies.core.bootstra
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 from pydantic import Json
 
@@ -23,7 +22,8 @@ from airies.billing.schemas import UsageEvent
 from airies.billing.usage import build_usage_service
 from airies.core.config import get_settings
 from airies.core.database import get_database
-from airies.core.observability import lambda_handler, logger, metrics
+from airies.core.observability import lambda_handler, metrics
+from airies.core.sqs_batch import PartialBatchResponse, process_sqs_batch
 
 
 class UsageMessage(SqsRecordModel):
@@ -32,7 +32,6 @@ class UsageMessage(SqsRecordModel):
 
 settings = get_settings()
 usage = build_usage_service(settings, get_database(settings))
-processor = BatchProcessor(event_type=EventType.SQS, model=UsageMessage, logger=logger)
 
 
 def record_handler(record: UsageMessage) -> dict[str, Any]:
@@ -43,8 +42,8 @@ def record_handler(record: UsageMessage) -> dict[str, Any]:
 
 
 @lambda_handler
-def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+def handler(event: dict[str, Any], context: Any) -> PartialBatchResponse:
+    return process_sqs_batch(event, UsageMessage, record_handler)
 
 
 bootstrap.init_done()  # the module's last statement: its init is over

@@ -1,6 +1,6 @@
 """IngestionFunction: S3 ObjectCreated notifications (through SQS) -> document ingestion.
 
-Powertools BatchProcessor with partial batch failures: a message fails alone (and is retried, then dead-lettered)
+A partial batch (airies.core.sqs_batch): a message fails alone (and is retried, then dead-lettered)
 only on a transient fault or when it is not an S3 notification at all (logged); bad documents end as ``failed``
 documents and their messages succeed.
 """
@@ -13,13 +13,13 @@ bootstrap.pause_collector_for_init()  # before the imports (airies.core.bootstra
 
 from typing import Any, Literal
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 from pydantic import BaseModel, Json
 
 from airies.core.bootstrap import PerContainer
 from airies.core.metrics import MonitoringService
 from airies.core.observability import lambda_handler, logger, metrics
+from airies.core.sqs_batch import PartialBatchResponse, process_sqs_batch
 from airies.knowledge.metrics import DocumentMetrics
 from airies.knowledge.service import build_knowledge_service
 
@@ -56,7 +56,6 @@ class IngestionMessage(SqsRecordModel):
     body: Json[S3TestEvent | S3Notification]  # type: ignore[assignment]
 
 
-processor = BatchProcessor(event_type=EventType.SQS, model=IngestionMessage, logger=logger)
 service = PerContainer(build_knowledge_service)  # built at the first record, not at import (cold start)
 documents = DocumentMetrics(MonitoringService(metrics=metrics, logger=logger))  # flushed per invocation
 
@@ -77,8 +76,8 @@ def record_handler(record: IngestionMessage) -> list[str]:
 
 
 @lambda_handler
-def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+def handler(event: dict[str, Any], context: Any) -> PartialBatchResponse:
+    return process_sqs_batch(event, IngestionMessage, record_handler)
 
 
 bootstrap.init_done()  # the module's last statement: its init is over

@@ -12,12 +12,12 @@ bootstrap.pause_collector_for_init()  # before the imports (airies.core.bootstra
 
 from typing import Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 from pydantic import BaseModel, Json
 
 from airies.core.bootstrap import PerContainer
 from airies.core.observability import lambda_handler, logger
+from airies.core.sqs_batch import PartialBatchResponse, process_sqs_batch
 from airies.knowledge.service import build_knowledge_service
 
 
@@ -30,7 +30,6 @@ class ScrapeMessage(SqsRecordModel):
     body: Json[ScrapeJobMessage]  # type: ignore[assignment]
 
 
-processor = BatchProcessor(event_type=EventType.SQS, model=ScrapeMessage, logger=logger)
 service = PerContainer(build_knowledge_service)  # built at the first record, not at import (cold start)
 
 
@@ -46,8 +45,8 @@ def record_handler(record: ScrapeMessage) -> str:
 
 
 @lambda_handler
-def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+def handler(event: dict[str, Any], context: Any) -> PartialBatchResponse:
+    return process_sqs_batch(event, ScrapeMessage, record_handler)
 
 
 bootstrap.init_done()  # the module's last statement: its init is over

@@ -14,7 +14,6 @@ bootstrap.pause_collector_for_init()  # before the imports (airies.core.bootstra
 
 from typing import Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 from pydantic import Json
 
@@ -23,6 +22,7 @@ from airies.core.config import get_settings
 from airies.core.database import get_database
 from airies.core.metrics import MonitoringService
 from airies.core.observability import lambda_handler, logger, metrics
+from airies.core.sqs_batch import PartialBatchResponse, process_sqs_batch
 from airies.webhooks.delivery import WebhookDeliverer
 from airies.webhooks.queue import build_delivery_queue
 from airies.webhooks.schemas import DeliveryMessage
@@ -33,7 +33,6 @@ class DeliveryRecord(SqsRecordModel):
 
 
 monitoring = MonitoringService(metrics=metrics, logger=logger)
-processor = BatchProcessor(event_type=EventType.SQS, model=DeliveryRecord)
 
 
 def _build_deliverer() -> WebhookDeliverer:
@@ -73,8 +72,8 @@ def record_handler(record: DeliveryRecord) -> str:
 
 
 @lambda_handler
-def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+def handler(event: dict[str, Any], context: Any) -> PartialBatchResponse:
+    return process_sqs_batch(event, DeliveryRecord, record_handler)
 
 
 bootstrap.init_done()  # the module's last statement: its init is over

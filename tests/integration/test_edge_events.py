@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
+from pydantic import BaseModel, Json
 
 from airies.core.config import PROJECT_ROOT
 from airies.core.events import MalformedEvent, parse_event
+from airies.core.sqs_batch import BatchFailed, process_sqs_batch
 from airies.local.invoke import invoke_function
 
 EVENTS = PROJECT_ROOT / "infra" / "events"
@@ -39,6 +41,60 @@ def test_parse_event_logs_locations_not_values(caplog) -> None:  # type: ignore[
 def _sqs_record(message_id: str, body: str) -> dict[str, Any]:
     record = sample("IngestionFunction.s3-test-event")["Records"][0]
     return {**record, "messageId": message_id, "body": body}
+
+
+class OrderMessage(SqsRecordModel):
+    body: Json[Shape]  # type: ignore[assignment]
+
+
+def _order_batch(*bodies: tuple[str, str]) -> dict[str, Any]:
+    return {"Records": [_sqs_record(message_id, body) for message_id, body in bodies]}
+
+
+def test_a_partial_batch_reports_the_records_that_failed_in_order(caplog) -> None:  # type: ignore[no-untyped-def]
+    handled: list[list[int]] = []
+
+    def handle(record: OrderMessage) -> None:
+        if record.body.days == [13]:
+            raise RuntimeError("unlucky day")
+        handled.append(record.body.days)
+
+    event = _order_batch(
+        ("a", json.dumps({"days": [1]})),
+        ("b", json.dumps({"days": ["secret-value"]})),
+        ("c", json.dumps({"days": [13]})),
+        ("d", json.dumps({"days": [2, 3]})),
+    )
+    assert process_sqs_batch(event, OrderMessage, handle) == {
+        "batchItemFailures": [{"itemIdentifier": "b"}, {"itemIdentifier": "c"}]
+    }
+    assert handled == [[1], [2, 3]]
+    failed = [r for r in caplog.records if r.getMessage() == "SQS record failed"]
+    assert [r.message_id for r in failed] == ["b", "c"]
+    assert all("secret-value" not in repr(r.__dict__) for r in caplog.records)
+
+
+def test_a_batch_of_which_every_record_failed_raises() -> None:
+    event = _order_batch(("a", "{oops"), ("b", json.dumps({"days": [13, "x"]})))
+    with pytest.raises(BatchFailed, match="all 2 records"):
+        process_sqs_batch(event, OrderMessage, lambda record: None)
+
+
+def test_a_failed_record_without_a_message_id_fails_the_whole_batch() -> None:
+    event = _order_batch(("a", json.dumps({"days": [1]})), ("b", "{oops"))
+    del event["Records"][1]["messageId"]
+    with pytest.raises(BatchFailed, match="no messageId"):
+        process_sqs_batch(event, OrderMessage, lambda record: None)
+
+
+@pytest.mark.parametrize("event", [{}, {"Records": "all of them"}, {"Records": None}])
+def test_an_event_without_a_list_of_records_is_malformed(event: dict[str, Any]) -> None:
+    with pytest.raises(MalformedEvent, match="Records"):
+        process_sqs_batch(event, OrderMessage, lambda record: None)
+
+
+def test_an_empty_batch_has_no_failures() -> None:
+    assert process_sqs_batch({"Records": []}, OrderMessage, lambda record: None) == {"batchItemFailures": []}
 
 
 def test_an_sqs_record_of_the_wrong_shape_fails_alone(database) -> None:  # type: ignore[no-untyped-def]

@@ -11,8 +11,8 @@ import pytest
 
 from airies.api.app import CAPABILITIES
 from airies.core.config import PROJECT_ROOT
-from airies.local.invoke import resolve_function
-from airies.local.template import function_environment
+from airies.local.invoke import DEFAULT_TEMPLATE, resolve_function
+from airies.local.template import function_environment, function_specs, load_template
 
 PROBE = """
 import importlib.util, json, sys
@@ -34,11 +34,18 @@ print(json.dumps({
     "telephony_loaded": "airies.telephony.service" in sys.modules,
     "turn_pipeline_loaded": "airies.conversations.turns" in sys.modules,
     "relay_verifier_built": None if voice_service is None else voice_service.relay_verifier is not None,
+    "unused_at_init": sorted(m for m in UNUSED_AT_INIT if m in sys.modules),
 }))
 """
 
 
-def _init(function: str, initialization: str) -> dict[str, object]:
+# What no function's init has a use for: Powertools' batch utility (every event source's data classes; SQS batches
+# are airies.core.sqs_batch), SQLite's dialect on PostgreSQL, the agents API's request and response bodies.
+UNUSED_AT_INIT = ("aws_lambda_powertools.utilities.batch", "sqlalchemy.dialects.sqlite", "airies.agents.schemas")
+POSTGRESQL_URL = "postgresql+pg8000://postgres@127.0.0.1:5432/postgres"  # an init creates the engine, connects not
+
+
+def _init(function: str, initialization: str, database_url: str = "sqlite:///:memory:") -> dict[str, object]:
     spec, ctx = resolve_function(function)
     env = {key: value for key, value in function_environment(spec, ctx).items() if value is not None}
     env.update(
@@ -49,11 +56,11 @@ def _init(function: str, initialization: str) -> dict[str, object]:
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
-            "DATABASE_URL": "sqlite:///:memory:",
+            "DATABASE_URL": database_url,
         }
     )
     paths = [str(path) for path in (*spec.layer_dirs, spec.code_uri)]
-    code = f"PATHS = {paths!r}\nHANDLER = {str(spec.module_path)!r}\n{PROBE}"
+    code = f"PATHS = {paths!r}\nHANDLER = {str(spec.module_path)!r}\nUNUSED_AT_INIT = {UNUSED_AT_INIT!r}\n{PROBE}"
     completed = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
     )
@@ -97,3 +104,8 @@ def test_only_the_message_function_loads_the_turn_pipeline(
 ) -> None:
     """$connect and $disconnect run no turn: neither their init nor the service built into a snapshot loads it."""
     assert _init(function, initialization)["turn_pipeline_loaded"] is runs_turns
+
+
+@pytest.mark.parametrize("function", sorted(function_specs(load_template(DEFAULT_TEMPLATE))))
+def test_no_init_loads_what_no_function_uses(function: str) -> None:
+    assert _init(function, "on-demand", POSTGRESQL_URL)["unused_at_init"] == []

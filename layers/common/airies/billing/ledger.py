@@ -24,6 +24,7 @@ service opens its own unit of work.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,7 +34,6 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from airies.accounts.models import Account
@@ -128,8 +128,9 @@ class Ledger:
         return session.get_bind().dialect.name == "postgresql"
 
     def insert(self, session: Session, model: Any) -> Any:
-        """INSERT with the dialect's ``on_conflict_do_nothing``."""
-        return postgresql.insert(model) if self.is_pg(session) else sqlite.insert(model)
+        """INSERT with the dialect's ``on_conflict_do_nothing`` (PostgreSQL's or SQLite's: the bound database's own,
+        whose package its engine has loaded; naming both here would load SQLite's in every production function)."""
+        return importlib.import_module(f"sqlalchemy.dialects.{session.get_bind().dialect.name}").insert(model)
 
     def least(self, session: Session, *args: Any) -> Any:
         return func.least(*args) if self.is_pg(session) else func.min(*args)

@@ -5,8 +5,6 @@ in micro-units, provider cost in pico-USD, money in cents. SQLite has no exact d
 integers are exact on both backends.
 """
 
-from __future__ import annotations
-
 from datetime import datetime
 from typing import Any
 

@@ -4,8 +4,6 @@ Live session state (connections, the turn being spoken, cancellation flags, buff
 these tables keep what outlives the call: transcript, latency waterfall, usage and cost per turn.
 """
 
-from __future__ import annotations
-
 from datetime import datetime
 from decimal import Decimal
 from typing import Any

@@ -5,8 +5,6 @@ database); the pgvector table ``kb_pgvectors`` is created by the migration only 
 and is not mapped here (see ``airies.knowledge.vector_stores.pgvector``).
 """
 
-from __future__ import annotations
-
 from datetime import datetime
 from typing import Any
 

@@ -1,8 +1,6 @@
 """ORM models of the llm capability: accounts' own OpenAI-compatible endpoints (key encrypted) and shared provider
 health. Account-owned provider keys are an accounts model (re-exported here for existing importers)."""
 
-from __future__ import annotations
-
 from datetime import datetime
 from typing import Any
 

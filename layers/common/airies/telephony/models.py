@@ -5,8 +5,6 @@ imported without any, the platform's account (operator settings). A call links a
 conversation it carries, so signed status callbacks find both.
 """
 
-from __future__ import annotations
-
 from datetime import datetime
 
 from sqlalchemy import ForeignKey, Index, Integer, String, Text

@@ -1,7 +1,5 @@
 """ORM models of the voice capability: voices an account owns (cloned voices)."""
 
-from __future__ import annotations
-
 from datetime import datetime
 from typing import Any
 

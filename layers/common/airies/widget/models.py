@@ -1,7 +1,5 @@
 """Publishable keys (the embeddable widget's credential) and the conversations visitors started with them."""
 
-from __future__ import annotations
-
 from datetime import datetime
 from typing import Any
 

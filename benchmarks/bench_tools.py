@@ -32,7 +32,7 @@ DEFAULT_RUNS = 300
 async def _measure(server: Any, runs: int) -> dict[str, Any]:
     import httpx
 
-    from airies.agents.schemas import AgentConfig
+    from airies.agents.config import AgentConfig
     from airies.conversations.http_turns import ListSink
     from airies.conversations.turns import TurnEngines, TurnInput, TurnMode, TurnRunner
     from airies.core.url_guard import URLGuard, parse_allowed_hosts

@@ -215,7 +215,7 @@ def test_spoken_conversation_with_offline_engines(database, settings, moto_endpo
         # The socket delivered the utterance intact: the transcript is exactly what the same offline engine, with
         # the agent's model (built at deploy from all of its phrases), makes of the whole recording (PocketSphinx
         # may drop words of eSpeak speech: that is the engine, not us).
-        from airies.agents.schemas import AgentConfig
+        from airies.agents.config import AgentConfig
         from airies.voice.factory import build_voice_service
         from airies.voice.speech_models import expected_phrases_for_agent
 

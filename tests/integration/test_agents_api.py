@@ -101,7 +101,7 @@ def test_validate_reports_problems_per_field(client, auth):
 
 
 def test_prompt_longer_than_context_is_rejected(database):
-    from airies.agents.schemas import AgentConfig
+    from airies.agents.config import AgentConfig
     from airies.agents.service import AgentValidator
     from airies.llm import catalog
 

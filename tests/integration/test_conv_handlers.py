@@ -24,7 +24,8 @@ from moto import mock_aws
 from sqlalchemy import select
 
 from airies.accounts.service import AccountService
-from airies.agents.schemas import AgentConfig, AgentCreate
+from airies.agents.config import AgentConfig
+from airies.agents.schemas import AgentCreate
 from airies.agents.service import AgentService
 from airies.conversations.live import ApiGatewayPoster, WebSocketService
 from airies.conversations.live_runtime import turn_deadline

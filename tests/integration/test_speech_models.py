@@ -13,7 +13,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from airies.agents.schemas import AgentConfig
+from airies.agents.config import AgentConfig
 from airies.agents.service import prepare_deployed_agents
 from airies.conversations.engines import VoiceSTT
 from airies.conversations.turns import TurnEngines

@@ -8,7 +8,7 @@ import asyncio
 import json
 from typing import Any
 
-from airies.agents.schemas import AgentConfig
+from airies.agents.config import AgentConfig
 from airies.conversations.http_turns import ListSink
 from airies.conversations.turns import TransferRequest, TurnEngines, TurnInput, TurnMode, TurnResult, TurnRunner
 from airies.llm.vendors.base import StreamEnd, ToolCall, Usage

@@ -167,7 +167,7 @@ def test_fallback_voice_is_used_when_the_primary_fails_before_audio(tmp_path):
 
 
 def test_expected_phrases_for_agent_collects_domain_text():
-    from airies.agents.schemas import AgentConfig
+    from airies.agents.config import AgentConfig
 
     config = AgentConfig(
         name="Dentist",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from airies.agents.config import AgentConfig
 from airies.agents.engines import turn_engines
-from airies.agents.schemas import AgentConfig
 
 AGENT = {
     "name": "Front desk",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from airies.agents import testing
+from airies.agents.config import AgentConfig
 from airies.agents.prompts import END_CALL_TOOL, agent_tools, build_messages, llm_request
-from airies.agents.schemas import AgentConfig
 from airies.conversations import turns
 from airies.tools import dispatch
 

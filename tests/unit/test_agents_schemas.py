@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from airies.agents.schemas import AgentConfig
+from airies.agents.config import AgentConfig
 
 RICH: dict[str, Any] = {
     "name": "Front desk",

@@ -12,7 +12,7 @@ import pytest
 from moto import mock_aws
 from pydantic import ValidationError
 
-from airies.agents.schemas import AnalysisPlan, AnalysisStructuredData
+from airies.agents.config import AnalysisPlan, AnalysisStructuredData
 from airies.analysis.service import InvalidOutput, StepResult, analysis_status, parse_json
 from airies.conversations.post_call import StepFunctionsPostCall
 from airies.llm.json_example import example_for

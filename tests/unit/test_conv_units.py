@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from airies.agents.schemas import AgentConfig
+from airies.agents.config import AgentConfig
 from airies.conversations import protocol as wp
 from airies.conversations.connections import ConnectionService
 from airies.conversations.engines import VoiceTTS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from airies.agents.schemas import AgentConfig
+from airies.agents.config import AgentConfig
 from airies.core.config import Settings
 from airies.telephony import signatures, twiml
 from airies.telephony.service import dialled_number

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from airies.agents.schemas import AgentConfig
+from airies.agents.config import AgentConfig
 from airies.llm import catalog
 from airies.llm.catalog import OFFLINE_PROVIDER
 from airies.voice import catalog as voice_catalog

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airies.agents.schemas import AgentConfig
+from airies.agents.config import AgentConfig
 from airies.llm.vendors.base import LLMRequest
 from airies.tools.builtins import tool_definitions
 

@@ -6,9 +6,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
 from airies.accounts.auth import Caller, current_caller
+from airies.agents.config import AgentConfig
 from airies.agents.models import Agent, AgentVersion
 from airies.agents.schemas import (
-    AgentConfig,
     AgentCreate,
     AgentOut,
     AgentTemplate,

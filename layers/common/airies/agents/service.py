@@ -13,9 +13,9 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from airies.accounts.provider_keys import stored_providers
+from airies.agents.config import AgentConfig
 from airies.agents.engines import ConfiguredEngines, engine_warnings
 from airies.agents.models import Agent, AgentVersion
-from airies.agents.schemas import AgentConfig
 from airies.agents.templates import TEMPLATES
 from airies.agents.versions import get_agent, published_version
 from airies.core.config import Settings

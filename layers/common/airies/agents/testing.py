@@ -42,10 +42,11 @@ import regex
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from airies.agents.config import AgentConfig, FirstMessageMode
 from airies.agents.engines import engine_report
 from airies.agents.models import AgentVersion
 from airies.agents.prompts import llm_request
-from airies.agents.schemas import AgentConfig, AgentTestRequest, AgentTestTurn, FirstMessageMode
+from airies.agents.schemas import AgentTestRequest, AgentTestTurn
 from airies.agents.service import AgentService
 from airies.core.aio import run_sync
 from airies.core.config import Settings

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
-from airies.agents.schemas import AgentConfig, AnalysisPlan, LLMConfig
+from airies.agents.config import AgentConfig, AnalysisPlan, LLMConfig
 from airies.analysis import prompts
 from airies.billing.schemas import UsageComponent, UsageEvent
 from airies.billing.usage import build_usage_publisher

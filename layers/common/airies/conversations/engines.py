@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from airies.agents.schemas import AgentConfig
+from airies.agents.config import AgentConfig
 from airies.conversations.models import Conversation
 from airies.conversations.turns import TurnEngines
 from airies.core.config import Settings

@@ -7,7 +7,7 @@ import builtins
 from collections.abc import Callable
 from typing import Any
 
-from airies.agents.schemas import AgentConfig
+from airies.agents.config import AgentConfig
 from airies.conversations import protocol as wp
 from airies.conversations.engines import build_engines
 from airies.conversations.models import ConversationTurn

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 from sqlalchemy.orm import Session
 
-from airies.agents.schemas import AgentConfig, FirstMessageMode
+from airies.agents.config import AgentConfig, FirstMessageMode
 from airies.conversations import protocol as wp
 from airies.conversations.events import EventPublisher
 from airies.conversations.relay_protocol import RelayPoster

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
-from airies.agents.schemas import AgentConfig
+from airies.agents.config import AgentConfig
 from airies.conversations import protocol as wp
 from airies.conversations.barge_in import BargeIn, spoken_record
 from airies.conversations.lifecycle import Lifecycle

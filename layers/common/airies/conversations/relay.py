@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 
-from airies.agents.schemas import welcome_greeting
+from airies.agents.config import welcome_greeting
 from airies.conversations import relay_protocol as rp
 from airies.conversations.barge_in import BargeIn
 from airies.conversations.lifecycle import TURN_SETTLE_S, Lifecycle

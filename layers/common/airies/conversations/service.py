@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from airies.agents.config import AgentConfig
 from airies.agents.models import Agent
-from airies.agents.schemas import AgentConfig
 from airies.agents.versions import published_version
 from airies.conversations import protocol as wp
 from airies.conversations.events import ConversationEvents, EventPublisher

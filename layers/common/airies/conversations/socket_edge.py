@@ -9,7 +9,7 @@ import logging
 import time
 from typing import Any
 
-from airies.agents.schemas import FirstMessageMode
+from airies.agents.config import FirstMessageMode
 from airies.conversations import protocol as wp
 from airies.conversations.barge_in import BargeIn
 from airies.conversations.endpointing import Endpointing

@@ -15,9 +15,9 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Protocol
 
+from airies.agents.config import AgentConfig
 from airies.agents.engines import turn_engines
 from airies.agents.prompts import llm_request
-from airies.agents.schemas import AgentConfig
 from airies.conversations import protocol as wp
 from airies.core.money import format_usd
 from airies.core.observability import provider_span, traced_stream

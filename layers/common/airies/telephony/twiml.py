@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
 
-from airies.agents.schemas import AgentConfig, welcome_greeting
+from airies.agents.config import AgentConfig, welcome_greeting
 from airies.telephony import media_streams
 
 # Agent config provider -> ConversationRelay's name for it. Others (eSpeak, Azure) have no relay equivalent:

@@ -49,8 +49,11 @@ def process_sqs_batch(
         message_id = raw.get("messageId") if isinstance(raw, Mapping) else None
         try:
             record_handler(parse_event(model, raw, source=f"SQS record ({model.__name__})"))
-        except Exception:  # one record's failure is that record's alone
-            logger.exception("SQS record failed", extra={"message_id": message_id})
+        except Exception as exc:  # one record's failure is that record's alone
+            # A malformed record was logged by parse_event (where, without its values): no traceback to add.
+            logger.warning(
+                "SQS record failed", extra={"message_id": message_id}, exc_info=not isinstance(exc, MalformedEvent)
+            )
             if not isinstance(message_id, str) or not message_id:
                 raise BatchFailed("a failed SQS record has no messageId: the whole batch is retried") from None
             failures.append({"itemIdentifier": message_id})
